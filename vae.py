@@ -1,0 +1,339 @@
+"""Convolutional variational autoencoder for faces (model and loss, no I/O).
+
+The shape follows the official Keras VAE example: an encoder `keras.Model`
+that maps an image to (mu, log_var), a `Sampling` layer for the
+reparameterization trick, a decoder `keras.Model` that maps z back to an image,
+and a `VAE(keras.Model)` with its own `train_step`/`test_step` and metric
+trackers. The same encoder and decoder serve a plain autoencoder baseline
+(`variational=False`: z = mu, no sampling, no KL).
+
+Loss = reconstruction + beta * KL, both per image, averaged over the batch:
+
+- KL(q(z|x) || N(0, I)) = -1/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j)),
+  closed form, summed over the latent dimensions.
+- `mse`:      sum over pixels of (x - x_hat)^2.
+- `bce`:      sum over pixels of -(x log x_hat + (1 - x) log(1 - x_hat)).
+- `gaussian`: Gaussian negative log-likelihood with a calibrated decoder
+  variance (sigma-VAE, Rybkin et al. 2021). sigma^2 is the batch's mean squared
+  error, the maximum-likelihood value, floored at `MIN_GAUSSIAN_SIGMA^2`:
+      NLL = sum over D pixels of (x - x_hat)^2 / (2 sigma^2) + log sigma + log(2 pi) / 2
+  which at the optimum equals D/2 * (log(2 pi sigma^2) + 1). It balances
+  reconstruction and KL by itself and is a real likelihood, in nats.
+
+Beta follows `beta_schedule`: linear warm-up from 0, optionally cyclical,
+driven by the optimizer's step counter so a resumed run continues it.
+
+This file is imported by train.py, generate.py and export_onnx.py; run
+`python vae.py` to print the default architecture's summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+RECONSTRUCTION_LOSSES = ("mse", "bce", "gaussian")
+UPSAMPLING_MODES = ("nearest", "transpose")
+DEFAULT_FILTERS = (32, 64, 128, 256)
+MIN_GAUSSIAN_SIGMA = 1e-3  # keeps log(sigma) finite when reconstructions become exact
+BCE_EPSILON = 1e-6
+
+
+# --------------------------------------------------------------------------- loss math
+def kl_divergence(mu, log_var):
+    """Closed-form KL(N(mu, exp(log_var)) || N(0, I)) per example, summed over latent dims."""
+    mu = ops.cast(mu, "float32")
+    log_var = ops.cast(log_var, "float32")
+    return -0.5 * ops.sum(1.0 + log_var - ops.square(mu) - ops.exp(log_var), axis=-1)
+
+
+def reconstruction_loss(x, x_hat, kind: str = "mse"):
+    """Per-example reconstruction loss summed over pixels (see module docstring)."""
+    x = ops.cast(x, "float32")
+    x_hat = ops.cast(x_hat, "float32")
+    pixel_axes = tuple(range(1, len(x.shape)))
+    squared_error = ops.square(x - x_hat)
+    if kind == "mse":
+        return ops.sum(squared_error, axis=pixel_axes)
+    if kind == "bce":
+        x_hat = ops.clip(x_hat, BCE_EPSILON, 1.0 - BCE_EPSILON)
+        bce = -(x * ops.log(x_hat) + (1.0 - x) * ops.log(1.0 - x_hat))
+        return ops.sum(bce, axis=pixel_axes)
+    if kind == "gaussian":
+        variance = ops.maximum(ops.mean(squared_error), MIN_GAUSSIAN_SIGMA**2)
+        nll = squared_error / (2.0 * variance) + 0.5 * ops.log(2.0 * math.pi * variance)
+        return ops.sum(nll, axis=pixel_axes)
+    raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {RECONSTRUCTION_LOSSES}")
+
+
+def per_pixel_mse(x, x_hat):
+    """Mean squared error over all pixels and channels, the figure runs compare on."""
+    return ops.mean(ops.square(ops.cast(x, "float32") - ops.cast(x_hat, "float32")))
+
+
+def beta_schedule(step, beta: float, warmup_steps: int = 0, cycle_steps: int = 0):
+    """KL weight at optimizer step `step` (0-based).
+
+    - warmup_steps > 0, cycle_steps == 0: linear ramp 0 -> beta over warmup_steps, then beta.
+    - cycle_steps > 0: cyclical annealing (Fu et al. 2019): every cycle of cycle_steps
+      restarts at 0 and ramps linearly to beta over its first warmup_steps steps
+      (half the cycle when warmup_steps is 0 or longer than the cycle), then holds.
+    - both 0: constant beta.
+    """
+    step = ops.cast(step, "float32")
+    if cycle_steps > 0:
+        ramp = warmup_steps if 0 < warmup_steps <= cycle_steps else cycle_steps / 2
+        position = step - cycle_steps * ops.floor(step / cycle_steps)
+        return beta * ops.minimum(1.0, position / ramp)
+    if warmup_steps > 0:
+        return beta * ops.minimum(1.0, step / warmup_steps)
+    return beta * ops.ones_like(step)
+
+
+# --------------------------------------------------------------------------- layers and models
+@keras.saving.register_keras_serializable(package="celeba_vae")
+class Sampling(layers.Layer):
+    """Reparameterization trick: z = mu + exp(0.5 * log_var) * eps, eps ~ N(0, I).
+
+    Gradients flow to mu and log_var; the noise comes from a seeded generator whose
+    state is a variable, so it is checkpointed with the model.
+    """
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        mu, log_var = inputs
+        eps = keras.random.normal(ops.shape(mu), dtype=mu.dtype, seed=self.seed_generator)
+        return mu + ops.exp(0.5 * log_var) * eps
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+def check_architecture(image_size: int, filters: Sequence[int]) -> None:
+    """Raise ValueError unless image_size halves cleanly once per encoder block."""
+    if not filters:
+        raise ValueError("--filters needs at least one value, e.g. 32,64,128,256")
+    factor = 2 ** len(filters)
+    if image_size % factor or image_size < factor:
+        raise ValueError(
+            f"image size {image_size} must be a multiple of 2^{len(filters)} = {factor} "
+            f"for {len(filters)} encoder blocks; use e.g. --image-size {max(factor, 64)}"
+        )
+
+
+def build_encoder(
+    image_size: int = 64,
+    channels: int = 3,
+    latent_dim: int = 128,
+    filters: Sequence[int] = DEFAULT_FILTERS,
+    hidden_units: int = 512,
+) -> keras.Model:
+    """Image [B, H, W, C] in [0, 1] -> (mu, log_var), each [B, latent_dim]."""
+    check_architecture(image_size, filters)
+    images = keras.Input((image_size, image_size, channels), name="image")
+    x = images
+    for index, width in enumerate(filters):
+        x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name=f"conv{index}")(x)
+        x = layers.BatchNormalization(name=f"bn{index}")(x)
+        x = layers.ReLU(name=f"relu{index}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(hidden_units, activation="relu", name="hidden")(x)
+    # Heads in float32 so the latent statistics stay exact under mixed precision.
+    mu = layers.Dense(latent_dim, name="mu", dtype="float32")(x)
+    log_var = layers.Dense(latent_dim, name="log_var", dtype="float32")(x)
+    return keras.Model(images, [mu, log_var], name="encoder")
+
+
+def build_decoder(
+    image_size: int = 64,
+    channels: int = 3,
+    latent_dim: int = 128,
+    filters: Sequence[int] = DEFAULT_FILTERS,
+    upsampling: str = "nearest",
+) -> keras.Model:
+    """z [B, latent_dim] -> image [B, H, W, C] in [0, 1], mirroring the encoder."""
+    check_architecture(image_size, filters)
+    if upsampling not in UPSAMPLING_MODES:
+        raise ValueError(f"unknown upsampling {upsampling!r}; choose one of {UPSAMPLING_MODES}")
+    start = image_size // 2 ** len(filters)
+    z = keras.Input((latent_dim,), name="z")
+    x = layers.Dense(start * start * filters[-1], activation="relu", name="project")(z)
+    x = layers.Reshape((start, start, filters[-1]), name="reshape")(x)
+    # Mirror of the encoder: block i undoes encoder block i (filters[i] -> filters[i-1],
+    # doubling the size); the final convolution undoes the first block (-> C channels).
+    for index, width in enumerate(reversed(filters[:-1])):
+        x = upsample_conv(x, width, upsampling, name=str(index), use_bias=False)
+        x = layers.BatchNormalization(name=f"bn{index}")(x)
+        x = layers.ReLU(name=f"relu{index}")(x)
+    images = upsample_conv(x, channels, upsampling, name="out", activation="sigmoid", dtype="float32")
+    return keras.Model(z, images, name="decoder")
+
+
+def upsample_conv(x, width: int, upsampling: str, name: str, **conv_args):
+    """Double the spatial size: UpSampling2D + Conv2D, or one strided Conv2DTranspose."""
+    if upsampling == "transpose":
+        return layers.Conv2DTranspose(width, 3, strides=2, padding="same", name=f"deconv{name}", **conv_args)(x)
+    x = layers.UpSampling2D(2, name=f"up{name}")(x)
+    return layers.Conv2D(width, 3, padding="same", name=f"conv{name}", **conv_args)(x)
+
+
+class VAE(keras.Model):
+    """Encoder + Sampling + decoder, trained on reconstruction + beta * KL.
+
+    With `variational=False` it is a plain autoencoder: z = mu, loss = reconstruction
+    (the encoder's log_var head is left untrained).
+    """
+
+    def __init__(
+        self,
+        encoder: keras.Model,
+        decoder: keras.Model,
+        reconstruction: str = "mse",
+        beta: float = 1.0,
+        beta_warmup_steps: int = 0,
+        beta_cycle_steps: int = 0,
+        variational: bool = True,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if reconstruction not in RECONSTRUCTION_LOSSES:
+            raise ValueError(f"unknown reconstruction loss {reconstruction!r}; choose one of {RECONSTRUCTION_LOSSES}")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.sampling = Sampling(seed=seed, name="sampling")
+        self.reconstruction = reconstruction
+        self.beta = float(beta)
+        self.beta_warmup_steps = int(beta_warmup_steps)
+        self.beta_cycle_steps = int(beta_cycle_steps)
+        self.variational = bool(variational)
+        self.seed = seed
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+        self.mse_tracker = keras.metrics.Mean(name="mse")
+        self.beta_tracker = keras.metrics.Mean(name="beta")
+
+    @property
+    def metrics(self):
+        # Listed here so Keras resets them at the start of each epoch.
+        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.mse_tracker, self.beta_tracker]
+
+    def build(self, input_shape):
+        # Encoder and decoder are functional models, built on construction.
+        self.sampling.build([(None, self.encoder.outputs[0].shape[-1])] * 2)
+        super().build(input_shape)
+
+    def call(self, images, training: bool = False):
+        mu, log_var = self.encoder(images, training=training)
+        z = self.sampling([mu, log_var]) if (self.variational and training) else mu
+        return self.decoder(z, training=training)
+
+    def current_beta(self):
+        if not self.variational:
+            return ops.convert_to_tensor(0.0)
+        return beta_schedule(self.optimizer.iterations, self.beta, self.beta_warmup_steps, self.beta_cycle_steps)
+
+    def loss_terms(self, images, sample: bool, training: bool) -> dict:
+        """Forward pass and all loss terms, in float32, averaged over the batch."""
+        mu, log_var = self.encoder(images, training=training)
+        z = self.sampling([mu, log_var]) if (self.variational and sample) else mu
+        reconstructions = self.decoder(z, training=training)
+        reconstruction = ops.mean(reconstruction_loss(images, reconstructions, self.reconstruction))
+        kl = ops.mean(kl_divergence(mu, log_var)) if self.variational else ops.convert_to_tensor(0.0)
+        beta = self.current_beta()
+        return {
+            "loss": reconstruction + beta * kl,
+            "reconstruction": reconstruction,
+            "kl": kl,
+            "mse": per_pixel_mse(images, reconstructions),
+            "beta": beta,
+        }
+
+    def trained_variables(self) -> list:
+        """Variables the loss reaches (an autoencoder never uses the log_var head)."""
+        if self.variational:
+            return self.trainable_variables
+        skipped = {id(v) for v in self.encoder.get_layer("log_var").trainable_variables}
+        return [v for v in self.trainable_variables if id(v) not in skipped]
+
+    def update_trackers(self, terms: dict) -> dict:
+        self.loss_tracker.update_state(terms["loss"])
+        self.reconstruction_tracker.update_state(terms["reconstruction"])
+        self.kl_tracker.update_state(terms["kl"])
+        self.mse_tracker.update_state(terms["mse"])
+        self.beta_tracker.update_state(terms["beta"])
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        variables = self.trained_variables()
+        with tf.GradientTape() as tape:
+            terms = self.loss_terms(data, sample=True, training=True)
+            # Keras sums gradients over replicas: divide the per-replica batch mean by
+            # the replica count so the update equals that of the global batch mean.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            # scale_loss applies the dynamic loss scale under mixed_float16 (no-op otherwise).
+            scaled_loss = self.optimizer.scale_loss(terms["loss"] / replicas)
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply(gradients, variables)
+        return self.update_trackers(terms)
+
+    def test_step(self, data):
+        # Validation decodes the posterior mean: deterministic, and what reconstruction grids show.
+        return self.update_trackers(self.loss_terms(data, sample=False, training=False))
+
+
+def build_vae(
+    image_size: int = 64,
+    channels: int = 3,
+    latent_dim: int = 128,
+    filters: Sequence[int] = DEFAULT_FILTERS,
+    hidden_units: int = 512,
+    upsampling: str = "nearest",
+    reconstruction: str = "mse",
+    beta: float = 1.0,
+    beta_warmup_steps: int = 0,
+    beta_cycle_steps: int = 0,
+    variational: bool = True,
+    seed: int | None = None,
+) -> VAE:
+    """Build encoder, decoder and the VAE (or autoencoder) around them."""
+    encoder = build_encoder(image_size, channels, latent_dim, filters, hidden_units)
+    decoder = build_decoder(image_size, channels, latent_dim, filters, upsampling)
+    model = VAE(
+        encoder,
+        decoder,
+        reconstruction=reconstruction,
+        beta=beta,
+        beta_warmup_steps=beta_warmup_steps,
+        beta_cycle_steps=beta_cycle_steps,
+        variational=variational,
+        seed=seed,
+    )
+    model.build((None, image_size, image_size, channels))
+    return model
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Print the encoder and decoder of the default VAE.")
+    parser.add_argument("--image-size", type=int, default=64, help="square image side (default: 64)")
+    parser.add_argument("--channels", type=int, default=3, help="1 (grayscale) or 3 (RGB) (default: 3)")
+    parser.add_argument("--latent", type=int, default=128, help="latent dimension (default: 128)")
+    args = parser.parse_args(argv)
+    model = build_vae(args.image_size, args.channels, args.latent)
+    model.encoder.summary()
+    model.decoder.summary()
+    print(f"total parameters: {model.encoder.count_params() + model.decoder.count_params():,}")
+
+
+if __name__ == "__main__":
+    main()
