@@ -29,6 +29,10 @@ the face box common in 64x64 CelebA work. Other image sizes keep the same
 fraction (crop / 178) of their shorter side, centred; crop 0 keeps the whole
 central square.
 
+TensorFlow is imported only by the functions that build tensors, so the file listing,
+partition, attribute and identity readers also serve the TensorFlow-free ONNX path of
+generate.py.
+
 Run `python data.py --data ./celeba` to see what is found in a folder.
 """
 
@@ -42,15 +46,59 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from images import CELEBA_WIDTH, DEFAULT_CROP
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 log = logging.getLogger("data")
 
-CELEBA_ATTRIBUTES = ["5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young"]
+CELEBA_ATTRIBUTES = [
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
+]
 SPLITS = {"train": 0, "validation": 1, "test": 2}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 KAGGLE_HINT = (
@@ -233,6 +281,8 @@ def usable_files(paths: Sequence[Path]) -> list[Path]:
 # --------------------------------------------------------------------------- decoding
 def crop_window(height, width, crop: int):
     """[top, left, side, side] of the central square crop (see module docstring), as int32 tensors."""
+    import tensorflow as tf
+
     short_side = tf.minimum(height, width)
     if crop > 0:
         side = tf.cast(tf.round(crop * tf.cast(short_side, tf.float32) / CELEBA_WIDTH), tf.int32)
@@ -244,6 +294,7 @@ def crop_window(height, width, crop: int):
 
 def decode_face(contents: tf.Tensor, image_size: int, channels: int, crop: int = DEFAULT_CROP) -> tf.Tensor:
     """Encoded JPEG/PNG bytes -> uint8 [image_size, image_size, channels], cropped and resized."""
+    import tensorflow as tf
 
     def decode_jpeg():
         shape = tf.io.extract_jpeg_shape(contents)
@@ -281,6 +332,8 @@ def make_dataset(
     repeat: cycle through the files forever, one pass being ceil(n / batch_size) batches
     (n // batch_size with drop_remainder), so Keras knows each epoch's length.
     """
+    import tensorflow as tf
+
     files = usable_files(list(files))
     if not files:
         raise DataError("no readable images left to train on; check the files under --data")

@@ -297,7 +297,7 @@ def ema_weights(model: keras.Model) -> Iterator[None]:
     try:
         yield
     finally:
-        for variable, value in zip(trained, raw):
+        for variable, value in zip(trained, raw, strict=True):
             variable.assign(value)
 
 
@@ -409,7 +409,7 @@ def plot_history(rows: list[dict], path: Path) -> None:
     panels = [("loss", "total loss"), ("reconstruction", "reconstruction"), ("kl", "KL"), ("mse", "per-pixel MSE")]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     epochs = [r["epoch"] for r in rows]
-    for axis, (key, title) in zip(axes, panels):
+    for axis, (key, title) in zip(axes, panels, strict=True):
         for prefix, label in (("", "train"), ("val_", "validation")):
             values = [r.get(prefix + key, float("nan")) for r in rows]
             axis.plot(epochs, values, marker="o", markersize=3, label=label)
