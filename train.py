@@ -51,10 +51,19 @@ class RunError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- command line
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none or the help text already gives it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train a VAE on CelebA (Kaggle or original layout) or any folder of faces.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     io = parser.add_argument_group("data and run folder")
     io.add_argument("--data", help="CelebA root folder (Kaggle or original layout) or a plain folder of faces")
