@@ -1,0 +1,176 @@
+"""train.py end to end on tiny fixtures: artifacts, loss falling, resume, EMA, errors, real data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import CELEBA_SAMPLE, REPO, tiny_train_args
+from PIL import Image
+
+import train
+
+
+def history_rows(run: Path) -> list[dict]:
+    with open(run / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def checkpoint_state(run: Path) -> tuple[int, int]:
+    """(completed epochs, optimizer iterations) from the newest checkpoint."""
+    config = train.read_config(run)
+    epochs, path = train.latest_checkpoint(run)
+    model = train.model_from_config(config)
+    model.compile(optimizer=train.make_optimizer(config))
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+    return epochs, int(model.optimizer.iterations.numpy())
+
+
+def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path):
+    run = tmp_path / "run"
+    train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "4", "--lr", "3e-3"))
+    rows = history_rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["loss"]) < 0.8 * float(rows[0]["loss"])
+    assert {"loss", "reconstruction", "kl", "mse", "val_loss", "val_mse"} <= set(rows[0])
+    config = json.loads((run / "config.json").read_text())
+    assert config["latent_dim"] == 8 and config["filters"] == [8, 16] and config["image_size"] == 16
+    encoder = keras.saving.load_model(run / "encoder.keras", safe_mode=True)
+    decoder = keras.saving.load_model(run / "decoder.keras", safe_mode=True)
+    assert decoder(np.zeros((2, 8), np.float32)).shape == (2, 16, 16, 3)
+    assert [o.shape for o in encoder(np.zeros((1, 16, 16, 3), np.float32))] == [(1, 8), (1, 8)]
+    assert Image.open(run / "loss_curves.png").size[0] > 400
+    # 8 validation images: originals over reconstructions -> 2 rows of 8 tiles
+    assert Image.open(run / "reconstructions" / "epoch_004.png").size == (8 * 18 + 2, 2 * 18 + 2)
+    assert Image.open(run / "samples" / "epoch_004.png").size == (8 * 18 + 2, 2 * 18 + 2)
+    assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["epoch_004.weights.h5"]
+
+
+def test_same_seed_same_result(face_folder, tmp_path):
+    for name in ("a", "b"):
+        train.main(tiny_train_args(face_folder, tmp_path / name, "--epochs", "1", "--seed", "7"))
+    assert history_rows(tmp_path / "a") == history_rows(tmp_path / "b")
+
+
+def test_resume_continues_epochs_and_optimizer_step(kaggle_celeba, tmp_path):
+    run = tmp_path / "run"
+    train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "1", "--beta-warmup", "100"))
+    epochs, iterations = checkpoint_state(run)
+    assert (epochs, iterations) == (1, 3)  # 27 readable training images // batch 8
+    train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    assert checkpoint_state(run) == (2, 6)
+    rows = history_rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    # the warm-up continued from the saved step: mean beta over steps 3..5 is 4/100
+    assert float(rows[1]["beta"]) == pytest.approx(0.04, rel=1e-4)
+    with pytest.raises(SystemExit, match="already trained 2 of 2 epochs"):
+        train.main(["--resume", str(run), "--verbose", "0"])
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(face_folder, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, str(REPO / "train.py"), *tiny_train_args(face_folder, run, "--epochs", "500")]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while train.latest_checkpoint(run) is None and time.time() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert train.latest_checkpoint(run) is not None, "no checkpoint appeared"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    killed_at, iterations = checkpoint_state(run)
+    steps_per_epoch = iterations // killed_at
+    train.main(["--resume", str(run), "--epochs", str(killed_at + 1), "--verbose", "0"])
+    assert checkpoint_state(run) == (killed_at + 1, (killed_at + 1) * steps_per_epoch)
+    assert [int(r["epoch"]) for r in history_rows(run)] == list(range(1, killed_at + 2))
+    assert not list((run / "checkpoint").glob(".partial*"))
+
+
+def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):
+    def saved_and_raw(run: Path) -> tuple[np.ndarray, np.ndarray]:
+        saved = keras.saving.load_model(run / "decoder.keras", safe_mode=True).get_layer("project").get_weights()[0]
+        config = train.read_config(run)
+        model = train.model_from_config(config)
+        model.compile(optimizer=train.make_optimizer(config))
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(train.latest_checkpoint(run)[1])
+        return saved, model.decoder.get_layer("project").get_weights()[0]
+
+    train.main(tiny_train_args(face_folder, tmp_path / "plain", "--epochs", "1"))
+    saved, raw = saved_and_raw(tmp_path / "plain")
+    np.testing.assert_array_equal(saved, raw)
+    train.main(tiny_train_args(face_folder, tmp_path / "ema", "--epochs", "1", "--ema", "0.5"))
+    saved, raw = saved_and_raw(tmp_path / "ema")
+    assert np.abs(saved - raw).max() > 1e-6
+
+
+def test_mixed_precision_trains_and_saves_float32(face_folder, tmp_path):
+    run = tmp_path / "run"
+    train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--mixed-precision", "--lr", "3e-3"))
+    rows = history_rows(run)
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])
+    decoder = keras.saving.load_model(run / "decoder.keras", safe_mode=True)
+    assert decoder.dtype_policy.name == "float32" and decoder.layers[2].compute_dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy was restored
+
+
+def test_nan_loss_stops_with_a_clear_message(face_folder, tmp_path):
+    with pytest.raises(SystemExit, match="loss became NaN/inf at epoch 1.*no epoch finished"):
+        train.main(tiny_train_args(face_folder, tmp_path / "run", "--epochs", "3", "--lr", "1e30"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--filters", "8,x"], "not a comma-separated list"),
+        (["--image-size", "18"], "must be a multiple of 2\\^2"),
+        (["--ema", "1.5"], "--ema must be in"),
+        (["--latent", "0"], "--latent must be at least 1"),
+    ],
+)
+def test_bad_flags_give_one_line_errors(face_folder, tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        train.main(tiny_train_args(face_folder, tmp_path / "run", *extra))
+
+
+def test_bad_data_and_run_folders(face_folder, tmp_path):
+    with pytest.raises(SystemExit, match="does not exist.*kaggle datasets download"):
+        train.main(tiny_train_args(tmp_path / "missing", tmp_path / "run"))
+    with pytest.raises(SystemExit, match="has no config.json"):
+        train.main(["--resume", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--data is required"):
+        train.main([])
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--data", str(tmp_path / "missing")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: data folder")
+
+
+@pytest.mark.skipif(not CELEBA_SAMPLE.is_dir(), reason=f"real CelebA sample not found at {CELEBA_SAMPLE}")
+def test_real_celeba_sample_loss_falls(tmp_path):
+    run = tmp_path / "run"
+    args = ["--data", str(CELEBA_SAMPLE), "--out", str(run), "--image-size", "32", "--filters", "16,32,64",
+            "--latent", "32", "--limit", "320", "--batch-size", "32", "--epochs", "3", "--verbose", "0"]  # fmt: skip
+    train.main(args)
+    rows = history_rows(run)
+    assert float(rows[-1]["loss"]) < 0.7 * float(rows[0]["loss"])
+    assert float(rows[-1]["mse"]) < float(rows[0]["mse"])
+    assert os.path.getsize(run / "reconstructions" / "epoch_003.png") > 1000

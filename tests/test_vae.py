@@ -1,0 +1,138 @@
+"""vae.py: shapes, reparameterization gradients, loss math and the beta schedule."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import vae
+
+
+@pytest.mark.parametrize(("image_size", "channels"), [(64, 3), (64, 1), (128, 3), (128, 1)])
+@pytest.mark.parametrize("upsampling", vae.UPSAMPLING_MODES)
+def test_shapes(image_size, channels, upsampling):
+    model = vae.build_vae(
+        image_size, channels, latent_dim=16, filters=(4, 8, 8, 16), hidden_units=16, upsampling=upsampling
+    )
+    images = np.random.default_rng(0).random((2, image_size, image_size, channels), dtype=np.float32)
+    mu, log_var = model.encoder(images)
+    assert mu.shape == (2, 16) and log_var.shape == (2, 16)
+    decoded = model.decoder(mu).numpy()
+    assert decoded.shape == (2, image_size, image_size, channels)
+    assert decoded.min() >= 0.0 and decoded.max() <= 1.0
+    assert model(images, training=True).shape == images.shape
+
+
+def test_default_architecture_is_about_four_million_parameters():
+    model = vae.build_vae()
+    total = model.encoder.count_params() + model.decoder.count_params()
+    assert 3_000_000 < total < 5_000_000
+    assert [layer.filters for layer in model.encoder.layers if isinstance(layer, keras.layers.Conv2D)] == [
+        32,
+        64,
+        128,
+        256,
+    ]
+
+
+def test_image_size_must_halve_cleanly():
+    with pytest.raises(ValueError, match="multiple of 2\\^4 = 16"):
+        vae.build_vae(image_size=40)
+
+
+def test_reparameterization_gradient_reaches_mu_and_log_var():
+    sampling = vae.Sampling(seed=1)
+    mu = tf.Variable(np.array([[0.5, -1.0]], np.float32))
+    log_var = tf.Variable(np.array([[0.2, -0.4]], np.float32))
+    with tf.GradientTape() as tape:
+        z = sampling([mu, log_var])
+        total = tf.reduce_sum(z)
+    grad_mu, grad_log_var = tape.gradient(total, [mu, log_var])
+    np.testing.assert_allclose(grad_mu.numpy(), 1.0)
+    # dz/dlog_var = 0.5 * exp(0.5 * log_var) * eps, with eps = (z - mu) / exp(0.5 * log_var)
+    eps = (z.numpy() - mu.numpy()) / np.exp(0.5 * log_var.numpy())
+    np.testing.assert_allclose(grad_log_var.numpy(), 0.5 * np.exp(0.5 * log_var.numpy()) * eps, rtol=1e-5)
+    assert np.all(grad_log_var.numpy() != 0)
+
+
+def test_sampling_has_the_posterior_moments():
+    sampling = vae.Sampling(seed=3)
+    mu = np.full((20000, 2), [1.0, -2.0], np.float32)
+    log_var = np.full((20000, 2), [0.0, np.log(0.25)], np.float32)
+    z = sampling([mu, log_var]).numpy()
+    np.testing.assert_allclose(z.mean(axis=0), [1.0, -2.0], atol=0.03)
+    np.testing.assert_allclose(z.std(axis=0), [1.0, 0.5], rtol=0.03)
+
+
+def test_closed_form_kl_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    mu = rng.normal(0, 1, (1, 4)).astype(np.float32)
+    log_var = rng.normal(0, 0.5, (1, 4)).astype(np.float32)
+    sigma = np.exp(0.5 * log_var)
+    z = mu + sigma * rng.standard_normal((400_000, 4))
+    log_q = -0.5 * (((z - mu) / sigma) ** 2 + np.log(2 * np.pi) + log_var).sum(axis=1)
+    log_p = -0.5 * (z**2 + np.log(2 * np.pi)).sum(axis=1)
+    monte_carlo = np.mean(log_q - log_p)
+    closed_form = float(vae.kl_divergence(mu, log_var)[0])
+    assert closed_form == pytest.approx(monte_carlo, abs=0.02)
+    assert float(vae.kl_divergence(np.zeros((1, 4)), np.zeros((1, 4)))[0]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_reconstruction_losses_on_hand_made_tensors():
+    x = np.array([[[[0.0], [1.0]], [[0.5], [0.25]]]], np.float32)  # one 2x2 grayscale image
+    x_hat = np.array([[[[0.5], [0.5]], [[0.5], [0.5]]]], np.float32)
+    assert float(vae.reconstruction_loss(x, x_hat, "mse")[0]) == pytest.approx(0.25 + 0.25 + 0 + 0.0625)
+    assert float(vae.per_pixel_mse(x, x_hat)) == pytest.approx(0.5625 / 4)
+    # BCE against x_hat = 0.5 is log(2) per pixel whatever the target
+    assert float(vae.reconstruction_loss(x, x_hat, "bce")[0]) == pytest.approx(4 * math.log(2), rel=1e-5)
+    # Calibrated Gaussian: sigma^2 = mean squared error -> D/2 * (log(2 pi sigma^2) + 1)
+    variance = 0.5625 / 4
+    expected = 4 / 2 * (math.log(2 * math.pi * variance) + 1)
+    assert float(vae.reconstruction_loss(x, x_hat, "gaussian")[0]) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown reconstruction loss"):
+        vae.reconstruction_loss(x, x_hat, "l1")
+
+
+def test_gaussian_loss_is_finite_for_a_perfect_reconstruction():
+    x = np.full((2, 4, 4, 3), 0.3, np.float32)
+    assert np.isfinite(vae.reconstruction_loss(x, x, "gaussian")).all()
+
+
+def test_beta_schedules():
+    steps = np.array([0, 50, 100, 150], np.float32)
+    np.testing.assert_allclose(vae.beta_schedule(steps, 2.0), [2, 2, 2, 2])
+    np.testing.assert_allclose(vae.beta_schedule(steps, 2.0, warmup_steps=100), [0, 1, 2, 2])
+    # cycles of 100 steps, ramping over the first half of each
+    np.testing.assert_allclose(
+        vae.beta_schedule(np.array([0, 25, 50, 99, 100, 125]), 1.0, cycle_steps=100), [0, 0.5, 1, 1, 0, 0.5]
+    )
+    np.testing.assert_allclose(
+        vae.beta_schedule(np.array([0, 10, 20, 30]), 1.0, warmup_steps=20, cycle_steps=30), [0, 0.5, 1, 0]
+    )
+
+
+def test_train_step_reports_every_metric_and_updates_step():
+    model = vae.build_vae(16, 3, latent_dim=4, filters=(4, 8), hidden_units=8, beta=1.0, beta_warmup_steps=10)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
+    history = model.fit(images, epochs=2, batch_size=4, verbose=0)
+    assert set(history.history) == {"loss", "reconstruction", "kl", "mse", "beta"}
+    assert int(model.optimizer.iterations.numpy()) == 4
+    assert history.history["beta"][1] == pytest.approx((2 + 3) / 2 / 10)  # steps 2 and 3 of the warm-up
+    results = model.evaluate(images, batch_size=4, verbose=0, return_dict=True)
+    assert results["mse"] == pytest.approx(float(vae.per_pixel_mse(images, model(images))), rel=1e-4)
+
+
+def test_autoencoder_has_no_kl_and_skips_the_log_var_head():
+    model = vae.build_vae(16, 1, latent_dim=4, filters=(4, 8), hidden_units=8, variational=False)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    before = model.encoder.get_layer("log_var").get_weights()[0].copy()
+    images = np.random.default_rng(0).random((8, 16, 16, 1), dtype=np.float32)
+    history = model.fit(images, epochs=1, batch_size=4, verbose=0)
+    assert history.history["kl"] == [0.0]
+    assert history.history["loss"][0] == pytest.approx(history.history["reconstruction"][0])
+    np.testing.assert_array_equal(model.encoder.get_layer("log_var").get_weights()[0], before)
