@@ -1,0 +1,651 @@
+"""Export a trained run's encoder and decoder to ONNX, for onnxruntime apps without TensorFlow.
+
+    python export_onnx.py --run runs/<name>                 # writes runs/<name>/decoder.onnx, encoder.onnx
+    python export_onnx.py --run runs/<name> --out exported  # elsewhere; attribute_directions.json is copied along
+    python export_onnx.py --help                            # every flag, with its default
+
+What the files hold (generate.py --backend onnx and any other app rely on it):
+
+    decoder.onnx  input  "z"       float32 [batch, latent_dim]
+                  output "image"   float32 [batch, H, W, C], NHWC, values in [0, 1]
+    encoder.onnx  input  "image"   float32 [batch, H, W, C], NHWC, values in [0, 1]
+                  outputs "mu", "log_var"  float32 [batch, latent_dim]
+
+The batch dimension is dynamic. Each file's metadata_props say what it is, so another app
+needs no other context: format (celeba-vae-onnx/1), part, latent_dim, image_size, channels,
+crop, model (vae/ae), value_range ("0,1"), layout ("NHWC"), input, output and the parity
+figure. attribute_directions.json, written by generate.py --mode attribute, is a plain
+JSON file; with --out it is copied beside the ONNX files.
+
+Parity: every converted model is run by onnxruntime and by Keras on the same inputs at batch
+sizes 1, 7 and 64 before it is written; the largest absolute difference is printed and must
+stay below --tolerance (1e-4), otherwise nothing is written and the export fails.
+
+Graph rewrites for CPU speed (--plain turns them off). tf2onnx turns Keras's NHWC graph into
+ONNX's NCHW one with Transpose nodes, and tf2onnx's and onnxruntime's optimizers cancel most of
+them. What they cannot cancel comes from Keras's UpSampling2D, a repeat that becomes
+Unsqueeze/Tile/Reshape chains with 5-D Transposes. So the decoder is traced layer by layer with:
+- nearest UpSampling2D as ResizeNearestNeighbor (asymmetric, floor): an ONNX Resize that
+  onnxruntime's NCHWc optimizer keeps in its blocked layout (only up to Resize-13: opset 17);
+- the last upsampling + 3x3 convolution with few output channels (3 for RGB) as a sub-pixel
+  convolution on the half-size grid (4x the filters) followed by depth_to_space, so the
+  blocked convolution does not pad 3 channels to 16 at full resolution;
+- Dense -> Reshape (decoder) and Flatten -> Dense (encoder) with the Dense weights permuted to
+  (C, H, W) order, so the NHWC <-> NCHW Transpose at that point cancels out.
+The exported graphs then hold only the Transposes the NHWC contract needs at the input or
+output, and parity is checked on the rewritten graph.
+
+The inference helpers (make_session, read_onnx_metadata, check_model, decode, encode) need
+only numpy and onnxruntime: `import export_onnx` does not import TensorFlow, Keras or tf2onnx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+    import onnx
+    import onnxruntime
+
+ONNX_FORMAT = "celeba-vae-onnx/1"
+ATTRIBUTES_FILE = "attribute_directions.json"
+ATTRIBUTES_FORMAT = "celeba-vae-attributes/1"
+DEFAULT_OPSET = 17  # Resize stays at version 13, the last one onnxruntime's NCHWc optimizer rewrites
+TOLERANCE = 1e-4
+PARITY_BATCHES = (1, 7, 64)
+SUBPIXEL_MAX_FILTERS = 16  # below one block of onnxruntime's blocked convolution (16 floats with AVX-512)
+TRAIN_HINT = "train first: python train.py --data ./celeba --out RUN"
+# The ONNX interface of each part: input name, output names.
+PARTS = {"decoder": ("z", ("image",)), "encoder": ("image", ("mu", "log_var"))}
+
+# For output rows 2i + a of "nearest 2x upsampling, then a 3x3 convolution": the taps of a 3x3
+# convolution on the small grid (rows i-1, i, i+1) as sums of the original taps r = 0, 1, 2
+# (rows 2i+a-1, 2i+a, 2i+a+1 of the upsampled grid). PHASE_TAPS[a, new tap, original tap].
+PHASE_TAPS = np.array(
+    [
+        [[1, 0, 0], [0, 1, 1], [0, 0, 0]],  # a = 0: w0 * x[i-1] + (w1 + w2) * x[i]
+        [[0, 0, 0], [1, 1, 0], [0, 0, 1]],  # a = 1: (w0 + w1) * x[i] + w2 * x[i+1]
+    ],
+    dtype=np.float64,
+)
+
+
+class ExportError(RuntimeError):
+    """A problem the user can fix, reported as one line."""
+
+
+# --------------------------------------------------------------------------- inference (numpy + onnxruntime only)
+def make_session(
+    source: str | os.PathLike | bytes, threads: int = 0, optimized_path: str | os.PathLike | None = None
+) -> onnxruntime.InferenceSession:
+    """An onnxruntime CPU session with all graph optimisations on.
+
+    source: a path or the serialized model. threads: intra-op threads (0: onnxruntime's
+    default, one per physical core). optimized_path: also save the optimized graph there.
+    Raises FileNotFoundError for a missing file, ValueError for one onnxruntime cannot load.
+    """
+    import onnxruntime as ort
+
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise FileNotFoundError(f"{source} does not exist; export it with: python export_onnx.py --run RUN")
+    if threads < 0:
+        raise ValueError(f"threads must be 0 (onnxruntime's default) or more, got {threads}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: no notes about hardware-specific optimized graphs
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    try:
+        return ort.InferenceSession(
+            source if isinstance(source, bytes) else str(source), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:  # onnxruntime raises its own exception types for unreadable models
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        name = "the model" if isinstance(source, bytes) else str(source)
+        raise ValueError(f"onnxruntime cannot load {name} ({reason}); re-export it with export_onnx.py") from None
+
+
+def read_onnx_metadata(source: str | os.PathLike | onnxruntime.InferenceSession) -> dict[str, str]:
+    """The metadata_props of an exported file (a path or an open session), as a dict of strings."""
+    session = make_session(source) if isinstance(source, (str, os.PathLike)) else source
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def check_model(session: onnxruntime.InferenceSession, part: str, name: str = "the model") -> dict[str, str]:
+    """Check that a session holds an exported `part` ("decoder" or "encoder"): its input and
+    output names, ranks and sizes and its metadata. Returns the metadata; raises ValueError."""
+    input_name, output_names = PARTS[part]
+    inputs = {node.name: node.shape for node in session.get_inputs()}
+    outputs = {node.name: node.shape for node in session.get_outputs()}
+    input_rank = 2 if part == "decoder" else 4
+    if list(inputs) != [input_name] or set(outputs) != set(output_names) or len(inputs[input_name]) != input_rank:
+        raise ValueError(
+            f"{name} is not an exported {part}: it has inputs {inputs} and outputs {outputs}, expected input "
+            f"{input_name!r} of rank {input_rank} and outputs {list(output_names)}; re-export it with export_onnx.py"
+        )
+    metadata = read_onnx_metadata(session)
+    if metadata.get("format") != ONNX_FORMAT or metadata.get("part", part) != part:
+        raise ValueError(
+            f"{name} lacks the {ONNX_FORMAT} {part} metadata (format {metadata.get('format')!r}, "
+            f"part {metadata.get('part')!r}); re-export it with export_onnx.py"
+        )
+    latent, size, channels = (int(metadata[key]) for key in ("latent_dim", "image_size", "channels"))
+    expected = [latent] if part == "decoder" else [size, size, channels]
+    if list(inputs[input_name][1:]) != expected:
+        raise ValueError(
+            f"{name} takes {input_name} of shape {inputs[input_name]} but its metadata says [batch, "
+            f"{', '.join(map(str, expected))}]; re-export it with export_onnx.py"
+        )
+    return metadata
+
+
+def decode(session: onnxruntime.InferenceSession, z: np.ndarray) -> np.ndarray:
+    """Latent vectors [N, latent_dim] (or one [latent_dim]) -> images float32 [N, H, W, C] in [0, 1]."""
+    z = np.asarray(z, dtype=np.float32)
+    z = z[None] if z.ndim == 1 else z
+    expected = session.get_inputs()[0].shape[1]
+    if z.ndim != 2 or z.shape[1] != expected:
+        raise ValueError(
+            f"latent vectors of shape {list(z.shape)} do not fit this decoder, which takes [batch, {expected}] "
+            f"(latent_dim {expected})"
+        )
+    return session.run(["image"], {"z": z})[0]
+
+
+def encode(session: onnxruntime.InferenceSession, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Images [N, H, W, C] (or one [H, W, C]) in [0, 1] -> (mu, log_var), each [N, latent_dim]."""
+    images = np.asarray(images, dtype=np.float32)
+    images = images[None] if images.ndim == 3 else images
+    expected = list(session.get_inputs()[0].shape[1:])
+    if images.ndim != 4 or list(images.shape[1:]) != expected:
+        raise ValueError(
+            f"images of shape {list(images.shape)} do not fit this encoder, which takes [batch, {expected}]"
+        )
+    mu, log_var = session.run(["mu", "log_var"], {"image": images})
+    return mu, log_var
+
+
+# --------------------------------------------------------------------------- run folder
+def read_run(run_dir: Path) -> dict:
+    """The run's config.json, after checking that the folder holds trained models."""
+    if not run_dir.is_dir():
+        raise ExportError(f"run folder {run_dir} does not exist; {TRAIN_HINT.replace('RUN', str(run_dir))}")
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ExportError(f"{run_dir} has no config.json, so train.py did not write it; {TRAIN_HINT}")
+    try:
+        config = json.loads(config_path.read_text())
+        for key in ("latent_dim", "image_size", "channels"):
+            config[key] = int(config[key])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ExportError(f"{config_path} is not a train.py config ({error}); {TRAIN_HINT}") from None
+    missing = [name for name in ("encoder.keras", "decoder.keras") if not (run_dir / name).is_file()]
+    if missing:
+        raise ExportError(
+            f"{run_dir} has no {' or '.join(missing)} (they are written after each epoch); "
+            f"{TRAIN_HINT.replace('RUN', str(run_dir))}, or let its first epoch finish"
+        )
+    return config
+
+
+def load_models(run_dir: Path, config: dict) -> tuple[keras.Model, keras.Model]:
+    """encoder.keras and decoder.keras, checked against config.json."""
+    import keras
+
+    import vae  # noqa: F401  registers the project's Keras objects
+
+    models = []
+    for name in ("encoder", "decoder"):
+        try:
+            models.append(keras.saving.load_model(run_dir / f"{name}.keras", safe_mode=True))
+        except Exception as error:  # Keras raises many types for damaged archives
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise ExportError(f"cannot load {run_dir / name}.keras ({reason}); {TRAIN_HINT}") from None
+    encoder, decoder = models
+    size, channels, latent = config["image_size"], config["channels"], config["latent_dim"]
+    found = (
+        tuple(encoder.inputs[0].shape[1:]),
+        tuple(decoder.inputs[0].shape[1:]),
+        tuple(decoder.outputs[0].shape[1:]),
+    )
+    if found != ((size, size, channels), (latent,), (size, size, channels)):
+        raise ExportError(
+            f"models in {run_dir} do not match its config.json (encoder input, decoder input, decoder output: "
+            f"{found}; config: {size}x{size}x{channels}, latent {latent})"
+        )
+    return encoder, decoder
+
+
+def onnx_metadata(config: dict, part: str, run_dir: Path) -> dict[str, str]:
+    """metadata_props for one part: enough for an app with no other context."""
+    size, channels, latent = config["image_size"], config["channels"], config["latent_dim"]
+    colour = "RGB" if channels == 3 else "grayscale"
+    image = f"float32 [batch, {size}, {size}, {channels}], NHWC, {colour}, values in [0, 1]"
+    described = {
+        "decoder": (
+            f"z: float32 [batch, {latent}]; standard normal samples give new faces",
+            f"image: {image}; multiply by 255 for 8-bit pixels",
+        ),
+        "encoder": (
+            f"image: {image}; the face cropped to its central {config.get('crop', 148)} px of a 178 px wide "
+            f"aligned CelebA frame and resized to {size}x{size}",
+            f"mu, log_var: float32 [batch, {latent}], the posterior q(z|x) = N(mu, exp(log_var))",
+        ),
+    }
+    return {
+        "format": ONNX_FORMAT,
+        "part": part,
+        "latent_dim": str(latent),
+        "image_size": str(size),
+        "channels": str(channels),
+        "crop": str(config.get("crop", 148)),
+        "model": str(config.get("model", "vae")),
+        "value_range": "0,1",
+        "layout": "NHWC",
+        "input": described[part][0],
+        "output": described[part][1],
+        "source_run": run_dir.name,
+    }
+
+
+def check_attributes(run_dir: Path, latent_dim: int) -> Path | None:
+    """attribute_directions.json of the run, checked, or None when generate.py has not written one."""
+    path = run_dir / ATTRIBUTES_FILE
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text())
+    except ValueError as error:
+        raise ExportError(
+            f"{path} is not valid JSON ({error}); recompute it with generate.py --mode attribute"
+        ) from None
+    if content.get("format") != ATTRIBUTES_FORMAT or content.get("latent_dim") != latent_dim:
+        raise ExportError(
+            f"{path} is not {ATTRIBUTES_FORMAT} for latent size {latent_dim} (format {content.get('format')!r}, "
+            f"latent_dim {content.get('latent_dim')!r}); recompute it with generate.py --mode attribute --recompute"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- tracing with the rewrites
+def keras_array(variable) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+
+
+def nchw_order(height: int, width: int, channels: int) -> np.ndarray:
+    """perm such that vector_in_chw_order = vector_in_hwc_order[perm]."""
+    return np.arange(height * width * channels).reshape(height, width, channels).transpose(2, 0, 1).ravel()
+
+
+def resize_step(size: Sequence[int]) -> Callable:
+    """Nearest upsampling by integer factors as ResizeNearestNeighbor (asymmetric, floor)."""
+    import tensorflow as tf
+
+    def step(x):
+        height, width = x.shape[1] * size[0], x.shape[2] * size[1]
+        return tf.raw_ops.ResizeNearestNeighbor(
+            images=x, size=[height, width], align_corners=False, half_pixel_centers=False
+        )
+
+    return step
+
+
+def subpixel_eligible(layer) -> bool:
+    """A 3x3, stride-1, 'same' Conv2D with few filters that can absorb a 2x nearest upsampling."""
+    import keras
+
+    return (
+        type(layer) is keras.layers.Conv2D
+        and tuple(layer.kernel_size) == (3, 3)
+        and tuple(layer.strides) == (1, 1)
+        and tuple(layer.dilation_rate) == (1, 1)
+        and layer.padding == "same"
+        and layer.data_format == "channels_last"
+        and layer.groups == 1
+        and layer.filters < SUBPIXEL_MAX_FILTERS
+    )
+
+
+def subpixel_step(conv) -> Callable:
+    """2x nearest upsampling then `conv`, as one 3x3 convolution with 4x the filters on the small
+    grid and depth_to_space: the same function with no convolution at full resolution."""
+    import tensorflow as tf
+
+    kernel = keras_array(conv.kernel)  # [3, 3, in, out]
+    bias = keras_array(conv.bias) if conv.use_bias else np.zeros(conv.filters, np.float32)
+    # New kernel [3, 3, in, (a, b, out)]: depth_to_space puts channel (a*2 + b)*out + c at (2i+a, 2j+b).
+    phased = np.einsum("atr,bus,rsio->tuiabo", PHASE_TAPS, PHASE_TAPS, kernel.astype(np.float64))
+    phased = phased.reshape(3, 3, kernel.shape[2], 4 * conv.filters).astype(np.float32)
+    phased_bias = np.tile(bias, 4)
+
+    def step(x):
+        return tf.nn.depth_to_space(conv.activation(tf.nn.conv2d(x, phased, 1, "SAME") + phased_bias), 2)
+
+    return step
+
+
+def dense_steps(dense, perm: np.ndarray, rows: bool) -> Callable:
+    """`dense` with its kernel's rows (input order) or columns (output order) permuted by perm."""
+    import tensorflow as tf
+
+    kernel = keras_array(dense.kernel)
+    bias = keras_array(dense.bias) if dense.use_bias else np.zeros(dense.units, np.float32)
+    kernel, bias = (kernel[perm], bias) if rows else (kernel[:, perm], bias[perm])
+
+    def step(x):
+        return dense.activation(tf.matmul(x, kernel) + bias)
+
+    return step
+
+
+def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
+    """Replacement computations for some layers (by name) and a description of each rewrite."""
+    import keras
+    import tensorflow as tf
+
+    consumers: dict[int, list] = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        for tensor in keras.tree.flatten(layer.input):
+            consumers.setdefault(id(tensor), []).append(layer)
+
+    def only_consumer(layer):
+        users = consumers.get(id(layer.output), [])
+        return users[0] if len(users) == 1 else None
+
+    steps: dict[str, Callable] = {}
+    notes: list[str] = []
+    for layer in model.layers:
+        following = only_consumer(layer)
+        if layer.name in steps or isinstance(layer, keras.layers.InputLayer):
+            continue
+        if (
+            isinstance(layer, keras.layers.UpSampling2D)
+            and layer.interpolation == "nearest"
+            and layer.data_format == "channels_last"
+        ):
+            if tuple(layer.size) == (2, 2) and following is not None and subpixel_eligible(following):
+                steps[layer.name] = lambda x: x
+                steps[following.name] = subpixel_step(following)
+                notes.append(f"{layer.name}+{following.name}: sub-pixel convolution + depth_to_space")
+            else:
+                steps[layer.name] = resize_step(layer.size)
+                notes.append(f"{layer.name}: Resize (nearest, asymmetric)")
+        elif (
+            isinstance(layer, keras.layers.Dense)
+            and isinstance(following, keras.layers.Reshape)
+            and len(following.target_shape) == 3
+        ):
+            height, width, channels = following.target_shape
+            steps[layer.name] = dense_steps(layer, nchw_order(height, width, channels), rows=False)
+            steps[following.name] = lambda y, shape=(-1, channels, height, width): tf.transpose(
+                tf.reshape(y, shape), [0, 2, 3, 1]
+            )
+            notes.append(f"{layer.name}+{following.name}: weights in CHW order")
+        elif (
+            isinstance(layer, keras.layers.Flatten)
+            and isinstance(following, keras.layers.Dense)
+            and len(layer.input.shape) == 4
+            and layer.data_format == "channels_last"
+        ):
+            height, width, channels = layer.input.shape[1:]
+            steps[layer.name] = lambda x, size=height * width * channels: tf.reshape(
+                tf.transpose(x, [0, 3, 1, 2]), [-1, size]
+            )
+            steps[following.name] = dense_steps(following, nchw_order(height, width, channels), rows=True)
+            notes.append(f"{layer.name}+{following.name}: weights in CHW order")
+    return steps, notes
+
+
+def forward_function(model: keras.Model, rewrite: bool) -> tuple[Callable, list[str]]:
+    """model's inference forward pass on TensorFlow tensors -> list of outputs, with or without
+    the rewrites; layers without a rewrite are called as they are."""
+    if not rewrite:
+        return (lambda x: list(model(x, training=False)) if len(model.outputs) > 1 else [model(x, training=False)]), []
+    import keras
+
+    steps, notes = plan_rewrites(model)
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+    def forward(x):
+        values = {id(model.inputs[0]): x}
+        for layer in layers:
+            inputs = [values[id(t)] for t in layer.input] if isinstance(layer.input, list) else values[id(layer.input)]
+            step = steps.get(layer.name) or (lambda t, layer=layer: layer(t, training=False))
+            values[id(layer.output)] = step(inputs)
+        return [values[id(t)] for t in model.outputs]
+
+    return forward, notes
+
+
+def convert(
+    model: keras.Model, part: str, rewrite: bool = True, opset: int = DEFAULT_OPSET
+) -> tuple[onnx.ModelProto, list[str]]:
+    """tf2onnx conversion of one part, with the contract's names and a dynamic 'batch' dimension."""
+    import tensorflow as tf
+    import tf2onnx
+
+    input_name, output_names = PARTS[part]
+    if len(model.inputs) != 1 or len(model.outputs) != len(output_names):
+        raise ExportError(
+            f"the {part} has {len(model.inputs)} inputs and {len(model.outputs)} outputs, expected 1 and {len(output_names)}"
+        )
+    forward, notes = forward_function(model, rewrite)
+    spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name=input_name)
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def function(x):
+        return dict(zip(output_names, forward(x), strict=True))
+
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=opset)
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    # Outputs in the contract's order (tf2onnx sorts a dict's keys).
+    by_name = {value.name: value for value in proto.graph.output}
+    ordered = [by_name[name] for name in output_names]
+    del proto.graph.output[:]
+    proto.graph.output.extend(ordered)
+    return proto, notes
+
+
+def add_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Set metadata_props (replacing keys already there) and a doc string from them."""
+    import onnx
+
+    kept = {entry.key: entry.value for entry in proto.metadata_props}
+    kept.update({key: str(value) for key, value in metadata.items()})
+    onnx.helper.set_model_props(proto, kept)
+    if "input" in kept and "output" in kept:
+        proto.doc_string = (
+            f"{kept.get('part', 'model')} of a CelebA VAE. input {kept['input']}. output {kept['output']}."
+        )
+
+
+# --------------------------------------------------------------------------- checks and writing
+def parity_inputs(model: keras.Model, batch: int, seed: int = 0) -> np.ndarray:
+    """Test inputs: standard normal latents for the decoder, uniform [0, 1] images for the encoder."""
+    rng = np.random.default_rng(seed + batch)
+    shape = (batch, *model.inputs[0].shape[1:])
+    return (rng.standard_normal(shape) if len(shape) == 2 else rng.random(shape)).astype(np.float32)
+
+
+def keras_outputs(model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
+    outputs = model(x, training=False)
+    return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+
+
+def parity_check(
+    model: keras.Model,
+    onnx_model: onnx.ModelProto | bytes | str | os.PathLike,
+    part: str,
+    batches: Sequence[int] = PARITY_BATCHES,
+    tolerance: float = TOLERANCE,
+    threads: int = 0,
+) -> dict[int, float]:
+    """Max |ONNX - Keras| over all outputs per batch size; raises ExportError above tolerance
+    (or on a shape mismatch or a non-finite value)."""
+    source = onnx_model.SerializeToString() if hasattr(onnx_model, "SerializeToString") else onnx_model
+    session = make_session(source, threads=threads)
+    input_name, output_names = PARTS[part]
+    differences = {}
+    for batch in batches:
+        x = parity_inputs(model, batch)
+        expected = keras_outputs(model, x)
+        found = session.run(list(output_names), {input_name: x})
+        for name, want, got in zip(output_names, expected, found, strict=True):
+            if want.shape != got.shape:
+                raise ExportError(f"{part} output {name} at batch {batch}: ONNX shape {got.shape}, Keras {want.shape}")
+        difference = max(float(np.max(np.abs(want - got))) for want, got in zip(expected, found, strict=True))
+        differences[batch] = difference
+        if not difference <= tolerance:  # also catches NaN
+            raise ExportError(
+                f"{part}: ONNX and Keras differ by up to {difference:.3g} at batch {batch}, above the tolerance "
+                f"{tolerance:g}; nothing was written (try --plain to export without the graph rewrites)"
+            )
+    return differences
+
+
+def write_model(proto: onnx.ModelProto, path: Path) -> Path:
+    """Write an ONNX file atomically: a temporary file in the same folder renamed into place."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx.tmp")
+    os.close(handle)
+    try:
+        onnx.save(proto, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def op_counts(source: onnx.ModelProto | str | os.PathLike, optimized: bool = False) -> Counter:
+    """Node types of a model, or of the graph onnxruntime runs after its optimisations."""
+    import onnx
+
+    if not optimized:
+        proto = source if hasattr(source, "graph") else onnx.load(str(source))
+        return Counter(node.op_type for node in proto.graph.node)
+    with tempfile.TemporaryDirectory() as folder:
+        raw = source.SerializeToString() if hasattr(source, "SerializeToString") else source
+        make_session(raw, optimized_path=Path(folder) / "optimized.onnx")
+        return Counter(node.op_type for node in onnx.load(str(Path(folder) / "optimized.onnx")).graph.node)
+
+
+def export_part(
+    model: keras.Model,
+    part: str,
+    path: str | os.PathLike,
+    metadata: dict[str, str],
+    rewrite: bool = True,
+    tolerance: float = TOLERANCE,
+    opset: int = DEFAULT_OPSET,
+    threads: int = 0,
+) -> Path:
+    """Convert, add metadata, check parity (nothing is written if it fails), write atomically.
+    Prints the parity figures and the Transpose counts."""
+    proto, notes = convert(model, part, rewrite=rewrite, opset=opset)
+    differences = parity_check(model, proto, part, tolerance=tolerance, threads=threads)
+    worst = max(differences.values())
+    add_metadata(proto, {**metadata, "parity_max_abs_diff": f"{worst:.3g}", "opset": str(opset)})
+    path = write_model(proto, Path(path))
+    figures = ", ".join(f"{difference:.2g} (batch {batch})" for batch, difference in differences.items())
+    print(f"{path}: max |ONNX - Keras| {figures}; tolerance {tolerance:g}")
+    before, after = op_counts(proto)["Transpose"], op_counts(proto, optimized=True)["Transpose"]
+    print(f"  Transpose nodes: {before} in the file, {after} after onnxruntime's optimizer")
+    for note in notes:
+        print(f"  rewrite {note}")
+    return path
+
+
+def export_decoder(decoder: keras.Model, path: str | os.PathLike, metadata: dict[str, str], **options: Any) -> Path:
+    """decoder.onnx: z [batch, latent_dim] -> image [batch, H, W, C]; see export_part for options."""
+    return export_part(decoder, "decoder", path, metadata, **options)
+
+
+def export_encoder(encoder: keras.Model, path: str | os.PathLike, metadata: dict[str, str], **options: Any) -> Path:
+    """encoder.onnx: image [batch, H, W, C] -> mu, log_var [batch, latent_dim]; see export_part."""
+    return export_part(encoder, "encoder", path, metadata, **options)
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Export a run's encoder and decoder to ONNX (NHWC, dynamic batch, metadata) and check "
+        "them against Keras.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--run", required=True, help="run folder written by train.py (runs/<name>)")
+    parser.add_argument("--out", help="folder for decoder.onnx and encoder.onnx (default: the run folder)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest |ONNX - Keras| accepted")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17 keeps Resize CPU-friendly)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime intra-op threads for the checks (0: its default)"
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="convert the Keras graphs as they are, without the CPU graph rewrites"
+    )
+    args = parser.parse_args(argv)
+    if not args.tolerance > 0:
+        parser.error(f"--tolerance must be positive (got {args.tolerance})")
+    if args.threads < 0:
+        parser.error(f"--threads must not be negative (got {args.threads})")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    """Export both parts; returns the paths written."""
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        run_dir = Path(args.run)
+        config = read_run(run_dir)
+        out = Path(args.out) if args.out else run_dir
+        attributes = check_attributes(run_dir, config["latent_dim"])
+        encoder, decoder = load_models(run_dir, config)
+        print(
+            f"run {run_dir}: {config.get('model', 'vae')}, latent {config['latent_dim']}, "
+            f"{config['image_size']}x{config['image_size']}x{config['channels']}"
+        )
+        options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
+        written = []
+        for part, model in (("decoder", decoder), ("encoder", encoder)):
+            metadata = onnx_metadata(config, part, run_dir)
+            if attributes is not None:
+                metadata["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
+            written.append(export_part(model, part, out / f"{part}.onnx", metadata, **options))
+        if attributes is not None and out.resolve() != run_dir.resolve():
+            handle, temporary = tempfile.mkstemp(dir=out, prefix=f".{ATTRIBUTES_FILE}.")
+            os.close(handle)
+            shutil.copyfile(attributes, temporary)
+            os.replace(temporary, out / ATTRIBUTES_FILE)
+            written.append(out / ATTRIBUTES_FILE)
+            print(f"copied {attributes} to {out / ATTRIBUTES_FILE} (plain JSON: attribute -> latent direction)")
+        elif attributes is not None:
+            print(f"{attributes} is already beside the ONNX files (plain JSON: attribute -> latent direction)")
+    except (ExportError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    print("done: " + ", ".join(str(path) for path in written))
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""export_onnx.py: names, shapes, metadata, dynamic batch, parity with Keras, rewrites, errors.
+
+Tiny untrained runs (16x16 images, latent 8) are built once per module with random batch-norm
+statistics, so the converted graphs fold non-trivial constants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import export_onnx  # noqa: E402
+
+SIZE, LATENT = 16, 8
+
+
+def make_run(
+    folder: Path, channels: int, filters=(16, 32), upsampling: str = "nearest", model: str = "vae", seed: int = 0
+) -> Path:
+    """A run folder like train.py writes (config.json, encoder.keras, decoder.keras), untrained."""
+    import keras
+
+    import vae
+
+    keras.utils.set_random_seed(seed)
+    built = vae.build_vae(
+        image_size=SIZE, channels=channels, latent_dim=LATENT, filters=filters, hidden_units=32, upsampling=upsampling
+    )
+    rng = np.random.default_rng(seed)
+    for part in (built.encoder, built.decoder):
+        for layer in part.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                width = layer.moving_mean.shape[0]
+                layer.moving_mean.assign(rng.normal(0, 0.5, width).astype(np.float32))
+                layer.moving_variance.assign(rng.uniform(0.5, 2.0, width).astype(np.float32))
+                layer.gamma.assign(rng.uniform(0.5, 1.5, width).astype(np.float32))
+                layer.beta.assign(rng.normal(0, 0.3, width).astype(np.float32))
+    folder.mkdir(parents=True)
+    built.encoder.save(folder / "encoder.keras")
+    built.decoder.save(folder / "decoder.keras")
+    config = {
+        "format": "celeba-vae-run/1",
+        "crop": 148,
+        "model": model,
+        "latent_dim": LATENT,
+        "image_size": SIZE,
+        "channels": channels,
+        "filters": list(filters),
+        "hidden_units": 32,
+        "upsampling": upsampling,
+        "value_range": [0.0, 1.0],
+        "layout": "NHWC",
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """rgb: exported with --out (and attribute directions to copy); gray: an autoencoder with
+    fewer filters (every upsampling becomes a sub-pixel convolution), exported into its run."""
+    root = tmp_path_factory.mktemp("export_onnx")
+    rgb = make_run(root / "rgb", channels=3)
+    directions = {
+        "format": "celeba-vae-attributes/1",
+        "latent_dim": LATENT,
+        "attributes": {"Smiling": {"direction": [0.1] * LATENT, "positives": 10, "negatives": 12}},
+    }
+    (rgb / "attribute_directions.json").write_text(json.dumps(directions))
+    gray = make_run(root / "gray", channels=1, filters=(8, 16), model="ae", seed=1)
+    export_onnx.main(["--run", str(rgb), "--out", str(root / "exported")])
+    export_onnx.main(["--run", str(gray)])
+    return {"root": root, "rgb": rgb, "gray": gray, "exported": root / "exported"}
+
+
+def keras_model(run: Path, part: str):
+    import keras
+
+    return keras.saving.load_model(run / f"{part}.keras", safe_mode=True)
+
+
+def test_import_does_not_load_tensorflow():
+    code = (
+        "import sys, export_onnx; "
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tf2onnx', 'onnx'}); "
+        "print(','.join(loaded))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_names_shapes_and_metadata(runs):
+    decoder = export_onnx.make_session(runs["exported"] / "decoder.onnx", threads=1)
+    encoder = export_onnx.make_session(runs["exported"] / "encoder.onnx", threads=1)
+    assert [(i.name, i.shape, i.type) for i in decoder.get_inputs()] == [("z", ["batch", LATENT], "tensor(float)")]
+    assert [(o.name, o.shape) for o in decoder.get_outputs()] == [("image", ["batch", SIZE, SIZE, 3])]
+    assert [(i.name, i.shape) for i in encoder.get_inputs()] == [("image", ["batch", SIZE, SIZE, 3])]
+    assert [(o.name, o.shape) for o in encoder.get_outputs()] == [
+        ("mu", ["batch", LATENT]),
+        ("log_var", ["batch", LATENT]),
+    ]
+    for session, part in ((decoder, "decoder"), (encoder, "encoder")):
+        metadata = export_onnx.check_model(session, part)
+        assert metadata == export_onnx.read_onnx_metadata(runs["exported"] / f"{part}.onnx")
+        expected = {
+            "format": "celeba-vae-onnx/1",
+            "part": part,
+            "latent_dim": str(LATENT),
+            "image_size": str(SIZE),
+            "channels": "3",
+            "crop": "148",
+            "model": "vae",
+            "value_range": "0,1",
+            "layout": "NHWC",
+            "attribute_directions": "attribute_directions.json beside this file",
+        }
+        assert expected.items() <= metadata.items()
+        assert metadata["input"] and metadata["output"]
+        assert float(metadata["parity_max_abs_diff"]) < 1e-4
+
+
+def test_attribute_directions_copied_beside_the_files(runs):
+    copied = json.loads((runs["exported"] / "attribute_directions.json").read_text())
+    assert copied == json.loads((runs["rgb"] / "attribute_directions.json").read_text())
+    assert not list(runs["exported"].glob(".*tmp"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize("run_name", ["rgb", "gray"])
+def test_dynamic_batch_and_parity_with_keras(runs, run_name):
+    folder = runs["exported"] if run_name == "rgb" else runs["gray"]
+    channels = 3 if run_name == "rgb" else 1
+    decoder = export_onnx.make_session(folder / "decoder.onnx", threads=1)
+    encoder = export_onnx.make_session(folder / "encoder.onnx", threads=1)
+    keras_decoder, keras_encoder = keras_model(runs[run_name], "decoder"), keras_model(runs[run_name], "encoder")
+    rng = np.random.default_rng(3)
+    for batch in (1, 7, 64):
+        z = rng.standard_normal((batch, LATENT)).astype(np.float32)
+        images = export_onnx.decode(decoder, z)
+        assert images.shape == (batch, SIZE, SIZE, channels) and images.dtype == np.float32
+        assert images.min() >= 0.0 and images.max() <= 1.0
+        assert np.abs(images - np.asarray(keras_decoder(z, training=False))).max() < 1e-4
+        mu, log_var = export_onnx.encode(encoder, images)
+        want_mu, want_log_var = keras_encoder(images, training=False)
+        assert mu.shape == log_var.shape == (batch, LATENT)
+        assert np.abs(mu - np.asarray(want_mu)).max() < 1e-4
+        assert np.abs(log_var - np.asarray(want_log_var)).max() < 1e-4
+    assert export_onnx.decode(decoder, np.zeros(LATENT)).shape == (1, SIZE, SIZE, channels)  # one vector
+
+
+def test_graphs_keep_only_the_layout_transposes(runs):
+    for part in ("decoder", "encoder"):
+        counts = export_onnx.op_counts(runs["exported"] / f"{part}.onnx")
+        assert counts["Transpose"] <= 1 and counts["Tile"] == 0, counts
+    rgb = export_onnx.op_counts(runs["exported"] / "decoder.onnx")
+    assert rgb["Resize"] == 1 and rgb["DepthToSpace"] == 1, rgb  # 16 filters: Resize; 3 filters: sub-pixel
+    gray = export_onnx.op_counts(runs["gray"] / "decoder.onnx")
+    assert gray["Resize"] == 0 and gray["DepthToSpace"] == 2, gray
+
+
+def test_plain_and_transpose_upsampling_exports_match_keras(runs, capsys):
+    """--plain (no rewrites) and a Conv2DTranspose decoder both convert within tolerance."""
+    config = json.loads((runs["rgb"] / "config.json").read_text())
+    metadata = export_onnx.onnx_metadata(config, "decoder", runs["rgb"])
+    plain = export_onnx.export_decoder(
+        keras_model(runs["rgb"], "decoder"), runs["root"] / "plain" / "decoder.onnx", metadata, rewrite=False
+    )
+    assert export_onnx.op_counts(plain)["Resize"] == 0
+    transposed = make_run(runs["root"] / "transposed", channels=3, upsampling="transpose", seed=2)
+    export_onnx.main(["--run", str(transposed)])
+    assert "max |ONNX - Keras|" in capsys.readouterr().out
+    session = export_onnx.make_session(transposed / "decoder.onnx", threads=1)
+    z = np.random.default_rng(4).standard_normal((7, LATENT)).astype(np.float32)
+    want = np.asarray(keras_model(transposed, "decoder")(z, training=False))
+    assert np.abs(export_onnx.decode(session, z) - want).max() < 1e-4
+
+
+def test_parity_failure_fails_loudly_and_writes_nothing(runs, monkeypatch, tmp_path):
+    real = export_onnx.keras_outputs
+    monkeypatch.setattr(export_onnx, "keras_outputs", lambda model, x: [o + 0.01 for o in real(model, x)])
+    with pytest.raises(SystemExit, match=r"error: decoder: ONNX and Keras differ by up to 0\.01.*nothing was written"):
+        export_onnx.main(["--run", str(runs["gray"]), "--out", str(tmp_path / "bad")])
+    bad = tmp_path / "bad"
+    assert not bad.exists() or not any(bad.iterdir())
+
+
+def test_run_folder_errors(tmp_path):
+    with pytest.raises(SystemExit, match=r"error: run folder .*missing does not exist; train first: python train.py"):
+        export_onnx.main(["--run", str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"error: .*empty has no config.json.*train first"):
+        export_onnx.main(["--run", str(tmp_path / "empty")])
+    (tmp_path / "untrained").mkdir()
+    (tmp_path / "untrained" / "config.json").write_text(json.dumps({"latent_dim": 8, "image_size": 16, "channels": 3}))
+    with pytest.raises(SystemExit, match=r"error: .*untrained has no encoder.keras or decoder.keras.*train first"):
+        export_onnx.main(["--run", str(tmp_path / "untrained")])
+
+
+def test_mismatched_attribute_directions_are_refused(runs, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "encoder.keras", "decoder.keras"):
+        (run / name).write_bytes((runs["rgb"] / name).read_bytes())
+    (run / "attribute_directions.json").write_text(json.dumps({"format": "celeba-vae-attributes/1", "latent_dim": 3}))
+    with pytest.raises(SystemExit, match=r"error: .*attribute_directions.json is not celeba-vae-attributes/1"):
+        export_onnx.main(["--run", str(run), "--out", str(tmp_path / "out")])
+
+
+def test_session_helpers_give_clear_errors(runs, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nothing.onnx does not exist; export it with"):
+        export_onnx.make_session(tmp_path / "nothing.onnx")
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"onnxruntime cannot load .*broken.onnx"):
+        export_onnx.make_session(tmp_path / "broken.onnx")
+    decoder = export_onnx.make_session(runs["exported"] / "decoder.onnx", threads=1)
+    encoder = export_onnx.make_session(runs["exported"] / "encoder.onnx", threads=1)
+    with pytest.raises(ValueError, match=r"latent vectors of shape \[2, 5\] do not fit this decoder.*\[batch, 8\]"):
+        export_onnx.decode(decoder, np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"images of shape \[1, 8, 8, 3\] do not fit this encoder"):
+        export_onnx.encode(encoder, np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"is not an exported decoder.*re-export"):
+        export_onnx.check_model(encoder, "decoder", name="encoder.onnx")
+    gray_decoder = export_onnx.make_session(runs["gray"] / "decoder.onnx", threads=1)
+    assert export_onnx.check_model(gray_decoder, "decoder")["channels"] == "1"
+
+
+def test_help_describes_the_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export_onnx.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--run", "--out", "--tolerance", "--threads", "--plain", "default"):
+        assert flag in text
