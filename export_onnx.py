@@ -26,7 +26,7 @@ ONNX's NCHW one with Transpose nodes, and tf2onnx's and onnxruntime's optimizers
 them. What they cannot cancel comes from Keras's UpSampling2D, a repeat that becomes
 Unsqueeze/Tile/Reshape chains with 5-D Transposes. So the decoder is traced layer by layer with:
 - nearest UpSampling2D as ResizeNearestNeighbor (asymmetric, floor): an ONNX Resize that
-  onnxruntime's NCHWc optimizer keeps in its blocked layout (only up to Resize-13: opset 17);
+  onnxruntime's NCHWc optimizer keeps in its blocked layout (it takes no other Resize mode);
 - the last upsampling + 3x3 convolution with few output channels (3 for RGB) as a sub-pixel
   convolution on the half-size grid (4x the filters) followed by depth_to_space, so the
   blocked convolution does not pad 3 channels to 16 at full resolution;
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 ONNX_FORMAT = "celeba-vae-onnx/1"
 ATTRIBUTES_FILE = "attribute_directions.json"
 ATTRIBUTES_FORMAT = "celeba-vae-attributes/1"
-DEFAULT_OPSET = 17  # Resize stays at version 13, the last one onnxruntime's NCHWc optimizer rewrites
+DEFAULT_OPSET = 17  # supported by onnxruntime since 1.13 and by most other runtimes
 TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7, 64)
 SUBPIXEL_MAX_FILTERS = 16  # below one block of onnxruntime's blocked convolution (16 floats with AVX-512)
@@ -596,7 +596,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run", required=True, help="run folder written by train.py (runs/<name>)")
     parser.add_argument("--out", help="folder for decoder.onnx and encoder.onnx (default: the run folder)")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest |ONNX - Keras| accepted")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17 keeps Resize CPU-friendly)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     parser.add_argument(
         "--threads", type=int, default=0, help="onnxruntime intra-op threads for the checks (0: its default)"
     )
