@@ -66,7 +66,6 @@ DEFAULT_OPSET = 17  # supported by onnxruntime since 1.13 and by most other runt
 TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7, 64)
 SUBPIXEL_MAX_FILTERS = 16  # below one block of onnxruntime's blocked convolution (16 floats with AVX-512)
-TRAIN_HINT = "train first: python train.py --data ./celeba --out RUN"
 # The ONNX interface of each part: input name, output names.
 PARTS = {"decoder": ("z", ("image",)), "encoder": ("image", ("mu", "log_var"))}
 
@@ -142,7 +141,10 @@ def check_model(session: onnxruntime.InferenceSession, part: str, name: str = "t
             f"{name} lacks the {ONNX_FORMAT} {part} metadata (format {metadata.get('format')!r}, "
             f"part {metadata.get('part')!r}); re-export it with export_onnx.py"
         )
-    latent, size, channels = (int(metadata[key]) for key in ("latent_dim", "image_size", "channels"))
+    try:
+        latent, size, channels = (int(metadata[key]) for key in ("latent_dim", "image_size", "channels"))
+    except (KeyError, ValueError):
+        raise ValueError(f"{name} has incomplete size metadata; re-export it with export_onnx.py") from None
     expected = [latent] if part == "decoder" else [size, size, channels]
     if list(inputs[input_name][1:]) != expected:
         raise ValueError(
@@ -159,8 +161,8 @@ def decode(session: onnxruntime.InferenceSession, z: np.ndarray) -> np.ndarray:
     expected = session.get_inputs()[0].shape[1]
     if z.ndim != 2 or z.shape[1] != expected:
         raise ValueError(
-            f"latent vectors of shape {list(z.shape)} do not fit this decoder, which takes [batch, {expected}] "
-            f"(latent_dim {expected})"
+            f"latent vectors of shape {list(z.shape)} do not fit this decoder: it takes [batch, {expected}], "
+            f"vectors of length {expected} (its latent_dim)"
         )
     return session.run(["image"], {"z": z})[0]
 
@@ -172,31 +174,38 @@ def encode(session: onnxruntime.InferenceSession, images: np.ndarray) -> tuple[n
     expected = list(session.get_inputs()[0].shape[1:])
     if images.ndim != 4 or list(images.shape[1:]) != expected:
         raise ValueError(
-            f"images of shape {list(images.shape)} do not fit this encoder, which takes [batch, {expected}]"
+            f"images of shape {list(images.shape)} do not fit this encoder: it takes "
+            f"[batch, {', '.join(map(str, expected))}] (NHWC, values in [0, 1])"
         )
     mu, log_var = session.run(["mu", "log_var"], {"image": images})
     return mu, log_var
 
 
 # --------------------------------------------------------------------------- run folder
+def train_hint(run_dir: Path) -> str:
+    return f"train first: python train.py --data ./celeba --out {run_dir}"
+
+
 def read_run(run_dir: Path) -> dict:
     """The run's config.json, after checking that the folder holds trained models."""
     if not run_dir.is_dir():
-        raise ExportError(f"run folder {run_dir} does not exist; {TRAIN_HINT.replace('RUN', str(run_dir))}")
+        raise ExportError(f"run folder {run_dir} does not exist; {train_hint(run_dir)}")
     config_path = run_dir / "config.json"
     if not config_path.is_file():
-        raise ExportError(f"{run_dir} has no config.json, so train.py did not write it; {TRAIN_HINT}")
+        raise ExportError(
+            f"{run_dir} is not a run folder written by train.py (it has no config.json); {train_hint(run_dir)}"
+        )
     try:
         config = json.loads(config_path.read_text())
         for key in ("latent_dim", "image_size", "channels"):
             config[key] = int(config[key])
     except (ValueError, KeyError, TypeError) as error:
-        raise ExportError(f"{config_path} is not a train.py config ({error}); {TRAIN_HINT}") from None
+        raise ExportError(f"{config_path} is not a train.py config ({error}); {train_hint(run_dir)}") from None
     missing = [name for name in ("encoder.keras", "decoder.keras") if not (run_dir / name).is_file()]
     if missing:
         raise ExportError(
             f"{run_dir} has no {' or '.join(missing)} (they are written after each epoch); "
-            f"{TRAIN_HINT.replace('RUN', str(run_dir))}, or let its first epoch finish"
+            f"{train_hint(run_dir)}, or let its first epoch finish"
         )
     return config
 
@@ -213,7 +222,7 @@ def load_models(run_dir: Path, config: dict) -> tuple[keras.Model, keras.Model]:
             models.append(keras.saving.load_model(run_dir / f"{name}.keras", safe_mode=True))
         except Exception as error:  # Keras raises many types for damaged archives
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-            raise ExportError(f"cannot load {run_dir / name}.keras ({reason}); {TRAIN_HINT}") from None
+            raise ExportError(f"cannot load {run_dir / name}.keras ({reason}); {train_hint(run_dir)}") from None
     encoder, decoder = models
     size, channels, latent = config["image_size"], config["channels"], config["latent_dim"]
     found = (

@@ -197,7 +197,10 @@ def test_run_folder_errors(tmp_path):
     with pytest.raises(SystemExit, match=r"error: run folder .*missing does not exist; train first: python train.py"):
         export_onnx.main(["--run", str(tmp_path / "missing")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match=r"error: .*empty has no config.json.*train first"):
+    with pytest.raises(
+        SystemExit,
+        match=r"error: .*empty is not a run folder written by train.py \(it has no config.json\); train first",
+    ):
         export_onnx.main(["--run", str(tmp_path / "empty")])
     (tmp_path / "untrained").mkdir()
     (tmp_path / "untrained" / "config.json").write_text(json.dumps({"latent_dim": 8, "image_size": 16, "channels": 3}))
