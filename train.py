@@ -248,7 +248,10 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
 def choose_strategy(name: str) -> tf.distribute.Strategy:
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
+        # Mirror over the GPUs; without any, over the logical CPU devices (several only when
+        # configured with tf.config.set_logical_device_configuration, as the tests do).
+        devices = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices)
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise RunError("--strategy multiworker needs the TF_CONFIG environment variable (see README: multi-node)")

@@ -45,6 +45,9 @@ BCE_EPSILON = 1e-6
 # Keras' default 0.99 needs ~500 steps before the moving statistics used at inference
 # match the batches; short CelebA runs (57 steps an epoch on the sample) validate badly.
 BN_MOMENTUM = 0.9
+# BatchNormalization layers use synchronized=True: under tf.distribute they normalise with
+# the global batch's statistics, so a step on N replicas equals the single-device step
+# (a no-op on one device).
 
 
 # --------------------------------------------------------------------------- loss math
@@ -146,7 +149,7 @@ def build_encoder(
     x = images
     for index, width in enumerate(filters):
         x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name=f"conv{index}")(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{index}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=True, name=f"bn{index}")(x)
         x = layers.ReLU(name=f"relu{index}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(hidden_units, activation="relu", name="hidden")(x)
@@ -175,7 +178,7 @@ def build_decoder(
     # doubling the size); the final convolution undoes the first block (-> C channels).
     for index, width in enumerate(reversed(filters[:-1])):
         x = upsample_conv(x, width, upsampling, name=str(index), use_bias=False)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{index}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=True, name=f"bn{index}")(x)
         x = layers.ReLU(name=f"relu{index}")(x)
     images = upsample_conv(x, channels, upsampling, name="out", activation="sigmoid", dtype="float32")
     return keras.Model(z, images, name="decoder")

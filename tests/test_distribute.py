@@ -1,0 +1,113 @@
+"""tf.distribute: one training step on 2 logical CPU devices equals the single-device step.
+
+Logical devices must be configured before TensorFlow initialises its devices, which the
+pytest process has already done, so the comparison runs in a fresh subprocess (this file,
+run as a script).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_worker(mode: str) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, __file__, mode], capture_output=True, text=True, timeout=300, env=env, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_step_equals_single_device_step():
+    report = run_worker("compare")
+    assert report["replicas"] == 2
+    assert abs(report["single_loss"] - report["mirrored_loss"]) <= 1e-4 * abs(report["single_loss"])
+    assert report["max_weight_difference"] < 1e-5
+    assert report["max_weight_change"] > 1e-4  # the step really moved the weights
+
+
+def test_train_py_runs_with_the_mirrored_strategy():
+    report = run_worker("train")
+    assert report["replicas"] == 2 and report["epochs"] == 1
+
+
+def compare() -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import train
+
+    config = {
+        "image_size": 16, "channels": 3, "latent_dim": 8, "filters": [8, 16], "hidden_units": 16,
+        "upsampling": "nearest", "reconstruction": "mse", "beta": 1.0, "beta_warmup_steps": 0,
+        "beta_cycle_steps": 0, "model": "vae", "seed": 0, "learning_rate": 1e-2, "ema": 0.0,
+    }  # fmt: skip
+    images = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
+
+    def one_step(strategy: tf.distribute.Strategy, initial: list | None) -> tuple[float, list]:
+        with strategy.scope():
+            model = train.model_from_config(config)
+            if initial is None:
+                # sigma = exp(-15): the sampled z equals mu to float precision, so both runs see
+                # the same z although each replica draws its own noise; the KL term stays in.
+                model.encoder.get_layer("log_var").bias.assign(np.full(8, -30.0, np.float32))
+            else:
+                model.set_weights(initial)
+            # Plain SGD: Adam's first step is invariant to the gradient's scale and would hide
+            # a wrong per-replica loss scaling.
+            model.compile(optimizer=keras.optimizers.SGD(0.1))
+        start = [w.copy() for w in model.get_weights()]
+        dataset = tf.data.Dataset.from_tensor_slices(images).batch(8)
+        history = model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+        return history.history["loss"][0], start, model.get_weights()
+
+    single_loss, initial, single_weights = one_step(tf.distribute.get_strategy(), None)
+    mirrored = train.choose_strategy("mirrored")
+    mirrored_loss, _, mirrored_weights = one_step(mirrored, initial)
+    return {
+        "replicas": mirrored.num_replicas_in_sync,
+        "single_loss": float(single_loss),
+        "mirrored_loss": float(mirrored_loss),
+        "max_weight_difference": max(
+            float(np.abs(a - b).max()) for a, b in zip(single_weights, mirrored_weights, strict=True)
+        ),
+        "max_weight_change": max(float(np.abs(a - b).max()) for a, b in zip(single_weights, initial, strict=True)),
+    }
+
+
+def train_run() -> dict:
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    import train
+
+    folder = Path(tempfile.mkdtemp())
+    rng = np.random.default_rng(0)
+    for index in range(40):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{index:03d}.png")
+    run = folder / "run"
+    args = ["--data", str(folder), "--out", str(run), "--image-size", "16", "--filters", "8,16", "--hidden", "16",
+            "--latent", "8", "--batch-size", "8", "--epochs", "1", "--strategy", "mirrored", "--verbose", "0"]  # fmt: skip
+    train.main(args)
+    return {
+        "replicas": train.choose_strategy("mirrored").num_replicas_in_sync,
+        "epochs": len(train.read_history(run / "history.csv")),
+    }
+
+
+if __name__ == "__main__":
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    print(json.dumps(compare() if sys.argv[1] == "compare" else train_run()))
