@@ -45,7 +45,7 @@ def load_face(path: str | os.PathLike, image_size: int, channels: int = 3, crop:
         raise ValueError(f"cannot read {path} as an image ({error}); give a JPEG or PNG file") from None
     top, left, side, _ = crop_box(image.height, image.width, crop)
     image = image.crop((left, top, left + side, top + side)).resize(
-        (image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None
+        (image_size, image_size), Image.Resampling.BOX, reducing_gap=None
     )
     if channels == 1:
         image = image.convert("L")
