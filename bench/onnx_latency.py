@@ -18,9 +18,7 @@ against the targets. Not a test: the figures depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,10 +32,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from machine import machine_lines  # noqa: E402
+
 import export_onnx  # noqa: E402  (imports neither TensorFlow nor Keras)
 
 BATCHES = (1, 64)
-PACKAGES = ("tensorflow", "keras", "onnxruntime", "tf2onnx", "onnx", "numpy")
 TARGETS = {  # name: (description, minimum ratio)
     "batch1": ("batch 1: tf.function / onnxruntime", 2.0),
     "batch64": ("batch 64: tf.function / onnxruntime", 1.0),
@@ -70,35 +69,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_lines(threads: int) -> list[str]:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    versions = []
-    for package in PACKAGES:
-        try:
-            versions.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{package} (not installed)")
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return [
-        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs ({usable} usable), {platform.platform()}",
-        f"python {platform.python_version()}; " + ", ".join(versions),
-        f"load average at start (1, 5, 15 min): {load}",
-        f"intra-op threads: {threads or 'library defaults'}",
-    ]
-
-
-# --------------------------------------------------------------------------- timing
 def time_rounds(functions: dict[str, Callable], repeats: int, warmup: int, rounds: int) -> dict[str, list[float]]:
     """Seconds per call of each function, measured in alternating rounds after warm-up calls."""
     times: dict[str, list[float]] = {name: [] for name in functions}
@@ -191,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ):
         if not (run / name).is_file():
             sys.exit(f"error: {run} has no {name}; {hint.replace('RUN', args.run)}")
-    print("\n".join(machine_lines(args.threads)))
+    print("\n".join([*machine_lines(), f"intra-op threads: {args.threads or 'library defaults'}"]))
 
     generated = "skipped (--skip-generate)" if args.skip_generate else None
     if generated is None:
