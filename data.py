@@ -8,7 +8,8 @@ Three layouts are recognised, and the one found is reported:
 - original: the layout of the CelebA site / Google Drive:
             <root>/Img/img_align_celeba/*.jpg, Anno/list_attr_celeba.txt,
             Eval/list_eval_partition.txt, Anno/identity_CelebA.txt
-- folder:   any folder of JPEG/PNG faces (searched recursively); no attributes,
+- folder:   any folder of JPEG/PNG faces (searched recursively, skipping run folders,
+            i.e. folders holding a config.json); no attributes,
             and a deterministic 80/10/10 train/validation/test split by a hash
             of each file name.
 
@@ -205,8 +206,16 @@ def read_identities(path: Path) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- layout detection
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Image files in a folder, sorted. Recursive listing skips run folders (any folder holding a
+    config.json), so grids written by train.py or generate.py never become training faces."""
+    if not recursive:
+        return sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    run_folders = {config.parent for config in folder.rglob("config.json")}
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and run_folders.isdisjoint(p.parents)
+    )
 
 
 def find_dataset(path: str | os.PathLike) -> Dataset:

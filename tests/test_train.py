@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import CELEBA_SAMPLE, REPO, tiny_train_args
+from conftest import CELEBA_SAMPLE, REPO, tiny_train_args, write_faces
 from PIL import Image
 
 import train
@@ -60,6 +60,13 @@ def test_same_seed_same_result(face_folder, tmp_path):
     for name in ("a", "b"):
         train.main(tiny_train_args(face_folder, tmp_path / name, "--epochs", "1", "--seed", "7"))
     assert history_rows(tmp_path / "a") == history_rows(tmp_path / "b")
+
+
+def test_run_folder_inside_a_plain_data_folder_is_not_trained_on(tmp_path):
+    write_faces(tmp_path, [f"face{i:03d}.png" for i in range(40)])
+    for name in ("a", "b"):  # the second run would see the first run's PNG grids as faces
+        train.main(tiny_train_args(tmp_path, tmp_path / "runs" / name, "--epochs", "1", "--seed", "7"))
+    assert history_rows(tmp_path / "runs" / "a") == history_rows(tmp_path / "runs" / "b")
 
 
 def test_resume_continues_epochs_and_optimizer_step(kaggle_celeba, tmp_path):
