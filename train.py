@@ -76,6 +76,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     io.add_argument("--limit", type=int, default=0, help="train on the first N training images only (0: all)")
     io.add_argument(
+        "--train-split",
+        choices=("train", "train+validation"),
+        default="train",
+        help="partitions trained on; with train+validation the validation figures are on seen images "
+        "and only the test partition stays unseen",
+    )
+    io.add_argument(
         "--cache", default="memory", help="decoded-image cache: memory, none, or a directory for a file cache"
     )
     io.add_argument(
@@ -193,6 +200,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "run_dir": str(out),
         "data": str(args.data),
         "limit": args.limit,
+        "train_split": args.train_split,
         "cache": args.cache,
         "crop": args.crop,
         "model": args.model,
@@ -461,7 +469,7 @@ class Checkpoint(keras.callbacks.Callback):
 # --------------------------------------------------------------------------- training
 def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
     dataset = data.find_dataset(config["data"])
-    train_files = dataset.split("train")
+    train_files = [path for split in config.get("train_split", "train").split("+") for path in dataset.split(split)]
     if config["limit"]:
         train_files = train_files[: config["limit"]]
     validation_files = dataset.split("validation")
