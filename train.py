@@ -132,6 +132,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     opt.add_argument("--batch-size", type=int, default=64, help="global batch size")
     opt.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     opt.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="cosine: decay from --lr to 5%% of it over all epochs (stretched when --resume extends them)",
+    )
+    opt.add_argument(
         "--ema",
         type=float,
         default=0.0,
@@ -217,6 +223,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "epochs": args.epochs if args.epochs is not None else 20,
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
+        "lr_schedule": args.lr_schedule,
         "ema": args.ema,
         "mixed_precision": args.mixed_precision,
         "strategy": args.strategy,
@@ -299,9 +306,13 @@ def model_from_config(config: dict) -> vae.VAE:
     )
 
 
-def make_optimizer(config: dict) -> keras.optimizers.Optimizer:
+def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
+    learning_rate = config["learning_rate"]
+    if config.get("lr_schedule", "constant") == "cosine":
+        total_steps = max(1, config["epochs"] * steps_per_epoch)
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, total_steps, alpha=0.05)
     ema = config["ema"]
-    return keras.optimizers.Adam(config["learning_rate"], use_ema=ema > 0, ema_momentum=ema or 0.99)
+    return keras.optimizers.Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
 
 
 @contextlib.contextmanager
@@ -530,7 +541,7 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
     policy = mixed_precision_policy() if config["mixed_precision"] else "float32"
     with dtype_policy(policy), strategy.scope():
         model = model_from_config(config)
-        model.compile(optimizer=make_optimizer(config))
+        model.compile(optimizer=make_optimizer(config, train_steps))
         if checkpoint:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(checkpoint[1])

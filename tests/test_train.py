@@ -181,3 +181,11 @@ def test_real_celeba_sample_loss_falls(tmp_path):
     assert float(rows[-1]["loss"]) < 0.7 * float(rows[0]["loss"])
     assert float(rows[-1]["mse"]) < float(rows[0]["mse"])
     assert os.path.getsize(run / "reconstructions" / "epoch_003.png") > 1000
+
+
+def test_cosine_schedule_decays_over_all_epochs():
+    config = {"learning_rate": 2e-3, "lr_schedule": "cosine", "epochs": 10, "ema": 0.0}
+    optimizer = train.make_optimizer(config, steps_per_epoch=50)
+    for step, expected in ((0, 2e-3), (250, 2e-3 * (0.05 + 0.95 * 0.5)), (500, 1e-4)):
+        optimizer.iterations.assign(step)
+        assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)
