@@ -1,0 +1,787 @@
+"""Explore a trained VAE's latent space: reconstructions, prior samples, weighted sampling,
+interpolation, CelebA attribute vectors and latent traversals, each written as a PNG grid.
+
+    python generate.py --run runs/<name> --mode sample --temperature 0.7 1.0
+    python generate.py --run runs/<name> --mode interpolate --data ./celeba --pairs 4
+    python generate.py --run runs/<name> --mode attribute --attribute Smiling --data ./celeba
+    python generate.py --run runs/<name> --mode sample --backend onnx   # no TensorFlow needed
+    python generate.py --help                                            # every mode and flag
+
+Modes (faces come from --images FILE..., --ids ID... or at random from --split of --data):
+    reconstruct  inputs over their reconstructions (posterior mean, --sampled K draws of z)
+    sample       decoded prior samples z ~ N(0, T^2 I) for each --temperature T
+    weighted     z ~ N(mu', sigma'^2) with mu' = sum w_i mu_i, log sigma' = sum w_i log sigma_i
+                 over b encoded faces (--identity N: the images of one CelebA person)
+    interpolate  linear and spherical paths between pairs (or a --chain) of encoded faces
+    attribute    z + alpha * direction, direction = mean(mu | attr) - mean(mu | not attr)
+                 from CelebA labels, cached in <run>/attribute_directions.json
+    traverse     one row per latent dimension, set to values from -span to span
+
+The model is rebuilt from the run folder written by train.py (config.json, encoder.keras,
+decoder.keras) or, with --backend onnx, from encoder.onnx/decoder.onnx written by
+export_onnx.py; the ONNX path imports neither TensorFlow nor Keras. Real images are read
+with images.load_face, cropped and resized as in training. Each mode writes one PNG grid
+(default <run>/generated/<mode>.png) and, with --save-individual, one PNG per face; the same
+--seed gives the same output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+import data
+import export_onnx
+from images import DEFAULT_CROP, load_face, make_grid, save_png, to_uint8
+
+MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
+RUN_FORMAT = "celeba-vae-run/1"
+DIRECTIONS_FORMAT = export_onnx.ATTRIBUTES_FORMAT  # "celeba-vae-attributes/1"
+DIRECTIONS_FILE = export_onnx.ATTRIBUTES_FILE  # read by export_onnx.py and other apps
+BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
+DEFAULT_FACES = {"reconstruct": 8, "weighted": 4, "attribute": 4}
+DEFAULT_STEPS = {"interpolate": 8, "traverse": 7}
+TRAVERSED_DIMS = 8  # default number of dimensions to traverse
+ACTIVITY_IMAGES = 256  # images encoded to find the most active dimensions
+
+
+class GenerateError(ValueError):
+    """A problem the user can fix, reported as one line that says what to do."""
+
+
+# --------------------------------------------------------------------------- latent math (numpy only)
+def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Points (1 - t) a + t b for each t: [T, D]."""
+    t = np.asarray(t, dtype=np.float64)[:, None]
+    return (1.0 - t) * a + t * b
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation (Shoemake; White 2016 for generative models): [T, D].
+
+    Follows the great circle between the directions of a and b, so between two vectors of
+    equal norm the norm stays constant, where lerp cuts through the low-norm middle of a
+    Gaussian prior. Falls back to lerp for (anti)parallel or zero vectors, where the plane
+    of rotation is undefined.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    if norms == 0.0:
+        return lerp(a, b, t)
+    omega = np.arccos(np.clip(np.dot(a, b) / norms, -1.0, 1.0))
+    if np.sin(omega) < 1e-6:
+        return lerp(a, b, t)
+    t = np.asarray(t, dtype=np.float64)[:, None]
+    return (np.sin((1.0 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+
+
+def latent_path(points: np.ndarray, steps: int, method: str) -> np.ndarray:
+    """A path through points [n, D] (n >= 2), `steps` points per segment with shared
+    endpoints: [(n - 1) * (steps - 1) + 1, D]. method: "lerp" or "slerp"."""
+    if method not in ("lerp", "slerp"):
+        raise ValueError(f"unknown interpolation {method!r}; choose lerp or slerp")
+    if len(points) < 2 or steps < 2:
+        raise ValueError("a path needs at least 2 points and 2 steps")
+    interpolate = lerp if method == "lerp" else slerp
+    t = np.linspace(0.0, 1.0, steps)
+    segments = [interpolate(points[i], points[i + 1], t)[(1 if i else 0) :] for i in range(len(points) - 1)]
+    return np.concatenate(segments)
+
+
+def normalized_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
+    """Mixing weights for `count` faces, rescaled to sum to 1 (None: 1/count each)."""
+    if weights is None:
+        return np.full(count, 1.0 / count)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (count,):
+        raise ValueError(f"got {weights.size} weights for {count} images; give one weight per image")
+    total = weights.sum()
+    if abs(total) < 1e-12:
+        raise ValueError("the weights sum to 0; give weights with a non-zero sum, e.g. 1 1 2")
+    return weights / total
+
+
+def weighted_posterior(mu: np.ndarray, log_sigma: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Combine b posteriors [b, D]: mu' = sum_i w_i mu_i, log sigma' = sum_i w_i log sigma_i.
+
+    Averaging log sigma (a geometric mean of the sigmas) keeps sigma' positive and within
+    the range of the inputs' sigmas for convex weights."""
+    return weights @ mu, weights @ log_sigma
+
+
+def reparameterize(mu: np.ndarray, log_sigma: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """z = mu + sigma * eps, broadcast over the leading axis of noise."""
+    return mu + np.exp(log_sigma) * noise
+
+
+def attribute_direction(mu: np.ndarray, labels: np.ndarray, min_count: int = 1) -> np.ndarray:
+    """mean(mu | label = +1) - mean(mu | label = -1) over encoded images mu [N, D] with
+    CelebA labels [N] of +1/-1 (0: unlabelled, ignored). Raises ValueError with the
+    counts found when either side has fewer than min_count images."""
+    labels = np.asarray(labels)
+    positive, negative = labels > 0, labels < 0
+    found = f"{int(positive.sum())} positive and {int(negative.sum())} negative"
+    if positive.sum() < max(1, min_count) or negative.sum() < max(1, min_count):
+        raise ValueError(f"{found} labelled images found, need at least {max(1, min_count)} of each")
+    return mu[positive].mean(axis=0) - mu[negative].mean(axis=0)
+
+
+def attribute_sweep(z: np.ndarray, direction: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
+    """z + alpha * direction for each alpha: [A, D]; negative alphas remove the attribute."""
+    return z + np.asarray(alphas, dtype=np.float64)[:, None] * direction
+
+
+def traversal_grid(z: np.ndarray, dims: Sequence[int], values: Sequence[float]) -> np.ndarray:
+    """Copies of z with dimension dims[r] set to values[c]: [len(dims), len(values), D]."""
+    grid = np.tile(np.asarray(z, dtype=np.float64), (len(dims), len(values), 1))
+    for row, dim in enumerate(dims):
+        grid[row, :, dim] = values
+    return grid
+
+
+def most_active_dims(mu: np.ndarray, count: int) -> list[int]:
+    """The `count` latent dimensions whose posterior mean varies most across images mu [N, D]
+    (active units, Burda et al. 2016): collapsed dimensions barely change the decoded face."""
+    return [int(d) for d in np.argsort(-mu.var(axis=0), kind="stable")[:count]]
+
+
+# --------------------------------------------------------------------------- model backends
+class Backend(Protocol):
+    """What generate.py needs from a model; images are float32 [N, H, W, C] in [0, 1]."""
+
+    latent_dim: int
+    image_size: int
+    channels: int
+    crop: int
+    model_kind: str  # "vae" or "ae"
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # (mu, log_var) [N, D]
+
+    def decode(self, z: np.ndarray) -> np.ndarray: ...
+
+
+def read_run_config(run_dir: Path) -> dict | None:
+    """config.json of a train.py run (None when absent, as in an ONNX-only folder)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise GenerateError(f"{path} is not valid JSON ({error}); give a run folder written by train.py") from None
+    if config.get("format") != RUN_FORMAT:
+        raise GenerateError(f"{path} is not a {RUN_FORMAT} config; give a run folder written by train.py")
+    return config
+
+
+def check_latents(z: np.ndarray, latent_dim: int) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim != 2 or z.shape[1] != latent_dim:
+        raise GenerateError(f"latent vectors of shape {z.shape} do not fit this model's latent size {latent_dim}")
+    return z
+
+
+def check_images(images: np.ndarray, backend: Backend) -> np.ndarray:
+    images = np.asarray(images, dtype=np.float32)
+    expected = (backend.image_size, backend.image_size, backend.channels)
+    if images.ndim != 4 or images.shape[1:] != expected:
+        raise GenerateError(f"images of shape {images.shape[1:]} do not fit this model's input {expected}")
+    return images
+
+
+class KerasBackend:
+    """encoder.keras / decoder.keras of a train.py run; sizes from its config.json."""
+
+    def __init__(self, run_dir: Path):
+        config = read_run_config(run_dir)
+        if config is None:
+            raise GenerateError(f"{run_dir} has no config.json; give a run folder written by train.py")
+        self.run_dir = run_dir
+        self.latent_dim = int(config["latent_dim"])
+        self.image_size = int(config["image_size"])
+        self.channels = int(config["channels"])
+        self.crop = int(config.get("crop", DEFAULT_CROP))
+        self.model_kind = config.get("model", "vae")
+        self._encoder = None
+        self.decoder = self.load("decoder.keras", (self.latent_dim,))
+
+    def load(self, name: str, input_shape: tuple[int, ...]):
+        """A model file of the run, checked to take inputs of `input_shape` (batch excluded)."""
+        path = self.run_dir / name
+        if not path.is_file():
+            raise GenerateError(f"{self.run_dir} has no {name}; train.py writes it after the first epoch")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ start-up chatter
+        import keras  # only here: the ONNX path must run without TensorFlow
+
+        import vae  # noqa: F401  registers the project's Keras objects
+
+        try:
+            model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        except Exception as error:  # Keras raises many types for damaged or foreign files
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise GenerateError(f"cannot load {path} ({reason}); re-run train.py for this run") from None
+        found = tuple(model.inputs[0].shape[1:])
+        if found != input_shape:
+            raise GenerateError(
+                f"{path} takes inputs of shape {found} but config.json describes {input_shape}; "
+                "the model files and config.json come from different runs"
+            )
+        return model
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = check_images(images, self)
+        if self._encoder is None:
+            self._encoder = self.load("encoder.keras", (self.image_size, self.image_size, self.channels))
+        parts = [self._encoder(images[i : i + BATCH_SIZE], training=False) for i in range(0, len(images), BATCH_SIZE)]
+        mu = np.concatenate([np.asarray(p[0]) for p in parts])
+        log_var = np.concatenate([np.asarray(p[1]) for p in parts])
+        return mu, log_var
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        z = check_latents(z, self.latent_dim)
+        return np.concatenate(
+            [np.asarray(self.decoder(z[i : i + BATCH_SIZE], training=False)) for i in range(0, len(z), BATCH_SIZE)]
+        )
+
+
+class OnnxBackend:
+    """encoder.onnx / decoder.onnx (export_onnx.py) on onnxruntime's CPU provider, through
+    export_onnx's numpy-only helpers; sizes from the files' metadata. Imports neither
+    TensorFlow nor Keras."""
+
+    def __init__(self, run_dir: Path, threads: int = 0):
+        self.run_dir = run_dir
+        self.threads = threads
+        self._encoder = None
+        self.decoder, metadata = self.open("decoder")
+        if metadata.get("value_range") != "0,1" or metadata.get("layout") != "NHWC":
+            raise GenerateError(f"{run_dir / 'decoder.onnx'} is not an NHWC model with values in [0, 1]; re-export it")
+        self.latent_dim = int(metadata["latent_dim"])
+        self.image_size = int(metadata["image_size"])
+        self.channels = int(metadata["channels"])
+        self.crop = int(metadata.get("crop", DEFAULT_CROP))
+        self.model_kind = metadata.get("model", "vae")
+        config = read_run_config(run_dir)
+        if config is not None and int(config["latent_dim"]) != self.latent_dim:
+            raise GenerateError(
+                f"decoder.onnx has latent size {self.latent_dim} but {run_dir / 'config.json'} says "
+                f"{config['latent_dim']}; re-export it: python export_onnx.py --run {run_dir}"
+            )
+
+    def open(self, part: str):
+        """(session, metadata) of <run>/<part>.onnx, checked to be an exported `part`."""
+        path = self.run_dir / f"{part}.onnx"
+        if not path.is_file():
+            raise GenerateError(
+                f"{self.run_dir} has no {part}.onnx; export it: python export_onnx.py --run {self.run_dir}"
+            )
+        try:
+            session = export_onnx.make_session(path, threads=self.threads)
+            return session, export_onnx.check_model(session, part, name=str(path))
+        except (FileNotFoundError, ValueError) as error:
+            raise GenerateError(str(error)) from None
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = check_images(images, self)
+        if self._encoder is None:
+            self._encoder, metadata = self.open("encoder")
+            if int(metadata["latent_dim"]) != self.latent_dim:
+                raise GenerateError(f"encoder.onnx and decoder.onnx in {self.run_dir} come from different models")
+        parts = [
+            export_onnx.encode(self._encoder, images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        z = check_latents(z, self.latent_dim)
+        return np.concatenate(
+            [export_onnx.decode(self.decoder, z[i : i + BATCH_SIZE]) for i in range(0, len(z), BATCH_SIZE)]
+        )
+
+
+def open_backend(run_dir: Path, kind: str, threads: int = 0) -> Backend:
+    if not run_dir.is_dir():
+        raise GenerateError(f"run folder {run_dir} does not exist; train one with train.py --out {run_dir}")
+    return OnnxBackend(run_dir, threads) if kind == "onnx" else KerasBackend(run_dir)
+
+
+# --------------------------------------------------------------------------- choosing and loading faces
+def load_faces(paths: Sequence[Path], backend: Backend) -> np.ndarray:
+    """float32 [N, S, S, C] faces, cropped and resized as in training."""
+    try:
+        return np.stack([load_face(p, backend.image_size, backend.channels, backend.crop) for p in paths])
+    except (FileNotFoundError, ValueError) as error:
+        raise GenerateError(f"{error}; check the paths given to --images / --ids") from None
+
+
+def require_dataset(
+    dataset: data.Dataset | None, what: str, alternative: str = "or give face files with --images FILE ..."
+) -> data.Dataset:
+    if dataset is None:
+        raise GenerateError(f"{what} needs --data CELEBA_ROOT ({alternative})")
+    return dataset
+
+
+def find_ids(dataset: data.Dataset, ids: Sequence[str]) -> list[Path]:
+    """Paths of CelebA image ids: "000123.jpg", "000123" or "123"."""
+    by_name = {p.name: p for p in dataset.files}
+    paths = []
+    for image_id in ids:
+        candidates = [image_id, f"{image_id}.jpg"] + ([f"{int(image_id):06d}.jpg"] if image_id.isdigit() else [])
+        found = next((by_name[c] for c in candidates if c in by_name), None)
+        if found is None:
+            raise GenerateError(f"image id {image_id!r} not found under {dataset.root}; give names like 000123.jpg")
+        paths.append(found)
+    return paths
+
+
+def random_files(
+    dataset: data.Dataset, split: str, count: int, rng: np.random.Generator, allow_fewer: bool = False
+) -> list[Path]:
+    """`count` distinct readable files of a split, in a seeded random order (fewer only when
+    allow_fewer)."""
+    files = dataset.split(split)
+    chosen = []
+    for index in rng.permutation(len(files)):
+        if data.is_readable_image(files[index]):  # skip truncated downloads
+            chosen.append(files[index])
+            if len(chosen) == count:
+                return chosen
+    if allow_fewer and chosen:
+        return chosen
+    raise GenerateError(
+        f"the {split} split under {dataset.root} has {len(chosen)} readable images, {count} needed; "
+        "use another --split or a smaller count"
+    )
+
+
+def choose_faces(
+    args: argparse.Namespace, dataset: data.Dataset | None, rng: np.random.Generator, count: int
+) -> list[Path]:
+    """Face files from --images, --ids, --identity, or `count` at random from --split."""
+    if args.images:
+        return [Path(p) for p in args.images]
+    if args.ids:
+        return find_ids(require_dataset(dataset, "--ids"), args.ids)
+    if args.identity is not None:
+        dataset = require_dataset(dataset, "--identity")
+        if not dataset.identities:
+            raise GenerateError(f"no identity_CelebA.txt under {dataset.root}; --identity needs it")
+        paths = [p for p in dataset.files if dataset.identities.get(p.name) == args.identity]
+        paths = [p for p in paths if data.is_readable_image(p)]
+        if not paths:
+            raise GenerateError(f"no readable images of identity {args.identity} under {dataset.root}")
+        return paths[: args.count] if args.count else paths
+    dataset = require_dataset(dataset, f"--mode {args.mode} with random faces")
+    return random_files(dataset, args.split, count, rng)
+
+
+# --------------------------------------------------------------------------- attribute directions
+def attribute_names(requested: Sequence[str]) -> list[str]:
+    """Canonical CelebA spellings (case-insensitive match); DataError lists the valid names."""
+    return [data.CELEBA_ATTRIBUTES[data.attribute_index(name)] for name in requested]
+
+
+def read_directions(path: Path, latent_dim: int, recompute: bool = False) -> dict:
+    """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}; with
+    `recompute`, a damaged file or one for another latent size is dropped instead of refused."""
+    if not path.is_file():
+        return {}
+    try:
+        cached = json.loads(path.read_text())
+        problem = None
+    except json.JSONDecodeError:
+        cached, problem = {}, "is not valid JSON"
+    if problem is None and cached.get("format") != DIRECTIONS_FORMAT:
+        problem = f"is not a {DIRECTIONS_FORMAT} file"
+    elif problem is None and cached.get("latent_dim") != latent_dim:
+        problem = f"holds directions for latent size {cached.get('latent_dim')}, this model has {latent_dim}"
+    if problem is None:
+        return cached.get("attributes", {})
+    if recompute:
+        return {}
+    raise GenerateError(f"{path} {problem}; pass --recompute to replace it")
+
+
+def write_json_atomic(path: Path, content: dict) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(content, stream, indent=1)
+        stream.write("\n")
+    os.replace(temporary, path)
+
+
+def labelled_faces(dataset: data.Dataset, split: str, limit: int) -> tuple[list[Path], np.ndarray]:
+    """Readable files of a split that have attribute labels, and their labels [N, 40]."""
+    if not dataset.attributes:
+        raise GenerateError(
+            f"no attribute labels under {dataset.root} (list_attr_celeba.csv or Anno/list_attr_celeba.txt); "
+            "attribute directions need CelebA's labels"
+        )
+    labelled = [p for p in dataset.split(split) if p.name in dataset.attributes]
+    labelled = data.usable_files(labelled[:limit] if limit else labelled)
+    if not labelled:
+        raise GenerateError(f"no labelled images in the {split} split under {dataset.root}; try --attribute-split all")
+    return labelled, np.stack([dataset.attributes[p.name] for p in labelled])
+
+
+def encode_files(paths: Sequence[Path], backend: Backend) -> np.ndarray:
+    """Posterior means [N, D], loading the faces a batch at a time to bound memory."""
+    return np.concatenate(
+        [backend.encode(load_faces(paths[i : i + 256], backend))[0] for i in range(0, len(paths), 256)]
+    )
+
+
+def attribute_directions(args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None) -> dict:
+    """Directions of the requested attributes: cached ones reused, missing ones computed from
+    the labelled images under --data and added to the cache file."""
+    names = attribute_names(args.attribute)
+    path = Path(args.run) / DIRECTIONS_FILE
+    cached = read_directions(path, backend.latent_dim, args.recompute)
+    missing = [n for n in names if args.recompute or n not in cached]
+    if missing:
+        dataset = require_dataset(
+            dataset,
+            f"computing the direction of {', '.join(missing)}",
+            f"with CelebA's attribute labels; the result is cached in {path} for later runs",
+        )
+        files, labels = labelled_faces(dataset, args.attribute_split, args.max_labelled)
+        print(f"encoding {len(files)} labelled images ({args.attribute_split} split) for {', '.join(missing)}")
+        mu = encode_files(files, backend)
+        for name in missing:
+            column = labels[:, data.CELEBA_ATTRIBUTES.index(name)]
+            try:
+                direction = attribute_direction(mu, column, args.min_labelled)
+            except ValueError as error:
+                raise GenerateError(
+                    f"attribute {name}: {error} among {len(files)} labelled images under {dataset.root} "
+                    f"({args.attribute_split} split); use more labelled data or a lower --min-labelled"
+                ) from None
+            cached[name] = {
+                "direction": [float(v) for v in direction],
+                "positives": int((column > 0).sum()),
+                "negatives": int((column < 0).sum()),
+            }
+        write_json_atomic(path, {"format": DIRECTIONS_FORMAT, "latent_dim": backend.latent_dim, "attributes": cached})
+        print(f"saved directions of {', '.join(missing)} to {path}")
+    directions = {}
+    for name in names:
+        entry = cached[name]
+        directions[name] = np.asarray(entry.get("direction", []), dtype=np.float64)
+        if directions[name].shape != (backend.latent_dim,):
+            raise GenerateError(f"{path}: the direction of {name} has the wrong length; pass --recompute")
+        source = "computed" if name in missing else f"cached in {path}"
+        print(
+            f"{name}: direction {source} from {entry.get('positives')} positive and {entry.get('negatives')} "
+            f"negative images, norm {np.linalg.norm(directions[name]):.3f}"
+        )
+    return directions
+
+
+# --------------------------------------------------------------------------- modes: each builds one grid
+@dataclass
+class Grid:
+    """rows[r] is an array of images [n, H, W, C]; labels are drawn left of rows / above columns."""
+
+    rows: list[np.ndarray] = field(default_factory=list)
+    row_labels: list[str] = field(default_factory=list)
+    column_labels: list[str] = field(default_factory=list)
+
+    def add(self, images: np.ndarray, label: str) -> None:
+        self.rows.append(np.asarray(images))
+        self.row_labels.append(label)
+
+
+def in_rows(images: np.ndarray, columns: int) -> list[np.ndarray]:
+    return [images[i : i + columns] for i in range(0, len(images), columns)]
+
+
+def reconstruct_grid(
+    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
+) -> Grid:
+    files = choose_faces(args, dataset, rng, args.count or DEFAULT_FACES["reconstruct"])
+    faces = load_faces(files, backend)
+    mu, log_var = backend.encode(faces)
+    grid = Grid(column_labels=[p.stem for p in files])
+    grid.add(faces, "input")
+    grid.add(backend.decode(mu), "mean")
+    for draw in range(args.sampled):
+        noise = rng.standard_normal(mu.shape)
+        grid.add(backend.decode(reparameterize(mu, 0.5 * log_var, noise)), f"z draw {draw + 1}")
+    return grid
+
+
+def sample_grid(
+    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
+) -> Grid:
+    # One noise batch for all temperatures, so rows of different T show the same samples.
+    noise = rng.standard_normal((args.samples, backend.latent_dim))
+    grid = Grid()
+    for temperature in args.temperature:
+        for row in in_rows(backend.decode(temperature * noise), args.columns):
+            grid.add(row, f"T={temperature:g}")
+    return grid
+
+
+def weighted_grid(
+    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
+) -> Grid:
+    files = choose_faces(args, dataset, rng, args.count or DEFAULT_FACES["weighted"])
+    try:
+        weights = normalized_weights(args.weights, len(files))
+    except ValueError as error:
+        raise GenerateError(f"--weights: {error}") from None
+    faces = load_faces(files, backend)
+    mu, log_var = backend.encode(faces)
+    mixed_mu, mixed_log_sigma = weighted_posterior(mu, 0.5 * log_var, weights)
+    if args.weights is None:
+        print(f"weights: 1/{len(files)} for each of {len(files)} images")
+    else:
+        print("weights: " + ", ".join(f"{p.name} {w:.3g}" for p, w in zip(files, weights, strict=True)))
+    if backend.model_kind != "vae":
+        print("note: this run is a plain autoencoder; its log_var head is untrained, so the spread is arbitrary")
+    samples = backend.decode(
+        reparameterize(mixed_mu, mixed_log_sigma, rng.standard_normal((args.samples, mu.shape[1])))
+    )
+    grid = Grid()
+    for row in in_rows(faces, args.columns):
+        grid.add(row, "inputs")
+    grid.add(backend.decode(mixed_mu[None]), "mean mu'")
+    for row in in_rows(samples, args.columns):
+        grid.add(row, "samples")
+    return grid
+
+
+def interpolate_grid(
+    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
+) -> Grid:
+    if args.images or args.ids:
+        files = choose_faces(args, dataset, rng, 0)
+        if len(files) < 2 or (not args.chain and len(files) % 2):
+            raise GenerateError(f"got {len(files)} faces; give an even number (pairs A B C D ...) or --chain A B C ...")
+    else:
+        files = random_files(require_dataset(dataset, "random pairs"), args.split, 2 * args.pairs, rng)
+    faces = load_faces(files, backend)
+    mu, _ = backend.encode(faces)
+    # Paths run through posterior means: the most likely code of each face.
+    groups = [list(range(len(files)))] if args.chain else [[i, i + 1] for i in range(0, len(files), 2)]
+    methods = ["lerp", "slerp"] if args.method == "both" else [args.method]
+    steps = args.steps or DEFAULT_STEPS["interpolate"]
+    grid = Grid()
+    for group in groups:
+        name = "-".join(files[i].stem for i in group) if len(group) == 2 else f"chain of {len(group)}"
+        for method in methods:
+            path_images = backend.decode(latent_path(mu[group], steps, method))
+            grid.add(np.concatenate([faces[group[:1]], path_images, faces[group[-1:]]]), f"{name} {method}")
+    path_length = (len(groups[0]) - 1) * (steps - 1) + 1
+    grid.column_labels = ["input"] + [f"step {i}" for i in range(path_length)] + ["input"]
+    return grid
+
+
+def attribute_grid(
+    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
+) -> Grid:
+    directions = attribute_directions(args, backend, dataset)
+    files = choose_faces(args, dataset, rng, args.count or DEFAULT_FACES["attribute"])
+    faces = load_faces(files, backend)
+    mu, _ = backend.encode(faces)
+    grid = Grid(column_labels=["input"] + [f"a={alpha:+g}" for alpha in args.alphas])
+    for name, direction in directions.items():
+        for face, code, path in zip(faces, mu, files, strict=True):
+            swept = backend.decode(attribute_sweep(code, direction, args.alphas))
+            grid.add(np.concatenate([face[None], swept]), f"{name} {path.stem}")
+    return grid
+
+
+def traverse_grid(
+    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
+) -> Grid:
+    if args.dims is not None:
+        dims = args.dims
+    elif dataset is not None:
+        files = random_files(dataset, args.split, ACTIVITY_IMAGES, rng, allow_fewer=True)
+        dims = most_active_dims(encode_files(files, backend), TRAVERSED_DIMS)
+        print(f"traversing the {len(dims)} dimensions whose mu varies most over {len(files)} {args.split} images")
+    else:
+        dims = list(range(min(TRAVERSED_DIMS, backend.latent_dim)))
+        print(f"traversing dimensions {dims}; give --data to pick the most active ones instead")
+    bad = [d for d in dims if not 0 <= d < backend.latent_dim]
+    if bad:
+        raise GenerateError(
+            f"--dims {bad} out of range; this model's latent dimensions are 0..{backend.latent_dim - 1}"
+        )
+    values = np.linspace(-args.span, args.span, args.steps or DEFAULT_STEPS["traverse"])
+    face = None
+    if not args.origin and (args.images or args.ids or dataset is not None):
+        face = load_faces(choose_faces(args, dataset, rng, 1)[:1], backend)
+        center = backend.encode(face)[0][0]
+    else:
+        center = np.zeros(backend.latent_dim)
+    images = backend.decode(traversal_grid(center, dims, values).reshape(-1, backend.latent_dim))
+    images = images.reshape(len(dims), len(values), *images.shape[1:])
+    grid = Grid(column_labels=(["input"] if face is not None else []) + [f"{v:+.2g}" for v in values])
+    for dim, row in zip(dims, images, strict=True):
+        grid.add(np.concatenate([face, row]) if face is not None else row, f"z[{dim}]")
+    return grid
+
+
+MODE_GRIDS = {
+    "reconstruct": reconstruct_grid,
+    "sample": sample_grid,
+    "weighted": weighted_grid,
+    "interpolate": interpolate_grid,
+    "attribute": attribute_grid,
+    "traverse": traverse_grid,
+}
+
+
+# --------------------------------------------------------------------------- output
+def write_grid(grid: Grid, out: Path, scale: int, individual: bool) -> Path:
+    """The labelled grid PNG, and with `individual` every tile as out-stem/rRR_cCC.png."""
+    try:
+        save_png(make_grid(grid.rows, grid.row_labels, grid.column_labels or None, scale=scale), out)
+        if individual:
+            folder = out.with_suffix("")
+            for r, row in enumerate(grid.rows):
+                for c, image in enumerate(row):
+                    pixels = to_uint8(image)
+                    save_png(
+                        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels),
+                        folder / f"r{r:02d}_c{c:02d}.png",
+                    )
+            print(f"wrote {sum(len(row) for row in grid.rows)} single faces to {folder}/")
+    except OSError as error:
+        raise GenerateError(f"cannot write {out} ({error.strerror}); choose another --out") from None
+    return out
+
+
+# --------------------------------------------------------------------------- command line
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults, except for options that have none (None / off)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Explore a trained VAE's latent space; each mode writes a PNG grid.",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n"
+        "  python generate.py --run runs/r --mode reconstruct --data ./celeba --sampled 2\n"
+        "  python generate.py --run runs/r --mode sample --temperature 0.5 0.8 1.0\n"
+        "  python generate.py --run runs/r --mode weighted --data ./celeba --identity 2937\n"
+        "  python generate.py --run runs/r --mode interpolate --images a.jpg b.jpg c.jpg --chain\n"
+        "  python generate.py --run runs/r --mode attribute --data ./celeba --attribute Smiling Eyeglasses\n"
+        "  python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3",
+    )
+    parser.add_argument("--run", required=True, help="run folder written by train.py (runs/<name>)")
+    parser.add_argument("--mode", choices=MODES, required=True, help="what to generate")
+    parser.add_argument("--backend", choices=("keras", "onnx"), default="keras", help="keras: *.keras; onnx: *.onnx")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    parser.add_argument("--out", help="PNG to write (default: <run>/generated/<mode>.png)")
+    parser.add_argument("--save-individual", action="store_true", help="also write each face as its own PNG")
+    parser.add_argument("--scale", type=int, default=1, help="enlarge each face this many times in the grid")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random picks and noise")
+
+    faces = parser.add_argument_group("input faces (reconstruct, weighted, interpolate, attribute, traverse)")
+    faces.add_argument("--data", help="CelebA root or a face folder; needed for --ids, random picks and attributes")
+    faces.add_argument("--images", nargs="+", metavar="FILE", help="face image files")
+    faces.add_argument("--ids", nargs="+", metavar="ID", help="CelebA image ids under --data, e.g. 000123.jpg")
+    faces.add_argument(
+        "--split",
+        choices=("train", "validation", "test", "all"),
+        default="validation",
+        help="split that random faces are picked from",
+    )
+    faces.add_argument(
+        "--count", type=int, help="random faces to pick (default: reconstruct 8, weighted 4, attribute 4)"
+    )
+
+    modes = parser.add_argument_group("mode options")
+    modes.add_argument("--sampled", type=int, default=0, help="reconstruct: rows decoded from sampled z ~ q(z|x)")
+    modes.add_argument("--samples", type=int, default=16, help="sample, weighted: faces to generate")
+    modes.add_argument("--columns", type=int, default=8, help="sample, weighted: faces per grid row")
+    modes.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="sample: prior std multipliers")
+    modes.add_argument("--identity", type=int, help="weighted: use the images of this CelebA identity number")
+    modes.add_argument(
+        "--weights", type=float, nargs="+", help="weighted: one per face, rescaled to sum to 1 (default: equal)"
+    )
+    modes.add_argument("--pairs", type=int, default=4, help="interpolate: random pairs to pick")
+    modes.add_argument("--chain", action="store_true", help="interpolate: one path through all given faces in order")
+    modes.add_argument("--method", choices=("lerp", "slerp", "both"), default="both", help="interpolate: path kind")
+    modes.add_argument(
+        "--steps", type=int, help="interpolate: points per path (default 8); traverse: values (default 7)"
+    )
+    modes.add_argument("--attribute", nargs="+", default=["Smiling"], help="attribute: CelebA attribute names")
+    modes.add_argument(
+        "--alphas",
+        type=float,
+        nargs="+",
+        default=[-2.0, -1.0, 0.0, 1.0, 2.0],
+        help="attribute: multiples of the direction to add (negative removes it)",
+    )
+    modes.add_argument(
+        "--attribute-split",
+        choices=("train", "validation", "test", "all"),
+        default="all",
+        help="attribute: split whose labelled images define the directions",
+    )
+    modes.add_argument("--min-labelled", type=int, default=10, help="attribute: positives and negatives needed, each")
+    modes.add_argument("--max-labelled", type=int, default=20000, help="attribute: labelled images to encode (0: all)")
+    modes.add_argument("--recompute", action="store_true", help="attribute: recompute cached directions")
+    modes.add_argument(
+        "--dims",
+        type=int,
+        nargs="+",
+        help="traverse: latent dimensions (default: the 8 most active over --data, else 0..7)",
+    )
+    modes.add_argument("--span", type=float, default=3.0, help="traverse: values run from -span to span")
+    modes.add_argument("--origin", action="store_true", help="traverse: around z = 0 instead of a face")
+    args = parser.parse_args(argv)
+    for name in ("count", "samples", "columns", "pairs", "scale"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be at least 1 (got {value})")
+    for name in ("sampled", "threads", "min_labelled", "max_labelled"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative")
+    if args.steps is not None and args.steps < 2:
+        parser.error(f"--steps must be at least 2 (got {args.steps})")
+    if args.span <= 0 or min(args.temperature) < 0:
+        parser.error("--span must be positive and --temperature not negative")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run one mode; returns the path of the grid written."""
+    args = parse_args(argv)
+    try:
+        run_dir = Path(args.run)
+        backend = open_backend(run_dir, args.backend, args.threads)
+        dataset = data.find_dataset(args.data) if args.data else None
+        rng = np.random.default_rng(args.seed)
+        grid = MODE_GRIDS[args.mode](args, backend, dataset, rng)
+        out = Path(args.out) if args.out else run_dir / "generated" / f"{args.mode}.png"
+        write_grid(grid, out, args.scale, args.save_individual)
+    except (GenerateError, data.DataError) as error:
+        sys.exit(f"error: {error}")
+    columns = max(len(row) for row in grid.rows)
+    print(f"wrote {out} ({args.mode}: {len(grid.rows)} rows x {columns} columns, {args.backend} backend)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
