@@ -1,0 +1,198 @@
+"""generate.py end to end on a tiny run trained here: every mode on both backends, grid
+layouts, seeds, the attribute cache, the TensorFlow-free ONNX path and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, tiny_train_args
+from PIL import Image
+
+import export_onnx
+import generate
+import train
+from images import GRID_PADDING, LABEL_HEIGHT
+
+SIZE, LATENT = 16, 8  # as set by tiny_train_args
+
+
+@pytest.fixture(scope="module")
+def run(kaggle_celeba, tmp_path_factory) -> Path:
+    """A one-epoch tiny run with its ONNX export beside the Keras files."""
+    run = tmp_path_factory.mktemp("generate") / "run"
+    train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "1"))
+    export_onnx.main(["--run", str(run)])
+    return run
+
+
+def generate_grid(run: Path, out: Path, *args: str) -> tuple[Image.Image, list[list[Path]]]:
+    """Run generate.main with --save-individual; the grid and its single faces by row."""
+    written = generate.main(["--run", str(run), "--out", str(out), "--save-individual", *args])
+    assert written == out
+    tiles = sorted(out.with_suffix("").glob("r*_c*.png"))
+    rows: dict[int, list[Path]] = {}
+    for tile in tiles:
+        rows.setdefault(int(tile.name[1:3]), []).append(tile)
+    return Image.open(out), [rows[r] for r in sorted(rows)]
+
+
+def exit_message(argv: list[str]) -> str:
+    """generate.main's exit message; asserts it is one line starting with 'error: '."""
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(argv)
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+# mode arguments -> (faces per grid row, whether columns are labelled)
+LAYOUTS = {
+    "reconstruct": (["--count", "3", "--sampled", "1"], [3, 3, 3], True),
+    "sample": (["--samples", "6", "--columns", "4", "--temperature", "0.5", "1"], [4, 2, 4, 2], False),
+    "weighted": (["--count", "3", "--samples", "4", "--weights", "1", "1", "2"], [3, 1, 4], False),
+    "interpolate": (["--pairs", "2", "--steps", "4"], [6, 6, 6, 6], True),
+    "attribute": (["--attribute", "Smiling", "--count", "2", "--alphas", "-1", "0", "1"], [4, 4], True),
+    "traverse": (["--dims", "0", "3", "--steps", "5"], [6, 6], True),
+}
+
+
+@pytest.mark.parametrize("backend", ["keras", "onnx"])
+@pytest.mark.parametrize("mode", list(LAYOUTS))
+def test_every_mode_writes_its_grid(run, kaggle_celeba, tmp_path, capsys, mode, backend):
+    args, row_lengths, column_labels = LAYOUTS[mode]
+    out = tmp_path / f"{mode}.png"
+    grid, rows = generate_grid(run, out, "--mode", mode, "--backend", backend, "--data", str(kaggle_celeba), *args)
+    assert [len(row) for row in rows] == row_lengths
+    assert Image.open(rows[-1][-1]).size == (SIZE, SIZE)
+    top = LABEL_HEIGHT if column_labels else 0
+    assert grid.height == top + len(row_lengths) * (SIZE + GRID_PADDING) + GRID_PADDING
+    assert grid.width >= max(row_lengths) * (SIZE + GRID_PADDING) + GRID_PADDING
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_backends_agree_and_default_output_path(run, kaggle_celeba, tmp_path):
+    common = ["--run", str(run), "--mode", "interpolate", "--data", str(kaggle_celeba), "--steps", "3"]
+    keras_png = generate.main([*common, "--out", str(tmp_path / "keras.png")])
+    onnx_png = generate.main([*common, "--backend", "onnx", "--threads", "1"])
+    assert onnx_png == run / "generated" / "interpolate.png"
+    difference = np.abs(np.asarray(Image.open(keras_png), int) - np.asarray(Image.open(onnx_png), int))
+    assert difference.max() <= 2  # within rounding of float32 differences
+
+
+def test_same_seed_same_bytes(run, kaggle_celeba, tmp_path):
+    for mode in ("reconstruct", "weighted"):  # random faces and random noise
+        paths = []
+        for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+            out = tmp_path / f"{mode}_{name}.png"
+            generate.main(["--run", str(run), "--mode", mode, "--data", str(kaggle_celeba), "--sampled", "1",
+                           "--seed", seed, "--out", str(out)])  # fmt: skip
+            paths.append(out.read_bytes())
+        assert paths[0] == paths[1]
+        assert paths[0] != paths[2]
+
+
+def test_inputs_by_file_id_identity_chain_and_origin(run, kaggle_celeba, tmp_path):
+    images = kaggle_celeba / "img_align_celeba" / "img_align_celeba"
+    base = ["--run", str(run), "--data", str(kaggle_celeba)]
+    _, rows = generate_grid(run, tmp_path / "chain.png", *base, "--mode", "interpolate", "--chain",
+                            "--ids", "1", "000002", "000003.jpg", "--steps", "3", "--method", "slerp")  # fmt: skip
+    assert [len(row) for row in rows] == [1 + 5 + 1]
+    _, rows = generate_grid(run, tmp_path / "identity.png", *base, "--mode", "weighted", "--identity", "0",
+                            "--samples", "2")  # fmt: skip
+    assert [len(row) for row in rows] == [4, 1, 2]  # identity 0 has 000001..000004
+    _, rows = generate_grid(run, tmp_path / "files.png", "--mode", "reconstruct",
+                            "--images", str(images / "000007.jpg"), str(images / "000008.jpg"))  # fmt: skip
+    assert [len(row) for row in rows] == [2, 2]
+    _, rows = generate_grid(run, tmp_path / "origin.png", "--mode", "traverse", "--origin", "--steps", "3")
+    assert [len(row) for row in rows] == [3] * LATENT  # no --data: dimensions 0..7, no input column
+
+
+def test_attribute_directions_are_cached_and_reused(run, kaggle_celeba, tmp_path, capsys):
+    directions = run / "attribute_directions.json"
+    directions.unlink(missing_ok=True)
+    base = ["--run", str(run), "--mode", "attribute", "--count", "1", "--out", str(tmp_path / "a.png")]
+    generate.main([*base, "--data", str(kaggle_celeba), "--attribute", "Smiling"])
+    saved = json.loads(directions.read_text())
+    assert saved["format"] == "celeba-vae-attributes/1" and saved["latent_dim"] == LATENT
+    # 30 labelled fixture images, half smiling; two unreadable ones (both smiling) are skipped.
+    smiling = saved["attributes"]["Smiling"]
+    assert (smiling["positives"], smiling["negatives"]) == (13, 15)
+    assert len(saved["attributes"]["Smiling"]["direction"]) == LATENT
+    capsys.readouterr()
+    # Cached: no --data needed for the direction (faces given as files), on the ONNX backend too.
+    face = next((kaggle_celeba / "img_align_celeba" / "img_align_celeba").glob("000001.jpg"))
+    generate.main([*base, "--backend", "onnx", "--attribute", "smiling", "--images", str(face)])
+    assert "cached in" in capsys.readouterr().out
+    saved["latent_dim"] = LATENT + 1
+    directions.write_text(json.dumps(saved))
+    assert "--recompute" in exit_message([*base, "--images", str(face)])
+    generate.main([*base, "--data", str(kaggle_celeba), "--recompute"])
+    assert json.loads(directions.read_text())["latent_dim"] == LATENT
+
+
+def test_onnx_path_imports_no_tensorflow(run, kaggle_celeba, tmp_path):
+    """An ONNX-only folder (no config.json, no .keras): every ONNX mode, directions computed
+    through the ONNX encoder, and neither TensorFlow nor Keras loaded."""
+    onnx_run = tmp_path / "onnx_only"
+    onnx_run.mkdir()
+    for name in ("encoder.onnx", "decoder.onnx"):
+        shutil.copy(run / name, onnx_run / name)
+    script = f"""
+import sys, generate
+base = ["--run", {str(onnx_run)!r}, "--backend", "onnx", "--data", {str(kaggle_celeba)!r}, "--threads", "1"]
+for mode in ("sample", "interpolate", "weighted", "attribute", "reconstruct", "traverse"):
+    generate.main([*base, "--mode", mode])
+print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx")))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED []" in result.stdout
+    assert len(list((onnx_run / "generated").glob("*.png"))) == 6
+    assert (onnx_run / "attribute_directions.json").is_file()
+
+
+def test_errors_are_one_line(run, kaggle_celeba, tmp_path):
+    base = ["--run", str(run), "--data", str(kaggle_celeba), "--out", str(tmp_path / "x.png")]
+    assert "unknown attribute 'Smiley'" in exit_message([*base, "--mode", "attribute", "--attribute", "Smiley"])
+    assert "0 positive and 28 negative" in exit_message([*base, "--mode", "attribute", "--attribute", "Eyeglasses"])
+    missing = str(tmp_path / "missing.jpg")
+    assert "does not exist" in exit_message([*base, "--mode", "reconstruct", "--images", missing])
+    assert "not found" in exit_message([*base, "--mode", "reconstruct", "--ids", "999999.jpg"])
+    assert "even number" in exit_message([*base, "--mode", "interpolate", "--ids", "1", "2", "3"])
+    assert "out of range" in exit_message([*base, "--mode", "traverse", "--dims", str(LATENT)])
+    assert "does not exist" in exit_message(["--run", str(tmp_path / "nope"), "--mode", "sample"])
+
+    # A folder with a config.json but no models, then a config that disagrees with the models.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    config = json.loads((run / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "latent_dim": LATENT + 1}))
+    assert "has no decoder.keras" in exit_message(["--run", str(broken), "--mode", "sample"])
+    assert "has no decoder.onnx" in exit_message(["--run", str(broken), "--mode", "sample", "--backend", "onnx"])
+    for name in ("encoder.keras", "decoder.keras", "decoder.onnx"):
+        shutil.copy(run / name, broken / name)
+    assert "config.json describes" in exit_message(["--run", str(broken), "--mode", "sample"])
+    assert "latent size 8" in exit_message(["--run", str(broken), "--mode", "sample", "--backend", "onnx"])
+
+    # Wrong and damaged ONNX files.
+    (broken / "config.json").write_text(json.dumps(config))
+    shutil.copy(run / "encoder.onnx", broken / "decoder.onnx")
+    assert "not an exported decoder" in exit_message(["--run", str(broken), "--mode", "sample", "--backend", "onnx"])
+    (broken / "decoder.onnx").write_bytes(b"not an onnx file")
+    assert "cannot load" in exit_message(["--run", str(broken), "--mode", "sample", "--backend", "onnx"])
+
+
+@pytest.mark.parametrize("backend", ["keras", "onnx"])
+def test_wrong_latent_length_is_a_clear_error(run, backend):
+    model = generate.open_backend(run, backend)
+    assert model.decode(np.zeros((2, LATENT))).shape == (2, SIZE, SIZE, 3)
+    with pytest.raises(generate.GenerateError, match="latent size 8"):
+        model.decode(np.zeros((2, LATENT - 3)))
+    with pytest.raises(generate.GenerateError, match="model's input"):
+        model.encode(np.zeros((1, SIZE * 2, SIZE * 2, 3)))
