@@ -456,19 +456,20 @@ def attribute_directions(args: argparse.Namespace, backend: Backend, dataset: da
             f"with CelebA's attribute labels; the result is cached in {path} for later runs",
         )
         files, labels = labelled_faces(dataset, args.attribute_split, args.max_labelled)
+        columns = {name: labels[:, data.CELEBA_ATTRIBUTES.index(name)] for name in missing}
+        for name, column in columns.items():  # before encoding, which takes minutes on all of CelebA
+            positives, negatives = int((column > 0).sum()), int((column < 0).sum())
+            if min(positives, negatives) < max(1, args.min_labelled):
+                raise GenerateError(
+                    f"attribute {name}: found {positives} positive and {negatives} negative images among "
+                    f"{len(files)} labelled ones under {dataset.root} ({args.attribute_split} split), need at "
+                    f"least {max(1, args.min_labelled)} of each; use more labelled data or a lower --min-labelled"
+                )
         print(f"encoding {len(files)} labelled images ({args.attribute_split} split) for {', '.join(missing)}")
         mu = encode_files(files, backend)
-        for name in missing:
-            column = labels[:, data.CELEBA_ATTRIBUTES.index(name)]
-            try:
-                direction = attribute_direction(mu, column, args.min_labelled)
-            except ValueError as error:
-                raise GenerateError(
-                    f"attribute {name}: {error} among {len(files)} labelled images under {dataset.root} "
-                    f"({args.attribute_split} split); use more labelled data or a lower --min-labelled"
-                ) from None
+        for name, column in columns.items():
             cached[name] = {
-                "direction": [float(v) for v in direction],
+                "direction": [float(v) for v in attribute_direction(mu, column)],
                 "positives": int((column > 0).sum()),
                 "negatives": int((column < 0).sum()),
             }
@@ -583,8 +584,11 @@ def interpolate_grid(
         for method in methods:
             path_images = backend.decode(latent_path(mu[group], steps, method))
             grid.add(np.concatenate([faces[group[:1]], path_images, faces[group[-1:]]]), f"{name} {method}")
-    path_length = (len(groups[0]) - 1) * (steps - 1) + 1
-    grid.column_labels = ["input"] + [f"step {i}" for i in range(path_length)] + ["input"]
+    steps_labels = [f"step {i}" for i in range((len(groups[0]) - 1) * (steps - 1) + 1)]
+    if args.chain:  # the faces the chain passes through, by name
+        for position, index in enumerate(groups[0]):
+            steps_labels[position * (steps - 1)] = files[index].stem
+    grid.column_labels = ["input", *steps_labels, "input"]
     return grid
 
 

@@ -160,7 +160,9 @@ print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow
 def test_errors_are_one_line(run, kaggle_celeba, tmp_path):
     base = ["--run", str(run), "--data", str(kaggle_celeba), "--out", str(tmp_path / "x.png")]
     assert "unknown attribute 'Smiley'" in exit_message([*base, "--mode", "attribute", "--attribute", "Smiley"])
-    assert "0 positive and 28 negative" in exit_message([*base, "--mode", "attribute", "--attribute", "Eyeglasses"])
+    assert "found 0 positive and 28 negative" in exit_message(
+        [*base, "--mode", "attribute", "--attribute", "Eyeglasses"]
+    )
     missing = str(tmp_path / "missing.jpg")
     assert "does not exist" in exit_message([*base, "--mode", "reconstruct", "--images", missing])
     assert "not found" in exit_message([*base, "--mode", "reconstruct", "--ids", "999999.jpg"])
