@@ -70,6 +70,7 @@ import tensorflow as tf  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
 import vae  # noqa: E402
+from runs import RunFolderError, read_config  # noqa: E402
 
 EVAL_FORMAT = "celeba-vae-eval/1"
 ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x(mu_j) above this: an active unit (Burda et al. 2016)
@@ -271,7 +272,7 @@ def load_run(run_dir: Path) -> tuple[dict, keras.Model, keras.Model]:
     """config.json, encoder and decoder of a train.py run, checked against each other."""
     if not run_dir.is_dir():
         raise EvalError(f"run folder {run_dir} does not exist; give a folder written by train.py (runs/<name>)")
-    config = train.read_config(run_dir)
+    config = read_config(run_dir)
     missing = [name for name in ("encoder.keras", "decoder.keras") if not (run_dir / name).is_file()]
     if missing:
         raise EvalError(
@@ -670,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             inception_weights=args.inception_weights,
             verbose=args.verbose,
         )
-    except (EvalError, train.RunError, data.DataError) as error:
+    except (EvalError, train.RunError, RunFolderError, data.DataError) as error:
         sys.exit(f"error: {error}")
     path = write_results(results, Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}.json")
     print(format_table(results))

@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from runs import RunFolderError, read_config
+
 if TYPE_CHECKING:
     import keras
     import onnx
@@ -190,17 +192,10 @@ def read_run(run_dir: Path) -> dict:
     """The run's config.json, after checking that the folder holds trained models."""
     if not run_dir.is_dir():
         raise ExportError(f"run folder {run_dir} does not exist; {train_hint(run_dir)}")
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise ExportError(
-            f"{run_dir} is not a run folder written by train.py (it has no config.json); {train_hint(run_dir)}"
-        )
     try:
-        config = json.loads(config_path.read_text())
-        for key in ("latent_dim", "image_size", "channels"):
-            config[key] = int(config[key])
-    except (ValueError, KeyError, TypeError) as error:
-        raise ExportError(f"{config_path} is not a train.py config ({error}); {train_hint(run_dir)}") from None
+        config = read_config(run_dir)
+    except RunFolderError as error:
+        raise ExportError(f"{error}; {train_hint(run_dir)}") from None
     missing = [name for name in ("encoder.keras", "decoder.keras") if not (run_dir / name).is_file()]
     if missing:
         raise ExportError(

@@ -43,9 +43,9 @@ from PIL import Image
 import data
 import export_onnx
 from images import DEFAULT_CROP, load_face, make_grid, save_png, to_uint8
+from runs import RunFolderError, read_config
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
-RUN_FORMAT = "celeba-vae-run/1"
 DIRECTIONS_FORMAT = export_onnx.ATTRIBUTES_FORMAT  # "celeba-vae-attributes/1"
 DIRECTIONS_FILE = export_onnx.ATTRIBUTES_FILE  # read by export_onnx.py and other apps
 BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
@@ -170,20 +170,6 @@ class Backend(Protocol):
     def decode(self, z: np.ndarray) -> np.ndarray: ...
 
 
-def read_run_config(run_dir: Path) -> dict | None:
-    """config.json of a train.py run (None when absent, as in an ONNX-only folder)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise GenerateError(f"{path} is not valid JSON ({error}); give a run folder written by train.py") from None
-    if config.get("format") != RUN_FORMAT:
-        raise GenerateError(f"{path} is not a {RUN_FORMAT} config; give a run folder written by train.py")
-    return config
-
-
 def check_latents(z: np.ndarray, latent_dim: int) -> np.ndarray:
     z = np.asarray(z, dtype=np.float32)
     if z.ndim != 2 or z.shape[1] != latent_dim:
@@ -203,9 +189,7 @@ class KerasBackend:
     """encoder.keras / decoder.keras of a train.py run; sizes from its config.json."""
 
     def __init__(self, run_dir: Path):
-        config = read_run_config(run_dir)
-        if config is None:
-            raise GenerateError(f"{run_dir} has no config.json; give a run folder written by train.py")
+        config = read_config(run_dir)
         self.run_dir = run_dir
         self.latent_dim = int(config["latent_dim"])
         self.image_size = int(config["image_size"])
@@ -271,7 +255,7 @@ class OnnxBackend:
         self.channels = int(metadata["channels"])
         self.crop = int(metadata.get("crop", DEFAULT_CROP))
         self.model_kind = metadata.get("model", "vae")
-        config = read_run_config(run_dir)
+        config = read_config(run_dir) if (run_dir / "config.json").is_file() else None  # ONNX-only folders have none
         if config is not None and int(config["latent_dim"]) != self.latent_dim:
             raise GenerateError(
                 f"decoder.onnx has latent size {self.latent_dim} but {run_dir / 'config.json'} says "
@@ -780,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         grid = MODE_GRIDS[args.mode](args, backend, dataset, rng)
         out = Path(args.out) if args.out else run_dir / "generated" / f"{args.mode}.png"
         write_grid(grid, out, args.scale, args.save_individual)
-    except (GenerateError, data.DataError) as error:
+    except (GenerateError, RunFolderError, data.DataError) as error:
         sys.exit(f"error: {error}")
     columns = max(len(row) for row in grid.rows)
     print(f"wrote {out} ({args.mode}: {len(grid.rows)} rows x {columns} columns, {args.backend} backend)")

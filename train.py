@@ -38,10 +38,10 @@ import tensorflow as tf  # noqa: E402
 import data  # noqa: E402
 import vae  # noqa: E402
 from images import DEFAULT_CROP, make_grid, save_png  # noqa: E402
+from runs import RUN_FORMAT, RunFolderError, read_config  # noqa: E402
 
 log = logging.getLogger("train")
 
-RUN_FORMAT = "celeba-vae-run/1"
 CHECKPOINT_DIR = "checkpoint"
 GRID_COLUMNS = 8
 
@@ -234,17 +234,6 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 
 # --------------------------------------------------------------------------- run folder
-def read_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise RunError(f"{run_dir} has no config.json; give a run folder written by train.py")
-    config = json.loads(path.read_text())
-    if config.get("format") != RUN_FORMAT:
-        raise RunError(f"{path} is not a {RUN_FORMAT} config (format {config.get('format')!r})")
-    config["run_dir"] = str(run_dir)
-    return config
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(handle, "w") as stream:
@@ -588,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         config = resolve_config(args)
         train(config, resume=bool(args.resume), verbose=args.verbose)
-    except (RunError, data.DataError) as error:
+    except (RunError, RunFolderError, data.DataError) as error:
         sys.exit(f"error: {error}")
 
 

@@ -199,11 +199,12 @@ def test_run_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(
         SystemExit,
-        match=r"error: .*empty is not a run folder written by train.py \(it has no config.json\); train first",
+        match=r"error: .*empty has no config.json; give a run folder written by train.py; train first",
     ):
         export_onnx.main(["--run", str(tmp_path / "empty")])
     (tmp_path / "untrained").mkdir()
-    (tmp_path / "untrained" / "config.json").write_text(json.dumps({"latent_dim": 8, "image_size": 16, "channels": 3}))
+    config = {"format": "celeba-vae-run/1", "latent_dim": 8, "image_size": 16, "channels": 3}
+    (tmp_path / "untrained" / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match=r"error: .*untrained has no encoder.keras or decoder.keras.*train first"):
         export_onnx.main(["--run", str(tmp_path / "untrained")])
 
