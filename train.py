@@ -263,6 +263,16 @@ def choose_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+
+
 def mixed_precision_policy() -> str:
     return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
 
@@ -361,10 +371,10 @@ def epoch_is_finite(logs: dict | None) -> bool:
 class SaveArtifacts(keras.callbacks.Callback):
     """Per epoch: float32 encoder/decoder .keras files and the two PNG grids, with EMA weights."""
 
-    def __init__(self, config: dict, preview_images: np.ndarray):
+    def __init__(self, config: dict, preview_images: np.ndarray, run_dir: Path):
         super().__init__()
         self.config = config
-        self.run_dir = Path(config["run_dir"])
+        self.run_dir = run_dir
         self.preview_images = preview_images
         noise_rng = np.random.default_rng(config["seed"])
         self.prior_noise = noise_rng.standard_normal((2 * GRID_COLUMNS, config["latent_dim"])).astype(np.float32)
@@ -521,12 +531,14 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
         iter(data.make_dataset(validation_files[: 2 * GRID_COLUMNS], batch_size=2 * GRID_COLUMNS, **image_args))
     ).numpy()
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(
-        run_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
-    )
-
     strategy = choose_strategy(config["strategy"])
+    # With several workers only the chief writes the run folder; the others write their
+    # (identical) copies to a scratch folder, as the tf.distribute guides recommend.
+    output_dir = run_dir if is_chief(strategy) else Path(tempfile.mkdtemp(prefix="vae-worker-"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(
+        output_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
+    )
     policy = mixed_precision_policy() if config["mixed_precision"] else "float32"
     with dtype_policy(policy), strategy.scope():
         model = model_from_config(config)
@@ -541,9 +553,9 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
         callbacks = [
             guard,
             EMAForValidation(),
-            SaveArtifacts(config, preview),
-            History(run_dir, initial_epoch),
-            Checkpoint(run_dir),
+            SaveArtifacts(config, preview, output_dir),
+            History(output_dir, initial_epoch),
+            Checkpoint(output_dir),
         ]
         history = model.fit(
             train_data,

@@ -111,3 +111,22 @@ if __name__ == "__main__":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     print(json.dumps(compare() if sys.argv[1] == "compare" else train_run()))
+
+
+def test_only_the_chief_writes_the_run_folder():
+    import tensorflow as tf
+
+    import train
+
+    cluster = tf.train.ClusterSpec({"worker": ["host0:1", "host1:1"]})
+
+    def strategy_of(task_type, task_id, spec=cluster):
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, task_type=task_type, task_id=task_id)
+        return type("Strategy", (), {"cluster_resolver": resolver})()
+
+    assert train.is_chief(tf.distribute.get_strategy())
+    assert train.is_chief(strategy_of("worker", 0))
+    assert not train.is_chief(strategy_of("worker", 1))
+    with_chief = tf.train.ClusterSpec({"chief": ["host0:1"], "worker": ["host1:1"]})
+    assert train.is_chief(strategy_of("chief", 0, with_chief))
+    assert not train.is_chief(strategy_of("worker", 0, with_chief))
