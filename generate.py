@@ -4,10 +4,11 @@ interpolation, CelebA attribute vectors and latent traversals, each written as a
     python generate.py --run runs/<name> --mode sample --temperature 0.7 1.0
     python generate.py --run runs/<name> --mode interpolate --data ./celeba --pairs 4
     python generate.py --run runs/<name> --mode attribute --attribute Smiling --data ./celeba
+    python generate.py --run runs/<name> --mode interpolate --prior 8  # model outputs only
     python generate.py --run runs/<name> --mode sample --backend onnx   # no TensorFlow needed
     python generate.py --help                                            # every mode and flag
 
-Modes (faces come from --images FILE..., --ids ID... or at random from --split of --data):
+Modes (faces come from --images FILE..., --ids ID..., --identity N or at random from --split of --data):
     reconstruct  inputs over their reconstructions (posterior mean, --sampled K draws of z)
     sample       decoded prior samples z ~ N(0, T^2 I) for each --temperature T
     weighted     z ~ N(mu', sigma'^2) with mu' = sum w_i mu_i, log sigma' = sum w_i log sigma_i
@@ -15,7 +16,15 @@ Modes (faces come from --images FILE..., --ids ID... or at random from --split o
     interpolate  linear and spherical paths between pairs (or a --chain) of encoded faces
     attribute    z + alpha * direction, direction = mean(mu | attr) - mean(mu | not attr)
                  from CelebA labels, cached in <run>/attribute_directions.json
-    traverse     one row per latent dimension, set to values from -span to span
+    traverse     one row per latent dimension, set to values from -span to span, around
+                 each starting face (or z = 0 with --origin or without faces)
+
+--prior N starts interpolate, attribute and traverse from N prior samples z ~ N(0, T^2 I)
+(T: the first --temperature) instead of encoded faces, so the grid holds decoded latents
+only: no real face is loaded to be shown, and the input column is left out (a path's ends
+and an alpha = 0 tile are the decoded starting points). Attribute directions still come
+from the cache or the labelled images under --data, traverse's most active dimensions from
+--data; reconstruct and weighted need real faces and refuse --prior.
 
 The model is rebuilt from the run folder written by train.py (config.json, encoder.keras,
 decoder.keras) or, with --backend onnx, from encoder.onnx/decoder.onnx written by
@@ -46,6 +55,7 @@ from images import DEFAULT_CROP, load_face, make_grid, save_png, to_uint8
 from runs import RunFolderError, read_config
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
+PRIOR_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --prior replaces
 DIRECTIONS_FORMAT = export_onnx.ATTRIBUTES_FORMAT  # "celeba-vae-attributes/1"
 DIRECTIONS_FILE = export_onnx.ATTRIBUTES_FILE  # read by export_onnx.py and other apps
 BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
@@ -370,6 +380,42 @@ def choose_faces(
     return random_files(dataset, args.split, count, rng)
 
 
+def check_prior(args: argparse.Namespace) -> None:
+    """--prior replaces the real faces: refuse it in modes that need them and beside the
+    flags that choose them."""
+    if args.prior is None:
+        return
+    if args.mode == "sample":
+        raise GenerateError("--mode sample always decodes prior samples; set how many with --samples, not --prior")
+    if args.mode not in PRIOR_MODES:
+        raise GenerateError(f"--mode {args.mode} needs real faces; --prior works with {', '.join(PRIOR_MODES)}")
+    flags = {
+        "--images": args.images,
+        "--ids": args.ids,
+        "--identity": args.identity is not None,
+        "--origin": args.origin,
+    }
+    conflicts = [flag for flag, given in flags.items() if given]
+    if conflicts:
+        raise GenerateError(f"--prior starts from prior samples, not chosen faces; drop {' and '.join(conflicts)}")
+
+
+def starting_faces(
+    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator, count: int
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """(codes [N, D], faces [N, S, S, C] or None, names) of the faces a mode starts from.
+
+    With --prior N: N prior samples z ~ N(0, T^2 I), T the first --temperature, and no faces
+    (nothing real is loaded); otherwise the posterior means of the faces chosen by
+    choose_faces (`count` at random)."""
+    if args.prior:
+        codes = args.temperature[0] * rng.standard_normal((args.prior, backend.latent_dim))
+        return codes, None, [f"z{i + 1}" for i in range(args.prior)]
+    files = choose_faces(args, dataset, rng, count)
+    faces = load_faces(files, backend)
+    return backend.encode(faces)[0], faces, [p.stem for p in files]
+
+
 # --------------------------------------------------------------------------- attribute directions
 def attribute_names(requested: Sequence[str]) -> list[str]:
     """Canonical CelebA spellings (case-insensitive match); DataError lists the valid names."""
@@ -550,29 +596,26 @@ def weighted_grid(
 def interpolate_grid(
     args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
 ) -> Grid:
-    if args.images or args.ids:
-        files = choose_faces(args, dataset, rng, 0)
-        if len(files) < 2 or (not args.chain and len(files) % 2):
-            raise GenerateError(f"got {len(files)} faces; give an even number (pairs A B C D ...) or --chain A B C ...")
-    else:
-        files = random_files(require_dataset(dataset, "random pairs"), args.split, 2 * args.pairs, rng)
-    faces = load_faces(files, backend)
-    mu, _ = backend.encode(faces)
-    # Paths run through posterior means: the most likely code of each face.
-    groups = [list(range(len(files)))] if args.chain else [[i, i + 1] for i in range(0, len(files), 2)]
+    # Paths run through posterior means (the most likely code of each face) or prior samples.
+    codes, faces, names = starting_faces(args, backend, dataset, rng, 2 * args.pairs)
+    if len(codes) < 2 or (not args.chain and len(codes) % 2):
+        raise GenerateError(f"got {len(codes)} faces; give an even number (pairs A B C D ...) or --chain A B C ...")
+    groups = [list(range(len(codes)))] if args.chain else [[i, i + 1] for i in range(0, len(codes), 2)]
     methods = ["lerp", "slerp"] if args.method == "both" else [args.method]
     steps = args.steps or DEFAULT_STEPS["interpolate"]
     grid = Grid()
     for group in groups:
-        name = "-".join(files[i].stem for i in group) if len(group) == 2 else f"chain of {len(group)}"
+        name = "-".join(names[i] for i in group) if len(group) == 2 else f"chain of {len(group)}"
         for method in methods:
-            path_images = backend.decode(latent_path(mu[group], steps, method))
-            grid.add(np.concatenate([faces[group[:1]], path_images, faces[group[-1:]]]), f"{name} {method}")
+            row = backend.decode(latent_path(codes[group], steps, method))
+            if faces is not None:
+                row = np.concatenate([faces[group[:1]], row, faces[group[-1:]]])
+            grid.add(row, f"{name} {method}")
     steps_labels = [f"step {i}" for i in range((len(groups[0]) - 1) * (steps - 1) + 1)]
     if args.chain:  # the faces the chain passes through, by name
         for position, index in enumerate(groups[0]):
-            steps_labels[position * (steps - 1)] = files[index].stem
-    grid.column_labels = ["input", *steps_labels, "input"]
+            steps_labels[position * (steps - 1)] = names[index]
+    grid.column_labels = steps_labels if faces is None else ["input", *steps_labels, "input"]
     return grid
 
 
@@ -580,14 +623,14 @@ def attribute_grid(
     args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
 ) -> Grid:
     directions = attribute_directions(args, backend, dataset)
-    files = choose_faces(args, dataset, rng, args.count or DEFAULT_FACES["attribute"])
-    faces = load_faces(files, backend)
-    mu, _ = backend.encode(faces)
-    grid = Grid(column_labels=["input"] + [f"a={alpha:+g}" for alpha in args.alphas])
+    codes, faces, names = starting_faces(args, backend, dataset, rng, args.count or DEFAULT_FACES["attribute"])
+    grid = Grid(column_labels=([] if faces is None else ["input"]) + [f"a={alpha:+g}" for alpha in args.alphas])
     for name, direction in directions.items():
-        for face, code, path in zip(faces, mu, files, strict=True):
-            swept = backend.decode(attribute_sweep(code, direction, args.alphas))
-            grid.add(np.concatenate([face[None], swept]), f"{name} {path.stem}")
+        for i, code in enumerate(codes):
+            row = backend.decode(attribute_sweep(code, direction, args.alphas))
+            if faces is not None:
+                row = np.concatenate([faces[i : i + 1], row])
+            grid.add(row, f"{name} {names[i]}")
     return grid
 
 
@@ -609,17 +652,17 @@ def traverse_grid(
             f"--dims {bad} out of range; this model's latent dimensions are 0..{backend.latent_dim - 1}"
         )
     values = np.linspace(-args.span, args.span, args.steps or DEFAULT_STEPS["traverse"])
-    face = None
-    if not args.origin and (args.images or args.ids or dataset is not None):
-        face = load_faces(choose_faces(args, dataset, rng, 1)[:1], backend)
-        center = backend.encode(face)[0][0]
+    if args.origin or not (args.prior or args.images or args.ids or dataset is not None):
+        codes, faces, names = np.zeros((1, backend.latent_dim)), None, ["origin"]
     else:
-        center = np.zeros(backend.latent_dim)
-    images = backend.decode(traversal_grid(center, dims, values).reshape(-1, backend.latent_dim))
-    images = images.reshape(len(dims), len(values), *images.shape[1:])
-    grid = Grid(column_labels=(["input"] if face is not None else []) + [f"{v:+.2g}" for v in values])
-    for dim, row in zip(dims, images, strict=True):
-        grid.add(np.concatenate([face, row]) if face is not None else row, f"z[{dim}]")
+        codes, faces, names = starting_faces(args, backend, dataset, rng, 1)
+    grid = Grid(column_labels=([] if faces is None else ["input"]) + [f"{v:+.2g}" for v in values])
+    for i, center in enumerate(codes):
+        images = backend.decode(traversal_grid(center, dims, values).reshape(-1, backend.latent_dim))
+        images = images.reshape(len(dims), len(values), *images.shape[1:])
+        for dim, row in zip(dims, images, strict=True):
+            label = f"z[{dim}]" if len(codes) == 1 else f"{names[i]} z[{dim}]"
+            grid.add(row if faces is None else np.concatenate([faces[i : i + 1], row]), label)
     return grid
 
 
@@ -673,7 +716,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "  python generate.py --run runs/r --mode weighted --data ./celeba --identity 2937\n"
         "  python generate.py --run runs/r --mode interpolate --images a.jpg b.jpg c.jpg --chain\n"
         "  python generate.py --run runs/r --mode attribute --data ./celeba --attribute Smiling Eyeglasses\n"
-        "  python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3",
+        "  python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3\n"
+        "  python generate.py --run runs/r --mode attribute --prior 4 --attribute Smiling   # no real faces shown",
     )
     parser.add_argument("--run", required=True, help="run folder written by train.py (runs/<name>)")
     parser.add_argument("--mode", choices=MODES, required=True, help="what to generate")
@@ -697,17 +741,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     faces.add_argument(
         "--count", type=int, help="random faces to pick (default: reconstruct 8, weighted 4, attribute 4)"
     )
+    faces.add_argument(
+        "--prior",
+        type=int,
+        metavar="N",
+        help="interpolate, attribute, traverse: start from N prior samples z ~ N(0, T^2 I), T the first "
+        "--temperature, instead of real faces; the grid then shows decoded latents only",
+    )
 
     modes = parser.add_argument_group("mode options")
     modes.add_argument("--sampled", type=int, default=0, help="reconstruct: rows decoded from sampled z ~ q(z|x)")
     modes.add_argument("--samples", type=int, default=16, help="sample, weighted: faces to generate")
     modes.add_argument("--columns", type=int, default=8, help="sample, weighted: faces per grid row")
-    modes.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="sample: prior std multipliers")
+    modes.add_argument(
+        "--temperature",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="sample: prior std multipliers; --prior: the first scales its samples",
+    )
     modes.add_argument("--identity", type=int, help="weighted: use the images of this CelebA identity number")
     modes.add_argument(
         "--weights", type=float, nargs="+", help="weighted: one per face, rescaled to sum to 1 (default: equal)"
     )
-    modes.add_argument("--pairs", type=int, default=4, help="interpolate: random pairs to pick")
+    modes.add_argument("--pairs", type=int, default=4, help="interpolate: random pairs to pick (--prior N: N/2 pairs)")
     modes.add_argument("--chain", action="store_true", help="interpolate: one path through all given faces in order")
     modes.add_argument("--method", choices=("lerp", "slerp", "both"), default="both", help="interpolate: path kind")
     modes.add_argument(
@@ -739,7 +796,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     modes.add_argument("--span", type=float, default=3.0, help="traverse: values run from -span to span")
     modes.add_argument("--origin", action="store_true", help="traverse: around z = 0 instead of a face")
     args = parser.parse_args(argv)
-    for name in ("count", "samples", "columns", "pairs", "scale"):
+    for name in ("count", "prior", "samples", "columns", "pairs", "scale"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1 (got {value})")
@@ -758,6 +815,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     try:
         run_dir = Path(args.run)
+        check_prior(args)
         backend = open_backend(run_dir, args.backend, args.threads)
         dataset = data.find_dataset(args.data) if args.data else None
         rng = np.random.default_rng(args.seed)

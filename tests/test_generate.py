@@ -17,7 +17,7 @@ from PIL import Image
 import export_onnx
 import generate
 import train
-from images import GRID_PADDING, LABEL_HEIGHT
+from images import GRID_PADDING, LABEL_HEIGHT, to_uint8
 
 SIZE, LATENT = 16, 8  # as set by tiny_train_args
 
@@ -74,6 +74,56 @@ def test_every_mode_writes_its_grid(run, kaggle_celeba, tmp_path, capsys, mode, 
     assert grid.height == top + len(row_lengths) * (SIZE + GRID_PADDING) + GRID_PADDING
     assert grid.width >= max(row_lengths) * (SIZE + GRID_PADDING) + GRID_PADDING
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+# --prior: mode arguments -> faces per grid row (no input column: decoded latents only)
+PRIOR_LAYOUTS = {
+    "interpolate": (["--prior", "4", "--steps", "4"], [4, 4, 4, 4]),  # 2 pairs x lerp, slerp
+    "attribute": (["--prior", "2", "--attribute", "Smiling", "--alphas", "-1", "0", "1"], [3, 3]),
+    "traverse": (["--prior", "2", "--dims", "0", "3", "--steps", "5"], [5, 5, 5, 5]),  # 2 samples x 2 dims
+}
+
+
+@pytest.mark.parametrize("backend", ["keras", "onnx"])
+@pytest.mark.parametrize("mode", list(PRIOR_LAYOUTS))
+def test_prior_modes_show_decoded_latents_only(run, kaggle_celeba, tmp_path, monkeypatch, mode, backend):
+    def no_real_faces(*args, **kwargs):
+        raise AssertionError("--prior must not choose real faces")
+
+    monkeypatch.setattr(generate, "choose_faces", no_real_faces)
+    args, row_lengths = PRIOR_LAYOUTS[mode]
+    out = tmp_path / f"{mode}.png"
+    grid, rows = generate_grid(run, out, "--mode", mode, "--backend", backend, "--data", str(kaggle_celeba), *args)
+    assert [len(row) for row in rows] == row_lengths
+    assert grid.height == LABEL_HEIGHT + len(row_lengths) * (SIZE + GRID_PADDING) + GRID_PADDING
+
+
+def test_prior_starts_from_seeded_scaled_prior_samples(run, tmp_path):
+    """The first tile of a --prior path is the decoded first sample T z, z ~ N(0, I) from --seed."""
+    paths = []
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        out = tmp_path / f"{name}.png"
+        _, rows = generate_grid(run, out, "--mode", "interpolate", "--prior", "3", "--chain", "--steps", "3",
+                                "--method", "slerp", "--temperature", "0.5", "--seed", seed)  # fmt: skip
+        assert [len(row) for row in rows] == [5]
+        paths.append(out.read_bytes())
+    assert paths[0] == paths[1] != paths[2]
+    z = 0.5 * np.random.default_rng(6).standard_normal((1, LATENT))
+    expected = to_uint8(generate.open_backend(run, "keras").decode(z))[0]
+    assert np.array_equal(np.asarray(Image.open(rows[0][0])), expected)
+
+
+def test_prior_conflicts_are_one_line_errors(run, kaggle_celeba, tmp_path):
+    base = ["--run", str(run), "--data", str(kaggle_celeba), "--out", str(tmp_path / "x.png"), "--prior", "2"]
+    for mode in ("reconstruct", "weighted"):
+        assert f"--mode {mode} needs real faces" in exit_message([*base, "--mode", mode])
+    assert "--samples, not --prior" in exit_message([*base, "--mode", "sample"])
+    assert "drop --images" in exit_message([*base, "--mode", "attribute", "--images", "a.jpg"])
+    assert "drop --ids" in exit_message([*base, "--mode", "interpolate", "--ids", "1", "2"])
+    assert "drop --identity" in exit_message([*base, "--mode", "traverse", "--identity", "0"])
+    assert "drop --origin" in exit_message([*base, "--mode", "traverse", "--origin"])
+    assert "even number" in exit_message([*base[:-1], "3", "--mode", "interpolate"])
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_backends_agree_and_default_output_path(run, kaggle_celeba, tmp_path):
@@ -148,6 +198,8 @@ import sys, generate
 base = ["--run", {str(onnx_run)!r}, "--backend", "onnx", "--data", {str(kaggle_celeba)!r}, "--threads", "1"]
 for mode in ("sample", "interpolate", "weighted", "attribute", "reconstruct", "traverse"):
     generate.main([*base, "--mode", mode])
+for mode in ("interpolate", "attribute", "traverse"):
+    generate.main([*base, "--mode", mode, "--prior", "2"])
 print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx")))
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
