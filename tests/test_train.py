@@ -189,3 +189,22 @@ def test_cosine_schedule_decays_over_all_epochs():
     for step, expected in ((0, 2e-3), (250, 2e-3 * (0.05 + 0.95 * 0.5)), (500, 1e-4)):
         optimizer.iterations.assign(step)
         assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_each_precision_policy_trains(policy):
+    images = np.random.default_rng(0).random((32, 16, 16, 3), dtype=np.float32)
+    with train.dtype_policy(policy):
+        keras.utils.set_random_seed(0)
+        model = train.model_from_config(
+            {"image_size": 16, "channels": 3, "latent_dim": 8, "filters": [8, 16], "hidden_units": 16,
+             "upsampling": "nearest", "reconstruction": "mse", "beta": 1.0, "beta_warmup_steps": 0,
+             "beta_cycle_steps": 0, "model": "vae", "seed": 0}
+        )  # fmt: skip
+        model.compile(optimizer=keras.optimizers.Adam(3e-3))
+        # Keras wraps the optimizer for float16, and train_step must apply its loss scale.
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+        losses = model.fit(images, epochs=6, batch_size=8, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < 0.9 * losses[0]
+    assert model.decoder(np.zeros((1, 8), np.float32)).dtype == "float32"  # outputs stay float32
