@@ -112,7 +112,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="mse",
         help="reconstruction loss, summed over pixels (gaussian: calibrated decoder variance)",
     )
-    loss.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE when > 1)")
+    loss.add_argument("--beta", type=float, default=0.25, help="weight of the KL term (beta-VAE when > 1)")
     loss.add_argument(
         "--beta-warmup",
         type=int,
@@ -130,11 +130,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, help="number of epochs (default: 20; on --resume: the run's own)")
     opt.add_argument("--batch-size", type=int, default=64, help="global batch size")
-    opt.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    opt.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     opt.add_argument(
         "--lr-schedule",
         choices=("constant", "cosine"),
-        default="constant",
+        default="cosine",
         help="cosine: decay from --lr to 5%% of it over all epochs (stretched when --resume extends them)",
     )
     opt.add_argument(

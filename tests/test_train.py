@@ -71,7 +71,7 @@ def test_run_folder_inside_a_plain_data_folder_is_not_trained_on(tmp_path):
 
 def test_resume_continues_epochs_and_optimizer_step(kaggle_celeba, tmp_path):
     run = tmp_path / "run"
-    train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "1", "--beta-warmup", "100"))
+    train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "1", "--beta", "1", "--beta-warmup", "100"))
     epochs, iterations = checkpoint_state(run)
     assert (epochs, iterations) == (1, 3)  # 27 readable training images // batch 8
     train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
