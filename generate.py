@@ -61,6 +61,8 @@ DIRECTIONS_FILE = export_onnx.ATTRIBUTES_FILE  # read by export_onnx.py and othe
 BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
 DEFAULT_FACES = {"reconstruct": 8, "weighted": 4, "attribute": 4}
 DEFAULT_STEPS = {"interpolate": 8, "traverse": 7}
+PRETRAINED_RUN = Path(__file__).resolve().parent / "pretrained" / "celeba64"
+DEFAULT_PRIOR = {"interpolate": 8, "attribute": 4, "traverse": 1}  # prior samples when no faces are given
 TRAVERSED_DIMS = 8  # default number of dimensions to traverse
 ACTIVITY_IMAGES = 256  # images encoded to find the most active dimensions
 
@@ -719,11 +721,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "  python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3\n"
         "  python generate.py --run runs/r --mode attribute --prior 4 --attribute Smiling   # no real faces shown",
     )
-    parser.add_argument("--run", required=True, help="run folder written by train.py (runs/<name>)")
+    parser.add_argument(
+        "--run",
+        help="run folder written by train.py (runs/<name>); without it, the pretrained model in "
+        "pretrained/celeba64 on the onnx backend",
+    )
     parser.add_argument("--mode", choices=MODES, required=True, help="what to generate")
-    parser.add_argument("--backend", choices=("keras", "onnx"), default="keras", help="keras: *.keras; onnx: *.onnx")
+    parser.add_argument(
+        "--backend",
+        choices=("keras", "onnx"),
+        help="keras: *.keras; onnx: *.onnx (default: keras with --run, onnx for the pretrained model)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
-    parser.add_argument("--out", help="PNG to write (default: <run>/generated/<mode>.png)")
+    parser.add_argument(
+        "--out", help="PNG to write (default: <run>/generated/<mode>.png; ./generated/<mode>.png without --run)"
+    )
     parser.add_argument("--save-individual", action="store_true", help="also write each face as its own PNG")
     parser.add_argument("--scale", type=int, default=1, help="enlarge each face this many times in the grid")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random picks and noise")
@@ -807,6 +819,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--steps must be at least 2 (got {args.steps})")
     if args.span <= 0 or min(args.temperature) < 0:
         parser.error("--span must be positive and --temperature not negative")
+    # The pretrained model ships in the repository: its outputs go to ./generated, not into it.
+    args.default_out = Path(args.run or ".") / "generated" / f"{args.mode}.png"
+    if args.run is None:
+        args.run, args.backend = str(PRETRAINED_RUN), args.backend or "onnx"
+    args.backend = args.backend or "keras"
+    # With no faces given at all, the modes that can start from prior samples do so.
+    no_faces = not (args.data or args.images or args.ids or args.identity is not None or args.origin)
+    if no_faces and args.prior is None and args.mode in DEFAULT_PRIOR:
+        args.prior = DEFAULT_PRIOR[args.mode]
     return args
 
 
@@ -820,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         dataset = data.find_dataset(args.data) if args.data else None
         rng = np.random.default_rng(args.seed)
         grid = MODE_GRIDS[args.mode](args, backend, dataset, rng)
-        out = Path(args.out) if args.out else run_dir / "generated" / f"{args.mode}.png"
+        out = Path(args.out or args.default_out)
         write_grid(grid, out, args.scale, args.save_individual)
     except (GenerateError, RunFolderError, data.DataError) as error:
         sys.exit(f"error: {error}")

@@ -250,3 +250,17 @@ def test_wrong_latent_length_is_a_clear_error(run, backend):
         model.decode(np.zeros((2, LATENT - 3)))
     with pytest.raises(generate.GenerateError, match="model's input"):
         model.encode(np.zeros((1, SIZE * 2, SIZE * 2, 3)))
+
+
+def test_without_a_run_the_pretrained_model_is_used_without_tensorflow(tmp_path):
+    """A fresh clone: `python generate.py --mode interpolate` works with no data and no training."""
+    script = (
+        "import sys, generate\n"
+        f"out = generate.main(['--mode', 'interpolate', '--out', {str(tmp_path / 'i.png')!r}])\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n"
+        "print(out)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    grid = Image.open(tmp_path / "i.png")
+    assert grid.size[1] > 8 * 64  # 4 pairs x (lerp, slerp) rows of 64 px faces
