@@ -70,7 +70,7 @@ import tensorflow as tf  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
 import vae  # noqa: E402
-from runs import RunFolderError, read_config  # noqa: E402
+from runs import RunFolderError, load_model, read_config  # noqa: E402
 
 EVAL_FORMAT = "celeba-vae-eval/1"
 ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x(mu_j) above this: an active unit (Burda et al. 2016)
@@ -273,35 +273,7 @@ def load_run(run_dir: Path) -> tuple[dict, keras.Model, keras.Model]:
     if not run_dir.is_dir():
         raise EvalError(f"run folder {run_dir} does not exist; give a folder written by train.py (runs/<name>)")
     config = read_config(run_dir)
-    missing = [name for name in ("encoder.keras", "decoder.keras") if not (run_dir / name).is_file()]
-    if missing:
-        raise EvalError(
-            f"{run_dir} has no {' or '.join(missing)}; train.py writes them after each epoch, "
-            "so let the run finish its first epoch"
-        )
-    models = []
-    for name in ("encoder", "decoder"):
-        path = run_dir / f"{name}.keras"
-        try:
-            models.append(keras.saving.load_model(path, safe_mode=True))
-        except Exception as error:  # Keras raises many types for damaged or foreign archives
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-            raise EvalError(f"cannot load {path} ({reason}); re-run train.py for this run") from None
-    encoder, decoder = models
-    size, channels, latent = config["image_size"], config["channels"], config["latent_dim"]
-    found = (
-        tuple(encoder.inputs[0].shape[1:]),
-        tuple(tuple(output.shape[1:]) for output in encoder.outputs),
-        tuple(decoder.inputs[0].shape[1:]),
-        tuple(decoder.outputs[0].shape[1:]),
-    )
-    expected = ((size, size, channels), ((latent,), (latent,)), (latent,), (size, size, channels))
-    if found != expected:
-        raise EvalError(
-            f"models in {run_dir} do not match its config.json ({size}x{size}x{channels} images, latent {latent}); "
-            f"found encoder input {found[0]}, outputs {found[1]}, decoder input {found[2]}, output {found[3]}: "
-            "the model files and config.json come from different runs"
-        )
+    encoder, decoder = (load_model(run_dir, part, config) for part in ("encoder", "decoder"))
     return config, encoder, decoder
 
 

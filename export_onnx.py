@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runs import RunFolderError, read_config
+from runs import RunFolderError, load_model, read_config
 
 if TYPE_CHECKING:
     import keras
@@ -207,30 +207,10 @@ def read_run(run_dir: Path) -> dict:
 
 def load_models(run_dir: Path, config: dict) -> tuple[keras.Model, keras.Model]:
     """encoder.keras and decoder.keras, checked against config.json."""
-    import keras
-
-    import vae  # noqa: F401  registers the project's Keras objects
-
-    models = []
-    for name in ("encoder", "decoder"):
-        try:
-            models.append(keras.saving.load_model(run_dir / f"{name}.keras", safe_mode=True))
-        except Exception as error:  # Keras raises many types for damaged archives
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-            raise ExportError(f"cannot load {run_dir / name}.keras ({reason}); {train_hint(run_dir)}") from None
-    encoder, decoder = models
-    size, channels, latent = config["image_size"], config["channels"], config["latent_dim"]
-    found = (
-        tuple(encoder.inputs[0].shape[1:]),
-        tuple(decoder.inputs[0].shape[1:]),
-        tuple(decoder.outputs[0].shape[1:]),
-    )
-    if found != ((size, size, channels), (latent,), (size, size, channels)):
-        raise ExportError(
-            f"models in {run_dir} do not match its config.json (encoder input, decoder input, decoder output: "
-            f"{found}; config: {size}x{size}x{channels}, latent {latent})"
-        )
-    return encoder, decoder
+    try:
+        return tuple(load_model(run_dir, part, config) for part in ("encoder", "decoder"))
+    except RunFolderError as error:
+        raise ExportError(f"{error}; {train_hint(run_dir)}") from None
 
 
 def onnx_metadata(config: dict, part: str, run_dir: Path) -> dict[str, str]:

@@ -52,7 +52,7 @@ from PIL import Image
 import data
 import export_onnx
 from images import DEFAULT_CROP, load_face, make_grid, save_png, to_uint8
-from runs import RunFolderError, read_config
+from runs import RunFolderError, load_model, read_config
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
 PRIOR_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --prior replaces
@@ -208,36 +208,15 @@ class KerasBackend:
         self.channels = int(config["channels"])
         self.crop = int(config.get("crop", DEFAULT_CROP))
         self.model_kind = config.get("model", "vae")
+        self.config = config
         self._encoder = None
-        self.decoder = self.load("decoder.keras", (self.latent_dim,))
-
-    def load(self, name: str, input_shape: tuple[int, ...]):
-        """A model file of the run, checked to take inputs of `input_shape` (batch excluded)."""
-        path = self.run_dir / name
-        if not path.is_file():
-            raise GenerateError(f"{self.run_dir} has no {name}; train.py writes it after the first epoch")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ start-up chatter
-        import keras  # only here: the ONNX path must run without TensorFlow
-
-        import vae  # noqa: F401  registers the project's Keras objects
-
-        try:
-            model = keras.saving.load_model(path, safe_mode=True, compile=False)
-        except Exception as error:  # Keras raises many types for damaged or foreign files
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-            raise GenerateError(f"cannot load {path} ({reason}); re-run train.py for this run") from None
-        found = tuple(model.inputs[0].shape[1:])
-        if found != input_shape:
-            raise GenerateError(
-                f"{path} takes inputs of shape {found} but config.json describes {input_shape}; "
-                "the model files and config.json come from different runs"
-            )
-        return model
+        # Keras (and TensorFlow) are imported here only: the ONNX path must run without them.
+        self.decoder = load_model(run_dir, "decoder", config)
 
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = check_images(images, self)
         if self._encoder is None:
-            self._encoder = self.load("encoder.keras", (self.image_size, self.image_size, self.channels))
+            self._encoder = load_model(self.run_dir, "encoder", self.config)
         parts = [self._encoder(images[i : i + BATCH_SIZE], training=False) for i in range(0, len(images), BATCH_SIZE)]
         mu = np.concatenate([np.asarray(p[0]) for p in parts])
         log_var = np.concatenate([np.asarray(p[1]) for p in parts])

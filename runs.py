@@ -35,3 +35,31 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         )
     config["run_dir"] = str(run_dir)
     return config
+
+
+def load_model(run_dir: str | os.PathLike, part: str, config: dict):
+    """encoder.keras or decoder.keras of a run (part "encoder" or "decoder"), loaded with
+    safe_mode on and checked against config.json's sizes. Imports Keras only when called."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ start-up chatter
+    import keras
+
+    path = Path(run_dir) / f"{part}.keras"
+    if not path.is_file():
+        raise RunFolderError(
+            f"{run_dir} has no {path.name}; train.py writes it after each epoch, so let the run finish its first epoch"
+        )
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # Keras raises many types for damaged or foreign archives
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise RunFolderError(f"cannot load {path} ({reason}); re-run train.py for this run") from None
+    size, channels, latent = int(config["image_size"]), int(config["channels"]), int(config["latent_dim"])
+    image, code = (size, size, channels), (latent,)
+    expected = (image, [code, code]) if part == "encoder" else (code, [image])
+    found = (tuple(model.inputs[0].shape[1:]), [tuple(output.shape[1:]) for output in model.outputs])
+    if found != expected:
+        raise RunFolderError(
+            f"{path} takes {found[0]} and gives {found[1]}, but config.json describes {expected[0]} -> {expected[1]}: "
+            "the model files and config.json come from different runs"
+        )
+    return model
