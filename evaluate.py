@@ -70,7 +70,7 @@ import tensorflow as tf  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
 import vae  # noqa: E402
-from runs import RunFolderError, load_model, read_config  # noqa: E402
+from runs import RunFolderError, load_model, read_config, write_text_atomic  # noqa: E402
 
 EVAL_FORMAT = "celeba-vae-eval/1"
 ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x(mu_j) above this: an active unit (Burda et al. 2016)
@@ -591,7 +591,7 @@ def json_safe(value):
 def write_results(results: dict, path: Path) -> Path:
     """The results as JSON, written atomically (a temporary file renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    train.write_text_atomic(path, json.dumps(json_safe(results), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(json_safe(results), indent=2) + "\n")
     return path
 
 

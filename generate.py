@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +50,7 @@ from PIL import Image
 import data
 import export_onnx
 from images import DEFAULT_CROP, load_face, make_grid, save_png, to_uint8
-from runs import RunFolderError, load_model, read_config
+from runs import RunFolderError, load_model, read_config, write_text_atomic
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
 PRIOR_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --prior replaces
@@ -424,14 +422,6 @@ def read_directions(path: Path, latent_dim: int, recompute: bool = False) -> dic
     raise GenerateError(f"{path} {problem}; pass --recompute to replace it")
 
 
-def write_json_atomic(path: Path, content: dict) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(content, stream, indent=1)
-        stream.write("\n")
-    os.replace(temporary, path)
-
-
 def labelled_faces(dataset: data.Dataset, split: str, limit: int) -> tuple[list[Path], np.ndarray]:
     """Readable files of a split that have attribute labels, and their labels [N, 40]."""
     if not dataset.attributes:
@@ -484,7 +474,8 @@ def attribute_directions(args: argparse.Namespace, backend: Backend, dataset: da
                 "positives": int((column > 0).sum()),
                 "negatives": int((column < 0).sum()),
             }
-        write_json_atomic(path, {"format": DIRECTIONS_FORMAT, "latent_dim": backend.latent_dim, "attributes": cached})
+        content = {"format": DIRECTIONS_FORMAT, "latent_dim": backend.latent_dim, "attributes": cached}
+        write_text_atomic(path, json.dumps(content, indent=1) + "\n")
         print(f"saved directions of {', '.join(missing)} to {path}")
     directions = {}
     for name in names:

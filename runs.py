@@ -1,4 +1,4 @@
-"""The run folder's config.json: its format tag and the one function that reads it.
+"""The run folder: config.json's format tag and reader, the model loader, atomic text writes.
 
 train.py writes config.json; generate.py, export_onnx.py and evaluate.py rebuild a model from
 it. Kept free of TensorFlow (json only) so the ONNX inference path can read run folders too.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 RUN_FORMAT = "celeba-vae-run/1"
@@ -35,6 +36,16 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         )
     config["run_dir"] = str(run_dir)
     return config
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically: a temporary file in the same folder renamed into place,
+    so a killed process never leaves a half-written config, history or cache file."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(temporary, path)
 
 
 def load_model(run_dir: str | os.PathLike, part: str, config: dict):

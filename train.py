@@ -38,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 import data  # noqa: E402
 import vae  # noqa: E402
 from images import DEFAULT_CROP, make_grid, save_png  # noqa: E402
-from runs import RUN_FORMAT, RunFolderError, read_config  # noqa: E402
+from runs import RUN_FORMAT, RunFolderError, read_config, write_text_atomic  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -234,13 +234,6 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 
 # --------------------------------------------------------------------------- run folder
-def write_text_atomic(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-
-
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
     """(completed epochs, path) of the newest checkpoint, or None."""
     found = sorted((run_dir / CHECKPOINT_DIR).glob("epoch_*.weights.h5"))
