@@ -138,6 +138,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="cosine: decay from --lr to 5%% of it over all epochs (stretched when --resume extends them)",
     )
     opt.add_argument(
+        "--lr-warmup",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="raise the learning rate linearly from 0 to --lr over this many optimizer steps, then follow "
+        "--lr-schedule over the rest (0: none)",
+    )
+    opt.add_argument(
         "--ema",
         type=float,
         default=0.0,
@@ -224,6 +232,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
         "lr_schedule": args.lr_schedule,
+        "lr_warmup_steps": args.lr_warmup,
         "ema": args.ema,
         "mixed_precision": args.mixed_precision,
         "strategy": args.strategy,
@@ -300,9 +309,18 @@ def model_from_config(config: dict) -> vae.VAE:
 
 def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
     learning_rate = config["learning_rate"]
-    if config.get("lr_schedule", "constant") == "cosine":
-        total_steps = max(1, config["epochs"] * steps_per_epoch)
-        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, total_steps, alpha=0.05)
+    cosine = config.get("lr_schedule", "constant") == "cosine"
+    warmup_steps = config.get("lr_warmup_steps", 0)
+    if cosine or warmup_steps:
+        # One schedule for all cases: alpha=1 keeps the rate constant after the warm-up.
+        decay_steps = max(1, config["epochs"] * steps_per_epoch - warmup_steps)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup_steps else learning_rate,
+            decay_steps,
+            alpha=0.05 if cosine else 1.0,
+            warmup_target=learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
     ema = config["ema"]
     return keras.optimizers.Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
 

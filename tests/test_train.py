@@ -191,6 +191,16 @@ def test_cosine_schedule_decays_over_all_epochs():
         assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_lr_warmup_rises_then_follows_the_schedule(schedule):
+    config = {"learning_rate": 2e-3, "lr_schedule": schedule, "lr_warmup_steps": 100, "epochs": 10, "ema": 0.0}
+    optimizer = train.make_optimizer(config, steps_per_epoch=50)
+    end = 1e-4 if schedule == "cosine" else 2e-3
+    for step, expected in ((0, 0.0), (50, 1e-3), (100, 2e-3), (500, end)):
+        optimizer.iterations.assign(step)
+        assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5, abs=1e-12)
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
 def test_each_precision_policy_trains(policy):
     images = np.random.default_rng(0).random((32, 16, 16, 3), dtype=np.float32)
