@@ -140,7 +140,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     opt.add_argument(
         "--lr-warmup",
         type=int,
-        default=0,
+        default=100,
         metavar="STEPS",
         help="raise the learning rate linearly from 0 to --lr over this many optimizer steps, then follow "
         "--lr-schedule over the rest (0: none)",

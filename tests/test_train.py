@@ -175,7 +175,7 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
 def test_real_celeba_sample_loss_falls(tmp_path):
     run = tmp_path / "run"
     args = ["--data", str(CELEBA_SAMPLE), "--out", str(run), "--image-size", "32", "--filters", "16,32,64",
-            "--latent", "32", "--limit", "320", "--batch-size", "32", "--epochs", "3", "--verbose", "0"]  # fmt: skip
+            "--latent", "32", "--limit", "320", "--batch-size", "32", "--epochs", "3", "--lr-warmup", "10", "--verbose", "0"]  # fmt: skip
     train.main(args)
     rows = history_rows(run)
     assert float(rows[-1]["loss"]) < 0.7 * float(rows[0]["loss"])
