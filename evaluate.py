@@ -458,7 +458,10 @@ def evaluate(
     batches = data.make_dataset(
         files, image_size=size, channels=channels, crop=config["crop"], batch_size=batch_size, cache="none"
     )
-    bar = keras.utils.Progbar(len(files), unit_name="image") if verbose else None
+    # Keras' bar writes colour codes and backspaces: on a terminal only; logs get one final line.
+    bar = (
+        keras.utils.Progbar(len(files), unit_name="image", verbose=1 if sys.stdout.isatty() else 2) if verbose else None
+    )
     started = time.perf_counter()
     columns, moments = collect(
         encoder,
