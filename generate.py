@@ -15,7 +15,8 @@ Modes (faces come from --images FILE..., --ids ID..., --identity N or at random 
                  over b encoded faces (--identity N: the images of one CelebA person)
     interpolate  linear and spherical paths between pairs (or a --chain) of encoded faces
     attribute    z + alpha * direction, direction = mean(mu | attr) - mean(mu | not attr)
-                 from CelebA labels, cached in <run>/attribute_directions.json
+                 from CelebA labels, cached in <run>/attribute_directions.json (with a
+                 fingerprint of the encoder, so a retrained run asks for --recompute)
     traverse     one row per latent dimension, set to values from -span to span, around
                  each starting face (or z = 0 with --origin or without faces)
 
@@ -56,6 +57,9 @@ MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "trave
 PRIOR_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --prior replaces
 DIRECTIONS_FORMAT = export_onnx.ATTRIBUTES_FORMAT  # "celeba-vae-attributes/1"
 DIRECTIONS_FILE = export_onnx.ATTRIBUTES_FILE  # read by export_onnx.py and other apps
+# Largest change of the probe's posterior mean still read as the same encoder: ONNX and Keras
+# agree to about 1e-6, while one more epoch of training moves it by far more.
+PROBE_TOLERANCE = 1e-3
 BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
 DEFAULT_FACES = {"reconstruct": 8, "weighted": 4, "attribute": 4}
 DEFAULT_STEPS = {"interpolate": 8, "traverse": 7}
@@ -401,9 +405,18 @@ def attribute_names(requested: Sequence[str]) -> list[str]:
     return [data.CELEBA_ATTRIBUTES[data.attribute_index(name)] for name in requested]
 
 
-def read_directions(path: Path, latent_dim: int, recompute: bool = False) -> dict:
+def encoder_probe(backend: Backend) -> np.ndarray:
+    """Posterior mean [D] of one fixed synthetic image (a diagonal ramp): a fingerprint of the
+    encoder's weights, saved with the directions so they are not reused once the weights change."""
+    ramp = np.linspace(0.0, 1.0, backend.image_size, dtype=np.float32)
+    image = (ramp[:, None] + ramp[None, :]) / 2
+    return backend.encode(np.repeat(image[None, :, :, None], backend.channels, axis=-1))[0][0]
+
+
+def read_directions(path: Path, probe: np.ndarray, recompute: bool = False) -> dict:
     """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}; with
-    `recompute`, a damaged file or one for another latent size is dropped instead of refused."""
+    `recompute`, a damaged file, one for another latent size or one computed with other encoder
+    weights (its saved probe differs from `probe`, see `encoder_probe`) is dropped instead of refused."""
     if not path.is_file():
         return {}
     try:
@@ -411,15 +424,18 @@ def read_directions(path: Path, latent_dim: int, recompute: bool = False) -> dic
         problem = None
     except json.JSONDecodeError:
         cached, problem = {}, "is not valid JSON"
+    saved_probe = np.asarray(cached.get("encoder_probe", probe), dtype=np.float64)
     if problem is None and cached.get("format") != DIRECTIONS_FORMAT:
         problem = f"is not a {DIRECTIONS_FORMAT} file"
-    elif problem is None and cached.get("latent_dim") != latent_dim:
-        problem = f"holds directions for latent size {cached.get('latent_dim')}, this model has {latent_dim}"
+    elif problem is None and cached.get("latent_dim") != len(probe):
+        problem = f"holds directions for latent size {cached.get('latent_dim')}, this model has {len(probe)}"
+    elif problem is None and (saved_probe.shape != probe.shape or np.abs(saved_probe - probe).max() > PROBE_TOLERANCE):
+        problem = "was computed with other encoder weights (the run was trained further or replaced)"
     if problem is None:
         return cached.get("attributes", {})
     if recompute:
         return {}
-    raise GenerateError(f"{path} {problem}; pass --recompute to replace it")
+    raise GenerateError(f"{path} {problem}; pass --recompute (with --data) to replace it")
 
 
 def labelled_faces(dataset: data.Dataset, split: str, limit: int) -> tuple[list[Path], np.ndarray]:
@@ -448,7 +464,8 @@ def attribute_directions(args: argparse.Namespace, backend: Backend, dataset: da
     the labelled images under --data and added to the cache file."""
     names = attribute_names(args.attribute)
     path = Path(args.run) / DIRECTIONS_FILE
-    cached = read_directions(path, backend.latent_dim, args.recompute)
+    probe = encoder_probe(backend)
+    cached = read_directions(path, probe, args.recompute)
     missing = [n for n in names if args.recompute or n not in cached]
     if missing:
         dataset = require_dataset(
@@ -474,7 +491,12 @@ def attribute_directions(args: argparse.Namespace, backend: Backend, dataset: da
                 "positives": int((column > 0).sum()),
                 "negatives": int((column < 0).sum()),
             }
-        content = {"format": DIRECTIONS_FORMAT, "latent_dim": backend.latent_dim, "attributes": cached}
+        content = {
+            "format": DIRECTIONS_FORMAT,
+            "latent_dim": backend.latent_dim,
+            "encoder_probe": [float(v) for v in probe],
+            "attributes": cached,
+        }
         write_text_atomic(path, json.dumps(content, indent=1) + "\n")
         print(f"saved directions of {', '.join(missing)} to {path}")
     directions = {}

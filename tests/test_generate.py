@@ -186,6 +186,23 @@ def test_attribute_directions_are_cached_and_reused(run, kaggle_celeba, tmp_path
     assert json.loads(directions.read_text())["latent_dim"] == LATENT
 
 
+def test_cached_directions_are_refused_after_more_training(run, kaggle_celeba, tmp_path):
+    """The cache carries a fingerprint of the encoder: one more epoch makes it stale."""
+    trained = tmp_path / "run"
+    shutil.copytree(run, trained)
+    base = ["--run", str(trained), "--mode", "attribute", "--count", "1", "--out", str(tmp_path / "a.png")]
+    generate.main([*base, "--data", str(kaggle_celeba), "--attribute", "Smiling", "--recompute"])
+    before = json.loads((trained / "attribute_directions.json").read_text())
+    assert len(before["encoder_probe"]) == LATENT
+    train.main(["--resume", str(trained), "--epochs", "2", "--verbose", "0"])
+    message = exit_message([*base, "--attribute", "Smiling"])
+    assert "other encoder weights" in message and "--recompute" in message
+    generate.main([*base, "--data", str(kaggle_celeba), "--attribute", "Smiling", "--recompute"])
+    after = json.loads((trained / "attribute_directions.json").read_text())
+    assert np.abs(np.subtract(after["encoder_probe"], before["encoder_probe"])).max() > generate.PROBE_TOLERANCE
+    generate.main([*base, "--backend", "keras", "--attribute", "Smiling"])  # fresh cache, reused
+
+
 def test_onnx_path_imports_no_tensorflow(run, kaggle_celeba, tmp_path):
     """An ONNX-only folder (no config.json, no .keras): every ONNX mode, directions computed
     through the ONNX encoder, and neither TensorFlow nor Keras loaded."""
