@@ -70,7 +70,7 @@ import tensorflow as tf  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
 import vae  # noqa: E402
-from runs import RunFolderError, load_model, read_config, write_text_atomic  # noqa: E402
+from runs import HelpFormatter, RunFolderError, load_model, read_config, write_text_atomic  # noqa: E402
 
 EVAL_FORMAT = "celeba-vae-eval/1"
 ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x(mu_j) above this: an active unit (Burda et al. 2016)
@@ -604,7 +604,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Evaluate a trained run on real images: MSE, PSNR, SSIM, loss terms, negative ELBO and "
         "bits/dim, KL per dimension, active units, and optionally FID. Prints a table and writes "
         "RUN/eval_<split>.json.",
-        formatter_class=train.HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--run", required=True, help="run folder written by train.py (runs/<name>)")
     parser.add_argument(

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runs import RunFolderError, load_model, read_config
+from runs import HelpFormatter, RunFolderError, load_model, read_config
 
 if TYPE_CHECKING:
     import keras
@@ -575,7 +575,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Export a run's encoder and decoder to ONNX (NHWC, dynamic batch, metadata) and check "
         "them against Keras.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--run", required=True, help="run folder written by train.py (runs/<name>)")
     parser.add_argument("--out", help="folder for decoder.onnx and encoder.onnx (default: the run folder)")

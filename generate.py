@@ -51,7 +51,7 @@ from PIL import Image
 import data
 import export_onnx
 from images import DEFAULT_CROP, load_face, make_grid, save_png, to_uint8
-from runs import RunFolderError, load_model, read_config, write_text_atomic
+from runs import HelpFormatter, RunFolderError, load_model, read_config, write_text_atomic
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
 PRIOR_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --prior replaces
@@ -691,15 +691,6 @@ def write_grid(grid: Grid, out: Path, scale: int, individual: bool) -> Path:
 
 
 # --------------------------------------------------------------------------- command line
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults, except for options that have none (None / off)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Explore a trained VAE's latent space; each mode writes a PNG grid.",

@@ -1,4 +1,5 @@
-"""The run folder: config.json's format tag and reader, the model loader, atomic text writes.
+"""The run folder: config.json's format tag and reader, the model loader, atomic text writes,
+and the --help formatter the scripts share.
 
 train.py writes config.json; generate.py, export_onnx.py and evaluate.py rebuild a model from
 it. Kept free of TensorFlow (json only) so the ONNX inference path can read run folders too.
@@ -7,12 +8,33 @@ Not meant to be run by itself.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 
 RUN_FORMAT = "celeba-vae-run/1"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none (None / off) or the help text already gives
+    one. In descriptions and epilogs, paragraphs are wrapped and indented lines (examples) are
+    kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+    def _fill_text(self, text, width, indent):
+        return "\n".join(
+            line
+            if line[:1].isspace() or not line
+            else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+            for line in text.splitlines()
+        )
 
 
 class RunFolderError(ValueError):

@@ -38,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 import data  # noqa: E402
 import vae  # noqa: E402
 from images import DEFAULT_CROP, make_grid, save_png  # noqa: E402
-from runs import RUN_FORMAT, RunFolderError, read_config, write_text_atomic  # noqa: E402
+from runs import RUN_FORMAT, HelpFormatter, RunFolderError, read_config, write_text_atomic  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -51,15 +51,6 @@ class RunError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- command line
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except where there is none or the help text already gives it."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train a VAE on CelebA (Kaggle or original layout) or any folder of faces.",
