@@ -335,6 +335,7 @@ def make_dataset(
     cache: str = "memory",
     drop_remainder: bool = False,
     repeat: bool = False,
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
     """Batches of float32 [B, S, S, C] images in [0, 1] from image files.
 
@@ -342,6 +343,8 @@ def make_dataset(
     in memory; one cache per split and settings, reused by later runs).
     repeat: cycle through the files forever, one pass being ceil(n / batch_size) batches
     (n // batch_size with drop_remainder), so Keras knows each epoch's length.
+    skip_batches: start this many batches into the (seeded, hence reproducible) stream, so a
+    resumed run sees the batches an uninterrupted one would have seen.
     """
     import tensorflow as tf
 
@@ -364,6 +367,9 @@ def make_dataset(
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if repeat:
         dataset = dataset.repeat()
+    # Skipping replays the skipped batches' reshuffles from the cache (fast; without a cache it
+    # re-reads their files) and stops before the float conversion.
+    dataset = dataset.skip(skip_batches)
     dataset = dataset.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

@@ -504,7 +504,9 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
             f"{run_dir} has already trained {initial_epoch} of {config['epochs']} epochs; pass --epochs N to extend it"
         )
 
-    keras.utils.set_random_seed(config["seed"] + initial_epoch)
+    # The same seeds as an uninterrupted run: the data stream below skips the batches already
+    # trained on, and the sampling noise's state comes back with the checkpoint.
+    keras.utils.set_random_seed(config["seed"])
     train_files, validation_files, description = load_splits(config)
     print(f"data: {description}; training on {len(train_files)} images")
     image_args = {
@@ -517,16 +519,17 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
     # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
     # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
     drop_remainder = len(train_files) >= batch_size
+    train_steps = len(train_files) // batch_size if drop_remainder else 1
     train_data = data.make_dataset(
         train_files,
         batch_size=batch_size,
         shuffle=True,
-        seed=config["seed"] + initial_epoch,
+        seed=config["seed"],
         drop_remainder=drop_remainder,
         repeat=True,
+        skip_batches=initial_epoch * train_steps,
         **image_args,
     )
-    train_steps = len(train_files) // batch_size if drop_remainder else 1
     validation_data = data.make_dataset(validation_files, batch_size=batch_size, repeat=True, **image_args)
     validation_steps = math.ceil(len(validation_files) / batch_size)
     preview = next(

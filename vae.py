@@ -106,8 +106,9 @@ def beta_schedule(step, beta: float, warmup_steps: int = 0, cycle_steps: int = 0
 class Sampling(layers.Layer):
     """Reparameterization trick: z = mu + exp(0.5 * log_var) * eps, eps ~ N(0, I).
 
-    Gradients flow to mu and log_var; the noise comes from a seeded generator whose
-    state is a variable, so it is checkpointed with the model.
+    Gradients flow to mu and log_var; the noise comes from a seeded generator. Its state is
+    not a layer weight, so it is saved and loaded here: a resumed run then draws the same
+    noise as an uninterrupted one.
     """
 
     def __init__(self, seed: int | None = None, **kwargs):
@@ -119,6 +120,13 @@ class Sampling(layers.Layer):
         mu, log_var = inputs
         eps = keras.random.normal(ops.shape(mu), dtype=mu.dtype, seed=self.seed_generator)
         return mu + ops.exp(0.5 * log_var) * eps
+
+    def save_own_variables(self, store):
+        store["0"] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        if "0" in store:  # files written before the state was saved have none
+            self.seed_generator.state.assign(store["0"])
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
