@@ -413,6 +413,15 @@ def encoder_probe(backend: Backend) -> np.ndarray:
     return backend.encode(np.repeat(image[None, :, :, None], backend.channels, axis=-1))[0][0]
 
 
+def same_probe(saved, probe: np.ndarray) -> bool:
+    """Whether a saved probe (JSON list, maybe damaged) is the current encoder's, to PROBE_TOLERANCE."""
+    try:
+        saved = np.asarray(saved, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return saved.shape == probe.shape and bool(np.abs(saved - probe).max() <= PROBE_TOLERANCE)
+
+
 def read_directions(path: Path, probe: np.ndarray, recompute: bool = False) -> dict:
     """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}; with
     `recompute`, a damaged file, one for another latent size or one computed with other encoder
@@ -424,12 +433,11 @@ def read_directions(path: Path, probe: np.ndarray, recompute: bool = False) -> d
         problem = None
     except json.JSONDecodeError:
         cached, problem = {}, "is not valid JSON"
-    saved_probe = np.asarray(cached.get("encoder_probe", probe), dtype=np.float64)
     if problem is None and cached.get("format") != DIRECTIONS_FORMAT:
         problem = f"is not a {DIRECTIONS_FORMAT} file"
     elif problem is None and cached.get("latent_dim") != len(probe):
         problem = f"holds directions for latent size {cached.get('latent_dim')}, this model has {len(probe)}"
-    elif problem is None and (saved_probe.shape != probe.shape or np.abs(saved_probe - probe).max() > PROBE_TOLERANCE):
+    elif problem is None and not same_probe(cached.get("encoder_probe", probe), probe):
         problem = "was computed with other encoder weights (the run was trained further or replaced)"
     if problem is None:
         return cached.get("attributes", {})

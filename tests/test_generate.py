@@ -201,6 +201,9 @@ def test_cached_directions_are_refused_after_more_training(run, kaggle_celeba, t
     after = json.loads((trained / "attribute_directions.json").read_text())
     assert np.abs(np.subtract(after["encoder_probe"], before["encoder_probe"])).max() > generate.PROBE_TOLERANCE
     generate.main([*base, "--backend", "keras", "--attribute", "Smiling"])  # fresh cache, reused
+    damaged = {**after, "encoder_probe": ["not", "numbers"]}
+    (trained / "attribute_directions.json").write_text(json.dumps(damaged))
+    assert "other encoder weights" in exit_message([*base, "--attribute", "Smiling"])
 
 
 def test_onnx_path_imports_no_tensorflow(run, kaggle_celeba, tmp_path):
