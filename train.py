@@ -190,6 +190,9 @@ def resolve_config(args: argparse.Namespace) -> dict:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise RunError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+    for name in ("lr_warmup", "beta_warmup", "beta_cycle"):
+        if getattr(args, name) < 0:
+            raise RunError(f"--{name.replace('_', '-')} is a number of steps, 0 or more (got {getattr(args, name)})")
     if not 0.0 <= args.ema < 1.0:
         raise RunError(f"--ema must be in [0, 1), e.g. 0.999 (got {args.ema})")
     if args.lr <= 0 or not math.isfinite(args.lr):

@@ -162,6 +162,8 @@ def test_nan_loss_stops_with_a_clear_message(face_folder, tmp_path):
         (["--image-size", "18"], "must be a multiple of 2\\^2"),
         (["--ema", "1.5"], "--ema must be in"),
         (["--latent", "0"], "--latent must be at least 1"),
+        (["--lr-warmup", "-5"], "--lr-warmup is a number of steps, 0 or more"),
+        (["--beta-cycle", "-1"], "--beta-cycle is a number of steps, 0 or more"),
     ],
 )
 def test_bad_flags_give_one_line_errors(face_folder, tmp_path, extra, message):
