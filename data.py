@@ -308,7 +308,11 @@ def decode_face(contents: tf.Tensor, image_size: int, channels: int, crop: int =
     def decode_jpeg():
         shape = tf.io.extract_jpeg_shape(contents)
         # Decoding only the crop window skips the background's pixels entirely.
-        return tf.io.decode_and_crop_jpeg(contents, crop_window(shape[0], shape[1], crop), channels=3)
+        # INTEGER_ACCURATE is libjpeg's default IDCT, the one Pillow uses: images.load_face then
+        # reads a JPEG exactly as training does.
+        return tf.io.decode_and_crop_jpeg(
+            contents, crop_window(shape[0], shape[1], crop), channels=3, dct_method="INTEGER_ACCURATE"
+        )
 
     def decode_png():
         image = tf.io.decode_png(contents, channels=3)

@@ -32,25 +32,47 @@ def crop_box(height: int, width: int, crop: int = DEFAULT_CROP) -> tuple[int, in
     return (height - side) // 2, (width - side) // 2, side, side
 
 
-def load_face(path: str | os.PathLike, image_size: int, channels: int = 3, crop: int = DEFAULT_CROP) -> np.ndarray:
-    """An image file -> float32 [image_size, image_size, channels] in [0, 1], cropped and
-    resized the way data.py prepares training images."""
+def read_pixels(path: str | os.PathLike) -> np.ndarray:
+    """An image file -> uint8 [H, W, 3] RGB, decoded as TensorFlow decodes it in training
+    (data.decode_face): 16-bit samples keep their high byte, grey is repeated to three
+    channels, an alpha channel is dropped, palettes are expanded."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
-    except OSError as error:
+            if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
+                grey = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=-1)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path} is too large to decode safely ({error}); give an image under 89 megapixels") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read {path} as an image ({error}); give a JPEG or PNG file") from None
-    top, left, side, _ = crop_box(image.height, image.width, crop)
-    image = image.crop((left, top, left + side, top + side)).resize(
-        (image_size, image_size), Image.Resampling.BOX, reducing_gap=None
-    )
-    if channels == 1:
-        image = image.convert("L")
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return array[..., None] if channels == 1 else array
+
+
+def area_weights(size_in: int, size_out: int) -> np.ndarray:
+    """[size_out, size_in] weights of an exact area-average resize along one axis: output
+    pixel i averages input pixels by how much of them [i, i + 1) * size_in / size_out covers
+    (what tf.image.resize(method="area") computes)."""
+    edges = np.arange(size_out + 1) * (size_in / size_out)
+    starts = np.arange(size_in)
+    overlap = np.minimum(edges[1:, None], starts[None] + 1) - np.maximum(edges[:-1, None], starts[None])
+    return np.clip(overlap, 0.0, None) * (size_out / size_in)
+
+
+def load_face(path: str | os.PathLike, image_size: int, channels: int = 3, crop: int = DEFAULT_CROP) -> np.ndarray:
+    """An image file -> float32 [image_size, image_size, channels] in [0, 1], cropped, area-resized,
+    made grey and rounded to 8 bits exactly as data.py prepares training images (the two agree
+    to within one 8-bit level; a test checks it)."""
+    pixels = read_pixels(path)
+    top, left, side, _ = crop_box(pixels.shape[0], pixels.shape[1], crop)
+    square = pixels[top : top + side, left : left + side].astype(np.float64)
+    weights = area_weights(side, image_size)
+    resized = np.einsum("ij,jkc,lk->ilc", weights, square, weights, optimize=True)
+    if channels == 1:  # tf.image.rgb_to_grayscale's weights
+        resized = resized @ np.array([0.2989, 0.5870, 0.1140])[:, None]
+    return (np.clip(np.round(resized), 0, 255) / 255.0).astype(np.float32)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -62,24 +84,26 @@ def make_grid(
     row_labels: Sequence[str] | None = None,
     column_labels: Sequence[str] | None = None,
     scale: int = 1,
+    title: str = "",
 ) -> Image.Image:
     """A PNG-ready grid: rows[r][c] is an image [H, W, C] (C = 1 or 3) in [0, 1].
 
-    Optional text labels are drawn left of each row and above each column.
+    Optional text labels are drawn left of each row and above each column, and a title
+    line above everything (e.g. what drew the faces).
     """
     rows = [np.asarray(row) for row in rows]
     height, width, channels = rows[0].shape[1:]
     columns = max(len(row) for row in rows)
     font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_width = 0
     if row_labels:
-        measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
         label_width = max(int(measure.textlength(str(label), font=font)) for label in row_labels) + 6
-    top = LABEL_HEIGHT if column_labels else 0
+    title_height = LABEL_HEIGHT if title else 0
+    top = title_height + (LABEL_HEIGHT if column_labels else 0)
     cell_h, cell_w = height * scale + GRID_PADDING, width * scale + GRID_PADDING
-    grid = Image.new(
-        "RGB", (label_width + columns * cell_w + GRID_PADDING, top + len(rows) * cell_h + GRID_PADDING), "white"
-    )
+    grid_width = max(label_width + columns * cell_w + GRID_PADDING, int(measure.textlength(title, font=font)) + 6)
+    grid = Image.new("RGB", (grid_width, top + len(rows) * cell_h + GRID_PADDING), "white")
     draw = ImageDraw.Draw(grid)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
@@ -93,7 +117,9 @@ def make_grid(
                 (2, top + GRID_PADDING + r * cell_h + cell_h // 2 - 6), str(row_labels[r]), fill="black", font=font
             )
     for c, label in enumerate(column_labels or []):
-        draw.text((label_width + GRID_PADDING + c * cell_w + 1, 1), str(label), fill="black", font=font)
+        draw.text((label_width + GRID_PADDING + c * cell_w + 1, title_height + 1), str(label), fill="black", font=font)
+    if title:
+        draw.text((GRID_PADDING, 1), title, fill="black", font=font)
     return grid
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import SMILING, face_image
+from PIL import Image
 
 import data
 import images
@@ -112,13 +113,32 @@ def test_tensorflow_and_pillow_crops_agree(height, width, crop):
         assert expected == (35, 15, 148, 148)  # the documented CelebA face box
 
 
-def test_pillow_loader_matches_the_training_pipeline(tmp_path):
-    path = tmp_path / "face.png"
-    face_image(np.random.default_rng(5)).save(path)
-    from_pipeline = next(iter(data.make_dataset([path], image_size=32, batch_size=1))).numpy()[0]
-    from_pillow = images.load_face(path, 32)
-    assert from_pillow.shape == from_pipeline.shape
-    assert np.abs(from_pillow - from_pipeline).mean() < 0.02  # different resamplers, same crop and scale
+@pytest.mark.parametrize(
+    ("name", "mode", "channels"),
+    [
+        ("face.jpg", "RGB", 3),
+        ("face.png", "RGB", 3),
+        ("grey.png", "L", 1),
+        ("deep.png", "I;16", 3),
+        ("rgba.png", "RGBA", 3),
+    ],
+)
+def test_pillow_loader_matches_the_training_pipeline(tmp_path, name, mode, channels):
+    """images.load_face (generate.py, evaluate.py) and data.py (training) see the same pixels:
+    same decoding (16-bit samples keep their high byte), crop, area resize and rounding."""
+    rgb = face_image(np.random.default_rng(5))
+    if mode == "I;16":
+        grey = np.asarray(rgb.convert("L"), dtype=np.uint16) * 257 + 100
+        image = Image.fromarray(grey.astype(np.uint16))
+    else:
+        image = rgb.convert(mode)
+    path = tmp_path / name
+    image.save(path, quality=95) if name.endswith(".jpg") else image.save(path)
+    from_pipeline = next(iter(data.make_dataset([path], image_size=32, channels=channels, batch_size=1))).numpy()[0]
+    from_pillow = images.load_face(path, 32, channels)
+    assert from_pillow.shape == from_pipeline.shape == (32, 32, channels)
+    assert np.abs(from_pillow - from_pipeline).max() <= 1 / 255 + 1e-6
+    assert from_pillow.mean() < 0.9  # a 16-bit image is not clipped to a white tile
 
 
 def test_undecodable_jpeg_that_passes_the_quick_check_is_skipped(tmp_path):
