@@ -1,16 +1,17 @@
-"""Explore a trained VAE's latent space: reconstructions, prior samples, weighted sampling,
+"""Explore a trained VAE's latent space: reconstructions, random faces, weighted sampling,
 interpolation, CelebA attribute vectors and latent traversals, each written as a PNG grid.
 
+    python generate.py --mode sample --samples 64                      # the pretrained model
     python generate.py --run runs/<name> --mode sample --temperature 0.7 1.0
     python generate.py --run runs/<name> --mode interpolate --data ./celeba --pairs 4
     python generate.py --run runs/<name> --mode attribute --attribute Smiling --data ./celeba
-    python generate.py --run runs/<name> --mode interpolate --prior 8  # model outputs only
+    python generate.py --run runs/<name> --mode interpolate --random 8  # model outputs only
     python generate.py --run runs/<name> --mode sample --backend onnx   # no TensorFlow needed
     python generate.py --help                                            # every mode and flag
 
 Modes (faces come from --images FILE..., --ids ID..., --identity N or at random from --split of --data):
     reconstruct  inputs over their reconstructions (posterior mean, --sampled K draws of z)
-    sample       decoded prior samples z ~ N(0, T^2 I) for each --temperature T
+    sample       random faces for each --temperature T, drawn by --sampler
     weighted     z ~ N(mu', sigma'^2) with mu' = sum w_i mu_i, log sigma' = sum w_i log sigma_i
                  over b encoded faces (--identity N: the images of one CelebA person)
     interpolate  linear and spherical paths between pairs (or a --chain) of encoded faces
@@ -18,14 +19,21 @@ Modes (faces come from --images FILE..., --ids ID..., --identity N or at random 
                  from CelebA labels, cached in <run>/attribute_directions.json (with a
                  fingerprint of the encoder, so a retrained run asks for --recompute)
     traverse     one row per latent dimension, set to values from -span to span, around
-                 each starting face (or z = 0 with --origin or without faces)
+                 each starting face (or z = 0 with --origin)
 
---prior N starts interpolate, attribute and traverse from N prior samples z ~ N(0, T^2 I)
-(T: the first --temperature) instead of encoded faces, so the grid holds decoded latents
-only: no real face is loaded to be shown, and the input column is left out (a path's ends
-and an alpha = 0 tile are the decoded starting points). Attribute directions still come
-from the cache or the labelled images under --data, traverse's most active dimensions from
---data; reconstruct and weighted need real faces and refuse --prior.
+Random latents come from --sampler: `density` (the default) is the latent density fitted to
+the training images' posterior means (<run>/latent_density.json, see latent.py), which gives
+clear faces where the VAE's own prior N(0, I) often gives smeared ones; `prior` is N(0, I).
+Without a density file, `density` falls back to the prior and says so. --temperature T
+scales the spread: around each mixture component's mean for the density, z = T * eps for the
+prior. The grid's title says which sampler drew the faces.
+
+--random N starts interpolate, attribute and traverse from N random faces drawn by --sampler
+(at the first --temperature) instead of encoded ones, so the grid holds decoded latents only:
+no real face is loaded to be shown, and the input column is left out (a path's ends and an
+alpha = 0 tile are the decoded starting points). It is the default when no faces are given.
+Attribute directions still come from the cache or the labelled images under --data,
+traverse's most active dimensions from --data; reconstruct and weighted need real faces.
 
 The model is rebuilt from the run folder written by train.py (config.json, encoder.keras,
 decoder.keras) or, with --backend onnx, from encoder.onnx/decoder.onnx written by
@@ -39,32 +47,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 import data
 import export_onnx
-from images import DEFAULT_CROP, load_face, make_grid, save_png, to_uint8
-from runs import HelpFormatter, RunFolderError, load_model, read_config, write_text_atomic
+from images import make_grid, save_png, to_uint8
+from latent import (
+    SAMPLERS,
+    DensityError,
+    LatentDensity,
+    attribute_direction,
+    attribute_sweep,
+    choose_sampler,
+    latent_path,
+    most_active_dims,
+    normalized_weights,
+    reparameterize,
+    traversal_grid,
+    weighted_posterior,
+)
+from runs import Backend, HelpFormatter, RunFolderError, encode_files, load_faces, open_backend, write_text_atomic
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
-PRIOR_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --prior replaces
+RANDOM_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --random replaces
 DIRECTIONS_FORMAT = export_onnx.ATTRIBUTES_FORMAT  # "celeba-vae-attributes/1"
 DIRECTIONS_FILE = export_onnx.ATTRIBUTES_FILE  # read by export_onnx.py and other apps
 # Largest change of the probe's posterior mean still read as the same encoder: ONNX and Keras
 # agree to about 1e-6, while one more epoch of training moves it by far more.
 PROBE_TOLERANCE = 1e-3
-BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
 DEFAULT_FACES = {"reconstruct": 8, "weighted": 4, "attribute": 4}
 DEFAULT_STEPS = {"interpolate": 8, "traverse": 7}
 PRETRAINED_RUN = Path(__file__).resolve().parent / "pretrained" / "celeba64"
-DEFAULT_PRIOR = {"interpolate": 8, "attribute": 4, "traverse": 1}  # prior samples when no faces are given
+DEFAULT_RANDOM = {"interpolate": 8, "attribute": 4, "traverse": 1}  # random faces when no faces are given
 TRAVERSED_DIMS = 8  # default number of dimensions to traverse
 ACTIVITY_IMAGES = 256  # images encoded to find the most active dimensions
 
@@ -73,234 +94,7 @@ class GenerateError(ValueError):
     """A problem the user can fix, reported as one line that says what to do."""
 
 
-# --------------------------------------------------------------------------- latent math (numpy only)
-def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Points (1 - t) a + t b for each t: [T, D]."""
-    t = np.asarray(t, dtype=np.float64)[:, None]
-    return (1.0 - t) * a + t * b
-
-
-def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Spherical interpolation (Shoemake; White 2016 for generative models): [T, D].
-
-    Follows the great circle between the directions of a and b, so between two vectors of
-    equal norm the norm stays constant, where lerp cuts through the low-norm middle of a
-    Gaussian prior. Falls back to lerp for (anti)parallel or zero vectors, where the plane
-    of rotation is undefined.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    norms = np.linalg.norm(a) * np.linalg.norm(b)
-    if norms == 0.0:
-        return lerp(a, b, t)
-    omega = np.arccos(np.clip(np.dot(a, b) / norms, -1.0, 1.0))
-    if np.sin(omega) < 1e-6:
-        return lerp(a, b, t)
-    t = np.asarray(t, dtype=np.float64)[:, None]
-    return (np.sin((1.0 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
-
-
-def latent_path(points: np.ndarray, steps: int, method: str) -> np.ndarray:
-    """A path through points [n, D] (n >= 2), `steps` points per segment with shared
-    endpoints: [(n - 1) * (steps - 1) + 1, D]. method: "lerp" or "slerp"."""
-    if method not in ("lerp", "slerp"):
-        raise ValueError(f"unknown interpolation {method!r}; choose lerp or slerp")
-    if len(points) < 2 or steps < 2:
-        raise ValueError("a path needs at least 2 points and 2 steps")
-    interpolate = lerp if method == "lerp" else slerp
-    t = np.linspace(0.0, 1.0, steps)
-    segments = [interpolate(points[i], points[i + 1], t)[(1 if i else 0) :] for i in range(len(points) - 1)]
-    return np.concatenate(segments)
-
-
-def normalized_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
-    """Mixing weights for `count` faces, rescaled to sum to 1 (None: 1/count each)."""
-    if weights is None:
-        return np.full(count, 1.0 / count)
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.shape != (count,):
-        raise ValueError(f"got {weights.size} weights for {count} images; give one weight per image")
-    total = weights.sum()
-    if abs(total) < 1e-12:
-        raise ValueError("the weights sum to 0; give weights with a non-zero sum, e.g. 1 1 2")
-    return weights / total
-
-
-def weighted_posterior(mu: np.ndarray, log_sigma: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Combine b posteriors [b, D]: mu' = sum_i w_i mu_i, log sigma' = sum_i w_i log sigma_i.
-
-    Averaging log sigma (a geometric mean of the sigmas) keeps sigma' positive and within
-    the range of the inputs' sigmas for convex weights."""
-    return weights @ mu, weights @ log_sigma
-
-
-def reparameterize(mu: np.ndarray, log_sigma: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """z = mu + sigma * eps, broadcast over the leading axis of noise."""
-    return mu + np.exp(log_sigma) * noise
-
-
-def attribute_direction(mu: np.ndarray, labels: np.ndarray, min_count: int = 1) -> np.ndarray:
-    """mean(mu | label = +1) - mean(mu | label = -1) over encoded images mu [N, D] with
-    CelebA labels [N] of +1/-1 (0: unlabelled, ignored). Raises ValueError with the
-    counts found when either side has fewer than min_count images."""
-    labels = np.asarray(labels)
-    positive, negative = labels > 0, labels < 0
-    found = f"{int(positive.sum())} positive and {int(negative.sum())} negative"
-    if positive.sum() < max(1, min_count) or negative.sum() < max(1, min_count):
-        raise ValueError(f"{found} labelled images found, need at least {max(1, min_count)} of each")
-    return mu[positive].mean(axis=0) - mu[negative].mean(axis=0)
-
-
-def attribute_sweep(z: np.ndarray, direction: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
-    """z + alpha * direction for each alpha: [A, D]; negative alphas remove the attribute."""
-    return z + np.asarray(alphas, dtype=np.float64)[:, None] * direction
-
-
-def traversal_grid(z: np.ndarray, dims: Sequence[int], values: Sequence[float]) -> np.ndarray:
-    """Copies of z with dimension dims[r] set to values[c]: [len(dims), len(values), D]."""
-    grid = np.tile(np.asarray(z, dtype=np.float64), (len(dims), len(values), 1))
-    for row, dim in enumerate(dims):
-        grid[row, :, dim] = values
-    return grid
-
-
-def most_active_dims(mu: np.ndarray, count: int) -> list[int]:
-    """The `count` latent dimensions whose posterior mean varies most across images mu [N, D]
-    (active units, Burda et al. 2016): collapsed dimensions barely change the decoded face."""
-    return [int(d) for d in np.argsort(-mu.var(axis=0), kind="stable")[:count]]
-
-
-# --------------------------------------------------------------------------- model backends
-class Backend(Protocol):
-    """What generate.py needs from a model; images are float32 [N, H, W, C] in [0, 1]."""
-
-    latent_dim: int
-    image_size: int
-    channels: int
-    crop: int
-    model_kind: str  # "vae" or "ae"
-
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # (mu, log_var) [N, D]
-
-    def decode(self, z: np.ndarray) -> np.ndarray: ...
-
-
-def check_latents(z: np.ndarray, latent_dim: int) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float32)
-    if z.ndim != 2 or z.shape[1] != latent_dim:
-        raise GenerateError(f"latent vectors of shape {z.shape} do not fit this model's latent size {latent_dim}")
-    return z
-
-
-def check_images(images: np.ndarray, backend: Backend) -> np.ndarray:
-    images = np.asarray(images, dtype=np.float32)
-    expected = (backend.image_size, backend.image_size, backend.channels)
-    if images.ndim != 4 or images.shape[1:] != expected:
-        raise GenerateError(f"images of shape {images.shape[1:]} do not fit this model's input {expected}")
-    return images
-
-
-class KerasBackend:
-    """encoder.keras / decoder.keras of a train.py run; sizes from its config.json."""
-
-    def __init__(self, run_dir: Path):
-        config = read_config(run_dir)
-        self.run_dir = run_dir
-        self.latent_dim = int(config["latent_dim"])
-        self.image_size = int(config["image_size"])
-        self.channels = int(config["channels"])
-        self.crop = int(config.get("crop", DEFAULT_CROP))
-        self.model_kind = config.get("model", "vae")
-        self.config = config
-        self._encoder = None
-        # Keras (and TensorFlow) are imported here only: the ONNX path must run without them.
-        self.decoder = load_model(run_dir, "decoder", config)
-
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = check_images(images, self)
-        if self._encoder is None:
-            self._encoder = load_model(self.run_dir, "encoder", self.config)
-        parts = [self._encoder(images[i : i + BATCH_SIZE], training=False) for i in range(0, len(images), BATCH_SIZE)]
-        mu = np.concatenate([np.asarray(p[0]) for p in parts])
-        log_var = np.concatenate([np.asarray(p[1]) for p in parts])
-        return mu, log_var
-
-    def decode(self, z: np.ndarray) -> np.ndarray:
-        z = check_latents(z, self.latent_dim)
-        return np.concatenate(
-            [np.asarray(self.decoder(z[i : i + BATCH_SIZE], training=False)) for i in range(0, len(z), BATCH_SIZE)]
-        )
-
-
-class OnnxBackend:
-    """encoder.onnx / decoder.onnx (export_onnx.py) on onnxruntime's CPU provider, through
-    export_onnx's numpy-only helpers; sizes from the files' metadata. Imports neither
-    TensorFlow nor Keras."""
-
-    def __init__(self, run_dir: Path, threads: int = 0):
-        self.run_dir = run_dir
-        self.threads = threads
-        self._encoder = None
-        self.decoder, metadata = self.open("decoder")
-        if metadata.get("value_range") != "0,1" or metadata.get("layout") != "NHWC":
-            raise GenerateError(f"{run_dir / 'decoder.onnx'} is not an NHWC model with values in [0, 1]; re-export it")
-        self.latent_dim = int(metadata["latent_dim"])
-        self.image_size = int(metadata["image_size"])
-        self.channels = int(metadata["channels"])
-        self.crop = int(metadata.get("crop", DEFAULT_CROP))
-        self.model_kind = metadata.get("model", "vae")
-        config = read_config(run_dir) if (run_dir / "config.json").is_file() else None  # ONNX-only folders have none
-        if config is not None and int(config["latent_dim"]) != self.latent_dim:
-            raise GenerateError(
-                f"decoder.onnx has latent size {self.latent_dim} but {run_dir / 'config.json'} says "
-                f"{config['latent_dim']}; re-export it: python export_onnx.py --run {run_dir}"
-            )
-
-    def open(self, part: str):
-        """(session, metadata) of <run>/<part>.onnx, checked to be an exported `part`."""
-        path = self.run_dir / f"{part}.onnx"
-        if not path.is_file():
-            raise GenerateError(
-                f"{self.run_dir} has no {part}.onnx; export it: python export_onnx.py --run {self.run_dir}"
-            )
-        try:
-            session = export_onnx.make_session(path, threads=self.threads)
-            return session, export_onnx.check_model(session, part, name=str(path))
-        except (FileNotFoundError, ValueError) as error:
-            raise GenerateError(str(error)) from None
-
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = check_images(images, self)
-        if self._encoder is None:
-            self._encoder, metadata = self.open("encoder")
-            if int(metadata["latent_dim"]) != self.latent_dim:
-                raise GenerateError(f"encoder.onnx and decoder.onnx in {self.run_dir} come from different models")
-        parts = [
-            export_onnx.encode(self._encoder, images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)
-        ]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    def decode(self, z: np.ndarray) -> np.ndarray:
-        z = check_latents(z, self.latent_dim)
-        return np.concatenate(
-            [export_onnx.decode(self.decoder, z[i : i + BATCH_SIZE]) for i in range(0, len(z), BATCH_SIZE)]
-        )
-
-
-def open_backend(run_dir: Path, kind: str, threads: int = 0) -> Backend:
-    if not run_dir.is_dir():
-        raise GenerateError(f"run folder {run_dir} does not exist; train one with train.py --out {run_dir}")
-    return OnnxBackend(run_dir, threads) if kind == "onnx" else KerasBackend(run_dir)
-
-
 # --------------------------------------------------------------------------- choosing and loading faces
-def load_faces(paths: Sequence[Path], backend: Backend) -> np.ndarray:
-    """float32 [N, S, S, C] faces, cropped and resized as in training."""
-    try:
-        return np.stack([load_face(p, backend.image_size, backend.channels, backend.crop) for p in paths])
-    except (FileNotFoundError, ValueError) as error:
-        raise GenerateError(f"{error}; check the paths given to --images / --ids") from None
-
-
 def require_dataset(
     dataset: data.Dataset | None, what: str, alternative: str = "or give face files with --images FILE ..."
 ) -> data.Dataset:
@@ -363,15 +157,15 @@ def choose_faces(
     return random_files(dataset, args.split, count, rng)
 
 
-def check_prior(args: argparse.Namespace) -> None:
-    """--prior replaces the real faces: refuse it in modes that need them and beside the
+def check_random(args: argparse.Namespace) -> None:
+    """--random replaces the real faces: refuse it in modes that need them and beside the
     flags that choose them."""
-    if args.prior is None:
+    if args.random is None:
         return
     if args.mode == "sample":
-        raise GenerateError("--mode sample always decodes prior samples; set how many with --samples, not --prior")
-    if args.mode not in PRIOR_MODES:
-        raise GenerateError(f"--mode {args.mode} needs real faces; --prior works with {', '.join(PRIOR_MODES)}")
+        raise GenerateError("--mode sample always decodes random faces; set how many with --samples, not --random")
+    if args.mode not in RANDOM_MODES:
+        raise GenerateError(f"--mode {args.mode} needs real faces; --random works with {', '.join(RANDOM_MODES)}")
     flags = {
         "--images": args.images,
         "--ids": args.ids,
@@ -380,7 +174,7 @@ def check_prior(args: argparse.Namespace) -> None:
     }
     conflicts = [flag for flag, given in flags.items() if given]
     if conflicts:
-        raise GenerateError(f"--prior starts from prior samples, not chosen faces; drop {' and '.join(conflicts)}")
+        raise GenerateError(f"--random starts from random faces, not chosen ones; drop {' and '.join(conflicts)}")
 
 
 def starting_faces(
@@ -388,12 +182,12 @@ def starting_faces(
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """(codes [N, D], faces [N, S, S, C] or None, names) of the faces a mode starts from.
 
-    With --prior N: N prior samples z ~ N(0, T^2 I), T the first --temperature, and no faces
+    With --random N: N latents drawn by the sampler at the first --temperature, and no faces
     (nothing real is loaded); otherwise the posterior means of the faces chosen by
     choose_faces (`count` at random)."""
-    if args.prior:
-        codes = args.temperature[0] * rng.standard_normal((args.prior, backend.latent_dim))
-        return codes, None, [f"z{i + 1}" for i in range(args.prior)]
+    if args.random:
+        codes = args.density.sample(args.random, rng, args.temperature[0])
+        return codes, None, [f"z{i + 1}" for i in range(args.random)]
     files = choose_faces(args, dataset, rng, count)
     faces = load_faces(files, backend)
     return backend.encode(faces)[0], faces, [p.stem for p in files]
@@ -460,13 +254,6 @@ def labelled_faces(dataset: data.Dataset, split: str, limit: int) -> tuple[list[
     return labelled, np.stack([dataset.attributes[p.name] for p in labelled])
 
 
-def encode_files(paths: Sequence[Path], backend: Backend) -> np.ndarray:
-    """Posterior means [N, D], loading the faces a batch at a time to bound memory."""
-    return np.concatenate(
-        [backend.encode(load_faces(paths[i : i + 256], backend))[0] for i in range(0, len(paths), 256)]
-    )
-
-
 def attribute_directions(args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None) -> dict:
     """Directions of the requested attributes: cached ones reused, missing ones computed from
     the labelled images under --data and added to the cache file."""
@@ -492,8 +279,11 @@ def attribute_directions(args: argparse.Namespace, backend: Backend, dataset: da
                     f"least {max(1, args.min_labelled)} of each; use more labelled data or a lower --min-labelled"
                 )
         print(f"encoding {len(files)} labelled images ({args.attribute_split} split) for {', '.join(missing)}")
-        mu = encode_files(files, backend)
+        mu, kept = encode_files(files, backend)
+        kept = set(kept)
+        decoded = np.array([path in kept for path in files])  # undecodable files have no mu
         for name, column in columns.items():
+            column = column[decoded]
             cached[name] = {
                 "direction": [float(v) for v in attribute_direction(mu, column)],
                 "positives": int((column > 0).sum()),
@@ -529,10 +319,31 @@ class Grid:
     rows: list[np.ndarray] = field(default_factory=list)
     row_labels: list[str] = field(default_factory=list)
     column_labels: list[str] = field(default_factory=list)
+    title: str = ""
 
     def add(self, images: np.ndarray, label: str) -> None:
         self.rows.append(np.asarray(images))
         self.row_labels.append(label)
+
+
+def sampler_caption(density: LatentDensity, sampler: str) -> str:
+    """What drew a grid's random faces, for its title."""
+    if sampler == "prior":
+        return "random faces from the N(0, I) prior"
+    fitted = density.info.get("fitted_on", {})
+    count = f" of {fitted['count']} training images" if "count" in fitted else ""
+    return (
+        f"random faces from the latent density fitted to the posterior means{count} ({density.components} components)"
+    )
+
+
+def random_caption(args: argparse.Namespace) -> str:
+    """The title of a grid whose starting faces are random (--random), or none."""
+    if not args.random:
+        return ""
+    return sampler_caption(args.density, args.sampler_used).replace("random faces", "starting faces", 1) + (
+        f", T={args.temperature[0]:g}"
+    )
 
 
 def in_rows(images: np.ndarray, columns: int) -> list[np.ndarray]:
@@ -557,12 +368,12 @@ def reconstruct_grid(
 def sample_grid(
     args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
 ) -> Grid:
-    # One noise batch for all temperatures, so rows of different T show the same samples.
-    noise = rng.standard_normal((args.samples, backend.latent_dim))
-    grid = Grid()
+    # One draw for all temperatures, so rows of different T show the same faces.
+    components, noise = args.density.draw(args.samples, rng)
+    grid = Grid(title=sampler_caption(args.density, args.sampler_used))
     for temperature in args.temperature:
-        for row in in_rows(backend.decode(temperature * noise), args.columns):
-            grid.add(row, f"T={temperature:g}")
+        for row in in_rows(backend.decode(args.density.latents(components, noise, temperature)), args.columns):
+            grid.add(row, f"{args.sampler_used} T={temperature:g}")
     return grid
 
 
@@ -598,14 +409,14 @@ def weighted_grid(
 def interpolate_grid(
     args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
 ) -> Grid:
-    # Paths run through posterior means (the most likely code of each face) or prior samples.
+    # Paths run through posterior means (the most likely code of each face) or random latents.
     codes, faces, names = starting_faces(args, backend, dataset, rng, 2 * args.pairs)
     if len(codes) < 2 or (not args.chain and len(codes) % 2):
         raise GenerateError(f"got {len(codes)} faces; give an even number (pairs A B C D ...) or --chain A B C ...")
     groups = [list(range(len(codes)))] if args.chain else [[i, i + 1] for i in range(0, len(codes), 2)]
     methods = ["lerp", "slerp"] if args.method == "both" else [args.method]
     steps = args.steps or DEFAULT_STEPS["interpolate"]
-    grid = Grid()
+    grid = Grid(title=random_caption(args))
     for group in groups:
         name = "-".join(names[i] for i in group) if len(group) == 2 else f"chain of {len(group)}"
         for method in methods:
@@ -626,7 +437,10 @@ def attribute_grid(
 ) -> Grid:
     directions = attribute_directions(args, backend, dataset)
     codes, faces, names = starting_faces(args, backend, dataset, rng, args.count or DEFAULT_FACES["attribute"])
-    grid = Grid(column_labels=([] if faces is None else ["input"]) + [f"a={alpha:+g}" for alpha in args.alphas])
+    grid = Grid(
+        column_labels=([] if faces is None else ["input"]) + [f"a={alpha:+g}" for alpha in args.alphas],
+        title=random_caption(args),
+    )
     for name, direction in directions.items():
         for i, code in enumerate(codes):
             row = backend.decode(attribute_sweep(code, direction, args.alphas))
@@ -643,8 +457,11 @@ def traverse_grid(
         dims = args.dims
     elif dataset is not None:
         files = random_files(dataset, args.split, ACTIVITY_IMAGES, rng, allow_fewer=True)
-        dims = most_active_dims(encode_files(files, backend), TRAVERSED_DIMS)
+        dims = most_active_dims(encode_files(files, backend)[0], TRAVERSED_DIMS)
         print(f"traversing the {len(dims)} dimensions whose mu varies most over {len(files)} {args.split} images")
+    elif args.sampler_used == "density":
+        dims = [int(d) for d in np.argsort(-np.diag(args.density.covariance()), kind="stable")[:TRAVERSED_DIMS]]
+        print(f"traversing the {len(dims)} dimensions with the largest variance under the fitted latent density")
     else:
         dims = list(range(min(TRAVERSED_DIMS, backend.latent_dim)))
         print(f"traversing dimensions {dims}; give --data to pick the most active ones instead")
@@ -654,11 +471,14 @@ def traverse_grid(
             f"--dims {bad} out of range; this model's latent dimensions are 0..{backend.latent_dim - 1}"
         )
     values = np.linspace(-args.span, args.span, args.steps or DEFAULT_STEPS["traverse"])
-    if args.origin or not (args.prior or args.images or args.ids or dataset is not None):
+    if args.origin:
         codes, faces, names = np.zeros((1, backend.latent_dim)), None, ["origin"]
     else:
         codes, faces, names = starting_faces(args, backend, dataset, rng, 1)
-    grid = Grid(column_labels=([] if faces is None else ["input"]) + [f"{v:+.2g}" for v in values])
+    grid = Grid(
+        column_labels=([] if faces is None else ["input"]) + [f"{v:+.2g}" for v in values],
+        title="" if args.origin else random_caption(args),
+    )
     for i, center in enumerate(codes):
         images = backend.decode(traversal_grid(center, dims, values).reshape(-1, backend.latent_dim))
         images = images.reshape(len(dims), len(values), *images.shape[1:])
@@ -682,7 +502,7 @@ MODE_GRIDS = {
 def write_grid(grid: Grid, out: Path, scale: int, individual: bool) -> Path:
     """The labelled grid PNG, and with `individual` every tile as out-stem/rRR_cCC.png."""
     try:
-        save_png(make_grid(grid.rows, grid.row_labels, grid.column_labels or None, scale=scale), out)
+        save_png(make_grid(grid.rows, grid.row_labels, grid.column_labels or None, scale=scale, title=grid.title), out)
         if individual:
             folder = out.with_suffix("")
             for r, row in enumerate(grid.rows):
@@ -710,7 +530,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "  python generate.py --run runs/r --mode interpolate --images a.jpg b.jpg c.jpg --chain\n"
         "  python generate.py --run runs/r --mode attribute --data ./celeba --attribute Smiling Eyeglasses\n"
         "  python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3\n"
-        "  python generate.py --run runs/r --mode attribute --prior 4 --attribute Smiling   # no real faces shown",
+        "  python generate.py --run runs/r --mode attribute --random 4 --attribute Smiling   # no real faces shown\n"
+        "  python generate.py --mode sample --samples 64 --sampler prior   # the pretrained model, N(0, I) prior",
     )
     parser.add_argument(
         "--run",
@@ -721,7 +542,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         choices=("keras", "onnx"),
-        help="keras: *.keras; onnx: *.onnx (default: keras with --run, onnx for the pretrained model)",
+        help="keras: *.keras; onnx: *.onnx (default: keras when the folder has decoder.keras, else onnx)",
     )
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     parser.add_argument(
@@ -745,11 +566,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--count", type=int, help="random faces to pick (default: reconstruct 8, weighted 4, attribute 4)"
     )
     faces.add_argument(
-        "--prior",
+        "--random",
         type=int,
         metavar="N",
-        help="interpolate, attribute, traverse: start from N prior samples z ~ N(0, T^2 I), T the first "
-        "--temperature, instead of real faces; the grid then shows decoded latents only",
+        help="interpolate, attribute, traverse: start from N random faces drawn by --sampler (at the first "
+        "--temperature) instead of real ones; the grid then shows decoded latents only (the default when no "
+        "faces are given)",
+    )
+    faces.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="density",
+        help="where random latents come from: the latent density fitted to the training images "
+        "(<run>/latent_density.json; the prior if the run has none) or the N(0, I) prior",
     )
 
     modes = parser.add_argument_group("mode options")
@@ -761,13 +590,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         nargs="+",
         default=[1.0],
-        help="sample: prior std multipliers; --prior: the first scales its samples",
+        help="sample: one block of rows per T, the spread of the sampler (T = 1: as fitted); "
+        "--random: the first scales its faces",
     )
     modes.add_argument("--identity", type=int, help="weighted: use the images of this CelebA identity number")
     modes.add_argument(
         "--weights", type=float, nargs="+", help="weighted: one per face, rescaled to sum to 1 (default: equal)"
     )
-    modes.add_argument("--pairs", type=int, default=4, help="interpolate: random pairs to pick (--prior N: N/2 pairs)")
+    modes.add_argument("--pairs", type=int, default=4, help="interpolate: random pairs to pick (--random N: N/2 pairs)")
     modes.add_argument("--chain", action="store_true", help="interpolate: one path through all given faces in order")
     modes.add_argument("--method", choices=("lerp", "slerp", "both"), default="both", help="interpolate: path kind")
     modes.add_argument(
@@ -794,12 +624,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--dims",
         type=int,
         nargs="+",
-        help="traverse: latent dimensions (default: the 8 most active over --data, else 0..7)",
+        help="traverse: latent dimensions (default: the 8 most active over --data, else the 8 most variable "
+        "under the fitted density, else 0..7)",
     )
     modes.add_argument("--span", type=float, default=3.0, help="traverse: values run from -span to span")
     modes.add_argument("--origin", action="store_true", help="traverse: around z = 0 instead of a face")
     args = parser.parse_args(argv)
-    for name in ("count", "prior", "samples", "columns", "pairs", "scale"):
+    for name in ("count", "random", "samples", "columns", "pairs", "scale"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1 (got {value})")
@@ -808,17 +639,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
     if args.steps is not None and args.steps < 2:
         parser.error(f"--steps must be at least 2 (got {args.steps})")
-    if args.span <= 0 or min(args.temperature) < 0:
-        parser.error("--span must be positive and --temperature not negative")
+    if not (math.isfinite(args.span) and args.span > 0):
+        parser.error(f"--span must be a positive number (got {args.span})")
+    if not all(math.isfinite(t) and t >= 0 for t in args.temperature):
+        parser.error(
+            f"--temperature takes numbers of 0 or more, e.g. 0.7 1 (got {' '.join(map(str, args.temperature))})"
+        )
+    for name in ("alphas", "weights"):
+        values = getattr(args, name) or []
+        if not all(math.isfinite(v) for v in values):
+            parser.error(f"--{name} takes finite numbers (got {' '.join(map(str, values))})")
     # The pretrained model ships in the repository: its outputs go to ./generated, not into it.
     args.default_out = Path(args.run or ".") / "generated" / f"{args.mode}.png"
-    if args.run is None:
-        args.run, args.backend = str(PRETRAINED_RUN), args.backend or "onnx"
-    args.backend = args.backend or "keras"
-    # With no faces given at all, the modes that can start from prior samples do so.
+    args.run = args.run or str(PRETRAINED_RUN)
+    # With no faces given at all, the modes that can start from random faces do so.
     no_faces = not (args.data or args.images or args.ids or args.identity is not None or args.origin)
-    if no_faces and args.prior is None and args.mode in DEFAULT_PRIOR:
-        args.prior = DEFAULT_PRIOR[args.mode]
+    if no_faces and args.random is None and args.mode in DEFAULT_RANDOM:
+        args.random = DEFAULT_RANDOM[args.mode]
     return args
 
 
@@ -827,17 +664,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     try:
         run_dir = Path(args.run)
-        check_prior(args)
+        check_random(args)
         backend = open_backend(run_dir, args.backend, args.threads)
+        args.density, args.sampler_used = choose_sampler(args.sampler, run_dir, backend.latent_dim)
         dataset = data.find_dataset(args.data) if args.data else None
         rng = np.random.default_rng(args.seed)
         grid = MODE_GRIDS[args.mode](args, backend, dataset, rng)
         out = Path(args.out or args.default_out)
         write_grid(grid, out, args.scale, args.save_individual)
-    except (GenerateError, RunFolderError, data.DataError) as error:
+    except (GenerateError, RunFolderError, DensityError, data.DataError) as error:
         sys.exit(f"error: {error}")
     columns = max(len(row) for row in grid.rows)
-    print(f"wrote {out} ({args.mode}: {len(grid.rows)} rows x {columns} columns, {args.backend} backend)")
+    print(f"wrote {out} ({args.mode}: {len(grid.rows)} rows x {columns} columns, {backend.kind} backend)")
     return out
 
 

@@ -1,9 +1,11 @@
-"""The run folder: config.json's format tag and reader, the model loader, atomic text writes,
+"""The run folder: config.json's format tag and reader, the model loaders, atomic text writes,
 and the --help formatter the scripts share.
 
-train.py writes config.json; generate.py, export_onnx.py and evaluate.py rebuild a model from
-it. Kept free of TensorFlow (json only) so the ONNX inference path can read run folders too.
-Not meant to be run by itself.
+train.py writes config.json; generate.py, export_onnx.py, evaluate.py and latent.py open a
+run's models through a backend: `KerasBackend` (encoder.keras / decoder.keras of a train.py
+run) or `OnnxBackend` (encoder.onnx / decoder.onnx of export_onnx.py, on onnxruntime). Kept
+free of TensorFlow (json and numpy only; Keras is imported when a Keras model is loaded) so the
+ONNX inference path can read run folders too. Not meant to be run by itself.
 """
 
 from __future__ import annotations
@@ -11,11 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from images import DEFAULT_CROP, load_face
 
 RUN_FORMAT = "celeba-vae-run/1"
+BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
+LOAD_BATCH = 256  # image files loaded at a time by encode_files
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -96,3 +107,186 @@ def load_model(run_dir: str | os.PathLike, part: str, config: dict):
             "the model files and config.json come from different runs"
         )
     return model
+
+
+# --------------------------------------------------------------------------- model backends
+class Backend(Protocol):
+    """A run's models as numpy functions; images are float32 [N, H, W, C] in [0, 1]."""
+
+    run_dir: Path
+    kind: str  # "keras" or "onnx"
+    latent_dim: int
+    image_size: int
+    channels: int
+    crop: int
+    model_kind: str  # "vae" or "ae"
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # (mu, log_var) [N, D]
+
+    def decode(self, z: np.ndarray) -> np.ndarray: ...
+
+
+def check_latents(z: np.ndarray, latent_dim: int) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim != 2 or z.shape[1] != latent_dim:
+        raise RunFolderError(f"latent vectors of shape {z.shape} do not fit this model's latent size {latent_dim}")
+    return z
+
+
+def check_images(images: np.ndarray, backend: Backend) -> np.ndarray:
+    images = np.asarray(images, dtype=np.float32)
+    expected = (backend.image_size, backend.image_size, backend.channels)
+    if images.ndim != 4 or images.shape[1:] != expected:
+        raise RunFolderError(f"images of shape {images.shape[1:]} do not fit this model's input {expected}")
+    return images
+
+
+class KerasBackend:
+    """encoder.keras / decoder.keras of a train.py run; sizes from its config.json."""
+
+    kind = "keras"
+
+    def __init__(self, run_dir: Path):
+        config = read_config(run_dir)
+        self.run_dir = run_dir
+        self.latent_dim = int(config["latent_dim"])
+        self.image_size = int(config["image_size"])
+        self.channels = int(config["channels"])
+        self.crop = int(config.get("crop", DEFAULT_CROP))
+        self.model_kind = config.get("model", "vae")
+        self.config = config
+        self._encoder = None
+        # Keras (and TensorFlow) are imported here only: the ONNX path must run without them.
+        self.decoder = load_model(run_dir, "decoder", config)
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = check_images(images, self)
+        if self._encoder is None:
+            self._encoder = load_model(self.run_dir, "encoder", self.config)
+        parts = [self._encoder(images[i : i + BATCH_SIZE], training=False) for i in range(0, len(images), BATCH_SIZE)]
+        mu = np.concatenate([np.asarray(p[0]) for p in parts])
+        log_var = np.concatenate([np.asarray(p[1]) for p in parts])
+        return mu, log_var
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        z = check_latents(z, self.latent_dim)
+        return np.concatenate(
+            [np.asarray(self.decoder(z[i : i + BATCH_SIZE], training=False)) for i in range(0, len(z), BATCH_SIZE)]
+        )
+
+
+class OnnxBackend:
+    """encoder.onnx / decoder.onnx (export_onnx.py) on onnxruntime's CPU provider, through
+    export_onnx's numpy-only helpers; sizes from the files' metadata. Imports neither
+    TensorFlow nor Keras."""
+
+    kind = "onnx"
+
+    def __init__(self, run_dir: Path, threads: int = 0):
+        self.run_dir = run_dir
+        self.threads = threads
+        self._encoder = None
+        self.decoder, metadata = self.open("decoder")
+        if metadata.get("value_range") != "0,1" or metadata.get("layout") != "NHWC":
+            raise RunFolderError(f"{run_dir / 'decoder.onnx'} is not an NHWC model with values in [0, 1]; re-export it")
+        self.metadata = metadata
+        self.latent_dim = int(metadata["latent_dim"])
+        self.image_size = int(metadata["image_size"])
+        self.channels = int(metadata["channels"])
+        self.crop = int(metadata.get("crop", DEFAULT_CROP))
+        self.model_kind = metadata.get("model", "vae")
+        config = (
+            read_config(run_dir) if (run_dir / "config.json").is_file() else None
+        )  # ONNX-only folders may have none
+        if config is not None and int(config["latent_dim"]) != self.latent_dim:
+            raise RunFolderError(
+                f"decoder.onnx has latent size {self.latent_dim} but {run_dir / 'config.json'} says "
+                f"{config['latent_dim']}; re-export it: python export_onnx.py --run {run_dir}"
+            )
+
+    def open(self, part: str):
+        """(session, metadata) of <run>/<part>.onnx, checked to be an exported `part`."""
+        import export_onnx
+
+        path = self.run_dir / f"{part}.onnx"
+        if not path.is_file():
+            raise RunFolderError(
+                f"{self.run_dir} has no {part}.onnx; export it: python export_onnx.py --run {self.run_dir}"
+            )
+        try:
+            session = export_onnx.make_session(path, threads=self.threads)
+            return session, export_onnx.check_model(session, part, name=str(path))
+        except (FileNotFoundError, ValueError) as error:
+            raise RunFolderError(str(error)) from None
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import export_onnx
+
+        images = check_images(images, self)
+        if self._encoder is None:
+            self._encoder, metadata = self.open("encoder")
+            if int(metadata["latent_dim"]) != self.latent_dim:
+                raise RunFolderError(f"encoder.onnx and decoder.onnx in {self.run_dir} come from different models")
+        parts = [
+            export_onnx.encode(self._encoder, images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        import export_onnx
+
+        z = check_latents(z, self.latent_dim)
+        return np.concatenate(
+            [export_onnx.decode(self.decoder, z[i : i + BATCH_SIZE]) for i in range(0, len(z), BATCH_SIZE)]
+        )
+
+
+def default_backend(run_dir: Path) -> str:
+    """ "keras" for a train.py run folder with its .keras files, "onnx" for an exported folder."""
+    return "keras" if (Path(run_dir) / "decoder.keras").is_file() else "onnx"
+
+
+def open_backend(run_dir: str | os.PathLike, kind: str | None = None, threads: int = 0) -> Backend:
+    """A run's models: kind "keras", "onnx", or None to choose by what the folder holds."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} does not exist; train one with train.py --out {run_dir}")
+    if kind is None and not any((run_dir / f"decoder.{suffix}").is_file() for suffix in ("keras", "onnx")):
+        raise RunFolderError(
+            f"{run_dir} has no decoder.keras or decoder.onnx; train.py writes the .keras files after "
+            "each epoch, export_onnx.py the .onnx files"
+        )
+    kind = kind or default_backend(run_dir)
+    return OnnxBackend(run_dir, threads) if kind == "onnx" else KerasBackend(run_dir)
+
+
+def load_faces(paths: Sequence[Path], backend: Backend) -> np.ndarray:
+    """float32 [N, S, S, C] faces, cropped and resized as in training."""
+    try:
+        return np.stack([load_face(p, backend.image_size, backend.channels, backend.crop) for p in paths])
+    except (FileNotFoundError, ValueError) as error:
+        raise RunFolderError(f"{error}; check the image paths given") from None
+
+
+def encode_files(paths: Sequence[Path], backend: Backend, progress=None) -> tuple[np.ndarray, list[Path]]:
+    """Posterior means [N, D] of the files that decode, and those N files: corrupt or truncated
+    files are skipped, as training skips them, with a warning naming them. Faces are loaded
+    LOAD_BATCH at a time to bound memory; progress(count) is called after each batch."""
+    parts, kept, skipped = [], [], []
+    for start in range(0, len(paths), LOAD_BATCH):
+        faces = []
+        for path in paths[start : start + LOAD_BATCH]:
+            try:
+                faces.append(load_face(path, backend.image_size, backend.channels, backend.crop))
+                kept.append(path)
+            except (OSError, ValueError):
+                skipped.append(path)
+        if faces:
+            parts.append(backend.encode(np.stack(faces))[0])
+        if progress is not None:
+            progress(len(faces))
+    if skipped:
+        print(f"warning: skipped {len(skipped)} image(s) that could not be decoded, e.g. {skipped[0]}", file=sys.stderr)
+    if not parts:
+        raise RunFolderError(f"none of the {len(paths)} image files could be decoded, e.g. {paths[0]}")
+    return np.concatenate(parts), kept

@@ -16,8 +16,10 @@ from PIL import Image
 
 import export_onnx
 import generate
+import latent
 import train
 from images import GRID_PADDING, LABEL_HEIGHT, to_uint8
+from runs import RunFolderError
 
 SIZE, LATENT = 16, 8  # as set by tiny_train_args
 
@@ -70,54 +72,62 @@ def test_every_mode_writes_its_grid(run, kaggle_celeba, tmp_path, capsys, mode, 
     grid, rows = generate_grid(run, out, "--mode", mode, "--backend", backend, "--data", str(kaggle_celeba), *args)
     assert [len(row) for row in rows] == row_lengths
     assert Image.open(rows[-1][-1]).size == (SIZE, SIZE)
-    top = LABEL_HEIGHT if column_labels else 0
+    title = mode == "sample"  # only sample grids are drawn from random latents here, so only they say by what
+    top = (LABEL_HEIGHT if column_labels else 0) + (LABEL_HEIGHT if title else 0)
     assert grid.height == top + len(row_lengths) * (SIZE + GRID_PADDING) + GRID_PADDING
     assert grid.width >= max(row_lengths) * (SIZE + GRID_PADDING) + GRID_PADDING
     assert f"wrote {out}" in capsys.readouterr().out
 
 
-# --prior: mode arguments -> faces per grid row (no input column: decoded latents only)
-PRIOR_LAYOUTS = {
-    "interpolate": (["--prior", "4", "--steps", "4"], [4, 4, 4, 4]),  # 2 pairs x lerp, slerp
-    "attribute": (["--prior", "2", "--attribute", "Smiling", "--alphas", "-1", "0", "1"], [3, 3]),
-    "traverse": (["--prior", "2", "--dims", "0", "3", "--steps", "5"], [5, 5, 5, 5]),  # 2 samples x 2 dims
+# --random: mode arguments -> faces per grid row (no input column: decoded latents only)
+RANDOM_LAYOUTS = {
+    "interpolate": (["--random", "4", "--steps", "4"], [4, 4, 4, 4]),  # 2 pairs x lerp, slerp
+    "attribute": (["--random", "2", "--attribute", "Smiling", "--alphas", "-1", "0", "1"], [3, 3]),
+    "traverse": (["--random", "2", "--dims", "0", "3", "--steps", "5"], [5, 5, 5, 5]),  # 2 samples x 2 dims
 }
 
 
 @pytest.mark.parametrize("backend", ["keras", "onnx"])
-@pytest.mark.parametrize("mode", list(PRIOR_LAYOUTS))
-def test_prior_modes_show_decoded_latents_only(run, kaggle_celeba, tmp_path, monkeypatch, mode, backend):
+@pytest.mark.parametrize("mode", list(RANDOM_LAYOUTS))
+def test_random_modes_show_decoded_latents_only(run, kaggle_celeba, tmp_path, monkeypatch, mode, backend):
     def no_real_faces(*args, **kwargs):
-        raise AssertionError("--prior must not choose real faces")
+        raise AssertionError("--random must not choose real faces")
 
     monkeypatch.setattr(generate, "choose_faces", no_real_faces)
-    args, row_lengths = PRIOR_LAYOUTS[mode]
+    args, row_lengths = RANDOM_LAYOUTS[mode]
     out = tmp_path / f"{mode}.png"
     grid, rows = generate_grid(run, out, "--mode", mode, "--backend", backend, "--data", str(kaggle_celeba), *args)
     assert [len(row) for row in rows] == row_lengths
-    assert grid.height == LABEL_HEIGHT + len(row_lengths) * (SIZE + GRID_PADDING) + GRID_PADDING
+    # column labels and a title naming the sampler
+    assert grid.height == 2 * LABEL_HEIGHT + len(row_lengths) * (SIZE + GRID_PADDING) + GRID_PADDING
 
 
-def test_prior_starts_from_seeded_scaled_prior_samples(run, tmp_path):
-    """The first tile of a --prior path is the decoded first sample T z, z ~ N(0, I) from --seed."""
+@pytest.mark.parametrize("sampler", ["prior", "density"])
+def test_random_starts_are_seeded_samples_of_the_chosen_sampler(run, tmp_path, sampler):
+    """The first tile of a --random path is the decoded first sample drawn with --seed: T z with
+    z ~ N(0, I) for the prior, the fitted density's sample at T for the density (train.py fitted it)."""
     paths = []
     for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
         out = tmp_path / f"{name}.png"
-        _, rows = generate_grid(run, out, "--mode", "interpolate", "--prior", "3", "--chain", "--steps", "3",
-                                "--method", "slerp", "--temperature", "0.5", "--seed", seed)  # fmt: skip
+        _, rows = generate_grid(run, out, "--mode", "interpolate", "--random", "3", "--chain", "--steps", "3",
+                                "--method", "slerp", "--temperature", "0.5", "--seed", seed,
+                                "--sampler", sampler)  # fmt: skip
         assert [len(row) for row in rows] == [5]
         paths.append(out.read_bytes())
     assert paths[0] == paths[1] != paths[2]
-    z = 0.5 * np.random.default_rng(6).standard_normal((1, LATENT))
+    if sampler == "prior":
+        z = 0.5 * np.random.default_rng(6).standard_normal((1, LATENT))
+    else:
+        z = latent.read_density(run / latent.DENSITY_FILE).sample(3, np.random.default_rng(6), 0.5)[:1]
     expected = to_uint8(generate.open_backend(run, "keras").decode(z))[0]
     assert np.array_equal(np.asarray(Image.open(rows[0][0])), expected)
 
 
-def test_prior_conflicts_are_one_line_errors(run, kaggle_celeba, tmp_path):
-    base = ["--run", str(run), "--data", str(kaggle_celeba), "--out", str(tmp_path / "x.png"), "--prior", "2"]
+def test_random_conflicts_are_one_line_errors(run, kaggle_celeba, tmp_path):
+    base = ["--run", str(run), "--data", str(kaggle_celeba), "--out", str(tmp_path / "x.png"), "--random", "2"]
     for mode in ("reconstruct", "weighted"):
         assert f"--mode {mode} needs real faces" in exit_message([*base, "--mode", mode])
-    assert "--samples, not --prior" in exit_message([*base, "--mode", "sample"])
+    assert "--samples, not --random" in exit_message([*base, "--mode", "sample"])
     assert "drop --images" in exit_message([*base, "--mode", "attribute", "--images", "a.jpg"])
     assert "drop --ids" in exit_message([*base, "--mode", "interpolate", "--ids", "1", "2"])
     assert "drop --identity" in exit_message([*base, "--mode", "traverse", "--identity", "0"])
@@ -219,7 +229,7 @@ base = ["--run", {str(onnx_run)!r}, "--backend", "onnx", "--data", {str(kaggle_c
 for mode in ("sample", "interpolate", "weighted", "attribute", "reconstruct", "traverse"):
     generate.main([*base, "--mode", mode])
 for mode in ("interpolate", "attribute", "traverse"):
-    generate.main([*base, "--mode", mode, "--prior", "2"])
+    generate.main([*base, "--mode", mode, "--random", "2"])
 print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx")))
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -247,11 +257,12 @@ def test_errors_are_one_line(run, kaggle_celeba, tmp_path):
     broken.mkdir()
     config = json.loads((run / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "latent_dim": LATENT + 1}))
-    assert "has no decoder.keras" in exit_message(["--run", str(broken), "--mode", "sample"])
+    assert "no decoder.keras or decoder.onnx" in exit_message(["--run", str(broken), "--mode", "sample"])
     assert "has no decoder.onnx" in exit_message(["--run", str(broken), "--mode", "sample", "--backend", "onnx"])
+    assert "has no decoder.keras" in exit_message(["--run", str(broken), "--mode", "sample", "--backend", "keras"])
     for name in ("encoder.keras", "decoder.keras", "decoder.onnx"):
         shutil.copy(run / name, broken / name)
-    assert "config.json describes" in exit_message(["--run", str(broken), "--mode", "sample"])
+    assert "config.json describes" in exit_message(["--run", str(broken), "--mode", "sample", "--backend", "keras"])
     assert "latent size 8" in exit_message(["--run", str(broken), "--mode", "sample", "--backend", "onnx"])
 
     # Wrong and damaged ONNX files.
@@ -266,9 +277,9 @@ def test_errors_are_one_line(run, kaggle_celeba, tmp_path):
 def test_wrong_latent_length_is_a_clear_error(run, backend):
     model = generate.open_backend(run, backend)
     assert model.decode(np.zeros((2, LATENT))).shape == (2, SIZE, SIZE, 3)
-    with pytest.raises(generate.GenerateError, match="latent size 8"):
+    with pytest.raises(RunFolderError, match="latent size 8"):
         model.decode(np.zeros((2, LATENT - 3)))
-    with pytest.raises(generate.GenerateError, match="model's input"):
+    with pytest.raises(RunFolderError, match="model's input"):
         model.encode(np.zeros((1, SIZE * 2, SIZE * 2, 3)))
 
 

@@ -1,21 +1,35 @@
-"""The latent math of generate.py on plain numpy arrays (no model, no TensorFlow)."""
+"""latent.py on plain numpy arrays: the latent math and the fitted density (no model, no TensorFlow)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from conftest import REPO
 
-from generate import (
+from latent import (
+    DENSITY_FILE,
+    DensityError,
+    LatentDensity,
     attribute_direction,
     attribute_sweep,
+    choose_sampler,
+    find_density,
+    fit_mixture,
     latent_path,
     lerp,
     most_active_dims,
     normalized_weights,
+    read_density,
     reparameterize,
+    select_density,
     slerp,
     traversal_grid,
     weighted_posterior,
+    write_density,
 )
 
 
@@ -127,3 +141,143 @@ def test_most_active_dims_ranks_by_variance_of_mu():
     rng = np.random.default_rng(3)
     mu = rng.standard_normal((200, 5)) * np.array([0.01, 2.0, 0.5, 0.01, 1.0])
     assert most_active_dims(mu, 3) == [1, 4, 2]
+
+
+# --------------------------------------------------------------------------- the fitted density
+def random_covariance(rng: np.random.Generator, dims: int) -> np.ndarray:
+    factor = rng.standard_normal((dims, dims)) * 0.5
+    return factor @ factor.T + 0.5 * np.eye(dims)
+
+
+def test_one_gaussian_recovers_mean_and_covariance():
+    rng = np.random.default_rng(0)
+    mean, covariance = rng.standard_normal(4), random_covariance(rng, 4)
+    points = rng.multivariate_normal(mean, covariance, size=40_000)
+    density = fit_mixture(points, 1)
+    assert density.components == 1
+    np.testing.assert_allclose(density.mean(), mean, atol=0.03)
+    np.testing.assert_allclose(density.covariance(), covariance, atol=0.06)
+    # and its samples have those moments again
+    samples = density.sample(40_000, np.random.default_rng(1))
+    np.testing.assert_allclose(np.cov(samples, rowvar=False), covariance, atol=0.08)
+
+
+def two_blobs(rng: np.random.Generator, count: int) -> tuple[np.ndarray, list]:
+    """Points of a known 2-component mixture in 3 dimensions (weights 0.3 / 0.7)."""
+    means = [np.array([-4.0, 0.0, 1.0]), np.array([3.0, 2.0, -1.0])]
+    covariances = [random_covariance(rng, 3), random_covariance(rng, 3) * 0.5]
+    labels = rng.random(count) < 0.3
+    points = np.where(
+        labels[:, None],
+        rng.multivariate_normal(means[0], covariances[0], size=count),
+        rng.multivariate_normal(means[1], covariances[1], size=count),
+    )
+    return points, [(0.3, means[0], covariances[0]), (0.7, means[1], covariances[1])]
+
+
+def test_mixture_recovers_weights_means_and_covariances():
+    points, truth = two_blobs(np.random.default_rng(2), 30_000)
+    density = fit_mixture(points, 2, seed=0)
+    order = np.argsort(density.means[:, 0])  # the component with the smaller x first, as in truth
+    for index, (weight, mean, covariance) in zip(order, truth, strict=True):
+        assert density.weights[index] == pytest.approx(weight, abs=0.01)
+        np.testing.assert_allclose(density.means[index], mean, atol=0.05)
+        chol = density.cholesky[index]
+        np.testing.assert_allclose(chol @ chol.T, covariance, atol=0.08)
+
+
+def test_k_is_chosen_by_heldout_likelihood():
+    rng = np.random.default_rng(3)
+    points, _ = two_blobs(rng, 6_000)
+    heldout, _ = two_blobs(rng, 2_000)
+    density = select_density(points, heldout, sizes=(1, 2, 4))
+    selection = density.info["selection"]
+    scores = selection["heldout_log_likelihood"]
+    assert set(scores) == {"1", "2", "4"} and scores["2"] > scores["1"] + 0.2
+    assert selection["chosen_components"] == density.components == int(max(scores, key=lambda k: scores[k])) == 2
+    # a gaussian blob prefers no more than it needs: one component is within noise of the best
+    blob = rng.standard_normal((4_000, 3))
+    single = select_density(blob[:3000], blob[3000:], sizes=(1, 2))
+    one, two = (single.info["selection"]["heldout_log_likelihood"][k] for k in ("1", "2"))
+    assert abs(one - two) < 0.02
+
+
+def test_sampling_is_seeded_and_temperature_scales_around_each_mean():
+    points, _ = two_blobs(np.random.default_rng(4), 4_000)
+    density = fit_mixture(points, 2)
+    a = density.sample(50, np.random.default_rng(7))
+    assert np.array_equal(a, density.sample(50, np.random.default_rng(7)))
+    assert not np.allclose(a, density.sample(50, np.random.default_rng(8)))
+    components, noise = density.draw(50, np.random.default_rng(7))
+    np.testing.assert_allclose(density.latents(components, noise, 0.0), density.means[components])
+    half = density.latents(components, noise, 0.5) - density.means[components]
+    np.testing.assert_allclose(half * 2, a - density.means[components], atol=1e-12)
+    # the prior is T * eps with eps straight from the generator
+    prior = LatentDensity.standard_normal(6).sample(3, np.random.default_rng(5), 0.7)
+    np.testing.assert_allclose(prior, 0.7 * np.random.default_rng(5).standard_normal((3, 6)))
+
+
+def test_density_file_round_trip_and_fallback(tmp_path, capsys):
+    points, _ = two_blobs(np.random.default_rng(5), 3_000)
+    density = fit_mixture(points, 2)
+    density.info["fitted_on"] = {"split": "train", "count": 3000}
+    path = write_density(density, tmp_path)
+    assert path == tmp_path / DENSITY_FILE
+    again = read_density(path, latent_dim=3)
+    np.testing.assert_allclose(again.means, density.means, rtol=1e-6)
+    np.testing.assert_allclose(again.cholesky, density.cholesky, rtol=1e-6, atol=1e-12)
+    assert again.info["fitted_on"] == {"split": "train", "count": 3000}
+    z = points[:10]
+    np.testing.assert_allclose(again.log_likelihood(z), density.log_likelihood(z), rtol=1e-5)
+    sampler, label = choose_sampler("density", tmp_path, 3)
+    assert label == "density" and sampler.components == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert find_density(empty) is None
+    sampler, label = choose_sampler("density", empty, 3)
+    assert label == "prior" and "not found, sampling the N(0, I) prior" in capsys.readouterr().err
+    assert choose_sampler("prior", tmp_path, 3)[1] == "prior"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"format": "something-else"}, "is not a celeba-vae-latent-density/1 file"),
+        ({"latent_dim": 5}, "says latent_dim 5 but its means have 3"),
+        ({"means": [[0.0, 0.0]]}, "mismatched shapes"),
+        ({"means": [[float("nan"), 0.0, 0.0]]}, "NaN or infinite"),
+        ({"weights": [0.5]}, "do not sum to 1"),
+        ({"cholesky": [[[1.0, 0, 0], [0, -1.0, 0], [0, 0, 1.0]]]}, "not positive definite"),
+        ({"cholesky": [[[1.0, 0.5, 0], [0, 1.0, 0], [0, 0, 1.0]]]}, "not lower triangular"),
+        ({"weights": "heavy"}, "lacks weights, means or cholesky arrays of numbers"),
+    ],
+)
+def test_bad_density_files_are_refused_in_one_line(tmp_path, change, message):
+    good = json.loads((write_density(LatentDensity.standard_normal(3), tmp_path)).read_text())
+    (tmp_path / DENSITY_FILE).write_text(json.dumps({**good, **change}).replace("NaN", "NaN"))
+    with pytest.raises(DensityError) as error:
+        read_density(tmp_path / DENSITY_FILE)
+    text = str(error.value)
+    assert message in text and "\n" not in text and "python latent.py --run" in text
+
+
+def test_mismatched_and_unreadable_density_files(tmp_path):
+    write_density(LatentDensity.standard_normal(3), tmp_path)
+    with pytest.raises(DensityError, match="is for latent size 3, this model has 8"):
+        find_density(tmp_path, latent_dim=8)
+    (tmp_path / DENSITY_FILE).write_text('{"format": ')
+    with pytest.raises(DensityError, match="is not valid JSON"):
+        read_density(tmp_path / DENSITY_FILE)
+
+
+def test_fitting_and_sampling_need_no_tensorflow(tmp_path):
+    script = (
+        "import sys, numpy as np, latent\n"
+        "points = np.random.default_rng(0).standard_normal((500, 4))\n"
+        f"path = latent.write_density(latent.select_density(points[:400], points[400:], sizes=(1, 2)), {str(tmp_path)!r})\n"
+        "latent.read_density(path, 4).sample(8, np.random.default_rng(0))\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED []" in result.stdout

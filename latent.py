@@ -1,0 +1,575 @@
+"""Latent-space math and the fitted latent density, with numpy only (no TensorFlow).
+
+    python latent.py --run runs/<name>                         # (re)fit <run>/latent_density.json
+    python latent.py --run pretrained/celeba64 --data ./celeba # an exported folder (ONNX only)
+    python latent.py --help
+
+The functions on arrays (interpolation, weighted posteriors, attribute directions,
+traversals) serve generate.py, evaluate.py, export_onnx.py and the tests.
+
+The fitted latent density is ex-post density estimation (Ghosh et al., "From Variational to
+Deterministic Autoencoders", ICLR 2020): with beta below 1 the posteriors of real faces do not
+fill the standard normal prior, so prior samples land in holes between them and decode to
+smeared faces. A density fitted to the posterior means of the training images samples where
+faces are. It is a Gaussian mixture with k full-covariance components (k = 1: one Gaussian),
+fitted by EM, with k chosen by the held-out log-likelihood of the validation images'
+posterior means. train.py fits it at the end of a run; this script refits it for a run or an
+exported folder.
+
+latent_density.json (format celeba-vae-latent-density/1), readable with numpy alone:
+    latent_dim   D
+    components   k
+    weights      [k]         mixture weights, positive, summing to 1
+    means        [k][D]      component means
+    cholesky     [k][D][D]   lower-triangular L_c with positive diagonal: covariance L_c L_c^T
+    fitted_on    what it was fitted on (split, image count, source run)
+    selection    the held-out log-likelihood of each k tried
+Sampling at temperature T: c ~ weights, eps ~ N(0, I), z = means[c] + T * L_c @ eps. T scales
+each component's spread around its own mean: T = 1 is the fitted density, T = 0 its k means.
+The standard normal prior is the same thing with k = 1, mean 0 and L = I (z = T * eps), which
+is what `--sampler prior` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import data
+from runs import HelpFormatter, RunFolderError, encode_files, open_backend, read_config, write_text_atomic
+
+DENSITY_FILE = "latent_density.json"
+DENSITY_FORMAT = "celeba-vae-latent-density/1"
+MIXTURE_SIZES = (1, 2, 4, 8, 16, 32)  # k tried by select_density
+MIN_POINTS_PER_DIM = 4  # a full-covariance component needs several points per latent dimension
+MAX_FIT_IMAGES = 30_000  # EM time grows with N; a random subset beyond this is plenty
+COVARIANCE_FLOOR = 1e-3  # added to each covariance's diagonal, as a fraction of the data's mean variance
+EM_ITERATIONS = 100
+EM_TOLERANCE = 1e-3  # stop when the mean log-likelihood per point improves by less (nats)
+SIGNIFICANT_DIGITS = 7  # float32 precision in the JSON file
+SAMPLERS = ("density", "prior")
+
+
+# --------------------------------------------------------------------------- latent math
+def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Points (1 - t) a + t b for each t: [T, D]."""
+    t = np.asarray(t, dtype=np.float64)[:, None]
+    return (1.0 - t) * a + t * b
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation (Shoemake; White 2016 for generative models): [T, D].
+
+    Follows the great circle between the directions of a and b, so between two vectors of
+    equal norm the norm stays constant, where lerp cuts through the low-norm middle of a
+    Gaussian prior. Falls back to lerp for (anti)parallel or zero vectors, where the plane
+    of rotation is undefined.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    if norms == 0.0:
+        return lerp(a, b, t)
+    omega = np.arccos(np.clip(np.dot(a, b) / norms, -1.0, 1.0))
+    if np.sin(omega) < 1e-6:
+        return lerp(a, b, t)
+    t = np.asarray(t, dtype=np.float64)[:, None]
+    return (np.sin((1.0 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+
+
+def latent_path(points: np.ndarray, steps: int, method: str) -> np.ndarray:
+    """A path through points [n, D] (n >= 2), `steps` points per segment with shared
+    endpoints: [(n - 1) * (steps - 1) + 1, D]. method: "lerp" or "slerp"."""
+    if method not in ("lerp", "slerp"):
+        raise ValueError(f"unknown interpolation {method!r}; choose lerp or slerp")
+    if len(points) < 2 or steps < 2:
+        raise ValueError("a path needs at least 2 points and 2 steps")
+    interpolate = lerp if method == "lerp" else slerp
+    t = np.linspace(0.0, 1.0, steps)
+    segments = [interpolate(points[i], points[i + 1], t)[(1 if i else 0) :] for i in range(len(points) - 1)]
+    return np.concatenate(segments)
+
+
+def normalized_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
+    """Mixing weights for `count` faces, rescaled to sum to 1 (None: 1/count each)."""
+    if weights is None:
+        return np.full(count, 1.0 / count)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (count,):
+        raise ValueError(f"got {weights.size} weights for {count} images; give one weight per image")
+    if not np.all(np.isfinite(weights)):
+        raise ValueError("the weights must be finite numbers, e.g. 1 1 2")
+    total = weights.sum()
+    if abs(total) < 1e-12:
+        raise ValueError("the weights sum to 0; give weights with a non-zero sum, e.g. 1 1 2")
+    return weights / total
+
+
+def weighted_posterior(mu: np.ndarray, log_sigma: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Combine b posteriors [b, D]: mu' = sum_i w_i mu_i, log sigma' = sum_i w_i log sigma_i.
+
+    Averaging log sigma (a geometric mean of the sigmas) keeps sigma' positive and within
+    the range of the inputs' sigmas for convex weights."""
+    return weights @ mu, weights @ log_sigma
+
+
+def reparameterize(mu: np.ndarray, log_sigma: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """z = mu + sigma * eps, broadcast over the leading axis of noise."""
+    return mu + np.exp(log_sigma) * noise
+
+
+def attribute_direction(mu: np.ndarray, labels: np.ndarray, min_count: int = 1) -> np.ndarray:
+    """mean(mu | label = +1) - mean(mu | label = -1) over encoded images mu [N, D] with
+    CelebA labels [N] of +1/-1 (0: unlabelled, ignored). Raises ValueError with the
+    counts found when either side has fewer than min_count images."""
+    labels = np.asarray(labels)
+    positive, negative = labels > 0, labels < 0
+    found = f"{int(positive.sum())} positive and {int(negative.sum())} negative"
+    if positive.sum() < max(1, min_count) or negative.sum() < max(1, min_count):
+        raise ValueError(f"{found} labelled images found, need at least {max(1, min_count)} of each")
+    return mu[positive].mean(axis=0) - mu[negative].mean(axis=0)
+
+
+def attribute_sweep(z: np.ndarray, direction: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
+    """z + alpha * direction for each alpha: [A, D]; negative alphas remove the attribute."""
+    return z + np.asarray(alphas, dtype=np.float64)[:, None] * direction
+
+
+def traversal_grid(z: np.ndarray, dims: Sequence[int], values: Sequence[float]) -> np.ndarray:
+    """Copies of z with dimension dims[r] set to values[c]: [len(dims), len(values), D]."""
+    grid = np.tile(np.asarray(z, dtype=np.float64), (len(dims), len(values), 1))
+    for row, dim in enumerate(dims):
+        grid[row, :, dim] = values
+    return grid
+
+
+def most_active_dims(mu: np.ndarray, count: int) -> list[int]:
+    """The `count` latent dimensions whose posterior mean varies most across images mu [N, D]
+    (active units, Burda et al. 2016): collapsed dimensions barely change the decoded face."""
+    return [int(d) for d in np.argsort(-mu.var(axis=0), kind="stable")[:count]]
+
+
+# --------------------------------------------------------------------------- the latent density
+class DensityError(ValueError):
+    """A latent density file that cannot be used, reported as one line that says what to do."""
+
+
+@dataclass
+class LatentDensity:
+    """A Gaussian mixture over the latent space: weights [k], means [k, D], lower-triangular
+    Cholesky factors [k, D, D] of the covariances. `info` holds what it was fitted on."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    cholesky: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def standard_normal(cls, latent_dim: int) -> LatentDensity:
+        """The VAE's own prior N(0, I) as a one-component mixture."""
+        return cls(np.ones(1), np.zeros((1, latent_dim)), np.eye(latent_dim)[None], {"name": "standard normal prior"})
+
+    @property
+    def latent_dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def components(self) -> int:
+        return len(self.weights)
+
+    def draw(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The randomness of `count` samples: component indices [count] and noise [count, D].
+        Drawn once, it can be turned into latents at several temperatures (`latents`)."""
+        # One component draws no index, so the prior's latents are T * rng.standard_normal, as before.
+        if self.components == 1:
+            components = np.zeros(count, dtype=np.int64)
+        else:
+            components = rng.choice(self.components, size=count, p=self.weights)
+        return components, rng.standard_normal((count, self.latent_dim))
+
+    def latents(self, components: np.ndarray, noise: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+        """z = means[c] + T * L_c @ eps for each drawn (c, eps): [count, D]."""
+        spread = np.einsum("nij,nj->ni", self.cholesky[components], noise)
+        return self.means[components] + temperature * spread
+
+    def sample(self, count: int, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+        """`count` latents [count, D] at `temperature` (see the module docstring)."""
+        return self.latents(*self.draw(count, rng), temperature)
+
+    def mean(self) -> np.ndarray:
+        """The mixture's mean [D]."""
+        return self.weights @ self.means
+
+    def covariance(self) -> np.ndarray:
+        """The mixture's covariance [D, D]: within-component spread plus that of the means."""
+        within = np.einsum("k,kij,klj->il", self.weights, self.cholesky, self.cholesky)
+        centred = self.means - self.mean()
+        return within + (centred * self.weights[:, None]).T @ centred
+
+    def log_likelihood(self, points: np.ndarray) -> np.ndarray:
+        """log p(z) in nats for each row of points [N, D]."""
+        return logsumexp(component_log_joint(np.asarray(points, np.float64), self), axis=1)
+
+
+def logsumexp(values: np.ndarray, axis: int) -> np.ndarray:
+    peak = np.max(values, axis=axis, keepdims=True)
+    return np.squeeze(peak, axis) + np.log(np.sum(np.exp(values - peak), axis=axis))
+
+
+def gaussian_log_pdf(points: np.ndarray, mean: np.ndarray, cholesky: np.ndarray) -> np.ndarray:
+    """log N(x; mean, L L^T) for each row x of points [N, D]."""
+    whitened = (points - mean) @ np.linalg.inv(cholesky).T  # solves L y = x - mean, row by row
+    log_det = 2.0 * np.sum(np.log(np.diag(cholesky)))
+    return -0.5 * (np.sum(whitened**2, axis=1) + log_det + points.shape[1] * math.log(2.0 * math.pi))
+
+
+def component_log_joint(points: np.ndarray, density: LatentDensity) -> np.ndarray:
+    """log w_c + log N(x; mean_c, cov_c): [N, k]."""
+    return np.stack(
+        [
+            math.log(weight) + gaussian_log_pdf(points, mean, factor)
+            for weight, mean, factor in zip(density.weights, density.means, density.cholesky, strict=True)
+        ],
+        axis=1,
+    )
+
+
+def covariance_floor(points: np.ndarray) -> float:
+    return COVARIANCE_FLOOR * max(float(np.mean(np.var(points, axis=0))), 1e-12)
+
+
+def weighted_gaussians(
+    points: np.ndarray, responsibilities: np.ndarray, floor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """M-step: weights [k], means [k, D] and Cholesky factors [k, D, D] from soft assignments [N, k]."""
+    counts = responsibilities.sum(axis=0) + 1e-10
+    means = (responsibilities.T @ points) / counts[:, None]
+    factors = []
+    for component in range(responsibilities.shape[1]):
+        centred = points - means[component]
+        covariance = (centred * responsibilities[:, component : component + 1]).T @ centred / counts[component]
+        factors.append(np.linalg.cholesky(covariance + floor * np.eye(points.shape[1])))
+    return counts / counts.sum(), means, np.stack(factors)
+
+
+def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 10) -> np.ndarray:
+    """Hard assignments [N] of points to k clusters: k-means++ seeding, then Lloyd's iterations."""
+    centres = [points[rng.integers(len(points))]]
+    squared = np.sum((points - centres[0]) ** 2, axis=1)
+    for _ in range(1, k):
+        centres.append(points[rng.choice(len(points), p=squared / squared.sum())])
+        squared = np.minimum(squared, np.sum((points - centres[-1]) ** 2, axis=1))
+    centres = np.stack(centres)
+    for _ in range(iterations):
+        distances = np.sum(points**2, axis=1)[:, None] - 2.0 * points @ centres.T + np.sum(centres**2, axis=1)
+        labels = np.argmin(distances, axis=1)
+        for cluster in range(k):
+            members = points[labels == cluster]
+            # An emptied cluster restarts at the point farthest from its centre.
+            centres[cluster] = members.mean(axis=0) if len(members) else points[np.argmax(distances.min(axis=1))]
+    return labels
+
+
+def fit_mixture(
+    points: np.ndarray,
+    components: int,
+    seed: int = 0,
+    iterations: int = EM_ITERATIONS,
+    tolerance: float = EM_TOLERANCE,
+) -> LatentDensity:
+    """A full-covariance Gaussian mixture fitted to points [N, D] by EM (k-means++ start).
+
+    Every covariance gets COVARIANCE_FLOOR times the data's mean variance on its diagonal, so
+    no component collapses onto a few points. components = 1 is the closed-form Gaussian.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or len(points) < 2:
+        raise ValueError(f"need at least 2 points of shape [N, D] to fit a density, got {points.shape}")
+    if not np.all(np.isfinite(points)):
+        raise ValueError("the points to fit contain NaN or inf")
+    if not 1 <= components <= len(points):
+        raise ValueError(f"cannot fit {components} components to {len(points)} points")
+    floor = covariance_floor(points)
+    rng = np.random.default_rng(seed)
+    labels = kmeans_plus_plus(points, components, rng) if components > 1 else np.zeros(len(points), int)
+    responsibilities = np.eye(components)[labels]
+    density = LatentDensity(*weighted_gaussians(points, responsibilities, floor))
+    previous = -np.inf
+    for _ in range(iterations if components > 1 else 0):
+        joint = component_log_joint(points, density)
+        total = logsumexp(joint, axis=1)
+        mean_log_likelihood = float(np.mean(total))
+        if mean_log_likelihood - previous < tolerance:
+            break
+        previous = mean_log_likelihood
+        density = LatentDensity(*weighted_gaussians(points, np.exp(joint - total[:, None]), floor))
+    return density
+
+
+def select_density(
+    fit_points: np.ndarray,
+    heldout_points: np.ndarray,
+    sizes: Sequence[int] = MIXTURE_SIZES,
+    seed: int = 0,
+    refit_points: np.ndarray | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LatentDensity:
+    """The mixture size k (of `sizes`) whose fit to fit_points gives the highest mean
+    log-likelihood on heldout_points; returned fitted to refit_points when given (e.g. all the
+    run's training images once k is chosen), else to fit_points. Sizes leaving fewer than
+    MIN_POINTS_PER_DIM points per latent dimension in a component are skipped.
+    `info["selection"]` records each k's held-out score."""
+    fit_points = np.asarray(fit_points, np.float64)
+    heldout_points = np.asarray(heldout_points, np.float64)
+    dims = fit_points.shape[1]
+    usable = [k for k in sorted(set(sizes)) if k == 1 or len(fit_points) >= k * MIN_POINTS_PER_DIM * dims]
+    scores, fitted = {}, {}
+    for k in usable:
+        fitted[k] = fit_mixture(fit_points, k, seed=seed)
+        scores[k] = float(np.mean(fitted[k].log_likelihood(heldout_points)))
+        if progress:
+            progress(f"  k = {k:2d}: held-out log-likelihood {scores[k]:.2f} nats per point")
+    best = max(scores, key=scores.get)
+    density = fitted[best] if refit_points is None else fit_mixture(refit_points, best, seed=seed)
+    density.info["selection"] = {
+        "chosen_components": best,
+        "heldout_log_likelihood": {str(k): round(v, 4) for k, v in scores.items()},
+        "fit_count": len(fit_points),
+        "heldout_count": len(heldout_points),
+        "note": "mean log-likelihood (nats per point) of the held-out posterior means under each k",
+    }
+    return density
+
+
+# --------------------------------------------------------------------------- the density file
+def rounded(values: np.ndarray) -> list:
+    """Nested lists of floats with SIGNIFICANT_DIGITS digits, for a compact JSON file."""
+    array = np.asarray(values, dtype=np.float64)
+    flat = [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in array.ravel()]
+    return np.asarray(flat).reshape(array.shape).tolist()
+
+
+def density_json(density: LatentDensity) -> str:
+    content = {
+        "format": DENSITY_FORMAT,
+        "latent_dim": density.latent_dim,
+        "components": density.components,
+        "sampling": "c ~ weights, eps ~ N(0, I), z = means[c] + T * cholesky[c] @ eps (T: temperature)",
+        **{key: value for key, value in density.info.items() if key not in ("name",)},
+        "weights": rounded(density.weights / density.weights.sum()),
+        "means": rounded(density.means),
+        "cholesky": rounded(np.tril(density.cholesky)),
+    }
+    return json.dumps(content, separators=(",", ":")) + "\n"
+
+
+def density_problem(content, latent_dim: int | None) -> str | None:
+    """What is wrong with a parsed density file, or None."""
+    if not isinstance(content, dict) or content.get("format") != DENSITY_FORMAT:
+        found = content.get("format") if isinstance(content, dict) else type(content).__name__
+        return f"is not a {DENSITY_FORMAT} file (format {found!r})"
+    try:
+        weights = np.asarray(content["weights"], dtype=np.float64)
+        means = np.asarray(content["means"], dtype=np.float64)
+        cholesky = np.asarray(content["cholesky"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        return "lacks weights, means or cholesky arrays of numbers"
+    k = len(weights) if weights.ndim == 1 else -1
+    dims = content.get("latent_dim")
+    if k < 1 or means.ndim != 2 or means.shape[0] != k or cholesky.shape != (k, means.shape[1], means.shape[1]):
+        return (
+            f"has arrays of mismatched shapes (weights {weights.shape}, means {means.shape}, cholesky {cholesky.shape})"
+        )
+    if dims != means.shape[1]:
+        return f"says latent_dim {dims!r} but its means have {means.shape[1]} dimensions"
+    if latent_dim is not None and dims != latent_dim:
+        return f"is for latent size {dims}, this model has {latent_dim}"
+    if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(means)) and np.all(np.isfinite(cholesky))):
+        return "contains NaN or infinite numbers"
+    if np.any(weights <= 0) or abs(weights.sum() - 1.0) > 1e-4:
+        return f"has mixture weights that are not positive or do not sum to 1 (sum {weights.sum():.6g})"
+    if np.any(np.triu(cholesky, 1) != 0) or np.any(np.diagonal(cholesky, axis1=1, axis2=2) <= 0):
+        return "has a Cholesky factor that is not lower triangular with a positive diagonal (not positive definite)"
+    return None
+
+
+def read_density(path: str | os.PathLike, latent_dim: int | None = None) -> LatentDensity:
+    """A checked latent_density.json; DensityError (one line) for a damaged or mismatched file."""
+    path = Path(path)
+    hint = "refit it with: python latent.py --run <run folder>"
+    try:
+        content = json.loads(path.read_text())
+    except OSError as error:
+        raise DensityError(f"cannot read {path} ({error.strerror}); {hint}") from None
+    except ValueError as error:
+        raise DensityError(f"{path} is not valid JSON ({str(error)[:80]}); {hint}") from None
+    problem = density_problem(content, latent_dim)
+    if problem:
+        raise DensityError(f"{path} {problem}; {hint}")
+    info = {key: content[key] for key in ("fitted_on", "selection") if key in content}
+    weights = np.asarray(content["weights"], np.float64)
+    return LatentDensity(
+        weights / weights.sum(),
+        np.asarray(content["means"], np.float64),
+        np.asarray(content["cholesky"], np.float64),
+        info,
+    )
+
+
+def find_density(folder: str | os.PathLike, latent_dim: int | None = None) -> LatentDensity | None:
+    """The folder's checked latent_density.json, or None when it has none."""
+    path = Path(folder) / DENSITY_FILE
+    return read_density(path, latent_dim) if path.is_file() else None
+
+
+def choose_sampler(name: str, folder: str | os.PathLike, latent_dim: int) -> tuple[LatentDensity, str]:
+    """(density, label) of a --sampler choice: "density" uses the folder's fitted density and
+    falls back to the prior (saying so) when it has none; "prior" is N(0, I)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
+    density = find_density(folder, latent_dim) if name == "density" else None
+    if density is None:
+        if name == "density":
+            print(
+                f"note: {Path(folder) / DENSITY_FILE} not found, sampling the N(0, I) prior; fit it with "
+                f"python latent.py --run {folder}",
+                file=sys.stderr,
+            )
+        return LatentDensity.standard_normal(latent_dim), "prior"
+    return density, "density"
+
+
+# --------------------------------------------------------------------------- fitting a model folder
+def fitting_splits(config: dict) -> tuple[list[str], str]:
+    """(splits the density is fitted to, held-out split k is chosen on) for a run's config:
+    the run's own training splits, and validation."""
+    return config.get("train_split", "train").split("+"), "validation"
+
+
+def fit_folder_density(
+    backend,
+    dataset,
+    splits: Sequence[str],
+    limit: int = 0,
+    sizes: Sequence[int] = MIXTURE_SIZES,
+    max_images: int = MAX_FIT_IMAGES,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> LatentDensity:
+    """Fit the density of a model folder (any runs.Backend) to the posterior means of the
+    images of `splits` under `dataset` (a data.Dataset; the first `limit` when limit > 0, as
+    train.py's --limit), choosing k on the validation images' posterior means. When the
+    training splits include validation, k is chosen by fitting the train split alone, and the
+    chosen k is then refitted to all of them. At most max_images images are used per set (a
+    seeded random subset)."""
+    rng = np.random.default_rng(seed)
+
+    def subset(files: list) -> list:
+        if len(files) <= max_images:
+            return files
+        return [files[i] for i in sorted(rng.choice(len(files), max_images, replace=False))]
+
+    training = [path for split in splits for path in dataset.split(split)]
+    training = subset(training[:limit] if limit else training)
+    heldout = subset(dataset.split("validation"))
+    selection = training if "validation" not in splits else subset(dataset.split("train")[: limit or None])
+    if len(selection) < 2 or len(heldout) < 1:
+        raise DensityError(
+            f"fitting a latent density needs training and validation images; found {len(selection)} and "
+            f"{len(heldout)} under {dataset.root}"
+        )
+    log(f"latent density: encoding {len(training)} training and {len(heldout)} validation images")
+    refit = "validation" in splits  # choose k on train alone, then refit to train+validation
+    means: dict = {}
+    trained_on = set(training)
+    for files in (training, [path for path in heldout + selection if path not in trained_on]):
+        if files:
+            mu, kept = encode_files(files, backend)
+            means.update(zip(kept, mu, strict=True))
+    # files that could not be decoded have no posterior mean
+    training, heldout, selection = ([p for p in files if p in means] for files in (training, heldout, selection))
+    log(f"latent density: choosing k among {list(sizes)} on the {len(heldout)} validation posterior means")
+    density = select_density(
+        np.stack([means[path] for path in selection]),
+        np.stack([means[path] for path in heldout]),
+        sizes,
+        seed=seed,
+        refit_points=np.stack([means[path] for path in training]) if refit else None,
+        progress=log,
+    )
+    density.info["fitted_on"] = {
+        "split": "+".join(splits),
+        "count": len(training),
+        "statistic": "posterior means mu of the images, cropped and resized as in training",
+        "source": backend.run_dir.name,
+    }
+    return density
+
+
+def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
+    """latent_density.json into folder, atomically."""
+    path = Path(folder) / DENSITY_FILE
+    write_text_atomic(path, density_json(density))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Refit a model folder's latent density; returns the path written."""
+
+    parser = argparse.ArgumentParser(
+        description="Fit the latent density that generate.py samples random faces from: a Gaussian mixture over "
+        "the posterior means of the training images, its size chosen on the validation images. train.py does "
+        "this at the end of a run; this refits it for a run or an exported folder (ONNX only).",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--run", required=True, help="model folder: a train.py run or an exported folder")
+    parser.add_argument("--data", help="CelebA root or folder of faces (default: the data in the folder's config)")
+    parser.add_argument(
+        "--split",
+        choices=("train", "train+validation"),
+        help="images to fit to (default: the run's --train-split, else train)",
+    )
+    parser.add_argument(
+        "--components", type=int, nargs="+", default=list(MIXTURE_SIZES), metavar="K", help="mixture sizes to try"
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=MAX_FIT_IMAGES, help="images per set at most (a seeded random subset)"
+    )
+    parser.add_argument("--backend", choices=("keras", "onnx"), help="default: keras when the folder has decoder.keras")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subsets and of the mixture's start")
+    args = parser.parse_args(argv)
+    if min(args.components) < 1 or args.max_images < 2:
+        parser.error("--components must be at least 1 and --max-images at least 2")
+
+    try:
+        backend = open_backend(args.run, args.backend)
+        config = read_config(args.run) if (Path(args.run) / "config.json").is_file() else {}
+        data_path = args.data or config.get("data")
+        if not data_path:
+            raise DensityError(f"{args.run} does not say which data it was trained on; pass --data CELEBA_ROOT")
+        splits = args.split.split("+") if args.split else fitting_splits(config)[0]
+        density = fit_folder_density(
+            backend,
+            data.find_dataset(data_path),
+            splits,
+            limit=config.get("limit", 0) if not args.split else 0,
+            sizes=args.components,
+            max_images=args.max_images,
+            seed=args.seed,
+        )
+        path = write_density(density, args.run)
+    except (DensityError, RunFolderError, data.DataError) as error:
+        sys.exit(f"error: {error}")
+    print(f"wrote {path}: {density.components} Gaussian component(s) over {density.latent_dim} dimensions")
+    return path
+
+
+if __name__ == "__main__":
+    main()
