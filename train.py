@@ -36,13 +36,15 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import data  # noqa: E402
+import latent  # noqa: E402
 import vae  # noqa: E402
 from images import DEFAULT_CROP, make_grid, save_png  # noqa: E402
-from runs import RUN_FORMAT, HelpFormatter, RunFolderError, read_config, write_text_atomic  # noqa: E402
+from runs import RUN_FORMAT, HelpFormatter, KerasBackend, RunFolderError, read_config, write_text_atomic  # noqa: E402
 
 log = logging.getLogger("train")
 
 CHECKPOINT_DIR = "checkpoint"
+RECIPE = vae.DEFAULT_RECIPE
 GRID_COLUMNS = 8
 
 
@@ -83,55 +85,65 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="side of the central square kept, in pixels of the 178-wide aligned CelebA frame (0: whole square)",
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=("vae", "ae"), default="vae", help="VAE or plain autoencoder baseline")
-    model.add_argument("--latent", type=int, default=128, help="latent dimension")
-    model.add_argument("--image-size", type=int, default=64, help="square image side (a multiple of 2^len(filters))")
-    model.add_argument("--channels", type=int, choices=(1, 3), default=3, help="3 for RGB, 1 for grayscale")
+    model.add_argument(
+        "--model", choices=("vae", "ae"), default=RECIPE["model"], help="VAE or plain autoencoder baseline"
+    )
+    model.add_argument("--latent", type=int, default=RECIPE["latent_dim"], help="latent dimension")
+    model.add_argument(
+        "--image-size", type=int, default=RECIPE["image_size"], help="square image side (a multiple of 2^len(filters))"
+    )
+    model.add_argument(
+        "--channels", type=int, choices=(1, 3), default=RECIPE["channels"], help="3 for RGB, 1 for grayscale"
+    )
     model.add_argument("--grayscale", action="store_const", const=1, dest="channels", help="same as --channels 1")
-    model.add_argument("--filters", default="32,64,128,256", help="encoder filters per block, comma separated")
-    model.add_argument("--hidden", type=int, default=512, help="units of the encoder's dense layer")
+    model.add_argument(
+        "--filters", default=",".join(map(str, RECIPE["filters"])), help="encoder filters per block, comma separated"
+    )
+    model.add_argument("--hidden", type=int, default=RECIPE["hidden_units"], help="units of the encoder's dense layer")
     model.add_argument(
         "--upsampling",
         choices=vae.UPSAMPLING_MODES,
-        default="nearest",
+        default=RECIPE["upsampling"],
         help="decoder blocks: UpSampling2D+Conv2D (nearest) or Conv2DTranspose (transpose)",
     )
     loss = parser.add_argument_group("loss")
     loss.add_argument(
         "--recon",
         choices=vae.RECONSTRUCTION_LOSSES,
-        default="mse",
+        default=RECIPE["reconstruction"],
         help="reconstruction loss, summed over pixels (gaussian: calibrated decoder variance)",
     )
-    loss.add_argument("--beta", type=float, default=0.25, help="weight of the KL term (beta-VAE when > 1)")
+    loss.add_argument("--beta", type=float, default=RECIPE["beta"], help="weight of the KL term (beta-VAE when > 1)")
     loss.add_argument(
         "--beta-warmup",
         type=int,
-        default=0,
+        default=RECIPE["beta_warmup_steps"],
         metavar="STEPS",
         help="linear KL warm-up from 0 to beta over this many optimizer steps (0: none)",
     )
     loss.add_argument(
         "--beta-cycle",
         type=int,
-        default=0,
+        default=RECIPE["beta_cycle_steps"],
         metavar="STEPS",
         help="cyclical KL annealing period in optimizer steps (0: none)",
     )
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, help="number of epochs (default: 20; on --resume: the run's own)")
-    opt.add_argument("--batch-size", type=int, default=64, help="global batch size")
-    opt.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    opt.add_argument(
+        "--epochs", type=int, help=f"number of epochs (default: {RECIPE['epochs']}; on --resume: the run's own)"
+    )
+    opt.add_argument("--batch-size", type=int, default=RECIPE["batch_size"], help="global batch size")
+    opt.add_argument("--lr", type=float, default=RECIPE["learning_rate"], help="Adam learning rate")
     opt.add_argument(
         "--lr-schedule",
         choices=("constant", "cosine"),
-        default="cosine",
+        default=RECIPE["lr_schedule"],
         help="cosine: decay from --lr to 5%% of it over all epochs (stretched when --resume extends them)",
     )
     opt.add_argument(
         "--lr-warmup",
         type=int,
-        default=100,
+        default=RECIPE["lr_warmup_steps"],
         metavar="STEPS",
         help="raise the learning rate linearly from 0 to --lr over this many optimizer steps, then follow "
         "--lr-schedule over the rest (0: none)",
@@ -139,7 +151,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     opt.add_argument(
         "--ema",
         type=float,
-        default=0.0,
+        default=RECIPE["ema"],
         help="EMA momentum of the weights, e.g. 0.999 (0: off); saved models and grids use the EMA weights",
     )
     opt.add_argument(
@@ -153,7 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="tf.distribute strategy: auto uses MirroredStrategy with more than one GPU",
     )
-    opt.add_argument("--seed", type=int, default=0, help="random seed (weights, sampling, data order)")
+    opt.add_argument("--seed", type=int, default=RECIPE["seed"], help="random seed (weights, sampling, data order)")
     opt.add_argument(
         "--verbose",
         type=int,
@@ -222,7 +234,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "beta": args.beta,
         "beta_warmup_steps": args.beta_warmup,
         "beta_cycle_steps": args.beta_cycle,
-        "epochs": args.epochs if args.epochs is not None else 20,
+        "epochs": args.epochs if args.epochs is not None else RECIPE["epochs"],
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
         "lr_schedule": args.lr_schedule,
@@ -267,56 +279,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if resolver.task_type == "chief":
         return True
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
-
-
-def mixed_precision_policy() -> str:
-    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
-
-
-@contextlib.contextmanager
-def dtype_policy(name: str) -> Iterator[None]:
-    """Build Keras layers under a dtype policy, restoring the previous one afterwards."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def model_from_config(config: dict) -> vae.VAE:
-    return vae.build_vae(
-        image_size=config["image_size"],
-        channels=config["channels"],
-        latent_dim=config["latent_dim"],
-        filters=config["filters"],
-        hidden_units=config["hidden_units"],
-        upsampling=config["upsampling"],
-        reconstruction=config["reconstruction"],
-        beta=config["beta"],
-        beta_warmup_steps=config["beta_warmup_steps"],
-        beta_cycle_steps=config["beta_cycle_steps"],
-        variational=config["model"] == "vae",
-        seed=config["seed"],
-    )
-
-
-def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
-    learning_rate = config["learning_rate"]
-    cosine = config.get("lr_schedule", "constant") == "cosine"
-    warmup_steps = config.get("lr_warmup_steps", 0)
-    if cosine or warmup_steps:
-        # One schedule for all cases: alpha=1 keeps the rate constant after the warm-up.
-        decay_steps = max(1, config["epochs"] * steps_per_epoch - warmup_steps)
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup_steps else learning_rate,
-            decay_steps,
-            alpha=0.05 if cosine else 1.0,
-            warmup_target=learning_rate if warmup_steps else None,
-            warmup_steps=warmup_steps,
-        )
-    ema = config["ema"]
-    return keras.optimizers.Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
 
 
 @contextlib.contextmanager
@@ -387,8 +349,8 @@ class SaveArtifacts(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not epoch_is_finite(logs):
             return
-        with ema_weights(self.model), dtype_policy("float32"):
-            exported = model_from_config(self.config)
+        with ema_weights(self.model), vae.dtype_policy("float32"):
+            exported = vae.model_from_config(self.config)
             exported.encoder.set_weights(self.model.encoder.get_weights())
             exported.decoder.set_weights(self.model.decoder.get_weights())
         for part in ("encoder", "decoder"):
@@ -547,10 +509,10 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
     write_text_atomic(
         output_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
     )
-    policy = mixed_precision_policy() if config["mixed_precision"] else "float32"
-    with dtype_policy(policy), strategy.scope():
-        model = model_from_config(config)
-        model.compile(optimizer=make_optimizer(config, train_steps))
+    policy = vae.mixed_precision_policy() if config["mixed_precision"] else "float32"
+    with vae.dtype_policy(policy), strategy.scope():
+        model = vae.model_from_config(config)
+        model.compile(optimizer=vae.make_optimizer(config, train_steps))
         if checkpoint:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(checkpoint[1])
@@ -587,8 +549,32 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
             f"loss became NaN/inf at epoch {guard.failed_at[0]}, step {guard.failed_at[1]}; {kept_text}; "
             "lower --lr or --beta, or try --recon gaussian, and start a new run"
         )
-    print(f"done: {run_dir} (encoder.keras, decoder.keras, history.csv, loss_curves.png, samples/, reconstructions/)")
+    if is_chief(strategy):
+        fit_density(config, run_dir)
+    print(
+        f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
+        "samples/, reconstructions/)"
+    )
     return history
+
+
+def fit_density(config: dict, run_dir: Path) -> None:
+    """latent_density.json for the final model: the density generate.py draws random faces from
+    (latent.py). A failure here loses no training, so it is reported with the command to retry."""
+    try:
+        density = latent.fit_folder_density(
+            KerasBackend(run_dir),
+            data.find_dataset(config["data"]),
+            latent.fitting_splits(config)[0],
+            limit=config["limit"],
+            seed=config["seed"],
+            log=print,
+        )
+        path = latent.write_density(density, run_dir)
+    except (latent.DensityError, RunFolderError, data.DataError) as error:
+        print(f"warning: no latent density was fitted ({error}); retry with: python latent.py --run {run_dir}")
+        return
+    print(f"wrote {path}: {density.components} Gaussian component(s), chosen on the validation images")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

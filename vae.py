@@ -23,15 +23,17 @@ Loss = reconstruction + beta * KL, both per image, averaged over the batch:
 Beta follows `beta_schedule`: linear warm-up from 0, optionally cyclical,
 driven by the optimizer's step counter so a resumed run continues it.
 
-This file is imported by train.py, generate.py and export_onnx.py; run
+`model_from_config` and `make_optimizer` rebuild a run from its config.json. This file is
+imported by train.py, evaluate.py and bench/; run
 `python vae.py` to print the default architecture's summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import keras
 import tensorflow as tf
@@ -48,6 +50,30 @@ BN_MOMENTUM = 0.9
 # BatchNormalization layers use synchronized=True: under tf.distribute they normalise with
 # the global batch's statistics, so a step on N replicas equals the single-device step
 # (a no-op on one device).
+
+
+# The recipe train.py's flags default to (and the bench/ scripts measure): model and optimiser
+# settings by their config.json names.
+DEFAULT_RECIPE = {
+    "model": "vae",
+    "latent_dim": 128,
+    "image_size": 64,
+    "channels": 3,
+    "filters": list(DEFAULT_FILTERS),
+    "hidden_units": 512,
+    "upsampling": "nearest",
+    "reconstruction": "mse",
+    "beta": 0.25,
+    "beta_warmup_steps": 0,
+    "beta_cycle_steps": 0,
+    "epochs": 20,
+    "batch_size": 64,
+    "learning_rate": 2e-3,
+    "lr_schedule": "cosine",
+    "lr_warmup_steps": 100,
+    "ema": 0.0,
+    "seed": 0,
+}
 
 
 # --------------------------------------------------------------------------- loss math
@@ -335,6 +361,59 @@ def build_vae(
     )
     model.build((None, image_size, image_size, channels))
     return model
+
+
+def mixed_precision_policy() -> str:
+    """The mixed-precision policy for this machine: float16 (with loss scaling) on a GPU, bfloat16 on a CPU."""
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build Keras layers under a dtype policy, restoring the previous one afterwards."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def model_from_config(config: dict) -> VAE:
+    """The VAE (or autoencoder) a run's config.json describes, freshly initialised."""
+    return build_vae(
+        image_size=config["image_size"],
+        channels=config["channels"],
+        latent_dim=config["latent_dim"],
+        filters=config["filters"],
+        hidden_units=config["hidden_units"],
+        upsampling=config["upsampling"],
+        reconstruction=config["reconstruction"],
+        beta=config["beta"],
+        beta_warmup_steps=config["beta_warmup_steps"],
+        beta_cycle_steps=config["beta_cycle_steps"],
+        variational=config["model"] == "vae",
+        seed=config["seed"],
+    )
+
+
+def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
+    """Adam with the run's learning-rate schedule (warm-up, cosine or constant) and optional EMA."""
+    learning_rate = config["learning_rate"]
+    cosine = config.get("lr_schedule", "constant") == "cosine"
+    warmup_steps = config.get("lr_warmup_steps", 0)
+    if cosine or warmup_steps:
+        # One schedule for all cases: alpha=1 keeps the rate constant after the warm-up.
+        decay_steps = max(1, config["epochs"] * steps_per_epoch - warmup_steps)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup_steps else learning_rate,
+            decay_steps,
+            alpha=0.05 if cosine else 1.0,
+            warmup_target=learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
+    ema = config["ema"]
+    return keras.optimizers.Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

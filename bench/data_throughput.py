@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import machine_lines  # noqa: E402
 
 import data  # noqa: E402
-import train  # noqa: E402
+import vae  # noqa: E402
 
 
 def images_per_second(dataset, batches: int | None = None) -> tuple[int, float]:
@@ -63,13 +63,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     cached = max(images_per_second(pipeline)[1] for _ in range(args.cached_passes))
     print(f"cached passes (best of {args.cached_passes}):     {cached:9.0f} images/s")
 
-    config = train.resolve_config(
-        train.parse_args(
-            ["--data", args.data, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
-        )
-    )
-    model = train.model_from_config(config)
-    model.compile(optimizer=train.make_optimizer(config))
+    config = {**vae.DEFAULT_RECIPE, "image_size": args.image_size, "batch_size": args.batch_size}
+    model = vae.model_from_config(config)
+    model.compile(optimizer=vae.make_optimizer(config))
     repeated = data.make_dataset(
         files, image_size=args.image_size, batch_size=args.batch_size, shuffle=True, drop_remainder=True, repeat=True
     )

@@ -4,7 +4,7 @@
     python bench/train_throughput.py --steps 40 --repeats 5
 
 Uses the default architecture (64x64 RGB, filters 32,64,128,256, latent 128, batch 64) built by
-train.model_from_config and compiled as train.py compiles it. Images come from an in-memory
+vae.model_from_config and compiled as train.py compiles it. Images come from an in-memory
 cached tf.data pipeline so only the training step is timed; the first epoch (tracing,
 compilation) is excluded and the best of several timed epochs is reported, with the median.
 """
@@ -27,14 +27,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from machine import machine_lines  # noqa: E402
 
-import train  # noqa: E402
+import vae  # noqa: E402
 
 
 def default_config(latent_dim: int, image_size: int) -> dict:
-    """train.py's settings for a fresh run with its defaults."""
-    return train.resolve_config(
-        train.parse_args(["--data", "unused", "--latent", str(latent_dim), "--image-size", str(image_size)])
-    )
+    """train.py's default recipe at the given sizes."""
+    return {**vae.DEFAULT_RECIPE, "latent_dim": latent_dim, "image_size": image_size}
 
 
 def measure(config: dict, policy: str, jit_compile: bool, steps: int, repeats: int) -> tuple[float, float]:
@@ -44,9 +42,9 @@ def measure(config: dict, policy: str, jit_compile: bool, steps: int, repeats: i
     size, channels = config["image_size"], config["channels"]
     images = np.random.default_rng(0).random((batch * 8, size, size, channels), dtype=np.float32)
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch, drop_remainder=True).cache().repeat().prefetch(2)
-    with train.dtype_policy(policy):
-        model = train.model_from_config(config)
-        model.compile(optimizer=train.make_optimizer(config), jit_compile=jit_compile)
+    with vae.dtype_policy(policy):
+        model = vae.model_from_config(config)
+        model.compile(optimizer=vae.make_optimizer(config), jit_compile=jit_compile)
         model.fit(dataset, steps_per_epoch=max(3, steps // 4), epochs=1, verbose=0, shuffle=False)  # trace / compile
         rates = []
         for _ in range(repeats):
@@ -66,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64, help="image side")
     args = parser.parse_args(argv)
     config = default_config(args.latent, args.image_size)
-    mixed = train.mixed_precision_policy()
-    model = train.model_from_config(config)
+    mixed = vae.mixed_precision_policy()
+    model = vae.model_from_config(config)
     parameters = model.encoder.count_params() + model.decoder.count_params()
     print("\n".join(machine_lines()))
     print(

@@ -44,6 +44,7 @@ def compare() -> dict:
     import tensorflow as tf
 
     import train
+    import vae
 
     config = {
         "image_size": 16, "channels": 3, "latent_dim": 8, "filters": [8, 16], "hidden_units": 16,
@@ -54,7 +55,7 @@ def compare() -> dict:
 
     def one_step(strategy: tf.distribute.Strategy, initial: list | None) -> tuple[float, list]:
         with strategy.scope():
-            model = train.model_from_config(config)
+            model = vae.model_from_config(config)
             if initial is None:
                 # sigma = exp(-15): the sampled z equals mu to float precision, so both runs see
                 # the same z although each replica draws its own noise; the KL term stays in.

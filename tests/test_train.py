@@ -17,7 +17,10 @@ import pytest
 from conftest import CELEBA_SAMPLE, REPO, tiny_train_args, write_faces
 from PIL import Image
 
+import images
+import latent
 import train
+import vae
 
 
 def history_rows(run: Path) -> list[dict]:
@@ -29,8 +32,8 @@ def checkpoint_state(run: Path) -> tuple[int, int]:
     """(completed epochs, optimizer iterations) from the newest checkpoint."""
     config = train.read_config(run)
     epochs, path = train.latest_checkpoint(run)
-    model = train.model_from_config(config)
-    model.compile(optimizer=train.make_optimizer(config))
+    model = vae.model_from_config(config)
+    model.compile(optimizer=vae.make_optimizer(config))
     model.optimizer.build(model.trainable_variables)
     model.load_weights(path)
     return epochs, int(model.optimizer.iterations.numpy())
@@ -54,6 +57,11 @@ def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path):
     assert Image.open(run / "reconstructions" / "epoch_004.png").size == (8 * 18 + 2, 2 * 18 + 2)
     assert Image.open(run / "samples" / "epoch_004.png").size == (8 * 18 + 2, 2 * 18 + 2)
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["epoch_004.weights.h5"]
+    # the fitted latent density, over the posterior means of the 26 readable training images
+    density = latent.read_density(run / latent.DENSITY_FILE, latent_dim=8)
+    assert density.info["fitted_on"]["split"] == "train" and density.info["fitted_on"]["count"] == 26
+    mu = encoder(np.stack([images.load_face(p, 16) for p in train.load_splits(config)[0][:3]]))[0]
+    assert np.all(np.isfinite(density.log_likelihood(np.asarray(mu))))
 
 
 def test_same_seed_same_result(face_folder, tmp_path):
@@ -125,8 +133,8 @@ def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):
     def saved_and_raw(run: Path) -> tuple[np.ndarray, np.ndarray]:
         saved = keras.saving.load_model(run / "decoder.keras", safe_mode=True).get_layer("project").get_weights()[0]
         config = train.read_config(run)
-        model = train.model_from_config(config)
-        model.compile(optimizer=train.make_optimizer(config))
+        model = vae.model_from_config(config)
+        model.compile(optimizer=vae.make_optimizer(config))
         model.optimizer.build(model.trainable_variables)
         model.load_weights(train.latest_checkpoint(run)[1])
         return saved, model.decoder.get_layer("project").get_weights()[0]
@@ -204,7 +212,7 @@ def test_real_celeba_sample_loss_falls(tmp_path):
 
 def test_cosine_schedule_decays_over_all_epochs():
     config = {"learning_rate": 2e-3, "lr_schedule": "cosine", "epochs": 10, "ema": 0.0}
-    optimizer = train.make_optimizer(config, steps_per_epoch=50)
+    optimizer = vae.make_optimizer(config, steps_per_epoch=50)
     for step, expected in ((0, 2e-3), (250, 2e-3 * (0.05 + 0.95 * 0.5)), (500, 1e-4)):
         optimizer.iterations.assign(step)
         assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)
@@ -213,7 +221,7 @@ def test_cosine_schedule_decays_over_all_epochs():
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
 def test_lr_warmup_rises_then_follows_the_schedule(schedule):
     config = {"learning_rate": 2e-3, "lr_schedule": schedule, "lr_warmup_steps": 100, "epochs": 10, "ema": 0.0}
-    optimizer = train.make_optimizer(config, steps_per_epoch=50)
+    optimizer = vae.make_optimizer(config, steps_per_epoch=50)
     end = 1e-4 if schedule == "cosine" else 2e-3
     for step, expected in ((0, 0.0), (50, 1e-3), (100, 2e-3), (500, end)):
         optimizer.iterations.assign(step)
@@ -223,9 +231,9 @@ def test_lr_warmup_rises_then_follows_the_schedule(schedule):
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
 def test_each_precision_policy_trains(policy):
     images = np.random.default_rng(0).random((32, 16, 16, 3), dtype=np.float32)
-    with train.dtype_policy(policy):
+    with vae.dtype_policy(policy):
         keras.utils.set_random_seed(0)
-        model = train.model_from_config(
+        model = vae.model_from_config(
             {"image_size": 16, "channels": 3, "latent_dim": 8, "filters": [8, 16], "hidden_units": 16,
              "upsampling": "nearest", "reconstruction": "mse", "beta": 1.0, "beta_warmup_steps": 0,
              "beta_cycle_steps": 0, "model": "vae", "seed": 0}
