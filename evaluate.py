@@ -1,20 +1,26 @@
-"""Evaluate a trained run on real images: reconstruction quality, loss terms, latent use, FID.
+"""Evaluate any model folder on real images: reconstruction quality, loss terms, latent use,
+what random faces look like under each sampler, and optionally FID.
 
     python evaluate.py --run runs/<name> --data ./celeba --split test
+    python evaluate.py --run pretrained/celeba64 --data ./celeba --split test  # an exported folder
     python evaluate.py --run runs/<name> --split validation --limit 2000
     python evaluate.py --run runs/<name> --fid --inception-weights inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5
     python evaluate.py --help
 
-Loads the run's float32 encoder.keras / decoder.keras and config.json, reads the split the
-way training does (same crop and resize), prints a table and writes every figure, with the
-settings, to RUN/eval_<split>.json (atomically). Figures, per image unless said otherwise:
+The folder is a train.py run (encoder.keras / decoder.keras, run with Keras) or an exported
+folder (encoder.onnx / decoder.onnx, run with onnxruntime: TensorFlow is then not imported,
+unless --fid needs InceptionV3); --backend chooses when a folder has both. Images are read
+with images.load_face, the loader that reproduces training's crop, resize and rounding. The
+figures are computed with numpy, so both backends give the same numbers for the same model
+(to the ONNX parity, about 1e-6). Prints a table and writes every figure, with the settings,
+to <folder>/eval_<split>.json (atomically). Figures, per image unless said otherwise:
 
 - Per-pixel MSE (mean over pixels, channels and images) of reconstructions decoded from the
   posterior mean (z = mu, what validation and the grids show) and from one sampled
   z ~ q(z|x) (seeded). PSNR two ways: `psnr_per_image` is 10 log10(1 / MSE_i) per image,
   then averaged; `psnr_of_mean_mse` is 10 log10(1 / mean MSE) (MSE 0.012 -> 19.2 dB).
-  Per-image MSE is floored at 1e-10 (PSNR at most 100 dB). SSIM is tf.image.ssim
-  (max_val 1, 11x11 Gaussian window) averaged over images.
+  Per-image MSE is floored at 1e-10 (PSNR at most 100 dB). SSIM is that of tf.image.ssim
+  (max_val 1, 11x11 Gaussian window of sigma 1.5, k1 0.01, k2 0.03) in numpy, averaged over images.
 - Loss terms as training defines them (vae.reconstruction_loss with the run's kind, and
   vae.kl_divergence), with z = mu (comparable to history.csv's val_* columns) and with
   sampled z. The loss at beta = 1 is reconstruction (sampled z) + KL.
@@ -24,7 +30,7 @@ settings, to RUN/eval_<split>.json (atomically). Figures, per image unless said 
   term is a normalized likelihood of the [0, 1] pixel values:
     `gaussian`: already a Gaussian NLL. sigma^2 is the training formula applied to the
         whole split instead of a batch: the split's mean squared error, floored at
-        vae.MIN_GAUSSIAN_SIGMA^2 (the maximum-likelihood value, fitted on the split itself,
+        MIN_GAUSSIAN_SIGMA^2 (the maximum-likelihood value, fitted on the split itself,
         so slightly optimistic).
     `mse`: the sum of squared errors is a Gaussian NLL with fixed sigma^2 = 1/2 less the
         constant D/2 * log(pi); that constant is added so the figure is a real NLL.
@@ -38,11 +44,21 @@ settings, to RUN/eval_<split>.json (atomically). Figures, per image unless said 
   number of dimensions j with Var over the split of mu_j above 0.01.
 - Autoencoder runs (model "ae", z = mu): reconstruction figures only; KL, ELBO, bits/dim and
   sampled z are n/a (active units are still counted but depend on the code's scale).
+- Random faces, as many as the split's images, from each sampler (the N(0, I) prior, and the
+  fitted latent density where the folder has latent_density.json; see latent.py), at
+  temperature 1, seeded, against the split's real images:
+    sharpness: the variance of the Laplacian (3x3, [0 1 0; 1 -4 1; 0 1 0]) of each image's
+        luminance (0.299 R + 0.587 G + 0.114 B, pixel values in [0, 1]), averaged over images:
+        blurry faces score far below real ones;
+    diversity: the RMS distance between two different images, per pixel value:
+        sqrt(mean over pairs i != j of |x_i - x_j|^2 / D); one average face repeated scores 0.
+  Neither needs downloaded weights; they say whether samples are sharp and varied, not
+  whether they look like faces: look at the grids for that.
 - FID (--fid): Frechet distance between InceptionV3 pool features (Keras application,
   ImageNet weights, include_top=False, average pooling; images resized bilinearly to 299x299,
   grayscale repeated to 3 channels, keras.applications.inception_v3.preprocess_input) of the
-  split's real images and (a) as many prior samples decoded from z ~ N(0, I) (seeded) and
-  (b) the posterior-mean reconstructions. The weights come from --inception-weights (a local
+  split's real images and (a) the random faces of each sampler and (b) the posterior-mean
+  reconstructions. The weights come from --inception-weights (a local
   inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5) or Keras' download; when neither
   works FID is skipped with a one-line reason. These Keras weights are not the TF1 graph used
   by the reference FID code, and FID is biased upward for small N (under 2048 images the
@@ -58,25 +74,25 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ start-up chatter
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import data  # noqa: E402
-import train  # noqa: E402
-import vae  # noqa: E402
-from runs import HelpFormatter, RunFolderError, load_model, read_config, write_text_atomic  # noqa: E402
+import data
+from images import load_face
+from latent import DENSITY_FILE, DensityError, LatentDensity, find_density
+from runs import Backend, HelpFormatter, RunFolderError, open_backend, read_config, write_text_atomic
 
 EVAL_FORMAT = "celeba-vae-eval/1"
 ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x(mu_j) above this: an active unit (Burda et al. 2016)
 KL_DIM_THRESHOLD = 0.01  # nats; a latent dimension whose mean KL is above this carries information
 MIN_MSE = 1e-10  # PSNR floor for exact reconstructions: at most 100 dB
-SSIM_WINDOW = 11
+MIN_GAUSSIAN_SIGMA = 1e-3  # as vae.MIN_GAUSSIAN_SIGMA (vae.py imports TensorFlow; a test checks they agree)
+BCE_EPSILON = 1e-6  # as vae.BCE_EPSILON
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03  # tf.image.ssim's defaults
+LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+LUMINANCE = np.array([0.299, 0.587, 0.114])
 INCEPTION_SIZE = 299
 INCEPTION_FEATURES = 2048
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -109,10 +125,97 @@ def active_units(mu: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD) -> in
 
 def kl_per_dimension(mu: np.ndarray, log_var: np.ndarray) -> np.ndarray:
     """KL(N(mu_j, exp(log_var_j)) || N(0, 1)) for each image and dimension, [N, d]; rows sum to
-    vae.kl_divergence."""
+    vae.kl_divergence, the KL training uses."""
     mu = np.asarray(mu, dtype=np.float64)
     log_var = np.asarray(log_var, dtype=np.float64)
     return -0.5 * (1.0 + log_var - mu**2 - np.exp(log_var))
+
+
+def sum_squared_error(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
+    """Per-image sum of squared errors over pixels and channels: the `mse` loss term."""
+    difference = np.asarray(images, np.float64) - np.asarray(reconstructions, np.float64)
+    return np.sum(difference**2, axis=(1, 2, 3))
+
+
+def binary_cross_entropy(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
+    """Per-image binary cross-entropy summed over pixels: the `bce` loss term (clipped as in vae.py)."""
+    x = np.asarray(images, np.float64)
+    x_hat = np.clip(np.asarray(reconstructions, np.float64), BCE_EPSILON, 1.0 - BCE_EPSILON)
+    return -np.sum(x * np.log(x_hat) + (1.0 - x) * np.log(1.0 - x_hat), axis=(1, 2, 3))
+
+
+def gaussian_window(size: int, sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian taps; their outer product is tf.image.ssim's 2-D window."""
+    taps = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2.0) / sigma) ** 2)
+    return taps / taps.sum()
+
+
+def filter_valid(images: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """Separable 'valid' filtering of [N, H, W, C] with the same 1-D taps along H and W."""
+    size = len(taps)
+    rows = sum(tap * images[:, i : images.shape[1] - size + 1 + i] for i, tap in enumerate(taps))
+    return sum(tap * rows[:, :, i : rows.shape[2] - size + 1 + i] for i, tap in enumerate(taps))
+
+
+def ssim(images: np.ndarray, reconstructions: np.ndarray, max_val: float = 1.0) -> np.ndarray:
+    """Per-image SSIM as tf.image.ssim computes it (Gaussian 11x11 window, sigma 1.5, 'valid'
+    borders, the mean of luminance x contrast-structure over pixels, then over channels); the
+    window shrinks to the image size for images under 11 pixels."""
+    x, y = np.asarray(images, np.float64), np.asarray(reconstructions, np.float64)
+    taps = gaussian_window(min(SSIM_WINDOW, x.shape[1], x.shape[2]), SSIM_SIGMA)
+    c1, c2 = (SSIM_K1 * max_val) ** 2, (SSIM_K2 * max_val) ** 2
+    mean_x, mean_y = filter_valid(x, taps), filter_valid(y, taps)
+    product = 2.0 * mean_x * mean_y
+    squares = mean_x**2 + mean_y**2
+    luminance = (product + c1) / (squares + c1)
+    contrast_structure = (2.0 * filter_valid(x * y, taps) - product + c2) / (
+        filter_valid(x**2 + y**2, taps) - squares + c2
+    )
+    return np.mean(luminance * contrast_structure, axis=(1, 2, 3))
+
+
+def laplacian_variance(images: np.ndarray) -> np.ndarray:
+    """Per-image variance of the Laplacian of the luminance (values in [0, 1]): a sharpness
+    figure that blur lowers (Pech-Pacheco et al. 2000)."""
+    images = np.asarray(images, np.float64)
+    luminance = images[..., 0] if images.shape[-1] == 1 else images @ LUMINANCE
+    height, width = luminance.shape[1:]
+    response = sum(
+        LAPLACIAN[i, j] * luminance[:, i : height - 2 + i, j : width - 2 + j]
+        for i in range(3)
+        for j in range(3)
+        if LAPLACIAN[i, j]
+    )
+    return response.reshape(len(images), -1).var(axis=1)
+
+
+class SampleStatistics:
+    """Sharpness and diversity of a stream of images (see the module docstring), in float64."""
+
+    def __init__(self):
+        self.count = 0
+        self.sharpness_total = 0.0
+        self.squared_norms = 0.0
+        self.total: np.ndarray | None = None
+
+    def update(self, images: np.ndarray) -> None:
+        flat = np.asarray(images, np.float64).reshape(len(images), -1)
+        self.count += len(flat)
+        self.sharpness_total += float(np.sum(laplacian_variance(images)))
+        self.squared_norms += float(np.sum(flat**2))
+        self.total = flat.sum(axis=0) if self.total is None else self.total + flat.sum(axis=0)
+
+    def summary(self) -> dict:
+        if self.count < 2:
+            return {"count": self.count, "sharpness": None, "diversity": None}
+        # sum over pairs i != j of |x_i - x_j|^2 = 2 n sum |x_i|^2 - 2 |sum x_i|^2
+        pair_total = 2.0 * self.count * self.squared_norms - 2.0 * float(np.sum(self.total**2))
+        mean_pair = max(pair_total, 0.0) / (self.count * (self.count - 1) * len(self.total))
+        return {
+            "count": self.count,
+            "sharpness": self.sharpness_total / self.count,
+            "diversity": math.sqrt(mean_pair),
+        }
 
 
 def mse_nll_constant(dims: int) -> float:
@@ -123,7 +226,7 @@ def mse_nll_constant(dims: int) -> float:
 
 def calibrated_variance(sse: np.ndarray, dims: int) -> float:
     """sigma^2 of the `gaussian` loss over a whole split: its mean squared error, floored as in training."""
-    return max(float(np.mean(sse)) / dims, vae.MIN_GAUSSIAN_SIGMA**2)
+    return max(float(np.mean(sse)) / dims, MIN_GAUSSIAN_SIGMA**2)
 
 
 def gaussian_nll(sse: np.ndarray, dims: int, variance: float) -> np.ndarray:
@@ -159,7 +262,7 @@ def likelihood_terms(kind: str, sse: np.ndarray, bce: np.ndarray | None, dims: i
             "variance": None,
             "nll_constant": None,
         }
-    raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {vae.RECONSTRUCTION_LOSSES}")
+    raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of ('mse', 'bce', 'gaussian')")
 
 
 def elbo_summary(nll: np.ndarray | None, kl: np.ndarray | None, dims: int) -> dict:
@@ -231,9 +334,13 @@ def fid(real: FeatureMoments, other: FeatureMoments) -> float:
 
 # --------------------------------------------------------------------------- FID feature extractor
 def load_inception(weights: str | None) -> tuple[FeatureFn | None, str]:
-    """(feature function, description of the weights), or (None, why FID is skipped)."""
+    """(feature function, description of the weights), or (None, why FID is skipped).
+    Imports Keras (and TensorFlow): only --fid needs them."""
     if weights is not None and not Path(weights).is_file():
         return None, f"--inception-weights {weights} is not a file"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
     source = weights if weights is not None else "imagenet"
     try:
         model = keras.applications.InceptionV3(
@@ -250,35 +357,43 @@ def load_inception(weights: str | None) -> tuple[FeatureFn | None, str]:
     return inception_features(model), (weights if weights is not None else "imagenet (Keras download)")
 
 
-def inception_features(model: keras.Model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
-    """Feature function of an InceptionV3 pool model for images [B, H, W, C] in [0, 1]."""
+def inception_features(model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
+    """Feature function of a Keras InceptionV3 pool model for images [B, H, W, C] in [0, 1]."""
+    import keras
+
     preprocess = keras.applications.inception_v3.preprocess_input
 
     def features(images: np.ndarray) -> np.ndarray:
         parts = []
         for start in range(0, len(images), batch_size):
-            batch = tf.convert_to_tensor(np.asarray(images[start : start + batch_size], np.float32))
+            batch = keras.ops.convert_to_tensor(np.asarray(images[start : start + batch_size], np.float32))
             if batch.shape[-1] == 1:
-                batch = tf.repeat(batch, 3, axis=-1)
-            batch = tf.image.resize(batch * 255.0, (INCEPTION_SIZE, INCEPTION_SIZE), method="bilinear")
+                batch = keras.ops.repeat(batch, 3, axis=-1)
+            batch = keras.ops.image.resize(batch * 255.0, (INCEPTION_SIZE, INCEPTION_SIZE), interpolation="bilinear")
             parts.append(np.asarray(model(preprocess(batch), training=False), np.float64))
         return np.concatenate(parts)
 
     return features
 
 
-# --------------------------------------------------------------------------- run and data
-def load_run(run_dir: Path) -> tuple[dict, keras.Model, keras.Model]:
-    """config.json, encoder and decoder of a train.py run, checked against each other."""
-    if not run_dir.is_dir():
-        raise EvalError(f"run folder {run_dir} does not exist; give a folder written by train.py (runs/<name>)")
-    config = read_config(run_dir)
-    encoder, decoder = (load_model(run_dir, part, config) for part in ("encoder", "decoder"))
-    return config, encoder, decoder
+# --------------------------------------------------------------------------- model folder and data
+def describe_folder(backend: Backend) -> dict:
+    """What the evaluation needs to know of a model folder: its config.json where it has one
+    (train.py runs and exported folders), else the ONNX metadata."""
+    config_path = backend.run_dir / "config.json"
+    config = read_config(backend.run_dir) if config_path.is_file() else {}
+    metadata = getattr(backend, "metadata", {})
+    return {
+        "model": config.get("model", backend.model_kind),
+        "reconstruction": config.get("reconstruction", metadata.get("reconstruction", "mse")),
+        "data": config.get("data"),
+    }
 
 
-def split_files(data_path: str, split: str, limit: int) -> tuple[list[Path], str]:
+def split_files(data_path: str | None, split: str, limit: int) -> tuple[list[Path], str]:
     """Readable image files of a split (the first `limit` when limit > 0) and the dataset's description."""
+    if not data_path:
+        raise EvalError("the model folder does not say which data it was trained on; pass --data CELEBA_ROOT")
     dataset = data.find_dataset(data_path)
     files = dataset.split(split)
     if limit:
@@ -289,63 +404,128 @@ def split_files(data_path: str, split: str, limit: int) -> tuple[list[Path], str
     return files, dataset.describe()
 
 
+def load_batch(paths: Sequence[Path], backend: Backend) -> tuple[np.ndarray, list[Path]]:
+    """Faces [n, S, S, C] loaded as training loads them, and the paths that could not be decoded."""
+    faces, failed = [], []
+    for path in paths:
+        try:
+            faces.append(load_face(path, backend.image_size, backend.channels, backend.crop))
+        except (OSError, ValueError):
+            failed.append(path)
+    shape = (0, backend.image_size, backend.image_size, backend.channels)
+    return (np.stack(faces) if faces else np.zeros(shape, np.float32)), failed
+
+
+class Progress:
+    """'evaluated N of M images': rewritten in place on a terminal, one final line in logs."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.total, self.label, self.done = total, label, 0
+        self.enabled, self.live = enabled, enabled and sys.stdout.isatty()
+        self.started = time.perf_counter()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.live:
+            print(f"\r{self.label} {self.done} of {self.total} images", end="", flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            seconds = time.perf_counter() - self.started
+            print(f"{chr(13) if self.live else ''}{self.label} {self.done} of {self.total} images in {seconds:.1f} s")
+
+
 # --------------------------------------------------------------------------- evaluation
-def reconstruction_columns(images: np.ndarray, reconstructions, kind: str, window: int) -> dict[str, np.ndarray]:
-    """Per-image sum of squared errors, SSIM and (for bce runs) binary cross-entropy."""
-    columns = {
-        "sse": np.asarray(vae.reconstruction_loss(images, reconstructions, "mse"), np.float64),
-        "ssim": np.asarray(tf.image.ssim(images, reconstructions, max_val=1.0, filter_size=window), np.float64),
-    }
-    if kind == "bce":
-        columns["bce"] = np.asarray(vae.reconstruction_loss(images, reconstructions, "bce"), np.float64)
-    return columns
-
-
 def collect(
-    encoder: keras.Model,
-    decoder: keras.Model,
-    batches: Iterable,
+    backend: Backend,
+    files: Sequence[Path],
     *,
     kind: str,
     variational: bool,
     seed: int,
+    batch_size: int = 64,
     features: FeatureFn | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, FeatureMoments]]:
-    """One pass over the batches: per-image columns (concatenated) and FID feature moments.
+    progress: Progress | None = None,
+) -> tuple[dict[str, np.ndarray], dict, list[Path]]:
+    """One pass over the images: per-image columns (concatenated), the real images' sample
+    statistics and FID moments, and the files that could not be decoded.
 
-    The eps of the sampled z and the prior samples come from two generators spawned from
-    `seed`, drawn batch after batch in file order, so they do not depend on the batch size.
+    The eps of the sampled z comes from a generator spawned from `seed`, drawn batch after
+    batch in file order, so it does not depend on the batch size.
     """
-    posterior_rng, prior_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    posterior_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[0])
     columns: dict[str, list[np.ndarray]] = defaultdict(list)
-    moments: dict[str, FeatureMoments] = defaultdict(FeatureMoments)
-    for batch in batches:
-        images = np.asarray(batch, dtype=np.float32)
-        window = min(SSIM_WINDOW, images.shape[1], images.shape[2])
-        mu, log_var = (np.asarray(part, np.float32) for part in encoder(images, training=False))
+    real, moments, failed = SampleStatistics(), defaultdict(FeatureMoments), []
+    for start in range(0, len(files), batch_size):
+        images, bad = load_batch(files[start : start + batch_size], backend)
+        failed += bad
+        if not len(images):
+            continue
+        mu, log_var = (np.asarray(part, np.float32) for part in backend.encode(images))
         columns["mu"].append(mu)
-        mean_reconstructions = np.asarray(decoder(mu, training=False))
-        for name, column in reconstruction_columns(images, mean_reconstructions, kind, window).items():
+        mean_reconstructions = backend.decode(mu)
+        for name, column in reconstruction_columns(images, mean_reconstructions, kind).items():
             columns[f"mean_{name}"].append(column)
         if variational:
-            columns["kl"].append(np.asarray(vae.kl_divergence(mu, log_var), np.float64))
-            columns["kl_dims"].append(kl_per_dimension(mu, log_var))
+            kl_dims = kl_per_dimension(mu, log_var)
+            columns["kl"].append(kl_dims.sum(axis=1))
+            columns["kl_dims"].append(kl_dims)
             eps = posterior_rng.standard_normal(mu.shape, dtype=np.float32)
-            sampled = np.asarray(decoder(mu + np.exp(0.5 * log_var) * eps, training=False))
-            for name, column in reconstruction_columns(images, sampled, kind, window).items():
+            sampled = backend.decode(mu + np.exp(0.5 * log_var) * eps)
+            for name, column in reconstruction_columns(images, sampled, kind).items():
                 columns[f"sample_{name}"].append(column)
+        real.update(images)
         if features is not None:
             moments["real"].update(features(images))
             moments["reconstructions"].update(features(mean_reconstructions))
-            if variational:
-                prior = prior_rng.standard_normal(mu.shape, dtype=np.float32)
-                moments["prior_samples"].update(features(np.asarray(decoder(prior, training=False))))
         if progress is not None:
-            progress(len(images))
+            progress.add(len(images) + len(bad))
     if not columns:
         raise EvalError("no images could be decoded in this split")
-    return {name: np.concatenate(parts) for name, parts in columns.items()}, dict(moments)
+    return {name: np.concatenate(parts) for name, parts in columns.items()}, {"real": real, "moments": moments}, failed
+
+
+def reconstruction_columns(images: np.ndarray, reconstructions: np.ndarray, kind: str) -> dict[str, np.ndarray]:
+    """Per-image sum of squared errors, SSIM and (for bce runs) binary cross-entropy."""
+    columns = {"sse": sum_squared_error(images, reconstructions), "ssim": ssim(images, reconstructions)}
+    if kind == "bce":
+        columns["bce"] = binary_cross_entropy(images, reconstructions)
+    return columns
+
+
+def samplers_of(backend: Backend, variational: bool) -> dict[str, LatentDensity]:
+    """The samplers whose random faces are evaluated: the prior (VAEs only: an autoencoder has
+    none) and the fitted density where the folder has one."""
+    samplers = {"prior": LatentDensity.standard_normal(backend.latent_dim)} if variational else {}
+    density = find_density(backend.run_dir, backend.latent_dim)
+    if density is not None:
+        samplers["density"] = density
+    return samplers
+
+
+def sample_figures(
+    backend: Backend,
+    samplers: dict[str, LatentDensity],
+    count: int,
+    seed: int,
+    batch_size: int = 64,
+    features: FeatureFn | None = None,
+    moments: dict | None = None,
+) -> dict[str, dict]:
+    """Sharpness and diversity of `count` random faces (temperature 1) from each sampler, each
+    drawn from its own generator spawned from `seed`; with `features`, their FID moments too."""
+    figures = {}
+    streams = np.random.SeedSequence(seed).spawn(3)  # 0: the sampled z of collect(), 1: prior, 2: density
+    for name, sampler in samplers.items():
+        rng = np.random.default_rng(streams[1 if name == "prior" else 2])
+        statistics = SampleStatistics()
+        for start in range(0, count, batch_size):
+            faces = backend.decode(sampler.sample(min(batch_size, count - start), rng))
+            statistics.update(faces)
+            if features is not None and moments is not None:
+                moments[f"{name}_samples"].update(features(faces))
+        figures[name] = statistics.summary()
+    return figures
 
 
 def reconstruction_summary(columns: dict[str, np.ndarray], prefix: str, kind: str, dims: int) -> tuple[dict, dict]:
@@ -420,14 +600,16 @@ def evaluate(
     limit: int = 0,
     batch_size: int = 64,
     seed: int = 0,
+    backend_kind: str | None = None,
     fid: bool = False,
     inception_weights: str | None = None,
     features: FeatureFn | None = None,
     verbose: int = 1,
 ) -> dict:
-    """Evaluate a run; returns the results dict that main() prints and writes.
+    """Evaluate a model folder; returns the results dict that main() prints and writes.
 
-    fid: compute FID with InceptionV3 (loaded after the run and data are checked; a failure
+    backend_kind: "keras", "onnx", or None for what the folder holds (see runs.open_backend).
+    fid: compute FID with InceptionV3 (loaded after the folder and data are checked; a failure
     to load it skips FID with a printed reason), or, when `features` is given, with that
     feature function instead (images [B, H, W, C] in [0, 1] -> [B, F]).
     """
@@ -436,15 +618,16 @@ def evaluate(
     if batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1 (got {batch_size})")
     run_dir = Path(run_dir)
-    config, encoder, decoder = load_run(run_dir)
-    data_path = data_path or config["data"]
+    backend = open_backend(run_dir, backend_kind)
+    folder = describe_folder(backend)
+    variational = folder["model"] == "vae"
+    samplers = samplers_of(backend, variational)
+    data_path = data_path or folder["data"]
     files, description = split_files(data_path, split, limit)
-    size, channels = config["image_size"], config["channels"]
-    dims = size * size * channels
-    kind = config["reconstruction"]
-    variational = config["model"] == "vae"
+    dims = backend.image_size * backend.image_size * backend.channels
+    kind = folder["reconstruction"]
     if verbose:
-        print(f"data: {description}; evaluating {len(files)} {split} images")
+        print(f"data: {description}; evaluating {len(files)} {split} images with the {backend.kind} backend")
     source, skipped = None, None
     if not fid:
         features = None
@@ -455,49 +638,63 @@ def evaluate(
         if features is None:
             skipped, source = source, None
             print(f"FID skipped: {skipped}")
-    batches = data.make_dataset(
-        files, image_size=size, channels=channels, crop=config["crop"], batch_size=batch_size, cache="none"
-    )
-    # Keras' bar writes colour codes and backspaces: on a terminal only; logs get one final line.
-    bar = (
-        keras.utils.Progbar(len(files), unit_name="image", verbose=1 if sys.stdout.isatty() else 2) if verbose else None
-    )
     started = time.perf_counter()
-    columns, moments = collect(
-        encoder,
-        decoder,
-        batches,
+    progress = Progress(len(files), "evaluated", bool(verbose))
+    columns, real, failed = collect(
+        backend,
+        files,
         kind=kind,
         variational=variational,
         seed=seed,
+        batch_size=batch_size,
         features=features,
-        progress=bar.add if bar else None,
+        progress=progress,
     )
+    progress.close()
+    if failed:
+        print(f"warning: skipped {len(failed)} image(s) that could not be decoded, e.g. {failed[0]}")
+    count = len(columns["mu"])
+    moments = real["moments"]
+    samples = {"real": real["real"].summary()}
+    samples.update(sample_figures(backend, samplers, count, seed, batch_size, features, moments))
     results = {
         "format": EVAL_FORMAT,
         "run": str(run_dir),
+        "backend": backend.kind,
         "data": str(data_path),
         "split": split,
-        "count": len(columns["mu"]),
+        "count": count,
+        "skipped_files": [str(path) for path in failed],
         "limit": limit,
         "seed": seed,
         "batch_size": batch_size,
-        "model": config["model"],
+        "model": folder["model"],
         "reconstruction_kind": kind,
-        "image_size": size,
-        "channels": channels,
-        "latent_dim": config["latent_dim"],
+        "image_size": backend.image_size,
+        "channels": backend.channels,
+        "latent_dim": backend.latent_dim,
         "dims": dims,
         **summarize(columns, kind=kind, variational=variational, dims=dims),
-        "fid": fid_summary(moments, variational, features is not None, source, skipped),
+        "samples": {
+            **samples,
+            "temperature": 1.0,
+            "density_file": describe_density(samplers.get("density")),
+            "note": "sharpness: mean variance of the Laplacian of the luminance; diversity: RMS pairwise "
+            "distance per pixel value; random faces as many as the split's images, temperature 1",
+        },
+        "fid": fid_summary(moments, list(samplers), features is not None, source, skipped),
     }
     results["seconds"] = round(time.perf_counter() - started, 2)
     return results
 
 
-def fid_summary(
-    moments: dict[str, FeatureMoments], variational: bool, computed: bool, source: str | None, skipped: str | None
-) -> dict:
+def describe_density(density: LatentDensity | None) -> dict | None:
+    if density is None:
+        return None
+    return {"file": DENSITY_FILE, "components": density.components, **density.info}
+
+
+def fid_summary(moments: dict, samplers: list[str], computed: bool, source: str | None, skipped: str | None) -> dict:
     if not computed:
         return {"status": "skipped" if skipped else "off", "reason": skipped or "not asked for (--fid)"}
     count = moments["real"].count
@@ -509,7 +706,7 @@ def fid_summary(
         "weights": source,
         "count": count,
         "feature_dim": feature_dim,
-        "prior_samples": fid(moments["real"], moments["prior_samples"]) if variational else None,
+        **{f"{name}_samples": fid(moments["real"], moments[f"{name}_samples"]) for name in samplers},
         "reconstructions": fid(moments["real"], moments["reconstructions"]),
         "note": (
             f"N = {count} < {feature_dim} features: biased upward, compare only at equal N"
@@ -535,7 +732,7 @@ def format_table(results: dict) -> str:
     mean, sample = results["posterior_mean"], results["posterior_sample"] or {}
     kind = results["reconstruction_kind"]
     lines = [
-        f"evaluation of {results['run']} on {results['count']} {results['split']} images "
+        f"evaluation of {results['run']} ({results['backend']}) on {results['count']} {results['split']} images "
         f"({results['data']}; model {results['model']}, loss {kind}, latent {results['latent_dim']}, seed {results['seed']})",
         "",
         f"{'':44s} {'z = mu':>12s} {'z ~ q(z|x)':>12s}",
@@ -570,14 +767,39 @@ def format_table(results: dict) -> str:
     lines.append(f"{'bits/dim (density on [0, 1])':44s} {fmt(elbo['bits_per_dim'], 4)}")
     lines.append(f"{'bits/dim (on 0..255, approximate)':44s} {fmt(elbo['bits_per_dim_8bit'], 4)}")
     lines.append(f"{'':44s} ({elbo['note']})")
+    lines += sample_table(results["samples"])
     fid_result = results["fid"]
     if fid_result["status"] == "computed":
-        lines.append(f"{'FID, prior samples':44s} {fmt(fid_result['prior_samples'], 2)}")
+        for name in ("prior", "density"):
+            if f"{name}_samples" in fid_result:
+                lines.append(f"{'FID, random faces from the ' + name:44s} {fmt(fid_result[name + '_samples'], 2)}")
         lines.append(f"{'FID, reconstructions (z = mu)':44s} {fmt(fid_result['reconstructions'], 2)}")
         lines.append(f"{'':44s} ({fid_result['count']} images, {fid_result['weights']}; {fid_result['note']})")
     else:
         lines.append(f"{'FID':44s} {fid_result['status']}: {fid_result['reason']}")
     return "\n".join(lines)
+
+
+def sample_table(samples: dict) -> list[str]:
+    """Sharpness and diversity of the real images and of each sampler's random faces."""
+    names = [name for name in ("real", "prior", "density") if samples.get(name)]
+    header = {"real": "real images", "prior": "prior N(0,I)", "density": "fitted density"}
+    lines = ["", f"{'random faces, temperature 1':44s} " + " ".join(f"{header[n]:>15s}" for n in names)]
+    for key, label in (
+        ("sharpness", "sharpness (variance of the Laplacian)"),
+        ("diversity", "diversity (RMS pairwise distance)"),
+    ):
+        lines.append(f"{label:44s} " + " ".join(f"{fmt(samples[n][key], 5):>15s}" for n in names))
+    if samples.get("density_file"):
+        density = samples["density_file"]
+        fitted = density.get("fitted_on", {})
+        lines.append(
+            f"{'':44s} (density: {density['components']} Gaussian components"
+            + (f", fitted to {fitted['count']} {fitted.get('split', '')} posterior means" if fitted else "")
+            + ")"
+        )
+    lines.append("")
+    return lines
 
 
 def json_safe(value):
@@ -601,12 +823,13 @@ def write_results(results: dict, path: Path) -> Path:
 # --------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Evaluate a trained run on real images: MSE, PSNR, SSIM, loss terms, negative ELBO and "
-        "bits/dim, KL per dimension, active units, and optionally FID. Prints a table and writes "
-        "RUN/eval_<split>.json.",
+        description="Evaluate a model folder (a train.py run, or an exported folder of ONNX files) on real "
+        "images: MSE, PSNR, SSIM, loss terms, negative ELBO and bits/dim, KL per dimension, active units, the "
+        "sharpness and diversity of random faces from the prior and the fitted density, and optionally FID. "
+        "Prints a table and writes <folder>/eval_<split>.json.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--run", required=True, help="run folder written by train.py (runs/<name>)")
+    parser.add_argument("--run", required=True, help="model folder: a train.py run (runs/<name>) or an exported folder")
     parser.add_argument(
         "--data", metavar="PATH", help="CelebA root or folder of faces (default: the data folder in the run's config)"
     )
@@ -618,7 +841,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch")
     parser.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="seed of the sampled z and of the prior samples for FID"
+        "--seed", type=int, default=0, metavar="N", help="seed of the sampled z and of the random faces"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("keras", "onnx"),
+        help="keras: *.keras; onnx: *.onnx (default: keras when the folder has decoder.keras, else onnx)",
     )
     parser.add_argument("--fid", action="store_true", help="also compute FID (InceptionV3, ImageNet weights)")
     parser.add_argument(
@@ -642,11 +870,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
             limit=args.limit,
             batch_size=args.batch_size,
             seed=args.seed,
+            backend_kind=args.backend,
             fid=args.fid,
             inception_weights=args.inception_weights,
             verbose=args.verbose,
         )
-    except (EvalError, train.RunError, RunFolderError, data.DataError) as error:
+    except (EvalError, RunFolderError, DensityError, data.DataError) as error:
         sys.exit(f"error: {error}")
     path = write_results(results, Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}.json")
     print(format_table(results))
