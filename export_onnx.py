@@ -1,7 +1,7 @@
 """Export a trained run's encoder and decoder to ONNX, for onnxruntime apps without TensorFlow.
 
     python export_onnx.py --run runs/<name>                 # writes runs/<name>/decoder.onnx, encoder.onnx
-    python export_onnx.py --run runs/<name> --out exported  # elsewhere; attribute_directions.json is copied along
+    python export_onnx.py --run runs/<name> --out exported  # elsewhere; the run's JSON files are copied along
     python export_onnx.py --help                            # every flag, with its default
 
 What the files hold (generate.py --backend onnx and any other app rely on it):
@@ -14,8 +14,10 @@ What the files hold (generate.py --backend onnx and any other app rely on it):
 The batch dimension is dynamic. Each file's metadata_props say what it is, so another app
 needs no other context: format (celeba-vae-onnx/1), part, latent_dim, image_size, channels,
 crop, model (vae/ae), value_range ("0,1"), layout ("NHWC"), input, output and the parity
-figure. attribute_directions.json, written by generate.py --mode attribute, is a plain
-JSON file; with --out it is copied beside the ONNX files.
+figure. With --out, the run's plain JSON files are copied beside the ONNX files:
+config.json (the recipe; evaluate.py reads it), latent_density.json (the fitted latent density
+that random faces are drawn from; latent.py documents it) and attribute_directions.json
+(written by generate.py --mode attribute).
 
 Parity: every converted model is run by onnxruntime and by Keras on the same inputs at batch
 sizes 1, 7 and 64 before it is written; the largest absolute difference is printed and must
@@ -54,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from latent import DENSITY_FILE, DensityError, find_density
 from runs import HelpFormatter, RunFolderError, load_model, read_config
 
 if TYPE_CHECKING:
@@ -220,7 +223,7 @@ def onnx_metadata(config: dict, part: str, run_dir: Path) -> dict[str, str]:
     image = f"float32 [batch, {size}, {size}, {channels}], NHWC, {colour}, values in [0, 1]"
     described = {
         "decoder": (
-            f"z: float32 [batch, {latent}]; standard normal samples give new faces",
+            f"z: float32 [batch, {latent}]; samples of {DENSITY_FILE} (or standard normal ones) give new faces",
             f"image: {image}; multiply by 255 for 8-bit pixels",
         ),
         "encoder": (
@@ -237,6 +240,7 @@ def onnx_metadata(config: dict, part: str, run_dir: Path) -> dict[str, str]:
         "channels": str(channels),
         "crop": str(config.get("crop", 148)),
         "model": str(config.get("model", "vae")),
+        "reconstruction": str(config.get("reconstruction", "mse")),
         "value_range": "0,1",
         "layout": "NHWC",
         "input": described[part][0],
@@ -262,6 +266,15 @@ def check_attributes(run_dir: Path, latent_dim: int) -> Path | None:
             f"latent_dim {content.get('latent_dim')!r}); recompute it with generate.py --mode attribute --recompute"
         )
     return path
+
+
+def copy_atomic(source: Path, target: Path) -> Path:
+    """Copy a file into place atomically (a temporary file renamed over the target)."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(handle)
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
+    return target
 
 
 # --------------------------------------------------------------------------- tracing with the rewrites
@@ -604,28 +617,28 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         config = read_run(run_dir)
         out = Path(args.out) if args.out else run_dir
         attributes = check_attributes(run_dir, config["latent_dim"])
+        density = run_dir / DENSITY_FILE if find_density(run_dir, config["latent_dim"]) else None
         encoder, decoder = load_models(run_dir, config)
         print(
             f"run {run_dir}: {config.get('model', 'vae')}, latent {config['latent_dim']}, "
             f"{config['image_size']}x{config['image_size']}x{config['channels']}"
         )
         options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
+        companions = {"config.json": run_dir / "config.json", ATTRIBUTES_FILE: attributes, DENSITY_FILE: density}
         written = []
         for part, model in (("decoder", decoder), ("encoder", encoder)):
             metadata = onnx_metadata(config, part, run_dir)
             if attributes is not None:
                 metadata["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
+            if density is not None:
+                metadata["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
             written.append(export_part(model, part, out / f"{part}.onnx", metadata, **options))
-        if attributes is not None and out.resolve() != run_dir.resolve():
-            handle, temporary = tempfile.mkstemp(dir=out, prefix=f".{ATTRIBUTES_FILE}.")
-            os.close(handle)
-            shutil.copyfile(attributes, temporary)
-            os.replace(temporary, out / ATTRIBUTES_FILE)
-            written.append(out / ATTRIBUTES_FILE)
-            print(f"copied {attributes} to {out / ATTRIBUTES_FILE} (plain JSON: attribute -> latent direction)")
-        elif attributes is not None:
-            print(f"{attributes} is already beside the ONNX files (plain JSON: attribute -> latent direction)")
-    except (ExportError, ValueError, FileNotFoundError) as error:
+        if out.resolve() != run_dir.resolve():
+            for name, source in companions.items():
+                if source is not None:
+                    written.append(copy_atomic(source, out / name))
+                    print(f"copied {source} to {out / name}")
+    except (ExportError, DensityError, ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     print("done: " + ", ".join(str(path) for path in written))
     return written

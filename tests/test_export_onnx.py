@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import export_onnx  # noqa: E402
+from latent import LatentDensity, write_density  # noqa: E402
 
 SIZE, LATENT = 16, 8
 
@@ -77,6 +78,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "attributes": {"Smiling": {"direction": [0.1] * LATENT, "positives": 10, "negatives": 12}},
     }
     (rgb / "attribute_directions.json").write_text(json.dumps(directions))
+    write_density(LatentDensity.standard_normal(LATENT), rgb)
     gray = make_run(root / "gray", channels=1, filters=(8, 16), model="ae", seed=1)
     export_onnx.main(["--run", str(rgb), "--out", str(root / "exported")])
     export_onnx.main(["--run", str(gray)])
@@ -122,16 +124,19 @@ def test_names_shapes_and_metadata(runs):
             "model": "vae",
             "value_range": "0,1",
             "layout": "NHWC",
+            "reconstruction": "mse",
             "attribute_directions": "attribute_directions.json beside this file",
+            "latent_density": "latent_density.json beside this file: sample z from it (latent.py)",
         }
         assert expected.items() <= metadata.items()
         assert metadata["input"] and metadata["output"]
         assert float(metadata["parity_max_abs_diff"]) < 1e-4
 
 
-def test_attribute_directions_copied_beside_the_files(runs):
-    copied = json.loads((runs["exported"] / "attribute_directions.json").read_text())
-    assert copied == json.loads((runs["rgb"] / "attribute_directions.json").read_text())
+@pytest.mark.parametrize("name", ["attribute_directions.json", "latent_density.json", "config.json"])
+def test_json_files_copied_beside_the_files(runs, name):
+    copied = json.loads((runs["exported"] / name).read_text())
+    assert copied == json.loads((runs["rgb"] / name).read_text())
     assert not list(runs["exported"].glob(".*tmp"))  # no temporary files left behind
 
 
