@@ -200,12 +200,14 @@ function modelFolder() {
 async function loadFromUrl() {
   const { name, url } = modelFolder();
   const start = performance.now();
+  const runtime = loadOrt(); // its module loads while the files download
   const [decoder, directions, density] = await Promise.all([
     fetchFile(url, 'decoder.onnx', { binary: true }),
     fetchFile(url, 'attribute_directions.json', { optional: true }),
     fetchFile(url, 'latent_density.json', { optional: true }),
   ]);
   state.timings.modelFetchMs = performance.now() - start;
+  await runtime;
   await openModel({ name, decoder, directions, density });
 }
 
