@@ -268,7 +268,7 @@ async function openModel({ name, decoder, directions, density }) {
     } catch (error) {
       throw new Error(
         error instanceof latent.ModelFileError
-          ? `latent_density.json ${error.message}. Refit it with: python latent.py --run <run folder>`
+          ? `latent_density.json ${error.message}. Fit it again for this model, or remove it to sample from the prior.`
           : describe(error),
       );
     }
