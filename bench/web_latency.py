@@ -1,0 +1,220 @@
+"""The face explorer's speed in headless Chromium, next to Python onnxruntime on the same decoder.
+
+    (cd web && npm ci)                  # once: onnxruntime-web
+    python bench/web_latency.py         # pretrained/celeba64
+    python bench/web_latency.py --model runs/<name> --repeats 5 --threads 2
+
+Each repeat starts a new headless Chromium (a fresh profile, so an empty HTTP cache) on the page
+served by web/serve.py and measures, in the page:
+- first face: milliseconds from navigation start until the first face is drawn, cold (page,
+  onnxruntime-web's module and WebAssembly, decoder.onnx, session creation, first decode);
+- decode: milliseconds per face at batch 1 (session.run with the output read back), the median
+  of --decodes calls on seeded random z;
+- slider: frames per second while the Smiling slider (the temperature slider for a model
+  without attribute directions) moves one step per frame: each step sets the slider, waits for
+  the decode and the canvas draw, then for the next frame (requestAnimationFrame), so it cannot
+  exceed the display rate, which is measured too (frames with no decoding).
+Python onnxruntime is measured in this process on the same decoder.onnx: session creation plus
+the first decode (the interpreter and imports already loaded), and the median batch-1 decode,
+with 1 intra-op thread (as the page's default) and with onnxruntime's default threads.
+The table gives the best and the median over the repeats. Not a test: the figures depend on the
+machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from machine import machine_lines  # noqa: E402
+
+import export_onnx  # noqa: E402  (imports neither TensorFlow nor Keras)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ORT_WEB = REPO / "web" / "node_modules" / "onnxruntime-web"
+
+SLIDER_SCRIPT = """
+const [steps, done] = [arguments[0], arguments[arguments.length - 1]];
+// the Smiling slider, or the temperature slider for a model without attribute directions
+const input = document.querySelector('input[data-attribute="Smiling"]') ?? document.getElementById('temperature');
+const [low, high] = [Number(input.min), Number(input.max)];
+const frame = () => new Promise((resolve) => requestAnimationFrame(resolve));
+(async () => {
+  await explorer.whenIdle();
+  let start = await frame();
+  for (let i = 0; i < 30; i++) await frame();
+  const display = 30 / ((performance.now() - start) / 1000);
+  start = performance.now();
+  for (let i = 0; i < steps; i++) {
+    input.value = String(low + (high - low) * ((i % 41) / 40));
+    input.dispatchEvent(new Event('input', { bubbles: true }));
+    await explorer.whenIdle();
+    await frame();
+  }
+  done([steps / ((performance.now() - start) / 1000), display]);
+})();
+"""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time the face explorer in headless Chromium and Python onnxruntime on the same decoder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", default="pretrained/celeba64", help="model folder below the repository root")
+    parser.add_argument("--repeats", type=int, default=5, help="browser starts (cold loads)")
+    parser.add_argument("--decodes", type=int, default=50, help="timed batch-1 decodes per repeat")
+    parser.add_argument("--slider-steps", type=int, default=60, help="slider steps per repeat")
+    parser.add_argument("--threads", type=int, default=1, help="WebAssembly threads in the page")
+    args = parser.parse_args(argv)
+    for name in ("repeats", "decodes", "slider_steps", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def load_serve():
+    spec = importlib.util.spec_from_file_location("serve", REPO / "web" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def start_browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(argument)
+    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    browser.set_script_timeout(120)
+    return browser
+
+
+def browser_repeat(url: str, args: argparse.Namespace) -> dict:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = start_browser()
+    try:
+        browser.get(url)
+        status = WebDriverWait(browser, 120, poll_frequency=0.02).until(
+            lambda d: d.execute_script(
+                "return window.explorer && (explorer.status === 'error' || explorer.decodes > 0) ? explorer.status : null"
+            )
+        )
+        if status != "ready":
+            sys.exit(f"the page shows an error: {browser.execute_script('return explorer.error')}")
+        timings = browser.execute_script("return explorer.info().timings")
+        decodes = browser.execute_async_script(
+            "const done = arguments[arguments.length - 1]; explorer.timeDecodes(arguments[0]).then(done);",
+            args.decodes,
+        )
+        fps, display = browser.execute_async_script(SLIDER_SCRIPT, args.slider_steps)
+        return {
+            "version": browser.capabilities.get("browserVersion", "?"),
+            "first_face": timings["firstFaceMs"],
+            "session": timings["sessionMs"],
+            "decode": statistics.median(decodes),
+            "fps": fps,
+            "display": display,
+        }
+    finally:
+        browser.quit()
+
+
+def python_repeat(path: Path, threads: int, decodes: int, latent_dim: int) -> dict:
+    start = time.perf_counter()
+    session = export_onnx.make_session(path, threads=threads)
+    loaded = time.perf_counter()
+    rng = np.random.default_rng(0)
+    export_onnx.decode(session, rng.standard_normal((1, latent_dim)))
+    first = time.perf_counter()
+    times = []
+    for _ in range(decodes):
+        z = rng.standard_normal((1, latent_dim)).astype(np.float32)
+        begin = time.perf_counter()
+        export_onnx.decode(session, z)
+        times.append(time.perf_counter() - begin)
+    return {
+        "first_face": (first - start) * 1000,
+        "session": (loaded - start) * 1000,
+        "decode": statistics.median(times) * 1000,
+    }
+
+
+def summary(values: list[float], higher_is_better: bool = False) -> str:
+    best = max(values) if higher_is_better else min(values)
+    return f"{best:.1f} / {statistics.median(values):.1f}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    folder = (REPO / args.model).resolve()
+    decoder = folder / "decoder.onnx"
+    if not decoder.is_file():
+        sys.exit(f"{decoder} does not exist; export a run with export_onnx.py or pass --model")
+    if not (ORT_WEB / "dist").is_dir():
+        sys.exit("web/node_modules has no onnxruntime-web: run `npm ci` in web/ first")
+    if importlib.util.find_spec("selenium") is None or not Path(CHROMEDRIVER).is_file():
+        sys.exit("needs selenium (pip install -r requirements.txt) and Debian's chromium and chromium-driver")
+    latent_dim = int(export_onnx.read_onnx_metadata(decoder)["latent_dim"])
+
+    serve = load_serve()
+    server = serve.make_server(REPO, port=0, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"{serve.page_url(server)}?model={args.model}&seed=1&threads={args.threads}"
+
+    browser, python_one, python_default = [], [], []
+    for repeat in range(args.repeats):
+        browser.append(browser_repeat(url, args))
+        python_one.append(python_repeat(decoder, 1, args.decodes, latent_dim))
+        python_default.append(python_repeat(decoder, 0, args.decodes, latent_dim))
+        print(
+            f"repeat {repeat + 1}/{args.repeats}: first face {browser[-1]['first_face']:.0f} ms, "
+            f"decode {browser[-1]['decode']:.2f} ms, slider {browser[-1]['fps']:.1f} fps",
+            flush=True,
+        )
+    server.shutdown()
+
+    ort_web = json.loads((ORT_WEB / "package.json").read_text())["version"]
+    print()
+    for line in machine_lines():
+        print(line)
+    print(f"chromium {browser[0]['version']} (headless), onnxruntime-web {ort_web}, {decoder.relative_to(REPO)}")
+    print(f"best / median of {args.repeats} repeats; decode: median of {args.decodes} batch-1 calls per repeat\n")
+    web = f"browser: onnxruntime-web, WebAssembly, {args.threads} thread{'s' if args.threads > 1 else ''}"
+    print(f"| figure | {web} | Python onnxruntime, 1 thread | Python onnxruntime, default threads |")
+    print("| --- | --- | --- | --- |")
+    rows = [
+        ("first face, cold (ms)", "first_face"),
+        ("of which session creation (ms)", "session"),
+        ("decode, batch 1 (ms per face)", "decode"),
+    ]
+    for label, key in rows:
+        cells = [summary([r[key] for r in results]) for results in (browser, python_one, python_default)]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print(f"| slider (frames per second) | {summary([r['fps'] for r in browser], higher_is_better=True)} | | |")
+    print(f"| display rate, no decoding (frames per second) | {summary([r['display'] for r in browser], True)} | | |")
+    print(
+        "\nBrowser first face: from navigation start, in a new browser profile. Python first face: session "
+        "creation and the first decode in a running process (interpreter start and imports not counted)."
+    )
+
+
+if __name__ == "__main__":
+    main()

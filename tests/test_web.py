@@ -1,0 +1,413 @@
+"""The face explorer (web/) in headless Chromium, driven by Selenium.
+
+The page is served by web/serve.py from a temporary root that links web/ and pretrained/ and
+holds small model folders made here (a synthetic latent density, damaged files). The faces it
+decodes with onnxruntime-web are compared with Python onnxruntime's decode of the same z.
+
+Needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver),
+selenium, and onnxruntime-web in web/node_modules (`npm ci` in web/). Without them the tests
+are skipped with the reason, unless REQUIRE_BROWSER=1 (as .ci/run sets): then they fail.
+test_screenshot writes docs/images/web_explorer.png, the README's picture of the page.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import export_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+WEB = REPO / "web"
+PRETRAINED = REPO / "pretrained" / "celeba64"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ORT_DIST = WEB / "node_modules" / "onnxruntime-web" / "dist"
+SCREENSHOT = REPO / "docs" / "images" / "web_explorer.png"
+SCREENSHOT_SEED = 105  # a clear face at T = 0.7
+LOAD_TIMEOUT = 60  # seconds; a cold load takes 1-2 s on a 2-core CPU
+LEVEL = 1 / 255
+
+
+def browser_problem() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    if not CHROMIUM.is_file() or not CHROMEDRIVER.is_file():
+        return f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+    if importlib.util.find_spec("selenium") is None:
+        return "needs selenium (pip install -r requirements.txt)"
+    if not (ORT_DIST / "ort.wasm.min.mjs").is_file():
+        return "needs onnxruntime-web in web/node_modules (run `npm ci` in web/)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A temporary server root: web/ and pretrained/ linked, plus model folders under models/."""
+    root = tmp_path_factory.mktemp("site")
+    (root / "web").symlink_to(WEB, target_is_directory=True)
+    (root / "pretrained").symlink_to(REPO / "pretrained", target_is_directory=True)
+    models = root / "models"
+    latent_dim = int(export_onnx.read_onnx_metadata(PRETRAINED / "decoder.onnx")["latent_dim"])
+
+    def folder(name: str, files: dict[str, str | bytes | Path]) -> Path:
+        path = models / name
+        path.mkdir(parents=True)
+        for file, content in files.items():
+            if isinstance(content, Path):
+                (path / file).symlink_to(content)
+            elif isinstance(content, bytes):
+                (path / file).write_bytes(content)
+            else:
+                (path / file).write_text(content)
+        return path
+
+    decoder = PRETRAINED / "decoder.onnx"
+    directions = PRETRAINED / "attribute_directions.json"
+    density = synthetic_density(latent_dim)
+    folder(
+        "density",
+        {"decoder.onnx": decoder, "attribute_directions.json": directions, "latent_density.json": json.dumps(density)},
+    )
+    folder("garbage-decoder", {"decoder.onnx": b"this is not an ONNX file"})
+    folder("encoder-as-decoder", {"decoder.onnx": PRETRAINED / "encoder.onnx"})
+    folder("bad-directions", {"decoder.onnx": decoder, "attribute_directions.json": '{"format": "celeba-vae-attr'})
+    folder(
+        "wrong-size-density",
+        {"decoder.onnx": decoder, "latent_density.json": json.dumps({**density, "latent_dim": 64})},
+    )
+    upper = {**density, "cholesky": [np.asarray(factor).T.tolist() for factor in density["cholesky"]]}
+    folder("upper-density", {"decoder.onnx": decoder, "latent_density.json": json.dumps(upper)})
+    return root
+
+
+def synthetic_density(latent_dim: int) -> dict:
+    """A two-component latent_density.json fitted to random numbers (clusters at -1 and +1)."""
+    rng = np.random.default_rng(0)
+    weights, means, factors = [0.4, 0.6], [], []
+    for centre in (-1.0, 1.0):
+        points = centre + 0.5 * rng.standard_normal((4 * latent_dim, latent_dim))
+        means.append(points.mean(axis=0).tolist())
+        factors.append(np.linalg.cholesky(np.cov(points, rowvar=False)).tolist())
+    return {
+        "format": "celeba-vae-latent-density/1",
+        "latent_dim": latent_dim,
+        "components": 2,
+        "sampling": "c ~ weights, eps ~ N(0, I), z = means[c] + T * cholesky[c] @ eps (T: temperature)",
+        "fitted_on": "random numbers (a test fixture)",
+        "weights": weights,
+        "means": means,
+        "cholesky": factors,
+    }
+
+
+@pytest.fixture(scope="module")
+def base_url(site):
+    problem = browser_problem()
+    if problem:
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(f"REQUIRE_BROWSER=1 but the browser tests cannot run: {problem}")
+        pytest.skip(problem)
+    spec = importlib.util.spec_from_file_location("serve", WEB / "serve.py")
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    server = serve.make_server(site, port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield serve.page_url(server, page="")
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def driver(base_url):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(argument)
+    browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    browser.set_script_timeout(LOAD_TIMEOUT)
+    yield browser
+    browser.quit()
+
+
+@pytest.fixture(scope="module")
+def python_decoder():
+    return export_onnx.make_session(PRETRAINED / "decoder.onnx")
+
+
+def open_page(driver, base_url: str, query: str = "") -> str:
+    """Load the page and wait until it shows its first face or an error; returns the status."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{base_url}web/{query}")
+    script = "return window.explorer && (explorer.status === 'error' || explorer.decodes > 0) ? explorer.status : null"
+    return WebDriverWait(driver, LOAD_TIMEOUT, poll_frequency=0.05).until(lambda d: d.execute_script(script))
+
+
+def idle(driver) -> dict:
+    """Wait until the page has drawn the latest z; returns explorer.info()."""
+    return driver.execute_async_script(
+        "const done = arguments[arguments.length - 1]; explorer.whenIdle().then(() => done(explorer.info()));"
+    )
+
+
+def page_face(driver, spec: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(z, decoder output [H, W, C], drawn 8-bit RGB [H, W, 3]) of the face on the page."""
+    z = np.asarray(driver.execute_script("return explorer.z()"), dtype=np.float32)
+    size, channels = spec["imageSize"], spec["channels"]
+    output = np.asarray(driver.execute_script("return explorer.output()"), dtype=np.float32)
+    rgba = np.asarray(driver.execute_script("return explorer.rgba()"), dtype=np.uint8)
+    return z, output.reshape(size, size, channels), rgba.reshape(size, size, 4)[..., :3]
+
+
+def eight_bit(images: np.ndarray) -> np.ndarray:
+    return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def expected_latent(density: dict | None, component: int, eps, temperature: float) -> np.ndarray:
+    """z = means[c] + T * cholesky[c] @ eps, or T * eps for the prior."""
+    eps = np.asarray(eps, dtype=np.float64)
+    if density is None:
+        return temperature * eps
+    return np.asarray(density["means"][component]) + temperature * np.asarray(density["cholesky"][component]) @ eps
+
+
+def reference_slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    omega = np.arccos(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1, 1))
+    return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+
+
+def set_range(driver, selector: str, value: float) -> None:
+    """Set a range input as dragging it would (value, then an input event)."""
+    driver.execute_script(
+        "const input = document.querySelector(arguments[0]); input.value = String(arguments[1]);"
+        "input.dispatchEvent(new Event('input', {bubbles: true}));",
+        selector,
+        value,
+    )
+
+
+def pretrained_density() -> dict | None:
+    path = PRETRAINED / "latent_density.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# --------------------------------------------------------------------------- the pretrained model
+@pytest.fixture(scope="module")
+def pretrained_page(driver, base_url):
+    assert open_page(driver, base_url, "?seed=7") == "ready", driver.execute_script("return explorer.error")
+    return driver
+
+
+def test_first_face_appears_and_matches_python(pretrained_page, python_decoder):
+    driver = pretrained_page
+    info = idle(driver)
+    assert info["spec"] == {"latentDim": 128, "imageSize": 64, "channels": 3, "valueRange": [0, 1], "layout": "NHWC"}
+    assert info["metadata"] == export_onnx.read_onnx_metadata(python_decoder)  # the page's protobuf reader
+    density = pretrained_density()
+    assert info["sampler"] == ("density" if density else "prior")
+    assert info["seed"] == 7 and driver.find_element("id", "seed").text == "7"
+    sampler_text = driver.find_element("id", "sampler").text
+    assert ("fitted latent density" if density else "standard normal prior") in sampler_text
+
+    z, output, drawn = page_face(driver, info["spec"])
+    expected_z = expected_latent(density, info["component"], info["eps"], info["temperature"])
+    np.testing.assert_allclose(z, expected_z, rtol=1e-6, atol=1e-6)
+    python = export_onnx.decode(python_decoder, z)[0]
+    assert np.abs(output - python).max() <= LEVEL  # in fact about 1e-6: the same graph, another runtime
+    assert np.abs(drawn.astype(int) - eight_bit(python).astype(int)).max() <= 1
+    assert drawn.std() > 10  # a face, not a flat canvas
+
+    face = driver.find_element("id", "face")
+    assert face.is_displayed() and face.size["width"] >= 256  # shown large
+    assert "ms after page load" in driver.find_element("id", "first-face").text
+    assert 0 < info["timings"]["firstFaceMs"] < LOAD_TIMEOUT * 1000
+    assert info["timings"]["firstDecodeMs"] > 0
+
+
+def test_seed_input_and_new_face(pretrained_page):
+    from selenium.webdriver.common.keys import Keys
+
+    driver = pretrained_page
+    seven = driver.execute_script("return explorer.z()")
+    driver.find_element("id", "new-face").click()
+    info = idle(driver)
+    assert info["seed"] != 7 and driver.find_element("id", "seed").text == str(info["seed"])
+    assert driver.execute_script("return explorer.z()") != seven
+    field = driver.find_element("id", "seed-input")
+    field.send_keys("7", Keys.ENTER)
+    info = idle(driver)
+    assert info["seed"] == 7
+    assert driver.execute_script("return explorer.z()") == seven  # a seed gives the same face again
+    assert "seed=7" in driver.current_url  # and the address can be shared
+
+
+def test_smiling_slider_moves_the_face_as_python_does(pretrained_page, python_decoder):
+    from selenium.webdriver.common.keys import Keys
+
+    driver = pretrained_page
+    info = idle(driver)
+    z0, before, _ = page_face(driver, info["spec"])
+    assert info["alphas"]["Smiling"] == 0
+    slider = driver.find_element("css selector", 'input[data-attribute="Smiling"]')
+    for _ in range(20):  # 20 steps of 0.1, as a person moving the slider with the keyboard
+        slider.send_keys(Keys.ARROW_RIGHT)
+    info = idle(driver)
+    assert info["alphas"]["Smiling"] == pytest.approx(2.0)
+
+    directions = json.loads((PRETRAINED / "attribute_directions.json").read_text())["attributes"]
+    smiling = np.asarray(directions["Smiling"]["direction"], dtype=np.float64)
+    z, after, drawn = page_face(driver, info["spec"])
+    np.testing.assert_allclose(z, z0 + 2.0 * smiling, rtol=1e-5, atol=1e-5)  # generate.py's attribute_sweep
+    python_before, python_after = export_onnx.decode(python_decoder, np.stack([z0, z]))
+    assert np.abs(after - python_after).max() <= LEVEL
+    assert np.abs(drawn.astype(int) - eight_bit(python_after).astype(int)).max() <= 1
+    change, python_change = (after - before).ravel(), (python_after - python_before).ravel()
+    assert np.abs(change).mean() > 0.01  # the face really changed
+    assert np.corrcoef(change, python_change)[0, 1] > 0.999  # and in the direction Python's decode gives
+
+    driver.find_element("id", "reset-attributes").click()
+    info = idle(driver)
+    assert info["alphas"]["Smiling"] == 0
+    np.testing.assert_allclose(page_face(driver, info["spec"])[0], z0, atol=1e-6)
+
+
+def test_temperature_slider(pretrained_page):
+    driver = pretrained_page
+    set_range(driver, "#temperature", 0.5)
+    info = idle(driver)
+    assert info["temperature"] == 0.5
+    z = np.asarray(driver.execute_script("return explorer.z()"))
+    expected = expected_latent(pretrained_density(), info["component"], info["eps"], 0.5)
+    np.testing.assert_allclose(z, expected, rtol=1e-6, atol=1e-6)
+    assert driver.find_element("id", "temperature-value").text == "0.50"
+
+
+def test_interpolation_scrubs_and_plays_the_slerp_path(pretrained_page):
+    driver = pretrained_page
+    driver.find_element("id", "pick-a").click()
+    driver.find_element("id", "new-face").click()
+    idle(driver)
+    driver.find_element("id", "pick-b").click()
+    info = idle(driver)
+    a, b = np.asarray(info["pathA"]), np.asarray(info["pathB"])
+    assert not np.allclose(a, b)
+
+    set_range(driver, "#path-t", 0.5)
+    info = idle(driver)
+    assert info["source"] == "path" and info["t"] == 0.5
+    z = np.asarray(driver.execute_script("return explorer.z()"))
+    np.testing.assert_allclose(z, reference_slerp(a, b, 0.5), rtol=1e-5, atol=1e-5)
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    decodes = driver.execute_script("return explorer.decodes")
+    driver.find_element("id", "play").click()
+    WebDriverWait(driver, 10, poll_frequency=0.1).until(
+        lambda d: not d.execute_script("return explorer.info().playing")
+    )
+    info = idle(driver)
+    assert info["t"] == 1
+    assert driver.execute_script("return explorer.decodes") - decodes > 5  # animated, not one jump
+    np.testing.assert_allclose(driver.execute_script("return explorer.z()"), b, rtol=1e-5, atol=1e-5)
+
+
+def test_screenshot(pretrained_page):
+    """docs/images/web_explorer.png: the page with a generated face (seed SCREENSHOT_SEED, smiling)."""
+    driver = pretrained_page
+    field = driver.find_element("id", "seed-input")
+    field.clear()
+    field.send_keys(str(SCREENSHOT_SEED))
+    driver.find_element("id", "seed-go").click()
+    set_range(driver, "#temperature", 0.7)
+    set_range(driver, 'input[data-attribute="Smiling"]', 1.0)
+    info = idle(driver)
+    assert info["seed"] == SCREENSHOT_SEED and info["source"] == "sample"
+    page, frame = driver.execute_script(
+        "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]"
+    )
+    driver.set_window_size(1280, page + frame)  # the whole page, no scroll bar
+    try:
+        assert driver.save_screenshot(str(SCREENSHOT))
+    finally:
+        driver.set_window_size(1280, 1000)
+    with Image.open(SCREENSHOT) as shot:
+        assert shot.width >= 1000
+        face = driver.find_element("id", "face").rect
+        crop = np.asarray(shot.convert("RGB").crop((face["x"], face["y"], face["x"] + 64, face["y"] + 64)))
+    assert crop.std() > 1  # the face, not an empty frame
+
+
+# --------------------------------------------------------------------------- other model folders
+def test_missing_model_shows_an_error_in_the_page(driver, base_url):
+    assert open_page(driver, base_url, "?model=models/nowhere") == "error"
+    error = driver.find_element("id", "error")
+    assert error.is_displayed()
+    assert "decoder.onnx is missing" in error.text and "404" in error.text and "?model=" in error.text
+    assert "failed" in driver.find_element("id", "face").get_attribute("class")
+    assert not driver.find_element("id", "new-face").is_enabled()
+
+
+@pytest.mark.parametrize(
+    ("folder", "message"),
+    [
+        ("garbage-decoder", "decoder.onnx is not an ONNX model"),
+        ("encoder-as-decoder", "decoder.onnx is the encoder, not the decoder"),
+        ("bad-directions", "attribute_directions.json is not valid JSON"),
+        ("wrong-size-density", "latent_density.json is for latent size 64, but this decoder takes 128"),
+        ("upper-density", "latent_density.json cholesky[0] is not lower triangular"),
+    ],
+)
+def test_malformed_files_show_an_error_in_the_page(driver, base_url, folder, message):
+    assert open_page(driver, base_url, f"?model=models/{folder}") == "error"
+    error = driver.find_element("id", "error")
+    assert error.is_displayed() and message in error.text
+
+
+def test_fitted_density_is_sampled(driver, base_url, site, python_decoder):
+    density = json.loads((site / "models" / "density" / "latent_density.json").read_text())
+    assert open_page(driver, base_url, "?model=models/density&seed=11") == "ready"
+    info = idle(driver)
+    assert info["sampler"] == "density" and info["components"] == 2 and info["temperature"] == 1
+    assert "fitted latent density" in driver.find_element("id", "sampler").text
+    z, output, _ = page_face(driver, info["spec"])
+    np.testing.assert_allclose(z, expected_latent(density, info["component"], info["eps"], 1.0), rtol=1e-5, atol=1e-5)
+    assert np.abs(output - export_onnx.decode(python_decoder, z)[0]).max() <= LEVEL
+
+    set_range(driver, "#temperature", 0.25)
+    info = idle(driver)
+    z = np.asarray(driver.execute_script("return explorer.z()"))
+    np.testing.assert_allclose(z, expected_latent(density, info["component"], info["eps"], 0.25), rtol=1e-5, atol=1e-5)
+
+    components = set()
+    for _ in range(12):  # both components are drawn
+        driver.find_element("id", "new-face").click()
+        components.add(idle(driver)["component"])
+    assert components == {0, 1}
+
+
+def test_file_picker_opens_a_model(driver, base_url, site):
+    assert open_page(driver, base_url, "?model=models/nowhere") == "error"  # a page that failed can recover
+    folder = site / "models" / "density"
+    names = ("decoder.onnx", "attribute_directions.json", "latent_density.json")
+    driver.find_element("id", "files").send_keys("\n".join(str((folder / name).resolve()) for name in names))
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, LOAD_TIMEOUT, poll_frequency=0.05).until(
+        lambda d: d.execute_script("return explorer.status === 'ready' && explorer.decodes > 0")
+    )
+    info = idle(driver)
+    assert info["model"].startswith("your files") and info["sampler"] == "density"
+    assert not driver.find_element("id", "error").is_displayed()
+    assert len(driver.find_elements("css selector", "#attributes input")) == 6
