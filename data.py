@@ -44,14 +44,16 @@ import csv
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from images import CELEBA_WIDTH, DEFAULT_CROP
+from images import CELEBA_WIDTH, DEFAULT_CROP, MAX_IMAGE_PIXELS
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -111,6 +113,16 @@ LAYOUTS_HELP = (
     "original layout (<root>/Img/img_align_celeba/*.jpg + Eval/list_eval_partition.txt), "
     "or a plain folder of .jpg/.png faces"
 )
+REPLACE_HINT = "replace it with the file from the CelebA download"
+ATTRIBUTES_FIX = f"{REPLACE_HINT}, or delete it (only attribute directions need it)"
+IDENTITIES_FIX = f"{REPLACE_HINT}, or delete it (only --identity needs it)"
+ATTRIBUTE_LABELS = {"1", "-1"}  # CelebA's labels: present or absent, nothing else
+# JPEG markers libjpeg accepts before the first scan (SOS): frame headers (SOF0-15 less DHT,
+# JPG and DAC), tables, restart interval, comments, application data.
+JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+JPEG_TABLES = {0xC4, 0xCC, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF, 0xFE, *range(0xE0, 0xF0), *range(0xF0, 0xFE)}
+JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class DataError(ValueError):
@@ -119,14 +131,30 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    """What was found under a data folder."""
+    """What was found under a data folder. The attribute and identity files are read on first
+    use of `attributes` / `identities` (a DataError then): only attribute directions and
+    --identity need them, so a damaged one stops nothing else, training included."""
 
     root: Path
     layout: str  # "kaggle", "original" or "folder"
     files: list[Path]  # every image, sorted by path
     partition: dict[str, int] | None = None  # file name -> 0 train / 1 validation / 2 test
-    attributes: dict[str, np.ndarray] = field(default_factory=dict)  # file name -> int8[40] of +1/-1
-    identities: dict[str, int] = field(default_factory=dict)  # file name -> person id
+    attribute_file: Path | None = None
+    identity_file: Path | None = None
+
+    @cached_property
+    def attributes(self) -> dict[str, np.ndarray]:
+        """file name -> int8[40] of +1/-1."""
+        if self.attribute_file is None:
+            return {}
+        if self.attribute_file.suffix == ".csv":
+            return read_attributes_csv(self.attribute_file)
+        return read_attributes_txt(self.attribute_file)
+
+    @cached_property
+    def identities(self) -> dict[str, int]:
+        """file name -> person id."""
+        return {} if self.identity_file is None else read_identities(self.identity_file)
 
     def split(self, name: str) -> list[Path]:
         """Files of a split ("train", "validation", "test" or "all")."""
@@ -142,10 +170,14 @@ class Dataset:
     def describe(self) -> str:
         counts = ", ".join(f"{name} {len(self.split(name))}" for name in SPLITS)
         split_kind = "official partition" if self.partition is not None else "hash split"
-        return (
-            f"{self.layout} layout at {self.root}: {len(self.files)} images ({counts}; {split_kind}), "
-            f"{len(self.attributes)} with attributes, {len(self.identities)} with identities"
-        )
+        annotations = []
+        for name in ("attributes", "identities"):
+            try:
+                annotations.append(f"{len(getattr(self, name))} with {name}")
+            except DataError as error:  # reported, not raised: only some uses need them
+                annotations.append(f"{name} unusable: {error}")
+        images = f"{len(self.files)} images ({counts}; {split_kind})"
+        return f"{self.layout} layout at {self.root}: {', '.join([images, *annotations])}"
 
 
 def hash_split(file_name: str) -> int:
@@ -163,45 +195,97 @@ def attribute_index(name: str) -> int:
 
 
 # --------------------------------------------------------------------------- annotation files
-def read_partition_csv(path: Path) -> dict[str, int]:
-    with open(path, newline="") as handle:
-        return {row["image_id"]: int(row["partition"]) for row in csv.DictReader(handle)}
+def read_rows(path: Path, csv_format: bool, fix: str = REPLACE_HINT) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of the non-blank lines of a CelebA annotation file: comma-separated
+    (Kaggle's .csv) or whitespace-separated (the original .txt). `fix` ends the errors."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise DataError(f"{path} is not UTF-8 text (byte {error.start} is {byte:#04x}); {fix}") from None
+    except OSError as error:
+        raise DataError(f"cannot read {path} ({error.strerror}); {fix}") from None
+    lines = text.splitlines()
+    split = csv.reader(lines, skipinitialspace=True) if csv_format else (line.split() for line in lines)
+    return ((number, fields) for number, fields in enumerate(split, 1) if any(fields))
 
 
-def read_partition_txt(path: Path) -> dict[str, int]:
-    rows = (line.split() for line in path.read_text().splitlines() if line.strip())
-    return {name: int(split) for name, split in rows}
+def read_partition(path: Path) -> dict[str, int]:
+    """list_eval_partition.csv (header "image_id,partition") or Eval/list_eval_partition.txt
+    ("file split" lines): file name -> 0 train / 1 validation / 2 test."""
+    rows = read_rows(path, csv_format=path.suffix == ".csv")
+    if path.suffix == ".csv":
+        _, header = next(rows, (0, None))
+        if header is None:
+            raise DataError(f"{path} is empty; {REPLACE_HINT}")
+        if header != ["image_id", "partition"]:
+            raise DataError(
+                f"{path} starts with {','.join(header)!r}, not the header 'image_id,partition'; {REPLACE_HINT}"
+            )
+    partition = {}
+    for number, fields in rows:
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise DataError(
+                f"{path} line {number}: {' '.join(fields)!r} is not a file name and a partition 0 (train), "
+                f"1 (validation) or 2 (test); {REPLACE_HINT}"
+            )
+        partition[fields[0]] = int(fields[1])
+    if not partition:
+        raise DataError(f"{path} lists no images; {REPLACE_HINT}")
+    return partition
 
 
 def read_attributes_csv(path: Path) -> dict[str, np.ndarray]:
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader)
-        return parse_attribute_rows(header[1:], reader, path)
+    """Kaggle format: a header "image_id,<40 names>", then "file,v1,...,v40"."""
+    rows = read_rows(path, csv_format=True, fix=ATTRIBUTES_FIX)
+    _, header = next(rows, (0, None))
+    if header is None:
+        raise DataError(f"{path} is empty; {ATTRIBUTES_FIX}")
+    return parse_attribute_rows(header[1:], rows, path)
 
 
 def read_attributes_txt(path: Path) -> dict[str, np.ndarray]:
     """Original format: a count line, a header line of 40 names, then "file v1 ... v40"."""
-    lines = path.read_text().splitlines()
-    header = lines[1].split()
-    return parse_attribute_rows(header, (line.split() for line in lines[2:] if line.strip()), path)
+    rows = read_rows(path, csv_format=False, fix=ATTRIBUTES_FIX)
+    (_, count), (_, header) = next(rows, (0, [])), next(rows, (0, []))
+    if len(count) != 1 or not count[0].isdecimal() or not header:
+        raise DataError(f"{path} does not start with an image count line and a header line; {ATTRIBUTES_FIX}")
+    return parse_attribute_rows(header, rows, path)
 
 
-def parse_attribute_rows(header: list[str], rows, path: Path) -> dict[str, np.ndarray]:
+def parse_attribute_rows(header: list[str], rows: Iterable[tuple[int, list[str]]], path: Path) -> dict[str, np.ndarray]:
+    """Rows of a file name and 40 labels, each exactly -1 or 1 -> file name -> int8[40]."""
     if list(header) != list(CELEBA_ATTRIBUTES):
-        raise DataError(f"{path}: attribute header does not list the 40 CelebA attributes in order")
-    table = {}
-    for row in rows:
-        values = np.asarray([int(v) for v in row[1:]], dtype=np.int8)
-        if values.shape != (40,):
-            raise DataError(f"{path}: row for {row[0]} has {values.size} values, expected 40")
-        table[row[0]] = values
-    return table
+        raise DataError(f"{path}: attribute header does not list the 40 CelebA attributes in order; {ATTRIBUTES_FIX}")
+    names, labels = [], []
+    for number, fields in rows:
+        if len(fields) != 41:
+            raise DataError(
+                f"{path} line {number}: {len(fields) - 1} labels for {fields[0]}, expected 40; {ATTRIBUTES_FIX}"
+            )
+        if not ATTRIBUTE_LABELS.issuperset(fields[1:]):
+            column, value = next((i, v) for i, v in enumerate(fields[1:]) if v not in ATTRIBUTE_LABELS)
+            raise DataError(
+                f"{path} line {number}: {CELEBA_ATTRIBUTES[column]} of {fields[0]} is {value!r}, but CelebA labels "
+                f"are -1 or 1; {ATTRIBUTES_FIX}"
+            )
+        names.append(fields[0])
+        labels.extend(fields[1:])
+    # Every label is "1" or "-1", so its length says which: 3 - 2 * length is 1 or -1.
+    values = (3 - 2 * np.fromiter(map(len, labels), np.int8, len(labels))).reshape(len(names), 40)
+    return dict(zip(names, values, strict=True))
 
 
 def read_identities(path: Path) -> dict[str, int]:
-    rows = (line.split() for line in path.read_text().splitlines() if line.strip())
-    return {name: int(person) for name, person in rows}
+    """identity_CelebA.txt: "file person" lines -> file name -> person id."""
+    identities = {}
+    for number, fields in read_rows(path, csv_format=False, fix=IDENTITIES_FIX):
+        if len(fields) != 2 or not fields[1].isdecimal():
+            raise DataError(
+                f"{path} line {number}: {' '.join(fields)!r} is not a file name and a person number; {IDENTITIES_FIX}"
+            )
+        identities[fields[0]] = int(fields[1])
+    return identities
 
 
 # --------------------------------------------------------------------------- layout detection
@@ -219,7 +303,8 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
 
 
 def find_dataset(path: str | os.PathLike) -> Dataset:
-    """Detect the layout under `path` and read its file list and annotation files."""
+    """Detect the layout under `path` and read its file list and partition; the attribute and
+    identity files are read when first used (see Dataset)."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {LAYOUTS_HELP}; {KAGGLE_HINT}")
@@ -228,26 +313,21 @@ def find_dataset(path: str | os.PathLike) -> Dataset:
         (d for d in (root / "img_align_celeba" / "img_align_celeba", root / "img_align_celeba") if d.is_dir()), None
     )
     if kaggle_images is not None and (root / "list_eval_partition.csv").is_file():
-        files = list_images(kaggle_images)
-        optional = {"attributes": root / "list_attr_celeba.csv", "identities": root / "identity_CelebA.txt"}
-        dataset = Dataset(root, "kaggle", files, read_partition_csv(root / "list_eval_partition.csv"))
-        if optional["attributes"].is_file():
-            dataset.attributes = read_attributes_csv(optional["attributes"])
+        dataset = Dataset(root, "kaggle", list_images(kaggle_images), read_partition(root / "list_eval_partition.csv"))
+        annotations = {"attribute_file": root / "list_attr_celeba.csv", "identity_file": root / "identity_CelebA.txt"}
     elif (root / "Img" / "img_align_celeba").is_dir() and (root / "Eval" / "list_eval_partition.txt").is_file():
-        files = list_images(root / "Img" / "img_align_celeba")
-        optional = {
-            "attributes": root / "Anno" / "list_attr_celeba.txt",
-            "identities": root / "Anno" / "identity_CelebA.txt",
+        partition = read_partition(root / "Eval" / "list_eval_partition.txt")
+        dataset = Dataset(root, "original", list_images(root / "Img" / "img_align_celeba"), partition)
+        annotations = {
+            "attribute_file": root / "Anno" / "list_attr_celeba.txt",
+            "identity_file": root / "Anno" / "identity_CelebA.txt",
         }
-        dataset = Dataset(root, "original", files, read_partition_txt(root / "Eval" / "list_eval_partition.txt"))
-        if optional["attributes"].is_file():
-            dataset.attributes = read_attributes_txt(optional["attributes"])
     else:
-        files = list_images(root, recursive=True)
-        optional = {"identities": root / "identity_CelebA.txt"}
-        dataset = Dataset(root, "folder", files)
-    if optional["identities"].is_file():
-        dataset.identities = read_identities(optional["identities"])
+        dataset = Dataset(root, "folder", list_images(root, recursive=True))
+        annotations = {"identity_file": root / "identity_CelebA.txt"}
+    for name, path in annotations.items():
+        if path.is_file():
+            setattr(dataset, name, path)
     if not dataset.files:
         raise DataError(
             f"no .jpg/.png images found under {root} ({dataset.layout} layout); {LAYOUTS_HELP}; {KAGGLE_HINT}"
@@ -256,34 +336,115 @@ def find_dataset(path: str | os.PathLike) -> Dataset:
 
 
 # --------------------------------------------------------------------------- file checks
-def is_readable_image(path: Path) -> bool:
-    """Cheap structural check: a JPEG starts with FFD8FF and ends with FFD9, a PNG has its
-    signature and IEND chunk. Catches truncated downloads and non-image files before
-    TensorFlow would fail on them mid-epoch."""
+def image_file_problem(path: Path) -> str | None:
+    """Why TensorFlow could not decode an image file, found from its structure alone (about
+    20 microseconds for a CelebA JPEG), or None when it looks whole. JPEG: the marker segments
+    up to the first scan as libjpeg reads them, with a frame header giving the size, and the
+    end-of-image marker at the end. PNG: the signature, an IHDR chunk first, intact checksums of
+    the critical chunks (as libpng checks them), image data and IEND. Either way at most
+    MAX_IMAGE_PIXELS pixels: a decompression bomb is skipped, not decoded. A JPEG whose
+    compressed data alone is damaged passes: libjpeg decodes it too, with a warning."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 64))
-            tail = handle.read()
-    except OSError:
-        return False
-    if head[:3] == b"\xff\xd8\xff":
-        return b"\xff\xd9" in tail
-    if head == b"\x89PNG\r\n\x1a\n":
-        return b"IEND" in tail
-    return False
+            if head[:3] == b"\xff\xd8\xff":
+                handle.seek(0)
+                problem, size = jpeg_structure(handle)
+                handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64))
+                if problem is None and b"\xff\xd9" not in handle.read():
+                    problem = "truncated: no end-of-image marker"
+            elif head == PNG_SIGNATURE:
+                problem, size = png_structure(head + handle.read())
+            else:
+                return "not a JPEG or PNG file"
+    except OSError as error:
+        return f"unreadable: {error.strerror}"
+    if problem is None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        return f"{size[1]}x{size[0]} pixels, above the {MAX_IMAGE_PIXELS:,}-pixel limit"
+    return problem
+
+
+def jpeg_structure(handle: IO[bytes]) -> tuple[str | None, tuple[int, int]]:
+    """(problem or None, (height, width)) from the JPEG marker segments before the first scan."""
+    content = handle.read(1 << 16)
+    complete = len(content) < 1 << 16
+    position, size = 2, None
+    while True:
+        if position + 10 > len(content) and not complete:  # a header longer than the first read
+            content, complete = content + handle.read(), True
+        # As libjpeg: skip stray bytes up to a 0xFF, fill bytes 0xFF, and stuffed 0xFF 0x00 pairs.
+        while position + 1 < len(content) and (content[position] != 0xFF or content[position + 1] in (0x00, 0xFF)):
+            position += 1
+        if position + 4 > len(content):
+            return "truncated in its header", (0, 0)
+        marker = content[position + 1]
+        if marker in JPEG_STANDALONE:
+            position += 2
+            continue
+        length = int.from_bytes(content[position + 2 : position + 4], "big")
+        if marker == 0xDA:  # start of scan: the header is complete
+            return (None, size) if size else ("no frame header before the image data", (0, 0))
+        if marker in JPEG_FRAMES:
+            if size is not None or position + 10 > len(content):
+                return "damaged frame header", (0, 0)
+            height = int.from_bytes(content[position + 5 : position + 7], "big")
+            width = int.from_bytes(content[position + 7 : position + 9], "big")
+            components = content[position + 9]
+            if not (height and width and components and length == 8 + 3 * components):
+                return f"damaged frame header ({width}x{height}, {components} components)", (0, 0)
+            size = (height, width)
+        elif marker not in JPEG_TABLES or length < 2:
+            return f"damaged header (marker 0x{marker:02x} at byte {position})", (0, 0)
+        position += 2 + length
+
+
+def png_structure(content: bytes) -> tuple[str | None, tuple[int, int]]:
+    """(problem or None, (height, width)) from the chunks of a whole PNG file."""
+    position, size, has_data = 8, None, False
+    while position + 12 <= len(content):
+        length = int.from_bytes(content[position : position + 4], "big")
+        kind = content[position + 4 : position + 8]
+        if size is None and (kind != b"IHDR" or length != 13):
+            return "damaged: no IHDR chunk first", (0, 0)
+        end = position + 12 + length
+        if end > len(content):
+            return f"damaged or truncated: a chunk at byte {position} runs past the end of the file", (0, 0)
+        if kind[:1].isupper() and zlib.crc32(content[position + 4 : end - 4]) != int.from_bytes(content[end - 4 : end]):
+            # libpng refuses a checksum error in a critical chunk (upper-case first letter).
+            return f"damaged: checksum error in its {kind.decode('latin-1')} chunk", (0, 0)
+        if size is None:
+            width = int.from_bytes(content[position + 8 : position + 12], "big")
+            height = int.from_bytes(content[position + 12 : position + 16], "big")
+            if not (width and height):
+                return f"empty image ({width}x{height})", (0, 0)
+            size = (height, width)
+        has_data = has_data or kind == b"IDAT"
+        if kind == b"IEND":
+            return (None, size) if has_data else ("no image data", (0, 0))
+        position = end
+    return "truncated: no IEND chunk", (0, 0)
+
+
+def is_readable_image(path: Path) -> bool:
+    """Whether an image file passes `image_file_problem`'s structural check."""
+    return image_file_problem(path) is None
 
 
 def usable_files(paths: Sequence[Path]) -> list[Path]:
-    """The paths that pass `is_readable_image`; warns with the count of skipped ones."""
+    """The paths that pass `image_file_problem`'s check; warns with the count of skipped files
+    and names a few, with what is wrong with each."""
     good, bad = [], []
     for path in paths:
-        (good if is_readable_image(path) else bad).append(path)
+        problem = image_file_problem(path)
+        if problem is None:
+            good.append(path)
+        else:
+            bad.append(f"{path} ({problem})")
     if bad:
-        examples = ", ".join(p.name for p in bad[:5])
-        log.warning("skipped %d corrupt or truncated image file(s) of %d, e.g. %s", len(bad), len(paths), examples)
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        log.warning(
+            "skipped %d of %d image files that cannot be decoded: %s%s", len(bad), len(paths), "; ".join(bad[:5]), more
+        )
     return good
 
 
@@ -360,7 +521,8 @@ def make_dataset(
         lambda path: decode_face(tf.io.read_file(path), image_size, channels, crop),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    # Safety net for files that pass the header/trailer check but still fail to decode.
+    # Safety net for files that pass the structural check but still fail to decode (unnamed and
+    # uncounted: TensorFlow only logs its own message).
     dataset = dataset.ignore_errors(log_warning=True)
     if cache == "memory":
         dataset = dataset.cache()

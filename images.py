@@ -1,4 +1,5 @@
-"""Image helpers with only numpy and Pillow: load a face like training does, save PNG grids.
+"""Image helpers with only numpy and Pillow: load a face like training does, save PNG grids,
+and the atomic file write every script uses for what it writes.
 
 Kept free of TensorFlow so the ONNX inference path (generate.py --backend onnx) can use
 it in apps that have no TensorFlow. Imported by train.py, generate.py and export_onnx.py;
@@ -7,9 +8,10 @@ not meant to be run by itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
-from collections.abc import Sequence
+import secrets
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,8 @@ CELEBA_WIDTH = 178  # width of an aligned CelebA image; crop sizes are given in 
 DEFAULT_CROP = 148  # the central face box common in 64x64 CelebA work
 GRID_PADDING = 2
 LABEL_HEIGHT = 14
+# Pillow's decompression-bomb limit (about 89 megapixels); training skips larger files too.
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
 def crop_box(height: int, width: int, crop: int = DEFAULT_CROP) -> tuple[int, int, int, int]:
@@ -41,12 +45,17 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"image file {path} does not exist")
     try:
         with Image.open(path) as image:
+            # Checked before decoding: Pillow itself only warns below twice this size.
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
             if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
                 grey = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
                 return np.repeat(grey[..., None], 3, axis=-1)
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except Image.DecompressionBombError as error:
-        raise ValueError(f"{path} is too large to decode safely ({error}); give an image under 89 megapixels") from None
+        raise ValueError(
+            f"{path} is too large to decode safely ({error}); give an image of at most {MAX_IMAGE_PIXELS:,} pixels"
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read {path} as an image ({error}); give a JPEG or PNG file") from None
 
@@ -123,16 +132,26 @@ def make_grid(
     return grid
 
 
-def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a PNG atomically (a temporary file renamed into place)."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` to write the file to; when the block ends without an error
+    the file is renamed over `path` (so a killed process never leaves a half-written file), and
+    on an error it is removed. The file gets the mode any new file gets (0666 less the umask),
+    not mkstemp's private 0600, so other users can read the models, configs and pictures."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(handle)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        image.save(temporary, format="PNG")
+        yield temporary
         os.replace(temporary, path)
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        temporary.unlink(missing_ok=True)
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write a PNG atomically, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as temporary:
+        image.save(temporary, format="PNG")
     return path
