@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from images import atomic_write
 from latent import DENSITY_FILE, DensityError, find_density
 from runs import HelpFormatter, RunFolderError, load_model, read_config
 
@@ -270,10 +271,8 @@ def check_attributes(run_dir: Path, latent_dim: int) -> Path | None:
 
 def copy_atomic(source: Path, target: Path) -> Path:
     """Copy a file into place atomically (a temporary file renamed over the target)."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(handle)
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
+    with atomic_write(target) as temporary:
+        shutil.copyfile(source, temporary)
     return target
 
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from images import DEFAULT_CROP, load_face
+from images import DEFAULT_CROP, atomic_write, load_face
 
 RUN_FORMAT = "celeba-vae-run/1"
 BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
@@ -74,11 +73,8 @@ def read_config(run_dir: str | os.PathLike) -> dict:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically: a temporary file in the same folder renamed into place,
     so a killed process never leaves a half-written config, history or cache file."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
+    with atomic_write(path) as temporary:
+        temporary.write_text(text)
 
 
 def load_model(run_dir: str | os.PathLike, part: str, config: dict):

@@ -403,6 +403,8 @@ def plot_history(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from images import atomic_write
+
     panels = [("loss", "total loss"), ("reconstruction", "reconstruction"), ("kl", "KL"), ("mse", "per-pixel MSE")]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     epochs = [r["epoch"] for r in rows]
@@ -415,11 +417,9 @@ def plot_history(rows: list[dict], path: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0].legend()
     figure.tight_layout()
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(handle)
-    figure.savefig(temporary, dpi=100)
+    with atomic_write(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 class Checkpoint(keras.callbacks.Callback):
