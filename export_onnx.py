@@ -13,15 +13,19 @@ What the files hold (generate.py --backend onnx and any other app rely on it):
 
 The batch dimension is dynamic. Each file's metadata_props say what it is, so another app
 needs no other context: format (celeba-vae-onnx/1), part, latent_dim, image_size, channels,
-crop, model (vae/ae), value_range ("0,1"), layout ("NHWC"), input, output and the parity
-figure. With --out, the run's plain JSON files are copied beside the ONNX files:
+crop, model (vae/ae), value_range ("0,1"), layout ("NHWC"), input, output, the parity
+figure, source_run and export_id: the same hash of the two models in both files of one export
+(generate.py, evaluate.py and latent.py refuse an encoder and a decoder of different exports).
+With --out, the run's plain JSON files are copied beside the ONNX files, after both models:
 config.json (the recipe; evaluate.py reads it), latent_density.json (the fitted latent density
 that random faces are drawn from; latent.py documents it) and attribute_directions.json
 (written by generate.py --mode attribute).
 
 Parity: every converted model is run by onnxruntime and by Keras on the same inputs at batch
-sizes 1, 7 and 64 before it is written; the largest absolute difference is printed and must
-stay below --tolerance (1e-4), otherwise nothing is written and the export fails.
+sizes 1, 7 and 64; the largest absolute difference is printed and must stay below --tolerance
+(1e-4). Both parts are converted and checked before either is written, so when either fails
+nothing is written and the export fails; then both are written to temporary files and renamed
+into place together.
 
 Graph rewrites for CPU speed (--plain turns them off). tf2onnx turns Keras's NHWC graph into
 ONNX's NCHW one with Transpose nodes, and tf2onnx's and onnxruntime's optimizers cancel most of
@@ -44,6 +48,8 @@ only numpy and onnxruntime: `import export_onnx` does not import TensorFlow, Ker
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -158,6 +164,18 @@ def check_model(session: onnxruntime.InferenceSession, part: str, name: str = "t
             f"{', '.join(map(str, expected))}]; re-export it with export_onnx.py"
         )
     return metadata
+
+
+def pair_mismatch(decoder_metadata: dict[str, str], encoder_metadata: dict[str, str]) -> str:
+    """Why an encoder and a decoder do not belong together ("" when they do): export_onnx.py
+    gives both files of one export the same export_id. Files exported before there was an
+    export_id must at least agree on their source run and sizes."""
+    keys = ("export_id", "source_run", "latent_dim", "image_size", "channels", "crop", "model")
+    return ", ".join(
+        f"{key} {decoder_metadata.get(key)!r} vs {encoder_metadata.get(key)!r}"
+        for key in keys
+        if decoder_metadata.get(key) != encoder_metadata.get(key)
+    )
 
 
 def decode(session: onnxruntime.InferenceSession, z: np.ndarray) -> np.ndarray:
@@ -517,20 +535,16 @@ def parity_check(
     return differences
 
 
-def write_model(proto: onnx.ModelProto, path: Path) -> Path:
-    """Write an ONNX file atomically: a temporary file in the same folder renamed into place."""
+def write_models(protos: dict[Path, onnx.ModelProto]) -> list[Path]:
+    """Write ONNX files together: each to a temporary file beside its target, and only when all
+    are written are they renamed into place, so a failure leaves every target as it was."""
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx.tmp")
-    os.close(handle)
-    try:
-        onnx.save(proto, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    with contextlib.ExitStack() as stack:
+        for path, proto in protos.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            onnx.save(proto, stack.enter_context(atomic_write(path)))
+    return list(protos)
 
 
 def op_counts(source: onnx.ModelProto | str | os.PathLike, optimized: bool = False) -> Counter:
@@ -546,40 +560,41 @@ def op_counts(source: onnx.ModelProto | str | os.PathLike, optimized: bool = Fal
         return Counter(node.op_type for node in onnx.load(str(Path(folder) / "optimized.onnx")).graph.node)
 
 
-def export_part(
+def convert_checked(
     model: keras.Model,
     part: str,
-    path: str | os.PathLike,
     metadata: dict[str, str],
     rewrite: bool = True,
     tolerance: float = TOLERANCE,
     opset: int = DEFAULT_OPSET,
     threads: int = 0,
-) -> Path:
-    """Convert, add metadata, check parity (nothing is written if it fails), write atomically.
-    Prints the parity figures and the Transpose counts."""
+) -> onnx.ModelProto:
+    """Convert one part, check its parity with Keras (ExportError above tolerance) and add its
+    metadata; nothing is written. Prints the parity figures and the Transpose counts."""
     proto, notes = convert(model, part, rewrite=rewrite, opset=opset)
     differences = parity_check(model, proto, part, tolerance=tolerance, threads=threads)
     worst = max(differences.values())
     add_metadata(proto, {**metadata, "parity_max_abs_diff": f"{worst:.3g}", "opset": str(opset)})
-    path = write_model(proto, Path(path))
     figures = ", ".join(f"{difference:.2g} (batch {batch})" for batch, difference in differences.items())
-    print(f"{path}: max |ONNX - Keras| {figures}; tolerance {tolerance:g}")
+    print(f"{part}: max |ONNX - Keras| {figures}; tolerance {tolerance:g}")
     before, after = op_counts(proto)["Transpose"], op_counts(proto, optimized=True)["Transpose"]
     print(f"  Transpose nodes: {before} in the file, {after} after onnxruntime's optimizer")
     for note in notes:
         print(f"  rewrite {note}")
-    return path
+    return proto
 
 
-def export_decoder(decoder: keras.Model, path: str | os.PathLike, metadata: dict[str, str], **options: Any) -> Path:
-    """decoder.onnx: z [batch, latent_dim] -> image [batch, H, W, C]; see export_part for options."""
-    return export_part(decoder, "decoder", path, metadata, **options)
-
-
-def export_encoder(encoder: keras.Model, path: str | os.PathLike, metadata: dict[str, str], **options: Any) -> Path:
-    """encoder.onnx: image [batch, H, W, C] -> mu, log_var [batch, latent_dim]; see export_part."""
-    return export_part(encoder, "encoder", path, metadata, **options)
+def export_pair(
+    models: dict[str, keras.Model], out: Path, metadata: dict[str, dict[str, str]], **options: Any
+) -> list[Path]:
+    """<out>/decoder.onnx and <out>/encoder.onnx (models and metadata by part), both or neither:
+    both are converted and checked before either is written, and both carry the same export_id
+    (a hash of the two models), by which runs.OnnxBackend refuses a folder of mixed exports."""
+    protos = {part: convert_checked(models[part], part, metadata[part], **options) for part in models}
+    export_id = hashlib.sha256(b"".join(proto.SerializeToString() for proto in protos.values())).hexdigest()[:16]
+    for proto in protos.values():
+        add_metadata(proto, {"export_id": export_id})
+    return write_models({out / f"{part}.onnx": proto for part, proto in protos.items()})
 
 
 # --------------------------------------------------------------------------- command line
@@ -624,14 +639,14 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         )
         options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
         companions = {"config.json": run_dir / "config.json", ATTRIBUTES_FILE: attributes, DENSITY_FILE: density}
-        written = []
-        for part, model in (("decoder", decoder), ("encoder", encoder)):
-            metadata = onnx_metadata(config, part, run_dir)
+        metadata = {}
+        for part in ("decoder", "encoder"):
+            metadata[part] = onnx_metadata(config, part, run_dir)
             if attributes is not None:
-                metadata["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
+                metadata[part]["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
             if density is not None:
-                metadata["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
-            written.append(export_part(model, part, out / f"{part}.onnx", metadata, **options))
+                metadata[part]["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
+        written = export_pair({"decoder": decoder, "encoder": encoder}, out, metadata, **options)
         if out.resolve() != run_dir.resolve():
             for name, source in companions.items():
                 if source is not None:

@@ -221,8 +221,12 @@ class OnnxBackend:
         images = check_images(images, self)
         if self._encoder is None:
             self._encoder, metadata = self.open("encoder")
-            if int(metadata["latent_dim"]) != self.latent_dim:
-                raise RunFolderError(f"encoder.onnx and decoder.onnx in {self.run_dir} come from different models")
+            mismatch = export_onnx.pair_mismatch(self.metadata, metadata)
+            if mismatch:
+                raise RunFolderError(
+                    f"encoder.onnx and decoder.onnx in {self.run_dir} come from different exports ({mismatch}); "
+                    f"export both again: python export_onnx.py --run RUN --out {self.run_dir}"
+                )
         parts = [
             export_onnx.encode(self._encoder, images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)
         ]

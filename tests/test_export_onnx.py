@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,13 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import export_onnx  # noqa: E402
+import generate  # noqa: E402
+import runs as runs_module  # noqa: E402
 from latent import LatentDensity, write_density  # noqa: E402
+from runs import RunFolderError  # noqa: E402
 
 SIZE, LATENT = 16, 8
 
@@ -176,9 +181,7 @@ def test_plain_and_transpose_upsampling_exports_match_keras(runs, capsys):
     """--plain (no rewrites) and a Conv2DTranspose decoder both convert within tolerance."""
     config = json.loads((runs["rgb"] / "config.json").read_text())
     metadata = export_onnx.onnx_metadata(config, "decoder", runs["rgb"])
-    plain = export_onnx.export_decoder(
-        keras_model(runs["rgb"], "decoder"), runs["root"] / "plain" / "decoder.onnx", metadata, rewrite=False
-    )
+    plain = export_onnx.convert_checked(keras_model(runs["rgb"], "decoder"), "decoder", metadata, rewrite=False)
     assert export_onnx.op_counts(plain)["Resize"] == 0
     transposed = make_run(runs["root"] / "transposed", channels=3, upsampling="transpose", seed=2)
     export_onnx.main(["--run", str(transposed)])
@@ -196,6 +199,56 @@ def test_parity_failure_fails_loudly_and_writes_nothing(runs, monkeypatch, tmp_p
         export_onnx.main(["--run", str(runs["gray"]), "--out", str(tmp_path / "bad")])
     bad = tmp_path / "bad"
     assert not bad.exists() or not any(bad.iterdir())
+
+
+def test_both_parts_share_an_export_id_and_the_usual_file_mode(runs):
+    metadata = {
+        part: export_onnx.read_onnx_metadata(runs["exported"] / f"{part}.onnx") for part in ("decoder", "encoder")
+    }
+    assert len(metadata["decoder"]["export_id"]) == 16
+    assert export_onnx.pair_mismatch(metadata["decoder"], metadata["encoder"]) == ""
+    gray = export_onnx.read_onnx_metadata(runs["gray"] / "decoder.onnx")
+    assert gray["export_id"] != metadata["decoder"]["export_id"] and gray["source_run"] == "gray"
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("decoder.onnx", "encoder.onnx", "config.json", "latent_density.json"):
+        assert (runs["exported"] / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_failed_export_leaves_the_previous_pair_and_a_mixed_pair_is_refused(runs, monkeypatch, tmp_path):
+    """Run A exported to a folder, then run B into the same folder with an encoder that fails its
+    parity check: nothing of B is written. A folder that holds a mixed pair anyway (copied by
+    hand) is refused by every script that needs the encoder."""
+    folder = tmp_path / "exp"
+    shutil.copytree(runs["exported"], folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    other = make_run(tmp_path / "other", channels=3, seed=3)
+    real = export_onnx.keras_outputs
+
+    def encoder_off(model, x):  # only the encoder has two outputs
+        outputs = real(model, x)
+        return [o + 0.01 for o in outputs] if len(outputs) == 2 else outputs
+
+    monkeypatch.setattr(export_onnx, "keras_outputs", encoder_off)
+    with pytest.raises(SystemExit, match=r"error: encoder: ONNX and Keras differ by up to 0\.01.*nothing was written"):
+        export_onnx.main(["--run", str(other), "--out", str(folder)])
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    monkeypatch.undo()
+
+    export_onnx.main(["--run", str(other), "--out", str(tmp_path / "b")])
+    shutil.copy(tmp_path / "b" / "decoder.onnx", folder / "decoder.onnx")
+    message = "encoder.onnx and decoder.onnx in .*exp come from different exports \\(export_id '[0-9a-f]{16}' vs"
+    with pytest.raises(RunFolderError, match=message + ".*export both again: python export_onnx.py --run RUN --out"):
+        runs_module.open_backend(folder).encode(np.zeros((1, SIZE, SIZE, 3)))
+    with pytest.raises(SystemExit, match="error: " + message):
+        generate.main(["--run", str(folder), "--mode", "interpolate", "--images", *[str(p) for p in faces(tmp_path)]])
+
+
+def faces(folder: Path) -> list[Path]:
+    paths = [folder / "a.png", folder / "b.png"]
+    for seed, path in enumerate(paths):
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+    return paths
 
 
 def test_run_folder_errors(tmp_path):

@@ -1,16 +1,21 @@
-"""runs.py and what every script shares: file modes of atomic writes."""
+"""runs.py and what every script shares: file modes of atomic writes, and ONNX
+pairs of one export."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
 import export_onnx
 import images
 import runs
+
+PRETRAINED = REPO / "pretrained" / "celeba64"
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
@@ -34,3 +39,19 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask):
         written, 0o666 & ~umask
     )
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(Path(n).name for n in written)
+
+
+def test_onnx_pair_of_different_exports_is_refused(tmp_path):
+    """An encoder of one export beside a decoder of another: refused when the encoder is needed."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "decoder.onnx").symlink_to(PRETRAINED / "decoder.onnx")
+    (mixed / "encoder.onnx").symlink_to(PRETRAINED / "encoder.onnx")
+    backend = runs.open_backend(mixed)
+    assert backend.encode(np.zeros((1, 64, 64, 3))) is not None  # both from one (older) export, without an id
+    decoder = {"export_id": "a" * 16, "source_run": "run_a", "latent_dim": "8"}
+    assert export_onnx.pair_mismatch(decoder, dict(decoder)) == ""
+    assert export_onnx.pair_mismatch(decoder, {**decoder, "export_id": "b" * 16}) == (
+        f"export_id {'a' * 16!r} vs {'b' * 16!r}"
+    )
+    assert "source_run 'run_a' vs None" in export_onnx.pair_mismatch(decoder, {"latent_dim": "8"})
