@@ -82,7 +82,7 @@ import numpy as np
 import data
 from images import load_face
 from latent import DENSITY_FILE, DensityError, LatentDensity, find_density
-from runs import Backend, HelpFormatter, RunFolderError, open_backend, read_config, write_text_atomic
+from runs import Backend, HelpFormatter, RunFolderError, check_writable, open_backend, read_config, write_text_atomic
 
 EVAL_FORMAT = "celeba-vae-eval/1"
 ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x(mu_j) above this: an active unit (Burda et al. 2016)
@@ -862,7 +862,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}.json"
     try:
+        if args.out or Path(args.run).is_dir():  # else the missing run folder is the error to report
+            check_writable(out, folder=False)
         results = evaluate(
             Path(args.run),
             data_path=args.data,
@@ -877,7 +880,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
     except (EvalError, RunFolderError, DensityError, data.DataError) as error:
         sys.exit(f"error: {error}")
-    path = write_results(results, Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}.json")
+    path = write_results(results, out)
     print(format_table(results))
     print(f"wrote {path}")
     return results

@@ -64,7 +64,7 @@ import numpy as np
 
 from images import atomic_write
 from latent import DENSITY_FILE, DensityError, find_density
-from runs import HelpFormatter, RunFolderError, load_model, read_config
+from runs import HelpFormatter, RunFolderError, check_writable, load_model, read_config
 
 if TYPE_CHECKING:
     import keras
@@ -629,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     try:
         run_dir = Path(args.run)
         config = read_run(run_dir)
-        out = Path(args.out) if args.out else run_dir
+        out = check_writable(Path(args.out) if args.out else run_dir, folder=True)
         attributes = check_attributes(run_dir, config["latent_dim"])
         density = run_dir / DENSITY_FILE if find_density(run_dir, config["latent_dim"]) else None
         encoder, decoder = load_models(run_dir, config)
@@ -652,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
                 if source is not None:
                     written.append(copy_atomic(source, out / name))
                     print(f"copied {source} to {out / name}")
-    except (ExportError, DensityError, ValueError, FileNotFoundError) as error:
+    except (ExportError, RunFolderError, DensityError, ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     print("done: " + ", ".join(str(path) for path in written))
     return written

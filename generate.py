@@ -73,7 +73,16 @@ from latent import (
     traversal_grid,
     weighted_posterior,
 )
-from runs import Backend, HelpFormatter, RunFolderError, encode_files, load_faces, open_backend, write_text_atomic
+from runs import (
+    Backend,
+    HelpFormatter,
+    RunFolderError,
+    check_writable,
+    encode_files,
+    load_faces,
+    open_backend,
+    write_text_atomic,
+)
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
 RANDOM_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --random replaces
@@ -665,12 +674,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     try:
         run_dir = Path(args.run)
         check_random(args)
+        out = check_writable(args.out or args.default_out, folder=False)
+        if args.save_individual and out.with_suffix("").is_file():
+            raise GenerateError(
+                f"--save-individual writes into {out.with_suffix('')}, which is a file; choose another --out"
+            )
         backend = open_backend(run_dir, args.backend, args.threads)
         args.density, args.sampler_used = choose_sampler(args.sampler, run_dir, backend.latent_dim)
         dataset = data.find_dataset(args.data) if args.data else None
         rng = np.random.default_rng(args.seed)
         grid = MODE_GRIDS[args.mode](args, backend, dataset, rng)
-        out = Path(args.out or args.default_out)
         write_grid(grid, out, args.scale, args.save_individual)
     except (GenerateError, RunFolderError, DensityError, data.DataError) as error:
         sys.exit(f"error: {error}")

@@ -24,6 +24,7 @@ import numpy as np
 from images import DEFAULT_CROP, atomic_write, load_face
 
 RUN_FORMAT = "celeba-vae-run/1"
+REQUIRED_SIZES = ("latent_dim", "image_size", "channels")  # config.json keys every reader needs
 BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
 LOAD_BATCH = 256  # image files loaded at a time by encode_files
 
@@ -66,6 +67,15 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         raise RunFolderError(
             f"{path} is not a {RUN_FORMAT} config (format {found!r}); give a run folder written by train.py"
         )
+    problems = [
+        f"{key} is missing" if key not in config else f"{key} is {config[key]!r}, not a positive whole number"
+        for key in REQUIRED_SIZES
+        if not (type(config.get(key)) is int and config[key] > 0)
+    ]
+    if "crop" in config and not (type(config["crop"]) is int and config["crop"] >= 0):
+        problems.append(f"crop is {config['crop']!r}, not a whole number of 0 or more")
+    if problems:
+        raise RunFolderError(f"{path}: {'; '.join(problems)}; restore the config.json train.py wrote for this run")
     config["run_dir"] = str(run_dir)
     return config
 
@@ -258,6 +268,25 @@ def open_backend(run_dir: str | os.PathLike, kind: str | None = None, threads: i
         )
     kind = kind or default_backend(run_dir)
     return OnnxBackend(run_dir, threads) if kind == "onnx" else KerasBackend(run_dir)
+
+
+def check_writable(path: str | os.PathLike, folder: bool) -> Path:
+    """Refuse, before any work and touching nothing, an --out that cannot be written: a file
+    where a folder is wanted (folder=True) or the reverse, a path below a file, or a folder
+    without write permission (files are written beside their target, then renamed)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise RunFolderError(
+            f"--out {path} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path"
+        )
+    existing = path if folder else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunFolderError(f"--out {path} lies below {existing}, which is a file; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunFolderError(f"--out {path}: {existing} is not writable; choose another --out")
+    return path
 
 
 def load_faces(paths: Sequence[Path], backend: Backend) -> np.ndarray:

@@ -1,9 +1,13 @@
-"""runs.py and what every script shares: file modes of atomic writes, and ONNX
-pairs of one export."""
+"""runs.py and what every script shares: config.json checks, output checks before any work,
+file modes of atomic writes, and --help / argument errors without TensorFlow."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +15,88 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
+import evaluate
 import export_onnx
+import generate
 import images
 import runs
 
 PRETRAINED = REPO / "pretrained" / "celeba64"
+CONFIG = {"format": runs.RUN_FORMAT, "latent_dim": 8, "image_size": 16, "channels": 3, "crop": 148}
+
+
+def exit_message(main, argv: list[str]) -> str:
+    """A script's exit message; asserts it is one line starting with 'error: '."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"image_size": None}, "image_size is missing"),
+        ({"latent_dim": "8"}, "latent_dim is '8', not a positive whole number"),
+        ({"channels": 0, "image_size": 16.5}, "image_size is 16.5, not a positive whole number; channels is 0"),
+        ({"crop": -1}, "crop is -1, not a whole number of 0 or more"),
+    ],
+)
+def test_config_without_sizes_is_one_line_in_every_script(tmp_path, change, message):
+    config = {key: value for key, value in {**CONFIG, **change}.items() if value is not None}
+    keras_run, onnx_run = tmp_path / "keras", tmp_path / "onnx"
+    for folder in (keras_run, onnx_run):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+    (keras_run / "decoder.keras").write_bytes(b"never loaded")
+    (onnx_run / "decoder.onnx").symlink_to(PRETRAINED / "decoder.onnx")
+    with pytest.raises(runs.RunFolderError, match=message):
+        runs.read_config(keras_run)
+    for run in (keras_run, onnx_run):
+        assert message in exit_message(generate.main, ["--run", str(run), "--mode", "sample"])
+        assert message in exit_message(evaluate.main, ["--run", str(run), "--data", str(tmp_path)])
+    assert "restore the config.json train.py wrote" in exit_message(export_onnx.main, ["--run", str(keras_run)])
+
+
+def no_work(*args, **kwargs):
+    raise AssertionError("the output must be checked before any model or data is loaded")
+
+
+def test_unusable_out_is_refused_before_any_work(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(CONFIG))
+    for name in ("encoder.keras", "decoder.keras"):
+        (run / name).write_bytes(b"never loaded")
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    monkeypatch.setattr(export_onnx, "load_models", no_work)
+    monkeypatch.setattr(generate, "open_backend", no_work)
+    monkeypatch.setattr(evaluate, "evaluate", no_work)
+
+    export = ["--run", str(run), "--out"]
+    assert f"--out {a_file} is a file; give a folder path" in exit_message(export_onnx.main, [*export, str(a_file)])
+    assert f"lies below {a_file}, which is a file" in exit_message(export_onnx.main, [*export, str(a_file / "x")])
+    sample = ["--run", str(run), "--mode", "sample", "--out"]
+    assert f"--out {tmp_path} is a folder; give a file path" in exit_message(generate.main, [*sample, str(tmp_path)])
+    assert "which is a file" in exit_message(generate.main, [*sample, str(a_file / "grid.png")])
+    (tmp_path / "grid").write_text("keep me too")
+    message = exit_message(generate.main, [*sample, str(tmp_path / "grid.png"), "--save-individual"])
+    assert f"--save-individual writes into {tmp_path / 'grid'}, which is a file" in message
+    evaluation = ["--run", str(run), "--out"]
+    assert "which is a file" in exit_message(evaluate.main, [*evaluation, str(a_file / "sub" / "eval.json")])
+    assert "is a folder" in exit_message(evaluate.main, [*evaluation, str(tmp_path)])
+    assert a_file.read_text() == "keep me" and (tmp_path / "grid").read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "grid", "run"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_read_only_out_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(runs.RunFolderError, match=f"--out {locked / 'new' / 'x.png'}: {locked} is not writable"):
+        runs.check_writable(locked / "new" / "x.png", folder=False)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
@@ -39,6 +120,33 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask):
         written, 0o666 & ~umask
     )
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(Path(n).name for n in written)
+
+
+@pytest.mark.parametrize("script", ["generate.py", "evaluate.py", "export_onnx.py", "latent.py"])
+def test_help_and_argument_errors_are_instant_and_import_no_tensorflow(script):
+    code = f"""
+import runpy, sys, time
+for argv in (["--help"], ["--no-such-flag"]):
+    sys.argv = [{script!r}, *argv]
+    started = time.perf_counter()
+    try:
+        runpy.run_path({script!r}, run_name="__main__")
+    except SystemExit as error:
+        print("EXIT", error.code, f"{{time.perf_counter() - started:.2f}}")
+print("LOADED", sorted({{m.split(".")[0] for m in sys.modules}} & {{"tensorflow", "keras", "tf2onnx", "onnx"}}))
+"""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - started
+    lines = result.stdout.splitlines()
+    assert "LOADED []" in lines, result.stdout[-500:] + result.stderr[-2000:]
+    assert [line.split()[:2] for line in lines if line.startswith("EXIT")] == [["EXIT", "0"], ["EXIT", "2"]]
+    assert "usage:" in result.stdout and "--help" in result.stdout
+    # argparse's usage and error only: no start-up lines from TensorFlow or anything else
+    errors = result.stderr.strip().splitlines()
+    assert errors[0].startswith("usage:") and errors[-1].startswith(f"{script}: error: "), result.stderr
+    assert sum("error" in line for line in errors) == 1, result.stderr
+    assert seconds < 10, f"{script} --help took {seconds:.1f} s"  # TensorFlow's import alone takes longer here
 
 
 def test_onnx_pair_of_different_exports_is_refused(tmp_path):
