@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,12 @@ PRETRAINED_RUN = Path(__file__).resolve().parent / "pretrained" / "celeba64"
 DEFAULT_RANDOM = {"interpolate": 8, "attribute": 4, "traverse": 1}  # random faces when no faces are given
 TRAVERSED_DIMS = 8  # default number of dimensions to traverse
 ACTIVITY_IMAGES = 256  # images encoded to find the most active dimensions
+# A grid is for looking at: bigger ones are refused before any decoding (--samples 100000 once
+# took 11.7 GB and 5 minutes); more faces come from more runs with other --seed values.
+MAX_GRID_FACES = 1024
+MAX_GRID_PIXELS = 64_000_000
+MAX_SCALE = 16
+MORE_FACES_HINT = "for more faces, run generate.py again with another --seed (--save-individual writes single PNGs)"
 
 
 class GenerateError(ValueError):
@@ -148,7 +155,17 @@ def random_files(
 def choose_faces(
     args: argparse.Namespace, dataset: data.Dataset | None, rng: np.random.Generator, count: int
 ) -> list[Path]:
-    """Face files from --images, --ids, --identity, or `count` at random from --split."""
+    """Face files from --images, --ids, --identity, or `count` at random from --split; at most
+    MAX_GRID_FACES of them."""
+    files = find_faces(args, dataset, rng, count)
+    if len(files) > MAX_GRID_FACES:
+        raise GenerateError(f"{len(files)} faces given, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
+    return files
+
+
+def find_faces(
+    args: argparse.Namespace, dataset: data.Dataset | None, rng: np.random.Generator, count: int
+) -> list[Path]:
     if args.images:
         return [Path(p) for p in args.images]
     if args.ids:
@@ -321,6 +338,17 @@ def attribute_directions(args: argparse.Namespace, backend: Backend, dataset: da
 
 
 # --------------------------------------------------------------------------- modes: each builds one grid
+def check_grid_size(args: argparse.Namespace, backend: Backend, faces: int) -> None:
+    """Refuse a grid of more than MAX_GRID_FACES faces or MAX_GRID_PIXELS pixels, before decoding it."""
+    pixels = faces * (backend.image_size * args.scale) ** 2
+    if faces > MAX_GRID_FACES or pixels > MAX_GRID_PIXELS:
+        raise GenerateError(
+            f"this grid would hold {faces} faces of {backend.image_size * args.scale} px ({pixels / 1e6:.0f} "
+            f"megapixels), above the limit of {MAX_GRID_FACES} faces and {MAX_GRID_PIXELS / 1e6:.0f} megapixels; "
+            f"ask for fewer faces, steps or alphas or a smaller --scale; {MORE_FACES_HINT}"
+        )
+
+
 @dataclass
 class Grid:
     """rows[r] is an array of images [n, H, W, C]; labels are drawn left of rows / above columns."""
@@ -363,6 +391,7 @@ def reconstruct_grid(
     args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
 ) -> Grid:
     files = choose_faces(args, dataset, rng, args.count or DEFAULT_FACES["reconstruct"])
+    check_grid_size(args, backend, len(files) * (2 + args.sampled))
     faces = load_faces(files, backend)
     mu, log_var = backend.encode(faces)
     grid = Grid(column_labels=[p.stem for p in files])
@@ -377,6 +406,7 @@ def reconstruct_grid(
 def sample_grid(
     args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
 ) -> Grid:
+    check_grid_size(args, backend, args.samples * len(args.temperature))
     # One draw for all temperatures, so rows of different T show the same faces.
     components, noise = args.density.draw(args.samples, rng)
     grid = Grid(title=sampler_caption(args.density, args.sampler_used))
@@ -390,6 +420,7 @@ def weighted_grid(
     args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
 ) -> Grid:
     files = choose_faces(args, dataset, rng, args.count or DEFAULT_FACES["weighted"])
+    check_grid_size(args, backend, len(files) + 1 + args.samples)
     try:
         weights = normalized_weights(args.weights, len(files))
     except ValueError as error:
@@ -425,6 +456,8 @@ def interpolate_grid(
     groups = [list(range(len(codes)))] if args.chain else [[i, i + 1] for i in range(0, len(codes), 2)]
     methods = ["lerp", "slerp"] if args.method == "both" else [args.method]
     steps = args.steps or DEFAULT_STEPS["interpolate"]
+    path_faces = (len(groups[0]) - 1) * (steps - 1) + 1 + (0 if faces is None else 2)
+    check_grid_size(args, backend, len(groups) * len(methods) * path_faces)
     grid = Grid(title=random_caption(args))
     for group in groups:
         name = "-".join(names[i] for i in group) if len(group) == 2 else f"chain of {len(group)}"
@@ -446,6 +479,7 @@ def attribute_grid(
 ) -> Grid:
     directions = attribute_directions(args, backend, dataset)
     codes, faces, names = starting_faces(args, backend, dataset, rng, args.count or DEFAULT_FACES["attribute"])
+    check_grid_size(args, backend, len(directions) * len(codes) * (len(args.alphas) + (faces is not None)))
     grid = Grid(
         column_labels=([] if faces is None else ["input"]) + [f"a={alpha:+g}" for alpha in args.alphas],
         title=random_caption(args),
@@ -484,6 +518,7 @@ def traverse_grid(
         codes, faces, names = np.zeros((1, backend.latent_dim)), None, ["origin"]
     else:
         codes, faces, names = starting_faces(args, backend, dataset, rng, 1)
+    check_grid_size(args, backend, len(codes) * len(dims) * (len(values) + (faces is not None)))
     grid = Grid(
         column_labels=([] if faces is None else ["input"]) + [f"{v:+.2g}" for v in values],
         title="" if args.origin else random_caption(args),
@@ -643,11 +678,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1 (got {value})")
-    for name in ("sampled", "threads", "min_labelled", "max_labelled"):
+    for name in ("sampled", "threads", "min_labelled", "max_labelled", "seed"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
     if args.steps is not None and args.steps < 2:
         parser.error(f"--steps must be at least 2 (got {args.steps})")
+    # Bounds that hold before anything is loaded; each mode checks its whole grid before decoding.
+    bounds = {"count": 1, "random": 1, "samples": 1, "sampled": 1, "steps": 1, "pairs": 2}
+    for name, faces_each in bounds.items():
+        value = getattr(args, name)
+        if value is not None and value * faces_each > MAX_GRID_FACES:
+            parser.error(
+                f"--{name} {value} asks for more faces than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}"
+            )
+    if args.scale > MAX_SCALE:
+        parser.error(f"--scale must be at most {MAX_SCALE} (got {args.scale})")
+    if args.threads > (os.cpu_count() or 1):
+        parser.error(f"--threads must be at most {os.cpu_count() or 1}, the number of CPUs (got {args.threads})")
     if not (math.isfinite(args.span) and args.span > 0):
         parser.error(f"--span must be a positive number (got {args.span})")
     if not all(math.isfinite(t) and t >= 0 for t in args.temperature):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -44,17 +45,18 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
     try:
-        with Image.open(path) as image:
-            # Checked before decoding: Pillow itself only warns below twice this size.
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
-            if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
-                grey = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
-                return np.repeat(grey[..., None], 3, axis=-1)
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except Image.DecompressionBombError as error:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice that; refuse those images too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
+                    grey = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+                    return np.repeat(grey[..., None], 3, axis=-1)
+                return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(
-            f"{path} is too large to decode safely ({error}); give an image of at most {MAX_IMAGE_PIXELS:,} pixels"
+            f"{path} has more than {MAX_IMAGE_PIXELS:,} pixels, too many to decode safely (a decompression bomb?); "
+            "give a smaller image"
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read {path} as an image ({error}); give a JPEG or PNG file") from None

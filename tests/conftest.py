@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,6 +46,18 @@ def write_faces(folder: Path, names: list[str], seed: int = 0) -> list[Path]:
         face_image(rng).save(path, quality=90) if path.suffix == ".jpg" else face_image(rng).save(path)
         paths.append(path)
     return paths
+
+
+def bomb_png(path: Path, side: int = 10_000) -> Path:
+    """A valid 1-bit PNG of side x side pixels (100 megapixels by default) in a few kilobytes."""
+
+    def chunk(kind: bytes, content: bytes) -> bytes:
+        return len(content).to_bytes(4, "big") + kind + content + zlib.crc32(kind + content).to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])  # 1-bit grey
+    pixels = zlib.compress(bytes(side * (1 + (side + 7) // 8)), 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
 
 
 def partition_of(index: int) -> int:

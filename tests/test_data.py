@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CELEBA_SAMPLE, SMILING, face_image, write_faces
+from conftest import CELEBA_SAMPLE, SMILING, bomb_png, face_image, write_faces
 from PIL import Image
 
 import data
@@ -144,18 +143,6 @@ def test_pillow_loader_matches_the_training_pipeline(tmp_path, name, mode, chann
     assert from_pillow.shape == from_pipeline.shape == (32, 32, channels)
     assert np.abs(from_pillow - from_pipeline).max() <= 1 / 255 + 1e-6
     assert from_pillow.mean() < 0.9  # a 16-bit image is not clipped to a white tile
-
-
-def bomb_png(path: Path, side: int = 10_000) -> Path:
-    """A valid 1-bit PNG of side x side pixels (100 megapixels by default) in a few kilobytes."""
-
-    def chunk(kind: bytes, content: bytes) -> bytes:
-        return len(content).to_bytes(4, "big") + kind + content + zlib.crc32(kind + content).to_bytes(4, "big")
-
-    header = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])  # 1-bit grey
-    pixels = zlib.compress(bytes(side * (1 + (side + 7) // 8)), 9)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
-    return path
 
 
 def damaged_images(folder: Path) -> dict[str, tuple[Path, str]]:

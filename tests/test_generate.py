@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, tiny_train_args
+from conftest import REPO, bomb_png, face_image, tiny_train_args
 from PIL import Image
 
 import export_onnx
 import generate
 import latent
 import train
-from images import GRID_PADDING, LABEL_HEIGHT, to_uint8
-from runs import RunFolderError
+from images import GRID_PADDING, LABEL_HEIGHT, load_face, to_uint8
+from runs import OnnxBackend, RunFolderError
 
 SIZE, LATENT = 16, 8  # as set by tiny_train_args
 
@@ -295,3 +295,111 @@ def test_without_a_run_the_pretrained_model_is_used_without_tensorflow(tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     grid = Image.open(tmp_path / "i.png")
     assert grid.size[1] > 8 * 64  # 4 pairs x (lerp, slerp) rows of 64 px faces
+
+
+def argument_error(argv: list[str], capsys) -> str:
+    """The error line argparse prints for a refused flag value (exit code 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--temperature", "nan"], "--temperature takes numbers of 0 or more, e.g. 0.7 1 (got nan)"),
+        (["--temperature", "1", "inf"], "--temperature takes numbers of 0 or more, e.g. 0.7 1 (got 1.0 inf)"),
+        (["--span", "nan"], "--span must be a positive number (got nan)"),
+        (["--alphas", "nan"], "--alphas takes finite numbers (got nan)"),
+        (["--weights", "nan", "1"], "--weights takes finite numbers (got nan 1.0)"),
+        (["--samples", "100000"], "--samples 100000 asks for more faces than a grid shows (1024); for more faces"),
+        (["--count", "5000"], "--count 5000 asks for more faces than a grid shows"),
+        (["--pairs", "513"], "--pairs 513 asks for more faces than a grid shows"),
+        (["--steps", "2000"], "--steps 2000 asks for more faces"),
+        (["--scale", "17"], "--scale must be at most 16 (got 17)"),
+        (["--threads", "100000"], "--threads must be at most"),
+        (["--seed", "-1"], "--seed must not be negative"),
+    ],
+)
+def test_unbounded_or_non_finite_values_are_refused(run, tmp_path, capsys, flags, message):
+    out = tmp_path / "x.png"
+    line = argument_error(["--run", str(run), "--mode", "sample", "--out", str(out), *flags], capsys)
+    assert line.split(": error: ", 1)[1].startswith(message), line
+    assert not out.exists()
+
+
+def no_decoding(*args, **kwargs):
+    raise AssertionError("nothing may be decoded")
+
+
+@pytest.mark.parametrize(
+    ("flags", "faces"),
+    [
+        (["--mode", "sample", "--samples", "600", "--temperature", "0.5", "1"], 1200),
+        (["--mode", "interpolate", "--random", "8", "--steps", "200"], 4 * 2 * 200),
+        (["--mode", "traverse", "--origin", "--steps", "200"], LATENT * 200),
+    ],
+)
+def test_grids_too_big_to_look_at_are_refused_before_decoding(run, tmp_path, monkeypatch, flags, faces):
+    monkeypatch.setattr(OnnxBackend, "decode", no_decoding)
+    out = tmp_path / "x.png"
+    message = exit_message(["--run", str(run), "--backend", "onnx", "--out", str(out), *flags])
+    assert f"this grid would hold {faces} faces" in message and "another --seed" in message
+    assert not out.exists()
+
+
+def test_grid_pixels_are_bounded_too(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(generate, "MAX_GRID_PIXELS", 1_000_000)
+    base = ["--run", str(run), "--backend", "onnx", "--mode", "sample", "--samples", "64", "--out"]
+    with monkeypatch.context() as patched:
+        patched.setattr(OnnxBackend, "decode", no_decoding)
+        message = exit_message([*base, str(tmp_path / "x.png"), "--scale", "16"])
+    assert "this grid would hold 64 faces of 256 px (4 megapixels), above the limit of 1024 faces and 1 megapixels" in (
+        message
+    )
+    generate.main([*base, str(tmp_path / "y.png"), "--scale", "4"])  # 64 faces of 64 px: 0.26 megapixels
+
+
+def test_too_many_face_files_are_refused_before_loading(run, tmp_path):
+    files = [str(tmp_path / f"{i}.jpg") for i in range(generate.MAX_GRID_FACES + 1)]  # none exists
+    assert "1025 faces given, more than a grid shows (1024)" in exit_message(
+        ["--run", str(run), "--mode", "reconstruct", "--out", str(tmp_path / "x.png"), "--images", *files]
+    )
+
+
+def test_sixteen_bit_and_oversized_images_given_as_files(run, tmp_path):
+    """A 16-bit grey PNG is read as training reads it (not clipped to a white tile); a
+    decompression bomb is refused in one line without being decoded."""
+    grey = np.asarray(face_image(np.random.default_rng(3)).convert("L"), dtype=np.uint16) * 257
+    deep = tmp_path / "deep.png"
+    Image.fromarray(grey).save(deep)
+    assert Image.open(deep).mode.startswith("I;16")
+    _, rows = generate_grid(run, tmp_path / "deep_grid.png", "--mode", "reconstruct", "--images", str(deep))
+    tile = np.asarray(Image.open(rows[0][0]), dtype=np.float64)
+    assert tile.mean() < 200 and tile.std() > 10  # a face, not a white tile
+    assert np.array_equal(tile, to_uint8(load_face(deep, SIZE, 3)))
+    bomb = bomb_png(tmp_path / "bomb.png")
+    message = exit_message(["--run", str(run), "--mode", "reconstruct", "--images", str(bomb)])
+    assert f"{bomb} has more than 89,478,485 pixels, too many to decode safely" in message
+
+
+@pytest.mark.parametrize(
+    ("file", "flags", "message"),
+    [
+        ("list_attr_celeba.csv", ["--mode", "attribute", "--recompute"], "is 'no', but CelebA labels are -1 or 1"),
+        ("identity_CelebA.txt", ["--mode", "weighted", "--identity", "0"], "is not a file name and a person number"),
+    ],
+)
+def test_damaged_annotation_files_are_one_line_where_needed(run, kaggle_celeba, tmp_path, file, flags, message):
+    data_copy = tmp_path / "celeba"
+    shutil.copytree(kaggle_celeba, data_copy)
+    content = (data_copy / file).read_text().splitlines()
+    content[2] = content[2].replace("-1", "no", 1) if file.endswith(".csv") else "000002.jpg two"
+    (data_copy / file).write_text("\n".join(content) + "\n")
+    directions = run / "attribute_directions.json"
+    cached = directions.read_bytes() if directions.exists() else None
+    base = ["--run", str(run), "--data", str(data_copy), "--out", str(tmp_path / "x.png")]
+    assert message in exit_message([*base, *flags])
+    assert (directions.read_bytes() if directions.exists() else None) == cached
+    generate.main([*base, "--mode", "reconstruct", "--count", "2"])  # what does not need the file still works
