@@ -617,6 +617,8 @@ def evaluate(
         raise EvalError(f"--limit must be 0 (all) or a positive count (got {limit})")
     if batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1 (got {batch_size})")
+    if seed < 0:
+        raise EvalError(f"--seed must not be negative (got {seed})")
     run_dir = Path(run_dir)
     backend = open_backend(run_dir, backend_kind)
     folder = describe_folder(backend)

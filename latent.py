@@ -547,6 +547,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if min(args.components) < 1 or args.max_images < 2:
         parser.error("--components must be at least 1 and --max-images at least 2")
+    if args.seed < 0:
+        parser.error(f"--seed must not be negative (got {args.seed})")
 
     try:
         backend = open_backend(args.run, args.backend)

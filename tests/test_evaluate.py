@@ -333,3 +333,5 @@ def test_errors_are_one_line(tiny_run, kaggle_celeba, tmp_path):
         evaluate.main(evaluate_args(tiny_run, tmp_path / "nowhere"))
     with pytest.raises(SystemExit, match=r"^error: --limit must be 0"):
         evaluate.main(evaluate_args(tiny_run, kaggle_celeba, "--limit", "-1"))
+    with pytest.raises(SystemExit, match=r"^error: --seed must not be negative \(got -1\)$"):
+        evaluate.main(evaluate_args(tiny_run, kaggle_celeba, "--seed", "-1"))

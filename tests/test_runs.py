@@ -122,6 +122,15 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask):
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(Path(n).name for n in written)
 
 
+def test_negative_seed_of_latent_py_is_an_argument_error(capsys):
+    import latent
+
+    with pytest.raises(SystemExit) as exit_info:
+        latent.main(["--run", str(PRETRAINED), "--seed", "-1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("error: --seed must not be negative (got -1)")
+
+
 @pytest.mark.parametrize("script", ["generate.py", "evaluate.py", "export_onnx.py", "latent.py"])
 def test_help_and_argument_errors_are_instant_and_import_no_tensorflow(script):
     code = f"""
