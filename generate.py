@@ -103,7 +103,9 @@ ACTIVITY_IMAGES = 256  # images encoded to find the most active dimensions
 MAX_GRID_FACES = 1024
 MAX_GRID_PIXELS = 64_000_000
 MAX_SCALE = 16
-MORE_FACES_HINT = "for more faces, run generate.py again with another --seed (--save-individual writes single PNGs)"
+MORE_FACES_HINT = (
+    "for more faces, run generate.py several times with other --seed values (--save-individual: single PNGs)"
+)
 
 
 class GenerateError(ValueError):

@@ -345,7 +345,7 @@ def test_grids_too_big_to_look_at_are_refused_before_decoding(run, tmp_path, mon
     monkeypatch.setattr(OnnxBackend, "decode", no_decoding)
     out = tmp_path / "x.png"
     message = exit_message(["--run", str(run), "--backend", "onnx", "--out", str(out), *flags])
-    assert f"this grid would hold {faces} faces" in message and "another --seed" in message
+    assert f"this grid would hold {faces} faces" in message and "other --seed values" in message
     assert not out.exists()
 
 
