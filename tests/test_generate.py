@@ -295,3 +295,10 @@ def test_without_a_run_the_pretrained_model_is_used_without_tensorflow(tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     grid = Image.open(tmp_path / "i.png")
     assert grid.size[1] > 8 * 64  # 4 pairs x (lerp, slerp) rows of 64 px faces
+
+
+def test_attribute_directions_from_several_splits(kaggle_celeba):
+    dataset = generate.data.find_dataset(kaggle_celeba)
+    files = {split: generate.labelled_faces(dataset, split, 0)[0] for split in ("train", "validation")}
+    both, labels = generate.labelled_faces(dataset, "train+validation", 0)
+    assert both == files["train"] + files["validation"] and len(labels) == len(both)
