@@ -275,7 +275,7 @@ def labelled_faces(dataset: data.Dataset, split: str, limit: int) -> tuple[list[
             f"no attribute labels under {dataset.root} (list_attr_celeba.csv or Anno/list_attr_celeba.txt); "
             "attribute directions need CelebA's labels"
         )
-    labelled = [p for p in dataset.split(split) if p.name in dataset.attributes]
+    labelled = [p for part in split.split("+") for p in dataset.split(part) if p.name in dataset.attributes]
     labelled = data.usable_files(labelled[:limit] if limit else labelled)
     if not labelled:
         raise GenerateError(f"no labelled images in the {split} split under {dataset.root}; try --attribute-split all")
@@ -659,9 +659,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     modes.add_argument(
         "--attribute-split",
-        choices=("train", "validation", "test", "all"),
+        choices=("train", "validation", "train+validation", "test", "all"),
         default="all",
-        help="attribute: split whose labelled images define the directions",
+        help="attribute: split(s) whose labelled images define the directions",
     )
     modes.add_argument("--min-labelled", type=int, default=10, help="attribute: positives and negatives needed, each")
     modes.add_argument("--max-labelled", type=int, default=20000, help="attribute: labelled images to encode (0: all)")

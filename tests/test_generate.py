@@ -403,3 +403,10 @@ def test_damaged_annotation_files_are_one_line_where_needed(run, kaggle_celeba, 
     assert message in exit_message([*base, *flags])
     assert (directions.read_bytes() if directions.exists() else None) == cached
     generate.main([*base, "--mode", "reconstruct", "--count", "2"])  # what does not need the file still works
+
+
+def test_attribute_directions_from_several_splits(kaggle_celeba):
+    dataset = generate.data.find_dataset(kaggle_celeba)
+    files = {split: generate.labelled_faces(dataset, split, 0)[0] for split in ("train", "validation")}
+    both, labels = generate.labelled_faces(dataset, "train+validation", 0)
+    assert both == files["train"] + files["validation"] and len(labels) == len(both)
