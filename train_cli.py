@@ -244,8 +244,6 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
     (the flag, or where in config.json)."""
 
     def number(key: str, whole: bool) -> float:
-        if key not in config:
-            raise RunError(f"{name_of(key)} is missing")
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
             raise RunError(f"{name_of(key)} must be a {'whole ' if whole else ''}number (got {value!r})")
@@ -436,7 +434,8 @@ def locked_run_folder(run_dir: Path, config: dict, resume: bool) -> Iterator[Non
     what a killed run left. A refused folder is left as it was found."""
     check_writable_folder(run_dir, "--out")
     lock_path = run_dir / LOCK_FILE
-    created_folder, created_lock = not run_dir.exists(), not lock_path.exists()
+    created_folders = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
+    created_lock = not lock_path.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -464,8 +463,8 @@ def locked_run_folder(run_dir: Path, config: dict, resume: bool) -> Iterator[Non
         finally:
             if created_lock and (not checked or [path.name for path in run_dir.iterdir()] == [LOCK_FILE]):
                 lock_path.unlink()  # refused, or stopped before writing anything: leave no trace
-                if created_folder:
-                    run_dir.rmdir()
+                for folder in created_folders:
+                    folder.rmdir()
 
 
 def check_cache_folder(cache: str) -> None:

@@ -128,7 +128,7 @@ def test_run_folder_checks(trained_run, face_folder, tmp_path):
         train.main(tiny_train_args(face_folder, exported))
     for cache in (face_folder / "face000.png", face_folder / "face000.png" / "cache"):
         with pytest.raises(SystemExit, match="--cache .*face000.png"):
-            train.main(tiny_train_args(face_folder, tmp_path / "new", "--cache", str(cache)))
+            train.main(tiny_train_args(face_folder, tmp_path / "new" / "run", "--cache", str(cache)))
         assert not (tmp_path / "new").exists()  # the run folder made for the checks is gone again
 
 
