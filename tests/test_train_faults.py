@@ -205,12 +205,12 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_what_a_checkpoint_needs(
         f"\\(epoch 1\\) with: python train.py --resume {run}$"
     )
     with pytest.raises(SystemExit, match=message):
-        train.main(["--resume", str(run), "--epochs", "3", "--verbose", "0"])
+        train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["epoch_001.weights.h5"]
     assert kept.read_bytes() == kept_bytes
     monkeypatch.undo()
-    train.main(["--resume", str(run), "--epochs", "3", "--verbose", "0"])
-    assert train.latest_checkpoint(run)[0] == 3
+    train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    assert train.latest_checkpoint(run)[0] == 2
 
 
 def test_damaged_checkpoint_and_edited_config_are_one_line_each(trained_run, tmp_path):
