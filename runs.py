@@ -1,5 +1,5 @@
-"""The run folder: config.json's format tag and reader, the model loaders, atomic text writes,
-and the --help formatter the scripts share.
+"""The run folder: config.json's format tag, settings and reader, the model loaders, atomic text
+writes, and the --help formatter the scripts share.
 
 train.py writes config.json; generate.py, export_onnx.py, evaluate.py and latent.py open a
 run's models through a backend: `KerasBackend` (encoder.keras / decoder.keras of a train.py
@@ -25,6 +25,32 @@ from images import DEFAULT_CROP, atomic_write, load_face
 
 RUN_FORMAT = "celeba-vae-run/1"
 REQUIRED_SIZES = ("latent_dim", "image_size", "channels")  # config.json keys every reader needs
+# The choices of config.json's model settings and the recipe train.py's flags default to (by
+# their config.json names). Here rather than in vae.py so that train.py checks its flags
+# without importing TensorFlow.
+RECONSTRUCTION_LOSSES = ("mse", "bce", "gaussian")
+UPSAMPLING_MODES = ("nearest", "transpose")
+DEFAULT_FILTERS = (32, 64, 128, 256)
+DEFAULT_RECIPE = {
+    "model": "vae",
+    "latent_dim": 128,
+    "image_size": 64,
+    "channels": 3,
+    "filters": list(DEFAULT_FILTERS),
+    "hidden_units": 512,
+    "upsampling": "nearest",
+    "reconstruction": "mse",
+    "beta": 0.25,
+    "beta_warmup_steps": 0,
+    "beta_cycle_steps": 0,
+    "epochs": 20,
+    "batch_size": 64,
+    "learning_rate": 2e-3,
+    "lr_schedule": "cosine",
+    "lr_warmup_steps": 100,
+    "ema": 0.0,
+    "seed": 0,
+}
 BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
 LOAD_BATCH = 256  # image files loaded at a time by encode_files
 
@@ -50,6 +76,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 class RunFolderError(ValueError):
     """A run folder that cannot be used, reported as one line that says what to do."""
+
+
+def check_architecture(image_size: int, filters: Sequence[int]) -> None:
+    """Raise ValueError unless image_size halves cleanly once per encoder block."""
+    if not filters:
+        raise ValueError("--filters needs at least one value, e.g. 32,64,128,256")
+    factor = 2 ** len(filters)
+    if image_size % factor or image_size < factor:
+        raise ValueError(
+            f"image size {image_size} must be a multiple of 2^{len(filters)} = {factor} "
+            f"for {len(filters)} encoder blocks; use e.g. --image-size {max(factor, 64)}"
+        )
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:

@@ -12,22 +12,37 @@ Each run writes to its folder (default runs/<timestamp>):
     history.csv, loss_curves.png  train and validation losses per epoch
     reconstructions/epoch_NNN.png validation originals (odd rows) over reconstructions
     samples/epoch_NNN.png       decoded prior samples from fixed noise
+    .lock                       held by the training that runs in the folder
+
+The command line, its checks and the run folder's (lock, new or resumable, no debris) are
+train_cli.py's, which has no TensorFlow: `--help` and a bad flag answer at once. A full disk
+stops the run with the space a checkpoint needs, keeping the last good checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
-import datetime as dt
+import errno
+import gc
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+
+import train_cli
+
+if __name__ == "__main__":
+    # `python train.py ...`: train_cli checks the command line and the run folder first and then
+    # imports this file as the module `train` to train, so --help and a bad flag answer at once,
+    # without waiting for TensorFlow below.
+    sys.exit(train_cli.main())
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ start-up chatter
 
@@ -38,225 +53,18 @@ import tensorflow as tf  # noqa: E402
 import data  # noqa: E402
 import latent  # noqa: E402
 import vae  # noqa: E402
-from images import DEFAULT_CROP, make_grid, save_png  # noqa: E402
-from runs import RUN_FORMAT, HelpFormatter, KerasBackend, RunFolderError, read_config, write_text_atomic  # noqa: E402
+from images import make_grid, save_png  # noqa: E402
+from runs import KerasBackend, RunFolderError, write_text_atomic  # noqa: E402
+from train_cli import CHECKPOINT_DIR, NO_SPACE, RunError, latest_checkpoint, remove_temporary_files  # noqa: E402
 
 log = logging.getLogger("train")
 
-CHECKPOINT_DIR = "checkpoint"
-RECIPE = vae.DEFAULT_RECIPE
 GRID_COLUMNS = 8
-
-
-class RunError(RuntimeError):
-    """A problem the user can fix, reported as one line."""
-
-
-# --------------------------------------------------------------------------- command line
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Train a VAE on CelebA (Kaggle or original layout) or any folder of faces.",
-        formatter_class=HelpFormatter,
-    )
-    io = parser.add_argument_group("data and run folder")
-    io.add_argument("--data", help="CelebA root folder (Kaggle or original layout) or a plain folder of faces")
-    io.add_argument("--out", help="run folder (default: runs/<timestamp>)")
-    io.add_argument(
-        "--resume",
-        metavar="RUN",
-        help="continue the run in this folder from its last checkpoint; "
-        "its config.json is reused, only --epochs (to extend) and --data (if moved) may change",
-    )
-    io.add_argument("--limit", type=int, default=0, help="train on the first N training images only (0: all)")
-    io.add_argument(
-        "--train-split",
-        choices=("train", "train+validation"),
-        default="train",
-        help="partitions trained on; with train+validation the validation figures are on seen images "
-        "and only the test partition stays unseen",
-    )
-    io.add_argument(
-        "--cache", default="memory", help="decoded-image cache: memory, none, or a directory for a file cache"
-    )
-    io.add_argument(
-        "--crop",
-        type=int,
-        default=DEFAULT_CROP,
-        help="side of the central square kept, in pixels of the 178-wide aligned CelebA frame (0: whole square)",
-    )
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model", choices=("vae", "ae"), default=RECIPE["model"], help="VAE or plain autoencoder baseline"
-    )
-    model.add_argument("--latent", type=int, default=RECIPE["latent_dim"], help="latent dimension")
-    model.add_argument(
-        "--image-size", type=int, default=RECIPE["image_size"], help="square image side (a multiple of 2^len(filters))"
-    )
-    model.add_argument(
-        "--channels", type=int, choices=(1, 3), default=RECIPE["channels"], help="3 for RGB, 1 for grayscale"
-    )
-    model.add_argument("--grayscale", action="store_const", const=1, dest="channels", help="same as --channels 1")
-    model.add_argument(
-        "--filters", default=",".join(map(str, RECIPE["filters"])), help="encoder filters per block, comma separated"
-    )
-    model.add_argument("--hidden", type=int, default=RECIPE["hidden_units"], help="units of the encoder's dense layer")
-    model.add_argument(
-        "--upsampling",
-        choices=vae.UPSAMPLING_MODES,
-        default=RECIPE["upsampling"],
-        help="decoder blocks: UpSampling2D+Conv2D (nearest) or Conv2DTranspose (transpose)",
-    )
-    loss = parser.add_argument_group("loss")
-    loss.add_argument(
-        "--recon",
-        choices=vae.RECONSTRUCTION_LOSSES,
-        default=RECIPE["reconstruction"],
-        help="reconstruction loss, summed over pixels (gaussian: calibrated decoder variance)",
-    )
-    loss.add_argument("--beta", type=float, default=RECIPE["beta"], help="weight of the KL term (beta-VAE when > 1)")
-    loss.add_argument(
-        "--beta-warmup",
-        type=int,
-        default=RECIPE["beta_warmup_steps"],
-        metavar="STEPS",
-        help="linear KL warm-up from 0 to beta over this many optimizer steps (0: none)",
-    )
-    loss.add_argument(
-        "--beta-cycle",
-        type=int,
-        default=RECIPE["beta_cycle_steps"],
-        metavar="STEPS",
-        help="cyclical KL annealing period in optimizer steps (0: none)",
-    )
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument(
-        "--epochs", type=int, help=f"number of epochs (default: {RECIPE['epochs']}; on --resume: the run's own)"
-    )
-    opt.add_argument("--batch-size", type=int, default=RECIPE["batch_size"], help="global batch size")
-    opt.add_argument("--lr", type=float, default=RECIPE["learning_rate"], help="Adam learning rate")
-    opt.add_argument(
-        "--lr-schedule",
-        choices=("constant", "cosine"),
-        default=RECIPE["lr_schedule"],
-        help="cosine: decay from --lr to 5%% of it over all epochs (stretched when --resume extends them)",
-    )
-    opt.add_argument(
-        "--lr-warmup",
-        type=int,
-        default=RECIPE["lr_warmup_steps"],
-        metavar="STEPS",
-        help="raise the learning rate linearly from 0 to --lr over this many optimizer steps, then follow "
-        "--lr-schedule over the rest (0: none)",
-    )
-    opt.add_argument(
-        "--ema",
-        type=float,
-        default=RECIPE["ema"],
-        help="EMA momentum of the weights, e.g. 0.999 (0: off); saved models and grids use the EMA weights",
-    )
-    opt.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="mixed_float16 on GPU, mixed_bfloat16 on CPU; loss and metrics stay float32",
-    )
-    opt.add_argument(
-        "--strategy",
-        choices=("auto", "mirrored", "multiworker", "none"),
-        default="auto",
-        help="tf.distribute strategy: auto uses MirroredStrategy with more than one GPU",
-    )
-    opt.add_argument("--seed", type=int, default=RECIPE["seed"], help="random seed (weights, sampling, data order)")
-    opt.add_argument(
-        "--verbose",
-        type=int,
-        choices=(0, 1, 2),
-        default=1,
-        help="Keras progress: 0 silent, 1 bar, 2 one line per epoch",
-    )
-    return parser.parse_args(argv)
-
-
-def parse_filters(text: str) -> list[int]:
-    try:
-        filters = [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise RunError(f"--filters {text!r} is not a comma-separated list of integers, e.g. 32,64,128,256") from None
-    if not filters or min(filters) < 1:
-        raise RunError(f"--filters {text!r} needs positive integers, e.g. 32,64,128,256")
-    return filters
-
-
-def resolve_config(args: argparse.Namespace) -> dict:
-    """The run's settings: from the command line for a new run, from config.json on --resume."""
-    if args.resume:
-        run_dir = Path(args.resume)
-        config = read_config(run_dir)
-        if args.epochs is not None:
-            config["epochs"] = args.epochs
-        if args.data:
-            config["data"] = str(args.data)
-        return config
-    if not args.data:
-        raise RunError("--data is required: the CelebA folder (see README: getting CelebA), or --resume RUN")
-    for name in ("latent", "batch_size", "epochs", "hidden"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise RunError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-    for name in ("lr_warmup", "beta_warmup", "beta_cycle"):
-        if getattr(args, name) < 0:
-            raise RunError(f"--{name.replace('_', '-')} is a number of steps, 0 or more (got {getattr(args, name)})")
-    if not 0.0 <= args.ema < 1.0:
-        raise RunError(f"--ema must be in [0, 1), e.g. 0.999 (got {args.ema})")
-    if args.lr <= 0 or not math.isfinite(args.lr):
-        raise RunError(f"--lr must be a positive number (got {args.lr})")
-    filters = parse_filters(args.filters)
-    try:
-        vae.check_architecture(args.image_size, filters)
-    except ValueError as error:
-        raise RunError(str(error)) from None
-    out = Path(args.out) if args.out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return {
-        "format": RUN_FORMAT,
-        "run_dir": str(out),
-        "data": str(args.data),
-        "limit": args.limit,
-        "train_split": args.train_split,
-        "cache": args.cache,
-        "crop": args.crop,
-        "model": args.model,
-        "latent_dim": args.latent,
-        "image_size": args.image_size,
-        "channels": args.channels,
-        "filters": filters,
-        "hidden_units": args.hidden,
-        "upsampling": args.upsampling,
-        "reconstruction": args.recon,
-        "beta": args.beta,
-        "beta_warmup_steps": args.beta_warmup,
-        "beta_cycle_steps": args.beta_cycle,
-        "epochs": args.epochs if args.epochs is not None else RECIPE["epochs"],
-        "batch_size": args.batch_size,
-        "learning_rate": args.lr,
-        "lr_schedule": args.lr_schedule,
-        "lr_warmup_steps": args.lr_warmup,
-        "ema": args.ema,
-        "mixed_precision": args.mixed_precision,
-        "strategy": args.strategy,
-        "seed": args.seed,
-        "value_range": [0.0, 1.0],
-        "layout": "NHWC",
-    }
+HDF5_OVERHEAD = 256 * 1024  # bytes a checkpoint takes beyond its variables: 120-140 KB measured
+main = train_cli.main  # train.main(argv): the command line, as `python train.py` runs it
 
 
 # --------------------------------------------------------------------------- run folder
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """(completed epochs, path) of the newest checkpoint, or None."""
-    found = sorted((run_dir / CHECKPOINT_DIR).glob("epoch_*.weights.h5"))
-    if not found:
-        return None
-    return int(found[-1].name.split("_")[1].split(".")[0]), found[-1]
-
-
 def choose_strategy(name: str) -> tf.distribute.Strategy:
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
@@ -436,6 +244,9 @@ class Checkpoint(keras.callbacks.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"epoch_{epoch + 1:03d}.weights.h5"
         partial = self.folder / ".partial.weights.h5"
+        # HDF5 copes badly with a disk that fills up mid-write: refuse before writing instead.
+        if disk_is_full(self.model, self.folder.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(partial))
         self.model.save_weights(partial)
         os.replace(partial, final)
         for older in self.folder.glob("epoch_*.weights.h5"):
@@ -456,24 +267,19 @@ def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
 
 
 def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbacks.History:
-    """Train (or continue) the run described by `config`; returns the Keras history."""
+    """Train (or continue) the run described by `config`, in a run folder train_cli has checked
+    and locked; returns the Keras history."""
     run_dir = Path(config["run_dir"])
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        raise RunError(f"{run_dir} has no checkpoint to resume from; start a new run without --resume")
-    if not resume and latest_checkpoint(run_dir) is not None:
-        raise RunError(f"{run_dir} already holds a run; use --resume {run_dir} to continue it, or another --out")
     initial_epoch = checkpoint[0] if checkpoint else 0
-    if initial_epoch >= config["epochs"]:
-        raise RunError(
-            f"{run_dir} has already trained {initial_epoch} of {config['epochs']} epochs; pass --epochs N to extend it"
-        )
 
     # The same seeds as an uninterrupted run: the data stream below skips the batches already
     # trained on, and the sampling noise's state comes back with the checkpoint.
     keras.utils.set_random_seed(config["seed"])
     train_files, validation_files, description = load_splits(config)
     print(f"data: {description}; training on {len(train_files)} images")
+    if config["cache"] == "memory":
+        data.check_memory_cache(len(train_files) + len(validation_files), config["image_size"], config["channels"])
     image_args = {
         "image_size": config["image_size"],
         "channels": config["channels"],
@@ -515,7 +321,7 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
         model.compile(optimizer=vae.make_optimizer(config, train_steps))
         if checkpoint:
             model.optimizer.build(model.trainable_variables)
-            model.load_weights(checkpoint[1])
+            load_checkpoint(model, checkpoint[1])
             print(
                 f"resuming {run_dir} after epoch {initial_epoch} (optimizer step {int(model.optimizer.iterations.numpy())})"
             )
@@ -527,17 +333,25 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
             History(output_dir, initial_epoch),
             Checkpoint(output_dir),
         ]
-        history = model.fit(
-            train_data,
-            validation_data=validation_data,
-            epochs=config["epochs"],
-            initial_epoch=initial_epoch,
-            steps_per_epoch=train_steps,
-            validation_steps=validation_steps,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # the dataset shuffles itself, seeded
-        )
+        disk_full = False
+        try:
+            history = model.fit(
+                train_data,
+                validation_data=validation_data,
+                epochs=config["epochs"],
+                initial_epoch=initial_epoch,
+                steps_per_epoch=train_steps,
+                validation_steps=validation_steps,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,  # the dataset shuffles itself, seeded
+            )
+        except (OSError, RuntimeError) as error:  # h5py raises either when the disk fills mid-write
+            if getattr(error, "errno", None) not in NO_SPACE and not disk_is_full(model, output_dir):
+                raise
+            disk_full = True  # handled below, once the failed write's objects are released with `error`
+        if disk_full:
+            raise disk_full_error(model, output_dir)
     if guard.failed_at:
         kept = latest_checkpoint(run_dir)
         kept_text = (
@@ -558,6 +372,66 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
     return history
 
 
+def load_checkpoint(model: keras.Model, path: Path) -> None:
+    """Load a checkpoint into `model`, or raise RunError saying why it cannot be: a damaged file,
+    or weights and optimizer state that do not fit the model config.json describes (Keras only
+    warns about the optimizer's, then trains on without them)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+            mismatch = next((str(w.message) for w in caught if issubclass(w.category, UserWarning)), None)
+        except ValueError as error:
+            mismatch = str(error)
+        except Exception as error:  # h5py raises OSError (truncated, not HDF5) and others for damaged files
+            reason = " ".join(str(error).split())[:160] or type(error).__name__
+            raise RunError(
+                f"checkpoint {path} is damaged ({reason}); put back a good copy, or start a new run with another --out"
+            ) from None
+    if mismatch:
+        raise RunError(
+            f"checkpoint {path} does not fit the model its config.json describes ({' '.join(mismatch.split())[:160]}); "
+            "was config.json edited? Restore the settings the run was trained with"
+        )
+
+
+def variable_bytes(variables: list) -> int:
+    return sum(math.prod(variable.shape) * np.dtype(variable.dtype).itemsize for variable in variables)
+
+
+def checkpoint_bytes(model: keras.Model, folder: Path) -> int:
+    """The size of a checkpoint: the newest one's, or before the first, the bytes of every model
+    and optimizer variable and a margin for HDF5's own records."""
+    newest = latest_checkpoint(folder.parent)
+    if newest is not None:
+        return newest[1].stat().st_size
+    return variable_bytes(model.variables + model.optimizer.variables) + HDF5_OVERHEAD
+
+
+def disk_is_full(model: keras.Model, run_dir: Path) -> bool:
+    """True when the run folder's disk has less space left than a checkpoint takes."""
+    return shutil.disk_usage(run_dir).free < checkpoint_bytes(model, run_dir / CHECKPOINT_DIR)
+
+
+def disk_full_error(model: keras.Model, run_dir: Path) -> RunError:
+    """The error for a write that found the disk full: the half-written files are removed (the
+    last good checkpoint stays), and the message says how much space a checkpoint takes."""
+    remove_temporary_files(run_dir)
+    gc.collect()  # lets h5py close a file the failed write left open, now that its space is free
+    kept = latest_checkpoint(run_dir)
+    then = (
+        f"then continue from the last good checkpoint (epoch {kept[0]}) with: python train.py --resume {run_dir}"
+        if kept
+        else f"then delete {run_dir} and start again (no epoch had finished)"
+    )
+    checkpoint = checkpoint_bytes(model, run_dir / CHECKPOINT_DIR)
+    models = variable_bytes(model.encoder.weights + model.decoder.weights)
+    return RunError(
+        f"the disk is full in {run_dir}: a checkpoint takes {checkpoint / 1e6:.1f} MB and encoder.keras with "
+        f"decoder.keras about {models / 1e6:.1f} MB; free that much space, {then}"
+    )
+
+
 def fit_density(config: dict, run_dir: Path) -> None:
     """latent_density.json for the final model: the density generate.py draws random faces from
     (latent.py). A failure here loses no training, so it is reported with the command to retry."""
@@ -575,17 +449,3 @@ def fit_density(config: dict, run_dir: Path) -> None:
         print(f"warning: no latent density was fitted ({error}); retry with: python latent.py --run {run_dir}")
         return
     print(f"wrote {path}: {density.components} Gaussian component(s), chosen on the validation images")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    try:
-        config = resolve_config(args)
-        train(config, resume=bool(args.resume), verbose=args.verbose)
-    except (RunError, RunFolderError, data.DataError) as error:
-        sys.exit(f"error: {error}")
-
-
-if __name__ == "__main__":
-    main()

@@ -23,7 +23,8 @@ Loss = reconstruction + beta * KL, both per image, averaged over the batch:
 Beta follows `beta_schedule`: linear warm-up from 0, optionally cyclical,
 driven by the optimizer's step counter so a resumed run continues it.
 
-`model_from_config` and `make_optimizer` rebuild a run from its config.json. This file is
+`model_from_config` and `make_optimizer` rebuild a run from its config.json; the settings'
+choices and the default recipe live in runs.py, which has no TensorFlow. This file is
 imported by train.py, evaluate.py and bench/; run
 `python vae.py` to print the default architecture's summary.
 """
@@ -39,9 +40,8 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-RECONSTRUCTION_LOSSES = ("mse", "bce", "gaussian")
-UPSAMPLING_MODES = ("nearest", "transpose")
-DEFAULT_FILTERS = (32, 64, 128, 256)
+from runs import DEFAULT_FILTERS, DEFAULT_RECIPE, RECONSTRUCTION_LOSSES, UPSAMPLING_MODES, check_architecture
+
 MIN_GAUSSIAN_SIGMA = 1e-3  # keeps log(sigma) finite when reconstructions become exact
 BCE_EPSILON = 1e-6
 # Keras' default 0.99 needs ~500 steps before the moving statistics used at inference
@@ -50,30 +50,6 @@ BN_MOMENTUM = 0.9
 # BatchNormalization layers use synchronized=True: under tf.distribute they normalise with
 # the global batch's statistics, so a step on N replicas equals the single-device step
 # (a no-op on one device).
-
-
-# The recipe train.py's flags default to (and the bench/ scripts measure): model and optimiser
-# settings by their config.json names.
-DEFAULT_RECIPE = {
-    "model": "vae",
-    "latent_dim": 128,
-    "image_size": 64,
-    "channels": 3,
-    "filters": list(DEFAULT_FILTERS),
-    "hidden_units": 512,
-    "upsampling": "nearest",
-    "reconstruction": "mse",
-    "beta": 0.25,
-    "beta_warmup_steps": 0,
-    "beta_cycle_steps": 0,
-    "epochs": 20,
-    "batch_size": 64,
-    "learning_rate": 2e-3,
-    "lr_schedule": "cosine",
-    "lr_warmup_steps": 100,
-    "ema": 0.0,
-    "seed": 0,
-}
 
 
 # --------------------------------------------------------------------------- loss math
@@ -156,18 +132,6 @@ class Sampling(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
-
-
-def check_architecture(image_size: int, filters: Sequence[int]) -> None:
-    """Raise ValueError unless image_size halves cleanly once per encoder block."""
-    if not filters:
-        raise ValueError("--filters needs at least one value, e.g. 32,64,128,256")
-    factor = 2 ** len(filters)
-    if image_size % factor or image_size < factor:
-        raise ValueError(
-            f"image size {image_size} must be a multiple of 2^{len(filters)} = {factor} "
-            f"for {len(filters)} encoder blocks; use e.g. --image-size {max(factor, 64)}"
-        )
 
 
 def build_encoder(
@@ -418,9 +382,16 @@ def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.O
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print the encoder and decoder of the default VAE.")
-    parser.add_argument("--image-size", type=int, default=64, help="square image side (default: 64)")
-    parser.add_argument("--channels", type=int, default=3, help="1 (grayscale) or 3 (RGB) (default: 3)")
-    parser.add_argument("--latent", type=int, default=128, help="latent dimension (default: 128)")
+    recipe = DEFAULT_RECIPE
+    parser.add_argument(
+        "--image-size", type=int, default=recipe["image_size"], help="square image side (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--channels", type=int, default=recipe["channels"], help="1 (grayscale) or 3 (RGB) (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--latent", type=int, default=recipe["latent_dim"], help="latent dimension (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     model = build_vae(args.image_size, args.channels, args.latent)
     model.encoder.summary()

@@ -2,23 +2,36 @@
 
     python bench/data_throughput.py --data ../shared/celeba-sample
     python bench/data_throughput.py --data ./celeba --limit 20000 --image-size 64
+    python bench/data_throughput.py --fake-celeba 202599 --train-steps 0   # full-size CelebA layout
 
 Builds train.py's training pipeline (decode with fused crop, area resize, uint8 memory cache,
 seeded shuffle, batch, float32) over the images and times the first pass (JPEG decode +
-crop + resize, filling the cache) and the later passes (from the cache). Then times the
+crop + resize, filling the cache) and the later passes (from the cache), with the process's
+resident memory before and at its peak: what the memory cache costs. Then times the
 training step of the default model on batches from the same pipeline and prints the ratio
-pipeline / training: above 1 the training is not input-bound. The training step is timed
-after one full pass has filled the cache, i.e. in the steady state of epochs 2 and later. The OS file cache is warm
+pipeline / training: above 1 the training is not input-bound (--train-steps 0 skips this
+part, which fills a second memory cache). The training step is timed after one full pass has
+filled the cache, i.e. in the steady state of epochs 2 and later. The OS file cache is warm
 after the first run of this script; the first pass here measures decoding, not the disk.
+
+--fake-celeba N reproduces the scale figures without the full download: it builds, in a
+temporary folder (or --fake-dir), CelebA's Kaggle layout with N images named 000001.jpg ...
+as hard links to the images of the CelebA sample (--sample; symbolic links when the folder is
+on another file system), cycled, with the partition, attribute and identity files cycled
+with them, and measures listing it (data.find_dataset) before the pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import os
+import re
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import machine_lines  # noqa: E402
 
 import data  # noqa: E402
-import vae  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "celeba-sample"
 
 
 def images_per_second(dataset, batches: int | None = None) -> tuple[int, float]:
@@ -39,31 +53,121 @@ def images_per_second(dataset, batches: int | None = None) -> tuple[int, float]:
     return count, count / (time.perf_counter() - start)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    parser.add_argument("--data", required=True, help="CelebA folder (any layout data.py reads)")
-    parser.add_argument("--image-size", type=int, default=64, help="image side")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size")
-    parser.add_argument("--limit", type=int, default=0, help="use the first N images (0: all)")
-    parser.add_argument("--cached-passes", type=int, default=3, help="passes timed after the first")
-    parser.add_argument("--train-steps", type=int, default=30, help="training steps timed")
-    args = parser.parse_args(argv)
+class Timer:
+    """Wall-clock and CPU seconds (all of the process's threads) of a block: on a busy machine
+    the CPU time is what the work costs, the wall-clock time what it took there."""
 
-    files = data.find_dataset(args.data).files
-    files = files[: args.limit] if args.limit else files
-    print("\n".join(machine_lines()))
-    print(
-        f"pipeline: {len(files)} images -> {args.image_size}x{args.image_size}, batch {args.batch_size}, memory cache"
+    def __enter__(self) -> Timer:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+    def __str__(self) -> str:
+        return f"{self.wall:.2f} s ({self.cpu:.2f} s of CPU)"
+
+
+def resident_memory() -> tuple[int, int]:
+    """(current, peak) resident memory of this process in bytes (Linux /proc)."""
+    status = Path("/proc/self/status").read_text()
+    current, peak = (
+        int(re.search(rf"^{key}:\s+(\d+) kB", status, re.MULTILINE).group(1)) for key in ("VmRSS", "VmHWM")
     )
-    pipeline = data.make_dataset(files, image_size=args.image_size, batch_size=args.batch_size, shuffle=True, seed=0)
-    count, first = images_per_second(pipeline)
-    print(f"first pass (decode + crop + resize): {first:9.0f} images/s ({count} images)")
+    return current * 1024, peak * 1024
+
+
+def build_fake_celeba(count: int, folder: Path, sample: Path) -> Path:
+    """CelebA's Kaggle layout with `count` images in `folder`: links to the sample's images,
+    cycled and renamed 000001.jpg ..., and the sample's partition, attribute and identity rows
+    cycled with them. Returns `folder`."""
+    source = data.find_dataset(sample)
+    if source.layout != "kaggle" or source.partition is None:
+        raise SystemExit(f"error: {sample} is not a CelebA folder in the Kaggle layout ({source.describe()})")
+    images = folder / "img_align_celeba" / "img_align_celeba"
+    images.mkdir(parents=True)
+    link = os.link
+    names = []
+    for index in range(count):
+        original = source.files[index % len(source.files)]
+        name = f"{index + 1:06d}.jpg"
+        try:
+            link(original, images / name)
+        except OSError:  # another file system, or hard links not allowed: symbolic links instead
+            link = os.symlink
+            link(original.resolve(), images / name)
+        names.append((name, original.name))
+    with open(folder / "list_eval_partition.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_id", "partition"])
+        writer.writerows((name, source.partition[original]) for name, original in names)
+    with open(folder / "list_attr_celeba.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_id", *data.CELEBA_ATTRIBUTES])
+        writer.writerows(
+            (name, *source.attributes[original].tolist()) for name, original in names if original in source.attributes
+        )
+    with open(folder / "identity_CelebA.txt", "w") as handle:
+        handle.writelines(
+            f"{name} {source.identities[original]}\n" for name, original in names if original in source.identities
+        )
+    print(f"fake CelebA: {count} images in {folder} ({'hard' if link is os.link else 'symbolic'} links to {sample})")
+    return folder
+
+
+@contextlib.contextmanager
+def fake_celeba(count: int, folder: str | None, sample: Path) -> Iterator[Path]:
+    """A fake CelebA folder for the block: in `folder` (kept), or in a temporary one (removed)."""
+    if folder:
+        yield build_fake_celeba(count, Path(folder), sample)
+        return
+    with tempfile.TemporaryDirectory(prefix="fake-celeba-") as temporary:
+        yield build_fake_celeba(count, Path(temporary) / "celeba", sample)
+
+
+def measure(args: argparse.Namespace, data_folder: Path) -> None:
+    import tensorflow as tf
+
+    tf.constant(0)  # TensorFlow's start-up now, so that no timing below includes it
+    with Timer() as found:
+        dataset = data.find_dataset(data_folder)
+    folder, recursive = (dataset.root, True) if dataset.layout == "folder" else (dataset.files[0].parent, False)
+    with Timer() as listed:
+        data.list_images(folder, recursive=recursive)
+    print(f"data.find_dataset: {found}; listing the {len(dataset.files)} image files alone: {listed}")
+    print(f"  {dataset.describe()}")
+    files = dataset.files[: args.limit] if args.limit else dataset.files
+    size = args.image_size
+    print(f"pipeline: {len(files)} images -> {size}x{size}, batch {args.batch_size}, memory cache")
+    with Timer() as made:
+        pipeline = data.make_dataset(files, image_size=size, batch_size=args.batch_size, shuffle=True, seed=0)
+    print(f"data.make_dataset (checks each file's header and trailer): {made}")
+    before, _ = resident_memory()
+    with Timer() as decoding:
+        count, first = images_per_second(pipeline)
+    print(
+        f"first pass (decode + crop + resize): {first:9.0f} images/s ({count} images; "
+        f"{count / decoding.cpu:.0f} images per CPU second)"
+    )
     cached = max(images_per_second(pipeline)[1] for _ in range(args.cached_passes))
     print(f"cached passes (best of {args.cached_passes}):     {cached:9.0f} images/s")
+    after, peak = resident_memory()
+    pixels = count * size * size * 3
+    print(
+        f"memory cache: {pixels / 1e9:.2f} GB of uint8 pixels; resident memory {before / 1e9:.2f} GB before the "
+        f"first pass, {after / 1e9:.2f} GB after the cached passes, peak {peak / 1e9:.2f} GB: "
+        f"{(peak - before) / pixels:.2f} bytes per pixel byte (data.MEMORY_CACHE_OVERHEAD is "
+        f"{data.MEMORY_CACHE_OVERHEAD})"
+    )
+    if args.train_steps:
+        train_step(args, files, cached, first)
 
-    config = {**vae.DEFAULT_RECIPE, "image_size": args.image_size, "batch_size": args.batch_size}
+
+def train_step(args: argparse.Namespace, files: list[Path], cached: float, first: float) -> None:
+    import runs
+    import vae
+
+    config = {**runs.DEFAULT_RECIPE, "image_size": args.image_size, "batch_size": args.batch_size}
     model = vae.model_from_config(config)
     model.compile(optimizer=vae.make_optimizer(config))
     repeated = data.make_dataset(
@@ -76,6 +180,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     consumed = args.train_steps * args.batch_size / (time.perf_counter() - start)
     print(f"training step (float32, fed by the pipeline): {consumed:9.0f} images/s")
     print(f"pipeline / training: first pass {first / consumed:.1f}x, cached {cached / consumed:.1f}x")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="CelebA folder (any layout data.py reads)")
+    source.add_argument("--fake-celeba", type=int, metavar="N", help="build a Kaggle layout of N linked images")
+    parser.add_argument("--fake-dir", help="folder for --fake-celeba, kept (default: a temporary folder, removed)")
+    parser.add_argument(
+        "--sample", type=Path, default=SAMPLE, help="CelebA sample (Kaggle layout) --fake-celeba links to"
+    )
+    parser.add_argument("--image-size", type=int, default=64, help="image side")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size")
+    parser.add_argument("--limit", type=int, default=0, help="use the first N images (0: all)")
+    parser.add_argument("--cached-passes", type=int, default=3, help="passes timed after the first")
+    parser.add_argument("--train-steps", type=int, default=30, help="training steps timed (0: skip)")
+    args = parser.parse_args(argv)
+    if args.fake_celeba is not None and args.fake_celeba < 1:
+        parser.error("--fake-celeba needs a number of images, 1 or more")
+    if args.fake_dir and Path(args.fake_dir).exists():
+        parser.error(f"--fake-dir {args.fake_dir} already exists; give a new folder")
+
+    print("\n".join(machine_lines()))
+    try:
+        if args.data:
+            measure(args, Path(args.data))
+            return
+        start = time.perf_counter()
+        with fake_celeba(args.fake_celeba, args.fake_dir, args.sample) as folder:
+            print(f"built in {time.perf_counter() - start:.1f} s")
+            measure(args, folder)
+    except data.DataError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

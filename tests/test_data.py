@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image
 
 import data
 import images
+import runs
 from data import CELEBA_ATTRIBUTES
 
 
@@ -309,3 +311,50 @@ def test_original_layout_attribute_file_without_count_line(original_celeba, tmp_
     path.write_text("")
     with pytest.raises(data.DataError, match="does not start with an image count line"):
         data.read_attributes_txt(path)
+
+
+def test_run_folders_in_a_plain_data_folder_leave_its_faces_readable(tmp_path):
+    """A run trained into the data folder itself (older train.py allowed it) or below it: its
+    grids and checkpoints are skipped, the faces stay data; another tool's config.json hides nothing."""
+    faces = write_faces(tmp_path, [f"face{i}.png" for i in range(4)])
+    faces += write_faces(tmp_path / "other", ["face.jpg"])
+    (tmp_path / "other" / "config.json").write_text('{"format": "some-other-tool"}')
+    for run in (tmp_path, tmp_path / "runs" / "a"):
+        (run / "config.json").parent.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps({"format": runs.RUN_FORMAT, "image_size": 64}))
+        write_faces(run, ["loss_curves.png"])
+        for folder in ("samples", "reconstructions", "generated/sample", "checkpoint"):
+            write_faces(run / folder, ["epoch_001.png"])
+    assert data.find_dataset(tmp_path).files == sorted(faces)
+
+
+def test_available_memory_reads_meminfo_and_cgroup_limits(tmp_path):
+    def fake_machine(cgroup_line: str, extra: dict[str, str]) -> Path:
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        files = {"proc/meminfo": "MemTotal: 8000000 kB\nMemAvailable: 4000000 kB\n", "proc/self/cgroup": cgroup_line}
+        for name, text in {**files, **extra}.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+        return root
+
+    assert data.available_memory(fake_machine("0::/\n", {})) == 4_096_000_000
+    extra = {"sys/fs/cgroup/job/memory.max": "3000000000\n", "sys/fs/cgroup/job/memory.current": "1000000000\n"}
+    assert data.available_memory(fake_machine("0::/job\n", extra)) == 2_000_000_000  # v2: the job's limit
+    extra = {
+        "sys/fs/cgroup/memory/memory.limit_in_bytes": "1500000000\n",  # a parent's limit counts too
+        "sys/fs/cgroup/memory/memory.usage_in_bytes": "500000000\n",
+        "sys/fs/cgroup/memory/job/memory.limit_in_bytes": "9223372036854771712\n",  # v1's "no limit"
+        "sys/fs/cgroup/memory/job/memory.usage_in_bytes": "400000000\n",
+    }
+    assert data.available_memory(fake_machine("5:memory:/job\n1:cpu:/job\n", extra)) == 1_000_000_000
+    assert data.available_memory(tmp_path / "nowhere") is None  # not Linux: unknown, no check
+
+
+def test_memory_cache_check(monkeypatch):
+    monkeypatch.setattr(data, "available_memory", lambda: 10_000_000_000)
+    data.check_memory_cache(202_599, 64, 3)  # full CelebA at 64x64: 3.0 GB with the overhead
+    with pytest.raises(data.DataError, match="caching 202599 decoded 128x128 images in memory takes about 11.9 GB, "
+                       "but only 10.0 GB is available; .*--cache DIR .about 10.0 GB of disk."):  # fmt: skip
+        data.check_memory_cache(202_599, 128, 3)
+    monkeypatch.setattr(data, "available_memory", lambda: None)
+    data.check_memory_cache(10**9, 128, 3)  # unknown memory: no check

@@ -19,6 +19,7 @@ from PIL import Image
 
 import images
 import latent
+import runs
 import train
 import vae
 
@@ -30,7 +31,7 @@ def history_rows(run: Path) -> list[dict]:
 
 def checkpoint_state(run: Path) -> tuple[int, int]:
     """(completed epochs, optimizer iterations) from the newest checkpoint."""
-    config = train.read_config(run)
+    config = runs.read_config(run)
     epochs, path = train.latest_checkpoint(run)
     model = vae.model_from_config(config)
     model.compile(optimizer=vae.make_optimizer(config))
@@ -132,7 +133,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(face_folder, tmp_path):
 def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):
     def saved_and_raw(run: Path) -> tuple[np.ndarray, np.ndarray]:
         saved = keras.saving.load_model(run / "decoder.keras", safe_mode=True).get_layer("project").get_weights()[0]
-        config = train.read_config(run)
+        config = runs.read_config(run)
         model = vae.model_from_config(config)
         model.compile(optimizer=vae.make_optimizer(config))
         model.optimizer.build(model.trainable_variables)

@@ -1,0 +1,510 @@
+"""train.py's command line and run folder, checked before TensorFlow is imported.
+
+`python train.py ...` starts in main() here: the flags are parsed and checked, the run folder
+is checked and locked, and only then is train.py's TensorFlow code imported to train, so
+`--help` and a bad flag answer at once. Each problem is one line that says what to do:
+
+- settings: counts, sizes and rates in range and finite. On --resume they come from the run's
+  config.json (checked too: it may have been edited) and only --epochs, --data, --cache and
+  --verbose may be given; other flags would be ignored, so they are refused.
+- --out: a new run needs a new or empty folder; --resume needs a run folder with a checkpoint.
+  One training at a time per folder: a lock (fcntl.flock on <run>/.lock) is held for the whole
+  run, and a second training is told the pid of the first. Temporary files a killed run left
+  behind are removed when a run starts or resumes.
+- --out and --cache must be folders this process can write.
+
+Not meant to be run by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from fnmatch import fnmatch
+from pathlib import Path
+
+import data
+from images import CELEBA_WIDTH, DEFAULT_CROP
+from runs import (
+    DEFAULT_RECIPE,
+    RECONSTRUCTION_LOSSES,
+    RUN_FORMAT,
+    UPSAMPLING_MODES,
+    HelpFormatter,
+    RunFolderError,
+    check_architecture,
+    read_config,
+)
+
+RECIPE = DEFAULT_RECIPE
+CHECKPOINT_DIR = "checkpoint"
+LOCK_FILE = ".lock"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
+# The flags a resumed run takes; its other settings come from its config.json.
+RESUME_FLAGS = ("resume", "epochs", "data", "cache", "verbose")
+# config.json's name of each setting flag (argparse dest) where the two differ.
+CONFIG_KEYS = {
+    "latent": "latent_dim",
+    "hidden": "hidden_units",
+    "recon": "reconstruction",
+    "beta_warmup": "beta_warmup_steps",
+    "beta_cycle": "beta_cycle_steps",
+    "lr": "learning_rate",
+    "lr_warmup": "lr_warmup_steps",
+}
+# The settings config.json must hold for train.py to rebuild and continue a run.
+REQUIRED_SETTINGS = (
+    "data", "limit", "cache", "crop", "model", "latent_dim", "image_size", "channels", "filters", "hidden_units",
+    "upsampling", "reconstruction", "beta", "beta_warmup_steps", "beta_cycle_steps", "epochs", "batch_size",
+    "learning_rate", "ema", "mixed_precision", "strategy", "seed",
+)  # fmt: skip
+CHOICES = {
+    "model": ("vae", "ae"),
+    "channels": (1, 3),
+    "upsampling": UPSAMPLING_MODES,
+    "reconstruction": RECONSTRUCTION_LOSSES,
+    "lr_schedule": ("constant", "cosine"),
+    "train_split": ("train", "train+validation"),
+    "strategy": ("auto", "mirrored", "multiworker", "none"),
+}
+# Where train.py writes its files before renaming them into place (by folder of the run): a
+# killed run leaves them behind, a full disk half-written.
+# images.atomic_write's are .<name>.<8 hex digits>.tmp.
+TEMPORARY_FILES = {
+    ".": (
+        ".*.partial.*",
+        *(f".{name}.????????.tmp" for name in ("config.json", "history.csv", "latent_density.json", "loss_curves.png")),
+    ),
+    CHECKPOINT_DIR: (".partial*",),
+    "reconstructions": (".*.png.????????.tmp",),
+    "samples": (".*.png.????????.tmp",),
+}
+
+
+class RunError(RuntimeError):
+    """A problem the user can fix, reported as one line."""
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags, with `given_flags`: the set of those given on the command line (argparse dests)."""
+    parser = argparse.ArgumentParser(
+        description="Train a VAE on CelebA (Kaggle or original layout) or any folder of faces.",
+        formatter_class=HelpFormatter,
+    )
+    io = parser.add_argument_group("data and run folder")
+    io.add_argument("--data", help="CelebA root folder (Kaggle or original layout) or a plain folder of faces")
+    io.add_argument("--out", help="run folder, new or empty (default: runs/<timestamp>)")
+    io.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the run in this folder from its last checkpoint; its config.json is reused, "
+        "only --epochs (to extend), --data (if moved), --cache and --verbose may be given",
+    )
+    io.add_argument("--limit", type=int, default=0, help="train on the first N training images only (0: all)")
+    io.add_argument(
+        "--train-split",
+        choices=CHOICES["train_split"],
+        default="train",
+        help="partitions trained on; with train+validation the validation figures are on seen images "
+        "and only the test partition stays unseen",
+    )
+    io.add_argument(
+        "--cache",
+        default="memory",
+        help="decoded-image cache: memory, none, or a folder for a file cache (for data that does not fit in "
+        "memory: train.py stops with this advice when the memory cache would not fit)",
+    )
+    io.add_argument(
+        "--crop",
+        type=int,
+        default=DEFAULT_CROP,
+        help="side of the central square kept, in pixels of the 178-wide aligned CelebA frame (0: whole square)",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=CHOICES["model"], default=RECIPE["model"], help="VAE or plain autoencoder")
+    model.add_argument("--latent", type=int, default=RECIPE["latent_dim"], help="latent dimension")
+    model.add_argument(
+        "--image-size", type=int, default=RECIPE["image_size"], help="square image side (a multiple of 2^len(filters))"
+    )
+    model.add_argument(
+        "--channels", type=int, choices=(1, 3), default=RECIPE["channels"], help="3 for RGB, 1 for grayscale"
+    )
+    model.add_argument("--grayscale", action="store_const", const=1, dest="channels", help="same as --channels 1")
+    model.add_argument(
+        "--filters", default=",".join(map(str, RECIPE["filters"])), help="encoder filters per block, comma separated"
+    )
+    model.add_argument("--hidden", type=int, default=RECIPE["hidden_units"], help="units of the encoder's dense layer")
+    model.add_argument(
+        "--upsampling",
+        choices=UPSAMPLING_MODES,
+        default=RECIPE["upsampling"],
+        help="decoder blocks: UpSampling2D+Conv2D (nearest) or Conv2DTranspose (transpose)",
+    )
+    loss = parser.add_argument_group("loss")
+    loss.add_argument(
+        "--recon",
+        choices=RECONSTRUCTION_LOSSES,
+        default=RECIPE["reconstruction"],
+        help="reconstruction loss, summed over pixels (gaussian: calibrated decoder variance)",
+    )
+    loss.add_argument("--beta", type=float, default=RECIPE["beta"], help="weight of the KL term (beta-VAE when > 1)")
+    loss.add_argument(
+        "--beta-warmup",
+        type=int,
+        default=RECIPE["beta_warmup_steps"],
+        metavar="STEPS",
+        help="linear KL warm-up from 0 to beta over this many optimizer steps (0: none)",
+    )
+    loss.add_argument(
+        "--beta-cycle",
+        type=int,
+        default=RECIPE["beta_cycle_steps"],
+        metavar="STEPS",
+        help="cyclical KL annealing period in optimizer steps (0: none)",
+    )
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument(
+        "--epochs", type=int, help=f"number of epochs (default: {RECIPE['epochs']}; on --resume: the run's own)"
+    )
+    opt.add_argument("--batch-size", type=int, default=RECIPE["batch_size"], help="global batch size")
+    opt.add_argument("--lr", type=float, default=RECIPE["learning_rate"], help="Adam learning rate")
+    opt.add_argument(
+        "--lr-schedule",
+        choices=CHOICES["lr_schedule"],
+        default=RECIPE["lr_schedule"],
+        help="cosine: decay from --lr to 5%% of it over all epochs (stretched when --resume extends them)",
+    )
+    opt.add_argument(
+        "--lr-warmup",
+        type=int,
+        default=RECIPE["lr_warmup_steps"],
+        metavar="STEPS",
+        help="raise the learning rate linearly from 0 to --lr over this many optimizer steps, then follow "
+        "--lr-schedule over the rest (0: none)",
+    )
+    opt.add_argument(
+        "--ema",
+        type=float,
+        default=RECIPE["ema"],
+        help="EMA momentum of the weights, e.g. 0.999 (0: off); saved models and grids use the EMA weights",
+    )
+    opt.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="mixed_float16 on GPU, mixed_bfloat16 on CPU; loss and metrics stay float32",
+    )
+    opt.add_argument(
+        "--strategy",
+        choices=CHOICES["strategy"],
+        default="auto",
+        help="tf.distribute strategy: auto uses MirroredStrategy with more than one GPU",
+    )
+    opt.add_argument("--seed", type=int, default=RECIPE["seed"], help="random seed (weights, sampling, data order)")
+    opt.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="Keras progress: 0 silent, 1 bar, 2 one line per epoch",
+    )
+    args = parser.parse_args(argv)
+    # Parsed again onto a namespace where every flag is already set to a marker: argparse leaves
+    # those it was not given alone, so the flags still holding it were not given.
+    unset = object()
+    again = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    args.given_flags = {name for name, value in vars(again).items() if value is not unset}
+    return args
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a flag's argparse dest or config.json key: latent_dim -> --latent."""
+    dest = {key: dest for dest, key in CONFIG_KEYS.items()}.get(name, name)
+    return "--" + dest.replace("_", "-")
+
+
+def parse_filters(text: str) -> list[int]:
+    try:
+        filters = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise RunError(f"--filters {text!r} is not a comma-separated list of integers, e.g. 32,64,128,256") from None
+    if not filters or min(filters) < 1:
+        raise RunError(f"--filters {text!r} needs positive integers, e.g. 32,64,128,256")
+    return filters
+
+
+def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
+    """Raise RunError for a missing or out-of-range setting; name_of(key) names it in the message
+    (the flag, or where in config.json)."""
+
+    def number(key: str, whole: bool) -> float:
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            raise RunError(f"{name_of(key)} must be a {'whole ' if whole else ''}number (got {value!r})")
+        if not math.isfinite(value):
+            raise RunError(f"{name_of(key)} must be a finite number (got {value})")
+        return value
+
+    missing = [key for key in REQUIRED_SETTINGS if key not in config]
+    if missing:
+        raise RunError(f"{name_of(missing[0])} is missing")
+    for key in ("latent_dim", "hidden_units", "batch_size", "epochs"):
+        if number(key, whole=True) < 1:
+            raise RunError(f"{name_of(key)} must be at least 1 (got {config[key]})")
+    for key in ("lr_warmup_steps", "beta_warmup_steps", "beta_cycle_steps"):
+        if key in config and number(key, whole=True) < 0:
+            raise RunError(f"{name_of(key)} is a number of steps, 0 or more (got {config[key]})")
+    if number("limit", whole=True) < 0:
+        raise RunError(f"{name_of('limit')} is a number of images, 0 (all) or more (got {config['limit']})")
+    if not 0 <= number("crop", whole=True) <= CELEBA_WIDTH:
+        raise RunError(
+            f"{name_of('crop')} is a side in pixels of the {CELEBA_WIDTH}-pixel wide CelebA frame, "
+            f"0 (the whole square) to {CELEBA_WIDTH} (got {config['crop']})"
+        )
+    if not 0 <= number("seed", whole=True) < 2**32:
+        raise RunError(f"{name_of('seed')} must be in [0, 2^32) (got {config['seed']})")
+    if number("beta", whole=False) < 0:
+        raise RunError(f"{name_of('beta')} must be 0 or more, e.g. 0.25 (got {config['beta']})")
+    if number("learning_rate", whole=False) <= 0:
+        raise RunError(
+            f"{name_of('learning_rate')} must be a positive number, e.g. 2e-3 (got {config['learning_rate']})"
+        )
+    if not 0 <= number("ema", whole=False) < 1:
+        raise RunError(f"{name_of('ema')} must be in [0, 1), e.g. 0.999 (got {config['ema']})")
+    for key, choices in CHOICES.items():
+        if key in config and config[key] not in choices:
+            raise RunError(f"{name_of(key)} must be one of {', '.join(map(str, choices))} (got {config[key]!r})")
+    filters = config["filters"]
+    if not isinstance(filters, list) or not all(
+        isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters
+    ):
+        raise RunError(f"{name_of('filters')} must be a list of positive integers (got {filters!r})")
+    try:
+        check_architecture(number("image_size", whole=True), filters)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    """The run's settings, checked: from the command line for a new run, from config.json on --resume."""
+    if args.resume:
+        refused = sorted(args.given_flags - set(RESUME_FLAGS))
+        if refused:
+            raise RunError(
+                f"--resume continues {args.resume} with the settings of its config.json, so "
+                f"{', '.join(flag(name) for name in refused)} would be ignored: drop "
+                f"{'it' if len(refused) == 1 else 'them'} (only --epochs, --data, --cache and --verbose go with --resume), "
+                "or start a new run with another --out"
+            )
+        config = read_config(args.resume)
+        for name in ("epochs", "data", "cache"):
+            if name in args.given_flags:
+                config[name] = getattr(args, name)
+        config_json = Path(args.resume) / "config.json"
+        check_settings(config, lambda key: flag(key) if key in args.given_flags else f"{key!r} in {config_json}")
+        return config
+    if not args.data:
+        raise RunError("--data is required: the CelebA folder (see README: getting CelebA), or --resume RUN")
+    out = Path(args.out) if args.out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    config = {
+        "format": RUN_FORMAT,
+        "run_dir": str(out),
+        "data": str(args.data),
+        "limit": args.limit,
+        "train_split": args.train_split,
+        "cache": args.cache,
+        "crop": args.crop,
+        "model": args.model,
+        "latent_dim": args.latent,
+        "image_size": args.image_size,
+        "channels": args.channels,
+        "filters": parse_filters(args.filters),
+        "hidden_units": args.hidden,
+        "upsampling": args.upsampling,
+        "reconstruction": args.recon,
+        "beta": args.beta,
+        "beta_warmup_steps": args.beta_warmup,
+        "beta_cycle_steps": args.beta_cycle,
+        "epochs": args.epochs if args.epochs is not None else RECIPE["epochs"],
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "lr_schedule": args.lr_schedule,
+        "lr_warmup_steps": args.lr_warmup,
+        "ema": args.ema,
+        "mixed_precision": args.mixed_precision,
+        "strategy": args.strategy,
+        "seed": args.seed,
+        "value_range": [0.0, 1.0],
+        "layout": "NHWC",
+    }
+    check_settings(config, flag)
+    return config
+
+
+def writes_run_folder(config: dict) -> bool:
+    """False for a non-chief worker of a multi-worker run: it leaves the run folder to the chief.
+    Read from TF_CONFIG as MultiWorkerMirroredStrategy reads it (train.is_chief decides the same
+    from the strategy, once TensorFlow is up)."""
+    if config["strategy"] != "multiworker":
+        return True
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task, cluster = tf_config.get("task") or {}, tf_config.get("cluster") or {}
+        kind, index = task.get("type"), int(task.get("index", 0))
+    except (ValueError, TypeError, AttributeError):
+        raise RunError("TF_CONFIG is not valid JSON with a task type and index (see README: multi-node)") from None
+    return not kind or kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+
+
+# --------------------------------------------------------------------------- run folder
+def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    """(completed epochs, path) of the newest checkpoint, or None."""
+    found = sorted((run_dir / CHECKPOINT_DIR).glob("epoch_*.weights.h5"))
+    if not found:
+        return None
+    return int(found[-1].name.split("_")[1].split(".")[0]), found[-1]
+
+
+def check_writable_folder(path: Path, flag_name: str) -> None:
+    """Raise RunError unless `path` is a folder this process can write, or can be created as one."""
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{flag_name} {path} is a file, not a folder; give a folder")
+    existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists())
+    if not existing.is_dir():
+        raise RunError(f"{flag_name} {path} cannot be created: {existing} is a file; give another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"{flag_name} {path}: {existing} is not writable (permission denied); give another folder")
+
+
+def check_run_folder(run_dir: Path, config: dict, resume: bool) -> None:
+    """Raise RunError unless `run_dir` suits a new run (new or empty) or --resume (a checkpoint
+    short of the epochs asked for)."""
+    checkpoint = latest_checkpoint(run_dir)
+    if resume:
+        if checkpoint is None:
+            raise RunError(f"{run_dir} has no checkpoint to resume from; start a new run without --resume")
+        if checkpoint[0] >= config["epochs"]:
+            raise RunError(
+                f"{run_dir} has already trained {checkpoint[0]} of {config['epochs']} epochs; "
+                "pass --epochs N to extend it"
+            )
+        return
+    if checkpoint is not None:
+        raise RunError(f"{run_dir} already holds a run; use --resume {run_dir} to continue it, or another --out")
+    # A run that died writing its config.json leaves a temporary file: that folder counts as empty.
+    debris = (LOCK_FILE, *TEMPORARY_FILES["."])
+    contents = sorted(path.name for path in run_dir.iterdir() if not any(fnmatch(path.name, p) for p in debris))
+    if (run_dir / "config.json").is_file() and any(name.endswith(".onnx") for name in contents):
+        raise RunError(f"{run_dir} holds an exported model ({', '.join(contents[:4])}); give a new or empty --out")
+    if (run_dir / "config.json").is_file():
+        raise RunError(
+            f"{run_dir} holds a run that stopped before its first checkpoint; delete it, or give a new or empty --out"
+        )
+    if contents:
+        raise RunError(
+            f"{run_dir} is not empty ({', '.join(contents[:4])}{', ...' if len(contents) > 4 else ''}) "
+            "and holds no run to resume; give a new or empty --out"
+        )
+
+
+def remove_temporary_files(run_dir: Path) -> list[Path]:
+    """Remove the TEMPORARY_FILES of the run in `run_dir`; returns them. Each is emptied before it
+    is unlinked, so its space comes back even while a failed writer still holds it open."""
+    removed = []
+    for folder, patterns in TEMPORARY_FILES.items():
+        for pattern in patterns:
+            for path in (run_dir / folder).glob(pattern):
+                if path.is_file():
+                    os.truncate(path, 0)
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def locked_run_folder(run_dir: Path, config: dict, resume: bool) -> Iterator[None]:
+    """Lock `run_dir` for this process (fcntl.flock on its LOCK_FILE, released when the block ends
+    or the process dies; the folder is created if new), check that it suits the run, and remove
+    what a killed run left. A refused folder is left as it was found."""
+    check_writable_folder(run_dir, "--out")
+    lock_path = run_dir / LOCK_FILE
+    created_folders = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
+    created_lock = not lock_path.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise RunError(f"cannot write the run folder {run_dir} ({error.strerror}); give another --out") from None
+    checked = False
+    with os.fdopen(descriptor, "r+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = lock.read().strip() or "unknown"
+            raise RunError(
+                f"{run_dir} is in use by another training (pid {owner}); wait for it to end, or give another --out"
+            ) from None
+        try:
+            check_run_folder(run_dir, config, resume)
+            checked = True
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            removed = remove_temporary_files(run_dir)
+            if removed:
+                print(f"removed {len(removed)} temporary file(s) an interrupted run left in {run_dir}")
+            yield
+        finally:
+            if created_lock and (not checked or [path.name for path in run_dir.iterdir()] == [LOCK_FILE]):
+                lock_path.unlink()  # refused, or stopped before writing anything: leave no trace
+                for folder in created_folders:
+                    folder.rmdir()
+
+
+def check_cache_folder(cache: str) -> None:
+    """A --cache folder must be writable: try it now rather than after the data are listed."""
+    if cache in ("memory", "none"):
+        return
+    folder = Path(cache)
+    check_writable_folder(folder, "--cache")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise RunError(f"--cache {cache}: cannot write there ({error.strerror}); give another folder") from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        config = resolve_config(args)
+        run_dir = Path(config["run_dir"])
+        folder = (
+            locked_run_folder(run_dir, config, resume=bool(args.resume))
+            if writes_run_folder(config)
+            else contextlib.nullcontext()
+        )
+        with folder:
+            check_cache_folder(config["cache"])
+            import train  # TensorFlow, now that the command line and the run folder are in order
+
+            train.train(config, resume=bool(args.resume), verbose=args.verbose)
+    except (RunError, RunFolderError, data.DataError) as error:
+        sys.exit(f"error: {error}")
+    except OSError as error:  # a full disk outside the checkpoints train.train handles itself
+        if error.errno not in NO_SPACE:
+            raise
+        sys.exit(
+            f"error: the disk is full ({error.filename or error}); free some space, then run the same command again"
+        )
