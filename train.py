@@ -9,9 +9,13 @@ Each run writes to its folder (default runs/<timestamp>):
     encoder.keras, decoder.keras  the latest models (EMA weights when --ema is on), float32
     checkpoint/epoch_NNN.weights.h5  full training state (weights, optimizer moments and
                                 step, EMA, sampler state), written atomically every epoch
+    checkpoint/backup/          the same state every --backup-every steps, with the position in
+                                the epoch (a kill loses at most that many steps; removed at the end)
     history.csv, loss_curves.png  train and validation losses per epoch
     reconstructions/epoch_NNN.png validation originals (odd rows) over reconstructions
     samples/epoch_NNN.png       decoded prior samples from fixed noise
+
+SIGTERM (e.g. preemption) finishes the current step, backs it up and exits with status 143.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -44,12 +51,18 @@ from runs import RUN_FORMAT, HelpFormatter, KerasBackend, RunFolderError, read_c
 log = logging.getLogger("train")
 
 CHECKPOINT_DIR = "checkpoint"
+BACKUP_DIR = "backup"  # inside CHECKPOINT_DIR
+DEFAULT_BACKUP_STEPS = 200
 RECIPE = vae.DEFAULT_RECIPE
 GRID_COLUMNS = 8
 
 
 class RunError(RuntimeError):
     """A problem the user can fix, reported as one line."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped on request (SIGTERM) after backing up; the message says how to resume."""
 
 
 # --------------------------------------------------------------------------- command line
@@ -173,6 +186,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1,
         help="Keras progress: 0 silent, 1 bar, 2 one line per epoch",
     )
+    recovery = parser.add_argument_group("recovery (also on --resume)")
+    recovery.add_argument(
+        "--backup-every",
+        type=int,
+        default=DEFAULT_BACKUP_STEPS,
+        metavar="STEPS",
+        help="back up the training state every STEPS optimizer steps, so a killed run loses at most "
+        "that many (200: about a minute of the default model on a 2-core CPU); 0: only the "
+        "end-of-epoch checkpoints",
+    )
     return parser.parse_args(argv)
 
 
@@ -255,6 +278,35 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
     if not found:
         return None
     return int(found[-1].name.split("_")[1].split(".")[0]), found[-1]
+
+
+def training_state(model: keras.Model, position: tf.Variable) -> tf.train.Checkpoint:
+    """What a step backup holds: an epoch checkpoint's state, the epoch's running metrics (so its
+    history row averages the whole epoch) and the position [epochs done, steps into the next]."""
+    return tf.train.Checkpoint(
+        model=model.variables,  # weights, BatchNorm statistics, the sampler's noise state
+        optimizer=model.optimizer.variables,  # step, Adam moments, EMA weights
+        metrics=[variable for metric in model.metrics for variable in metric.variables],
+        position=position,
+    )
+
+
+def latest_backup(run_dir: Path) -> tuple[int, int, str] | None:
+    """(epochs done, steps into the next, checkpoint prefix) of the step backup, or None."""
+    folder = run_dir / CHECKPOINT_DIR / BACKUP_DIR
+    prefix = tf.train.latest_checkpoint(str(folder)) if folder.is_dir() else None
+    if prefix is None:
+        return None
+    position = tf.Variable([0, 0], dtype=tf.int64)
+    try:
+        tf.train.Checkpoint(position=position).read(prefix).expect_partial()
+    except (tf.errors.OpError, ValueError) as error:
+        raise RunError(
+            f"the step backup {prefix} cannot be read ({str(error).splitlines()[0]}); "
+            f"delete {folder} to resume from the last epoch checkpoint"
+        ) from None
+    epochs_done, steps = (int(value) for value in position.numpy())
+    return epochs_done, steps, prefix
 
 
 def choose_strategy(name: str) -> tf.distribute.Strategy:
@@ -443,6 +495,98 @@ class Checkpoint(keras.callbacks.Callback):
                 older.unlink()
 
 
+class StepBackup(keras.callbacks.Callback):
+    """The training state every `every` optimizer steps in checkpoint/backup/, so a killed run loses
+    at most that many steps; when `stop` is set (SIGTERM) it backs up after the current step and
+    ends training by raising TrainingStopped.
+
+    keras.callbacks.BackupAndRestore does not fit: it overwrites its weights file in place (a kill
+    during the write leaves no usable backup) and resumes at the start of the epoch, with the steps
+    already trained in it done twice. tf.train.CheckpointManager writes each backup beside the
+    previous one, then switches its `checkpoint` index file to it with an atomic rename and only
+    then deletes the previous one, so a kill at any moment leaves a complete backup. The backup at
+    an epoch's last step is left to the epoch checkpoint, written after validation; the folder is
+    removed when training ends normally, as the final epoch checkpoint holds the same state."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        every: int,
+        epochs: int,
+        steps_per_epoch: int,
+        steps_done: int,
+        stop: threading.Event,
+        epoch_metrics: list[np.ndarray] | None = None,
+    ):
+        super().__init__()
+        self.run_dir = run_dir
+        self.folder = run_dir / CHECKPOINT_DIR / BACKUP_DIR
+        self.every = every
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.steps_done = steps_done  # optimizer steps trained since the run began
+        self.stop = stop
+        self.epoch_metrics = epoch_metrics  # running metrics of a resumed epoch, as restored
+        self.manager: tf.train.CheckpointManager | None = None
+        self.position: tf.Variable | None = None
+        self.saved_at = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Keras has just reset the metrics; a resumed epoch continues the restored running means.
+        if self.epoch_metrics is not None:
+            metric_variables = [variable for metric in self.model.metrics for variable in metric.variables]
+            for variable, value in zip(metric_variables, self.epoch_metrics, strict=True):
+                variable.assign(value)
+            self.epoch_metrics = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps_done += 1
+        if self.model.stop_training or self.steps_done % self.steps_per_epoch == 0:
+            return  # a NaN/inf loss keeps the last good backup; an epoch's end has its checkpoint
+        if self.stop.is_set():
+            self.save()
+            epoch, step = divmod(self.steps_done, self.steps_per_epoch)
+            raise TrainingStopped(
+                f"stopped by SIGTERM in epoch {epoch + 1} after step {step} of {self.steps_per_epoch}"
+            )
+        if self.every and self.steps_done % self.every == 0:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Last among the callbacks: the epoch checkpoint is written by now. After the last
+        # epoch the run just finishes.
+        if self.stop.is_set() and epoch + 1 < self.epochs:
+            raise TrainingStopped(f"stopped by SIGTERM at the end of epoch {epoch + 1}")
+
+    def on_train_end(self, logs=None):
+        kept = latest_checkpoint(self.run_dir)
+        if kept and kept[0] * self.steps_per_epoch >= self.steps_done:  # not after a NaN loss
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def save(self) -> None:
+        if self.saved_at == self.steps_done:
+            return
+        if self.manager is None:
+            self.position = tf.Variable([0, 0], dtype=tf.int64)
+            self.manager = tf.train.CheckpointManager(
+                training_state(self.model, self.position), str(self.folder), max_to_keep=1
+            )
+        self.position.assign(divmod(self.steps_done, self.steps_per_epoch))
+        self.manager.save(checkpoint_number=self.steps_done)
+        self.saved_at = self.steps_done
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[threading.Event]:
+    """An event that SIGTERM sets, for StepBackup to stop after the current step."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # --------------------------------------------------------------------------- training
 def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
     dataset = data.find_dataset(config["data"])
@@ -455,15 +599,26 @@ def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
     return train_files, validation_files, dataset.describe()
 
 
-def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbacks.History:
-    """Train (or continue) the run described by `config`; returns the Keras history."""
+def train(
+    config: dict,
+    resume: bool = False,
+    verbose: int = 1,
+    backup_every: int = DEFAULT_BACKUP_STEPS,
+) -> None:
+    """Train (or continue) the run described by `config`."""
     run_dir = Path(config["run_dir"])
+    if backup_every < 0:
+        raise RunError(f"--backup-every is a number of steps, 0 or more (got {backup_every})")
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
+    backup = latest_backup(run_dir) if resume else None
+    if backup and checkpoint and backup[0] < checkpoint[0]:
+        backup = None  # the epoch checkpoint is newer
+    if resume and checkpoint is None and backup is None:
         raise RunError(f"{run_dir} has no checkpoint to resume from; start a new run without --resume")
-    if not resume and latest_checkpoint(run_dir) is not None:
+    if not resume and (latest_checkpoint(run_dir) is not None or latest_backup(run_dir) is not None):
         raise RunError(f"{run_dir} already holds a run; use --resume {run_dir} to continue it, or another --out")
-    initial_epoch = checkpoint[0] if checkpoint else 0
+    # Epochs done and steps into the next one.
+    initial_epoch, initial_step = backup[:2] if backup else (checkpoint[0] if checkpoint else 0, 0)
     if initial_epoch >= config["epochs"]:
         raise RunError(
             f"{run_dir} has already trained {initial_epoch} of {config['epochs']} epochs; pass --epochs N to extend it"
@@ -485,16 +640,19 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
     # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
     drop_remainder = len(train_files) >= batch_size
     train_steps = len(train_files) // batch_size if drop_remainder else 1
-    train_data = data.make_dataset(
-        train_files,
-        batch_size=batch_size,
-        shuffle=True,
-        seed=config["seed"],
-        drop_remainder=drop_remainder,
-        repeat=True,
-        skip_batches=initial_epoch * train_steps,
-        **image_args,
-    )
+
+    def train_data(skip_batches: int) -> tf.data.Dataset:
+        return data.make_dataset(
+            train_files,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=config["seed"],
+            drop_remainder=drop_remainder,
+            repeat=True,
+            skip_batches=skip_batches,
+            **image_args,
+        )
+
     validation_data = data.make_dataset(validation_files, batch_size=batch_size, repeat=True, **image_args)
     validation_steps = math.ceil(len(validation_files) / batch_size)
     preview = next(
@@ -504,17 +662,36 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
     strategy = choose_strategy(config["strategy"])
     # With several workers only the chief writes the run folder; the others write their
     # (identical) copies to a scratch folder, as the tf.distribute guides recommend.
-    output_dir = run_dir if is_chief(strategy) else Path(tempfile.mkdtemp(prefix="vae-worker-"))
+    chief = is_chief(strategy)
+    output_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="vae-worker-"))
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(
         output_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
     )
     policy = vae.mixed_precision_policy() if config["mixed_precision"] else "float32"
-    with vae.dtype_policy(policy), strategy.scope():
+    with vae.dtype_policy(policy), strategy.scope(), stop_on_sigterm() as stop:
         model = vae.model_from_config(config)
         model.compile(optimizer=vae.make_optimizer(config, train_steps))
-        if checkpoint:
-            model.optimizer.build(model.trainable_variables)
+        # Built now, on the variables the train step updates, so that saved and restored
+        # optimizer states always have the same variables.
+        model.optimizer.build(model.trained_variables())
+        epoch_metrics = None
+        if backup:
+            state = training_state(model, tf.Variable([0, 0], dtype=tf.int64))
+            state.save_counter  # noqa: B018 - created, so that the saved counter is consumed too
+            try:
+                state.read(backup[2]).assert_consumed()
+            except (tf.errors.OpError, ValueError, AssertionError) as error:
+                raise RunError(
+                    f"the step backup {backup[2]} does not fit this run's model ({str(error).splitlines()[0]}); "
+                    f"delete {run_dir / CHECKPOINT_DIR / BACKUP_DIR} to resume from the last epoch checkpoint"
+                ) from None
+            epoch_metrics = [variable.numpy() for metric in model.metrics for variable in metric.variables]
+            print(
+                f"resuming {run_dir} in epoch {initial_epoch + 1} after step {initial_step} of {train_steps} "
+                f"(optimizer step {int(model.optimizer.iterations.numpy())}, from {CHECKPOINT_DIR}/{BACKUP_DIR})"
+            )
+        elif checkpoint:
             model.load_weights(checkpoint[1])
             print(
                 f"resuming {run_dir} after epoch {initial_epoch} (optimizer step {int(model.optimizer.iterations.numpy())})"
@@ -526,18 +703,51 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
             SaveArtifacts(config, preview, output_dir),
             History(output_dir, initial_epoch),
             Checkpoint(output_dir),
+            StepBackup(
+                output_dir,
+                backup_every,
+                config["epochs"],
+                train_steps,
+                initial_epoch * train_steps + initial_step,
+                stop,
+                epoch_metrics,
+            ),  # last: it may end training
         ]
-        history = model.fit(
-            train_data,
-            validation_data=validation_data,
-            epochs=config["epochs"],
-            initial_epoch=initial_epoch,
-            steps_per_epoch=train_steps,
-            validation_steps=validation_steps,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # the dataset shuffles itself, seeded
-        )
+        fit_args = {
+            "validation_data": validation_data,
+            "validation_steps": validation_steps,
+            "callbacks": callbacks,
+            "verbose": verbose,
+            "shuffle": False,  # the dataset shuffles itself, seeded
+        }
+        try:
+            if initial_step:
+                # Keras fits whole epochs, so the rest of an interrupted epoch is a fit of its own.
+                model.fit(
+                    train_data(initial_epoch * train_steps + initial_step),
+                    epochs=initial_epoch + 1,
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=train_steps - initial_step,
+                    **fit_args,
+                )
+                initial_epoch += 1
+                kept = latest_checkpoint(output_dir)
+                if kept and kept[0] == initial_epoch:
+                    # fit ends by copying the EMA weights into the model: carry on from the
+                    # trained weights, which the epoch checkpoint just written holds.
+                    model.load_weights(kept[1])
+            if initial_epoch < config["epochs"] and not guard.failed_at:
+                model.fit(
+                    train_data(initial_epoch * train_steps),
+                    epochs=config["epochs"],
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=train_steps,
+                    **fit_args,
+                )
+        except TrainingStopped as stopped:
+            raise TrainingStopped(
+                f"{stopped}, state saved; continue with: python train.py --resume {run_dir}"
+            ) from None
     if guard.failed_at:
         kept = latest_checkpoint(run_dir)
         kept_text = (
@@ -549,13 +759,12 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
             f"loss became NaN/inf at epoch {guard.failed_at[0]}, step {guard.failed_at[1]}; {kept_text}; "
             "lower --lr or --beta, or try --recon gaussian, and start a new run"
         )
-    if is_chief(strategy):
+    if chief:
         fit_density(config, run_dir)
     print(
         f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
         "samples/, reconstructions/)"
     )
-    return history
 
 
 def fit_density(config: dict, run_dir: Path) -> None:
@@ -579,12 +788,21 @@ def fit_density(config: dict, run_dir: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # tf.train.CheckpointManager logs each save
     args = parse_args(argv)
     try:
         config = resolve_config(args)
-        train(config, resume=bool(args.resume), verbose=args.verbose)
+        train(
+            config,
+            resume=bool(args.resume),
+            verbose=args.verbose,
+            backup_every=args.backup_every,
+        )
     except (RunError, RunFolderError, data.DataError) as error:
         sys.exit(f"error: {error}")
+    except TrainingStopped as stopped:
+        print(stopped, file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)  # the status of a process ended by SIGTERM
 
 
 if __name__ == "__main__":
