@@ -14,6 +14,8 @@ Each run writes to its folder (default runs/<timestamp>):
     history.csv, loss_curves.png  train and validation losses per epoch
     reconstructions/epoch_NNN.png validation originals (odd rows) over reconstructions
     samples/epoch_NNN.png       decoded prior samples from fixed noise
+    tensorboard/                loss terms, beta and learning rate per epoch, and both grids
+                                (tensorboard --logdir runs/)
 
 SIGTERM (e.g. preemption) finishes the current step, backs it up and exits with status 143.
 """
@@ -24,6 +26,7 @@ import argparse
 import contextlib
 import csv
 import datetime as dt
+import importlib.util
 import json
 import logging
 import math
@@ -53,6 +56,7 @@ log = logging.getLogger("train")
 CHECKPOINT_DIR = "checkpoint"
 BACKUP_DIR = "backup"  # inside CHECKPOINT_DIR
 DEFAULT_BACKUP_STEPS = 200
+TENSORBOARD_DIR = "tensorboard"
 RECIPE = vae.DEFAULT_RECIPE
 GRID_COLUMNS = 8
 
@@ -186,7 +190,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1,
         help="Keras progress: 0 silent, 1 bar, 2 one line per epoch",
     )
-    recovery = parser.add_argument_group("recovery (also on --resume)")
+    recovery = parser.add_argument_group("recovery and logging (also on --resume)")
     recovery.add_argument(
         "--backup-every",
         type=int,
@@ -195,6 +199,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="back up the training state every STEPS optimizer steps, so a killed run loses at most "
         "that many (200: about a minute of the default model on a 2-core CPU); 0: only the "
         "end-of-epoch checkpoints",
+    )
+    recovery.add_argument(
+        "--no-tensorboard",
+        dest="tensorboard",
+        action="store_false",
+        help=f"do not write TensorBoard logs to RUN/{TENSORBOARD_DIR}/",
     )
     return parser.parse_args(argv)
 
@@ -388,13 +398,16 @@ def epoch_is_finite(logs: dict | None) -> bool:
 
 
 class SaveArtifacts(keras.callbacks.Callback):
-    """Per epoch: float32 encoder/decoder .keras files and the two PNG grids, with EMA weights."""
+    """Per epoch: float32 encoder/decoder .keras files and the two PNG grids, with EMA weights;
+    the grids also go to TensorBoard as images when `summary_dir` is given."""
 
-    def __init__(self, config: dict, preview_images: np.ndarray, run_dir: Path):
+    def __init__(self, config: dict, preview_images: np.ndarray, run_dir: Path, summary_dir: Path | None = None):
         super().__init__()
         self.config = config
         self.run_dir = run_dir
         self.preview_images = preview_images
+        self.summary_dir = summary_dir
+        self.writer: tf.summary.SummaryWriter | None = None
         noise_rng = np.random.default_rng(config["seed"])
         self.prior_noise = noise_rng.standard_normal((2 * GRID_COLUMNS, config["latent_dim"])).astype(np.float32)
 
@@ -416,9 +429,24 @@ class SaveArtifacts(keras.callbacks.Callback):
         rows = []
         for start in range(0, len(self.preview_images), GRID_COLUMNS):
             rows += [self.preview_images[start : start + GRID_COLUMNS], reconstructions[start : start + GRID_COLUMNS]]
-        name = f"epoch_{epoch + 1:03d}.png"
-        save_png(make_grid(rows), self.run_dir / "reconstructions" / name)
-        save_png(make_grid(samples.reshape(2, GRID_COLUMNS, *samples.shape[1:])), self.run_dir / "samples" / name)
+        grids = {
+            "reconstructions": make_grid(rows),
+            "samples": make_grid(samples.reshape(2, GRID_COLUMNS, *samples.shape[1:])),
+        }
+        for folder, grid in grids.items():
+            save_png(grid, self.run_dir / folder / f"epoch_{epoch + 1:03d}.png")
+        if self.summary_dir:
+            self.writer = self.writer or tf.summary.create_file_writer(str(self.summary_dir))
+            with self.writer.as_default():
+                for name, grid in grids.items():
+                    # step = epoch index, as keras.callbacks.TensorBoard uses for the epoch scalars
+                    tf.summary.image(name, np.asarray(grid)[None], step=epoch)
+            self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self.writer:
+            self.writer.close()
+            self.writer = None
 
 
 class History(keras.callbacks.Callback):
@@ -604,11 +632,16 @@ def train(
     resume: bool = False,
     verbose: int = 1,
     backup_every: int = DEFAULT_BACKUP_STEPS,
+    tensorboard: bool = True,
 ) -> None:
     """Train (or continue) the run described by `config`."""
     run_dir = Path(config["run_dir"])
     if backup_every < 0:
         raise RunError(f"--backup-every is a number of steps, 0 or more (got {backup_every})")
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise RunError(
+            "TensorBoard logs need the tensorboard package: pip install -r requirements.txt, or pass --no-tensorboard"
+        )
     checkpoint = latest_checkpoint(run_dir) if resume else None
     backup = latest_backup(run_dir) if resume else None
     if backup and checkpoint and backup[0] < checkpoint[0]:
@@ -697,12 +730,14 @@ def train(
                 f"resuming {run_dir} after epoch {initial_epoch} (optimizer step {int(model.optimizer.iterations.numpy())})"
             )
         guard = StopOnNonFiniteLoss()
+        summary_dir = output_dir / TENSORBOARD_DIR if tensorboard and chief else None  # only the chief logs
         callbacks = [
             guard,
             EMAForValidation(),
-            SaveArtifacts(config, preview, output_dir),
+            SaveArtifacts(config, preview, output_dir, summary_dir / "grids" if summary_dir else None),
             History(output_dir, initial_epoch),
             Checkpoint(output_dir),
+            *([keras.callbacks.TensorBoard(summary_dir, write_graph=False)] if summary_dir else []),
             StepBackup(
                 output_dir,
                 backup_every,
@@ -763,7 +798,7 @@ def train(
         fit_density(config, run_dir)
     print(
         f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
-        "samples/, reconstructions/)"
+        f"samples/, reconstructions/{', tensorboard/' if tensorboard else ''})"
     )
 
 
@@ -797,6 +832,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             resume=bool(args.resume),
             verbose=args.verbose,
             backup_every=args.backup_every,
+            tensorboard=args.tensorboard,
         )
     except (RunError, RunFolderError, data.DataError) as error:
         sys.exit(f"error: {error}")

@@ -145,6 +145,13 @@ def test_a_backup_write_cut_short_leaves_the_previous_backup_usable(
     assert not backup_folder.exists()
 
 
-def test_backup_flags(face_folder, tmp_path):
+def test_backup_flags(face_folder, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--backup-every is a number of steps, 0 or more"):
         train.main(tiny_train_args(face_folder, tmp_path / "run", "--backup-every", "-1"))
+    find_spec = train.importlib.util.find_spec
+    monkeypatch.setattr(
+        train.importlib.util, "find_spec", lambda name: None if name == "tensorboard" else find_spec(name)
+    )
+    with pytest.raises(SystemExit, match="need the tensorboard package: pip install -r requirements.txt, or pass"):
+        train.main(tiny_train_args(face_folder, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
