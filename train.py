@@ -188,7 +188,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         choices=(0, 1, 2),
         default=1,
-        help="Keras progress: 0 silent, 1 bar, 2 one line per epoch",
+        help="Keras progress: 0 silent, 1 bar (one line per epoch when stdout is not a terminal), 2 one line per epoch",
     )
     recovery = parser.add_argument_group("recovery and logging (also on --resume)")
     recovery.add_argument(
@@ -825,12 +825,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # tf.train.CheckpointManager logs each save
     args = parse_args(argv)
+    # Keras' progress bar rewrites its line with escape codes: one line per epoch in log files.
+    verbose = 2 if args.verbose == 1 and not sys.stdout.isatty() else args.verbose
     try:
         config = resolve_config(args)
         train(
             config,
             resume=bool(args.resume),
-            verbose=args.verbose,
+            verbose=verbose,
             backup_every=args.backup_every,
             tensorboard=args.tensorboard,
         )

@@ -161,6 +161,16 @@ def test_tensorboard_logs_loss_terms_learning_rate_and_grids(face_folder, tmp_pa
             np.testing.assert_array_equal(np.asarray(logged), np.asarray(saved.convert(logged.mode)))
 
 
+def test_progress_is_one_line_per_epoch_when_stdout_is_not_a_terminal(face_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--verbose", "1", "--no-tensorboard"))
+    out = capsys.readouterr().out  # captured: not a terminal
+    assert not any(code in out for code in ("\x1b", "\r", "\b"))
+    epoch_lines = [line for line in out.splitlines() if " - loss: " in line or line.startswith("Epoch ")]
+    assert len(epoch_lines) == 4 and epoch_lines[0] == "Epoch 1/2" and " - val_loss: " in epoch_lines[1]
+    assert not (run / "tensorboard").exists()
+
+
 def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):
     def saved_and_raw(run: Path) -> tuple[np.ndarray, np.ndarray]:
         saved = keras.saving.load_model(run / "decoder.keras", safe_mode=True).get_layer("project").get_weights()[0]
