@@ -204,7 +204,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no-tensorboard",
         dest="tensorboard",
         action="store_false",
-        help=f"do not write TensorBoard logs to RUN/{TENSORBOARD_DIR}/",
+        help=f"do not write TensorBoard logs (default: they go to RUN/{TENSORBOARD_DIR}/)",
     )
     return parser.parse_args(argv)
 
