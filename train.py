@@ -9,14 +9,20 @@ Each run writes to its folder (default runs/<timestamp>):
     encoder.keras, decoder.keras  the latest models (EMA weights when --ema is on), float32
     checkpoint/epoch_NNN.weights.h5  full training state (weights, optimizer moments and
                                 step, EMA, sampler state), written atomically every epoch
+    checkpoint/backup/          the same state every --backup-every steps, with the position in
+                                the epoch (a kill loses at most that many steps; removed at the end)
     history.csv, loss_curves.png  train and validation losses per epoch
     reconstructions/epoch_NNN.png validation originals (odd rows) over reconstructions
     samples/epoch_NNN.png       decoded prior samples from fixed noise
+    tensorboard/                loss terms, beta and learning rate per epoch, and both grids
+                                (tensorboard --logdir runs/)
     .lock                       held by the training that runs in the folder
 
 The command line, its checks and the run folder's (lock, new or resumable, no debris) are
 train_cli.py's, which has no TensorFlow: `--help` and a bad flag answer at once. A full disk
 stops the run with the space a checkpoint needs, keeping the last good checkpoint.
+
+SIGTERM (e.g. preemption) finishes the current step, backs it up and exits with status 143.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +63,17 @@ import latent  # noqa: E402
 import vae  # noqa: E402
 from images import make_grid, save_png  # noqa: E402
 from runs import KerasBackend, RunFolderError, write_text_atomic  # noqa: E402
-from train_cli import CHECKPOINT_DIR, NO_SPACE, RunError, latest_checkpoint, remove_temporary_files  # noqa: E402
+from train_cli import (  # noqa: E402
+    BACKUP_DIR,
+    CHECKPOINT_DIR,
+    DEFAULT_BACKUP_STEPS,
+    NO_SPACE,
+    TENSORBOARD_DIR,
+    RunError,
+    TrainingStopped,
+    latest_checkpoint,
+    remove_temporary_files,
+)
 
 log = logging.getLogger("train")
 
@@ -65,6 +83,35 @@ main = train_cli.main  # train.main(argv): the command line, as `python train.py
 
 
 # --------------------------------------------------------------------------- run folder
+def training_state(model: keras.Model, position: tf.Variable) -> tf.train.Checkpoint:
+    """What a step backup holds: an epoch checkpoint's state, the epoch's running metrics (so its
+    history row averages the whole epoch) and the position [epochs done, steps into the next]."""
+    return tf.train.Checkpoint(
+        model=model.variables,  # weights, BatchNorm statistics, the sampler's noise state
+        optimizer=model.optimizer.variables,  # step, Adam moments, EMA weights
+        metrics=[variable for metric in model.metrics for variable in metric.variables],
+        position=position,
+    )
+
+
+def latest_backup(run_dir: Path) -> tuple[int, int, str] | None:
+    """(epochs done, steps into the next, checkpoint prefix) of the step backup, or None."""
+    folder = run_dir / CHECKPOINT_DIR / BACKUP_DIR
+    prefix = tf.train.latest_checkpoint(str(folder)) if folder.is_dir() else None
+    if prefix is None:
+        return None
+    position = tf.Variable([0, 0], dtype=tf.int64)
+    try:
+        tf.train.Checkpoint(position=position).read(prefix).expect_partial()
+    except (tf.errors.OpError, ValueError) as error:
+        raise RunError(
+            f"the step backup {prefix} cannot be read ({str(error).splitlines()[0]}); "
+            f"delete {folder} to resume from the last epoch checkpoint"
+        ) from None
+    epochs_done, steps = (int(value) for value in position.numpy())
+    return epochs_done, steps, prefix
+
+
 def choose_strategy(name: str) -> tf.distribute.Strategy:
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
@@ -144,13 +191,16 @@ def epoch_is_finite(logs: dict | None) -> bool:
 
 
 class SaveArtifacts(keras.callbacks.Callback):
-    """Per epoch: float32 encoder/decoder .keras files and the two PNG grids, with EMA weights."""
+    """Per epoch: float32 encoder/decoder .keras files and the two PNG grids, with EMA weights;
+    the grids also go to TensorBoard as images when `summary_dir` is given."""
 
-    def __init__(self, config: dict, preview_images: np.ndarray, run_dir: Path):
+    def __init__(self, config: dict, preview_images: np.ndarray, run_dir: Path, summary_dir: Path | None = None):
         super().__init__()
         self.config = config
         self.run_dir = run_dir
         self.preview_images = preview_images
+        self.summary_dir = summary_dir
+        self.writer: tf.summary.SummaryWriter | None = None
         noise_rng = np.random.default_rng(config["seed"])
         self.prior_noise = noise_rng.standard_normal((2 * GRID_COLUMNS, config["latent_dim"])).astype(np.float32)
 
@@ -172,9 +222,24 @@ class SaveArtifacts(keras.callbacks.Callback):
         rows = []
         for start in range(0, len(self.preview_images), GRID_COLUMNS):
             rows += [self.preview_images[start : start + GRID_COLUMNS], reconstructions[start : start + GRID_COLUMNS]]
-        name = f"epoch_{epoch + 1:03d}.png"
-        save_png(make_grid(rows), self.run_dir / "reconstructions" / name)
-        save_png(make_grid(samples.reshape(2, GRID_COLUMNS, *samples.shape[1:])), self.run_dir / "samples" / name)
+        grids = {
+            "reconstructions": make_grid(rows),
+            "samples": make_grid(samples.reshape(2, GRID_COLUMNS, *samples.shape[1:])),
+        }
+        for folder, grid in grids.items():
+            save_png(grid, self.run_dir / folder / f"epoch_{epoch + 1:03d}.png")
+        if self.summary_dir:
+            self.writer = self.writer or tf.summary.create_file_writer(str(self.summary_dir))
+            with self.writer.as_default():
+                for name, grid in grids.items():
+                    # step = epoch index, as keras.callbacks.TensorBoard uses for the epoch scalars
+                    tf.summary.image(name, np.asarray(grid)[None], step=epoch)
+            self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self.writer:
+            self.writer.close()
+            self.writer = None
 
 
 class History(keras.callbacks.Callback):
@@ -254,6 +319,101 @@ class Checkpoint(keras.callbacks.Callback):
                 older.unlink()
 
 
+class StepBackup(keras.callbacks.Callback):
+    """The training state every `every` optimizer steps in checkpoint/backup/, so a killed run loses
+    at most that many steps; when `stop` is set (SIGTERM) it backs up after the current step and
+    ends training by raising TrainingStopped.
+
+    keras.callbacks.BackupAndRestore does not fit: it overwrites its weights file in place (a kill
+    during the write leaves no usable backup) and resumes at the start of the epoch, with the steps
+    already trained in it done twice. tf.train.CheckpointManager writes each backup beside the
+    previous one, then switches its `checkpoint` index file to it with an atomic rename and only
+    then deletes the previous one, so a kill at any moment leaves a complete backup. The backup at
+    an epoch's last step is left to the epoch checkpoint, written after validation; the folder is
+    removed when training ends normally, as the final epoch checkpoint holds the same state."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        every: int,
+        epochs: int,
+        steps_per_epoch: int,
+        steps_done: int,
+        stop: threading.Event,
+        epoch_metrics: list[np.ndarray] | None = None,
+    ):
+        super().__init__()
+        self.run_dir = run_dir
+        self.folder = run_dir / CHECKPOINT_DIR / BACKUP_DIR
+        self.every = every
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.steps_done = steps_done  # optimizer steps trained since the run began
+        self.stop = stop
+        self.epoch_metrics = epoch_metrics  # running metrics of a resumed epoch, as restored
+        self.manager: tf.train.CheckpointManager | None = None
+        self.position: tf.Variable | None = None
+        self.saved_at = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Keras has just reset the metrics; a resumed epoch continues the restored running means.
+        if self.epoch_metrics is not None:
+            metric_variables = [variable for metric in self.model.metrics for variable in metric.variables]
+            for variable, value in zip(metric_variables, self.epoch_metrics, strict=True):
+                variable.assign(value)
+            self.epoch_metrics = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps_done += 1
+        if self.model.stop_training or self.steps_done % self.steps_per_epoch == 0:
+            return  # a NaN/inf loss keeps the last good backup; an epoch's end has its checkpoint
+        if self.stop.is_set():
+            self.save()
+            epoch, step = divmod(self.steps_done, self.steps_per_epoch)
+            raise TrainingStopped(
+                f"stopped by SIGTERM in epoch {epoch + 1} after step {step} of {self.steps_per_epoch}"
+            )
+        if self.every and self.steps_done % self.every == 0:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Last among the callbacks: the epoch checkpoint is written by now. After the last
+        # epoch the run just finishes.
+        if self.stop.is_set() and epoch + 1 < self.epochs:
+            raise TrainingStopped(f"stopped by SIGTERM at the end of epoch {epoch + 1}")
+
+    def on_train_end(self, logs=None):
+        kept = latest_checkpoint(self.run_dir)
+        if kept and kept[0] * self.steps_per_epoch >= self.steps_done:  # not after a NaN loss
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def save(self) -> None:
+        if self.saved_at == self.steps_done:
+            return
+        # As for the epoch checkpoints: refuse before writing rather than leave a half-written backup.
+        if disk_is_full(self.model, self.run_dir):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.folder))
+        if self.manager is None:
+            self.position = tf.Variable([0, 0], dtype=tf.int64)
+            self.manager = tf.train.CheckpointManager(
+                training_state(self.model, self.position), str(self.folder), max_to_keep=1
+            )
+        self.position.assign(divmod(self.steps_done, self.steps_per_epoch))
+        self.manager.save(checkpoint_number=self.steps_done)
+        self.saved_at = self.steps_done
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[threading.Event]:
+    """An event that SIGTERM sets, for StepBackup to stop after the current step."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # --------------------------------------------------------------------------- training
 def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
     dataset = data.find_dataset(config["data"])
@@ -266,12 +426,26 @@ def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
     return train_files, validation_files, dataset.describe()
 
 
-def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbacks.History:
+def train(
+    config: dict,
+    resume: bool = False,
+    verbose: int = 1,
+    backup_every: int = DEFAULT_BACKUP_STEPS,
+    tensorboard: bool = True,
+) -> None:
     """Train (or continue) the run described by `config`, in a run folder train_cli has checked
-    and locked; returns the Keras history."""
+    and locked."""
     run_dir = Path(config["run_dir"])
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    initial_epoch = checkpoint[0] if checkpoint else 0
+    backup = latest_backup(run_dir) if resume else None
+    if backup and checkpoint and backup[0] < checkpoint[0]:
+        backup = None  # the epoch checkpoint is newer
+    # Epochs done and steps into the next one.
+    initial_epoch, initial_step = backup[:2] if backup else (checkpoint[0] if checkpoint else 0, 0)
+    if initial_epoch >= config["epochs"]:  # train_cli checked the epoch checkpoint; a backup may be further
+        raise RunError(
+            f"{run_dir} has already trained {initial_epoch} of {config['epochs']} epochs; pass --epochs N to extend it"
+        )
 
     # The same seeds as an uninterrupted run: the data stream below skips the batches already
     # trained on, and the sampling noise's state comes back with the checkpoint.
@@ -291,16 +465,19 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
     # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
     drop_remainder = len(train_files) >= batch_size
     train_steps = len(train_files) // batch_size if drop_remainder else 1
-    train_data = data.make_dataset(
-        train_files,
-        batch_size=batch_size,
-        shuffle=True,
-        seed=config["seed"],
-        drop_remainder=drop_remainder,
-        repeat=True,
-        skip_batches=initial_epoch * train_steps,
-        **image_args,
-    )
+
+    def train_data(skip_batches: int) -> tf.data.Dataset:
+        return data.make_dataset(
+            train_files,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=config["seed"],
+            drop_remainder=drop_remainder,
+            repeat=True,
+            skip_batches=skip_batches,
+            **image_args,
+        )
+
     validation_data = data.make_dataset(validation_files, batch_size=batch_size, repeat=True, **image_args)
     validation_steps = math.ceil(len(validation_files) / batch_size)
     preview = next(
@@ -310,43 +487,97 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
     strategy = choose_strategy(config["strategy"])
     # With several workers only the chief writes the run folder; the others write their
     # (identical) copies to a scratch folder, as the tf.distribute guides recommend.
-    output_dir = run_dir if is_chief(strategy) else Path(tempfile.mkdtemp(prefix="vae-worker-"))
+    chief = is_chief(strategy)
+    output_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="vae-worker-"))
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(
         output_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
     )
     policy = vae.mixed_precision_policy() if config["mixed_precision"] else "float32"
-    with vae.dtype_policy(policy), strategy.scope():
+    with vae.dtype_policy(policy), strategy.scope(), stop_on_sigterm() as stop:
         model = vae.model_from_config(config)
         model.compile(optimizer=vae.make_optimizer(config, train_steps))
-        if checkpoint:
-            model.optimizer.build(model.trainable_variables)
+        # Built now, on the variables the train step updates, so that saved and restored
+        # optimizer states always have the same variables.
+        model.optimizer.build(model.trained_variables())
+        epoch_metrics = None
+        if backup:
+            state = training_state(model, tf.Variable([0, 0], dtype=tf.int64))
+            state.save_counter  # noqa: B018 - created, so that the saved counter is consumed too
+            try:
+                state.read(backup[2]).assert_consumed()
+            except (tf.errors.OpError, ValueError, AssertionError) as error:
+                raise RunError(
+                    f"the step backup {backup[2]} does not fit this run's model ({str(error).splitlines()[0]}); "
+                    f"delete {run_dir / CHECKPOINT_DIR / BACKUP_DIR} to resume from the last epoch checkpoint"
+                ) from None
+            epoch_metrics = [variable.numpy() for metric in model.metrics for variable in metric.variables]
+            print(
+                f"resuming {run_dir} in epoch {initial_epoch + 1} after step {initial_step} of {train_steps} "
+                f"(optimizer step {int(model.optimizer.iterations.numpy())}, from {CHECKPOINT_DIR}/{BACKUP_DIR})"
+            )
+        elif checkpoint:
             load_checkpoint(model, checkpoint[1])
             print(
                 f"resuming {run_dir} after epoch {initial_epoch} (optimizer step {int(model.optimizer.iterations.numpy())})"
             )
         guard = StopOnNonFiniteLoss()
+        summary_dir = output_dir / TENSORBOARD_DIR if tensorboard and chief else None  # only the chief logs
         callbacks = [
             guard,
             EMAForValidation(),
-            SaveArtifacts(config, preview, output_dir),
+            SaveArtifacts(config, preview, output_dir, summary_dir / "grids" if summary_dir else None),
             History(output_dir, initial_epoch),
             Checkpoint(output_dir),
+            *([keras.callbacks.TensorBoard(summary_dir, write_graph=False)] if summary_dir else []),
+            StepBackup(
+                output_dir,
+                backup_every,
+                config["epochs"],
+                train_steps,
+                initial_epoch * train_steps + initial_step,
+                stop,
+                epoch_metrics,
+            ),  # last: it may end training
         ]
+        fit_args = {
+            "validation_data": validation_data,
+            "validation_steps": validation_steps,
+            "callbacks": callbacks,
+            "verbose": verbose,
+            "shuffle": False,  # the dataset shuffles itself, seeded
+        }
         disk_full = False
         try:
-            history = model.fit(
-                train_data,
-                validation_data=validation_data,
-                epochs=config["epochs"],
-                initial_epoch=initial_epoch,
-                steps_per_epoch=train_steps,
-                validation_steps=validation_steps,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,  # the dataset shuffles itself, seeded
-            )
-        except (OSError, RuntimeError) as error:  # h5py raises either when the disk fills mid-write
+            if initial_step:
+                # Keras fits whole epochs, so the rest of an interrupted epoch is a fit of its own.
+                model.fit(
+                    train_data(initial_epoch * train_steps + initial_step),
+                    epochs=initial_epoch + 1,
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=train_steps - initial_step,
+                    **fit_args,
+                )
+                initial_epoch += 1
+                kept = latest_checkpoint(output_dir)
+                if kept and kept[0] == initial_epoch:
+                    # fit ends by copying the EMA weights into the model: carry on from the
+                    # trained weights, which the epoch checkpoint just written holds.
+                    load_checkpoint(model, kept[1])
+            if initial_epoch < config["epochs"] and not guard.failed_at:
+                model.fit(
+                    train_data(initial_epoch * train_steps),
+                    epochs=config["epochs"],
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=train_steps,
+                    **fit_args,
+                )
+        except TrainingStopped as stopped:
+            raise TrainingStopped(
+                f"{stopped}, state saved; continue with: python train.py --resume {run_dir}"
+            ) from None
+        # h5py raises OSError or RuntimeError when the disk fills mid-write, TensorFlow's checkpoint an OpError
+        except (OSError, RuntimeError, tf.errors.OpError) as error:
             if getattr(error, "errno", None) not in NO_SPACE and not disk_is_full(model, output_dir):
                 raise
             disk_full = True  # handled below, once the failed write's objects are released with `error`
@@ -363,13 +594,12 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
             f"loss became NaN/inf at epoch {guard.failed_at[0]}, step {guard.failed_at[1]}; {kept_text}; "
             "lower --lr or --beta, or try --recon gaussian, and start a new run"
         )
-    if is_chief(strategy):
+    if chief:
         fit_density(config, run_dir)
     print(
         f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
-        "samples/, reconstructions/)"
+        f"samples/, reconstructions/{', tensorboard/' if tensorboard else ''})"
     )
-    return history
 
 
 def load_checkpoint(model: keras.Model, path: Path) -> None:

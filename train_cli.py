@@ -5,9 +5,11 @@ is checked and locked, and only then is train.py's TensorFlow code imported to t
 `--help` and a bad flag answer at once. Each problem is one line that says what to do:
 
 - settings: counts, sizes and rates in range and finite. On --resume they come from the run's
-  config.json (checked too: it may have been edited) and only --epochs, --data, --cache and
-  --verbose may be given; other flags would be ignored, so they are refused.
-- --out: a new run needs a new or empty folder; --resume needs a run folder with a checkpoint.
+  config.json (checked too: it may have been edited) and only --epochs, --data, --cache,
+  --verbose, --backup-every and --no-tensorboard may be given; other flags would be ignored, so
+  they are refused.
+- --out: a new run needs a new or empty folder; --resume needs a run folder with a checkpoint
+  or a step backup.
   One training at a time per folder: a lock (fcntl.flock on <run>/.lock) is held for the whole
   run, and a second training is told the pid of the first. Temporary files a killed run left
   behind are removed when a run starts or resumes.
@@ -27,6 +29,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -48,10 +52,13 @@ from runs import (
 
 RECIPE = DEFAULT_RECIPE
 CHECKPOINT_DIR = "checkpoint"
+BACKUP_DIR = "backup"  # inside CHECKPOINT_DIR
+DEFAULT_BACKUP_STEPS = 200
+TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
 # The flags a resumed run takes; its other settings come from its config.json.
-RESUME_FLAGS = ("resume", "epochs", "data", "cache", "verbose")
+RESUME_FLAGS = ("resume", "epochs", "data", "cache", "verbose", "backup_every", "tensorboard")
 # config.json's name of each setting flag (argparse dest) where the two differ.
 CONFIG_KEYS = {
     "latent": "latent_dim",
@@ -88,11 +95,17 @@ TEMPORARY_FILES = {
     CHECKPOINT_DIR: (".partial*",),
     "reconstructions": (".*.png.????????.tmp",),
     "samples": (".*.png.????????.tmp",),
+    # tf.train.CheckpointManager's: its index file's next version, and a backup being written
+    f"{CHECKPOINT_DIR}/{BACKUP_DIR}": ("checkpoint.tmp*", "ckpt-*_temp"),
 }
 
 
 class RunError(RuntimeError):
     """A problem the user can fix, reported as one line."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped on request (SIGTERM) after backing up; the message says how to resume."""
 
 
 # --------------------------------------------------------------------------- command line
@@ -216,7 +229,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         choices=(0, 1, 2),
         default=1,
-        help="Keras progress: 0 silent, 1 bar, 2 one line per epoch",
+        help="Keras progress: 0 silent, 1 bar (one line per epoch when stdout is not a terminal), 2 one line per epoch",
+    )
+    recovery = parser.add_argument_group("recovery and logging (also on --resume)")
+    recovery.add_argument(
+        "--backup-every",
+        type=int,
+        default=DEFAULT_BACKUP_STEPS,
+        metavar="STEPS",
+        help="back up the training state every STEPS optimizer steps, so a killed run loses at most "
+        "that many (200: about a minute of the default model on a 2-core CPU); 0: only the "
+        "end-of-epoch checkpoints",
+    )
+    recovery.add_argument(
+        "--no-tensorboard",
+        dest="tensorboard",
+        action="store_false",
+        help=f"do not write TensorBoard logs (default: they go to RUN/{TENSORBOARD_DIR}/)",
     )
     args = parser.parse_args(argv)
     # Parsed again onto a namespace where every flag is already set to a marker: argparse leaves
@@ -230,7 +259,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def flag(name: str) -> str:
     """The command-line spelling of a flag's argparse dest or config.json key: latent_dim -> --latent."""
     dest = {key: dest for dest, key in CONFIG_KEYS.items()}.get(name, name)
-    return "--" + dest.replace("_", "-")
+    return "--no-tensorboard" if dest == "tensorboard" else "--" + dest.replace("_", "-")
 
 
 def parse_filters(text: str) -> list[int]:
@@ -297,13 +326,15 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
 
 def resolve_config(args: argparse.Namespace) -> dict:
     """The run's settings, checked: from the command line for a new run, from config.json on --resume."""
+    check_recovery_flags(args)
     if args.resume:
         refused = sorted(args.given_flags - set(RESUME_FLAGS))
         if refused:
             raise RunError(
                 f"--resume continues {args.resume} with the settings of its config.json, so "
                 f"{', '.join(flag(name) for name in refused)} would be ignored: drop "
-                f"{'it' if len(refused) == 1 else 'them'} (only --epochs, --data, --cache and --verbose go with --resume), "
+                f"{'it' if len(refused) == 1 else 'them'} (only --epochs, --data, --cache, --verbose, --backup-every "
+                "and --no-tensorboard go with --resume), "
                 "or start a new run with another --out"
             )
         config = read_config(args.resume)
@@ -351,6 +382,12 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return config
 
 
+def check_recovery_flags(args: argparse.Namespace) -> None:
+    """--backup-every, which goes with new and resumed runs alike."""
+    if args.backup_every < 0:
+        raise RunError(f"--backup-every is a number of steps, 0 or more (got {args.backup_every})")
+
+
 def writes_run_folder(config: dict) -> bool:
     """False for a non-chief worker of a multi-worker run: it leaves the run folder to the chief.
     Read from TF_CONFIG as MultiWorkerMirroredStrategy reads it (train.is_chief decides the same
@@ -386,20 +423,25 @@ def check_writable_folder(path: Path, flag_name: str) -> None:
         raise RunError(f"{flag_name} {path}: {existing} is not writable (permission denied); give another folder")
 
 
+def has_backup(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a step backup (train.StepBackup): its CheckpointManager index file."""
+    return (run_dir / CHECKPOINT_DIR / BACKUP_DIR / "checkpoint").is_file()
+
+
 def check_run_folder(run_dir: Path, config: dict, resume: bool) -> None:
     """Raise RunError unless `run_dir` suits a new run (new or empty) or --resume (a checkpoint
-    short of the epochs asked for)."""
+    short of the epochs asked for, or a step backup; train.train checks the backup's epoch)."""
     checkpoint = latest_checkpoint(run_dir)
     if resume:
-        if checkpoint is None:
+        if checkpoint is None and not has_backup(run_dir):
             raise RunError(f"{run_dir} has no checkpoint to resume from; start a new run without --resume")
-        if checkpoint[0] >= config["epochs"]:
+        if checkpoint is not None and checkpoint[0] >= config["epochs"]:
             raise RunError(
                 f"{run_dir} has already trained {checkpoint[0]} of {config['epochs']} epochs; "
                 "pass --epochs N to extend it"
             )
         return
-    if checkpoint is not None:
+    if checkpoint is not None or has_backup(run_dir):
         raise RunError(f"{run_dir} already holds a run; use --resume {run_dir} to continue it, or another --out")
     # A run that died writing its config.json leaves a temporary file: that folder counts as empty.
     debris = (LOCK_FILE, *TEMPORARY_FILES["."])
@@ -424,10 +466,11 @@ def remove_temporary_files(run_dir: Path) -> list[Path]:
     for folder, patterns in TEMPORARY_FILES.items():
         for pattern in patterns:
             for path in (run_dir / folder).glob(pattern):
-                if path.is_file():
-                    os.truncate(path, 0)
-                    path.unlink()
-                    removed.append(path)
+                for file in [path, *path.rglob("*")] if path.is_dir() else [path]:
+                    if file.is_file():
+                        os.truncate(file, 0)
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                removed.append(path)
     return removed
 
 
@@ -486,7 +529,10 @@ def check_cache_folder(cache: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # tf.train.CheckpointManager logs each save
     args = parse_args(argv)
+    # Keras' progress bar rewrites its line with escape codes: one line per epoch in log files.
+    verbose = 2 if args.verbose == 1 and not sys.stdout.isatty() else args.verbose
     try:
         config = resolve_config(args)
         run_dir = Path(config["run_dir"])
@@ -499,9 +545,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             check_cache_folder(config["cache"])
             import train  # TensorFlow, now that the command line and the run folder are in order
 
-            train.train(config, resume=bool(args.resume), verbose=args.verbose)
+            train.train(
+                config,
+                resume=bool(args.resume),
+                verbose=verbose,
+                backup_every=args.backup_every,
+                tensorboard=args.tensorboard,
+            )
     except (RunError, RunFolderError, data.DataError) as error:
         sys.exit(f"error: {error}")
+    except TrainingStopped as stopped:
+        print(stopped, file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)  # the status of a process ended by SIGTERM
     except OSError as error:  # a full disk outside the checkpoints train.train handles itself
         if error.errno not in NO_SPACE:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import CELEBA_SAMPLE, REPO, tiny_train_args, write_faces
 from PIL import Image
 
@@ -128,6 +130,46 @@ def test_killed_run_resumes_from_its_last_checkpoint(face_folder, tmp_path):
     assert checkpoint_state(run) == (killed_at + 1, (killed_at + 1) * steps_per_epoch)
     assert [int(r["epoch"]) for r in history_rows(run)] == list(range(1, killed_at + 2))
     assert not list((run / "checkpoint").glob(".partial*"))
+
+
+def read_events(folder: Path) -> dict[tuple[str, int], np.ndarray]:
+    """{(tag, step): value} of the TensorBoard event files in a folder."""
+    found = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                found[(value.tag, event.step)] = tf.make_ndarray(value.tensor)
+    return found
+
+
+def test_tensorboard_logs_loss_terms_learning_rate_and_grids(face_folder, tmp_path):
+    run = tmp_path / "run"
+    train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--lr", "2e-3", "--lr-schedule", "constant"))
+    rows = history_rows(run)
+    scalars = read_events(run / "tensorboard" / "train")
+    validation = read_events(run / "tensorboard" / "validation")
+    for epoch, row in enumerate(rows):  # Keras' TensorBoard counts epochs from 0
+        for term in ("loss", "reconstruction", "kl", "beta", "mse"):
+            assert float(scalars[(f"epoch_{term}", epoch)]) == pytest.approx(float(row[term]), rel=1e-6)
+            assert float(validation[(f"epoch_{term}", epoch)]) == pytest.approx(float(row[f"val_{term}"]), rel=1e-6)
+        assert float(scalars[("epoch_learning_rate", epoch)]) == pytest.approx(2e-3)
+    # the grids, as the same pictures as the PNG files: [width, height, PNG bytes]
+    grids = read_events(run / "tensorboard" / "grids")
+    for name in ("reconstructions", "samples"):
+        for epoch in (0, 1):
+            logged = Image.open(io.BytesIO(grids[(name, epoch)][2]))
+            saved = Image.open(run / name / f"epoch_{epoch + 1:03d}.png")
+            np.testing.assert_array_equal(np.asarray(logged), np.asarray(saved.convert(logged.mode)))
+
+
+def test_progress_is_one_line_per_epoch_when_stdout_is_not_a_terminal(face_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--verbose", "1", "--no-tensorboard"))
+    out = capsys.readouterr().out  # captured: not a terminal
+    assert not any(code in out for code in ("\x1b", "\r", "\b"))
+    epoch_lines = [line for line in out.splitlines() if " - loss: " in line or line.startswith("Epoch ")]
+    assert len(epoch_lines) == 4 and epoch_lines[0] == "Epoch 1/2" and " - val_loss: " in epoch_lines[1]
+    assert not (run / "tensorboard").exists()
 
 
 def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):

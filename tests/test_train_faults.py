@@ -79,6 +79,9 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path):
         train.main(["--resume", str(tmp_path), "--latent", "64", "--lr", "0.5", "--batch-size", "16", "--beta", "0.25"])
     with pytest.raises(SystemExit, match="so --out would be ignored: drop it"):
         train.main(["--resume", str(tmp_path), "--out", str(tmp_path / "elsewhere"), "--epochs", "3", "--verbose", "0"])
+    with pytest.raises(SystemExit) as refused:  # no run there, but the flags themselves go with --resume
+        train.main(["--resume", str(tmp_path), "--backup-every", "5", "--no-tensorboard", "--cache", "none"])
+    assert "would be ignored" not in str(refused.value)
 
 
 def test_settings_of_a_resumed_run_are_checked_too(tmp_path):
@@ -89,7 +92,7 @@ def test_settings_of_a_resumed_run_are_checked_too(tmp_path):
         train.main(["--resume", str(tmp_path)])
     del config["image_size"]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SystemExit, match="'image_size' in .*config.json is missing"):
+    with pytest.raises(SystemExit, match="config.json: image_size is missing; restore the config.json train.py wrote"):
         train.main(["--resume", str(tmp_path)])
 
 
@@ -179,12 +182,17 @@ def test_temporary_files_of_a_killed_run_are_removed_on_resume(trained_run, tmp_
         run / ".encoder.partial.keras",
         run / ".history.csv.0f3e2d1c.tmp",
         run / "samples" / ".epoch_002.png.a1b2c3d4.tmp",
+        run / "checkpoint" / "backup" / "checkpoint.tmp0123456789abcdef0123456789abcdef",
+        run / "checkpoint" / "backup" / "ckpt-4_temp",  # a step backup being written: a folder
     ]
-    for path in debris:
+    (run / "checkpoint" / "backup").mkdir()
+    for path in debris[:-1]:
         path.write_bytes(b"half-written")
+    debris[-1].mkdir()
+    (debris[-1] / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half-written")
     (run / ".gitignore").write_text("*\n")  # not train.py's: stays
     train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
-    assert f"removed 4 temporary file(s) an interrupted run left in {run}" in capsys.readouterr().out
+    assert f"removed 6 temporary file(s) an interrupted run left in {run}" in capsys.readouterr().out
     assert not any(path.exists() for path in debris)
     assert (run / ".gitignore").exists() and train.latest_checkpoint(run)[0] == 2
 
