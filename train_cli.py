@@ -238,7 +238,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_BACKUP_STEPS,
         metavar="STEPS",
         help="back up the training state every STEPS optimizer steps, so a killed run loses at most "
-        "that many (200: about a minute of the default model on a 2-core CPU); 0: only the "
+        "that many (200: under a minute of the default model on an idle 2-core CPU); 0: only the "
         "end-of-epoch checkpoints",
     )
     recovery.add_argument(
