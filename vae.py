@@ -134,7 +134,9 @@ class Sampling(layers.Layer):
 
     Gradients flow to mu and log_var; the noise comes from a seeded generator. Its state is
     not a layer weight, so it is saved and loaded here: a resumed run then draws the same
-    noise as an uninterrupted one.
+    noise as an uninterrupted one. Under tf.distribute every replica draws the noise of the
+    whole global batch and keeps its own slice, so replicas get different noise and N replicas
+    together draw what a single device would.
     """
 
     def __init__(self, seed: int | None = None, **kwargs):
@@ -144,8 +146,11 @@ class Sampling(layers.Layer):
 
     def call(self, inputs):
         mu, log_var = inputs
-        eps = keras.random.normal(ops.shape(mu), dtype=mu.dtype, seed=self.seed_generator)
-        return mu + ops.exp(0.5 * log_var) * eps
+        replica = tf.distribute.get_replica_context()  # None in a cross-replica context
+        replicas, index = (replica.num_replicas_in_sync, replica.replica_id_in_sync_group) if replica else (1, 0)
+        batch, latent_dim = ops.shape(mu)
+        eps = keras.random.normal((replicas * batch, latent_dim), dtype=mu.dtype, seed=self.seed_generator)
+        return mu + ops.exp(0.5 * log_var) * eps[index * batch : (index + 1) * batch]
 
     def save_own_variables(self, store):
         store["0"] = self.seed_generator.state
@@ -312,7 +317,12 @@ class VAE(keras.Model):
         self.kl_tracker.update_state(terms["kl"])
         self.mse_tracker.update_state(terms["mse"])
         self.beta_tracker.update_state(terms["beta"])
-        return {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in self.metrics}
+        if spans_several_workers():
+            # Keras averages each replica's logs over the workers with strategy.reduce(MEAN, axis=0),
+            # which fails on scalars ("Invalid reduction dimension 0"): give them that axis.
+            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
+        return results
 
     def train_step(self, data):
         variables = self.trained_variables()
@@ -330,6 +340,14 @@ class VAE(keras.Model):
     def test_step(self, data):
         # Validation decodes the posterior mean: deterministic, and what reconstruction grids show.
         return self.update_trackers(self.loss_terms(data, sample=False, training=False))
+
+
+def spans_several_workers() -> bool:
+    """True under a tf.distribute strategy with several workers (more replicas than local devices)."""
+    if not tf.distribute.has_strategy():
+        return False
+    strategy = tf.distribute.get_strategy()
+    return strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
 
 
 def build_vae(
