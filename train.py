@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -64,8 +65,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     io.add_argument(
         "--resume",
         metavar="RUN",
-        help="continue the run in this folder from its last checkpoint; "
-        "its config.json is reused, only --epochs (to extend) and --data (if moved) may change",
+        help="continue the run in this folder from its last checkpoint; its config.json is reused, "
+        "only --epochs (to extend), --data (if moved) and --strategy may change",
     )
     io.add_argument("--limit", type=int, default=0, help="train on the first N training images only (0: all)")
     io.add_argument(
@@ -163,7 +164,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--strategy",
         choices=("auto", "mirrored", "multiworker", "none"),
         default="auto",
-        help="tf.distribute strategy: auto uses MirroredStrategy with more than one GPU",
+        help="tf.distribute strategy: auto uses MirroredStrategy with more than one GPU; multiworker reads the "
+        "cluster from TF_CONFIG (see README); on --resume the one given here, whatever the run used before",
     )
     opt.add_argument("--seed", type=int, default=RECIPE["seed"], help="random seed (weights, sampling, data order)")
     opt.add_argument(
@@ -195,6 +197,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
             config["epochs"] = args.epochs
         if args.data:
             config["data"] = str(args.data)
+        # Every strategy trains the same global batch the same way: a multi-worker run can go on alone.
+        config["strategy"] = args.strategy
         return config
     if not args.data:
         raise RunError("--data is required: the CelebA folder (see README: getting CelebA), or --resume RUN")
@@ -258,16 +262,27 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
 
 
 def choose_strategy(name: str) -> tf.distribute.Strategy:
+    # Multi-worker first: it must configure collective ops before anything (even listing the
+    # devices) starts TensorFlow's runtime.
+    if name == "multiworker":
+        try:
+            cluster = json.loads(os.environ["TF_CONFIG"])
+            workers = sum(len(tasks) for tasks in cluster["cluster"].values())
+            task = f"{cluster['task']['type']} {cluster['task']['index']}"
+        except (KeyError, TypeError, ValueError):
+            raise RunError(
+                "--strategy multiworker needs TF_CONFIG set to the cluster and this worker's task, e.g. "
+                """'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}' """
+                "(see README: multi-GPU and multi-node training)"
+            ) from None
+        print(f"multiworker: {task} of {workers}, waiting until all of them have started", flush=True)
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         # Mirror over the GPUs; without any, over the logical CPU devices (several only when
         # configured with tf.config.set_logical_device_configuration, as the tests do).
         devices = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices)
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise RunError("--strategy multiworker needs the TF_CONFIG environment variable (see README: multi-node)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
@@ -469,6 +484,14 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
             f"{run_dir} has already trained {initial_epoch} of {config['epochs']} epochs; pass --epochs N to extend it"
         )
 
+    # First: MultiWorkerMirroredStrategy must configure collective ops before TensorFlow runs any op.
+    strategy = choose_strategy(config["strategy"])
+    replicas = strategy.num_replicas_in_sync
+    if config["batch_size"] % replicas:
+        raise RunError(
+            f"--batch-size {config['batch_size']} must be a multiple of the {replicas} replicas, "
+            "each of which trains on an equal share of the global batch"
+        )
     # The same seeds as an uninterrupted run: the data stream below skips the batches already
     # trained on, and the sampling noise's state comes back with the checkpoint.
     keras.utils.set_random_seed(config["seed"])
@@ -501,10 +524,11 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
         iter(data.make_dataset(validation_files[: 2 * GRID_COLUMNS], batch_size=2 * GRID_COLUMNS, **image_args))
     ).numpy()
 
-    strategy = choose_strategy(config["strategy"])
     # With several workers only the chief writes the run folder; the others write their
-    # (identical) copies to a scratch folder, as the tf.distribute guides recommend.
-    output_dir = run_dir if is_chief(strategy) else Path(tempfile.mkdtemp(prefix="vae-worker-"))
+    # (identical) copies to a scratch folder, as the tf.distribute guides recommend; it is
+    # removed when `scratch` goes away, however this function ends.
+    scratch = None if is_chief(strategy) else tempfile.TemporaryDirectory(prefix="vae-worker-")
+    output_dir = Path(scratch.name) if scratch else run_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(
         output_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
@@ -527,17 +551,26 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
             History(output_dir, initial_epoch),
             Checkpoint(output_dir),
         ]
-        history = model.fit(
-            train_data,
-            validation_data=validation_data,
-            epochs=config["epochs"],
-            initial_epoch=initial_epoch,
-            steps_per_epoch=train_steps,
-            validation_steps=validation_steps,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # the dataset shuffles itself, seeded
-        )
+        try:
+            history = model.fit(
+                train_data,
+                validation_data=validation_data,
+                epochs=config["epochs"],
+                initial_epoch=initial_epoch,
+                steps_per_epoch=train_steps,
+                validation_steps=validation_steps,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,  # the dataset shuffles itself, seeded
+            )
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+            # A worker that dies or hangs stops sending heartbeats; TensorFlow's coordination service
+            # notices within seconds and aborts the collective operations of the others.
+            reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0]).rstrip(":")
+            raise RunError(
+                f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
+                f"worker with --resume {run_dir} --strategy multiworker, or go on alone with --resume {run_dir}"
+            ) from None
     if guard.failed_at:
         kept = latest_checkpoint(run_dir)
         kept_text = (
@@ -549,8 +582,10 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
             f"loss became NaN/inf at epoch {guard.failed_at[0]}, step {guard.failed_at[1]}; {kept_text}; "
             "lower --lr or --beta, or try --recon gaussian, and start a new run"
         )
-    if is_chief(strategy):
-        fit_density(config, run_dir)
+    if scratch is not None:
+        print(f"done: this worker's share of {run_dir}, which the chief worker writes")
+        return history
+    fit_density(config, run_dir)
     print(
         f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
         "samples/, reconstructions/)"

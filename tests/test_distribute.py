@@ -36,6 +36,7 @@ def test_mirrored_step_equals_single_device_step():
 def test_train_py_runs_with_the_mirrored_strategy():
     report = run_worker("train")
     assert report["replicas"] == 2 and report["epochs"] == 1
+    assert report["odd_batch_error"].startswith("error: --batch-size 7 must be a multiple of the 2 replicas")
 
 
 def compare() -> dict:
@@ -96,9 +97,15 @@ def train_run() -> dict:
     args = ["--data", str(folder), "--out", str(run), "--image-size", "16", "--filters", "8,16", "--hidden", "16",
             "--latent", "8", "--batch-size", "8", "--epochs", "1", "--strategy", "mirrored", "--verbose", "0"]  # fmt: skip
     train.main(args)
+    odd_batch_error = ""
+    try:  # the later flags win
+        train.main([*args, "--batch-size", "7", "--out", str(folder / "odd")])
+    except SystemExit as error:
+        odd_batch_error = str(error)
     return {
         "replicas": train.choose_strategy("mirrored").num_replicas_in_sync,
         "epochs": len(train.read_history(run / "history.csv")),
+        "odd_batch_error": odd_batch_error,
     }
 
 
