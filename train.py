@@ -296,6 +296,15 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
 
 
+def worker_cache(cache: str, strategy: tf.distribute.Strategy) -> str:
+    """This process's --cache: a file cache gets a subfolder per worker of a multi-worker
+    cluster, as two workers must not write one cache (on shared storage, or on one host)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if cache in ("memory", "none") or resolver is None or not resolver.task_type:
+        return cache
+    return str(Path(cache) / f"{resolver.task_type}{resolver.task_id}")
+
+
 @contextlib.contextmanager
 def ema_weights(model: keras.Model) -> Iterator[None]:
     """Temporarily put the optimizer's EMA weights into the model (no-op without EMA)."""
@@ -501,7 +510,7 @@ def train(config: dict, resume: bool = False, verbose: int = 1) -> keras.callbac
         "image_size": config["image_size"],
         "channels": config["channels"],
         "crop": config["crop"],
-        "cache": config["cache"],
+        "cache": worker_cache(config["cache"], strategy),
     }
     batch_size = config["batch_size"]
     # Repeated datasets with explicit step counts: Keras knows each epoch's length from the

@@ -97,8 +97,10 @@ def history(run: Path) -> list[dict]:
 
 def test_two_workers_train_as_one_process_on_the_global_batch(face_folder, tmp_path):
     chief_run, other_out = tmp_path / "run", tmp_path / "other"
-    # global batch 8 (tiny_train_args): 4 images per worker, 6 steps an epoch, 2 epochs
-    workers = start_workers(face_folder, [chief_run, other_out], tmp_path, "--epochs", "2")
+    # global batch 8 (tiny_train_args): 4 images per worker, 6 steps an epoch, 2 epochs; one file
+    # cache folder for both, as on shared storage
+    cache = tmp_path / "cache"
+    workers = start_workers(face_folder, [chief_run, other_out], tmp_path, "--epochs", "2", "--cache", str(cache))
     try:
         for index, worker in enumerate(workers):
             assert worker.wait(timeout=START_TIMEOUT) == 0, log_of(tmp_path, index)[-3000:]
@@ -108,6 +110,7 @@ def test_two_workers_train_as_one_process_on_the_global_batch(face_folder, tmp_p
     # only the chief writes a run folder; the other worker's scratch copy is gone
     assert not other_out.exists()
     assert not list((tmp_path / "tmp1").glob("vae-worker-*"))
+    assert sorted(p.name for p in cache.iterdir()) == ["worker0", "worker1"]
     assert {"config.json", "encoder.keras", "decoder.keras", "history.csv", "latent_density.json"} <= {
         p.name for p in chief_run.iterdir()
     }
