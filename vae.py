@@ -311,12 +311,14 @@ class VAE(keras.Model):
         skipped = {id(v) for v in self.encoder.get_layer("log_var").trainable_variables}
         return [v for v in self.trainable_variables if id(v) not in skipped]
 
-    def update_trackers(self, terms: dict) -> dict:
-        self.loss_tracker.update_state(terms["loss"])
-        self.reconstruction_tracker.update_state(terms["reconstruction"])
-        self.kl_tracker.update_state(terms["kl"])
-        self.mse_tracker.update_state(terms["mse"])
-        self.beta_tracker.update_state(terms["beta"])
+    def update_trackers(self, terms: dict, images) -> dict:
+        # Under tf.distribute a short last batch can leave a replica without images: its batch
+        # means are NaN (of nothing) and must not count, or every figure of the epoch is NaN.
+        has_images = ops.shape(images)[0] > 0
+        for tracker in self.metrics:
+            tracker.update_state(
+                ops.where(has_images, terms[tracker.name], 0.0), sample_weight=ops.cast(has_images, "float32")
+            )
         results = {m.name: m.result() for m in self.metrics}
         if spans_several_workers():
             # Keras averages each replica's logs over the workers with strategy.reduce(MEAN, axis=0),
@@ -335,11 +337,11 @@ class VAE(keras.Model):
             scaled_loss = self.optimizer.scale_loss(terms["loss"] / replicas)
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
-        return self.update_trackers(terms)
+        return self.update_trackers(terms, data)
 
     def test_step(self, data):
         # Validation decodes the posterior mean: deterministic, and what reconstruction grids show.
-        return self.update_trackers(self.loss_terms(data, sample=False, training=False))
+        return self.update_trackers(self.loss_terms(data, sample=False, training=False), data)
 
 
 def spans_several_workers() -> bool:
