@@ -619,14 +619,24 @@ def make_dataset(
         dataset = dataset.cache()
     elif cache != "none":
         dataset = dataset.cache(file_cache_path(cache, files, image_size, channels, crop))
-    if shuffle:
-        dataset = dataset.shuffle(min(len(files), 20_000), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    if repeat:
-        dataset = dataset.repeat()
-    # Skipping replays the skipped batches' reshuffles from the cache (fast; without a cache it
-    # re-reads their files) and stops before the float conversion.
-    dataset = dataset.skip(skip_batches)
+    decoded = dataset
+
+    def batches(_) -> tf.data.Dataset:
+        stream = decoded
+        if shuffle:
+            stream = stream.shuffle(min(len(files), 20_000), seed=seed, reshuffle_each_iteration=True)
+        stream = stream.batch(batch_size, drop_remainder=drop_remainder)
+        if repeat:
+            stream = stream.repeat()
+        # Skipping replays the skipped batches' reshuffles from the cache (fast; without a cache it
+        # re-reads their files) and stops before the float conversion.
+        return stream.skip(skip_batches)
+
+    # Built inside flat_map, the stream starts afresh in every iterator: the reshuffling state would
+    # otherwise carry over from earlier iterators, and under tf.distribute Keras opens one (and drops
+    # it) before training, which would then see another order than a single-device run, and, by how
+    # far that iterator had prefetched, possibly a different order on each worker.
+    dataset = tf.data.Dataset.range(1).flat_map(batches)
     dataset = dataset.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

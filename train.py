@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -69,6 +70,7 @@ from train_cli import (  # noqa: E402
     DEFAULT_BACKUP_STEPS,
     NO_SPACE,
     TENSORBOARD_DIR,
+    TF_CONFIG_HELP,
     RunError,
     TrainingStopped,
     latest_checkpoint,
@@ -113,16 +115,23 @@ def latest_backup(run_dir: Path) -> tuple[int, int, str] | None:
 
 
 def choose_strategy(name: str) -> tf.distribute.Strategy:
+    # Multi-worker first: it must configure collective ops before anything (even listing the
+    # devices) starts TensorFlow's runtime.
+    if name == "multiworker":
+        try:
+            cluster = json.loads(os.environ["TF_CONFIG"])
+            workers = sum(len(tasks) for tasks in cluster["cluster"].values())
+            task = f"{cluster['task']['type']} {cluster['task']['index']}"
+        except (KeyError, TypeError, ValueError):
+            raise RunError(TF_CONFIG_HELP) from None
+        print(f"multiworker: {task} of {workers}, waiting until all of them have started", flush=True)
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         # Mirror over the GPUs; without any, over the logical CPU devices (several only when
         # configured with tf.config.set_logical_device_configuration, as the tests do).
         devices = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices)
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise RunError("--strategy multiworker needs the TF_CONFIG environment variable (see README: multi-node)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
@@ -134,6 +143,15 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if resolver.task_type == "chief":
         return True
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+
+
+def worker_cache(cache: str, strategy: tf.distribute.Strategy) -> str:
+    """This process's --cache: a file cache gets a subfolder per worker of a multi-worker
+    cluster, as two workers must not write one cache (on shared storage, or on one host)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if cache in ("memory", "none") or resolver is None or not resolver.task_type:
+        return cache
+    return str(Path(cache) / f"{resolver.task_type}{resolver.task_id}")
 
 
 @contextlib.contextmanager
@@ -436,6 +454,15 @@ def train(
     """Train (or continue) the run described by `config`, in a run folder train_cli has checked
     and locked."""
     run_dir = Path(config["run_dir"])
+    # First: MultiWorkerMirroredStrategy must configure collective ops before TensorFlow runs any
+    # op (reading a step backup runs some).
+    strategy = choose_strategy(config["strategy"])
+    replicas = strategy.num_replicas_in_sync
+    if config["batch_size"] % replicas:
+        raise RunError(
+            f"--batch-size {config['batch_size']} must be a multiple of the {replicas} replicas, "
+            "each of which trains on an equal share of the global batch"
+        )
     checkpoint = latest_checkpoint(run_dir) if resume else None
     backup = latest_backup(run_dir) if resume else None
     if backup and checkpoint and backup[0] < checkpoint[0]:
@@ -458,7 +485,7 @@ def train(
         "image_size": config["image_size"],
         "channels": config["channels"],
         "crop": config["crop"],
-        "cache": config["cache"],
+        "cache": worker_cache(config["cache"], strategy),
     }
     batch_size = config["batch_size"]
     # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
@@ -484,11 +511,12 @@ def train(
         iter(data.make_dataset(validation_files[: 2 * GRID_COLUMNS], batch_size=2 * GRID_COLUMNS, **image_args))
     ).numpy()
 
-    strategy = choose_strategy(config["strategy"])
     # With several workers only the chief writes the run folder; the others write their
-    # (identical) copies to a scratch folder, as the tf.distribute guides recommend.
+    # (identical) copies to a scratch folder, as the tf.distribute guides recommend; it is
+    # removed when `scratch` goes away, however this function ends.
     chief = is_chief(strategy)
-    output_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="vae-worker-"))
+    scratch = None if chief else tempfile.TemporaryDirectory(prefix="vae-worker-")
+    output_dir = Path(scratch.name) if scratch else run_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(
         output_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
@@ -576,6 +604,14 @@ def train(
             raise TrainingStopped(
                 f"{stopped}, state saved; continue with: python train.py --resume {run_dir}"
             ) from None
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+            # A worker that dies or hangs stops sending heartbeats; TensorFlow's coordination service
+            # notices within seconds and aborts the collective operations of the others.
+            reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0]).rstrip(":")
+            raise RunError(
+                f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
+                f"worker with --resume {run_dir} --strategy multiworker, or go on alone with --resume {run_dir}"
+            ) from None
         # h5py raises OSError or RuntimeError when the disk fills mid-write, TensorFlow's checkpoint an OpError
         except (OSError, RuntimeError, tf.errors.OpError) as error:
             if getattr(error, "errno", None) not in NO_SPACE and not disk_is_full(model, output_dir):
@@ -594,8 +630,10 @@ def train(
             f"loss became NaN/inf at epoch {guard.failed_at[0]}, step {guard.failed_at[1]}; {kept_text}; "
             "lower --lr or --beta, or try --recon gaussian, and start a new run"
         )
-    if chief:
-        fit_density(config, run_dir)
+    if scratch is not None:
+        print(f"done: this worker's share of {run_dir}, which the chief worker writes")
+        return
+    fit_density(config, run_dir)
     print(
         f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
         f"samples/, reconstructions/{', tensorboard/' if tensorboard else ''})"

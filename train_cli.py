@@ -55,10 +55,15 @@ CHECKPOINT_DIR = "checkpoint"
 BACKUP_DIR = "backup"  # inside CHECKPOINT_DIR
 DEFAULT_BACKUP_STEPS = 200
 TENSORBOARD_DIR = "tensorboard"
+TF_CONFIG_HELP = (
+    "--strategy multiworker needs TF_CONFIG set to the cluster and this worker's task, e.g. "
+    """'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}' """
+    "(see README: several machines)"
+)
 LOCK_FILE = ".lock"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
 # The flags a resumed run takes; its other settings come from its config.json.
-RESUME_FLAGS = ("resume", "epochs", "data", "cache", "verbose", "backup_every", "tensorboard")
+RESUME_FLAGS = ("resume", "epochs", "data", "cache", "strategy", "verbose", "backup_every", "tensorboard")
 # config.json's name of each setting flag (argparse dest) where the two differ.
 CONFIG_KEYS = {
     "latent": "latent_dim",
@@ -121,8 +126,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     io.add_argument(
         "--resume",
         metavar="RUN",
-        help="continue the run in this folder from its last checkpoint; its config.json is reused, "
-        "only --epochs (to extend), --data (if moved), --cache and --verbose may be given",
+        help="continue the run in this folder from its last checkpoint or step backup; its config.json is reused, "
+        "only --epochs (to extend), --data (if moved), --cache, --strategy, --verbose, --backup-every and "
+        "--no-tensorboard may be given",
     )
     io.add_argument("--limit", type=int, default=0, help="train on the first N training images only (0: all)")
     io.add_argument(
@@ -221,7 +227,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--strategy",
         choices=CHOICES["strategy"],
         default="auto",
-        help="tf.distribute strategy: auto uses MirroredStrategy with more than one GPU",
+        help="tf.distribute strategy: auto uses MirroredStrategy with more than one GPU; multiworker reads the "
+        "cluster from TF_CONFIG (see README); on --resume the one given here, whatever the run used before",
     )
     opt.add_argument("--seed", type=int, default=RECIPE["seed"], help="random seed (weights, sampling, data order)")
     opt.add_argument(
@@ -333,14 +340,16 @@ def resolve_config(args: argparse.Namespace) -> dict:
             raise RunError(
                 f"--resume continues {args.resume} with the settings of its config.json, so "
                 f"{', '.join(flag(name) for name in refused)} would be ignored: drop "
-                f"{'it' if len(refused) == 1 else 'them'} (only --epochs, --data, --cache, --verbose, --backup-every "
-                "and --no-tensorboard go with --resume), "
+                f"{'it' if len(refused) == 1 else 'them'} (only --epochs, --data, --cache, --strategy, --verbose, "
+                "--backup-every and --no-tensorboard go with --resume), "
                 "or start a new run with another --out"
             )
         config = read_config(args.resume)
         for name in ("epochs", "data", "cache"):
             if name in args.given_flags:
                 config[name] = getattr(args, name)
+        # Every strategy trains the same global batch the same way: a multi-worker run can go on alone.
+        config["strategy"] = args.strategy
         config_json = Path(args.resume) / "config.json"
         check_settings(config, lambda key: flag(key) if key in args.given_flags else f"{key!r} in {config_json}")
         return config
@@ -395,12 +404,11 @@ def writes_run_folder(config: dict) -> bool:
     if config["strategy"] != "multiworker":
         return True
     try:
-        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-        task, cluster = tf_config.get("task") or {}, tf_config.get("cluster") or {}
-        kind, index = task.get("type"), int(task.get("index", 0))
-    except (ValueError, TypeError, AttributeError):
-        raise RunError("TF_CONFIG is not valid JSON with a task type and index (see README: multi-node)") from None
-    return not kind or kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+        tf_config = json.loads(os.environ["TF_CONFIG"])
+        cluster, kind, index = tf_config["cluster"], tf_config["task"]["type"], int(tf_config["task"]["index"])
+    except (KeyError, ValueError, TypeError):
+        raise RunError(TF_CONFIG_HELP) from None
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
 
 
 # --------------------------------------------------------------------------- run folder

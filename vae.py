@@ -110,7 +110,9 @@ class Sampling(layers.Layer):
 
     Gradients flow to mu and log_var; the noise comes from a seeded generator. Its state is
     not a layer weight, so it is saved and loaded here: a resumed run then draws the same
-    noise as an uninterrupted one.
+    noise as an uninterrupted one. Under tf.distribute every replica draws the noise of the
+    whole global batch and keeps its own slice, so replicas get different noise and N replicas
+    together draw what a single device would.
     """
 
     def __init__(self, seed: int | None = None, **kwargs):
@@ -120,8 +122,11 @@ class Sampling(layers.Layer):
 
     def call(self, inputs):
         mu, log_var = inputs
-        eps = keras.random.normal(ops.shape(mu), dtype=mu.dtype, seed=self.seed_generator)
-        return mu + ops.exp(0.5 * log_var) * eps
+        replica = tf.distribute.get_replica_context()  # None in a cross-replica context
+        replicas, index = (replica.num_replicas_in_sync, replica.replica_id_in_sync_group) if replica else (1, 0)
+        batch, latent_dim = ops.shape(mu)
+        eps = keras.random.normal((replicas * batch, latent_dim), dtype=mu.dtype, seed=self.seed_generator)
+        return mu + ops.exp(0.5 * log_var) * eps[index * batch : (index + 1) * batch]
 
     def save_own_variables(self, store):
         store["0"] = self.seed_generator.state
@@ -270,13 +275,20 @@ class VAE(keras.Model):
         skipped = {id(v) for v in self.encoder.get_layer("log_var").trainable_variables}
         return [v for v in self.trainable_variables if id(v) not in skipped]
 
-    def update_trackers(self, terms: dict) -> dict:
-        self.loss_tracker.update_state(terms["loss"])
-        self.reconstruction_tracker.update_state(terms["reconstruction"])
-        self.kl_tracker.update_state(terms["kl"])
-        self.mse_tracker.update_state(terms["mse"])
-        self.beta_tracker.update_state(terms["beta"])
-        return {m.name: m.result() for m in self.metrics}
+    def update_trackers(self, terms: dict, images) -> dict:
+        # Under tf.distribute a short last batch can leave a replica without images: its batch
+        # means are NaN (of nothing) and must not count, or every figure of the epoch is NaN.
+        has_images = ops.shape(images)[0] > 0
+        for tracker in self.metrics:
+            tracker.update_state(
+                ops.where(has_images, terms[tracker.name], 0.0), sample_weight=ops.cast(has_images, "float32")
+            )
+        results = {m.name: m.result() for m in self.metrics}
+        if spans_several_workers():
+            # Keras averages each replica's logs over the workers with strategy.reduce(MEAN, axis=0),
+            # which fails on scalars ("Invalid reduction dimension 0"): give them that axis.
+            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
+        return results
 
     def train_step(self, data):
         variables = self.trained_variables()
@@ -289,11 +301,19 @@ class VAE(keras.Model):
             scaled_loss = self.optimizer.scale_loss(terms["loss"] / replicas)
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
-        return self.update_trackers(terms)
+        return self.update_trackers(terms, data)
 
     def test_step(self, data):
         # Validation decodes the posterior mean: deterministic, and what reconstruction grids show.
-        return self.update_trackers(self.loss_terms(data, sample=False, training=False))
+        return self.update_trackers(self.loss_terms(data, sample=False, training=False), data)
+
+
+def spans_several_workers() -> bool:
+    """True under a tf.distribute strategy with several workers (more replicas than local devices)."""
+    if not tf.distribute.has_strategy():
+        return False
+    strategy = tf.distribute.get_strategy()
+    return strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
 
 
 def build_vae(

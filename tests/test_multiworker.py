@@ -1,0 +1,166 @@
+"""A real multi-worker run: two train.py processes on 127.0.0.1, MultiWorkerMirroredStrategy on CPU.
+
+Each worker is a separate process with its own TF_CONFIG, as on two machines. They get different
+--out folders, as two machines without shared storage would, so that what each one writes shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import REPO, tiny_train_args
+
+import train
+
+START_TIMEOUT = 240  # seconds for both workers to import TensorFlow, connect and train a few steps
+# A lost worker must stop the other one within this time; TensorFlow's coordination service
+# declares a task dead after 10 s without heartbeats, the rest is the step in flight.
+LOST_WORKER_TIMEOUT = 120
+# |a - b| / |b| over all weights of two runs: float32 sums in another order, amplified by Adam
+# where gradients are near zero, gave 4e-6; training on wrongly shuffled or sharded images, 5e-2.
+WEIGHT_TOLERANCE = 1e-4
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def start_workers(data: Path, outs: list[Path], tmp_path: Path, *extra: str) -> list[subprocess.Popen]:
+    """One train.py process per --out folder, worker i with its own TF_CONFIG and TMPDIR."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(len(outs))]}
+    workers = []
+    for index, out in enumerate(outs):
+        scratch = tmp_path / f"tmp{index}"
+        scratch.mkdir()
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "TMPDIR": str(scratch),
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
+        args = tiny_train_args(data, out, "--strategy", "multiworker", *extra)
+        with open(tmp_path / f"worker{index}.log", "w") as log:  # the child keeps its own descriptor
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, str(REPO / "train.py"), *args],
+                    cwd=REPO,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+    return workers
+
+
+def stop(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+
+def log_of(tmp_path: Path, index: int) -> str:
+    return (tmp_path / f"worker{index}.log").read_text()
+
+
+def weights(run: Path) -> np.ndarray:
+    """The saved encoder and decoder weights of a run, flattened into one vector."""
+    models = [keras.saving.load_model(run / f"{part}.keras", safe_mode=True) for part in ("encoder", "decoder")]
+    return np.concatenate([w.ravel() for model in models for w in model.get_weights()])
+
+
+def relative_difference(run: Path, reference: Path) -> float:
+    difference = np.linalg.norm(weights(run) - weights(reference))
+    return float(difference / np.linalg.norm(weights(reference)))
+
+
+def history(run: Path) -> list[dict]:
+    return train.read_history(run / "history.csv")
+
+
+def test_two_workers_train_as_one_process_on_the_global_batch(face_folder, tmp_path):
+    chief_run, other_out = tmp_path / "run", tmp_path / "other"
+    # global batch 8 (tiny_train_args): 4 images per worker, 6 steps an epoch, 2 epochs; one file
+    # cache folder for both, as on shared storage
+    cache = tmp_path / "cache"
+    workers = start_workers(face_folder, [chief_run, other_out], tmp_path, "--epochs", "2", "--cache", str(cache))
+    try:
+        for index, worker in enumerate(workers):
+            assert worker.wait(timeout=START_TIMEOUT) == 0, log_of(tmp_path, index)[-3000:]
+    finally:
+        stop(workers)
+    assert "done: this worker's share" in log_of(tmp_path, 1)
+    # only the chief writes a run folder; the other worker's scratch copy is gone
+    assert not other_out.exists()
+    assert not list((tmp_path / "tmp1").glob("vae-worker-*"))
+    assert sorted(p.name for p in cache.iterdir()) == ["worker0", "worker1"]
+    assert {"config.json", "encoder.keras", "decoder.keras", "history.csv", "latent_density.json"} <= {
+        p.name for p in chief_run.iterdir()
+    }
+
+    single_run = tmp_path / "single"
+    train.main(tiny_train_args(face_folder, single_run, "--epochs", "2", "--strategy", "none"))
+    assert relative_difference(chief_run, single_run) < WEIGHT_TOLERANCE
+    for chief_row, single_row in zip(history(chief_run), history(single_run), strict=True):
+        assert chief_row.keys() == single_row.keys()
+        for key, value in single_row.items():
+            assert chief_row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_a_killed_worker_stops_the_other_and_the_run_resumes_alone(face_folder, tmp_path, capsys):
+    chief_run = tmp_path / "run"
+    # Far more epochs than will run; a constant learning rate, so that --epochs can shrink on resume.
+    constant = ("--lr-schedule", "constant")
+    workers = start_workers(face_folder, [chief_run, tmp_path / "other"], tmp_path, "--epochs", "500", *constant)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while len(history(chief_run)) < 2:  # a finished epoch (and its checkpoint) before the kill
+            assert all(w.poll() is None for w in workers), log_of(tmp_path, 0)[-3000:] + log_of(tmp_path, 1)[-3000:]
+            assert time.monotonic() < deadline, "the workers did not finish two epochs in time"
+            time.sleep(0.2)
+        workers[1].kill()
+        returncode = workers[0].wait(timeout=LOST_WORKER_TIMEOUT)
+    finally:
+        stop(workers)
+    assert returncode == 1
+    last_line = log_of(tmp_path, 0).strip().splitlines()[-1]
+    assert last_line.startswith("error: lost another worker of the cluster")
+    assert f"--resume {chief_run}" in last_line and "Traceback" not in log_of(tmp_path, 0)
+    assert not (tmp_path / "other").exists()
+
+    # The chief's run continues in this single process, and ends where a straight run would.
+    trained = len(history(chief_run))
+    capsys.readouterr()
+    train.main(["--resume", str(chief_run), "--epochs", str(trained + 1), "--verbose", "0"])
+    assert "resuming" in capsys.readouterr().out
+    assert [row["epoch"] for row in history(chief_run)] == list(range(1, trained + 2))
+    straight = tmp_path / "straight"
+    train.main(tiny_train_args(face_folder, straight, "--epochs", str(trained + 1), *constant, "--strategy", "none"))
+    assert relative_difference(chief_run, straight) < WEIGHT_TOLERANCE
+
+
+def test_multiworker_needs_a_readable_tf_config(face_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(SystemExit, match="--strategy multiworker needs TF_CONFIG"):
+        train.main(tiny_train_args(face_folder, tmp_path / "run", "--strategy", "multiworker"))
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": ')
+    with pytest.raises(SystemExit, match="--strategy multiworker needs TF_CONFIG"):
+        train.main(tiny_train_args(face_folder, tmp_path / "run", "--strategy", "multiworker"))
+    assert not (tmp_path / "run").exists()
