@@ -10,7 +10,7 @@ what random faces look like under each sampler, and optionally FID.
 The folder is a train.py run (encoder.keras / decoder.keras, run with Keras) or an exported
 folder (encoder.onnx / decoder.onnx, run with onnxruntime: TensorFlow is then not imported,
 unless --fid needs InceptionV3); --backend chooses when a folder has both. Images are read
-with images.load_face, the loader that reproduces training's crop, resize and rounding. The
+with images.load_face (through runs.load_decodable), the loader that reproduces training's crop, resize and rounding. The
 figures are computed with numpy, so both backends give the same numbers for the same model
 (to the ONNX parity, about 1e-6). Prints a table and writes every figure, with the settings,
 to <folder>/eval_<split>.json (atomically). Figures, per image unless said otherwise:
@@ -80,9 +80,17 @@ from pathlib import Path
 import numpy as np
 
 import data
-from images import load_face
 from latent import DENSITY_FILE, DensityError, LatentDensity, find_density
-from runs import Backend, HelpFormatter, RunFolderError, check_writable, open_backend, read_config, write_text_atomic
+from runs import (
+    Backend,
+    HelpFormatter,
+    RunFolderError,
+    check_writable,
+    load_decodable,
+    open_backend,
+    read_config,
+    write_text_atomic,
+)
 
 EVAL_FORMAT = "celeba-vae-eval/1"
 ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x(mu_j) above this: an active unit (Burda et al. 2016)
@@ -404,18 +412,6 @@ def split_files(data_path: str | None, split: str, limit: int) -> tuple[list[Pat
     return files, dataset.describe()
 
 
-def load_batch(paths: Sequence[Path], backend: Backend) -> tuple[np.ndarray, list[Path]]:
-    """Faces [n, S, S, C] loaded as training loads them, and the paths that could not be decoded."""
-    faces, failed = [], []
-    for path in paths:
-        try:
-            faces.append(load_face(path, backend.image_size, backend.channels, backend.crop))
-        except (OSError, ValueError):
-            failed.append(path)
-    shape = (0, backend.image_size, backend.image_size, backend.channels)
-    return (np.stack(faces) if faces else np.zeros(shape, np.float32)), failed
-
-
 class Progress:
     """'evaluated N of M images': rewritten in place on a terminal, one final line in logs."""
 
@@ -457,7 +453,7 @@ def collect(
     columns: dict[str, list[np.ndarray]] = defaultdict(list)
     real, moments, failed = SampleStatistics(), defaultdict(FeatureMoments), []
     for start in range(0, len(files), batch_size):
-        images, bad = load_batch(files[start : start + batch_size], backend)
+        images, bad = load_decodable(files[start : start + batch_size], backend)
         failed += bad
         if not len(images):
             continue

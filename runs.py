@@ -335,21 +335,32 @@ def load_faces(paths: Sequence[Path], backend: Backend) -> np.ndarray:
         raise RunFolderError(f"{error}; check the image paths given") from None
 
 
+def load_decodable(paths: Sequence[Path], backend: Backend) -> tuple[np.ndarray, list[Path]]:
+    """Faces [n, S, S, C] of the files that decode, loaded as training loads them, and the
+    paths that could not be decoded (skipped, as training skips them)."""
+    faces, failed = [], []
+    for path in paths:
+        try:
+            faces.append(load_face(path, backend.image_size, backend.channels, backend.crop))
+        except (OSError, ValueError):
+            failed.append(path)
+    shape = (0, backend.image_size, backend.image_size, backend.channels)
+    return (np.stack(faces) if faces else np.zeros(shape, np.float32)), failed
+
+
 def encode_files(paths: Sequence[Path], backend: Backend, progress=None) -> tuple[np.ndarray, list[Path]]:
     """Posterior means [N, D] of the files that decode, and those N files: corrupt or truncated
     files are skipped, as training skips them, with a warning naming them. Faces are loaded
     LOAD_BATCH at a time to bound memory; progress(count) is called after each batch."""
     parts, kept, skipped = [], [], []
     for start in range(0, len(paths), LOAD_BATCH):
-        faces = []
-        for path in paths[start : start + LOAD_BATCH]:
-            try:
-                faces.append(load_face(path, backend.image_size, backend.channels, backend.crop))
-                kept.append(path)
-            except (OSError, ValueError):
-                skipped.append(path)
-        if faces:
-            parts.append(backend.encode(np.stack(faces))[0])
+        batch = paths[start : start + LOAD_BATCH]
+        faces, failed = load_decodable(batch, backend)
+        skipped += failed
+        failed = set(failed)
+        kept += [path for path in batch if path not in failed]
+        if len(faces):
+            parts.append(backend.encode(faces)[0])
         if progress is not None:
             progress(len(faces))
     if skipped:

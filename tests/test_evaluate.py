@@ -16,7 +16,7 @@ import data
 import evaluate
 import train
 import vae
-from runs import open_backend
+from runs import load_decodable, open_backend
 
 LATENT, SIZE = 8, 16
 
@@ -245,7 +245,7 @@ def test_fid_with_a_stand_in_feature_model(tiny_run, kaggle_celeba):
     assert (fid["status"], fid["count"], fid["feature_dim"]) == ("computed", 8, 12)
     # recompute the reconstructions' FID in one go, away from the streamed moments
     backend = open_backend(tiny_run, "keras")
-    images, failed = evaluate.load_batch(data.find_dataset(kaggle_celeba).split("validation"), backend)
+    images, failed = load_decodable(data.find_dataset(kaggle_celeba).split("validation"), backend)
     assert not failed
     reconstructions = backend.decode(backend.encode(images)[0])
     real, fake = quadrant_means(images).astype(np.float64), quadrant_means(reconstructions).astype(np.float64)
