@@ -308,22 +308,22 @@ def open_backend(run_dir: str | os.PathLike, kind: str | None = None, threads: i
     return OnnxBackend(run_dir, threads) if kind == "onnx" else KerasBackend(run_dir)
 
 
-def check_writable(path: str | os.PathLike, folder: bool) -> Path:
-    """Refuse, before any work and touching nothing, an --out that cannot be written: a file
+def check_writable(path: str | os.PathLike, folder: bool, flag: str = "--out") -> Path:
+    """Refuse, before any work and touching nothing, a `flag` path that cannot be written: a file
     where a folder is wanted (folder=True) or the reverse, a path below a file, or a folder
     without write permission (files are written beside their target, then renamed)."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise RunFolderError(
-            f"--out {path} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path"
+            f"{flag} {path} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path"
         )
     existing = path if folder else path.parent
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise RunFolderError(f"--out {path} lies below {existing}, which is a file; choose another --out")
+        raise RunFolderError(f"{flag} {path} lies below {existing}, which is a file; give another {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunFolderError(f"--out {path}: {existing} is not writable; choose another --out")
+        raise RunFolderError(f"{flag} {path}: {existing} is not writable (permission denied); give another {flag}")
     return path
 
 

@@ -47,6 +47,7 @@ from runs import (
     HelpFormatter,
     RunFolderError,
     check_architecture,
+    check_writable,
     read_config,
 )
 
@@ -420,17 +421,6 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
     return int(found[-1].name.split("_")[1].split(".")[0]), found[-1]
 
 
-def check_writable_folder(path: Path, flag_name: str) -> None:
-    """Raise RunError unless `path` is a folder this process can write, or can be created as one."""
-    if path.exists() and not path.is_dir():
-        raise RunError(f"{flag_name} {path} is a file, not a folder; give a folder")
-    existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists())
-    if not existing.is_dir():
-        raise RunError(f"{flag_name} {path} cannot be created: {existing} is a file; give another folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f"{flag_name} {path}: {existing} is not writable (permission denied); give another folder")
-
-
 def has_backup(run_dir: Path) -> bool:
     """Whether `run_dir` holds a step backup (train.StepBackup): its CheckpointManager index file."""
     return (run_dir / CHECKPOINT_DIR / BACKUP_DIR / "checkpoint").is_file()
@@ -487,7 +477,7 @@ def locked_run_folder(run_dir: Path, config: dict, resume: bool) -> Iterator[Non
     """Lock `run_dir` for this process (fcntl.flock on its LOCK_FILE, released when the block ends
     or the process dies; the folder is created if new), check that it suits the run, and remove
     what a killed run left. A refused folder is left as it was found."""
-    check_writable_folder(run_dir, "--out")
+    check_writable(run_dir, folder=True)
     lock_path = run_dir / LOCK_FILE
     created_folders = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     created_lock = not lock_path.exists()
@@ -527,7 +517,7 @@ def check_cache_folder(cache: str) -> None:
     if cache in ("memory", "none"):
         return
     folder = Path(cache)
-    check_writable_folder(folder, "--cache")
+    check_writable(folder, folder=True, flag="--cache")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -117,8 +118,8 @@ def test_run_folder_checks(trained_run, face_folder, tmp_path):
         (trained_run, "already holds a run; use --resume"),
         (exported, "holds an exported model .config.json, decoder.onnx.; give a new or empty --out"),
         (face_folder, "is not empty .face000.png, face001.png, .*and holds no run to resume"),
-        (face_folder / "face000.png", "--out .*face000.png is a file, not a folder"),
-        (face_folder / "face000.png" / "run", "cannot be created: .*face000.png is a file"),
+        (face_folder / "face000.png", "--out .*face000.png is a file; give a folder path"),
+        (face_folder / "face000.png" / "run", "lies below .*face000.png, which is a file"),
     ]
     for out, message in cases:
         before = sorted(p.stat().st_mtime_ns for p in out.rglob("*")) if out.is_dir() else None
@@ -145,6 +146,36 @@ def test_unwritable_folders_are_refused(face_folder, tmp_path):
     with pytest.raises(SystemExit, match=f"^error: --cache {cannot}(: cannot write there|: /proc is not writable)"):
         train.main(tiny_train_args(face_folder, tmp_path / "run", "--cache", str(cannot)))
     assert not (tmp_path / "run").exists()
+
+
+def test_read_only_out_is_refused(trained_run, face_folder, tmp_path):
+    """A folder without write permission, as a user meets it. Root may write anywhere, so as root
+    the scripts run without the capabilities that override file permissions (setpriv)."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    scripts = {
+        "train.py": ["--data", str(face_folder), "--out", str(locked / "run")],
+        "train.py --cache": ["--data", str(face_folder), "--out", str(tmp_path / "run"), "--cache", str(locked / "c")],
+        "export_onnx.py": ["--run", str(trained_run), "--out", str(locked / "exported")],
+        "generate.py": ["--run", str(trained_run), "--mode", "sample", "--out", str(locked / "grid.png")],
+        "evaluate.py": ["--run", str(trained_run), "--data", str(face_folder), "--out", str(locked / "eval.json")],
+    }
+    as_user = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv (util-linux) to drop the permission override")
+        as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    for name, argv in scripts.items():
+        flag = "--cache" if "--cache" in name else "--out"
+        result = subprocess.run(
+            [*as_user, sys.executable, name.split()[0], *argv], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 1, (name, result.stderr)
+        assert result.stderr.strip().splitlines() == [
+            f"error: {flag} {argv[argv.index(flag) + 1]}: {locked} is not writable (permission denied); "
+            f"give another {flag}"
+        ], name
+    assert list(locked.iterdir()) == [] and not (tmp_path / "run").exists()
 
 
 def test_a_second_training_on_the_same_folder_is_refused(face_folder, tmp_path):
