@@ -18,8 +18,9 @@ Modes (faces come from --images FILE..., --ids ID..., --identity N or at random 
     attribute    z + alpha * direction, direction = mean(mu | attr) - mean(mu | not attr)
                  from CelebA labels, cached in <run>/attribute_directions.json (with a
                  fingerprint of the encoder, so a retrained run asks for --recompute)
-    traverse     one row per latent dimension, set to values from -span to span, around
-                 each starting face (or z = 0 with --origin)
+    traverse     one row per direction: the 8 principal directions of the latents' spread
+                 (posterior means over --data, else the fitted density) or --dims, moved
+                 -span..span standard deviations from each starting face (or z = 0, --origin)
 
 Random latents come from --sampler: `density` (the default) is the latent density fitted to
 the training images' posterior means (<run>/latent_density.json, see latent.py), which gives
@@ -33,7 +34,7 @@ prior. The grid's title says which sampler drew the faces.
 no real face is loaded to be shown, and the input column is left out (a path's ends and an
 alpha = 0 tile are the decoded starting points). It is the default when no faces are given.
 Attribute directions still come from the cache or the labelled images under --data,
-traverse's most active dimensions from --data; reconstruct and weighted need real faces.
+traverse's directions from --data or the density; reconstruct and weighted need real faces.
 
 The model is rebuilt from the run folder written by train.py (config.json, encoder.keras,
 decoder.keras) or, with --backend onnx, from encoder.onnx/decoder.onnx written by
@@ -68,8 +69,8 @@ from latent import (
     attribute_sweep,
     choose_sampler,
     latent_path,
-    most_active_dims,
     normalized_weights,
+    principal_directions,
     reparameterize,
     traversal_grid,
     weighted_posterior,
@@ -97,7 +98,7 @@ DEFAULT_STEPS = {"interpolate": 8, "traverse": 7}
 PRETRAINED_RUN = Path(__file__).resolve().parent / "pretrained" / "celeba64"
 DEFAULT_RANDOM = {"interpolate": 8, "attribute": 4, "traverse": 1}  # random faces when no faces are given
 TRAVERSED_DIMS = 8  # default number of dimensions to traverse
-ACTIVITY_IMAGES = 256  # images encoded to find the most active dimensions
+ACTIVITY_IMAGES = 256  # images encoded to measure the latents' spread for traverse
 # A grid is for looking at: bigger ones are refused before any decoding (--samples 100000 once
 # took 11.7 GB and 5 minutes); more faces come from more runs with other --seed values.
 MAX_GRID_FACES = 1024
@@ -498,38 +499,52 @@ def attribute_grid(
 def traverse_grid(
     args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
 ) -> Grid:
-    if args.dims is not None:
-        dims = args.dims
-    elif dataset is not None:
+    # Rows move along directions scaled to one standard deviation of the latents as the model
+    # uses them: the posterior means over --data, else the fitted density, else the prior N(0, I).
+    # Single latent dimensions of a VAE are entangled and change a face only a little; the
+    # principal directions of that spread are where faces change most.
+    if dataset is not None:
         files = random_files(dataset, args.split, ACTIVITY_IMAGES, rng, allow_fewer=True)
-        dims = most_active_dims(encode_files(files, backend)[0], TRAVERSED_DIMS)
-        print(f"traversing the {len(dims)} dimensions whose mu varies most over {len(files)} {args.split} images")
+        covariance = np.cov(encode_files(files, backend)[0], rowvar=False)
+        spread = f"the posterior means of {len(files)} {args.split} images"
     elif args.sampler_used == "density":
-        dims = [int(d) for d in np.argsort(-np.diag(args.density.covariance()), kind="stable")[:TRAVERSED_DIMS]]
-        print(f"traversing the {len(dims)} dimensions with the largest variance under the fitted latent density")
+        covariance, spread = args.density.covariance(), "the fitted latent density"
     else:
+        covariance, spread = np.eye(backend.latent_dim), "the prior N(0, I)"
+    if args.dims is not None:
+        bad = [d for d in args.dims if not 0 <= d < backend.latent_dim]
+        if bad:
+            raise GenerateError(
+                f"--dims {bad} out of range; this model's latent dimensions are 0..{backend.latent_dim - 1}"
+            )
+        directions = np.eye(backend.latent_dim)[args.dims] * np.sqrt(np.diag(covariance))[args.dims, None]
+        labels = [f"z[{d}]" for d in args.dims]
+        print(f"traversing dimensions {args.dims} in standard deviations under {spread}")
+    elif dataset is None and args.sampler_used != "density":
         dims = list(range(min(TRAVERSED_DIMS, backend.latent_dim)))
-        print(f"traversing dimensions {dims}; give --data to pick the most active ones instead")
-    bad = [d for d in dims if not 0 <= d < backend.latent_dim]
-    if bad:
-        raise GenerateError(
-            f"--dims {bad} out of range; this model's latent dimensions are 0..{backend.latent_dim - 1}"
-        )
+        directions, labels = np.eye(backend.latent_dim)[dims], [f"z[{d}]" for d in dims]
+        print(f"traversing dimensions {dims}; give --data, or --sampler density with a fitted")
+        print("latent density (latent.py), to traverse the directions along which faces change most")
+    else:
+        units, deviations = principal_directions(covariance, TRAVERSED_DIMS)
+        directions, labels = units * deviations[:, None], [f"PC{i + 1}" for i in range(len(units))]
+        print(f"traversing the {len(units)} principal directions of {spread} (standard deviations "
+              f"{deviations[0]:.2f} to {deviations[-1]:.2f})")  # fmt: skip
     values = np.linspace(-args.span, args.span, args.steps or DEFAULT_STEPS["traverse"])
     if args.origin:
         codes, faces, names = np.zeros((1, backend.latent_dim)), None, ["origin"]
     else:
         codes, faces, names = starting_faces(args, backend, dataset, rng, 1)
-    check_grid_size(args, backend, len(codes) * len(dims) * (len(values) + (faces is not None)))
+    check_grid_size(args, backend, len(codes) * len(directions) * (len(values) + (faces is not None)))
     grid = Grid(
-        column_labels=([] if faces is None else ["input"]) + [f"{v:+.2g}" for v in values],
+        column_labels=([] if faces is None else ["input"]) + [f"{v:+.2g} sd" for v in values],
         title="" if args.origin else random_caption(args),
     )
     for i, center in enumerate(codes):
-        images = backend.decode(traversal_grid(center, dims, values).reshape(-1, backend.latent_dim))
-        images = images.reshape(len(dims), len(values), *images.shape[1:])
-        for dim, row in zip(dims, images, strict=True):
-            label = f"z[{dim}]" if len(codes) == 1 else f"{names[i]} z[{dim}]"
+        images = backend.decode(traversal_grid(center, directions, values).reshape(-1, backend.latent_dim))
+        images = images.reshape(len(directions), len(values), *images.shape[1:])
+        for direction, row in zip(labels, images, strict=True):
+            label = direction if len(codes) == 1 else f"{names[i]} {direction}"
             grid.add(row if faces is None else np.concatenate([faces[i : i + 1], row]), label)
     return grid
 
@@ -670,10 +685,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--dims",
         type=int,
         nargs="+",
-        help="traverse: latent dimensions (default: the 8 most active over --data, else the 8 most variable "
-        "under the fitted density, else 0..7)",
+        help="traverse: single latent dimensions instead of the 8 principal directions of the latents' spread "
+        "(over --data, else under the fitted density; without either, dimensions 0..7)",
     )
-    modes.add_argument("--span", type=float, default=3.0, help="traverse: values run from -span to span")
+    modes.add_argument(
+        "--span", type=float, default=3.0, help="traverse: move -span..span standard deviations along each direction"
+    )
     modes.add_argument("--origin", action="store_true", help="traverse: around z = 0 instead of a face")
     args = parser.parse_args(argv)
     for name in ("count", "random", "samples", "columns", "pairs", "scale"):

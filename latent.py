@@ -142,18 +142,23 @@ def attribute_sweep(z: np.ndarray, direction: np.ndarray, alphas: Sequence[float
     return z + np.asarray(alphas, dtype=np.float64)[:, None] * direction
 
 
-def traversal_grid(z: np.ndarray, dims: Sequence[int], values: Sequence[float]) -> np.ndarray:
-    """Copies of z with dimension dims[r] set to values[c]: [len(dims), len(values), D]."""
-    grid = np.tile(np.asarray(z, dtype=np.float64), (len(dims), len(values), 1))
-    for row, dim in enumerate(dims):
-        grid[row, :, dim] = values
-    return grid
+def traversal_grid(z: np.ndarray, directions: np.ndarray, values: Sequence[float]) -> np.ndarray:
+    """z + values[c] * directions[r]: [len(directions), len(values), D]. With directions scaled to
+    one standard deviation each, the values count standard deviations along each row's direction."""
+    directions = np.asarray(directions, dtype=np.float64)
+    offsets = np.asarray(values, dtype=np.float64)[None, :, None] * directions[:, None, :]
+    return np.asarray(z, dtype=np.float64) + offsets
 
 
-def most_active_dims(mu: np.ndarray, count: int) -> list[int]:
-    """The `count` latent dimensions whose posterior mean varies most across images mu [N, D]
-    (active units, Burda et al. 2016): collapsed dimensions barely change the decoded face."""
-    return [int(d) for d in np.argsort(-mu.var(axis=0), kind="stable")[:count]]
+def principal_directions(covariance: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `count` directions of largest variance of a covariance [D, D], largest first: unit
+    vectors [count, D] and their standard deviations [count]. Each vector's sign is fixed (its
+    largest component positive), so the same covariance always gives the same picture."""
+    variances, vectors = np.linalg.eigh(np.asarray(covariance, dtype=np.float64))
+    order = np.argsort(-variances, kind="stable")[:count]
+    units = vectors[:, order].T
+    units *= np.sign(units[np.arange(len(order)), np.abs(units).argmax(axis=1)])[:, None]
+    return units, np.sqrt(np.maximum(variances[order], 0.0))
 
 
 # --------------------------------------------------------------------------- the latent density

@@ -21,8 +21,8 @@ from latent import (
     fit_mixture,
     latent_path,
     lerp,
-    most_active_dims,
     normalized_weights,
+    principal_directions,
     read_density,
     reparameterize,
     select_density,
@@ -126,21 +126,24 @@ def test_attribute_sweep_adds_and_removes_the_direction():
     np.testing.assert_allclose(swept, [[0.0, 3.0], [1.0, 1.0], [1.5, 0.0]])
 
 
-def test_traversal_grid_sets_one_dimension_per_row():
+def test_traversal_grid_moves_along_one_direction_per_row():
     z = np.array([0.5, -0.5, 2.0])
+    directions = np.array([[2.0, 0.0, 0.0], [0.0, 0.6, 0.8]])
     values = np.linspace(-3, 3, 7)
-    grid = traversal_grid(z, [0, 2], values)
+    grid = traversal_grid(z, directions, values)
     assert grid.shape == (2, 7, 3)
-    np.testing.assert_allclose(grid[0, :, 0], values)
-    np.testing.assert_allclose(grid[1, :, 2], values)
+    np.testing.assert_allclose(grid[0, :, 0], 0.5 + 2 * values)
     np.testing.assert_allclose(grid[0, :, 1:], np.tile(z[1:], (7, 1)))  # the others stay as in z
-    np.testing.assert_allclose(grid[1, :, :2], np.tile(z[:2], (7, 1)))
+    np.testing.assert_allclose(grid[1, :, 1:], z[1:] + values[:, None] * [0.6, 0.8])
+    np.testing.assert_allclose(grid[:, 3], [z, z])  # value 0: the starting face itself
 
 
-def test_most_active_dims_ranks_by_variance_of_mu():
-    rng = np.random.default_rng(3)
-    mu = rng.standard_normal((200, 5)) * np.array([0.01, 2.0, 0.5, 0.01, 1.0])
-    assert most_active_dims(mu, 3) == [1, 4, 2]
+def test_principal_directions_of_a_known_covariance():
+    rotation = np.array([[0.6, -0.8, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]])  # columns: the axes
+    covariance = rotation @ np.diag([4.0, 0.25, 1.0]) @ rotation.T
+    units, deviations = principal_directions(covariance, 2)
+    np.testing.assert_allclose(deviations, [2.0, 1.0])
+    np.testing.assert_allclose(units, [[0.6, 0.8, 0.0], [0.0, 0.0, 1.0]], atol=1e-12)  # largest component > 0
 
 
 # --------------------------------------------------------------------------- the fitted density
