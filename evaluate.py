@@ -84,6 +84,7 @@ from latent import DENSITY_FILE, DensityError, LatentDensity, find_density
 from runs import (
     Backend,
     HelpFormatter,
+    Progress,
     RunFolderError,
     check_writable,
     load_decodable,
@@ -410,25 +411,6 @@ def split_files(data_path: str | None, split: str, limit: int) -> tuple[list[Pat
     if not files:
         raise EvalError(f"split {split!r} has no readable images ({dataset.describe()})")
     return files, dataset.describe()
-
-
-class Progress:
-    """'evaluated N of M images': rewritten in place on a terminal, one final line in logs."""
-
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.done = total, label, 0
-        self.enabled, self.live = enabled, enabled and sys.stdout.isatty()
-        self.started = time.perf_counter()
-
-    def add(self, count: int) -> None:
-        self.done += count
-        if self.live:
-            print(f"\r{self.label} {self.done} of {self.total} images", end="", flush=True)
-
-    def close(self) -> None:
-        if self.enabled:
-            seconds = time.perf_counter() - self.started
-            print(f"{chr(13) if self.live else ''}{self.label} {self.done} of {self.total} images in {seconds:.1f} s")
 
 
 # --------------------------------------------------------------------------- evaluation

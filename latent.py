@@ -44,7 +44,15 @@ from pathlib import Path
 import numpy as np
 
 import data
-from runs import HelpFormatter, RunFolderError, encode_files, open_backend, read_config, write_text_atomic
+from runs import (
+    HelpFormatter,
+    Progress,
+    RunFolderError,
+    encode_files,
+    open_backend,
+    read_config,
+    write_text_atomic,
+)
 
 DENSITY_FILE = "latent_density.json"
 DENSITY_FORMAT = "celeba-vae-latent-density/1"
@@ -494,10 +502,13 @@ def fit_folder_density(
     refit = "validation" in splits  # choose k on train alone, then refit to train+validation
     means: dict = {}
     trained_on = set(training)
-    for files in (training, [path for path in heldout + selection if path not in trained_on]):
+    others = [path for path in heldout + selection if path not in trained_on]
+    progress = Progress(len(training) + len(others), "latent density: encoded")
+    for files in (training, others):
         if files:
-            mu, kept = encode_files(files, backend)
+            mu, kept = encode_files(files, backend, progress=progress.add)
             means.update(zip(kept, mu, strict=True))
+    progress.close()
     # files that could not be decoded have no posterior mean
     training, heldout, selection = ([p for p in files if p in means] for files in (training, heldout, selection))
     log(f"latent density: choosing k among {list(sizes)} on the {len(heldout)} validation posterior means")

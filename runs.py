@@ -15,7 +15,8 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -348,7 +349,32 @@ def load_decodable(paths: Sequence[Path], backend: Backend) -> tuple[np.ndarray,
     return (np.stack(faces) if faces else np.zeros(shape, np.float32)), failed
 
 
-def encode_files(paths: Sequence[Path], backend: Backend, progress=None) -> tuple[np.ndarray, list[Path]]:
+class Progress:
+    """'LABEL N of M images': rewritten in place on a terminal; in a log file a line every
+    `log_every` seconds, so long work shows it is alive, and a final line with the time taken."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True, log_every: float = 30.0):
+        self.total, self.label, self.done, self.log_every = total, label, 0, log_every
+        self.enabled, self.live = enabled, enabled and sys.stdout.isatty()
+        self.started = self.logged = time.perf_counter()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.live:
+            print(f"\r{self.label} {self.done} of {self.total} images", end="", flush=True)
+        elif self.enabled and time.perf_counter() - self.logged >= self.log_every:
+            self.logged = time.perf_counter()
+            print(f"{self.label} {self.done} of {self.total} images", flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            seconds = time.perf_counter() - self.started
+            print(f"{chr(13) if self.live else ''}{self.label} {self.done} of {self.total} images in {seconds:.1f} s")
+
+
+def encode_files(
+    paths: Sequence[Path], backend: Backend, progress: Callable[[int], None] | None = None
+) -> tuple[np.ndarray, list[Path]]:
     """Posterior means [N, D] of the files that decode, and those N files: corrupt or truncated
     files are skipped, as training skips them, with a warning naming them. Faces are loaded
     LOAD_BATCH at a time to bound memory; progress(count) is called after each batch."""

@@ -164,3 +164,20 @@ def test_onnx_pair_of_different_exports_is_refused(tmp_path):
         f"export_id {'a' * 16!r} vs {'b' * 16!r}"
     )
     assert "source_run 'run_a' vs None" in export_onnx.pair_mismatch(decoder, {"latent_dim": "8"})
+
+
+def test_progress_in_a_log_file_prints_a_line_now_and_then(capsys):
+    """Not a terminal under pytest: no carriage returns, a line per `log_every`, a final line."""
+    chatty = runs.Progress(10, "encoded", log_every=0.0)
+    for _ in range(2):
+        chatty.add(5)
+    chatty.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["encoded 5 of 10 images", "encoded 10 of 10 images"]
+    assert lines[2].startswith("encoded 10 of 10 images in ") and len(lines) == 3
+    quiet = runs.Progress(10, "encoded", log_every=3600.0)
+    quiet.add(10)
+    quiet.close()
+    assert [line.split(" in ")[0] for line in capsys.readouterr().out.splitlines()] == ["encoded 10 of 10 images"]
+    runs.Progress(10, "encoded", enabled=False).close()
+    assert capsys.readouterr().out == "" and "\r" not in "".join(lines)
