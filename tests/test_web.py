@@ -7,7 +7,8 @@ decodes with onnxruntime-web are compared with Python onnxruntime's decode of th
 Needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver),
 selenium, and onnxruntime-web in web/node_modules (`npm ci` in web/). Without them the tests
 are skipped with the reason, unless REQUIRE_BROWSER=1 (as .ci/run sets): then they fail.
-test_screenshot writes docs/images/web_explorer.png, the README's picture of the page.
+test_screenshot takes a picture of the page; with UPDATE_SCREENSHOT=1 it writes it to
+docs/images/web_explorer.png, the README's picture (a plain test run changes no tracked file).
 """
 
 from __future__ import annotations
@@ -323,9 +324,11 @@ def test_interpolation_scrubs_and_plays_the_slerp_path(pretrained_page):
     np.testing.assert_allclose(driver.execute_script("return explorer.z()"), b, rtol=1e-5, atol=1e-5)
 
 
-def test_screenshot(pretrained_page):
-    """docs/images/web_explorer.png: the page with a generated face (seed SCREENSHOT_SEED, smiling)."""
+def test_screenshot(pretrained_page, tmp_path):
+    """The page with a generated face (seed SCREENSHOT_SEED, smiling); UPDATE_SCREENSHOT=1 makes it
+    the README's docs/images/web_explorer.png."""
     driver = pretrained_page
+    screenshot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") == "1" else tmp_path / SCREENSHOT.name
     field = driver.find_element("id", "seed-input")
     field.clear()
     field.send_keys(str(SCREENSHOT_SEED))
@@ -339,10 +342,10 @@ def test_screenshot(pretrained_page):
     )
     driver.set_window_size(1280, page + frame)  # the whole page, no scroll bar
     try:
-        assert driver.save_screenshot(str(SCREENSHOT))
+        assert driver.save_screenshot(str(screenshot))
     finally:
         driver.set_window_size(1280, 1000)
-    with Image.open(SCREENSHOT) as shot:
+    with Image.open(screenshot) as shot:
         assert shot.width >= 1000
         face = driver.find_element("id", "face").rect
         crop = np.asarray(shot.convert("RGB").crop((face["x"], face["y"], face["x"] + 64, face["y"] + 64)))
