@@ -22,8 +22,9 @@ truncated files are skipped, named and counted) -> parallel decode with the crop
 JPEG decode -> antialiased resize (area averaging) -> optional grayscale -> uint8 -> cache ->
 seeded shuffle -> batch -> float32 in [0, 1] -> prefetch. The cache holds uint8
 (4x smaller than float32: 200k CelebA images at 64x64 are 2.5 GB of pixels) and the
-conversion to float32 is done per batch, which is cheap. `check_memory_cache` tells
-beforehand when a memory cache would not fit in the available memory.
+conversion to float32 is done per batch, which is cheap. `check_memory_cache` and
+`check_file_cache` tell beforehand when a memory cache would not fit in the available memory,
+or a file cache on its disk.
 
 Crop: `crop` is the side of the central square kept, in pixels of the 178-pixel
 wide aligned CelebA frame: 148 (default) keeps rows 35..182 and columns 15..162,
@@ -47,6 +48,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -118,6 +120,12 @@ MEMORY_CACHE_OVERHEAD = 1.2
 # At most this share of the available memory goes to the cache: the rest is for TensorFlow, the
 # model, the shuffle buffer and the batches.
 MEMORY_CACHE_SHARE = 0.75
+# Disk a file cache takes per image beyond its pixels: its entry in the cache's index, 34-36 bytes
+# measured, twice over while TensorFlow merges the index of the finished cache.
+FILE_CACHE_ENTRY_BYTES = 72
+# And per cache: its four files (data, lock, and the index twice over) each end in a partly used
+# disk block, of 4 kB on most file systems.
+FILE_CACHE_FILES_BYTES = 4 * 4096
 KAGGLE_HINT = (
     "get CelebA from Kaggle: `kaggle datasets download -d jessicali9530/celeba-dataset && "
     "unzip celeba-dataset.zip -d celeba`, then pass --data ./celeba"
@@ -542,7 +550,7 @@ def usable_files(paths: Sequence[Path]) -> list[Path]:
     return good
 
 
-# --------------------------------------------------------------------------- memory
+# --------------------------------------------------------------------------- cache sizes
 def available_memory(root: Path = Path("/")) -> int | None:
     """Bytes of memory this process may still take: the kernel's MemAvailable, or less where a
     memory cgroup limit (v2 memory.max, v1 memory.limit_in_bytes) of this process's cgroup or
@@ -583,15 +591,70 @@ def check_memory_cache(count: int, image_size: int, channels: int) -> None:
     """Raise DataError when a memory cache of `count` decoded images would not fit in
     MEMORY_CACHE_SHARE of the available memory: say so now rather than have the kernel's
     OOM killer stop the run halfway through its first epoch."""
-    pixels = count * image_size * image_size * channels
-    needed = pixels * MEMORY_CACHE_OVERHEAD
-    available = available_memory()
-    if available is not None and needed > MEMORY_CACHE_SHARE * available:
+    needed, available = memory_cache_bytes(count, image_size, channels), available_memory()
+    if not fits_in_memory(needed, available):
         raise DataError(
             f"caching {count} decoded {image_size}x{image_size} images in memory takes about {size_text(needed)}, "
             f"but only {size_text(available)} is available; cache them in files instead with --cache DIR "
-            f"(about {size_text(pixels)} of disk), or use --cache none or fewer images (--limit)"
+            f"(about {size_text(file_cache_bytes(count, image_size, channels))} of disk), or use --cache none or "
+            "fewer images (--limit)"
         )
+
+
+def memory_cache_bytes(count: int, image_size: int, channels: int) -> float:
+    return count * image_size * image_size * channels * MEMORY_CACHE_OVERHEAD
+
+
+def fits_in_memory(needed: float, available: int | None) -> bool:
+    """Whether a memory cache of `needed` bytes fits in MEMORY_CACHE_SHARE of the `available`
+    memory; it is taken to fit where that is unknown (None)."""
+    return available is None or needed <= MEMORY_CACHE_SHARE * available
+
+
+def file_cache_bytes(count: int, image_size: int, channels: int) -> int:
+    return count * (image_size * image_size * channels + FILE_CACHE_ENTRY_BYTES)
+
+
+def free_disk_space(folder: str | os.PathLike) -> int:
+    """Bytes free for this process on the file system of `folder` (or of its nearest existing parent)."""
+    existing = next(path for path in (Path(folder), *Path(folder).absolute().parents) if path.exists())
+    return shutil.disk_usage(existing).free
+
+
+def file_cache_needs(
+    cache_dir: str, file_lists: Sequence[Sequence[Path]], image_size: int, channels: int, crop: int
+) -> tuple[int, int]:
+    """(images, bytes) still to be written to `cache_dir` for the file caches of these file lists:
+    a list whose cache is there complete (from an earlier run) needs none."""
+    missing = [
+        files
+        for files in file_lists
+        if not file_cache_is_complete(file_cache_prefix(cache_dir, files, image_size, channels, crop))
+    ]
+    count = sum(map(len, missing))
+    return count, file_cache_bytes(count, image_size, channels) + len(missing) * FILE_CACHE_FILES_BYTES
+
+
+def check_file_cache(
+    cache_dir: str, file_lists: Sequence[Sequence[Path]], image_size: int, channels: int, crop: int
+) -> None:
+    """Raise DataError when the file caches of these file lists (one per make_dataset) would not
+    fit in the free space of `cache_dir`'s disk: say so now rather than stop when it is full."""
+    count, needed = file_cache_needs(cache_dir, file_lists, image_size, channels, crop)
+    free = free_disk_space(cache_dir)
+    if needed <= free:
+        return
+    in_memory, available = memory_cache_bytes(sum(map(len, file_lists)), image_size, channels), available_memory()
+    memory = (
+        f", use --cache memory (about {size_text(in_memory)}, which fits in memory)"
+        if fits_in_memory(in_memory, available)
+        else ""
+    )
+    raise DataError(
+        f"caching {count} decoded {image_size}x{image_size} images in files under {cache_dir} takes about "
+        f"{size_text(needed)}, but only {size_text(free)} is free there; free some space, give another --cache "
+        f"folder{memory}, use --cache none, or train on fewer images (--limit)"
+    )
 
 
 def size_text(count: float) -> str:
@@ -666,7 +729,7 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    files = usable_files(list(files))
+    requested, files = list(files), usable_files(list(files))
     if not files:
         raise DataError("no readable images left to train on; check the files under --data")
     dataset = tf.data.Dataset.from_tensor_slices([str(p) for p in files])
@@ -680,7 +743,7 @@ def make_dataset(
     if cache == "memory":
         dataset = dataset.cache()
     elif cache != "none":
-        dataset = dataset.cache(file_cache_path(cache, files, image_size, channels, crop))
+        dataset = dataset.cache(file_cache_path(cache, requested, image_size, channels, crop))
     decoded = dataset
 
     def batches(_) -> tf.data.Dataset:
@@ -704,15 +767,41 @@ def make_dataset(
 
 
 def file_cache_path(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> str:
-    """A cache file name that changes with the file list and decode settings; a cache left
-    half-written by a killed run (a lockfile and no index) is removed first."""
-    digest = hashlib.md5("\n".join(str(p) for p in files).encode()).hexdigest()[:12]
-    prefix = Path(cache_dir) / f"celeba_{image_size}px_{channels}ch_crop{crop}_{digest}"
+    """The prefix of the file cache of `files` (see `file_cache_prefix`), with its folder made and
+    what a killed run or a full disk left half-written there removed first."""
+    prefix = file_cache_prefix(cache_dir, files, image_size, channels, crop)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    if not Path(f"{prefix}.index").exists():
-        for stale in prefix.parent.glob(prefix.name + "*"):
-            stale.unlink()
+    remove_partial_file_cache(prefix)
     return str(prefix)
+
+
+def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> Path:
+    """The prefix of the file cache of `files` (as listed, before the file check, so that it is
+    known without checking them) and the decode settings: another list or setting, another cache."""
+    digest = hashlib.md5("\n".join(str(p) for p in files).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"celeba_{image_size}px_{channels}ch_crop{crop}_{digest}"
+
+
+def file_cache_is_complete(prefix: str | os.PathLike) -> bool:
+    """Whether TensorFlow finished the file cache at `prefix`: it merges the pieces written into
+    the cache's index, and only then removes their lock files (a full disk can stop it in between,
+    leaving an empty index)."""
+    prefix = Path(prefix)
+    return Path(f"{prefix}.index").is_file() and not any(prefix.parent.glob(f"{prefix.name}_*.lockfile"))
+
+
+def remove_partial_file_cache(prefix: str | os.PathLike) -> list[Path]:
+    """Remove the files of an unfinished file cache at `prefix` (TensorFlow's lock files and the
+    data written so far), each emptied first so that its space comes back even while a failed
+    writer still holds it open; returns them. A complete cache stays."""
+    prefix = Path(prefix)
+    if file_cache_is_complete(prefix):
+        return []
+    removed = sorted(prefix.parent.glob(prefix.name + "*"))
+    for path in removed:
+        os.truncate(path, 0)
+        path.unlink()
+    return removed
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -142,7 +142,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--cache",
         default="memory",
         help="decoded-image cache: memory, none, or a folder for a file cache (for data that does not fit in "
-        "memory: train.py stops with this advice when the memory cache would not fit)",
+        "memory: train.py stops with this advice when the memory cache would not fit, and checks the folder's disk "
+        "has room for a file cache)",
     )
     io.add_argument(
         "--crop",
