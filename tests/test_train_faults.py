@@ -290,7 +290,8 @@ def tiny_disk(tmp_path) -> Iterator[Path]:
     try:
         yield folder
     finally:
-        subprocess.run(["umount", str(folder)], check=True)
+        # --lazy: unmounted even if this process still holds a file there open (freed when closed)
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
 def test_a_cache_disk_that_fills_up_during_training_stops_with_one_line(face_folder, tmp_path, tiny_disk):
