@@ -520,6 +520,8 @@ def locked_run_folder(run_dir: Path, config: dict, resume: bool) -> Iterator[Non
             if created_lock and (not checked or [path.name for path in run_dir.iterdir()] == [LOCK_FILE]):
                 lock_path.unlink()  # refused, or stopped before writing anything: leave no trace
                 for folder in created_folders:
+                    if any(folder.iterdir()):
+                        break  # it holds something else now, such as a --cache folder made beside the run
                     folder.rmdir()
 
 

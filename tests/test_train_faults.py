@@ -254,7 +254,7 @@ def test_a_memory_cache_that_would_not_fit_stops_before_training(face_folder, tm
 
 
 def test_a_file_cache_that_would_not_fit_stops_before_training(face_folder, tmp_path, monkeypatch):
-    run, cache = tmp_path / "run", tmp_path / "cache"
+    run, cache = tmp_path / "new" / "run", tmp_path / "new" / "cache"  # a new folder for both
     monkeypatch.setattr(data, "free_disk_space", lambda folder: 40_000)
     # the ~56 training and validation faces at 16x16x3: ~47 kB of cache files, and 2 x 16 kB of their last blocks
     with pytest.raises(SystemExit, match=f"^error: caching 5[0-9] decoded 16x16 images in files under {cache} takes "
@@ -262,7 +262,7 @@ def test_a_file_cache_that_would_not_fit_stops_before_training(face_folder, tmp_
                        "use --cache memory \\(about [45][0-9] kB, which fits in memory\\), use --cache none, or train on "
                        "fewer images \\(--limit\\)$"):  # fmt: skip
         train.main(tiny_train_args(face_folder, run, "--cache", str(cache)))
-    assert not run.exists() and list(cache.iterdir()) == []
+    assert not run.exists() and list(cache.iterdir()) == []  # the cache folder, checked before, stays
     monkeypatch.setattr(data, "available_memory", lambda: 40_000)
     with pytest.raises(
         SystemExit, match="is free there; free some space, give another --cache folder, use --cache none"
