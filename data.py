@@ -17,13 +17,14 @@ The official train/validation/test partition is used where its file exists.
 Attribute rows may be missing for some images (the sample in
 ../shared/celeba-sample has 433 of 4800): those images still train.
 
-Pipeline: file list -> check each file's header and trailer (corrupt or truncated
-files are skipped, with a count) -> parallel decode with the crop fused into the
+Pipeline: file list -> check each file's structure, and a PNG's image data (corrupt or
+truncated files are skipped, named and counted) -> parallel decode with the crop fused into the
 JPEG decode -> antialiased resize (area averaging) -> optional grayscale -> uint8 -> cache ->
 seeded shuffle -> batch -> float32 in [0, 1] -> prefetch. The cache holds uint8
 (4x smaller than float32: 200k CelebA images at 64x64 are 2.5 GB of pixels) and the
-conversion to float32 is done per batch, which is cheap. `check_memory_cache` tells
-beforehand when a memory cache would not fit in the available memory.
+conversion to float32 is done per batch, which is cheap. `check_memory_cache` and
+`check_file_cache` tell beforehand when a memory cache would not fit in the available memory,
+or a file cache on its disk.
 
 Crop: `crop` is the side of the central square kept, in pixels of the 178-pixel
 wide aligned CelebA frame: 148 (default) keeps rows 35..182 and columns 15..162,
@@ -47,6 +48,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -118,6 +120,12 @@ MEMORY_CACHE_OVERHEAD = 1.2
 # At most this share of the available memory goes to the cache: the rest is for TensorFlow, the
 # model, the shuffle buffer and the batches.
 MEMORY_CACHE_SHARE = 0.75
+# Disk a file cache takes per image beyond its pixels: its entry in the cache's index, 34-36 bytes
+# measured, twice over while TensorFlow merges the index of the finished cache.
+FILE_CACHE_ENTRY_BYTES = 72
+# And per cache: its four files (data, lock, and the index twice over) each end in a partly used
+# disk block, of 4 kB on most file systems.
+FILE_CACHE_FILES_BYTES = 4 * 4096
 KAGGLE_HINT = (
     "get CelebA from Kaggle: `kaggle datasets download -d jessicali9530/celeba-dataset && "
     "unzip celeba-dataset.zip -d celeba`, then pass --data ./celeba"
@@ -137,6 +145,12 @@ JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
 JPEG_TABLES = {0xC4, 0xCC, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF, 0xFE, *range(0xE0, 0xF0), *range(0xF0, 0xFE)}
 JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour type -> (samples per pixel, the bit depths allowed with it)
+PNG_COLOUR_TYPES = {0: (1, (1, 2, 4, 8, 16)), 2: (3, (8, 16)), 3: (1, (1, 2, 4, 8)), 4: (2, (8, 16)), 6: (4, (8, 16))}
+# Adam7 interlacing: (first column, first row, column step, row step) of each of its 7 passes
+ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+PNG_LAST_FILTER = 4  # row filter types: 0 none, 1 sub, 2 up, 3 average, 4 Paeth
+PNG_INFLATE_CHUNK = 1 << 16  # bytes inflated at a time when checking a PNG's image data
 
 
 class DataError(ValueError):
@@ -369,13 +383,15 @@ def find_dataset(path: str | os.PathLike) -> Dataset:
 
 # --------------------------------------------------------------------------- file checks
 def image_file_problem(path: Path) -> str | None:
-    """Why TensorFlow could not decode an image file, found from its structure alone (about
-    20 microseconds for a CelebA JPEG), or None when it looks whole. JPEG: the marker segments
-    up to the first scan as libjpeg reads them, with a frame header giving the size, and the
-    end-of-image marker at the end. PNG: the signature, an IHDR chunk first, intact checksums of
-    the critical chunks (as libpng checks them), image data and IEND. Either way at most
-    MAX_IMAGE_PIXELS pixels: a decompression bomb is skipped, not decoded. A JPEG whose
-    compressed data alone is damaged passes: libjpeg decodes it too, with a warning."""
+    """Why TensorFlow could not decode an image file, or None when it looks whole. JPEG, from its
+    structure alone (about 20 microseconds for a CelebA JPEG): the marker segments up to the first
+    scan as libjpeg reads them, with a frame header giving the size, and the end-of-image marker
+    at the end. PNG: the signature, a valid IHDR chunk first, intact checksums of the critical
+    chunks (as libpng checks them), image data and IEND, and that image data inflated as libpng
+    would (`png_data_problem`), which costs what zlib takes: 0.2-0.7 ms for a 178x218 RGB PNG,
+    about as much as decoding it. Either way at most MAX_IMAGE_PIXELS pixels: a decompression
+    bomb is skipped, not decoded. A JPEG whose compressed data alone is damaged passes: libjpeg
+    decodes it too, with a warning."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
@@ -431,8 +447,8 @@ def jpeg_structure(handle: IO[bytes]) -> tuple[str | None, tuple[int, int]]:
 
 
 def png_structure(content: bytes) -> tuple[str | None, tuple[int, int]]:
-    """(problem or None, (height, width)) from the chunks of a whole PNG file."""
-    position, size, has_data = 8, None, False
+    """(problem or None, (height, width)) from the chunks of a whole PNG file and its image data."""
+    position, size, header, image_data = 8, None, b"", []
     while position + 12 <= len(content):
         length = int.from_bytes(content[position : position + 4], "big")
         kind = content[position + 4 : position + 8]
@@ -445,16 +461,70 @@ def png_structure(content: bytes) -> tuple[str | None, tuple[int, int]]:
             # libpng refuses a checksum error in a critical chunk (upper-case first letter).
             return f"damaged: checksum error in its {kind.decode('latin-1')} chunk", (0, 0)
         if size is None:
-            width = int.from_bytes(content[position + 8 : position + 12], "big")
-            height = int.from_bytes(content[position + 12 : position + 16], "big")
+            header = content[position + 8 : end - 4]
+            width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
             if not (width and height):
                 return f"empty image ({width}x{height})", (0, 0)
             size = (height, width)
-        has_data = has_data or kind == b"IDAT"
+        elif kind == b"IDAT":
+            image_data.append(content[position + 8 : end - 4])
         if kind == b"IEND":
-            return (None, size) if has_data else ("no image data", (0, 0))
+            if not image_data:
+                return "no image data", (0, 0)
+            if size[0] * size[1] > MAX_IMAGE_PIXELS:
+                return None, size  # a bomb: image_file_problem refuses its size, uninflated
+            return png_data_problem(header, b"".join(image_data)), size
         position = end
     return "truncated: no IEND chunk", (0, 0)
+
+
+def png_data_problem(header: bytes, compressed: bytes) -> str | None:
+    """What libpng would find wrong with a PNG's image data (IHDR fields, the IDAT chunks' data
+    joined), or None: a zlib stream that is broken or incomplete (its checksum included), that
+    holds fewer bytes than the image's rows need (a filter byte and the packed samples of each row,
+    in each of the 7 passes of an interlaced image), or, not interlaced, a row with no valid filter
+    type. Inflated in pieces of PNG_INFLATE_CHUNK bytes that are counted and dropped, and only up
+    to what the rows need: a small file cannot make the check take much memory or time (data beyond
+    the rows, which libpng ignores, is left unchecked)."""
+    width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
+    depth, colour, compression, filtering, interlace = header[8:13]
+    samples, depths = PNG_COLOUR_TYPES.get(colour, (0, ()))
+    if depth not in depths or compression or filtering or interlace > 1:
+        return (
+            f"damaged: its IHDR chunk is invalid (bit depth {depth}, colour type {colour}, compression {compression}, "
+            f"filter {filtering}, interlace {interlace})"
+        )
+
+    def row_bytes(columns: int) -> int:
+        return 1 + (columns * samples * depth + 7) // 8  # the filter type byte, then the packed samples
+
+    row_size = 0 if interlace else row_bytes(width)  # rows of one size: their filter bytes are checked
+    if interlace:
+        passes = [(-(-(width - x) // dx), -(-(height - y) // dy)) for x, y, dx, dy in ADAM7_PASSES]
+        needed = sum(rows * row_bytes(columns) for columns, rows in passes if columns > 0 and rows > 0)
+    else:
+        needed = height * row_size
+    inflater, pending, produced = zlib.decompressobj(), compressed, 0
+    try:
+        while not inflater.eof and produced <= needed:
+            piece = inflater.decompress(pending, PNG_INFLATE_CHUNK)
+            pending = inflater.unconsumed_tail
+            if row_size:  # the filter type bytes that start the rows in this piece
+                filters = piece[-produced % row_size : needed - produced : row_size]
+                if filters and max(filters) > PNG_LAST_FILTER:
+                    row, value = next((i, v) for i, v in enumerate(filters) if v > PNG_LAST_FILTER)
+                    row += -(-produced // row_size)
+                    return f"damaged: its compressed image data has an invalid filter type {value} in row {row + 1}"
+            produced += len(piece)
+            if not piece and not pending:
+                break  # every byte inflated and the stream has not ended
+    except zlib.error as error:
+        return f"damaged: its compressed image data is broken ({error})"
+    if produced < needed:
+        return f"damaged: its compressed image data holds {produced} of the {needed} bytes its {width}x{height} pixels need"
+    if not inflater.eof and produced == needed:
+        return "damaged: its compressed image data is cut short (no end of stream)"
+    return None
 
 
 def is_readable_image(path: Path) -> bool:
@@ -480,7 +550,7 @@ def usable_files(paths: Sequence[Path]) -> list[Path]:
     return good
 
 
-# --------------------------------------------------------------------------- memory
+# --------------------------------------------------------------------------- cache sizes
 def available_memory(root: Path = Path("/")) -> int | None:
     """Bytes of memory this process may still take: the kernel's MemAvailable, or less where a
     memory cgroup limit (v2 memory.max, v1 memory.limit_in_bytes) of this process's cgroup or
@@ -521,15 +591,70 @@ def check_memory_cache(count: int, image_size: int, channels: int) -> None:
     """Raise DataError when a memory cache of `count` decoded images would not fit in
     MEMORY_CACHE_SHARE of the available memory: say so now rather than have the kernel's
     OOM killer stop the run halfway through its first epoch."""
-    pixels = count * image_size * image_size * channels
-    needed = pixels * MEMORY_CACHE_OVERHEAD
-    available = available_memory()
-    if available is not None and needed > MEMORY_CACHE_SHARE * available:
+    needed, available = memory_cache_bytes(count, image_size, channels), available_memory()
+    if not fits_in_memory(needed, available):
         raise DataError(
             f"caching {count} decoded {image_size}x{image_size} images in memory takes about {size_text(needed)}, "
             f"but only {size_text(available)} is available; cache them in files instead with --cache DIR "
-            f"(about {size_text(pixels)} of disk), or use --cache none or fewer images (--limit)"
+            f"(about {size_text(file_cache_bytes(count, image_size, channels))} of disk), or use --cache none or "
+            "fewer images (--limit)"
         )
+
+
+def memory_cache_bytes(count: int, image_size: int, channels: int) -> float:
+    return count * image_size * image_size * channels * MEMORY_CACHE_OVERHEAD
+
+
+def fits_in_memory(needed: float, available: int | None) -> bool:
+    """Whether a memory cache of `needed` bytes fits in MEMORY_CACHE_SHARE of the `available`
+    memory; it is taken to fit where that is unknown (None)."""
+    return available is None or needed <= MEMORY_CACHE_SHARE * available
+
+
+def file_cache_bytes(count: int, image_size: int, channels: int) -> int:
+    return count * (image_size * image_size * channels + FILE_CACHE_ENTRY_BYTES)
+
+
+def free_disk_space(folder: str | os.PathLike) -> int:
+    """Bytes free for this process on the file system of `folder` (or of its nearest existing parent)."""
+    existing = next(path for path in (Path(folder), *Path(folder).absolute().parents) if path.exists())
+    return shutil.disk_usage(existing).free
+
+
+def file_cache_needs(
+    cache_dir: str, file_lists: Sequence[Sequence[Path]], image_size: int, channels: int, crop: int
+) -> tuple[int, int]:
+    """(images, bytes) still to be written to `cache_dir` for the file caches of these file lists:
+    a list whose cache is there complete (from an earlier run) needs none."""
+    missing = [
+        files
+        for files in file_lists
+        if not file_cache_is_complete(file_cache_prefix(cache_dir, files, image_size, channels, crop))
+    ]
+    count = sum(map(len, missing))
+    return count, file_cache_bytes(count, image_size, channels) + len(missing) * FILE_CACHE_FILES_BYTES
+
+
+def check_file_cache(
+    cache_dir: str, file_lists: Sequence[Sequence[Path]], image_size: int, channels: int, crop: int
+) -> None:
+    """Raise DataError when the file caches of these file lists (one per make_dataset) would not
+    fit in the free space of `cache_dir`'s disk: say so now rather than stop when it is full."""
+    count, needed = file_cache_needs(cache_dir, file_lists, image_size, channels, crop)
+    free = free_disk_space(cache_dir)
+    if needed <= free:
+        return
+    in_memory, available = memory_cache_bytes(sum(map(len, file_lists)), image_size, channels), available_memory()
+    memory = (
+        f", use --cache memory (about {size_text(in_memory)}, which fits in memory)"
+        if fits_in_memory(in_memory, available)
+        else ""
+    )
+    raise DataError(
+        f"caching {count} decoded {image_size}x{image_size} images in files under {cache_dir} takes about "
+        f"{size_text(needed)}, but only {size_text(free)} is free there; free some space, give another --cache "
+        f"folder{memory}, use --cache none, or train on fewer images (--limit)"
+    )
 
 
 def size_text(count: float) -> str:
@@ -604,7 +729,7 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    files = usable_files(list(files))
+    requested, files = list(files), usable_files(list(files))
     if not files:
         raise DataError("no readable images left to train on; check the files under --data")
     dataset = tf.data.Dataset.from_tensor_slices([str(p) for p in files])
@@ -618,7 +743,7 @@ def make_dataset(
     if cache == "memory":
         dataset = dataset.cache()
     elif cache != "none":
-        dataset = dataset.cache(file_cache_path(cache, files, image_size, channels, crop))
+        dataset = dataset.cache(file_cache_path(cache, requested, image_size, channels, crop))
     decoded = dataset
 
     def batches(_) -> tf.data.Dataset:
@@ -642,15 +767,41 @@ def make_dataset(
 
 
 def file_cache_path(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> str:
-    """A cache file name that changes with the file list and decode settings; a cache left
-    half-written by a killed run (a lockfile and no index) is removed first."""
-    digest = hashlib.md5("\n".join(str(p) for p in files).encode()).hexdigest()[:12]
-    prefix = Path(cache_dir) / f"celeba_{image_size}px_{channels}ch_crop{crop}_{digest}"
+    """The prefix of the file cache of `files` (see `file_cache_prefix`), with its folder made and
+    what a killed run or a full disk left half-written there removed first."""
+    prefix = file_cache_prefix(cache_dir, files, image_size, channels, crop)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    if not Path(f"{prefix}.index").exists():
-        for stale in prefix.parent.glob(prefix.name + "*"):
-            stale.unlink()
+    remove_partial_file_cache(prefix)
     return str(prefix)
+
+
+def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> Path:
+    """The prefix of the file cache of `files` (as listed, before the file check, so that it is
+    known without checking them) and the decode settings: another list or setting, another cache."""
+    digest = hashlib.md5("\n".join(str(p) for p in files).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"celeba_{image_size}px_{channels}ch_crop{crop}_{digest}"
+
+
+def file_cache_is_complete(prefix: str | os.PathLike) -> bool:
+    """Whether TensorFlow finished the file cache at `prefix`: it merges the pieces written into
+    the cache's index, and only then removes their lock files (a full disk can stop it in between,
+    leaving an empty index)."""
+    prefix = Path(prefix)
+    return Path(f"{prefix}.index").is_file() and not any(prefix.parent.glob(f"{prefix.name}_*.lockfile"))
+
+
+def remove_partial_file_cache(prefix: str | os.PathLike) -> list[Path]:
+    """Remove the files of an unfinished file cache at `prefix` (TensorFlow's lock files and the
+    data written so far), each emptied first so that its space comes back even while a failed
+    writer still holds it open; returns them. A complete cache stays."""
+    prefix = Path(prefix)
+    if file_cache_is_complete(prefix):
+        return []
+    removed = sorted(prefix.parent.glob(prefix.name + "*"))
+    for path in removed:
+        os.truncate(path, 0)
+        path.unlink()
+    return removed
 
 
 def main(argv: Sequence[str] | None = None) -> None:

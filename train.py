@@ -20,7 +20,9 @@ Each run writes to its folder (default runs/<timestamp>):
 
 The command line, its checks and the run folder's (lock, new or resumable, no debris) are
 train_cli.py's, which has no TensorFlow: `--help` and a bad flag answer at once. A full disk
-stops the run with the space a checkpoint needs, keeping the last good checkpoint.
+stops the run with the space a checkpoint needs, keeping the last good checkpoint; a file cache
+(--cache DIR) is checked to fit on its disk before training, and one that fills it all the same
+is removed, with the space it needs.
 
 SIGTERM (e.g. preemption) finishes the current step, backs it up and exits with status 143.
 """
@@ -73,6 +75,7 @@ from train_cli import (  # noqa: E402
     TF_CONFIG_HELP,
     RunError,
     TrainingStopped,
+    has_backup,
     latest_checkpoint,
     remove_temporary_files,
 )
@@ -479,13 +482,18 @@ def train(
     keras.utils.set_random_seed(config["seed"])
     train_files, validation_files, description = load_splits(config)
     print(f"data: {description}; training on {len(train_files)} images")
-    if config["cache"] == "memory":
+    cache = worker_cache(config["cache"], strategy)
+    if cache == "memory":
         data.check_memory_cache(len(train_files) + len(validation_files), config["image_size"], config["channels"])
+    elif cache != "none":
+        data.check_file_cache(
+            cache, [train_files, validation_files], config["image_size"], config["channels"], config["crop"]
+        )
     image_args = {
         "image_size": config["image_size"],
         "channels": config["channels"],
         "crop": config["crop"],
-        "cache": worker_cache(config["cache"], strategy),
+        "cache": cache,
     }
     batch_size = config["batch_size"]
     # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
@@ -507,8 +515,9 @@ def train(
 
     validation_data = data.make_dataset(validation_files, batch_size=batch_size, repeat=True, **image_args)
     validation_steps = math.ceil(len(validation_files) / batch_size)
+    preview_files = validation_files[: 2 * GRID_COLUMNS]  # read once: not cached
     preview = next(
-        iter(data.make_dataset(validation_files[: 2 * GRID_COLUMNS], batch_size=2 * GRID_COLUMNS, **image_args))
+        iter(data.make_dataset(preview_files, batch_size=2 * GRID_COLUMNS, **{**image_args, "cache": "none"}))
     ).numpy()
 
     # With several workers only the chief writes the run folder; the others write their
@@ -575,7 +584,7 @@ def train(
             "verbose": verbose,
             "shuffle": False,  # the dataset shuffles itself, seeded
         }
-        disk_full = False
+        full_disk = None  # what a write found the disk full for: "cache" or "run"
         try:
             if initial_step:
                 # Keras fits whole epochs, so the rest of an interrupted epoch is a fit of its own.
@@ -612,12 +621,20 @@ def train(
                 f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
                 f"worker with --resume {run_dir} --strategy multiworker, or go on alone with --resume {run_dir}"
             ) from None
-        # h5py raises OSError or RuntimeError when the disk fills mid-write, TensorFlow's checkpoint an OpError
+        # h5py raises OSError or RuntimeError when the disk fills mid-write, TensorFlow's checkpoint an OpError,
+        # tf.data's file cache a ResourceExhaustedError
         except (OSError, RuntimeError, tf.errors.OpError) as error:
-            if getattr(error, "errno", None) not in NO_SPACE and not disk_is_full(model, output_dir):
+            if fills_file_cache(error, cache):
+                full_disk = "cache"
+            elif getattr(error, "errno", None) in NO_SPACE or disk_is_full(model, output_dir):
+                full_disk = "run"
+            else:
                 raise
-            disk_full = True  # handled below, once the failed write's objects are released with `error`
-        if disk_full:
+        # Handled here, once the failed write's objects (the data iterator holding the cache files
+        # open, h5py's file) are released with `error`.
+        if full_disk == "cache":
+            raise file_cache_full_error(cache, [train_files, validation_files], config, run_dir)
+        if full_disk == "run":
             raise disk_full_error(model, output_dir)
     if guard.failed_at:
         kept = latest_checkpoint(run_dir)
@@ -697,6 +714,37 @@ def disk_full_error(model: keras.Model, run_dir: Path) -> RunError:
     return RunError(
         f"the disk is full in {run_dir}: a checkpoint takes {checkpoint / 1e6:.1f} MB and encoder.keras with "
         f"decoder.keras about {models / 1e6:.1f} MB; free that much space, {then}"
+    )
+
+
+def fills_file_cache(error: BaseException, cache: str) -> bool:
+    """Whether `error` is a write into the file cache folder `cache` that found its disk full:
+    TensorFlow's error names the file written and the system's reason."""
+    if cache in ("memory", "none"):
+        return False
+    text = str(error)
+    return str(Path(cache)) in text and any(os.strerror(code) in text for code in NO_SPACE)
+
+
+def file_cache_full_error(cache: str, file_lists: list[list[Path]], config: dict, run_dir: Path) -> RunError:
+    """The error for a file cache that filled its disk while it was written, although it fitted
+    when training began (other processes wrote there since): the unfinished cache files are
+    removed, the run folder keeps its checkpoints, and the message says how much space is needed
+    and how to go on."""
+    gc.collect()  # closes the cache files the failed iterator held
+    settings = (config["image_size"], config["channels"], config["crop"])
+    for files in file_lists:
+        data.remove_partial_file_cache(data.file_cache_prefix(cache, files, *settings))
+    needed, free = data.file_cache_needs(cache, file_lists, *settings)[1], data.free_disk_space(cache)
+    then = (
+        f"then continue with: python train.py --resume {run_dir}"
+        if latest_checkpoint(run_dir) or has_backup(run_dir)
+        else f"then delete {run_dir} and run the same command again (no checkpoint had been written)"
+    )
+    return RunError(
+        f"the disk of --cache {cache} filled up while the decoded images were cached there (the unfinished cache "
+        f"files are removed): the cache needs about {data.size_text(needed)} and {data.size_text(free)} is free; "
+        f"free space there or give another --cache folder, {then}"
     )
 
 

@@ -143,7 +143,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--cache",
         default="memory",
         help="decoded-image cache: memory, none, or a folder for a file cache (for data that does not fit in "
-        "memory: train.py stops with this advice when the memory cache would not fit)",
+        "memory: train.py stops with this advice when the memory cache would not fit, and checks the folder's disk "
+        "has room for a file cache)",
     )
     io.add_argument(
         "--crop",
@@ -509,6 +510,8 @@ def locked_run_folder(run_dir: Path, config: dict, resume: bool) -> Iterator[Non
             if created_lock and (not checked or [path.name for path in run_dir.iterdir()] == [LOCK_FILE]):
                 lock_path.unlink()  # refused, or stopped before writing anything: leave no trace
                 for folder in created_folders:
+                    if any(folder.iterdir()):
+                        break  # it holds something else now, such as a --cache folder made beside the run
                     folder.rmdir()
 
 

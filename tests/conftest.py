@@ -48,15 +48,18 @@ def write_faces(folder: Path, names: list[str], seed: int = 0) -> list[Path]:
     return paths
 
 
+def png_chunk(kind: bytes, content: bytes) -> bytes:
+    """A PNG chunk: length, type, content and its checksum."""
+    return len(content).to_bytes(4, "big") + kind + content + zlib.crc32(kind + content).to_bytes(4, "big")
+
+
 def bomb_png(path: Path, side: int = 10_000) -> Path:
     """A valid 1-bit PNG of side x side pixels (100 megapixels by default) in a few kilobytes."""
-
-    def chunk(kind: bytes, content: bytes) -> bytes:
-        return len(content).to_bytes(4, "big") + kind + content + zlib.crc32(kind + content).to_bytes(4, "big")
-
     header = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])  # 1-bit grey
     pixels = zlib.compress(bytes(side * (1 + (side + 7) // 8)), 9)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b"")
+    )
     return path
 
 

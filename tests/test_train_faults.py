@@ -1,7 +1,7 @@
 """train.py's refusals and faults: bad flags, --resume with other flags, the run folder (lock,
 what may be trained into, debris of killed runs), a full disk, damaged checkpoints and edited
-configs, and a memory cache that would not fit. Each is one line, a non-zero exit, and no
-existing file touched."""
+configs, a memory or file cache that would not fit, and a cache disk that fills up while
+training. Each is one line, a non-zero exit, and no existing file touched."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -280,3 +282,94 @@ def test_a_memory_cache_that_would_not_fit_stops_before_training(face_folder, tm
     assert not run.exists()
     train.main(tiny_train_args(face_folder, run, "--cache", str(tmp_path / "cache"), "--epochs", "1"))
     assert train.latest_checkpoint(run)[0] == 1 and list((tmp_path / "cache").glob("*.index"))
+
+
+def test_a_file_cache_that_would_not_fit_stops_before_training(face_folder, tmp_path, monkeypatch):
+    run, cache = tmp_path / "new" / "run", tmp_path / "new" / "cache"  # a new folder for both
+    monkeypatch.setattr(data, "free_disk_space", lambda folder: 40_000)
+    # the ~56 training and validation faces at 16x16x3: ~47 kB of cache files, and 2 x 16 kB of their last blocks
+    with pytest.raises(SystemExit, match=f"^error: caching 5[0-9] decoded 16x16 images in files under {cache} takes "
+                       "about [78][0-9] kB, but only 40 kB is free there; free some space, give another --cache folder, "
+                       "use --cache memory \\(about [45][0-9] kB, which fits in memory\\), use --cache none, or train on "
+                       "fewer images \\(--limit\\)$"):  # fmt: skip
+        train.main(tiny_train_args(face_folder, run, "--cache", str(cache)))
+    assert not run.exists() and list(cache.iterdir()) == []  # the cache folder, checked before, stays
+    monkeypatch.setattr(data, "available_memory", lambda: 40_000)
+    with pytest.raises(
+        SystemExit, match="is free there; free some space, give another --cache folder, use --cache none"
+    ):
+        train.main(tiny_train_args(face_folder, run, "--cache", str(cache)))  # no memory to offer either
+    monkeypatch.undo()
+    train.main(tiny_train_args(face_folder, run, "--cache", str(cache), "--epochs", "1"))
+    assert len(list(cache.glob("*.index"))) == 2 and not list(cache.glob("*lockfile"))
+    # Complete caches are reused and need no space: another run on the same data goes ahead on a full disk.
+    monkeypatch.setattr(data, "free_disk_space", lambda folder: 0)
+    train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    assert train.latest_checkpoint(run)[0] == 2
+
+
+@pytest.fixture
+def tiny_disk(tmp_path) -> Iterator[Path]:
+    """A folder on a 128 kB tmpfs of its own, unmounted afterwards (mounting needs root)."""
+    folder = tmp_path / "tiny_disk"
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command to make a small tmpfs with")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        # --lazy: unmounted even if this process still holds a file there open (freed when closed)
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def test_a_cache_disk_that_fills_up_during_training_stops_with_one_line(face_folder, tmp_path, tiny_disk):
+    """For real: the file cache goes to a 128 kB tmpfs that has room for it when training starts, so
+    the check before training passes; then another process fills the disk up to its last 8 kB."""
+    run = tmp_path / "run"
+    args = tiny_train_args(face_folder, run, "--cache", str(tiny_disk), "--epochs", "1")
+    filled = run_script(
+        "from pathlib import Path\nimport data, train\ncheck = data.check_file_cache\n"
+        "def check_then_fill(cache, *args):\n"
+        "    check(cache, *args)\n"
+        "    Path(cache, 'other.bin').write_bytes(bytes(data.free_disk_space(cache) - 8192))\n"
+        f"data.check_file_cache = check_then_fill\ntrain.main({args!r})\n"
+    )
+    assert filled.returncode == 1 and "Traceback" not in filled.stderr, filled.stderr
+    errors = [line for line in filled.stderr.splitlines() if line.startswith("error:")]
+    assert filled.stderr.rstrip().endswith(errors[0]) and len(errors) == 1
+    assert re.fullmatch(
+        f"error: the disk of --cache {tiny_disk} filled up while the decoded images were cached there \\(the "
+        "unfinished cache files are removed\\): the cache needs about [78][0-9] kB and 8 kB is free; free space there or "
+        f"give another --cache folder, then delete {run} and run the same command again \\(no checkpoint had been "
+        "written\\)",
+        errors[0],
+    )
+    assert [path.name for path in tiny_disk.iterdir()] == ["other.bin"]  # no half-written cache left
+    (tiny_disk / "other.bin").unlink()  # space freed: the advice works
+    shutil.rmtree(run)
+    train.main(args)
+    assert train.latest_checkpoint(run)[0] == 1 and len(list(tiny_disk.glob("*.index"))) == 2
+
+
+def test_a_full_cache_disk_after_a_checkpoint_says_to_resume(trained_run, tmp_path):
+    """What a full disk left of a cache whose index TensorFlow was merging (an empty index and the
+    lock files) is removed, and a run with a checkpoint is told to resume."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    config = json.loads((trained_run / "config.json").read_text())
+    train_files, validation_files, _ = train.load_splits(config)
+    prefix = data.file_cache_prefix(str(cache), train_files, config["image_size"], config["channels"], config["crop"])
+    debris = [Path(f"{prefix}{end}") for end in (".index", ".data-00000-of-00001", "_0.index", "_0.lockfile")]
+    for path in debris:
+        path.write_bytes(b"")
+    assert not data.file_cache_is_complete(prefix)
+    error = train.file_cache_full_error(str(cache), [train_files, validation_files], config, trained_run)
+    assert re.fullmatch(
+        f"the disk of --cache {cache} filled up .*: the cache needs about [0-9]+ kB and [0-9.]+ [kMG]B is free; "
+        f"free space there or give another --cache folder, then continue with: python train.py --resume {trained_run}",
+        str(error),
+    )
+    assert not any(path.exists() for path in debris)
