@@ -704,11 +704,12 @@ def disk_full_error(model: keras.Model, run_dir: Path) -> RunError:
     remove_temporary_files(run_dir)
     gc.collect()  # lets h5py close a file the failed write left open, now that its space is free
     kept = latest_checkpoint(run_dir)
-    then = (
-        f"then continue from the last good checkpoint (epoch {kept[0]}) with: python train.py --resume {run_dir}"
-        if kept
-        else f"then delete {run_dir} and start again (no epoch had finished)"
-    )
+    if kept:
+        then = f"then continue from the last good checkpoint (epoch {kept[0]}) with: python train.py --resume {run_dir}"
+    elif has_backup(run_dir):
+        then = f"then continue from the last step backup with: python train.py --resume {run_dir}"
+    else:
+        then = f"then delete {run_dir} and start again (nothing had been saved yet)"
     checkpoint = checkpoint_bytes(model, run_dir / CHECKPOINT_DIR)
     models = variable_bytes(model.encoder.weights + model.decoder.weights)
     return RunError(

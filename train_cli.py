@@ -521,11 +521,16 @@ def check_cache_folder(cache: str) -> None:
         return
     folder = Path(cache)
     check_writable(folder, folder=True, flag="--cache")
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
         raise RunError(f"--cache {cache}: cannot write there ({error.strerror}); give another folder") from None
+    finally:
+        for path in created:  # data.py makes the folder again when it writes the cache
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
