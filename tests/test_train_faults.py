@@ -226,16 +226,20 @@ def test_damaged_checkpoint_and_edited_config_are_one_line_each(trained_run, tmp
     checkpoint = run / "checkpoint" / "epoch_001.weights.h5"
     good = checkpoint.read_bytes()
     checkpoint.write_bytes(good[: len(good) // 2])
+    config_text = (run / "config.json").read_text()
     with pytest.raises(SystemExit, match=f"^error: checkpoint {checkpoint} is damaged .*truncated file.*; put back"):
         train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    assert (run / "config.json").read_text() == config_text  # not rewritten with epochs 2 by a refused resume
     checkpoint.write_bytes(good)
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads(config_text)
     for edit in ({"latent_dim": 16}, {"ema": 0.5}):  # new weight shapes; an optimizer with EMA variables
-        (run / "config.json").write_text(json.dumps({**config, **edit}))
+        edited = json.dumps({**config, **edit})
+        (run / "config.json").write_text(edited)
         with pytest.raises(
             SystemExit, match="does not fit the model its config.json describes .*was config.json edited"
         ):
             train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+        assert (run / "config.json").read_text() == edited
     assert checkpoint.read_bytes() == good and train.latest_checkpoint(run)[0] == 1
 
 
