@@ -440,7 +440,13 @@ def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
         train_files = train_files[: config["limit"]]
     validation_files = dataset.split("validation")
     if not train_files or not validation_files:
-        raise RunError(f"{dataset.describe()}: need at least one training and one validation image")
+        remedy = (
+            "add images: a plain folder is split 80/10/10 by a hash of each file name"
+            if dataset.partition is None
+            else "the partition file puts none of the images found into "
+            f"{'training' if not train_files else 'validation'}; check that the images are all there"
+        )
+        raise RunError(f"{dataset.describe()}: need at least one training and one validation image; {remedy}")
     return train_files, validation_files, dataset.describe()
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_train_args
+from conftest import REPO, tiny_train_args, write_faces
 
 import data
 import runs
@@ -45,6 +45,16 @@ BAD_FLAGS = [
 def test_bad_numbers_are_refused_before_anything_is_written(face_folder, tmp_path, extra, message):
     with pytest.raises(SystemExit, match=f"^error: {message}"):
         train.main(tiny_train_args(face_folder, tmp_path / "run", *extra))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_face_folder_without_validation_images_says_to_add_some(tmp_path):
+    faces = tmp_path / "faces"
+    write_faces(faces, ["face2.png", "face3.png", "face5.png"])  # all three hash into the training split
+    with pytest.raises(
+        SystemExit, match="validation 0, .*: need at least one training and one validation image; add images: "
+    ):
+        train.main(tiny_train_args(faces, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
