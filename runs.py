@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -324,6 +325,12 @@ def check_writable(path: str | os.PathLike, folder: bool) -> Path:
         raise RunFolderError(f"--out {path} lies below {existing}, which is a file; choose another --out")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunFolderError(f"--out {path}: {existing} is not writable; choose another --out")
+    try:  # os.access lets root write anywhere, even where nothing can be created (/proc, a read-only mount)
+        tempfile.TemporaryFile(dir=existing).close()  # Linux: an unnamed O_TMPFILE, nothing appears in the folder
+    except OSError as error:
+        raise RunFolderError(
+            f"--out {path}: cannot write in {existing} ({error.strerror}); choose another --out"
+        ) from None
     return path
 
 
