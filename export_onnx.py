@@ -646,12 +646,17 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
                 metadata[part]["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
             if density is not None:
                 metadata[part]["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
-        written = export_pair({"decoder": decoder, "encoder": encoder}, out, metadata, **options)
-        if out.resolve() != run_dir.resolve():
-            for name, source in companions.items():
-                if source is not None:
-                    written.append(copy_atomic(source, out / name))
-                    print(f"copied {source} to {out / name}")
+        try:
+            written = export_pair({"decoder": decoder, "encoder": encoder}, out, metadata, **options)
+            if out.resolve() != run_dir.resolve():
+                for name, source in companions.items():
+                    if source is not None:
+                        written.append(copy_atomic(source, out / name))
+                        print(f"copied {source} to {out / name}")
+        except OSError as error:  # a full disk, or a folder that takes no new files
+            raise ExportError(
+                f"cannot write into {out} ({error.strerror or error}); free some space or choose another --out"
+            ) from None
     except (ExportError, RunFolderError, DensityError, ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     print("done: " + ", ".join(str(path) for path in written))

@@ -6,6 +6,7 @@ statistics, so the converted graphs fold non-trivial constants.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -242,6 +243,29 @@ def test_failed_export_leaves_the_previous_pair_and_a_mixed_pair_is_refused(runs
         runs_module.open_backend(folder).encode(np.zeros((1, SIZE, SIZE, 3)))
     with pytest.raises(SystemExit, match="error: " + message):
         generate.main(["--run", str(folder), "--mode", "interpolate", "--images", *[str(p) for p in faces(tmp_path)]])
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_previous_pair(runs, monkeypatch, tmp_path):
+    """The disk fills up while the encoder is written: the folder keeps the previous export, whole."""
+    import onnx
+
+    folder = tmp_path / "exp"
+    shutil.copytree(runs["exported"], folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    real_save = onnx.save
+
+    def disk_fills_up(proto, path, *args, **kwargs):
+        if Path(path).name.startswith(".encoder.onnx"):
+            Path(path).write_bytes(b"\0" * 100)  # what was written before the disk was full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(proto, path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "save", disk_fills_up)
+    with pytest.raises(
+        SystemExit, match=f"^error: cannot write into {folder} \\(No space left on device\\); free some space"
+    ):
+        export_onnx.main(["--run", str(runs["gray"]), "--out", str(folder)])
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
 
 
 def faces(folder: Path) -> list[Path]:
