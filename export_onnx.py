@@ -228,11 +228,8 @@ def read_run(run_dir: Path) -> dict:
 
 
 def load_models(run_dir: Path, config: dict) -> tuple[keras.Model, keras.Model]:
-    """encoder.keras and decoder.keras, checked against config.json."""
-    try:
-        return tuple(load_model(run_dir, part, config) for part in ("encoder", "decoder"))
-    except RunFolderError as error:
-        raise ExportError(f"{error}; {train_hint(run_dir)}") from None
+    """encoder.keras and decoder.keras, checked against config.json (the errors say what to do)."""
+    return tuple(load_model(run_dir, part, config) for part in ("encoder", "decoder"))
 
 
 def onnx_metadata(config: dict, part: str, run_dir: Path) -> dict[str, str]:
@@ -630,9 +627,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         run_dir = Path(args.run)
         config = read_run(run_dir)
         out = check_writable(Path(args.out) if args.out else run_dir, folder=True)
+        # The models first: an edited config.json is the problem to name, not the files that fit the models.
+        encoder, decoder = load_models(run_dir, config)
         attributes = check_attributes(run_dir, config["latent_dim"])
         density = run_dir / DENSITY_FILE if find_density(run_dir, config["latent_dim"]) else None
-        encoder, decoder = load_models(run_dir, config)
         print(
             f"run {run_dir}: {config.get('model', 'vae')}, latent {config['latent_dim']}, "
             f"{config['image_size']}x{config['image_size']}x{config['channels']}"

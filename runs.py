@@ -149,7 +149,7 @@ def load_model(run_dir: str | os.PathLike, part: str, config: dict):
     if found != expected:
         raise RunFolderError(
             f"{path} takes {found[0]} and gives {found[1]}, but config.json describes {expected[0]} -> {expected[1]}: "
-            "the model files and config.json come from different runs"
+            "the model files and config.json come from different runs; put back the config.json written with them"
         )
     return model
 

@@ -291,6 +291,19 @@ def test_run_folder_errors(tmp_path):
         export_onnx.main(["--run", str(tmp_path / "untrained")])
 
 
+def test_an_edited_config_is_named_rather_than_the_files_that_fit_the_models(runs, tmp_path):
+    """The run's latent_density.json and attribute_directions.json fit its models, not the edited
+    config.json: the message is about config.json."""
+    run = Path(shutil.copytree(runs["rgb"], tmp_path / "run"))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "latent_dim": 2 * LATENT}))
+    with pytest.raises(
+        SystemExit, match=r"^error: .*encoder.keras takes .*come from different runs; put back the conf"
+    ):
+        export_onnx.main(["--run", str(run), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_mismatched_attribute_directions_are_refused(runs, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
