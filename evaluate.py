@@ -860,8 +860,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
     except (EvalError, RunFolderError, DensityError, data.DataError) as error:
         sys.exit(f"error: {error}")
-    path = write_results(results, out)
     print(format_table(results))
+    try:
+        path = write_results(results, out)
+    except OSError as error:  # a full disk, or a folder that takes no new files
+        sys.exit(
+            f"error: cannot write {out} ({error.strerror or error}); the figures above were not saved: "
+            "free some space or choose another --out"
+        )
     print(f"wrote {path}")
     return results
 

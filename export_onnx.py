@@ -228,11 +228,8 @@ def read_run(run_dir: Path) -> dict:
 
 
 def load_models(run_dir: Path, config: dict) -> tuple[keras.Model, keras.Model]:
-    """encoder.keras and decoder.keras, checked against config.json."""
-    try:
-        return tuple(load_model(run_dir, part, config) for part in ("encoder", "decoder"))
-    except RunFolderError as error:
-        raise ExportError(f"{error}; {train_hint(run_dir)}") from None
+    """encoder.keras and decoder.keras, checked against config.json (the errors say what to do)."""
+    return tuple(load_model(run_dir, part, config) for part in ("encoder", "decoder"))
 
 
 def onnx_metadata(config: dict, part: str, run_dir: Path) -> dict[str, str]:
@@ -630,9 +627,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         run_dir = Path(args.run)
         config = read_run(run_dir)
         out = check_writable(Path(args.out) if args.out else run_dir, folder=True)
+        # The models first: an edited config.json is the problem to name, not the files that fit the models.
+        encoder, decoder = load_models(run_dir, config)
         attributes = check_attributes(run_dir, config["latent_dim"])
         density = run_dir / DENSITY_FILE if find_density(run_dir, config["latent_dim"]) else None
-        encoder, decoder = load_models(run_dir, config)
         print(
             f"run {run_dir}: {config.get('model', 'vae')}, latent {config['latent_dim']}, "
             f"{config['image_size']}x{config['image_size']}x{config['channels']}"
@@ -646,12 +644,17 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
                 metadata[part]["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
             if density is not None:
                 metadata[part]["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
-        written = export_pair({"decoder": decoder, "encoder": encoder}, out, metadata, **options)
-        if out.resolve() != run_dir.resolve():
-            for name, source in companions.items():
-                if source is not None:
-                    written.append(copy_atomic(source, out / name))
-                    print(f"copied {source} to {out / name}")
+        try:
+            written = export_pair({"decoder": decoder, "encoder": encoder}, out, metadata, **options)
+            if out.resolve() != run_dir.resolve():
+                for name, source in companions.items():
+                    if source is not None:
+                        written.append(copy_atomic(source, out / name))
+                        print(f"copied {source} to {out / name}")
+        except OSError as error:  # a full disk, or a folder that takes no new files
+            raise ExportError(
+                f"cannot write into {out} ({error.strerror or error}); free some space or choose another --out"
+            ) from None
     except (ExportError, RunFolderError, DensityError, ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     print("done: " + ", ".join(str(path) for path in written))

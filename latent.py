@@ -416,7 +416,7 @@ def density_problem(content, latent_dim: int | None) -> str | None:
 def read_density(path: str | os.PathLike, latent_dim: int | None = None) -> LatentDensity:
     """A checked latent_density.json; DensityError (one line) for a damaged or mismatched file."""
     path = Path(path)
-    hint = "refit it with: python latent.py --run <run folder>"
+    hint = f"refit it with: python latent.py --run {path.parent}"
     try:
         content = json.loads(path.read_text())
     except OSError as error:

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Sequence
@@ -149,7 +150,7 @@ def load_model(run_dir: str | os.PathLike, part: str, config: dict):
     if found != expected:
         raise RunFolderError(
             f"{path} takes {found[0]} and gives {found[1]}, but config.json describes {expected[0]} -> {expected[1]}: "
-            "the model files and config.json come from different runs"
+            "the model files and config.json come from different runs; put back the config.json written with them"
         )
     return model
 
@@ -325,6 +326,12 @@ def check_writable(path: str | os.PathLike, folder: bool, flag: str = "--out") -
         raise RunFolderError(f"{flag} {path} lies below {existing}, which is a file; give another {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunFolderError(f"{flag} {path}: {existing} is not writable (permission denied); give another {flag}")
+    try:  # os.access lets root write anywhere, even where nothing can be created (/proc, a read-only mount)
+        tempfile.TemporaryFile(dir=existing).close()  # Linux: an unnamed O_TMPFILE, nothing appears in the folder
+    except OSError as error:
+        raise RunFolderError(
+            f"{flag} {path}: cannot write in {existing} ({error.strerror}); give another {flag}"
+        ) from None
     return path
 
 

@@ -443,7 +443,13 @@ def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
         train_files = train_files[: config["limit"]]
     validation_files = dataset.split("validation")
     if not train_files or not validation_files:
-        raise RunError(f"{dataset.describe()}: need at least one training and one validation image")
+        remedy = (
+            "add images: a plain folder is split 80/10/10 by a hash of each file name"
+            if dataset.partition is None
+            else "the partition file puts none of the images found into "
+            f"{'training' if not train_files else 'validation'}; check that the images are all there"
+        )
+        raise RunError(f"{dataset.describe()}: need at least one training and one validation image; {remedy}")
     return train_files, validation_files, dataset.describe()
 
 
@@ -527,9 +533,6 @@ def train(
     scratch = None if chief else tempfile.TemporaryDirectory(prefix="vae-worker-")
     output_dir = Path(scratch.name) if scratch else run_dir
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(
-        output_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
-    )
     policy = vae.mixed_precision_policy() if config["mixed_precision"] else "float32"
     with vae.dtype_policy(policy), strategy.scope(), stop_on_sigterm() as stop:
         model = vae.model_from_config(config)
@@ -558,6 +561,10 @@ def train(
             print(
                 f"resuming {run_dir} after epoch {initial_epoch} (optimizer step {int(model.optimizer.iterations.numpy())})"
             )
+        # Only now: a resume refused for a damaged checkpoint or an edited config leaves config.json as it was.
+        write_text_atomic(
+            output_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
+        )
         guard = StopOnNonFiniteLoss()
         summary_dir = output_dir / TENSORBOARD_DIR if tensorboard and chief else None  # only the chief logs
         callbacks = [

@@ -32,7 +32,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from fnmatch import fnmatch
 from pathlib import Path
@@ -516,21 +515,9 @@ def locked_run_folder(run_dir: Path, config: dict, resume: bool) -> Iterator[Non
 
 
 def check_cache_folder(cache: str) -> None:
-    """A --cache folder must be writable: try it now rather than after the data are listed."""
-    if cache in ("memory", "none"):
-        return
-    folder = Path(cache)
-    check_writable(folder, folder=True, flag="--cache")
-    created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as error:
-        raise RunError(f"--cache {cache}: cannot write there ({error.strerror}); give another folder") from None
-    finally:
-        for path in created:  # data.py makes the folder again when it writes the cache
-            with contextlib.suppress(OSError):
-                path.rmdir()
+    """A --cache folder must be writable: check it now rather than after the data are listed."""
+    if cache not in ("memory", "none"):
+        check_writable(cache, folder=True, flag="--cache")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import shutil
@@ -306,6 +307,21 @@ def test_autoencoder_bce_and_gaussian_runs(tiny_run, kaggle_celeba, tmp_path, ca
     dims = SIZE * SIZE * 3
     assert elbo["nll"] == pytest.approx(dims / 2 * (math.log(2 * math.pi * sample["mse"]) + 1), rel=1e-5)
     assert elbo["negative_elbo"] == pytest.approx(elbo["nll"] + gaussian["kl"]["mean"])
+
+
+def test_results_that_cannot_be_written_are_one_line_after_the_table(
+    tiny_run, kaggle_celeba, tmp_path, monkeypatch, capsys
+):
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluate, "write_text_atomic", disk_full)
+    out = tmp_path / "eval.json"
+    with pytest.raises(
+        SystemExit, match=f"^error: cannot write {out} \\(No space left on device\\); the figures above"
+    ):
+        evaluate.main(evaluate_args(tiny_run, kaggle_celeba, "--limit", "4", "--out", str(out)))
+    assert "per-pixel MSE" in capsys.readouterr().out and not out.exists()
 
 
 def test_errors_are_one_line(tiny_run, kaggle_celeba, tmp_path):

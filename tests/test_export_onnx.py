@@ -6,6 +6,7 @@ statistics, so the converted graphs fold non-trivial constants.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -244,6 +245,29 @@ def test_failed_export_leaves_the_previous_pair_and_a_mixed_pair_is_refused(runs
         generate.main(["--run", str(folder), "--mode", "interpolate", "--images", *[str(p) for p in faces(tmp_path)]])
 
 
+def test_a_full_disk_is_one_line_and_leaves_the_previous_pair(runs, monkeypatch, tmp_path):
+    """The disk fills up while the encoder is written: the folder keeps the previous export, whole."""
+    import onnx
+
+    folder = tmp_path / "exp"
+    shutil.copytree(runs["exported"], folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    real_save = onnx.save
+
+    def disk_fills_up(proto, path, *args, **kwargs):
+        if Path(path).name.startswith(".encoder.onnx"):
+            Path(path).write_bytes(b"\0" * 100)  # what was written before the disk was full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(proto, path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "save", disk_fills_up)
+    with pytest.raises(
+        SystemExit, match=f"^error: cannot write into {folder} \\(No space left on device\\); free some space"
+    ):
+        export_onnx.main(["--run", str(runs["gray"]), "--out", str(folder)])
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+
 def faces(folder: Path) -> list[Path]:
     paths = [folder / "a.png", folder / "b.png"]
     for seed, path in enumerate(paths):
@@ -265,6 +289,19 @@ def test_run_folder_errors(tmp_path):
     (tmp_path / "untrained" / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match=r"error: .*untrained has no encoder.keras or decoder.keras.*train first"):
         export_onnx.main(["--run", str(tmp_path / "untrained")])
+
+
+def test_an_edited_config_is_named_rather_than_the_files_that_fit_the_models(runs, tmp_path):
+    """The run's latent_density.json and attribute_directions.json fit its models, not the edited
+    config.json: the message is about config.json."""
+    run = Path(shutil.copytree(runs["rgb"], tmp_path / "run"))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "latent_dim": 2 * LATENT}))
+    with pytest.raises(
+        SystemExit, match=r"^error: .*encoder.keras takes .*come from different runs; put back the conf"
+    ):
+        export_onnx.main(["--run", str(run), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_mismatched_attribute_directions_are_refused(runs, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -89,6 +90,28 @@ def test_unusable_out_is_refused_before_any_work(tmp_path, monkeypatch):
     assert "is a folder" in exit_message(evaluate.main, [*evaluation, str(tmp_path)])
     assert a_file.read_text() == "keep me" and (tmp_path / "grid").read_text() == "keep me too"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "grid", "run"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_out_where_nothing_can_be_created_is_refused_before_any_work(tmp_path, monkeypatch):
+    """/proc takes no new files, not even from root, whom os.access lets write anywhere."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(CONFIG))
+    for name in ("encoder.keras", "decoder.keras"):
+        (run / name).write_bytes(b"never loaded")
+    monkeypatch.setattr(export_onnx, "load_models", no_work)
+    monkeypatch.setattr(generate, "open_backend", no_work)
+    monkeypatch.setattr(evaluate, "evaluate", no_work)
+    cannot = Path("/proc/celeba-vae-test")
+    refused = rf"^error: --out {cannot}/\S+: (/proc is not writable|cannot write in /proc \(.+\)); give another --out$"
+    for main, argv in (
+        (export_onnx.main, ["--run", str(run), "--out", str(cannot / "exp")]),
+        (generate.main, ["--run", str(run), "--mode", "sample", "--out", str(cannot / "x.png")]),
+        (evaluate.main, ["--run", str(run), "--out", str(cannot / "eval.json")]),
+    ):
+        message = exit_message(main, argv)
+        assert re.match(refused, message), message
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_train_args
+from conftest import REPO, tiny_train_args, write_faces
 
 import data
 import runs
@@ -48,6 +48,16 @@ BAD_FLAGS = [
 def test_bad_numbers_are_refused_before_anything_is_written(face_folder, tmp_path, extra, message):
     with pytest.raises(SystemExit, match=f"^error: {message}"):
         train.main(tiny_train_args(face_folder, tmp_path / "run", *extra))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_face_folder_without_validation_images_says_to_add_some(tmp_path):
+    faces = tmp_path / "faces"
+    write_faces(faces, ["face2.png", "face3.png", "face5.png"])  # all three hash into the training split
+    with pytest.raises(
+        SystemExit, match="validation 0, .*: need at least one training and one validation image; add images: "
+    ):
+        train.main(tiny_train_args(faces, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
@@ -141,12 +151,16 @@ def test_run_folder_checks(trained_run, face_folder, tmp_path):
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_unwritable_folders_are_refused(face_folder, tmp_path):
     cannot = Path("/proc/celeba-vae-test/run")  # /proc takes no new folders, not even from root
-    with pytest.raises(
-        SystemExit, match=f"^error: (cannot write the run folder {cannot}|--out {cannot}: /proc is not)"
+    for flag, argv in (
+        ("--out", tiny_train_args(face_folder, cannot)),
+        ("--cache", tiny_train_args(face_folder, tmp_path / "run", "--cache", str(cannot))),
     ):
-        train.main(tiny_train_args(face_folder, cannot))
-    with pytest.raises(SystemExit, match=f"^error: --cache {cannot}(: cannot write there|: /proc is not writable)"):
-        train.main(tiny_train_args(face_folder, tmp_path / "run", "--cache", str(cannot)))
+        with pytest.raises(
+            SystemExit,
+            match=f"^error: {flag} {cannot}: (/proc is not writable .permission denied.|cannot write in /proc .*); "
+            f"give another {flag}$",
+        ):
+            train.main(argv)
     assert not (tmp_path / "run").exists()
 
 
@@ -275,16 +289,20 @@ def test_damaged_checkpoint_and_edited_config_are_one_line_each(trained_run, tmp
     checkpoint = run / "checkpoint" / "epoch_001.weights.h5"
     good = checkpoint.read_bytes()
     checkpoint.write_bytes(good[: len(good) // 2])
+    config_text = (run / "config.json").read_text()
     with pytest.raises(SystemExit, match=f"^error: checkpoint {checkpoint} is damaged .*truncated file.*; put back"):
         train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    assert (run / "config.json").read_text() == config_text  # not rewritten with epochs 2 by a refused resume
     checkpoint.write_bytes(good)
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads(config_text)
     for edit in ({"latent_dim": 16}, {"ema": 0.5}):  # new weight shapes; an optimizer with EMA variables
-        (run / "config.json").write_text(json.dumps({**config, **edit}))
+        edited = json.dumps({**config, **edit})
+        (run / "config.json").write_text(edited)
         with pytest.raises(
             SystemExit, match="does not fit the model its config.json describes .*was config.json edited"
         ):
             train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+        assert (run / "config.json").read_text() == edited
     assert checkpoint.read_bytes() == good and train.latest_checkpoint(run)[0] == 1
 
 
