@@ -214,10 +214,11 @@ def read_run(run_dir: Path) -> dict:
     """The run's config.json, after checking that the folder holds trained models."""
     if not run_dir.is_dir():
         raise ExportError(f"run folder {run_dir} does not exist; {train_hint(run_dir)}")
-    try:
-        config = read_config(run_dir)
-    except RunFolderError as error:
-        raise ExportError(f"{error}; {train_hint(run_dir)}") from None
+    if not (run_dir / "config.json").is_file():
+        raise ExportError(
+            f"{run_dir} has no config.json; give a run folder written by train.py, or {train_hint(run_dir)}"
+        )
+    config = read_config(run_dir)  # its own errors say how to mend config.json
     missing = [name for name in ("encoder.keras", "decoder.keras") if not (run_dir / name).is_file()]
     if missing:
         raise ExportError(

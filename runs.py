@@ -96,6 +96,8 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     """config.json of a train.py run, checked for its format; `run_dir` is added to it."""
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} does not exist; give a run folder written by train.py")
     if not path.is_file():
         raise RunFolderError(f"{run_dir} has no config.json; give a run folder written by train.py")
     try:

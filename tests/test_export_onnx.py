@@ -281,7 +281,7 @@ def test_run_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(
         SystemExit,
-        match=r"error: .*empty has no config.json; give a run folder written by train.py; train first",
+        match=r"error: .*empty has no config.json; give a run folder written by train.py, or train first",
     ):
         export_onnx.main(["--run", str(tmp_path / "empty")])
     (tmp_path / "untrained").mkdir()

@@ -238,6 +238,10 @@ def test_bad_data_and_run_folders(face_folder, tmp_path):
         train.main(tiny_train_args(tmp_path / "missing", tmp_path / "run"))
     with pytest.raises(SystemExit, match="has no config.json"):
         train.main(["--resume", str(tmp_path)])
+    with pytest.raises(
+        SystemExit, match=f"^error: run folder {tmp_path / 'nowhere'} does not exist; give a run folder"
+    ):
+        train.main(["--resume", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="--data is required"):
         train.main([])
 
