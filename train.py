@@ -479,6 +479,16 @@ def train(
     keras.utils.set_random_seed(config["seed"])
     train_files, validation_files, description = load_splits(config)
     print(f"data: {description}; training on {len(train_files)} images")
+    for split, count in (("training", len(train_files)), ("validation", len(validation_files))):
+        # Keras builds the model on the mean over the replicas of their shares of the first
+        # batch, which fails when those differ in size.
+        if replicas > 1 and count < config["batch_size"] and count % replicas:
+            fitting = count // replicas * replicas  # the largest batch that splits evenly and fills up
+            raise RunError(
+                f"the {count} {split} images make a single batch, smaller than --batch-size {config['batch_size']}, "
+                f"that does not split evenly over the {replicas} replicas; use more images"
+                + (f", or --batch-size {fitting} or less (a multiple of {replicas})" if fitting else "")
+            )
     if config["cache"] == "memory":
         data.check_memory_cache(len(train_files) + len(validation_files), config["image_size"], config["channels"])
     image_args = {
