@@ -59,6 +59,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+# Not in TensorFlow's public API: the coordination service's start-up settings (multiworker_strategy).
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2  # noqa: E402
+from tensorflow.python.distribute import multi_worker_util  # noqa: E402
+from tensorflow.python.eager import context  # noqa: E402
+
 import data  # noqa: E402
 import latent  # noqa: E402
 import vae  # noqa: E402
@@ -68,6 +73,7 @@ from train_cli import (  # noqa: E402
     BACKUP_DIR,
     CHECKPOINT_DIR,
     DEFAULT_BACKUP_STEPS,
+    DEFAULT_WORKER_START_TIMEOUT,
     NO_SPACE,
     TENSORBOARD_DIR,
     TF_CONFIG_HELP,
@@ -81,6 +87,7 @@ log = logging.getLogger("train")
 
 GRID_COLUMNS = 8
 HDF5_OVERHEAD = 256 * 1024  # bytes a checkpoint takes beyond its variables: 120-140 KB measured
+TASK_NAME = r"/job:(\w+)/replica:\d+/task:(\d+)"  # a task of a TensorFlow cluster, as its messages name it
 main = train_cli.main  # train.main(argv): the command line, as `python train.py` runs it
 
 
@@ -114,18 +121,11 @@ def latest_backup(run_dir: Path) -> tuple[int, int, str] | None:
     return epochs_done, steps, prefix
 
 
-def choose_strategy(name: str) -> tf.distribute.Strategy:
+def choose_strategy(name: str, worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT) -> tf.distribute.Strategy:
     # Multi-worker first: it must configure collective ops before anything (even listing the
     # devices) starts TensorFlow's runtime.
     if name == "multiworker":
-        try:
-            cluster = json.loads(os.environ["TF_CONFIG"])
-            workers = sum(len(tasks) for tasks in cluster["cluster"].values())
-            task = f"{cluster['task']['type']} {cluster['task']['index']}"
-        except (KeyError, TypeError, ValueError):
-            raise RunError(TF_CONFIG_HELP) from None
-        print(f"multiworker: {task} of {workers}, waiting until all of them have started", flush=True)
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return multiworker_strategy(worker_start_timeout)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         # Mirror over the GPUs; without any, over the logical CPU devices (several only when
@@ -133,6 +133,62 @@ def choose_strategy(name: str) -> tf.distribute.Strategy:
         devices = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices)
     return tf.distribute.get_strategy()
+
+
+def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirroredStrategy:
+    """MultiWorkerMirroredStrategy over the cluster of TF_CONFIG, once all its tasks have started;
+    RunError naming those missing if they have not within `start_timeout` seconds.
+
+    The strategy configures TensorFlow's coordination service itself unless it already is, but
+    then its tasks wait for one another without a time limit. So it is configured here as the
+    strategy would, with a limit: every task registers at a barrier of the service (on the
+    first worker, or the chief) that fails after `start_timeout`, naming the tasks it still
+    lacks; a task that cannot reach the service at all gives up 5 s later."""
+    try:
+        cluster = json.loads(os.environ["TF_CONFIG"])
+        workers = sum(len(tasks) for tasks in cluster["cluster"].values())
+        task = f"{cluster['task']['type']} {cluster['task']['index']}"
+    except (KeyError, TypeError, ValueError):
+        raise RunError(TF_CONFIG_HELP) from None
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    spec = resolver.cluster_spec()
+    service = context.context()
+    service.configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        cluster_register_timeout_in_ms=math.ceil(start_timeout * 1000),
+        coordinated_jobs=[
+            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker")
+            if job in spec.jobs
+        ],
+    )
+    service.coordination_service.cluster_register_with_barrier = True
+    print(
+        f"multiworker: {task} of {workers}, waiting up to {start_timeout:g} s until all of them have started",
+        flush=True,
+    )
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except tf.errors.DeadlineExceededError as error:
+        # The barrier's message lists the tasks it timed out on, one a line after "timed out task names:".
+        listed = re.match(rf"(\s*{TASK_NAME})*", error.message.partition("timed out task names:")[2]).group()
+        stragglers = dict.fromkeys(re.findall(TASK_NAME, listed))
+        if stragglers:
+            missing = ", ".join(f"{job} {index} ({spec.task_address(job, int(index))})" for job, index in stragglers)
+            what = f"{missing} did not start"
+        else:  # this task could not even reach the service's task
+            job, index = re.search(TASK_NAME, multi_worker_util.coordination_leader(spec)).groups()
+            what = f"{job} {index} ({spec.task_address(job, int(index))}) could not be reached (not started, or its port blocked)"
+        raise RunError(
+            f"{what} within --worker-start-timeout {start_timeout:g} s; start train.py on every worker of TF_CONFIG, "
+            "each with its own task index, within that time of one another"
+        ) from None
+    # The coordination service catches SIGTERM (for PreemptionCheckpointHandler, not used here),
+    # which would then no longer end the process: give SIGTERM back its usual effect until
+    # training installs its own handler.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return strategy
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -450,13 +506,14 @@ def train(
     verbose: int = 1,
     backup_every: int = DEFAULT_BACKUP_STEPS,
     tensorboard: bool = True,
+    worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT,
 ) -> None:
     """Train (or continue) the run described by `config`, in a run folder train_cli has checked
     and locked."""
     run_dir = Path(config["run_dir"])
     # First: MultiWorkerMirroredStrategy must configure collective ops before TensorFlow runs any
     # op (reading a step backup runs some).
-    strategy = choose_strategy(config["strategy"])
+    strategy = choose_strategy(config["strategy"], worker_start_timeout)
     replicas = strategy.num_replicas_in_sync
     if config["batch_size"] % replicas:
         raise RunError(
