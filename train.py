@@ -22,7 +22,8 @@ The command line, its checks and the run folder's (lock, new or resumable, no de
 train_cli.py's, which has no TensorFlow: `--help` and a bad flag answer at once. A full disk
 stops the run with the space a checkpoint needs, keeping the last good checkpoint.
 
-SIGTERM (e.g. preemption) finishes the current step, backs it up and exits with status 143.
+SIGTERM (e.g. preemption) finishes the current step, backs it up and exits with status 143; with
+several workers, SIGTERM to any one of them stops them all after the same step.
 """
 
 from __future__ import annotations
@@ -404,7 +405,14 @@ class StepBackup(keras.callbacks.Callback):
     previous one, then switches its `checkpoint` index file to it with an atomic rename and only
     then deletes the previous one, so a kill at any moment leaves a complete backup. The backup at
     an epoch's last step is left to the epoch checkpoint, written after validation; the folder is
-    removed when training ends normally, as the final epoch checkpoint holds the same state."""
+    removed when training ends normally, as the final epoch checkpoint holds the same state.
+
+    With several workers, writing a backup takes collective operations of all of them, so they
+    must all write it after the same step: SIGTERM to any one worker stops them all, after the
+    step where they learn of it by summing their stop flags (one tiny all-reduce per step).
+    tf.distribute.experimental.PreemptionCheckpointHandler does the same through the
+    coordination service, but it restores and saves a checkpoint of its own, and asks Google
+    Cloud's metadata server whether it runs there, for up to 5 s on every start."""
 
     def __init__(
         self,
@@ -441,11 +449,12 @@ class StepBackup(keras.callbacks.Callback):
         self.steps_done += 1
         if self.model.stop_training or self.steps_done % self.steps_per_epoch == 0:
             return  # a NaN/inf loss keeps the last good backup; an epoch's end has its checkpoint
-        if self.stop.is_set():
+        stopped_by = self.stopped_by()
+        if stopped_by:
             self.save()
             epoch, step = divmod(self.steps_done, self.steps_per_epoch)
             raise TrainingStopped(
-                f"stopped by SIGTERM in epoch {epoch + 1} after step {step} of {self.steps_per_epoch}"
+                f"stopped by {stopped_by} in epoch {epoch + 1} after step {step} of {self.steps_per_epoch}"
             )
         if self.every and self.steps_done % self.every == 0:
             self.save()
@@ -453,8 +462,19 @@ class StepBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         # Last among the callbacks: the epoch checkpoint is written by now. After the last
         # epoch the run just finishes.
-        if self.stop.is_set() and epoch + 1 < self.epochs:
-            raise TrainingStopped(f"stopped by SIGTERM at the end of epoch {epoch + 1}")
+        if epoch + 1 < self.epochs:
+            stopped_by = self.stopped_by()
+            if stopped_by:
+                raise TrainingStopped(f"stopped by {stopped_by} at the end of epoch {epoch + 1}")
+
+    def stopped_by(self) -> str | None:
+        """What asks training to stop now: SIGTERM to this process or to another worker, or nothing.
+        Every worker must call this at the same point, as it takes an all-reduce among them."""
+        here = self.stop.is_set()
+        if not vae.spans_several_workers():
+            return "SIGTERM" if here else None
+        anywhere = int(tf.distribute.get_strategy().reduce("SUM", tf.constant(int(here)), axis=None)) > 0
+        return "SIGTERM" if here else "SIGTERM to another worker" if anywhere else None
 
     def on_train_end(self, logs=None):
         kept = latest_checkpoint(self.run_dir)
@@ -668,9 +688,10 @@ def train(
                     **fit_args,
                 )
         except TrainingStopped as stopped:
-            raise TrainingStopped(
-                f"{stopped}, state saved; continue with: python train.py --resume {run_dir}"
-            ) from None
+            resume = f"python train.py --resume {run_dir}"
+            if config["strategy"] == "multiworker":
+                resume = f"{resume} --strategy multiworker on every worker, or {resume} alone"
+            raise TrainingStopped(f"{stopped}, state saved; continue with: {resume}") from None
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
             # A worker that dies or hangs stops sending heartbeats; TensorFlow's coordination service
             # notices within seconds and aborts the collective operations of the others.

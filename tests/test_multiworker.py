@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import REPO, tiny_train_args
+from test_recovery import final_state
 
 import train
 
@@ -27,6 +28,8 @@ START_TIMEOUT = 240  # seconds for both workers to import TensorFlow, connect an
 # A lost worker must stop the other one within this time; TensorFlow's coordination service
 # declares a task dead after 10 s without heartbeats, the rest is the step in flight.
 LOST_WORKER_TIMEOUT = 120
+# SIGTERM to one worker must stop both within this time: the step in flight, one more, a backup.
+SIGTERM_TIMEOUT = 60
 # A worker alone must give up within this time of its start with --worker-start-timeout 3: its
 # start-up (TensorFlow's import, 5-10 s on a loaded 2-core machine), 3 s, and the 5 s a worker
 # that cannot reach the coordination service adds.
@@ -168,6 +171,47 @@ def test_a_killed_worker_stops_the_other_and_the_run_resumes_alone(face_folder, 
     straight = tmp_path / "straight"
     train.main(tiny_train_args(face_folder, straight, "--epochs", str(trained + 1), *constant, "--strategy", "none"))
     assert relative_difference(chief_run, straight) < WEIGHT_TOLERANCE
+
+
+def test_sigterm_to_one_worker_stops_both_after_a_backup_and_the_run_resumes_alone(face_folder, tmp_path, capsys):
+    chief_run, other_out = tmp_path / "run", tmp_path / "other"
+    # Global batch 2 (1 image per worker): 26 steps an epoch, a backup every 2 steps.
+    flags = ("--batch-size", "2", "--lr-schedule", "constant", "--backup-every", "2")
+    workers = start_workers(face_folder, [chief_run, other_out], tmp_path, "--epochs", "500", *flags)
+    chief_backup = chief_run / train.CHECKPOINT_DIR / train.BACKUP_DIR / "checkpoint"
+    other_backup = f"vae-worker-*/{train.CHECKPOINT_DIR}/{train.BACKUP_DIR}/checkpoint"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        # Both write step backups: the chief into the run folder, the other worker into its scratch folder.
+        while not (chief_backup.exists() and list((tmp_path / "tmp1").glob(other_backup))):
+            assert all(w.poll() is None for w in workers), log_of(tmp_path, 0)[-3000:] + log_of(tmp_path, 1)[-3000:]
+            assert time.monotonic() < deadline, "the workers wrote no step backup in time"
+            time.sleep(0.05)
+        workers[1].send_signal(signal.SIGTERM)
+        returncodes = [worker.wait(timeout=SIGTERM_TIMEOUT) for worker in workers]
+    finally:
+        stop(workers)
+    assert returncodes == [128 + signal.SIGTERM] * 2, log_of(tmp_path, 0)[-3000:] + log_of(tmp_path, 1)[-3000:]
+    # Both stop after the same step (the first one, most likely), and say so.
+    resume = f"python train.py --resume {chief_run}"
+    where = r"in epoch (\d+) after step (\d+) of 26, state saved; continue with: "
+    chief_stop = re.fullmatch(
+        rf"stopped by SIGTERM to another worker {where}{resume} --strategy multiworker on every worker, or {resume} alone",
+        last_line(tmp_path, 0),
+    )
+    other_stop = re.fullmatch(rf"stopped by SIGTERM {where}.*", last_line(tmp_path, 1))
+    assert chief_stop and other_stop and chief_stop.groups() == other_stop.groups()
+    assert "Traceback" not in log_of(tmp_path, 0) + log_of(tmp_path, 1)
+    epoch, step = (int(number) for number in chief_stop.groups())
+    assert train.latest_backup(chief_run)[:2] == (epoch - 1, step)  # the step they stopped after
+    assert not other_out.exists() and not list((tmp_path / "tmp1").glob("vae-worker-*"))
+
+    # The rest of the epoch in this single process, from the chief's backup.
+    capsys.readouterr()
+    train.main(["--resume", str(chief_run), "--epochs", str(epoch), "--verbose", "0"])
+    resumed_at = f"in epoch {epoch} after step {step} of 26 (optimizer step {(epoch - 1) * 26 + step},"
+    assert f"resuming {chief_run} {resumed_at}" in capsys.readouterr().out
+    assert final_state(chief_run) == (epoch, epoch * 26)  # it trained only the steps after the backup
 
 
 def test_a_worker_alone_gives_up_after_the_start_timeout(face_folder, tmp_path):
