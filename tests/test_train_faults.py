@@ -38,6 +38,8 @@ BAD_FLAGS = [
     (["--beta-warmup", "-1"], "--beta-warmup is a number of steps, 0 or more"),
     (["--seed", "-1"], "--seed must be in \\[0, 2\\^32\\)"),
     (["--image-size", "-16"], "image size -16 must be a multiple of 2\\^2"),
+    (["--worker-start-timeout", "0"], "--worker-start-timeout is a number of seconds above 0"),
+    (["--worker-start-timeout", "nan"], "--worker-start-timeout is a number of seconds above 0"),
 ]
 
 
