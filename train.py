@@ -24,7 +24,8 @@ stops the run with the space a checkpoint needs, keeping the last good checkpoin
 (--cache DIR) is checked to fit on its disk before training, and one that fills it all the same
 is removed, with the space it needs.
 
-SIGTERM (e.g. preemption) finishes the current step, backs it up and exits with status 143.
+SIGTERM (e.g. preemption) finishes the current step, backs it up and exits with status 143; with
+several workers, SIGTERM to any one of them stops them all after the same step.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+# Not in TensorFlow's public API: the coordination service's start-up settings (multiworker_strategy).
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2  # noqa: E402
+from tensorflow.python.distribute import multi_worker_util  # noqa: E402
+from tensorflow.python.eager import context  # noqa: E402
+
 import data  # noqa: E402
 import latent  # noqa: E402
 import vae  # noqa: E402
@@ -70,6 +76,7 @@ from train_cli import (  # noqa: E402
     BACKUP_DIR,
     CHECKPOINT_DIR,
     DEFAULT_BACKUP_STEPS,
+    DEFAULT_WORKER_START_TIMEOUT,
     NO_SPACE,
     TENSORBOARD_DIR,
     TF_CONFIG_HELP,
@@ -84,6 +91,7 @@ log = logging.getLogger("train")
 
 GRID_COLUMNS = 8
 HDF5_OVERHEAD = 256 * 1024  # bytes a checkpoint takes beyond its variables: 120-140 KB measured
+TASK_NAME = r"/job:(\w+)/replica:\d+/task:(\d+)"  # a task of a TensorFlow cluster, as its messages name it
 main = train_cli.main  # train.main(argv): the command line, as `python train.py` runs it
 
 
@@ -117,18 +125,11 @@ def latest_backup(run_dir: Path) -> tuple[int, int, str] | None:
     return epochs_done, steps, prefix
 
 
-def choose_strategy(name: str) -> tf.distribute.Strategy:
+def choose_strategy(name: str, worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT) -> tf.distribute.Strategy:
     # Multi-worker first: it must configure collective ops before anything (even listing the
     # devices) starts TensorFlow's runtime.
     if name == "multiworker":
-        try:
-            cluster = json.loads(os.environ["TF_CONFIG"])
-            workers = sum(len(tasks) for tasks in cluster["cluster"].values())
-            task = f"{cluster['task']['type']} {cluster['task']['index']}"
-        except (KeyError, TypeError, ValueError):
-            raise RunError(TF_CONFIG_HELP) from None
-        print(f"multiworker: {task} of {workers}, waiting until all of them have started", flush=True)
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return multiworker_strategy(worker_start_timeout)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         # Mirror over the GPUs; without any, over the logical CPU devices (several only when
@@ -136,6 +137,62 @@ def choose_strategy(name: str) -> tf.distribute.Strategy:
         devices = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices)
     return tf.distribute.get_strategy()
+
+
+def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirroredStrategy:
+    """MultiWorkerMirroredStrategy over the cluster of TF_CONFIG, once all its tasks have started;
+    RunError naming those missing if they have not within `start_timeout` seconds.
+
+    The strategy configures TensorFlow's coordination service itself unless it already is, but
+    then its tasks wait for one another without a time limit. So it is configured here as the
+    strategy would, with a limit: every task registers at a barrier of the service (on the
+    first worker, or the chief) that fails after `start_timeout`, naming the tasks it still
+    lacks; a task that cannot reach the service at all gives up 5 s later."""
+    try:
+        cluster = json.loads(os.environ["TF_CONFIG"])
+        workers = sum(len(tasks) for tasks in cluster["cluster"].values())
+        task = f"{cluster['task']['type']} {cluster['task']['index']}"
+    except (KeyError, TypeError, ValueError):
+        raise RunError(TF_CONFIG_HELP) from None
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    spec = resolver.cluster_spec()
+    service = context.context()
+    service.configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        cluster_register_timeout_in_ms=math.ceil(start_timeout * 1000),
+        coordinated_jobs=[
+            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker")
+            if job in spec.jobs
+        ],
+    )
+    service.coordination_service.cluster_register_with_barrier = True
+    print(
+        f"multiworker: {task} of {workers}, waiting up to {start_timeout:g} s until all of them have started",
+        flush=True,
+    )
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except tf.errors.DeadlineExceededError as error:
+        # The barrier's message lists the tasks it timed out on, one a line after "timed out task names:".
+        listed = re.match(rf"(\s*{TASK_NAME})*", error.message.partition("timed out task names:")[2]).group()
+        stragglers = dict.fromkeys(re.findall(TASK_NAME, listed))
+        if stragglers:
+            missing = ", ".join(f"{job} {index} ({spec.task_address(job, int(index))})" for job, index in stragglers)
+            what = f"{missing} did not start"
+        else:  # this task could not even reach the service's task
+            job, index = re.search(TASK_NAME, multi_worker_util.coordination_leader(spec)).groups()
+            what = f"{job} {index} ({spec.task_address(job, int(index))}) could not be reached (not started, or its port blocked)"
+        raise RunError(
+            f"{what} within --worker-start-timeout {start_timeout:g} s; start train.py on every worker of TF_CONFIG, "
+            "each with its own task index, within that time of one another"
+        ) from None
+    # The coordination service catches SIGTERM (for PreemptionCheckpointHandler, not used here),
+    # which would then no longer end the process: give SIGTERM back its usual effect until
+    # training installs its own handler.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return strategy
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -351,7 +408,14 @@ class StepBackup(keras.callbacks.Callback):
     previous one, then switches its `checkpoint` index file to it with an atomic rename and only
     then deletes the previous one, so a kill at any moment leaves a complete backup. The backup at
     an epoch's last step is left to the epoch checkpoint, written after validation; the folder is
-    removed when training ends normally, as the final epoch checkpoint holds the same state."""
+    removed when training ends normally, as the final epoch checkpoint holds the same state.
+
+    With several workers, writing a backup takes collective operations of all of them, so they
+    must all write it after the same step: SIGTERM to any one worker stops them all, after the
+    step where they learn of it by summing their stop flags (one tiny all-reduce per step).
+    tf.distribute.experimental.PreemptionCheckpointHandler does the same through the
+    coordination service, but it restores and saves a checkpoint of its own, and asks Google
+    Cloud's metadata server whether it runs there, for up to 5 s on every start."""
 
     def __init__(
         self,
@@ -388,11 +452,12 @@ class StepBackup(keras.callbacks.Callback):
         self.steps_done += 1
         if self.model.stop_training or self.steps_done % self.steps_per_epoch == 0:
             return  # a NaN/inf loss keeps the last good backup; an epoch's end has its checkpoint
-        if self.stop.is_set():
+        stopped_by = self.stopped_by()
+        if stopped_by:
             self.save()
             epoch, step = divmod(self.steps_done, self.steps_per_epoch)
             raise TrainingStopped(
-                f"stopped by SIGTERM in epoch {epoch + 1} after step {step} of {self.steps_per_epoch}"
+                f"stopped by {stopped_by} in epoch {epoch + 1} after step {step} of {self.steps_per_epoch}"
             )
         if self.every and self.steps_done % self.every == 0:
             self.save()
@@ -400,8 +465,19 @@ class StepBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         # Last among the callbacks: the epoch checkpoint is written by now. After the last
         # epoch the run just finishes.
-        if self.stop.is_set() and epoch + 1 < self.epochs:
-            raise TrainingStopped(f"stopped by SIGTERM at the end of epoch {epoch + 1}")
+        if epoch + 1 < self.epochs:
+            stopped_by = self.stopped_by()
+            if stopped_by:
+                raise TrainingStopped(f"stopped by {stopped_by} at the end of epoch {epoch + 1}")
+
+    def stopped_by(self) -> str | None:
+        """What asks training to stop now: SIGTERM to this process or to another worker, or nothing.
+        Every worker must call this at the same point, as it takes an all-reduce among them."""
+        here = self.stop.is_set()
+        if not vae.spans_several_workers():
+            return "SIGTERM" if here else None
+        anywhere = int(tf.distribute.get_strategy().reduce("SUM", tf.constant(int(here)), axis=None)) > 0
+        return "SIGTERM" if here else "SIGTERM to another worker" if anywhere else None
 
     def on_train_end(self, logs=None):
         kept = latest_checkpoint(self.run_dir)
@@ -459,13 +535,14 @@ def train(
     verbose: int = 1,
     backup_every: int = DEFAULT_BACKUP_STEPS,
     tensorboard: bool = True,
+    worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT,
 ) -> None:
     """Train (or continue) the run described by `config`, in a run folder train_cli has checked
     and locked."""
     run_dir = Path(config["run_dir"])
     # First: MultiWorkerMirroredStrategy must configure collective ops before TensorFlow runs any
     # op (reading a step backup runs some).
-    strategy = choose_strategy(config["strategy"])
+    strategy = choose_strategy(config["strategy"], worker_start_timeout)
     replicas = strategy.num_replicas_in_sync
     if config["batch_size"] % replicas:
         raise RunError(
@@ -488,6 +565,16 @@ def train(
     keras.utils.set_random_seed(config["seed"])
     train_files, validation_files, description = load_splits(config)
     print(f"data: {description}; training on {len(train_files)} images")
+    for split, count in (("training", len(train_files)), ("validation", len(validation_files))):
+        # Keras builds the model on the mean over the replicas of their shares of the first
+        # batch, which fails when those differ in size.
+        if replicas > 1 and count < config["batch_size"] and count % replicas:
+            fitting = count // replicas * replicas  # the largest batch that splits evenly and fills up
+            raise RunError(
+                f"the {count} {split} images make a single batch, smaller than --batch-size {config['batch_size']}, "
+                f"that does not split evenly over the {replicas} replicas; use more images"
+                + (f", or --batch-size {fitting} or less (a multiple of {replicas})" if fitting else "")
+            )
     cache = worker_cache(config["cache"], strategy)
     if cache == "memory":
         data.check_memory_cache(len(train_files) + len(validation_files), config["image_size"], config["channels"])
@@ -617,9 +704,10 @@ def train(
                     **fit_args,
                 )
         except TrainingStopped as stopped:
-            raise TrainingStopped(
-                f"{stopped}, state saved; continue with: python train.py --resume {run_dir}"
-            ) from None
+            resume = f"python train.py --resume {run_dir}"
+            if config["strategy"] == "multiworker":
+                resume = f"{resume} --strategy multiworker on every worker, or {resume} alone"
+            raise TrainingStopped(f"{stopped}, state saved; continue with: {resume}") from None
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
             # A worker that dies or hangs stops sending heartbeats; TensorFlow's coordination service
             # notices within seconds and aborts the collective operations of the others.

@@ -6,8 +6,8 @@ is checked and locked, and only then is train.py's TensorFlow code imported to t
 
 - settings: counts, sizes and rates in range and finite. On --resume they come from the run's
   config.json (checked too: it may have been edited) and only --epochs, --data, --cache,
-  --verbose, --backup-every and --no-tensorboard may be given; other flags would be ignored, so
-  they are refused.
+  --verbose, --backup-every, --worker-start-timeout and --no-tensorboard may be given; other flags
+  would be ignored, so they are refused.
 - --out: a new run needs a new or empty folder; --resume needs a run folder with a checkpoint
   or a step backup.
   One training at a time per folder: a lock (fcntl.flock on <run>/.lock) is held for the whole
@@ -54,6 +54,7 @@ RECIPE = DEFAULT_RECIPE
 CHECKPOINT_DIR = "checkpoint"
 BACKUP_DIR = "backup"  # inside CHECKPOINT_DIR
 DEFAULT_BACKUP_STEPS = 200
+DEFAULT_WORKER_START_TIMEOUT = 300  # seconds
 TENSORBOARD_DIR = "tensorboard"
 TF_CONFIG_HELP = (
     "--strategy multiworker needs TF_CONFIG set to the cluster and this worker's task, e.g. "
@@ -63,7 +64,9 @@ TF_CONFIG_HELP = (
 LOCK_FILE = ".lock"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
 # The flags a resumed run takes; its other settings come from its config.json.
-RESUME_FLAGS = ("resume", "epochs", "data", "cache", "strategy", "verbose", "backup_every", "tensorboard")
+RESUME_FLAGS = (
+    "resume", "epochs", "data", "cache", "strategy", "verbose", "backup_every", "worker_start_timeout", "tensorboard",
+)  # fmt: skip
 # config.json's name of each setting flag (argparse dest) where the two differ.
 CONFIG_KEYS = {
     "latent": "latent_dim",
@@ -127,8 +130,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--resume",
         metavar="RUN",
         help="continue the run in this folder from its last checkpoint or step backup; its config.json is reused, "
-        "only --epochs (to extend), --data (if moved), --cache, --strategy, --verbose, --backup-every and "
-        "--no-tensorboard may be given",
+        "only --epochs (to extend), --data (if moved), --cache, --strategy, --verbose, --backup-every, "
+        "--worker-start-timeout and --no-tensorboard may be given",
     )
     io.add_argument("--limit", type=int, default=0, help="train on the first N training images only (0: all)")
     io.add_argument(
@@ -250,6 +253,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "end-of-epoch checkpoints",
     )
     recovery.add_argument(
+        "--worker-start-timeout",
+        type=float,
+        default=DEFAULT_WORKER_START_TIMEOUT,
+        metavar="SECONDS",
+        help="with --strategy multiworker: how long each worker waits for all the workers of TF_CONFIG to start; "
+        "after that it stops, naming those missing",
+    )
+    recovery.add_argument(
         "--no-tensorboard",
         dest="tensorboard",
         action="store_false",
@@ -342,7 +353,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
                 f"--resume continues {args.resume} with the settings of its config.json, so "
                 f"{', '.join(flag(name) for name in refused)} would be ignored: drop "
                 f"{'it' if len(refused) == 1 else 'them'} (only --epochs, --data, --cache, --strategy, --verbose, "
-                "--backup-every and --no-tensorboard go with --resume), "
+                "--backup-every, --worker-start-timeout and --no-tensorboard go with --resume), "
                 "or start a new run with another --out"
             )
         config = read_config(args.resume)
@@ -393,9 +404,14 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 
 def check_recovery_flags(args: argparse.Namespace) -> None:
-    """--backup-every, which goes with new and resumed runs alike."""
+    """--backup-every and --worker-start-timeout, which go with new and resumed runs alike."""
     if args.backup_every < 0:
         raise RunError(f"--backup-every is a number of steps, 0 or more (got {args.backup_every})")
+    if not 0 < args.worker_start_timeout < math.inf:
+        raise RunError(
+            f"--worker-start-timeout is a number of seconds above 0, e.g. {DEFAULT_WORKER_START_TIMEOUT} "
+            f"(got {args.worker_start_timeout})"
+        )
 
 
 def writes_run_folder(config: dict) -> bool:
@@ -543,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 resume=bool(args.resume),
                 verbose=verbose,
                 backup_every=args.backup_every,
+                worker_start_timeout=args.worker_start_timeout,
                 tensorboard=args.tensorboard,
             )
     except (RunError, RunFolderError, data.DataError) as error:

@@ -39,6 +39,10 @@ def test_train_py_runs_with_the_mirrored_strategy():
     # 3 validation images in batches of 2: the last one leaves a replica without images
     assert report["validation_images"] == 3 and report["finite_figures"]
     assert report["odd_batch_error"].startswith("error: --batch-size 7 must be a multiple of the 2 replicas")
+    assert report["short_batch_error"].startswith(
+        "error: the 3 validation images make a single batch, smaller than --batch-size 4, "
+        "that does not split evenly over the 2 replicas"
+    )
 
 
 def compare() -> dict:
@@ -101,11 +105,15 @@ def train_run() -> dict:
     args = ["--data", str(folder), "--out", str(run), "--image-size", "16", "--filters", "8,16", "--hidden", "16",
             "--latent", "8", "--batch-size", "2", "--epochs", "1", "--strategy", "mirrored", "--verbose", "0"]  # fmt: skip
     train.main(args)
-    odd_batch_error = ""
+    odd_batch_error = short_batch_error = ""
     try:  # the later flags win
         train.main([*args, "--batch-size", "7", "--out", str(folder / "odd")])
     except SystemExit as error:
         odd_batch_error = str(error)
+    try:  # the 3 validation images in one batch of 4: 2 for one replica, 1 for the other
+        train.main([*args, "--batch-size", "4", "--out", str(folder / "short")])
+    except SystemExit as error:
+        short_batch_error = str(error)
     rows = train.read_history(run / "history.csv")
     return {
         "replicas": train.choose_strategy("mirrored").num_replicas_in_sync,
@@ -113,6 +121,7 @@ def train_run() -> dict:
         "validation_images": len(train.load_splits(runs.read_config(run))[1]),
         "finite_figures": all(math.isfinite(value) for row in rows for value in row.values()),
         "odd_batch_error": odd_batch_error,
+        "short_batch_error": short_batch_error,
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import REPO, tiny_train_args
+from test_recovery import final_state
 
 import train
 
@@ -26,6 +28,12 @@ START_TIMEOUT = 240  # seconds for both workers to import TensorFlow, connect an
 # A lost worker must stop the other one within this time; TensorFlow's coordination service
 # declares a task dead after 10 s without heartbeats, the rest is the step in flight.
 LOST_WORKER_TIMEOUT = 120
+# SIGTERM to one worker must stop both within this time: the step in flight, one more, a backup.
+SIGTERM_TIMEOUT = 60
+# A worker alone must give up within this time of its start with --worker-start-timeout 3: its
+# start-up (TensorFlow's import, 5-10 s on a loaded 2-core machine), 3 s, and the 5 s a worker
+# that cannot reach the coordination service adds.
+ALONE_TIMEOUT = 90
 # |a - b| / |b| over all weights of two runs: float32 sums in another order, amplified by Adam
 # where gradients are near zero, gave 4e-6; training on wrongly shuffled or sharded images, 5e-2.
 WEIGHT_TOLERANCE = 1e-4
@@ -41,32 +49,37 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def start_worker(data: Path, out: Path, tmp_path: Path, cluster: dict, index: int, *extra: str) -> subprocess.Popen:
+    """train.py as worker `index` of `cluster`, with its own TMPDIR tmp_path/tmp<index> and its
+    output in tmp_path/worker<index>.log."""
+    scratch = tmp_path / f"tmp{index}"
+    scratch.mkdir()
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TMPDIR": str(scratch),
+        "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+    }
+    args = tiny_train_args(data, out, "--strategy", "multiworker", *extra)
+    with open(tmp_path / f"worker{index}.log", "w") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *args],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def cluster_of(workers: int) -> dict:
+    return {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
+
+
 def start_workers(data: Path, outs: list[Path], tmp_path: Path, *extra: str) -> list[subprocess.Popen]:
-    """One train.py process per --out folder, worker i with its own TF_CONFIG and TMPDIR."""
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(len(outs))]}
-    workers = []
-    for index, out in enumerate(outs):
-        scratch = tmp_path / f"tmp{index}"
-        scratch.mkdir()
-        env = {
-            **os.environ,
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "TMPDIR": str(scratch),
-            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-        }
-        args = tiny_train_args(data, out, "--strategy", "multiworker", *extra)
-        with open(tmp_path / f"worker{index}.log", "w") as log:  # the child keeps its own descriptor
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, str(REPO / "train.py"), *args],
-                    cwd=REPO,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-    return workers
+    """One train.py process per --out folder, worker i of one cluster."""
+    cluster = cluster_of(len(outs))
+    return [start_worker(data, out, tmp_path, cluster, index, *extra) for index, out in enumerate(outs)]
 
 
 def stop(workers: list[subprocess.Popen]) -> None:
@@ -78,6 +91,10 @@ def stop(workers: list[subprocess.Popen]) -> None:
 
 def log_of(tmp_path: Path, index: int) -> str:
     return (tmp_path / f"worker{index}.log").read_text()
+
+
+def last_line(tmp_path: Path, index: int) -> str:
+    return log_of(tmp_path, index).strip().splitlines()[-1]
 
 
 def weights(run: Path) -> np.ndarray:
@@ -140,9 +157,9 @@ def test_a_killed_worker_stops_the_other_and_the_run_resumes_alone(face_folder, 
     finally:
         stop(workers)
     assert returncode == 1
-    last_line = log_of(tmp_path, 0).strip().splitlines()[-1]
-    assert last_line.startswith("error: lost another worker of the cluster")
-    assert f"--resume {chief_run}" in last_line and "Traceback" not in log_of(tmp_path, 0)
+    message = last_line(tmp_path, 0)
+    assert message.startswith("error: lost another worker of the cluster")
+    assert f"--resume {chief_run}" in message and "Traceback" not in log_of(tmp_path, 0)
     assert not (tmp_path / "other").exists()
 
     # The chief's run continues in this single process, and ends where a straight run would.
@@ -154,6 +171,76 @@ def test_a_killed_worker_stops_the_other_and_the_run_resumes_alone(face_folder, 
     straight = tmp_path / "straight"
     train.main(tiny_train_args(face_folder, straight, "--epochs", str(trained + 1), *constant, "--strategy", "none"))
     assert relative_difference(chief_run, straight) < WEIGHT_TOLERANCE
+
+
+def test_sigterm_to_one_worker_stops_both_after_a_backup_and_the_run_resumes_alone(face_folder, tmp_path, capsys):
+    chief_run, other_out = tmp_path / "run", tmp_path / "other"
+    # Global batch 2 (1 image per worker): 26 steps an epoch, a backup every 2 steps.
+    flags = ("--batch-size", "2", "--lr-schedule", "constant", "--backup-every", "2")
+    workers = start_workers(face_folder, [chief_run, other_out], tmp_path, "--epochs", "500", *flags)
+    chief_backup = chief_run / train.CHECKPOINT_DIR / train.BACKUP_DIR / "checkpoint"
+    other_backup = f"vae-worker-*/{train.CHECKPOINT_DIR}/{train.BACKUP_DIR}/checkpoint"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        # Both write step backups: the chief into the run folder, the other worker into its scratch folder.
+        while not (chief_backup.exists() and list((tmp_path / "tmp1").glob(other_backup))):
+            assert all(w.poll() is None for w in workers), log_of(tmp_path, 0)[-3000:] + log_of(tmp_path, 1)[-3000:]
+            assert time.monotonic() < deadline, "the workers wrote no step backup in time"
+            time.sleep(0.05)
+        workers[1].send_signal(signal.SIGTERM)
+        returncodes = [worker.wait(timeout=SIGTERM_TIMEOUT) for worker in workers]
+    finally:
+        stop(workers)
+    assert returncodes == [128 + signal.SIGTERM] * 2, log_of(tmp_path, 0)[-3000:] + log_of(tmp_path, 1)[-3000:]
+    # Both stop after the same step (the first one, most likely), and say so.
+    resume = f"python train.py --resume {chief_run}"
+    where = r"in epoch (\d+) after step (\d+) of 26, state saved; continue with: "
+    chief_stop = re.fullmatch(
+        rf"stopped by SIGTERM to another worker {where}{resume} --strategy multiworker on every worker, or {resume} alone",
+        last_line(tmp_path, 0),
+    )
+    other_stop = re.fullmatch(rf"stopped by SIGTERM {where}.*", last_line(tmp_path, 1))
+    assert chief_stop and other_stop and chief_stop.groups() == other_stop.groups()
+    assert "Traceback" not in log_of(tmp_path, 0) + log_of(tmp_path, 1)
+    epoch, step = (int(number) for number in chief_stop.groups())
+    assert train.latest_backup(chief_run)[:2] == (epoch - 1, step)  # the step they stopped after
+    assert not other_out.exists() and not list((tmp_path / "tmp1").glob("vae-worker-*"))
+
+    # The rest of the epoch in this single process, from the chief's backup.
+    capsys.readouterr()
+    train.main(["--resume", str(chief_run), "--epochs", str(epoch), "--verbose", "0"])
+    resumed_at = f"in epoch {epoch} after step {step} of 26 (optimizer step {(epoch - 1) * 26 + step},"
+    assert f"resuming {chief_run} {resumed_at}" in capsys.readouterr().out
+    assert final_state(chief_run) == (epoch, epoch * 26)  # it trained only the steps after the backup
+
+
+def test_a_worker_alone_gives_up_after_the_start_timeout(face_folder, tmp_path):
+    # Worker 0, which runs the coordination service, without worker 1; and worker 1 without worker 0,
+    # each in a cluster of its own.
+    started = time.monotonic()
+    alone = [
+        start_worker(
+            face_folder, tmp_path / f"run{index}", tmp_path, cluster_of(2), index, "--worker-start-timeout", "3"
+        )
+        for index in (0, 1)
+    ]
+    try:
+        returncodes = [worker.wait(timeout=ALONE_TIMEOUT) for worker in alone]
+    finally:
+        stop(alone)
+    assert returncodes == [1, 1], log_of(tmp_path, 0)[-3000:] + log_of(tmp_path, 1)[-3000:]
+    assert time.monotonic() - started < ALONE_TIMEOUT
+    what_to_do = (
+        "within --worker-start-timeout 3 s; start train.py on every worker of TF_CONFIG, "
+        "each with its own task index, within that time of one another"
+    )
+    assert re.fullmatch(rf"error: worker 1 \(127\.0\.0\.1:\d+\) did not start {what_to_do}", last_line(tmp_path, 0))
+    assert re.fullmatch(
+        rf"error: worker 0 \(127\.0\.0\.1:\d+\) could not be reached \(not started, or its port blocked\) {what_to_do}",
+        last_line(tmp_path, 1),
+    )
+    assert "Traceback" not in log_of(tmp_path, 0) + log_of(tmp_path, 1)
+    assert not (tmp_path / "run0").exists() and not (tmp_path / "run1").exists()
 
 
 def test_multiworker_needs_a_readable_tf_config(face_folder, tmp_path, monkeypatch):
