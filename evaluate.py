@@ -866,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except OSError as error:  # a full disk, or a folder that takes no new files
         sys.exit(
             f"error: cannot write {out} ({error.strerror or error}); the figures above were not saved: "
-            "free some space or choose another --out"
+            "free some space or give another --out"
         )
     print(f"wrote {path}")
     return results

@@ -654,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
                         print(f"copied {source} to {out / name}")
         except OSError as error:  # a full disk, or a folder that takes no new files
             raise ExportError(
-                f"cannot write into {out} ({error.strerror or error}); free some space or choose another --out"
+                f"cannot write into {out} ({error.strerror or error}); free some space or give another --out"
             ) from None
     except (ExportError, RunFolderError, DensityError, ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")

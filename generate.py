@@ -575,7 +575,7 @@ def write_grid(grid: Grid, out: Path, scale: int, individual: bool) -> Path:
                     )
             print(f"wrote {sum(len(row) for row in grid.rows)} single faces to {folder}/")
     except OSError as error:
-        raise GenerateError(f"cannot write {out} ({error.strerror}); choose another --out") from None
+        raise GenerateError(f"cannot write {out} ({error.strerror}); give another --out") from None
     return out
 
 
@@ -743,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         out = check_writable(args.out or args.default_out, folder=False)
         if args.save_individual and out.with_suffix("").is_file():
             raise GenerateError(
-                f"--save-individual writes into {out.with_suffix('')}, which is a file; choose another --out"
+                f"--save-individual writes into {out.with_suffix('')}, which is a file; give another --out"
             )
         backend = open_backend(run_dir, args.backend, args.threads)
         args.density, args.sampler_used = choose_sampler(args.sampler, run_dir, backend.latent_dim)
