@@ -64,17 +64,25 @@ def no_work(*args, **kwargs):
     raise AssertionError("the output must be checked before any model or data is loaded")
 
 
-def test_unusable_out_is_refused_before_any_work(tmp_path, monkeypatch):
+@pytest.fixture
+def unloadable_run(tmp_path, monkeypatch) -> Path:
+    """A run folder whose models cannot be loaded, with loading models, opening a backend and
+    evaluating made to fail the test: the scripts must refuse their --out before any of that."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(CONFIG))
     for name in ("encoder.keras", "decoder.keras"):
         (run / name).write_bytes(b"never loaded")
-    a_file = tmp_path / "file"
-    a_file.write_text("keep me")
     monkeypatch.setattr(export_onnx, "load_models", no_work)
     monkeypatch.setattr(generate, "open_backend", no_work)
     monkeypatch.setattr(evaluate, "evaluate", no_work)
+    return run
+
+
+def test_unusable_out_is_refused_before_any_work(unloadable_run, tmp_path):
+    run = unloadable_run
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
 
     export = ["--run", str(run), "--out"]
     assert f"--out {a_file} is a file; give a folder path" in exit_message(export_onnx.main, [*export, str(a_file)])
@@ -93,16 +101,9 @@ def test_unusable_out_is_refused_before_any_work(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
-def test_out_where_nothing_can_be_created_is_refused_before_any_work(tmp_path, monkeypatch):
+def test_out_where_nothing_can_be_created_is_refused_before_any_work(unloadable_run):
     """/proc takes no new files, not even from root, whom os.access lets write anywhere."""
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps(CONFIG))
-    for name in ("encoder.keras", "decoder.keras"):
-        (run / name).write_bytes(b"never loaded")
-    monkeypatch.setattr(export_onnx, "load_models", no_work)
-    monkeypatch.setattr(generate, "open_backend", no_work)
-    monkeypatch.setattr(evaluate, "evaluate", no_work)
+    run = unloadable_run
     cannot = Path("/proc/celeba-vae-test")
     refused = rf"^error: --out {cannot}/\S+: (/proc is not writable|cannot write in /proc \(.+\)); give another --out$"
     for main, argv in (
