@@ -798,19 +798,22 @@ def disk_full_error(model: keras.Model, run_dir: Path) -> RunError:
     last good checkpoint stays), and the message says how much space a checkpoint takes."""
     remove_temporary_files(run_dir)
     gc.collect()  # lets h5py close a file the failed write left open, now that its space is free
-    kept = latest_checkpoint(run_dir)
-    if kept:
-        then = f"then continue from the last good checkpoint (epoch {kept[0]}) with: python train.py --resume {run_dir}"
-    elif has_backup(run_dir):
-        then = f"then continue from the last step backup with: python train.py --resume {run_dir}"
-    else:
-        then = f"then delete {run_dir} and start again (nothing had been saved yet)"
     checkpoint = checkpoint_bytes(model, run_dir / CHECKPOINT_DIR)
     models = variable_bytes(model.encoder.weights + model.decoder.weights)
     return RunError(
         f"the disk is full in {run_dir}: a checkpoint takes {checkpoint / 1e6:.1f} MB and encoder.keras with "
-        f"decoder.keras about {models / 1e6:.1f} MB; free that much space, {then}"
+        f"decoder.keras about {models / 1e6:.1f} MB; free that much space, {how_to_go_on(run_dir)}"
     )
+
+
+def how_to_go_on(run_dir: Path) -> str:
+    """How a run stopped by a full disk goes on: from what it saved last, or from the start."""
+    kept = latest_checkpoint(run_dir)
+    if kept:
+        return f"then continue from the last good checkpoint (epoch {kept[0]}) with: python train.py --resume {run_dir}"
+    if has_backup(run_dir):
+        return f"then continue from the last step backup with: python train.py --resume {run_dir}"
+    return f"then delete {run_dir} and start again (nothing had been saved yet)"
 
 
 def fills_file_cache(error: BaseException, cache: str) -> bool:
@@ -832,15 +835,10 @@ def file_cache_full_error(cache: str, file_lists: list[list[Path]], config: dict
     for files in file_lists:
         data.remove_partial_file_cache(data.file_cache_prefix(cache, files, *settings))
     needed, free = data.file_cache_needs(cache, file_lists, *settings)[1], data.free_disk_space(cache)
-    then = (
-        f"then continue with: python train.py --resume {run_dir}"
-        if latest_checkpoint(run_dir) or has_backup(run_dir)
-        else f"then delete {run_dir} and run the same command again (no checkpoint had been written)"
-    )
     return RunError(
         f"the disk of --cache {cache} filled up while the decoded images were cached there (the unfinished cache "
         f"files are removed): the cache needs about {data.size_text(needed)} and {data.size_text(free)} is free; "
-        f"free space there or give another --cache folder, {then}"
+        f"free space there or give another --cache folder, {how_to_go_on(run_dir)}"
     )
 
 

@@ -379,8 +379,7 @@ def test_a_cache_disk_that_fills_up_during_training_stops_with_one_line(face_fol
     assert re.fullmatch(
         f"error: the disk of --cache {tiny_disk} filled up while the decoded images were cached there \\(the "
         "unfinished cache files are removed\\): the cache needs about [78][0-9] kB and 8 kB is free; free space there or "
-        f"give another --cache folder, then delete {run} and run the same command again \\(no checkpoint had been "
-        "written\\)",
+        f"give another --cache folder, then delete {run} and start again \\(nothing had been saved yet\\)",
         errors[0],
     )
     assert [path.name for path in tiny_disk.iterdir()] == ["other.bin"]  # no half-written cache left
@@ -405,7 +404,8 @@ def test_a_full_cache_disk_after_a_checkpoint_says_to_resume(trained_run, tmp_pa
     error = train.file_cache_full_error(str(cache), [train_files, validation_files], config, trained_run)
     assert re.fullmatch(
         f"the disk of --cache {cache} filled up .*: the cache needs about [0-9]+ kB and [0-9.]+ [kMG]B is free; "
-        f"free space there or give another --cache folder, then continue with: python train.py --resume {trained_run}",
+        f"free space there or give another --cache folder, then continue from the last good checkpoint \\(epoch 1\\) "
+        f"with: python train.py --resume {trained_run}",
         str(error),
     )
     assert not any(path.exists() for path in debris)
