@@ -1,0 +1,40 @@
+"""The one kind of error a user can fix, and the main() wrapper that reports it in one line.
+
+Every script raises `UserError` (or a subclass) for a problem the user can fix, with a message that
+says what to do; `run_main` prints it as `error: <message>` on stderr and exits with the error's
+exit code. Needs nothing but the standard library, so every module can import it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message says what to do."""
+
+    exit_code = 1
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name if empty), cut to `limit` characters."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of at most `size` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Call `main()`; a UserError becomes `error: <message>` on stderr and the error's exit code."""
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
