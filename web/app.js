@@ -3,7 +3,7 @@
 //
 // URL parameters:
 //   model=FOLDER     folder holding decoder.onnx, relative to the repository root (default
-//                    pretrained/celeba64) or an absolute URL
+//                    pretrained/celeba64) or a URL of this server; another origin is refused
 //   seed=N           the first face's seed (default: a random one)
 //   temperature=T    the first temperature (default 1 with a fitted density, 0.7 with the prior)
 //   threads=N        WebAssembly threads (default 1; >1 needs the COOP/COEP headers web/serve.py sends)
@@ -191,10 +191,23 @@ async function fetchFile(folder, name, { optional = false, binary = false } = {}
   return binary ? new Uint8Array(await response.arrayBuffer()) : response.text();
 }
 
+/** The ?model= folder: below the repository root, or a URL of this server; never another origin. */
 function modelFolder() {
   const wanted = params.get('model') || DEFAULT_MODEL;
   const folder = wanted.endsWith('/') ? wanted : `${wanted}/`;
-  return { name: wanted, url: new URL(folder, REPO_ROOT) };
+  let url = null;
+  try {
+    url = new URL(folder, REPO_ROOT);
+  } catch {
+    // reported below
+  }
+  if (url?.origin !== location.origin) {
+    throw new Error(
+      `?model=${wanted} is not a folder of this server: the page loads models only from ${location.origin}. ` +
+        'Give a folder below the repository root, such as ?model=runs/<name>, or open the files with the file picker.',
+    );
+  }
+  return { name: wanted, url };
 }
 
 async function loadFromUrl() {
