@@ -370,6 +370,31 @@ def test_screenshot(pretrained_page, tmp_path):
     assert crop.std() > 1  # the face, not an empty frame
 
 
+def test_face_is_shown_at_256_px_smooth_or_pixelated_and_the_choice_is_remembered(driver, base_url):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    rendering = "return getComputedStyle(document.getElementById('face')).imageRendering"
+    # a same-origin absolute URL is a model folder too
+    assert open_page(driver, base_url, f"?model={base_url}pretrained/celeba64&seed=3") == "ready"
+    face = driver.find_element("id", "face")
+    assert face.size == {"width": 256, "height": 256}  # 4 x 64: every model pixel 4 x 4 screen pixels
+    assert (face.get_attribute("width"), face.get_attribute("height")) == ("64", "64")  # the model's pixels
+    assert driver.execute_script(rendering) == "auto"
+    try:
+        driver.find_element("css selector", 'input[name="scaling"][value="pixelated"]').click()
+        assert driver.execute_script(rendering) == "pixelated"
+        driver.refresh()
+        WebDriverWait(driver, LOAD_TIMEOUT, poll_frequency=0.05).until(
+            lambda d: d.execute_script("return window.explorer && explorer.decodes > 0")
+        )
+        assert driver.execute_script(rendering) == "pixelated"
+        assert driver.find_element("css selector", 'input[name="scaling"][value="pixelated"]').is_selected()
+        driver.find_element("css selector", 'input[name="scaling"][value="smooth"]').click()
+        assert driver.execute_script(rendering) == "auto"
+    finally:
+        driver.execute_script("localStorage.clear()")
+
+
 # --------------------------------------------------------------------------- other model folders
 @pytest.mark.parametrize("model", ["https://example.com/runs/x", "//example.com/runs/x", "data:text/plain,x"])
 def test_a_model_of_another_origin_is_refused_in_the_page(driver, base_url, model):
