@@ -21,7 +21,10 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
+import struct
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -514,6 +517,9 @@ def fake_repo(tmp_path_factory) -> Path:
     (root / "web" / "secret.js").symlink_to(root / "README.md")  # inside the repository, outside web/
     (root / "runs" / "inside").mkdir()
     (root / "runs" / "inside" / "decoder.onnx").symlink_to(root / "runs" / "exported" / "decoder.onnx")
+    (root / "runs" / "big").mkdir()
+    with (root / "runs" / "big" / "decoder.onnx").open("wb") as big:
+        big.truncate(64 << 20)  # sparse: no disk space
     return root
 
 
@@ -630,3 +636,14 @@ def test_command_line_errors(capsys):
         serve.main(["--port", str(server.server_address[1]), "--quiet"])  # a port in use
     assert str(exit_info.value.code).startswith("error: cannot listen on 127.0.0.1:")
     assert "give another --port" in str(exit_info.value.code)
+
+
+def test_a_browser_that_goes_away_mid_download_gives_no_traceback(port, capsys):
+    for _ in range(3):  # as a reload while decoder.onnx downloads
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"GET /runs/big/decoder.onnx HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert connection.recv(12) == b"HTTP/1.0 200"
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset
+    assert request(port, "/web/app.js")[0] == 200
+    time.sleep(0.5)  # the handlers of the reset connections finish
+    assert "Traceback" not in capsys.readouterr().err

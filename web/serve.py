@@ -95,7 +95,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self.send_head()
         if body:
             with body:
-                shutil.copyfileobj(body, self.wfile)
+                try:
+                    shutil.copyfileobj(body, self.wfile)
+                except ConnectionError:  # the browser went away (a reload while loading): nothing to say
+                    self.close_connection = True
 
     def do_HEAD(self) -> None:
         body = self.send_head()
