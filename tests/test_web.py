@@ -1,8 +1,10 @@
 """The face explorer (web/) in headless Chromium, driven by Selenium.
 
 The page is served by web/serve.py from a temporary root that links web/ and pretrained/ and
-holds small model folders made here (a synthetic latent density, damaged files). The faces it
-decodes with onnxruntime-web are compared with Python onnxruntime's decode of the same z.
+holds small model folders under runs/ made here (a synthetic latent density, damaged files). The
+faces it decodes with onnxruntime-web are compared with Python onnxruntime's decode of the same z.
+What serve.py serves and refuses (other files, listings, dotfiles, symbolic links out of the
+served folders, other Host names, malformed paths) is tested without a browser, on a fake repository.
 
 Needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver),
 selenium, and onnxruntime-web in web/node_modules (`npm ci` in web/). Without them the tests
@@ -13,10 +15,16 @@ docs/images/web_explorer.png, the README's picture (a plain test run changes no 
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import importlib.util
 import json
 import os
+import shutil
+import socket
+import struct
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +56,33 @@ def browser_problem() -> str | None:
     return None
 
 
+def load_serve():
+    """web/serve.py as a module (web/ is no package)."""
+    spec = importlib.util.spec_from_file_location("serve", WEB / "serve.py")
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    return serve
+
+
+@contextlib.contextmanager
+def running(server):
+    """Serve in a thread until the block ends."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """A temporary server root: web/ and pretrained/ linked, plus model folders under models/."""
+    """A temporary server root: web/ and pretrained/ linked, plus model folders under runs/."""
     root = tmp_path_factory.mktemp("site")
     (root / "web").symlink_to(WEB, target_is_directory=True)
     (root / "pretrained").symlink_to(REPO / "pretrained", target_is_directory=True)
-    models = root / "models"
+    models = root / "runs"
     latent_dim = int(export_onnx.read_onnx_metadata(PRETRAINED / "decoder.onnx")["latent_dim"])
 
     def folder(name: str, files: dict[str, str | bytes | Path]) -> Path:
@@ -62,7 +90,7 @@ def site(tmp_path_factory):
         path.mkdir(parents=True)
         for file, content in files.items():
             if isinstance(content, Path):
-                (path / file).symlink_to(content)
+                shutil.copyfile(content, path / file)  # not a link: serve.py follows none out of runs/
             elif isinstance(content, bytes):
                 (path / file).write_bytes(content)
             else:
@@ -115,15 +143,8 @@ def base_url(site):
         if os.environ.get("REQUIRE_BROWSER") == "1":
             pytest.fail(f"REQUIRE_BROWSER=1 but the browser tests cannot run: {problem}")
         pytest.skip(problem)
-    spec = importlib.util.spec_from_file_location("serve", WEB / "serve.py")
-    serve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve)
-    server = serve.make_server(site, port=0, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield serve.page_url(server, page="")
-    server.shutdown()
-    server.server_close()
+    with running(load_serve().make_server(site, port=0, quiet=True)) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
 
 
 @pytest.fixture(scope="module")
@@ -352,9 +373,42 @@ def test_screenshot(pretrained_page, tmp_path):
     assert crop.std() > 1  # the face, not an empty frame
 
 
+def test_face_is_shown_at_256_px_smooth_or_pixelated_and_the_choice_is_remembered(driver, base_url):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    rendering = "return getComputedStyle(document.getElementById('face')).imageRendering"
+    # a same-origin absolute URL is a model folder too
+    assert open_page(driver, base_url, f"?model={base_url}pretrained/celeba64&seed=3") == "ready"
+    face = driver.find_element("id", "face")
+    assert face.size == {"width": 256, "height": 256}  # 4 x 64: every model pixel 4 x 4 screen pixels
+    assert (face.get_attribute("width"), face.get_attribute("height")) == ("64", "64")  # the model's pixels
+    assert driver.execute_script(rendering) == "auto"
+    try:
+        driver.find_element("css selector", 'input[name="scaling"][value="pixelated"]').click()
+        assert driver.execute_script(rendering) == "pixelated"
+        driver.refresh()
+        WebDriverWait(driver, LOAD_TIMEOUT, poll_frequency=0.05).until(
+            lambda d: d.execute_script("return window.explorer && explorer.decodes > 0")
+        )
+        assert driver.execute_script(rendering) == "pixelated"
+        assert driver.find_element("css selector", 'input[name="scaling"][value="pixelated"]').is_selected()
+        driver.find_element("css selector", 'input[name="scaling"][value="smooth"]').click()
+        assert driver.execute_script(rendering) == "auto"
+    finally:
+        driver.execute_script("localStorage.clear()")
+
+
 # --------------------------------------------------------------------------- other model folders
+@pytest.mark.parametrize("model", ["https://example.com/runs/x", "//example.com/runs/x", "data:text/plain,x"])
+def test_a_model_of_another_origin_is_refused_in_the_page(driver, base_url, model):
+    assert open_page(driver, base_url, f"?model={model}") == "error"
+    error = driver.find_element("id", "error")
+    assert error.is_displayed() and f"?model={model} is not a folder of this server" in error.text
+    assert driver.execute_script("return explorer.info().timings.modelFetchMs") is None  # nothing fetched
+
+
 def test_missing_model_shows_an_error_in_the_page(driver, base_url):
-    assert open_page(driver, base_url, "?model=models/nowhere") == "error"
+    assert open_page(driver, base_url, "?model=runs/nowhere") == "error"
     error = driver.find_element("id", "error")
     assert error.is_displayed()
     assert "decoder.onnx is missing" in error.text and "404" in error.text and "?model=" in error.text
@@ -373,14 +427,14 @@ def test_missing_model_shows_an_error_in_the_page(driver, base_url):
     ],
 )
 def test_malformed_files_show_an_error_in_the_page(driver, base_url, folder, message):
-    assert open_page(driver, base_url, f"?model=models/{folder}") == "error"
+    assert open_page(driver, base_url, f"?model=runs/{folder}") == "error"
     error = driver.find_element("id", "error")
     assert error.is_displayed() and message in error.text
 
 
 def test_fitted_density_is_sampled(driver, base_url, site, python_decoder):
-    density = json.loads((site / "models" / "density" / "latent_density.json").read_text())
-    assert open_page(driver, base_url, "?model=models/density&seed=11") == "ready"
+    density = json.loads((site / "runs" / "density" / "latent_density.json").read_text())
+    assert open_page(driver, base_url, "?model=runs/density&seed=11") == "ready"
     info = idle(driver)
     assert info["sampler"] == "density" and info["components"] == 2 and info["temperature"] == 1
     assert "fitted latent density" in driver.find_element("id", "sampler").text
@@ -401,8 +455,8 @@ def test_fitted_density_is_sampled(driver, base_url, site, python_decoder):
 
 
 def test_file_picker_opens_a_model(driver, base_url, site):
-    assert open_page(driver, base_url, "?model=models/nowhere") == "error"  # a page that failed can recover
-    folder = site / "models" / "density"
+    assert open_page(driver, base_url, "?model=runs/nowhere") == "error"  # a page that failed can recover
+    folder = site / "runs" / "density"
     names = ("decoder.onnx", "attribute_directions.json", "latent_density.json")
     driver.find_element("id", "files").send_keys("\n".join(str((folder / name).resolve()) for name in names))
     from selenium.webdriver.support.ui import WebDriverWait
@@ -414,3 +468,182 @@ def test_file_picker_opens_a_model(driver, base_url, site):
     assert info["model"].startswith("your files") and info["sampler"] == "density"
     assert not driver.find_element("id", "error").is_displayed()
     assert len(driver.find_elements("css selector", "#attributes input")) == 6
+
+
+# --------------------------------------------------------------------------- what serve.py serves
+SERVED = {  # what the page loads
+    "web/index.html": "<!doctype html>",
+    "web/app.js": "// app",
+    "web/style.css": "/* css */",
+    "web/node_modules/onnxruntime-web/dist/ort.wasm.min.mjs": "// ort",
+    "web/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm": "wasm",
+    "pretrained/celeba64/decoder.onnx": "decoder",
+    "pretrained/celeba64/latent_density.json": "{}",
+    "runs/exported/decoder.onnx": "decoder",
+    "runs/exported/attribute_directions.json": "{}",
+    "runs/deep/er/decoder.onnx": "decoder",
+}
+REFUSED = {  # everything else
+    ".git/config": "secret",
+    "README.md": "secret",
+    "web/serve.py": "secret",
+    "web/package.json": "secret",
+    "web/.env": "secret",
+    "web/node_modules/onnxruntime-web/package.json": "secret",
+    "web/node_modules/other/index.js": "secret",
+    "pretrained/celeba64/encoder.onnx": "secret",
+    "pretrained/celeba64/config.json": "secret",
+    "runs/exported/config.json": "secret",
+    "runs/exported/reconstructions.png": "secret",
+    "runs/exported/.hidden/decoder.onnx": "secret",
+    "runs/.hidden/decoder.onnx": "secret",
+    "runs/training/config.json": "secret",
+    "runs/training/attribute_directions.json": "secret",  # no decoder.onnx: not an exported folder
+    "runs/training/latent_density.json": "secret",
+}
+
+
+@pytest.fixture(scope="module")
+def fake_repo(tmp_path_factory) -> Path:
+    """A repository as serve.py sees it, with symbolic links that lead out of the served folders."""
+    root = tmp_path_factory.mktemp("repo")
+    for name, content in {**SERVED, **REFUSED}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(content)
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "decoder.onnx").write_text("secret")
+    (root / "runs" / "exported" / "latent_density.json").symlink_to(outside / "decoder.onnx")
+    (root / "runs" / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "web" / "secret.js").symlink_to(root / "README.md")  # inside the repository, outside web/
+    (root / "runs" / "inside").mkdir()
+    (root / "runs" / "inside" / "decoder.onnx").symlink_to(root / "runs" / "exported" / "decoder.onnx")
+    (root / "runs" / "big").mkdir()
+    with (root / "runs" / "big" / "decoder.onnx").open("wb") as big:
+        big.truncate(64 << 20)  # sparse: no disk space
+    return root
+
+
+@pytest.fixture(scope="module")
+def port(fake_repo):
+    with running(load_serve().make_server(fake_repo, port=0, quiet=True)) as server:
+        yield server.server_address[1]
+
+
+def request(port: int, target: str, host: str | None = "127.0.0.1", method: str = "GET"):
+    """(status, headers, body) of one request with the Host header given (None: no Host header)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        if host is not None:
+            connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def test_serves_the_files_the_page_loads(port):
+    for name, content in SERVED.items():
+        status, headers, body = request(port, f"/{name}")
+        assert (status, body) == (200, content), name
+        assert headers["Cross-Origin-Embedder-Policy"] == "require-corp" and headers["Cache-Control"] == "no-cache"
+    kinds = {"index.html": "text/html", ".mjs": "text/javascript", ".wasm": "application/wasm"}
+    for end, kind in kinds.items():
+        name = next(name for name in SERVED if name.endswith(end))
+        assert request(port, f"/{name}")[1]["Content-Type"].startswith(kind)
+    assert request(port, "/web/")[2] == SERVED["web/index.html"]
+    assert request(port, "/web/?model=runs/exported&seed=3")[0] == 200
+    status, headers, body = request(port, "/pretrained/celeba64/decoder.onnx", method="HEAD")
+    assert (status, headers["Content-Length"], body) == (200, str(len("decoder")), "")
+    # a symbolic link that stays inside the served folder is followed
+    assert request(port, "/runs/inside/decoder.onnx")[:3:2] == (200, "decoder")
+    for target in ("/", "/web", "/web?model=runs/exported"):
+        status, headers, _ = request(port, target)
+        assert status == 301 and headers["Location"] == "/web/" + target.partition("?")[1] + target.partition("?")[2]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [f"/{name}" for name in REFUSED]
+    + ["/runs/exported/latent_density.json", "/runs/linked/decoder.onnx", "/web/secret.js"]  # links out
+    + ["/runs/", "/runs/exported/", "/pretrained/", "/web/node_modules/", "/web/node_modules/onnxruntime-web/dist/"]
+    + ["/web/../README.md", "/web/%2e%2e/README.md", "/web/..%2fREADME.md", "/%2egit/config", "/web//app.js"],
+)
+def test_refuses_everything_else(port, target):
+    status, _, body = request(port, target)
+    assert status == 404 and "secret" not in body
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.1:{port}", True),
+        ("localhost", True),
+        ("LocalHost:{port}", True),
+        ("localhost:9000", True),  # an SSH tunnel's port
+        ("[::1]:{port}", True),
+        (None, False),
+        ("", False),
+        ("evil.example", False),
+        ("evil.example:{port}", False),
+        ("127.0.0.1.evil.example:{port}", False),
+        ("localhost.evil.example", False),
+        ("192.168.1.20:{port}", False),
+        ("user@localhost:{port}", False),
+        ("localhost:port", False),
+        ("localhost:{port}:{port}", False),
+    ],
+)
+def test_answers_only_to_local_host_names(port, host, allowed):
+    status, _, body = request(
+        port, "/runs/exported/decoder.onnx", host=None if host is None else host.format(port=port)
+    )
+    if allowed:
+        assert (status, body) == (200, "decoder")
+    else:
+        assert status == 403 and "decoder" not in body
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/web/%00",
+        "/web/app.js%00.png",
+        "/runs/exported/decoder.onnx%00",
+        "/web/%ff",
+        "/web/%",
+        "/web/%zz",
+        "/web\\app.js",
+        "http://127.0.0.1/web/app.js",  # the absolute form
+        "*",
+        "/runs/" + "x" * 5000 + "/decoder.onnx",
+    ],
+)
+def test_malformed_paths_get_an_answer_and_no_traceback(port, target, capsys):
+    assert request(port, target)[0] in (400, 404)
+    assert request(port, "/web/app.js")[0] == 200  # the server goes on
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_command_line_errors(capsys):
+    serve = load_serve()
+    with pytest.raises(SystemExit) as exit_info:
+        serve.main(["--port", "70000"])
+    assert exit_info.value.code == 2 and "not a port number from 0 to 65535" in capsys.readouterr().err
+    with running(serve.make_server(WEB, port=0, quiet=True)) as server, pytest.raises(SystemExit) as exit_info:
+        serve.main(["--port", str(server.server_address[1]), "--quiet"])  # a port in use
+    assert str(exit_info.value.code).startswith("error: cannot listen on 127.0.0.1:")
+    assert "give another --port" in str(exit_info.value.code)
+
+
+def test_a_browser_that_goes_away_mid_download_gives_no_traceback(port, capsys):
+    for _ in range(3):  # as a reload while decoder.onnx downloads
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"GET /runs/big/decoder.onnx HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert connection.recv(12) == b"HTTP/1.0 200"
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset
+    assert request(port, "/web/app.js")[0] == 200
+    time.sleep(0.5)  # the handlers of the reset connections finish
+    assert "Traceback" not in capsys.readouterr().err

@@ -3,11 +3,14 @@
 //
 // URL parameters:
 //   model=FOLDER     folder holding decoder.onnx, relative to the repository root (default
-//                    pretrained/celeba64) or an absolute URL
+//                    pretrained/celeba64) or a URL of this server; another origin is refused
 //   seed=N           the first face's seed (default: a random one)
 //   temperature=T    the first temperature (default 1 with a fitted density, 0.7 with the prior)
 //   threads=N        WebAssembly threads (default 1; >1 needs the COOP/COEP headers web/serve.py sends)
 //   backend=webgpu   try WebGPU first (falls back to WebAssembly)
+//
+// The face is drawn at the model's size and shown about FACE_PX wide, an integer multiple, scaled
+// smoothly or pixelated as chosen (remembered in localStorage).
 //
 // window.explorer exposes the state for the tests and the benchmark (tests/test_web.py,
 // bench/web_latency.py): status, error, z(), output(), rgba(), info(), whenIdle(), timeDecodes(n).
@@ -22,11 +25,13 @@ const FEATURED = ['Smiling', 'Blond_Hair', 'Male', 'Eyeglasses', 'Young', 'Bangs
 const PRIOR_TEMPERATURE = 0.7; // prior samples at T = 1 land between faces; 0.7 looks better
 const PLAY_SECONDS = 2.5;
 const DECODE_HISTORY = 50;
+const FACE_PX = 256;
+const SCALING_KEY = 'face-explorer-scaling';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   face: $('face'),
-  native: $('native'),
+  scaling: document.querySelectorAll('input[name="scaling"]'),
   loading: $('loading'),
   error: $('error'),
   newFace: $('new-face'),
@@ -191,10 +196,23 @@ async function fetchFile(folder, name, { optional = false, binary = false } = {}
   return binary ? new Uint8Array(await response.arrayBuffer()) : response.text();
 }
 
+/** The ?model= folder: below the repository root, or a URL of this server; never another origin. */
 function modelFolder() {
   const wanted = params.get('model') || DEFAULT_MODEL;
   const folder = wanted.endsWith('/') ? wanted : `${wanted}/`;
-  return { name: wanted, url: new URL(folder, REPO_ROOT) };
+  let url = null;
+  try {
+    url = new URL(folder, REPO_ROOT);
+  } catch {
+    // reported below
+  }
+  if (url?.origin !== location.origin) {
+    throw new Error(
+      `?model=${wanted} is not a folder of this server: the page loads models only from ${location.origin}. ` +
+        'Give a folder below the repository root, such as ?model=runs/<name>, or open the files with the file picker.',
+    );
+  }
+  return { name: wanted, url };
 }
 
 async function loadFromUrl() {
@@ -299,7 +317,9 @@ async function openModel({ name, decoder, directions, density }) {
     pathB: null,
     t: 0,
   });
-  ui.native.width = ui.native.height = spec.imageSize;
+  ui.face.width = ui.face.height = spec.imageSize;
+  const shown = `${spec.imageSize * Math.max(1, Math.round(FACE_PX / spec.imageSize))}px`;
+  ui.face.style.width = ui.face.style.height = shown;
   showModel();
   buildAttributeSliders();
   resetThumbs();
@@ -406,7 +426,7 @@ function pick(which) {
   const context = canvas.getContext('2d');
   context.imageSmoothingEnabled = true;
   context.imageSmoothingQuality = 'high';
-  context.drawImage(ui.native, 0, 0, canvas.width, canvas.height);
+  context.drawImage(ui.face, 0, 0, canvas.width, canvas.height);
   updatePathControls();
 }
 
@@ -490,14 +510,30 @@ async function decode(z) {
 
 function draw(values) {
   const { spec } = state;
-  const native = ui.native.getContext('2d');
-  const pixels = native.createImageData(spec.imageSize, spec.imageSize);
+  const context = ui.face.getContext('2d');
+  const pixels = context.createImageData(spec.imageSize, spec.imageSize);
   latent.toRgba(values, spec, pixels.data);
-  native.putImageData(pixels, 0, 0);
-  const face = ui.face.getContext('2d');
-  face.imageSmoothingEnabled = true;
-  face.imageSmoothingQuality = 'high';
-  face.drawImage(ui.native, 0, 0, ui.face.width, ui.face.height);
+  context.putImageData(pixels, 0, 0);
+}
+
+/** Smooth or pixelated scaling of the shown face (CSS image-rendering); remembered. */
+function setScaling(scaling) {
+  const value = scaling === 'pixelated' ? 'pixelated' : 'smooth';
+  ui.face.classList.toggle('pixelated', value === 'pixelated');
+  for (const input of ui.scaling) input.checked = input.value === value;
+  try {
+    localStorage.setItem(SCALING_KEY, value);
+  } catch {
+    // storage disabled: the choice lasts for this page only
+  }
+}
+
+function storedScaling() {
+  try {
+    return localStorage.getItem(SCALING_KEY);
+  } catch {
+    return null;
+  }
 }
 
 function median(values) {
@@ -645,6 +681,7 @@ ui.pickB.addEventListener('click', () => pick('B'));
 ui.pathT.addEventListener('input', () => followPath(Number(ui.pathT.value)));
 ui.play.addEventListener('click', play);
 ui.download.addEventListener('click', downloadPng);
+for (const input of ui.scaling) input.addEventListener('change', () => setScaling(input.value));
 ui.files.addEventListener('change', () => {
   if (ui.files.files.length) start(() => loadFromFiles(ui.files.files));
 });
@@ -662,8 +699,8 @@ window.explorer = {
   z: () => (state.z ? Array.from(state.z) : null),
   output: () => (state.output ? Array.from(state.output) : null),
   rgba: () => {
-    const size = ui.native.width;
-    return Array.from(ui.native.getContext('2d').getImageData(0, 0, size, size).data);
+    const size = ui.face.width;
+    return Array.from(ui.face.getContext('2d').getImageData(0, 0, size, size).data);
   },
   info: () => ({
     model: state.model,
@@ -688,4 +725,5 @@ window.explorer = {
   timeDecodes,
 };
 
+setScaling(storedScaling());
 start(loadFromUrl);
