@@ -50,7 +50,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +59,10 @@ from PIL import Image
 
 import data
 import export_onnx
+from errors import UserError, run_main
 from images import make_grid, save_png, to_uint8
 from latent import (
     SAMPLERS,
-    DensityError,
     LatentDensity,
     attribute_direction,
     attribute_sweep,
@@ -78,7 +77,6 @@ from latent import (
 from runs import (
     Backend,
     HelpFormatter,
-    RunFolderError,
     check_writable,
     encode_files,
     load_faces,
@@ -109,7 +107,7 @@ MORE_FACES_HINT = (
 )
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError):
     """A problem the user can fix, reported as one line that says what to do."""
 
 
@@ -735,28 +733,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Run one mode; returns the path of the grid written."""
+    """Run one mode; returns the path of the grid written. A problem the user can fix raises a
+    UserError (run_main turns it into one line)."""
     args = parse_args(argv)
-    try:
-        run_dir = Path(args.run)
-        check_random(args)
-        out = check_writable(args.out or args.default_out, folder=False)
-        if args.save_individual and out.with_suffix("").is_file():
-            raise GenerateError(
-                f"--save-individual writes into {out.with_suffix('')}, which is a file; give another --out"
-            )
-        backend = open_backend(run_dir, args.backend, args.threads)
-        args.density, args.sampler_used = choose_sampler(args.sampler, run_dir, backend.latent_dim)
-        dataset = data.find_dataset(args.data) if args.data else None
-        rng = np.random.default_rng(args.seed)
-        grid = MODE_GRIDS[args.mode](args, backend, dataset, rng)
-        write_grid(grid, out, args.scale, args.save_individual)
-    except (GenerateError, RunFolderError, DensityError, data.DataError) as error:
-        sys.exit(f"error: {error}")
+    run_dir = Path(args.run)
+    check_random(args)
+    out = check_writable(args.out or args.default_out, folder=False)
+    if args.save_individual and out.with_suffix("").is_file():
+        raise GenerateError(f"--save-individual writes into {out.with_suffix('')}, which is a file; give another --out")
+    backend = open_backend(run_dir, args.backend, args.threads)
+    args.density, args.sampler_used = choose_sampler(args.sampler, run_dir, backend.latent_dim)
+    dataset = data.find_dataset(args.data) if args.data else None
+    rng = np.random.default_rng(args.seed)
+    grid = MODE_GRIDS[args.mode](args, backend, dataset, rng)
+    write_grid(grid, out, args.scale, args.save_individual)
     columns = max(len(row) for row in grid.rows)
     print(f"wrote {out} ({args.mode}: {len(grid.rows)} rows x {columns} columns, {backend.kind} backend)")
     return out
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

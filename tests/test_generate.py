@@ -18,6 +18,7 @@ import export_onnx
 import generate
 import latent
 import train
+from errors import UserError
 from images import GRID_PADDING, LABEL_HEIGHT, load_face, to_uint8
 from runs import OnnxBackend, RunFolderError
 
@@ -45,11 +46,11 @@ def generate_grid(run: Path, out: Path, *args: str) -> tuple[Image.Image, list[l
 
 
 def exit_message(argv: list[str]) -> str:
-    """generate.main's exit message; asserts it is one line starting with 'error: '."""
-    with pytest.raises(SystemExit) as exit_info:
+    """The line generate.py prints for the UserError that generate.main raises; asserts it is one line."""
+    with pytest.raises(UserError) as error_info:
         generate.main(argv)
-    message = str(exit_info.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message
+    message = f"error: {error_info.value}"
+    assert "\n" not in message, message
     return message
 
 
