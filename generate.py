@@ -60,7 +60,7 @@ from PIL import Image
 import data
 import export_onnx
 from errors import UserError, run_main
-from images import make_grid, save_png, to_uint8
+from images import check_output_path, image_format, make_grid, save_images, to_uint8
 from latent import (
     SAMPLERS,
     LatentDensity,
@@ -558,22 +558,24 @@ MODE_GRIDS = {
 
 
 # --------------------------------------------------------------------------- output
-def write_grid(grid: Grid, out: Path, scale: int, individual: bool) -> Path:
-    """The labelled grid PNG, and with `individual` every tile as out-stem/rRR_cCC.png."""
+def write_grid(grid: Grid, out: Path, scale: int, individual: bool, inputs: Sequence[Path], own: Path) -> Path:
+    """The labelled grid in the format out's extension names, and with `individual` every tile as
+    out-stem/rRR_cCC.png; all or nothing, none of them over one of `inputs` (see check_output_path)."""
+    files = {out: make_grid(grid.rows, grid.row_labels, grid.column_labels or None, scale=scale, title=grid.title)}
+    if individual:
+        for r, row in enumerate(grid.rows):
+            for c, image in enumerate(row):
+                pixels = to_uint8(image)
+                tile = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+                files[out.with_suffix("") / f"r{r:02d}_c{c:02d}.png"] = tile
+    for path in files:
+        check_output_path(path, inputs, [own])
     try:
-        save_png(make_grid(grid.rows, grid.row_labels, grid.column_labels or None, scale=scale, title=grid.title), out)
-        if individual:
-            folder = out.with_suffix("")
-            for r, row in enumerate(grid.rows):
-                for c, image in enumerate(row):
-                    pixels = to_uint8(image)
-                    save_png(
-                        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels),
-                        folder / f"r{r:02d}_c{c:02d}.png",
-                    )
-            print(f"wrote {sum(len(row) for row in grid.rows)} single faces to {folder}/")
+        save_images(files)
     except OSError as error:
         raise GenerateError(f"cannot write {out} ({error.strerror}); give another --out") from None
+    if individual:
+        print(f"wrote {len(files) - 1} single faces to {out.with_suffix('')}/")
     return out
 
 
@@ -605,7 +607,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     parser.add_argument(
-        "--out", help="PNG to write (default: <run>/generated/<mode>.png; ./generated/<mode>.png without --run)"
+        "--out",
+        help="image to write, as .png, .jpg, .jpeg or .webp by its name (default: <run>/generated/<mode>.png; "
+        "./generated/<mode>.png without --run)",
     )
     parser.add_argument("--save-individual", action="store_true", help="also write each face as its own PNG")
     parser.add_argument("--scale", type=int, default=1, help="enlarge each face this many times in the grid")
@@ -739,6 +743,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     run_dir = Path(args.run)
     check_random(args)
     out = check_writable(args.out or args.default_out, folder=False)
+    image_format(out)
+    # Nothing the command reads may be overwritten: face files, the model and data folders.
+    inputs = [Path(p) for p in args.images or []] + [run_dir] + ([Path(args.data)] if args.data else [])
+    check_output_path(out, inputs, [run_dir / "generated"])
     if args.save_individual and out.with_suffix("").is_file():
         raise GenerateError(f"--save-individual writes into {out.with_suffix('')}, which is a file; give another --out")
     backend = open_backend(run_dir, args.backend, args.threads)
@@ -746,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     dataset = data.find_dataset(args.data) if args.data else None
     rng = np.random.default_rng(args.seed)
     grid = MODE_GRIDS[args.mode](args, backend, dataset, rng)
-    write_grid(grid, out, args.scale, args.save_individual)
+    write_grid(grid, out, args.scale, args.save_individual, inputs, run_dir / "generated")
     columns = max(len(row) for row in grid.rows)
     print(f"wrote {out} ({args.mode}: {len(grid.rows)} rows x {columns} columns, {backend.kind} backend)")
     return out

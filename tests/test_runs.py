@@ -125,7 +125,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask):
     previous = os.umask(umask)
     try:
         runs.write_text_atomic(tmp_path / "config.json", "{}\n")
-        images.save_png(Image.new("RGB", (4, 4)), tmp_path / "grid" / "grid.png")
+        images.save_image(Image.new("RGB", (4, 4)), tmp_path / "grid" / "grid.png")
         train.plot_history([{"epoch": 1, "loss": 1.0}], tmp_path / "loss_curves.png")
         export_onnx.copy_atomic(tmp_path / "config.json", tmp_path / "copied.json")
         with pytest.raises(OSError), images.atomic_write(tmp_path / "failed.txt") as temporary:
