@@ -59,7 +59,7 @@ from PIL import Image
 
 import data
 import export_onnx
-from errors import UserError, run_main
+from errors import UserError, first_line, run_main
 from images import check_output_path, image_format, make_grid, save_images, to_uint8
 from latent import (
     SAMPLERS,
@@ -234,34 +234,54 @@ def encoder_probe(backend: Backend) -> np.ndarray:
     return backend.encode(np.repeat(image[None, :, :, None], backend.channels, axis=-1))[0][0]
 
 
-def same_probe(saved, probe: np.ndarray) -> bool:
-    """Whether a saved probe (JSON list, maybe damaged) is the current encoder's, to PROBE_TOLERANCE."""
-    try:
-        saved = np.asarray(saved, dtype=np.float64)
-    except (TypeError, ValueError):
-        return False
-    return saved.shape == probe.shape and bool(np.abs(saved - probe).max() <= PROBE_TOLERANCE)
+def finite_numbers(values: object, length: int) -> bool:
+    """Whether a parsed JSON value is a list of `length` finite numbers."""
+    return (
+        isinstance(values, list)
+        and len(values) == length
+        and all(type(v) in (int, float) and math.isfinite(v) for v in values)
+    )
+
+
+def directions_problem(content: object, latent_dim: int) -> str | None:
+    """What is wrong with a parsed attribute_directions.json for a model of latent size
+    `latent_dim`, or None; a NaN would turn every face it touches black."""
+    if not isinstance(content, dict) or content.get("format") != DIRECTIONS_FORMAT:
+        found = content.get("format") if isinstance(content, dict) else type(content).__name__
+        return f"is not a {DIRECTIONS_FORMAT} file (format {found!r})"
+    if content.get("latent_dim") != latent_dim:
+        return f"holds directions for latent size {content.get('latent_dim')}, this model has {latent_dim}"
+    attributes = content.get("attributes")
+    if not isinstance(attributes, dict):
+        return f"has attributes of type {type(attributes).__name__}, not a mapping of names to directions"
+    for name, entry in attributes.items():
+        if not (isinstance(entry, dict) and finite_numbers(entry.get("direction"), latent_dim)):
+            return f"has a direction of {name} that is not a list of {latent_dim} finite numbers"
+        if not all(type(entry.get(key)) is int and entry[key] >= 0 for key in ("positives", "negatives")):
+            return f"has counts of {name}'s images that are not whole numbers"
+    if "encoder_probe" in content and not finite_numbers(content["encoder_probe"], latent_dim):
+        return f"has an encoder_probe that is not a list of {latent_dim} finite numbers"
+    return None
 
 
 def read_directions(path: Path, probe: np.ndarray, recompute: bool = False) -> dict:
-    """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}; with
-    `recompute`, a damaged file, one for another latent size or one computed with other encoder
-    weights (its saved probe differs from `probe`, see `encoder_probe`) is dropped instead of refused."""
+    """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}, checked;
+    with `recompute`, a damaged file, one for another latent size or one computed with other
+    encoder weights (its saved probe differs from `probe`, see `encoder_probe`) is dropped
+    instead of refused. A file without a probe is taken as the current encoder's."""
     if not path.is_file():
         return {}
     try:
         cached = json.loads(path.read_text())
-        problem = None
-    except json.JSONDecodeError:
-        cached, problem = {}, "is not valid JSON"
-    if problem is None and cached.get("format") != DIRECTIONS_FORMAT:
-        problem = f"is not a {DIRECTIONS_FORMAT} file"
-    elif problem is None and cached.get("latent_dim") != len(probe):
-        problem = f"holds directions for latent size {cached.get('latent_dim')}, this model has {len(probe)}"
-    elif problem is None and not same_probe(cached.get("encoder_probe", probe), probe):
+        problem = directions_problem(cached, len(probe))
+    except OSError as error:
+        problem = f"cannot be read ({error.strerror})"
+    except ValueError as error:  # not JSON, or not UTF-8
+        problem = f"is not valid JSON ({first_line(error, 80)})"
+    if problem is None and np.abs(np.subtract(cached.get("encoder_probe", probe), probe)).max() > PROBE_TOLERANCE:
         problem = "was computed with other encoder weights (the run was trained further or replaced)"
     if problem is None:
-        return cached.get("attributes", {})
+        return cached["attributes"]
     if recompute:
         return {}
     raise GenerateError(f"{path} {problem}; pass --recompute (with --data) to replace it")
@@ -327,12 +347,10 @@ def attribute_directions(args: argparse.Namespace, backend: Backend, dataset: da
     directions = {}
     for name in names:
         entry = cached[name]
-        directions[name] = np.asarray(entry.get("direction", []), dtype=np.float64)
-        if directions[name].shape != (backend.latent_dim,):
-            raise GenerateError(f"{path}: the direction of {name} has the wrong length; pass --recompute")
+        directions[name] = np.asarray(entry["direction"], dtype=np.float64)
         source = "computed" if name in missing else f"cached in {path}"
         print(
-            f"{name}: direction {source} from {entry.get('positives')} positive and {entry.get('negatives')} "
+            f"{name}: direction {source} from {entry['positives']} positive and {entry['negatives']} "
             f"negative images, norm {np.linalg.norm(directions[name]):.3f}"
         )
     return directions
@@ -368,8 +386,8 @@ def sampler_caption(density: LatentDensity, sampler: str) -> str:
     """What drew a grid's random faces, for its title."""
     if sampler == "prior":
         return "random faces from the N(0, I) prior"
-    fitted = density.info.get("fitted_on", {})
-    count = f" of {fitted['count']} training images" if "count" in fitted else ""
+    fitted = density.info.get("fitted_on")
+    count = f" of {fitted['count']} training images" if isinstance(fitted, dict) and "count" in fitted else ""
     return (
         f"random faces from the latent density fitted to the posterior means{count} ({density.components} components)"
     )

@@ -215,7 +215,9 @@ def test_cached_directions_are_refused_after_more_training(run, kaggle_celeba, t
     generate.main([*base, "--backend", "keras", "--attribute", "Smiling"])  # fresh cache, reused
     damaged = {**after, "encoder_probe": ["not", "numbers"]}
     (trained / "attribute_directions.json").write_text(json.dumps(damaged))
-    assert "other encoder weights" in exit_message([*base, "--attribute", "Smiling"])
+    assert "has an encoder_probe that is not a list of 8 finite numbers" in exit_message(
+        [*base, "--attribute", "Smiling"]
+    )
 
 
 def test_onnx_path_imports_no_tensorflow(run, kaggle_celeba, tmp_path):
@@ -523,3 +525,71 @@ def test_a_failed_write_leaves_nothing_behind(run, tmp_path, monkeypatch):
     assert message == f"error: cannot write {out} (No space left on device); give another --out"
     assert len(calls) == 3 and out.read_bytes() == b"the earlier grid"
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+@pytest.fixture(scope="module")
+def directions_run(run, kaggle_celeba, tmp_path_factory) -> Path:
+    """An ONNX-only copy of the run with attribute_directions.json for Smiling."""
+    folder = tmp_path_factory.mktemp("directions")
+    for name in ("encoder.onnx", "decoder.onnx"):
+        shutil.copy(run / name, folder / name)
+    generate.main(["--run", str(folder), "--mode", "attribute", "--data", str(kaggle_celeba), "--random", "1",
+                   "--out", str(folder / "generated" / "a.png")])  # fmt: skip
+    return folder
+
+
+def damaged_directions(content: dict, damage: str) -> object:
+    smiling = content["attributes"]["Smiling"]
+    return {
+        "a list": [smiling["direction"]],
+        "NaN": {**content, "attributes": {"Smiling": {**smiling, "direction": [float("nan")] * LATENT}}},
+        "infinity": {**content, "attributes": {"Smiling": {**smiling, "direction": [1.0] * 7 + [float("inf")]}}},
+        "words": {**content, "attributes": {"Smiling": {**smiling, "direction": ["up"] * LATENT}}},
+        "too short": {**content, "attributes": {"Smiling": {**smiling, "direction": [0.5] * 3}}},
+        "attributes a list": {**content, "attributes": [smiling]},
+        "entry a number": {**content, "attributes": {"Smiling": 3}},
+        "counts": {**content, "attributes": {"Smiling": {**smiling, "positives": "many"}}},
+        "probe NaN": {**content, "encoder_probe": [float("nan")] * LATENT},
+    }[damage]
+
+
+DAMAGE = {
+    "a list": "is not a celeba-vae-attributes/1 file (format 'list')",
+    "NaN": "has a direction of Smiling that is not a list of 8 finite numbers",
+    "infinity": "has a direction of Smiling that is not a list of 8 finite numbers",
+    "words": "has a direction of Smiling that is not a list of 8 finite numbers",
+    "too short": "has a direction of Smiling that is not a list of 8 finite numbers",
+    "attributes a list": "has attributes of type list, not a mapping of names to directions",
+    "entry a number": "has a direction of Smiling that is not a list of 8 finite numbers",
+    "counts": "has counts of Smiling's images that are not whole numbers",
+    "probe NaN": "has an encoder_probe that is not a list of 8 finite numbers",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_attribute_directions_are_one_line_and_rebuilt(directions_run, kaggle_celeba, tmp_path, damage):
+    """Before: black faces from a NaN, AttributeError or ValueError from the others."""
+    folder = tmp_path / "run"
+    shutil.copytree(directions_run, folder)
+    path = folder / "attribute_directions.json"
+    path.write_text(json.dumps(damaged_directions(json.loads(path.read_text()), damage)))
+    damaged = path.read_bytes()
+    base = ["--run", str(folder), "--mode", "attribute", "--random", "1", "--out", str(tmp_path / "a.png")]
+    message = exit_message(base)
+    assert message == f"error: {path} {DAMAGE[damage]}; pass --recompute (with --data) to replace it"
+    assert path.read_bytes() == damaged and not (tmp_path / "a.png").exists()
+    if damage == "NaN":  # --recompute rebuilds the file, and the faces are faces again
+        generate.main([*base, "--recompute", "--data", str(kaggle_celeba), "--alphas", "2", "--save-individual"])
+        assert generate.directions_problem(json.loads(path.read_text()), LATENT) is None
+        assert np.asarray(Image.open(tmp_path / "a" / "r00_c00.png")).max() > 0  # a NaN decodes to black
+
+
+def test_attribute_directions_that_are_not_json(directions_run, tmp_path):
+    path = tmp_path / "attribute_directions.json"
+    for name in ("encoder.onnx", "decoder.onnx"):
+        shutil.copy(directions_run / name, tmp_path / name)
+    path.write_bytes(b"\xff\xfe not text")
+    message = exit_message(["--run", str(tmp_path), "--mode", "attribute", "--random", "1"])
+    assert message.startswith(f"error: {path} is not valid JSON (") and message.endswith(
+        "pass --recompute (with --data) to replace it"
+    )
