@@ -215,17 +215,30 @@ def check_output_path(
             raise UserError(f"{flag} {out} would overwrite the input {path}; give another {flag}")
     own = [Path(folder).resolve() for folder in own]
     names = {out.resolve(), out.parent.resolve() / out.name}  # the file, and a symlink's own place
+    status = out.stat()
     for folder in (path for path in inputs if path.is_dir()):
-        inside = [name for name in names if folder.resolve() in name.parents]
-        if any(not any(o == n or o in n.parents for o in own) for n in inside):
+        root = folder.resolve()
+        if any(within(name, root) and not any(within(name, mine) for mine in own) for name in names):
             raise UserError(
                 f"{flag} {out} would overwrite a file of {folder}, which this command reads; give another {flag}"
             )
-        if out.stat().st_nlink > 1:  # a hard link: look for the other names of the file
-            linked = next((file for file in walk_files(folder, own) if os.path.samefile(out, file)), None)
+        if status.st_nlink > 1:  # a hard link: look for the file's other names in the folder
+            linked = next((file for file in walk_files(root, own) if same_inode(file, status)), None)
             if linked is not None:
                 raise UserError(f"{flag} {out} would overwrite {linked}, which this command reads; give another {flag}")
     return out
+
+
+def within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def same_inode(path: Path, status: os.stat_result) -> bool:
+    try:
+        found = os.lstat(path)
+    except OSError:  # removed meanwhile
+        return False
+    return (found.st_dev, found.st_ino) == (status.st_dev, status.st_ino)
 
 
 def walk_files(folder: Path, skip: Sequence[Path]) -> Iterator[Path]:
