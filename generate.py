@@ -1,47 +1,21 @@
-"""Explore a trained VAE's latent space: reconstructions, random faces, weighted sampling,
-interpolation, CelebA attribute vectors and latent traversals, each written as a PNG grid.
+"""Explore a trained VAE's latent space; each mode writes one image grid (PNG, JPEG or WebP).
 
     python generate.py --mode sample --samples 64                      # the pretrained model
     python generate.py --run runs/<name> --mode sample --temperature 0.7 1.0
     python generate.py --run runs/<name> --mode interpolate --data ./celeba --pairs 4
     python generate.py --run runs/<name> --mode attribute --attribute Smiling --data ./celeba
-    python generate.py --run runs/<name> --mode interpolate --random 8  # model outputs only
     python generate.py --run runs/<name> --mode sample --backend onnx   # no TensorFlow needed
     python generate.py --help                                            # every mode and flag
 
-Modes (faces come from --images FILE..., --ids ID..., --identity N or at random from --split of --data):
-    reconstruct  inputs over their reconstructions (posterior mean, --sampled K draws of z)
-    sample       random faces for each --temperature T, drawn by --sampler
-    weighted     z ~ N(mu', sigma'^2) with mu' = sum w_i mu_i, log sigma' = sum w_i log sigma_i
-                 over b encoded faces (--identity N: the images of one CelebA person)
-    interpolate  linear and spherical paths between pairs (or a --chain) of encoded faces
-    attribute    z + alpha * direction, direction = mean(mu | attr) - mean(mu | not attr)
-                 from CelebA labels, cached in <run>/attribute_directions.json (with a
-                 fingerprint of the encoder, so a retrained run asks for --recompute)
-    traverse     one row per direction: the 8 principal directions of the latents' spread
-                 (posterior means over --data, else the fitted density) or --dims, moved
-                 -span..span standard deviations from each starting face (or z = 0, --origin)
-
-Random latents come from --sampler: `density` (the default) is the latent density fitted to
-the training images' posterior means (<run>/latent_density.json, see latent.py), which gives
-clear faces where the VAE's own prior N(0, I) often gives smeared ones; `prior` is N(0, I).
-Without a density file, `density` falls back to the prior and says so. --temperature T
-scales the spread: around each mixture component's mean for the density, z = T * eps for the
-prior. The grid's title says which sampler drew the faces.
-
---random N starts interpolate, attribute and traverse from N random faces drawn by --sampler
-(at the first --temperature) instead of encoded ones, so the grid holds decoded latents only:
-no real face is loaded to be shown, and the input column is left out (a path's ends and an
-alpha = 0 tile are the decoded starting points). It is the default when no faces are given.
-Attribute directions still come from the cache or the labelled images under --data,
-traverse's directions from --data or the density; reconstruct and weighted need real faces.
-
-The model is rebuilt from the run folder written by train.py (config.json, encoder.keras,
-decoder.keras) or, with --backend onnx, from encoder.onnx/decoder.onnx written by
-export_onnx.py; the ONNX path imports neither TensorFlow nor Keras. Real images are read
-with images.load_face, cropped and resized as in training. Each mode writes one PNG grid
-(default <run>/generated/<mode>.png) and, with --save-individual, one PNG per face; the same
---seed gives the same output.
+Modes: reconstruct (inputs over their reconstructions), sample (random faces per --temperature),
+weighted (a weighted mix of encoded faces' posteriors), interpolate (lerp and slerp paths),
+attribute (z + alpha * a CelebA attribute's direction, cached in <run>/attribute_directions.json)
+and traverse (moves along the latents' principal directions or --dims). Faces come from
+--images, --ids, --identity, at random from --data, or, with --random N, are decoded random
+latents. Random latents come from --sampler: the run's fitted latent density (latent.py) or
+the N(0, I) prior. The same --seed gives the same grid. The model is a train.py run folder
+(Keras) or an export_onnx.py folder (ONNX, which imports neither TensorFlow nor Keras); the
+grid goes to <run>/generated/<mode>.png unless --out names another file, never one it reads.
 """
 
 from __future__ import annotations
@@ -50,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +33,10 @@ from PIL import Image
 
 import data
 import export_onnx
-from images import make_grid, save_png, to_uint8
+from errors import UserError, first_line, run_main
+from images import check_output_path, image_format, make_grid, save_images, to_uint8
 from latent import (
     SAMPLERS,
-    DensityError,
     LatentDensity,
     attribute_direction,
     attribute_sweep,
@@ -78,7 +51,6 @@ from latent import (
 from runs import (
     Backend,
     HelpFormatter,
-    RunFolderError,
     check_writable,
     encode_files,
     load_faces,
@@ -109,8 +81,24 @@ MORE_FACES_HINT = (
 )
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError):
     """A problem the user can fix, reported as one line that says what to do."""
+
+
+@dataclass
+class Job:
+    """One command, resolved (see resolve): the flags as given and what they name, checked."""
+
+    args: argparse.Namespace  # the flags as parsed, nothing added
+    run_dir: Path  # the model folder: --run, else the pretrained model
+    out: Path  # the grid to write
+    inputs: list[Path]  # what the command reads and must never overwrite: face files, model and data folders
+    random: int | None  # random starting faces: --random, else the mode's default when no faces are given
+    backend: Backend
+    density: LatentDensity  # what draws random latents: the fitted density or the prior N(0, I)
+    sampler: str  # "density" or "prior": the sampler used (density falls back to the prior)
+    dataset: data.Dataset | None  # --data
+    rng: np.random.Generator  # seeded by --seed
 
 
 # --------------------------------------------------------------------------- choosing and loading faces
@@ -155,20 +143,17 @@ def random_files(
     )
 
 
-def choose_faces(
-    args: argparse.Namespace, dataset: data.Dataset | None, rng: np.random.Generator, count: int
-) -> list[Path]:
+def choose_faces(job: Job, count: int) -> list[Path]:
     """Face files from --images, --ids, --identity, or `count` at random from --split; at most
     MAX_GRID_FACES of them."""
-    files = find_faces(args, dataset, rng, count)
+    files = find_faces(job, count)
     if len(files) > MAX_GRID_FACES:
         raise GenerateError(f"{len(files)} faces given, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
     return files
 
 
-def find_faces(
-    args: argparse.Namespace, dataset: data.Dataset | None, rng: np.random.Generator, count: int
-) -> list[Path]:
+def find_faces(job: Job, count: int) -> list[Path]:
+    args, dataset = job.args, job.dataset
     if args.images:
         return [Path(p) for p in args.images]
     if args.ids:
@@ -183,7 +168,7 @@ def find_faces(
             raise GenerateError(f"no readable images of identity {args.identity} under {dataset.root}")
         return paths[: args.count] if args.count else paths
     dataset = require_dataset(dataset, f"--mode {args.mode} with random faces")
-    return random_files(dataset, args.split, count, rng)
+    return random_files(dataset, args.split, count, job.rng)
 
 
 def check_random(args: argparse.Namespace) -> None:
@@ -206,20 +191,18 @@ def check_random(args: argparse.Namespace) -> None:
         raise GenerateError(f"--random starts from random faces, not chosen ones; drop {' and '.join(conflicts)}")
 
 
-def starting_faces(
-    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator, count: int
-) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """(codes [N, D], faces [N, S, S, C] or None, names) of the faces a mode starts from.
 
     With --random N: N latents drawn by the sampler at the first --temperature, and no faces
     (nothing real is loaded); otherwise the posterior means of the faces chosen by
     choose_faces (`count` at random)."""
-    if args.random:
-        codes = args.density.sample(args.random, rng, args.temperature[0])
-        return codes, None, [f"z{i + 1}" for i in range(args.random)]
-    files = choose_faces(args, dataset, rng, count)
-    faces = load_faces(files, backend)
-    return backend.encode(faces)[0], faces, [p.stem for p in files]
+    if job.random:
+        codes = job.density.sample(job.random, job.rng, job.args.temperature[0])
+        return codes, None, [f"z{i + 1}" for i in range(job.random)]
+    files = choose_faces(job, count)
+    faces = load_faces(files, job.backend)
+    return job.backend.encode(faces)[0], faces, [p.stem for p in files]
 
 
 # --------------------------------------------------------------------------- attribute directions
@@ -236,34 +219,54 @@ def encoder_probe(backend: Backend) -> np.ndarray:
     return backend.encode(np.repeat(image[None, :, :, None], backend.channels, axis=-1))[0][0]
 
 
-def same_probe(saved, probe: np.ndarray) -> bool:
-    """Whether a saved probe (JSON list, maybe damaged) is the current encoder's, to PROBE_TOLERANCE."""
-    try:
-        saved = np.asarray(saved, dtype=np.float64)
-    except (TypeError, ValueError):
-        return False
-    return saved.shape == probe.shape and bool(np.abs(saved - probe).max() <= PROBE_TOLERANCE)
+def finite_numbers(values: object, length: int) -> bool:
+    """Whether a parsed JSON value is a list of `length` finite numbers."""
+    return (
+        isinstance(values, list)
+        and len(values) == length
+        and all(type(v) in (int, float) and math.isfinite(v) for v in values)
+    )
+
+
+def directions_problem(content: object, latent_dim: int) -> str | None:
+    """What is wrong with a parsed attribute_directions.json for a model of latent size
+    `latent_dim`, or None; a NaN would turn every face it touches black."""
+    if not isinstance(content, dict) or content.get("format") != DIRECTIONS_FORMAT:
+        found = content.get("format") if isinstance(content, dict) else type(content).__name__
+        return f"is not a {DIRECTIONS_FORMAT} file (format {found!r})"
+    if content.get("latent_dim") != latent_dim:
+        return f"holds directions for latent size {content.get('latent_dim')}, this model has {latent_dim}"
+    attributes = content.get("attributes")
+    if not isinstance(attributes, dict):
+        return f"has attributes of type {type(attributes).__name__}, not a mapping of names to directions"
+    for name, entry in attributes.items():
+        if not (isinstance(entry, dict) and finite_numbers(entry.get("direction"), latent_dim)):
+            return f"has a direction of {name} that is not a list of {latent_dim} finite numbers"
+        if not all(type(entry.get(key)) is int and entry[key] >= 0 for key in ("positives", "negatives")):
+            return f"has counts of {name}'s images that are not whole numbers"
+    if "encoder_probe" in content and not finite_numbers(content["encoder_probe"], latent_dim):
+        return f"has an encoder_probe that is not a list of {latent_dim} finite numbers"
+    return None
 
 
 def read_directions(path: Path, probe: np.ndarray, recompute: bool = False) -> dict:
-    """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}; with
-    `recompute`, a damaged file, one for another latent size or one computed with other encoder
-    weights (its saved probe differs from `probe`, see `encoder_probe`) is dropped instead of refused."""
+    """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}, checked;
+    with `recompute`, a damaged file, one for another latent size or one computed with other
+    encoder weights (its saved probe differs from `probe`, see `encoder_probe`) is dropped
+    instead of refused. A file without a probe is taken as the current encoder's."""
     if not path.is_file():
         return {}
     try:
         cached = json.loads(path.read_text())
-        problem = None
-    except json.JSONDecodeError:
-        cached, problem = {}, "is not valid JSON"
-    if problem is None and cached.get("format") != DIRECTIONS_FORMAT:
-        problem = f"is not a {DIRECTIONS_FORMAT} file"
-    elif problem is None and cached.get("latent_dim") != len(probe):
-        problem = f"holds directions for latent size {cached.get('latent_dim')}, this model has {len(probe)}"
-    elif problem is None and not same_probe(cached.get("encoder_probe", probe), probe):
+        problem = directions_problem(cached, len(probe))
+    except OSError as error:
+        problem = f"cannot be read ({error.strerror})"
+    except ValueError as error:  # not JSON, or not UTF-8
+        problem = f"is not valid JSON ({first_line(error, 80)})"
+    if problem is None and np.abs(np.subtract(cached.get("encoder_probe", probe), probe)).max() > PROBE_TOLERANCE:
         problem = "was computed with other encoder weights (the run was trained further or replaced)"
     if problem is None:
-        return cached.get("attributes", {})
+        return cached["attributes"]
     if recompute:
         return {}
     raise GenerateError(f"{path} {problem}; pass --recompute (with --data) to replace it")
@@ -283,11 +286,12 @@ def labelled_faces(dataset: data.Dataset, split: str, limit: int) -> tuple[list[
     return labelled, np.stack([dataset.attributes[p.name] for p in labelled])
 
 
-def attribute_directions(args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None) -> dict:
+def attribute_directions(job: Job) -> dict:
     """Directions of the requested attributes: cached ones reused, missing ones computed from
     the labelled images under --data and added to the cache file."""
+    args, backend, dataset = job.args, job.backend, job.dataset
     names = attribute_names(args.attribute)
-    path = Path(args.run) / DIRECTIONS_FILE
+    path = job.run_dir / DIRECTIONS_FILE
     probe = encoder_probe(backend)
     cached = read_directions(path, probe, args.recompute)
     missing = [n for n in names if args.recompute or n not in cached]
@@ -329,24 +333,23 @@ def attribute_directions(args: argparse.Namespace, backend: Backend, dataset: da
     directions = {}
     for name in names:
         entry = cached[name]
-        directions[name] = np.asarray(entry.get("direction", []), dtype=np.float64)
-        if directions[name].shape != (backend.latent_dim,):
-            raise GenerateError(f"{path}: the direction of {name} has the wrong length; pass --recompute")
+        directions[name] = np.asarray(entry["direction"], dtype=np.float64)
         source = "computed" if name in missing else f"cached in {path}"
         print(
-            f"{name}: direction {source} from {entry.get('positives')} positive and {entry.get('negatives')} "
+            f"{name}: direction {source} from {entry['positives']} positive and {entry['negatives']} "
             f"negative images, norm {np.linalg.norm(directions[name]):.3f}"
         )
     return directions
 
 
 # --------------------------------------------------------------------------- modes: each builds one grid
-def check_grid_size(args: argparse.Namespace, backend: Backend, faces: int) -> None:
+def check_grid_size(job: Job, faces: int) -> None:
     """Refuse a grid of more than MAX_GRID_FACES faces or MAX_GRID_PIXELS pixels, before decoding it."""
-    pixels = faces * (backend.image_size * args.scale) ** 2
+    size = job.backend.image_size * job.args.scale
+    pixels = faces * size**2
     if faces > MAX_GRID_FACES or pixels > MAX_GRID_PIXELS:
         raise GenerateError(
-            f"this grid would hold {faces} faces of {backend.image_size * args.scale} px ({pixels / 1e6:.0f} "
+            f"this grid would hold {faces} faces of {size} px ({pixels / 1e6:.0f} "
             f"megapixels), above the limit of {MAX_GRID_FACES} faces and {MAX_GRID_PIXELS / 1e6:.0f} megapixels; "
             f"ask for fewer faces, steps or alphas or a smaller --scale; {MORE_FACES_HINT}"
         )
@@ -370,19 +373,19 @@ def sampler_caption(density: LatentDensity, sampler: str) -> str:
     """What drew a grid's random faces, for its title."""
     if sampler == "prior":
         return "random faces from the N(0, I) prior"
-    fitted = density.info.get("fitted_on", {})
-    count = f" of {fitted['count']} training images" if "count" in fitted else ""
+    fitted = density.info.get("fitted_on")
+    count = f" of {fitted['count']} training images" if isinstance(fitted, dict) and "count" in fitted else ""
     return (
         f"random faces from the latent density fitted to the posterior means{count} ({density.components} components)"
     )
 
 
-def random_caption(args: argparse.Namespace) -> str:
+def random_caption(job: Job) -> str:
     """The title of a grid whose starting faces are random (--random), or none."""
-    if not args.random:
+    if not job.random:
         return ""
-    return sampler_caption(args.density, args.sampler_used).replace("random faces", "starting faces", 1) + (
-        f", T={args.temperature[0]:g}"
+    return sampler_caption(job.density, job.sampler).replace("random faces", "starting faces", 1) + (
+        f", T={job.args.temperature[0]:g}"
     )
 
 
@@ -390,11 +393,10 @@ def in_rows(images: np.ndarray, columns: int) -> list[np.ndarray]:
     return [images[i : i + columns] for i in range(0, len(images), columns)]
 
 
-def reconstruct_grid(
-    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
-) -> Grid:
-    files = choose_faces(args, dataset, rng, args.count or DEFAULT_FACES["reconstruct"])
-    check_grid_size(args, backend, len(files) * (2 + args.sampled))
+def reconstruct_grid(job: Job) -> Grid:
+    args, backend, rng = job.args, job.backend, job.rng
+    files = choose_faces(job, args.count or DEFAULT_FACES["reconstruct"])
+    check_grid_size(job, len(files) * (2 + args.sampled))
     faces = load_faces(files, backend)
     mu, log_var = backend.encode(faces)
     grid = Grid(column_labels=[p.stem for p in files])
@@ -406,24 +408,22 @@ def reconstruct_grid(
     return grid
 
 
-def sample_grid(
-    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
-) -> Grid:
-    check_grid_size(args, backend, args.samples * len(args.temperature))
+def sample_grid(job: Job) -> Grid:
+    args, backend, rng = job.args, job.backend, job.rng
+    check_grid_size(job, args.samples * len(args.temperature))
     # One draw for all temperatures, so rows of different T show the same faces.
-    components, noise = args.density.draw(args.samples, rng)
-    grid = Grid(title=sampler_caption(args.density, args.sampler_used))
+    components, noise = job.density.draw(args.samples, rng)
+    grid = Grid(title=sampler_caption(job.density, job.sampler))
     for temperature in args.temperature:
-        for row in in_rows(backend.decode(args.density.latents(components, noise, temperature)), args.columns):
-            grid.add(row, f"{args.sampler_used} T={temperature:g}")
+        for row in in_rows(backend.decode(job.density.latents(components, noise, temperature)), args.columns):
+            grid.add(row, f"{job.sampler} T={temperature:g}")
     return grid
 
 
-def weighted_grid(
-    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
-) -> Grid:
-    files = choose_faces(args, dataset, rng, args.count or DEFAULT_FACES["weighted"])
-    check_grid_size(args, backend, len(files) + 1 + args.samples)
+def weighted_grid(job: Job) -> Grid:
+    args, backend, rng = job.args, job.backend, job.rng
+    files = choose_faces(job, args.count or DEFAULT_FACES["weighted"])
+    check_grid_size(job, len(files) + 1 + args.samples)
     try:
         weights = normalized_weights(args.weights, len(files))
     except ValueError as error:
@@ -449,19 +449,18 @@ def weighted_grid(
     return grid
 
 
-def interpolate_grid(
-    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
-) -> Grid:
+def interpolate_grid(job: Job) -> Grid:
+    args, backend = job.args, job.backend
     # Paths run through posterior means (the most likely code of each face) or random latents.
-    codes, faces, names = starting_faces(args, backend, dataset, rng, 2 * args.pairs)
+    codes, faces, names = starting_faces(job, 2 * args.pairs)
     if len(codes) < 2 or (not args.chain and len(codes) % 2):
         raise GenerateError(f"got {len(codes)} faces; give an even number (pairs A B C D ...) or --chain A B C ...")
     groups = [list(range(len(codes)))] if args.chain else [[i, i + 1] for i in range(0, len(codes), 2)]
     methods = ["lerp", "slerp"] if args.method == "both" else [args.method]
     steps = args.steps or DEFAULT_STEPS["interpolate"]
     path_faces = (len(groups[0]) - 1) * (steps - 1) + 1 + (0 if faces is None else 2)
-    check_grid_size(args, backend, len(groups) * len(methods) * path_faces)
-    grid = Grid(title=random_caption(args))
+    check_grid_size(job, len(groups) * len(methods) * path_faces)
+    grid = Grid(title=random_caption(job))
     for group in groups:
         name = "-".join(names[i] for i in group) if len(group) == 2 else f"chain of {len(group)}"
         for method in methods:
@@ -477,15 +476,14 @@ def interpolate_grid(
     return grid
 
 
-def attribute_grid(
-    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
-) -> Grid:
-    directions = attribute_directions(args, backend, dataset)
-    codes, faces, names = starting_faces(args, backend, dataset, rng, args.count or DEFAULT_FACES["attribute"])
-    check_grid_size(args, backend, len(directions) * len(codes) * (len(args.alphas) + (faces is not None)))
+def attribute_grid(job: Job) -> Grid:
+    args, backend = job.args, job.backend
+    directions = attribute_directions(job)
+    codes, faces, names = starting_faces(job, args.count or DEFAULT_FACES["attribute"])
+    check_grid_size(job, len(directions) * len(codes) * (len(args.alphas) + (faces is not None)))
     grid = Grid(
         column_labels=([] if faces is None else ["input"]) + [f"a={alpha:+g}" for alpha in args.alphas],
-        title=random_caption(args),
+        title=random_caption(job),
     )
     for name, direction in directions.items():
         for i, code in enumerate(codes):
@@ -496,49 +494,51 @@ def attribute_grid(
     return grid
 
 
-def traverse_grid(
-    args: argparse.Namespace, backend: Backend, dataset: data.Dataset | None, rng: np.random.Generator
-) -> Grid:
-    # Rows move along directions scaled to one standard deviation of the latents as the model
-    # uses them: the posterior means over --data, else the fitted density, else the prior N(0, I).
-    # Single latent dimensions of a VAE are entangled and change a face only a little; the
-    # principal directions of that spread are where faces change most.
-    if dataset is not None:
-        files = random_files(dataset, args.split, ACTIVITY_IMAGES, rng, allow_fewer=True)
-        covariance = np.cov(encode_files(files, backend)[0], rowvar=False)
+def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
+    """(directions [n, D], labels) that traverse moves along, each one standard deviation long."""
+    # Scaled to the spread of the latents as the model uses them: the posterior means over --data,
+    # else the fitted density, else the prior N(0, I). Single latent dimensions of a VAE are
+    # entangled and change a face only a little; the principal directions of that spread are
+    # where faces change most.
+    args, latent_dim = job.args, job.backend.latent_dim
+    if job.dataset is not None:
+        files = random_files(job.dataset, args.split, ACTIVITY_IMAGES, job.rng, allow_fewer=True)
+        covariance = np.cov(encode_files(files, job.backend)[0], rowvar=False)
         spread = f"the posterior means of {len(files)} {args.split} images"
-    elif args.sampler_used == "density":
-        covariance, spread = args.density.covariance(), "the fitted latent density"
+    elif job.sampler == "density":
+        covariance, spread = job.density.covariance(), "the fitted latent density"
     else:
-        covariance, spread = np.eye(backend.latent_dim), "the prior N(0, I)"
+        covariance, spread = np.eye(latent_dim), "the prior N(0, I)"
     if args.dims is not None:
-        bad = [d for d in args.dims if not 0 <= d < backend.latent_dim]
+        bad = [d for d in args.dims if not 0 <= d < latent_dim]
         if bad:
-            raise GenerateError(
-                f"--dims {bad} out of range; this model's latent dimensions are 0..{backend.latent_dim - 1}"
-            )
-        directions = np.eye(backend.latent_dim)[args.dims] * np.sqrt(np.diag(covariance))[args.dims, None]
-        labels = [f"z[{d}]" for d in args.dims]
+            raise GenerateError(f"--dims {bad} out of range; this model's latent dimensions are 0..{latent_dim - 1}")
         print(f"traversing dimensions {args.dims} in standard deviations under {spread}")
-    elif dataset is None and args.sampler_used != "density":
-        dims = list(range(min(TRAVERSED_DIMS, backend.latent_dim)))
-        directions, labels = np.eye(backend.latent_dim)[dims], [f"z[{d}]" for d in dims]
+        directions = np.eye(latent_dim)[args.dims] * np.sqrt(np.diag(covariance))[args.dims, None]
+        return directions, [f"z[{d}]" for d in args.dims]
+    if job.dataset is None and job.sampler != "density":
+        dims = list(range(min(TRAVERSED_DIMS, latent_dim)))
         print(f"traversing dimensions {dims}; give --data, or --sampler density with a fitted")
         print("latent density (latent.py), to traverse the directions along which faces change most")
-    else:
-        units, deviations = principal_directions(covariance, TRAVERSED_DIMS)
-        directions, labels = units * deviations[:, None], [f"PC{i + 1}" for i in range(len(units))]
-        print(f"traversing the {len(units)} principal directions of {spread} (standard deviations "
-              f"{deviations[0]:.2f} to {deviations[-1]:.2f})")  # fmt: skip
+        return np.eye(latent_dim)[dims], [f"z[{d}]" for d in dims]
+    units, deviations = principal_directions(covariance, TRAVERSED_DIMS)
+    print(f"traversing the {len(units)} principal directions of {spread} (standard deviations "
+          f"{deviations[0]:.2f} to {deviations[-1]:.2f})")  # fmt: skip
+    return units * deviations[:, None], [f"PC{i + 1}" for i in range(len(units))]
+
+
+def traverse_grid(job: Job) -> Grid:
+    args, backend = job.args, job.backend
+    directions, labels = traverse_directions(job)
     values = np.linspace(-args.span, args.span, args.steps or DEFAULT_STEPS["traverse"])
     if args.origin:
         codes, faces, names = np.zeros((1, backend.latent_dim)), None, ["origin"]
     else:
-        codes, faces, names = starting_faces(args, backend, dataset, rng, 1)
-    check_grid_size(args, backend, len(codes) * len(directions) * (len(values) + (faces is not None)))
+        codes, faces, names = starting_faces(job, 1)
+    check_grid_size(job, len(codes) * len(directions) * (len(values) + (faces is not None)))
     grid = Grid(
         column_labels=([] if faces is None else ["input"]) + [f"{v:+.2g} sd" for v in values],
-        title="" if args.origin else random_caption(args),
+        title="" if args.origin else random_caption(job),
     )
     for i, center in enumerate(codes):
         images = backend.decode(traversal_grid(center, directions, values).reshape(-1, backend.latent_dim))
@@ -560,29 +560,31 @@ MODE_GRIDS = {
 
 
 # --------------------------------------------------------------------------- output
-def write_grid(grid: Grid, out: Path, scale: int, individual: bool) -> Path:
-    """The labelled grid PNG, and with `individual` every tile as out-stem/rRR_cCC.png."""
+def write_grid(grid: Grid, job: Job) -> None:
+    """The labelled grid in the format --out's extension names, and with --save-individual every
+    tile as <out-stem>/rRR_cCC.png; all or nothing, none of them over what the command reads."""
+    out, args = job.out, job.args
+    files = {out: make_grid(grid.rows, grid.row_labels, grid.column_labels or None, scale=args.scale, title=grid.title)}
+    if args.save_individual:
+        for r, row in enumerate(grid.rows):
+            for c, image in enumerate(row):
+                pixels = to_uint8(image)
+                tile = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+                files[out.with_suffix("") / f"r{r:02d}_c{c:02d}.png"] = tile
+    for path in files:
+        check_output_path(path, job.inputs, [job.run_dir / "generated"])
     try:
-        save_png(make_grid(grid.rows, grid.row_labels, grid.column_labels or None, scale=scale, title=grid.title), out)
-        if individual:
-            folder = out.with_suffix("")
-            for r, row in enumerate(grid.rows):
-                for c, image in enumerate(row):
-                    pixels = to_uint8(image)
-                    save_png(
-                        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels),
-                        folder / f"r{r:02d}_c{c:02d}.png",
-                    )
-            print(f"wrote {sum(len(row) for row in grid.rows)} single faces to {folder}/")
+        save_images(files)
     except OSError as error:
         raise GenerateError(f"cannot write {out} ({error.strerror}); give another --out") from None
-    return out
+    if args.save_individual:
+        print(f"wrote {len(files) - 1} single faces to {out.with_suffix('')}/")
 
 
 # --------------------------------------------------------------------------- command line
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Explore a trained VAE's latent space; each mode writes a PNG grid.",
+        description="Explore a trained VAE's latent space; each mode writes an image grid.",
         formatter_class=HelpFormatter,
         epilog="examples:\n"
         "  python generate.py --run runs/r --mode reconstruct --data ./celeba --sampled 2\n"
@@ -607,7 +609,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     parser.add_argument(
-        "--out", help="PNG to write (default: <run>/generated/<mode>.png; ./generated/<mode>.png without --run)"
+        "--out",
+        help="image to write, as .png, .jpg, .jpeg or .webp by its name (default: <run>/generated/<mode>.png; "
+        "./generated/<mode>.png without --run)",
     )
     parser.add_argument("--save-individual", action="store_true", help="also write each face as its own PNG")
     parser.add_argument("--scale", type=int, default=1, help="enlarge each face this many times in the grid")
@@ -692,7 +696,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--span", type=float, default=3.0, help="traverse: move -span..span standard deviations along each direction"
     )
     modes.add_argument("--origin", action="store_true", help="traverse: around z = 0 instead of a face")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse through argparse (exit 2) values no model can use, before anything is loaded."""
     for name in ("count", "random", "samples", "columns", "pairs", "scale"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -724,39 +732,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         values = getattr(args, name) or []
         if not all(math.isfinite(v) for v in values):
             parser.error(f"--{name} takes finite numbers (got {' '.join(map(str, values))})")
-    # The pretrained model ships in the repository: its outputs go to ./generated, not into it.
-    args.default_out = Path(args.run or ".") / "generated" / f"{args.mode}.png"
-    args.run = args.run or str(PRETRAINED_RUN)
-    # With no faces given at all, the modes that can start from random faces do so.
-    no_faces = not (args.data or args.images or args.ids or args.identity is not None or args.origin)
-    if no_faces and args.random is None and args.mode in DEFAULT_RANDOM:
-        args.random = DEFAULT_RANDOM[args.mode]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags as given, their values checked; nothing is filled in or added (see resolve)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_values(parser, args)
     return args
 
 
+def resolve(args: argparse.Namespace) -> Job:
+    """What the flags name, made concrete and checked before any face is decoded."""
+    check_random(args)
+    run_dir = Path(args.run) if args.run else PRETRAINED_RUN
+    # The pretrained model ships in the repository: its outputs go to ./generated, not into it.
+    out = check_writable(args.out or Path(args.run or ".") / "generated" / f"{args.mode}.png", folder=False)
+    image_format(out)
+    # Nothing the command reads may be overwritten: face files, the model and data folders.
+    inputs = [Path(p) for p in args.images or []] + [run_dir] + ([Path(args.data)] if args.data else [])
+    check_output_path(out, inputs, [run_dir / "generated"])
+    if args.save_individual and out.with_suffix("").is_file():
+        raise GenerateError(f"--save-individual writes into {out.with_suffix('')}, which is a file; give another --out")
+    random = args.random
+    # With no faces given at all, the modes that can start from random faces do so.
+    no_faces = not (args.data or args.images or args.ids or args.identity is not None or args.origin)
+    if no_faces and random is None and args.mode in DEFAULT_RANDOM:
+        random = DEFAULT_RANDOM[args.mode]
+    backend = open_backend(run_dir, args.backend, args.threads)
+    density, sampler = choose_sampler(args.sampler, run_dir, backend.latent_dim)
+    dataset = data.find_dataset(args.data) if args.data else None
+    rng = np.random.default_rng(args.seed)
+    return Job(args, run_dir, out, inputs, random, backend, density, sampler, dataset, rng)
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Run one mode; returns the path of the grid written."""
-    args = parse_args(argv)
-    try:
-        run_dir = Path(args.run)
-        check_random(args)
-        out = check_writable(args.out or args.default_out, folder=False)
-        if args.save_individual and out.with_suffix("").is_file():
-            raise GenerateError(
-                f"--save-individual writes into {out.with_suffix('')}, which is a file; give another --out"
-            )
-        backend = open_backend(run_dir, args.backend, args.threads)
-        args.density, args.sampler_used = choose_sampler(args.sampler, run_dir, backend.latent_dim)
-        dataset = data.find_dataset(args.data) if args.data else None
-        rng = np.random.default_rng(args.seed)
-        grid = MODE_GRIDS[args.mode](args, backend, dataset, rng)
-        write_grid(grid, out, args.scale, args.save_individual)
-    except (GenerateError, RunFolderError, DensityError, data.DataError) as error:
-        sys.exit(f"error: {error}")
+    """Run one mode; returns the path of the grid written. A problem the user can fix raises a
+    UserError (run_main turns it into one line)."""
+    job = resolve(parse_args(argv))
+    grid = MODE_GRIDS[job.args.mode](job)
+    write_grid(grid, job)
     columns = max(len(row) for row in grid.rows)
-    print(f"wrote {out} ({args.mode}: {len(grid.rows)} rows x {columns} columns, {backend.kind} backend)")
-    return out
+    print(f"wrote {job.out} ({job.args.mode}: {len(grid.rows)} rows x {columns} columns, {job.backend.kind} backend)")
+    return job.out
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

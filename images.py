@@ -1,4 +1,4 @@
-"""Image helpers with only numpy and Pillow: load a face like training does, save PNG grids,
+"""Image helpers with only numpy and Pillow: load a face like training does, save image grids,
 and the atomic file write every script uses for what it writes.
 
 Kept free of TensorFlow so the ONNX inference path (generate.py --backend onnx) can use
@@ -12,11 +12,13 @@ import contextlib
 import os
 import secrets
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from errors import UserError
 
 CELEBA_WIDTH = 178  # width of an aligned CelebA image; crop sizes are given in its pixels
 DEFAULT_CROP = 148  # the central face box common in 64x64 CelebA work
@@ -24,6 +26,9 @@ GRID_PADDING = 2
 LABEL_HEIGHT = 14
 # Pillow's decompression-bomb limit (about 89 megapixels); training skips larger files too.
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # output images, by extension
+# High-quality JPEG without colour subsampling (faces are small, their edges matter); lossless WebP.
+SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}}
 
 
 def crop_box(height: int, width: int, crop: int = DEFAULT_CROP) -> tuple[int, int, int, int]:
@@ -150,10 +155,94 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a PNG atomically, creating its folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as temporary:
-        image.save(temporary, format="PNG")
-    return path
+def image_format(path: str | os.PathLike, flag: str = "--out") -> str:
+    """Pillow's format for an output image named `path`, by its extension; a UserError for other names."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise UserError(
+            f"{flag} {path}: images are written as {', '.join(IMAGE_FORMATS)}, not "
+            f"{suffix or 'a name without an extension'}; give another {flag}"
+        )
+    return IMAGE_FORMATS[suffix]
+
+
+def save_images(images: Mapping[Path, Image.Image]) -> None:
+    """Write images {path: image}, each in the format its extension names (image_format), all or
+    none: each goes to a temporary file beside its path, and they are renamed into place only
+    once all are written. On an error nothing is left behind, not even the folders made for them."""
+    made = []  # folders created here, parents first
+    for folder in dict.fromkeys(Path(path).parent for path in images):
+        missing = [folder, *folder.parents]
+        missing = missing[: next(i for i, f in enumerate(missing) if f.exists())]
+        folder.mkdir(parents=True, exist_ok=True)
+        made += reversed(missing)
+    try:
+        with contextlib.ExitStack() as stack:
+            for path, image in images.items():
+                kind = image_format(path)
+                temporary = stack.enter_context(atomic_write(path))
+                image.save(temporary, format=kind, **SAVE_OPTIONS.get(kind, {}))
+    except BaseException:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
+                folder.rmdir()
+        raise
+
+
+def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write one image atomically in the format its extension names, creating its folder."""
+    save_images({Path(path): image})
+    return Path(path)
+
+
+def check_output_path(
+    out: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike],
+    own: Iterable[str | os.PathLike] = (),
+    flag: str = "--out",
+) -> Path:
+    """Refuse (UserError) an output path that would overwrite what the command reads: one of the
+    `inputs` files, or a file inside one of the `inputs` folders (a model or data folder), by any
+    name: paths are compared resolved, and as files (symlinks, hard links). Files inside `own`
+    folders (where the command's earlier outputs go) may be overwritten unless they are inputs
+    themselves. A path where no file exists yet overwrites nothing."""
+    out = Path(out)
+    if not out.is_file():
+        return out
+    inputs = [Path(path) for path in inputs]
+    for path in inputs:
+        if path.is_file() and os.path.samefile(out, path):
+            raise UserError(f"{flag} {out} would overwrite the input {path}; give another {flag}")
+    own = [Path(folder).resolve() for folder in own]
+    names = {out.resolve(), out.parent.resolve() / out.name}  # the file, and a symlink's own place
+    status = out.stat()
+    for folder in (path for path in inputs if path.is_dir()):
+        root = folder.resolve()
+        if any(within(name, root) and not any(within(name, mine) for mine in own) for name in names):
+            raise UserError(
+                f"{flag} {out} would overwrite a file of {folder}, which this command reads; give another {flag}"
+            )
+        if status.st_nlink > 1:  # a hard link: look for the file's other names in the folder
+            linked = next((file for file in walk_files(root, own) if same_inode(file, status)), None)
+            if linked is not None:
+                raise UserError(f"{flag} {out} would overwrite {linked}, which this command reads; give another {flag}")
+    return out
+
+
+def within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def same_inode(path: Path, status: os.stat_result) -> bool:
+    try:
+        found = os.lstat(path)
+    except OSError:  # removed meanwhile
+        return False
+    return (found.st_dev, found.st_ino) == (status.st_dev, status.st_ino)
+
+
+def walk_files(folder: Path, skip: Sequence[Path]) -> Iterator[Path]:
+    """Every file under `folder`, but for those under the `skip` folders (resolved paths)."""
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if (Path(root) / name).resolve() not in skip]
+        yield from (Path(root) / name for name in files)

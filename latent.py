@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 import data
+from errors import UserError
 from runs import (
     HelpFormatter,
     Progress,
@@ -170,7 +171,7 @@ def principal_directions(covariance: np.ndarray, count: int) -> tuple[np.ndarray
 
 
 # --------------------------------------------------------------------------- the latent density
-class DensityError(ValueError):
+class DensityError(UserError):
     """A latent density file that cannot be used, reported as one line that says what to do."""
 
 

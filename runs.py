@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from errors import UserError
 from images import DEFAULT_CROP, atomic_write, load_face
 
 RUN_FORMAT = "celeba-vae-run/1"
@@ -76,7 +77,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         )
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError):
     """A run folder that cannot be used, reported as one line that says what to do."""
 
 

@@ -70,7 +70,7 @@ from tensorflow.python.eager import context  # noqa: E402
 import data  # noqa: E402
 import latent  # noqa: E402
 import vae  # noqa: E402
-from images import make_grid, save_png  # noqa: E402
+from images import make_grid, save_image  # noqa: E402
 from runs import KerasBackend, RunFolderError, write_text_atomic  # noqa: E402
 from train_cli import (  # noqa: E402
     BACKUP_DIR,
@@ -305,7 +305,7 @@ class SaveArtifacts(keras.callbacks.Callback):
             "samples": make_grid(samples.reshape(2, GRID_COLUMNS, *samples.shape[1:])),
         }
         for folder, grid in grids.items():
-            save_png(grid, self.run_dir / folder / f"epoch_{epoch + 1:03d}.png")
+            save_image(grid, self.run_dir / folder / f"epoch_{epoch + 1:03d}.png")
         if self.summary_dir:
             self.writer = self.writer or tf.summary.create_file_writer(str(self.summary_dir))
             with self.writer.as_default():

@@ -890,6 +890,69 @@ def build_cases(survey: Survey, disk_problem: str) -> list[Case]:
                  "checkpoint/epoch_001.weights.h5")  # fmt: skip
     add("modes-run-umask-022", [], expect="ok", run=nothing, check=modes(s.run_a, run_files, 0o644),
         shown="(set-up) train.py ... --out W/runs/a under umask 022")  # fmt: skip
+    cases += generate_output_cases(s)
+    return cases
+
+
+def generate_output_cases(s: Survey) -> list[Case]:
+    """generate.py: an --out of an unknown image type or one the command reads (by any name), and
+    damaged JSON files of the model folder (a NaN gave black faces, a list AttributeError)."""
+    folder = s.case_dir("gen-outputs")
+    face, run = folder / "face.jpg", folder / "exp"
+    reconstruct = ["generate.py", "--run", run, "--mode", "reconstruct", "--images", face, "--out"]
+
+    def prepare() -> None:
+        copy(s.exp_a, run)
+        copy(s.files / "source.jpg", face)
+        for link in ("link.jpg", "config.png", "decoder.png"):
+            (folder / link).unlink(missing_ok=True)
+        (folder / "link.jpg").symlink_to(face)
+        (folder / "config.png").symlink_to(run / "config.json")
+        os.link(run / "decoder.onnx", folder / "decoder.png")
+
+    def jpeg(outcome: Outcome) -> tuple[bool, str]:
+        magic = (s.out("gen-out-jpg") / "grid.jpg").read_bytes()[:3]
+        return magic == b"\xff\xd8\xff", f"the file starts with {magic!r} (JPEG: b'\\xff\\xd8\\xff')"
+
+    data_file = s.kaggle / "img_align_celeba" / "img_align_celeba" / "000003.jpg"
+    cases = [
+        Case("gen-out-gif", [*reconstruct, s.out("gen-out-gif") / "grid.gif"]),
+        Case("gen-out-jpg", [*reconstruct, s.out("gen-out-jpg") / "grid.jpg"], expect="ok", check=jpeg),
+        Case("gen-out-is-input", [*reconstruct, face]),
+        Case("gen-out-symlink-to-input", [*reconstruct, folder / "link.jpg"]),
+        Case("gen-out-symlink-to-config", [*reconstruct, folder / "config.png"]),
+        Case("gen-out-hardlink-to-decoder", [*reconstruct, folder / "decoder.png"]),
+        Case("gen-out-data-file", [*reconstruct, data_file, "--data", s.kaggle]),
+    ]
+    for case in cases:
+        case.prepare = prepare
+    nan, words = [float("nan")] * 8, ["up"] * 8
+    smiling = {"direction": [0.1] * 8, "positives": 9, "negatives": 9}
+    for name, file, content in [
+        ("directions-nan", "attribute_directions.json", {"Smiling": {**smiling, "direction": nan}}),
+        ("directions-words", "attribute_directions.json", {"Smiling": {**smiling, "direction": words}}),
+        ("directions-list", "attribute_directions.json", [smiling]),
+        ("density-nan", "latent_density.json", None),
+    ]:
+        target = s.case_dir(f"gen-{name}") / "exp"
+
+        def damage(target: Path = target, file: str = file, content: object = content) -> None:
+            path = copy(s.exp_a, target) / file
+            if content is None:  # the density: one mean made NaN
+                density = json.loads(path.read_text())
+                density["means"][0][0] = float("nan")
+                path.write_text(json.dumps(density))
+            else:
+                attributes = {"format": "celeba-vae-attributes/1", "latent_dim": 8, "attributes": content}
+                path.write_text(json.dumps(attributes))
+
+        mode = "sample" if file == "latent_density.json" else "attribute"
+        out = s.out(f"gen-{name}") / "grid.png"
+        cases.append(
+            Case(f"gen-{name}", ["generate.py", "--run", target, "--mode", mode, "--out", out], prepare=damage)
+        )
+    for case in cases:
+        case.argv = [str(part) for part in case.argv]
     return cases
 
 

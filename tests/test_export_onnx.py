@@ -241,7 +241,7 @@ def test_failed_export_leaves_the_previous_pair_and_a_mixed_pair_is_refused(runs
     message = "encoder.onnx and decoder.onnx in .*exp come from different exports \\(export_id '[0-9a-f]{16}' vs"
     with pytest.raises(RunFolderError, match=message + ".*export both again: python export_onnx.py --run RUN --out"):
         runs_module.open_backend(folder).encode(np.zeros((1, SIZE, SIZE, 3)))
-    with pytest.raises(SystemExit, match="error: " + message):
+    with pytest.raises(RunFolderError, match=message):
         generate.main(["--run", str(folder), "--mode", "interpolate", "--images", *[str(p) for p in faces(tmp_path)]])
 
 

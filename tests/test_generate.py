@@ -4,6 +4,7 @@ layouts, seeds, the attribute cache, the TensorFlow-free ONNX path and one-line 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import export_onnx
 import generate
 import latent
 import train
+from errors import UserError
 from images import GRID_PADDING, LABEL_HEIGHT, load_face, to_uint8
 from runs import OnnxBackend, RunFolderError
 
@@ -45,11 +47,11 @@ def generate_grid(run: Path, out: Path, *args: str) -> tuple[Image.Image, list[l
 
 
 def exit_message(argv: list[str]) -> str:
-    """generate.main's exit message; asserts it is one line starting with 'error: '."""
-    with pytest.raises(SystemExit) as exit_info:
+    """The line generate.py prints for the UserError that generate.main raises; asserts it is one line."""
+    with pytest.raises(UserError) as error_info:
         generate.main(argv)
-    message = str(exit_info.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message
+    message = f"error: {error_info.value}"
+    assert "\n" not in message, message
     return message
 
 
@@ -213,7 +215,9 @@ def test_cached_directions_are_refused_after_more_training(run, kaggle_celeba, t
     generate.main([*base, "--backend", "keras", "--attribute", "Smiling"])  # fresh cache, reused
     damaged = {**after, "encoder_probe": ["not", "numbers"]}
     (trained / "attribute_directions.json").write_text(json.dumps(damaged))
-    assert "other encoder weights" in exit_message([*base, "--attribute", "Smiling"])
+    assert "has an encoder_probe that is not a list of 8 finite numbers" in exit_message(
+        [*base, "--attribute", "Smiling"]
+    )
 
 
 def test_onnx_path_imports_no_tensorflow(run, kaggle_celeba, tmp_path):
@@ -410,3 +414,182 @@ def test_attribute_directions_from_several_splits(kaggle_celeba):
     files = {split: generate.labelled_faces(dataset, split, 0)[0] for split in ("train", "validation")}
     both, labels = generate.labelled_faces(dataset, "train+validation", 0)
     assert both == files["train"] + files["validation"] and len(labels) == len(both)
+
+
+MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff", ".jpeg": b"\xff\xd8\xff", ".webp": b"RIFF"}
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".JPEG", ".webp"])
+def test_the_grid_is_written_in_the_format_its_name_says(run, tmp_path, suffix):
+    out = tmp_path / f"grid{suffix}"
+    generate.main(["--run", str(run), "--backend", "onnx", "--mode", "sample", "--samples", "4", "--out", str(out)])
+    assert out.read_bytes().startswith(MAGIC[suffix.lower()])
+    with Image.open(out) as image:
+        assert image.format == {".png": "PNG", ".webp": "WEBP"}.get(suffix.lower(), "JPEG")
+        assert image.size[0] >= 4 * SIZE
+
+
+@pytest.mark.parametrize("name", ["grid.gif", "grid.bmp", "grid"])
+def test_an_unknown_image_type_is_refused_naming_the_known_ones(run, tmp_path, name):
+    out = tmp_path / name
+    message = exit_message(["--run", str(run), "--backend", "onnx", "--mode", "sample", "--out", str(out)])
+    assert message.endswith(
+        "images are written as .png, .jpg, .jpeg, .webp, not "
+        + (out.suffix or "a name without an extension")
+        + "; give another --out"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_never_overwrite_what_the_command_reads(run, kaggle_celeba, tmp_path, monkeypatch):
+    """The input photo, the model folder's files and the data folder's, under any name (a symlink,
+    a hard link), refused before any model is loaded; the run's generated/ folder is the command's
+    own and may be rewritten."""
+    face = tmp_path / "face.jpg"
+    shutil.copy(kaggle_celeba / "img_align_celeba" / "img_align_celeba" / "000001.jpg", face)
+    (tmp_path / "link.jpg").symlink_to(face)
+    (tmp_path / "config.png").symlink_to(run / "config.json")
+    os.link(run / "decoder.onnx", tmp_path / "decoder.png")
+    data_file = kaggle_celeba / "img_align_celeba" / "img_align_celeba" / "000002.jpg"
+    protected = [face, run / "config.json", run / "decoder.onnx", run / "samples" / "epoch_001.png", data_file]
+    before = {path: path.read_bytes() for path in protected}
+    reconstruct = ["--run", str(run), "--backend", "onnx", "--mode", "reconstruct", "--images", str(face), "--out"]
+    monkeypatch.setattr(generate, "open_backend", no_decoding)
+    for out, what in [
+        (face, f"the input {face}"),
+        (tmp_path / "link.jpg", f"the input {face}"),
+        (tmp_path / "config.png", f"a file of {run}"),
+        (run / "samples" / "epoch_001.png", f"a file of {run}"),
+        (tmp_path / "decoder.png", f"{run / 'decoder.onnx'}"),
+    ]:
+        assert f"--out {out} would overwrite {what}" in exit_message([*reconstruct, str(out)]), out
+    message = exit_message([*reconstruct, str(data_file), "--data", str(kaggle_celeba)])
+    assert message.endswith(f"would overwrite a file of {kaggle_celeba}, which this command reads; give another --out")
+    monkeypatch.undo()
+    # a tile of --save-individual is an output too (checked once the grid is known)
+    tiles = tmp_path / "grid"
+    tiles.mkdir()
+    shutil.copy(face, tiles / "r00_c00.png")
+    message = exit_message(
+        [*reconstruct[:-2], str(tiles / "r00_c00.png"), "--out", str(tmp_path / "grid.png"), "--save-individual"]
+    )
+    assert "would overwrite the input" in message and not (tmp_path / "grid.png").exists()
+    assert {path: path.read_bytes() for path in protected} == before
+    # the command line: one line, exit code 1
+    result = subprocess.run(
+        [sys.executable, "generate.py", *reconstruct, str(face)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: --out {face} would overwrite the input {face}; give another --out"
+    ]
+    # its own earlier output is rewritten, by default and when named
+    for _ in range(2):
+        assert (
+            generate.main(["--run", str(run), "--backend", "onnx", "--mode", "sample"])
+            == run / "generated" / "sample.png"
+        )
+    generate.main(
+        ["--run", str(run), "--backend", "onnx", "--mode", "sample", "--out", str(run / "generated" / "sample.png")]
+    )
+
+
+def test_a_failed_write_leaves_nothing_behind(run, tmp_path, monkeypatch):
+    """The disk fills up at the third file of a grid and its single faces: the earlier grid stays,
+    no single face, folder or temporary file is left."""
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"the earlier grid")
+    real_save, calls = Image.Image.save, []
+
+    def failing_save(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    message = exit_message(
+        [
+            "--run",
+            str(run),
+            "--backend",
+            "onnx",
+            "--mode",
+            "sample",
+            "--samples",
+            "4",
+            "--out",
+            str(out),
+            "--save-individual",
+        ]
+    )
+    assert message == f"error: cannot write {out} (No space left on device); give another --out"
+    assert len(calls) == 3 and out.read_bytes() == b"the earlier grid"
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+@pytest.fixture(scope="module")
+def directions_run(run, kaggle_celeba, tmp_path_factory) -> Path:
+    """An ONNX-only copy of the run with attribute_directions.json for Smiling."""
+    folder = tmp_path_factory.mktemp("directions")
+    for name in ("encoder.onnx", "decoder.onnx"):
+        shutil.copy(run / name, folder / name)
+    generate.main(["--run", str(folder), "--mode", "attribute", "--data", str(kaggle_celeba), "--random", "1",
+                   "--out", str(folder / "generated" / "a.png")])  # fmt: skip
+    return folder
+
+
+def damaged_directions(content: dict, damage: str) -> object:
+    smiling = content["attributes"]["Smiling"]
+    return {
+        "a list": [smiling["direction"]],
+        "NaN": {**content, "attributes": {"Smiling": {**smiling, "direction": [float("nan")] * LATENT}}},
+        "infinity": {**content, "attributes": {"Smiling": {**smiling, "direction": [1.0] * 7 + [float("inf")]}}},
+        "words": {**content, "attributes": {"Smiling": {**smiling, "direction": ["up"] * LATENT}}},
+        "too short": {**content, "attributes": {"Smiling": {**smiling, "direction": [0.5] * 3}}},
+        "attributes a list": {**content, "attributes": [smiling]},
+        "entry a number": {**content, "attributes": {"Smiling": 3}},
+        "counts": {**content, "attributes": {"Smiling": {**smiling, "positives": "many"}}},
+        "probe NaN": {**content, "encoder_probe": [float("nan")] * LATENT},
+    }[damage]
+
+
+DAMAGE = {
+    "a list": "is not a celeba-vae-attributes/1 file (format 'list')",
+    "NaN": "has a direction of Smiling that is not a list of 8 finite numbers",
+    "infinity": "has a direction of Smiling that is not a list of 8 finite numbers",
+    "words": "has a direction of Smiling that is not a list of 8 finite numbers",
+    "too short": "has a direction of Smiling that is not a list of 8 finite numbers",
+    "attributes a list": "has attributes of type list, not a mapping of names to directions",
+    "entry a number": "has a direction of Smiling that is not a list of 8 finite numbers",
+    "counts": "has counts of Smiling's images that are not whole numbers",
+    "probe NaN": "has an encoder_probe that is not a list of 8 finite numbers",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_attribute_directions_are_one_line_and_rebuilt(directions_run, kaggle_celeba, tmp_path, damage):
+    """Before: black faces from a NaN, AttributeError or ValueError from the others."""
+    folder = tmp_path / "run"
+    shutil.copytree(directions_run, folder)
+    path = folder / "attribute_directions.json"
+    path.write_text(json.dumps(damaged_directions(json.loads(path.read_text()), damage)))
+    damaged = path.read_bytes()
+    base = ["--run", str(folder), "--mode", "attribute", "--random", "1", "--out", str(tmp_path / "a.png")]
+    message = exit_message(base)
+    assert message == f"error: {path} {DAMAGE[damage]}; pass --recompute (with --data) to replace it"
+    assert path.read_bytes() == damaged and not (tmp_path / "a.png").exists()
+    if damage == "NaN":  # --recompute rebuilds the file, and the faces are faces again
+        generate.main([*base, "--recompute", "--data", str(kaggle_celeba), "--alphas", "2", "--save-individual"])
+        assert generate.directions_problem(json.loads(path.read_text()), LATENT) is None
+        assert np.asarray(Image.open(tmp_path / "a" / "r00_c00.png")).max() > 0  # a NaN decodes to black
+
+
+def test_attribute_directions_that_are_not_json(directions_run, tmp_path):
+    path = tmp_path / "attribute_directions.json"
+    for name in ("encoder.onnx", "decoder.onnx"):
+        shutil.copy(directions_run / name, tmp_path / name)
+    path.write_bytes(b"\xff\xfe not text")
+    message = exit_message(["--run", str(tmp_path), "--mode", "attribute", "--random", "1"])
+    assert message.startswith(f"error: {path} is not valid JSON (") and message.endswith(
+        "pass --recompute (with --data) to replace it"
+    )

@@ -21,16 +21,18 @@ import export_onnx
 import generate
 import images
 import runs
+from errors import UserError
 
 PRETRAINED = REPO / "pretrained" / "celeba64"
 CONFIG = {"format": runs.RUN_FORMAT, "latent_dim": 8, "image_size": 16, "channels": 3, "crop": 148}
 
 
 def exit_message(main, argv: list[str]) -> str:
-    """A script's exit message; asserts it is one line starting with 'error: '."""
-    with pytest.raises(SystemExit) as exit_info:
+    """A script's exit message (a UserError's, as run_main prints it); asserts it is one line starting with 'error: '."""
+    with pytest.raises((SystemExit, UserError)) as exit_info:
         main(argv)
-    message = str(exit_info.value.code)
+    error = exit_info.value
+    message = f"error: {error}" if isinstance(error, UserError) else str(error.code)
     assert message.startswith("error: ") and "\n" not in message, message
     return message
 
@@ -123,7 +125,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask):
     previous = os.umask(umask)
     try:
         runs.write_text_atomic(tmp_path / "config.json", "{}\n")
-        images.save_png(Image.new("RGB", (4, 4)), tmp_path / "grid" / "grid.png")
+        images.save_image(Image.new("RGB", (4, 4)), tmp_path / "grid" / "grid.png")
         train.plot_history([{"epoch": 1, "loss": 1.0}], tmp_path / "loss_curves.png")
         export_onnx.copy_atomic(tmp_path / "config.json", tmp_path / "copied.json")
         with pytest.raises(OSError), images.atomic_write(tmp_path / "failed.txt") as temporary:
