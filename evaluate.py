@@ -80,8 +80,12 @@ from pathlib import Path
 import numpy as np
 
 import data
-from latent import DENSITY_FILE, DensityError, LatentDensity, find_density
+from latent import DensityError, LatentDensity, find_density
 from runs import (
+    BCE_EPSILON,
+    CONFIG_FILE,
+    DENSITY_FILE,
+    MIN_GAUSSIAN_SIGMA,
     Backend,
     HelpFormatter,
     Progress,
@@ -97,8 +101,6 @@ EVAL_FORMAT = "celeba-vae-eval/1"
 ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x(mu_j) above this: an active unit (Burda et al. 2016)
 KL_DIM_THRESHOLD = 0.01  # nats; a latent dimension whose mean KL is above this carries information
 MIN_MSE = 1e-10  # PSNR floor for exact reconstructions: at most 100 dB
-MIN_GAUSSIAN_SIGMA = 1e-3  # as vae.MIN_GAUSSIAN_SIGMA (vae.py imports TensorFlow; a test checks they agree)
-BCE_EPSILON = 1e-6  # as vae.BCE_EPSILON
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03  # tf.image.ssim's defaults
 LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 LUMINANCE = np.array([0.299, 0.587, 0.114])
@@ -389,7 +391,7 @@ def inception_features(model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
 def describe_folder(backend: Backend) -> dict:
     """What the evaluation needs to know of a model folder: its config.json where it has one
     (train.py runs and exported folders), else the ONNX metadata."""
-    config_path = backend.run_dir / "config.json"
+    config_path = backend.run_dir / CONFIG_FILE
     config = read_config(backend.run_dir) if config_path.is_file() else {}
     metadata = getattr(backend, "metadata", {})
     return {

@@ -59,7 +59,6 @@ import numpy as np
 from PIL import Image
 
 import data
-import export_onnx
 from images import make_grid, save_png, to_uint8
 from latent import (
     SAMPLERS,
@@ -76,6 +75,8 @@ from latent import (
     weighted_posterior,
 )
 from runs import (
+    ATTRIBUTES_FILE,
+    ATTRIBUTES_FORMAT,
     Backend,
     HelpFormatter,
     RunFolderError,
@@ -88,8 +89,8 @@ from runs import (
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
 RANDOM_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --random replaces
-DIRECTIONS_FORMAT = export_onnx.ATTRIBUTES_FORMAT  # "celeba-vae-attributes/1"
-DIRECTIONS_FILE = export_onnx.ATTRIBUTES_FILE  # read by export_onnx.py and other apps
+DIRECTIONS_FORMAT = ATTRIBUTES_FORMAT  # "celeba-vae-attributes/1"
+DIRECTIONS_FILE = ATTRIBUTES_FILE  # read by export_onnx.py and other apps
 # Largest change of the probe's posterior mean still read as the same encoder: ONNX and Keras
 # agree to about 1e-6, while one more epoch of training moves it by far more.
 PROBE_TOLERANCE = 1e-3

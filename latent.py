@@ -45,6 +45,7 @@ import numpy as np
 
 import data
 from runs import (
+    DENSITY_FILE,
     HelpFormatter,
     Progress,
     RunFolderError,
@@ -54,7 +55,6 @@ from runs import (
     write_text_atomic,
 )
 
-DENSITY_FILE = "latent_density.json"
 DENSITY_FORMAT = "celeba-vae-latent-density/1"
 MIXTURE_SIZES = (1, 2, 4, 8, 16, 32)  # k tried by select_density
 MIN_POINTS_PER_DIM = 4  # a full-covariance component needs several points per latent dimension

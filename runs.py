@@ -23,9 +23,25 @@ from typing import Protocol
 
 import numpy as np
 
+import inference
+from errors import UserError, batches, first_line
 from images import DEFAULT_CROP, atomic_write, load_face
 
 RUN_FORMAT = "celeba-vae-run/1"
+ATTRIBUTES_FORMAT = "celeba-vae-attributes/1"
+# The names of a model folder's files and folders, for every script that writes or reads them.
+CONFIG_FILE = "config.json"  # the recipe and sizes (train.py); copied beside exported models
+HISTORY_FILE = "history.csv"
+LOSS_CURVES_FILE = "loss_curves.png"
+DENSITY_FILE = "latent_density.json"  # the fitted latent density (latent.py)
+ATTRIBUTES_FILE = "attribute_directions.json"  # written by generate.py --mode attribute
+LOCK_FILE = ".lock"  # held by the train.py process that writes the run
+CHECKPOINT_DIR = "checkpoint"
+BACKUP_DIR = "backup"  # inside CHECKPOINT_DIR
+TENSORBOARD_DIR = "tensorboard"
+SAMPLES_DIR = "samples"  # train.py's grids of decoded prior samples, one per epoch
+RECONSTRUCTIONS_DIR = "reconstructions"  # and of validation reconstructions
+GENERATED_DIR = "generated"  # generate.py's default output folder
 REQUIRED_SIZES = ("latent_dim", "image_size", "channels")  # config.json keys every reader needs
 # The choices of config.json's model settings and the recipe train.py's flags default to (by
 # their config.json names). Here rather than in vae.py so that train.py checks its flags
@@ -53,8 +69,21 @@ DEFAULT_RECIPE = {
     "ema": 0.0,
     "seed": 0,
 }
+# The loss's numerical floors, shared by vae.py (TensorFlow) and evaluate.py (numpy).
+MIN_GAUSSIAN_SIGMA = 1e-3  # keeps log(sigma) finite when reconstructions become exact
+BCE_EPSILON = 1e-6
 BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
 LOAD_BATCH = 256  # image files loaded at a time by encode_files
+
+
+def keras_file(part: str) -> str:
+    """encoder.keras or decoder.keras: a part of a train.py run."""
+    return f"{part}.keras"
+
+
+def onnx_file(part: str) -> str:
+    """encoder.onnx or decoder.onnx: a part written by export_onnx.py."""
+    return f"{part}.onnx"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -76,7 +105,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         )
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError, ValueError):
     """A run folder that cannot be used, reported as one line that says what to do."""
 
 
@@ -95,7 +124,7 @@ def check_architecture(image_size: int, filters: Sequence[int]) -> None:
 def read_config(run_dir: str | os.PathLike) -> dict:
     """config.json of a train.py run, checked for its format; `run_dir` is added to it."""
     run_dir = Path(run_dir)
-    path = run_dir / "config.json"
+    path = run_dir / CONFIG_FILE
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist; give a run folder written by train.py")
     if not path.is_file():
@@ -135,7 +164,7 @@ def load_model(run_dir: str | os.PathLike, part: str, config: dict):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ start-up chatter
     import keras
 
-    path = Path(run_dir) / f"{part}.keras"
+    path = Path(run_dir) / keras_file(part)
     if not path.is_file():
         raise RunFolderError(
             f"{run_dir} has no {path.name}; train.py writes it after each epoch, so let the run finish its first epoch"
@@ -143,8 +172,7 @@ def load_model(run_dir: str | os.PathLike, part: str, config: dict):
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # Keras raises many types for damaged or foreign archives
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise RunFolderError(f"cannot load {path} ({reason}); re-run train.py for this run") from None
+        raise RunFolderError(f"cannot load {path} ({first_line(error)}); re-run train.py for this run") from None
     size, channels, latent = int(config["image_size"]), int(config["channels"]), int(config["latent_dim"])
     image, code = (size, size, channels), (latent,)
     expected = (image, [code, code]) if part == "encoder" else (code, [image])
@@ -211,16 +239,14 @@ class KerasBackend:
         images = check_images(images, self)
         if self._encoder is None:
             self._encoder = load_model(self.run_dir, "encoder", self.config)
-        parts = [self._encoder(images[i : i + BATCH_SIZE], training=False) for i in range(0, len(images), BATCH_SIZE)]
+        parts = [self._encoder(batch, training=False) for batch in batches(images, BATCH_SIZE)]
         mu = np.concatenate([np.asarray(p[0]) for p in parts])
         log_var = np.concatenate([np.asarray(p[1]) for p in parts])
         return mu, log_var
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         z = check_latents(z, self.latent_dim)
-        return np.concatenate(
-            [np.asarray(self.decoder(z[i : i + BATCH_SIZE], training=False)) for i in range(0, len(z), BATCH_SIZE)]
-        )
+        return np.concatenate([np.asarray(self.decoder(batch, training=False)) for batch in batches(z, BATCH_SIZE)])
 
 
 class OnnxBackend:
@@ -236,16 +262,16 @@ class OnnxBackend:
         self._encoder = None
         self.decoder, metadata = self.open("decoder")
         if metadata.get("value_range") != "0,1" or metadata.get("layout") != "NHWC":
-            raise RunFolderError(f"{run_dir / 'decoder.onnx'} is not an NHWC model with values in [0, 1]; re-export it")
+            raise RunFolderError(
+                f"{run_dir / onnx_file('decoder')} is not an NHWC model with values in [0, 1]; re-export it"
+            )
         self.metadata = metadata
         self.latent_dim = int(metadata["latent_dim"])
         self.image_size = int(metadata["image_size"])
         self.channels = int(metadata["channels"])
         self.crop = int(metadata.get("crop", DEFAULT_CROP))
         self.model_kind = metadata.get("model", "vae")
-        config = (
-            read_config(run_dir) if (run_dir / "config.json").is_file() else None
-        )  # ONNX-only folders may have none
+        config = read_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else None  # ONNX-only folders may have none
         if config is not None and int(config["latent_dim"]) != self.latent_dim:
             raise RunFolderError(
                 f"decoder.onnx has latent size {self.latent_dim} but {run_dir / 'config.json'} says "
@@ -254,48 +280,38 @@ class OnnxBackend:
 
     def open(self, part: str):
         """(session, metadata) of <run>/<part>.onnx, checked to be an exported `part`."""
-        import export_onnx
-
-        path = self.run_dir / f"{part}.onnx"
+        path = self.run_dir / onnx_file(part)
         if not path.is_file():
             raise RunFolderError(
-                f"{self.run_dir} has no {part}.onnx; export it: python export_onnx.py --run {self.run_dir}"
+                f"{self.run_dir} has no {path.name}; export it: python export_onnx.py --run {self.run_dir}"
             )
         try:
-            session = export_onnx.make_session(path, threads=self.threads)
-            return session, export_onnx.check_model(session, part, name=str(path))
+            session = inference.make_session(path, threads=self.threads)
+            return session, inference.check_model(session, part, name=str(path))
         except (FileNotFoundError, ValueError) as error:
             raise RunFolderError(str(error)) from None
 
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import export_onnx
-
         images = check_images(images, self)
         if self._encoder is None:
             self._encoder, metadata = self.open("encoder")
-            mismatch = export_onnx.pair_mismatch(self.metadata, metadata)
+            mismatch = inference.pair_mismatch(self.metadata, metadata)
             if mismatch:
                 raise RunFolderError(
                     f"encoder.onnx and decoder.onnx in {self.run_dir} come from different exports ({mismatch}); "
                     f"export both again: python export_onnx.py --run RUN --out {self.run_dir}"
                 )
-        parts = [
-            export_onnx.encode(self._encoder, images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)
-        ]
+        parts = [inference.encode(self._encoder, batch) for batch in batches(images, BATCH_SIZE)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        import export_onnx
-
         z = check_latents(z, self.latent_dim)
-        return np.concatenate(
-            [export_onnx.decode(self.decoder, z[i : i + BATCH_SIZE]) for i in range(0, len(z), BATCH_SIZE)]
-        )
+        return np.concatenate([inference.decode(self.decoder, batch) for batch in batches(z, BATCH_SIZE)])
 
 
 def default_backend(run_dir: Path) -> str:
     """ "keras" for a train.py run folder with its .keras files, "onnx" for an exported folder."""
-    return "keras" if (Path(run_dir) / "decoder.keras").is_file() else "onnx"
+    return "keras" if (Path(run_dir) / keras_file("decoder")).is_file() else "onnx"
 
 
 def open_backend(run_dir: str | os.PathLike, kind: str | None = None, threads: int = 0) -> Backend:
@@ -303,7 +319,7 @@ def open_backend(run_dir: str | os.PathLike, kind: str | None = None, threads: i
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist; train one with train.py --out {run_dir}")
-    if kind is None and not any((run_dir / f"decoder.{suffix}").is_file() for suffix in ("keras", "onnx")):
+    if kind is None and not any((run_dir / name).is_file() for name in (keras_file("decoder"), onnx_file("decoder"))):
         raise RunFolderError(
             f"{run_dir} has no decoder.keras or decoder.onnx; train.py writes the .keras files after "
             "each epoch, export_onnx.py the .onnx files"
@@ -388,8 +404,7 @@ def encode_files(
     files are skipped, as training skips them, with a warning naming them. Faces are loaded
     LOAD_BATCH at a time to bound memory; progress(count) is called after each batch."""
     parts, kept, skipped = [], [], []
-    for start in range(0, len(paths), LOAD_BATCH):
-        batch = paths[start : start + LOAD_BATCH]
+    for batch in batches(paths, LOAD_BATCH):
         faces, failed = load_decodable(batch, backend)
         skipped += failed
         failed = set(failed)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from machine import machine_lines  # noqa: E402
 
-import export_onnx  # noqa: E402  (imports neither TensorFlow nor Keras)
+import inference  # noqa: E402  (numpy and onnxruntime only)
 
 BATCHES = (1, 64)
 TARGETS = {  # name: (description, minimum ratio)
@@ -114,8 +114,8 @@ def generate_times(run: Path, repeats: int, threads: int) -> dict[str, list[floa
 def decoder_functions(run: Path, threads: int, jit: bool) -> tuple[dict[int, dict[str, Callable]], float]:
     """For each batch size, name -> a call that decodes numpy z to numpy images; and the largest
     |onnxruntime - Keras| seen on those inputs."""
-    session = export_onnx.make_session(run / "decoder.onnx", threads=threads)
-    metadata = export_onnx.check_model(session, "decoder", name=str(run / "decoder.onnx"))
+    session = inference.make_session(run / "decoder.onnx", threads=threads)
+    metadata = inference.check_model(session, "decoder", name=str(run / "decoder.onnx"))
     latent = int(metadata["latent_dim"])
 
     import tensorflow as tf
@@ -132,7 +132,7 @@ def decoder_functions(run: Path, threads: int, jit: bool) -> tuple[dict[int, dic
     for batch in BATCHES:
         z = np.random.default_rng(batch).standard_normal((batch, latent)).astype(np.float32)
         functions[batch] = {
-            "onnxruntime": lambda z=z: export_onnx.decode(session, z),
+            "onnxruntime": lambda z=z: inference.decode(session, z),
             "keras: decoder(z)": lambda z=z: np.asarray(decoder(z, training=False)),
             "keras: tf.function": lambda z=z: compiled(z).numpy(),
             "keras: model.predict": lambda z=z: decoder.predict(z, batch_size=len(z), verbose=0),

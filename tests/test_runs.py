@@ -3,6 +3,7 @@ file modes of atomic writes, and --help / argument errors without TensorFlow."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import evaluate
 import export_onnx
 import generate
 import images
+import inference
 import runs
 
 PRETRAINED = REPO / "pretrained" / "celeba64"
@@ -183,11 +185,11 @@ def test_onnx_pair_of_different_exports_is_refused(tmp_path):
     backend = runs.open_backend(mixed)
     assert backend.encode(np.zeros((1, 64, 64, 3))) is not None  # both from one (older) export, without an id
     decoder = {"export_id": "a" * 16, "source_run": "run_a", "latent_dim": "8"}
-    assert export_onnx.pair_mismatch(decoder, dict(decoder)) == ""
-    assert export_onnx.pair_mismatch(decoder, {**decoder, "export_id": "b" * 16}) == (
+    assert inference.pair_mismatch(decoder, dict(decoder)) == ""
+    assert inference.pair_mismatch(decoder, {**decoder, "export_id": "b" * 16}) == (
         f"export_id {'a' * 16!r} vs {'b' * 16!r}"
     )
-    assert "source_run 'run_a' vs None" in export_onnx.pair_mismatch(decoder, {"latent_dim": "8"})
+    assert "source_run 'run_a' vs None" in inference.pair_mismatch(decoder, {"latent_dim": "8"})
 
 
 def test_progress_in_a_log_file_prints_a_line_now_and_then(capsys):
@@ -205,3 +207,62 @@ def test_progress_in_a_log_file_prints_a_line_now_and_then(capsys):
     assert [line.split(" in ")[0] for line in capsys.readouterr().out.splitlines()] == ["encoded 10 of 10 images"]
     runs.Progress(10, "encoded", enabled=False).close()
     assert capsys.readouterr().out == "" and "\r" not in "".join(lines)
+
+
+def import_graph(folder: Path) -> dict[str, set[str]]:
+    """module -> the top-level modules of `folder` it imports, anywhere in its code (inside
+    functions too, where an import runs later but still closes a cycle)."""
+    modules = {path.stem: path for path in folder.glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+        graph[name] = imported & set(modules)
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or through others (the strongly
+    connected components of more than one module, or of one that imports itself)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:  # Tarjan's algorithm
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            group = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1 or module in graph[module]:
+                cycles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_import_cycles_are_found():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a", "d"}, "e": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "c"], ["d"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_among_the_scripts():
+    graph = import_graph(REPO)
+    assert {"runs", "export_onnx", "inference", "latent", "data"} <= set(graph)
+    assert graph["inference"] <= {"errors"}, graph["inference"]  # numpy and onnxruntime only
+    assert import_cycles(graph) == []
