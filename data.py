@@ -58,6 +58,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
+from errors import UserError
 from images import CELEBA_WIDTH, DEFAULT_CROP, MAX_IMAGE_PIXELS
 from runs import CHECKPOINT_DIR, GENERATED_DIR, LOSS_CURVES_FILE, RECONSTRUCTIONS_DIR, RUN_FORMAT, SAMPLES_DIR
 
@@ -153,7 +154,7 @@ PNG_LAST_FILTER = 4  # row filter types: 0 none, 1 sub, 2 up, 3 average, 4 Paeth
 PNG_INFLATE_CHUNK = 1 << 16  # bytes inflated at a time when checking a PNG's image data
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the user's data, reported as one line that says what to do."""
 
 

@@ -1,59 +1,27 @@
-"""Export a trained run's encoder and decoder to ONNX, for onnxruntime apps without TensorFlow.
+"""Export a trained run's encoder and decoder to ONNX, for apps that run them without TensorFlow.
 
     python export_onnx.py --run runs/<name>                 # writes runs/<name>/decoder.onnx, encoder.onnx
     python export_onnx.py --run runs/<name> --out exported  # elsewhere; the run's JSON files are copied along
     python export_onnx.py --help                            # every flag, with its default
 
-What the files hold (generate.py --backend onnx and any other app rely on it):
-
-    decoder.onnx  input  "z"       float32 [batch, latent_dim]
-                  output "image"   float32 [batch, H, W, C], NHWC, values in [0, 1]
-    encoder.onnx  input  "image"   float32 [batch, H, W, C], NHWC, values in [0, 1]
-                  outputs "mu", "log_var"  float32 [batch, latent_dim]
-
-The batch dimension is dynamic. Each file's metadata_props say what it is, so another app
-needs no other context: format (celeba-vae-onnx/1), part, latent_dim, image_size, channels,
-crop, model (vae/ae), value_range ("0,1"), layout ("NHWC"), input, output, the parity
-figure, source_run and export_id: the same hash of the two models in both files of one export
-(generate.py, evaluate.py and latent.py refuse an encoder and a decoder of different exports).
-With --out, the run's plain JSON files are copied beside the ONNX files, after both models:
-config.json (the recipe; evaluate.py reads it), latent_density.json (the fitted latent density
-that random faces are drawn from; latent.py documents it) and attribute_directions.json
-(written by generate.py --mode attribute).
-
-Parity: every converted model is run by onnxruntime and by Keras on the same inputs at batch
-sizes 1, 7 and 64; the largest absolute difference is printed and must stay below --tolerance
-(1e-4). Both parts are converted and checked before either is written, so when either fails
-nothing is written and the export fails; then both are written to temporary files and renamed
-into place together.
-
-Graph rewrites for CPU speed (--plain turns them off). tf2onnx turns Keras's NHWC graph into
-ONNX's NCHW one with Transpose nodes, and tf2onnx's and onnxruntime's optimizers cancel most of
-them. What they cannot cancel comes from Keras's UpSampling2D, a repeat that becomes
-Unsqueeze/Tile/Reshape chains with 5-D Transposes. So the decoder is traced layer by layer with:
-- nearest UpSampling2D as ResizeNearestNeighbor (asymmetric, floor): an ONNX Resize that
-  onnxruntime's NCHWc optimizer keeps in its blocked layout (it takes no other Resize mode);
-- the last upsampling + 3x3 convolution with few output channels (3 for RGB) as a sub-pixel
-  convolution on the half-size grid (4x the filters) followed by depth_to_space, so the
-  blocked convolution does not pad 3 channels to 16 at full resolution;
-- Dense -> Reshape (decoder) and Flatten -> Dense (encoder) with the Dense weights permuted to
-  (C, H, W) order, so the NHWC <-> NCHW Transpose at that point cancels out.
-The exported graphs then hold only the Transposes the NHWC contract needs at the input or
-output, and parity is checked on the rewritten graph.
-
-The inference helpers (make_session, read_onnx_metadata, check_model, decode, encode) need
-only numpy and onnxruntime: `import export_onnx` does not import TensorFlow, Keras or tf2onnx.
+decoder.onnx maps "z" [batch, latent_dim] to "image" [batch, H, W, C] (NHWC, values in [0, 1]),
+encoder.onnx "image" to "mu" and "log_var"; each file's metadata says what it is, and both files
+of one export share an export_id. Each converted part is checked against Keras at batch sizes
+1, 7 and 64 (within --tolerance) before anything is written; then the files are written
+together, all or none. The decoder is traced with graph rewrites for CPU speed (--plain turns
+them off). inference.py runs the files with numpy and onnxruntime only; docs/onnx.md describes
+the files, their metadata, the parity check and the rewrites.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -62,19 +30,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from errors import UserError, first_line, run_main
 from images import atomic_write
 from inference import ONNX_FORMAT, PARTS, make_session
-from latent import DensityError, find_density
+from latent import find_density
 from runs import (
     ATTRIBUTES_FILE,
     ATTRIBUTES_FORMAT,
+    CHECKPOINT_DIR,
     CONFIG_FILE,
     DENSITY_FILE,
     HelpFormatter,
-    RunFolderError,
     check_writable,
     keras_file,
     load_model,
+    model_folder_part,
+    onnx_file,
     read_config,
 )
 
@@ -99,8 +70,8 @@ PHASE_TAPS = np.array(
 )
 
 
-class ExportError(RuntimeError):
-    """A problem the user can fix, reported as one line."""
+class ExportError(UserError):
+    """A run that cannot be exported, or an export that failed its checks."""
 
 
 # --------------------------------------------------------------------------- run folder
@@ -175,19 +146,13 @@ def check_attributes(run_dir: Path, latent_dim: int) -> Path | None:
         raise ExportError(
             f"{path} is not valid JSON ({error}); recompute it with generate.py --mode attribute"
         ) from None
+    content = content if isinstance(content, dict) else {}  # a list or a number is no directions file either
     if content.get("format") != ATTRIBUTES_FORMAT or content.get("latent_dim") != latent_dim:
         raise ExportError(
             f"{path} is not {ATTRIBUTES_FORMAT} for latent size {latent_dim} (format {content.get('format')!r}, "
             f"latent_dim {content.get('latent_dim')!r}); recompute it with generate.py --mode attribute --recompute"
         )
     return path
-
-
-def copy_atomic(source: Path, target: Path) -> Path:
-    """Copy a file into place atomically (a temporary file renamed over the target)."""
-    with atomic_write(target) as temporary:
-        shutil.copyfile(source, temporary)
-    return target
 
 
 # --------------------------------------------------------------------------- tracing with the rewrites
@@ -363,7 +328,10 @@ def convert(
     def function(x):
         return dict(zip(output_names, forward(x), strict=True))
 
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=opset)
+    try:
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=opset)
+    except ValueError as error:  # e.g. an --opset tf2onnx does not support
+        raise ExportError(first_line(error)) from None
     for value in [*proto.graph.input, *proto.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     # Outputs in the contract's order (tf2onnx sorts a dict's keys).
@@ -411,7 +379,10 @@ def parity_check(
     """Max |ONNX - Keras| over all outputs per batch size; raises ExportError above tolerance
     (or on a shape mismatch or a non-finite value)."""
     source = onnx_model.SerializeToString() if hasattr(onnx_model, "SerializeToString") else onnx_model
-    session = make_session(source, threads=threads)
+    try:
+        session = make_session(source, threads=threads)
+    except (FileNotFoundError, ValueError) as error:  # e.g. an --opset without an op the graph needs
+        raise ExportError(str(error)) from None
     input_name, output_names = PARTS[part]
     differences = {}
     for batch in batches:
@@ -431,16 +402,21 @@ def parity_check(
     return differences
 
 
-def write_models(protos: dict[Path, onnx.ModelProto]) -> list[Path]:
-    """Write ONNX files together: each to a temporary file beside its target, and only when all
-    are written are they renamed into place, so a failure leaves every target as it was."""
+def write_together(files: dict[Path, Callable[[Path], object]]) -> list[Path]:
+    """Write files together (target -> a function that writes a path): each to a temporary file
+    beside its target, and only when all are written are they renamed into place, so a failure
+    leaves every target as it was and no temporary file behind."""
+    with contextlib.ExitStack() as stack:
+        for path, write in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(stack.enter_context(atomic_write(path)))
+    return list(files)
+
+
+def save_model(proto: onnx.ModelProto, path: Path) -> None:
     import onnx
 
-    with contextlib.ExitStack() as stack:
-        for path, proto in protos.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(proto, stack.enter_context(atomic_write(path)))
-    return list(protos)
+    onnx.save(proto, path)
 
 
 def op_counts(source: onnx.ModelProto | str | os.PathLike, optimized: bool = False) -> Counter:
@@ -480,17 +456,17 @@ def convert_checked(
     return proto
 
 
-def export_pair(
-    models: dict[str, keras.Model], out: Path, metadata: dict[str, dict[str, str]], **options: Any
-) -> list[Path]:
-    """<out>/decoder.onnx and <out>/encoder.onnx (models and metadata by part), both or neither:
-    both are converted and checked before either is written, and both carry the same export_id
-    (a hash of the two models), by which runs.OnnxBackend refuses a folder of mixed exports."""
+def convert_pair(
+    models: dict[str, keras.Model], metadata: dict[str, dict[str, str]], **options: Any
+) -> dict[str, onnx.ModelProto]:
+    """Both parts (models and metadata by part) converted and checked, nothing written; both
+    carry the same export_id (a hash of the two models), by which runs.OnnxBackend refuses a
+    folder of mixed exports."""
     protos = {part: convert_checked(models[part], part, metadata[part], **options) for part in models}
     export_id = hashlib.sha256(b"".join(proto.SerializeToString() for proto in protos.values())).hexdigest()[:16]
     for proto in protos.values():
         add_metadata(proto, {"export_id": export_id})
-    return write_models({out / f"{part}.onnx": proto for part, proto in protos.items()})
+    return protos
 
 
 # --------------------------------------------------------------------------- command line
@@ -518,47 +494,66 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_out(out: Path, run_dir: Path) -> Path:
+    """--out, refused before any work when it cannot be written or is a folder train.py keeps:
+    another run's folder (the copied config.json would replace its recipe) or one of a run's
+    own folders (checkpoint/, samples/, ...). The run folder itself and exported folders are fine."""
+    check_writable(out, folder=True)
+    if out.resolve() == run_dir.resolve():
+        return out
+    if any((out / keras_file(part)).is_file() for part in ("encoder", "decoder")) or (out / CHECKPOINT_DIR).is_dir():
+        raise ExportError(
+            f"--out {out} is the folder of another train.py run, whose {CONFIG_FILE} the export would replace; "
+            "give a new folder or an exported one"
+        )
+    part = model_folder_part(out)
+    if part is not None:
+        raise ExportError(f"--out {out} lies in {part}, which train.py keeps; give another --out")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    """Export both parts; returns the paths written."""
+    """Export both parts; returns the paths written. Raises UserError (one line) for what the
+    user can fix: `python export_onnx.py` reports it through errors.run_main."""
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        run_dir = Path(args.run)
-        config = read_run(run_dir)
-        out = check_writable(Path(args.out) if args.out else run_dir, folder=True)
-        # The models first: an edited config.json is the problem to name, not the files that fit the models.
-        encoder, decoder = load_models(run_dir, config)
-        attributes = check_attributes(run_dir, config["latent_dim"])
-        density = run_dir / DENSITY_FILE if find_density(run_dir, config["latent_dim"]) else None
-        print(
-            f"run {run_dir}: {config.get('model', 'vae')}, latent {config['latent_dim']}, "
-            f"{config['image_size']}x{config['image_size']}x{config['channels']}"
+    run_dir = Path(args.run)
+    config = read_run(run_dir)
+    out = check_out(Path(args.out) if args.out else run_dir, run_dir)
+    # The models first: an edited config.json is the problem to name, not the files that fit the models.
+    encoder, decoder = load_models(run_dir, config)
+    attributes = check_attributes(run_dir, config["latent_dim"])
+    density = run_dir / DENSITY_FILE if find_density(run_dir, config["latent_dim"]) else None
+    print(
+        f"run {run_dir}: {config.get('model', 'vae')}, latent {config['latent_dim']}, "
+        f"{config['image_size']}x{config['image_size']}x{config['channels']}"
+    )
+    metadata = {}
+    for part in ("decoder", "encoder"):
+        metadata[part] = onnx_metadata(config, part, run_dir)
+        if attributes is not None:
+            metadata[part]["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
+        if density is not None:
+            metadata[part]["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
+    options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
+    protos = convert_pair({"decoder": decoder, "encoder": encoder}, metadata, **options)
+    files = {out / onnx_file(part): functools.partial(save_model, proto) for part, proto in protos.items()}
+    companions = {CONFIG_FILE: run_dir / CONFIG_FILE, ATTRIBUTES_FILE: attributes, DENSITY_FILE: density}
+    if out.resolve() != run_dir.resolve():  # the models and the run's JSON files, all or none
+        files.update(
+            {out / name: functools.partial(shutil.copyfile, source) for name, source in companions.items() if source}
         )
-        options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
-        companions = {CONFIG_FILE: run_dir / CONFIG_FILE, ATTRIBUTES_FILE: attributes, DENSITY_FILE: density}
-        metadata = {}
-        for part in ("decoder", "encoder"):
-            metadata[part] = onnx_metadata(config, part, run_dir)
-            if attributes is not None:
-                metadata[part]["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
-            if density is not None:
-                metadata[part]["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
-        try:
-            written = export_pair({"decoder": decoder, "encoder": encoder}, out, metadata, **options)
-            if out.resolve() != run_dir.resolve():
-                for name, source in companions.items():
-                    if source is not None:
-                        written.append(copy_atomic(source, out / name))
-                        print(f"copied {source} to {out / name}")
-        except OSError as error:  # a full disk, or a folder that takes no new files
-            raise ExportError(
-                f"cannot write into {out} ({error.strerror or error}); free some space or give another --out"
-            ) from None
-    except (ExportError, RunFolderError, DensityError, ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    try:
+        written = write_together(files)
+    except OSError as error:  # a full disk, or a folder that takes no new files
+        raise ExportError(
+            f"cannot write into {out} ({error.strerror or error}); free some space or give another --out"
+        ) from None
+    for path in written[len(protos) :]:
+        print(f"copied {companions[path.name]} to {path}")
     print("done: " + ", ".join(str(path) for path in written))
     return written
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

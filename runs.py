@@ -17,7 +17,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -84,6 +84,22 @@ def keras_file(part: str) -> str:
 def onnx_file(part: str) -> str:
     """encoder.onnx or decoder.onnx: a part written by export_onnx.py."""
     return f"{part}.onnx"
+
+
+# What a model folder is made of; no script writes its output over these.
+MODEL_FOLDER_PARTS = (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LOSS_CURVES_FILE,
+    DENSITY_FILE,
+    ATTRIBUTES_FILE,
+    LOCK_FILE,
+    CHECKPOINT_DIR,
+    TENSORBOARD_DIR,
+    SAMPLES_DIR,
+    RECONSTRUCTIONS_DIR,
+    *(name(part) for name in (keras_file, onnx_file) for part in ("encoder", "decoder")),
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -353,6 +369,39 @@ def check_writable(path: str | os.PathLike, folder: bool, flag: str = "--out") -
     return path
 
 
+def is_model_folder(folder: Path) -> bool:
+    """A train.py run or an exported folder: it holds config.json or a decoder."""
+    return any((folder / name).is_file() for name in (CONFIG_FILE, keras_file("decoder"), onnx_file("decoder")))
+
+
+def model_folder_part(path: str | os.PathLike) -> Path | None:
+    """The file or folder of a model folder that `path` is or lies in, when it is one that
+    train.py, export_onnx.py or latent.py write (the models, config.json, the density, the
+    checkpoints, ...), else None. Symbolic links are followed."""
+    path = Path(path).resolve()
+    for folder in path.parents:
+        if is_model_folder(folder):
+            first = path.relative_to(folder).parts[0]
+            return folder / first if first in MODEL_FOLDER_PARTS else None
+    return None
+
+
+def check_output_path(path: str | os.PathLike, inputs: Iterable[Path] = (), flag: str = "--out") -> Path:
+    """Refuse, touching nothing, an output file that is one of the command's `inputs` or part
+    of a model folder (see model_folder_part): the command would overwrite what it reads."""
+    path = Path(path)
+    resolved = path.resolve()
+    source = next((source for source in inputs if Path(source).resolve() == resolved), None)
+    if source is not None:
+        raise RunFolderError(f"{flag} {path} is one of this command's inputs ({source}); give another {flag}")
+    part = model_folder_part(path)
+    if part is not None:
+        raise RunFolderError(
+            f"{flag} {path} would overwrite {part}, part of the model folder {part.parent}; give another {flag}"
+        )
+    return path
+
+
 def load_faces(paths: Sequence[Path], backend: Backend) -> np.ndarray:
     """float32 [N, S, S, C] faces, cropped and resized as in training."""
     try:
@@ -418,3 +467,10 @@ def encode_files(
     if not parts:
         raise RunFolderError(f"none of the {len(paths)} image files could be decoded, e.g. {paths[0]}")
     return np.concatenate(parts), kept
+
+
+if __name__ == "__main__":
+    sys.exit(
+        "error: runs.py is a library module; run train.py, generate.py, evaluate.py, export_onnx.py or latent.py "
+        "(each has --help)"
+    )

@@ -26,6 +26,7 @@ import export_onnx  # noqa: E402
 import generate  # noqa: E402
 import inference  # noqa: E402
 import runs as runs_module  # noqa: E402
+from errors import UserError  # noqa: E402
 from latent import LatentDensity, write_density  # noqa: E402
 from runs import RunFolderError  # noqa: E402
 
@@ -100,7 +101,7 @@ def keras_model(run: Path, part: str):
 
 def test_import_does_not_load_tensorflow():
     code = (
-        "import sys, export_onnx; "
+        "import sys, export_onnx, inference; "
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tf2onnx', 'onnx'}); "
         "print(','.join(loaded))"
     )
@@ -197,7 +198,7 @@ def test_plain_and_transpose_upsampling_exports_match_keras(runs, capsys):
 def test_parity_failure_fails_loudly_and_writes_nothing(runs, monkeypatch, tmp_path):
     real = export_onnx.keras_outputs
     monkeypatch.setattr(export_onnx, "keras_outputs", lambda model, x: [o + 0.01 for o in real(model, x)])
-    with pytest.raises(SystemExit, match=r"error: decoder: ONNX and Keras differ by up to 0\.01.*nothing was written"):
+    with pytest.raises(UserError, match=r"decoder: ONNX and Keras differ by up to 0\.01.*nothing was written"):
         export_onnx.main(["--run", str(runs["gray"]), "--out", str(tmp_path / "bad")])
     bad = tmp_path / "bad"
     assert not bad.exists() or not any(bad.iterdir())
@@ -232,7 +233,7 @@ def test_failed_export_leaves_the_previous_pair_and_a_mixed_pair_is_refused(runs
         return [o + 0.01 for o in outputs] if len(outputs) == 2 else outputs
 
     monkeypatch.setattr(export_onnx, "keras_outputs", encoder_off)
-    with pytest.raises(SystemExit, match=r"error: encoder: ONNX and Keras differ by up to 0\.01.*nothing was written"):
+    with pytest.raises(UserError, match=r"encoder: ONNX and Keras differ by up to 0\.01.*nothing was written"):
         export_onnx.main(["--run", str(other), "--out", str(folder)])
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     monkeypatch.undo()
@@ -242,7 +243,7 @@ def test_failed_export_leaves_the_previous_pair_and_a_mixed_pair_is_refused(runs
     message = "encoder.onnx and decoder.onnx in .*exp come from different exports \\(export_id '[0-9a-f]{16}' vs"
     with pytest.raises(RunFolderError, match=message + ".*export both again: python export_onnx.py --run RUN --out"):
         runs_module.open_backend(folder).encode(np.zeros((1, SIZE, SIZE, 3)))
-    with pytest.raises(SystemExit, match="error: " + message):
+    with pytest.raises((SystemExit, UserError), match=message):  # generate.main exits or raises
         generate.main(["--run", str(folder), "--mode", "interpolate", "--images", *[str(p) for p in faces(tmp_path)]])
 
 
@@ -262,11 +263,18 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_pair(runs, monkeypatch,
         real_save(proto, path, *args, **kwargs)
 
     monkeypatch.setattr(onnx, "save", disk_fills_up)
-    with pytest.raises(
-        SystemExit, match=f"^error: cannot write into {folder} \\(No space left on device\\); free some space"
-    ):
+    with pytest.raises(UserError, match=f"^cannot write into {folder} \\(No space left on device\\); free some space"):
         export_onnx.main(["--run", str(runs["gray"]), "--out", str(folder)])
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    monkeypatch.undo()
+
+    def copy_fills_up(source, target, *args, **kwargs):  # the models are written, the run's JSON files not
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", copy_fills_up)
+    with pytest.raises(UserError, match="No space left on device"):
+        export_onnx.main(["--run", str(runs["rgb"]), "--out", str(folder)])
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # models and JSON: all or none
 
 
 def faces(folder: Path) -> list[Path]:
@@ -277,18 +285,18 @@ def faces(folder: Path) -> list[Path]:
 
 
 def test_run_folder_errors(tmp_path):
-    with pytest.raises(SystemExit, match=r"error: run folder .*missing does not exist; train first: python train.py"):
+    with pytest.raises(UserError, match=r"run folder .*missing does not exist; train first: python train.py"):
         export_onnx.main(["--run", str(tmp_path / "missing")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(
-        SystemExit,
-        match=r"error: .*empty has no config.json; give a run folder written by train.py, or train first",
+        UserError,
+        match=r".*empty has no config.json; give a run folder written by train.py, or train first",
     ):
         export_onnx.main(["--run", str(tmp_path / "empty")])
     (tmp_path / "untrained").mkdir()
     config = {"format": "celeba-vae-run/1", "latent_dim": 8, "image_size": 16, "channels": 3}
     (tmp_path / "untrained" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SystemExit, match=r"error: .*untrained has no encoder.keras or decoder.keras.*train first"):
+    with pytest.raises(UserError, match=r".*untrained has no encoder.keras or decoder.keras.*train first"):
         export_onnx.main(["--run", str(tmp_path / "untrained")])
 
 
@@ -298,9 +306,7 @@ def test_an_edited_config_is_named_rather_than_the_files_that_fit_the_models(run
     run = Path(shutil.copytree(runs["rgb"], tmp_path / "run"))
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "latent_dim": 2 * LATENT}))
-    with pytest.raises(
-        SystemExit, match=r"^error: .*encoder.keras takes .*come from different runs; put back the conf"
-    ):
+    with pytest.raises(UserError, match=r"^.*encoder.keras takes .*come from different runs; put back the conf"):
         export_onnx.main(["--run", str(run), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
@@ -311,8 +317,18 @@ def test_mismatched_attribute_directions_are_refused(runs, tmp_path):
     for name in ("config.json", "encoder.keras", "decoder.keras"):
         (run / name).write_bytes((runs["rgb"] / name).read_bytes())
     (run / "attribute_directions.json").write_text(json.dumps({"format": "celeba-vae-attributes/1", "latent_dim": 3}))
-    with pytest.raises(SystemExit, match=r"error: .*attribute_directions.json is not celeba-vae-attributes/1"):
+    with pytest.raises(UserError, match=r".*attribute_directions.json is not celeba-vae-attributes/1"):
         export_onnx.main(["--run", str(run), "--out", str(tmp_path / "out")])
+    (run / "attribute_directions.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match=r"attribute_directions.json is not .*\(format None, latent_dim None\)"):
+        export_onnx.main(["--run", str(run), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_opset_tf2onnx_does_not_take_is_one_line(runs, tmp_path):
+    with pytest.raises(UserError, match="^make_sure failure: Opset 99 is not supported"):
+        export_onnx.main(["--run", str(runs["gray"]), "--out", str(tmp_path / "out"), "--opset", "99"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_session_helpers_give_clear_errors(runs, tmp_path):

@@ -7,9 +7,11 @@ import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +25,22 @@ import generate
 import images
 import inference
 import runs
+from errors import run_main
 
 PRETRAINED = REPO / "pretrained" / "celeba64"
 CONFIG = {"format": runs.RUN_FORMAT, "latent_dim": 8, "image_size": 16, "channels": 3, "crop": 148}
 
 
-def exit_message(main, argv: list[str]) -> str:
-    """A script's exit message; asserts it is one line starting with 'error: '."""
+def exit_message(main, argv: list[str], capsys) -> str:
+    """A script's error as `python SCRIPT.py` reports it (through errors.run_main); asserts it is
+    one line starting with 'error: ' and a non-zero exit. A main that exits by itself with its
+    message (sys.exit("error: ...")) is taken as well."""
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    message = str(exit_info.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message
+        run_main(lambda: main(argv))
+    code, printed = exit_info.value.code, capsys.readouterr().err
+    message = code if isinstance(code, str) else printed.removesuffix("\n")
+    assert code and message.startswith("error: ") and "\n" not in message, (code, printed)
     return message
 
 
@@ -46,7 +53,7 @@ def exit_message(main, argv: list[str]) -> str:
         ({"crop": -1}, "crop is -1, not a whole number of 0 or more"),
     ],
 )
-def test_config_without_sizes_is_one_line_in_every_script(tmp_path, change, message):
+def test_config_without_sizes_is_one_line_in_every_script(tmp_path, capsys, change, message):
     config = {key: value for key, value in {**CONFIG, **change}.items() if value is not None}
     keras_run, onnx_run = tmp_path / "keras", tmp_path / "onnx"
     for folder in (keras_run, onnx_run):
@@ -57,9 +64,9 @@ def test_config_without_sizes_is_one_line_in_every_script(tmp_path, change, mess
     with pytest.raises(runs.RunFolderError, match=message):
         runs.read_config(keras_run)
     for run in (keras_run, onnx_run):
-        assert message in exit_message(generate.main, ["--run", str(run), "--mode", "sample"])
-        assert message in exit_message(evaluate.main, ["--run", str(run), "--data", str(tmp_path)])
-    assert "restore the config.json train.py wrote" in exit_message(export_onnx.main, ["--run", str(keras_run)])
+        assert message in exit_message(generate.main, ["--run", str(run), "--mode", "sample"], capsys)
+        assert message in exit_message(evaluate.main, ["--run", str(run), "--data", str(tmp_path)], capsys)
+    assert "restore the config.json train.py wrote" in exit_message(export_onnx.main, ["--run", str(keras_run)], capsys)
 
 
 def no_work(*args, **kwargs):
@@ -81,29 +88,35 @@ def unloadable_run(tmp_path, monkeypatch) -> Path:
     return run
 
 
-def test_unusable_out_is_refused_before_any_work(unloadable_run, tmp_path):
+def test_unusable_out_is_refused_before_any_work(unloadable_run, tmp_path, capsys):
     run = unloadable_run
     a_file = tmp_path / "file"
     a_file.write_text("keep me")
 
     export = ["--run", str(run), "--out"]
-    assert f"--out {a_file} is a file; give a folder path" in exit_message(export_onnx.main, [*export, str(a_file)])
-    assert f"lies below {a_file}, which is a file" in exit_message(export_onnx.main, [*export, str(a_file / "x")])
+    assert f"--out {a_file} is a file; give a folder path" in exit_message(
+        export_onnx.main, [*export, str(a_file)], capsys
+    )
+    assert f"lies below {a_file}, which is a file" in exit_message(
+        export_onnx.main, [*export, str(a_file / "x")], capsys
+    )
     sample = ["--run", str(run), "--mode", "sample", "--out"]
-    assert f"--out {tmp_path} is a folder; give a file path" in exit_message(generate.main, [*sample, str(tmp_path)])
-    assert "which is a file" in exit_message(generate.main, [*sample, str(a_file / "grid.png")])
+    assert f"--out {tmp_path} is a folder; give a file path" in exit_message(
+        generate.main, [*sample, str(tmp_path)], capsys
+    )
+    assert "which is a file" in exit_message(generate.main, [*sample, str(a_file / "grid.png")], capsys)
     (tmp_path / "grid").write_text("keep me too")
-    message = exit_message(generate.main, [*sample, str(tmp_path / "grid.png"), "--save-individual"])
+    message = exit_message(generate.main, [*sample, str(tmp_path / "grid.png"), "--save-individual"], capsys)
     assert f"--save-individual writes into {tmp_path / 'grid'}, which is a file" in message
     evaluation = ["--run", str(run), "--out"]
-    assert "which is a file" in exit_message(evaluate.main, [*evaluation, str(a_file / "sub" / "eval.json")])
-    assert "is a folder" in exit_message(evaluate.main, [*evaluation, str(tmp_path)])
+    assert "which is a file" in exit_message(evaluate.main, [*evaluation, str(a_file / "sub" / "eval.json")], capsys)
+    assert "is a folder" in exit_message(evaluate.main, [*evaluation, str(tmp_path)], capsys)
     assert a_file.read_text() == "keep me" and (tmp_path / "grid").read_text() == "keep me too"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "grid", "run"]
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
-def test_out_where_nothing_can_be_created_is_refused_before_any_work(unloadable_run):
+def test_out_where_nothing_can_be_created_is_refused_before_any_work(unloadable_run, capsys):
     """/proc takes no new files, not even from root, whom os.access lets write anywhere."""
     run = unloadable_run
     cannot = Path("/proc/celeba-vae-test")
@@ -113,8 +126,51 @@ def test_out_where_nothing_can_be_created_is_refused_before_any_work(unloadable_
         (generate.main, ["--run", str(run), "--mode", "sample", "--out", str(cannot / "x.png")]),
         (evaluate.main, ["--run", str(run), "--out", str(cannot / "eval.json")]),
     ):
-        message = exit_message(main, argv)
+        message = exit_message(main, argv, capsys)
         assert re.match(refused, message), message
+
+
+def test_out_over_an_input_or_a_model_file_is_refused_before_any_work(unloadable_run, tmp_path, capsys):
+    run = unloadable_run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps(CONFIG))
+    (other / "decoder.keras").write_text("another run's model")
+    (run / "checkpoint").mkdir()
+    export = ["--run", str(run), "--out"]
+    message = exit_message(export_onnx.main, [*export, str(other)], capsys)
+    assert f"--out {other} is the folder of another train.py run, whose config.json the export would" in message
+    assert f"lies in {run / 'checkpoint'}, which train.py keeps" in exit_message(
+        export_onnx.main, [*export, str(run / "checkpoint" / "onnx")], capsys
+    )
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    evaluation = ["--run", str(run), "--out"]
+    for out, part in (
+        (run / "config.json", run / "config.json"),
+        (run / "decoder.keras", run / "decoder.keras"),
+        (link / "encoder.keras", run / "encoder.keras"),  # through a link to the folder
+        (run / "checkpoint" / "eval.json", run / "checkpoint"),
+        (other / "latent_density.json", other / "latent_density.json"),  # not there yet, still the run's
+    ):
+        message = exit_message(evaluate.main, [*evaluation, str(out)], capsys)
+        assert message == (
+            f"error: --out {out} would overwrite {part}, part of the model folder {part.parent}; give another --out"
+        )
+    assert (run / "config.json").read_text() == json.dumps(CONFIG)
+    assert (other / "decoder.keras").read_text() == "another run's model" and not (run / "checkpoint" / "onnx").exists()
+    assert runs.check_output_path(run / "eval_test.json") == run / "eval_test.json"  # the default output is fine
+    assert runs.check_output_path(run / "generated" / "sample.png") == run / "generated" / "sample.png"
+    with pytest.raises(runs.RunFolderError, match=r"--out .*a.png is one of this command's inputs \(.*a.png\)"):
+        runs.check_output_path(tmp_path / "a.png", inputs=[link / ".." / "a.png"])
+
+
+def test_runs_py_as_a_script_says_what_to_run():
+    result = subprocess.run([sys.executable, "runs.py"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: runs.py is a library module; run train.py, generate.py") and (
+        len(result.stderr.splitlines()) == 1
+    )
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
@@ -127,7 +183,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask):
         runs.write_text_atomic(tmp_path / "config.json", "{}\n")
         images.save_png(Image.new("RGB", (4, 4)), tmp_path / "grid" / "grid.png")
         train.plot_history([{"epoch": 1, "loss": 1.0}], tmp_path / "loss_curves.png")
-        export_onnx.copy_atomic(tmp_path / "config.json", tmp_path / "copied.json")
+        export_onnx.write_together({tmp_path / "copied.json": partial(shutil.copyfile, tmp_path / "config.json")})
         with pytest.raises(OSError), images.atomic_write(tmp_path / "failed.txt") as temporary:
             temporary.write_text("half")
             raise OSError("disk full")
