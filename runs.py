@@ -1,11 +1,12 @@
-"""The run folder: config.json's format tag, settings and reader, the model loaders, atomic text
-writes, and the --help formatter the scripts share.
+"""The model folder: the names of its files, config.json's format and reader, the model
+backends, the checks every script makes of its --out, and the --help formatter they share.
 
-train.py writes config.json; generate.py, export_onnx.py, evaluate.py and latent.py open a
-run's models through a backend: `KerasBackend` (encoder.keras / decoder.keras of a train.py
-run) or `OnnxBackend` (encoder.onnx / decoder.onnx of export_onnx.py, on onnxruntime). Kept
-free of TensorFlow (json and numpy only; Keras is imported when a Keras model is loaded) so the
-ONNX inference path can read run folders too. Not meant to be run by itself.
+train.py writes a run folder (config.json, encoder.keras, decoder.keras, ...), export_onnx.py
+an exported one (encoder.onnx, decoder.onnx and the run's JSON files). generate.py,
+evaluate.py and latent.py open either through `open_backend`: `KerasBackend` for .keras files,
+`OnnxBackend` for .onnx files on onnxruntime (through inference.py). Free of TensorFlow (Keras
+is imported only when a .keras model is loaded), so the ONNX path needs numpy and onnxruntime
+only. A library: `python runs.py` says which scripts to run.
 """
 
 from __future__ import annotations
