@@ -371,8 +371,13 @@ def check_writable(path: str | os.PathLike, folder: bool, flag: str = "--out") -
 
 
 def is_model_folder(folder: Path) -> bool:
-    """A train.py run or an exported folder: it holds config.json or a decoder."""
-    return any((folder / name).is_file() for name in (CONFIG_FILE, keras_file("decoder"), onnx_file("decoder")))
+    """A train.py run or an exported folder: it holds a model file or a config.json of RUN_FORMAT."""
+    if any((folder / name(part)).is_file() for name in (keras_file, onnx_file) for part in ("encoder", "decoder")):
+        return True
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text()).get("format") == RUN_FORMAT
+    except (OSError, ValueError, AttributeError):  # none, unreadable, or not a JSON object
+        return False
 
 
 def model_folder_part(path: str | os.PathLike) -> Path | None:

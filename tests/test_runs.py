@@ -163,6 +163,8 @@ def test_out_over_an_input_or_a_model_file_is_refused_before_any_work(unloadable
     assert runs.check_output_path(run / "generated" / "sample.png") == run / "generated" / "sample.png"
     with pytest.raises(runs.RunFolderError, match=r"--out .*a.png is one of this command's inputs \(.*a.png\)"):
         runs.check_output_path(tmp_path / "a.png", inputs=[link / ".." / "a.png"])
+    (tmp_path / "config.json").write_text('{"some": "other program"}')  # no model folder
+    assert runs.check_output_path(tmp_path / "config.json") == tmp_path / "config.json"
 
 
 def test_runs_py_as_a_script_says_what_to_run():
