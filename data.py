@@ -154,7 +154,7 @@ PNG_LAST_FILTER = 4  # row filter types: 0 none, 1 sub, 2 up, 3 average, 4 Paeth
 PNG_INFLATE_CHUNK = 1 << 16  # bytes inflated at a time when checking a PNG's image data
 
 
-class DataError(UserError, ValueError):
+class DataError(UserError):
     """A problem with the user's data, reported as one line that says what to do."""
 
 

@@ -171,7 +171,7 @@ def principal_directions(covariance: np.ndarray, count: int) -> tuple[np.ndarray
 
 
 # --------------------------------------------------------------------------- the latent density
-class DensityError(UserError, ValueError):
+class DensityError(UserError):
     """A latent density file that cannot be used, reported as one line that says what to do."""
 
 

@@ -122,7 +122,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         )
 
 
-class RunFolderError(UserError, ValueError):
+class RunFolderError(UserError):
     """A run folder that cannot be used, reported as one line that says what to do."""
 
 
