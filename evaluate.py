@@ -43,6 +43,7 @@ from runs import (
     check_output_path,
     check_writable,
     load_decodable,
+    made_folders,
     open_backend,
     read_config,
     write_text_atomic,
@@ -769,8 +770,8 @@ def json_safe(value):
 
 def write_results(results: dict, path: Path) -> Path:
     """The results as JSON, written atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(json_safe(results), indent=2) + "\n")
+    with made_folders(path.parent):
+        write_text_atomic(path, json.dumps(json_safe(results), indent=2) + "\n")
     return path
 
 

@@ -44,6 +44,7 @@ from runs import (
     check_writable,
     keras_file,
     load_model,
+    made_folders,
     model_folder_part,
     onnx_file,
     read_config,
@@ -544,7 +545,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             {out / name: functools.partial(shutil.copyfile, source) for name, source in companions.items() if source}
         )
     try:
-        written = write_together(files)
+        with made_folders(out):
+            written = write_together(files)
     except OSError as error:  # a full disk, or a folder that takes no new files
         raise ExportError(
             f"cannot write into {out} ({error.strerror or error}); free some space or give another --out"

@@ -12,13 +12,14 @@ only. A library: `python runs.py` says which scripts to run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -166,6 +167,21 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         raise RunFolderError(f"{path}: {'; '.join(problems)}; restore the config.json train.py wrote for this run")
     config["run_dir"] = str(run_dir)
     return config
+
+
+@contextlib.contextmanager
+def made_folders(folder: Path) -> Iterator[None]:
+    """Create `folder` and its missing parents for the block; when the block fails, those it
+    made go again (those left empty), so a failed command leaves no trace."""
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in made:
+            with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
+                path.rmdir()
+        raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -316,6 +316,9 @@ def test_results_that_cannot_be_written_are_one_line_after_the_table(
     with pytest.raises(UserError, match=f"^cannot write {out} \\(No space left on device\\); the figures above"):
         evaluate.main(evaluate_args(tiny_run, kaggle_celeba, "--limit", "4", "--out", str(out)))
     assert "per-pixel MSE" in capsys.readouterr().out and not out.exists()
+    with pytest.raises(UserError, match="No space left on device"):
+        evaluate.main(evaluate_args(tiny_run, kaggle_celeba, "--limit", "4", "--out", str(tmp_path / "new" / "e.json")))
+    assert not (tmp_path / "new").exists()  # the folder made for it is gone
 
 
 def test_out_over_one_of_the_images_is_refused_before_any_work(tiny_run, kaggle_celeba, monkeypatch):

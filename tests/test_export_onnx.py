@@ -275,6 +275,9 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_pair(runs, monkeypatch,
     with pytest.raises(UserError, match="No space left on device"):
         export_onnx.main(["--run", str(runs["rgb"]), "--out", str(folder)])
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # models and JSON: all or none
+    with pytest.raises(UserError, match="No space left on device"):
+        export_onnx.main(["--run", str(runs["rgb"]), "--out", str(tmp_path / "new" / "exp")])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exp"]  # the folders made for it are gone
 
 
 def faces(folder: Path) -> list[Path]:
