@@ -13,7 +13,7 @@ every figure is computed with numpy, so both backends give the same numbers to t
 Prints a table and writes every figure, with the settings, to <folder>/eval_<split>.json (or
 --out, never one of the inputs or a file of a model folder), atomically. Each figure is defined
 where it is computed: psnr, ssim, likelihood_terms, elbo_summary, active_units, SampleStatistics,
-frechet_distance and load_inception; docs/evaluation.md explains them together.
+frechet_distance and load_inception; docs/generate.md explains them together.
 """
 
 from __future__ import annotations
