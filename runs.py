@@ -408,12 +408,23 @@ def model_folder_part(path: str | os.PathLike) -> Path | None:
     return None
 
 
+def same_file(path: Path, stat: os.stat_result) -> bool:
+    """Whether `path` is the file `stat` describes (through links too); False when it cannot be read."""
+    try:
+        return os.path.samestat(os.stat(path), stat)
+    except OSError:
+        return False
+
+
 def check_output_path(path: str | os.PathLike, inputs: Iterable[Path] = (), flag: str = "--out") -> Path:
     """Refuse, touching nothing, an output file that is one of the command's `inputs` or part
     of a model folder (see model_folder_part): the command would overwrite what it reads."""
     path = Path(path)
-    resolved = path.resolve()
-    source = next((source for source in inputs if Path(source).resolve() == resolved), None)
+    if path.exists():  # a path where nothing is yet is no input; else compare files, whatever their names
+        target = path.stat()
+        source = next((source for source in inputs if same_file(source, target)), None)
+    else:
+        source = None
     if source is not None:
         raise RunFolderError(f"{flag} {path} is one of this command's inputs ({source}); give another {flag}")
     part = model_folder_part(path)

@@ -161,8 +161,12 @@ def test_out_over_an_input_or_a_model_file_is_refused_before_any_work(unloadable
     assert (other / "decoder.keras").read_text() == "another run's model" and not (run / "checkpoint" / "onnx").exists()
     assert runs.check_output_path(run / "eval_test.json") == run / "eval_test.json"  # the default output is fine
     assert runs.check_output_path(run / "generated" / "sample.png") == run / "generated" / "sample.png"
-    with pytest.raises(runs.RunFolderError, match=r"--out .*a.png is one of this command's inputs \(.*a.png\)"):
-        runs.check_output_path(tmp_path / "a.png", inputs=[link / ".." / "a.png"])
+    (tmp_path / "a.png").write_bytes(b"a face")
+    os.link(tmp_path / "a.png", tmp_path / "hard.png")
+    for out in (tmp_path / "a.png", tmp_path / "hard.png"):  # the input by another name, or a hard link
+        with pytest.raises(runs.RunFolderError, match=rf"--out {out} is one of this command's inputs \(.*a.png\)"):
+            runs.check_output_path(out, inputs=[tmp_path / "b.png", link / ".." / "a.png"])
+    assert runs.check_output_path(tmp_path / "new.png", inputs=[tmp_path / "a.png"]) == tmp_path / "new.png"
     (tmp_path / "config.json").write_text('{"some": "other program"}')  # no model folder
     assert runs.check_output_path(tmp_path / "config.json") == tmp_path / "config.json"
 
