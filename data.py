@@ -60,7 +60,7 @@ import numpy as np
 
 from errors import UserError
 from images import CELEBA_WIDTH, DEFAULT_CROP, MAX_IMAGE_PIXELS
-from runs import RUN_FORMAT
+from runs import CHECKPOINT_DIR, GENERATED_DIR, LOSS_CURVES_FILE, RECONSTRUCTIONS_DIR, RUN_FORMAT, SAMPLES_DIR
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -113,7 +113,7 @@ SPLITS = {"train": 0, "validation": 1, "test": 2}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # What train.py and generate.py write into a run folder that a folder listing must not take for
 # faces: grids, curves, checkpoints.
-RUN_ARTIFACTS = ("checkpoint", "reconstructions", "samples", "generated", "loss_curves.png")
+RUN_ARTIFACTS = (CHECKPOINT_DIR, RECONSTRUCTIONS_DIR, SAMPLES_DIR, GENERATED_DIR, LOSS_CURVES_FILE)
 # Resident memory a memory cache takes per byte of decoded pixels: tf.data keeps each image in
 # its own buffer, with the allocator's overhead (1.16-1.20 measured at 64x64 and 1.18 at 128x128
 # with bench/data_throughput.py --fake-celeba, see README: performance).

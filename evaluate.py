@@ -7,62 +7,13 @@ what random faces look like under each sampler, and optionally FID.
     python evaluate.py --run runs/<name> --fid --inception-weights inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5
     python evaluate.py --help
 
-The folder is a train.py run (encoder.keras / decoder.keras, run with Keras) or an exported
-folder (encoder.onnx / decoder.onnx, run with onnxruntime: TensorFlow is then not imported,
-unless --fid needs InceptionV3); --backend chooses when a folder has both. Images are read
-with images.load_face (through runs.load_decodable), the loader that reproduces training's crop, resize and rounding. The
-figures are computed with numpy, so both backends give the same numbers for the same model
-(to the ONNX parity, about 1e-6). Prints a table and writes every figure, with the settings,
-to <folder>/eval_<split>.json (atomically). Figures, per image unless said otherwise:
-
-- Per-pixel MSE (mean over pixels, channels and images) of reconstructions decoded from the
-  posterior mean (z = mu, what validation and the grids show) and from one sampled
-  z ~ q(z|x) (seeded). PSNR two ways: `psnr_per_image` is 10 log10(1 / MSE_i) per image,
-  then averaged; `psnr_of_mean_mse` is 10 log10(1 / mean MSE) (MSE 0.012 -> 19.2 dB).
-  Per-image MSE is floored at 1e-10 (PSNR at most 100 dB). SSIM is that of tf.image.ssim
-  (max_val 1, 11x11 Gaussian window of sigma 1.5, k1 0.01, k2 0.03) in numpy, averaged over images.
-- Loss terms as training defines them (vae.reconstruction_loss with the run's kind, and
-  vae.kl_divergence), with z = mu (comparable to history.csv's val_* columns) and with
-  sampled z. The loss at beta = 1 is reconstruction (sampled z) + KL.
-- Negative ELBO = E_q[-log p(x|z)] + KL(q(z|x) || N(0, I)) in nats per image, estimated with
-  one sampled z per image (an unbiased estimate of the bound; the z = mu value is not a
-  bound), and bits/dim = nats / (D ln 2) with D = H * W * C. Only where the reconstruction
-  term is a normalized likelihood of the [0, 1] pixel values:
-    `gaussian`: already a Gaussian NLL. sigma^2 is the training formula applied to the
-        whole split instead of a batch: the split's mean squared error, floored at
-        MIN_GAUSSIAN_SIGMA^2 (the maximum-likelihood value, fitted on the split itself,
-        so slightly optimistic).
-    `mse`: the sum of squared errors is a Gaussian NLL with fixed sigma^2 = 1/2 less the
-        constant D/2 * log(pi); that constant is added so the figure is a real NLL.
-    `bce`: a Bernoulli likelihood of continuous targets is not normalized: n/a.
-  bits/dim is that of a continuous density over [0, 1]^D (negative when the density is
-  peaked); `bits_per_dim_8bit` adds log2(255), the same density over 0..255 pixel values
-  (no dequantization, so only an approximation of a discrete 8-bit likelihood, for which a
-  uniform model scores 8).
-- KL per image (mean and std) and per latent dimension (the mean vector in the JSON; max,
-  median and the count above 0.01 nats in the table); active units (Burda et al. 2016): the
-  number of dimensions j with Var over the split of mu_j above 0.01.
-- Autoencoder runs (model "ae", z = mu): reconstruction figures only; KL, ELBO, bits/dim and
-  sampled z are n/a (active units are still counted but depend on the code's scale).
-- Random faces, as many as the split's images, from each sampler (the N(0, I) prior, and the
-  fitted latent density where the folder has latent_density.json; see latent.py), at
-  temperature 1, seeded, against the split's real images:
-    sharpness: the variance of the Laplacian (3x3, [0 1 0; 1 -4 1; 0 1 0]) of each image's
-        luminance (0.299 R + 0.587 G + 0.114 B, pixel values in [0, 1]), averaged over images:
-        blurry faces score far below real ones;
-    diversity: the RMS distance between two different images, per pixel value:
-        sqrt(mean over pairs i != j of |x_i - x_j|^2 / D); one average face repeated scores 0.
-  Neither needs downloaded weights; they say whether samples are sharp and varied, not
-  whether they look like faces: look at the grids for that.
-- FID (--fid): Frechet distance between InceptionV3 pool features (Keras application,
-  ImageNet weights, include_top=False, average pooling; images resized bilinearly to 299x299,
-  grayscale repeated to 3 channels, keras.applications.inception_v3.preprocess_input) of the
-  split's real images and (a) the random faces of each sampler and (b) the posterior-mean
-  reconstructions. The weights come from --inception-weights (a local
-  inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5) or Keras' download; when neither
-  works FID is skipped with a one-line reason. These Keras weights are not the TF1 graph used
-  by the reference FID code, and FID is biased upward for small N (under 2048 images the
-  feature covariance is rank-deficient): compare FIDs only within this project at equal N.
+The folder is a train.py run (run with Keras) or an exported folder (run with onnxruntime;
+TensorFlow is then imported only for --fid). Images are loaded as training loads them and
+every figure is computed with numpy, so both backends give the same numbers to the ONNX parity.
+Prints a table and writes every figure, with the settings, to <folder>/eval_<split>.json (or
+--out, never one of the inputs or a file of a model folder), atomically. Each figure is defined
+where it is computed: psnr, ssim, likelihood_terms, elbo_summary, active_units, SampleStatistics,
+frechet_distance and load_inception; docs/generate.md explains them together.
 """
 
 from __future__ import annotations
@@ -71,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -80,14 +30,20 @@ from pathlib import Path
 import numpy as np
 
 import data
-from latent import DENSITY_FILE, DensityError, LatentDensity, find_density
+from errors import UserError, batches, first_line, run_main
+from latent import LatentDensity, find_density
 from runs import (
+    BCE_EPSILON,
+    CONFIG_FILE,
+    DENSITY_FILE,
+    MIN_GAUSSIAN_SIGMA,
     Backend,
     HelpFormatter,
     Progress,
-    RunFolderError,
+    check_output_path,
     check_writable,
     load_decodable,
+    made_folders,
     open_backend,
     read_config,
     write_text_atomic,
@@ -97,8 +53,6 @@ EVAL_FORMAT = "celeba-vae-eval/1"
 ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x(mu_j) above this: an active unit (Burda et al. 2016)
 KL_DIM_THRESHOLD = 0.01  # nats; a latent dimension whose mean KL is above this carries information
 MIN_MSE = 1e-10  # PSNR floor for exact reconstructions: at most 100 dB
-MIN_GAUSSIAN_SIGMA = 1e-3  # as vae.MIN_GAUSSIAN_SIGMA (vae.py imports TensorFlow; a test checks they agree)
-BCE_EPSILON = 1e-6  # as vae.BCE_EPSILON
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03  # tf.image.ssim's defaults
 LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 LUMINANCE = np.array([0.299, 0.587, 0.114])
@@ -110,8 +64,8 @@ FID_BATCH_SIZE = 32
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # images [B, H, W, C] in [0, 1] -> features [B, F]
 
 
-class EvalError(RuntimeError):
-    """A problem the user can fix, reported as one line."""
+class EvalError(UserError):
+    """Settings or data that cannot be evaluated."""
 
 
 # --------------------------------------------------------------------------- metric math (numpy only)
@@ -356,7 +310,7 @@ def load_inception(weights: str | None) -> tuple[FeatureFn | None, str]:
             include_top=False, pooling="avg", weights=source, input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3)
         )
     except Exception as error:  # downloads and weight files fail in many ways
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        reason = first_line(error)
         if weights is None:
             return None, (
                 f"cannot download the InceptionV3 ImageNet weights ({reason}); "
@@ -374,8 +328,8 @@ def inception_features(model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
 
     def features(images: np.ndarray) -> np.ndarray:
         parts = []
-        for start in range(0, len(images), batch_size):
-            batch = keras.ops.convert_to_tensor(np.asarray(images[start : start + batch_size], np.float32))
+        for batch in batches(images, batch_size):
+            batch = keras.ops.convert_to_tensor(np.asarray(batch, np.float32))
             if batch.shape[-1] == 1:
                 batch = keras.ops.repeat(batch, 3, axis=-1)
             batch = keras.ops.image.resize(batch * 255.0, (INCEPTION_SIZE, INCEPTION_SIZE), interpolation="bilinear")
@@ -389,7 +343,7 @@ def inception_features(model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
 def describe_folder(backend: Backend) -> dict:
     """What the evaluation needs to know of a model folder: its config.json where it has one
     (train.py runs and exported folders), else the ONNX metadata."""
-    config_path = backend.run_dir / "config.json"
+    config_path = backend.run_dir / CONFIG_FILE
     config = read_config(backend.run_dir) if config_path.is_file() else {}
     metadata = getattr(backend, "metadata", {})
     return {
@@ -434,8 +388,8 @@ def collect(
     posterior_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[0])
     columns: dict[str, list[np.ndarray]] = defaultdict(list)
     real, moments, failed = SampleStatistics(), defaultdict(FeatureMoments), []
-    for start in range(0, len(files), batch_size):
-        images, bad = load_decodable(files[start : start + batch_size], backend)
+    for batch in batches(files, batch_size):
+        images, bad = load_decodable(batch, backend)
         failed += bad
         if not len(images):
             continue
@@ -583,20 +537,17 @@ def evaluate(
     inception_weights: str | None = None,
     features: FeatureFn | None = None,
     verbose: int = 1,
+    out: Path | None = None,
 ) -> dict:
     """Evaluate a model folder; returns the results dict that main() prints and writes.
 
     backend_kind: "keras", "onnx", or None for what the folder holds (see runs.open_backend).
     fid: compute FID with InceptionV3 (loaded after the folder and data are checked; a failure
     to load it skips FID with a printed reason), or, when `features` is given, with that
-    feature function instead (images [B, H, W, C] in [0, 1] -> [B, F]).
+    feature function instead (images [B, H, W, C] in [0, 1] -> [B, F]). out: the JSON file the
+    results go to, refused (before any image is decoded) when it is one of the split's images.
     """
-    if limit < 0:
-        raise EvalError(f"--limit must be 0 (all) or a positive count (got {limit})")
-    if batch_size < 1:
-        raise EvalError(f"--batch-size must be at least 1 (got {batch_size})")
-    if seed < 0:
-        raise EvalError(f"--seed must not be negative (got {seed})")
+    check_settings(limit, batch_size, seed)
     run_dir = Path(run_dir)
     backend = open_backend(run_dir, backend_kind)
     folder = describe_folder(backend)
@@ -604,22 +555,14 @@ def evaluate(
     samplers = samplers_of(backend, variational)
     data_path = data_path or folder["data"]
     files, description = split_files(data_path, split, limit)
-    dims = backend.image_size * backend.image_size * backend.channels
-    kind = folder["reconstruction"]
+    if out is not None:
+        check_output_path(out, inputs=files)
     if verbose:
         print(f"data: {description}; evaluating {len(files)} {split} images with the {backend.kind} backend")
-    source, skipped = None, None
-    if not fid:
-        features = None
-    elif features is not None:
-        source = "custom feature function"
-    else:
-        features, source = load_inception(inception_weights)
-        if features is None:
-            skipped, source = source, None
-            print(f"FID skipped: {skipped}")
+    features, source, skipped = feature_function(fid, features, inception_weights)
     started = time.perf_counter()
     progress = Progress(len(files), "evaluated", bool(verbose))
+    kind, dims = folder["reconstruction"], backend.image_size * backend.image_size * backend.channels
     columns, real, failed = collect(
         backend,
         files,
@@ -633,27 +576,12 @@ def evaluate(
     progress.close()
     if failed:
         print(f"warning: skipped {len(failed)} image(s) that could not be decoded, e.g. {failed[0]}")
-    count = len(columns["mu"])
-    moments = real["moments"]
+    count, moments = len(columns["mu"]), real["moments"]
     samples = {"real": real["real"].summary()}
     samples.update(sample_figures(backend, samplers, count, seed, batch_size, features, moments))
+    settings = {"data": str(data_path), "split": split, "limit": limit, "seed": seed, "batch_size": batch_size}
     results = {
-        "format": EVAL_FORMAT,
-        "run": str(run_dir),
-        "backend": backend.kind,
-        "data": str(data_path),
-        "split": split,
-        "count": count,
-        "skipped_files": [str(path) for path in failed],
-        "limit": limit,
-        "seed": seed,
-        "batch_size": batch_size,
-        "model": folder["model"],
-        "reconstruction_kind": kind,
-        "image_size": backend.image_size,
-        "channels": backend.channels,
-        "latent_dim": backend.latent_dim,
-        "dims": dims,
+        **describe_run(backend, folder["model"], kind, settings, count, failed),
         **summarize(columns, kind=kind, variational=variational, dims=dims),
         "samples": {
             **samples,
@@ -666,6 +594,53 @@ def evaluate(
     }
     results["seconds"] = round(time.perf_counter() - started, 2)
     return results
+
+
+def check_settings(limit: int, batch_size: int, seed: int) -> None:
+    if limit < 0:
+        raise EvalError(f"--limit must be 0 (all) or a positive count (got {limit})")
+    if batch_size < 1:
+        raise EvalError(f"--batch-size must be at least 1 (got {batch_size})")
+    if seed < 0:
+        raise EvalError(f"--seed must not be negative (got {seed})")
+
+
+def feature_function(
+    fid: bool, features: FeatureFn | None, inception_weights: str | None
+) -> tuple[FeatureFn | None, str | None, str | None]:
+    """(FID feature function or None, where its weights come from, why FID is skipped): the given
+    function, else InceptionV3 when it loads, else none with the reason printed."""
+    if not fid:
+        return None, None, None
+    if features is not None:
+        return features, "custom feature function", None
+    features, source = load_inception(inception_weights)
+    if features is None:
+        print(f"FID skipped: {source}")
+        return None, None, source
+    return features, source, None
+
+
+def describe_run(backend: Backend, model: str, kind: str, settings: dict, count: int, failed: list[Path]) -> dict:
+    """The head of the results: what was evaluated, on what, with which settings."""
+    return {
+        "format": EVAL_FORMAT,
+        "run": str(backend.run_dir),
+        "backend": backend.kind,
+        "data": settings["data"],
+        "split": settings["split"],
+        "count": count,
+        "skipped_files": [str(path) for path in failed],
+        "limit": settings["limit"],
+        "seed": settings["seed"],
+        "batch_size": settings["batch_size"],
+        "model": model,
+        "reconstruction_kind": kind,
+        "image_size": backend.image_size,
+        "channels": backend.channels,
+        "latent_dim": backend.latent_dim,
+        "dims": backend.image_size * backend.image_size * backend.channels,
+    }
 
 
 def describe_density(density: LatentDensity | None) -> dict | None:
@@ -795,8 +770,8 @@ def json_safe(value):
 
 def write_results(results: dict, path: Path) -> Path:
     """The results as JSON, written atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(json_safe(results), indent=2) + "\n")
+    with made_folders(path.parent):
+        write_text_atomic(path, json.dumps(json_safe(results), indent=2) + "\n")
     return path
 
 
@@ -841,36 +816,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """Evaluate, print the table and write the JSON; returns the results. Raises UserError (one
+    line) for what the user can fix: `python evaluate.py` reports it through errors.run_main."""
     args = parse_args(argv)
     out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}.json"
-    try:
-        if args.out or Path(args.run).is_dir():  # else the missing run folder is the error to report
-            check_writable(out, folder=False)
-        results = evaluate(
-            Path(args.run),
-            data_path=args.data,
-            split=args.split,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            backend_kind=args.backend,
-            fid=args.fid,
-            inception_weights=args.inception_weights,
-            verbose=args.verbose,
-        )
-    except (EvalError, RunFolderError, DensityError, data.DataError) as error:
-        sys.exit(f"error: {error}")
+    if args.out or Path(args.run).is_dir():  # else the missing run folder is the error to report
+        check_output_path(check_writable(out, folder=False))
+    results = evaluate(
+        Path(args.run),
+        data_path=args.data,
+        split=args.split,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        backend_kind=args.backend,
+        fid=args.fid,
+        inception_weights=args.inception_weights,
+        verbose=args.verbose,
+        out=out,
+    )
     print(format_table(results))
     try:
         path = write_results(results, out)
     except OSError as error:  # a full disk, or a folder that takes no new files
-        sys.exit(
-            f"error: cannot write {out} ({error.strerror or error}); the figures above were not saved: "
+        raise EvalError(
+            f"cannot write {out} ({error.strerror or error}); the figures above were not saved: "
             "free some space or give another --out"
-        )
+        ) from None
     print(f"wrote {path}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,59 +1,27 @@
-"""Export a trained run's encoder and decoder to ONNX, for onnxruntime apps without TensorFlow.
+"""Export a trained run's encoder and decoder to ONNX, for apps that run them without TensorFlow.
 
     python export_onnx.py --run runs/<name>                 # writes runs/<name>/decoder.onnx, encoder.onnx
     python export_onnx.py --run runs/<name> --out exported  # elsewhere; the run's JSON files are copied along
     python export_onnx.py --help                            # every flag, with its default
 
-What the files hold (generate.py --backend onnx and any other app rely on it):
-
-    decoder.onnx  input  "z"       float32 [batch, latent_dim]
-                  output "image"   float32 [batch, H, W, C], NHWC, values in [0, 1]
-    encoder.onnx  input  "image"   float32 [batch, H, W, C], NHWC, values in [0, 1]
-                  outputs "mu", "log_var"  float32 [batch, latent_dim]
-
-The batch dimension is dynamic. Each file's metadata_props say what it is, so another app
-needs no other context: format (celeba-vae-onnx/1), part, latent_dim, image_size, channels,
-crop, model (vae/ae), value_range ("0,1"), layout ("NHWC"), input, output, the parity
-figure, source_run and export_id: the same hash of the two models in both files of one export
-(generate.py, evaluate.py and latent.py refuse an encoder and a decoder of different exports).
-With --out, the run's plain JSON files are copied beside the ONNX files, after both models:
-config.json (the recipe; evaluate.py reads it), latent_density.json (the fitted latent density
-that random faces are drawn from; latent.py documents it) and attribute_directions.json
-(written by generate.py --mode attribute).
-
-Parity: every converted model is run by onnxruntime and by Keras on the same inputs at batch
-sizes 1, 7 and 64; the largest absolute difference is printed and must stay below --tolerance
-(1e-4). Both parts are converted and checked before either is written, so when either fails
-nothing is written and the export fails; then both are written to temporary files and renamed
-into place together.
-
-Graph rewrites for CPU speed (--plain turns them off). tf2onnx turns Keras's NHWC graph into
-ONNX's NCHW one with Transpose nodes, and tf2onnx's and onnxruntime's optimizers cancel most of
-them. What they cannot cancel comes from Keras's UpSampling2D, a repeat that becomes
-Unsqueeze/Tile/Reshape chains with 5-D Transposes. So the decoder is traced layer by layer with:
-- nearest UpSampling2D as ResizeNearestNeighbor (asymmetric, floor): an ONNX Resize that
-  onnxruntime's NCHWc optimizer keeps in its blocked layout (it takes no other Resize mode);
-- the last upsampling + 3x3 convolution with few output channels (3 for RGB) as a sub-pixel
-  convolution on the half-size grid (4x the filters) followed by depth_to_space, so the
-  blocked convolution does not pad 3 channels to 16 at full resolution;
-- Dense -> Reshape (decoder) and Flatten -> Dense (encoder) with the Dense weights permuted to
-  (C, H, W) order, so the NHWC <-> NCHW Transpose at that point cancels out.
-The exported graphs then hold only the Transposes the NHWC contract needs at the input or
-output, and parity is checked on the rewritten graph.
-
-The inference helpers (make_session, read_onnx_metadata, check_model, decode, encode) need
-only numpy and onnxruntime: `import export_onnx` does not import TensorFlow, Keras or tf2onnx.
+decoder.onnx maps "z" [batch, latent_dim] to "image" [batch, H, W, C] (NHWC, values in [0, 1]),
+encoder.onnx "image" to "mu" and "log_var"; each file's metadata says what it is, and both files
+of one export share an export_id. Each converted part is checked against Keras at batch sizes
+1, 7 and 64 (within --tolerance) before anything is written; then the files are written
+together, all or none. The decoder is traced with graph rewrites for CPU speed (--plain turns
+them off). inference.py runs the files with numpy and onnxruntime only; docs/onnx.md describes
+the files, their metadata, the parity check and the rewrites.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -62,24 +30,34 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from errors import UserError, first_line, run_main
 from images import atomic_write
-from latent import DENSITY_FILE, DensityError, find_density
-from runs import HelpFormatter, RunFolderError, check_writable, load_model, read_config
+from inference import ONNX_FORMAT, PARTS, make_session
+from latent import find_density
+from runs import (
+    ATTRIBUTES_FILE,
+    ATTRIBUTES_FORMAT,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    DENSITY_FILE,
+    HelpFormatter,
+    check_writable,
+    keras_file,
+    load_model,
+    made_folders,
+    model_folder_part,
+    onnx_file,
+    read_config,
+)
 
 if TYPE_CHECKING:
     import keras
     import onnx
-    import onnxruntime
 
-ONNX_FORMAT = "celeba-vae-onnx/1"
-ATTRIBUTES_FILE = "attribute_directions.json"
-ATTRIBUTES_FORMAT = "celeba-vae-attributes/1"
 DEFAULT_OPSET = 17  # supported by onnxruntime since 1.13 and by most other runtimes
 TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7, 64)
 SUBPIXEL_MAX_FILTERS = 16  # below one block of onnxruntime's blocked convolution (16 floats with AVX-512)
-# The ONNX interface of each part: input name, output names.
-PARTS = {"decoder": ("z", ("image",)), "encoder": ("image", ("mu", "log_var"))}
 
 # For output rows 2i + a of "nearest 2x upsampling, then a 3x3 convolution": the taps of a 3x3
 # convolution on the small grid (rows i-1, i, i+1) as sums of the original taps r = 0, 1, 2
@@ -93,116 +71,8 @@ PHASE_TAPS = np.array(
 )
 
 
-class ExportError(RuntimeError):
-    """A problem the user can fix, reported as one line."""
-
-
-# --------------------------------------------------------------------------- inference (numpy + onnxruntime only)
-def make_session(
-    source: str | os.PathLike | bytes, threads: int = 0, optimized_path: str | os.PathLike | None = None
-) -> onnxruntime.InferenceSession:
-    """An onnxruntime CPU session with all graph optimisations on.
-
-    source: a path or the serialized model. threads: intra-op threads (0: onnxruntime's
-    default, one per physical core). optimized_path: also save the optimized graph there.
-    Raises FileNotFoundError for a missing file, ValueError for one onnxruntime cannot load.
-    """
-    import onnxruntime as ort
-
-    if not isinstance(source, bytes) and not Path(source).is_file():
-        raise FileNotFoundError(f"{source} does not exist; export it with: python export_onnx.py --run RUN")
-    if threads < 0:
-        raise ValueError(f"threads must be 0 (onnxruntime's default) or more, got {threads}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3  # errors only: no notes about hardware-specific optimized graphs
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    try:
-        return ort.InferenceSession(
-            source if isinstance(source, bytes) else str(source), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        name = "the model" if isinstance(source, bytes) else str(source)
-        raise ValueError(f"onnxruntime cannot load {name} ({reason}); re-export it with export_onnx.py") from None
-
-
-def read_onnx_metadata(source: str | os.PathLike | onnxruntime.InferenceSession) -> dict[str, str]:
-    """The metadata_props of an exported file (a path or an open session), as a dict of strings."""
-    session = make_session(source) if isinstance(source, (str, os.PathLike)) else source
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
-def check_model(session: onnxruntime.InferenceSession, part: str, name: str = "the model") -> dict[str, str]:
-    """Check that a session holds an exported `part` ("decoder" or "encoder"): its input and
-    output names, ranks and sizes and its metadata. Returns the metadata; raises ValueError."""
-    input_name, output_names = PARTS[part]
-    inputs = {node.name: node.shape for node in session.get_inputs()}
-    outputs = {node.name: node.shape for node in session.get_outputs()}
-    input_rank = 2 if part == "decoder" else 4
-    if list(inputs) != [input_name] or set(outputs) != set(output_names) or len(inputs[input_name]) != input_rank:
-        raise ValueError(
-            f"{name} is not an exported {part}: it has inputs {inputs} and outputs {outputs}, expected input "
-            f"{input_name!r} of rank {input_rank} and outputs {list(output_names)}; re-export it with export_onnx.py"
-        )
-    metadata = read_onnx_metadata(session)
-    if metadata.get("format") != ONNX_FORMAT or metadata.get("part", part) != part:
-        raise ValueError(
-            f"{name} lacks the {ONNX_FORMAT} {part} metadata (format {metadata.get('format')!r}, "
-            f"part {metadata.get('part')!r}); re-export it with export_onnx.py"
-        )
-    try:
-        latent, size, channels = (int(metadata[key]) for key in ("latent_dim", "image_size", "channels"))
-    except (KeyError, ValueError):
-        raise ValueError(f"{name} has incomplete size metadata; re-export it with export_onnx.py") from None
-    expected = [latent] if part == "decoder" else [size, size, channels]
-    if list(inputs[input_name][1:]) != expected:
-        raise ValueError(
-            f"{name} takes {input_name} of shape {inputs[input_name]} but its metadata says [batch, "
-            f"{', '.join(map(str, expected))}]; re-export it with export_onnx.py"
-        )
-    return metadata
-
-
-def pair_mismatch(decoder_metadata: dict[str, str], encoder_metadata: dict[str, str]) -> str:
-    """Why an encoder and a decoder do not belong together ("" when they do): export_onnx.py
-    gives both files of one export the same export_id. Files exported before there was an
-    export_id must at least agree on their source run and sizes."""
-    keys = ("export_id", "source_run", "latent_dim", "image_size", "channels", "crop", "model")
-    return ", ".join(
-        f"{key} {decoder_metadata.get(key)!r} vs {encoder_metadata.get(key)!r}"
-        for key in keys
-        if decoder_metadata.get(key) != encoder_metadata.get(key)
-    )
-
-
-def decode(session: onnxruntime.InferenceSession, z: np.ndarray) -> np.ndarray:
-    """Latent vectors [N, latent_dim] (or one [latent_dim]) -> images float32 [N, H, W, C] in [0, 1]."""
-    z = np.asarray(z, dtype=np.float32)
-    z = z[None] if z.ndim == 1 else z
-    expected = session.get_inputs()[0].shape[1]
-    if z.ndim != 2 or z.shape[1] != expected:
-        raise ValueError(
-            f"latent vectors of shape {list(z.shape)} do not fit this decoder: it takes [batch, {expected}], "
-            f"vectors of length {expected} (its latent_dim)"
-        )
-    return session.run(["image"], {"z": z})[0]
-
-
-def encode(session: onnxruntime.InferenceSession, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Images [N, H, W, C] (or one [H, W, C]) in [0, 1] -> (mu, log_var), each [N, latent_dim]."""
-    images = np.asarray(images, dtype=np.float32)
-    images = images[None] if images.ndim == 3 else images
-    expected = list(session.get_inputs()[0].shape[1:])
-    if images.ndim != 4 or list(images.shape[1:]) != expected:
-        raise ValueError(
-            f"images of shape {list(images.shape)} do not fit this encoder: it takes "
-            f"[batch, {', '.join(map(str, expected))}] (NHWC, values in [0, 1])"
-        )
-    mu, log_var = session.run(["mu", "log_var"], {"image": images})
-    return mu, log_var
+class ExportError(UserError):
+    """A run that cannot be exported, or an export that failed its checks."""
 
 
 # --------------------------------------------------------------------------- run folder
@@ -214,12 +84,12 @@ def read_run(run_dir: Path) -> dict:
     """The run's config.json, after checking that the folder holds trained models."""
     if not run_dir.is_dir():
         raise ExportError(f"run folder {run_dir} does not exist; {train_hint(run_dir)}")
-    if not (run_dir / "config.json").is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         raise ExportError(
             f"{run_dir} has no config.json; give a run folder written by train.py, or {train_hint(run_dir)}"
         )
     config = read_config(run_dir)  # its own errors say how to mend config.json
-    missing = [name for name in ("encoder.keras", "decoder.keras") if not (run_dir / name).is_file()]
+    missing = [keras_file(part) for part in ("encoder", "decoder") if not (run_dir / keras_file(part)).is_file()]
     if missing:
         raise ExportError(
             f"{run_dir} has no {' or '.join(missing)} (they are written after each epoch); "
@@ -277,19 +147,13 @@ def check_attributes(run_dir: Path, latent_dim: int) -> Path | None:
         raise ExportError(
             f"{path} is not valid JSON ({error}); recompute it with generate.py --mode attribute"
         ) from None
+    content = content if isinstance(content, dict) else {}  # a list or a number is no directions file either
     if content.get("format") != ATTRIBUTES_FORMAT or content.get("latent_dim") != latent_dim:
         raise ExportError(
             f"{path} is not {ATTRIBUTES_FORMAT} for latent size {latent_dim} (format {content.get('format')!r}, "
             f"latent_dim {content.get('latent_dim')!r}); recompute it with generate.py --mode attribute --recompute"
         )
     return path
-
-
-def copy_atomic(source: Path, target: Path) -> Path:
-    """Copy a file into place atomically (a temporary file renamed over the target)."""
-    with atomic_write(target) as temporary:
-        shutil.copyfile(source, temporary)
-    return target
 
 
 # --------------------------------------------------------------------------- tracing with the rewrites
@@ -465,7 +329,10 @@ def convert(
     def function(x):
         return dict(zip(output_names, forward(x), strict=True))
 
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=opset)
+    try:
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=opset)
+    except ValueError as error:  # e.g. an --opset tf2onnx does not support
+        raise ExportError(first_line(error)) from None
     for value in [*proto.graph.input, *proto.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     # Outputs in the contract's order (tf2onnx sorts a dict's keys).
@@ -513,7 +380,10 @@ def parity_check(
     """Max |ONNX - Keras| over all outputs per batch size; raises ExportError above tolerance
     (or on a shape mismatch or a non-finite value)."""
     source = onnx_model.SerializeToString() if hasattr(onnx_model, "SerializeToString") else onnx_model
-    session = make_session(source, threads=threads)
+    try:
+        session = make_session(source, threads=threads)
+    except (FileNotFoundError, ValueError) as error:  # e.g. an --opset without an op the graph needs
+        raise ExportError(str(error)) from None
     input_name, output_names = PARTS[part]
     differences = {}
     for batch in batches:
@@ -533,16 +403,21 @@ def parity_check(
     return differences
 
 
-def write_models(protos: dict[Path, onnx.ModelProto]) -> list[Path]:
-    """Write ONNX files together: each to a temporary file beside its target, and only when all
-    are written are they renamed into place, so a failure leaves every target as it was."""
+def write_together(files: dict[Path, Callable[[Path], object]]) -> list[Path]:
+    """Write files together (target -> a function that writes a path): each to a temporary file
+    beside its target, and only when all are written are they renamed into place, so a failure
+    leaves every target as it was and no temporary file behind."""
+    with contextlib.ExitStack() as stack:
+        for path, write in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(stack.enter_context(atomic_write(path)))
+    return list(files)
+
+
+def save_model(proto: onnx.ModelProto, path: Path) -> None:
     import onnx
 
-    with contextlib.ExitStack() as stack:
-        for path, proto in protos.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(proto, stack.enter_context(atomic_write(path)))
-    return list(protos)
+    onnx.save(proto, path)
 
 
 def op_counts(source: onnx.ModelProto | str | os.PathLike, optimized: bool = False) -> Counter:
@@ -582,17 +457,17 @@ def convert_checked(
     return proto
 
 
-def export_pair(
-    models: dict[str, keras.Model], out: Path, metadata: dict[str, dict[str, str]], **options: Any
-) -> list[Path]:
-    """<out>/decoder.onnx and <out>/encoder.onnx (models and metadata by part), both or neither:
-    both are converted and checked before either is written, and both carry the same export_id
-    (a hash of the two models), by which runs.OnnxBackend refuses a folder of mixed exports."""
+def convert_pair(
+    models: dict[str, keras.Model], metadata: dict[str, dict[str, str]], **options: Any
+) -> dict[str, onnx.ModelProto]:
+    """Both parts (models and metadata by part) converted and checked, nothing written; both
+    carry the same export_id (a hash of the two models), by which runs.OnnxBackend refuses a
+    folder of mixed exports."""
     protos = {part: convert_checked(models[part], part, metadata[part], **options) for part in models}
     export_id = hashlib.sha256(b"".join(proto.SerializeToString() for proto in protos.values())).hexdigest()[:16]
     for proto in protos.values():
         add_metadata(proto, {"export_id": export_id})
-    return write_models({out / f"{part}.onnx": proto for part, proto in protos.items()})
+    return protos
 
 
 # --------------------------------------------------------------------------- command line
@@ -620,47 +495,67 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_out(out: Path, run_dir: Path) -> Path:
+    """--out, refused before any work when it cannot be written or is a folder train.py keeps:
+    another run's folder (the copied config.json would replace its recipe) or one of a run's
+    own folders (checkpoint/, samples/, ...). The run folder itself and exported folders are fine."""
+    check_writable(out, folder=True)
+    if out.resolve() == run_dir.resolve():
+        return out
+    if any((out / keras_file(part)).is_file() for part in ("encoder", "decoder")) or (out / CHECKPOINT_DIR).is_dir():
+        raise ExportError(
+            f"--out {out} is the folder of another train.py run, whose {CONFIG_FILE} the export would replace; "
+            "give a new folder or an exported one"
+        )
+    part = model_folder_part(out)
+    if part is not None:
+        raise ExportError(f"--out {out} lies in {part}, which train.py keeps; give another --out")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    """Export both parts; returns the paths written."""
+    """Export both parts; returns the paths written. Raises UserError (one line) for what the
+    user can fix: `python export_onnx.py` reports it through errors.run_main."""
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        run_dir = Path(args.run)
-        config = read_run(run_dir)
-        out = check_writable(Path(args.out) if args.out else run_dir, folder=True)
-        # The models first: an edited config.json is the problem to name, not the files that fit the models.
-        encoder, decoder = load_models(run_dir, config)
-        attributes = check_attributes(run_dir, config["latent_dim"])
-        density = run_dir / DENSITY_FILE if find_density(run_dir, config["latent_dim"]) else None
-        print(
-            f"run {run_dir}: {config.get('model', 'vae')}, latent {config['latent_dim']}, "
-            f"{config['image_size']}x{config['image_size']}x{config['channels']}"
+    run_dir = Path(args.run)
+    config = read_run(run_dir)
+    out = check_out(Path(args.out) if args.out else run_dir, run_dir)
+    # The models first: an edited config.json is the problem to name, not the files that fit the models.
+    encoder, decoder = load_models(run_dir, config)
+    attributes = check_attributes(run_dir, config["latent_dim"])
+    density = run_dir / DENSITY_FILE if find_density(run_dir, config["latent_dim"]) else None
+    print(
+        f"run {run_dir}: {config.get('model', 'vae')}, latent {config['latent_dim']}, "
+        f"{config['image_size']}x{config['image_size']}x{config['channels']}"
+    )
+    metadata = {}
+    for part in ("decoder", "encoder"):
+        metadata[part] = onnx_metadata(config, part, run_dir)
+        if attributes is not None:
+            metadata[part]["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
+        if density is not None:
+            metadata[part]["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
+    options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
+    protos = convert_pair({"decoder": decoder, "encoder": encoder}, metadata, **options)
+    files = {out / onnx_file(part): functools.partial(save_model, proto) for part, proto in protos.items()}
+    companions = {CONFIG_FILE: run_dir / CONFIG_FILE, ATTRIBUTES_FILE: attributes, DENSITY_FILE: density}
+    if out.resolve() != run_dir.resolve():  # the models and the run's JSON files, all or none
+        files.update(
+            {out / name: functools.partial(shutil.copyfile, source) for name, source in companions.items() if source}
         )
-        options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
-        companions = {"config.json": run_dir / "config.json", ATTRIBUTES_FILE: attributes, DENSITY_FILE: density}
-        metadata = {}
-        for part in ("decoder", "encoder"):
-            metadata[part] = onnx_metadata(config, part, run_dir)
-            if attributes is not None:
-                metadata[part]["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
-            if density is not None:
-                metadata[part]["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
-        try:
-            written = export_pair({"decoder": decoder, "encoder": encoder}, out, metadata, **options)
-            if out.resolve() != run_dir.resolve():
-                for name, source in companions.items():
-                    if source is not None:
-                        written.append(copy_atomic(source, out / name))
-                        print(f"copied {source} to {out / name}")
-        except OSError as error:  # a full disk, or a folder that takes no new files
-            raise ExportError(
-                f"cannot write into {out} ({error.strerror or error}); free some space or give another --out"
-            ) from None
-    except (ExportError, RunFolderError, DensityError, ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    try:
+        with made_folders(out):
+            written = write_together(files)
+    except OSError as error:  # a full disk, or a folder that takes no new files
+        raise ExportError(
+            f"cannot write into {out} ({error.strerror or error}); free some space or give another --out"
+        ) from None
+    for path in written[len(protos) :]:
+        print(f"copied {companions[path.name]} to {path}")
     print("done: " + ", ".join(str(path) for path in written))
     return written
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -32,9 +32,8 @@ import numpy as np
 from PIL import Image
 
 import data
-import export_onnx
 from errors import UserError, first_line, run_main
-from images import check_output_path, image_format, make_grid, save_images, to_uint8
+from images import image_format, make_grid, save_images, to_uint8
 from latent import (
     SAMPLERS,
     LatentDensity,
@@ -49,8 +48,11 @@ from latent import (
     weighted_posterior,
 )
 from runs import (
+    ATTRIBUTES_FILE,
+    ATTRIBUTES_FORMAT,
     Backend,
     HelpFormatter,
+    check_output_path,
     check_writable,
     encode_files,
     load_faces,
@@ -60,8 +62,8 @@ from runs import (
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
 RANDOM_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --random replaces
-DIRECTIONS_FORMAT = export_onnx.ATTRIBUTES_FORMAT  # "celeba-vae-attributes/1"
-DIRECTIONS_FILE = export_onnx.ATTRIBUTES_FILE  # read by export_onnx.py and other apps
+DIRECTIONS_FORMAT = ATTRIBUTES_FORMAT  # "celeba-vae-attributes/1"
+DIRECTIONS_FILE = ATTRIBUTES_FILE  # read by export_onnx.py and other apps
 # Largest change of the probe's posterior mean still read as the same encoder: ONNX and Keras
 # agree to about 1e-6, while one more epoch of training moves it by far more.
 PROBE_TOLERANCE = 1e-3

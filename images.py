@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -193,56 +193,3 @@ def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write one image atomically in the format its extension names, creating its folder."""
     save_images({Path(path): image})
     return Path(path)
-
-
-def check_output_path(
-    out: str | os.PathLike,
-    inputs: Iterable[str | os.PathLike],
-    own: Iterable[str | os.PathLike] = (),
-    flag: str = "--out",
-) -> Path:
-    """Refuse (UserError) an output path that would overwrite what the command reads: one of the
-    `inputs` files, or a file inside one of the `inputs` folders (a model or data folder), by any
-    name: paths are compared resolved, and as files (symlinks, hard links). Files inside `own`
-    folders (where the command's earlier outputs go) may be overwritten unless they are inputs
-    themselves. A path where no file exists yet overwrites nothing."""
-    out = Path(out)
-    if not out.is_file():
-        return out
-    inputs = [Path(path) for path in inputs]
-    for path in inputs:
-        if path.is_file() and os.path.samefile(out, path):
-            raise UserError(f"{flag} {out} would overwrite the input {path}; give another {flag}")
-    own = [Path(folder).resolve() for folder in own]
-    names = {out.resolve(), out.parent.resolve() / out.name}  # the file, and a symlink's own place
-    status = out.stat()
-    for folder in (path for path in inputs if path.is_dir()):
-        root = folder.resolve()
-        if any(within(name, root) and not any(within(name, mine) for mine in own) for name in names):
-            raise UserError(
-                f"{flag} {out} would overwrite a file of {folder}, which this command reads; give another {flag}"
-            )
-        if status.st_nlink > 1:  # a hard link: look for the file's other names in the folder
-            linked = next((file for file in walk_files(root, own) if same_inode(file, status)), None)
-            if linked is not None:
-                raise UserError(f"{flag} {out} would overwrite {linked}, which this command reads; give another {flag}")
-    return out
-
-
-def within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def same_inode(path: Path, status: os.stat_result) -> bool:
-    try:
-        found = os.lstat(path)
-    except OSError:  # removed meanwhile
-        return False
-    return (found.st_dev, found.st_ino) == (status.st_dev, status.st_ino)
-
-
-def walk_files(folder: Path, skip: Sequence[Path]) -> Iterator[Path]:
-    """Every file under `folder`, but for those under the `skip` folders (resolved paths)."""
-    for root, folders, files in os.walk(folder):
-        folders[:] = [name for name in folders if (Path(root) / name).resolve() not in skip]
-        yield from (Path(root) / name for name in files)

@@ -44,18 +44,18 @@ from pathlib import Path
 import numpy as np
 
 import data
-from errors import UserError
+from errors import UserError, run_main
 from runs import (
+    CONFIG_FILE,
+    DENSITY_FILE,
     HelpFormatter,
     Progress,
-    RunFolderError,
     encode_files,
     open_backend,
     read_config,
     write_text_atomic,
 )
 
-DENSITY_FILE = "latent_density.json"
 DENSITY_FORMAT = "celeba-vae-latent-density/1"
 MIXTURE_SIZES = (1, 2, 4, 8, 16, 32)  # k tried by select_density
 MIN_POINTS_PER_DIM = 4  # a full-covariance component needs several points per latent dimension
@@ -567,28 +567,25 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.seed < 0:
         parser.error(f"--seed must not be negative (got {args.seed})")
 
-    try:
-        backend = open_backend(args.run, args.backend)
-        config = read_config(args.run) if (Path(args.run) / "config.json").is_file() else {}
-        data_path = args.data or config.get("data")
-        if not data_path:
-            raise DensityError(f"{args.run} does not say which data it was trained on; pass --data CELEBA_ROOT")
-        splits = args.split.split("+") if args.split else fitting_splits(config)[0]
-        density = fit_folder_density(
-            backend,
-            data.find_dataset(data_path),
-            splits,
-            limit=config.get("limit", 0) if not args.split else 0,
-            sizes=args.components,
-            max_images=args.max_images,
-            seed=args.seed,
-        )
-        path = write_density(density, args.run)
-    except (DensityError, RunFolderError, data.DataError) as error:
-        sys.exit(f"error: {error}")
+    backend = open_backend(args.run, args.backend)
+    config = read_config(args.run) if (Path(args.run) / CONFIG_FILE).is_file() else {}
+    data_path = args.data or config.get("data")
+    if not data_path:
+        raise DensityError(f"{args.run} does not say which data it was trained on; pass --data CELEBA_ROOT")
+    splits = args.split.split("+") if args.split else fitting_splits(config)[0]
+    density = fit_folder_density(
+        backend,
+        data.find_dataset(data_path),
+        splits,
+        limit=config.get("limit", 0) if not args.split else 0,
+        sizes=args.components,
+        max_images=args.max_images,
+        seed=args.seed,
+    )
+    path = write_density(density, args.run)
     print(f"wrote {path}: {density.components} Gaussian component(s) over {density.latent_dim} dimensions")
     return path
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,32 +1,49 @@
-"""The run folder: config.json's format tag, settings and reader, the model loaders, atomic text
-writes, and the --help formatter the scripts share.
+"""The model folder: the names of its files, config.json's format and reader, the model
+backends, the checks every script makes of its --out, and the --help formatter they share.
 
-train.py writes config.json; generate.py, export_onnx.py, evaluate.py and latent.py open a
-run's models through a backend: `KerasBackend` (encoder.keras / decoder.keras of a train.py
-run) or `OnnxBackend` (encoder.onnx / decoder.onnx of export_onnx.py, on onnxruntime). Kept
-free of TensorFlow (json and numpy only; Keras is imported when a Keras model is loaded) so the
-ONNX inference path can read run folders too. Not meant to be run by itself.
+train.py writes a run folder (config.json, encoder.keras, decoder.keras, ...), export_onnx.py
+an exported one (encoder.onnx, decoder.onnx and the run's JSON files). generate.py,
+evaluate.py and latent.py open either through `open_backend`: `KerasBackend` for .keras files,
+`OnnxBackend` for .onnx files on onnxruntime (through inference.py). Free of TensorFlow (Keras
+is imported only when a .keras model is loaded), so the ONNX path needs numpy and onnxruntime
+only. A library: `python runs.py` says which scripts to run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from errors import UserError
+import inference
+from errors import UserError, batches, first_line
 from images import DEFAULT_CROP, atomic_write, load_face
 
 RUN_FORMAT = "celeba-vae-run/1"
+ATTRIBUTES_FORMAT = "celeba-vae-attributes/1"
+# The names of a model folder's files and folders, for every script that writes or reads them.
+CONFIG_FILE = "config.json"  # the recipe and sizes (train.py); copied beside exported models
+HISTORY_FILE = "history.csv"
+LOSS_CURVES_FILE = "loss_curves.png"
+DENSITY_FILE = "latent_density.json"  # the fitted latent density (latent.py)
+ATTRIBUTES_FILE = "attribute_directions.json"  # written by generate.py --mode attribute
+LOCK_FILE = ".lock"  # held by the train.py process that writes the run
+CHECKPOINT_DIR = "checkpoint"
+BACKUP_DIR = "backup"  # inside CHECKPOINT_DIR
+TENSORBOARD_DIR = "tensorboard"
+SAMPLES_DIR = "samples"  # train.py's grids of decoded prior samples, one per epoch
+RECONSTRUCTIONS_DIR = "reconstructions"  # and of validation reconstructions
+GENERATED_DIR = "generated"  # generate.py's default output folder
 REQUIRED_SIZES = ("latent_dim", "image_size", "channels")  # config.json keys every reader needs
 # The choices of config.json's model settings and the recipe train.py's flags default to (by
 # their config.json names). Here rather than in vae.py so that train.py checks its flags
@@ -54,8 +71,37 @@ DEFAULT_RECIPE = {
     "ema": 0.0,
     "seed": 0,
 }
+# The loss's numerical floors, shared by vae.py (TensorFlow) and evaluate.py (numpy).
+MIN_GAUSSIAN_SIGMA = 1e-3  # keeps log(sigma) finite when reconstructions become exact
+BCE_EPSILON = 1e-6
 BATCH_SIZE = 64  # images per encoder/decoder call: bounds memory on big inputs
 LOAD_BATCH = 256  # image files loaded at a time by encode_files
+
+
+def keras_file(part: str) -> str:
+    """encoder.keras or decoder.keras: a part of a train.py run."""
+    return f"{part}.keras"
+
+
+def onnx_file(part: str) -> str:
+    """encoder.onnx or decoder.onnx: a part written by export_onnx.py."""
+    return f"{part}.onnx"
+
+
+# What a model folder is made of; no script writes its output over these.
+MODEL_FOLDER_PARTS = (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LOSS_CURVES_FILE,
+    DENSITY_FILE,
+    ATTRIBUTES_FILE,
+    LOCK_FILE,
+    CHECKPOINT_DIR,
+    TENSORBOARD_DIR,
+    SAMPLES_DIR,
+    RECONSTRUCTIONS_DIR,
+    *(name(part) for name in (keras_file, onnx_file) for part in ("encoder", "decoder")),
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -96,7 +142,7 @@ def check_architecture(image_size: int, filters: Sequence[int]) -> None:
 def read_config(run_dir: str | os.PathLike) -> dict:
     """config.json of a train.py run, checked for its format; `run_dir` is added to it."""
     run_dir = Path(run_dir)
-    path = run_dir / "config.json"
+    path = run_dir / CONFIG_FILE
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist; give a run folder written by train.py")
     if not path.is_file():
@@ -123,6 +169,21 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     return config
 
 
+@contextlib.contextmanager
+def made_folders(folder: Path) -> Iterator[None]:
+    """Create `folder` and its missing parents for the block; when the block fails, those it
+    made go again (those left empty), so a failed command leaves no trace."""
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in made:
+            with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
+                path.rmdir()
+        raise
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically: a temporary file in the same folder renamed into place,
     so a killed process never leaves a half-written config, history or cache file."""
@@ -136,7 +197,7 @@ def load_model(run_dir: str | os.PathLike, part: str, config: dict):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ start-up chatter
     import keras
 
-    path = Path(run_dir) / f"{part}.keras"
+    path = Path(run_dir) / keras_file(part)
     if not path.is_file():
         raise RunFolderError(
             f"{run_dir} has no {path.name}; train.py writes it after each epoch, so let the run finish its first epoch"
@@ -144,8 +205,7 @@ def load_model(run_dir: str | os.PathLike, part: str, config: dict):
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # Keras raises many types for damaged or foreign archives
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise RunFolderError(f"cannot load {path} ({reason}); re-run train.py for this run") from None
+        raise RunFolderError(f"cannot load {path} ({first_line(error)}); re-run train.py for this run") from None
     size, channels, latent = int(config["image_size"]), int(config["channels"]), int(config["latent_dim"])
     image, code = (size, size, channels), (latent,)
     expected = (image, [code, code]) if part == "encoder" else (code, [image])
@@ -212,16 +272,14 @@ class KerasBackend:
         images = check_images(images, self)
         if self._encoder is None:
             self._encoder = load_model(self.run_dir, "encoder", self.config)
-        parts = [self._encoder(images[i : i + BATCH_SIZE], training=False) for i in range(0, len(images), BATCH_SIZE)]
+        parts = [self._encoder(batch, training=False) for batch in batches(images, BATCH_SIZE)]
         mu = np.concatenate([np.asarray(p[0]) for p in parts])
         log_var = np.concatenate([np.asarray(p[1]) for p in parts])
         return mu, log_var
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         z = check_latents(z, self.latent_dim)
-        return np.concatenate(
-            [np.asarray(self.decoder(z[i : i + BATCH_SIZE], training=False)) for i in range(0, len(z), BATCH_SIZE)]
-        )
+        return np.concatenate([np.asarray(self.decoder(batch, training=False)) for batch in batches(z, BATCH_SIZE)])
 
 
 class OnnxBackend:
@@ -237,16 +295,16 @@ class OnnxBackend:
         self._encoder = None
         self.decoder, metadata = self.open("decoder")
         if metadata.get("value_range") != "0,1" or metadata.get("layout") != "NHWC":
-            raise RunFolderError(f"{run_dir / 'decoder.onnx'} is not an NHWC model with values in [0, 1]; re-export it")
+            raise RunFolderError(
+                f"{run_dir / onnx_file('decoder')} is not an NHWC model with values in [0, 1]; re-export it"
+            )
         self.metadata = metadata
         self.latent_dim = int(metadata["latent_dim"])
         self.image_size = int(metadata["image_size"])
         self.channels = int(metadata["channels"])
         self.crop = int(metadata.get("crop", DEFAULT_CROP))
         self.model_kind = metadata.get("model", "vae")
-        config = (
-            read_config(run_dir) if (run_dir / "config.json").is_file() else None
-        )  # ONNX-only folders may have none
+        config = read_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else None  # ONNX-only folders may have none
         if config is not None and int(config["latent_dim"]) != self.latent_dim:
             raise RunFolderError(
                 f"decoder.onnx has latent size {self.latent_dim} but {run_dir / 'config.json'} says "
@@ -255,48 +313,38 @@ class OnnxBackend:
 
     def open(self, part: str):
         """(session, metadata) of <run>/<part>.onnx, checked to be an exported `part`."""
-        import export_onnx
-
-        path = self.run_dir / f"{part}.onnx"
+        path = self.run_dir / onnx_file(part)
         if not path.is_file():
             raise RunFolderError(
-                f"{self.run_dir} has no {part}.onnx; export it: python export_onnx.py --run {self.run_dir}"
+                f"{self.run_dir} has no {path.name}; export it: python export_onnx.py --run {self.run_dir}"
             )
         try:
-            session = export_onnx.make_session(path, threads=self.threads)
-            return session, export_onnx.check_model(session, part, name=str(path))
+            session = inference.make_session(path, threads=self.threads)
+            return session, inference.check_model(session, part, name=str(path))
         except (FileNotFoundError, ValueError) as error:
             raise RunFolderError(str(error)) from None
 
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import export_onnx
-
         images = check_images(images, self)
         if self._encoder is None:
             self._encoder, metadata = self.open("encoder")
-            mismatch = export_onnx.pair_mismatch(self.metadata, metadata)
+            mismatch = inference.pair_mismatch(self.metadata, metadata)
             if mismatch:
                 raise RunFolderError(
                     f"encoder.onnx and decoder.onnx in {self.run_dir} come from different exports ({mismatch}); "
                     f"export both again: python export_onnx.py --run RUN --out {self.run_dir}"
                 )
-        parts = [
-            export_onnx.encode(self._encoder, images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)
-        ]
+        parts = [inference.encode(self._encoder, batch) for batch in batches(images, BATCH_SIZE)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        import export_onnx
-
         z = check_latents(z, self.latent_dim)
-        return np.concatenate(
-            [export_onnx.decode(self.decoder, z[i : i + BATCH_SIZE]) for i in range(0, len(z), BATCH_SIZE)]
-        )
+        return np.concatenate([inference.decode(self.decoder, batch) for batch in batches(z, BATCH_SIZE)])
 
 
 def default_backend(run_dir: Path) -> str:
     """ "keras" for a train.py run folder with its .keras files, "onnx" for an exported folder."""
-    return "keras" if (Path(run_dir) / "decoder.keras").is_file() else "onnx"
+    return "keras" if (Path(run_dir) / keras_file("decoder")).is_file() else "onnx"
 
 
 def open_backend(run_dir: str | os.PathLike, kind: str | None = None, threads: int = 0) -> Backend:
@@ -304,7 +352,7 @@ def open_backend(run_dir: str | os.PathLike, kind: str | None = None, threads: i
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist; train one with train.py --out {run_dir}")
-    if kind is None and not any((run_dir / f"decoder.{suffix}").is_file() for suffix in ("keras", "onnx")):
+    if kind is None and not any((run_dir / name).is_file() for name in (keras_file("decoder"), onnx_file("decoder"))):
         raise RunFolderError(
             f"{run_dir} has no decoder.keras or decoder.onnx; train.py writes the .keras files after "
             "each epoch, export_onnx.py the .onnx files"
@@ -336,6 +384,101 @@ def check_writable(path: str | os.PathLike, folder: bool, flag: str = "--out") -
             f"{flag} {path}: cannot write in {existing} ({error.strerror}); give another {flag}"
         ) from None
     return path
+
+
+def is_model_folder(folder: Path) -> bool:
+    """A train.py run or an exported folder: it holds a model file or a config.json of RUN_FORMAT."""
+    if any((folder / name(part)).is_file() for name in (keras_file, onnx_file) for part in ("encoder", "decoder")):
+        return True
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text()).get("format") == RUN_FORMAT
+    except (OSError, ValueError, AttributeError):  # none, unreadable, or not a JSON object
+        return False
+
+
+def model_folder_part(path: str | os.PathLike) -> Path | None:
+    """The file or folder of a model folder that `path` is or lies in, when it is one that
+    train.py, export_onnx.py or latent.py write (the models, config.json, the density, the
+    checkpoints, ...), else None. Symbolic links are followed."""
+    path = Path(path).resolve()
+    for folder in path.parents:
+        if is_model_folder(folder):
+            first = path.relative_to(folder).parts[0]
+            return folder / first if first in MODEL_FOLDER_PARTS else None
+    return None
+
+
+def check_output_path(
+    path: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike] = (),
+    own: Iterable[str | os.PathLike] = (),
+    flag: str = "--out",
+) -> Path:
+    """Refuse, touching nothing, an output file that would overwrite what the command reads: one
+    of its `inputs` (files, or files inside input folders; see check_input_overwrite) or part of
+    a model folder (see model_folder_part)."""
+    path = check_input_overwrite(path, inputs, own, flag)
+    part = model_folder_part(path)
+    if part is not None:
+        raise RunFolderError(
+            f"{flag} {path} would overwrite {part}, part of the model folder {part.parent}; give another {flag}"
+        )
+    return path
+
+
+def check_input_overwrite(
+    out: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike],
+    own: Iterable[str | os.PathLike] = (),
+    flag: str = "--out",
+) -> Path:
+    """Refuse (RunFolderError) an output path that would overwrite what the command reads: one of the
+    `inputs` files, or a file inside one of the `inputs` folders (a model or data folder), by any
+    name: paths are compared resolved, and as files (symlinks, hard links). Files inside `own`
+    folders (where the command's earlier outputs go) may be overwritten unless they are inputs
+    themselves. A path where no file exists yet overwrites nothing."""
+    out = Path(out)
+    if not out.is_file():
+        return out
+    inputs = [Path(path) for path in inputs]
+    for path in inputs:
+        if path.is_file() and os.path.samefile(out, path):
+            raise RunFolderError(f"{flag} {out} would overwrite the input {path}; give another {flag}")
+    own = [Path(folder).resolve() for folder in own]
+    names = {out.resolve(), out.parent.resolve() / out.name}  # the file, and a symlink's own place
+    status = out.stat()
+    for folder in (path for path in inputs if path.is_dir()):
+        root = folder.resolve()
+        if any(within(name, root) and not any(within(name, mine) for mine in own) for name in names):
+            raise RunFolderError(
+                f"{flag} {out} would overwrite a file of {folder}, which this command reads; give another {flag}"
+            )
+        if status.st_nlink > 1:  # a hard link: look for the file's other names in the folder
+            linked = next((file for file in walk_files(root, own) if same_inode(file, status)), None)
+            if linked is not None:
+                raise RunFolderError(
+                    f"{flag} {out} would overwrite {linked}, which this command reads; give another {flag}"
+                )
+    return out
+
+
+def within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def same_inode(path: Path, status: os.stat_result) -> bool:
+    try:
+        found = os.lstat(path)
+    except OSError:  # removed meanwhile
+        return False
+    return (found.st_dev, found.st_ino) == (status.st_dev, status.st_ino)
+
+
+def walk_files(folder: Path, skip: Sequence[Path]) -> Iterator[Path]:
+    """Every file under `folder`, but for those under the `skip` folders (resolved paths)."""
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if (Path(root) / name).resolve() not in skip]
+        yield from (Path(root) / name for name in files)
 
 
 def load_faces(paths: Sequence[Path], backend: Backend) -> np.ndarray:
@@ -389,8 +532,7 @@ def encode_files(
     files are skipped, as training skips them, with a warning naming them. Faces are loaded
     LOAD_BATCH at a time to bound memory; progress(count) is called after each batch."""
     parts, kept, skipped = [], [], []
-    for start in range(0, len(paths), LOAD_BATCH):
-        batch = paths[start : start + LOAD_BATCH]
+    for batch in batches(paths, LOAD_BATCH):
         faces, failed = load_decodable(batch, backend)
         skipped += failed
         failed = set(failed)
@@ -404,3 +546,10 @@ def encode_files(
     if not parts:
         raise RunFolderError(f"none of the {len(paths)} image files could be decoded, e.g. {paths[0]}")
     return np.concatenate(parts), kept
+
+
+if __name__ == "__main__":
+    sys.exit(
+        "error: runs.py is a library module; run train.py, generate.py, evaluate.py, export_onnx.py or latent.py "
+        "(each has --help)"
+    )

@@ -71,14 +71,11 @@ import data  # noqa: E402
 import latent  # noqa: E402
 import vae  # noqa: E402
 from images import make_grid, save_image  # noqa: E402
-from runs import KerasBackend, RunFolderError, write_text_atomic  # noqa: E402
+from runs import BACKUP_DIR, CHECKPOINT_DIR, TENSORBOARD_DIR, KerasBackend, RunFolderError, write_text_atomic  # noqa: E402
 from train_cli import (  # noqa: E402
-    BACKUP_DIR,
-    CHECKPOINT_DIR,
     DEFAULT_BACKUP_STEPS,
     DEFAULT_WORKER_START_TIMEOUT,
     NO_SPACE,
-    TENSORBOARD_DIR,
     TF_CONFIG_HELP,
     RunError,
     TrainingStopped,

@@ -39,9 +39,13 @@ from pathlib import Path
 import data
 from images import CELEBA_WIDTH, DEFAULT_CROP
 from runs import (
+    BACKUP_DIR,
+    CHECKPOINT_DIR,
     DEFAULT_RECIPE,
+    LOCK_FILE,
     RECONSTRUCTION_LOSSES,
     RUN_FORMAT,
+    TENSORBOARD_DIR,
     UPSAMPLING_MODES,
     HelpFormatter,
     RunFolderError,
@@ -51,17 +55,13 @@ from runs import (
 )
 
 RECIPE = DEFAULT_RECIPE
-CHECKPOINT_DIR = "checkpoint"
-BACKUP_DIR = "backup"  # inside CHECKPOINT_DIR
 DEFAULT_BACKUP_STEPS = 200
 DEFAULT_WORKER_START_TIMEOUT = 300  # seconds
-TENSORBOARD_DIR = "tensorboard"
 TF_CONFIG_HELP = (
     "--strategy multiworker needs TF_CONFIG set to the cluster and this worker's task, e.g. "
     """'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}' """
     "(see README: several machines)"
 )
-LOCK_FILE = ".lock"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
 # The flags a resumed run takes; its other settings come from its config.json.
 RESUME_FLAGS = (

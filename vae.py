@@ -40,10 +40,16 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from runs import DEFAULT_FILTERS, DEFAULT_RECIPE, RECONSTRUCTION_LOSSES, UPSAMPLING_MODES, check_architecture
+from runs import (
+    BCE_EPSILON,
+    DEFAULT_FILTERS,
+    DEFAULT_RECIPE,
+    MIN_GAUSSIAN_SIGMA,
+    RECONSTRUCTION_LOSSES,
+    UPSAMPLING_MODES,
+    check_architecture,
+)
 
-MIN_GAUSSIAN_SIGMA = 1e-3  # keeps log(sigma) finite when reconstructions become exact
-BCE_EPSILON = 1e-6
 # Keras' default 0.99 needs ~500 steps before the moving statistics used at inference
 # match the batches; short CelebA runs (57 steps an epoch on the sample) validate badly.
 BN_MOMENTUM = 0.9

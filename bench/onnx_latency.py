@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from machine import machine_lines  # noqa: E402
 
-import export_onnx  # noqa: E402  (imports neither TensorFlow nor Keras)
+import inference  # noqa: E402  (numpy and onnxruntime only)
+from runs import keras_file, onnx_file  # noqa: E402
 
 BATCHES = (1, 64)
 TARGETS = {  # name: (description, minimum ratio)
@@ -114,8 +115,8 @@ def generate_times(run: Path, repeats: int, threads: int) -> dict[str, list[floa
 def decoder_functions(run: Path, threads: int, jit: bool) -> tuple[dict[int, dict[str, Callable]], float]:
     """For each batch size, name -> a call that decodes numpy z to numpy images; and the largest
     |onnxruntime - Keras| seen on those inputs."""
-    session = export_onnx.make_session(run / "decoder.onnx", threads=threads)
-    metadata = export_onnx.check_model(session, "decoder", name=str(run / "decoder.onnx"))
+    session = inference.make_session(run / onnx_file("decoder"), threads=threads)
+    metadata = inference.check_model(session, "decoder", name=str(run / onnx_file("decoder")))
     latent = int(metadata["latent_dim"])
 
     import tensorflow as tf
@@ -124,7 +125,7 @@ def decoder_functions(run: Path, threads: int, jit: bool) -> tuple[dict[int, dic
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     import keras
 
-    decoder = keras.saving.load_model(run / "decoder.keras", safe_mode=True)
+    decoder = keras.saving.load_model(run / keras_file("decoder"), safe_mode=True)
     signature = [tf.TensorSpec([None, latent], tf.float32)]
     compiled = tf.function(lambda z: decoder(z, training=False), input_signature=signature, jit_compile=False)
     xla = tf.function(lambda z: decoder(z, training=False), input_signature=signature, jit_compile=True)
@@ -132,7 +133,7 @@ def decoder_functions(run: Path, threads: int, jit: bool) -> tuple[dict[int, dic
     for batch in BATCHES:
         z = np.random.default_rng(batch).standard_normal((batch, latent)).astype(np.float32)
         functions[batch] = {
-            "onnxruntime": lambda z=z: export_onnx.decode(session, z),
+            "onnxruntime": lambda z=z: inference.decode(session, z),
             "keras: decoder(z)": lambda z=z: np.asarray(decoder(z, training=False)),
             "keras: tf.function": lambda z=z: compiled(z).numpy(),
             "keras: model.predict": lambda z=z: decoder.predict(z, batch_size=len(z), verbose=0),
@@ -156,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     run = Path(args.run).resolve()
     for name, hint in (
-        ("decoder.keras", "train it with train.py"),
-        ("decoder.onnx", "python export_onnx.py --run RUN"),
+        (keras_file("decoder"), "train it with train.py"),
+        (onnx_file("decoder"), "python export_onnx.py --run RUN"),
     ):
         if not (run / name).is_file():
             sys.exit(f"error: {run} has no {name}; {hint.replace('RUN', args.run)}")

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from machine import machine_lines  # noqa: E402
 
-import export_onnx  # noqa: E402  (imports neither TensorFlow nor Keras)
+import inference  # noqa: E402  (numpy and onnxruntime only)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -139,16 +139,16 @@ def browser_repeat(url: str, args: argparse.Namespace) -> dict:
 
 def python_repeat(path: Path, threads: int, decodes: int, latent_dim: int) -> dict:
     start = time.perf_counter()
-    session = export_onnx.make_session(path, threads=threads)
+    session = inference.make_session(path, threads=threads)
     loaded = time.perf_counter()
     rng = np.random.default_rng(0)
-    export_onnx.decode(session, rng.standard_normal((1, latent_dim)))
+    inference.decode(session, rng.standard_normal((1, latent_dim)))
     first = time.perf_counter()
     times = []
     for _ in range(decodes):
         z = rng.standard_normal((1, latent_dim)).astype(np.float32)
         begin = time.perf_counter()
-        export_onnx.decode(session, z)
+        inference.decode(session, z)
         times.append(time.perf_counter() - begin)
     return {
         "first_face": (first - start) * 1000,
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit("web/node_modules has no onnxruntime-web: run `npm ci` in web/ first")
     if importlib.util.find_spec("selenium") is None or not Path(CHROMEDRIVER).is_file():
         sys.exit("needs selenium (pip install -r requirements.txt) and Debian's chromium and chromium-driver")
-    latent_dim = int(export_onnx.read_onnx_metadata(decoder)["latent_dim"])
+    latent_dim = int(inference.read_onnx_metadata(decoder)["latent_dim"])
 
     serve = load_serve()
     server = serve.make_server(REPO, port=0, quiet=True)

@@ -17,6 +17,7 @@ import data
 import evaluate
 import train
 import vae
+from errors import UserError
 from runs import load_decodable, open_backend
 
 LATENT, SIZE = 8, 16
@@ -52,11 +53,6 @@ def test_kl_per_dimension_sums_to_the_training_kl():
     assert per_dim.shape == (5, 7) and (per_dim >= 0).all()
     np.testing.assert_allclose(per_dim.sum(axis=1), np.asarray(vae.kl_divergence(mu, log_var)), rtol=1e-5)
     assert evaluate.kl_per_dimension(np.zeros(3), np.zeros(3)) == pytest.approx([0.0, 0.0, 0.0])
-
-
-def test_numpy_constants_agree_with_the_training_loss():
-    assert evaluate.MIN_GAUSSIAN_SIGMA == vae.MIN_GAUSSIAN_SIGMA
-    assert evaluate.BCE_EPSILON == vae.BCE_EPSILON
 
 
 def test_bits_per_dim():
@@ -317,37 +313,47 @@ def test_results_that_cannot_be_written_are_one_line_after_the_table(
 
     monkeypatch.setattr(evaluate, "write_text_atomic", disk_full)
     out = tmp_path / "eval.json"
-    with pytest.raises(
-        SystemExit, match=f"^error: cannot write {out} \\(No space left on device\\); the figures above"
-    ):
+    with pytest.raises(UserError, match=f"^cannot write {out} \\(No space left on device\\); the figures above"):
         evaluate.main(evaluate_args(tiny_run, kaggle_celeba, "--limit", "4", "--out", str(out)))
     assert "per-pixel MSE" in capsys.readouterr().out and not out.exists()
+    with pytest.raises(UserError, match="No space left on device"):
+        evaluate.main(evaluate_args(tiny_run, kaggle_celeba, "--limit", "4", "--out", str(tmp_path / "new" / "e.json")))
+    assert not (tmp_path / "new").exists()  # the folder made for it is gone
+
+
+def test_out_over_one_of_the_images_is_refused_before_any_work(tiny_run, kaggle_celeba, monkeypatch):
+    face = data.find_dataset(kaggle_celeba).split("test")[0]
+    before = face.read_bytes()
+    monkeypatch.setattr(evaluate, "collect", lambda *args, **kwargs: pytest.fail("no image may be decoded"))
+    with pytest.raises(UserError, match=f"^--out {face} would overwrite the input {face}; give another"):
+        evaluate.main(evaluate_args(tiny_run, kaggle_celeba, "--out", str(face)))
+    assert face.read_bytes() == before
 
 
 def test_errors_are_one_line(tiny_run, kaggle_celeba, tmp_path):
-    with pytest.raises(SystemExit, match=r"^error: run folder .*missing does not exist"):
+    with pytest.raises(UserError, match=r"^run folder .*missing does not exist"):
         evaluate.main(evaluate_args(tmp_path / "missing", kaggle_celeba))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match=r"^error: .*empty has no decoder.keras or decoder.onnx"):
+    with pytest.raises(UserError, match=r"^.*empty has no decoder.keras or decoder.onnx"):
         evaluate.main(evaluate_args(tmp_path / "empty", kaggle_celeba))
     untrained = tmp_path / "untrained"
     untrained.mkdir()
     shutil.copy(tiny_run / "config.json", untrained / "config.json")
-    with pytest.raises(SystemExit, match=r"^error: .*untrained has no decoder.keras or decoder.onnx; train.py writes"):
+    with pytest.raises(UserError, match=r"^.*untrained has no decoder.keras or decoder.onnx; train.py writes"):
         evaluate.main(evaluate_args(untrained, kaggle_celeba))
     mismatched = variant(tiny_run, tmp_path / "mismatched", latent_dim=LATENT + 1)
-    with pytest.raises(SystemExit, match=r"^error: .*mismatched.*config.json describes .*come from different runs"):
+    with pytest.raises(UserError, match=r"^.*mismatched.*config.json describes .*come from different runs"):
         evaluate.main(evaluate_args(mismatched, kaggle_celeba))
     resized = variant(tiny_run, tmp_path / "resized", image_size=32)
-    with pytest.raises(SystemExit, match=r"^error: .*come from different runs"):
+    with pytest.raises(UserError, match=r"^.*come from different runs"):
         evaluate.main(evaluate_args(resized, kaggle_celeba))
     damaged = variant(tiny_run, tmp_path / "damaged")
     (damaged / "decoder.keras").write_bytes(b"not a keras file")
-    with pytest.raises(SystemExit, match=r"^error: cannot load .*decoder.keras"):
+    with pytest.raises(UserError, match=r"^cannot load .*decoder.keras"):
         evaluate.main(evaluate_args(damaged, kaggle_celeba))
-    with pytest.raises(SystemExit, match=r"^error: data folder .*nowhere does not exist"):
+    with pytest.raises(UserError, match=r"^data folder .*nowhere does not exist"):
         evaluate.main(evaluate_args(tiny_run, tmp_path / "nowhere"))
-    with pytest.raises(SystemExit, match=r"^error: --limit must be 0"):
+    with pytest.raises(UserError, match=r"^--limit must be 0"):
         evaluate.main(evaluate_args(tiny_run, kaggle_celeba, "--limit", "-1"))
-    with pytest.raises(SystemExit, match=r"^error: --seed must not be negative \(got -1\)$"):
+    with pytest.raises(UserError, match=r"^--seed must not be negative \(got -1\)$"):
         evaluate.main(evaluate_args(tiny_run, kaggle_celeba, "--seed", "-1"))

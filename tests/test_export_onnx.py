@@ -24,7 +24,9 @@ from PIL import Image  # noqa: E402
 
 import export_onnx  # noqa: E402
 import generate  # noqa: E402
+import inference  # noqa: E402
 import runs as runs_module  # noqa: E402
+from errors import UserError  # noqa: E402
 from latent import LatentDensity, write_density  # noqa: E402
 from runs import RunFolderError  # noqa: E402
 
@@ -99,7 +101,7 @@ def keras_model(run: Path, part: str):
 
 def test_import_does_not_load_tensorflow():
     code = (
-        "import sys, export_onnx; "
+        "import sys, export_onnx, inference; "
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tf2onnx', 'onnx'}); "
         "print(','.join(loaded))"
     )
@@ -108,8 +110,8 @@ def test_import_does_not_load_tensorflow():
 
 
 def test_names_shapes_and_metadata(runs):
-    decoder = export_onnx.make_session(runs["exported"] / "decoder.onnx", threads=1)
-    encoder = export_onnx.make_session(runs["exported"] / "encoder.onnx", threads=1)
+    decoder = inference.make_session(runs["exported"] / "decoder.onnx", threads=1)
+    encoder = inference.make_session(runs["exported"] / "encoder.onnx", threads=1)
     assert [(i.name, i.shape, i.type) for i in decoder.get_inputs()] == [("z", ["batch", LATENT], "tensor(float)")]
     assert [(o.name, o.shape) for o in decoder.get_outputs()] == [("image", ["batch", SIZE, SIZE, 3])]
     assert [(i.name, i.shape) for i in encoder.get_inputs()] == [("image", ["batch", SIZE, SIZE, 3])]
@@ -118,8 +120,8 @@ def test_names_shapes_and_metadata(runs):
         ("log_var", ["batch", LATENT]),
     ]
     for session, part in ((decoder, "decoder"), (encoder, "encoder")):
-        metadata = export_onnx.check_model(session, part)
-        assert metadata == export_onnx.read_onnx_metadata(runs["exported"] / f"{part}.onnx")
+        metadata = inference.check_model(session, part)
+        assert metadata == inference.read_onnx_metadata(runs["exported"] / f"{part}.onnx")
         expected = {
             "format": "celeba-vae-onnx/1",
             "part": part,
@@ -150,22 +152,22 @@ def test_json_files_copied_beside_the_files(runs, name):
 def test_dynamic_batch_and_parity_with_keras(runs, run_name):
     folder = runs["exported"] if run_name == "rgb" else runs["gray"]
     channels = 3 if run_name == "rgb" else 1
-    decoder = export_onnx.make_session(folder / "decoder.onnx", threads=1)
-    encoder = export_onnx.make_session(folder / "encoder.onnx", threads=1)
+    decoder = inference.make_session(folder / "decoder.onnx", threads=1)
+    encoder = inference.make_session(folder / "encoder.onnx", threads=1)
     keras_decoder, keras_encoder = keras_model(runs[run_name], "decoder"), keras_model(runs[run_name], "encoder")
     rng = np.random.default_rng(3)
     for batch in (1, 7, 64):
         z = rng.standard_normal((batch, LATENT)).astype(np.float32)
-        images = export_onnx.decode(decoder, z)
+        images = inference.decode(decoder, z)
         assert images.shape == (batch, SIZE, SIZE, channels) and images.dtype == np.float32
         assert images.min() >= 0.0 and images.max() <= 1.0
         assert np.abs(images - np.asarray(keras_decoder(z, training=False))).max() < 1e-4
-        mu, log_var = export_onnx.encode(encoder, images)
+        mu, log_var = inference.encode(encoder, images)
         want_mu, want_log_var = keras_encoder(images, training=False)
         assert mu.shape == log_var.shape == (batch, LATENT)
         assert np.abs(mu - np.asarray(want_mu)).max() < 1e-4
         assert np.abs(log_var - np.asarray(want_log_var)).max() < 1e-4
-    assert export_onnx.decode(decoder, np.zeros(LATENT)).shape == (1, SIZE, SIZE, channels)  # one vector
+    assert inference.decode(decoder, np.zeros(LATENT)).shape == (1, SIZE, SIZE, channels)  # one vector
 
 
 def test_graphs_keep_only_the_layout_transposes(runs):
@@ -187,16 +189,16 @@ def test_plain_and_transpose_upsampling_exports_match_keras(runs, capsys):
     transposed = make_run(runs["root"] / "transposed", channels=3, upsampling="transpose", seed=2)
     export_onnx.main(["--run", str(transposed)])
     assert "max |ONNX - Keras|" in capsys.readouterr().out
-    session = export_onnx.make_session(transposed / "decoder.onnx", threads=1)
+    session = inference.make_session(transposed / "decoder.onnx", threads=1)
     z = np.random.default_rng(4).standard_normal((7, LATENT)).astype(np.float32)
     want = np.asarray(keras_model(transposed, "decoder")(z, training=False))
-    assert np.abs(export_onnx.decode(session, z) - want).max() < 1e-4
+    assert np.abs(inference.decode(session, z) - want).max() < 1e-4
 
 
 def test_parity_failure_fails_loudly_and_writes_nothing(runs, monkeypatch, tmp_path):
     real = export_onnx.keras_outputs
     monkeypatch.setattr(export_onnx, "keras_outputs", lambda model, x: [o + 0.01 for o in real(model, x)])
-    with pytest.raises(SystemExit, match=r"error: decoder: ONNX and Keras differ by up to 0\.01.*nothing was written"):
+    with pytest.raises(UserError, match=r"decoder: ONNX and Keras differ by up to 0\.01.*nothing was written"):
         export_onnx.main(["--run", str(runs["gray"]), "--out", str(tmp_path / "bad")])
     bad = tmp_path / "bad"
     assert not bad.exists() or not any(bad.iterdir())
@@ -204,11 +206,11 @@ def test_parity_failure_fails_loudly_and_writes_nothing(runs, monkeypatch, tmp_p
 
 def test_both_parts_share_an_export_id_and_the_usual_file_mode(runs):
     metadata = {
-        part: export_onnx.read_onnx_metadata(runs["exported"] / f"{part}.onnx") for part in ("decoder", "encoder")
+        part: inference.read_onnx_metadata(runs["exported"] / f"{part}.onnx") for part in ("decoder", "encoder")
     }
     assert len(metadata["decoder"]["export_id"]) == 16
-    assert export_onnx.pair_mismatch(metadata["decoder"], metadata["encoder"]) == ""
-    gray = export_onnx.read_onnx_metadata(runs["gray"] / "decoder.onnx")
+    assert inference.pair_mismatch(metadata["decoder"], metadata["encoder"]) == ""
+    gray = inference.read_onnx_metadata(runs["gray"] / "decoder.onnx")
     assert gray["export_id"] != metadata["decoder"]["export_id"] and gray["source_run"] == "gray"
     umask = os.umask(0)
     os.umask(umask)
@@ -231,7 +233,7 @@ def test_failed_export_leaves_the_previous_pair_and_a_mixed_pair_is_refused(runs
         return [o + 0.01 for o in outputs] if len(outputs) == 2 else outputs
 
     monkeypatch.setattr(export_onnx, "keras_outputs", encoder_off)
-    with pytest.raises(SystemExit, match=r"error: encoder: ONNX and Keras differ by up to 0\.01.*nothing was written"):
+    with pytest.raises(UserError, match=r"encoder: ONNX and Keras differ by up to 0\.01.*nothing was written"):
         export_onnx.main(["--run", str(other), "--out", str(folder)])
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     monkeypatch.undo()
@@ -261,11 +263,21 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_pair(runs, monkeypatch,
         real_save(proto, path, *args, **kwargs)
 
     monkeypatch.setattr(onnx, "save", disk_fills_up)
-    with pytest.raises(
-        SystemExit, match=f"^error: cannot write into {folder} \\(No space left on device\\); free some space"
-    ):
+    with pytest.raises(UserError, match=f"^cannot write into {folder} \\(No space left on device\\); free some space"):
         export_onnx.main(["--run", str(runs["gray"]), "--out", str(folder)])
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    monkeypatch.undo()
+
+    def copy_fills_up(source, target, *args, **kwargs):  # the models are written, the run's JSON files not
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", copy_fills_up)
+    with pytest.raises(UserError, match="No space left on device"):
+        export_onnx.main(["--run", str(runs["rgb"]), "--out", str(folder)])
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # models and JSON: all or none
+    with pytest.raises(UserError, match="No space left on device"):
+        export_onnx.main(["--run", str(runs["rgb"]), "--out", str(tmp_path / "new" / "exp")])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exp"]  # the folders made for it are gone
 
 
 def faces(folder: Path) -> list[Path]:
@@ -276,18 +288,18 @@ def faces(folder: Path) -> list[Path]:
 
 
 def test_run_folder_errors(tmp_path):
-    with pytest.raises(SystemExit, match=r"error: run folder .*missing does not exist; train first: python train.py"):
+    with pytest.raises(UserError, match=r"run folder .*missing does not exist; train first: python train.py"):
         export_onnx.main(["--run", str(tmp_path / "missing")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(
-        SystemExit,
-        match=r"error: .*empty has no config.json; give a run folder written by train.py, or train first",
+        UserError,
+        match=r".*empty has no config.json; give a run folder written by train.py, or train first",
     ):
         export_onnx.main(["--run", str(tmp_path / "empty")])
     (tmp_path / "untrained").mkdir()
     config = {"format": "celeba-vae-run/1", "latent_dim": 8, "image_size": 16, "channels": 3}
     (tmp_path / "untrained" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SystemExit, match=r"error: .*untrained has no encoder.keras or decoder.keras.*train first"):
+    with pytest.raises(UserError, match=r".*untrained has no encoder.keras or decoder.keras.*train first"):
         export_onnx.main(["--run", str(tmp_path / "untrained")])
 
 
@@ -297,9 +309,7 @@ def test_an_edited_config_is_named_rather_than_the_files_that_fit_the_models(run
     run = Path(shutil.copytree(runs["rgb"], tmp_path / "run"))
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "latent_dim": 2 * LATENT}))
-    with pytest.raises(
-        SystemExit, match=r"^error: .*encoder.keras takes .*come from different runs; put back the conf"
-    ):
+    with pytest.raises(UserError, match=r"^.*encoder.keras takes .*come from different runs; put back the conf"):
         export_onnx.main(["--run", str(run), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
@@ -310,26 +320,36 @@ def test_mismatched_attribute_directions_are_refused(runs, tmp_path):
     for name in ("config.json", "encoder.keras", "decoder.keras"):
         (run / name).write_bytes((runs["rgb"] / name).read_bytes())
     (run / "attribute_directions.json").write_text(json.dumps({"format": "celeba-vae-attributes/1", "latent_dim": 3}))
-    with pytest.raises(SystemExit, match=r"error: .*attribute_directions.json is not celeba-vae-attributes/1"):
+    with pytest.raises(UserError, match=r".*attribute_directions.json is not celeba-vae-attributes/1"):
         export_onnx.main(["--run", str(run), "--out", str(tmp_path / "out")])
+    (run / "attribute_directions.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match=r"attribute_directions.json is not .*\(format None, latent_dim None\)"):
+        export_onnx.main(["--run", str(run), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_opset_tf2onnx_does_not_take_is_one_line(runs, tmp_path):
+    with pytest.raises(UserError, match="^make_sure failure: Opset 99 is not supported"):
+        export_onnx.main(["--run", str(runs["gray"]), "--out", str(tmp_path / "out"), "--opset", "99"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_session_helpers_give_clear_errors(runs, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing.onnx does not exist; export it with"):
-        export_onnx.make_session(tmp_path / "nothing.onnx")
+        inference.make_session(tmp_path / "nothing.onnx")
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     with pytest.raises(ValueError, match=r"onnxruntime cannot load .*broken.onnx"):
-        export_onnx.make_session(tmp_path / "broken.onnx")
-    decoder = export_onnx.make_session(runs["exported"] / "decoder.onnx", threads=1)
-    encoder = export_onnx.make_session(runs["exported"] / "encoder.onnx", threads=1)
+        inference.make_session(tmp_path / "broken.onnx")
+    decoder = inference.make_session(runs["exported"] / "decoder.onnx", threads=1)
+    encoder = inference.make_session(runs["exported"] / "encoder.onnx", threads=1)
     with pytest.raises(ValueError, match=r"latent vectors of shape \[2, 5\] do not fit this decoder.*\[batch, 8\]"):
-        export_onnx.decode(decoder, np.zeros((2, 5), np.float32))
+        inference.decode(decoder, np.zeros((2, 5), np.float32))
     with pytest.raises(ValueError, match=r"images of shape \[1, 8, 8, 3\] do not fit this encoder"):
-        export_onnx.encode(encoder, np.zeros((1, 8, 8, 3), np.float32))
+        inference.encode(encoder, np.zeros((1, 8, 8, 3), np.float32))
     with pytest.raises(ValueError, match=r"is not an exported decoder.*re-export"):
-        export_onnx.check_model(encoder, "decoder", name="encoder.onnx")
-    gray_decoder = export_onnx.make_session(runs["gray"] / "decoder.onnx", threads=1)
-    assert export_onnx.check_model(gray_decoder, "decoder")["channels"] == "1"
+        inference.check_model(encoder, "decoder", name="encoder.onnx")
+    gray_decoder = inference.make_session(runs["gray"] / "decoder.onnx", threads=1)
+    assert inference.check_model(gray_decoder, "decoder")["channels"] == "1"
 
 
 def test_help_describes_the_flags(capsys):

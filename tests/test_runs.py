@@ -3,12 +3,15 @@ file modes of atomic writes, and --help / argument errors without TensorFlow."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +23,24 @@ import evaluate
 import export_onnx
 import generate
 import images
+import inference
 import runs
-from errors import UserError
+from errors import run_main
 
 PRETRAINED = REPO / "pretrained" / "celeba64"
 CONFIG = {"format": runs.RUN_FORMAT, "latent_dim": 8, "image_size": 16, "channels": 3, "crop": 148}
 
 
-def exit_message(main, argv: list[str]) -> str:
-    """A script's exit message (a UserError's, as run_main prints it); asserts it is one line starting with 'error: '."""
-    with pytest.raises((SystemExit, UserError)) as exit_info:
-        main(argv)
-    error = exit_info.value
-    message = f"error: {error}" if isinstance(error, UserError) else str(error.code)
-    assert message.startswith("error: ") and "\n" not in message, message
+def exit_message(main, argv: list[str], capsys) -> str:
+    """A script's error as `python SCRIPT.py` reports it (through errors.run_main); asserts it is
+    one line starting with 'error: ' and a non-zero exit. A main that exits by itself with its
+    message (sys.exit("error: ...")) is taken as well."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: main(argv))
+    code, printed = exit_info.value.code, capsys.readouterr().err
+    message = code if isinstance(code, str) else printed.removesuffix("\n")
+    assert code and message.startswith("error: ") and "\n" not in message, (code, printed)
     return message
 
 
@@ -46,7 +53,7 @@ def exit_message(main, argv: list[str]) -> str:
         ({"crop": -1}, "crop is -1, not a whole number of 0 or more"),
     ],
 )
-def test_config_without_sizes_is_one_line_in_every_script(tmp_path, change, message):
+def test_config_without_sizes_is_one_line_in_every_script(tmp_path, capsys, change, message):
     config = {key: value for key, value in {**CONFIG, **change}.items() if value is not None}
     keras_run, onnx_run = tmp_path / "keras", tmp_path / "onnx"
     for folder in (keras_run, onnx_run):
@@ -57,9 +64,9 @@ def test_config_without_sizes_is_one_line_in_every_script(tmp_path, change, mess
     with pytest.raises(runs.RunFolderError, match=message):
         runs.read_config(keras_run)
     for run in (keras_run, onnx_run):
-        assert message in exit_message(generate.main, ["--run", str(run), "--mode", "sample"])
-        assert message in exit_message(evaluate.main, ["--run", str(run), "--data", str(tmp_path)])
-    assert "restore the config.json train.py wrote" in exit_message(export_onnx.main, ["--run", str(keras_run)])
+        assert message in exit_message(generate.main, ["--run", str(run), "--mode", "sample"], capsys)
+        assert message in exit_message(evaluate.main, ["--run", str(run), "--data", str(tmp_path)], capsys)
+    assert "restore the config.json train.py wrote" in exit_message(export_onnx.main, ["--run", str(keras_run)], capsys)
 
 
 def no_work(*args, **kwargs):
@@ -81,29 +88,35 @@ def unloadable_run(tmp_path, monkeypatch) -> Path:
     return run
 
 
-def test_unusable_out_is_refused_before_any_work(unloadable_run, tmp_path):
+def test_unusable_out_is_refused_before_any_work(unloadable_run, tmp_path, capsys):
     run = unloadable_run
     a_file = tmp_path / "file"
     a_file.write_text("keep me")
 
     export = ["--run", str(run), "--out"]
-    assert f"--out {a_file} is a file; give a folder path" in exit_message(export_onnx.main, [*export, str(a_file)])
-    assert f"lies below {a_file}, which is a file" in exit_message(export_onnx.main, [*export, str(a_file / "x")])
+    assert f"--out {a_file} is a file; give a folder path" in exit_message(
+        export_onnx.main, [*export, str(a_file)], capsys
+    )
+    assert f"lies below {a_file}, which is a file" in exit_message(
+        export_onnx.main, [*export, str(a_file / "x")], capsys
+    )
     sample = ["--run", str(run), "--mode", "sample", "--out"]
-    assert f"--out {tmp_path} is a folder; give a file path" in exit_message(generate.main, [*sample, str(tmp_path)])
-    assert "which is a file" in exit_message(generate.main, [*sample, str(a_file / "grid.png")])
+    assert f"--out {tmp_path} is a folder; give a file path" in exit_message(
+        generate.main, [*sample, str(tmp_path)], capsys
+    )
+    assert "which is a file" in exit_message(generate.main, [*sample, str(a_file / "grid.png")], capsys)
     (tmp_path / "grid").write_text("keep me too")
-    message = exit_message(generate.main, [*sample, str(tmp_path / "grid.png"), "--save-individual"])
+    message = exit_message(generate.main, [*sample, str(tmp_path / "grid.png"), "--save-individual"], capsys)
     assert f"--save-individual writes into {tmp_path / 'grid'}, which is a file" in message
     evaluation = ["--run", str(run), "--out"]
-    assert "which is a file" in exit_message(evaluate.main, [*evaluation, str(a_file / "sub" / "eval.json")])
-    assert "is a folder" in exit_message(evaluate.main, [*evaluation, str(tmp_path)])
+    assert "which is a file" in exit_message(evaluate.main, [*evaluation, str(a_file / "sub" / "eval.json")], capsys)
+    assert "is a folder" in exit_message(evaluate.main, [*evaluation, str(tmp_path)], capsys)
     assert a_file.read_text() == "keep me" and (tmp_path / "grid").read_text() == "keep me too"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "grid", "run"]
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
-def test_out_where_nothing_can_be_created_is_refused_before_any_work(unloadable_run):
+def test_out_where_nothing_can_be_created_is_refused_before_any_work(unloadable_run, capsys):
     """/proc takes no new files, not even from root, whom os.access lets write anywhere."""
     run = unloadable_run
     cannot = Path("/proc/celeba-vae-test")
@@ -113,8 +126,57 @@ def test_out_where_nothing_can_be_created_is_refused_before_any_work(unloadable_
         (generate.main, ["--run", str(run), "--mode", "sample", "--out", str(cannot / "x.png")]),
         (evaluate.main, ["--run", str(run), "--out", str(cannot / "eval.json")]),
     ):
-        message = exit_message(main, argv)
+        message = exit_message(main, argv, capsys)
         assert re.match(refused, message), message
+
+
+def test_out_over_an_input_or_a_model_file_is_refused_before_any_work(unloadable_run, tmp_path, capsys):
+    run = unloadable_run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps(CONFIG))
+    (other / "decoder.keras").write_text("another run's model")
+    (run / "checkpoint").mkdir()
+    export = ["--run", str(run), "--out"]
+    message = exit_message(export_onnx.main, [*export, str(other)], capsys)
+    assert f"--out {other} is the folder of another train.py run, whose config.json the export would" in message
+    assert f"lies in {run / 'checkpoint'}, which train.py keeps" in exit_message(
+        export_onnx.main, [*export, str(run / "checkpoint" / "onnx")], capsys
+    )
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    evaluation = ["--run", str(run), "--out"]
+    for out, part in (
+        (run / "config.json", run / "config.json"),
+        (run / "decoder.keras", run / "decoder.keras"),
+        (link / "encoder.keras", run / "encoder.keras"),  # through a link to the folder
+        (run / "checkpoint" / "eval.json", run / "checkpoint"),
+        (other / "latent_density.json", other / "latent_density.json"),  # not there yet, still the run's
+    ):
+        message = exit_message(evaluate.main, [*evaluation, str(out)], capsys)
+        assert message == (
+            f"error: --out {out} would overwrite {part}, part of the model folder {part.parent}; give another --out"
+        )
+    assert (run / "config.json").read_text() == json.dumps(CONFIG)
+    assert (other / "decoder.keras").read_text() == "another run's model" and not (run / "checkpoint" / "onnx").exists()
+    assert runs.check_output_path(run / "eval_test.json") == run / "eval_test.json"  # the default output is fine
+    assert runs.check_output_path(run / "generated" / "sample.png") == run / "generated" / "sample.png"
+    (tmp_path / "a.png").write_bytes(b"a face")
+    os.link(tmp_path / "a.png", tmp_path / "hard.png")
+    for out in (tmp_path / "a.png", tmp_path / "hard.png"):  # the input by another name, or a hard link
+        with pytest.raises(runs.RunFolderError, match=rf"--out {out} would overwrite the input .*a.png"):
+            runs.check_output_path(out, inputs=[tmp_path / "b.png", link / ".." / "a.png"])
+    assert runs.check_output_path(tmp_path / "new.png", inputs=[tmp_path / "a.png"]) == tmp_path / "new.png"
+    (tmp_path / "config.json").write_text('{"some": "other program"}')  # no model folder
+    assert runs.check_output_path(tmp_path / "config.json") == tmp_path / "config.json"
+
+
+def test_runs_py_as_a_script_says_what_to_run():
+    result = subprocess.run([sys.executable, "runs.py"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: runs.py is a library module; run train.py, generate.py") and (
+        len(result.stderr.splitlines()) == 1
+    )
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
@@ -127,7 +189,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask):
         runs.write_text_atomic(tmp_path / "config.json", "{}\n")
         images.save_image(Image.new("RGB", (4, 4)), tmp_path / "grid" / "grid.png")
         train.plot_history([{"epoch": 1, "loss": 1.0}], tmp_path / "loss_curves.png")
-        export_onnx.copy_atomic(tmp_path / "config.json", tmp_path / "copied.json")
+        export_onnx.write_together({tmp_path / "copied.json": partial(shutil.copyfile, tmp_path / "config.json")})
         with pytest.raises(OSError), images.atomic_write(tmp_path / "failed.txt") as temporary:
             temporary.write_text("half")
             raise OSError("disk full")
@@ -185,11 +247,11 @@ def test_onnx_pair_of_different_exports_is_refused(tmp_path):
     backend = runs.open_backend(mixed)
     assert backend.encode(np.zeros((1, 64, 64, 3))) is not None  # both from one (older) export, without an id
     decoder = {"export_id": "a" * 16, "source_run": "run_a", "latent_dim": "8"}
-    assert export_onnx.pair_mismatch(decoder, dict(decoder)) == ""
-    assert export_onnx.pair_mismatch(decoder, {**decoder, "export_id": "b" * 16}) == (
+    assert inference.pair_mismatch(decoder, dict(decoder)) == ""
+    assert inference.pair_mismatch(decoder, {**decoder, "export_id": "b" * 16}) == (
         f"export_id {'a' * 16!r} vs {'b' * 16!r}"
     )
-    assert "source_run 'run_a' vs None" in export_onnx.pair_mismatch(decoder, {"latent_dim": "8"})
+    assert "source_run 'run_a' vs None" in inference.pair_mismatch(decoder, {"latent_dim": "8"})
 
 
 def test_progress_in_a_log_file_prints_a_line_now_and_then(capsys):
@@ -207,3 +269,62 @@ def test_progress_in_a_log_file_prints_a_line_now_and_then(capsys):
     assert [line.split(" in ")[0] for line in capsys.readouterr().out.splitlines()] == ["encoded 10 of 10 images"]
     runs.Progress(10, "encoded", enabled=False).close()
     assert capsys.readouterr().out == "" and "\r" not in "".join(lines)
+
+
+def import_graph(folder: Path) -> dict[str, set[str]]:
+    """module -> the top-level modules of `folder` it imports, anywhere in its code (inside
+    functions too, where an import runs later but still closes a cycle)."""
+    modules = {path.stem: path for path in folder.glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+        graph[name] = imported & set(modules)
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or through others (the strongly
+    connected components of more than one module, or of one that imports itself)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:  # Tarjan's algorithm
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            group = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1 or module in graph[module]:
+                cycles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_import_cycles_are_found():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a", "d"}, "e": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "c"], ["d"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_among_the_scripts():
+    graph = import_graph(REPO)
+    assert {"runs", "export_onnx", "inference", "latent", "data"} <= set(graph)
+    assert graph["inference"] <= {"errors"}, graph["inference"]  # numpy and onnxruntime only
+    assert import_cycles(graph) == []

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import export_onnx
+import inference
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "web"
@@ -83,7 +83,7 @@ def site(tmp_path_factory):
     (root / "web").symlink_to(WEB, target_is_directory=True)
     (root / "pretrained").symlink_to(REPO / "pretrained", target_is_directory=True)
     models = root / "runs"
-    latent_dim = int(export_onnx.read_onnx_metadata(PRETRAINED / "decoder.onnx")["latent_dim"])
+    latent_dim = int(inference.read_onnx_metadata(PRETRAINED / "decoder.onnx")["latent_dim"])
 
     def folder(name: str, files: dict[str, str | bytes | Path]) -> Path:
         path = models / name
@@ -164,7 +164,7 @@ def driver(base_url):
 
 @pytest.fixture(scope="module")
 def python_decoder():
-    return export_onnx.make_session(PRETRAINED / "decoder.onnx")
+    return inference.make_session(PRETRAINED / "decoder.onnx")
 
 
 def open_page(driver, base_url: str, query: str = "") -> str:
@@ -236,7 +236,7 @@ def test_first_face_appears_and_matches_python(pretrained_page, python_decoder):
     driver = pretrained_page
     info = idle(driver)
     assert info["spec"] == {"latentDim": 128, "imageSize": 64, "channels": 3, "valueRange": [0, 1], "layout": "NHWC"}
-    assert info["metadata"] == export_onnx.read_onnx_metadata(python_decoder)  # the page's protobuf reader
+    assert info["metadata"] == inference.read_onnx_metadata(python_decoder)  # the page's protobuf reader
     density = pretrained_density()
     assert info["sampler"] == ("density" if density else "prior")
     assert info["seed"] == 7 and driver.find_element("id", "seed").text == "7"
@@ -246,7 +246,7 @@ def test_first_face_appears_and_matches_python(pretrained_page, python_decoder):
     z, output, drawn = page_face(driver, info["spec"])
     expected_z = expected_latent(density, info["component"], info["eps"], info["temperature"])
     np.testing.assert_allclose(z, expected_z, rtol=1e-6, atol=1e-6)
-    python = export_onnx.decode(python_decoder, z)[0]
+    python = inference.decode(python_decoder, z)[0]
     assert np.abs(output - python).max() <= LEVEL  # in fact about 1e-6: the same graph, another runtime
     assert np.abs(drawn.astype(int) - eight_bit(python).astype(int)).max() <= 1
     assert drawn.std() > 10  # a face, not a flat canvas
@@ -292,7 +292,7 @@ def test_smiling_slider_moves_the_face_as_python_does(pretrained_page, python_de
     smiling = np.asarray(directions["Smiling"]["direction"], dtype=np.float64)
     z, after, drawn = page_face(driver, info["spec"])
     np.testing.assert_allclose(z, z0 + 2.0 * smiling, rtol=1e-5, atol=1e-5)  # generate.py's attribute_sweep
-    python_before, python_after = export_onnx.decode(python_decoder, np.stack([z0, z]))
+    python_before, python_after = inference.decode(python_decoder, np.stack([z0, z]))
     assert np.abs(after - python_after).max() <= LEVEL
     assert np.abs(drawn.astype(int) - eight_bit(python_after).astype(int)).max() <= 1
     change, python_change = (after - before).ravel(), (python_after - python_before).ravel()
@@ -440,7 +440,7 @@ def test_fitted_density_is_sampled(driver, base_url, site, python_decoder):
     assert "fitted latent density" in driver.find_element("id", "sampler").text
     z, output, _ = page_face(driver, info["spec"])
     np.testing.assert_allclose(z, expected_latent(density, info["component"], info["eps"], 1.0), rtol=1e-5, atol=1e-5)
-    assert np.abs(output - export_onnx.decode(python_decoder, z)[0]).max() <= LEVEL
+    assert np.abs(output - inference.decode(python_decoder, z)[0]).max() <= LEVEL
 
     set_range(driver, "#temperature", 0.25)
     info = idle(driver)
