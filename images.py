@@ -2,8 +2,8 @@
 and the atomic file write every script uses for what it writes.
 
 Kept free of TensorFlow so the ONNX inference path (generate.py --backend onnx) can use
-it in apps that have no TensorFlow. Imported by train.py, generate.py and export_onnx.py;
-not meant to be run by itself.
+it in apps that have no TensorFlow. A library module: run train.py, generate.py, evaluate.py,
+latent.py or export_onnx.py.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from image_files import FORMATS_TEXT, IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 
 CELEBA_WIDTH = 178  # width of an aligned CelebA image; crop sizes are given in its pixels
 DEFAULT_CROP = 148  # the central face box common in 64x64 CelebA work
 GRID_PADDING = 2
 LABEL_HEIGHT = 14
-# Pillow's decompression-bomb limit (about 89 megapixels); training skips larger files too.
-MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
 def crop_box(height: int, width: int, crop: int = DEFAULT_CROP) -> tuple[int, int, int, int]:
@@ -38,28 +38,32 @@ def crop_box(height: int, width: int, crop: int = DEFAULT_CROP) -> tuple[int, in
 
 
 def read_pixels(path: str | os.PathLike) -> np.ndarray:
-    """An image file -> uint8 [H, W, 3] RGB, decoded as TensorFlow decodes it in training
-    (data.decode_face): 16-bit samples keep their high byte, grey is repeated to three
-    channels, an alpha channel is dropped, palettes are expanded."""
+    """An image file (a format of IMAGE_SUFFIXES) -> uint8 [H, W, 3] RGB, upright, decoded as
+    training decodes it (data.decode_face): the EXIF orientation applied, 16-bit samples keep
+    their high byte, grey is repeated to three channels, an alpha channel is dropped, palettes
+    are expanded."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path} is not a {FORMATS_TEXT} file; convert it to PNG (e.g. mogrify -format png FILE)")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice that; refuse those images too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
-                    grey = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+                upright = ImageOps.exif_transpose(image)  # a photo as taken, as a viewer shows it
+                if upright.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
+                    grey = (np.clip(np.asarray(upright, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
                     return np.repeat(grey[..., None], 3, axis=-1)
-                return np.asarray(image.convert("RGB"), dtype=np.uint8)
+                return np.asarray(upright.convert("RGB"), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(
             f"{path} has more than {MAX_IMAGE_PIXELS:,} pixels, too many to decode safely (a decompression bomb?); "
             "give a smaller image"
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot read {path} as an image ({error}); give a JPEG or PNG file") from None
+        raise ValueError(f"cannot read {path} as an image ({error}); give a {FORMATS_TEXT} file") from None
 
 
 def area_weights(size_in: int, size_out: int) -> np.ndarray:
@@ -157,3 +161,9 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     with atomic_write(path) as temporary:
         image.save(temporary, format="PNG")
     return path
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "images.py is a library module; run train.py, generate.py, evaluate.py, latent.py or export_onnx.py"
+    )

@@ -15,6 +15,7 @@ from conftest import CELEBA_SAMPLE, SMILING, bomb_png, face_image, png_chunk, wr
 from PIL import Image
 
 import data
+import image_files
 import images
 import runs
 from data import CELEBA_ATTRIBUTES
@@ -53,7 +54,7 @@ def test_plain_folder_uses_a_stable_hash_split(face_folder):
 def test_missing_or_empty_folder_errors_explain_layouts(tmp_path):
     with pytest.raises(data.DataError, match="does not exist.*Kaggle layout.*kaggle datasets download"):
         data.find_dataset(tmp_path / "nowhere")
-    with pytest.raises(data.DataError, match="no .jpg/.png images found"):
+    with pytest.raises(data.DataError, match="no image files found"):
         data.find_dataset(tmp_path)
 
 
@@ -76,7 +77,7 @@ def test_corrupt_files_are_skipped_and_counted(kaggle_celeba, caplog):
         good = data.usable_files(files)
     assert len(good) == 38
     assert "skipped 2 of 40 image files that cannot be decoded" in caplog.text
-    assert "000006.jpg (truncated" in caplog.text and "000012.jpg (not a JPEG or PNG file)" in caplog.text
+    assert "000006.jpg (truncated" in caplog.text and "000012.jpg (not a JPEG, PNG, WebP, GIF, BMP or TIFF file" in caplog.text
     batches = list(data.make_dataset(files, image_size=16, batch_size=16))
     assert sum(len(b) for b in batches) == 38
 
@@ -184,7 +185,7 @@ def test_damaged_images_are_named_counted_and_never_decoded(tmp_path, caplog):
     damaged = damaged_images(tmp_path / "damaged")
     good = tmp_path / "damaged" / "source.jpg"
     for name, (path, problem) in damaged.items():
-        assert problem in data.image_file_problem(path), name
+        assert problem in image_files.image_file_problem(path), name
     with caplog.at_level(logging.WARNING, logger="data"):
         batches = list(data.make_dataset([good, *(path for path, _ in damaged.values()), good], image_size=8))
     assert sum(len(b) for b in batches) == 2
@@ -199,7 +200,7 @@ def test_damaged_compressed_data_alone_passes_as_libjpeg_decodes_it(tmp_path):
     scan = raw.index(b"\xff\xda") + 20
     raw[scan:-2] = bytes(len(raw) - 2 - scan)
     path.write_bytes(bytes(raw))
-    assert data.image_file_problem(path) is None
+    assert image_files.image_file_problem(path) is None
     assert next(iter(data.make_dataset([path], image_size=8))).shape == (1, 8, 8, 3)
 
 
@@ -209,7 +210,7 @@ def png_file(pixels: np.ndarray, interlace: bool = False, depth: int | None = No
     rows of each Adam7 pass in turn when interlaced. `depth` overrides the IHDR's bit depth."""
     height, width, samples = pixels.shape
     big_endian = pixels.astype(pixels.dtype.newbyteorder(">"))
-    passes = data.ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
+    passes = image_files.ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
     rows = [
         b"\0" + big_endian[y, x::dx].tobytes() for x, y0, dx, dy in passes if x < width for y in range(y0, height, dy)
     ]
@@ -217,7 +218,7 @@ def png_file(pixels: np.ndarray, interlace: bool = False, depth: int | None = No
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big")
     header += bytes([depth or 8 * pixels.itemsize, colour, 0, 0, int(interlace)])
     image_data = png_chunk(b"IDAT", zlib.compress(b"".join(rows)))
-    return data.PNG_SIGNATURE + png_chunk(b"IHDR", header) + image_data + png_chunk(b"IEND", b"")
+    return image_files.PNG_SIGNATURE + png_chunk(b"IHDR", header) + image_data + png_chunk(b"IEND", b"")
 
 
 def png_chunks(content: bytes) -> list[bytes]:
@@ -271,7 +272,7 @@ VALID_PNGS = {
 def test_valid_pngs_pass_the_image_data_check(tmp_path, kind):
     path = tmp_path / "face.png"
     pixels = VALID_PNGS[kind](path)
-    assert data.image_file_problem(path) is None
+    assert image_files.image_file_problem(path) is None
     decoded = tf.io.decode_png(path.read_bytes(), dtype=tf.uint16 if kind.count("16") else tf.uint8).numpy()
     if pixels is not None:  # TensorFlow reads back what png_file wrote: the file is what it claims
         np.testing.assert_array_equal(decoded, pixels)
@@ -323,7 +324,7 @@ def test_pngs_with_damaged_image_data_are_found_as_tensorflow_finds_them(tmp_pat
     content, problem = damaged_pngs()[case]
     path = tmp_path / "face.png"
     path.write_bytes(content)
-    assert f"damaged: {problem}" in data.image_file_problem(path)
+    assert f"damaged: {problem}" in image_files.image_file_problem(path)
     with pytest.raises(tf.errors.InvalidArgumentError):  # what ignore_errors would drop, unnamed
         tf.io.decode_png(content)
 
@@ -345,7 +346,7 @@ def test_png_image_data_check_costs_little(tmp_path):
     (0.7 ms for a photo's: the sample's JPEGs saved as PNG), the cost of zlib itself."""
     files = write_faces(tmp_path, [f"face{i}.png" for i in range(20)])
     started = time.process_time()
-    assert [path for path in files if data.image_file_problem(path)] == []
+    assert [path for path in files if image_files.image_file_problem(path)] == []
     assert (time.process_time() - started) / len(files) < 3e-3
 
 
@@ -357,7 +358,7 @@ def test_structural_check_passes_every_sample_file_and_costs_little():
         pytest.skip(f"{folder} not present")
     files = sorted(folder.glob("*.jpg"))[:2000]
     started = time.process_time()
-    assert [path for path in files if data.image_file_problem(path)] == []
+    assert [path for path in files if image_files.image_file_problem(path)] == []
     assert (time.process_time() - started) / len(files) < 500e-6
 
 
