@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CELEBA_SAMPLE, SMILING, bomb_png, face_image, png_chunk, write_faces
+from conftest import CELEBA_SAMPLE, REPO, SMILING, bomb_png, face_image, png_chunk, write_faces
 from PIL import Image
 
 import data
@@ -77,7 +80,10 @@ def test_corrupt_files_are_skipped_and_counted(kaggle_celeba, caplog):
         good = data.usable_files(files)
     assert len(good) == 38
     assert "skipped 2 of 40 image files that cannot be decoded" in caplog.text
-    assert "000006.jpg (truncated" in caplog.text and "000012.jpg (not a JPEG, PNG, WebP, GIF, BMP or TIFF file" in caplog.text
+    assert (
+        "000006.jpg (truncated" in caplog.text
+        and "000012.jpg (not a JPEG, PNG, WebP, GIF, BMP or TIFF file" in caplog.text
+    )
     batches = list(data.make_dataset(files, image_size=16, batch_size=16))
     assert sum(len(b) for b in batches) == 38
 
@@ -147,6 +153,128 @@ def test_pillow_loader_matches_the_training_pipeline(tmp_path, name, mode, chann
     assert from_pillow.shape == from_pipeline.shape == (32, 32, channels)
     assert np.abs(from_pillow - from_pipeline).max() <= 1 / 255 + 1e-6
     assert from_pillow.mean() < 0.9  # a 16-bit image is not clipped to a white tile
+
+
+def decoded_crop(path: Path, crop: int, native: bool = True) -> np.ndarray:
+    """data.decode_face's crop of a file at the crop's own size (the area resize then changes nothing)."""
+    with Image.open(path) as image:
+        side = images.crop_box(image.height, image.width, crop)[2]
+    return data.decode_face(tf.constant(os.fsencode(path)), tf.constant(native), side, 3, crop).numpy()
+
+
+# (width, height, crop, JPEG chroma subsampling 0 4:4:4 / 1 4:2:2 / 2 4:2:0): odd and even sizes,
+# crop windows starting on and off the 8- and 16-pixel block edges.
+CROP_CASES = [
+    (178, 218, 148, 2),
+    (200, 300, 100, 2),
+    (333, 250, 148, 2),
+    (333, 250, 100, 1),
+    (333, 250, 60, 2),
+    (64, 64, 148, 2),
+    (64, 64, 170, 0),
+    (101, 77, 148, 2),
+    (101, 77, 100, 1),
+    (256, 256, 100, 2),
+    (57, 203, 31, 2),
+    (390, 111, 177, 1),
+    (245, 245, 0, 2),
+    (20, 33, 1, 0),
+]
+
+
+@pytest.mark.parametrize(("width", "height", "crop", "subsampling"), CROP_CASES)
+def test_training_and_load_face_crop_jpegs_alike(tmp_path, width, height, crop, subsampling):
+    """The crop fused into the JPEG decode gives the pixels of a full decode (Pillow's, as
+    images.load_face reads them) within one 8-bit level, for every size and crop."""
+    path = tmp_path / "face.jpg"
+    face_image(np.random.default_rng(width * height + crop), (width, height)).save(
+        path, quality=90, subsampling=subsampling
+    )
+    top, left, side, _ = images.crop_box(height, width, crop)
+    expected = images.read_pixels(path)[top : top + side, left : left + side]
+    assert np.abs(decoded_crop(path, crop).astype(int) - expected).max() <= 1
+
+
+def test_photos_with_an_exif_orientation_are_read_upright_everywhere(tmp_path):
+    """A photo stored sideways with an EXIF orientation (6: turn 90 degrees clockwise to view):
+    images.load_face and training both see it upright, as a viewer shows it."""
+    upright = face_image(np.random.default_rng(3), (120, 160))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera held sideways stores
+    plain, sideways_png, sideways_jpg = tmp_path / "plain.png", tmp_path / "sideways.png", tmp_path / "sideways.jpg"
+    upright.save(plain)
+    stored.save(sideways_png, exif=exif)
+    stored.save(sideways_jpg, exif=exif, quality=95)
+    expected = images.load_face(plain, 32)
+    np.testing.assert_array_equal(images.load_face(sideways_png, 32), expected)
+    assert np.abs(images.load_face(sideways_jpg, 32) - expected).mean() < 0.02  # only JPEG's loss
+    for path in (sideways_png, sideways_jpg):
+        assert image_files.check_image(path) == (None, False)  # read by Pillow in training too
+        from_pipeline = next(iter(data.make_dataset([path], image_size=32, batch_size=1))).numpy()[0]
+        assert np.abs(from_pipeline - images.load_face(path, 32)).max() <= 1 / 255 + 1e-6
+
+
+OTHER_FORMATS = {".webp": {"lossless": True}, ".gif": {}, ".bmp": {}, ".tif": {}, ".tiff": {"compression": "tiff_lzw"}}
+
+
+def test_every_format_load_face_reads_trains_alike_and_others_are_named(tmp_path, caplog):
+    """The one list of formats: a folder's WebP, GIF, BMP and TIFF faces train as images.load_face
+    reads them; image files of other formats are counted and named, with how to convert them."""
+    face = face_image(np.random.default_rng(4))
+    paths = []
+    for suffix, options in OTHER_FORMATS.items():
+        paths.append(tmp_path / f"face{suffix}")
+        face.save(paths[-1], **options)
+    (tmp_path / "photo.heic").write_bytes(b"\0" * 64)
+    (tmp_path / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING, logger="data"):
+        dataset = data.find_dataset(tmp_path)
+    assert dataset.files == sorted(paths) and dataset.other_formats == [tmp_path / "photo.heic"]
+    assert "skipped 1 image files in formats training does not read (.heic)" in caplog.text
+    assert "mogrify -format png" in caplog.text and "1 image files in other formats skipped" in dataset.describe()
+    batch = next(iter(data.make_dataset(dataset.files, image_size=32, batch_size=len(paths)))).numpy()
+    for path, from_pipeline in zip(dataset.files, batch, strict=True):
+        assert np.abs(from_pipeline - images.load_face(path, 32)).max() <= 1 / 255 + 1e-6, path.name
+    with pytest.raises(ValueError, match="is not a JPEG, PNG, WebP, GIF, BMP or TIFF file; convert it to PNG"):
+        images.load_face(tmp_path / "photo.heic", 32)
+
+
+def test_a_damaged_file_of_another_format_is_named_and_skipped(tmp_path, caplog):
+    good, damaged = tmp_path / "good.webp", tmp_path / "damaged.webp"
+    face_image(np.random.default_rng(5)).save(good)
+    damaged.write_bytes(good.read_bytes()[:200])
+    assert "Pillow can decode" in image_files.image_file_problem(damaged)
+    with caplog.at_level(logging.WARNING, logger="data"):
+        assert data.usable_files([good, damaged]) == [good]
+    assert f"skipped 1 of 2 image files that cannot be decoded: {damaged} (not a JPEG" in caplog.text
+
+
+def test_file_names_that_are_not_utf8_are_read_and_shown(tmp_path):
+    """A name holding a byte that is not UTF-8 (Python holds it as a surrogate): listed, split,
+    cached and decoded like any other, and printed with an escape, even under LANG=C."""
+    folder = tmp_path / "faces"
+    write_faces(folder, ["a.jpg", "b.png"])
+    odd = folder / os.fsdecode(b"\xffface.jpg")
+    odd.write_bytes((folder / "a.jpg").read_bytes())
+    assert odd in data.find_dataset(folder).files and data.hash_split(odd.name) in (0, 1, 2)
+    batches = data.make_dataset([odd, folder / "b.png"], image_size=8, cache=str(tmp_path / "cache"))
+    assert sum(len(batch) for batch in batches) == 2
+    environment = {**os.environ, "LANG": "C", "LC_ALL": "C"}
+    environment.pop("PYTHONUTF8", None)
+    command = [sys.executable, str(REPO / "data.py"), "--data", str(folder)]
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+    assert done.returncode == 0 and "folder layout" in done.stdout and "3 images" in done.stdout, done.stderr
+    assert "Traceback" not in done.stderr
+    assert data.shown(odd).endswith("\\xffface.jpg")
+
+
+def test_images_py_run_as_a_script_says_what_to_run():
+    done = subprocess.run([sys.executable, str(REPO / "images.py")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "images.py is a library module; run train.py, generate.py, evaluate.py, latent.py or export_onnx.py"
+    ]
 
 
 def damaged_images(folder: Path) -> dict[str, tuple[Path, str]]:
