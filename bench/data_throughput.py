@@ -5,26 +5,14 @@
     python bench/data_throughput.py --fake-celeba 202599 --train-steps 0   # full-size CelebA layout
     python bench/data_throughput.py --data ../shared/celeba-sample --file-checks 500
 
-Builds train.py's training pipeline (decode with fused crop, area resize, uint8 memory cache,
-seeded shuffle, batch, float32) over the images and times the first pass (JPEG decode +
-crop + resize, filling the cache) and the later passes (from the cache), with the process's
-resident memory before and at its peak: what the memory cache costs. Then times the
-training step of the default model on batches from the same pipeline and prints the ratio
-pipeline / training: above 1 the training is not input-bound (--train-steps 0 skips this
-part, which fills a second memory cache). The training step is timed after one full pass has
-filled the cache, i.e. in the steady state of epochs 2 and later. The OS file cache is warm
-after the first run of this script; the first pass here measures decoding, not the disk.
-
---fake-celeba N reproduces the scale figures without the full download: it builds, in a
-temporary folder (or --fake-dir), CelebA's Kaggle layout with N images named 000001.jpg ...
-as hard links to the images of the CelebA sample (--sample; symbolic links when the folder is
-on another file system), cycled, with the partition, attribute and identity files cycled
-with them, and measures listing it (data.find_dataset) before the pipeline.
-
---file-checks N only times, per file, on the first N images, what each way of finding damaged
-files costs: image_files.check_image, Pillow's Image.open (+ verify(), which checks only PNG
-checksums) and Image.load() (a full decode), and TensorFlow's decode, which tf.data's
-ignore_errors relies on.
+Times train.py's training pipeline: the first pass (decode, crop, resize, filling the memory
+cache) and the cached passes, with the resident memory the cache takes; then the training step
+of the default model fed by it (--train-steps 0 skips this), and the ratio pipeline / training
+(above 1: not input-bound). --fake-celeba N builds CelebA's Kaggle layout with N images linked
+to the sample's, cycled, to measure the full-size listing and pipeline without the download.
+--file-checks N only times, per file, what each way of finding damaged files costs:
+image_files.check_image, Pillow's open + verify() and open + load(), and TensorFlow's decode
+(what tf.data's ignore_errors relies on). Details: docs/training.md, "Performance".
 """
 
 from __future__ import annotations
