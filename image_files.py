@@ -14,14 +14,23 @@ from __future__ import annotations
 import os
 import warnings
 import zlib
-from pathlib import Path
 from typing import IO
 
 from PIL import Image
 
 # Every format training and images.load_face read: JPEG and PNG by TensorFlow's decoders (the
 # others, and photos with rotation metadata, by Pillow, in both).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# Pillow's format name -> the file name suffixes a data folder lists (Pillow's JPEG reader also
+# reads the MPO files of many cameras).
+IMAGE_FORMATS = {
+    "JPEG": (".jpg", ".jpeg"),
+    "PNG": (".png",),
+    "WEBP": (".webp",),
+    "GIF": (".gif",),
+    "BMP": (".bmp",),
+    "TIFF": (".tif", ".tiff"),
+}
+IMAGE_SUFFIXES = tuple(suffix for suffixes in IMAGE_FORMATS.values() for suffix in suffixes)
 FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 # Image files of other formats, named as skipped in a data folder rather than dropped unseen.
 OTHER_IMAGE_SUFFIXES = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".ppm", ".pgm", ".pbm", ".tga", ".ico", ".psd")
@@ -82,12 +91,10 @@ def image_file_problem(path: str | os.PathLike) -> str | None:
 
 def pillow_problem(path: str | os.PathLike) -> str | None:
     """Why Pillow cannot decode a file of another format than JPEG and PNG, or None."""
-    if Path(path).suffix.lower() not in IMAGE_SUFFIXES:
-        return f"not a {FORMATS_TEXT} file"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns below twice its limit
-            with Image.open(path) as image:
+            with Image.open(path, formats=list(IMAGE_FORMATS)) as image:
                 image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return f"above the {MAX_IMAGE_PIXELS:,}-pixel limit"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from image_files import FORMATS_TEXT, IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
+from image_files import FORMATS_TEXT, IMAGE_FORMATS, MAX_IMAGE_PIXELS
 
 CELEBA_WIDTH = 178  # width of an aligned CelebA image; crop sizes are given in its pixels
 DEFAULT_CROP = 148  # the central face box common in 64x64 CelebA work
@@ -38,20 +38,18 @@ def crop_box(height: int, width: int, crop: int = DEFAULT_CROP) -> tuple[int, in
 
 
 def read_pixels(path: str | os.PathLike) -> np.ndarray:
-    """An image file (a format of IMAGE_SUFFIXES) -> uint8 [H, W, 3] RGB, upright, decoded as
+    """An image file (a format of IMAGE_FORMATS) -> uint8 [H, W, 3] RGB, upright, decoded as
     training decodes it (data.decode_face): the EXIF orientation applied, 16-bit samples keep
     their high byte, grey is repeated to three channels, an alpha channel is dropped, palettes
     are expanded."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path} is not a {FORMATS_TEXT} file; convert it to PNG (e.g. mogrify -format png FILE)")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice that; refuse those images too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path, formats=list(IMAGE_FORMATS)) as image:
                 upright = ImageOps.exif_transpose(image)  # a photo as taken, as a viewer shows it
                 if upright.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
                     grey = (np.clip(np.asarray(upright, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
@@ -63,7 +61,10 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
             "give a smaller image"
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot read {path} as an image ({error}); give a {FORMATS_TEXT} file") from None
+        raise ValueError(
+            f"cannot read {path} as an image ({error}); give a {FORMATS_TEXT} file (convert others to PNG, e.g. "
+            "with ImageMagick: mogrify -format png FILE)"
+        ) from None
 
 
 def area_weights(size_in: int, size_out: int) -> np.ndarray:

@@ -227,17 +227,19 @@ def test_every_format_load_face_reads_trains_alike_and_others_are_named(tmp_path
         paths.append(tmp_path / f"face{suffix}")
         face.save(paths[-1], **options)
     (tmp_path / "photo.heic").write_bytes(b"\0" * 64)
+    face.save(tmp_path / "face.ppm")  # Pillow reads it, but it is not one of the formats
     (tmp_path / "notes.txt").write_text("not an image")
     with caplog.at_level(logging.WARNING, logger="data"):
         dataset = data.find_dataset(tmp_path)
-    assert dataset.files == sorted(paths) and dataset.other_formats == [tmp_path / "photo.heic"]
-    assert "skipped 1 image files in formats training does not read (.heic)" in caplog.text
-    assert "mogrify -format png" in caplog.text and "1 image files in other formats skipped" in dataset.describe()
+    assert dataset.files == sorted(paths) and dataset.other_formats == [tmp_path / "face.ppm", tmp_path / "photo.heic"]
+    assert "skipped 2 image files in formats training does not read (.heic, .ppm)" in caplog.text
+    assert "mogrify -format png" in caplog.text and "2 image files in other formats skipped" in dataset.describe()
     batch = next(iter(data.make_dataset(dataset.files, image_size=32, batch_size=len(paths)))).numpy()
     for path, from_pipeline in zip(dataset.files, batch, strict=True):
         assert np.abs(from_pipeline - images.load_face(path, 32)).max() <= 1 / 255 + 1e-6, path.name
-    with pytest.raises(ValueError, match="is not a JPEG, PNG, WebP, GIF, BMP or TIFF file; convert it to PNG"):
-        images.load_face(tmp_path / "photo.heic", 32)
+    for other in dataset.other_formats:  # generate.py --images refuses them too, saying how to convert them
+        with pytest.raises(ValueError, match="give a JPEG, PNG, WebP, GIF, BMP or TIFF file .convert others to PNG"):
+            images.load_face(other, 32)
 
 
 def test_a_damaged_file_of_another_format_is_named_and_skipped(tmp_path, caplog):
