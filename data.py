@@ -513,7 +513,7 @@ def size_text(count: float) -> str:
 
 
 # --------------------------------------------------------------------------- decoding
-def crop_window(height, width, crop: int):
+def crop_window(height: tf.Tensor, width: tf.Tensor, crop: int) -> tf.Tensor:
     """[top, left, side, side] of the central square crop (images.crop_box), as int32 tensors."""
     import tensorflow as tf
 
@@ -526,7 +526,9 @@ def crop_window(height, width, crop: int):
     return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
 
 
-def decode_face(path: tf.Tensor, native: tf.Tensor, image_size: int, channels: int, crop: int = DEFAULT_CROP):
+def decode_face(
+    path: tf.Tensor, native: tf.Tensor, image_size: int, channels: int, crop: int = DEFAULT_CROP
+) -> tf.Tensor:
     """An image file's path (bytes) -> uint8 [image_size, image_size, channels], upright, cropped
     and resized as images.load_face does it. `native`: TensorFlow decodes it (a JPEG or PNG without
     metadata, see image_files.check_image); else Pillow does, through images.read_pixels."""
