@@ -18,6 +18,8 @@ from typing import IO
 
 from PIL import Image
 
+from errors import first_line
+
 # Every format training and images.load_face read: JPEG and PNG by TensorFlow's decoders (the
 # others, and photos with rotation metadata, by Pillow, in both).
 # Pillow's format name -> the file name suffixes a data folder lists (Pillow's JPEG reader also
@@ -99,7 +101,7 @@ def pillow_problem(path: str | os.PathLike) -> str | None:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return f"above the {MAX_IMAGE_PIXELS:,}-pixel limit"
     except Exception as error:  # noqa: BLE001 (Pillow's plugins raise many kinds for a damaged file)
-        return f"not a {FORMATS_TEXT} file Pillow can decode ({str(error)[:80]})"
+        return f"not a {FORMATS_TEXT} file Pillow can decode ({first_line(error, 80)})"
     return None
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import data
-from errors import UserError
+from errors import UserError, first_line
 from runs import (
     HelpFormatter,
     Progress,
@@ -442,7 +442,7 @@ def read_density(path: str | os.PathLike, latent_dim: int | None = None) -> Late
     except OSError as error:
         raise DensityError(f"cannot read {path} ({error.strerror}); {hint}") from None
     except ValueError as error:
-        raise DensityError(f"{path} is not valid JSON ({str(error)[:80]}); {hint}") from None
+        raise DensityError(f"{path} is not valid JSON ({first_line(error, 80)}); {hint}") from None
     problem = density_problem(content, latent_dim)
     if problem:
         raise DensityError(f"{path} {problem}; {hint}")
