@@ -3,7 +3,7 @@
 `check_image` says, without decoding, what is wrong with a file (or nothing) and whether
 TensorFlow's own decoders read it as images.read_pixels does: a JPEG or PNG without metadata
 (EXIF or XMP can rotate a photo; Pillow applies it, TensorFlow does not). JPEG and PNG are
-checked from their structure as libjpeg and libpng read it; the other formats (IMAGE_SUFFIXES)
+checked from their structure as libjpeg and libpng read it; the other formats of IMAGE_FORMATS
 by decoding them with Pillow. Decompression bombs are refused by size, never decoded.
 Needs only the standard library and Pillow. Why a checker of its own rather than Pillow's or
 tf.data's: docs/training.md, "Damaged image files".
@@ -20,10 +20,9 @@ from PIL import Image
 
 from errors import first_line
 
-# Every format training and images.load_face read: JPEG and PNG by TensorFlow's decoders (the
-# others, and photos with rotation metadata, by Pillow, in both).
-# Pillow's format name -> the file name suffixes a data folder lists (Pillow's JPEG reader also
-# reads the MPO files of many cameras).
+# Every format training and images.load_face read, as Pillow names it -> the file name suffixes a
+# data folder lists. Training decodes JPEG and PNG with TensorFlow, the others (and photos with
+# rotation metadata) with Pillow. Pillow's JPEG reader also reads the MPO files of many cameras.
 IMAGE_FORMATS = {
     "JPEG": (".jpg", ".jpeg"),
     "PNG": (".png",),
