@@ -1,42 +1,18 @@
 """CelebA (or any folder of faces) -> tf.data pipelines of float32 images in [0, 1].
 
-Three layouts are recognised, and the one found is reported:
+Recognises three layouts and reports the one found: Kaggle's download (<root>/img_align_celeba/
+img_align_celeba/*.jpg with list_eval_partition.csv), the CelebA site's (<root>/Img/img_align_celeba,
+Eval/list_eval_partition.txt, Anno/), or any folder of faces (searched recursively, without the
+grids of run folders; an 80/10/10 split by a hash of each file name). The official partition is
+used where its file exists; the attribute and identity files are read on first use.
 
-- kaggle:   the Kaggle download (jessicali9530/celeba-dataset), unzipped:
-            <root>/img_align_celeba/img_align_celeba/*.jpg, list_attr_celeba.csv,
-            list_eval_partition.csv (and identity_CelebA.txt where present)
-- original: the layout of the CelebA site / Google Drive:
-            <root>/Img/img_align_celeba/*.jpg, Anno/list_attr_celeba.txt,
-            Eval/list_eval_partition.txt, Anno/identity_CelebA.txt
-- folder:   any folder of JPEG/PNG faces (searched recursively, skipping what train.py
-            and generate.py write into run folders: see `list_images`); no attributes,
-            and a deterministic 80/10/10 train/validation/test split by a hash
-            of each file name.
+Pipeline: file list -> image_files' checks (bad files named, counted and skipped) -> decode (the
+crop fused into the JPEG decode; Pillow for other formats and rotated photos) -> area resize ->
+uint8 -> cache -> seeded shuffle -> batch -> float32 in [0, 1]. The crop (`crop`, in pixels of
+the 178-pixel-wide CelebA frame, 148 by default) is images.crop_box. TensorFlow is imported only
+where tensors are built. Details: docs/training.md, "Data".
 
-The official train/validation/test partition is used where its file exists.
-Attribute rows may be missing for some images (the sample in
-../shared/celeba-sample has 433 of 4800): those images still train.
-
-Pipeline: file list -> check each file's structure, and a PNG's image data (corrupt or
-truncated files are skipped, named and counted) -> parallel decode with the crop fused into the
-JPEG decode -> antialiased resize (area averaging) -> optional grayscale -> uint8 -> cache ->
-seeded shuffle -> batch -> float32 in [0, 1] -> prefetch. The cache holds uint8
-(4x smaller than float32: 200k CelebA images at 64x64 are 2.5 GB of pixels) and the
-conversion to float32 is done per batch, which is cheap. `check_memory_cache` and
-`check_file_cache` tell beforehand when a memory cache would not fit in the available memory,
-or a file cache on its disk.
-
-Crop: `crop` is the side of the central square kept, in pixels of the 178-pixel
-wide aligned CelebA frame: 148 (default) keeps rows 35..182 and columns 15..162,
-the face box common in 64x64 CelebA work. Other image sizes keep the same
-fraction (crop / 178) of their shorter side, centred; crop 0 keeps the whole
-central square.
-
-TensorFlow is imported only by the functions that build tensors, so the file listing,
-partition, attribute and identity readers also serve the TensorFlow-free ONNX path of
-generate.py.
-
-Run `python data.py --data ./celeba` to see what is found in a folder.
+    python data.py --data ./celeba     # what is found in a folder
 """
 
 from __future__ import annotations
@@ -49,17 +25,17 @@ import logging
 import os
 import re
 import shutil
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from errors import UserError
-from images import CELEBA_WIDTH, DEFAULT_CROP, MAX_IMAGE_PIXELS
+from errors import UserError, run_main
+from image_files import CONVERT_HINT, IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES, check_image
+from images import CELEBA_WIDTH, DEFAULT_CROP, read_pixels
 from runs import CHECKPOINT_DIR, GENERATED_DIR, LOSS_CURVES_FILE, RECONSTRUCTIONS_DIR, RUN_FORMAT, SAMPLES_DIR
 
 if TYPE_CHECKING:
@@ -110,7 +86,6 @@ CELEBA_ATTRIBUTES = [
     "Young",
 ]
 SPLITS = {"train": 0, "validation": 1, "test": 2}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # What train.py and generate.py write into a run folder that a folder listing must not take for
 # faces: grids, curves, checkpoints.
 RUN_ARTIFACTS = (CHECKPOINT_DIR, RECONSTRUCTIONS_DIR, SAMPLES_DIR, GENERATED_DIR, LOSS_CURVES_FILE)
@@ -134,24 +109,12 @@ KAGGLE_HINT = (
 LAYOUTS_HELP = (
     "expected one of: Kaggle layout (<root>/img_align_celeba/img_align_celeba/*.jpg + list_eval_partition.csv), "
     "original layout (<root>/Img/img_align_celeba/*.jpg + Eval/list_eval_partition.txt), "
-    "or a plain folder of .jpg/.png faces"
+    "or a plain folder of JPEG, PNG, WebP, GIF, BMP or TIFF faces"
 )
 REPLACE_HINT = "replace it with the file from the CelebA download"
 ATTRIBUTES_FIX = f"{REPLACE_HINT}, or delete it (only attribute directions need it)"
 IDENTITIES_FIX = f"{REPLACE_HINT}, or delete it (only --identity needs it)"
 ATTRIBUTE_LABELS = {"1", "-1"}  # CelebA's labels: present or absent, nothing else
-# JPEG markers libjpeg accepts before the first scan (SOS): frame headers (SOF0-15 less DHT,
-# JPG and DAC), tables, restart interval, comments, application data.
-JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-JPEG_TABLES = {0xC4, 0xCC, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF, 0xFE, *range(0xE0, 0xF0), *range(0xF0, 0xFE)}
-JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# PNG colour type -> (samples per pixel, the bit depths allowed with it)
-PNG_COLOUR_TYPES = {0: (1, (1, 2, 4, 8, 16)), 2: (3, (8, 16)), 3: (1, (1, 2, 4, 8)), 4: (2, (8, 16)), 6: (4, (8, 16))}
-# Adam7 interlacing: (first column, first row, column step, row step) of each of its 7 passes
-ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
-PNG_LAST_FILTER = 4  # row filter types: 0 none, 1 sub, 2 up, 3 average, 4 Paeth
-PNG_INFLATE_CHUNK = 1 << 16  # bytes inflated at a time when checking a PNG's image data
 
 
 class DataError(UserError):
@@ -170,6 +133,7 @@ class Dataset:
     partition: dict[str, int] | None = None  # file name -> 0 train / 1 validation / 2 test
     attribute_file: Path | None = None
     identity_file: Path | None = None
+    other_formats: list[Path] = field(default_factory=list)  # image files training cannot read
 
     @cached_property
     def attributes(self) -> dict[str, np.ndarray]:
@@ -206,12 +170,21 @@ class Dataset:
             except DataError as error:  # reported, not raised: only some uses need them
                 annotations.append(f"{name} unusable: {error}")
         images = f"{len(self.files)} images ({counts}; {split_kind})"
-        return f"{self.layout} layout at {self.root}: {', '.join([images, *annotations])}"
+        if self.other_formats:
+            annotations.append(f"{len(self.other_formats)} image files in other formats skipped")
+        return shown(f"{self.layout} layout at {self.root}: {', '.join([images, *annotations])}")
+
+
+def shown(text: str | os.PathLike) -> str:
+    """Text naming files, printable in any locale: the bytes of a file name that is not UTF-8
+    (held by Python as surrogates) appear as \\xNN escapes."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def hash_split(file_name: str) -> int:
     """Deterministic 80/10/10 split (0/1/2) from a file name, stable across machines."""
-    bucket = int(hashlib.md5(file_name.encode()).hexdigest(), 16) % 10
+    # The name's own bytes, also where they are not UTF-8 (held by Python as surrogates).
+    bucket = int(hashlib.md5(file_name.encode("utf-8", "surrogateescape")).hexdigest(), 16) % 10
     return 0 if bucket < 8 else (1 if bucket == 8 else 2)
 
 
@@ -318,22 +291,27 @@ def read_identities(path: Path) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- layout detection
-def list_images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files in a folder, sorted. Recursive listing skips the RUN_ARTIFACTS of run folders
-    (folders whose config.json is a train.py run's), so grids written by train.py or generate.py
-    never become training faces, even when a run was trained into the data folder itself."""
+def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """(image files of IMAGE_SUFFIXES, files of OTHER_IMAGE_SUFFIXES training cannot read) in a
+    folder, sorted. Recursive listing skips the RUN_ARTIFACTS of run folders (folders whose
+    config.json is a train.py run's), so grids written by train.py or generate.py never become
+    training faces, even when a run was trained into the data folder itself."""
+    wanted = IMAGE_SUFFIXES + OTHER_IMAGE_SUFFIXES
     if not recursive:
         # os.scandir's entries know their type without a stat per file, and names sort faster than
         # paths: three times faster than globbing on CelebA's 202,599 files.
         with os.scandir(folder) as entries:
-            names = [e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file()]
-        return [folder / name for name in sorted(names)]
-    artifacts = {run / name for run in run_folders(folder) for name in RUN_ARTIFACTS}
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and artifacts.isdisjoint((p, *p.parents))
-    )
+            names = [e.name for e in entries if os.path.splitext(e.name)[1].lower() in wanted and e.is_file()]
+        found = [folder / name for name in sorted(names)]
+    else:
+        artifacts = {run / name for run in run_folders(folder) for name in RUN_ARTIFACTS}
+        found = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.suffix.lower() in wanted and p.is_file() and artifacts.isdisjoint((p, *p.parents))
+        )
+    images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
+    return images, [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
 
 
 def run_folders(folder: Path) -> list[Path]:
@@ -360,195 +338,64 @@ def find_dataset(path: str | os.PathLike) -> Dataset:
         (d for d in (root / "img_align_celeba" / "img_align_celeba", root / "img_align_celeba") if d.is_dir()), None
     )
     if kaggle_images is not None and (root / "list_eval_partition.csv").is_file():
-        dataset = Dataset(root, "kaggle", list_images(kaggle_images), read_partition(root / "list_eval_partition.csv"))
+        layout, folder, partition = "kaggle", kaggle_images, read_partition(root / "list_eval_partition.csv")
         annotations = {"attribute_file": root / "list_attr_celeba.csv", "identity_file": root / "identity_CelebA.txt"}
     elif (root / "Img" / "img_align_celeba").is_dir() and (root / "Eval" / "list_eval_partition.txt").is_file():
+        layout, folder = "original", root / "Img" / "img_align_celeba"
         partition = read_partition(root / "Eval" / "list_eval_partition.txt")
-        dataset = Dataset(root, "original", list_images(root / "Img" / "img_align_celeba"), partition)
         annotations = {
             "attribute_file": root / "Anno" / "list_attr_celeba.txt",
             "identity_file": root / "Anno" / "identity_CelebA.txt",
         }
     else:
-        dataset = Dataset(root, "folder", list_images(root, recursive=True))
+        layout, folder, partition = "folder", root, None
         annotations = {"identity_file": root / "identity_CelebA.txt"}
+    files, others = list_images(folder, recursive=layout == "folder")
+    dataset = Dataset(root, layout, files, partition, other_formats=others)
     for name, path in annotations.items():
         if path.is_file():
             setattr(dataset, name, path)
-    if not dataset.files:
-        raise DataError(
-            f"no .jpg/.png images found under {root} ({dataset.layout} layout); {LAYOUTS_HELP}; {KAGGLE_HINT}"
+    if others:
+        log.warning(
+            "skipped %d image files in formats training does not read (%s), e.g. %s; %s",
+            len(others),
+            ", ".join(sorted({p.suffix.lower() for p in others})),
+            shown(others[0]),
+            CONVERT_HINT,
         )
+    if not dataset.files:
+        raise DataError(f"no image files found under {root} ({layout} layout); {LAYOUTS_HELP}; {KAGGLE_HINT}")
     return dataset
 
 
 # --------------------------------------------------------------------------- file checks
-def image_file_problem(path: Path) -> str | None:
-    """Why TensorFlow could not decode an image file, or None when it looks whole. JPEG, from its
-    structure alone (about 20 microseconds for a CelebA JPEG): the marker segments up to the first
-    scan as libjpeg reads them, with a frame header giving the size, and the end-of-image marker
-    at the end. PNG: the signature, a valid IHDR chunk first, intact checksums of the critical
-    chunks (as libpng checks them), image data and IEND, and that image data inflated as libpng
-    would (`png_data_problem`), which costs what zlib takes: 0.2-0.7 ms for a 178x218 RGB PNG,
-    about as much as decoding it. Either way at most MAX_IMAGE_PIXELS pixels: a decompression
-    bomb is skipped, not decoded. A JPEG whose compressed data alone is damaged passes: libjpeg
-    decodes it too, with a warning."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-            if head[:3] == b"\xff\xd8\xff":
-                handle.seek(0)
-                problem, size = jpeg_structure(handle)
-                handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64))
-                if problem is None and b"\xff\xd9" not in handle.read():
-                    problem = "truncated: no end-of-image marker"
-            elif head == PNG_SIGNATURE:
-                problem, size = png_structure(head + handle.read())
-            else:
-                return "not a JPEG or PNG file"
-    except OSError as error:
-        return f"unreadable: {error.strerror}"
-    if problem is None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        return f"{size[1]}x{size[0]} pixels, above the {MAX_IMAGE_PIXELS:,}-pixel limit"
-    return problem
-
-
-def jpeg_structure(handle: IO[bytes]) -> tuple[str | None, tuple[int, int]]:
-    """(problem or None, (height, width)) from the JPEG marker segments before the first scan."""
-    content = handle.read(1 << 16)
-    complete = len(content) < 1 << 16
-    position, size = 2, None
-    while True:
-        if position + 10 > len(content) and not complete:  # a header longer than the first read
-            content, complete = content + handle.read(), True
-        # As libjpeg: skip stray bytes up to a 0xFF, fill bytes 0xFF, and stuffed 0xFF 0x00 pairs.
-        while position + 1 < len(content) and (content[position] != 0xFF or content[position + 1] in (0x00, 0xFF)):
-            position += 1
-        if position + 4 > len(content):
-            return "truncated in its header", (0, 0)
-        marker = content[position + 1]
-        if marker in JPEG_STANDALONE:
-            position += 2
-            continue
-        length = int.from_bytes(content[position + 2 : position + 4], "big")
-        if marker == 0xDA:  # start of scan: the header is complete
-            return (None, size) if size else ("no frame header before the image data", (0, 0))
-        if marker in JPEG_FRAMES:
-            if size is not None or position + 10 > len(content):
-                return "damaged frame header", (0, 0)
-            height = int.from_bytes(content[position + 5 : position + 7], "big")
-            width = int.from_bytes(content[position + 7 : position + 9], "big")
-            components = content[position + 9]
-            if not (height and width and components and length == 8 + 3 * components):
-                return f"damaged frame header ({width}x{height}, {components} components)", (0, 0)
-            size = (height, width)
-        elif marker not in JPEG_TABLES or length < 2:
-            return f"damaged header (marker 0x{marker:02x} at byte {position})", (0, 0)
-        position += 2 + length
-
-
-def png_structure(content: bytes) -> tuple[str | None, tuple[int, int]]:
-    """(problem or None, (height, width)) from the chunks of a whole PNG file and its image data."""
-    position, size, header, image_data = 8, None, b"", []
-    while position + 12 <= len(content):
-        length = int.from_bytes(content[position : position + 4], "big")
-        kind = content[position + 4 : position + 8]
-        if size is None and (kind != b"IHDR" or length != 13):
-            return "damaged: no IHDR chunk first", (0, 0)
-        end = position + 12 + length
-        if end > len(content):
-            return f"damaged or truncated: a chunk at byte {position} runs past the end of the file", (0, 0)
-        if kind[:1].isupper() and zlib.crc32(content[position + 4 : end - 4]) != int.from_bytes(content[end - 4 : end]):
-            # libpng refuses a checksum error in a critical chunk (upper-case first letter).
-            return f"damaged: checksum error in its {kind.decode('latin-1')} chunk", (0, 0)
-        if size is None:
-            header = content[position + 8 : end - 4]
-            width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
-            if not (width and height):
-                return f"empty image ({width}x{height})", (0, 0)
-            size = (height, width)
-        elif kind == b"IDAT":
-            image_data.append(content[position + 8 : end - 4])
-        if kind == b"IEND":
-            if not image_data:
-                return "no image data", (0, 0)
-            if size[0] * size[1] > MAX_IMAGE_PIXELS:
-                return None, size  # a bomb: image_file_problem refuses its size, uninflated
-            return png_data_problem(header, b"".join(image_data)), size
-        position = end
-    return "truncated: no IEND chunk", (0, 0)
-
-
-def png_data_problem(header: bytes, compressed: bytes) -> str | None:
-    """What libpng would find wrong with a PNG's image data (IHDR fields, the IDAT chunks' data
-    joined), or None: a zlib stream that is broken or incomplete (its checksum included), that
-    holds fewer bytes than the image's rows need (a filter byte and the packed samples of each row,
-    in each of the 7 passes of an interlaced image), or, not interlaced, a row with no valid filter
-    type. Inflated in pieces of PNG_INFLATE_CHUNK bytes that are counted and dropped, and only up
-    to what the rows need: a small file cannot make the check take much memory or time (data beyond
-    the rows, which libpng ignores, is left unchecked)."""
-    width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
-    depth, colour, compression, filtering, interlace = header[8:13]
-    samples, depths = PNG_COLOUR_TYPES.get(colour, (0, ()))
-    if depth not in depths or compression or filtering or interlace > 1:
-        return (
-            f"damaged: its IHDR chunk is invalid (bit depth {depth}, colour type {colour}, compression {compression}, "
-            f"filter {filtering}, interlace {interlace})"
-        )
-
-    def row_bytes(columns: int) -> int:
-        return 1 + (columns * samples * depth + 7) // 8  # the filter type byte, then the packed samples
-
-    row_size = 0 if interlace else row_bytes(width)  # rows of one size: their filter bytes are checked
-    if interlace:
-        passes = [(-(-(width - x) // dx), -(-(height - y) // dy)) for x, y, dx, dy in ADAM7_PASSES]
-        needed = sum(rows * row_bytes(columns) for columns, rows in passes if columns > 0 and rows > 0)
-    else:
-        needed = height * row_size
-    inflater, pending, produced = zlib.decompressobj(), compressed, 0
-    try:
-        while not inflater.eof and produced <= needed:
-            piece = inflater.decompress(pending, PNG_INFLATE_CHUNK)
-            pending = inflater.unconsumed_tail
-            if row_size:  # the filter type bytes that start the rows in this piece
-                filters = piece[-produced % row_size : needed - produced : row_size]
-                if filters and max(filters) > PNG_LAST_FILTER:
-                    row, value = next((i, v) for i, v in enumerate(filters) if v > PNG_LAST_FILTER)
-                    row += -(-produced // row_size)
-                    return f"damaged: its compressed image data has an invalid filter type {value} in row {row + 1}"
-            produced += len(piece)
-            if not piece and not pending:
-                break  # every byte inflated and the stream has not ended
-    except zlib.error as error:
-        return f"damaged: its compressed image data is broken ({error})"
-    if produced < needed:
-        return f"damaged: its compressed image data holds {produced} of the {needed} bytes its {width}x{height} pixels need"
-    if not inflater.eof and produced == needed:
-        return "damaged: its compressed image data is cut short (no end of stream)"
-    return None
-
-
 def is_readable_image(path: Path) -> bool:
-    """Whether an image file passes `image_file_problem`'s structural check."""
-    return image_file_problem(path) is None
+    """Whether an image file passes image_files' check."""
+    return check_image(path)[0] is None
 
 
 def usable_files(paths: Sequence[Path]) -> list[Path]:
-    """The paths that pass `image_file_problem`'s check; warns with the count of skipped files
-    and names a few, with what is wrong with each."""
-    good, bad = [], []
+    """The paths that pass image_files' check (see `checked_files`)."""
+    return checked_files(paths)[0]
+
+
+def checked_files(paths: Sequence[Path]) -> tuple[list[Path], list[bool]]:
+    """(the paths that pass image_files' check, whether TensorFlow decodes each: else Pillow);
+    warns with the count of skipped files and names a few, with what is wrong with each."""
+    good, native, bad = [], [], []
     for path in paths:
-        problem = image_file_problem(path)
+        problem, tensorflow_decodes = check_image(path)
         if problem is None:
             good.append(path)
+            native.append(tensorflow_decodes)
         else:
-            bad.append(f"{path} ({problem})")
+            bad.append(f"{shown(path)} ({problem})")
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         log.warning(
             "skipped %d of %d image files that cannot be decoded: %s%s", len(bad), len(paths), "; ".join(bad[:5]), more
         )
-    return good
+    return good, native
 
 
 # --------------------------------------------------------------------------- cache sizes
@@ -666,8 +513,8 @@ def size_text(count: float) -> str:
 
 
 # --------------------------------------------------------------------------- decoding
-def crop_window(height, width, crop: int):
-    """[top, left, side, side] of the central square crop (see module docstring), as int32 tensors."""
+def crop_window(height: tf.Tensor, width: tf.Tensor, crop: int) -> tf.Tensor:
+    """[top, left, side, side] of the central square crop (images.crop_box), as int32 tensors."""
     import tensorflow as tf
 
     short_side = tf.minimum(height, width)
@@ -679,25 +526,43 @@ def crop_window(height, width, crop: int):
     return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
 
 
-def decode_face(contents: tf.Tensor, image_size: int, channels: int, crop: int = DEFAULT_CROP) -> tf.Tensor:
-    """Encoded JPEG/PNG bytes -> uint8 [image_size, image_size, channels], cropped and resized."""
+def decode_face(
+    path: tf.Tensor, native: tf.Tensor, image_size: int, channels: int, crop: int = DEFAULT_CROP
+) -> tf.Tensor:
+    """An image file's path (bytes) -> uint8 [image_size, image_size, channels], upright, cropped
+    and resized as images.load_face does it. `native`: TensorFlow decodes it (a JPEG or PNG without
+    metadata, see image_files.check_image); else Pillow does, through images.read_pixels."""
     import tensorflow as tf
 
-    def decode_jpeg():
+    def cropped(image):
+        top, left, side, _ = tf.unstack(crop_window(tf.shape(image)[0], tf.shape(image)[1], crop))
+        return image[top : top + side, left : left + side]
+
+    def decode_jpeg(contents):
+        # Decoding only the crop window skips the background's pixels. libjpeg upsamples the colour
+        # of a cropped decode's first and last columns as if they were the image's edges (up to 37
+        # levels off): decoding a column more on each side, dropped below, keeps a full decode's.
+        # INTEGER_ACCURATE is libjpeg's default IDCT, the one Pillow uses.
         shape = tf.io.extract_jpeg_shape(contents)
-        # Decoding only the crop window skips the background's pixels entirely.
-        # INTEGER_ACCURATE is libjpeg's default IDCT, the one Pillow uses: images.load_face then
-        # reads a JPEG exactly as training does.
-        return tf.io.decode_and_crop_jpeg(
-            contents, crop_window(shape[0], shape[1], crop), channels=3, dct_method="INTEGER_ACCURATE"
+        top, left, side, _ = tf.unstack(crop_window(shape[0], shape[1], crop))
+        start, stop = tf.maximum(left - 1, 0), tf.minimum(left + side + 1, shape[1])
+        window = tf.stack([top, start, side, stop - start])
+        image = tf.io.decode_and_crop_jpeg(contents, window, channels=3, dct_method="INTEGER_ACCURATE")
+        return image[:, left - start : left - start + side]
+
+    def decode_native():
+        contents = tf.io.read_file(path)
+        return tf.cond(
+            tf.io.is_jpeg(contents),
+            lambda: decode_jpeg(contents),
+            lambda: cropped(tf.io.decode_png(contents, channels=3)),
         )
 
-    def decode_png():
-        image = tf.io.decode_png(contents, channels=3)
-        top, left, height, width = tf.unstack(crop_window(tf.shape(image)[0], tf.shape(image)[1], crop))
-        return tf.image.crop_to_bounding_box(image, top, left, height, width)
+    def decode_with_pillow():
+        pixels = tf.numpy_function(lambda name: read_pixels(os.fsdecode(name)), [path], tf.uint8, stateful=False)
+        return cropped(tf.ensure_shape(pixels, [None, None, 3]))
 
-    image = tf.cond(tf.io.is_jpeg(contents), decode_jpeg, decode_png)
+    image = tf.cond(native, decode_native, decode_with_pillow)
     # Area averaging is an antialiasing filter for downscaling and more than twice as fast in
     # tf.data as bilinear with antialias=True (4,266 vs 1,876 images/s at 64x64 on 2 cores).
     image = tf.image.resize(image, (image_size, image_size), method="area")
@@ -730,12 +595,14 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    requested, files = list(files), usable_files(list(files))
+    requested = list(files)
+    files, native = checked_files(requested)
     if not files:
         raise DataError("no readable images left to train on; check the files under --data")
-    dataset = tf.data.Dataset.from_tensor_slices([str(p) for p in files])
+    # Paths as bytes: a file name that is not UTF-8 reaches TensorFlow as it is on disk.
+    dataset = tf.data.Dataset.from_tensor_slices(([os.fsencode(p) for p in files], native))
     dataset = dataset.map(
-        lambda path: decode_face(tf.io.read_file(path), image_size, channels, crop),
+        lambda path, native: decode_face(path, native, image_size, channels, crop),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     # Safety net for files that pass the structural check but still fail to decode (unnamed and
@@ -779,7 +646,7 @@ def file_cache_path(cache_dir: str, files: Sequence[Path], image_size: int, chan
 def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> Path:
     """The prefix of the file cache of `files` (as listed, before the file check, so that it is
     known without checking them) and the decode settings: another list or setting, another cache."""
-    digest = hashlib.md5("\n".join(str(p) for p in files).encode()).hexdigest()[:12]
+    digest = hashlib.md5("\n".join(map(str, files)).encode("utf-8", "surrogateescape")).hexdigest()[:12]
     return Path(cache_dir) / f"celeba_{image_size}px_{channels}ch_crop{crop}_{digest}"
 
 
@@ -810,12 +677,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="CelebA root (Kaggle or original layout) or a folder of faces")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        dataset = find_dataset(args.data)
-    except DataError as error:
-        raise SystemExit(f"error: {error}") from None
-    print(dataset.describe())
+    print(find_dataset(args.data).describe())
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

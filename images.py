@@ -2,8 +2,8 @@
 and the atomic file write every script uses for what it writes.
 
 Kept free of TensorFlow so the ONNX inference path (generate.py --backend onnx) can use
-it in apps that have no TensorFlow. Imported by train.py, generate.py and export_onnx.py;
-not meant to be run by itself.
+it in apps that have no TensorFlow. A library module: run train.py, generate.py, evaluate.py,
+latent.py or export_onnx.py.
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from errors import UserError
+from image_files import FORMATS_TEXT, IMAGE_FORMATS, MAX_IMAGE_PIXELS
 
 CELEBA_WIDTH = 178  # width of an aligned CelebA image; crop sizes are given in its pixels
 DEFAULT_CROP = 148  # the central face box common in 64x64 CelebA work
 GRID_PADDING = 2
 LABEL_HEIGHT = 14
-# Pillow's decompression-bomb limit (about 89 megapixels); training skips larger files too.
-MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # output images, by extension
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # output images, by extension
 # High-quality JPEG without colour subsampling (faces are small, their edges matter); lossless WebP.
 SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}}
 
@@ -43,9 +42,10 @@ def crop_box(height: int, width: int, crop: int = DEFAULT_CROP) -> tuple[int, in
 
 
 def read_pixels(path: str | os.PathLike) -> np.ndarray:
-    """An image file -> uint8 [H, W, 3] RGB, decoded as TensorFlow decodes it in training
-    (data.decode_face): 16-bit samples keep their high byte, grey is repeated to three
-    channels, an alpha channel is dropped, palettes are expanded."""
+    """An image file (a format of IMAGE_FORMATS) -> uint8 [H, W, 3] RGB, upright, decoded as
+    training decodes it (data.decode_face): the EXIF orientation applied, 16-bit samples keep
+    their high byte, grey is repeated to three channels, an alpha channel is dropped, palettes
+    are expanded."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
@@ -53,18 +53,22 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice that; refuse those images too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
-                    grey = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+            with Image.open(path, formats=list(IMAGE_FORMATS)) as image:
+                upright = ImageOps.exif_transpose(image)  # a photo as taken, as a viewer shows it
+                if upright.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
+                    grey = (np.clip(np.asarray(upright, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
                     return np.repeat(grey[..., None], 3, axis=-1)
-                return np.asarray(image.convert("RGB"), dtype=np.uint8)
+                return np.asarray(upright.convert("RGB"), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(
             f"{path} has more than {MAX_IMAGE_PIXELS:,} pixels, too many to decode safely (a decompression bomb?); "
             "give a smaller image"
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot read {path} as an image ({error}); give a JPEG or PNG file") from None
+        raise ValueError(
+            f"cannot read {path} as an image ({error}); give a {FORMATS_TEXT} file (convert others to PNG, e.g. "
+            "with ImageMagick: mogrify -format png FILE)"
+        ) from None
 
 
 def area_weights(size_in: int, size_out: int) -> np.ndarray:
@@ -158,12 +162,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 def image_format(path: str | os.PathLike, flag: str = "--out") -> str:
     """Pillow's format for an output image named `path`, by its extension; a UserError for other names."""
     suffix = Path(path).suffix.lower()
-    if suffix not in IMAGE_FORMATS:
+    if suffix not in OUTPUT_FORMATS:
         raise UserError(
-            f"{flag} {path}: images are written as {', '.join(IMAGE_FORMATS)}, not "
+            f"{flag} {path}: images are written as {', '.join(OUTPUT_FORMATS)}, not "
             f"{suffix or 'a name without an extension'}; give another {flag}"
         )
-    return IMAGE_FORMATS[suffix]
+    return OUTPUT_FORMATS[suffix]
 
 
 def save_images(images: Mapping[Path, Image.Image]) -> None:
@@ -193,3 +197,9 @@ def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write one image atomically in the format its extension names, creating its folder."""
     save_images({Path(path): image})
     return Path(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "images.py is a library module; run train.py, generate.py, evaluate.py, latent.py or export_onnx.py"
+    )

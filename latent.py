@@ -2,32 +2,17 @@
 
     python latent.py --run runs/<name>                         # (re)fit <run>/latent_density.json
     python latent.py --run pretrained/celeba64 --data ./celeba # an exported folder (ONNX only)
-    python latent.py --help
 
-The functions on arrays (interpolation, weighted posteriors, attribute directions,
-traversals) serve generate.py, evaluate.py, export_onnx.py and the tests.
+The functions on arrays (interpolation, weighted posteriors, attribute directions, traversals)
+serve generate.py, evaluate.py, export_onnx.py and the tests.
 
-The fitted latent density is ex-post density estimation (Ghosh et al., "From Variational to
-Deterministic Autoencoders", ICLR 2020): with beta below 1 the posteriors of real faces do not
-fill the standard normal prior, so prior samples land in holes between them and decode to
-smeared faces. A density fitted to the posterior means of the training images samples where
-faces are. It is a Gaussian mixture with k full-covariance components (k = 1: one Gaussian),
-fitted by EM, with k chosen by the held-out log-likelihood of the validation images'
-posterior means. train.py fits it at the end of a run; this script refits it for a run or an
-exported folder.
-
-latent_density.json (format celeba-vae-latent-density/1), readable with numpy alone:
-    latent_dim   D
-    components   k
-    weights      [k]         mixture weights, positive, summing to 1
-    means        [k][D]      component means
-    cholesky     [k][D][D]   lower-triangular L_c with positive diagonal: covariance L_c L_c^T
-    fitted_on    what it was fitted on (split, image count, source run)
-    selection    the held-out log-likelihood of each k tried
-Sampling at temperature T: c ~ weights, eps ~ N(0, I), z = means[c] + T * L_c @ eps. T scales
-each component's spread around its own mean: T = 1 is the fitted density, T = 0 its k means.
-The standard normal prior is the same thing with k = 1, mean 0 and L = I (z = T * eps), which
-is what `--sampler prior` uses.
+The fitted latent density (ex-post density estimation, Ghosh et al., ICLR 2020) is a Gaussian
+mixture with k full-covariance components fitted by EM to the posterior means of the training
+images, k chosen by the held-out log-likelihood of the validation images' posterior means:
+with beta below 1 the posteriors do not fill the N(0, I) prior, and prior samples land in holes
+between faces. train.py fits it at the end of a run; this script refits it. Sampling at
+temperature T: c ~ weights, eps ~ N(0, I), z = means[c] + T * L_c @ eps (the prior is k = 1,
+mean 0, L = I). The file format (latent_density.json): docs/training.md, "Latent density".
 """
 
 from __future__ import annotations
@@ -44,12 +29,13 @@ from pathlib import Path
 import numpy as np
 
 import data
-from errors import UserError, run_main
+from errors import UserError, first_line, run_main
 from runs import (
     CONFIG_FILE,
     DENSITY_FILE,
     HelpFormatter,
     Progress,
+    check_writable,
     encode_files,
     open_backend,
     read_config,
@@ -342,8 +328,7 @@ def select_density(
     `info["selection"]` records each k's held-out score."""
     fit_points = np.asarray(fit_points, np.float64)
     heldout_points = np.asarray(heldout_points, np.float64)
-    dims = fit_points.shape[1]
-    usable = [k for k in sorted(set(sizes)) if k == 1 or len(fit_points) >= k * MIN_POINTS_PER_DIM * dims]
+    usable = usable_sizes(len(fit_points), fit_points.shape[1], sizes)
     scores, fitted = {}, {}
     for k in usable:
         fitted[k] = fit_mixture(fit_points, k, seed=seed)
@@ -360,6 +345,40 @@ def select_density(
         "note": "mean log-likelihood (nats per point) of the held-out posterior means under each k",
     }
     return density
+
+
+def usable_sizes(count: int, latent_dim: int, sizes: Sequence[int]) -> list[int]:
+    """The mixture sizes of `sizes` that `count` points in latent_dim dimensions can be fitted with
+    (MIN_POINTS_PER_DIM points per dimension in each component; k = 1 always); DensityError, saying
+    how many images are needed, when none can."""
+    usable = [k for k in sorted(set(sizes)) if k == 1 or count >= k * MIN_POINTS_PER_DIM * latent_dim]
+    if not usable:
+        k = min(sizes)
+        raise DensityError(
+            f"{count} images are too few for a mixture of {k} components in {latent_dim} dimensions: it needs at "
+            f"least {k * MIN_POINTS_PER_DIM * latent_dim} ({k} x {MIN_POINTS_PER_DIM} x {latent_dim}); use more "
+            "images or add 1 to --components"
+        )
+    return usable
+
+
+def fit_memory_bytes(count: int, latent_dim: int, sizes: Sequence[int]) -> int:
+    """Memory fitting a density to `count` points takes, about: the points and the EM's per-point
+    arrays (5 x N x D float64), and the largest mixture's covariances, Cholesky factors and their
+    inverses (3 x k x D x D float64); measured peaks were 4.4 N D and 2.5 k D^2 floats."""
+    return 8 * (5 * count * latent_dim + 3 * max(usable_sizes(count, latent_dim, sizes)) * latent_dim**2)
+
+
+def check_fit(count: int, latent_dim: int, sizes: Sequence[int]) -> None:
+    """Refuse, before any image is encoded, a fit that cannot be done: too few images for every
+    mixture size, or more memory than is available."""
+    needed, available = fit_memory_bytes(count, latent_dim, sizes), data.available_memory()
+    if available is not None and needed > available:
+        raise DensityError(
+            f"fitting a latent density to {count} images in {latent_dim} dimensions takes about "
+            f"{data.size_text(needed)} of memory, but only {data.size_text(available)} is available; use fewer "
+            "images (--max-images) or smaller mixtures (--components)"
+        )
 
 
 # --------------------------------------------------------------------------- the density file
@@ -423,7 +442,7 @@ def read_density(path: str | os.PathLike, latent_dim: int | None = None) -> Late
     except OSError as error:
         raise DensityError(f"cannot read {path} ({error.strerror}); {hint}") from None
     except ValueError as error:
-        raise DensityError(f"{path} is not valid JSON ({str(error)[:80]}); {hint}") from None
+        raise DensityError(f"{path} is not valid JSON ({first_line(error, 80)}); {hint}") from None
     problem = density_problem(content, latent_dim)
     if problem:
         raise DensityError(f"{path} {problem}; {hint}")
@@ -499,6 +518,7 @@ def fit_folder_density(
             f"fitting a latent density needs training and validation images; found {len(selection)} and "
             f"{len(heldout)} under {dataset.root}"
         )
+    check_fit(len(training) + len(heldout), backend.latent_dim, usable_sizes(len(selection), backend.latent_dim, sizes))
     log(f"latent density: encoding {len(training)} training and {len(heldout)} validation images")
     refit = "validation" in splits  # choose k on train alone, then refit to train+validation
     means: dict = {}
@@ -512,6 +532,11 @@ def fit_folder_density(
     progress.close()
     # files that could not be decoded have no posterior mean
     training, heldout, selection = ([p for p in files if p in means] for files in (training, heldout, selection))
+    if len(selection) < 2 or not heldout:
+        raise DensityError(
+            f"only {len(selection)} training and {len(heldout)} validation images could be decoded under "
+            f"{dataset.root}; a latent density needs 2 and 1 at least"
+        )
     log(f"latent density: choosing k among {list(sizes)} on the {len(heldout)} validation posterior means")
     density = select_density(
         np.stack([means[path] for path in selection]),
@@ -533,7 +558,10 @@ def fit_folder_density(
 def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
     """latent_density.json into folder, atomically."""
     path = Path(folder) / DENSITY_FILE
-    write_text_atomic(path, density_json(density))
+    try:
+        write_text_atomic(path, density_json(density))
+    except OSError as error:
+        raise DensityError(f"cannot write {path} ({error.strerror}); free some space there and fit again") from None
     return path
 
 
@@ -567,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.seed < 0:
         parser.error(f"--seed must not be negative (got {args.seed})")
 
+    # Before any work: the density is written into the folder, after encoding every image.
+    check_writable(Path(args.run) / DENSITY_FILE, folder=False, flag="--run")
     backend = open_backend(args.run, args.backend)
     config = read_config(args.run) if (Path(args.run) / CONFIG_FILE).is_file() else {}
     data_path = args.data or config.get("data")

@@ -890,8 +890,7 @@ def build_cases(survey: Survey, disk_problem: str) -> list[Case]:
                  "checkpoint/epoch_001.weights.h5")  # fmt: skip
     add("modes-run-umask-022", [], expect="ok", run=nothing, check=modes(s.run_a, run_files, 0o644),
         shown="(set-up) train.py ... --out W/runs/a under umask 022")  # fmt: skip
-    cases += generate_output_cases(s)
-    return cases
+    return cases + generate_output_cases(s) + data_file_cases(s)
 
 
 def generate_output_cases(s: Survey) -> list[Case]:
@@ -954,6 +953,52 @@ def generate_output_cases(s: Survey) -> list[Case]:
     for case in cases:
         case.argv = [str(part) for part in case.argv]
     return cases
+
+
+def data_file_cases(s: Survey) -> list[Case]:
+    """Image files training must read as generate.py does or name as skipped, names that are not
+    UTF-8 under LANG=C, and latent.py refusing before encoding what would fail after it."""
+    odd = s.case_dir("data-odd-files")
+
+    def odd_files() -> None:
+        write_faces(odd, ["face.jpg", "face.png"])
+        face_image(np.random.default_rng(6)).save(odd / "face.webp")
+        (odd / os.fsdecode(b"\xffname.jpg")).write_bytes((odd / "face.jpg").read_bytes())
+        (odd / "photo.heic").write_bytes(b"\0" * 64)
+
+    def under_c_locale(case: Case) -> Outcome:
+        started, environment = time.perf_counter(), {**s.env, "LANG": "C", "LC_ALL": "C"}
+        done = subprocess.run(
+            [sys.executable, str(REPO / "data.py"), "--data", str(odd)],
+            cwd=s.cwd, env=environment, capture_output=True, text=True, errors="replace", timeout=s.timeout,
+        )  # fmt: skip
+        return Outcome(done.returncode, done.stdout, done.stderr, time.perf_counter() - started)
+
+    def all_read_or_named(outcome: Outcome) -> tuple[bool, str]:
+        found = re.search(r": (\d+) images", outcome.stdout)
+        named = "photo.heic" in outcome.stderr and "mogrify -format png" in outcome.stderr
+        return bool(
+            found and found.group(1) == "4" and named
+        ), f"{found and found.group(1)} of 4 images read; .heic named"
+
+    density_folder = s.case_dir("latent-density-is-a-folder") / "exp"
+
+    def density_folder_case() -> None:
+        copy(s.exp_a, density_folder)
+        (density_folder / "latent_density.json").unlink()
+        (density_folder / "latent_density.json").mkdir()
+
+    def before_encoding(outcome: Outcome) -> tuple[bool, str]:
+        return "encoded" not in outcome.stdout, "refused before encoding any image"
+
+    return [
+        Case("data-odd-files-c-locale", [], expect="ok", prepare=odd_files, run=under_c_locale,
+             check=all_read_or_named, shown="LANG=C data.py --data W/cases/data-odd-files (webp, heic, \\xff name)"),
+        Case("latent-density-is-a-folder", ["latent.py", "--run", str(density_folder)], prepare=density_folder_case,
+             check=before_encoding),
+        Case("latent-too-few-images", ["latent.py", "--run", str(s.exp_a), "--components", "64"],
+             check=before_encoding),
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------- report

@@ -3,22 +3,16 @@
     python bench/data_throughput.py --data ../shared/celeba-sample
     python bench/data_throughput.py --data ./celeba --limit 20000 --image-size 64
     python bench/data_throughput.py --fake-celeba 202599 --train-steps 0   # full-size CelebA layout
+    python bench/data_throughput.py --data ../shared/celeba-sample --file-checks 500
 
-Builds train.py's training pipeline (decode with fused crop, area resize, uint8 memory cache,
-seeded shuffle, batch, float32) over the images and times the first pass (JPEG decode +
-crop + resize, filling the cache) and the later passes (from the cache), with the process's
-resident memory before and at its peak: what the memory cache costs. Then times the
-training step of the default model on batches from the same pipeline and prints the ratio
-pipeline / training: above 1 the training is not input-bound (--train-steps 0 skips this
-part, which fills a second memory cache). The training step is timed after one full pass has
-filled the cache, i.e. in the steady state of epochs 2 and later. The OS file cache is warm
-after the first run of this script; the first pass here measures decoding, not the disk.
-
---fake-celeba N reproduces the scale figures without the full download: it builds, in a
-temporary folder (or --fake-dir), CelebA's Kaggle layout with N images named 000001.jpg ...
-as hard links to the images of the CelebA sample (--sample; symbolic links when the folder is
-on another file system), cycled, with the partition, attribute and identity files cycled
-with them, and measures listing it (data.find_dataset) before the pipeline.
+Times train.py's training pipeline: the first pass (decode, crop, resize, filling the memory
+cache) and the cached passes, with the resident memory the cache takes; then the training step
+of the default model fed by it (--train-steps 0 skips this), and the ratio pipeline / training
+(above 1: not input-bound). --fake-celeba N builds CelebA's Kaggle layout with N images linked
+to the sample's, cycled, to measure the full-size listing and pipeline without the download.
+--file-checks N only times, per file, what each way of finding damaged files costs:
+image_files.check_image, Pillow's open + verify() and open + load(), and TensorFlow's decode
+(what tf.data's ignore_errors relies on). Details: docs/training.md, "Performance".
 """
 
 from __future__ import annotations
@@ -40,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import machine_lines  # noqa: E402
 
 import data  # noqa: E402
+import image_files  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "celeba-sample"
 
@@ -133,7 +128,7 @@ def measure(args: argparse.Namespace, data_folder: Path) -> None:
         dataset = data.find_dataset(data_folder)
     folder, recursive = (dataset.root, True) if dataset.layout == "folder" else (dataset.files[0].parent, False)
     with Timer() as listed:
-        data.list_images(folder, recursive=recursive)
+        data.list_images(folder, recursive=recursive)  # the images and the files in other formats
     print(f"data.find_dataset: {found}; listing the {len(dataset.files)} image files alone: {listed}")
     print(f"  {dataset.describe()}")
     files = dataset.files[: args.limit] if args.limit else dataset.files
@@ -161,6 +156,34 @@ def measure(args: argparse.Namespace, data_folder: Path) -> None:
     )
     if args.train_steps:
         train_step(args, files, cached, first)
+
+
+def file_check_costs(files: Sequence[Path]) -> None:
+    """CPU microseconds per file of each way of finding damaged image files (the best of 3 passes)."""
+    import tensorflow as tf
+    from PIL import Image
+
+    def pillow(path: Path, load: bool) -> None:
+        with Image.open(path) as image:
+            image.load() if load else image.verify()
+
+    contents = [path.read_bytes() for path in files]  # the OS file cache is warm for every option
+    options = {
+        "image_files.check_image (structure)": lambda: [image_files.check_image(path) for path in files],
+        "Pillow Image.open + verify()": lambda: [pillow(path, load=False) for path in files],
+        "Pillow Image.open + load() (decode)": lambda: [pillow(path, load=True) for path in files],
+        "TensorFlow decode_jpeg (ignore_errors)": lambda: [
+            tf.io.decode_jpeg(content, channels=3, dct_method="INTEGER_ACCURATE") for content in contents
+        ],
+    }
+    print(f"per-file cost of finding damaged files, {len(files)} files (CPU time, best of 3 passes):")
+    for name, run in options.items():
+        cpu = []
+        for _ in range(3):
+            with Timer() as timer:
+                run()
+            cpu.append(timer.cpu)
+        print(f"  {name:40s} {min(cpu) / len(files) * 1e6:8.0f} microseconds")
 
 
 def train_step(args: argparse.Namespace, files: list[Path], cached: float, first: float) -> None:
@@ -198,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=0, help="use the first N images (0: all)")
     parser.add_argument("--cached-passes", type=int, default=3, help="passes timed after the first")
     parser.add_argument("--train-steps", type=int, default=30, help="training steps timed (0: skip)")
+    parser.add_argument("--file-checks", type=int, metavar="N", help="only time the damaged-file checks on N images")
     args = parser.parse_args(argv)
     if args.fake_celeba is not None and args.fake_celeba < 1:
         parser.error("--fake-celeba needs a number of images, 1 or more")
@@ -206,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     print("\n".join(machine_lines()))
     try:
+        if args.data and args.file_checks:
+            file_check_costs(data.find_dataset(args.data).files[: args.file_checks])
+            return
         if args.data:
             measure(args, Path(args.data))
             return

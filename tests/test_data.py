@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -11,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CELEBA_SAMPLE, SMILING, bomb_png, face_image, png_chunk, write_faces
+from conftest import CELEBA_SAMPLE, REPO, SMILING, bomb_png, face_image, png_chunk, write_faces
 from PIL import Image
 
 import data
+import image_files
 import images
 import runs
 from data import CELEBA_ATTRIBUTES
@@ -53,7 +57,7 @@ def test_plain_folder_uses_a_stable_hash_split(face_folder):
 def test_missing_or_empty_folder_errors_explain_layouts(tmp_path):
     with pytest.raises(data.DataError, match="does not exist.*Kaggle layout.*kaggle datasets download"):
         data.find_dataset(tmp_path / "nowhere")
-    with pytest.raises(data.DataError, match="no .jpg/.png images found"):
+    with pytest.raises(data.DataError, match="no image files found"):
         data.find_dataset(tmp_path)
 
 
@@ -76,7 +80,10 @@ def test_corrupt_files_are_skipped_and_counted(kaggle_celeba, caplog):
         good = data.usable_files(files)
     assert len(good) == 38
     assert "skipped 2 of 40 image files that cannot be decoded" in caplog.text
-    assert "000006.jpg (truncated" in caplog.text and "000012.jpg (not a JPEG or PNG file)" in caplog.text
+    assert (
+        "000006.jpg (truncated" in caplog.text
+        and "000012.jpg (not a JPEG, PNG, WebP, GIF, BMP or TIFF file" in caplog.text
+    )
     batches = list(data.make_dataset(files, image_size=16, batch_size=16))
     assert sum(len(b) for b in batches) == 38
 
@@ -148,6 +155,130 @@ def test_pillow_loader_matches_the_training_pipeline(tmp_path, name, mode, chann
     assert from_pillow.mean() < 0.9  # a 16-bit image is not clipped to a white tile
 
 
+def decoded_crop(path: Path, crop: int, native: bool = True) -> np.ndarray:
+    """data.decode_face's crop of a file at the crop's own size (the area resize then changes nothing)."""
+    with Image.open(path) as image:
+        side = images.crop_box(image.height, image.width, crop)[2]
+    return data.decode_face(tf.constant(os.fsencode(path)), tf.constant(native), side, 3, crop).numpy()
+
+
+# (width, height, crop, JPEG chroma subsampling 0 4:4:4 / 1 4:2:2 / 2 4:2:0): odd and even sizes,
+# crop windows starting on and off the 8- and 16-pixel block edges.
+CROP_CASES = [
+    (178, 218, 148, 2),
+    (200, 300, 100, 2),
+    (333, 250, 148, 2),
+    (333, 250, 100, 1),
+    (333, 250, 60, 2),
+    (64, 64, 148, 2),
+    (64, 64, 170, 0),
+    (101, 77, 148, 2),
+    (101, 77, 100, 1),
+    (256, 256, 100, 2),
+    (57, 203, 31, 2),
+    (390, 111, 177, 1),
+    (245, 245, 0, 2),
+    (20, 33, 1, 0),
+]
+
+
+@pytest.mark.parametrize(("width", "height", "crop", "subsampling"), CROP_CASES)
+def test_training_and_load_face_crop_jpegs_alike(tmp_path, width, height, crop, subsampling):
+    """The crop fused into the JPEG decode gives the pixels of a full decode (Pillow's, as
+    images.load_face reads them) within one 8-bit level, for every size and crop."""
+    path = tmp_path / "face.jpg"
+    face_image(np.random.default_rng(width * height + crop), (width, height)).save(
+        path, quality=90, subsampling=subsampling
+    )
+    top, left, side, _ = images.crop_box(height, width, crop)
+    expected = images.read_pixels(path)[top : top + side, left : left + side]
+    assert np.abs(decoded_crop(path, crop).astype(int) - expected).max() <= 1
+
+
+def test_photos_with_an_exif_orientation_are_read_upright_everywhere(tmp_path):
+    """A photo stored sideways with an EXIF orientation (6: turn 90 degrees clockwise to view):
+    images.load_face and training both see it upright, as a viewer shows it."""
+    upright = face_image(np.random.default_rng(3), (120, 160))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera held sideways stores
+    plain, sideways_png, sideways_jpg = tmp_path / "plain.png", tmp_path / "sideways.png", tmp_path / "sideways.jpg"
+    upright.save(plain)
+    stored.save(sideways_png, exif=exif)
+    stored.save(sideways_jpg, exif=exif, quality=95)
+    expected = images.load_face(plain, 32)
+    np.testing.assert_array_equal(images.load_face(sideways_png, 32), expected)
+    assert np.abs(images.load_face(sideways_jpg, 32) - expected).mean() < 0.02  # only JPEG's loss
+    for path in (sideways_png, sideways_jpg):
+        assert image_files.check_image(path) == (None, False)  # read by Pillow in training too
+        from_pipeline = next(iter(data.make_dataset([path], image_size=32, batch_size=1))).numpy()[0]
+        assert np.abs(from_pipeline - images.load_face(path, 32)).max() <= 1 / 255 + 1e-6
+
+
+OTHER_FORMATS = {".webp": {"lossless": True}, ".gif": {}, ".bmp": {}, ".tif": {}, ".tiff": {"compression": "tiff_lzw"}}
+
+
+def test_every_format_load_face_reads_trains_alike_and_others_are_named(tmp_path, caplog):
+    """The one list of formats: a folder's WebP, GIF, BMP and TIFF faces train as images.load_face
+    reads them; image files of other formats are counted and named, with how to convert them."""
+    face = face_image(np.random.default_rng(4))
+    paths = []
+    for suffix, options in OTHER_FORMATS.items():
+        paths.append(tmp_path / f"face{suffix}")
+        face.save(paths[-1], **options)
+    (tmp_path / "photo.heic").write_bytes(b"\0" * 64)
+    face.save(tmp_path / "face.ppm")  # Pillow reads it, but it is not one of the formats
+    (tmp_path / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING, logger="data"):
+        dataset = data.find_dataset(tmp_path)
+    assert dataset.files == sorted(paths) and dataset.other_formats == [tmp_path / "face.ppm", tmp_path / "photo.heic"]
+    assert "skipped 2 image files in formats training does not read (.heic, .ppm)" in caplog.text
+    assert "mogrify -format png" in caplog.text and "2 image files in other formats skipped" in dataset.describe()
+    batch = next(iter(data.make_dataset(dataset.files, image_size=32, batch_size=len(paths)))).numpy()
+    for path, from_pipeline in zip(dataset.files, batch, strict=True):
+        assert np.abs(from_pipeline - images.load_face(path, 32)).max() <= 1 / 255 + 1e-6, path.name
+    for other in dataset.other_formats:  # generate.py --images refuses them too, saying how to convert them
+        with pytest.raises(ValueError, match="give a JPEG, PNG, WebP, GIF, BMP or TIFF file .convert others to PNG"):
+            images.load_face(other, 32)
+
+
+def test_a_damaged_file_of_another_format_is_named_and_skipped(tmp_path, caplog):
+    good, damaged = tmp_path / "good.webp", tmp_path / "damaged.webp"
+    face_image(np.random.default_rng(5)).save(good)
+    damaged.write_bytes(good.read_bytes()[:200])
+    assert "Pillow can decode" in image_files.image_file_problem(damaged)
+    with caplog.at_level(logging.WARNING, logger="data"):
+        assert data.usable_files([good, damaged]) == [good]
+    assert f"skipped 1 of 2 image files that cannot be decoded: {damaged} (not a JPEG" in caplog.text
+
+
+def test_file_names_that_are_not_utf8_are_read_and_shown(tmp_path):
+    """A name holding a byte that is not UTF-8 (Python holds it as a surrogate): listed, split,
+    cached and decoded like any other, and printed with an escape, even under LANG=C."""
+    folder = tmp_path / "faces"
+    write_faces(folder, ["a.jpg", "b.png"])
+    odd = folder / os.fsdecode(b"\xffface.jpg")
+    odd.write_bytes((folder / "a.jpg").read_bytes())
+    assert odd in data.find_dataset(folder).files and data.hash_split(odd.name) in (0, 1, 2)
+    batches = data.make_dataset([odd, folder / "b.png"], image_size=8, cache=str(tmp_path / "cache"))
+    assert sum(len(batch) for batch in batches) == 2
+    environment = {**os.environ, "LANG": "C", "LC_ALL": "C"}
+    environment.pop("PYTHONUTF8", None)
+    command = [sys.executable, str(REPO / "data.py"), "--data", str(folder)]
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+    assert done.returncode == 0 and "folder layout" in done.stdout and "3 images" in done.stdout, done.stderr
+    assert "Traceback" not in done.stderr
+    assert data.shown(odd).endswith("\\xffface.jpg")
+
+
+def test_images_py_run_as_a_script_says_what_to_run():
+    done = subprocess.run([sys.executable, str(REPO / "images.py")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "images.py is a library module; run train.py, generate.py, evaluate.py, latent.py or export_onnx.py"
+    ]
+
+
 def damaged_images(folder: Path) -> dict[str, tuple[Path, str]]:
     """Files that TensorFlow cannot decode (or must not: a bomb), with what the check says."""
     folder.mkdir(exist_ok=True)
@@ -184,7 +315,7 @@ def test_damaged_images_are_named_counted_and_never_decoded(tmp_path, caplog):
     damaged = damaged_images(tmp_path / "damaged")
     good = tmp_path / "damaged" / "source.jpg"
     for name, (path, problem) in damaged.items():
-        assert problem in data.image_file_problem(path), name
+        assert problem in image_files.image_file_problem(path), name
     with caplog.at_level(logging.WARNING, logger="data"):
         batches = list(data.make_dataset([good, *(path for path, _ in damaged.values()), good], image_size=8))
     assert sum(len(b) for b in batches) == 2
@@ -199,7 +330,7 @@ def test_damaged_compressed_data_alone_passes_as_libjpeg_decodes_it(tmp_path):
     scan = raw.index(b"\xff\xda") + 20
     raw[scan:-2] = bytes(len(raw) - 2 - scan)
     path.write_bytes(bytes(raw))
-    assert data.image_file_problem(path) is None
+    assert image_files.image_file_problem(path) is None
     assert next(iter(data.make_dataset([path], image_size=8))).shape == (1, 8, 8, 3)
 
 
@@ -209,7 +340,7 @@ def png_file(pixels: np.ndarray, interlace: bool = False, depth: int | None = No
     rows of each Adam7 pass in turn when interlaced. `depth` overrides the IHDR's bit depth."""
     height, width, samples = pixels.shape
     big_endian = pixels.astype(pixels.dtype.newbyteorder(">"))
-    passes = data.ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
+    passes = image_files.ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
     rows = [
         b"\0" + big_endian[y, x::dx].tobytes() for x, y0, dx, dy in passes if x < width for y in range(y0, height, dy)
     ]
@@ -217,7 +348,7 @@ def png_file(pixels: np.ndarray, interlace: bool = False, depth: int | None = No
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big")
     header += bytes([depth or 8 * pixels.itemsize, colour, 0, 0, int(interlace)])
     image_data = png_chunk(b"IDAT", zlib.compress(b"".join(rows)))
-    return data.PNG_SIGNATURE + png_chunk(b"IHDR", header) + image_data + png_chunk(b"IEND", b"")
+    return image_files.PNG_SIGNATURE + png_chunk(b"IHDR", header) + image_data + png_chunk(b"IEND", b"")
 
 
 def png_chunks(content: bytes) -> list[bytes]:
@@ -271,7 +402,7 @@ VALID_PNGS = {
 def test_valid_pngs_pass_the_image_data_check(tmp_path, kind):
     path = tmp_path / "face.png"
     pixels = VALID_PNGS[kind](path)
-    assert data.image_file_problem(path) is None
+    assert image_files.image_file_problem(path) is None
     decoded = tf.io.decode_png(path.read_bytes(), dtype=tf.uint16 if kind.count("16") else tf.uint8).numpy()
     if pixels is not None:  # TensorFlow reads back what png_file wrote: the file is what it claims
         np.testing.assert_array_equal(decoded, pixels)
@@ -323,7 +454,7 @@ def test_pngs_with_damaged_image_data_are_found_as_tensorflow_finds_them(tmp_pat
     content, problem = damaged_pngs()[case]
     path = tmp_path / "face.png"
     path.write_bytes(content)
-    assert f"damaged: {problem}" in data.image_file_problem(path)
+    assert f"damaged: {problem}" in image_files.image_file_problem(path)
     with pytest.raises(tf.errors.InvalidArgumentError):  # what ignore_errors would drop, unnamed
         tf.io.decode_png(content)
 
@@ -345,7 +476,7 @@ def test_png_image_data_check_costs_little(tmp_path):
     (0.7 ms for a photo's: the sample's JPEGs saved as PNG), the cost of zlib itself."""
     files = write_faces(tmp_path, [f"face{i}.png" for i in range(20)])
     started = time.process_time()
-    assert [path for path in files if data.image_file_problem(path)] == []
+    assert [path for path in files if image_files.image_file_problem(path)] == []
     assert (time.process_time() - started) / len(files) < 3e-3
 
 
@@ -357,7 +488,7 @@ def test_structural_check_passes_every_sample_file_and_costs_little():
         pytest.skip(f"{folder} not present")
     files = sorted(folder.glob("*.jpg"))[:2000]
     started = time.process_time()
-    assert [path for path in files if data.image_file_problem(path)] == []
+    assert [path for path in files if image_files.image_file_problem(path)] == []
     assert (time.process_time() - started) / len(files) < 500e-6
 
 

@@ -388,6 +388,21 @@ def test_sixteen_bit_and_oversized_images_given_as_files(run, tmp_path):
     assert f"{bomb} has more than 89,478,485 pixels, too many to decode safely" in message
 
 
+def test_a_photo_with_an_exif_orientation_is_reconstructed_upright(run, tmp_path):
+    """A photo stored sideways with EXIF orientation 6 reaches the model as a viewer shows it:
+    its reconstruction is that of the same photo stored upright."""
+    upright = face_image(np.random.default_rng(4), (120, 160))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to view
+    plain, sideways = tmp_path / "upright.png", tmp_path / "sideways.png"
+    upright.save(plain)
+    upright.transpose(Image.Transpose.ROTATE_90).save(sideways, exif=exif)
+    _, rows = generate_grid(run, tmp_path / "grid.png", "--mode", "reconstruct", "--images", str(plain), str(sideways))
+    for row in rows[:2]:  # the faces given, and their reconstructions
+        tiles = [np.asarray(Image.open(tile)) for tile in row]
+        assert len(tiles) == 2 and np.array_equal(tiles[0], tiles[1])
+
+
 @pytest.mark.parametrize(
     ("file", "flags", "message"),
     [

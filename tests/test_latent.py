@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO
 
+import data
+import latent
+import runs
+from errors import UserError
 from latent import (
     DENSITY_FILE,
     DensityError,
@@ -18,6 +24,7 @@ from latent import (
     attribute_sweep,
     choose_sampler,
     find_density,
+    fit_folder_density,
     fit_mixture,
     latent_path,
     lerp,
@@ -284,3 +291,52 @@ def test_fitting_and_sampling_need_no_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "LOADED []" in result.stdout
+
+
+class CountingBackend:
+    """A runs.Backend stand-in whose encoder projects the faces' pixels, counting the images encoded."""
+
+    def __init__(self, latent_dim: int, run_dir):
+        self.latent_dim, self.image_size, self.channels, self.crop, self.run_dir = latent_dim, 8, 3, 148, run_dir
+        self.encoded = 0
+
+    def encode(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.encoded += len(faces)
+        flat = faces.reshape(len(faces), -1)
+        mu = flat @ np.random.default_rng(0).standard_normal((flat.shape[1], self.latent_dim))
+        return mu, np.zeros_like(mu)
+
+
+def test_a_fit_that_cannot_be_done_is_refused_before_any_image_is_encoded(face_folder, tmp_path, monkeypatch):
+    """Too few images for every mixture size tried, or more memory than there is: one line,
+    said before encoding the images (which takes minutes on CelebA), not after."""
+    dataset = data.find_dataset(face_folder)
+    backend = CountingBackend(16, tmp_path)
+    with pytest.raises(DensityError, match=r"images are too few for a mixture of 2 components in 16 dimensions: it "
+                       r"needs at least 128 \(2 x 4 x 16\); use more images or add 1 to --components"):  # fmt: skip
+        fit_folder_density(backend, dataset, ["train"], sizes=[2, 4], log=lambda _: None)
+    monkeypatch.setattr(data, "available_memory", lambda: 100_000)
+    with pytest.raises(DensityError, match=r"takes about .* of memory, but only 100 kB is available; use fewer"):
+        fit_folder_density(CountingBackend(512, tmp_path), dataset, ["train"], log=lambda _: None)
+    assert backend.encoded == 0
+    monkeypatch.setattr(data, "available_memory", lambda: None)
+    density = fit_folder_density(backend, dataset, ["train"], sizes=[1, 2], log=lambda _: None)
+    assert density.latent_dim == 16 and backend.encoded > 0
+    with pytest.raises(DensityError, match="images are too few"):  # also for direct callers of select_density
+        select_density(np.zeros((10, 16)), np.zeros((2, 16)), sizes=[8])
+
+
+def test_latent_py_refuses_a_folder_it_cannot_write_before_any_work(tmp_path, monkeypatch):
+    def never(*_):
+        raise AssertionError("the model was opened before the folder was checked")
+
+    monkeypatch.setattr(latent, "open_backend", never)
+    run = tmp_path / "run"
+    (run / DENSITY_FILE).mkdir(parents=True)  # where the file goes, a folder
+    with pytest.raises(UserError, match=f"{run / DENSITY_FILE} is a folder; give a file path"):
+        latent.main(["--run", str(run), "--data", str(tmp_path)])
+    (run / DENSITY_FILE).rmdir()
+    real_access = os.access
+    monkeypatch.setattr(runs.os, "access", lambda path, mode: Path(path) != run and real_access(path, mode))
+    with pytest.raises(UserError, match=f"{run} is not writable .permission denied.; give another --run"):
+        latent.main(["--run", str(run), "--data", str(tmp_path)])
