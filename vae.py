@@ -397,7 +397,22 @@ def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.O
             warmup_steps=warmup_steps,
         )
     ema = config["ema"]
-    return keras.optimizers.Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
+    return Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
+
+
+class Adam(keras.optimizers.Adam):
+    """Adam whose EMA weights go back to the very variables they average.
+
+    Keras keeps one average per variable the optimizer was built on and copies them back by
+    position into the list it is given; `fit` gives every trainable weight, which for an
+    autoencoder include the log_var head the optimizer never trains: averages then land on the
+    wrong variables (or fail on their shapes). Here each goes to its own variable, by identity,
+    and variables without one keep their values."""
+
+    def finalize_variable_values(self, var_list):
+        if self.use_ema and self.built:
+            # The list the optimizer was built on, in its order: the averages' own.
+            super().finalize_variable_values(self._trainable_variables)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -166,6 +166,32 @@ def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):
     assert np.abs(saved - raw).max() > 1e-6
 
 
+def test_ema_weights_puts_each_average_into_its_own_variable_and_back():
+    """An autoencoder's optimizer averages fewer variables than the model trains (not the log_var
+    head): each average must go to its own variable, and every variable come back afterwards."""
+    config = {
+        "image_size": 16, "channels": 3, "latent_dim": 4, "filters": [4, 8], "hidden_units": 8,
+        "upsampling": "nearest", "reconstruction": "mse", "beta": 1.0, "beta_warmup_steps": 0,
+        "beta_cycle_steps": 0, "model": "ae", "seed": 0, "learning_rate": 1e-2, "epochs": 1, "ema": 0.75,
+    }  # fmt: skip
+    keras.utils.set_random_seed(0)
+    model = vae.model_from_config(config)
+    model.compile(optimizer=vae.make_optimizer(config))
+    model.optimizer.build(model.trained_variables())  # as train.train builds it
+    averaged = {id(v) for v in model.trained_variables()}
+    images = tf.constant(np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32))
+    model.train_step(images)
+    first = {id(v): v.numpy().copy() for v in model.trainable_variables}
+    model.train_step(images)
+    raw = {id(v): v.numpy().copy() for v in model.trainable_variables}
+    with train.ema_weights(model):
+        for v in model.trainable_variables:
+            want = 0.75 * first[id(v)] + 0.25 * raw[id(v)] if id(v) in averaged else raw[id(v)]
+            np.testing.assert_allclose(v.numpy(), want, rtol=1e-5, atol=1e-7, err_msg=v.path)
+    for v in model.trainable_variables:
+        np.testing.assert_array_equal(v.numpy(), raw[id(v)])
+
+
 def test_mixed_precision_trains_and_saves_float32(face_folder, tmp_path):
     run = tmp_path / "run"
     train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--mixed-precision", "--lr", "3e-3"))

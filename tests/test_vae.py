@@ -136,3 +136,39 @@ def test_autoencoder_has_no_kl_and_skips_the_log_var_head():
     assert history.history["kl"] == [0.0]
     assert history.history["loss"][0] == pytest.approx(history.history["reconstruction"][0])
     np.testing.assert_array_equal(model.encoder.get_layer("log_var").get_weights()[0], before)
+
+
+TINY = {
+    "image_size": 16, "channels": 3, "latent_dim": 4, "filters": [4, 8], "hidden_units": 8, "upsampling": "nearest",
+    "beta": 0.5, "beta_warmup_steps": 0, "beta_cycle_steps": 0, "seed": 0, "learning_rate": 1e-2, "epochs": 1,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["vae", "ae"])
+@pytest.mark.parametrize("reconstruction", vae.RECONSTRUCTION_LOSSES)
+def test_ema_weights_go_back_to_the_variables_they_average(kind, reconstruction):
+    """fit ends by copying the EMA weights into the model: each into its own variable (an
+    autoencoder's optimizer trains fewer variables than the model has), equal to numpy's average."""
+    momentum = 0.5
+    config = {**TINY, "model": kind, "reconstruction": reconstruction, "ema": momentum}
+    keras.utils.set_random_seed(0)
+    model = vae.model_from_config(config)
+    model.compile(optimizer=vae.make_optimizer(config))
+    model.optimizer.build(model.trained_variables())  # as train.py builds it
+    initial = {id(v): v.numpy().copy() for v in model.trainable_variables}
+    trained = {id(v) for v in model.trained_variables()}
+    averages: dict[int, np.ndarray] = {}
+
+    def average(batch, logs):  # the update Keras documents, from the weights after each step
+        for v in model.trainable_variables:
+            if id(v) in trained:
+                averages[id(v)] = momentum * averages[id(v)] + (1 - momentum) * v.numpy() if batch else v.numpy()
+
+    images = np.random.default_rng(0).random((12, 16, 16, 3), dtype=np.float32)
+    model.fit(
+        images, epochs=1, batch_size=4, verbose=0, callbacks=[keras.callbacks.LambdaCallback(on_batch_end=average)]
+    )
+    assert len(trained) < len(initial) if kind == "ae" else len(trained) == len(initial)
+    for v in model.trainable_variables:
+        expected = averages[id(v)] if id(v) in trained else initial[id(v)]
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=v.path)
