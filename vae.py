@@ -276,13 +276,12 @@ class VAE(keras.Model):
         return [v for v in self.trainable_variables if id(v) not in skipped]
 
     def update_trackers(self, terms: dict, images) -> dict:
-        # Under tf.distribute a short last batch can leave a replica without images: its batch
-        # means are NaN (of nothing) and must not count, or every figure of the epoch is NaN.
-        has_images = ops.shape(images)[0] > 0
+        # Each batch mean counts with its number of images, so the figures are means per image
+        # however the batches (and the replicas' shares of them) differ in size. A replica left
+        # without images has NaN means (of nothing), which must not count.
+        count = ops.cast(ops.shape(images)[0], "float32")
         for tracker in self.metrics:
-            tracker.update_state(
-                ops.where(has_images, terms[tracker.name], 0.0), sample_weight=ops.cast(has_images, "float32")
-            )
+            tracker.update_state(ops.where(count > 0, terms[tracker.name], 0.0), sample_weight=count)
         results = {m.name: m.result() for m in self.metrics}
         if spans_several_workers():
             # Keras averages each replica's logs over the workers with strategy.reduce(MEAN, axis=0),

@@ -172,3 +172,47 @@ def test_ema_weights_go_back_to_the_variables_they_average(kind, reconstruction)
     for v in model.trainable_variables:
         expected = averages[id(v)] if id(v) in trained else initial[id(v)]
         np.testing.assert_allclose(v.numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=v.path)
+
+
+def test_figures_are_means_per_image_over_uneven_batches():
+    """5 images in batches of 2, 2 and 1: each figure is the mean over the images, as numpy gives it
+    from the model's own outputs, not the mean of the three batch means."""
+    config = {**TINY, "model": "ae", "reconstruction": "mse", "ema": 0.0}
+    keras.utils.set_random_seed(0)
+    model = vae.model_from_config(config)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))  # the weights stay put, so numpy sees the same model
+    images = np.random.default_rng(1).random((5, 16, 16, 3), dtype=np.float32)
+    batches = [images[:2], images[2:4], images[4:]]
+
+    def per_image_errors(training: bool) -> np.ndarray:
+        errors = []
+        for batch in batches:  # in training, batch normalisation uses each batch's own statistics
+            decoded = model.decoder(model.encoder(batch, training=training)[0], training=training)
+            errors.append(((np.asarray(decoded) - batch) ** 2).reshape(len(batch), -1))
+        return np.concatenate(errors)
+
+    trained = model.fit(images, epochs=1, batch_size=2, shuffle=False, verbose=0).history
+    validated = model.evaluate(images, batch_size=2, verbose=0, return_dict=True)
+    validation_errors = per_image_errors(False)  # first: a forward pass in training updates the BN statistics
+    for figures, errors in ((trained, per_image_errors(True)), (validated, validation_errors)):
+        figures = {name: np.ravel(value)[-1] for name, value in figures.items()}
+        assert figures["mse"] == pytest.approx(errors.mean(), rel=1e-4)
+        assert figures["reconstruction"] == pytest.approx(errors.sum(axis=1).mean(), rel=1e-4)
+        assert figures["loss"] == pytest.approx(errors.sum(axis=1).mean(), rel=1e-4)
+
+
+def test_variational_figures_are_means_per_image_over_uneven_batches():
+    config = {**TINY, "model": "vae", "reconstruction": "bce", "ema": 0.0}
+    keras.utils.set_random_seed(0)
+    model = vae.model_from_config(config)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    images = np.random.default_rng(2).random((5, 16, 16, 3), dtype=np.float32)
+    figures = model.evaluate(images, batch_size=2, verbose=0, return_dict=True)
+    mu, log_var = (np.asarray(t, np.float64) for t in model.encoder(images, training=False))
+    decoded = np.clip(np.asarray(model.decoder(mu, training=False), np.float64), vae.BCE_EPSILON, 1 - vae.BCE_EPSILON)
+    bce = -(images * np.log(decoded) + (1 - images) * np.log(1 - decoded)).reshape(5, -1).sum(axis=1)
+    kl = -0.5 * (1 + log_var - mu**2 - np.exp(log_var)).sum(axis=1)
+    assert figures["reconstruction"] == pytest.approx(bce.mean(), rel=1e-4)
+    assert figures["kl"] == pytest.approx(kl.mean(), rel=1e-4)
+    assert figures["loss"] == pytest.approx((bce + 0.5 * kl).mean(), rel=1e-4)
+    assert figures["mse"] == pytest.approx(((decoded - images) ** 2).mean(), rel=1e-3)
