@@ -14,7 +14,7 @@ Loss = reconstruction + beta * KL, both per image, averaged over the batch:
 - `mse`:      sum over pixels of (x - x_hat)^2.
 - `bce`:      sum over pixels of -(x log x_hat + (1 - x) log(1 - x_hat)).
 - `gaussian`: Gaussian negative log-likelihood with a calibrated decoder
-  variance (sigma-VAE, Rybkin et al. 2021). sigma^2 is the batch's mean squared
+  variance (sigma-VAE, Rybkin et al. 2021). sigma^2 is the global batch's mean squared
   error, the maximum-likelihood value, floored at `MIN_GAUSSIAN_SIGMA^2`:
       NLL = sum over D pixels of (x - x_hat)^2 / (2 sigma^2) + log sigma + log(2 pi) / 2
   which at the optimum equals D/2 * (log(2 pi sigma^2) + 1). It balances
@@ -73,10 +73,25 @@ def reconstruction_loss(x, x_hat, kind: str = "mse"):
         bce = -(x * ops.log(x_hat) + (1.0 - x) * ops.log(1.0 - x_hat))
         return ops.sum(bce, axis=pixel_axes)
     if kind == "gaussian":
-        variance = ops.maximum(ops.mean(squared_error), MIN_GAUSSIAN_SIGMA**2)
+        variance = ops.maximum(global_batch_mean(squared_error), MIN_GAUSSIAN_SIGMA**2)
         nll = squared_error / (2.0 * variance) + 0.5 * ops.log(2.0 * math.pi * variance)
         return ops.sum(nll, axis=pixel_axes)
     raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {RECONSTRUCTION_LOSSES}")
+
+
+def global_batch_mean(values):
+    """The mean of `values` over the global batch: under tf.distribute, over every replica's share
+    (an all-reduce of their sums and counts), so that N replicas compute what one device would.
+
+    No gradient flows through it: the gaussian loss's derivative in sigma^2 is zero at its
+    maximum-likelihood value, this mean, so the single-device gradient is unchanged, and each
+    replica's gradient need not reach the others' images."""
+    values = tf.cast(values, "float32")
+    sums = tf.stack([tf.reduce_sum(values), tf.cast(tf.size(values), "float32")])
+    replica = tf.distribute.get_replica_context()  # None in a cross-replica context
+    if replica is not None and replica.num_replicas_in_sync > 1:
+        sums = replica.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+    return tf.stop_gradient(sums[0] / sums[1])
 
 
 def per_pixel_mse(x, x_hat):
