@@ -40,7 +40,15 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from runs import DEFAULT_FILTERS, DEFAULT_RECIPE, RECONSTRUCTION_LOSSES, UPSAMPLING_MODES, check_architecture
+from runs import (
+    DEFAULT_FILTERS,
+    DEFAULT_RECIPE,
+    PRECISION_POLICIES,
+    PRECISION_SETTINGS,
+    RECONSTRUCTION_LOSSES,
+    UPSAMPLING_MODES,
+    check_architecture,
+)
 
 MIN_GAUSSIAN_SIGMA = 1e-3  # keeps log(sigma) finite when reconstructions become exact
 BCE_EPSILON = 1e-6
@@ -361,9 +369,61 @@ def build_vae(
     return model
 
 
-def mixed_precision_policy() -> str:
-    """The mixed-precision policy for this machine: float16 (with loss scaling) on a GPU, bfloat16 on a CPU."""
-    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+# --------------------------------------------------------------------------- precision
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's names of bfloat16 matrix instructions
+TENSOR_CORES = (7, 0)  # the CUDA compute capability from which NVIDIA GPUs have tensor cores
+
+
+def choose_precision(setting: str | bool, cpu_flags: str, gpu_capability: tuple[int, int] | None) -> tuple[str, str]:
+    """(Keras dtype policy, why) for --mixed-precision `setting` (auto, on, off; or true/false, what
+    config.json held before), on a machine whose CPU has the /proc/cpuinfo `cpu_flags` and whose
+    GPUs the lowest CUDA compute capability `gpu_capability` (None: no GPU)."""
+    where = "a GPU" if gpu_capability is not None else "a CPU"
+    if setting in ("off", False):
+        return "float32", "--mixed-precision off" if setting == "off" else "mixed precision off in config.json"
+    if setting in ("on", True):
+        said = "--mixed-precision on" if setting == "on" else "mixed precision on in config.json"
+        return ("mixed_float16" if gpu_capability is not None else "mixed_bfloat16"), f"{said}, on {where}"
+    if setting != "auto":
+        raise ValueError(f"unknown --mixed-precision {setting!r}; choose one of {', '.join(PRECISION_SETTINGS)}")
+    if gpu_capability is not None:
+        version = ".".join(map(str, gpu_capability))
+        if tuple(gpu_capability) >= TENSOR_CORES:
+            return "mixed_float16", f"GPU has tensor cores (compute capability {version})"
+        return "float32", f"GPU has no tensor cores (compute capability {version}, below 7.0)"
+    found = [flag for flag in BF16_CPU_FLAGS if flag in cpu_flags.split()]
+    if found:
+        return "mixed_bfloat16", f"CPU has {found[0]}"
+    return "float32", f"CPU has neither {' nor '.join(BF16_CPU_FLAGS)}"
+
+
+def cpu_flags() -> str:
+    """This machine's CPU flags as /proc/cpuinfo lists them ('' without /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.partition(":")[2] for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    """The lowest CUDA compute capability of the GPUs TensorFlow sees ((0, 0) when one does not
+    say), or None without a GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    return min(
+        tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)) for gpu in gpus
+    )
+
+
+def run_precision(config: dict) -> tuple[str, str]:
+    """(policy, why) for a run: chosen for this machine from its "mixed_precision" setting, or the
+    policy a resumed run began with (its checkpoints hold that policy's optimizer)."""
+    setting = config["mixed_precision"]
+    if setting in PRECISION_POLICIES:
+        return setting, config.get("mixed_precision_reason", "chosen when the run began")
+    return choose_precision(setting, cpu_flags(), gpu_capability())
 
 
 @contextlib.contextmanager

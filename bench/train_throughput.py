@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64, help="image side")
     args = parser.parse_args(argv)
     config = default_config(args.latent, args.image_size)
-    mixed = vae.mixed_precision_policy()
+    mixed = vae.choose_precision("on", vae.cpu_flags(), vae.gpu_capability())[0]  # this machine's mixed policy
     model = vae.model_from_config(config)
     parameters = model.encoder.count_params() + model.decoder.count_params()
     print("\n".join(machine_lines()))

@@ -192,7 +192,11 @@ def test_ema_weights_puts_each_average_into_its_own_variable_and_back():
         np.testing.assert_array_equal(v.numpy(), raw[id(v)])
 
 
-def test_mixed_precision_trains_and_saves_float32(face_folder, tmp_path):
+def test_mixed_precision_trains_saves_float32_and_exports_float32_onnx(face_folder, tmp_path, capsys):
+    import onnx
+
+    import export_onnx
+
     run = tmp_path / "run"
     train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--mixed-precision", "--lr", "3e-3"))
     rows = history_rows(run)
@@ -201,6 +205,21 @@ def test_mixed_precision_trains_and_saves_float32(face_folder, tmp_path):
     decoder = keras.saving.load_model(run / "decoder.keras", safe_mode=True)
     assert decoder.dtype_policy.name == "float32" and decoder.layers[2].compute_dtype == "float32"
     assert keras.config.dtype_policy().name == "float32"  # the global policy was restored
+    # The flag alone means on: bfloat16 on a CPU, float16 on a GPU; config.json and the output say so.
+    policy, reason = vae.choose_precision("on", vae.cpu_flags(), vae.gpu_capability())
+    config = runs.read_config(run)
+    assert (config["mixed_precision"], config["mixed_precision_reason"]) == (policy, reason)
+    assert f"precision: {policy} ({reason})" in capsys.readouterr().out
+    export_onnx.main(["--run", str(run), "--out", str(tmp_path / "onnx")])
+    reduced = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    for part in ("encoder", "decoder"):
+        graph = onnx.load(tmp_path / "onnx" / f"{part}.onnx").graph
+        assert {t.type.tensor_type.elem_type for t in [*graph.input, *graph.output]} == {onnx.TensorProto.FLOAT}
+        assert not {t.data_type for t in graph.initializer} & reduced
+        assert not {a.i for node in graph.node if node.op_type == "Cast" for a in node.attribute} & reduced
+    z = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    session = export_onnx.make_session(tmp_path / "onnx" / "decoder.onnx", threads=1)
+    assert np.abs(export_onnx.decode(session, z) - np.asarray(decoder(z, training=False))).max() < 1e-4
 
 
 def test_nan_loss_stops_with_a_clear_message(face_folder, tmp_path):

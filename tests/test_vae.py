@@ -216,3 +216,42 @@ def test_variational_figures_are_means_per_image_over_uneven_batches():
     assert figures["kl"] == pytest.approx(kl.mean(), rel=1e-4)
     assert figures["loss"] == pytest.approx((bce + 0.5 * kl).mean(), rel=1e-4)
     assert figures["mse"] == pytest.approx(((decoded - images) ** 2).mean(), rel=1e-3)
+
+
+GPU_FREE = None
+XEON = "fpu vme sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"
+EPYC_ZEN4 = "fpu sse2 avx2 avx512f avx512_bf16"
+EPYC_ZEN3 = "fpu sse2 avx2 fma"
+
+
+@pytest.mark.parametrize(
+    ("setting", "flags", "gpu", "policy", "reason"),
+    [
+        ("auto", XEON, GPU_FREE, "mixed_bfloat16", "CPU has amx_bf16"),
+        ("auto", EPYC_ZEN4, GPU_FREE, "mixed_bfloat16", "CPU has avx512_bf16"),
+        ("auto", EPYC_ZEN3, GPU_FREE, "float32", "CPU has neither amx_bf16 nor avx512_bf16"),
+        ("auto", "", GPU_FREE, "float32", "CPU has neither amx_bf16 nor avx512_bf16"),  # no /proc/cpuinfo
+        ("auto", "avx512_bf16x", GPU_FREE, "float32", "CPU has neither amx_bf16 nor avx512_bf16"),  # whole flags
+        ("auto", XEON, (8, 6), "mixed_float16", "GPU has tensor cores (compute capability 8.6)"),
+        ("auto", XEON, (7, 0), "mixed_float16", "GPU has tensor cores (compute capability 7.0)"),
+        ("auto", XEON, (6, 1), "float32", "GPU has no tensor cores (compute capability 6.1, below 7.0)"),
+        ("off", XEON, GPU_FREE, "float32", "--mixed-precision off"),
+        ("off", XEON, (8, 0), "float32", "--mixed-precision off"),
+        ("on", EPYC_ZEN3, GPU_FREE, "mixed_bfloat16", "--mixed-precision on, on a CPU"),
+        ("on", EPYC_ZEN3, (6, 1), "mixed_float16", "--mixed-precision on, on a GPU"),
+        # what config.json held before the choice was recorded
+        (True, EPYC_ZEN3, GPU_FREE, "mixed_bfloat16", "mixed precision on in config.json, on a CPU"),
+        (True, XEON, (7, 5), "mixed_float16", "mixed precision on in config.json, on a GPU"),
+        (False, XEON, GPU_FREE, "float32", "mixed precision off in config.json"),
+    ],
+)
+def test_choose_precision(setting, flags, gpu, policy, reason):
+    assert vae.choose_precision(setting, flags, gpu) == (policy, reason)
+
+
+def test_a_run_keeps_the_precision_it_began_with():
+    recorded = {"mixed_precision": "mixed_float16", "mixed_precision_reason": "GPU has tensor cores"}
+    assert vae.run_precision(recorded) == ("mixed_float16", "GPU has tensor cores")
+    assert vae.run_precision({"mixed_precision": False}) == ("float32", "mixed precision off in config.json")
+    with pytest.raises(ValueError, match="choose one of auto, on, off"):
+        vae.choose_precision("fast", XEON, None)
