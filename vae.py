@@ -1,32 +1,16 @@
-"""Convolutional variational autoencoder for faces (model and loss, no I/O).
+"""Convolutional variational autoencoder for faces: model, loss and training precision (no I/O).
 
-The shape follows the official Keras VAE example: an encoder `keras.Model`
-that maps an image to (mu, log_var), a `Sampling` layer for the
-reparameterization trick, a decoder `keras.Model` that maps z back to an image,
-and a `VAE(keras.Model)` with its own `train_step`/`test_step` and metric
-trackers. The same encoder and decoder serve a plain autoencoder baseline
-(`variational=False`: z = mu, no sampling, no KL).
+The shape of the official Keras VAE example: an encoder `keras.Model` image -> (mu, log_var),
+a `Sampling` layer (reparameterization), a decoder `keras.Model` z -> image, and a
+`VAE(keras.Model)` with its own train_step/test_step; `variational=False` makes it a plain
+autoencoder (z = mu, no KL). Loss per image, averaged over the batch: reconstruction
+(`mse`, `bce`, or `gaussian`, a calibrated decoder variance as in sigma-VAE) + beta * KL, beta
+following `beta_schedule`. Under tf.distribute a step on N replicas equals the single-device step.
 
-Loss = reconstruction + beta * KL, both per image, averaged over the batch:
+`model_from_config`, `make_optimizer` and `run_precision` rebuild a run from its config.json
+(its settings' choices live in runs.py, which has no TensorFlow).
 
-- KL(q(z|x) || N(0, I)) = -1/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j)),
-  closed form, summed over the latent dimensions.
-- `mse`:      sum over pixels of (x - x_hat)^2.
-- `bce`:      sum over pixels of -(x log x_hat + (1 - x) log(1 - x_hat)).
-- `gaussian`: Gaussian negative log-likelihood with a calibrated decoder
-  variance (sigma-VAE, Rybkin et al. 2021). sigma^2 is the global batch's mean squared
-  error, the maximum-likelihood value, floored at `MIN_GAUSSIAN_SIGMA^2`:
-      NLL = sum over D pixels of (x - x_hat)^2 / (2 sigma^2) + log sigma + log(2 pi) / 2
-  which at the optimum equals D/2 * (log(2 pi sigma^2) + 1). It balances
-  reconstruction and KL by itself and is a real likelihood, in nats.
-
-Beta follows `beta_schedule`: linear warm-up from 0, optionally cyclical,
-driven by the optimizer's step counter so a resumed run continues it.
-
-`model_from_config` and `make_optimizer` rebuild a run from its config.json; the settings'
-choices and the default recipe live in runs.py, which has no TensorFlow. This file is
-imported by train.py, evaluate.py and bench/; run
-`python vae.py` to print the default architecture's summary.
+    python vae.py --latent 128     # the architecture's summary and parameter count
 """
 
 from __future__ import annotations
@@ -34,11 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
+import sys
 from collections.abc import Iterator, Sequence
-
-import keras
-import tensorflow as tf
-from keras import layers, ops
 
 from runs import (
     DEFAULT_FILTERS,
@@ -49,6 +31,36 @@ from runs import (
     UPSAMPLING_MODES,
     check_architecture,
 )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Print the encoder and decoder of the default VAE.")
+    recipe = DEFAULT_RECIPE
+    parser.add_argument(
+        "--image-size", type=int, default=recipe["image_size"], help="square image side (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--channels", type=int, default=recipe["channels"], help="1 (grayscale) or 3 (RGB) (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--latent", type=int, default=recipe["latent_dim"], help="latent dimension (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    import vae  # TensorFlow, once the command line is parsed: --help answers at once
+
+    model = vae.build_vae(args.image_size, args.channels, args.latent)
+    model.encoder.summary()
+    model.decoder.summary()
+    print(f"total parameters: {model.encoder.count_params() + model.decoder.count_params():,}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 MIN_GAUSSIAN_SIGMA = 1e-3  # keeps log(sigma) finite when reconstructions become exact
 BCE_EPSILON = 1e-6
@@ -487,26 +499,3 @@ class Adam(keras.optimizers.Adam):
         if self.use_ema and self.built:
             # The list the optimizer was built on, in its order: the averages' own.
             super().finalize_variable_values(self._trainable_variables)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print the encoder and decoder of the default VAE.")
-    recipe = DEFAULT_RECIPE
-    parser.add_argument(
-        "--image-size", type=int, default=recipe["image_size"], help="square image side (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--channels", type=int, default=recipe["channels"], help="1 (grayscale) or 3 (RGB) (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--latent", type=int, default=recipe["latent_dim"], help="latent dimension (default: %(default)s)"
-    )
-    args = parser.parse_args(argv)
-    model = build_vae(args.image_size, args.channels, args.latent)
-    model.encoder.summary()
-    model.decoder.summary()
-    print(f"total parameters: {model.encoder.count_params() + model.decoder.count_params():,}")
-
-
-if __name__ == "__main__":
-    main()

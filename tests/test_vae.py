@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
 
 import vae
 
@@ -255,3 +258,11 @@ def test_a_run_keeps_the_precision_it_began_with():
     assert vae.run_precision({"mixed_precision": False}) == ("float32", "mixed precision off in config.json")
     with pytest.raises(ValueError, match="choose one of auto, on, off"):
         vae.choose_precision("fast", XEON, None)
+
+
+def test_help_answers_at_once_without_tensorflow():
+    script = "import runpy, sys; sys.argv = ['vae.py', '--help']\ntry: runpy.run_path('vae.py', run_name='__main__')\n"
+    script += "except SystemExit: pass\nprint('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0 and result.stderr == ""
+    assert "--latent" in result.stdout and result.stdout.splitlines()[-1] == "False"
