@@ -1,4 +1,4 @@
-"""Convolutional variational autoencoder for faces: model, loss and training precision (no I/O).
+"""Convolutional variational autoencoder for faces: model, loss and training precision.
 
 The shape of the official Keras VAE example: an encoder `keras.Model` image -> (mu, log_var),
 a `Sampling` layer (reparameterization), a decoder `keras.Model` z -> image, and a
@@ -107,7 +107,7 @@ def global_batch_mean(values):
     maximum-likelihood value, this mean, so the single-device gradient is unchanged, and each
     replica's gradient need not reach the others' images."""
     values = tf.cast(values, "float32")
-    sums = tf.stack([tf.reduce_sum(values), tf.cast(tf.size(values), "float32")])
+    sums = tf.stack([tf.reduce_sum(values), tf.cast(tf.size(values, out_type=tf.int64), "float32")])
     replica = tf.distribute.get_replica_context()  # None in a cross-replica context
     if replica is not None and replica.num_replicas_in_sync > 1:
         sums = replica.all_reduce(tf.distribute.ReduceOp.SUM, sums)
