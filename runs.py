@@ -50,6 +50,8 @@ REQUIRED_SIZES = ("latent_dim", "image_size", "channels")  # config.json keys ev
 # without importing TensorFlow.
 RECONSTRUCTION_LOSSES = ("mse", "bce", "gaussian")
 UPSAMPLING_MODES = ("nearest", "transpose")
+PRECISION_SETTINGS = ("auto", "on", "off")  # --mixed-precision; config.json records the policy chosen
+PRECISION_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 DEFAULT_FILTERS = (32, 64, 128, 256)
 DEFAULT_RECIPE = {
     "model": "vae",

@@ -617,7 +617,9 @@ def train(
     scratch = None if chief else tempfile.TemporaryDirectory(prefix="vae-worker-")
     output_dir = Path(scratch.name) if scratch else run_dir
     output_dir.mkdir(parents=True, exist_ok=True)
-    policy = vae.mixed_precision_policy() if config["mixed_precision"] else "float32"
+    policy, reason = vae.run_precision(config)
+    config.update(mixed_precision=policy, mixed_precision_reason=reason)  # config.json is written below
+    print(f"precision: {policy} ({reason})")
     with vae.dtype_policy(policy), strategy.scope(), stop_on_sigterm() as stop:
         model = vae.model_from_config(config)
         model.compile(optimizer=vae.make_optimizer(config, train_steps))

@@ -43,6 +43,8 @@ from runs import (
     CHECKPOINT_DIR,
     DEFAULT_RECIPE,
     LOCK_FILE,
+    PRECISION_POLICIES,
+    PRECISION_SETTINGS,
     RECONSTRUCTION_LOSSES,
     RUN_FORMAT,
     TENSORBOARD_DIR,
@@ -91,6 +93,8 @@ CHOICES = {
     "lr_schedule": ("constant", "cosine"),
     "train_split": ("train", "train+validation"),
     "strategy": ("auto", "mirrored", "multiworker", "none"),
+    # on --resume: the policy chosen when the run began, or true/false from runs made before that
+    "mixed_precision": (*PRECISION_SETTINGS, *PRECISION_POLICIES, True, False),
 }
 # Where train.py writes its files before renaming them into place (by folder of the run): a
 # killed run leaves them behind, a full disk half-written.
@@ -224,8 +228,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     opt.add_argument(
         "--mixed-precision",
-        action="store_true",
-        help="mixed_float16 on GPU, mixed_bfloat16 on CPU; loss and metrics stay float32",
+        nargs="?",
+        const="on",
+        choices=PRECISION_SETTINGS,
+        default="auto",
+        help="auto: mixed_bfloat16 on a CPU with amx_bf16 or avx512_bf16, mixed_float16 on a GPU with tensor cores "
+        "(compute capability 7.0 or more), float32 elsewhere; on (or the flag alone): mixed_float16 on GPU, "
+        "mixed_bfloat16 on CPU; off: float32. Loss, metrics and saved models stay float32; config.json and the "
+        "start-up line say what was chosen and why",
     )
     opt.add_argument(
         "--strategy",

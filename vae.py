@@ -1,32 +1,16 @@
-"""Convolutional variational autoencoder for faces (model and loss, no I/O).
+"""Convolutional variational autoencoder for faces: model, loss and training precision.
 
-The shape follows the official Keras VAE example: an encoder `keras.Model`
-that maps an image to (mu, log_var), a `Sampling` layer for the
-reparameterization trick, a decoder `keras.Model` that maps z back to an image,
-and a `VAE(keras.Model)` with its own `train_step`/`test_step` and metric
-trackers. The same encoder and decoder serve a plain autoencoder baseline
-(`variational=False`: z = mu, no sampling, no KL).
+The shape of the official Keras VAE example: an encoder `keras.Model` image -> (mu, log_var),
+a `Sampling` layer (reparameterization), a decoder `keras.Model` z -> image, and a
+`VAE(keras.Model)` with its own train_step/test_step; `variational=False` makes it a plain
+autoencoder (z = mu, no KL). Loss per image, averaged over the batch: reconstruction
+(`mse`, `bce`, or `gaussian`, a calibrated decoder variance as in sigma-VAE) + beta * KL, beta
+following `beta_schedule`. Under tf.distribute a step on N replicas equals the single-device step.
 
-Loss = reconstruction + beta * KL, both per image, averaged over the batch:
+`model_from_config`, `make_optimizer` and `run_precision` rebuild a run from its config.json
+(its settings' choices live in runs.py, which has no TensorFlow).
 
-- KL(q(z|x) || N(0, I)) = -1/2 * sum_j (1 + log_var_j - mu_j^2 - exp(log_var_j)),
-  closed form, summed over the latent dimensions.
-- `mse`:      sum over pixels of (x - x_hat)^2.
-- `bce`:      sum over pixels of -(x log x_hat + (1 - x) log(1 - x_hat)).
-- `gaussian`: Gaussian negative log-likelihood with a calibrated decoder
-  variance (sigma-VAE, Rybkin et al. 2021). sigma^2 is the batch's mean squared
-  error, the maximum-likelihood value, floored at `MIN_GAUSSIAN_SIGMA^2`:
-      NLL = sum over D pixels of (x - x_hat)^2 / (2 sigma^2) + log sigma + log(2 pi) / 2
-  which at the optimum equals D/2 * (log(2 pi sigma^2) + 1). It balances
-  reconstruction and KL by itself and is a real likelihood, in nats.
-
-Beta follows `beta_schedule`: linear warm-up from 0, optionally cyclical,
-driven by the optimizer's step counter so a resumed run continues it.
-
-`model_from_config` and `make_optimizer` rebuild a run from its config.json; the settings'
-choices and the default recipe live in runs.py, which has no TensorFlow. This file is
-imported by train.py, evaluate.py and bench/; run
-`python vae.py` to print the default architecture's summary.
+    python vae.py --latent 128     # the architecture's summary and parameter count
 """
 
 from __future__ import annotations
@@ -34,21 +18,51 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
+import sys
 from collections.abc import Iterator, Sequence
-
-import keras
-import tensorflow as tf
-from keras import layers, ops
 
 from runs import (
     BCE_EPSILON,
     DEFAULT_FILTERS,
     DEFAULT_RECIPE,
     MIN_GAUSSIAN_SIGMA,
+    PRECISION_POLICIES,
+    PRECISION_SETTINGS,
     RECONSTRUCTION_LOSSES,
     UPSAMPLING_MODES,
     check_architecture,
 )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Print the encoder and decoder of the default VAE.")
+    recipe = DEFAULT_RECIPE
+    parser.add_argument(
+        "--image-size", type=int, default=recipe["image_size"], help="square image side (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--channels", type=int, default=recipe["channels"], help="1 (grayscale) or 3 (RGB) (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--latent", type=int, default=recipe["latent_dim"], help="latent dimension (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    import vae  # TensorFlow, once the command line is parsed: --help answers at once
+
+    model = vae.build_vae(args.image_size, args.channels, args.latent)
+    model.encoder.summary()
+    model.decoder.summary()
+    print(f"total parameters: {model.encoder.count_params() + model.decoder.count_params():,}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 # Keras' default 0.99 needs ~500 steps before the moving statistics used at inference
 # match the batches; short CelebA runs (57 steps an epoch on the sample) validate badly.
@@ -79,10 +93,25 @@ def reconstruction_loss(x, x_hat, kind: str = "mse"):
         bce = -(x * ops.log(x_hat) + (1.0 - x) * ops.log(1.0 - x_hat))
         return ops.sum(bce, axis=pixel_axes)
     if kind == "gaussian":
-        variance = ops.maximum(ops.mean(squared_error), MIN_GAUSSIAN_SIGMA**2)
+        variance = ops.maximum(global_batch_mean(squared_error), MIN_GAUSSIAN_SIGMA**2)
         nll = squared_error / (2.0 * variance) + 0.5 * ops.log(2.0 * math.pi * variance)
         return ops.sum(nll, axis=pixel_axes)
     raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {RECONSTRUCTION_LOSSES}")
+
+
+def global_batch_mean(values):
+    """The mean of `values` over the global batch: under tf.distribute, over every replica's share
+    (an all-reduce of their sums and counts), so that N replicas compute what one device would.
+
+    No gradient flows through it: the gaussian loss's derivative in sigma^2 is zero at its
+    maximum-likelihood value, this mean, so the single-device gradient is unchanged, and each
+    replica's gradient need not reach the others' images."""
+    values = tf.cast(values, "float32")
+    sums = tf.stack([tf.reduce_sum(values), tf.cast(tf.size(values, out_type=tf.int64), "float32")])
+    replica = tf.distribute.get_replica_context()  # None in a cross-replica context
+    if replica is not None and replica.num_replicas_in_sync > 1:
+        sums = replica.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+    return tf.stop_gradient(sums[0] / sums[1])
 
 
 def per_pixel_mse(x, x_hat):
@@ -282,13 +311,12 @@ class VAE(keras.Model):
         return [v for v in self.trainable_variables if id(v) not in skipped]
 
     def update_trackers(self, terms: dict, images) -> dict:
-        # Under tf.distribute a short last batch can leave a replica without images: its batch
-        # means are NaN (of nothing) and must not count, or every figure of the epoch is NaN.
-        has_images = ops.shape(images)[0] > 0
+        # Each batch mean counts with its number of images, so the figures are means per image
+        # however the batches (and the replicas' shares of them) differ in size. A replica left
+        # without images has NaN means (of nothing), which must not count.
+        count = ops.cast(ops.shape(images)[0], "float32")
         for tracker in self.metrics:
-            tracker.update_state(
-                ops.where(has_images, terms[tracker.name], 0.0), sample_weight=ops.cast(has_images, "float32")
-            )
+            tracker.update_state(ops.where(count > 0, terms[tracker.name], 0.0), sample_weight=count)
         results = {m.name: m.result() for m in self.metrics}
         if spans_several_workers():
             # Keras averages each replica's logs over the workers with strategy.reduce(MEAN, axis=0),
@@ -353,9 +381,61 @@ def build_vae(
     return model
 
 
-def mixed_precision_policy() -> str:
-    """The mixed-precision policy for this machine: float16 (with loss scaling) on a GPU, bfloat16 on a CPU."""
-    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+# --------------------------------------------------------------------------- precision
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's names of bfloat16 matrix instructions
+TENSOR_CORES = (7, 0)  # the CUDA compute capability from which NVIDIA GPUs have tensor cores
+
+
+def choose_precision(setting: str | bool, cpu_flags: str, gpu_capability: tuple[int, int] | None) -> tuple[str, str]:
+    """(Keras dtype policy, why) for --mixed-precision `setting` (auto, on, off; or true/false, what
+    config.json held before), on a machine whose CPU has the /proc/cpuinfo `cpu_flags` and whose
+    GPUs the lowest CUDA compute capability `gpu_capability` (None: no GPU)."""
+    where = "a GPU" if gpu_capability is not None else "a CPU"
+    if setting in ("off", False):
+        return "float32", "--mixed-precision off" if setting == "off" else "mixed precision off in config.json"
+    if setting in ("on", True):
+        said = "--mixed-precision on" if setting == "on" else "mixed precision on in config.json"
+        return ("mixed_float16" if gpu_capability is not None else "mixed_bfloat16"), f"{said}, on {where}"
+    if setting != "auto":
+        raise ValueError(f"unknown --mixed-precision {setting!r}; choose one of {', '.join(PRECISION_SETTINGS)}")
+    if gpu_capability is not None:
+        version = ".".join(map(str, gpu_capability))
+        if tuple(gpu_capability) >= TENSOR_CORES:
+            return "mixed_float16", f"GPU has tensor cores (compute capability {version})"
+        return "float32", f"GPU has no tensor cores (compute capability {version}, below 7.0)"
+    found = [flag for flag in BF16_CPU_FLAGS if flag in cpu_flags.split()]
+    if found:
+        return "mixed_bfloat16", f"CPU has {found[0]}"
+    return "float32", f"CPU has neither {' nor '.join(BF16_CPU_FLAGS)}"
+
+
+def cpu_flags() -> str:
+    """This machine's CPU flags as /proc/cpuinfo lists them ('' without /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.partition(":")[2] for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    """The lowest CUDA compute capability of the GPUs TensorFlow sees ((0, 0) when one does not
+    say), or None without a GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    return min(
+        tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)) for gpu in gpus
+    )
+
+
+def run_precision(config: dict) -> tuple[str, str]:
+    """(policy, why) for a run: chosen for this machine from its "mixed_precision" setting, or the
+    policy a resumed run began with (its checkpoints hold that policy's optimizer)."""
+    setting = config["mixed_precision"]
+    if setting in PRECISION_POLICIES:
+        return setting, config.get("mixed_precision_reason", "chosen when the run began")
+    return choose_precision(setting, cpu_flags(), gpu_capability())
 
 
 @contextlib.contextmanager
@@ -403,27 +483,19 @@ def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.O
             warmup_steps=warmup_steps,
         )
     ema = config["ema"]
-    return keras.optimizers.Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
+    return Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print the encoder and decoder of the default VAE.")
-    recipe = DEFAULT_RECIPE
-    parser.add_argument(
-        "--image-size", type=int, default=recipe["image_size"], help="square image side (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--channels", type=int, default=recipe["channels"], help="1 (grayscale) or 3 (RGB) (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--latent", type=int, default=recipe["latent_dim"], help="latent dimension (default: %(default)s)"
-    )
-    args = parser.parse_args(argv)
-    model = build_vae(args.image_size, args.channels, args.latent)
-    model.encoder.summary()
-    model.decoder.summary()
-    print(f"total parameters: {model.encoder.count_params() + model.decoder.count_params():,}")
+class Adam(keras.optimizers.Adam):
+    """Adam whose EMA weights go back to the very variables they average.
 
+    Keras keeps one average per variable the optimizer was built on and copies them back by
+    position into the list it is given; `fit` gives every trainable weight, which for an
+    autoencoder include the log_var head the optimizer never trains: averages then land on the
+    wrong variables (or fail on their shapes). Here each goes to its own variable, by identity,
+    and variables without one keep their values."""
 
-if __name__ == "__main__":
-    main()
+    def finalize_variable_values(self, var_list):
+        if self.use_ema and self.built:
+            # The list the optimizer was built on, in its order: the averages' own.
+            super().finalize_variable_values(self._trainable_variables)

@@ -1,4 +1,4 @@
-"""What machine a benchmark ran on: CPU model, cores, platform, package versions, load.
+"""What machine a benchmark ran on: CPU model, cores, bfloat16 instructions, platform, package versions, load.
 
 Imported by the scripts in bench/; not run by itself.
 """
@@ -13,14 +13,25 @@ from pathlib import Path
 PACKAGES = ("tensorflow", "keras", "onnxruntime", "tf2onnx", "onnx", "numpy")
 
 
-def cpu_model() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The first value of `field` in /proc/cpuinfo, or None (no such field, or no /proc/cpuinfo)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def bfloat16_instructions() -> str:
+    """The CPU's bfloat16 matrix instructions, which decide train.py's --mixed-precision auto."""
+    flags = (cpuinfo("flags") or "").split()
+    return ", ".join(flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags) or "none"
 
 
 def machine_lines() -> list[str]:
@@ -35,6 +46,7 @@ def machine_lines() -> list[str]:
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return [
         f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs ({usable} usable), {platform.platform()}",
+        f"bfloat16 instructions: {bfloat16_instructions()}",
         f"python {platform.python_version()}; " + ", ".join(versions),
         f"load average at start (1, 5, 15 min): {load}",
     ]

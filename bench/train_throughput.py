@@ -1,4 +1,4 @@
-"""Steady-state training throughput of train.py's model and train_step (images/second).
+"""Steady-state training throughput of train.py's model and train_step: images per second and per CPU-second.
 
     python bench/train_throughput.py                      # float32 / mixed precision, XLA off / on
     python bench/train_throughput.py --steps 40 --repeats 5
@@ -7,6 +7,9 @@ Uses the default architecture (64x64 RGB, filters 32,64,128,256, latent 128, bat
 vae.model_from_config and compiled as train.py compiles it. Images come from an in-memory
 cached tf.data pipeline so only the training step is timed; the first epoch (tracing,
 compilation) is excluded and the best of several timed epochs is reported, with the median.
+Images per CPU-second divide the images of all timed epochs by the CPU time the process spent
+in them (os.times() user + sys, all threads): unlike wall-clock rates, they stay comparable when
+the CPUs are throttled or shared with other processes.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ def default_config(latent_dim: int, image_size: int) -> dict:
     return {**vae.DEFAULT_RECIPE, "latent_dim": latent_dim, "image_size": image_size}
 
 
-def measure(config: dict, policy: str, jit_compile: bool, steps: int, repeats: int) -> tuple[float, float]:
-    """(best, median) images/second over `repeats` timed epochs of `steps` steps."""
+def measure(config: dict, policy: str, jit_compile: bool, steps: int, repeats: int) -> tuple[float, float, float]:
+    """(best, median) images/second over `repeats` timed epochs of `steps` steps, and images per
+    CPU-second over all of them."""
     keras.utils.set_random_seed(0)
     batch = config["batch_size"]
     size, channels = config["image_size"], config["channels"]
@@ -47,11 +51,19 @@ def measure(config: dict, policy: str, jit_compile: bool, steps: int, repeats: i
         model.compile(optimizer=vae.make_optimizer(config), jit_compile=jit_compile)
         model.fit(dataset, steps_per_epoch=max(3, steps // 4), epochs=1, verbose=0, shuffle=False)  # trace / compile
         rates = []
+        cpu_start = cpu_seconds()
         for _ in range(repeats):
             start = time.perf_counter()
             model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
             rates.append(steps * batch / (time.perf_counter() - start))
-    return max(rates), statistics.median(rates)
+        per_cpu_second = repeats * steps * batch / (cpu_seconds() - cpu_start)
+    return max(rates), statistics.median(rates), per_cpu_second
+
+
+def cpu_seconds() -> float:
+    """CPU time this process has used so far, user and system, all its threads."""
+    times = os.times()
+    return times.user + times.system
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -64,18 +76,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64, help="image side")
     args = parser.parse_args(argv)
     config = default_config(args.latent, args.image_size)
-    mixed = vae.mixed_precision_policy()
+    mixed = vae.choose_precision("on", vae.cpu_flags(), vae.gpu_capability())[0]  # this machine's mixed policy
     model = vae.model_from_config(config)
     parameters = model.encoder.count_params() + model.decoder.count_params()
     print("\n".join(machine_lines()))
     print(
         f"model: {parameters:,} parameters, {config['image_size']}px, filters {config['filters']}, latent {config['latent_dim']}, batch {config['batch_size']}"
     )
-    print(f"{'policy':16s} {'XLA':4s} {'best img/s':>11s} {'median':>8s}")
+    print(f"{'policy':16s} {'XLA':4s} {'best img/s':>11s} {'median':>8s} {'img/CPU-s':>10s}")
     for policy in ("float32", mixed):
         for jit_compile in (False, True):
-            best, median = measure(config, policy, jit_compile, args.steps, args.repeats)
-            print(f"{policy:16s} {'on' if jit_compile else 'off':4s} {best:11.1f} {median:8.1f}", flush=True)
+            best, median, per_cpu_second = measure(config, policy, jit_compile, args.steps, args.repeats)
+            xla = "on" if jit_compile else "off"
+            print(f"{policy:16s} {xla:4s} {best:11.1f} {median:8.1f} {per_cpu_second:10.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -166,7 +166,37 @@ def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):
     assert np.abs(saved - raw).max() > 1e-6
 
 
-def test_mixed_precision_trains_and_saves_float32(face_folder, tmp_path):
+def test_ema_weights_puts_each_average_into_its_own_variable_and_back():
+    """An autoencoder's optimizer averages fewer variables than the model trains (not the log_var
+    head): each average must go to its own variable, and every variable come back afterwards."""
+    config = {
+        "image_size": 16, "channels": 3, "latent_dim": 4, "filters": [4, 8], "hidden_units": 8,
+        "upsampling": "nearest", "reconstruction": "mse", "beta": 1.0, "beta_warmup_steps": 0,
+        "beta_cycle_steps": 0, "model": "ae", "seed": 0, "learning_rate": 1e-2, "epochs": 1, "ema": 0.75,
+    }  # fmt: skip
+    keras.utils.set_random_seed(0)
+    model = vae.model_from_config(config)
+    model.compile(optimizer=vae.make_optimizer(config))
+    model.optimizer.build(model.trained_variables())  # as train.train builds it
+    averaged = {id(v) for v in model.trained_variables()}
+    images = tf.constant(np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32))
+    model.train_step(images)
+    first = {id(v): v.numpy().copy() for v in model.trainable_variables}
+    model.train_step(images)
+    raw = {id(v): v.numpy().copy() for v in model.trainable_variables}
+    with train.ema_weights(model):
+        for v in model.trainable_variables:
+            want = 0.75 * first[id(v)] + 0.25 * raw[id(v)] if id(v) in averaged else raw[id(v)]
+            np.testing.assert_allclose(v.numpy(), want, rtol=1e-5, atol=1e-7, err_msg=v.path)
+    for v in model.trainable_variables:
+        np.testing.assert_array_equal(v.numpy(), raw[id(v)])
+
+
+def test_mixed_precision_trains_saves_float32_and_exports_float32_onnx(face_folder, tmp_path, capsys):
+    import onnx
+
+    import export_onnx
+
     run = tmp_path / "run"
     train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--mixed-precision", "--lr", "3e-3"))
     rows = history_rows(run)
@@ -175,6 +205,21 @@ def test_mixed_precision_trains_and_saves_float32(face_folder, tmp_path):
     decoder = keras.saving.load_model(run / "decoder.keras", safe_mode=True)
     assert decoder.dtype_policy.name == "float32" and decoder.layers[2].compute_dtype == "float32"
     assert keras.config.dtype_policy().name == "float32"  # the global policy was restored
+    # The flag alone means on: bfloat16 on a CPU, float16 on a GPU; config.json and the output say so.
+    policy, reason = vae.choose_precision("on", vae.cpu_flags(), vae.gpu_capability())
+    config = runs.read_config(run)
+    assert (config["mixed_precision"], config["mixed_precision_reason"]) == (policy, reason)
+    assert f"precision: {policy} ({reason})" in capsys.readouterr().out
+    export_onnx.main(["--run", str(run), "--out", str(tmp_path / "onnx")])
+    reduced = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    for part in ("encoder", "decoder"):
+        graph = onnx.load(tmp_path / "onnx" / f"{part}.onnx").graph
+        assert {t.type.tensor_type.elem_type for t in [*graph.input, *graph.output]} == {onnx.TensorProto.FLOAT}
+        assert not {t.data_type for t in graph.initializer} & reduced
+        assert not {a.i for node in graph.node if node.op_type == "Cast" for a in node.attribute} & reduced
+    z = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    session = export_onnx.make_session(tmp_path / "onnx" / "decoder.onnx", threads=1)
+    assert np.abs(export_onnx.decode(session, z) - np.asarray(decoder(z, training=False))).max() < 1e-4
 
 
 def test_nan_loss_stops_with_a_clear_message(face_folder, tmp_path):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
 
 import vae
 
@@ -136,3 +139,130 @@ def test_autoencoder_has_no_kl_and_skips_the_log_var_head():
     assert history.history["kl"] == [0.0]
     assert history.history["loss"][0] == pytest.approx(history.history["reconstruction"][0])
     np.testing.assert_array_equal(model.encoder.get_layer("log_var").get_weights()[0], before)
+
+
+TINY = {
+    "image_size": 16, "channels": 3, "latent_dim": 4, "filters": [4, 8], "hidden_units": 8, "upsampling": "nearest",
+    "beta": 0.5, "beta_warmup_steps": 0, "beta_cycle_steps": 0, "seed": 0, "learning_rate": 1e-2, "epochs": 1,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["vae", "ae"])
+@pytest.mark.parametrize("reconstruction", vae.RECONSTRUCTION_LOSSES)
+def test_ema_weights_go_back_to_the_variables_they_average(kind, reconstruction):
+    """fit ends by copying the EMA weights into the model: each into its own variable (an
+    autoencoder's optimizer trains fewer variables than the model has), equal to numpy's average."""
+    momentum = 0.5
+    config = {**TINY, "model": kind, "reconstruction": reconstruction, "ema": momentum}
+    keras.utils.set_random_seed(0)
+    model = vae.model_from_config(config)
+    model.compile(optimizer=vae.make_optimizer(config))
+    model.optimizer.build(model.trained_variables())  # as train.py builds it
+    initial = {id(v): v.numpy().copy() for v in model.trainable_variables}
+    trained = {id(v) for v in model.trained_variables()}
+    averages: dict[int, np.ndarray] = {}
+
+    def average(batch, logs):  # the update Keras documents, from the weights after each step
+        for v in model.trainable_variables:
+            if id(v) in trained:
+                averages[id(v)] = momentum * averages[id(v)] + (1 - momentum) * v.numpy() if batch else v.numpy()
+
+    images = np.random.default_rng(0).random((12, 16, 16, 3), dtype=np.float32)
+    model.fit(
+        images, epochs=1, batch_size=4, verbose=0, callbacks=[keras.callbacks.LambdaCallback(on_batch_end=average)]
+    )
+    assert len(trained) < len(initial) if kind == "ae" else len(trained) == len(initial)
+    for v in model.trainable_variables:
+        expected = averages[id(v)] if id(v) in trained else initial[id(v)]
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=v.path)
+
+
+def test_figures_are_means_per_image_over_uneven_batches():
+    """5 images in batches of 2, 2 and 1: each figure is the mean over the images, as numpy gives it
+    from the model's own outputs, not the mean of the three batch means."""
+    config = {**TINY, "model": "ae", "reconstruction": "mse", "ema": 0.0}
+    keras.utils.set_random_seed(0)
+    model = vae.model_from_config(config)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))  # the weights stay put, so numpy sees the same model
+    images = np.random.default_rng(1).random((5, 16, 16, 3), dtype=np.float32)
+    batches = [images[:2], images[2:4], images[4:]]
+
+    def per_image_errors(training: bool) -> np.ndarray:
+        errors = []
+        for batch in batches:  # in training, batch normalisation uses each batch's own statistics
+            decoded = model.decoder(model.encoder(batch, training=training)[0], training=training)
+            errors.append(((np.asarray(decoded) - batch) ** 2).reshape(len(batch), -1))
+        return np.concatenate(errors)
+
+    trained = model.fit(images, epochs=1, batch_size=2, shuffle=False, verbose=0).history
+    validated = model.evaluate(images, batch_size=2, verbose=0, return_dict=True)
+    validation_errors = per_image_errors(False)  # first: a forward pass in training updates the BN statistics
+    for figures, errors in ((trained, per_image_errors(True)), (validated, validation_errors)):
+        figures = {name: np.ravel(value)[-1] for name, value in figures.items()}
+        assert figures["mse"] == pytest.approx(errors.mean(), rel=1e-4)
+        assert figures["reconstruction"] == pytest.approx(errors.sum(axis=1).mean(), rel=1e-4)
+        assert figures["loss"] == pytest.approx(errors.sum(axis=1).mean(), rel=1e-4)
+
+
+def test_variational_figures_are_means_per_image_over_uneven_batches():
+    config = {**TINY, "model": "vae", "reconstruction": "bce", "ema": 0.0}
+    keras.utils.set_random_seed(0)
+    model = vae.model_from_config(config)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    images = np.random.default_rng(2).random((5, 16, 16, 3), dtype=np.float32)
+    figures = model.evaluate(images, batch_size=2, verbose=0, return_dict=True)
+    mu, log_var = (np.asarray(t, np.float64) for t in model.encoder(images, training=False))
+    decoded = np.clip(np.asarray(model.decoder(mu, training=False), np.float64), vae.BCE_EPSILON, 1 - vae.BCE_EPSILON)
+    bce = -(images * np.log(decoded) + (1 - images) * np.log(1 - decoded)).reshape(5, -1).sum(axis=1)
+    kl = -0.5 * (1 + log_var - mu**2 - np.exp(log_var)).sum(axis=1)
+    assert figures["reconstruction"] == pytest.approx(bce.mean(), rel=1e-4)
+    assert figures["kl"] == pytest.approx(kl.mean(), rel=1e-4)
+    assert figures["loss"] == pytest.approx((bce + 0.5 * kl).mean(), rel=1e-4)
+    assert figures["mse"] == pytest.approx(((decoded - images) ** 2).mean(), rel=1e-3)
+
+
+GPU_FREE = None
+XEON = "fpu vme sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"
+EPYC_ZEN4 = "fpu sse2 avx2 avx512f avx512_bf16"
+EPYC_ZEN3 = "fpu sse2 avx2 fma"
+
+
+@pytest.mark.parametrize(
+    ("setting", "flags", "gpu", "policy", "reason"),
+    [
+        ("auto", XEON, GPU_FREE, "mixed_bfloat16", "CPU has amx_bf16"),
+        ("auto", EPYC_ZEN4, GPU_FREE, "mixed_bfloat16", "CPU has avx512_bf16"),
+        ("auto", EPYC_ZEN3, GPU_FREE, "float32", "CPU has neither amx_bf16 nor avx512_bf16"),
+        ("auto", "", GPU_FREE, "float32", "CPU has neither amx_bf16 nor avx512_bf16"),  # no /proc/cpuinfo
+        ("auto", "avx512_bf16x", GPU_FREE, "float32", "CPU has neither amx_bf16 nor avx512_bf16"),  # whole flags
+        ("auto", XEON, (8, 6), "mixed_float16", "GPU has tensor cores (compute capability 8.6)"),
+        ("auto", XEON, (7, 0), "mixed_float16", "GPU has tensor cores (compute capability 7.0)"),
+        ("auto", XEON, (6, 1), "float32", "GPU has no tensor cores (compute capability 6.1, below 7.0)"),
+        ("off", XEON, GPU_FREE, "float32", "--mixed-precision off"),
+        ("off", XEON, (8, 0), "float32", "--mixed-precision off"),
+        ("on", EPYC_ZEN3, GPU_FREE, "mixed_bfloat16", "--mixed-precision on, on a CPU"),
+        ("on", EPYC_ZEN3, (6, 1), "mixed_float16", "--mixed-precision on, on a GPU"),
+        # what config.json held before the choice was recorded
+        (True, EPYC_ZEN3, GPU_FREE, "mixed_bfloat16", "mixed precision on in config.json, on a CPU"),
+        (True, XEON, (7, 5), "mixed_float16", "mixed precision on in config.json, on a GPU"),
+        (False, XEON, GPU_FREE, "float32", "mixed precision off in config.json"),
+    ],
+)
+def test_choose_precision(setting, flags, gpu, policy, reason):
+    assert vae.choose_precision(setting, flags, gpu) == (policy, reason)
+
+
+def test_a_run_keeps_the_precision_it_began_with():
+    recorded = {"mixed_precision": "mixed_float16", "mixed_precision_reason": "GPU has tensor cores"}
+    assert vae.run_precision(recorded) == ("mixed_float16", "GPU has tensor cores")
+    assert vae.run_precision({"mixed_precision": False}) == ("float32", "mixed precision off in config.json")
+    with pytest.raises(ValueError, match="choose one of auto, on, off"):
+        vae.choose_precision("fast", XEON, None)
+
+
+def test_help_answers_at_once_without_tensorflow():
+    script = "import runpy, sys; sys.argv = ['vae.py', '--help']\ntry: runpy.run_path('vae.py', run_name='__main__')\n"
+    script += "except SystemExit: pass\nprint('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0 and result.stderr == ""
+    assert "--latent" in result.stdout and result.stdout.splitlines()[-1] == "False"
