@@ -221,6 +221,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="STEPS",
         help="optimizer step from which the discriminator trains and its term counts (with --adversarial)",
     )
+    loss.add_argument(
+        "--discriminator-filters",
+        type=int,
+        default=RECIPE["discriminator_filters"],
+        metavar="WIDTH",
+        help="width of the discriminator's first block, doubled in each of the next three up to 8x "
+        "(with --adversarial; its cost per step grows with the square)",
+    )
     opt = parser.add_argument_group("optimisation")
     opt.add_argument(
         "--epochs", type=int, help=f"number of epochs (default: {RECIPE['epochs']}; on --resume: the run's own)"
@@ -337,8 +345,8 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
     missing = [key for key in REQUIRED_SETTINGS if key not in config]
     if missing:
         raise RunError(f"{name_of(missing[0])} is missing")
-    for key in ("latent_dim", "hidden_units", "batch_size", "epochs"):
-        if number(key, whole=True) < 1:
+    for key in ("latent_dim", "hidden_units", "batch_size", "epochs", "discriminator_filters"):
+        if key in config and number(key, whole=True) < 1:
             raise RunError(f"{name_of(key)} must be at least 1 (got {config[key]})")
     for key in ("lr_warmup_steps", "beta_warmup_steps", "beta_cycle_steps", "adversarial_start"):
         if key in config and number(key, whole=True) < 0:
@@ -433,6 +441,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "beta_cycle_steps": args.beta_cycle,
         "adversarial": args.adversarial,
         "adversarial_start": args.adversarial_start,
+        "discriminator_filters": args.discriminator_filters,
         "epochs": args.epochs if args.epochs is not None else RECIPE["epochs"],
         "batch_size": args.batch_size,
         "learning_rate": args.lr,

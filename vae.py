@@ -480,7 +480,7 @@ def build_vae(
     decoder_filters: Sequence[int] | None = None,
     adversarial: float = 0.0,
     adversarial_start: int = 0,
-    discriminator_filters: int = 64,
+    discriminator_filters: int = DEFAULT_RECIPE["discriminator_filters"],
 ) -> VAE:
     """Build encoder, decoder (its widths `decoder_filters`, by default those of the encoder, in
     the encoder's order) and the VAE (or autoencoder) around them, with a discriminator of
@@ -594,6 +594,7 @@ def model_from_config(config: dict) -> VAE:
         decoder_filters=config.get("decoder_filters"),
         adversarial=config.get("adversarial", 0.0),
         adversarial_start=config.get("adversarial_start", 0),
+        discriminator_filters=config.get("discriminator_filters", DEFAULT_RECIPE["discriminator_filters"]),
     )
 
 

@@ -277,7 +277,7 @@ def shapes(model: vae.VAE) -> tuple:
     return layout(model.encoder), layout(model.decoder), len(model.variables)
 
 
-def test_a_wider_decoder_leaves_the_encoder_and_the_old_configs_as_they_were():
+def test_new_options_leave_the_encoder_and_the_old_configs_as_they_were():
     config = {**TINY, "model": "vae", "reconstruction": "mse", "ema": 0.0}
     today = shapes(vae.model_from_config(config))  # a config.json written before the option
     assert shapes(vae.model_from_config({**config, "decoder_filters": None})) == today
@@ -290,6 +290,10 @@ def test_a_wider_decoder_leaves_the_encoder_and_the_old_configs_as_they_were():
     assert wide(np.zeros((2, 16, 16, 3), np.float32)).shape == (2, 16, 16, 3)
     with pytest.raises(ValueError, match="one width per encoder block"):
         vae.model_from_config({**config, "decoder_filters": [16, 32, 64]})
+    adversarial = vae.model_from_config({**config, "adversarial": 0.5, "discriminator_filters": 4})
+    widths = [layer.filters for layer in adversarial.discriminator.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert widths == [4, 8, 16, 32, 1] and adversarial.discriminator.output.shape == (None, 2, 2, 1)
+    assert layout(adversarial.decoder) == today[1]
 
 
 def tiny_model(adversarial: float, start: int = 0) -> vae.VAE:
