@@ -251,10 +251,8 @@ def build_discriminator(image_size: int = 64, channels: int = 3, filters: int = 
     x = layers.Conv2D(filters, 4, strides=2, padding="same", use_bias=False, name="conv0")(images)
     x = layers.LeakyReLU(0.2, name="relu0")(x)
     for index in range(1, blocks + 1):
-        strides = 2 if index < blocks else 1  # the last block widens without shrinking
-        x = layers.Conv2D(filters * min(2**index, 8), 4, strides, padding="same", use_bias=False, name=f"conv{index}")(
-            x
-        )
+        width, strides = filters * min(2**index, 8), 2 if index < blocks else 1  # the last one keeps the size
+        x = layers.Conv2D(width, 4, strides, padding="same", use_bias=False, name=f"conv{index}")(x)
         x = layers.GroupNormalization(groups=1, name=f"norm{index}")(x)
         x = layers.LeakyReLU(0.2, name=f"relu{index}")(x)
     logits = layers.Conv2D(1, 4, padding="same", name="logits", dtype="float32")(x)
