@@ -59,12 +59,16 @@ DEFAULT_RECIPE = {
     "image_size": 64,
     "channels": 3,
     "filters": list(DEFAULT_FILTERS),
+    "decoder_filters": None,  # None: the mirror of filters
     "hidden_units": 512,
     "upsampling": "nearest",
     "reconstruction": "mse",
     "beta": 0.25,
     "beta_warmup_steps": 0,
     "beta_cycle_steps": 0,
+    "adversarial": 0.0,  # weight of the patch discriminator's term (0: no discriminator)
+    "adversarial_start": 0,  # optimizer step from which the discriminator trains and counts
+    "discriminator_filters": 64,  # the discriminator's first width (taming-transformers' ndf)
     "epochs": 20,
     "batch_size": 64,
     "learning_rate": 2e-3,

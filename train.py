@@ -98,7 +98,7 @@ def training_state(model: keras.Model, position: tf.Variable) -> tf.train.Checkp
     history row averages the whole epoch) and the position [epochs done, steps into the next]."""
     return tf.train.Checkpoint(
         model=model.variables,  # weights, BatchNorm statistics, the sampler's noise state
-        optimizer=model.optimizer.variables,  # step, Adam moments, EMA weights
+        optimizer=model.optimizer_variables(),  # step, Adam moments, EMA weights; the discriminator's
         metrics=[variable for metric in model.metrics for variable in metric.variables],
         position=position,
     )

@@ -171,6 +171,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--filters", default=",".join(map(str, RECIPE["filters"])), help="encoder filters per block, comma separated"
     )
+    model.add_argument(
+        "--decoder-filters",
+        metavar="FILTERS",
+        help="decoder filters per block, comma separated, in the order of --filters (one per block), e.g. "
+        "64,128,256,512 for a decoder wider than the encoder (default: those of --filters)",
+    )
     model.add_argument("--hidden", type=int, default=RECIPE["hidden_units"], help="units of the encoder's dense layer")
     model.add_argument(
         "--upsampling",
@@ -199,6 +205,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=RECIPE["beta_cycle_steps"],
         metavar="STEPS",
         help="cyclical KL annealing period in optimizer steps (0: none)",
+    )
+    loss.add_argument(
+        "--adversarial",
+        type=float,
+        default=RECIPE["adversarial"],
+        metavar="WEIGHT",
+        help="weight of a patch discriminator's hinge-loss term on the reconstructions, scaled adaptively by the "
+        "ratio of the reconstruction's and GAN term's gradients at the decoder's last layer (0: no discriminator)",
+    )
+    loss.add_argument(
+        "--adversarial-start",
+        type=int,
+        default=RECIPE["adversarial_start"],
+        metavar="STEPS",
+        help="optimizer step from which the discriminator trains and its term counts (with --adversarial)",
+    )
+    loss.add_argument(
+        "--discriminator-filters",
+        type=int,
+        default=RECIPE["discriminator_filters"],
+        metavar="WIDTH",
+        help="width of the discriminator's first block, doubled in each of the next three up to 8x "
+        "(with --adversarial; its cost per step grows with the square)",
     )
     opt = parser.add_argument_group("optimisation")
     opt.add_argument(
@@ -291,13 +320,13 @@ def flag(name: str) -> str:
     return "--no-tensorboard" if dest == "tensorboard" else "--" + dest.replace("_", "-")
 
 
-def parse_filters(text: str) -> list[int]:
+def parse_filters(text: str, name: str = "--filters") -> list[int]:
     try:
         filters = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
-        raise RunError(f"--filters {text!r} is not a comma-separated list of integers, e.g. 32,64,128,256") from None
+        raise RunError(f"{name} {text!r} is not a comma-separated list of integers, e.g. 32,64,128,256") from None
     if not filters or min(filters) < 1:
-        raise RunError(f"--filters {text!r} needs positive integers, e.g. 32,64,128,256")
+        raise RunError(f"{name} {text!r} needs positive integers, e.g. 32,64,128,256")
     return filters
 
 
@@ -316,10 +345,10 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
     missing = [key for key in REQUIRED_SETTINGS if key not in config]
     if missing:
         raise RunError(f"{name_of(missing[0])} is missing")
-    for key in ("latent_dim", "hidden_units", "batch_size", "epochs"):
-        if number(key, whole=True) < 1:
+    for key in ("latent_dim", "hidden_units", "batch_size", "epochs", "discriminator_filters"):
+        if key in config and number(key, whole=True) < 1:
             raise RunError(f"{name_of(key)} must be at least 1 (got {config[key]})")
-    for key in ("lr_warmup_steps", "beta_warmup_steps", "beta_cycle_steps"):
+    for key in ("lr_warmup_steps", "beta_warmup_steps", "beta_cycle_steps", "adversarial_start"):
         if key in config and number(key, whole=True) < 0:
             raise RunError(f"{name_of(key)} is a number of steps, 0 or more (got {config[key]})")
     if number("limit", whole=True) < 0:
@@ -337,6 +366,8 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
         raise RunError(
             f"{name_of('learning_rate')} must be a positive number, e.g. 2e-3 (got {config['learning_rate']})"
         )
+    if "adversarial" in config and number("adversarial", whole=False) < 0:
+        raise RunError(f"{name_of('adversarial')} must be 0 (off) or more, e.g. 0.5 (got {config['adversarial']})")
     if not 0 <= number("ema", whole=False) < 1:
         raise RunError(f"{name_of('ema')} must be in [0, 1), e.g. 0.999 (got {config['ema']})")
     for key, choices in CHOICES.items():
@@ -351,6 +382,16 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
         check_architecture(number("image_size", whole=True), filters)
     except ValueError as error:
         raise RunError(str(error)) from None
+    decoder_filters = config.get("decoder_filters")  # None (or absent): the encoder's
+    if decoder_filters is not None and not (
+        isinstance(decoder_filters, list)
+        and len(decoder_filters) == len(filters)
+        and all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in decoder_filters)
+    ):
+        raise RunError(
+            f"{name_of('decoder_filters')} must be {len(filters)} positive integers, one per block of "
+            f"{name_of('filters')} {','.join(map(str, filters))} (got {decoder_filters!r})"
+        )
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
@@ -391,12 +432,16 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "image_size": args.image_size,
         "channels": args.channels,
         "filters": parse_filters(args.filters),
+        "decoder_filters": parse_filters(args.decoder_filters, "--decoder-filters") if args.decoder_filters else None,
         "hidden_units": args.hidden,
         "upsampling": args.upsampling,
         "reconstruction": args.recon,
         "beta": args.beta,
         "beta_warmup_steps": args.beta_warmup,
         "beta_cycle_steps": args.beta_cycle,
+        "adversarial": args.adversarial,
+        "adversarial_start": args.adversarial_start,
+        "discriminator_filters": args.discriminator_filters,
         "epochs": args.epochs if args.epochs is not None else RECIPE["epochs"],
         "batch_size": args.batch_size,
         "learning_rate": args.lr,

@@ -6,6 +6,8 @@ a `Sampling` layer (reparameterization), a decoder `keras.Model` z -> image, and
 autoencoder (z = mu, no KL). Loss per image, averaged over the batch: reconstruction
 (`mse`, `bce`, or `gaussian`, a calibrated decoder variance as in sigma-VAE) + beta * KL, beta
 following `beta_schedule`. Under tf.distribute a step on N replicas equals the single-device step.
+Optionally (`adversarial` > 0) a patch discriminator trained with a hinge loss adds an adaptively
+weighted GAN term on the reconstructions, as in the autoencoders of latent diffusion models.
 
 `model_from_config`, `make_optimizer` and `run_precision` rebuild a run from its config.json
 (its settings' choices live in runs.py, which has no TensorFlow).
@@ -67,6 +69,7 @@ from keras import layers, ops  # noqa: E402
 # Keras' default 0.99 needs ~500 steps before the moving statistics used at inference
 # match the batches; short CelebA runs (57 steps an epoch on the sample) validate badly.
 BN_MOMENTUM = 0.9
+DISCRIMINATOR_LEARNING_RATE = 2e-4  # constant, the usual rate of GAN discriminators with Adam
 # BatchNormalization layers use synchronized=True: under tf.distribute they normalise with
 # the global batch's statistics, so a step on N replicas equals the single-device step
 # (a no-op on one device).
@@ -112,6 +115,22 @@ def global_batch_mean(values):
     if replica is not None and replica.num_replicas_in_sync > 1:
         sums = replica.all_reduce(tf.distribute.ReduceOp.SUM, sums)
     return tf.stop_gradient(sums[0] / sums[1])
+
+
+def hinge_discriminator_loss(logits_real, logits_fake):
+    """The discriminator's hinge loss: real patches pushed above 1, reconstructed ones below -1."""
+    real = ops.mean(ops.relu(1.0 - ops.cast(logits_real, "float32")))
+    fake = ops.mean(ops.relu(1.0 + ops.cast(logits_fake, "float32")))
+    return 0.5 * (real + fake)
+
+
+def adaptive_weight(reconstruction_gradient, gan_gradient, weight: float):
+    """weight * |grad reconstruction| / (|grad GAN| + 1e-4), clipped to [0, 1e4], with both gradients
+    taken at the decoder's last layer: the GAN term pulls as hard as the reconstruction there
+    (Esser et al. 2021, taming-transformers' calculate_adaptive_weight)."""
+    norms = [ops.sqrt(ops.sum(ops.square(ops.cast(g, "float32")))) for g in (reconstruction_gradient, gan_gradient)]
+    ratio = norms[0] / (norms[1] + 1e-4)
+    return weight * ops.stop_gradient(ops.clip(ratio, 0.0, 1e4))
 
 
 def per_pixel_mse(x, x_hat):
@@ -222,6 +241,24 @@ def build_decoder(
     return keras.Model(z, images, name="decoder")
 
 
+def build_discriminator(image_size: int = 64, channels: int = 3, filters: int = 64, blocks: int = 3) -> keras.Model:
+    """Patch discriminator (taming-transformers' NLayerDiscriminator): image [B, H, W, C] -> one
+    logit per overlapping patch, [B, H / 2^blocks, W / 2^blocks, 1]. GroupNormalization with one
+    group instead of BatchNorm: it needs no batch statistics, so real and reconstructed batches,
+    and the replicas' shares of them, are normalised alike."""
+    images = keras.Input((image_size, image_size, channels), name="image")
+    # No bias: grappler's Conv2D+BiasAdd+LeakyRelu fusion fails (and logs an error) on the GAN's gradients.
+    x = layers.Conv2D(filters, 4, strides=2, padding="same", use_bias=False, name="conv0")(images)
+    x = layers.LeakyReLU(0.2, name="relu0")(x)
+    for index in range(1, blocks + 1):
+        width, strides = filters * min(2**index, 8), 2 if index < blocks else 1  # the last one keeps the size
+        x = layers.Conv2D(width, 4, strides, padding="same", use_bias=False, name=f"conv{index}")(x)
+        x = layers.GroupNormalization(groups=1, name=f"norm{index}")(x)
+        x = layers.LeakyReLU(0.2, name=f"relu{index}")(x)
+    logits = layers.Conv2D(1, 4, padding="same", name="logits", dtype="float32")(x)
+    return keras.Model(images, logits, name="discriminator")
+
+
 def upsample_conv(x, width: int, upsampling: str, name: str, **conv_args):
     """Double the spatial size: UpSampling2D + Conv2D, or one strided Conv2DTranspose."""
     if upsampling == "transpose":
@@ -235,6 +272,11 @@ class VAE(keras.Model):
 
     With `variational=False` it is a plain autoencoder: z = mu, loss = reconstruction
     (the encoder's log_var head is left untrained).
+
+    With `adversarial` > 0 and a `discriminator`: from optimizer step `adversarial_start` on, the
+    loss adds w * g_loss, g_loss = -mean(D(reconstructions)), w = `adaptive_weight`, and every step
+    also trains D with its own Adam on the hinge loss `d_loss`. Without them the model has exactly
+    the variables, checkpoints and steps it had before the option existed.
     """
 
     def __init__(
@@ -247,11 +289,16 @@ class VAE(keras.Model):
         beta_cycle_steps: int = 0,
         variational: bool = True,
         seed: int | None = None,
+        adversarial: float = 0.0,
+        adversarial_start: int = 0,
+        discriminator: keras.Model | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if reconstruction not in RECONSTRUCTION_LOSSES:
             raise ValueError(f"unknown reconstruction loss {reconstruction!r}; choose one of {RECONSTRUCTION_LOSSES}")
+        if (discriminator is None) != (adversarial == 0):
+            raise ValueError("a discriminator goes with an adversarial weight above 0, and only with one")
         self.encoder = encoder
         self.decoder = decoder
         self.sampling = Sampling(seed=seed, name="sampling")
@@ -266,16 +313,40 @@ class VAE(keras.Model):
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.mse_tracker = keras.metrics.Mean(name="mse")
         self.beta_tracker = keras.metrics.Mean(name="beta")
+        self.adversarial = float(adversarial)
+        self.adversarial_start = int(adversarial_start)
+        if discriminator is not None:  # attributes only when used: checkpoints without stay as they were
+            self.discriminator = discriminator
+            # The GAN practice's fixed rate and betas (DCGAN's beta_1 0.5, taming-transformers' beta_2 0.9).
+            optimizer = keras.optimizers.Adam(DISCRIMINATOR_LEARNING_RATE, beta_1=0.5, beta_2=0.9)
+            if keras.config.dtype_policy().name == "mixed_float16":  # compile() wraps the main one alike
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            self.discriminator_optimizer = optimizer
+            self.adversarial_trackers = [keras.metrics.Mean(name=n) for n in ("d_loss", "g_loss", "adversarial_weight")]
 
     @property
     def metrics(self):
         # Listed here so Keras resets them at the start of each epoch.
-        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.mse_tracker, self.beta_tracker]
+        trackers = [
+            self.loss_tracker,
+            self.reconstruction_tracker,
+            self.kl_tracker,
+            self.mse_tracker,
+            self.beta_tracker,
+        ]
+        return trackers + list(self.adversarial_trackers) if self.adversarial else trackers
 
     def build(self, input_shape):
         # Encoder and decoder are functional models, built on construction.
         self.sampling.build([(None, self.encoder.outputs[0].shape[-1])] * 2)
+        if self.adversarial:  # now, so that a checkpoint's discriminator moments have variables to go to
+            self.discriminator_optimizer.build(self.discriminator.trainable_variables)
         super().build(input_shape)
+
+    def optimizer_variables(self) -> list:
+        """The state of the optimizers: the model's, then the discriminator's, if any."""
+        extra = self.discriminator_optimizer.variables if self.adversarial else []
+        return [*self.optimizer.variables, *extra]
 
     def call(self, images, training: bool = False):
         mu, log_var = self.encoder(images, training=training)
@@ -301,23 +372,26 @@ class VAE(keras.Model):
             "kl": kl,
             "mse": per_pixel_mse(images, reconstructions),
             "beta": beta,
+            "reconstructions": reconstructions,
         }
 
     def trained_variables(self) -> list:
         """Variables the loss reaches (an autoencoder never uses the log_var head)."""
-        if self.variational:
-            return self.trainable_variables
-        skipped = {id(v) for v in self.encoder.get_layer("log_var").trainable_variables}
+        skipped = {id(v) for v in self.discriminator.trainable_variables} if self.adversarial else set()
+        if not self.variational:
+            skipped |= {id(v) for v in self.encoder.get_layer("log_var").trainable_variables}
         return [v for v in self.trainable_variables if id(v) not in skipped]
 
     def update_trackers(self, terms: dict, images) -> dict:
         # Each batch mean counts with its number of images, so the figures are means per image
         # however the batches (and the replicas' shares of them) differ in size. A replica left
         # without images has NaN means (of nothing), which must not count.
+        # Validation has no discriminator terms.
         count = ops.cast(ops.shape(images)[0], "float32")
-        for tracker in self.metrics:
+        trackers = [tracker for tracker in self.metrics if tracker.name in terms]
+        for tracker in trackers:
             tracker.update_state(ops.where(count > 0, terms[tracker.name], 0.0), sample_weight=count)
-        results = {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in trackers}
         if spans_several_workers():
             # Keras averages each replica's logs over the workers with strategy.reduce(MEAN, axis=0),
             # which fails on scalars ("Invalid reduction dimension 0"): give them that axis.
@@ -326,16 +400,54 @@ class VAE(keras.Model):
 
     def train_step(self, data):
         variables = self.trained_variables()
-        with tf.GradientTape() as tape:
+        # Keras sums gradients over replicas: divide the per-replica batch mean by
+        # the replica count so the update equals that of the global batch mean.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape(persistent=self.adversarial > 0) as tape:
             terms = self.loss_terms(data, sample=True, training=True)
-            # Keras sums gradients over replicas: divide the per-replica batch mean by
-            # the replica count so the update equals that of the global batch mean.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            if self.adversarial:
+                terms = self.add_generator_term(terms, tape)
             # scale_loss applies the dynamic loss scale under mixed_float16 (no-op otherwise).
             scaled_loss = self.optimizer.scale_loss(terms["loss"] / replicas)
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
+        if self.adversarial:
+            terms["d_loss"] = self.discriminator_step(data, terms["reconstructions"], terms["adversarial_on"], replicas)
         return self.update_trackers(terms, data)
+
+    def add_generator_term(self, terms: dict, tape: tf.GradientTape) -> dict:
+        """`terms` with the GAN term added to the loss (zero before adversarial_start), g_loss, its
+        weight, and adversarial_on (1.0 from that step on, else 0.0)."""
+        g_loss = -ops.mean(ops.cast(self.discriminator(terms["reconstructions"], training=True), "float32"))
+        with tape.stop_recording():
+            last = self.decoder.layers[-1].kernel
+            # Scaled alike (under mixed_float16), so their ratio is that of the true gradients.
+            gradients = [tape.gradient(self.optimizer.scale_loss(t), last) for t in (terms["reconstruction"], g_loss)]
+            replica = tf.distribute.get_replica_context()  # None in a cross-replica context
+            if replica is not None and replica.num_replicas_in_sync > 1:
+                # The global batch's gradients (up to a common factor), as on a single device.
+                gradients = replica.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        on = ops.cast(self.optimizer.iterations >= self.adversarial_start, "float32")
+        weight = on * adaptive_weight(*gradients, self.adversarial)
+        return {
+            **terms,
+            "loss": terms["loss"] + weight * g_loss,
+            "g_loss": g_loss,
+            "adversarial_weight": weight,
+            "adversarial_on": on,
+        }
+
+    def discriminator_step(self, images, reconstructions, on, replicas: int):
+        """One step of the discriminator on the hinge loss, a zero gradient while `on` is 0; returns
+        the loss."""
+        variables = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            logits_real = self.discriminator(images, training=True)
+            logits_fake = self.discriminator(ops.stop_gradient(reconstructions), training=True)
+            d_loss = hinge_discriminator_loss(logits_real, logits_fake)
+            scaled_loss = self.discriminator_optimizer.scale_loss(on * d_loss / replicas)
+        self.discriminator_optimizer.apply(tape.gradient(scaled_loss, variables), variables)
+        return d_loss
 
     def test_step(self, data):
         # Validation decodes the posterior mean: deterministic, and what reconstruction grids show.
@@ -363,10 +475,19 @@ def build_vae(
     beta_cycle_steps: int = 0,
     variational: bool = True,
     seed: int | None = None,
+    decoder_filters: Sequence[int] | None = None,
+    adversarial: float = 0.0,
+    adversarial_start: int = 0,
+    discriminator_filters: int = DEFAULT_RECIPE["discriminator_filters"],
 ) -> VAE:
-    """Build encoder, decoder and the VAE (or autoencoder) around them."""
+    """Build encoder, decoder (its widths `decoder_filters`, by default those of the encoder, in
+    the encoder's order) and the VAE (or autoencoder) around them, with a discriminator of
+    `discriminator_filters` base width when `adversarial` > 0."""
+    if decoder_filters is not None and len(decoder_filters) != len(filters):
+        raise ValueError(f"decoder filters {list(decoder_filters)} need one width per encoder block ({len(filters)})")
     encoder = build_encoder(image_size, channels, latent_dim, filters, hidden_units)
-    decoder = build_decoder(image_size, channels, latent_dim, filters, upsampling)
+    decoder = build_decoder(image_size, channels, latent_dim, decoder_filters or filters, upsampling)
+    discriminator = build_discriminator(image_size, channels, discriminator_filters) if adversarial else None
     model = VAE(
         encoder,
         decoder,
@@ -376,6 +497,9 @@ def build_vae(
         beta_cycle_steps=beta_cycle_steps,
         variational=variational,
         seed=seed,
+        adversarial=adversarial,
+        adversarial_start=adversarial_start,
+        discriminator=discriminator,
     )
     model.build((None, image_size, image_size, channels))
     return model
@@ -464,6 +588,11 @@ def model_from_config(config: dict) -> VAE:
         beta_cycle_steps=config["beta_cycle_steps"],
         variational=config["model"] == "vae",
         seed=config["seed"],
+        # Absent from the config.json of runs made before these options: their model as it was.
+        decoder_filters=config.get("decoder_filters"),
+        adversarial=config.get("adversarial", 0.0),
+        adversarial_start=config.get("adversarial_start", 0),
+        discriminator_filters=config.get("discriminator_filters", DEFAULT_RECIPE["discriminator_filters"]),
     )
 
 

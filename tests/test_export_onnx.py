@@ -34,7 +34,13 @@ SIZE, LATENT = 16, 8
 
 
 def make_run(
-    folder: Path, channels: int, filters=(16, 32), upsampling: str = "nearest", model: str = "vae", seed: int = 0
+    folder: Path,
+    channels: int,
+    filters=(16, 32),
+    upsampling: str = "nearest",
+    model: str = "vae",
+    seed: int = 0,
+    decoder_filters=None,
 ) -> Path:
     """A run folder like train.py writes (config.json, encoder.keras, decoder.keras), untrained."""
     import keras
@@ -43,7 +49,13 @@ def make_run(
 
     keras.utils.set_random_seed(seed)
     built = vae.build_vae(
-        image_size=SIZE, channels=channels, latent_dim=LATENT, filters=filters, hidden_units=32, upsampling=upsampling
+        image_size=SIZE,
+        channels=channels,
+        latent_dim=LATENT,
+        filters=filters,
+        hidden_units=32,
+        upsampling=upsampling,
+        decoder_filters=decoder_filters,
     )
     rng = np.random.default_rng(seed)
     for part in (built.encoder, built.decoder):
@@ -65,6 +77,7 @@ def make_run(
         "image_size": SIZE,
         "channels": channels,
         "filters": list(filters),
+        "decoder_filters": list(decoder_filters) if decoder_filters else None,
         "hidden_units": 32,
         "upsampling": upsampling,
         "value_range": [0.0, 1.0],
@@ -192,6 +205,16 @@ def test_plain_and_transpose_upsampling_exports_match_keras(runs, capsys):
     session = inference.make_session(transposed / "decoder.onnx", threads=1)
     z = np.random.default_rng(4).standard_normal((7, LATENT)).astype(np.float32)
     want = np.asarray(keras_model(transposed, "decoder")(z, training=False))
+    assert np.abs(inference.decode(session, z) - want).max() < 1e-4
+
+
+def test_a_wider_decoder_exports_and_matches_keras(runs):
+    wide = make_run(runs["root"] / "wide", channels=3, decoder_filters=(24, 48), seed=3)
+    export_onnx.main(["--run", str(wide)])
+    session = inference.make_session(wide / "decoder.onnx", threads=1)
+    z = np.random.default_rng(5).standard_normal((5, LATENT)).astype(np.float32)
+    want = np.asarray(keras_model(wide, "decoder")(z, training=False))
+    assert keras_model(wide, "decoder").get_layer("project").units == 4 * 4 * 48
     assert np.abs(inference.decode(session, z) - want).max() < 1e-4
 
 

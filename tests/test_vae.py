@@ -266,3 +266,104 @@ def test_help_answers_at_once_without_tensorflow():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0 and result.stderr == ""
     assert "--latent" in result.stdout and result.stdout.splitlines()[-1] == "False"
+
+
+def layout(part: keras.Model) -> list[tuple[str, tuple]]:
+    """The path (layer and name) and shape of each variable of an encoder or decoder."""
+    return [(v.path, tuple(v.shape)) for v in part.variables]
+
+
+def shapes(model: vae.VAE) -> tuple:
+    return layout(model.encoder), layout(model.decoder), len(model.variables)
+
+
+def test_new_options_leave_the_encoder_and_the_old_configs_as_they_were():
+    config = {**TINY, "model": "vae", "reconstruction": "mse", "ema": 0.0}
+    today = shapes(vae.model_from_config(config))  # a config.json written before the option
+    assert shapes(vae.model_from_config({**config, "decoder_filters": None})) == today
+    assert shapes(vae.model_from_config({**config, "decoder_filters": [4, 8]})) == today
+    wide = vae.model_from_config({**config, "decoder_filters": [16, 32]})
+    assert layout(wide.encoder) == today[0] and len(wide.variables) == today[2]
+    convolutions = [layer for layer in wide.decoder.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [layer.filters for layer in convolutions] == [16, 3]
+    assert wide.decoder.get_layer("project").units == 4 * 4 * 32
+    assert wide(np.zeros((2, 16, 16, 3), np.float32)).shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match="one width per encoder block"):
+        vae.model_from_config({**config, "decoder_filters": [16, 32, 64]})
+    adversarial = vae.model_from_config({**config, "adversarial": 0.5, "discriminator_filters": 4})
+    widths = [layer.filters for layer in adversarial.discriminator.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert widths == [4, 8, 16, 32, 1] and adversarial.discriminator.output.shape == (None, 2, 2, 1)
+    assert layout(adversarial.decoder) == today[1]
+
+
+def tiny_model(adversarial: float, start: int = 0) -> vae.VAE:
+    """A tiny VAE, compiled as train.py compiles it, with the same initial weights whatever `adversarial`."""
+    keras.utils.set_random_seed(0)
+    model = vae.build_vae(16, 3, latent_dim=4, filters=(4, 8), hidden_units=8, seed=0, adversarial=adversarial,
+                          adversarial_start=start, discriminator_filters=4)  # fmt: skip
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.optimizer.build(model.trained_variables())
+    return model
+
+
+def test_adversarial_term_counts_from_its_start_step_only():
+    """Before the start step the model trains exactly as without the option and the discriminator
+    stays put; from it on the discriminator learns and the decoder gets the GAN term's gradient."""
+    off, on = tiny_model(0.0), tiny_model(0.5, start=2)
+    assert not hasattr(off, "discriminator") and len(off.trained_variables()) == len(on.trained_variables())
+    images = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
+    discriminator = [v.numpy().copy() for v in on.discriminator.variables]
+    fit = {"epochs": 1, "batch_size": 4, "shuffle": False, "verbose": 0}
+    off.fit(images, **fit)
+    history = on.fit(images, **fit).history  # steps 0 and 1
+    assert set(history) == {"loss", "reconstruction", "kl", "mse", "beta", "d_loss", "g_loss", "adversarial_weight"}
+    assert history["adversarial_weight"] == [0.0]
+    for a, b in zip(off.variables, on.variables[: len(off.variables)], strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    for before, v in zip(discriminator, on.discriminator.variables, strict=True):
+        np.testing.assert_array_equal(before, v.numpy())
+    off.fit(images, **fit)
+    history = on.fit(images, **fit).history  # steps 2 and 3
+    assert all(np.isfinite(values).all() for values in history.values())
+    assert history["adversarial_weight"][0] > 0
+    assert any(
+        not np.allclose(before, v.numpy()) for before, v in zip(discriminator, on.discriminator.variables, strict=True)
+    )
+    assert np.abs(off.decoder.layers[-1].kernel.numpy() - on.decoder.layers[-1].kernel.numpy()).max() > 1e-4
+
+
+def test_adaptive_weight_is_the_ratio_of_the_gradient_norms_at_the_last_layer():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(0, 1e-3, (3, 3, 4, 3)), rng.normal(0, 1, (3, 3, 4, 3))
+    norm = np.linalg.norm
+    assert float(vae.adaptive_weight(large, small, 0.5)) == pytest.approx(0.5 * norm(large) / (norm(small) + 1e-4))
+    assert float(vae.adaptive_weight(large, np.zeros_like(large), 1.0)) == pytest.approx(1e4)  # clipped
+    # In the train step: the weight of its first step, against the gradients taken here from the same weights.
+    model = tiny_model(0.5)
+    model.variational = False  # no sampling noise: the step sees the forward pass computed here
+    images = np.random.default_rng(1).random((4, 16, 16, 3), dtype=np.float32)
+    kernel = model.decoder.layers[-1].kernel
+    with tf.GradientTape(persistent=True) as tape:
+        decoded = model.decoder(model.encoder(images, training=True)[0], training=True)
+        reconstruction = tf.reduce_mean(tf.reduce_sum(tf.square(decoded - images), axis=[1, 2, 3]))
+        g_loss = -tf.reduce_mean(model.discriminator(decoded, training=True))
+    expected = 0.5 * norm(tape.gradient(reconstruction, kernel)) / (norm(tape.gradient(g_loss, kernel)) + 1e-4)
+    history = model.fit(images, epochs=1, batch_size=4, verbose=0).history
+    assert history["adversarial_weight"][0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_checkpoints_hold_the_discriminator_and_its_optimizer(tmp_path):
+    model = tiny_model(0.5)
+    images = np.random.default_rng(2).random((4, 16, 16, 3), dtype=np.float32)
+    model.fit(images, epochs=1, batch_size=4, verbose=0)
+    model.save_weights(tmp_path / "state.weights.h5")  # as train.py's epoch checkpoints
+    restored = tiny_model(0.5)
+    restored.load_weights(tmp_path / "state.weights.h5")
+    assert int(restored.discriminator_optimizer.iterations.numpy()) == 1
+    pairs = [(model.variables, restored.variables), (model.optimizer_variables(), restored.optimizer_variables())]
+    assert len(model.optimizer_variables()) == len(model.optimizer.variables) + len(
+        model.discriminator_optimizer.variables
+    )
+    for saved, loaded in pairs:
+        for a, b in zip(saved, loaded, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
