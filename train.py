@@ -529,6 +529,37 @@ def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
     return train_files, validation_files, dataset.describe()
 
 
+def batches_per_pass(
+    split: str, files: list[Path], batch_size: int, replicas: int, drop_remainder: bool
+) -> tuple[int, int]:
+    """(batches, images left out) of one pass over `files`: a short last batch is dropped with
+    `drop_remainder`, else cut to a multiple of the replicas (even_batches). RunError when a pass
+    would hold no batch at all."""
+    count = len(files)
+    if count < batch_size and replicas > 1:
+        count = sum(map(data.is_readable_image, files))  # one short batch: count what it will hold
+    full, rest = divmod(count, batch_size)
+    kept = 0 if drop_remainder else rest // replicas * replicas
+    if full == 0 and kept == 0:
+        raise RunError(
+            f"the {count} readable {split} image(s) cannot be shared by the {replicas} replicas; "
+            f"use at least {replicas} images"
+        )
+    return full + (kept > 0), rest - kept
+
+
+def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """Each batch cut to a multiple of `replicas`, the empty ones dropped: tf.distribute gives each
+    replica ceil(n / replicas) of a batch of n, so a short last batch would leave a replica with no
+    image (which crashes inside BatchNormalization on some CPUs) or with a smaller share than the
+    others (the step's loss scaling assumes equal ones). Unchanged on a single device."""
+    if replicas == 1:
+        return dataset
+    return dataset.map(lambda images: images[: tf.shape(images)[0] // replicas * replicas]).filter(
+        lambda images: tf.shape(images)[0] > 0
+    )
+
+
 def train(
     config: dict,
     resume: bool = False,
@@ -565,16 +596,18 @@ def train(
     keras.utils.set_random_seed(config["seed"])
     train_files, validation_files, description = load_splits(config)
     print(f"data: {description}; training on {len(train_files)} images")
-    for split, count in (("training", len(train_files)), ("validation", len(validation_files))):
-        # Keras builds the model on the mean over the replicas of their shares of the first
-        # batch, which fails when those differ in size.
-        if replicas > 1 and count < config["batch_size"] and count % replicas:
-            fitting = count // replicas * replicas  # the largest batch that splits evenly and fills up
-            raise RunError(
-                f"the {count} {split} images make a single batch, smaller than --batch-size {config['batch_size']}, "
-                f"that does not split evenly over the {replicas} replicas; use more images"
-                + (f", or --batch-size {fitting} or less (a multiple of {replicas})" if fitting else "")
-            )
+    batch_size = config["batch_size"]
+    # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
+    # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
+    drop_remainder = len(train_files) >= batch_size
+    train_steps, train_left = batches_per_pass("training", train_files, batch_size, replicas, drop_remainder)
+    validation_steps, validation_left = batches_per_pass("validation", validation_files, batch_size, replicas, False)
+    if replicas > 1 and train_left + validation_left:
+        print(
+            f"{replicas} replicas: each batch is cut to a multiple of {replicas} images, so that every replica gets "
+            f"an equal share; left out per epoch: {train_left} of the {len(train_files)} training images and "
+            f"{validation_left} of the {len(validation_files)} validation images"
+        )
     cache = worker_cache(config["cache"], strategy)
     if cache == "memory":
         data.check_memory_cache(len(train_files) + len(validation_files), config["image_size"], config["channels"])
@@ -588,14 +621,9 @@ def train(
         "crop": config["crop"],
         "cache": cache,
     }
-    batch_size = config["batch_size"]
-    # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
-    # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
-    drop_remainder = len(train_files) >= batch_size
-    train_steps = len(train_files) // batch_size if drop_remainder else 1
 
     def train_data(skip_batches: int) -> tf.data.Dataset:
-        return data.make_dataset(
+        dataset = data.make_dataset(
             train_files,
             batch_size=batch_size,
             shuffle=True,
@@ -605,9 +633,11 @@ def train(
             skip_batches=skip_batches,
             **image_args,
         )
+        return even_batches(dataset, replicas)
 
-    validation_data = data.make_dataset(validation_files, batch_size=batch_size, repeat=True, **image_args)
-    validation_steps = math.ceil(len(validation_files) / batch_size)
+    validation_data = even_batches(
+        data.make_dataset(validation_files, batch_size=batch_size, repeat=True, **image_args), replicas
+    )
     preview_files = validation_files[: 2 * GRID_COLUMNS]  # read once: not cached
     preview = next(
         iter(data.make_dataset(preview_files, batch_size=2 * GRID_COLUMNS, **{**image_args, "cache": "none"}))
