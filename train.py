@@ -39,11 +39,11 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
 import tempfile
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,7 +79,6 @@ from train_cli import (  # noqa: E402
     DEFAULT_WORKER_START_TIMEOUT,
     NO_SPACE,
     TENSORBOARD_DIR,
-    TF_CONFIG_HELP,
     RunError,
     TrainingStopped,
     has_backup,
@@ -91,6 +90,7 @@ log = logging.getLogger("train")
 
 GRID_COLUMNS = 8
 HDF5_OVERHEAD = 256 * 1024  # bytes a checkpoint takes beyond its variables: 120-140 KB measured
+SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}  # the signals that stop training after a step
 TASK_NAME = r"/job:(\w+)/replica:\d+/task:(\d+)"  # a task of a TensorFlow cluster, as its messages name it
 main = train_cli.main  # train.main(argv): the command line, as `python train.py` runs it
 
@@ -148,12 +148,8 @@ def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirro
     strategy would, with a limit: every task registers at a barrier of the service (on the
     first worker, or the chief) that fails after `start_timeout`, naming the tasks it still
     lacks; a task that cannot reach the service at all gives up 5 s later."""
-    try:
-        cluster = json.loads(os.environ["TF_CONFIG"])
-        workers = sum(len(tasks) for tasks in cluster["cluster"].values())
-        task = f"{cluster['task']['type']} {cluster['task']['index']}"
-    except (KeyError, TypeError, ValueError):
-        raise RunError(TF_CONFIG_HELP) from None
+    cluster, kind, index = train_cli.read_tf_config()
+    workers = sum(len(addresses) for addresses in cluster.values())
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     spec = resolver.cluster_spec()
     service = context.context()
@@ -169,7 +165,7 @@ def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirro
     )
     service.coordination_service.cluster_register_with_barrier = True
     print(
-        f"multiworker: {task} of {workers}, waiting up to {start_timeout:g} s until all of them have started",
+        f"multiworker: {kind} {index} of {workers}, waiting up to {start_timeout:g} s until all of them have started",
         flush=True,
     )
     try:
@@ -399,8 +395,8 @@ class Checkpoint(keras.callbacks.Callback):
 
 class StepBackup(keras.callbacks.Callback):
     """The training state every `every` optimizer steps in checkpoint/backup/, so a killed run loses
-    at most that many steps; when `stop` is set (SIGTERM) it backs up after the current step and
-    ends training by raising TrainingStopped.
+    at most that many steps; when `stop` is set (SIGTERM, Ctrl-C) it backs up after the current step
+    and ends training by raising TrainingStopped.
 
     keras.callbacks.BackupAndRestore does not fit: it overwrites its weights file in place (a kill
     during the write leaves no usable backup) and resumes at the start of the epoch, with the steps
@@ -424,7 +420,7 @@ class StepBackup(keras.callbacks.Callback):
         epochs: int,
         steps_per_epoch: int,
         steps_done: int,
-        stop: threading.Event,
+        stop: StopRequest,
         epoch_metrics: list[np.ndarray] | None = None,
     ):
         super().__init__()
@@ -452,12 +448,14 @@ class StepBackup(keras.callbacks.Callback):
         self.steps_done += 1
         if self.model.stop_training or self.steps_done % self.steps_per_epoch == 0:
             return  # a NaN/inf loss keeps the last good backup; an epoch's end has its checkpoint
-        stopped_by = self.stopped_by()
-        if stopped_by:
+        signum = self.stopped_by()
+        if signum:
             self.save()
             epoch, step = divmod(self.steps_done, self.steps_per_epoch)
             raise TrainingStopped(
-                f"stopped by {stopped_by} in epoch {epoch + 1} after step {step} of {self.steps_per_epoch}"
+                f"stopped by {self.signal_name(signum)} in epoch {epoch + 1} after step {step} of "
+                f"{self.steps_per_epoch}",
+                signum,
             )
         if self.every and self.steps_done % self.every == 0:
             self.save()
@@ -466,18 +464,25 @@ class StepBackup(keras.callbacks.Callback):
         # Last among the callbacks: the epoch checkpoint is written by now. After the last
         # epoch the run just finishes.
         if epoch + 1 < self.epochs:
-            stopped_by = self.stopped_by()
-            if stopped_by:
-                raise TrainingStopped(f"stopped by {stopped_by} at the end of epoch {epoch + 1}")
+            signum = self.stopped_by()
+            if signum:
+                raise TrainingStopped(f"stopped by {self.signal_name(signum)} at the end of epoch {epoch + 1}", signum)
 
-    def stopped_by(self) -> str | None:
-        """What asks training to stop now: SIGTERM to this process or to another worker, or nothing.
-        Every worker must call this at the same point, as it takes an all-reduce among them."""
-        here = self.stop.is_set()
+    def stopped_by(self) -> int | None:
+        """The signal (SIGTERM, SIGINT) that asks training to stop now, sent to this process or to
+        another worker, or None. Every worker must call this at the same point, as it takes an
+        all-reduce among them."""
+        here = self.stop.signum or 0
         if not vae.spans_several_workers():
-            return "SIGTERM" if here else None
-        anywhere = int(tf.distribute.get_strategy().reduce("SUM", tf.constant(int(here)), axis=None)) > 0
-        return "SIGTERM" if here else "SIGTERM to another worker" if anywhere else None
+            return here or None
+        # The signal numbers summed: a single one (the usual case) is named in the message.
+        anywhere = int(tf.distribute.get_strategy().reduce("SUM", tf.constant(here), axis=None))
+        return here or anywhere or None
+
+    def signal_name(self, signum: int) -> str:
+        if signum == self.stop.signum:
+            return SIGNAL_NAMES[signum]
+        return f"{SIGNAL_NAMES.get(signum, 'a signal')} to another worker"
 
     def on_train_end(self, logs=None):
         kept = latest_checkpoint(self.run_dir)
@@ -500,15 +505,52 @@ class StepBackup(keras.callbacks.Callback):
         self.saved_at = self.steps_done
 
 
-@contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[threading.Event]:
-    """An event that SIGTERM sets, for StepBackup to stop after the current step."""
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class StopRequest:
+    """Set by the first SIGTERM or Ctrl-C (SIGINT): StepBackup backs up after the current step and
+    stops. A second one ends the process at once: the last backup or checkpoint stays, as both are
+    written atomically."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.signum: int | None = None
+        # Off the progress bar's line, where Keras rewrites it in place on a terminal.
+        self.new_line = "\n" if sys.stdout.isatty() else ""
+
+    def __call__(self, signum: int, frame: object) -> None:
+        name = SIGNAL_NAMES[signum]
+        if self.signum is not None:
+            say(
+                f"{self.new_line}stopped at once by a second {name}; {self.run_dir} keeps its last backup or checkpoint; "
+                f"continue with: {resume_command(self.run_dir)}"
+            )
+            os._exit(128 + signum)
+        self.signum = signum
+        say(f"{self.new_line}{name}: stopping after this step, once it is backed up ({name} again stops at once)")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        """Handle the signals while the block runs; once a stop was asked for, until the process
+        ends, so that a second signal while it winds up still ends it at once."""
+        previous = {signum: signal.signal(signum, self) for signum in SIGNAL_NAMES}
+        try:
+            yield self
+        finally:
+            if self.signum is None:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+
+
+def say(line: str) -> None:
+    """A line on stderr from a signal handler: os.write, as print may be in the middle of a write."""
+    os.write(sys.stderr.fileno(), f"{line}\n".encode())
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir`, with the Python that runs this one."""
+    script = Path(__file__).absolute()
+    with contextlib.suppress(ValueError):
+        script = script.relative_to(Path.cwd())
+    return shlex.join([sys.executable, str(script), "--resume", str(run_dir)])
 
 
 # --------------------------------------------------------------------------- training
@@ -651,7 +693,7 @@ def train(
     output_dir = Path(scratch.name) if scratch else run_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     policy = vae.mixed_precision_policy() if config["mixed_precision"] else "float32"
-    with vae.dtype_policy(policy), strategy.scope(), stop_on_sigterm() as stop:
+    with vae.dtype_policy(policy), strategy.scope(), StopRequest(run_dir).installed() as stop:
         model = vae.model_from_config(config)
         model.compile(optimizer=vae.make_optimizer(config, train_steps))
         # Built now, on the variables the train step updates, so that saved and restored
@@ -734,10 +776,12 @@ def train(
                     **fit_args,
                 )
         except TrainingStopped as stopped:
-            resume = f"python train.py --resume {run_dir}"
+            resume = resume_command(run_dir)
             if config["strategy"] == "multiworker":
                 resume = f"{resume} --strategy multiworker on every worker, or {resume} alone"
-            raise TrainingStopped(f"{stopped}, state saved; continue with: {resume}") from None
+            raise TrainingStopped(
+                f"{stopped}, state saved in {run_dir}; continue with: {resume}", stopped.signum
+            ) from None
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
             # A worker that dies or hangs stops sending heartbeats; TensorFlow's coordination service
             # notices within seconds and aborts the collective operations of the others.
@@ -840,9 +884,9 @@ def how_to_go_on(run_dir: Path) -> str:
     """How a run stopped by a full disk goes on: from what it saved last, or from the start."""
     kept = latest_checkpoint(run_dir)
     if kept:
-        return f"then continue from the last good checkpoint (epoch {kept[0]}) with: python train.py --resume {run_dir}"
+        return f"then continue from the last good checkpoint (epoch {kept[0]}) with: {resume_command(run_dir)}"
     if has_backup(run_dir):
-        return f"then continue from the last step backup with: python train.py --resume {run_dir}"
+        return f"then continue from the last step backup with: {resume_command(run_dir)}"
     return f"then delete {run_dir} and start again (nothing had been saved yet)"
 
 

@@ -59,8 +59,10 @@ TENSORBOARD_DIR = "tensorboard"
 TF_CONFIG_HELP = (
     "--strategy multiworker needs TF_CONFIG set to the cluster and this worker's task, e.g. "
     """'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}' """
-    "(see README: several machines)"
+    "(a list of host:port per job, chief and worker; the task's type is one of those jobs and its index a "
+    "position in that job's list; see README: several machines)"
 )
+CLUSTER_JOBS = ("chief", "worker")  # the jobs of MultiWorkerMirroredStrategy's cluster
 LOCK_FILE = ".lock"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
 # The flags a resumed run takes; its other settings come from its config.json.
@@ -113,7 +115,13 @@ class RunError(RuntimeError):
 
 
 class TrainingStopped(Exception):
-    """Training stopped on request (SIGTERM) after backing up; the message says how to resume."""
+    """Training stopped on request (SIGTERM, SIGINT) after backing up; the message says how to
+    resume. The exit code is that of a process ended by the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + (signum if signum in (signal.SIGINT, signal.SIGTERM) else signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------- command line
@@ -414,17 +422,55 @@ def check_recovery_flags(args: argparse.Namespace) -> None:
         )
 
 
+def read_tf_config() -> tuple[dict[str, list[str]], str, int]:
+    """(cluster, task type, task index) from TF_CONFIG, checked before TensorFlow reads it (which
+    fails with a TypeError or hangs on a wrong type); RunError saying what is wrong otherwise."""
+
+    def refuse(problem: str) -> RunError:
+        return RunError(f"TF_CONFIG {problem}; {TF_CONFIG_HELP}")
+
+    if "TF_CONFIG" not in os.environ:
+        raise RunError(TF_CONFIG_HELP)
+    try:
+        tf_config = json.loads(os.environ["TF_CONFIG"])
+    except ValueError as error:
+        raise refuse(f"is not JSON ({error})") from None
+    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster"), dict):
+        raise refuse('needs a "cluster" object')
+    cluster = tf_config["cluster"]
+    for job, addresses in cluster.items():
+        if job not in CLUSTER_JOBS:
+            raise refuse(f"has a job {job!r} in its cluster, where only {' and '.join(CLUSTER_JOBS)} go")
+        if not isinstance(addresses, list) or not addresses or not all(is_address(a) for a in addresses):
+            raise refuse(f'needs a non-empty list of "host:port" strings for the job {job!r} (got {addresses!r})')
+    if len(cluster.get("chief", [])) > 1:
+        raise refuse("has more than one chief")
+    task = tf_config.get("task")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise refuse(f'needs a "task" object whose "type" is a job of its cluster ({", ".join(cluster)})')
+    kind, index = task["type"], task.get("index")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise refuse(
+            f'needs a task "index" from 0 to {len(cluster[kind]) - 1}, a position in the {kind!r} list (got {index!r})'
+        )
+    return cluster, kind, index
+
+
+def is_address(address: object) -> bool:
+    """Whether `address` is a "host:port" string."""
+    if not isinstance(address, str):
+        return False
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
 def writes_run_folder(config: dict) -> bool:
     """False for a non-chief worker of a multi-worker run: it leaves the run folder to the chief.
     Read from TF_CONFIG as MultiWorkerMirroredStrategy reads it (train.is_chief decides the same
     from the strategy, once TensorFlow is up)."""
     if config["strategy"] != "multiworker":
         return True
-    try:
-        tf_config = json.loads(os.environ["TF_CONFIG"])
-        cluster, kind, index = tf_config["cluster"], tf_config["task"]["type"], int(tf_config["task"]["index"])
-    except (KeyError, ValueError, TypeError):
-        raise RunError(TF_CONFIG_HELP) from None
+    cluster, kind, index = read_tf_config()
     return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
 
 
@@ -566,7 +612,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: {error}")
     except TrainingStopped as stopped:
         print(stopped, file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)  # the status of a process ended by SIGTERM
+        sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training began or after it ended: nothing to back up
+        print("stopped by Ctrl-C outside the training steps (nothing to back up)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except OSError as error:  # a full disk outside the checkpoints train.train handles itself
         if error.errno not in NO_SPACE:
             raise

@@ -23,6 +23,7 @@ from conftest import REPO, tiny_train_args
 from test_recovery import final_state
 
 import train
+import train_cli
 
 START_TIMEOUT = 240  # seconds for both workers to import TensorFlow, connect and train a few steps
 # A lost worker must stop the other one within this time; TensorFlow's coordination service
@@ -191,13 +192,15 @@ def test_sigterm_to_one_worker_stops_both_after_a_backup_and_the_run_resumes_alo
         stop(workers)
     assert returncodes == [128 + signal.SIGTERM] * 2, log_of(tmp_path, 0)[-3000:] + log_of(tmp_path, 1)[-3000:]
     # Both stop after the same step (the first one, most likely), and say so.
-    resume = f"python train.py --resume {chief_run}"
-    where = r"in epoch (\d+) after step (\d+) of 26, state saved; continue with: "
+    resume = re.escape(f"{sys.executable} train.py --resume {chief_run}")
+    where = rf"in epoch (\d+) after step (\d+) of 26, state saved in {re.escape(str(chief_run))}; continue with: "
     chief_stop = re.fullmatch(
         rf"stopped by SIGTERM to another worker {where}{resume} --strategy multiworker on every worker, or {resume} alone",
         last_line(tmp_path, 0),
     )
-    other_stop = re.fullmatch(rf"stopped by SIGTERM {where}.*", last_line(tmp_path, 1))
+    other_stop = re.fullmatch(
+        r"stopped by SIGTERM in epoch (\d+) after step (\d+) of 26, state saved in .*", last_line(tmp_path, 1)
+    )
     assert chief_stop and other_stop and chief_stop.groups() == other_stop.groups()
     assert "Traceback" not in log_of(tmp_path, 0) + log_of(tmp_path, 1)
     epoch, step = (int(number) for number in chief_stop.groups())
@@ -241,11 +244,50 @@ def test_a_worker_alone_gives_up_after_the_start_timeout(face_folder, tmp_path):
     assert not (tmp_path / "run0").exists() and not (tmp_path / "run1").exists()
 
 
-def test_multiworker_needs_a_readable_tf_config(face_folder, tmp_path, monkeypatch):
-    monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(SystemExit, match="--strategy multiworker needs TF_CONFIG"):
+WORKERS = '"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}'
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "problem"),
+    [
+        (None, ""),
+        ('{"cluster": ', "TF_CONFIG is not JSON (Expecting value: line 1 column 13 (char 12)); "),
+        ("[1, 2]", 'TF_CONFIG needs a "cluster" object; '),
+        (
+            '{"cluster": ["127.0.0.1:1"], "task": {"type": "worker", "index": 0}}',
+            'TF_CONFIG needs a "cluster" object; ',
+        ),
+        (
+            '{"cluster": {"worker": "127.0.0.1:1"}, "task": {"type": "worker", "index": 0}}',
+            "TF_CONFIG needs a non-empty list of \"host:port\" strings for the job 'worker' (got '127.0.0.1:1'); ",
+        ),
+        (
+            '{"cluster": {"worker": [1234]}, "task": {"type": "worker", "index": 0}}',
+            "TF_CONFIG needs a non-empty list of \"host:port\" strings for the job 'worker' (got [1234]); ",
+        ),
+        (
+            '{"cluster": {"ps": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}',
+            "TF_CONFIG has a job 'ps' in its cluster, where only chief and worker go; ",
+        ),
+        ("{" + WORKERS + "}", 'TF_CONFIG needs a "task" object whose "type" is a job of its cluster (worker); '),
+        (
+            "{" + WORKERS + ', "task": {"type": "worker", "index": 2}}',
+            "TF_CONFIG needs a task \"index\" from 0 to 1, a position in the 'worker' list (got 2); ",
+        ),
+        (
+            "{" + WORKERS + ', "task": {"type": "worker", "index": "0"}}',
+            "TF_CONFIG needs a task \"index\" from 0 to 1, a position in the 'worker' list (got '0'); ",
+        ),
+    ],
+)
+def test_multiworker_needs_a_valid_tf_config(face_folder, tmp_path, monkeypatch, tf_config, problem):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    # Refused by train_cli, before TensorFlow starts a strategy: multiworker_strategy would fail the test.
+    monkeypatch.setattr(train, "multiworker_strategy", lambda *args: pytest.fail("TF_CONFIG reached TensorFlow"))
+    with pytest.raises(SystemExit) as exit_info:
         train.main(tiny_train_args(face_folder, tmp_path / "run", "--strategy", "multiworker"))
-    monkeypatch.setenv("TF_CONFIG", '{"cluster": ')
-    with pytest.raises(SystemExit, match="--strategy multiworker needs TF_CONFIG"):
-        train.main(tiny_train_args(face_folder, tmp_path / "run", "--strategy", "multiworker"))
+    assert str(exit_info.value) == f"error: {problem}{train_cli.TF_CONFIG_HELP}"
     assert not (tmp_path / "run").exists()

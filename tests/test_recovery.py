@@ -98,7 +98,7 @@ def test_sigterm_backs_up_the_current_step_and_says_how_to_resume(face_folder, t
     assert process.returncode == 128 + signal.SIGTERM
     message = stderr.strip().splitlines()[-1]
     assert message.startswith("stopped by SIGTERM in epoch 1 after step ")
-    assert message.endswith(f"state saved; continue with: python train.py --resume {run}")
+    assert message.endswith(f"state saved in {run}; continue with: {sys.executable} train.py --resume {run}")
     assert "Traceback" not in stderr
     step = int(message.split("after step ")[1].split()[0])
     assert train.latest_backup(run)[:2] == (0, step)  # the step it stopped after, not an older backup
@@ -107,6 +107,37 @@ def test_sigterm_backs_up_the_current_step_and_says_how_to_resume(face_folder, t
     assert f"after step {step} of {steps_per_epoch(run)} (optimizer step {step}," in capsys.readouterr().out
     assert final_state(run) == (1, steps_per_epoch(run))
     assert history_epochs(run) == [1]
+
+
+def test_ctrl_c_backs_up_the_current_step_and_a_second_one_stops_at_once(face_folder, tmp_path):
+    run = tmp_path / "run"
+    process = start_training(face_folder, run)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT and "Traceback" not in stderr
+    acknowledged, message = stderr.strip().splitlines()[-2:]
+    assert acknowledged == "Ctrl-C: stopping after this step, once it is backed up (Ctrl-C again stops at once)"
+    assert message.startswith("stopped by Ctrl-C in epoch 1 after step ")
+    assert message.endswith(f"state saved in {run}; continue with: {sys.executable} train.py --resume {run}")
+    step = int(message.split("after step ")[1].split()[0])
+    assert train.latest_backup(run)[:2] == (0, step)
+
+    # The second Ctrl-C, sent once the first was handled, ends the process at once; a real run
+    # may have finished its step and backup by then, so the handler is tried on its own.
+    script = (
+        "import os, signal, sys, time\nfrom pathlib import Path\nimport train\n"
+        f"with train.StopRequest(Path({str(run)!r})).installed():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(0.2)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 128 + signal.SIGINT and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 50  # not the minute of sleep
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"stopped at once by a second Ctrl-C; {run} keeps its last backup or checkpoint; "
+        f"continue with: {sys.executable} train.py --resume {run}"
+    )
 
 
 class SimulatedKill(BaseException):

@@ -259,7 +259,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_what_a_checkpoint_needs(
     message = (
         f"^error: the disk is full in {run}: a checkpoint takes {len(kept_bytes) / 1e6:.1f} MB and encoder.keras "
         f"with decoder.keras about [0-9.]+ MB; free that much space, then continue from the last good checkpoint "
-        f"\\(epoch 1\\) with: python train.py --resume {run}$"
+        f"\\(epoch 1\\) with: {re.escape(train.resume_command(run))}$"
     )
     with pytest.raises(SystemExit, match=message):
         train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
@@ -278,7 +278,7 @@ def test_a_full_disk_before_the_first_checkpoint_points_to_the_step_backup(kaggl
 
     monkeypatch.setattr(vae.VAE, "save_weights", disk_fills_up)  # the end-of-epoch checkpoint
     with pytest.raises(
-        SystemExit, match=f"then continue from the last step backup with: python train.py --resume {run}$"
+        SystemExit, match=f"then continue from the last step backup with: {re.escape(train.resume_command(run))}$"
     ):
         train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "1", "--backup-every", "2"))
     monkeypatch.undo()
@@ -405,7 +405,7 @@ def test_a_full_cache_disk_after_a_checkpoint_says_to_resume(trained_run, tmp_pa
     assert re.fullmatch(
         f"the disk of --cache {cache} filled up .*: the cache needs about [0-9]+ kB and [0-9.]+ [kMG]B is free; "
         f"free space there or give another --cache folder, then continue from the last good checkpoint \\(epoch 1\\) "
-        f"with: python train.py --resume {trained_run}",
+        f"with: {re.escape(train.resume_command(trained_run))}",
         str(error),
     )
     assert not any(path.exists() for path in debris)
