@@ -590,6 +590,75 @@ def batches_per_pass(
     return full + (kept > 0), rest - kept
 
 
+def parameter_count(config: dict) -> int:
+    """The weights of the encoder and decoder vae.py builds from `config`, counted without building them."""
+    filters, size, latent, hidden = (
+        config["filters"],
+        config["image_size"],
+        config["latent_dim"],
+        config["hidden_units"],
+    )
+    widths = [config["channels"], *filters]
+    convolutions = 2 * sum(9 * a * b for a, b in zip(widths, widths[1:], strict=False))  # the decoder mirrors them
+    batch_norms = 4 * (sum(filters) + sum(filters[:-1]))
+    flat = (size // 2 ** len(filters)) ** 2 * filters[-1]  # the encoder's flattened output, the decoder's projection
+    dense = (flat + 1) * hidden + 2 * (hidden + 1) * latent + (latent + 1) * flat
+    return convolutions + batch_norms + dense + config["channels"]
+
+
+def activation_count(config: dict) -> int:
+    """Values of the feature maps one image flows through in the encoder and decoder."""
+    size, filters, channels = config["image_size"], config["filters"], config["channels"]
+    sides = [size >> (index + 1) for index in range(len(filters))]
+    encoder = sum(3 * side * side * width for side, width in zip(sides, filters, strict=True))  # conv, BN, ReLU
+    decoder = sum(4 * (2 * side) ** 2 * width for side, width in zip(sides[1:], filters, strict=False))  # + upsampled
+    return size * size * channels * 4 + encoder + decoder + size * size * filters[0]
+
+
+def memory_needs(config: dict, train_count: int, validation_count: int) -> list[tuple[str, str, float]]:
+    """(what, the flags that make it smaller, rough bytes) of the memory a run takes."""
+    weights = 4 * parameter_count(config)
+    size, batch = config["image_size"], config["batch_size"]
+    # latent.py's mixture fit after training: latent x latent covariances (float64) for each mixture
+    # size tried, and the posterior means with a few working copies and the responsibilities.
+    dims, points = config["latent_dim"], min(train_count, latent.MAX_FIT_IMAGES)
+    sizes = [k for k in latent.MIXTURE_SIZES if k == 1 or points >= k * latent.MIN_POINTS_PER_DIM * dims]
+    needs = [
+        # Each weight also has its gradient, Adam's two moments, the float32 copy saved each epoch, the EMA.
+        ("weights and optimizer state", "--latent, --hidden, --filters or --image-size", weights * (5 + (config["ema"] > 0))),
+        # The feature maps kept for the backward pass and their gradients (float32): 6.0 GB at 256x256,
+        # batch 64, with the weights, where the peak RSS of a training step grew by 4.5 GB.
+        (f"activations of a batch of {batch} at {size}x{size}", "--batch-size or --image-size", 8 * batch * activation_count(config)),
+        ("latent density fit after training", "--latent", 8 * (dims * dims * (sum(sizes) + 2) + points * 4 * (dims + max(sizes)))),
+    ]  # fmt: skip
+    if config["cache"] == "memory":
+        cache = data.memory_cache_bytes(train_count + validation_count, size, config["channels"])
+        needs.append(("memory cache", "--cache DIR or --cache none", cache))
+    return sorted(needs, key=lambda need: -need[2])
+
+
+def check_memory(config: dict, train_count: int, validation_count: int) -> None:
+    """RunError, with the figures and what to change, for a run that would not fit in the memory
+    available (data.available_memory), rather than fail after TensorFlow allocated it or after an
+    epoch (the density fit)."""
+    available = data.available_memory()
+    needs = memory_needs(config, train_count, validation_count)
+    needed = sum(size for _, _, size in needs)
+    if available is None or needed <= available:
+        return
+    changes, rest = [], needed
+    for _, change, size in needs:  # the largest parts, until the others fit
+        changes.append(change)
+        rest -= size
+        if rest <= available:
+            break
+    breakdown = ", ".join(f"{data.size_text(size)} {what}" for what, _, size in needs)
+    raise RunError(
+        f"this run needs about {data.size_text(needed)} of memory and {data.size_text(available)} is available "
+        f"({breakdown}); make it smaller with {'; '.join(changes)}"
+    )
+
+
 def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
     """Each batch cut to a multiple of `replicas`, the empty ones dropped: tf.distribute gives each
     replica ceil(n / replicas) of a batch of n, so a short last batch would leave a replica with no
@@ -657,6 +726,7 @@ def train(
         data.check_file_cache(
             cache, [train_files, validation_files], config["image_size"], config["channels"], config["crop"]
         )
+    check_memory(config, len(train_files), len(validation_files))
     image_args = {
         "image_size": config["image_size"],
         "channels": config["channels"],

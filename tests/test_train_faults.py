@@ -316,8 +316,35 @@ def test_a_memory_cache_that_would_not_fit_stops_before_training(face_folder, tm
                        "but only 40 kB is available; cache them in files instead with --cache DIR"):  # fmt: skip
         train.main(tiny_train_args(face_folder, run))
     assert not run.exists()
+    monkeypatch.setattr(data, "available_memory", lambda: 100_000_000)  # enough for the model, not the cache
     train.main(tiny_train_args(face_folder, run, "--cache", str(tmp_path / "cache"), "--epochs", "1"))
     assert train.latest_checkpoint(run)[0] == 1 and list((tmp_path / "cache").glob("*.index"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "figures", "change"),
+    [
+        # the density fit after training: a 100000 x 100000 float64 covariance (80 GB)
+        (("--latent", "100000"), r"\(2[0-9]{2}\.[0-9] GB latent density fit after training, ", "--latent$"),
+        # the feature maps of a batch of 8 images of 4096 x 4096
+        (
+            ("--image-size", "4096"),
+            r"[0-9.]+ GB activations of a batch of 8 at 4096x4096, ",
+            "--batch-size or --image-size",
+        ),
+    ],
+)
+def test_a_run_that_cannot_fit_in_memory_stops_before_training(
+    face_folder, tmp_path, monkeypatch, flags, figures, change
+):
+    monkeypatch.setattr(data, "available_memory", lambda: 16 * 2**30)  # the same on any machine
+    monkeypatch.setattr(vae, "model_from_config", lambda config: pytest.fail("the model was built"))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(tiny_train_args(face_folder, tmp_path / "run", *flags))
+    message = str(exit_info.value)
+    assert message.startswith("error: this run needs about ") and "of memory and 17.2 GB is available (" in message
+    assert re.search(figures, message) and re.search(f"; make it smaller with .*{change}", message), message
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_file_cache_that_would_not_fit_stops_before_training(face_folder, tmp_path, monkeypatch):
