@@ -44,6 +44,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,7 @@ from train_cli import (  # noqa: E402
 log = logging.getLogger("train")
 
 GRID_COLUMNS = 8
+TIMING_COLUMNS = ("seconds_steps", "seconds_validation", "seconds_artifacts", "images_per_cpu_second")  # history.csv
 HDF5_OVERHEAD = 256 * 1024  # bytes a checkpoint takes beyond its variables: 120-140 KB measured
 SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}  # the signals that stop training after a step
 TASK_NAME = r"/job:(\w+)/replica:\d+/task:(\d+)"  # a task of a TensorFlow cluster, as its messages name it
@@ -277,12 +279,13 @@ class SaveArtifacts(keras.callbacks.Callback):
         self.writer: tf.summary.SummaryWriter | None = None
         noise_rng = np.random.default_rng(config["seed"])
         self.prior_noise = noise_rng.standard_normal((2 * GRID_COLUMNS, config["latent_dim"])).astype(np.float32)
+        self.exported: vae.VAE | None = None  # built once: building a model takes longer than saving it
 
     def on_epoch_end(self, epoch, logs=None):
         if not epoch_is_finite(logs):
             return
         with ema_weights(self.model), vae.dtype_policy("float32"):
-            exported = vae.model_from_config(self.config)
+            exported = self.exported = self.exported or vae.model_from_config(self.config)
             exported.encoder.set_weights(self.model.encoder.get_weights())
             exported.decoder.set_weights(self.model.decoder.get_weights())
         for part in ("encoder", "decoder"):
@@ -317,7 +320,8 @@ class SaveArtifacts(keras.callbacks.Callback):
 
 
 class History(keras.callbacks.Callback):
-    """history.csv (rewritten atomically each epoch) and loss_curves.png."""
+    """history.csv (rewritten atomically each epoch) and loss_curves.png. Written before the epoch
+    checkpoint, so that a checkpoint always has its row; EpochTimes adds the epoch's timings after it."""
 
     def __init__(self, run_dir: Path, initial_epoch: int):
         super().__init__()
@@ -326,12 +330,83 @@ class History(keras.callbacks.Callback):
         self.rows = read_history(self.csv_path)[:initial_epoch] if initial_epoch else []
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}}
-        self.rows.append(row)
+        self.rows.append({"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}})
+        self.write()
+        plot_history(self.rows, self.plot_path)
+
+    def write(self) -> None:
         columns = list(dict.fromkeys(key for r in self.rows for key in r))
         lines = [",".join(columns)] + [",".join(str(r.get(c, "")) for c in columns) for r in self.rows]
         write_text_atomic(self.csv_path, "\n".join(lines) + "\n")
-        plot_history(self.rows, self.plot_path)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, all its threads (user + system)."""
+    times = os.times()
+    return times.user + times.system
+
+
+class EpochTimes(keras.callbacks.Callback):
+    """Where an epoch's time goes, added to its history.csv row (TIMING_COLUMNS) and, unless
+    `verbose` is 0, logged: the training steps (their images per CPU-second too), validation,
+    and the artifacts (step backups, then models, grids, history, checkpoint, TensorBoard). After
+    those among the callbacks."""
+
+    def __init__(self, history: History, batch_size: int, verbose: int):
+        super().__init__()
+        self.history = history
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self.marks: dict[str, tuple[float, float]] = {}
+        self.steps = 0
+        self.backups = [0.0, 0.0]  # seconds and CPU-seconds in step backups
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = (time.perf_counter(), cpu_seconds())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.marks, self.steps, self.backups = {}, 0, [0.0, 0.0]
+        self.mark("begin")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_test_begin(self, logs=None):
+        self.mark("validation")
+
+    def on_test_end(self, logs=None):
+        self.mark("artifacts")
+
+    @contextlib.contextmanager
+    def backup(self) -> Iterator[None]:
+        """Time a step backup as an artifact rather than as training steps."""
+        started, cpu = time.perf_counter(), cpu_seconds()
+        yield
+        self.backups[0] += time.perf_counter() - started
+        self.backups[1] += cpu_seconds() - cpu
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.mark("end")
+        begin, end = self.marks["begin"], self.marks["end"]
+        validation, artifacts = self.marks.get("validation", end), self.marks.get("artifacts", end)
+        steps_cpu = validation[1] - begin[1] - self.backups[1]
+        figures = {
+            "seconds_steps": validation[0] - begin[0] - self.backups[0],
+            "seconds_validation": artifacts[0] - validation[0],
+            "seconds_artifacts": end[0] - artifacts[0] + self.backups[0],
+            "images_per_cpu_second": self.steps * self.batch_size / steps_cpu if steps_cpu > 0 else float("nan"),
+        }
+        self.history.rows[-1].update({key: round(value, 3) for key, value in figures.items()})
+        self.history.write()
+        if self.verbose:
+            total = end[0] - begin[0]
+            print(
+                f"epoch {epoch + 1}: {total:.1f} s: training steps {figures['seconds_steps']:.1f} s "
+                f"({figures['images_per_cpu_second']:.0f} images per CPU-second), validation "
+                f"{figures['seconds_validation']:.1f} s, artifacts {figures['seconds_artifacts']:.1f} s "
+                f"({(total - figures['seconds_steps']) / total:.0%} of the epoch around the steps)",
+                flush=True,
+            )
 
 
 def read_history(path: Path) -> list[dict]:
@@ -421,6 +496,7 @@ class StepBackup(keras.callbacks.Callback):
         steps_per_epoch: int,
         steps_done: int,
         stop: StopRequest,
+        timer: EpochTimes,
         epoch_metrics: list[np.ndarray] | None = None,
     ):
         super().__init__()
@@ -431,6 +507,7 @@ class StepBackup(keras.callbacks.Callback):
         self.steps_per_epoch = steps_per_epoch
         self.steps_done = steps_done  # optimizer steps trained since the run began
         self.stop = stop
+        self.timer = timer
         self.epoch_metrics = epoch_metrics  # running metrics of a resumed epoch, as restored
         self.manager: tf.train.CheckpointManager | None = None
         self.position: tf.Variable | None = None
@@ -501,7 +578,8 @@ class StepBackup(keras.callbacks.Callback):
                 training_state(self.model, self.position), str(self.folder), max_to_keep=1
             )
         self.position.assign(divmod(self.steps_done, self.steps_per_epoch))
-        self.manager.save(checkpoint_number=self.steps_done)
+        with self.timer.backup():
+            self.manager.save(checkpoint_number=self.steps_done)
         self.saved_at = self.steps_done
 
 
@@ -795,14 +873,17 @@ def train(
             output_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
         )
         guard = StopOnNonFiniteLoss()
+        history = History(output_dir, initial_epoch)
+        timer = EpochTimes(history, batch_size, verbose)
         summary_dir = output_dir / TENSORBOARD_DIR if tensorboard and chief else None  # only the chief logs
         callbacks = [
             guard,
             EMAForValidation(),
             SaveArtifacts(config, preview, output_dir, summary_dir / "grids" if summary_dir else None),
-            History(output_dir, initial_epoch),
+            history,
             Checkpoint(output_dir),
             *([keras.callbacks.TensorBoard(summary_dir, write_graph=False)] if summary_dir else []),
+            timer,
             StepBackup(
                 output_dir,
                 backup_every,
@@ -810,6 +891,7 @@ def train(
                 train_steps,
                 initial_epoch * train_steps + initial_step,
                 stop,
+                timer,
                 epoch_metrics,
             ),  # last: it may end training
         ]
