@@ -4,34 +4,24 @@
     python train.py --resume runs/<name>            # continue a stopped or killed run
     python train.py --help                          # every flag, with its default
 
-Each run writes to its folder (default runs/<timestamp>):
-    config.json                 every setting, so generate.py / export_onnx.py rebuild the model
-    encoder.keras, decoder.keras  the latest models (EMA weights when --ema is on), float32
-    checkpoint/epoch_NNN.weights.h5  full training state (weights, optimizer moments and
-                                step, EMA, sampler state), written atomically every epoch
-    checkpoint/backup/          the same state every --backup-every steps, with the position in
-                                the epoch (a kill loses at most that many steps; removed at the end)
-    history.csv, loss_curves.png  train and validation losses per epoch
-    reconstructions/epoch_NNN.png validation originals (odd rows) over reconstructions
-    samples/epoch_NNN.png       decoded prior samples from fixed noise
-    tensorboard/                loss terms, beta and learning rate per epoch, and both grids
-                                (tensorboard --logdir runs/)
-    .lock                       held by the training that runs in the folder
+train() tells the story: resolve the run (strategy, resume point), build the data (build_inputs),
+build or restore the model, fit (callbacks: grids and models, history, checkpoint, step backups,
+epoch timings), finish (latent density). The command line and the run folder's checks are
+train_cli.py's (no TensorFlow), run before TensorFlow loads. A run folder holds config.json,
+encoder.keras and decoder.keras (float32, EMA weights), checkpoint/ (every epoch, atomically;
+backup/ every --backup-every steps), history.csv, loss_curves.png, reconstructions/, samples/,
+tensorboard/ and latent_density.json.
 
-The command line, its checks and the run folder's (lock, new or resumable, no debris) are
-train_cli.py's, which has no TensorFlow: `--help` and a bad flag answer at once. A full disk
-stops the run with the space a checkpoint needs, keeping the last good checkpoint; a file cache
-(--cache DIR) is checked to fit on its disk before training, and one that fills it all the same
-is removed, with the space it needs.
-
-SIGTERM (e.g. preemption) finishes the current step, backs it up and exits with status 143; with
-several workers, SIGTERM to any one of them stops them all after the same step.
+SIGTERM or Ctrl-C finishes the current step, backs it up and exits (143, 130) with the command
+that continues the run; a second one stops at once. A full disk stops the run with the space it
+needs, keeping the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import gc
 import json
@@ -46,22 +36,53 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import train_cli
+from errors import first_line, run_main
 
 if __name__ == "__main__":
-    # `python train.py ...`: train_cli checks the command line and the run folder first and then
-    # imports this file as the module `train` to train, so --help and a bad flag answer at once,
-    # without waiting for TensorFlow below.
-    sys.exit(train_cli.main())
+    # The command line is checked before TensorFlow loads (seconds), so that --help and a bad flag
+    # answer at once; main() checks it again (it takes no time) to train.
+    run_main(lambda: train_cli.checked_config(sys.argv[1:]))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ start-up chatter
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log: warnings and errors only
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+@contextlib.contextmanager
+def native_start_up_lines_filtered() -> Iterator[None]:
+    """TensorFlow's C++ start-up lines, which it writes straight to stderr (fd 2) before its log
+    settings apply, twice (two of its libraries log them): shown once, without the information
+    lines TF_CPP_MIN_LOG_LEVEL asks to hide, nor CUDA's alarming cuInit error where no NVIDIA
+    driver is installed (a CPU machine)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            hide_information = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("", "0")
+            shown = {}
+            for line in capture.read().decode(errors="replace").splitlines():
+                native = re.match(r"([IWEF])\d{4} [\d:.]+\s+\d+ (.*)", line)
+                if "absl::InitializeLog()" in line or (native and native[1] == "I" and hide_information):
+                    continue
+                if "failed call to cuInit" in line and not Path("/proc/driver/nvidia").exists():
+                    continue
+                shown.setdefault(native[2] if native else line, line)
+            sys.stderr.writelines(f"{line}\n" for line in shown.values())
+            sys.stderr.flush()
+
+
+with native_start_up_lines_filtered():
+    import keras
+    import numpy as np
+    import tensorflow as tf
 
 # Not in TensorFlow's public API: the coordination service's start-up settings (multiworker_strategy).
 from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2  # noqa: E402
@@ -87,14 +108,11 @@ from train_cli import (  # noqa: E402
     remove_temporary_files,
 )
 
-log = logging.getLogger("train")
-
 GRID_COLUMNS = 8
 TIMING_COLUMNS = ("seconds_steps", "seconds_validation", "seconds_artifacts", "images_per_cpu_second")  # history.csv
 HDF5_OVERHEAD = 256 * 1024  # bytes a checkpoint takes beyond its variables: 120-140 KB measured
 SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}  # the signals that stop training after a step
 TASK_NAME = r"/job:(\w+)/replica:\d+/task:(\d+)"  # a task of a TensorFlow cluster, as its messages name it
-main = train_cli.main  # train.main(argv): the command line, as `python train.py` runs it
 
 
 # --------------------------------------------------------------------------- run folder
@@ -352,10 +370,11 @@ class EpochTimes(keras.callbacks.Callback):
     and the artifacts (step backups, then models, grids, history, checkpoint, TensorBoard). After
     those among the callbacks."""
 
-    def __init__(self, history: History, batch_size: int, verbose: int):
+    def __init__(self, history: History, batch_size: int, epochs: int, verbose: int):
         super().__init__()
         self.history = history
         self.batch_size = batch_size
+        self.epochs = epochs
         self.verbose = verbose
         self.marks: dict[str, tuple[float, float]] = {}
         self.steps = 0
@@ -399,14 +418,20 @@ class EpochTimes(keras.callbacks.Callback):
         self.history.rows[-1].update({key: round(value, 3) for key, value in figures.items()})
         self.history.write()
         if self.verbose:
-            total = end[0] - begin[0]
+            total, left = end[0] - begin[0], self.epochs - epoch - 1
             print(
                 f"epoch {epoch + 1}: {total:.1f} s: training steps {figures['seconds_steps']:.1f} s "
                 f"({figures['images_per_cpu_second']:.0f} images per CPU-second), validation "
                 f"{figures['seconds_validation']:.1f} s, artifacts {figures['seconds_artifacts']:.1f} s "
-                f"({(total - figures['seconds_steps']) / total:.0%} of the epoch around the steps)",
+                f"({(total - figures['seconds_steps']) / total:.0%} of the epoch around the steps)"
+                + (f"; about {duration_text(left * total)} to go for the {left} epoch(s) left" if left else ""),
                 flush=True,
             )
+
+
+def duration_text(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 
 
 def read_history(path: Path) -> list[dict]:
@@ -668,75 +693,6 @@ def batches_per_pass(
     return full + (kept > 0), rest - kept
 
 
-def parameter_count(config: dict) -> int:
-    """The weights of the encoder and decoder vae.py builds from `config`, counted without building them."""
-    filters, size, latent, hidden = (
-        config["filters"],
-        config["image_size"],
-        config["latent_dim"],
-        config["hidden_units"],
-    )
-    widths = [config["channels"], *filters]
-    convolutions = 2 * sum(9 * a * b for a, b in zip(widths, widths[1:], strict=False))  # the decoder mirrors them
-    batch_norms = 4 * (sum(filters) + sum(filters[:-1]))
-    flat = (size // 2 ** len(filters)) ** 2 * filters[-1]  # the encoder's flattened output, the decoder's projection
-    dense = (flat + 1) * hidden + 2 * (hidden + 1) * latent + (latent + 1) * flat
-    return convolutions + batch_norms + dense + config["channels"]
-
-
-def activation_count(config: dict) -> int:
-    """Values of the feature maps one image flows through in the encoder and decoder."""
-    size, filters, channels = config["image_size"], config["filters"], config["channels"]
-    sides = [size >> (index + 1) for index in range(len(filters))]
-    encoder = sum(3 * side * side * width for side, width in zip(sides, filters, strict=True))  # conv, BN, ReLU
-    decoder = sum(4 * (2 * side) ** 2 * width for side, width in zip(sides[1:], filters, strict=False))  # + upsampled
-    return size * size * channels * 4 + encoder + decoder + size * size * filters[0]
-
-
-def memory_needs(config: dict, train_count: int, validation_count: int) -> list[tuple[str, str, float]]:
-    """(what, the flags that make it smaller, rough bytes) of the memory a run takes."""
-    weights = 4 * parameter_count(config)
-    size, batch = config["image_size"], config["batch_size"]
-    # latent.py's mixture fit after training: latent x latent covariances (float64) for each mixture
-    # size tried, and the posterior means with a few working copies and the responsibilities.
-    dims, points = config["latent_dim"], min(train_count, latent.MAX_FIT_IMAGES)
-    sizes = [k for k in latent.MIXTURE_SIZES if k == 1 or points >= k * latent.MIN_POINTS_PER_DIM * dims]
-    needs = [
-        # Each weight also has its gradient, Adam's two moments, the float32 copy saved each epoch, the EMA.
-        ("weights and optimizer state", "--latent, --hidden, --filters or --image-size", weights * (5 + (config["ema"] > 0))),
-        # The feature maps kept for the backward pass and their gradients (float32): 6.0 GB at 256x256,
-        # batch 64, with the weights, where the peak RSS of a training step grew by 4.5 GB.
-        (f"activations of a batch of {batch} at {size}x{size}", "--batch-size or --image-size", 8 * batch * activation_count(config)),
-        ("latent density fit after training", "--latent", 8 * (dims * dims * (sum(sizes) + 2) + points * 4 * (dims + max(sizes)))),
-    ]  # fmt: skip
-    if config["cache"] == "memory":
-        cache = data.memory_cache_bytes(train_count + validation_count, size, config["channels"])
-        needs.append(("memory cache", "--cache DIR or --cache none", cache))
-    return sorted(needs, key=lambda need: -need[2])
-
-
-def check_memory(config: dict, train_count: int, validation_count: int) -> None:
-    """RunError, with the figures and what to change, for a run that would not fit in the memory
-    available (data.available_memory), rather than fail after TensorFlow allocated it or after an
-    epoch (the density fit)."""
-    available = data.available_memory()
-    needs = memory_needs(config, train_count, validation_count)
-    needed = sum(size for _, _, size in needs)
-    if available is None or needed <= available:
-        return
-    changes, rest = [], needed
-    for _, change, size in needs:  # the largest parts, until the others fit
-        changes.append(change)
-        rest -= size
-        if rest <= available:
-            break
-    breakdown = ", ".join(f"{data.size_text(size)} {what}" for what, _, size in needs)
-    raise RunError(
-        f"this run needs about {data.size_text(needed)} of memory and {data.size_text(available)} is available "
-        f"({breakdown}); make it smaller with {'; '.join(changes)}"
-    )
-
-
 def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
     """Each batch cut to a multiple of `replicas`, the empty ones dropped: tf.distribute gives each
     replica ceil(n / replicas) of a batch of n, so a short last batch would leave a replica with no
@@ -747,6 +703,30 @@ def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
     return dataset.map(lambda images: images[: tf.shape(images)[0] // replicas * replicas]).filter(
         lambda images: tf.shape(images)[0] > 0
     )
+
+
+@dataclasses.dataclass
+class Inputs:
+    """What the model trains and validates on, and how many batches a pass over each holds."""
+
+    train_files: list[Path]
+    validation_files: list[Path]
+    cache: str  # this process's --cache
+    train_steps: int
+    validation_steps: int
+    validation_data: tf.data.Dataset
+    preview: np.ndarray  # the validation images of the reconstruction grids
+    train_data: Callable[[int], tf.data.Dataset]  # the (endless) training stream from a batch on
+
+
+@dataclasses.dataclass
+class StartPoint:
+    """Where training starts: epochs done, steps into the next, and what to restore them from."""
+
+    epoch: int = 0
+    step: int = 0
+    checkpoint: tuple[int, Path] | None = None
+    backup: tuple[int, int, str] | None = None
 
 
 def train(
@@ -762,30 +742,116 @@ def train(
     run_dir = Path(config["run_dir"])
     # First: MultiWorkerMirroredStrategy must configure collective ops before TensorFlow runs any
     # op (reading a step backup runs some).
-    strategy = choose_strategy(config["strategy"], worker_start_timeout)
+    strategy = start_strategy(config, worker_start_timeout)
+    start = start_point(run_dir, config["epochs"]) if resume else StartPoint()
+    # The same seeds as an uninterrupted run: the data stream skips the batches already trained
+    # on, and the sampling noise's state comes back with the checkpoint.
+    keras.utils.set_random_seed(config["seed"])
+    inputs = build_inputs(config, strategy)
+    print(f"run folder: {run_dir} ({config['epochs']} epochs of {inputs.train_steps} steps)", flush=True)
+    warn_if_shorter_than_the_warm_up(config, inputs.train_steps)
+    chief = is_chief(strategy)
+    with (
+        worker_output(run_dir, chief) as output_dir,
+        vae.dtype_policy(vae.mixed_precision_policy() if config["mixed_precision"] else "float32"),
+        strategy.scope(),
+        StopRequest(run_dir).installed() as stop,
+    ):
+        model = vae.model_from_config(config)
+        model.compile(optimizer=vae.make_optimizer(config, inputs.train_steps))
+        # Built now, on the variables the train step updates, so that saved and restored
+        # optimizer states always have the same variables.
+        model.optimizer.build(model.trained_variables())
+        epoch_metrics = restore(model, run_dir, start, inputs.train_steps)
+        # Only now: a resume refused for a damaged checkpoint or an edited config leaves config.json as it was.
+        config_text = json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2)
+        write_text_atomic(output_dir / "config.json", config_text + "\n")
+        summary_dir = output_dir / TENSORBOARD_DIR if tensorboard and chief else None  # only the chief logs
+        callbacks = make_callbacks(
+            config, inputs, output_dir, summary_dir, backup_every, start, stop, epoch_metrics, verbose
+        )
+        faults = TrainingFaults(run_dir, output_dir, config, inputs, model)
+        with faults:
+            fit(model, inputs, start, config["epochs"], callbacks, verbose, output_dir)
+        faults.raise_disk_full()
+    guard = callbacks[0]
+    if guard.failed_at:
+        raise non_finite_loss_error(guard.failed_at, run_dir)
+    if not chief:
+        print(f"done: this worker's share of {run_dir}, which the chief worker writes")
+        return
+    fit_density(config, run_dir)
+    print(
+        f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
+        f"samples/, reconstructions/{', tensorboard/' if tensorboard else ''})"
+    )
+
+
+def make_callbacks(
+    config: dict,
+    inputs: Inputs,
+    output_dir: Path,
+    summary_dir: Path | None,
+    backup_every: int,
+    start: StartPoint,
+    stop: StopRequest,
+    epoch_metrics: list[np.ndarray] | None,
+    verbose: int,
+) -> list[keras.callbacks.Callback]:
+    """The callbacks of a fit, in the order they run; the first is the StopOnNonFiniteLoss guard."""
+    history = History(output_dir, start.epoch)
+    timer = EpochTimes(history, config["batch_size"], config["epochs"], verbose)
+    return [
+        StopOnNonFiniteLoss(),
+        EMAForValidation(),
+        SaveArtifacts(config, inputs.preview, output_dir, summary_dir / "grids" if summary_dir else None),
+        history,
+        Checkpoint(output_dir),
+        *([keras.callbacks.TensorBoard(summary_dir, write_graph=False)] if summary_dir else []),
+        timer,
+        # Last: it may end training.
+        StepBackup(
+            output_dir,
+            backup_every,
+            config["epochs"],
+            inputs.train_steps,
+            start.epoch * inputs.train_steps + start.step,
+            stop,
+            timer,
+            epoch_metrics,
+        ),
+    ]
+
+
+def start_strategy(config: dict, worker_start_timeout: float) -> tf.distribute.Strategy:
+    """The run's tf.distribute strategy, once its replicas are known to share the batch evenly."""
+    with native_start_up_lines_filtered():  # the first look at the devices: CUDA's start-up lines
+        strategy = choose_strategy(config["strategy"], worker_start_timeout)
     replicas = strategy.num_replicas_in_sync
     if config["batch_size"] % replicas:
         raise RunError(
             f"--batch-size {config['batch_size']} must be a multiple of the {replicas} replicas, "
             "each of which trains on an equal share of the global batch"
         )
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    backup = latest_backup(run_dir) if resume else None
+    return strategy
+
+
+def start_point(run_dir: Path, epochs: int) -> StartPoint:
+    """Where a resumed run goes on: the newer of its epoch checkpoint and its step backup."""
+    checkpoint, backup = latest_checkpoint(run_dir), latest_backup(run_dir)
     if backup and checkpoint and backup[0] < checkpoint[0]:
         backup = None  # the epoch checkpoint is newer
-    # Epochs done and steps into the next one.
-    initial_epoch, initial_step = backup[:2] if backup else (checkpoint[0] if checkpoint else 0, 0)
-    if initial_epoch >= config["epochs"]:  # train_cli checked the epoch checkpoint; a backup may be further
-        raise RunError(
-            f"{run_dir} has already trained {initial_epoch} of {config['epochs']} epochs; pass --epochs N to extend it"
-        )
+    start = StartPoint(*backup[:2], checkpoint, backup) if backup else StartPoint(checkpoint[0], 0, checkpoint)
+    if start.epoch >= epochs:  # train_cli checked the epoch checkpoint; a backup may be further
+        raise RunError(f"{run_dir} has already trained {start.epoch} of {epochs} epochs; pass --epochs N to extend it")
+    return start
 
-    # The same seeds as an uninterrupted run: the data stream below skips the batches already
-    # trained on, and the sampling noise's state comes back with the checkpoint.
-    keras.utils.set_random_seed(config["seed"])
+
+def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
+    """The training and validation streams, once the data are found and known to fit in memory."""
     train_files, validation_files, description = load_splits(config)
     print(f"data: {description}; training on {len(train_files)} images")
-    batch_size = config["batch_size"]
+    replicas, batch_size = strategy.num_replicas_in_sync, config["batch_size"]
     # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
     # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
     drop_remainder = len(train_files) >= batch_size
@@ -798,19 +864,13 @@ def train(
             f"{validation_left} of the {len(validation_files)} validation images"
         )
     cache = worker_cache(config["cache"], strategy)
+    size, channels, crop = config["image_size"], config["channels"], config["crop"]
     if cache == "memory":
-        data.check_memory_cache(len(train_files) + len(validation_files), config["image_size"], config["channels"])
+        data.check_memory_cache(len(train_files) + len(validation_files), size, channels)
     elif cache != "none":
-        data.check_file_cache(
-            cache, [train_files, validation_files], config["image_size"], config["channels"], config["crop"]
-        )
-    check_memory(config, len(train_files), len(validation_files))
-    image_args = {
-        "image_size": config["image_size"],
-        "channels": config["channels"],
-        "crop": config["crop"],
-        "cache": cache,
-    }
+        data.check_file_cache(cache, [train_files, validation_files], size, channels, crop)
+    train_cli.check_memory(config, len(train_files), len(validation_files))
+    image_args = {"image_size": size, "channels": channels, "crop": crop, "cache": cache}
 
     def train_data(skip_batches: int) -> tf.data.Dataset:
         dataset = data.make_dataset(
@@ -825,116 +885,123 @@ def train(
         )
         return even_batches(dataset, replicas)
 
-    validation_data = even_batches(
-        data.make_dataset(validation_files, batch_size=batch_size, repeat=True, **image_args), replicas
-    )
+    validation = data.make_dataset(validation_files, batch_size=batch_size, repeat=True, **image_args)
     preview_files = validation_files[: 2 * GRID_COLUMNS]  # read once: not cached
-    preview = next(
-        iter(data.make_dataset(preview_files, batch_size=2 * GRID_COLUMNS, **{**image_args, "cache": "none"}))
-    ).numpy()
+    preview = data.make_dataset(preview_files, batch_size=2 * GRID_COLUMNS, **{**image_args, "cache": "none"})
+    return Inputs(
+        train_files,
+        validation_files,
+        cache,
+        train_steps,
+        validation_steps,
+        even_batches(validation, replicas),
+        next(iter(preview)).numpy(),
+        train_data,
+    )
 
-    # With several workers only the chief writes the run folder; the others write their
-    # (identical) copies to a scratch folder, as the tf.distribute guides recommend; it is
-    # removed when `scratch` goes away, however this function ends.
-    chief = is_chief(strategy)
-    scratch = None if chief else tempfile.TemporaryDirectory(prefix="vae-worker-")
-    output_dir = Path(scratch.name) if scratch else run_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    policy = vae.mixed_precision_policy() if config["mixed_precision"] else "float32"
-    with vae.dtype_policy(policy), strategy.scope(), StopRequest(run_dir).installed() as stop:
-        model = vae.model_from_config(config)
-        model.compile(optimizer=vae.make_optimizer(config, train_steps))
-        # Built now, on the variables the train step updates, so that saved and restored
-        # optimizer states always have the same variables.
-        model.optimizer.build(model.trained_variables())
-        epoch_metrics = None
-        if backup:
-            state = training_state(model, tf.Variable([0, 0], dtype=tf.int64))
-            state.save_counter  # noqa: B018 - created, so that the saved counter is consumed too
-            try:
-                state.read(backup[2]).assert_consumed()
-            except (tf.errors.OpError, ValueError, AssertionError) as error:
-                raise RunError(
-                    f"the step backup {backup[2]} does not fit this run's model ({str(error).splitlines()[0]}); "
-                    f"delete {run_dir / CHECKPOINT_DIR / BACKUP_DIR} to resume from the last epoch checkpoint"
-                ) from None
-            epoch_metrics = [variable.numpy() for metric in model.metrics for variable in metric.variables]
-            print(
-                f"resuming {run_dir} in epoch {initial_epoch + 1} after step {initial_step} of {train_steps} "
-                f"(optimizer step {int(model.optimizer.iterations.numpy())}, from {CHECKPOINT_DIR}/{BACKUP_DIR})"
-            )
-        elif checkpoint:
-            load_checkpoint(model, checkpoint[1])
-            print(
-                f"resuming {run_dir} after epoch {initial_epoch} (optimizer step {int(model.optimizer.iterations.numpy())})"
-            )
-        # Only now: a resume refused for a damaged checkpoint or an edited config leaves config.json as it was.
-        write_text_atomic(
-            output_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
+
+def warn_if_shorter_than_the_warm_up(config: dict, steps_per_epoch: int) -> None:
+    """A run shorter than its learning-rate warm-up barely trains: its samples are noise."""
+    steps, warm_up = config["epochs"] * steps_per_epoch, config.get("lr_warmup_steps", 0)
+    if steps < warm_up:
+        print(
+            f"warning: this run trains {steps} optimizer steps, fewer than the {warm_up} of the learning-rate "
+            "warm-up (--lr-warmup): the model will barely learn and its samples will look like noise; train "
+            "longer (--epochs, more images) or give a shorter --lr-warmup"
         )
-        guard = StopOnNonFiniteLoss()
-        history = History(output_dir, initial_epoch)
-        timer = EpochTimes(history, batch_size, verbose)
-        summary_dir = output_dir / TENSORBOARD_DIR if tensorboard and chief else None  # only the chief logs
-        callbacks = [
-            guard,
-            EMAForValidation(),
-            SaveArtifacts(config, preview, output_dir, summary_dir / "grids" if summary_dir else None),
-            history,
-            Checkpoint(output_dir),
-            *([keras.callbacks.TensorBoard(summary_dir, write_graph=False)] if summary_dir else []),
-            timer,
-            StepBackup(
-                output_dir,
-                backup_every,
-                config["epochs"],
-                train_steps,
-                initial_epoch * train_steps + initial_step,
-                stop,
-                timer,
-                epoch_metrics,
-            ),  # last: it may end training
-        ]
-        fit_args = {
-            "validation_data": validation_data,
-            "validation_steps": validation_steps,
-            "callbacks": callbacks,
-            "verbose": verbose,
-            "shuffle": False,  # the dataset shuffles itself, seeded
-        }
-        full_disk = None  # what a write found the disk full for: "cache" or "run"
+
+
+@contextlib.contextmanager
+def worker_output(run_dir: Path, chief: bool) -> Iterator[Path]:
+    """Where this process writes: the run folder, or for a worker other than the chief, a scratch
+    folder for its (identical) copies, as the tf.distribute guides recommend, removed at the end."""
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        yield run_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="vae-worker-") as scratch:
+        yield Path(scratch)
+
+
+def restore(model: keras.Model, run_dir: Path, start: StartPoint, train_steps: int) -> list[np.ndarray] | None:
+    """Load the state training starts from into `model`; returns the running metrics of a resumed
+    epoch (from a step backup), which StepBackup puts back once Keras has reset them."""
+    if start.backup:
+        state = training_state(model, tf.Variable([0, 0], dtype=tf.int64))
+        state.save_counter  # noqa: B018 - created, so that the saved counter is consumed too
         try:
-            if initial_step:
-                # Keras fits whole epochs, so the rest of an interrupted epoch is a fit of its own.
-                model.fit(
-                    train_data(initial_epoch * train_steps + initial_step),
-                    epochs=initial_epoch + 1,
-                    initial_epoch=initial_epoch,
-                    steps_per_epoch=train_steps - initial_step,
-                    **fit_args,
-                )
-                initial_epoch += 1
-                kept = latest_checkpoint(output_dir)
-                if kept and kept[0] == initial_epoch:
-                    # fit ends by copying the EMA weights into the model: carry on from the
-                    # trained weights, which the epoch checkpoint just written holds.
-                    load_checkpoint(model, kept[1])
-            if initial_epoch < config["epochs"] and not guard.failed_at:
-                model.fit(
-                    train_data(initial_epoch * train_steps),
-                    epochs=config["epochs"],
-                    initial_epoch=initial_epoch,
-                    steps_per_epoch=train_steps,
-                    **fit_args,
-                )
-        except TrainingStopped as stopped:
-            resume = resume_command(run_dir)
-            if config["strategy"] == "multiworker":
-                resume = f"{resume} --strategy multiworker on every worker, or {resume} alone"
-            raise TrainingStopped(
-                f"{stopped}, state saved in {run_dir}; continue with: {resume}", stopped.signum
+            state.read(start.backup[2]).assert_consumed()
+        except (tf.errors.OpError, ValueError, AssertionError) as error:
+            raise RunError(
+                f"the step backup {start.backup[2]} does not fit this run's model ({first_line(error)}); "
+                f"delete {run_dir / CHECKPOINT_DIR / BACKUP_DIR} to resume from the last epoch checkpoint"
             ) from None
-        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+        print(
+            f"resuming {run_dir} in epoch {start.epoch + 1} after step {start.step} of {train_steps} "
+            f"(optimizer step {int(model.optimizer.iterations.numpy())}, from {CHECKPOINT_DIR}/{BACKUP_DIR})"
+        )
+        return [variable.numpy() for metric in model.metrics for variable in metric.variables]
+    if start.checkpoint:
+        load_checkpoint(model, start.checkpoint[1])
+        print(
+            f"resuming {run_dir} after epoch {start.epoch} (optimizer step {int(model.optimizer.iterations.numpy())})"
+        )
+    return None
+
+
+def fit(
+    model: keras.Model, inputs: Inputs, start: StartPoint, epochs: int, callbacks: list, verbose: int, output_dir: Path
+) -> None:
+    """Train from `start` to the end of epoch `epochs`, unless a NaN/inf loss stops it."""
+    fit_args = {
+        "validation_data": inputs.validation_data,
+        "validation_steps": inputs.validation_steps,
+        "callbacks": callbacks,
+        "verbose": verbose,
+        "shuffle": False,  # the dataset shuffles itself, seeded
+    }
+    steps, epoch = inputs.train_steps, start.epoch
+    if start.step:
+        # Keras fits whole epochs, so the rest of an interrupted epoch is a fit of its own.
+        model.fit(
+            inputs.train_data(epoch * steps + start.step),
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            steps_per_epoch=steps - start.step,
+            **fit_args,
+        )
+        epoch += 1
+        kept = latest_checkpoint(output_dir)
+        if kept and kept[0] == epoch:
+            # fit ends by copying the EMA weights into the model: carry on from the trained
+            # weights, which the epoch checkpoint just written holds.
+            load_checkpoint(model, kept[1])
+    if epoch < epochs and not model.stop_training:  # set by StopOnNonFiniteLoss
+        model.fit(
+            inputs.train_data(epoch * steps), epochs=epochs, initial_epoch=epoch, steps_per_epoch=steps, **fit_args
+        )
+
+
+class TrainingFaults:
+    """What stops a fit, told in one line with how to go on: a stop signal, a lost worker, a full
+    disk. A full disk is reported by `raise_disk_full` after the block, once the failed write's
+    objects (the data iterator holding the cache files open, h5py's file) are released."""
+
+    def __init__(self, run_dir: Path, output_dir: Path, config: dict, inputs: Inputs, model: keras.Model):
+        self.run_dir, self.output_dir, self.config, self.inputs, self.model = run_dir, output_dir, config, inputs, model
+        self.full_disk: str | None = None  # what a write found the disk full for: "cache" or "run"
+
+    def __enter__(self) -> TrainingFaults:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: object) -> bool:
+        run_dir = self.run_dir
+        if isinstance(error, TrainingStopped):
+            resume = resume_command(run_dir)
+            if self.config["strategy"] == "multiworker":
+                resume = f"{resume} --strategy multiworker on every worker, or {resume} alone"
+            raise TrainingStopped(f"{error}, state saved in {run_dir}; continue with: {resume}", error.signum) from None
+        if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
             # A worker that dies or hangs stops sending heartbeats; TensorFlow's coordination service
             # notices within seconds and aborts the collective operations of the others.
             reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0]).rstrip(":")
@@ -942,39 +1009,33 @@ def train(
                 f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
                 f"worker with --resume {run_dir} --strategy multiworker, or go on alone with --resume {run_dir}"
             ) from None
-        # h5py raises OSError or RuntimeError when the disk fills mid-write, TensorFlow's checkpoint an OpError,
-        # tf.data's file cache a ResourceExhaustedError
-        except (OSError, RuntimeError, tf.errors.OpError) as error:
-            if fills_file_cache(error, cache):
-                full_disk = "cache"
-            elif getattr(error, "errno", None) in NO_SPACE or disk_is_full(model, output_dir):
-                full_disk = "run"
-            else:
-                raise
-        # Handled here, once the failed write's objects (the data iterator holding the cache files
-        # open, h5py's file) are released with `error`.
-        if full_disk == "cache":
-            raise file_cache_full_error(cache, [train_files, validation_files], config, run_dir)
-        if full_disk == "run":
-            raise disk_full_error(model, output_dir)
-    if guard.failed_at:
-        kept = latest_checkpoint(run_dir)
-        kept_text = (
-            f"the last good checkpoint (epoch {kept[0]}) is kept in {kept[1].parent}"
-            if kept
-            else "no epoch finished, so no checkpoint was written"
-        )
-        raise RunError(
-            f"loss became NaN/inf at epoch {guard.failed_at[0]}, step {guard.failed_at[1]}; {kept_text}; "
-            "lower --lr or --beta, or try --recon gaussian, and start a new run"
-        )
-    if scratch is not None:
-        print(f"done: this worker's share of {run_dir}, which the chief worker writes")
-        return
-    fit_density(config, run_dir)
-    print(
-        f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
-        f"samples/, reconstructions/{', tensorboard/' if tensorboard else ''})"
+        # h5py raises OSError or RuntimeError when the disk fills mid-write, TensorFlow's checkpoint an
+        # OpError, tf.data's file cache a ResourceExhaustedError
+        if isinstance(error, (OSError, RuntimeError, tf.errors.OpError)):
+            if fills_file_cache(error, self.inputs.cache):
+                self.full_disk = "cache"
+            elif getattr(error, "errno", None) in NO_SPACE or disk_is_full(self.model, self.output_dir):
+                self.full_disk = "run"
+        return self.full_disk is not None
+
+    def raise_disk_full(self) -> None:
+        if self.full_disk == "cache":
+            file_lists = [self.inputs.train_files, self.inputs.validation_files]
+            raise file_cache_full_error(self.inputs.cache, file_lists, self.config, self.run_dir)
+        if self.full_disk == "run":
+            raise disk_full_error(self.model, self.output_dir)
+
+
+def non_finite_loss_error(failed_at: tuple[int, int], run_dir: Path) -> RunError:
+    kept = latest_checkpoint(run_dir)
+    kept_text = (
+        f"the last good checkpoint (epoch {kept[0]}) is kept in {kept[1].parent}"
+        if kept
+        else "no epoch finished, so no checkpoint was written"
+    )
+    return RunError(
+        f"loss became NaN/inf at epoch {failed_at[0]}, step {failed_at[1]}; {kept_text}; "
+        "lower --lr or --beta, or try --recon gaussian, and start a new run"
     )
 
 
@@ -1085,3 +1146,43 @@ def fit_density(config: dict, run_dir: Path) -> None:
         print(f"warning: no latent density was fitted ({error}); retry with: python latent.py --run {run_dir}")
         return
     print(f"wrote {path}: {density.components} Gaussian component(s), chosen on the validation images")
+
+
+# --------------------------------------------------------------------------- command line
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python train.py ...`: a problem is one line `error: ...`, exit status 1."""
+    run_main(lambda: train_command(argv))
+
+
+def train_command(argv: Sequence[str] | None = None) -> None:
+    """Check the command line and the run folder, then train there; RunError for what the user can
+    fix, and for a stop by SIGTERM or Ctrl-C, a line that says how to go on and the signal's status."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # tf.train.CheckpointManager logs each save
+    args, config = train_cli.checked_config(argv)
+    # Keras' progress bar rewrites its line with escape codes: one line per epoch in log files.
+    verbose = 2 if args.verbose == 1 and not sys.stdout.isatty() else args.verbose
+    run_dir, resume = Path(config["run_dir"]), bool(args.resume)
+    writes = train_cli.writes_run_folder(config)
+    try:
+        with train_cli.locked_run_folder(run_dir, config, resume) if writes else contextlib.nullcontext():
+            train_cli.check_cache_folder(config["cache"])
+            train(config, resume, verbose, args.backup_every, args.tensorboard, args.worker_start_timeout)
+    except (RunFolderError, data.DataError) as error:  # the user errors of runs.py and data.py
+        raise RunError(str(error)) from None
+    except TrainingStopped as stopped:
+        print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training began or after it ended: nothing to back up
+        print("stopped by Ctrl-C outside the training steps (nothing to back up)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except OSError as error:  # a full disk outside the checkpoints train() handles itself
+        if error.errno not in NO_SPACE:
+            raise
+        raise RunError(
+            f"the disk is full ({error.filename or error}); free some space, then run the same command again"
+        ) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -40,11 +40,11 @@ def test_train_py_runs_with_the_mirrored_strategy():
     # image, is left out, and the start-up line says so
     assert report["validation_images"] == 3 and report["finite_figures"]
     assert "left out per epoch: 1 of the 43 training images and 1 of the 3 validation images" in report["output"]
-    assert report["odd_batch_error"].startswith("error: --batch-size 7 must be a multiple of the 2 replicas")
+    assert report["odd_batch_error"].startswith("--batch-size 7 must be a multiple of the 2 replicas")
     # the same 3 in one batch of 4: cut to 2, one image for each replica
     assert report["short_batch_epochs"] == 1
     assert report["single_image_error"] == (
-        "error: the 1 readable training image(s) cannot be shared by the 2 replicas; use at least 2 images"
+        "the 1 readable training image(s) cannot be shared by the 2 replicas; use at least 2 images"
     )
 
 
@@ -101,6 +101,7 @@ def train_run() -> dict:
 
     import runs
     import train
+    import train_cli
 
     folder = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
@@ -111,14 +112,14 @@ def train_run() -> dict:
             "--latent", "8", "--batch-size", "2", "--epochs", "1", "--strategy", "mirrored", "--verbose", "0"]  # fmt: skip
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        train.main(args)
+        train.train_command(args)
     errors = {}
     for name, extra in (("odd", ["--batch-size", "7"]), ("single", ["--limit", "1"])):  # the later flags win
         try:
-            train.main([*args, *extra, "--out", str(folder / name)])
-        except SystemExit as error:
+            train.train_command([*args, *extra, "--out", str(folder / name)])
+        except train_cli.RunError as error:
             errors[name] = str(error)
-    train.main([*args, "--batch-size", "4", "--out", str(folder / "short")])
+    train.train_command([*args, "--batch-size", "4", "--out", str(folder / "short")])
     rows = train.read_history(run / "history.csv")
     return {
         "replicas": train.choose_strategy("mirrored").num_replicas_in_sync,

@@ -24,6 +24,7 @@ from test_recovery import final_state
 
 import train
 import train_cli
+from train_cli import RunError
 
 START_TIMEOUT = 240  # seconds for both workers to import TensorFlow, connect and train a few steps
 # A lost worker must stop the other one within this time; TensorFlow's coordination service
@@ -134,7 +135,7 @@ def test_two_workers_train_as_one_process_on_the_global_batch(face_folder, tmp_p
     }
 
     single_run = tmp_path / "single"
-    train.main(tiny_train_args(face_folder, single_run, "--epochs", "2", "--strategy", "none"))
+    train.train_command(tiny_train_args(face_folder, single_run, "--epochs", "2", "--strategy", "none"))
     assert relative_difference(chief_run, single_run) < WEIGHT_TOLERANCE
     for chief_row, single_row in zip(history(chief_run), history(single_run), strict=True):
         assert chief_row.keys() == single_row.keys()
@@ -167,7 +168,7 @@ def test_a_killed_worker_stops_the_other_and_the_run_resumes_alone(face_folder, 
     # follows from the two-worker test above and tests/test_recovery.py's kill -9 and resume.)
     trained = len(history(chief_run))
     capsys.readouterr()
-    train.main(["--resume", str(chief_run), "--epochs", str(trained + 1), "--verbose", "0"])
+    train.train_command(["--resume", str(chief_run), "--epochs", str(trained + 1), "--verbose", "0"])
     assert "resuming" in capsys.readouterr().out
     assert [row["epoch"] for row in history(chief_run)] == list(range(1, trained + 2))
 
@@ -209,7 +210,7 @@ def test_sigterm_to_one_worker_stops_both_after_a_backup_and_the_run_resumes_alo
 
     # The rest of the epoch in this single process, from the chief's backup.
     capsys.readouterr()
-    train.main(["--resume", str(chief_run), "--epochs", str(epoch), "--verbose", "0"])
+    train.train_command(["--resume", str(chief_run), "--epochs", str(epoch), "--verbose", "0"])
     resumed_at = f"in epoch {epoch} after step {step} of 26 (optimizer step {(epoch - 1) * 26 + step},"
     assert f"resuming {chief_run} {resumed_at}" in capsys.readouterr().out
     assert final_state(chief_run) == (epoch, epoch * 26)  # it trained only the steps after the backup
@@ -287,7 +288,7 @@ def test_multiworker_needs_a_valid_tf_config(face_folder, tmp_path, monkeypatch,
         monkeypatch.setenv("TF_CONFIG", tf_config)
     # Refused by train_cli, before TensorFlow starts a strategy: multiworker_strategy would fail the test.
     monkeypatch.setattr(train, "multiworker_strategy", lambda *args: pytest.fail("TF_CONFIG reached TensorFlow"))
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(tiny_train_args(face_folder, tmp_path / "run", "--strategy", "multiworker"))
-    assert str(exit_info.value) == f"error: {problem}{train_cli.TF_CONFIG_HELP}"
+    with pytest.raises(RunError) as exit_info:
+        train.train_command(tiny_train_args(face_folder, tmp_path / "run", "--strategy", "multiworker"))
+    assert str(exit_info.value) == f"{problem}{train_cli.TF_CONFIG_HELP}"
     assert not (tmp_path / "run").exists()

@@ -20,6 +20,7 @@ from tensorflow.python.ops import gen_io_ops
 import runs
 import train
 import vae
+from train_cli import RunError
 
 # Batch 2 over 24 training faces of `face_folder`: 12 steps an epoch, a backup every 2 steps.
 FLAGS = ("--limit", "24", "--batch-size", "2", "--backup-every", "2",
@@ -71,7 +72,7 @@ def test_killed_run_resumes_from_its_step_backup_and_ends_as_an_uninterrupted_ru
     epochs_done, step, _ = train.latest_backup(run)
     assert epochs_done == 0 and 2 <= step < steps and step % 2 == 0
 
-    train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert f"resuming {run} in epoch 1 after step {step} of {steps} (optimizer step {step}," in capsys.readouterr().out
     assert final_state(run) == (2, 2 * steps)  # the resumed epoch trained only its remaining steps
     assert history_epochs(run) == [1, 2]
@@ -80,7 +81,7 @@ def test_killed_run_resumes_from_its_step_backup_and_ends_as_an_uninterrupted_ru
     # Same data order, sampling noise, optimizer and EMA state, and running metrics after the
     # resume: the weights and the history of a run that was never interrupted.
     straight = tmp_path / "straight"
-    train.main(tiny_train_args(face_folder, straight, "--epochs", "2", *FLAGS))
+    train.train_command(tiny_train_args(face_folder, straight, "--epochs", "2", *FLAGS))
     for name in ("decoder.keras", "encoder.keras"):
         weights = [keras.saving.load_model(folder / name, safe_mode=True).get_weights() for folder in (straight, run)]
         for a, b in zip(*weights, strict=True):
@@ -105,7 +106,7 @@ def test_sigterm_backs_up_the_current_step_and_says_how_to_resume(face_folder, t
     step = int(message.split("after step ")[1].split()[0])
     assert train.latest_backup(run)[:2] == (0, step)  # the step it stopped after, not an older backup
 
-    train.main(["--resume", str(run), "--epochs", "1", "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--epochs", "1", "--verbose", "0"])
     assert f"after step {step} of {steps_per_epoch(run)} (optimizer step {step}," in capsys.readouterr().out
     assert final_state(run) == (1, steps_per_epoch(run))
     assert history_epochs(run) == [1]
@@ -168,19 +169,19 @@ def test_a_backup_write_cut_short_leaves_the_previous_backup_usable(
 
     monkeypatch.setattr(module, function, cut_short_the_second_backup)
     with pytest.raises(SimulatedKill):
-        train.main(tiny_train_args(face_folder, run, "--epochs", "1", *FLAGS))
+        train.train_command(tiny_train_args(face_folder, run, "--epochs", "1", *FLAGS))
     monkeypatch.undo()
     backup_folder = run / train.CHECKPOINT_DIR / train.BACKUP_DIR
     assert {path.name for path in backup_folder.iterdir()} > {"checkpoint", "ckpt-2.index"}  # leftovers of step 4
     assert train.latest_backup(run)[:2] == (0, 2)
 
-    train.main(["--resume", str(run), "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--verbose", "0"])
     assert final_state(run) == (1, steps_per_epoch(run))
     assert history_epochs(run) == [1]
     assert not backup_folder.exists()
 
 
 def test_backup_flags(face_folder, tmp_path):
-    with pytest.raises(SystemExit, match="--backup-every is a number of steps, 0 or more"):
-        train.main(tiny_train_args(face_folder, tmp_path / "run", "--backup-every", "-1"))
+    with pytest.raises(RunError, match="--backup-every is a number of steps, 0 or more"):
+        train.train_command(tiny_train_args(face_folder, tmp_path / "run", "--backup-every", "-1"))
     assert not (tmp_path / "run").exists()

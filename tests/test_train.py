@@ -22,6 +22,7 @@ import latent
 import runs
 import train
 import vae
+from train_cli import RunError
 
 
 def history_rows(run: Path) -> list[dict]:
@@ -53,7 +54,7 @@ def checkpoint_state(run: Path) -> tuple[int, int]:
 
 def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path):
     run = tmp_path / "run"
-    train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "4", "--lr", "3e-3"))
+    train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "4", "--lr", "3e-3"))
     rows = history_rows(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["loss"]) < 0.8 * float(rows[0]["loss"])
@@ -80,7 +81,7 @@ def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path):
 def test_history_gains_the_timing_columns_and_an_older_history_csv_still_reads(tmp_path):
     (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n1,0.5,0.6\n")  # written before the timings
     history = train.History(tmp_path, initial_epoch=1)
-    timer = train.EpochTimes(history, batch_size=4, verbose=0)
+    timer = train.EpochTimes(history, batch_size=4, epochs=2, verbose=0)
     timer.on_epoch_begin(1)
     started = train.cpu_seconds()
     while train.cpu_seconds() < started + 0.05:  # steps that take some CPU time
@@ -103,7 +104,7 @@ def test_history_gains_the_timing_columns_and_an_older_history_csv_still_reads(t
 def test_same_seed_same_result_and_run_folders_inside_the_data_are_not_trained_on(tmp_path):
     write_faces(tmp_path, [f"face{i:03d}.png" for i in range(40)])
     for name in ("a", "b"):  # the second run would see the first run's PNG grids as faces
-        train.main(tiny_train_args(tmp_path, tmp_path / "runs" / name, "--epochs", "1", "--seed", "7"))
+        train.train_command(tiny_train_args(tmp_path, tmp_path / "runs" / name, "--epochs", "1", "--seed", "7"))
     assert_same_history(tmp_path / "runs" / "a", tmp_path / "runs" / "b")
 
 
@@ -112,10 +113,10 @@ def test_resume_continues_epochs_and_optimizer_step_and_ends_where_an_uninterrup
     weights. (A constant rate: with cosine, extending --epochs on resume stretches the schedule.)"""
     flags = ("--lr-schedule", "constant", "--seed", "3", "--beta", "1", "--beta-warmup", "100")
     run = tmp_path / "resumed"
-    train.main(tiny_train_args(kaggle_celeba, tmp_path / "straight", "--epochs", "2", *flags))
-    train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "1", *flags))
+    train.train_command(tiny_train_args(kaggle_celeba, tmp_path / "straight", "--epochs", "2", *flags))
+    train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "1", *flags))
     assert checkpoint_state(run) == (1, 3)  # 27 readable training images // batch 8
-    train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert checkpoint_state(run) == (2, 6)
     rows = history_rows(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -128,8 +129,8 @@ def test_resume_continues_epochs_and_optimizer_step_and_ends_where_an_uninterrup
     for a, b in zip(straight, resumed, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert float(history_rows(tmp_path / "straight")[-1]["loss"]) == pytest.approx(float(rows[-1]["loss"]), rel=1e-5)
-    with pytest.raises(SystemExit, match="already trained 2 of 2 epochs"):
-        train.main(["--resume", str(run), "--verbose", "0"])
+    with pytest.raises(RunError, match="already trained 2 of 2 epochs"):
+        train.train_command(["--resume", str(run), "--verbose", "0"])
 
 
 def read_events(folder: Path) -> dict[tuple[str, int], np.ndarray]:
@@ -144,7 +145,7 @@ def read_events(folder: Path) -> dict[tuple[str, int], np.ndarray]:
 
 def test_tensorboard_logs_loss_terms_learning_rate_and_grids(face_folder, tmp_path):
     run = tmp_path / "run"
-    train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--lr", "2e-3", "--lr-schedule", "constant"))
+    train.train_command(tiny_train_args(face_folder, run, "--epochs", "2", "--lr", "2e-3", "--lr-schedule", "constant"))
     rows = history_rows(run)
     scalars = read_events(run / "tensorboard" / "train")
     validation = read_events(run / "tensorboard" / "validation")
@@ -164,7 +165,7 @@ def test_tensorboard_logs_loss_terms_learning_rate_and_grids(face_folder, tmp_pa
 
 def test_progress_is_one_line_per_epoch_when_stdout_is_not_a_terminal(face_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--verbose", "1", "--no-tensorboard"))
+    train.train_command(tiny_train_args(face_folder, run, "--epochs", "2", "--verbose", "1", "--no-tensorboard"))
     out = capsys.readouterr().out  # captured: not a terminal
     assert not any(code in out for code in ("\x1b", "\r", "\b"))
     epoch_lines = [line for line in out.splitlines() if " - loss: " in line or line.startswith("Epoch ")]
@@ -182,17 +183,17 @@ def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):
         model.load_weights(train.latest_checkpoint(run)[1])
         return saved, model.decoder.get_layer("project").get_weights()[0]
 
-    train.main(tiny_train_args(face_folder, tmp_path / "plain", "--epochs", "1"))
+    train.train_command(tiny_train_args(face_folder, tmp_path / "plain", "--epochs", "1"))
     saved, raw = saved_and_raw(tmp_path / "plain")
     np.testing.assert_array_equal(saved, raw)
-    train.main(tiny_train_args(face_folder, tmp_path / "ema", "--epochs", "1", "--ema", "0.5"))
+    train.train_command(tiny_train_args(face_folder, tmp_path / "ema", "--epochs", "1", "--ema", "0.5"))
     saved, raw = saved_and_raw(tmp_path / "ema")
     assert np.abs(saved - raw).max() > 1e-6
 
 
 def test_mixed_precision_trains_and_saves_float32(face_folder, tmp_path):
     run = tmp_path / "run"
-    train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--mixed-precision", "--lr", "3e-3"))
+    train.train_command(tiny_train_args(face_folder, run, "--epochs", "2", "--mixed-precision", "--lr", "3e-3"))
     rows = history_rows(run)
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     assert float(rows[1]["loss"]) < float(rows[0]["loss"])
@@ -202,8 +203,8 @@ def test_mixed_precision_trains_and_saves_float32(face_folder, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message(face_folder, tmp_path):
-    with pytest.raises(SystemExit, match="loss became NaN/inf at epoch 1.*no epoch finished"):
-        train.main(tiny_train_args(face_folder, tmp_path / "run", "--epochs", "3", "--lr", "1e30"))
+    with pytest.raises(RunError, match="loss became NaN/inf at epoch 1.*no epoch finished"):
+        train.train_command(tiny_train_args(face_folder, tmp_path / "run", "--epochs", "3", "--lr", "1e30"))
 
 
 @pytest.mark.parametrize(
@@ -218,21 +219,19 @@ def test_nan_loss_stops_with_a_clear_message(face_folder, tmp_path):
     ],
 )
 def test_bad_flags_give_one_line_errors(face_folder, tmp_path, extra, message):
-    with pytest.raises(SystemExit, match=message):
-        train.main(tiny_train_args(face_folder, tmp_path / "run", *extra))
+    with pytest.raises(RunError, match=message):
+        train.train_command(tiny_train_args(face_folder, tmp_path / "run", *extra))
 
 
 def test_bad_data_and_run_folders(face_folder, tmp_path):
-    with pytest.raises(SystemExit, match="does not exist.*kaggle datasets download"):
-        train.main(tiny_train_args(tmp_path / "missing", tmp_path / "run"))
-    with pytest.raises(SystemExit, match="has no config.json"):
-        train.main(["--resume", str(tmp_path)])
-    with pytest.raises(
-        SystemExit, match=f"^error: run folder {tmp_path / 'nowhere'} does not exist; give a run folder"
-    ):
-        train.main(["--resume", str(tmp_path / "nowhere")])
-    with pytest.raises(SystemExit, match="--data is required"):
-        train.main([])
+    with pytest.raises(RunError, match="does not exist.*kaggle datasets download"):
+        train.train_command(tiny_train_args(tmp_path / "missing", tmp_path / "run"))
+    with pytest.raises(RunError, match="has no config.json"):
+        train.train_command(["--resume", str(tmp_path)])
+    with pytest.raises(RunError, match=f"^run folder {tmp_path / 'nowhere'} does not exist; give a run folder"):
+        train.train_command(["--resume", str(tmp_path / "nowhere")])
+    with pytest.raises(RunError, match="--data is required"):
+        train.train_command([])
 
 
 def test_cli_reports_errors_without_a_traceback(tmp_path):
@@ -250,7 +249,7 @@ def test_real_celeba_sample_loss_falls(tmp_path):
     run = tmp_path / "run"
     args = ["--data", str(CELEBA_SAMPLE), "--out", str(run), "--image-size", "32", "--filters", "16,32,64",
             "--latent", "32", "--limit", "320", "--batch-size", "32", "--epochs", "3", "--lr-warmup", "10", "--verbose", "0"]  # fmt: skip
-    train.main(args)
+    train.train_command(args)
     rows = history_rows(run)
     assert float(rows[-1]["loss"]) < 0.7 * float(rows[0]["loss"])
     assert float(rows[-1]["mse"]) < float(rows[0]["mse"])
