@@ -57,7 +57,11 @@ def native_start_up_lines_filtered() -> Iterator[None]:
     lines TF_CPP_MIN_LOG_LEVEL asks to hide, nor CUDA's alarming cuInit error where no NVIDIA
     driver is installed (a CPU machine)."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (closed): nothing to filter
+        yield
+        return
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
@@ -827,6 +831,7 @@ def start_strategy(config: dict, worker_start_timeout: float) -> tf.distribute.S
     """The run's tf.distribute strategy, once its replicas are known to share the batch evenly."""
     with native_start_up_lines_filtered():  # the first look at the devices: CUDA's start-up lines
         strategy = choose_strategy(config["strategy"], worker_start_timeout)
+        tf.config.list_logical_devices()  # (--strategy none has not looked yet)
     replicas = strategy.num_replicas_in_sync
     if config["batch_size"] % replicas:
         raise RunError(
