@@ -193,21 +193,29 @@ def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirro
         flush=True,
     )
     try:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        return started_strategy(resolver)
     except tf.errors.DeadlineExceededError as error:
         # The barrier's message lists the tasks it timed out on, one a line after "timed out task names:".
         listed = re.match(rf"(\s*{TASK_NAME})*", error.message.partition("timed out task names:")[2]).group()
-        stragglers = dict.fromkeys(re.findall(TASK_NAME, listed))
-        if stragglers:
-            missing = ", ".join(f"{job} {index} ({spec.task_address(job, int(index))})" for job, index in stragglers)
-            what = f"{missing} did not start"
-        else:  # this task could not even reach the service's task
-            job, index = re.search(TASK_NAME, multi_worker_util.coordination_leader(spec)).groups()
-            what = f"{job} {index} ({spec.task_address(job, int(index))}) could not be reached (not started, or its port blocked)"
-        raise RunError(
-            f"{what} within --worker-start-timeout {start_timeout:g} s; start train.py on every worker of TF_CONFIG, "
-            "each with its own task index, within that time of one another"
-        ) from None
+    stragglers = dict.fromkeys(re.findall(TASK_NAME, listed))
+    if stragglers:
+        missing = ", ".join(f"{job} {index} ({spec.task_address(job, int(index))})" for job, index in stragglers)
+        what = f"{missing} did not start"
+    else:  # this task could not even reach the service's task
+        job, index = re.search(TASK_NAME, multi_worker_util.coordination_leader(spec)).groups()
+        what = f"{job} {index} ({spec.task_address(job, int(index))}) could not be reached (not started, or its port blocked)"
+    # Raised here, once the failed start's objects have gone with `error`: the coordination agent logs
+    # its error state again as they go, which then comes before this one-line error, not after it.
+    gc.collect()
+    raise RunError(
+        f"{what} within --worker-start-timeout {start_timeout:g} s; start train.py on every worker of TF_CONFIG, "
+        "each with its own task index, within that time of one another"
+    )
+
+
+def started_strategy(resolver: tf.distribute.cluster_resolver.ClusterResolver) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy, once every task of the cluster has registered."""
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     # The coordination service catches SIGTERM (for PreemptionCheckpointHandler, not used here),
     # which would then no longer end the process: give SIGTERM back its usual effect until
     # training installs its own handler.
@@ -829,9 +837,12 @@ def make_callbacks(
 
 def start_strategy(config: dict, worker_start_timeout: float) -> tf.distribute.Strategy:
     """The run's tf.distribute strategy, once its replicas are known to share the batch evenly."""
-    with native_start_up_lines_filtered():  # the first look at the devices: CUDA's start-up lines
-        strategy = choose_strategy(config["strategy"], worker_start_timeout)
-        tf.config.list_logical_devices()  # (--strategy none has not looked yet)
+    if config["strategy"] == "multiworker":  # its messages while it waits for the others go out as they come
+        strategy = multiworker_strategy(worker_start_timeout)
+    else:
+        with native_start_up_lines_filtered():  # the first look at the devices: CUDA's start-up lines
+            strategy = choose_strategy(config["strategy"])
+            tf.config.list_logical_devices()  # (--strategy none has not looked yet)
     replicas = strategy.num_replicas_in_sync
     if config["batch_size"] % replicas:
         raise RunError(
@@ -1176,7 +1187,9 @@ def train_command(argv: Sequence[str] | None = None) -> None:
     except (RunFolderError, data.DataError) as error:  # the user errors of runs.py and data.py
         raise RunError(str(error)) from None
     except TrainingStopped as stopped:
-        print(stopped, file=sys.stderr)
+        # On a line of its own, also after a progress bar that Keras rewrites in place on a terminal.
+        new_line = "\n" if sys.stdout.isatty() else ""
+        print(f"{new_line}{stopped}", file=sys.stderr)
         sys.exit(stopped.exit_code)
     except KeyboardInterrupt:  # Ctrl-C before training began or after it ended: nothing to back up
         print("stopped by Ctrl-C outside the training steps (nothing to back up)", file=sys.stderr)

@@ -140,7 +140,8 @@ def test_two_workers_train_as_one_process_on_the_global_batch(face_folder, tmp_p
     for chief_row, single_row in zip(history(chief_run), history(single_run), strict=True):
         assert chief_row.keys() == single_row.keys()
         for key, value in single_row.items():
-            assert chief_row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+            if key not in train.TIMING_COLUMNS:
+                assert chief_row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 def test_a_killed_worker_stops_the_other_and_the_run_resumes_alone(face_folder, tmp_path, capsys):
