@@ -921,7 +921,10 @@ def stop_tf_config_and_memory_cases(s: Survey) -> list[Case]:
             for _ in range(times):
                 process.send_signal(signal.SIGINT)
                 time.sleep(0.3)  # the first one is handled before the second arrives
-            return s.finish(process, started, s.timeout)
+            outcome = s.finish(process, started, s.timeout)
+            if outcome.exit == -signal.SIGINT:  # the second one ended Python's own teardown: a shell says 130
+                outcome.exit = 128 + signal.SIGINT
+            return outcome
 
         return run
 
