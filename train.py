@@ -4,34 +4,24 @@
     python train.py --resume runs/<name>            # continue a stopped or killed run
     python train.py --help                          # every flag, with its default
 
-Each run writes to its folder (default runs/<timestamp>):
-    config.json                 every setting, so generate.py / export_onnx.py rebuild the model
-    encoder.keras, decoder.keras  the latest models (EMA weights when --ema is on), float32
-    checkpoint/epoch_NNN.weights.h5  full training state (weights, optimizer moments and
-                                step, EMA, sampler state), written atomically every epoch
-    checkpoint/backup/          the same state every --backup-every steps, with the position in
-                                the epoch (a kill loses at most that many steps; removed at the end)
-    history.csv, loss_curves.png  train and validation losses per epoch
-    reconstructions/epoch_NNN.png validation originals (odd rows) over reconstructions
-    samples/epoch_NNN.png       decoded prior samples from fixed noise
-    tensorboard/                loss terms, beta and learning rate per epoch, and both grids
-                                (tensorboard --logdir runs/)
-    .lock                       held by the training that runs in the folder
+train() tells the story: resolve the run (strategy, resume point), build the data (build_inputs),
+build or restore the model, fit (callbacks: grids and models, history, checkpoint, step backups,
+epoch timings), finish (latent density). The command line and the run folder's checks are
+train_cli.py's (no TensorFlow), run before TensorFlow loads. A run folder holds config.json,
+encoder.keras and decoder.keras (float32, EMA weights), checkpoint/ (every epoch, atomically;
+backup/ every --backup-every steps), history.csv, loss_curves.png, reconstructions/, samples/,
+tensorboard/ and latent_density.json.
 
-The command line, its checks and the run folder's (lock, new or resumable, no debris) are
-train_cli.py's, which has no TensorFlow: `--help` and a bad flag answer at once. A full disk
-stops the run with the space a checkpoint needs, keeping the last good checkpoint; a file cache
-(--cache DIR) is checked to fit on its disk before training, and one that fills it all the same
-is removed, with the space it needs.
-
-SIGTERM (e.g. preemption) finishes the current step, backs it up and exits with status 143; with
-several workers, SIGTERM to any one of them stops them all after the same step.
+SIGTERM or Ctrl-C finishes the current step, backs it up and exits (143, 130) with the command
+that continues the run; a second one stops at once. A full disk stops the run with the space it
+needs, keeping the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import gc
 import json
@@ -39,28 +29,64 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
 import tempfile
-import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import train_cli
+from errors import first_line, run_main
 
 if __name__ == "__main__":
-    # `python train.py ...`: train_cli checks the command line and the run folder first and then
-    # imports this file as the module `train` to train, so --help and a bad flag answer at once,
-    # without waiting for TensorFlow below.
-    sys.exit(train_cli.main())
+    # The command line is checked before TensorFlow loads (seconds), so that --help and a bad flag
+    # answer at once; main() checks it again (it takes no time) to train.
+    run_main(lambda: train_cli.checked_config(sys.argv[1:]))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ start-up chatter
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log: warnings and errors only
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+@contextlib.contextmanager
+def native_start_up_lines_filtered() -> Iterator[None]:
+    """TensorFlow's C++ start-up lines, which it writes straight to stderr (fd 2) before its log
+    settings apply, twice (two of its libraries log them): shown once, without the information
+    lines TF_CPP_MIN_LOG_LEVEL asks to hide, nor CUDA's alarming cuInit error where no NVIDIA
+    driver is installed (a CPU machine)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (closed): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            hide_information = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("", "0")
+            shown = {}
+            for line in capture.read().decode(errors="replace").splitlines():
+                native = re.match(r"([IWEF])\d{4} [\d:.]+\s+\d+ (.*)", line)
+                if "absl::InitializeLog()" in line or (native and native[1] == "I" and hide_information):
+                    continue
+                if "failed call to cuInit" in line and not Path("/proc/driver/nvidia").exists():
+                    continue
+                shown.setdefault(native[2] if native else line, line)
+            sys.stderr.writelines(f"{line}\n" for line in shown.values())
+            sys.stderr.flush()
+
+
+with native_start_up_lines_filtered():
+    import keras
+    import numpy as np
+    import tensorflow as tf
 
 # Not in TensorFlow's public API: the coordination service's start-up settings (multiworker_strategy).
 from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2  # noqa: E402
@@ -76,7 +102,6 @@ from train_cli import (  # noqa: E402
     DEFAULT_BACKUP_STEPS,
     DEFAULT_WORKER_START_TIMEOUT,
     NO_SPACE,
-    TF_CONFIG_HELP,
     RunError,
     TrainingStopped,
     has_backup,
@@ -84,12 +109,11 @@ from train_cli import (  # noqa: E402
     remove_temporary_files,
 )
 
-log = logging.getLogger("train")
-
 GRID_COLUMNS = 8
+TIMING_COLUMNS = ("seconds_steps", "seconds_validation", "seconds_artifacts", "images_per_cpu_second")  # history.csv
 HDF5_OVERHEAD = 256 * 1024  # bytes a checkpoint takes beyond its variables: 120-140 KB measured
+SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}  # the signals that stop training after a step
 TASK_NAME = r"/job:(\w+)/replica:\d+/task:(\d+)"  # a task of a TensorFlow cluster, as its messages name it
-main = train_cli.main  # train.main(argv): the command line, as `python train.py` runs it
 
 
 # --------------------------------------------------------------------------- run folder
@@ -145,12 +169,8 @@ def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirro
     strategy would, with a limit: every task registers at a barrier of the service (on the
     first worker, or the chief) that fails after `start_timeout`, naming the tasks it still
     lacks; a task that cannot reach the service at all gives up 5 s later."""
-    try:
-        cluster = json.loads(os.environ["TF_CONFIG"])
-        workers = sum(len(tasks) for tasks in cluster["cluster"].values())
-        task = f"{cluster['task']['type']} {cluster['task']['index']}"
-    except (KeyError, TypeError, ValueError):
-        raise RunError(TF_CONFIG_HELP) from None
+    cluster, kind, index = train_cli.read_tf_config()
+    workers = sum(len(addresses) for addresses in cluster.values())
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     spec = resolver.cluster_spec()
     service = context.context()
@@ -166,25 +186,33 @@ def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirro
     )
     service.coordination_service.cluster_register_with_barrier = True
     print(
-        f"multiworker: {task} of {workers}, waiting up to {start_timeout:g} s until all of them have started",
+        f"multiworker: {kind} {index} of {workers}, waiting up to {start_timeout:g} s until all of them have started",
         flush=True,
     )
     try:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        return started_strategy(resolver)
     except tf.errors.DeadlineExceededError as error:
         # The barrier's message lists the tasks it timed out on, one a line after "timed out task names:".
         listed = re.match(rf"(\s*{TASK_NAME})*", error.message.partition("timed out task names:")[2]).group()
-        stragglers = dict.fromkeys(re.findall(TASK_NAME, listed))
-        if stragglers:
-            missing = ", ".join(f"{job} {index} ({spec.task_address(job, int(index))})" for job, index in stragglers)
-            what = f"{missing} did not start"
-        else:  # this task could not even reach the service's task
-            job, index = re.search(TASK_NAME, multi_worker_util.coordination_leader(spec)).groups()
-            what = f"{job} {index} ({spec.task_address(job, int(index))}) could not be reached (not started, or its port blocked)"
-        raise RunError(
-            f"{what} within --worker-start-timeout {start_timeout:g} s; start train.py on every worker of TF_CONFIG, "
-            "each with its own task index, within that time of one another"
-        ) from None
+    stragglers = dict.fromkeys(re.findall(TASK_NAME, listed))
+    if stragglers:
+        missing = ", ".join(f"{job} {index} ({spec.task_address(job, int(index))})" for job, index in stragglers)
+        what = f"{missing} did not start"
+    else:  # this task could not even reach the service's task
+        job, index = re.search(TASK_NAME, multi_worker_util.coordination_leader(spec)).groups()
+        what = f"{job} {index} ({spec.task_address(job, int(index))}) could not be reached (not started, or its port blocked)"
+    # Raised here, once the failed start's objects have gone with `error`: the coordination agent logs
+    # its error state again as they go, which then comes before this one-line error, not after it.
+    gc.collect()
+    raise RunError(
+        f"{what} within --worker-start-timeout {start_timeout:g} s; start train.py on every worker of TF_CONFIG, "
+        "each with its own task index, within that time of one another"
+    )
+
+
+def started_strategy(resolver: tf.distribute.cluster_resolver.ClusterResolver) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy, once every task of the cluster has registered."""
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     # The coordination service catches SIGTERM (for PreemptionCheckpointHandler, not used here),
     # which would then no longer end the process: give SIGTERM back its usual effect until
     # training installs its own handler.
@@ -278,12 +306,13 @@ class SaveArtifacts(keras.callbacks.Callback):
         self.writer: tf.summary.SummaryWriter | None = None
         noise_rng = np.random.default_rng(config["seed"])
         self.prior_noise = noise_rng.standard_normal((2 * GRID_COLUMNS, config["latent_dim"])).astype(np.float32)
+        self.exported: vae.VAE | None = None  # built once: building a model takes longer than saving it
 
     def on_epoch_end(self, epoch, logs=None):
         if not epoch_is_finite(logs):
             return
         with ema_weights(self.model), vae.dtype_policy("float32"):
-            exported = vae.model_from_config(self.config)
+            exported = self.exported = self.exported or vae.model_from_config(self.config)
             exported.encoder.set_weights(self.model.encoder.get_weights())
             exported.decoder.set_weights(self.model.decoder.get_weights())
         for part in ("encoder", "decoder"):
@@ -318,7 +347,8 @@ class SaveArtifacts(keras.callbacks.Callback):
 
 
 class History(keras.callbacks.Callback):
-    """history.csv (rewritten atomically each epoch) and loss_curves.png."""
+    """history.csv (rewritten atomically each epoch) and loss_curves.png. Written before the epoch
+    checkpoint, so that a checkpoint always has its row; EpochTimes adds the epoch's timings after it."""
 
     def __init__(self, run_dir: Path, initial_epoch: int):
         super().__init__()
@@ -327,12 +357,90 @@ class History(keras.callbacks.Callback):
         self.rows = read_history(self.csv_path)[:initial_epoch] if initial_epoch else []
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}}
-        self.rows.append(row)
+        self.rows.append({"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}})
+        self.write()
+        plot_history(self.rows, self.plot_path)
+
+    def write(self) -> None:
         columns = list(dict.fromkeys(key for r in self.rows for key in r))
         lines = [",".join(columns)] + [",".join(str(r.get(c, "")) for c in columns) for r in self.rows]
         write_text_atomic(self.csv_path, "\n".join(lines) + "\n")
-        plot_history(self.rows, self.plot_path)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, all its threads (user + system)."""
+    times = os.times()
+    return times.user + times.system
+
+
+class EpochTimes(keras.callbacks.Callback):
+    """Where an epoch's time goes, added to its history.csv row (TIMING_COLUMNS) and, unless
+    `verbose` is 0, logged: the training steps (their images per CPU-second too), validation,
+    and the artifacts (step backups, then models, grids, history, checkpoint, TensorBoard). After
+    those among the callbacks."""
+
+    def __init__(self, history: History, batch_size: int, epochs: int, verbose: int):
+        super().__init__()
+        self.history = history
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.verbose = verbose
+        self.marks: dict[str, tuple[float, float]] = {}
+        self.steps = 0
+        self.backups = [0.0, 0.0]  # seconds and CPU-seconds in step backups
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = (time.perf_counter(), cpu_seconds())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.marks, self.steps, self.backups = {}, 0, [0.0, 0.0]
+        self.mark("begin")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_test_begin(self, logs=None):
+        self.mark("validation")
+
+    def on_test_end(self, logs=None):
+        self.mark("artifacts")
+
+    @contextlib.contextmanager
+    def backup(self) -> Iterator[None]:
+        """Time a step backup as an artifact rather than as training steps."""
+        started, cpu = time.perf_counter(), cpu_seconds()
+        yield
+        self.backups[0] += time.perf_counter() - started
+        self.backups[1] += cpu_seconds() - cpu
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.mark("end")
+        begin, end = self.marks["begin"], self.marks["end"]
+        validation, artifacts = self.marks.get("validation", end), self.marks.get("artifacts", end)
+        steps_cpu = validation[1] - begin[1] - self.backups[1]
+        figures = {
+            "seconds_steps": validation[0] - begin[0] - self.backups[0],
+            "seconds_validation": artifacts[0] - validation[0],
+            "seconds_artifacts": end[0] - artifacts[0] + self.backups[0],
+            "images_per_cpu_second": self.steps * self.batch_size / steps_cpu if steps_cpu > 0 else float("nan"),
+        }
+        self.history.rows[-1].update({key: round(value, 3) for key, value in figures.items()})
+        self.history.write()
+        if self.verbose:
+            total, left = end[0] - begin[0], self.epochs - epoch - 1
+            print(
+                f"epoch {epoch + 1}: {total:.1f} s: training steps {figures['seconds_steps']:.1f} s "
+                f"({figures['images_per_cpu_second']:.0f} images per CPU-second), validation "
+                f"{figures['seconds_validation']:.1f} s, artifacts {figures['seconds_artifacts']:.1f} s "
+                f"({(total - figures['seconds_steps']) / total:.0%} of the epoch around the steps)"
+                + (f"; about {duration_text(left * total)} to go for the {left} epoch(s) left" if left else ""),
+                flush=True,
+            )
+
+
+def duration_text(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 
 
 def read_history(path: Path) -> list[dict]:
@@ -396,8 +504,8 @@ class Checkpoint(keras.callbacks.Callback):
 
 class StepBackup(keras.callbacks.Callback):
     """The training state every `every` optimizer steps in checkpoint/backup/, so a killed run loses
-    at most that many steps; when `stop` is set (SIGTERM) it backs up after the current step and
-    ends training by raising TrainingStopped.
+    at most that many steps; when `stop` is set (SIGTERM, Ctrl-C) it backs up after the current step
+    and ends training by raising TrainingStopped.
 
     keras.callbacks.BackupAndRestore does not fit: it overwrites its weights file in place (a kill
     during the write leaves no usable backup) and resumes at the start of the epoch, with the steps
@@ -421,7 +529,8 @@ class StepBackup(keras.callbacks.Callback):
         epochs: int,
         steps_per_epoch: int,
         steps_done: int,
-        stop: threading.Event,
+        stop: StopRequest,
+        timer: EpochTimes,
         epoch_metrics: list[np.ndarray] | None = None,
     ):
         super().__init__()
@@ -432,6 +541,7 @@ class StepBackup(keras.callbacks.Callback):
         self.steps_per_epoch = steps_per_epoch
         self.steps_done = steps_done  # optimizer steps trained since the run began
         self.stop = stop
+        self.timer = timer
         self.epoch_metrics = epoch_metrics  # running metrics of a resumed epoch, as restored
         self.manager: tf.train.CheckpointManager | None = None
         self.position: tf.Variable | None = None
@@ -449,12 +559,14 @@ class StepBackup(keras.callbacks.Callback):
         self.steps_done += 1
         if self.model.stop_training or self.steps_done % self.steps_per_epoch == 0:
             return  # a NaN/inf loss keeps the last good backup; an epoch's end has its checkpoint
-        stopped_by = self.stopped_by()
-        if stopped_by:
+        signum = self.stopped_by()
+        if signum:
             self.save()
             epoch, step = divmod(self.steps_done, self.steps_per_epoch)
             raise TrainingStopped(
-                f"stopped by {stopped_by} in epoch {epoch + 1} after step {step} of {self.steps_per_epoch}"
+                f"stopped by {self.signal_name(signum)} in epoch {epoch + 1} after step {step} of "
+                f"{self.steps_per_epoch}",
+                signum,
             )
         if self.every and self.steps_done % self.every == 0:
             self.save()
@@ -463,18 +575,25 @@ class StepBackup(keras.callbacks.Callback):
         # Last among the callbacks: the epoch checkpoint is written by now. After the last
         # epoch the run just finishes.
         if epoch + 1 < self.epochs:
-            stopped_by = self.stopped_by()
-            if stopped_by:
-                raise TrainingStopped(f"stopped by {stopped_by} at the end of epoch {epoch + 1}")
+            signum = self.stopped_by()
+            if signum:
+                raise TrainingStopped(f"stopped by {self.signal_name(signum)} at the end of epoch {epoch + 1}", signum)
 
-    def stopped_by(self) -> str | None:
-        """What asks training to stop now: SIGTERM to this process or to another worker, or nothing.
-        Every worker must call this at the same point, as it takes an all-reduce among them."""
-        here = self.stop.is_set()
+    def stopped_by(self) -> int | None:
+        """The signal (SIGTERM, SIGINT) that asks training to stop now, sent to this process or to
+        another worker, or None. Every worker must call this at the same point, as it takes an
+        all-reduce among them."""
+        here = self.stop.signum or 0
         if not vae.spans_several_workers():
-            return "SIGTERM" if here else None
-        anywhere = int(tf.distribute.get_strategy().reduce("SUM", tf.constant(int(here)), axis=None)) > 0
-        return "SIGTERM" if here else "SIGTERM to another worker" if anywhere else None
+            return here or None
+        # The signal numbers summed: a single one (the usual case) is named in the message.
+        anywhere = int(tf.distribute.get_strategy().reduce("SUM", tf.constant(here), axis=None))
+        return here or anywhere or None
+
+    def signal_name(self, signum: int) -> str:
+        if signum == self.stop.signum:
+            return SIGNAL_NAMES[signum]
+        return f"{SIGNAL_NAMES.get(signum, 'a signal')} to another worker"
 
     def on_train_end(self, logs=None):
         kept = latest_checkpoint(self.run_dir)
@@ -493,19 +612,57 @@ class StepBackup(keras.callbacks.Callback):
                 training_state(self.model, self.position), str(self.folder), max_to_keep=1
             )
         self.position.assign(divmod(self.steps_done, self.steps_per_epoch))
-        self.manager.save(checkpoint_number=self.steps_done)
+        with self.timer.backup():
+            self.manager.save(checkpoint_number=self.steps_done)
         self.saved_at = self.steps_done
 
 
-@contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[threading.Event]:
-    """An event that SIGTERM sets, for StepBackup to stop after the current step."""
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class StopRequest:
+    """Set by the first SIGTERM or Ctrl-C (SIGINT): StepBackup backs up after the current step and
+    stops. A second one ends the process at once: the last backup or checkpoint stays, as both are
+    written atomically."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.signum: int | None = None
+        # Off the progress bar's line, where Keras rewrites it in place on a terminal.
+        self.new_line = "\n" if sys.stdout.isatty() else ""
+
+    def __call__(self, signum: int, frame: object) -> None:
+        name = SIGNAL_NAMES[signum]
+        if self.signum is not None:
+            say(
+                f"{self.new_line}stopped at once by a second {name}; {self.run_dir} keeps its last backup or checkpoint; "
+                f"continue with: {resume_command(self.run_dir)}"
+            )
+            os._exit(128 + signum)
+        self.signum = signum
+        say(f"{self.new_line}{name}: stopping after this step, once it is backed up ({name} again stops at once)")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        """Handle the signals while the block runs; once a stop was asked for, until the process
+        ends, so that a second signal while it winds up still ends it at once."""
+        previous = {signum: signal.signal(signum, self) for signum in SIGNAL_NAMES}
+        try:
+            yield self
+        finally:
+            if self.signum is None:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+
+
+def say(line: str) -> None:
+    """A line on stderr from a signal handler: os.write, as print may be in the middle of a write."""
+    os.write(sys.stderr.fileno(), f"{line}\n".encode())
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir`, with the Python that runs this one."""
+    script = Path(__file__).absolute()
+    with contextlib.suppress(ValueError):
+        script = script.relative_to(Path.cwd())
+    return shlex.join([sys.executable, str(script), "--resume", str(run_dir)])
 
 
 # --------------------------------------------------------------------------- training
@@ -526,6 +683,61 @@ def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
     return train_files, validation_files, dataset.describe()
 
 
+def batches_per_pass(
+    split: str, files: list[Path], batch_size: int, replicas: int, drop_remainder: bool
+) -> tuple[int, int]:
+    """(batches, images left out) of one pass over `files`: a short last batch is dropped with
+    `drop_remainder`, else cut to a multiple of the replicas (even_batches). RunError when a pass
+    would hold no batch at all."""
+    count = len(files)
+    if count < batch_size and replicas > 1:
+        count = sum(map(data.is_readable_image, files))  # one short batch: count what it will hold
+    full, rest = divmod(count, batch_size)
+    kept = 0 if drop_remainder else rest // replicas * replicas
+    if full == 0 and kept == 0:
+        raise RunError(
+            f"the {count} readable {split} image(s) cannot be shared by the {replicas} replicas; "
+            f"use at least {replicas} images"
+        )
+    return full + (kept > 0), rest - kept
+
+
+def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """Each batch cut to a multiple of `replicas`, the empty ones dropped: tf.distribute gives each
+    replica ceil(n / replicas) of a batch of n, so a short last batch would leave a replica with no
+    image (which crashes inside BatchNormalization on some CPUs) or with a smaller share than the
+    others (the step's loss scaling assumes equal ones). Unchanged on a single device."""
+    if replicas == 1:
+        return dataset
+    return dataset.map(lambda images: images[: tf.shape(images)[0] // replicas * replicas]).filter(
+        lambda images: tf.shape(images)[0] > 0
+    )
+
+
+@dataclasses.dataclass
+class Inputs:
+    """What the model trains and validates on, and how many batches a pass over each holds."""
+
+    train_files: list[Path]
+    validation_files: list[Path]
+    cache: str  # this process's --cache
+    train_steps: int
+    validation_steps: int
+    validation_data: tf.data.Dataset
+    preview: np.ndarray  # the validation images of the reconstruction grids
+    train_data: Callable[[int], tf.data.Dataset]  # the (endless) training stream from a batch on
+
+
+@dataclasses.dataclass
+class StartPoint:
+    """Where training starts: epochs done, steps into the next, and what to restore them from."""
+
+    epoch: int = 0
+    step: int = 0
+    checkpoint: tuple[int, Path] | None = None
+    backup: tuple[int, int, str] | None = None
+
+
 def train(
     config: dict,
     resume: bool = False,
@@ -539,60 +751,145 @@ def train(
     run_dir = Path(config["run_dir"])
     # First: MultiWorkerMirroredStrategy must configure collective ops before TensorFlow runs any
     # op (reading a step backup runs some).
-    strategy = choose_strategy(config["strategy"], worker_start_timeout)
+    strategy = start_strategy(config, worker_start_timeout)
+    start = start_point(run_dir, config["epochs"]) if resume else StartPoint()
+    # The same seeds as an uninterrupted run: the data stream skips the batches already trained
+    # on, and the sampling noise's state comes back with the checkpoint.
+    keras.utils.set_random_seed(config["seed"])
+    inputs = build_inputs(config, strategy)
+    print(f"run folder: {run_dir} ({config['epochs']} epochs of {inputs.train_steps} steps)", flush=True)
+    warn_if_shorter_than_the_warm_up(config, inputs.train_steps)
+    chief = is_chief(strategy)
+    policy, reason = vae.run_precision(config)
+    config.update(mixed_precision=policy, mixed_precision_reason=reason)  # config.json is written below
+    print(f"precision: {policy} ({reason})")
+    with (
+        worker_output(run_dir, chief) as output_dir,
+        vae.dtype_policy(policy),
+        strategy.scope(),
+        StopRequest(run_dir).installed() as stop,
+    ):
+        model = vae.model_from_config(config)
+        model.compile(optimizer=vae.make_optimizer(config, inputs.train_steps))
+        # Built now, on the variables the train step updates, so that saved and restored
+        # optimizer states always have the same variables.
+        model.optimizer.build(model.trained_variables())
+        epoch_metrics = restore(model, run_dir, start, inputs.train_steps)
+        # Only now: a resume refused for a damaged checkpoint or an edited config leaves config.json as it was.
+        config_text = json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2)
+        write_text_atomic(output_dir / "config.json", config_text + "\n")
+        summary_dir = output_dir / TENSORBOARD_DIR if tensorboard and chief else None  # only the chief logs
+        callbacks = make_callbacks(
+            config, inputs, output_dir, summary_dir, backup_every, start, stop, epoch_metrics, verbose
+        )
+        faults = TrainingFaults(run_dir, output_dir, config, inputs, model)
+        with faults:
+            fit(model, inputs, start, config["epochs"], callbacks, verbose, output_dir)
+        faults.raise_disk_full()
+    guard = callbacks[0]
+    if guard.failed_at:
+        raise non_finite_loss_error(guard.failed_at, run_dir)
+    if not chief:
+        print(f"done: this worker's share of {run_dir}, which the chief worker writes")
+        return
+    fit_density(config, run_dir)
+    print(
+        f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
+        f"samples/, reconstructions/{', tensorboard/' if tensorboard else ''})"
+    )
+
+
+def make_callbacks(
+    config: dict,
+    inputs: Inputs,
+    output_dir: Path,
+    summary_dir: Path | None,
+    backup_every: int,
+    start: StartPoint,
+    stop: StopRequest,
+    epoch_metrics: list[np.ndarray] | None,
+    verbose: int,
+) -> list[keras.callbacks.Callback]:
+    """The callbacks of a fit, in the order they run; the first is the StopOnNonFiniteLoss guard."""
+    history = History(output_dir, start.epoch)
+    timer = EpochTimes(history, config["batch_size"], config["epochs"], verbose)
+    return [
+        StopOnNonFiniteLoss(),
+        EMAForValidation(),
+        SaveArtifacts(config, inputs.preview, output_dir, summary_dir / "grids" if summary_dir else None),
+        history,
+        Checkpoint(output_dir),
+        *([keras.callbacks.TensorBoard(summary_dir, write_graph=False)] if summary_dir else []),
+        timer,
+        # Last: it may end training.
+        StepBackup(
+            output_dir,
+            backup_every,
+            config["epochs"],
+            inputs.train_steps,
+            start.epoch * inputs.train_steps + start.step,
+            stop,
+            timer,
+            epoch_metrics,
+        ),
+    ]
+
+
+def start_strategy(config: dict, worker_start_timeout: float) -> tf.distribute.Strategy:
+    """The run's tf.distribute strategy, once its replicas are known to share the batch evenly."""
+    if config["strategy"] == "multiworker":  # its messages while it waits for the others go out as they come
+        strategy = multiworker_strategy(worker_start_timeout)
+    else:
+        with native_start_up_lines_filtered():  # the first look at the devices: CUDA's start-up lines
+            strategy = choose_strategy(config["strategy"])
+            tf.config.list_logical_devices()  # (--strategy none has not looked yet)
     replicas = strategy.num_replicas_in_sync
     if config["batch_size"] % replicas:
         raise RunError(
             f"--batch-size {config['batch_size']} must be a multiple of the {replicas} replicas, "
             "each of which trains on an equal share of the global batch"
         )
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    backup = latest_backup(run_dir) if resume else None
+    return strategy
+
+
+def start_point(run_dir: Path, epochs: int) -> StartPoint:
+    """Where a resumed run goes on: the newer of its epoch checkpoint and its step backup."""
+    checkpoint, backup = latest_checkpoint(run_dir), latest_backup(run_dir)
     if backup and checkpoint and backup[0] < checkpoint[0]:
         backup = None  # the epoch checkpoint is newer
-    # Epochs done and steps into the next one.
-    initial_epoch, initial_step = backup[:2] if backup else (checkpoint[0] if checkpoint else 0, 0)
-    if initial_epoch >= config["epochs"]:  # train_cli checked the epoch checkpoint; a backup may be further
-        raise RunError(
-            f"{run_dir} has already trained {initial_epoch} of {config['epochs']} epochs; pass --epochs N to extend it"
-        )
+    start = StartPoint(*backup[:2], checkpoint, backup) if backup else StartPoint(checkpoint[0], 0, checkpoint)
+    if start.epoch >= epochs:  # train_cli checked the epoch checkpoint; a backup may be further
+        raise RunError(f"{run_dir} has already trained {start.epoch} of {epochs} epochs; pass --epochs N to extend it")
+    return start
 
-    # The same seeds as an uninterrupted run: the data stream below skips the batches already
-    # trained on, and the sampling noise's state comes back with the checkpoint.
-    keras.utils.set_random_seed(config["seed"])
+
+def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
+    """The training and validation streams, once the data are found and known to fit in memory."""
     train_files, validation_files, description = load_splits(config)
     print(f"data: {description}; training on {len(train_files)} images")
-    for split, count in (("training", len(train_files)), ("validation", len(validation_files))):
-        # Keras builds the model on the mean over the replicas of their shares of the first
-        # batch, which fails when those differ in size.
-        if replicas > 1 and count < config["batch_size"] and count % replicas:
-            fitting = count // replicas * replicas  # the largest batch that splits evenly and fills up
-            raise RunError(
-                f"the {count} {split} images make a single batch, smaller than --batch-size {config['batch_size']}, "
-                f"that does not split evenly over the {replicas} replicas; use more images"
-                + (f", or --batch-size {fitting} or less (a multiple of {replicas})" if fitting else "")
-            )
-    cache = worker_cache(config["cache"], strategy)
-    if cache == "memory":
-        data.check_memory_cache(len(train_files) + len(validation_files), config["image_size"], config["channels"])
-    elif cache != "none":
-        data.check_file_cache(
-            cache, [train_files, validation_files], config["image_size"], config["channels"], config["crop"]
-        )
-    image_args = {
-        "image_size": config["image_size"],
-        "channels": config["channels"],
-        "crop": config["crop"],
-        "cache": cache,
-    }
-    batch_size = config["batch_size"]
+    replicas, batch_size = strategy.num_replicas_in_sync, config["batch_size"]
     # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
     # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
     drop_remainder = len(train_files) >= batch_size
-    train_steps = len(train_files) // batch_size if drop_remainder else 1
+    train_steps, train_left = batches_per_pass("training", train_files, batch_size, replicas, drop_remainder)
+    validation_steps, validation_left = batches_per_pass("validation", validation_files, batch_size, replicas, False)
+    if replicas > 1 and train_left + validation_left:
+        print(
+            f"{replicas} replicas: each batch is cut to a multiple of {replicas} images, so that every replica gets "
+            f"an equal share; left out per epoch: {train_left} of the {len(train_files)} training images and "
+            f"{validation_left} of the {len(validation_files)} validation images"
+        )
+    cache = worker_cache(config["cache"], strategy)
+    size, channels, crop = config["image_size"], config["channels"], config["crop"]
+    if cache == "memory":
+        data.check_memory_cache(len(train_files) + len(validation_files), size, channels)
+    elif cache != "none":
+        data.check_file_cache(cache, [train_files, validation_files], size, channels, crop)
+    train_cli.check_memory(config, len(train_files), len(validation_files))
+    image_args = {"image_size": size, "channels": channels, "crop": crop, "cache": cache}
 
     def train_data(skip_batches: int) -> tf.data.Dataset:
-        return data.make_dataset(
+        dataset = data.make_dataset(
             train_files,
             batch_size=batch_size,
             shuffle=True,
@@ -602,112 +899,125 @@ def train(
             skip_batches=skip_batches,
             **image_args,
         )
+        return even_batches(dataset, replicas)
 
-    validation_data = data.make_dataset(validation_files, batch_size=batch_size, repeat=True, **image_args)
-    validation_steps = math.ceil(len(validation_files) / batch_size)
+    validation = data.make_dataset(validation_files, batch_size=batch_size, repeat=True, **image_args)
     preview_files = validation_files[: 2 * GRID_COLUMNS]  # read once: not cached
-    preview = next(
-        iter(data.make_dataset(preview_files, batch_size=2 * GRID_COLUMNS, **{**image_args, "cache": "none"}))
-    ).numpy()
+    preview = data.make_dataset(preview_files, batch_size=2 * GRID_COLUMNS, **{**image_args, "cache": "none"})
+    return Inputs(
+        train_files,
+        validation_files,
+        cache,
+        train_steps,
+        validation_steps,
+        even_batches(validation, replicas),
+        next(iter(preview)).numpy(),
+        train_data,
+    )
 
-    # With several workers only the chief writes the run folder; the others write their
-    # (identical) copies to a scratch folder, as the tf.distribute guides recommend; it is
-    # removed when `scratch` goes away, however this function ends.
-    chief = is_chief(strategy)
-    scratch = None if chief else tempfile.TemporaryDirectory(prefix="vae-worker-")
-    output_dir = Path(scratch.name) if scratch else run_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    policy, reason = vae.run_precision(config)
-    config.update(mixed_precision=policy, mixed_precision_reason=reason)  # config.json is written below
-    print(f"precision: {policy} ({reason})")
-    with vae.dtype_policy(policy), strategy.scope(), stop_on_sigterm() as stop:
-        model = vae.model_from_config(config)
-        model.compile(optimizer=vae.make_optimizer(config, train_steps))
-        # Built now, on the variables the train step updates, so that saved and restored
-        # optimizer states always have the same variables.
-        model.optimizer.build(model.trained_variables())
-        epoch_metrics = None
-        if backup:
-            state = training_state(model, tf.Variable([0, 0], dtype=tf.int64))
-            state.save_counter  # noqa: B018 - created, so that the saved counter is consumed too
-            try:
-                state.read(backup[2]).assert_consumed()
-            except (tf.errors.OpError, ValueError, AssertionError) as error:
-                raise RunError(
-                    f"the step backup {backup[2]} does not fit this run's model ({str(error).splitlines()[0]}); "
-                    f"delete {run_dir / CHECKPOINT_DIR / BACKUP_DIR} to resume from the last epoch checkpoint"
-                ) from None
-            epoch_metrics = [variable.numpy() for metric in model.metrics for variable in metric.variables]
-            print(
-                f"resuming {run_dir} in epoch {initial_epoch + 1} after step {initial_step} of {train_steps} "
-                f"(optimizer step {int(model.optimizer.iterations.numpy())}, from {CHECKPOINT_DIR}/{BACKUP_DIR})"
-            )
-        elif checkpoint:
-            load_checkpoint(model, checkpoint[1])
-            print(
-                f"resuming {run_dir} after epoch {initial_epoch} (optimizer step {int(model.optimizer.iterations.numpy())})"
-            )
-        # Only now: a resume refused for a damaged checkpoint or an edited config leaves config.json as it was.
-        write_text_atomic(
-            output_dir / "config.json", json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2) + "\n"
+
+def warn_if_shorter_than_the_warm_up(config: dict, steps_per_epoch: int) -> None:
+    """A run shorter than its learning-rate warm-up barely trains: its samples are noise."""
+    steps, warm_up = config["epochs"] * steps_per_epoch, config.get("lr_warmup_steps", 0)
+    if steps < warm_up:
+        print(
+            f"warning: this run trains {steps} optimizer steps, fewer than the {warm_up} of the learning-rate "
+            "warm-up (--lr-warmup): the model will barely learn and its samples will look like noise; train "
+            "longer (--epochs, more images) or give a shorter --lr-warmup"
         )
-        guard = StopOnNonFiniteLoss()
-        summary_dir = output_dir / TENSORBOARD_DIR if tensorboard and chief else None  # only the chief logs
-        callbacks = [
-            guard,
-            EMAForValidation(),
-            SaveArtifacts(config, preview, output_dir, summary_dir / "grids" if summary_dir else None),
-            History(output_dir, initial_epoch),
-            Checkpoint(output_dir),
-            *([keras.callbacks.TensorBoard(summary_dir, write_graph=False)] if summary_dir else []),
-            StepBackup(
-                output_dir,
-                backup_every,
-                config["epochs"],
-                train_steps,
-                initial_epoch * train_steps + initial_step,
-                stop,
-                epoch_metrics,
-            ),  # last: it may end training
-        ]
-        fit_args = {
-            "validation_data": validation_data,
-            "validation_steps": validation_steps,
-            "callbacks": callbacks,
-            "verbose": verbose,
-            "shuffle": False,  # the dataset shuffles itself, seeded
-        }
-        full_disk = None  # what a write found the disk full for: "cache" or "run"
+
+
+@contextlib.contextmanager
+def worker_output(run_dir: Path, chief: bool) -> Iterator[Path]:
+    """Where this process writes: the run folder, or for a worker other than the chief, a scratch
+    folder for its (identical) copies, as the tf.distribute guides recommend, removed at the end."""
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        yield run_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="vae-worker-") as scratch:
+        yield Path(scratch)
+
+
+def restore(model: keras.Model, run_dir: Path, start: StartPoint, train_steps: int) -> list[np.ndarray] | None:
+    """Load the state training starts from into `model`; returns the running metrics of a resumed
+    epoch (from a step backup), which StepBackup puts back once Keras has reset them."""
+    if start.backup:
+        state = training_state(model, tf.Variable([0, 0], dtype=tf.int64))
+        state.save_counter  # noqa: B018 - created, so that the saved counter is consumed too
         try:
-            if initial_step:
-                # Keras fits whole epochs, so the rest of an interrupted epoch is a fit of its own.
-                model.fit(
-                    train_data(initial_epoch * train_steps + initial_step),
-                    epochs=initial_epoch + 1,
-                    initial_epoch=initial_epoch,
-                    steps_per_epoch=train_steps - initial_step,
-                    **fit_args,
-                )
-                initial_epoch += 1
-                kept = latest_checkpoint(output_dir)
-                if kept and kept[0] == initial_epoch:
-                    # fit ends by copying the EMA weights into the model: carry on from the
-                    # trained weights, which the epoch checkpoint just written holds.
-                    load_checkpoint(model, kept[1])
-            if initial_epoch < config["epochs"] and not guard.failed_at:
-                model.fit(
-                    train_data(initial_epoch * train_steps),
-                    epochs=config["epochs"],
-                    initial_epoch=initial_epoch,
-                    steps_per_epoch=train_steps,
-                    **fit_args,
-                )
-        except TrainingStopped as stopped:
-            resume = f"python train.py --resume {run_dir}"
-            if config["strategy"] == "multiworker":
+            state.read(start.backup[2]).assert_consumed()
+        except (tf.errors.OpError, ValueError, AssertionError) as error:
+            raise RunError(
+                f"the step backup {start.backup[2]} does not fit this run's model ({first_line(error)}); "
+                f"delete {run_dir / CHECKPOINT_DIR / BACKUP_DIR} to resume from the last epoch checkpoint"
+            ) from None
+        print(
+            f"resuming {run_dir} in epoch {start.epoch + 1} after step {start.step} of {train_steps} "
+            f"(optimizer step {int(model.optimizer.iterations.numpy())}, from {CHECKPOINT_DIR}/{BACKUP_DIR})"
+        )
+        return [variable.numpy() for metric in model.metrics for variable in metric.variables]
+    if start.checkpoint:
+        load_checkpoint(model, start.checkpoint[1])
+        print(
+            f"resuming {run_dir} after epoch {start.epoch} (optimizer step {int(model.optimizer.iterations.numpy())})"
+        )
+    return None
+
+
+def fit(
+    model: keras.Model, inputs: Inputs, start: StartPoint, epochs: int, callbacks: list, verbose: int, output_dir: Path
+) -> None:
+    """Train from `start` to the end of epoch `epochs`, unless a NaN/inf loss stops it."""
+    fit_args = {
+        "validation_data": inputs.validation_data,
+        "validation_steps": inputs.validation_steps,
+        "callbacks": callbacks,
+        "verbose": verbose,
+        "shuffle": False,  # the dataset shuffles itself, seeded
+    }
+    steps, epoch = inputs.train_steps, start.epoch
+    if start.step:
+        # Keras fits whole epochs, so the rest of an interrupted epoch is a fit of its own.
+        model.fit(
+            inputs.train_data(epoch * steps + start.step),
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            steps_per_epoch=steps - start.step,
+            **fit_args,
+        )
+        epoch += 1
+        kept = latest_checkpoint(output_dir)
+        if kept and kept[0] == epoch:
+            # fit ends by copying the EMA weights into the model: carry on from the trained
+            # weights, which the epoch checkpoint just written holds.
+            load_checkpoint(model, kept[1])
+    if epoch < epochs and not model.stop_training:  # set by StopOnNonFiniteLoss
+        model.fit(
+            inputs.train_data(epoch * steps), epochs=epochs, initial_epoch=epoch, steps_per_epoch=steps, **fit_args
+        )
+
+
+class TrainingFaults:
+    """What stops a fit, told in one line with how to go on: a stop signal, a lost worker, a full
+    disk. A full disk is reported by `raise_disk_full` after the block, once the failed write's
+    objects (the data iterator holding the cache files open, h5py's file) are released."""
+
+    def __init__(self, run_dir: Path, output_dir: Path, config: dict, inputs: Inputs, model: keras.Model):
+        self.run_dir, self.output_dir, self.config, self.inputs, self.model = run_dir, output_dir, config, inputs, model
+        self.full_disk: str | None = None  # what a write found the disk full for: "cache" or "run"
+
+    def __enter__(self) -> TrainingFaults:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: object) -> bool:
+        run_dir = self.run_dir
+        if isinstance(error, TrainingStopped):
+            resume = resume_command(run_dir)
+            if self.config["strategy"] == "multiworker":
                 resume = f"{resume} --strategy multiworker on every worker, or {resume} alone"
-            raise TrainingStopped(f"{stopped}, state saved; continue with: {resume}") from None
-        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+            raise TrainingStopped(f"{error}, state saved in {run_dir}; continue with: {resume}", error.signum) from None
+        if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
             # A worker that dies or hangs stops sending heartbeats; TensorFlow's coordination service
             # notices within seconds and aborts the collective operations of the others.
             reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0]).rstrip(":")
@@ -715,39 +1025,33 @@ def train(
                 f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
                 f"worker with --resume {run_dir} --strategy multiworker, or go on alone with --resume {run_dir}"
             ) from None
-        # h5py raises OSError or RuntimeError when the disk fills mid-write, TensorFlow's checkpoint an OpError,
-        # tf.data's file cache a ResourceExhaustedError
-        except (OSError, RuntimeError, tf.errors.OpError) as error:
-            if fills_file_cache(error, cache):
-                full_disk = "cache"
-            elif getattr(error, "errno", None) in NO_SPACE or disk_is_full(model, output_dir):
-                full_disk = "run"
-            else:
-                raise
-        # Handled here, once the failed write's objects (the data iterator holding the cache files
-        # open, h5py's file) are released with `error`.
-        if full_disk == "cache":
-            raise file_cache_full_error(cache, [train_files, validation_files], config, run_dir)
-        if full_disk == "run":
-            raise disk_full_error(model, output_dir)
-    if guard.failed_at:
-        kept = latest_checkpoint(run_dir)
-        kept_text = (
-            f"the last good checkpoint (epoch {kept[0]}) is kept in {kept[1].parent}"
-            if kept
-            else "no epoch finished, so no checkpoint was written"
-        )
-        raise RunError(
-            f"loss became NaN/inf at epoch {guard.failed_at[0]}, step {guard.failed_at[1]}; {kept_text}; "
-            "lower --lr or --beta, or try --recon gaussian, and start a new run"
-        )
-    if scratch is not None:
-        print(f"done: this worker's share of {run_dir}, which the chief worker writes")
-        return
-    fit_density(config, run_dir)
-    print(
-        f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
-        f"samples/, reconstructions/{', tensorboard/' if tensorboard else ''})"
+        # h5py raises OSError or RuntimeError when the disk fills mid-write, TensorFlow's checkpoint an
+        # OpError, tf.data's file cache a ResourceExhaustedError
+        if isinstance(error, (OSError, RuntimeError, tf.errors.OpError)):
+            if fills_file_cache(error, self.inputs.cache):
+                self.full_disk = "cache"
+            elif getattr(error, "errno", None) in NO_SPACE or disk_is_full(self.model, self.output_dir):
+                self.full_disk = "run"
+        return self.full_disk is not None
+
+    def raise_disk_full(self) -> None:
+        if self.full_disk == "cache":
+            file_lists = [self.inputs.train_files, self.inputs.validation_files]
+            raise file_cache_full_error(self.inputs.cache, file_lists, self.config, self.run_dir)
+        if self.full_disk == "run":
+            raise disk_full_error(self.model, self.output_dir)
+
+
+def non_finite_loss_error(failed_at: tuple[int, int], run_dir: Path) -> RunError:
+    kept = latest_checkpoint(run_dir)
+    kept_text = (
+        f"the last good checkpoint (epoch {kept[0]}) is kept in {kept[1].parent}"
+        if kept
+        else "no epoch finished, so no checkpoint was written"
+    )
+    return RunError(
+        f"loss became NaN/inf at epoch {failed_at[0]}, step {failed_at[1]}; {kept_text}; "
+        "lower --lr or --beta, or try --recon gaussian, and start a new run"
     )
 
 
@@ -809,9 +1113,9 @@ def how_to_go_on(run_dir: Path) -> str:
     """How a run stopped by a full disk goes on: from what it saved last, or from the start."""
     kept = latest_checkpoint(run_dir)
     if kept:
-        return f"then continue from the last good checkpoint (epoch {kept[0]}) with: python train.py --resume {run_dir}"
+        return f"then continue from the last good checkpoint (epoch {kept[0]}) with: {resume_command(run_dir)}"
     if has_backup(run_dir):
-        return f"then continue from the last step backup with: python train.py --resume {run_dir}"
+        return f"then continue from the last step backup with: {resume_command(run_dir)}"
     return f"then delete {run_dir} and start again (nothing had been saved yet)"
 
 
@@ -858,3 +1162,45 @@ def fit_density(config: dict, run_dir: Path) -> None:
         print(f"warning: no latent density was fitted ({error}); retry with: python latent.py --run {run_dir}")
         return
     print(f"wrote {path}: {density.components} Gaussian component(s), chosen on the validation images")
+
+
+# --------------------------------------------------------------------------- command line
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python train.py ...`: a problem is one line `error: ...`, exit status 1."""
+    run_main(lambda: train_command(argv))
+
+
+def train_command(argv: Sequence[str] | None = None) -> None:
+    """Check the command line and the run folder, then train there; RunError for what the user can
+    fix, and for a stop by SIGTERM or Ctrl-C, a line that says how to go on and the signal's status."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # tf.train.CheckpointManager logs each save
+    args, config = train_cli.checked_config(argv)
+    # Keras' progress bar rewrites its line with escape codes: one line per epoch in log files.
+    verbose = 2 if args.verbose == 1 and not sys.stdout.isatty() else args.verbose
+    run_dir, resume = Path(config["run_dir"]), bool(args.resume)
+    writes = train_cli.writes_run_folder(config)
+    try:
+        with train_cli.locked_run_folder(run_dir, config, resume) if writes else contextlib.nullcontext():
+            train_cli.check_cache_folder(config["cache"])
+            train(config, resume, verbose, args.backup_every, args.tensorboard, args.worker_start_timeout)
+    except (RunFolderError, data.DataError) as error:  # the user errors of runs.py and data.py
+        raise RunError(str(error)) from None
+    except TrainingStopped as stopped:
+        # On a line of its own, also after a progress bar that Keras rewrites in place on a terminal.
+        new_line = "\n" if sys.stdout.isatty() else ""
+        print(f"{new_line}{stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training began or after it ended: nothing to back up
+        print("stopped by Ctrl-C outside the training steps (nothing to back up)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except OSError as error:  # a full disk outside the checkpoints train() handles itself
+        if error.errno not in NO_SPACE:
+            raise
+        raise RunError(
+            f"the disk is full ({error.filename or error}); free some space, then run the same command again"
+        ) from None
+
+
+if __name__ == "__main__":
+    main()

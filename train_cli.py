@@ -1,21 +1,9 @@
-"""train.py's command line and run folder, checked before TensorFlow is imported.
+"""train.py's command line and run-folder checks, with no TensorFlow, so that they answer at once.
 
-`python train.py ...` starts in main() here: the flags are parsed and checked, the run folder
-is checked and locked, and only then is train.py's TensorFlow code imported to train, so
-`--help` and a bad flag answer at once. Each problem is one line that says what to do:
-
-- settings: counts, sizes and rates in range and finite. On --resume they come from the run's
-  config.json (checked too: it may have been edited) and only --epochs, --data, --cache,
-  --verbose, --backup-every, --worker-start-timeout and --no-tensorboard may be given; other flags
-  would be ignored, so they are refused.
-- --out: a new run needs a new or empty folder; --resume needs a run folder with a checkpoint
-  or a step backup.
-  One training at a time per folder: a lock (fcntl.flock on <run>/.lock) is held for the whole
-  run, and a second training is told the pid of the first. Temporary files a killed run left
-  behind are removed when a run starts or resumes.
-- --out and --cache must be folders this process can write.
-
-Not meant to be run by itself.
+Each problem is one line that says what to do (RunError): the settings (flags, or config.json on
+--resume), the run folder (new or empty, or resumable; one training at a time, under a lock), the
+--cache folder, TF_CONFIG for --strategy multiworker, and the memory a run needs. train.py's
+main() uses them before it trains; this file is not a script.
 """
 
 from __future__ import annotations
@@ -26,7 +14,6 @@ import datetime as dt
 import errno
 import fcntl
 import json
-import logging
 import math
 import os
 import shutil
@@ -37,6 +24,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import data
+import latent
+from errors import UserError
 from images import CELEBA_WIDTH, DEFAULT_CROP
 from runs import (
     BACKUP_DIR,
@@ -62,8 +51,10 @@ DEFAULT_WORKER_START_TIMEOUT = 300  # seconds
 TF_CONFIG_HELP = (
     "--strategy multiworker needs TF_CONFIG set to the cluster and this worker's task, e.g. "
     """'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}' """
-    "(see README: several machines)"
+    "(a list of host:port per job, chief and worker; the task's type is one of those jobs and its index a "
+    "position in that job's list; see README: several machines)"
 )
+CLUSTER_JOBS = ("chief", "worker")  # the jobs of MultiWorkerMirroredStrategy's cluster
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
 # The flags a resumed run takes; its other settings come from its config.json.
 RESUME_FLAGS = (
@@ -112,12 +103,18 @@ TEMPORARY_FILES = {
 }
 
 
-class RunError(RuntimeError):
-    """A problem the user can fix, reported as one line."""
+class RunError(UserError):
+    """A problem with the run the user can fix, reported as one line."""
 
 
 class TrainingStopped(Exception):
-    """Training stopped on request (SIGTERM) after backing up; the message says how to resume."""
+    """Training stopped on request (SIGTERM, SIGINT) after backing up; the message says how to
+    resume. The exit code is that of a process ended by the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + (signum if signum in (signal.SIGINT, signal.SIGTERM) else signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------- command line
@@ -394,6 +391,15 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
         )
 
 
+def checked_config(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict]:
+    """The flags and the run's settings, checked: RunError for what is wrong."""
+    args = parse_args(argv)
+    try:
+        return args, resolve_config(args)
+    except RunFolderError as error:  # runs.read_config's, on --resume
+        raise RunError(str(error)) from None
+
+
 def resolve_config(args: argparse.Namespace) -> dict:
     """The run's settings, checked: from the command line for a new run, from config.json on --resume."""
     check_recovery_flags(args)
@@ -469,18 +475,126 @@ def check_recovery_flags(args: argparse.Namespace) -> None:
         )
 
 
+def read_tf_config() -> tuple[dict[str, list[str]], str, int]:
+    """(cluster, task type, task index) from TF_CONFIG, checked before TensorFlow reads it (which
+    fails with a TypeError or hangs on a wrong type); RunError saying what is wrong otherwise."""
+
+    def refuse(problem: str) -> RunError:
+        return RunError(f"TF_CONFIG {problem}; {TF_CONFIG_HELP}")
+
+    if "TF_CONFIG" not in os.environ:
+        raise RunError(TF_CONFIG_HELP)
+    try:
+        tf_config = json.loads(os.environ["TF_CONFIG"])
+    except ValueError as error:
+        raise refuse(f"is not JSON ({error})") from None
+    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster"), dict):
+        raise refuse('needs a "cluster" object')
+    cluster = tf_config["cluster"]
+    for job, addresses in cluster.items():
+        if job not in CLUSTER_JOBS:
+            raise refuse(f"has a job {job!r} in its cluster, where only {' and '.join(CLUSTER_JOBS)} go")
+        if not isinstance(addresses, list) or not addresses or not all(is_address(a) for a in addresses):
+            raise refuse(f'needs a non-empty list of "host:port" strings for the job {job!r} (got {addresses!r})')
+    if len(cluster.get("chief", [])) > 1:
+        raise refuse("has more than one chief")
+    task = tf_config.get("task")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise refuse(f'needs a "task" object whose "type" is a job of its cluster ({", ".join(cluster)})')
+    kind, index = task["type"], task.get("index")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise refuse(
+            f'needs a task "index" from 0 to {len(cluster[kind]) - 1}, a position in the {kind!r} list (got {index!r})'
+        )
+    return cluster, kind, index
+
+
+def is_address(address: object) -> bool:
+    """Whether `address` is a "host:port" string."""
+    if not isinstance(address, str):
+        return False
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
 def writes_run_folder(config: dict) -> bool:
     """False for a non-chief worker of a multi-worker run: it leaves the run folder to the chief.
     Read from TF_CONFIG as MultiWorkerMirroredStrategy reads it (train.is_chief decides the same
     from the strategy, once TensorFlow is up)."""
     if config["strategy"] != "multiworker":
         return True
-    try:
-        tf_config = json.loads(os.environ["TF_CONFIG"])
-        cluster, kind, index = tf_config["cluster"], tf_config["task"]["type"], int(tf_config["task"]["index"])
-    except (KeyError, ValueError, TypeError):
-        raise RunError(TF_CONFIG_HELP) from None
+    cluster, kind, index = read_tf_config()
     return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+
+
+# --------------------------------------------------------------------------- memory
+def parameter_count(config: dict) -> int:
+    """The weights of the encoder and decoder vae.py builds from `config`, counted without building them."""
+    filters, size, latent, hidden = (
+        config["filters"],
+        config["image_size"],
+        config["latent_dim"],
+        config["hidden_units"],
+    )
+    widths = [config["channels"], *filters]
+    convolutions = 2 * sum(9 * a * b for a, b in zip(widths, widths[1:], strict=False))  # the decoder mirrors them
+    batch_norms = 4 * (sum(filters) + sum(filters[:-1]))
+    flat = (size // 2 ** len(filters)) ** 2 * filters[-1]  # the encoder's flattened output, the decoder's projection
+    dense = (flat + 1) * hidden + 2 * (hidden + 1) * latent + (latent + 1) * flat
+    return convolutions + batch_norms + dense + config["channels"]
+
+
+def activation_count(config: dict) -> int:
+    """Values of the feature maps one image flows through in the encoder and decoder."""
+    size, filters, channels = config["image_size"], config["filters"], config["channels"]
+    sides = [size >> (index + 1) for index in range(len(filters))]
+    encoder = sum(3 * side * side * width for side, width in zip(sides, filters, strict=True))  # conv, BN, ReLU
+    decoder = sum(4 * (2 * side) ** 2 * width for side, width in zip(sides[1:], filters, strict=False))  # + upsampled
+    return size * size * channels * 4 + encoder + decoder + size * size * filters[0]
+
+
+def memory_needs(config: dict, train_count: int, validation_count: int) -> list[tuple[str, str, float]]:
+    """(what, the flags that make it smaller, rough bytes) of the memory a run takes."""
+    weights = 4 * parameter_count(config)
+    size, batch = config["image_size"], config["batch_size"]
+    # latent.py's mixture fit after training: latent x latent covariances (float64) for each mixture
+    # size tried, and the posterior means with a few working copies and the responsibilities.
+    dims, points = config["latent_dim"], min(train_count, latent.MAX_FIT_IMAGES)
+    sizes = [k for k in latent.MIXTURE_SIZES if k == 1 or points >= k * latent.MIN_POINTS_PER_DIM * dims]
+    needs = [
+        # Each weight also has its gradient, Adam's two moments, the float32 copy saved each epoch, the EMA.
+        ("weights and optimizer state", "--latent, --hidden, --filters or --image-size", weights * (5 + (config["ema"] > 0))),
+        # The feature maps kept for the backward pass and their gradients (float32): 6.0 GB at 256x256,
+        # batch 64, with the weights, where the peak RSS of a training step grew by 4.5 GB.
+        (f"activations of a batch of {batch} at {size}x{size}", "--batch-size or --image-size", 8 * batch * activation_count(config)),
+        ("latent density fit after training", "--latent", 8 * (dims * dims * (sum(sizes) + 2) + points * 4 * (dims + max(sizes)))),
+    ]  # fmt: skip
+    if config["cache"] == "memory":
+        cache = data.memory_cache_bytes(train_count + validation_count, size, config["channels"])
+        needs.append(("memory cache", "--cache DIR or --cache none", cache))
+    return sorted(needs, key=lambda need: -need[2])
+
+
+def check_memory(config: dict, train_count: int, validation_count: int) -> None:
+    """RunError, with the figures and what to change, for a run that would not fit in the memory
+    available (data.available_memory), rather than fail after TensorFlow allocated it or after an
+    epoch (the density fit)."""
+    available = data.available_memory()
+    needs = memory_needs(config, train_count, validation_count)
+    needed = sum(size for _, _, size in needs)
+    if available is None or needed <= available:
+        return
+    changes, rest = [], needed
+    for _, change, size in needs:  # the largest parts, until the others fit
+        changes.append(change)
+        rest -= size
+        if rest <= available:
+            break
+    breakdown = ", ".join(f"{data.size_text(size)} {what}" for what, _, size in needs)
+    raise RunError(
+        f"this run needs about {data.size_text(needed)} of memory and {data.size_text(available)} is available "
+        f"({breakdown}); make it smaller with {'; '.join(changes)}"
+    )
 
 
 # --------------------------------------------------------------------------- run folder
@@ -591,40 +705,5 @@ def check_cache_folder(cache: str) -> None:
         check_writable(cache, folder=True, flag="--cache")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # tf.train.CheckpointManager logs each save
-    args = parse_args(argv)
-    # Keras' progress bar rewrites its line with escape codes: one line per epoch in log files.
-    verbose = 2 if args.verbose == 1 and not sys.stdout.isatty() else args.verbose
-    try:
-        config = resolve_config(args)
-        run_dir = Path(config["run_dir"])
-        folder = (
-            locked_run_folder(run_dir, config, resume=bool(args.resume))
-            if writes_run_folder(config)
-            else contextlib.nullcontext()
-        )
-        with folder:
-            check_cache_folder(config["cache"])
-            import train  # TensorFlow, now that the command line and the run folder are in order
-
-            train.train(
-                config,
-                resume=bool(args.resume),
-                verbose=verbose,
-                backup_every=args.backup_every,
-                worker_start_timeout=args.worker_start_timeout,
-                tensorboard=args.tensorboard,
-            )
-    except (RunError, RunFolderError, data.DataError) as error:
-        sys.exit(f"error: {error}")
-    except TrainingStopped as stopped:
-        print(stopped, file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)  # the status of a process ended by SIGTERM
-    except OSError as error:  # a full disk outside the checkpoints train.train handles itself
-        if error.errno not in NO_SPACE:
-            raise
-        sys.exit(
-            f"error: the disk is full ({error.filename or error}); free some space, then run the same command again"
-        )
+if __name__ == "__main__":
+    sys.exit("error: train_cli.py holds train.py's command line and checks; run: python train.py --help")

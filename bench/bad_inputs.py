@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -86,7 +87,8 @@ class Outcome:
 class Case:
     name: str
     argv: list[str]  # a script of the repository and its flags
-    expect: str = "error"  # "error": one line, non-zero exit; "ok": exit 0 and `check` passes
+    expect: str = "error"  # "error": one line, non-zero exit; "ok": exit `status` and `check` passes
+    status: int = 0  # the exit status of an "ok" case (130: stopped by Ctrl-C, as asked)
     prepare: Callable[[], None] | None = None  # builds the case's inputs, before the files are hashed
     # (passed, what was checked) from the outcome, after the files are hashed again
     check: Callable[[Outcome], tuple[bool, str]] | None = None
@@ -318,8 +320,8 @@ def judge(case: Case, outcome: Outcome | None, touched: list[str], survey: Surve
             message = f"{message} [{note}]"
     else:
         message = note or stderr_message(outcome.stdout)
-        if outcome.exit not in (0, None):
-            problems.append(f"exit {outcome.exit} where success was expected: {stderr_message(outcome.stderr)}")
+        if outcome.exit not in (case.status, None):
+            problems.append(f"exit {outcome.exit} where {case.status} was expected: {stderr_message(outcome.stderr)}")
     if not passed:
         problems.append(f"check failed: {note}")
     if touched:
@@ -890,7 +892,7 @@ def build_cases(survey: Survey, disk_problem: str) -> list[Case]:
                  "checkpoint/epoch_001.weights.h5")  # fmt: skip
     add("modes-run-umask-022", [], expect="ok", run=nothing, check=modes(s.run_a, run_files, 0o644),
         shown="(set-up) train.py ... --out W/runs/a under umask 022")  # fmt: skip
-    return cases + generate_output_cases(s) + data_file_cases(s)
+    return cases + generate_output_cases(s) + data_file_cases(s) + stop_tf_config_and_memory_cases(s)
 
 
 def generate_output_cases(s: Survey) -> list[Case]:
@@ -952,6 +954,70 @@ def generate_output_cases(s: Survey) -> list[Case]:
         )
     for case in cases:
         case.argv = [str(part) for part in case.argv]
+    return cases
+
+
+def stop_tf_config_and_memory_cases(s: Survey) -> list[Case]:
+    """Ctrl-C during training (once: backed up, exit 130; twice: at once), a malformed TF_CONFIG,
+    and runs that cannot fit in memory: each refused or stopped in one line, quickly."""
+    new = ["train.py", "--data", s.kaggle, *TINY_MODEL]
+
+    def with_tf_config(value: str) -> Callable[[Case], Outcome]:
+        def run(case: Case) -> Outcome:
+            saved, s.env = s.env, {**s.env, "TF_CONFIG": value}
+            try:
+                return s.command(case.argv)
+            finally:
+                s.env = saved
+
+        return run
+
+    def ctrl_c(times: int) -> Callable[[Case], Outcome]:
+        def run(case: Case) -> Outcome:
+            started = time.perf_counter()
+            process = s.start(case.argv)
+            backup = Path(case.argv[case.argv.index("--out") + 1]) / "checkpoint" / "backup" / "checkpoint"
+            while not backup.exists() and process.poll() is None and time.perf_counter() - started < s.timeout:
+                time.sleep(0.05)
+            for _ in range(times):
+                process.send_signal(signal.SIGINT)
+                time.sleep(0.3)  # the first one is handled before the second arrives
+            outcome = s.finish(process, started, s.timeout)
+            if outcome.exit == -signal.SIGINT:  # the second one ended Python's own teardown: a shell says 130
+                outcome.exit = 128 + signal.SIGINT
+            return outcome
+
+        return run
+
+    def stopped(first: str) -> Callable[[Outcome], tuple[bool, str]]:
+        def check(outcome: Outcome) -> tuple[bool, str]:
+            last = stderr_message(outcome.stderr)
+            return last.startswith(first) and "--resume" in last, last[:160]
+
+        return check
+
+    def refused_quickly(outcome: Outcome) -> tuple[bool, str]:
+        return outcome.seconds < 60, f"in {outcome.seconds:.1f} s"
+
+    flags = ["--epochs", "500", "--backup-every", "1", "--batch-size", "2"]
+    cases = [
+        Case("ctrl-c-once", [*new, *flags, "--out", s.out("ctrl-c-once")], expect="ok", status=130,
+             run=ctrl_c(1), check=stopped("stopped by Ctrl-C in epoch ")),
+        Case("ctrl-c-twice", [*new, *flags, "--out", s.out("ctrl-c-twice")], expect="ok", status=130,
+             run=ctrl_c(2), check=stopped("stopped ")),
+        Case("memory-latent-100000", [*new, "--latent", "100000", "--out", s.out("memory-latent")],
+             check=refused_quickly),
+        Case("memory-image-size-4096", [*new, "--image-size", "4096", "--cache", "none", "--out", s.out("memory-4096")],
+             check=refused_quickly),
+    ]  # fmt: skip
+    for name, value in {
+        "not-json": '{"cluster": ',
+        "worker-not-a-list": '{"cluster": {"worker": "127.0.0.1:1"}, "task": {"type": "worker", "index": 0}}',
+        "index-beyond-the-workers": '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
+        "task-a-list": '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": [0]}',
+    }.items():
+        argv = [*new, "--strategy", "multiworker", "--out", s.out(f"tf-config-{name}")]
+        cases.append(Case(f"tf-config-{name}", argv, run=with_tf_config(value), shown=f"TF_CONFIG={value!r} ..."))
     return cases
 
 

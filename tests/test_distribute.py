@@ -39,12 +39,15 @@ def test_mirrored_step_equals_single_device_step():
 def test_train_py_runs_with_the_mirrored_strategy():
     report = run_worker("train")
     assert report["replicas"] == 2 and report["epochs"] == 1
-    # 3 validation images in batches of 2: the last one leaves a replica without images
+    # 3 validation images in batches of 2: the last one, which would leave a replica without an
+    # image, is left out, and the start-up line says so
     assert report["validation_images"] == 3 and report["finite_figures"]
-    assert report["odd_batch_error"].startswith("error: --batch-size 7 must be a multiple of the 2 replicas")
-    assert report["short_batch_error"].startswith(
-        "error: the 3 validation images make a single batch, smaller than --batch-size 4, "
-        "that does not split evenly over the 2 replicas"
+    assert "left out per epoch: 1 of the 43 training images and 1 of the 3 validation images" in report["output"]
+    assert report["odd_batch_error"].startswith("--batch-size 7 must be a multiple of the 2 replicas")
+    # the same 3 in one batch of 4: cut to 2, one image for each replica
+    assert report["short_batch_epochs"] == 1
+    assert report["single_image_error"] == (
+        "the 1 readable training image(s) cannot be shared by the 2 replicas; use at least 2 images"
     )
 
 
@@ -91,6 +94,8 @@ def compare(mirrored, reconstruction: str, count: int, learning_rate: float) -> 
 
 
 def train_run() -> dict:
+    import contextlib
+    import io
     import math
     import tempfile
 
@@ -99,6 +104,7 @@ def train_run() -> dict:
 
     import runs
     import train
+    import train_cli
 
     folder = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
@@ -107,24 +113,26 @@ def train_run() -> dict:
     run = folder / "run"
     args = ["--data", str(folder), "--out", str(run), "--image-size", "16", "--filters", "8,16", "--hidden", "16",
             "--latent", "8", "--batch-size", "2", "--epochs", "1", "--strategy", "mirrored", "--verbose", "0"]  # fmt: skip
-    train.main(args)
-    odd_batch_error = short_batch_error = ""
-    try:  # the later flags win
-        train.main([*args, "--batch-size", "7", "--out", str(folder / "odd")])
-    except SystemExit as error:
-        odd_batch_error = str(error)
-    try:  # the 3 validation images in one batch of 4: 2 for one replica, 1 for the other
-        train.main([*args, "--batch-size", "4", "--out", str(folder / "short")])
-    except SystemExit as error:
-        short_batch_error = str(error)
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        train.train_command(args)
+    errors = {}
+    for name, extra in (("odd", ["--batch-size", "7"]), ("single", ["--limit", "1"])):  # the later flags win
+        try:
+            train.train_command([*args, *extra, "--out", str(folder / name)])
+        except train_cli.RunError as error:
+            errors[name] = str(error)
+    train.train_command([*args, "--batch-size", "4", "--out", str(folder / "short")])
     rows = train.read_history(run / "history.csv")
     return {
         "replicas": train.choose_strategy("mirrored").num_replicas_in_sync,
         "epochs": len(rows),
         "validation_images": len(train.load_splits(runs.read_config(run))[1]),
         "finite_figures": all(math.isfinite(value) for row in rows for value in row.values()),
-        "odd_batch_error": odd_batch_error,
-        "short_batch_error": short_batch_error,
+        "output": output.getvalue(),
+        "odd_batch_error": errors.get("odd", ""),
+        "single_image_error": errors.get("single", ""),
+        "short_batch_epochs": len(train.read_history(folder / "short" / "history.csv")),
     }
 
 

@@ -20,6 +20,7 @@ from tensorflow.python.ops import gen_io_ops
 import runs
 import train
 import vae
+from train_cli import RunError
 
 # Batch 2 over 24 training faces of `face_folder`: 12 steps an epoch, a backup every 2 steps.
 FLAGS = ("--limit", "24", "--batch-size", "2", "--backup-every", "2",
@@ -71,7 +72,7 @@ def test_killed_run_resumes_from_its_step_backup_and_ends_as_an_uninterrupted_ru
     epochs_done, step, _ = train.latest_backup(run)
     assert epochs_done == 0 and 2 <= step < steps and step % 2 == 0
 
-    train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert f"resuming {run} in epoch 1 after step {step} of {steps} (optimizer step {step}," in capsys.readouterr().out
     assert final_state(run) == (2, 2 * steps)  # the resumed epoch trained only its remaining steps
     assert history_epochs(run) == [1, 2]
@@ -80,13 +81,15 @@ def test_killed_run_resumes_from_its_step_backup_and_ends_as_an_uninterrupted_ru
     # Same data order, sampling noise, optimizer and EMA state, and running metrics after the
     # resume: the weights and the history of a run that was never interrupted.
     straight = tmp_path / "straight"
-    train.main(tiny_train_args(face_folder, straight, "--epochs", "2", *FLAGS))
+    train.train_command(tiny_train_args(face_folder, straight, "--epochs", "2", *FLAGS))
     for name in ("decoder.keras", "encoder.keras"):
         weights = [keras.saving.load_model(folder / name, safe_mode=True).get_weights() for folder in (straight, run)]
         for a, b in zip(*weights, strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     rows = [train.read_history(folder / "history.csv") for folder in (straight, run)]
     for expected, resumed in zip(*rows, strict=True):
+        for column in train.TIMING_COLUMNS:
+            del expected[column], resumed[column]
         assert resumed == pytest.approx(expected, rel=1e-5)
 
 
@@ -98,15 +101,46 @@ def test_sigterm_backs_up_the_current_step_and_says_how_to_resume(face_folder, t
     assert process.returncode == 128 + signal.SIGTERM
     message = stderr.strip().splitlines()[-1]
     assert message.startswith("stopped by SIGTERM in epoch 1 after step ")
-    assert message.endswith(f"state saved; continue with: python train.py --resume {run}")
+    assert message.endswith(f"state saved in {run}; continue with: {sys.executable} train.py --resume {run}")
     assert "Traceback" not in stderr
     step = int(message.split("after step ")[1].split()[0])
     assert train.latest_backup(run)[:2] == (0, step)  # the step it stopped after, not an older backup
 
-    train.main(["--resume", str(run), "--epochs", "1", "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--epochs", "1", "--verbose", "0"])
     assert f"after step {step} of {steps_per_epoch(run)} (optimizer step {step}," in capsys.readouterr().out
     assert final_state(run) == (1, steps_per_epoch(run))
     assert history_epochs(run) == [1]
+
+
+def test_ctrl_c_backs_up_the_current_step_and_a_second_one_stops_at_once(face_folder, tmp_path):
+    run = tmp_path / "run"
+    process = start_training(face_folder, run)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT and "Traceback" not in stderr
+    acknowledged, message = stderr.strip().splitlines()[-2:]
+    assert acknowledged == "Ctrl-C: stopping after this step, once it is backed up (Ctrl-C again stops at once)"
+    assert message.startswith("stopped by Ctrl-C in epoch 1 after step ")
+    assert message.endswith(f"state saved in {run}; continue with: {sys.executable} train.py --resume {run}")
+    step = int(message.split("after step ")[1].split()[0])
+    assert train.latest_backup(run)[:2] == (0, step)
+
+    # The second Ctrl-C, sent once the first was handled, ends the process at once; a real run
+    # may have finished its step and backup by then, so the handler is tried on its own.
+    script = (
+        "import os, signal, sys, time\nfrom pathlib import Path\nimport train\n"
+        f"with train.StopRequest(Path({str(run)!r})).installed():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(0.2)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 128 + signal.SIGINT and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 50  # not the minute of sleep
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"stopped at once by a second Ctrl-C; {run} keeps its last backup or checkpoint; "
+        f"continue with: {sys.executable} train.py --resume {run}"
+    )
 
 
 class SimulatedKill(BaseException):
@@ -135,19 +169,19 @@ def test_a_backup_write_cut_short_leaves_the_previous_backup_usable(
 
     monkeypatch.setattr(module, function, cut_short_the_second_backup)
     with pytest.raises(SimulatedKill):
-        train.main(tiny_train_args(face_folder, run, "--epochs", "1", *FLAGS))
+        train.train_command(tiny_train_args(face_folder, run, "--epochs", "1", *FLAGS))
     monkeypatch.undo()
     backup_folder = run / train.CHECKPOINT_DIR / train.BACKUP_DIR
     assert {path.name for path in backup_folder.iterdir()} > {"checkpoint", "ckpt-2.index"}  # leftovers of step 4
     assert train.latest_backup(run)[:2] == (0, 2)
 
-    train.main(["--resume", str(run), "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--verbose", "0"])
     assert final_state(run) == (1, steps_per_epoch(run))
     assert history_epochs(run) == [1]
     assert not backup_folder.exists()
 
 
 def test_backup_flags(face_folder, tmp_path):
-    with pytest.raises(SystemExit, match="--backup-every is a number of steps, 0 or more"):
-        train.main(tiny_train_args(face_folder, tmp_path / "run", "--backup-every", "-1"))
+    with pytest.raises(RunError, match="--backup-every is a number of steps, 0 or more"):
+        train.train_command(tiny_train_args(face_folder, tmp_path / "run", "--backup-every", "-1"))
     assert not (tmp_path / "run").exists()

@@ -22,6 +22,7 @@ import latent
 import runs
 import train
 import vae
+from train_cli import RunError
 
 
 def history_rows(run: Path) -> list[dict]:
@@ -31,12 +32,12 @@ def history_rows(run: Path) -> list[dict]:
 
 def assert_same_history(run_a: Path, run_b: Path) -> None:
     """Same rows, each figure equal to a relative 1e-6: multi-threaded CPU kernels do not always sum
-    in one order, which now and then moves the last digits of a loss (seen under load)."""
+    in one order, which now and then moves the last digits of a loss (seen under load). Timings aside."""
     rows_a, rows_b = history_rows(run_a), history_rows(run_b)
     assert [row.keys() for row in rows_a] == [row.keys() for row in rows_b]
     for row_a, row_b in zip(rows_a, rows_b, strict=True):
-        assert {k: float(v) for k, v in row_a.items()} == pytest.approx(
-            {k: float(v) for k, v in row_b.items()}, rel=1e-6
+        assert {k: float(v) for k, v in row_a.items() if k not in train.TIMING_COLUMNS} == pytest.approx(
+            {k: float(v) for k, v in row_b.items() if k not in train.TIMING_COLUMNS}, rel=1e-6
         )
 
 
@@ -53,11 +54,12 @@ def checkpoint_state(run: Path) -> tuple[int, int]:
 
 def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path):
     run = tmp_path / "run"
-    train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "4", "--lr", "3e-3"))
+    train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "4", "--lr", "3e-3"))
     rows = history_rows(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["loss"]) < 0.8 * float(rows[0]["loss"])
-    assert {"loss", "reconstruction", "kl", "mse", "val_loss", "val_mse"} <= set(rows[0])
+    assert {"loss", "reconstruction", "kl", "mse", "val_loss", "val_mse", *train.TIMING_COLUMNS} <= set(rows[0])
+    assert all(float(row[column]) > 0 for row in rows for column in train.TIMING_COLUMNS)
     config = json.loads((run / "config.json").read_text())
     assert config["latent_dim"] == 8 and config["filters"] == [8, 16] and config["image_size"] == 16
     encoder = keras.saving.load_model(run / "encoder.keras", safe_mode=True)
@@ -76,10 +78,33 @@ def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path):
     assert np.all(np.isfinite(density.log_likelihood(np.asarray(mu))))
 
 
+def test_history_gains_the_timing_columns_and_an_older_history_csv_still_reads(tmp_path):
+    (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n1,0.5,0.6\n")  # written before the timings
+    history = train.History(tmp_path, initial_epoch=1)
+    timer = train.EpochTimes(history, batch_size=4, epochs=2, verbose=0)
+    timer.on_epoch_begin(1)
+    started = train.cpu_seconds()
+    while train.cpu_seconds() < started + 0.05:  # steps that take some CPU time
+        pass
+    for step in range(3):
+        timer.on_train_batch_end(step)
+    with timer.backup():
+        pass
+    timer.on_test_begin()
+    timer.on_test_end()
+    history.on_epoch_end(1, {"loss": 0.4, "val_loss": 0.5})
+    timer.on_epoch_end(1)
+    old, new = train.read_history(tmp_path / "history.csv")
+    assert old == {"epoch": 1, "loss": 0.5, "val_loss": 0.6}
+    assert new.keys() == {"epoch", "loss", "val_loss", *train.TIMING_COLUMNS} and new["loss"] == 0.4
+    assert new["seconds_steps"] >= 0.04 and new["seconds_artifacts"] >= new["seconds_validation"] >= 0
+    assert 0 < new["images_per_cpu_second"] <= 12 / 0.04
+
+
 def test_same_seed_same_result_and_run_folders_inside_the_data_are_not_trained_on(tmp_path):
     write_faces(tmp_path, [f"face{i:03d}.png" for i in range(40)])
     for name in ("a", "b"):  # the second run would see the first run's PNG grids as faces
-        train.main(tiny_train_args(tmp_path, tmp_path / "runs" / name, "--epochs", "1", "--seed", "7"))
+        train.train_command(tiny_train_args(tmp_path, tmp_path / "runs" / name, "--epochs", "1", "--seed", "7"))
     assert_same_history(tmp_path / "runs" / "a", tmp_path / "runs" / "b")
 
 
@@ -88,10 +113,10 @@ def test_resume_continues_epochs_and_optimizer_step_and_ends_where_an_uninterrup
     weights. (A constant rate: with cosine, extending --epochs on resume stretches the schedule.)"""
     flags = ("--lr-schedule", "constant", "--seed", "3", "--beta", "1", "--beta-warmup", "100")
     run = tmp_path / "resumed"
-    train.main(tiny_train_args(kaggle_celeba, tmp_path / "straight", "--epochs", "2", *flags))
-    train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "1", *flags))
+    train.train_command(tiny_train_args(kaggle_celeba, tmp_path / "straight", "--epochs", "2", *flags))
+    train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "1", *flags))
     assert checkpoint_state(run) == (1, 3)  # 27 readable training images // batch 8
-    train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert checkpoint_state(run) == (2, 6)
     rows = history_rows(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -104,8 +129,8 @@ def test_resume_continues_epochs_and_optimizer_step_and_ends_where_an_uninterrup
     for a, b in zip(straight, resumed, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert float(history_rows(tmp_path / "straight")[-1]["loss"]) == pytest.approx(float(rows[-1]["loss"]), rel=1e-5)
-    with pytest.raises(SystemExit, match="already trained 2 of 2 epochs"):
-        train.main(["--resume", str(run), "--verbose", "0"])
+    with pytest.raises(RunError, match="already trained 2 of 2 epochs"):
+        train.train_command(["--resume", str(run), "--verbose", "0"])
 
 
 def read_events(folder: Path) -> dict[tuple[str, int], np.ndarray]:
@@ -120,7 +145,7 @@ def read_events(folder: Path) -> dict[tuple[str, int], np.ndarray]:
 
 def test_tensorboard_logs_loss_terms_learning_rate_and_grids(face_folder, tmp_path):
     run = tmp_path / "run"
-    train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--lr", "2e-3", "--lr-schedule", "constant"))
+    train.train_command(tiny_train_args(face_folder, run, "--epochs", "2", "--lr", "2e-3", "--lr-schedule", "constant"))
     rows = history_rows(run)
     scalars = read_events(run / "tensorboard" / "train")
     validation = read_events(run / "tensorboard" / "validation")
@@ -140,7 +165,7 @@ def test_tensorboard_logs_loss_terms_learning_rate_and_grids(face_folder, tmp_pa
 
 def test_progress_is_one_line_per_epoch_when_stdout_is_not_a_terminal(face_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--verbose", "1", "--no-tensorboard"))
+    train.train_command(tiny_train_args(face_folder, run, "--epochs", "2", "--verbose", "1", "--no-tensorboard"))
     out = capsys.readouterr().out  # captured: not a terminal
     assert not any(code in out for code in ("\x1b", "\r", "\b"))
     epoch_lines = [line for line in out.splitlines() if " - loss: " in line or line.startswith("Epoch ")]
@@ -158,10 +183,10 @@ def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):
         model.load_weights(train.latest_checkpoint(run)[1])
         return saved, model.decoder.get_layer("project").get_weights()[0]
 
-    train.main(tiny_train_args(face_folder, tmp_path / "plain", "--epochs", "1"))
+    train.train_command(tiny_train_args(face_folder, tmp_path / "plain", "--epochs", "1"))
     saved, raw = saved_and_raw(tmp_path / "plain")
     np.testing.assert_array_equal(saved, raw)
-    train.main(tiny_train_args(face_folder, tmp_path / "ema", "--epochs", "1", "--ema", "0.5"))
+    train.train_command(tiny_train_args(face_folder, tmp_path / "ema", "--epochs", "1", "--ema", "0.5"))
     saved, raw = saved_and_raw(tmp_path / "ema")
     assert np.abs(saved - raw).max() > 1e-6
 
@@ -198,7 +223,7 @@ def test_mixed_precision_trains_saves_float32_and_exports_float32_onnx(face_fold
     import export_onnx
 
     run = tmp_path / "run"
-    train.main(tiny_train_args(face_folder, run, "--epochs", "2", "--mixed-precision", "--lr", "3e-3"))
+    train.train_command(tiny_train_args(face_folder, run, "--epochs", "2", "--mixed-precision", "--lr", "3e-3"))
     rows = history_rows(run)
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     assert float(rows[1]["loss"]) < float(rows[0]["loss"])
@@ -223,8 +248,8 @@ def test_mixed_precision_trains_saves_float32_and_exports_float32_onnx(face_fold
 
 
 def test_nan_loss_stops_with_a_clear_message(face_folder, tmp_path):
-    with pytest.raises(SystemExit, match="loss became NaN/inf at epoch 1.*no epoch finished"):
-        train.main(tiny_train_args(face_folder, tmp_path / "run", "--epochs", "3", "--lr", "1e30"))
+    with pytest.raises(RunError, match="loss became NaN/inf at epoch 1.*no epoch finished"):
+        train.train_command(tiny_train_args(face_folder, tmp_path / "run", "--epochs", "3", "--lr", "1e30"))
 
 
 @pytest.mark.parametrize(
@@ -239,21 +264,19 @@ def test_nan_loss_stops_with_a_clear_message(face_folder, tmp_path):
     ],
 )
 def test_bad_flags_give_one_line_errors(face_folder, tmp_path, extra, message):
-    with pytest.raises(SystemExit, match=message):
-        train.main(tiny_train_args(face_folder, tmp_path / "run", *extra))
+    with pytest.raises(RunError, match=message):
+        train.train_command(tiny_train_args(face_folder, tmp_path / "run", *extra))
 
 
 def test_bad_data_and_run_folders(face_folder, tmp_path):
-    with pytest.raises(SystemExit, match="does not exist.*kaggle datasets download"):
-        train.main(tiny_train_args(tmp_path / "missing", tmp_path / "run"))
-    with pytest.raises(SystemExit, match="has no config.json"):
-        train.main(["--resume", str(tmp_path)])
-    with pytest.raises(
-        SystemExit, match=f"^error: run folder {tmp_path / 'nowhere'} does not exist; give a run folder"
-    ):
-        train.main(["--resume", str(tmp_path / "nowhere")])
-    with pytest.raises(SystemExit, match="--data is required"):
-        train.main([])
+    with pytest.raises(RunError, match="does not exist.*kaggle datasets download"):
+        train.train_command(tiny_train_args(tmp_path / "missing", tmp_path / "run"))
+    with pytest.raises(RunError, match="has no config.json"):
+        train.train_command(["--resume", str(tmp_path)])
+    with pytest.raises(RunError, match=f"^run folder {tmp_path / 'nowhere'} does not exist; give a run folder"):
+        train.train_command(["--resume", str(tmp_path / "nowhere")])
+    with pytest.raises(RunError, match="--data is required"):
+        train.train_command([])
 
 
 def test_cli_reports_errors_without_a_traceback(tmp_path):
@@ -271,7 +294,7 @@ def test_real_celeba_sample_loss_falls(tmp_path):
     run = tmp_path / "run"
     args = ["--data", str(CELEBA_SAMPLE), "--out", str(run), "--image-size", "32", "--filters", "16,32,64",
             "--latent", "32", "--limit", "320", "--batch-size", "32", "--epochs", "3", "--lr-warmup", "10", "--verbose", "0"]  # fmt: skip
-    train.main(args)
+    train.train_command(args)
     rows = history_rows(run)
     assert float(rows[-1]["loss"]) < 0.7 * float(rows[0]["loss"])
     assert float(rows[-1]["mse"]) < float(rows[0]["mse"])

@@ -25,6 +25,7 @@ import runs
 import train
 import train_cli
 import vae
+from train_cli import RunError
 
 BAD_FLAGS = [
     (["--beta", "nan"], "--beta must be a finite number"),
@@ -48,8 +49,8 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize(("extra", "message"), BAD_FLAGS)
 def test_bad_numbers_are_refused_before_anything_is_written(face_folder, tmp_path, extra, message):
-    with pytest.raises(SystemExit, match=f"^error: {message}"):
-        train.main(tiny_train_args(face_folder, tmp_path / "run", *extra))
+    with pytest.raises(RunError, match=f"^{message}"):
+        train.train_command(tiny_train_args(face_folder, tmp_path / "run", *extra))
     assert not (tmp_path / "run").exists()
 
 
@@ -57,9 +58,9 @@ def test_a_face_folder_without_validation_images_says_to_add_some(tmp_path):
     faces = tmp_path / "faces"
     write_faces(faces, ["face2.png", "face3.png", "face5.png"])  # all three hash into the training split
     with pytest.raises(
-        SystemExit, match="validation 0, .*: need at least one training and one validation image; add images: "
+        RunError, match="validation 0, .*: need at least one training and one validation image; add images: "
     ):
-        train.main(tiny_train_args(faces, tmp_path / "run"))
+        train.train_command(tiny_train_args(faces, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
@@ -90,12 +91,16 @@ def test_help_and_bad_flags_answer_without_importing_tensorflow(face_folder, tmp
 
 def test_resume_refuses_flags_it_would_ignore(tmp_path):
     """Given flags are detected even when they repeat the default (0.25 is --beta's)."""
-    with pytest.raises(SystemExit, match="so --batch-size, --beta, --latent, --lr would be ignored: drop them"):
-        train.main(["--resume", str(tmp_path), "--latent", "64", "--lr", "0.5", "--batch-size", "16", "--beta", "0.25"])
-    with pytest.raises(SystemExit, match="so --out would be ignored: drop it"):
-        train.main(["--resume", str(tmp_path), "--out", str(tmp_path / "elsewhere"), "--epochs", "3", "--verbose", "0"])
-    with pytest.raises(SystemExit) as refused:  # no run there, but the flags themselves go with --resume
-        train.main(["--resume", str(tmp_path), "--backup-every", "5", "--no-tensorboard", "--cache", "none"])
+    with pytest.raises(RunError, match="so --batch-size, --beta, --latent, --lr would be ignored: drop them"):
+        train.train_command(
+            ["--resume", str(tmp_path), "--latent", "64", "--lr", "0.5", "--batch-size", "16", "--beta", "0.25"]
+        )
+    with pytest.raises(RunError, match="so --out would be ignored: drop it"):
+        train.train_command(
+            ["--resume", str(tmp_path), "--out", str(tmp_path / "elsewhere"), "--epochs", "3", "--verbose", "0"]
+        )
+    with pytest.raises(RunError) as refused:  # no run there, but the flags themselves go with --resume
+        train.train_command(["--resume", str(tmp_path), "--backup-every", "5", "--no-tensorboard", "--cache", "none"])
     assert "would be ignored" not in str(refused.value)
 
 
@@ -103,19 +108,19 @@ def test_settings_of_a_resumed_run_are_checked_too(tmp_path):
     config = {"format": runs.RUN_FORMAT, "data": "x", "limit": 0, "cache": "memory", "crop": 148, "train_split": "train",
               **vae.DEFAULT_RECIPE, "beta": -1.0, "mixed_precision": False, "strategy": "auto"}  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SystemExit, match=f"'beta' in {tmp_path / 'config.json'} must be 0 or more"):
-        train.main(["--resume", str(tmp_path)])
+    with pytest.raises(RunError, match=f"'beta' in {tmp_path / 'config.json'} must be 0 or more"):
+        train.train_command(["--resume", str(tmp_path)])
     del config["image_size"]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SystemExit, match="config.json: image_size is missing; restore the config.json train.py wrote"):
-        train.main(["--resume", str(tmp_path)])
+    with pytest.raises(RunError, match="config.json: image_size is missing; restore the config.json train.py wrote"):
+        train.train_command(["--resume", str(tmp_path)])
 
 
 @pytest.fixture(scope="module")
 def trained_run(kaggle_celeba, tmp_path_factory) -> Path:
     """A tiny run that trained one epoch; tests copy it before changing anything."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "1"))
+    train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "1"))
     return run
 
 
@@ -137,16 +142,16 @@ def test_run_folder_checks(trained_run, face_folder, tmp_path):
     ]
     for out, message in cases:
         before = sorted(p.stat().st_mtime_ns for p in out.rglob("*")) if out.is_dir() else None
-        with pytest.raises(SystemExit, match=message):
-            train.main(tiny_train_args(face_folder, out))
+        with pytest.raises(RunError, match=message):
+            train.train_command(tiny_train_args(face_folder, out))
         if out.is_dir():
             assert sorted(p.stat().st_mtime_ns for p in out.rglob("*")) == before  # nothing touched
     (exported / "decoder.onnx").unlink()  # config.json without a checkpoint: a run killed in its first epoch
-    with pytest.raises(SystemExit, match="holds a run that stopped before its first checkpoint; delete it"):
-        train.main(tiny_train_args(face_folder, exported))
+    with pytest.raises(RunError, match="holds a run that stopped before its first checkpoint; delete it"):
+        train.train_command(tiny_train_args(face_folder, exported))
     for cache in (face_folder / "face000.png", face_folder / "face000.png" / "cache"):
-        with pytest.raises(SystemExit, match="--cache .*face000.png"):
-            train.main(tiny_train_args(face_folder, tmp_path / "new" / "run", "--cache", str(cache)))
+        with pytest.raises(RunError, match="--cache .*face000.png"):
+            train.train_command(tiny_train_args(face_folder, tmp_path / "new" / "run", "--cache", str(cache)))
         assert not (tmp_path / "new").exists()  # the run folder made for the checks is gone again
 
 
@@ -158,11 +163,11 @@ def test_unwritable_folders_are_refused(face_folder, tmp_path):
         ("--cache", tiny_train_args(face_folder, tmp_path / "run", "--cache", str(cannot))),
     ):
         with pytest.raises(
-            SystemExit,
-            match=f"^error: {flag} {cannot}: (/proc is not writable .permission denied.|cannot write in /proc .*); "
+            RunError,
+            match=f"^{flag} {cannot}: (/proc is not writable .permission denied.|cannot write in /proc .*); "
             f"give another {flag}$",
         ):
-            train.main(argv)
+            train.train_command(argv)
     assert not (tmp_path / "run").exists()
 
 
@@ -240,7 +245,7 @@ def test_temporary_files_of_a_killed_run_are_removed_on_resume(trained_run, tmp_
     debris[-1].mkdir()
     (debris[-1] / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half-written")
     (run / ".gitignore").write_text("*\n")  # not train.py's: stays
-    train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert f"removed 6 temporary file(s) an interrupted run left in {run}" in capsys.readouterr().out
     assert not any(path.exists() for path in debris)
     assert (run / ".gitignore").exists() and train.latest_checkpoint(run)[0] == 2
@@ -257,16 +262,16 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_what_a_checkpoint_needs(
 
     monkeypatch.setattr(vae.VAE, "save_weights", disk_fills_up)
     message = (
-        f"^error: the disk is full in {run}: a checkpoint takes {len(kept_bytes) / 1e6:.1f} MB and encoder.keras "
+        f"^the disk is full in {run}: a checkpoint takes {len(kept_bytes) / 1e6:.1f} MB and encoder.keras "
         f"with decoder.keras about [0-9.]+ MB; free that much space, then continue from the last good checkpoint "
-        f"\\(epoch 1\\) with: python train.py --resume {run}$"
+        f"\\(epoch 1\\) with: {re.escape(train.resume_command(run))}$"
     )
-    with pytest.raises(SystemExit, match=message):
-        train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    with pytest.raises(RunError, match=message):
+        train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["epoch_001.weights.h5"]
     assert kept.read_bytes() == kept_bytes
     monkeypatch.undo()
-    train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert train.latest_checkpoint(run)[0] == 2
 
 
@@ -278,11 +283,11 @@ def test_a_full_disk_before_the_first_checkpoint_points_to_the_step_backup(kaggl
 
     monkeypatch.setattr(vae.VAE, "save_weights", disk_fills_up)  # the end-of-epoch checkpoint
     with pytest.raises(
-        SystemExit, match=f"then continue from the last step backup with: python train.py --resume {run}$"
+        RunError, match=f"then continue from the last step backup with: {re.escape(train.resume_command(run))}$"
     ):
-        train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "1", "--backup-every", "2"))
+        train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "1", "--backup-every", "2"))
     monkeypatch.undo()
-    train.main(["--resume", str(run), "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--verbose", "0"])
     assert train.latest_checkpoint(run)[0] == 1
 
 
@@ -292,18 +297,16 @@ def test_damaged_checkpoint_and_edited_config_are_one_line_each(trained_run, tmp
     good = checkpoint.read_bytes()
     checkpoint.write_bytes(good[: len(good) // 2])
     config_text = (run / "config.json").read_text()
-    with pytest.raises(SystemExit, match=f"^error: checkpoint {checkpoint} is damaged .*truncated file.*; put back"):
-        train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    with pytest.raises(RunError, match=f"^checkpoint {checkpoint} is damaged .*truncated file.*; put back"):
+        train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert (run / "config.json").read_text() == config_text  # not rewritten with epochs 2 by a refused resume
     checkpoint.write_bytes(good)
     config = json.loads(config_text)
     for edit in ({"latent_dim": 16}, {"ema": 0.5}):  # new weight shapes; an optimizer with EMA variables
         edited = json.dumps({**config, **edit})
         (run / "config.json").write_text(edited)
-        with pytest.raises(
-            SystemExit, match="does not fit the model its config.json describes .*was config.json edited"
-        ):
-            train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+        with pytest.raises(RunError, match="does not fit the model its config.json describes .*was config.json edited"):
+            train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
         assert (run / "config.json").read_text() == edited
     assert checkpoint.read_bytes() == good and train.latest_checkpoint(run)[0] == 1
 
@@ -312,35 +315,60 @@ def test_a_memory_cache_that_would_not_fit_stops_before_training(face_folder, tm
     monkeypatch.setattr(data, "available_memory", lambda: 40_000)
     run = tmp_path / "run"
     # the ~58 training and validation faces at 16x16x3 are ~45 kB of pixels: more than 3/4 of 40 kB
-    with pytest.raises(SystemExit, match="^error: caching [0-9]+ decoded 16x16 images in memory takes about [45][0-9] kB, "
+    with pytest.raises(RunError, match="^caching [0-9]+ decoded 16x16 images in memory takes about [45][0-9] kB, "
                        "but only 40 kB is available; cache them in files instead with --cache DIR"):  # fmt: skip
-        train.main(tiny_train_args(face_folder, run))
+        train.train_command(tiny_train_args(face_folder, run))
     assert not run.exists()
-    train.main(tiny_train_args(face_folder, run, "--cache", str(tmp_path / "cache"), "--epochs", "1"))
+    monkeypatch.setattr(data, "available_memory", lambda: 100_000_000)  # enough for the model, not the cache
+    train.train_command(tiny_train_args(face_folder, run, "--cache", str(tmp_path / "cache"), "--epochs", "1"))
     assert train.latest_checkpoint(run)[0] == 1 and list((tmp_path / "cache").glob("*.index"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "figures", "change"),
+    [
+        # the density fit after training: a 100000 x 100000 float64 covariance (80 GB)
+        (("--latent", "100000"), r"\(2[0-9]{2}\.[0-9] GB latent density fit after training, ", "--latent$"),
+        # the feature maps of a batch of 8 images of 4096 x 4096
+        (
+            ("--image-size", "4096"),
+            r"[0-9.]+ GB activations of a batch of 8 at 4096x4096, ",
+            "--batch-size or --image-size",
+        ),
+    ],
+)
+def test_a_run_that_cannot_fit_in_memory_stops_before_training(
+    face_folder, tmp_path, monkeypatch, flags, figures, change
+):
+    monkeypatch.setattr(data, "available_memory", lambda: 16 * 2**30)  # the same on any machine
+    monkeypatch.setattr(vae, "model_from_config", lambda config: pytest.fail("the model was built"))
+    with pytest.raises(RunError) as exit_info:
+        train.train_command(tiny_train_args(face_folder, tmp_path / "run", *flags))
+    message = str(exit_info.value)
+    assert message.startswith("this run needs about ") and "of memory and 17.2 GB is available (" in message
+    assert re.search(figures, message) and re.search(f"; make it smaller with .*{change}", message), message
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_file_cache_that_would_not_fit_stops_before_training(face_folder, tmp_path, monkeypatch):
     run, cache = tmp_path / "new" / "run", tmp_path / "new" / "cache"  # a new folder for both
     monkeypatch.setattr(data, "free_disk_space", lambda folder: 40_000)
     # the ~56 training and validation faces at 16x16x3: ~47 kB of cache files, and 2 x 16 kB of their last blocks
-    with pytest.raises(SystemExit, match=f"^error: caching 5[0-9] decoded 16x16 images in files under {cache} takes "
+    with pytest.raises(RunError, match=f"^caching 5[0-9] decoded 16x16 images in files under {cache} takes "
                        "about [78][0-9] kB, but only 40 kB is free there; free some space, give another --cache folder, "
                        "use --cache memory \\(about [45][0-9] kB, which fits in memory\\), use --cache none, or train on "
                        "fewer images \\(--limit\\)$"):  # fmt: skip
-        train.main(tiny_train_args(face_folder, run, "--cache", str(cache)))
+        train.train_command(tiny_train_args(face_folder, run, "--cache", str(cache)))
     assert not (tmp_path / "new").exists()  # neither the run folder nor the cache folder made for the checks
     monkeypatch.setattr(data, "available_memory", lambda: 40_000)
-    with pytest.raises(
-        SystemExit, match="is free there; free some space, give another --cache folder, use --cache none"
-    ):
-        train.main(tiny_train_args(face_folder, run, "--cache", str(cache)))  # no memory to offer either
+    with pytest.raises(RunError, match="is free there; free some space, give another --cache folder, use --cache none"):
+        train.train_command(tiny_train_args(face_folder, run, "--cache", str(cache)))  # no memory to offer either
     monkeypatch.undo()
-    train.main(tiny_train_args(face_folder, run, "--cache", str(cache), "--epochs", "1"))
+    train.train_command(tiny_train_args(face_folder, run, "--cache", str(cache), "--epochs", "1"))
     assert len(list(cache.glob("*.index"))) == 2 and not list(cache.glob("*lockfile"))
     # Complete caches are reused and need no space: another run on the same data goes ahead on a full disk.
     monkeypatch.setattr(data, "free_disk_space", lambda folder: 0)
-    train.main(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert train.latest_checkpoint(run)[0] == 2
 
 
@@ -385,7 +413,7 @@ def test_a_cache_disk_that_fills_up_during_training_stops_with_one_line(face_fol
     assert [path.name for path in tiny_disk.iterdir()] == ["other.bin"]  # no half-written cache left
     (tiny_disk / "other.bin").unlink()  # space freed: the advice works
     shutil.rmtree(run)
-    train.main(args)
+    train.train_command(args)
     assert train.latest_checkpoint(run)[0] == 1 and len(list(tiny_disk.glob("*.index"))) == 2
 
 
@@ -405,7 +433,7 @@ def test_a_full_cache_disk_after_a_checkpoint_says_to_resume(trained_run, tmp_pa
     assert re.fullmatch(
         f"the disk of --cache {cache} filled up .*: the cache needs about [0-9]+ kB and [0-9.]+ [kMG]B is free; "
         f"free space there or give another --cache folder, then continue from the last good checkpoint \\(epoch 1\\) "
-        f"with: python train.py --resume {trained_run}",
+        f"with: {re.escape(train.resume_command(trained_run))}",
         str(error),
     )
     assert not any(path.exists() for path in debris)
