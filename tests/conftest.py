@@ -124,8 +124,10 @@ def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
     """train.py flags for a model small enough to train in seconds on a CPU.
 
     No learning-rate warm-up: these runs are a few steps long, shorter than the default warm-up.
+    float32 on every CPU, so results do not depend on whether the CPU has bf16 (auto would pick it).
     """
     return [
         "--data", str(data), "--out", str(out), "--image-size", "16", "--filters", "8,16",
-        "--hidden", "32", "--latent", "8", "--batch-size", "8", "--lr-warmup", "0", "--verbose", "0", *extra,
+        "--hidden", "32", "--latent", "8", "--batch-size", "8", "--lr-warmup", "0", "--verbose", "0",
+        "--mixed-precision", "off", *extra,
     ]  # fmt: skip
