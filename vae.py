@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import math
 import os
-import sys
 from collections.abc import Iterator, Sequence
 
 from runs import (
@@ -37,7 +36,7 @@ from runs import (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Print the encoder and decoder of the default VAE.")
     recipe = DEFAULT_RECIPE
     parser.add_argument(
@@ -49,18 +48,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--latent", type=int, default=recipe["latent_dim"], help="latent dimension (default: %(default)s)"
     )
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    import vae  # TensorFlow, once the command line is parsed: --help answers at once
-
-    model = vae.build_vae(args.image_size, args.channels, args.latent)
-    model.encoder.summary()
-    model.decoder.summary()
-    print(f"total parameters: {model.encoder.count_params() + model.decoder.count_params():,}")
+    return parser
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    build_parser().parse_args()  # --help and a bad flag answer here, before TensorFlow loads
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -628,3 +621,15 @@ class Adam(keras.optimizers.Adam):
         if self.use_ema and self.built:
             # The list the optimizer was built on, in its order: the averages' own.
             super().finalize_variable_values(self._trainable_variables)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    model = build_vae(args.image_size, args.channels, args.latent)
+    model.encoder.summary()
+    model.decoder.summary()
+    print(f"total parameters: {model.encoder.count_params() + model.decoder.count_params():,}")
+
+
+if __name__ == "__main__":
+    main()
