@@ -1,77 +1,28 @@
-"""Shared fixtures: tiny CelebA-like folders in the Kaggle, original and plain layouts."""
+"""Fixtures: tiny CelebA-like folders in the Kaggle, original and plain layouts, and one tiny
+trained run (with its ONNX export) that every test needing a run folder shares. Tests that use
+the trained run or the browser, and the modules that train (pytestmark), are marked `slow`:
+`pytest -m "not slow"` is the quick unit loop."""
 
 from __future__ import annotations
 
 import os
 import sys
-import zlib
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from helpers import CELEBA_ATTRIBUTES, attribute_row, partition_of, tiny_train_args, write_faces  # noqa: E402
 
-from data import CELEBA_ATTRIBUTES  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-CELEBA_SAMPLE = REPO.parent / "shared" / "celeba-sample"
-SMILING = CELEBA_ATTRIBUTES.index("Smiling")
+# A trained model or a browser: seconds to make, and what end-to-end tests use.
+SLOW_FIXTURES = {"tiny_run", "driver"}
 
 
-def face_image(rng: np.random.Generator, size: tuple[int, int] = (178, 218)) -> Image.Image:
-    """A smooth synthetic 'face': a coloured ellipse with two eyes on a coloured background."""
-    width, height = size
-    background = tuple(int(v) for v in rng.integers(0, 255, 3))
-    image = Image.new("RGB", size, background)
-    draw = ImageDraw.Draw(image)
-    skin = tuple(int(v) for v in rng.integers(90, 255, 3))
-    cx, cy = width / 2 + rng.normal(0, 6), height / 2 + rng.normal(0, 6)
-    rx, ry = width * rng.uniform(0.25, 0.35), height * rng.uniform(0.25, 0.33)
-    draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=skin)
-    for side in (-1, 1):
-        ex = cx + side * rx * 0.4
-        draw.ellipse((ex - 6, cy - ry * 0.2 - 5, ex + 6, cy - ry * 0.2 + 5), fill=(20, 20, 20))
-    return image
-
-
-def write_faces(folder: Path, names: list[str], seed: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for name in names:
-        path = folder / name
-        face_image(rng).save(path, quality=90) if path.suffix == ".jpg" else face_image(rng).save(path)
-        paths.append(path)
-    return paths
-
-
-def png_chunk(kind: bytes, content: bytes) -> bytes:
-    """A PNG chunk: length, type, content and its checksum."""
-    return len(content).to_bytes(4, "big") + kind + content + zlib.crc32(kind + content).to_bytes(4, "big")
-
-
-def bomb_png(path: Path, side: int = 10_000) -> Path:
-    """A valid 1-bit PNG of side x side pixels (100 megapixels by default) in a few kilobytes."""
-    header = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])  # 1-bit grey
-    pixels = zlib.compress(bytes(side * (1 + (side + 7) // 8)), 9)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b"")
-    )
-    return path
-
-
-def partition_of(index: int) -> int:
-    """Official-style split by file number: 0 train, 1 validation, 2 test."""
-    return 0 if index % 10 < 7 else (1 if index % 10 < 9 else 2)
-
-
-def attribute_row(index: int) -> list[int]:
-    values = [-1] * len(CELEBA_ATTRIBUTES)
-    values[SMILING] = 1 if index % 2 else -1
-    return values
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -120,14 +71,14 @@ def face_folder(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    """train.py flags for a model small enough to train in seconds on a CPU.
+@pytest.fixture(scope="session")
+def tiny_run(kaggle_celeba, tmp_path_factory) -> Path:
+    """A two-epoch tiny run (beta 1, so val_loss is the negative ELBO) with its ONNX export beside
+    the Keras files. Shared by every test that needs a trained run: copy it before changing it."""
+    import export_onnx
+    import train
 
-    No learning-rate warm-up: these runs are a few steps long, shorter than the default warm-up.
-    float32 on every CPU, so results do not depend on whether the CPU has bf16 (auto would pick it).
-    """
-    return [
-        "--data", str(data), "--out", str(out), "--image-size", "16", "--filters", "8,16",
-        "--hidden", "32", "--latent", "8", "--batch-size", "8", "--lr-warmup", "0", "--verbose", "0",
-        "--mixed-precision", "off", *extra,
-    ]  # fmt: skip
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "2", "--lr", "3e-3", "--beta", "1"))
+    export_onnx.main(["--run", str(run)])
+    return run

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CELEBA_SAMPLE, REPO, SMILING, bomb_png, face_image, png_chunk, write_faces
+from helpers import CELEBA_SAMPLE, REPO, SMILING, bomb_png, face_image, png_chunk, write_faces
 from PIL import Image
 
 import data

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_train_args
 
 import data
 import evaluate
@@ -166,15 +165,6 @@ def test_feature_moments_stream_like_numpy():
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def tiny_run(kaggle_celeba, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("evaluate") / "run"
-    train.main(
-        tiny_train_args(kaggle_celeba, run, "--epochs", "2", "--lr", "3e-3", "--beta", "1")
-    )  # val_loss = loss_beta1
-    return run
-
-
 def evaluate_args(run: Path, data_dir: Path, *extra: str) -> list[str]:
     return ["--run", str(run), "--data", str(data_dir), "--verbose", "0", *extra]
 

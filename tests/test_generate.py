@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, bomb_png, face_image, tiny_train_args
+from helpers import REPO, bomb_png, face_image
 from PIL import Image
 
-import export_onnx
 import generate
 import latent
 import train
@@ -26,13 +25,10 @@ from runs import OnnxBackend, RunFolderError
 SIZE, LATENT = 16, 8  # as set by tiny_train_args
 
 
-@pytest.fixture(scope="module")
-def run(kaggle_celeba, tmp_path_factory) -> Path:
-    """A one-epoch tiny run with its ONNX export beside the Keras files."""
-    run = tmp_path_factory.mktemp("generate") / "run"
-    train.main(tiny_train_args(kaggle_celeba, run, "--epochs", "1"))
-    export_onnx.main(["--run", str(run)])
-    return run
+@pytest.fixture
+def run(tiny_run) -> Path:
+    """The shared tiny run (conftest), with its ONNX export beside the Keras files."""
+    return tiny_run
 
 
 def generate_grid(run: Path, out: Path, *args: str) -> tuple[Image.Image, list[list[Path]]]:
@@ -206,7 +202,7 @@ def test_cached_directions_are_refused_after_more_training(run, kaggle_celeba, t
     generate.main([*base, "--data", str(kaggle_celeba), "--attribute", "Smiling", "--recompute"])
     before = json.loads((trained / "attribute_directions.json").read_text())
     assert len(before["encoder_probe"]) == LATENT
-    train.main(["--resume", str(trained), "--epochs", "2", "--verbose", "0"])
+    train.main(["--resume", str(trained), "--epochs", "3", "--verbose", "0"])
     message = exit_message([*base, "--attribute", "Smiling"])
     assert "other encoder weights" in message and "--recompute" in message
     generate.main([*base, "--data", str(kaggle_celeba), "--attribute", "Smiling", "--recompute"])

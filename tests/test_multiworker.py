@@ -19,12 +19,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, tiny_train_args
+from helpers import REPO, tiny_train_args
 from test_recovery import final_state
 
 import train
 import train_cli
 from train_cli import RunError
+
+pytestmark = pytest.mark.slow  # trains models end to end
 
 START_TIMEOUT = 240  # seconds for both workers to import TensorFlow, connect and train a few steps
 # A lost worker must stop the other one within this time; TensorFlow's coordination service

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, tiny_train_args
+from helpers import REPO, tiny_train_args
 from tensorflow.python.checkpoint import checkpoint_management
 from tensorflow.python.ops import gen_io_ops
 
@@ -21,6 +21,8 @@ import runs
 import train
 import vae
 from train_cli import RunError
+
+pytestmark = pytest.mark.slow  # trains models end to end
 
 # Batch 2 over 24 training faces of `face_folder`: 12 steps an epoch, a backup every 2 steps.
 FLAGS = ("--limit", "24", "--batch-size", "2", "--backup-every", "2",

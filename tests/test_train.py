@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CELEBA_SAMPLE, REPO, tiny_train_args, write_faces
+from helpers import CELEBA_SAMPLE, REPO, tiny_train_args, write_faces
 from PIL import Image
 
 import images
@@ -25,6 +25,8 @@ import runs
 import train
 import vae
 from train_cli import RunError
+
+pytestmark = pytest.mark.slow  # trains models end to end
 
 
 def history_rows(run: Path) -> list[dict]:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_train_args, write_faces
+from helpers import REPO, tiny_train_args, write_faces
 
 import data
 import runs
@@ -26,6 +26,8 @@ import train
 import train_cli
 import vae
 from train_cli import RunError
+
+pytestmark = pytest.mark.slow  # trains models end to end
 
 BAD_FLAGS = [
     (["--beta", "nan"], "--beta must be a finite number"),

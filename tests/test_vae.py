@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO
+from helpers import REPO
 
 import vae
 
