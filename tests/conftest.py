@@ -74,7 +74,8 @@ def face_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(kaggle_celeba, tmp_path_factory) -> Path:
     """A two-epoch tiny run (beta 1, so val_loss is the negative ELBO) with its ONNX export beside
-    the Keras files. Shared by every test that needs a trained run: copy it before changing it."""
+    the Keras files. Shared by the tests that need a trained run: they may add outputs of their own
+    (evaluate.py's eval_*.json), and copy it before changing anything it holds."""
     import export_onnx
     import train
 

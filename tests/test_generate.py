@@ -25,7 +25,7 @@ from runs import OnnxBackend, RunFolderError
 SIZE, LATENT = 16, 8  # as set by tiny_train_args
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run(tiny_run) -> Path:
     """The shared tiny run (conftest), with its ONNX export beside the Keras files."""
     return tiny_run
