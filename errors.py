@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -38,3 +39,15 @@ def run_main(main: Callable[[], object]) -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+
+
+def not_a_script(module_file: str) -> None:
+    """Exit with one line saying that a library module is not run by itself, and what to run."""
+    sys.exit(
+        f"error: {Path(module_file).name} is a library module; run train.py, generate.py, evaluate.py, "
+        "export_onnx.py or latent.py (each has --help)"
+    )
+
+
+if __name__ == "__main__":
+    not_a_script(__file__)

@@ -18,7 +18,7 @@ from typing import IO
 
 from PIL import Image
 
-from errors import first_line
+from errors import first_line, not_a_script
 
 # Every format training and images.load_face read, as Pillow names it -> the file name suffixes a
 # data folder lists. Training decodes JPEG and PNG with TensorFlow, the others (and photos with
@@ -222,3 +222,7 @@ def png_data_problem(header: bytes, compressed: bytes) -> str | None:
     if not inflater.eof and produced == needed:
         return "damaged: its compressed image data is cut short (no end of stream)"
     return None
+
+
+if __name__ == "__main__":
+    not_a_script(__file__)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from errors import UserError
+from errors import UserError, not_a_script
 from image_files import FORMATS_TEXT, IMAGE_FORMATS, MAX_IMAGE_PIXELS
 
 CELEBA_WIDTH = 178  # width of an aligned CelebA image; crop sizes are given in its pixels
@@ -200,6 +200,4 @@ def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
 
 
 if __name__ == "__main__":
-    raise SystemExit(
-        "images.py is a library module; run train.py, generate.py, evaluate.py, latent.py or export_onnx.py"
-    )
+    not_a_script(__file__)

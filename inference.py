@@ -12,13 +12,12 @@ export_onnx.py writes the files; docs/onnx.md describes their names, shapes and 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from errors import first_line
+from errors import first_line, not_a_script
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -137,4 +136,4 @@ def encode(session: onnxruntime.InferenceSession, images: np.ndarray) -> tuple[n
 
 
 if __name__ == "__main__":
-    sys.exit("error: inference.py is a library module; run generate.py, evaluate.py or latent.py (each has --help)")
+    not_a_script(__file__)

@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 import inference
-from errors import UserError, batches, first_line
+from errors import UserError, batches, first_line, not_a_script
 from images import DEFAULT_CROP, atomic_write, load_face
 
 RUN_FORMAT = "celeba-vae-run/1"
@@ -555,7 +555,4 @@ def encode_files(
 
 
 if __name__ == "__main__":
-    sys.exit(
-        "error: runs.py is a library module; run train.py, generate.py, evaluate.py, export_onnx.py or latent.py "
-        "(each has --help)"
-    )
+    not_a_script(__file__)

@@ -271,14 +271,6 @@ def test_file_names_that_are_not_utf8_are_read_and_shown(tmp_path):
     assert data.shown(odd).endswith("\\xffface.jpg")
 
 
-def test_images_py_run_as_a_script_says_what_to_run():
-    done = subprocess.run([sys.executable, str(REPO / "images.py")], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr.strip().splitlines() == [
-        "images.py is a library module; run train.py, generate.py, evaluate.py, latent.py or export_onnx.py"
-    ]
-
-
 def damaged_images(folder: Path) -> dict[str, tuple[Path, str]]:
     """Files that TensorFlow cannot decode (or must not: a bomb), with what the check says."""
     folder.mkdir(exist_ok=True)

@@ -171,12 +171,14 @@ def test_out_over_an_input_or_a_model_file_is_refused_before_any_work(unloadable
     assert runs.check_output_path(tmp_path / "config.json") == tmp_path / "config.json"
 
 
-def test_runs_py_as_a_script_says_what_to_run():
-    result = subprocess.run([sys.executable, "runs.py"], cwd=REPO, capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("module", ["runs.py", "images.py", "inference.py", "image_files.py", "errors.py"])
+def test_a_library_module_run_as_a_script_says_what_to_run(module):
+    result = subprocess.run([sys.executable, module], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.startswith("error: runs.py is a library module; run train.py, generate.py") and (
-        len(result.stderr.splitlines()) == 1
-    )
+    assert result.stderr.splitlines() == [
+        f"error: {module} is a library module; run train.py, generate.py, evaluate.py, export_onnx.py or "
+        "latent.py (each has --help)"
+    ]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
