@@ -33,10 +33,9 @@ import numpy as np
 from errors import UserError, first_line, run_main
 from images import atomic_write
 from inference import ONNX_FORMAT, PARTS, make_session
-from latent import find_density
+from latent import attribute_directions_problem, find_density
 from runs import (
     ATTRIBUTES_FILE,
-    ATTRIBUTES_FORMAT,
     CHECKPOINT_DIR,
     CONFIG_FILE,
     DENSITY_FILE,
@@ -147,12 +146,9 @@ def check_attributes(run_dir: Path, latent_dim: int) -> Path | None:
         raise ExportError(
             f"{path} is not valid JSON ({error}); recompute it with generate.py --mode attribute"
         ) from None
-    content = content if isinstance(content, dict) else {}  # a list or a number is no directions file either
-    if content.get("format") != ATTRIBUTES_FORMAT or content.get("latent_dim") != latent_dim:
-        raise ExportError(
-            f"{path} is not {ATTRIBUTES_FORMAT} for latent size {latent_dim} (format {content.get('format')!r}, "
-            f"latent_dim {content.get('latent_dim')!r}); recompute it with generate.py --mode attribute --recompute"
-        )
+    problem = attribute_directions_problem(content, latent_dim)
+    if problem:
+        raise ExportError(f"{path} {problem}; recompute it with generate.py --mode attribute --recompute")
     return path
 
 

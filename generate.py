@@ -38,6 +38,7 @@ from latent import (
     SAMPLERS,
     LatentDensity,
     attribute_direction,
+    attribute_directions_problem,
     attribute_sweep,
     choose_sampler,
     latent_path,
@@ -62,7 +63,6 @@ from runs import (
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
 RANDOM_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --random replaces
-DIRECTIONS_FORMAT = ATTRIBUTES_FORMAT  # "celeba-vae-attributes/1"
 DIRECTIONS_FILE = ATTRIBUTES_FILE  # read by export_onnx.py and other apps
 # Largest change of the probe's posterior mean still read as the same encoder: ONNX and Keras
 # agree to about 1e-6, while one more epoch of training moves it by far more.
@@ -221,36 +221,6 @@ def encoder_probe(backend: Backend) -> np.ndarray:
     return backend.encode(np.repeat(image[None, :, :, None], backend.channels, axis=-1))[0][0]
 
 
-def finite_numbers(values: object, length: int) -> bool:
-    """Whether a parsed JSON value is a list of `length` finite numbers."""
-    return (
-        isinstance(values, list)
-        and len(values) == length
-        and all(type(v) in (int, float) and math.isfinite(v) for v in values)
-    )
-
-
-def directions_problem(content: object, latent_dim: int) -> str | None:
-    """What is wrong with a parsed attribute_directions.json for a model of latent size
-    `latent_dim`, or None; a NaN would turn every face it touches black."""
-    if not isinstance(content, dict) or content.get("format") != DIRECTIONS_FORMAT:
-        found = content.get("format") if isinstance(content, dict) else type(content).__name__
-        return f"is not a {DIRECTIONS_FORMAT} file (format {found!r})"
-    if content.get("latent_dim") != latent_dim:
-        return f"holds directions for latent size {content.get('latent_dim')}, this model has {latent_dim}"
-    attributes = content.get("attributes")
-    if not isinstance(attributes, dict):
-        return f"has attributes of type {type(attributes).__name__}, not a mapping of names to directions"
-    for name, entry in attributes.items():
-        if not (isinstance(entry, dict) and finite_numbers(entry.get("direction"), latent_dim)):
-            return f"has a direction of {name} that is not a list of {latent_dim} finite numbers"
-        if not all(type(entry.get(key)) is int and entry[key] >= 0 for key in ("positives", "negatives")):
-            return f"has counts of {name}'s images that are not whole numbers"
-    if "encoder_probe" in content and not finite_numbers(content["encoder_probe"], latent_dim):
-        return f"has an encoder_probe that is not a list of {latent_dim} finite numbers"
-    return None
-
-
 def read_directions(path: Path, probe: np.ndarray, recompute: bool = False) -> dict:
     """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}, checked;
     with `recompute`, a damaged file, one for another latent size or one computed with other
@@ -260,7 +230,7 @@ def read_directions(path: Path, probe: np.ndarray, recompute: bool = False) -> d
         return {}
     try:
         cached = json.loads(path.read_text())
-        problem = directions_problem(cached, len(probe))
+        problem = attribute_directions_problem(cached, len(probe))
     except OSError as error:
         problem = f"cannot be read ({error.strerror})"
     except ValueError as error:  # not JSON, or not UTF-8
@@ -325,7 +295,7 @@ def attribute_directions(job: Job) -> dict:
                 "negatives": int((column < 0).sum()),
             }
         content = {
-            "format": DIRECTIONS_FORMAT,
+            "format": ATTRIBUTES_FORMAT,
             "latent_dim": backend.latent_dim,
             "encoder_probe": [float(v) for v in probe],
             "attributes": cached,

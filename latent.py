@@ -31,6 +31,7 @@ import numpy as np
 import data
 from errors import UserError, first_line, run_main
 from runs import (
+    ATTRIBUTES_FORMAT,
     CONFIG_FILE,
     DENSITY_FILE,
     HelpFormatter,
@@ -563,6 +564,36 @@ def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
     except OSError as error:
         raise DensityError(f"cannot write {path} ({error.strerror}); free some space there and fit again") from None
     return path
+
+
+def finite_numbers(values: object, length: int) -> bool:
+    """Whether a parsed JSON value is a list of `length` finite numbers."""
+    return (
+        isinstance(values, list)
+        and len(values) == length
+        and all(type(v) in (int, float) and math.isfinite(v) for v in values)
+    )
+
+
+def attribute_directions_problem(content: object, latent_dim: int) -> str | None:
+    """What is wrong with a parsed attribute_directions.json for a model of latent size
+    `latent_dim`, or None; a NaN would turn every face it touches black."""
+    if not isinstance(content, dict) or content.get("format") != ATTRIBUTES_FORMAT:
+        found = content.get("format") if isinstance(content, dict) else type(content).__name__
+        return f"is not a {ATTRIBUTES_FORMAT} file (format {found!r})"
+    if content.get("latent_dim") != latent_dim:
+        return f"holds directions for latent size {content.get('latent_dim')}, this model has {latent_dim}"
+    attributes = content.get("attributes")
+    if not isinstance(attributes, dict):
+        return f"has attributes of type {type(attributes).__name__}, not a mapping of names to directions"
+    for name, entry in attributes.items():
+        if not (isinstance(entry, dict) and finite_numbers(entry.get("direction"), latent_dim)):
+            return f"has a direction of {name} that is not a list of {latent_dim} finite numbers"
+        if not all(type(entry.get(key)) is int and entry[key] >= 0 for key in ("positives", "negatives")):
+            return f"has counts of {name}'s images that are not whole numbers"
+    if "encoder_probe" in content and not finite_numbers(content["encoder_probe"], latent_dim):
+        return f"has an encoder_probe that is not a list of {latent_dim} finite numbers"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -6,7 +6,7 @@ to do, a non-zero exit code, and leave every existing file as it was?
     python bench/bad_inputs.py --only 'gen-*' 'train-lock-*'
 
 Everything happens in a scratch folder (--work, or a temporary one; never the repository): a
-tiny Kaggle-layout fixture of generated faces (tests/conftest.py's), a plain face folder, two
+tiny Kaggle-layout fixture of generated faces (tests/helpers.py's), a plain face folder, two
 tiny trained runs (16x16 images, 1 epoch, trained side by side, one with the default --verbose
 and stdout piped to a log) and their ONNX exports (one under umask 022, one under 027). Then
 each case runs a script of the repository (train.py, generate.py, export_onnx.py, evaluate.py,
@@ -55,8 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-# The fixture builders of the test suite (conftest.py imports no TensorFlow).
-from conftest import attribute_row, bomb_png, face_image, partition_of, write_faces  # noqa: E402
+# The fixture builders of the test suite (tests/helpers.py imports no TensorFlow).
+from helpers import attribute_row, bomb_png, face_image, partition_of, write_faces  # noqa: E402
 from machine import machine_lines  # noqa: E402
 
 from data import CELEBA_ATTRIBUTES  # noqa: E402

@@ -591,7 +591,7 @@ def test_damaged_attribute_directions_are_one_line_and_rebuilt(directions_run, k
     assert path.read_bytes() == damaged and not (tmp_path / "a.png").exists()
     if damage == "NaN":  # --recompute rebuilds the file, and the faces are faces again
         generate.main([*base, "--recompute", "--data", str(kaggle_celeba), "--alphas", "2", "--save-individual"])
-        assert generate.directions_problem(json.loads(path.read_text()), LATENT) is None
+        assert latent.attribute_directions_problem(json.loads(path.read_text()), LATENT) is None
         assert np.asarray(Image.open(tmp_path / "a" / "r00_c00.png")).max() > 0  # a NaN decodes to black
 
 
