@@ -36,7 +36,15 @@ import numpy as np
 from errors import UserError, run_main
 from image_files import CONVERT_HINT, IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES, check_image
 from images import CELEBA_WIDTH, DEFAULT_CROP, read_pixels
-from runs import CHECKPOINT_DIR, GENERATED_DIR, LOSS_CURVES_FILE, RECONSTRUCTIONS_DIR, RUN_FORMAT, SAMPLES_DIR
+from runs import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    GENERATED_DIR,
+    LOSS_CURVES_FILE,
+    RECONSTRUCTIONS_DIR,
+    RUN_FORMAT,
+    SAMPLES_DIR,
+)
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -318,7 +326,7 @@ def run_folders(folder: Path) -> list[Path]:
     """The folders at or below `folder` holding a config.json of RUN_FORMAT (train.py runs and
     their exports); a config.json of anything else does not hide a folder's faces."""
     found = []
-    for config in folder.rglob("config.json"):
+    for config in folder.rglob(CONFIG_FILE):
         try:
             if json.loads(config.read_text()).get("format") == RUN_FORMAT:
                 found.append(config.parent)

@@ -51,6 +51,7 @@ from latent import (
 from runs import (
     ATTRIBUTES_FILE,
     ATTRIBUTES_FORMAT,
+    GENERATED_DIR,
     Backend,
     HelpFormatter,
     check_output_path,
@@ -544,7 +545,7 @@ def write_grid(grid: Grid, job: Job) -> None:
                 tile = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
                 files[out.with_suffix("") / f"r{r:02d}_c{c:02d}.png"] = tile
     for path in files:
-        check_output_path(path, job.inputs, [job.run_dir / "generated"])
+        check_output_path(path, job.inputs, [job.run_dir / GENERATED_DIR])
     try:
         save_images(files)
     except OSError as error:
@@ -719,11 +720,11 @@ def resolve(args: argparse.Namespace) -> Job:
     check_random(args)
     run_dir = Path(args.run) if args.run else PRETRAINED_RUN
     # The pretrained model ships in the repository: its outputs go to ./generated, not into it.
-    out = check_writable(args.out or Path(args.run or ".") / "generated" / f"{args.mode}.png", folder=False)
+    out = check_writable(args.out or Path(args.run or ".") / GENERATED_DIR / f"{args.mode}.png", folder=False)
     image_format(out)
     # Nothing the command reads may be overwritten: face files, the model and data folders.
     inputs = [Path(p) for p in args.images or []] + [run_dir] + ([Path(args.data)] if args.data else [])
-    check_output_path(out, inputs, [run_dir / "generated"])
+    check_output_path(out, inputs, [run_dir / GENERATED_DIR])
     if args.save_individual and out.with_suffix("").is_file():
         raise GenerateError(f"--save-individual writes into {out.with_suffix('')}, which is a file; give another --out")
     random = args.random

@@ -97,7 +97,20 @@ import data  # noqa: E402
 import latent  # noqa: E402
 import vae  # noqa: E402
 from images import make_grid, save_image  # noqa: E402
-from runs import BACKUP_DIR, CHECKPOINT_DIR, TENSORBOARD_DIR, KerasBackend, RunFolderError, write_text_atomic  # noqa: E402
+from runs import (  # noqa: E402
+    BACKUP_DIR,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LOSS_CURVES_FILE,
+    RECONSTRUCTIONS_DIR,
+    SAMPLES_DIR,
+    TENSORBOARD_DIR,
+    KerasBackend,
+    RunFolderError,
+    keras_file,
+    write_text_atomic,
+)
 from train_cli import (  # noqa: E402
     DEFAULT_BACKUP_STEPS,
     DEFAULT_WORKER_START_TIMEOUT,
@@ -316,7 +329,7 @@ class SaveArtifacts(keras.callbacks.Callback):
             exported.encoder.set_weights(self.model.encoder.get_weights())
             exported.decoder.set_weights(self.model.decoder.get_weights())
         for part in ("encoder", "decoder"):
-            final = self.run_dir / f"{part}.keras"
+            final = self.run_dir / keras_file(part)
             partial = self.run_dir / f".{part}.partial.keras"
             getattr(exported, part).save(partial)
             os.replace(partial, final)
@@ -327,8 +340,8 @@ class SaveArtifacts(keras.callbacks.Callback):
         for start in range(0, len(self.preview_images), GRID_COLUMNS):
             rows += [self.preview_images[start : start + GRID_COLUMNS], reconstructions[start : start + GRID_COLUMNS]]
         grids = {
-            "reconstructions": make_grid(rows),
-            "samples": make_grid(samples.reshape(2, GRID_COLUMNS, *samples.shape[1:])),
+            RECONSTRUCTIONS_DIR: make_grid(rows),
+            SAMPLES_DIR: make_grid(samples.reshape(2, GRID_COLUMNS, *samples.shape[1:])),
         }
         for folder, grid in grids.items():
             save_image(grid, self.run_dir / folder / f"epoch_{epoch + 1:03d}.png")
@@ -352,8 +365,8 @@ class History(keras.callbacks.Callback):
 
     def __init__(self, run_dir: Path, initial_epoch: int):
         super().__init__()
-        self.csv_path = run_dir / "history.csv"
-        self.plot_path = run_dir / "loss_curves.png"
+        self.csv_path = run_dir / HISTORY_FILE
+        self.plot_path = run_dir / LOSS_CURVES_FILE
         self.rows = read_history(self.csv_path)[:initial_epoch] if initial_epoch else []
 
     def on_epoch_end(self, epoch, logs=None):
@@ -777,7 +790,7 @@ def train(
         epoch_metrics = restore(model, run_dir, start, inputs.train_steps)
         # Only now: a resume refused for a damaged checkpoint or an edited config leaves config.json as it was.
         config_text = json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2)
-        write_text_atomic(output_dir / "config.json", config_text + "\n")
+        write_text_atomic(output_dir / CONFIG_FILE, config_text + "\n")
         summary_dir = output_dir / TENSORBOARD_DIR if tensorboard and chief else None  # only the chief logs
         callbacks = make_callbacks(
             config, inputs, output_dir, summary_dir, backup_every, start, stop, epoch_metrics, verbose

@@ -30,12 +30,18 @@ from images import CELEBA_WIDTH, DEFAULT_CROP
 from runs import (
     BACKUP_DIR,
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     DEFAULT_RECIPE,
+    DENSITY_FILE,
+    HISTORY_FILE,
     LOCK_FILE,
+    LOSS_CURVES_FILE,
     PRECISION_POLICIES,
     PRECISION_SETTINGS,
     RECONSTRUCTION_LOSSES,
+    RECONSTRUCTIONS_DIR,
     RUN_FORMAT,
+    SAMPLES_DIR,
     TENSORBOARD_DIR,
     UPSAMPLING_MODES,
     HelpFormatter,
@@ -93,11 +99,11 @@ CHOICES = {
 TEMPORARY_FILES = {
     ".": (
         ".*.partial.*",
-        *(f".{name}.????????.tmp" for name in ("config.json", "history.csv", "latent_density.json", "loss_curves.png")),
+        *(f".{name}.????????.tmp" for name in (CONFIG_FILE, HISTORY_FILE, DENSITY_FILE, LOSS_CURVES_FILE)),
     ),
     CHECKPOINT_DIR: (".partial*",),
-    "reconstructions": (".*.png.????????.tmp",),
-    "samples": (".*.png.????????.tmp",),
+    RECONSTRUCTIONS_DIR: (".*.png.????????.tmp",),
+    SAMPLES_DIR: (".*.png.????????.tmp",),
     # tf.train.CheckpointManager's: its index file's next version, and a backup being written
     f"{CHECKPOINT_DIR}/{BACKUP_DIR}": ("checkpoint.tmp*", "ckpt-*_temp"),
 }
@@ -419,7 +425,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
                 config[name] = getattr(args, name)
         # Every strategy trains the same global batch the same way: a multi-worker run can go on alone.
         config["strategy"] = args.strategy
-        config_json = Path(args.resume) / "config.json"
+        config_json = Path(args.resume) / CONFIG_FILE
         check_settings(config, lambda key: flag(key) if key in args.given_flags else f"{key!r} in {config_json}")
         return config
     if not args.data:
@@ -629,9 +635,9 @@ def check_run_folder(run_dir: Path, config: dict, resume: bool) -> None:
     # A run that died writing its config.json leaves a temporary file: that folder counts as empty.
     debris = (LOCK_FILE, *TEMPORARY_FILES["."])
     contents = sorted(path.name for path in run_dir.iterdir() if not any(fnmatch(path.name, p) for p in debris))
-    if (run_dir / "config.json").is_file() and any(name.endswith(".onnx") for name in contents):
+    if (run_dir / CONFIG_FILE).is_file() and any(name.endswith(".onnx") for name in contents):
         raise RunError(f"{run_dir} holds an exported model ({', '.join(contents[:4])}); give a new or empty --out")
-    if (run_dir / "config.json").is_file():
+    if (run_dir / CONFIG_FILE).is_file():
         raise RunError(
             f"{run_dir} holds a run that stopped before its first checkpoint; delete it, or give a new or empty --out"
         )
