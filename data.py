@@ -99,7 +99,7 @@ SPLITS = {"train": 0, "validation": 1, "test": 2}
 RUN_ARTIFACTS = (CHECKPOINT_DIR, RECONSTRUCTIONS_DIR, SAMPLES_DIR, GENERATED_DIR, LOSS_CURVES_FILE)
 # Resident memory a memory cache takes per byte of decoded pixels: tf.data keeps each image in
 # its own buffer, with the allocator's overhead (1.16-1.20 measured at 64x64 and 1.18 at 128x128
-# with bench/data_throughput.py --fake-celeba, see README: performance).
+# with bench/data_throughput.py --fake-celeba, see docs/training.md: performance).
 MEMORY_CACHE_OVERHEAD = 1.2
 # At most this share of the available memory goes to the cache: the rest is for TensorFlow, the
 # model, the shuffle buffer and the batches.

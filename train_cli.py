@@ -58,7 +58,7 @@ TF_CONFIG_HELP = (
     "--strategy multiworker needs TF_CONFIG set to the cluster and this worker's task, e.g. "
     """'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}' """
     "(a list of host:port per job, chief and worker; the task's type is one of those jobs and its index a "
-    "position in that job's list; see README: several machines)"
+    "position in that job's list; see docs/training.md: several machines)"
 )
 CLUSTER_JOBS = ("chief", "worker")  # the jobs of MultiWorkerMirroredStrategy's cluster
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
@@ -274,7 +274,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=CHOICES["strategy"],
         default="auto",
         help="tf.distribute strategy: auto uses MirroredStrategy with more than one GPU; multiworker reads the "
-        "cluster from TF_CONFIG (see README); on --resume the one given here, whatever the run used before",
+        "cluster from TF_CONFIG (see docs/training.md); on --resume the one given here, whatever the run used before",
     )
     opt.add_argument("--seed", type=int, default=RECIPE["seed"], help="random seed (weights, sampling, data order)")
     opt.add_argument(
@@ -429,7 +429,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         check_settings(config, lambda key: flag(key) if key in args.given_flags else f"{key!r} in {config_json}")
         return config
     if not args.data:
-        raise RunError("--data is required: the CelebA folder (see README: getting CelebA), or --resume RUN")
+        raise RunError("--data is required: the CelebA folder (see README: Get CelebA), or --resume RUN")
     out = Path(args.out) if args.out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     config = {
         "format": RUN_FORMAT,
