@@ -535,28 +535,58 @@ def writes_run_folder(config: dict) -> bool:
 
 # --------------------------------------------------------------------------- memory
 def parameter_count(config: dict) -> int:
-    """The weights of the encoder and decoder vae.py builds from `config`, counted without building them."""
-    filters, size, latent, hidden = (
+    """The weights vae.py builds from `config` (encoder, decoder and, with --adversarial, the patch
+    discriminator), counted without building them."""
+    filters, size, latent, hidden, channels = (
         config["filters"],
         config["image_size"],
         config["latent_dim"],
         config["hidden_units"],
+        config["channels"],
     )
-    widths = [config["channels"], *filters]
-    convolutions = 2 * sum(9 * a * b for a, b in zip(widths, widths[1:], strict=False))  # the decoder mirrors them
-    batch_norms = 4 * (sum(filters) + sum(filters[:-1]))
-    flat = (size // 2 ** len(filters)) ** 2 * filters[-1]  # the encoder's flattened output, the decoder's projection
-    dense = (flat + 1) * hidden + 2 * (hidden + 1) * latent + (latent + 1) * flat
-    return convolutions + batch_norms + dense + config["channels"]
+    decoder_filters = config.get("decoder_filters") or filters
+
+    def convolutions(widths: list[int]) -> int:
+        return sum(9 * a * b for a, b in zip(widths, widths[1:], strict=False))
+
+    # The decoder runs its widths backwards, ending in a convolution to the image's channels.
+    weights = convolutions([channels, *filters]) + convolutions([channels, *decoder_filters]) + channels
+    weights += 4 * (sum(filters) + sum(decoder_filters[:-1]))  # BatchNormalization's four per channel
+    side = size // 2 ** len(filters)  # of the encoder's last feature map and the decoder's first
+    weights += (side * side * filters[-1] + 1) * hidden + 2 * (hidden + 1) * latent
+    weights += (latent + 1) * side * side * decoder_filters[-1]
+    return weights + discriminator_parameter_count(config)
+
+
+def discriminator_widths(config: dict) -> list[int]:
+    """The patch discriminator's widths (vae.build_discriminator), none without --adversarial."""
+    if not config.get("adversarial"):
+        return []
+    width = config.get("discriminator_filters", 64)
+    return [width, 2 * width, 4 * width, 8 * width]
+
+
+def discriminator_parameter_count(config: dict) -> int:
+    widths = discriminator_widths(config)
+    if not widths:
+        return 0
+    pairs = zip([config["channels"], *widths[:-1]], widths, strict=True)
+    return 16 * sum(a * b for a, b in pairs) + 2 * sum(widths[1:]) + 16 * widths[-1] + 1
 
 
 def activation_count(config: dict) -> int:
-    """Values of the feature maps one image flows through in the encoder and decoder."""
+    """Values of the feature maps one image flows through in the encoder, the decoder and, with
+    --adversarial, the discriminator (twice: the image and its reconstruction)."""
     size, filters, channels = config["image_size"], config["filters"], config["channels"]
+    decoder_filters = config.get("decoder_filters") or filters
     sides = [size >> (index + 1) for index in range(len(filters))]
     encoder = sum(3 * side * side * width for side, width in zip(sides, filters, strict=True))  # conv, BN, ReLU
-    decoder = sum(4 * (2 * side) ** 2 * width for side, width in zip(sides[1:], filters, strict=False))  # + upsampled
-    return size * size * channels * 4 + encoder + decoder + size * size * filters[0]
+    decoder = sum(4 * (2 * side) ** 2 * width for side, width in zip(sides[1:], decoder_filters, strict=False))
+    discriminator_sides = [size // 2, size // 4, size // 8, size // 8]
+    discriminator = 2 * sum(
+        3 * side * side * width for side, width in zip(discriminator_sides, discriminator_widths(config), strict=False)
+    )
+    return size * size * channels * 4 + encoder + decoder + size * size * decoder_filters[0] + discriminator
 
 
 def memory_needs(config: dict, train_count: int, validation_count: int) -> list[tuple[str, str, float]]:
@@ -569,7 +599,7 @@ def memory_needs(config: dict, train_count: int, validation_count: int) -> list[
     sizes = [k for k in latent.MIXTURE_SIZES if k == 1 or points >= k * latent.MIN_POINTS_PER_DIM * dims]
     needs = [
         # Each weight also has its gradient, Adam's two moments, the float32 copy saved each epoch, the EMA.
-        ("weights and optimizer state", "--latent, --hidden, --filters or --image-size", weights * (5 + (config["ema"] > 0))),
+        ("weights and optimizer state", "--latent, --hidden, --filters, --decoder-filters or --image-size", weights * (5 + (config["ema"] > 0))),
         # The feature maps kept for the backward pass and their gradients (float32): 6.0 GB at 256x256,
         # batch 64, with the weights, where the peak RSS of a training step grew by 4.5 GB.
         (f"activations of a batch of {batch} at {size}x{size}", "--batch-size or --image-size", 8 * batch * activation_count(config)),

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from helpers import REPO
 
+import train_cli
 import vae
 
 
@@ -367,3 +368,20 @@ def test_checkpoints_hold_the_discriminator_and_its_optimizer(tmp_path):
     for saved, loaded in pairs:
         for a, b in zip(saved, loaded, strict=True):
             np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"decoder_filters": [16, 32, 64]},
+        {"adversarial": 0.5, "discriminator_filters": 8},
+        {"decoder_filters": [8, 24, 48], "adversarial": 1.0, "discriminator_filters": 4},
+    ],
+)
+def test_memory_estimate_counts_the_weights_vae_builds(extra):
+    """train.py refuses a run that cannot fit in memory from this count, made without TensorFlow."""
+    config = {**vae.DEFAULT_RECIPE, "image_size": 16, "filters": [8, 16, 32], "hidden_units": 32, "latent_dim": 8}
+    model = vae.model_from_config({**config, **extra})
+    parts = [model.encoder, model.decoder, *([model.discriminator] if extra.get("adversarial") else [])]
+    assert train_cli.parameter_count({**config, **extra}) == sum(part.count_params() for part in parts)
