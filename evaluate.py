@@ -31,6 +31,7 @@ import numpy as np
 
 import data
 from errors import UserError, batches, first_line, run_main
+from images import made_folders
 from latent import LatentDensity, find_density
 from runs import (
     BCE_EPSILON,
@@ -43,7 +44,6 @@ from runs import (
     check_output_path,
     check_writable,
     load_decodable,
-    made_folders,
     open_backend,
     read_config,
     write_text_atomic,

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from errors import UserError, first_line, run_main
-from images import atomic_write
+from images import atomic_write, made_folders
 from inference import ONNX_FORMAT, PARTS, make_session
 from latent import attribute_directions_problem, find_density
 from runs import (
@@ -43,7 +43,6 @@ from runs import (
     check_writable,
     keras_file,
     load_model,
-    made_folders,
     model_folder_part,
     onnx_file,
     read_config,

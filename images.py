@@ -170,27 +170,32 @@ def image_format(path: str | os.PathLike, flag: str = "--out") -> str:
     return OUTPUT_FORMATS[suffix]
 
 
+@contextlib.contextmanager
+def made_folders(folder: Path) -> Iterator[None]:
+    """Create `folder` and its missing parents for the block; when the block fails, those it
+    made go again (those left empty), so a failed command leaves no trace."""
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in made:
+            with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
+                path.rmdir()
+        raise
+
+
 def save_images(images: Mapping[Path, Image.Image]) -> None:
     """Write images {path: image}, each in the format its extension names (image_format), all or
     none: each goes to a temporary file beside its path, and they are renamed into place only
     once all are written. On an error nothing is left behind, not even the folders made for them."""
-    made = []  # folders created here, parents first
-    for folder in dict.fromkeys(Path(path).parent for path in images):
-        missing = [folder, *folder.parents]
-        missing = missing[: next(i for i, f in enumerate(missing) if f.exists())]
-        folder.mkdir(parents=True, exist_ok=True)
-        made += reversed(missing)
-    try:
-        with contextlib.ExitStack() as stack:
-            for path, image in images.items():
-                kind = image_format(path)
-                temporary = stack.enter_context(atomic_write(path))
-                image.save(temporary, format=kind, **SAVE_OPTIONS.get(kind, {}))
-    except BaseException:
-        for folder in reversed(made):
-            with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
-                folder.rmdir()
-        raise
+    with contextlib.ExitStack() as stack:
+        for folder in dict.fromkeys(Path(path).parent for path in images):
+            stack.enter_context(made_folders(folder))
+        for path, image in images.items():
+            kind = image_format(path)
+            temporary = stack.enter_context(atomic_write(path))
+            image.save(temporary, format=kind, **SAVE_OPTIONS.get(kind, {}))
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:

@@ -12,7 +12,6 @@ only. A library: `python runs.py` says which scripts to run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -95,7 +94,9 @@ def onnx_file(part: str) -> str:
 
 
 # What a model folder is made of; no script writes its output over these.
+MODEL_FILES = tuple(name(part) for name in (keras_file, onnx_file) for part in ("encoder", "decoder"))
 MODEL_FOLDER_PARTS = (
+    *MODEL_FILES,
     CONFIG_FILE,
     HISTORY_FILE,
     LOSS_CURVES_FILE,
@@ -106,7 +107,6 @@ MODEL_FOLDER_PARTS = (
     TENSORBOARD_DIR,
     SAMPLES_DIR,
     RECONSTRUCTIONS_DIR,
-    *(name(part) for name in (keras_file, onnx_file) for part in ("encoder", "decoder")),
 )
 
 
@@ -173,21 +173,6 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         raise RunFolderError(f"{path}: {'; '.join(problems)}; restore the config.json train.py wrote for this run")
     config["run_dir"] = str(run_dir)
     return config
-
-
-@contextlib.contextmanager
-def made_folders(folder: Path) -> Iterator[None]:
-    """Create `folder` and its missing parents for the block; when the block fails, those it
-    made go again (those left empty), so a failed command leaves no trace."""
-    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        yield
-    except BaseException:
-        for path in made:
-            with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
-                path.rmdir()
-        raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -394,7 +379,7 @@ def check_writable(path: str | os.PathLike, folder: bool, flag: str = "--out") -
 
 def is_model_folder(folder: Path) -> bool:
     """A train.py run or an exported folder: it holds a model file or a config.json of RUN_FORMAT."""
-    if any((folder / name(part)).is_file() for name in (keras_file, onnx_file) for part in ("encoder", "decoder")):
+    if any((folder / name).is_file() for name in MODEL_FILES):
         return True
     try:
         return json.loads((folder / CONFIG_FILE).read_text()).get("format") == RUN_FORMAT
