@@ -16,7 +16,6 @@ the files, their metadata, the parity check and the rewrites.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import hashlib
 import json
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from errors import UserError, first_line, run_main
-from images import atomic_write, made_folders
+from images import write_together
 from inference import ONNX_FORMAT, PARTS, make_session
 from latent import attribute_directions_problem, find_density
 from runs import (
@@ -398,17 +397,6 @@ def parity_check(
     return differences
 
 
-def write_together(files: dict[Path, Callable[[Path], object]]) -> list[Path]:
-    """Write files together (target -> a function that writes a path): each to a temporary file
-    beside its target, and only when all are written are they renamed into place, so a failure
-    leaves every target as it was and no temporary file behind."""
-    with contextlib.ExitStack() as stack:
-        for path, write in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write(stack.enter_context(atomic_write(path)))
-    return list(files)
-
-
 def save_model(proto: onnx.ModelProto, path: Path) -> None:
     import onnx
 
@@ -540,8 +528,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             {out / name: functools.partial(shutil.copyfile, source) for name, source in companions.items() if source}
         )
     try:
-        with made_folders(out):
-            written = write_together(files)
+        written = write_together(files)
     except OSError as error:  # a full disk, or a folder that takes no new files
         raise ExportError(
             f"cannot write into {out} ({error.strerror or error}); free some space or give another --out"

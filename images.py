@@ -9,10 +9,11 @@ latent.py or export_onnx.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -185,17 +186,27 @@ def made_folders(folder: Path) -> Iterator[None]:
         raise
 
 
-def save_images(images: Mapping[Path, Image.Image]) -> None:
-    """Write images {path: image}, each in the format its extension names (image_format), all or
-    none: each goes to a temporary file beside its path, and they are renamed into place only
-    once all are written. On an error nothing is left behind, not even the folders made for them."""
+def write_together(files: Mapping[Path, Callable[[Path], object]]) -> list[Path]:
+    """Write files together (target -> a function that writes a path), creating their folders:
+    each goes to a temporary file beside its target, and only when all are written are they
+    renamed into place, so a failure leaves every target as it was, no temporary file behind and
+    none of the folders made for them."""
     with contextlib.ExitStack() as stack:
-        for folder in dict.fromkeys(Path(path).parent for path in images):
+        for folder in dict.fromkeys(Path(path).parent for path in files):
             stack.enter_context(made_folders(folder))
-        for path, image in images.items():
-            kind = image_format(path)
-            temporary = stack.enter_context(atomic_write(path))
-            image.save(temporary, format=kind, **SAVE_OPTIONS.get(kind, {}))
+        for path, write in files.items():
+            write(stack.enter_context(atomic_write(path)))
+    return list(files)
+
+
+def save_images(images: Mapping[Path, Image.Image]) -> None:
+    """Write images {path: image} together (write_together), each in the format its extension
+    names (image_format); a name of another format is refused before anything is written."""
+    writers = {}
+    for path, image in images.items():
+        kind = image_format(path)
+        writers[Path(path)] = functools.partial(image.save, format=kind, **SAVE_OPTIONS.get(kind, {}))
+    write_together(writers)
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:

@@ -191,7 +191,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask):
         runs.write_text_atomic(tmp_path / "config.json", "{}\n")
         images.save_image(Image.new("RGB", (4, 4)), tmp_path / "grid" / "grid.png")
         train.plot_history([{"epoch": 1, "loss": 1.0}], tmp_path / "loss_curves.png")
-        export_onnx.write_together({tmp_path / "copied.json": partial(shutil.copyfile, tmp_path / "config.json")})
+        images.write_together({tmp_path / "copied.json": partial(shutil.copyfile, tmp_path / "config.json")})
         with pytest.raises(OSError), images.atomic_write(tmp_path / "failed.txt") as temporary:
             temporary.write_text("half")
             raise OSError("disk full")
