@@ -57,7 +57,6 @@ SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03  # tf.image.ssim
 LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 LUMINANCE = np.array([0.299, 0.587, 0.114])
 INCEPTION_SIZE = 299
-INCEPTION_FEATURES = 2048
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 FID_BATCH_SIZE = 32
 

@@ -593,17 +593,16 @@ def memory_needs(config: dict, train_count: int, validation_count: int) -> list[
     """(what, the flags that make it smaller, rough bytes) of the memory a run takes."""
     weights = 4 * parameter_count(config)
     size, batch = config["image_size"], config["batch_size"]
-    # latent.py's mixture fit after training: latent x latent covariances (float64) for each mixture
-    # size tried, and the posterior means with a few working copies and the responsibilities.
-    dims, points = config["latent_dim"], min(train_count, latent.MAX_FIT_IMAGES)
-    sizes = [k for k in latent.MIXTURE_SIZES if k == 1 or points >= k * latent.MIN_POINTS_PER_DIM * dims]
+    # latent.py's mixture fit after training, on at most MAX_FIT_IMAGES posterior means.
+    points = min(train_count, latent.MAX_FIT_IMAGES)
+    density_fit = latent.fit_memory_bytes(points, config["latent_dim"], latent.MIXTURE_SIZES)
     needs = [
         # Each weight also has its gradient, Adam's two moments, the float32 copy saved each epoch, the EMA.
         ("weights and optimizer state", "--latent, --hidden, --filters, --decoder-filters or --image-size", weights * (5 + (config["ema"] > 0))),
         # The feature maps kept for the backward pass and their gradients (float32): 6.0 GB at 256x256,
         # batch 64, with the weights, where the peak RSS of a training step grew by 4.5 GB.
         (f"activations of a batch of {batch} at {size}x{size}", "--batch-size or --image-size", 8 * batch * activation_count(config)),
-        ("latent density fit after training", "--latent", 8 * (dims * dims * (sum(sizes) + 2) + points * 4 * (dims + max(sizes)))),
+        ("latent density fit after training", "--latent", density_fit),
     ]  # fmt: skip
     if config["cache"] == "memory":
         cache = data.memory_cache_bytes(train_count + validation_count, size, config["channels"])
