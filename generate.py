@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 import data
-from errors import UserError, first_line, run_main
+from errors import UserError, batches, first_line, run_main
 from images import image_format, make_grid, save_images, to_uint8
 from latent import (
     SAMPLERS,
@@ -363,7 +363,7 @@ def random_caption(job: Job) -> str:
 
 
 def in_rows(images: np.ndarray, columns: int) -> list[np.ndarray]:
-    return [images[i : i + columns] for i in range(0, len(images), columns)]
+    return list(batches(images, columns))
 
 
 def reconstruct_grid(job: Job) -> Grid:

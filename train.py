@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import train_cli
-from errors import first_line, run_main
+from errors import batches, first_line, run_main
 
 if __name__ == "__main__":
     # The command line is checked before TensorFlow loads (seconds), so that --help and a bad flag
@@ -152,7 +152,7 @@ def latest_backup(run_dir: Path) -> tuple[int, int, str] | None:
         tf.train.Checkpoint(position=position).read(prefix).expect_partial()
     except (tf.errors.OpError, ValueError) as error:
         raise RunError(
-            f"the step backup {prefix} cannot be read ({str(error).splitlines()[0]}); "
+            f"the step backup {prefix} cannot be read ({first_line(error)}); "
             f"delete {folder} to resume from the last epoch checkpoint"
         ) from None
     epochs_done, steps = (int(value) for value in position.numpy())
@@ -336,9 +336,11 @@ class SaveArtifacts(keras.callbacks.Callback):
         mu, _ = exported.encoder(self.preview_images, training=False)
         reconstructions = exported.decoder(mu, training=False).numpy()
         samples = exported.decoder(self.prior_noise, training=False).numpy()
-        rows = []
-        for start in range(0, len(self.preview_images), GRID_COLUMNS):
-            rows += [self.preview_images[start : start + GRID_COLUMNS], reconstructions[start : start + GRID_COLUMNS]]
+        rows = []  # originals over their reconstructions, row by row
+        for originals, reconstructed in zip(
+            batches(self.preview_images, GRID_COLUMNS), batches(reconstructions, GRID_COLUMNS), strict=True
+        ):
+            rows += [originals, reconstructed]
         grids = {
             RECONSTRUCTIONS_DIR: make_grid(rows),
             SAMPLES_DIR: make_grid(samples.reshape(2, GRID_COLUMNS, *samples.shape[1:])),
