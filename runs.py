@@ -44,38 +44,6 @@ SAMPLES_DIR = "samples"  # train.py's grids of decoded prior samples, one per ep
 RECONSTRUCTIONS_DIR = "reconstructions"  # and of validation reconstructions
 GENERATED_DIR = "generated"  # generate.py's default output folder
 REQUIRED_SIZES = ("latent_dim", "image_size", "channels")  # config.json keys every reader needs
-# The choices of config.json's model settings and the recipe train.py's flags default to (by
-# their config.json names). Here rather than in vae.py so that train.py checks its flags
-# without importing TensorFlow.
-RECONSTRUCTION_LOSSES = ("mse", "bce", "gaussian")
-UPSAMPLING_MODES = ("nearest", "transpose")
-PRECISION_SETTINGS = ("auto", "on", "off")  # --mixed-precision; config.json records the policy chosen
-PRECISION_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
-DEFAULT_FILTERS = (32, 64, 128, 256)
-DEFAULT_RECIPE = {
-    "model": "vae",
-    "latent_dim": 128,
-    "image_size": 64,
-    "channels": 3,
-    "filters": list(DEFAULT_FILTERS),
-    "decoder_filters": None,  # None: the mirror of filters
-    "hidden_units": 512,
-    "upsampling": "nearest",
-    "reconstruction": "mse",
-    "beta": 0.25,
-    "beta_warmup_steps": 0,
-    "beta_cycle_steps": 0,
-    "adversarial": 0.0,  # weight of the patch discriminator's term (0: no discriminator)
-    "adversarial_start": 0,  # optimizer step from which the discriminator trains and counts
-    "discriminator_filters": 64,  # the discriminator's first width (taming-transformers' ndf)
-    "epochs": 20,
-    "batch_size": 64,
-    "learning_rate": 2e-3,
-    "lr_schedule": "cosine",
-    "lr_warmup_steps": 100,
-    "ema": 0.0,
-    "seed": 0,
-}
 # The loss's numerical floors, shared by vae.py (TensorFlow) and evaluate.py (numpy).
 MIN_GAUSSIAN_SIGMA = 1e-3  # keeps log(sigma) finite when reconstructions become exact
 BCE_EPSILON = 1e-6

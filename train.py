@@ -97,6 +97,7 @@ import data  # noqa: E402
 import latent  # noqa: E402
 import vae  # noqa: E402
 from images import make_grid, save_image  # noqa: E402
+from recipe import DEFAULTS  # noqa: E402
 from runs import (  # noqa: E402
     BACKUP_DIR,
     CHECKPOINT_DIR,
@@ -112,8 +113,6 @@ from runs import (  # noqa: E402
     write_text_atomic,
 )
 from train_cli import (  # noqa: E402
-    DEFAULT_BACKUP_STEPS,
-    DEFAULT_WORKER_START_TIMEOUT,
     NO_SPACE,
     RunError,
     TrainingStopped,
@@ -159,7 +158,9 @@ def latest_backup(run_dir: Path) -> tuple[int, int, str] | None:
     return epochs_done, steps, prefix
 
 
-def choose_strategy(name: str, worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT) -> tf.distribute.Strategy:
+def choose_strategy(
+    name: str, worker_start_timeout: float = DEFAULTS["worker_start_timeout"]
+) -> tf.distribute.Strategy:
     # Multi-worker first: it must configure collective ops before anything (even listing the
     # devices) starts TensorFlow's runtime.
     if name == "multiworker":
@@ -757,9 +758,9 @@ def train(
     config: dict,
     resume: bool = False,
     verbose: int = 1,
-    backup_every: int = DEFAULT_BACKUP_STEPS,
+    backup_every: int = DEFAULTS["backup_every"],
     tensorboard: bool = True,
-    worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT,
+    worker_start_timeout: float = DEFAULTS["worker_start_timeout"],
 ) -> None:
     """Train (or continue) the run described by `config`, in a run folder train_cli has checked
     and locked."""

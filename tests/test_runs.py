@@ -171,7 +171,7 @@ def test_out_over_an_input_or_a_model_file_is_refused_before_any_work(unloadable
     assert runs.check_output_path(tmp_path / "config.json") == tmp_path / "config.json"
 
 
-@pytest.mark.parametrize("module", ["runs.py", "images.py", "inference.py", "image_files.py", "errors.py"])
+@pytest.mark.parametrize("module", ["runs.py", "recipe.py", "images.py", "inference.py", "image_files.py", "errors.py"])
 def test_a_library_module_run_as_a_script_says_what_to_run(module):
     result = subprocess.run([sys.executable, module], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
