@@ -481,10 +481,9 @@ def choose_sampler(name: str, folder: str | os.PathLike, latent_dim: int) -> tup
 
 
 # --------------------------------------------------------------------------- fitting a model folder
-def fitting_splits(config: dict) -> tuple[list[str], str]:
-    """(splits the density is fitted to, held-out split k is chosen on) for a run's config:
-    the run's own training splits, and validation."""
-    return config.get("train_split", "train").split("+"), "validation"
+def training_splits(config: dict) -> list[str]:
+    """The partitions a run trains on (its --train-split), which its density is fitted to."""
+    return config.get("train_split", "train").split("+")
 
 
 def fit_folder_density(
@@ -633,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     data_path = args.data or config.get("data")
     if not data_path:
         raise DensityError(f"{args.run} does not say which data it was trained on; pass --data CELEBA_ROOT")
-    splits = args.split.split("+") if args.split else fitting_splits(config)[0]
+    splits = args.split.split("+") if args.split else training_splits(config)
     density = fit_folder_density(
         backend,
         data.find_dataset(data_path),

@@ -682,9 +682,10 @@ def resume_command(run_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------- training
-def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
+def load_splits(config: dict) -> tuple[list[Path], list[Path], data.Dataset]:
+    """The run's training and validation files, and the data set they were found in."""
     dataset = data.find_dataset(config["data"])
-    train_files = [path for split in config.get("train_split", "train").split("+") for path in dataset.split(split)]
+    train_files = [path for split in latent.training_splits(config) for path in dataset.split(split)]
     if config["limit"]:
         train_files = train_files[: config["limit"]]
     validation_files = dataset.split("validation")
@@ -696,7 +697,7 @@ def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
             f"{'training' if not train_files else 'validation'}; check that the images are all there"
         )
         raise RunError(f"{dataset.describe()}: need at least one training and one validation image; {remedy}")
-    return train_files, validation_files, dataset.describe()
+    return train_files, validation_files, dataset
 
 
 def batches_per_pass(
@@ -734,6 +735,7 @@ def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
 class Inputs:
     """What the model trains and validates on, and how many batches a pass over each holds."""
 
+    dataset: data.Dataset  # where the files were found
     train_files: list[Path]
     validation_files: list[Path]
     cache: str  # this process's --cache
@@ -808,7 +810,7 @@ def train(
     if not chief:
         print(f"done: this worker's share of {run_dir}, which the chief worker writes")
         return
-    fit_density(config, run_dir)
+    fit_density(run_dir, inputs.dataset, config)
     print(
         f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
         f"samples/, reconstructions/{', tensorboard/' if tensorboard else ''})"
@@ -881,8 +883,8 @@ def start_point(run_dir: Path, epochs: int) -> StartPoint:
 
 def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     """The training and validation streams, once the data are found and known to fit in memory."""
-    train_files, validation_files, description = load_splits(config)
-    print(f"data: {description}; training on {len(train_files)} images")
+    train_files, validation_files, dataset = load_splits(config)
+    print(f"data: {dataset.describe()}; training on {len(train_files)} images")
     replicas, batch_size = strategy.num_replicas_in_sync, config["batch_size"]
     # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
     # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
@@ -921,6 +923,7 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     preview_files = validation_files[: 2 * GRID_COLUMNS]  # read once: not cached
     preview = data.make_dataset(preview_files, batch_size=2 * GRID_COLUMNS, **{**image_args, "cache": "none"})
     return Inputs(
+        dataset,
         train_files,
         validation_files,
         cache,
@@ -1161,14 +1164,15 @@ def file_cache_full_error(cache: str, file_lists: list[list[Path]], config: dict
     )
 
 
-def fit_density(config: dict, run_dir: Path) -> None:
-    """latent_density.json for the final model: the density generate.py draws random faces from
-    (latent.py). A failure here loses no training, so it is reported with the command to retry."""
+def fit_density(run_dir: Path, dataset: data.Dataset, config: dict) -> None:
+    """latent_density.json for the final model, over the images it trained on: the density
+    generate.py draws random faces from (latent.py). A failure here loses no training, so it is
+    reported with the command to retry."""
     try:
         density = latent.fit_folder_density(
             KerasBackend(run_dir),
-            data.find_dataset(config["data"]),
-            latent.fitting_splits(config)[0],
+            dataset,
+            latent.training_splits(config),
             limit=config["limit"],
             seed=config["seed"],
             log=print,
