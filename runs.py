@@ -12,8 +12,10 @@ only. A library: `python runs.py` says which scripts to run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import textwrap
@@ -150,12 +152,55 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         temporary.write_text(text)
 
 
+@contextlib.contextmanager
+def native_start_up_lines_filtered() -> Iterator[None]:
+    """TensorFlow's C++ start-up lines, which it writes straight to stderr (fd 2) before its log
+    settings apply, twice (two of its libraries log them): shown once, without the information
+    lines TF_CPP_MIN_LOG_LEVEL asks to hide, nor CUDA's alarming cuInit error where no NVIDIA
+    driver is installed (a CPU machine)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (closed): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            hide_information = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("", "0")
+            shown = {}
+            for line in capture.read().decode(errors="replace").splitlines():
+                native = re.match(r"([IWEF])\d{4} [\d:.]+\s+\d+ (.*)", line)
+                if "absl::InitializeLog()" in line or (native and native[1] == "I" and hide_information):
+                    continue
+                if "failed call to cuInit" in line and not Path("/proc/driver/nvidia").exists():
+                    continue
+                shown.setdefault(native[2] if native else line, line)
+            sys.stderr.writelines(f"{line}\n" for line in shown.values())
+            sys.stderr.flush()
+
+
+def import_keras():
+    """Keras, imported (with TensorFlow) and its devices set up with their start-up lines
+    filtered: what a script that loads a .keras model calls instead of `import keras`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log: warnings and errors only
+    with native_start_up_lines_filtered():
+        import keras
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()  # the first look at the devices, where CUDA logs its start-up
+    return keras
+
+
 def load_model(run_dir: str | os.PathLike, part: str, config: dict):
     """encoder.keras or decoder.keras of a run (part "encoder" or "decoder"), loaded with
     safe_mode on and checked against config.json's sizes. Imports Keras only when called."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ start-up chatter
-    import keras
-
+    keras = import_keras()
     path = Path(run_dir) / keras_file(part)
     if not path.is_file():
         raise RunFolderError(

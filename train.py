@@ -41,6 +41,7 @@ from pathlib import Path
 
 import train_cli
 from errors import batches, first_line, run_main
+from runs import native_start_up_lines_filtered
 
 if __name__ == "__main__":
     # The command line is checked before TensorFlow loads (seconds), so that --help and a bad flag
@@ -48,39 +49,6 @@ if __name__ == "__main__":
     run_main(lambda: train_cli.checked_config(sys.argv[1:]))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log: warnings and errors only
-
-
-@contextlib.contextmanager
-def native_start_up_lines_filtered() -> Iterator[None]:
-    """TensorFlow's C++ start-up lines, which it writes straight to stderr (fd 2) before its log
-    settings apply, twice (two of its libraries log them): shown once, without the information
-    lines TF_CPP_MIN_LOG_LEVEL asks to hide, nor CUDA's alarming cuInit error where no NVIDIA
-    driver is installed (a CPU machine)."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all (closed): nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            hide_information = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("", "0")
-            shown = {}
-            for line in capture.read().decode(errors="replace").splitlines():
-                native = re.match(r"([IWEF])\d{4} [\d:.]+\s+\d+ (.*)", line)
-                if "absl::InitializeLog()" in line or (native and native[1] == "I" and hide_information):
-                    continue
-                if "failed call to cuInit" in line and not Path("/proc/driver/nvidia").exists():
-                    continue
-                shown.setdefault(native[2] if native else line, line)
-            sys.stderr.writelines(f"{line}\n" for line in shown.values())
-            sys.stderr.flush()
 
 
 with native_start_up_lines_filtered():
