@@ -5,8 +5,9 @@ train.py writes a run folder (config.json, encoder.keras, decoder.keras, ...), e
 an exported one (encoder.onnx, decoder.onnx and the run's JSON files). generate.py,
 evaluate.py and latent.py open either through `open_backend`: `KerasBackend` for .keras files,
 `OnnxBackend` for .onnx files on onnxruntime (through inference.py). Free of TensorFlow (Keras
-is imported only when a .keras model is loaded), so the ONNX path needs numpy and onnxruntime
-only. A library: `python runs.py` says which scripts to run.
+is imported only when a .keras model is loaded, by `import_keras`, which keeps TensorFlow's
+start-up noise off stderr), so the ONNX path needs numpy and onnxruntime only. A library:
+`python runs.py` says which scripts to run.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 train() tells the story: resolve the run (strategy, resume point), build the data (build_inputs),
 build or restore the model, fit (callbacks: grids and models, history, checkpoint, step backups,
 epoch timings), finish (latent density). The command line and the run folder's checks are
-train_cli.py's (no TensorFlow), run before TensorFlow loads. A run folder holds config.json,
+train_cli.py's and the settings with their defaults recipe.py's (no TensorFlow): they run
+before TensorFlow loads. A run folder holds config.json,
 encoder.keras and decoder.keras (float32, EMA weights), checkpoint/ (every epoch, atomically;
 backup/ every --backup-every steps), history.csv, loss_curves.png, reconstructions/, samples/,
 tensorboard/ and latent_density.json.
