@@ -30,6 +30,7 @@ import numpy as np
 
 import data
 from errors import UserError, first_line, run_main
+from recipe import training_splits
 from runs import (
     ATTRIBUTES_FORMAT,
     CONFIG_FILE,
@@ -481,11 +482,6 @@ def choose_sampler(name: str, folder: str | os.PathLike, latent_dim: int) -> tup
 
 
 # --------------------------------------------------------------------------- fitting a model folder
-def training_splits(config: dict) -> list[str]:
-    """The partitions a run trains on (its --train-split), which its density is fitted to."""
-    return config.get("train_split", "train").split("+")
-
-
 def fit_folder_density(
     backend,
     dataset,

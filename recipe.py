@@ -2,8 +2,9 @@
 
 train_cli.py builds the command line from SETTINGS (one argparse group per entry of GROUPS),
 config.json takes its keys from them, and DEFAULT_RECIPE (what a run given only --data trains)
-is their defaults. No TensorFlow, so `python train.py --help` answers at once. A library:
-`python recipe.py` says which scripts to run.
+is their defaults; training_splits reads --train-split for train.py and latent.py alike. No
+TensorFlow, so `python train.py --help` answers at once. A library: `python recipe.py` says
+which scripts to run.
 """
 
 from __future__ import annotations
@@ -129,6 +130,13 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
 SETTINGS = tuple(setting for group in GROUPS.values() for setting in group)
 DEFAULTS = {setting.name: setting.default for setting in SETTINGS if setting.action != "store_const"}  # not --grayscale
 DEFAULT_RECIPE = {setting.name: setting.default for setting in SETTINGS if setting.in_config}
+
+
+def training_splits(config: dict) -> list[str]:
+    """The partitions a run trains on (its --train-split; runs made before the flag trained on
+    train), which its latent density is fitted to as well."""
+    return config.get("train_split", "train").split("+")
+
 
 if __name__ == "__main__":
     not_a_script(__file__)

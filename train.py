@@ -66,7 +66,7 @@ import data  # noqa: E402
 import latent  # noqa: E402
 import vae  # noqa: E402
 from images import make_grid, save_image  # noqa: E402
-from recipe import DEFAULTS  # noqa: E402
+from recipe import DEFAULTS, training_splits  # noqa: E402
 from runs import (  # noqa: E402
     BACKUP_DIR,
     CHECKPOINT_DIR,
@@ -654,7 +654,7 @@ def resume_command(run_dir: Path) -> str:
 def load_splits(config: dict) -> tuple[list[Path], list[Path], data.Dataset]:
     """The run's training and validation files, and the data set they were found in."""
     dataset = data.find_dataset(config["data"])
-    train_files = [path for split in latent.training_splits(config) for path in dataset.split(split)]
+    train_files = [path for split in training_splits(config) for path in dataset.split(split)]
     if config["limit"]:
         train_files = train_files[: config["limit"]]
     validation_files = dataset.split("validation")
@@ -1141,7 +1141,7 @@ def fit_density(run_dir: Path, dataset: data.Dataset, config: dict) -> None:
         density = latent.fit_folder_density(
             KerasBackend(run_dir),
             dataset,
-            latent.training_splits(config),
+            training_splits(config),
             limit=config["limit"],
             seed=config["seed"],
             log=print,
