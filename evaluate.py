@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -43,6 +42,7 @@ from runs import (
     Progress,
     check_output_path,
     check_writable,
+    import_keras,
     load_decodable,
     open_backend,
     read_config,
@@ -300,9 +300,7 @@ def load_inception(weights: str | None) -> tuple[FeatureFn | None, str]:
     Imports Keras (and TensorFlow): only --fid needs them."""
     if weights is not None and not Path(weights).is_file():
         return None, f"--inception-weights {weights} is not a file"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
+    keras = import_keras()
     source = weights if weights is not None else "imagenet"
     try:
         model = keras.applications.InceptionV3(

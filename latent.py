@@ -30,6 +30,7 @@ import numpy as np
 
 import data
 from errors import UserError, first_line, run_main
+from recipe import training_splits
 from runs import (
     ATTRIBUTES_FORMAT,
     CONFIG_FILE,
@@ -481,12 +482,6 @@ def choose_sampler(name: str, folder: str | os.PathLike, latent_dim: int) -> tup
 
 
 # --------------------------------------------------------------------------- fitting a model folder
-def fitting_splits(config: dict) -> tuple[list[str], str]:
-    """(splits the density is fitted to, held-out split k is chosen on) for a run's config:
-    the run's own training splits, and validation."""
-    return config.get("train_split", "train").split("+"), "validation"
-
-
 def fit_folder_density(
     backend,
     dataset,
@@ -633,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     data_path = args.data or config.get("data")
     if not data_path:
         raise DensityError(f"{args.run} does not say which data it was trained on; pass --data CELEBA_ROOT")
-    splits = args.split.split("+") if args.split else fitting_splits(config)[0]
+    splits = args.split.split("+") if args.split else training_splits(config)
     density = fit_folder_density(
         backend,
         data.find_dataset(data_path),

@@ -5,15 +5,18 @@ train.py writes a run folder (config.json, encoder.keras, decoder.keras, ...), e
 an exported one (encoder.onnx, decoder.onnx and the run's JSON files). generate.py,
 evaluate.py and latent.py open either through `open_backend`: `KerasBackend` for .keras files,
 `OnnxBackend` for .onnx files on onnxruntime (through inference.py). Free of TensorFlow (Keras
-is imported only when a .keras model is loaded), so the ONNX path needs numpy and onnxruntime
-only. A library: `python runs.py` says which scripts to run.
+is imported only when a .keras model is loaded, by `import_keras`, which keeps TensorFlow's
+start-up noise off stderr), so the ONNX path needs numpy and onnxruntime only. A library:
+`python runs.py` says which scripts to run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import textwrap
@@ -44,38 +47,6 @@ SAMPLES_DIR = "samples"  # train.py's grids of decoded prior samples, one per ep
 RECONSTRUCTIONS_DIR = "reconstructions"  # and of validation reconstructions
 GENERATED_DIR = "generated"  # generate.py's default output folder
 REQUIRED_SIZES = ("latent_dim", "image_size", "channels")  # config.json keys every reader needs
-# The choices of config.json's model settings and the recipe train.py's flags default to (by
-# their config.json names). Here rather than in vae.py so that train.py checks its flags
-# without importing TensorFlow.
-RECONSTRUCTION_LOSSES = ("mse", "bce", "gaussian")
-UPSAMPLING_MODES = ("nearest", "transpose")
-PRECISION_SETTINGS = ("auto", "on", "off")  # --mixed-precision; config.json records the policy chosen
-PRECISION_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
-DEFAULT_FILTERS = (32, 64, 128, 256)
-DEFAULT_RECIPE = {
-    "model": "vae",
-    "latent_dim": 128,
-    "image_size": 64,
-    "channels": 3,
-    "filters": list(DEFAULT_FILTERS),
-    "decoder_filters": None,  # None: the mirror of filters
-    "hidden_units": 512,
-    "upsampling": "nearest",
-    "reconstruction": "mse",
-    "beta": 0.25,
-    "beta_warmup_steps": 0,
-    "beta_cycle_steps": 0,
-    "adversarial": 0.0,  # weight of the patch discriminator's term (0: no discriminator)
-    "adversarial_start": 0,  # optimizer step from which the discriminator trains and counts
-    "discriminator_filters": 64,  # the discriminator's first width (taming-transformers' ndf)
-    "epochs": 20,
-    "batch_size": 64,
-    "learning_rate": 2e-3,
-    "lr_schedule": "cosine",
-    "lr_warmup_steps": 100,
-    "ema": 0.0,
-    "seed": 0,
-}
 # The loss's numerical floors, shared by vae.py (TensorFlow) and evaluate.py (numpy).
 MIN_GAUSSIAN_SIGMA = 1e-3  # keeps log(sigma) finite when reconstructions become exact
 BCE_EPSILON = 1e-6
@@ -182,12 +153,55 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         temporary.write_text(text)
 
 
+@contextlib.contextmanager
+def native_start_up_lines_filtered() -> Iterator[None]:
+    """TensorFlow's C++ start-up lines, which it writes straight to stderr (fd 2) before its log
+    settings apply, twice (two of its libraries log them): shown once, without the information
+    lines TF_CPP_MIN_LOG_LEVEL asks to hide, nor CUDA's alarming cuInit error where no NVIDIA
+    driver is installed (a CPU machine)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (closed): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            hide_information = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("", "0")
+            shown = {}
+            for line in capture.read().decode(errors="replace").splitlines():
+                native = re.match(r"([IWEF])\d{4} [\d:.]+\s+\d+ (.*)", line)
+                if "absl::InitializeLog()" in line or (native and native[1] == "I" and hide_information):
+                    continue
+                if "failed call to cuInit" in line and not Path("/proc/driver/nvidia").exists():
+                    continue
+                shown.setdefault(native[2] if native else line, line)
+            sys.stderr.writelines(f"{line}\n" for line in shown.values())
+            sys.stderr.flush()
+
+
+def import_keras():
+    """Keras, imported (with TensorFlow) and its devices set up with their start-up lines
+    filtered: what a script that loads a .keras model calls instead of `import keras`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log: warnings and errors only
+    with native_start_up_lines_filtered():
+        import keras
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()  # the first look at the devices, where CUDA logs its start-up
+    return keras
+
+
 def load_model(run_dir: str | os.PathLike, part: str, config: dict):
     """encoder.keras or decoder.keras of a run (part "encoder" or "decoder"), loaded with
     safe_mode on and checked against config.json's sizes. Imports Keras only when called."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's C++ start-up chatter
-    import keras
-
+    keras = import_keras()
     path = Path(run_dir) / keras_file(part)
     if not path.is_file():
         raise RunFolderError(

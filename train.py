@@ -7,7 +7,8 @@
 train() tells the story: resolve the run (strategy, resume point), build the data (build_inputs),
 build or restore the model, fit (callbacks: grids and models, history, checkpoint, step backups,
 epoch timings), finish (latent density). The command line and the run folder's checks are
-train_cli.py's (no TensorFlow), run before TensorFlow loads. A run folder holds config.json,
+train_cli.py's and the settings with their defaults recipe.py's (no TensorFlow): they run
+before TensorFlow loads. A run folder holds config.json,
 encoder.keras and decoder.keras (float32, EMA weights), checkpoint/ (every epoch, atomically;
 backup/ every --backup-every steps), history.csv, loss_curves.png, reconstructions/, samples/,
 tensorboard/ and latent_density.json.
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import train_cli
 from errors import batches, first_line, run_main
+from runs import native_start_up_lines_filtered
 
 if __name__ == "__main__":
     # The command line is checked before TensorFlow loads (seconds), so that --help and a bad flag
@@ -48,39 +50,6 @@ if __name__ == "__main__":
     run_main(lambda: train_cli.checked_config(sys.argv[1:]))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log: warnings and errors only
-
-
-@contextlib.contextmanager
-def native_start_up_lines_filtered() -> Iterator[None]:
-    """TensorFlow's C++ start-up lines, which it writes straight to stderr (fd 2) before its log
-    settings apply, twice (two of its libraries log them): shown once, without the information
-    lines TF_CPP_MIN_LOG_LEVEL asks to hide, nor CUDA's alarming cuInit error where no NVIDIA
-    driver is installed (a CPU machine)."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all (closed): nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            hide_information = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("", "0")
-            shown = {}
-            for line in capture.read().decode(errors="replace").splitlines():
-                native = re.match(r"([IWEF])\d{4} [\d:.]+\s+\d+ (.*)", line)
-                if "absl::InitializeLog()" in line or (native and native[1] == "I" and hide_information):
-                    continue
-                if "failed call to cuInit" in line and not Path("/proc/driver/nvidia").exists():
-                    continue
-                shown.setdefault(native[2] if native else line, line)
-            sys.stderr.writelines(f"{line}\n" for line in shown.values())
-            sys.stderr.flush()
 
 
 with native_start_up_lines_filtered():
@@ -97,6 +66,7 @@ import data  # noqa: E402
 import latent  # noqa: E402
 import vae  # noqa: E402
 from images import make_grid, save_image  # noqa: E402
+from recipe import DEFAULTS, training_splits  # noqa: E402
 from runs import (  # noqa: E402
     BACKUP_DIR,
     CHECKPOINT_DIR,
@@ -112,8 +82,6 @@ from runs import (  # noqa: E402
     write_text_atomic,
 )
 from train_cli import (  # noqa: E402
-    DEFAULT_BACKUP_STEPS,
-    DEFAULT_WORKER_START_TIMEOUT,
     NO_SPACE,
     RunError,
     TrainingStopped,
@@ -159,7 +127,9 @@ def latest_backup(run_dir: Path) -> tuple[int, int, str] | None:
     return epochs_done, steps, prefix
 
 
-def choose_strategy(name: str, worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT) -> tf.distribute.Strategy:
+def choose_strategy(
+    name: str, worker_start_timeout: float = DEFAULTS["worker_start_timeout"]
+) -> tf.distribute.Strategy:
     # Multi-worker first: it must configure collective ops before anything (even listing the
     # devices) starts TensorFlow's runtime.
     if name == "multiworker":
@@ -681,9 +651,10 @@ def resume_command(run_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------- training
-def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
+def load_splits(config: dict) -> tuple[list[Path], list[Path], data.Dataset]:
+    """The run's training and validation files, and the data set they were found in."""
     dataset = data.find_dataset(config["data"])
-    train_files = [path for split in config.get("train_split", "train").split("+") for path in dataset.split(split)]
+    train_files = [path for split in training_splits(config) for path in dataset.split(split)]
     if config["limit"]:
         train_files = train_files[: config["limit"]]
     validation_files = dataset.split("validation")
@@ -695,7 +666,7 @@ def load_splits(config: dict) -> tuple[list[Path], list[Path], str]:
             f"{'training' if not train_files else 'validation'}; check that the images are all there"
         )
         raise RunError(f"{dataset.describe()}: need at least one training and one validation image; {remedy}")
-    return train_files, validation_files, dataset.describe()
+    return train_files, validation_files, dataset
 
 
 def batches_per_pass(
@@ -733,6 +704,7 @@ def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
 class Inputs:
     """What the model trains and validates on, and how many batches a pass over each holds."""
 
+    dataset: data.Dataset  # where the files were found
     train_files: list[Path]
     validation_files: list[Path]
     cache: str  # this process's --cache
@@ -757,9 +729,9 @@ def train(
     config: dict,
     resume: bool = False,
     verbose: int = 1,
-    backup_every: int = DEFAULT_BACKUP_STEPS,
+    backup_every: int = DEFAULTS["backup_every"],
     tensorboard: bool = True,
-    worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT,
+    worker_start_timeout: float = DEFAULTS["worker_start_timeout"],
 ) -> None:
     """Train (or continue) the run described by `config`, in a run folder train_cli has checked
     and locked."""
@@ -807,7 +779,7 @@ def train(
     if not chief:
         print(f"done: this worker's share of {run_dir}, which the chief worker writes")
         return
-    fit_density(config, run_dir)
+    fit_density(run_dir, inputs.dataset, config)
     print(
         f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
         f"samples/, reconstructions/{', tensorboard/' if tensorboard else ''})"
@@ -880,8 +852,8 @@ def start_point(run_dir: Path, epochs: int) -> StartPoint:
 
 def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     """The training and validation streams, once the data are found and known to fit in memory."""
-    train_files, validation_files, description = load_splits(config)
-    print(f"data: {description}; training on {len(train_files)} images")
+    train_files, validation_files, dataset = load_splits(config)
+    print(f"data: {dataset.describe()}; training on {len(train_files)} images")
     replicas, batch_size = strategy.num_replicas_in_sync, config["batch_size"]
     # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
     # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
@@ -920,6 +892,7 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     preview_files = validation_files[: 2 * GRID_COLUMNS]  # read once: not cached
     preview = data.make_dataset(preview_files, batch_size=2 * GRID_COLUMNS, **{**image_args, "cache": "none"})
     return Inputs(
+        dataset,
         train_files,
         validation_files,
         cache,
@@ -1160,14 +1133,15 @@ def file_cache_full_error(cache: str, file_lists: list[list[Path]], config: dict
     )
 
 
-def fit_density(config: dict, run_dir: Path) -> None:
-    """latent_density.json for the final model: the density generate.py draws random faces from
-    (latent.py). A failure here loses no training, so it is reported with the command to retry."""
+def fit_density(run_dir: Path, dataset: data.Dataset, config: dict) -> None:
+    """latent_density.json for the final model, over the images it trained on: the density
+    generate.py draws random faces from (latent.py). A failure here loses no training, so it is
+    reported with the command to retry."""
     try:
         density = latent.fit_folder_density(
             KerasBackend(run_dir),
-            data.find_dataset(config["data"]),
-            latent.fitting_splits(config)[0],
+            dataset,
+            training_splits(config),
             limit=config["limit"],
             seed=config["seed"],
             log=print,

@@ -26,24 +26,19 @@ from pathlib import Path
 import data
 import latent
 from errors import UserError
-from images import CELEBA_WIDTH, DEFAULT_CROP
+from images import CELEBA_WIDTH
+from recipe import DEFAULTS, GROUPS, PRECISION_POLICIES, SETTINGS
 from runs import (
     BACKUP_DIR,
     CHECKPOINT_DIR,
     CONFIG_FILE,
-    DEFAULT_RECIPE,
     DENSITY_FILE,
     HISTORY_FILE,
     LOCK_FILE,
     LOSS_CURVES_FILE,
-    PRECISION_POLICIES,
-    PRECISION_SETTINGS,
-    RECONSTRUCTION_LOSSES,
     RECONSTRUCTIONS_DIR,
     RUN_FORMAT,
     SAMPLES_DIR,
-    TENSORBOARD_DIR,
-    UPSAMPLING_MODES,
     HelpFormatter,
     RunFolderError,
     check_architecture,
@@ -51,9 +46,6 @@ from runs import (
     read_config,
 )
 
-RECIPE = DEFAULT_RECIPE
-DEFAULT_BACKUP_STEPS = 200
-DEFAULT_WORKER_START_TIMEOUT = 300  # seconds
 TF_CONFIG_HELP = (
     "--strategy multiworker needs TF_CONFIG set to the cluster and this worker's task, e.g. "
     """'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}' """
@@ -62,37 +54,6 @@ TF_CONFIG_HELP = (
 )
 CLUSTER_JOBS = ("chief", "worker")  # the jobs of MultiWorkerMirroredStrategy's cluster
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
-# The flags a resumed run takes; its other settings come from its config.json.
-RESUME_FLAGS = (
-    "resume", "epochs", "data", "cache", "strategy", "verbose", "backup_every", "worker_start_timeout", "tensorboard",
-)  # fmt: skip
-# config.json's name of each setting flag (argparse dest) where the two differ.
-CONFIG_KEYS = {
-    "latent": "latent_dim",
-    "hidden": "hidden_units",
-    "recon": "reconstruction",
-    "beta_warmup": "beta_warmup_steps",
-    "beta_cycle": "beta_cycle_steps",
-    "lr": "learning_rate",
-    "lr_warmup": "lr_warmup_steps",
-}
-# The settings config.json must hold for train.py to rebuild and continue a run.
-REQUIRED_SETTINGS = (
-    "data", "limit", "cache", "crop", "model", "latent_dim", "image_size", "channels", "filters", "hidden_units",
-    "upsampling", "reconstruction", "beta", "beta_warmup_steps", "beta_cycle_steps", "epochs", "batch_size",
-    "learning_rate", "ema", "mixed_precision", "strategy", "seed",
-)  # fmt: skip
-CHOICES = {
-    "model": ("vae", "ae"),
-    "channels": (1, 3),
-    "upsampling": UPSAMPLING_MODES,
-    "reconstruction": RECONSTRUCTION_LOSSES,
-    "lr_schedule": ("constant", "cosine"),
-    "train_split": ("train", "train+validation"),
-    "strategy": ("auto", "mirrored", "multiworker", "none"),
-    # on --resume: the policy chosen when the run began, or true/false from runs made before that
-    "mixed_precision": (*PRECISION_SETTINGS, *PRECISION_POLICIES, True, False),
-}
 # Where train.py writes its files before renaming them into place (by folder of the run): a
 # killed run leaves them behind, a full disk half-written.
 # images.atomic_write's are .<name>.<8 hex digits>.tmp.
@@ -125,189 +86,31 @@ class TrainingStopped(Exception):
 
 # --------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The flags, with `given_flags`: the set of those given on the command line (argparse dests)."""
+    """The flags of recipe.SETTINGS, with `given_flags`: the set of those given on the command
+    line (by name: argparse dest and config.json key)."""
     parser = argparse.ArgumentParser(
         description="Train a VAE on CelebA (Kaggle or original layout) or any folder of faces.",
         formatter_class=HelpFormatter,
     )
-    io = parser.add_argument_group("data and run folder")
-    io.add_argument("--data", help="CelebA root folder (Kaggle or original layout) or a plain folder of faces")
-    io.add_argument("--out", help="run folder, new or empty (default: runs/<timestamp>)")
-    io.add_argument(
-        "--resume",
-        metavar="RUN",
-        help="continue the run in this folder from its last checkpoint or step backup; its config.json is reused, "
-        "only --epochs (to extend), --data (if moved), --cache, --strategy, --verbose, --backup-every, "
-        "--worker-start-timeout and --no-tensorboard may be given",
-    )
-    io.add_argument("--limit", type=int, default=0, help="train on the first N training images only (0: all)")
-    io.add_argument(
-        "--train-split",
-        choices=CHOICES["train_split"],
-        default="train",
-        help="partitions trained on; with train+validation the validation figures are on seen images "
-        "and only the test partition stays unseen",
-    )
-    io.add_argument(
-        "--cache",
-        default="memory",
-        help="decoded-image cache: memory, none, or a folder for a file cache (for data that does not fit in "
-        "memory: train.py stops with this advice when the memory cache would not fit, and checks the folder's disk "
-        "has room for a file cache)",
-    )
-    io.add_argument(
-        "--crop",
-        type=int,
-        default=DEFAULT_CROP,
-        help="side of the central square kept, in pixels of the 178-wide aligned CelebA frame (0: whole square)",
-    )
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=CHOICES["model"], default=RECIPE["model"], help="VAE or plain autoencoder")
-    model.add_argument("--latent", type=int, default=RECIPE["latent_dim"], help="latent dimension")
-    model.add_argument(
-        "--image-size", type=int, default=RECIPE["image_size"], help="square image side (a multiple of 2^len(filters))"
-    )
-    model.add_argument(
-        "--channels", type=int, choices=(1, 3), default=RECIPE["channels"], help="3 for RGB, 1 for grayscale"
-    )
-    model.add_argument("--grayscale", action="store_const", const=1, dest="channels", help="same as --channels 1")
-    model.add_argument(
-        "--filters", default=",".join(map(str, RECIPE["filters"])), help="encoder filters per block, comma separated"
-    )
-    model.add_argument(
-        "--decoder-filters",
-        metavar="FILTERS",
-        help="decoder filters per block, comma separated, in the order of --filters (one per block), e.g. "
-        "64,128,256,512 for a decoder wider than the encoder (default: those of --filters)",
-    )
-    model.add_argument("--hidden", type=int, default=RECIPE["hidden_units"], help="units of the encoder's dense layer")
-    model.add_argument(
-        "--upsampling",
-        choices=UPSAMPLING_MODES,
-        default=RECIPE["upsampling"],
-        help="decoder blocks: UpSampling2D+Conv2D (nearest) or Conv2DTranspose (transpose)",
-    )
-    loss = parser.add_argument_group("loss")
-    loss.add_argument(
-        "--recon",
-        choices=RECONSTRUCTION_LOSSES,
-        default=RECIPE["reconstruction"],
-        help="reconstruction loss, summed over pixels (gaussian: calibrated decoder variance)",
-    )
-    loss.add_argument("--beta", type=float, default=RECIPE["beta"], help="weight of the KL term (beta-VAE when > 1)")
-    loss.add_argument(
-        "--beta-warmup",
-        type=int,
-        default=RECIPE["beta_warmup_steps"],
-        metavar="STEPS",
-        help="linear KL warm-up from 0 to beta over this many optimizer steps (0: none)",
-    )
-    loss.add_argument(
-        "--beta-cycle",
-        type=int,
-        default=RECIPE["beta_cycle_steps"],
-        metavar="STEPS",
-        help="cyclical KL annealing period in optimizer steps (0: none)",
-    )
-    loss.add_argument(
-        "--adversarial",
-        type=float,
-        default=RECIPE["adversarial"],
-        metavar="WEIGHT",
-        help="weight of a patch discriminator's hinge-loss term on the reconstructions, scaled adaptively by the "
-        "ratio of the reconstruction's and GAN term's gradients at the decoder's last layer (0: no discriminator)",
-    )
-    loss.add_argument(
-        "--adversarial-start",
-        type=int,
-        default=RECIPE["adversarial_start"],
-        metavar="STEPS",
-        help="optimizer step from which the discriminator trains and its term counts (with --adversarial)",
-    )
-    loss.add_argument(
-        "--discriminator-filters",
-        type=int,
-        default=RECIPE["discriminator_filters"],
-        metavar="WIDTH",
-        help="width of the discriminator's first block, doubled in each of the next three up to 8x "
-        "(with --adversarial; its cost per step grows with the square)",
-    )
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument(
-        "--epochs", type=int, help=f"number of epochs (default: {RECIPE['epochs']}; on --resume: the run's own)"
-    )
-    opt.add_argument("--batch-size", type=int, default=RECIPE["batch_size"], help="global batch size")
-    opt.add_argument("--lr", type=float, default=RECIPE["learning_rate"], help="Adam learning rate")
-    opt.add_argument(
-        "--lr-schedule",
-        choices=CHOICES["lr_schedule"],
-        default=RECIPE["lr_schedule"],
-        help="cosine: decay from --lr to 5%% of it over all epochs (stretched when --resume extends them)",
-    )
-    opt.add_argument(
-        "--lr-warmup",
-        type=int,
-        default=RECIPE["lr_warmup_steps"],
-        metavar="STEPS",
-        help="raise the learning rate linearly from 0 to --lr over this many optimizer steps, then follow "
-        "--lr-schedule over the rest (0: none)",
-    )
-    opt.add_argument(
-        "--ema",
-        type=float,
-        default=RECIPE["ema"],
-        help="EMA momentum of the weights, e.g. 0.999 (0: off); saved models and grids use the EMA weights",
-    )
-    opt.add_argument(
-        "--mixed-precision",
-        nargs="?",
-        const="on",
-        choices=PRECISION_SETTINGS,
-        default="auto",
-        help="auto: mixed_bfloat16 on a CPU with amx_bf16 or avx512_bf16, mixed_float16 on a GPU with tensor cores "
-        "(compute capability 7.0 or more), float32 elsewhere; on (or the flag alone): mixed_float16 on GPU, "
-        "mixed_bfloat16 on CPU; off: float32. Loss, metrics and saved models stay float32; config.json and the "
-        "start-up line say what was chosen and why",
-    )
-    opt.add_argument(
-        "--strategy",
-        choices=CHOICES["strategy"],
-        default="auto",
-        help="tf.distribute strategy: auto uses MirroredStrategy with more than one GPU; multiworker reads the "
-        "cluster from TF_CONFIG (see docs/training.md); on --resume the one given here, whatever the run used before",
-    )
-    opt.add_argument("--seed", type=int, default=RECIPE["seed"], help="random seed (weights, sampling, data order)")
-    opt.add_argument(
-        "--verbose",
-        type=int,
-        choices=(0, 1, 2),
-        default=1,
-        help="Keras progress: 0 silent, 1 bar (one line per epoch when stdout is not a terminal), 2 one line per epoch",
-    )
-    recovery = parser.add_argument_group("recovery and logging (also on --resume)")
-    recovery.add_argument(
-        "--backup-every",
-        type=int,
-        default=DEFAULT_BACKUP_STEPS,
-        metavar="STEPS",
-        help="back up the training state every STEPS optimizer steps, so a killed run loses at most "
-        "that many (200: under a minute of the default model on an idle 2-core CPU); 0: only the "
-        "end-of-epoch checkpoints",
-    )
-    recovery.add_argument(
-        "--worker-start-timeout",
-        type=float,
-        default=DEFAULT_WORKER_START_TIMEOUT,
-        metavar="SECONDS",
-        help="with --strategy multiworker: how long each worker waits for all the workers of TF_CONFIG to start; "
-        "after that it stops, naming those missing",
-    )
-    recovery.add_argument(
-        "--no-tensorboard",
-        dest="tensorboard",
-        action="store_false",
-        help=f"do not write TensorBoard logs (default: they go to RUN/{TENSORBOARD_DIR}/)",
-    )
+    for title, settings in GROUPS.items():
+        group = parser.add_argument_group(title)
+        for setting in settings:
+            default = setting.default
+            options = {
+                "type": setting.type,
+                "choices": setting.choices,
+                "action": setting.action,
+                "nargs": setting.nargs,
+                "const": setting.const,
+                "metavar": setting.metavar,
+            }
+            group.add_argument(
+                setting.flag,
+                dest=setting.name,
+                default=",".join(map(str, default)) if isinstance(default, list) else default,
+                help=setting.help,
+                **{key: value for key, value in options.items() if value is not None},
+            )
     args = parser.parse_args(argv)
     # Parsed again onto a namespace where every flag is already set to a marker: argparse leaves
     # those it was not given alone, so the flags still holding it were not given.
@@ -318,9 +121,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def flag(name: str) -> str:
-    """The command-line spelling of a flag's argparse dest or config.json key: latent_dim -> --latent."""
-    dest = {key: dest for dest, key in CONFIG_KEYS.items()}.get(name, name)
-    return "--no-tensorboard" if dest == "tensorboard" else "--" + dest.replace("_", "-")
+    """The command-line spelling of a setting's name (argparse dest, config.json key): latent_dim -> --latent."""
+    return next(setting.flag for setting in SETTINGS if setting.name == name)
 
 
 def parse_filters(text: str, name: str = "--filters") -> list[int]:
@@ -345,7 +147,7 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
             raise RunError(f"{name_of(key)} must be a finite number (got {value})")
         return value
 
-    missing = [key for key in REQUIRED_SETTINGS if key not in config]
+    missing = [setting.name for setting in SETTINGS if setting.required and setting.name not in config]
     if missing:
         raise RunError(f"{name_of(missing[0])} is missing")
     for key in ("latent_dim", "hidden_units", "batch_size", "epochs", "discriminator_filters"):
@@ -373,8 +175,11 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
         raise RunError(f"{name_of('adversarial')} must be 0 (off) or more, e.g. 0.5 (got {config['adversarial']})")
     if not 0 <= number("ema", whole=False) < 1:
         raise RunError(f"{name_of('ema')} must be in [0, 1), e.g. 0.999 (got {config['ema']})")
-    for key, choices in CHOICES.items():
-        if key in config and config[key] not in choices:
+    for setting in SETTINGS:
+        key, choices = setting.name, setting.choices
+        if key == "mixed_precision":  # config.json records the policy chosen, or true/false in older runs
+            choices = (*choices, *PRECISION_POLICIES, True, False)
+        if setting.in_config and choices and key in config and config[key] not in choices:
             raise RunError(f"{name_of(key)} must be one of {', '.join(map(str, choices))} (got {config[key]!r})")
     filters = config["filters"]
     if not isinstance(filters, list) or not all(
@@ -410,19 +215,18 @@ def resolve_config(args: argparse.Namespace) -> dict:
     """The run's settings, checked: from the command line for a new run, from config.json on --resume."""
     check_recovery_flags(args)
     if args.resume:
-        refused = sorted(args.given_flags - set(RESUME_FLAGS))
+        resumable = [setting for setting in SETTINGS if setting.on_resume]
+        refused = sorted(flag(name) for name in args.given_flags - {setting.name for setting in resumable})
+        resume_flags = [setting.flag for setting in resumable if setting.name != "resume"]
         if refused:
             raise RunError(
                 f"--resume continues {args.resume} with the settings of its config.json, so "
-                f"{', '.join(flag(name) for name in refused)} would be ignored: drop "
-                f"{'it' if len(refused) == 1 else 'them'} (only --epochs, --data, --cache, --strategy, --verbose, "
-                "--backup-every, --worker-start-timeout and --no-tensorboard go with --resume), "
+                f"{', '.join(refused)} would be ignored: drop {'it' if len(refused) == 1 else 'them'} "
+                f"(only {', '.join(resume_flags[:-1])} and {resume_flags[-1]} go with --resume), "
                 "or start a new run with another --out"
             )
         config = read_config(args.resume)
-        for name in ("epochs", "data", "cache"):
-            if name in args.given_flags:
-                config[name] = getattr(args, name)
+        config |= {s.name: getattr(args, s.name) for s in resumable if s.in_config and s.name in args.given_flags}
         # Every strategy trains the same global batch the same way: a multi-worker run can go on alone.
         config["strategy"] = args.strategy
         config_json = Path(args.resume) / CONFIG_FILE
@@ -431,41 +235,13 @@ def resolve_config(args: argparse.Namespace) -> dict:
     if not args.data:
         raise RunError("--data is required: the CelebA folder (see README: Get CelebA), or --resume RUN")
     out = Path(args.out) if args.out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    config = {
-        "format": RUN_FORMAT,
-        "run_dir": str(out),
-        "data": str(args.data),
-        "limit": args.limit,
-        "train_split": args.train_split,
-        "cache": args.cache,
-        "crop": args.crop,
-        "model": args.model,
-        "latent_dim": args.latent,
-        "image_size": args.image_size,
-        "channels": args.channels,
-        "filters": parse_filters(args.filters),
-        "decoder_filters": parse_filters(args.decoder_filters, "--decoder-filters") if args.decoder_filters else None,
-        "hidden_units": args.hidden,
-        "upsampling": args.upsampling,
-        "reconstruction": args.recon,
-        "beta": args.beta,
-        "beta_warmup_steps": args.beta_warmup,
-        "beta_cycle_steps": args.beta_cycle,
-        "adversarial": args.adversarial,
-        "adversarial_start": args.adversarial_start,
-        "discriminator_filters": args.discriminator_filters,
-        "epochs": args.epochs if args.epochs is not None else RECIPE["epochs"],
-        "batch_size": args.batch_size,
-        "learning_rate": args.lr,
-        "lr_schedule": args.lr_schedule,
-        "lr_warmup_steps": args.lr_warmup,
-        "ema": args.ema,
-        "mixed_precision": args.mixed_precision,
-        "strategy": args.strategy,
-        "seed": args.seed,
-        "value_range": [0.0, 1.0],
-        "layout": "NHWC",
-    }
+    config = {"format": RUN_FORMAT, "run_dir": str(out)}
+    config |= {setting.name: getattr(args, setting.name) for setting in SETTINGS if setting.in_config}
+    config["filters"] = parse_filters(args.filters)
+    config["decoder_filters"] = (
+        parse_filters(args.decoder_filters, "--decoder-filters") if args.decoder_filters else None
+    )
+    config |= {"value_range": [0.0, 1.0], "layout": "NHWC"}
     check_settings(config, flag)
     return config
 
@@ -476,7 +252,7 @@ def check_recovery_flags(args: argparse.Namespace) -> None:
         raise RunError(f"--backup-every is a number of steps, 0 or more (got {args.backup_every})")
     if not 0 < args.worker_start_timeout < math.inf:
         raise RunError(
-            f"--worker-start-timeout is a number of seconds above 0, e.g. {DEFAULT_WORKER_START_TIMEOUT} "
+            f"--worker-start-timeout is a number of seconds above 0, e.g. {DEFAULTS['worker_start_timeout']} "
             f"(got {args.worker_start_timeout})"
         )
 

@@ -10,7 +10,7 @@ Optionally (`adversarial` > 0) a patch discriminator trained with a hinge loss a
 weighted GAN term on the reconstructions, as in the autoencoders of latent diffusion models.
 
 `model_from_config`, `make_optimizer` and `run_precision` rebuild a run from its config.json
-(its settings' choices live in runs.py, which has no TensorFlow).
+(its settings' defaults and choices live in recipe.py, which has no TensorFlow).
 
     python vae.py --latent 128     # the architecture's summary and parameter count
 """
@@ -23,17 +23,15 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 
-from runs import (
-    BCE_EPSILON,
+from recipe import (
     DEFAULT_FILTERS,
     DEFAULT_RECIPE,
-    MIN_GAUSSIAN_SIGMA,
     PRECISION_POLICIES,
     PRECISION_SETTINGS,
     RECONSTRUCTION_LOSSES,
     UPSAMPLING_MODES,
-    check_architecture,
 )
+from runs import BCE_EPSILON, MIN_GAUSSIAN_SIGMA, check_architecture
 
 
 def build_parser() -> argparse.ArgumentParser:

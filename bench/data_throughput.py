@@ -187,10 +187,10 @@ def file_check_costs(files: Sequence[Path]) -> None:
 
 
 def train_step(args: argparse.Namespace, files: list[Path], cached: float, first: float) -> None:
-    import runs
+    import recipe
     import vae
 
-    config = {**runs.DEFAULT_RECIPE, "image_size": args.image_size, "batch_size": args.batch_size}
+    config = {**recipe.DEFAULT_RECIPE, "image_size": args.image_size, "batch_size": args.batch_size}
     model = vae.model_from_config(config)
     model.compile(optimizer=vae.make_optimizer(config))
     repeated = data.make_dataset(

@@ -171,7 +171,7 @@ def test_out_over_an_input_or_a_model_file_is_refused_before_any_work(unloadable
     assert runs.check_output_path(tmp_path / "config.json") == tmp_path / "config.json"
 
 
-@pytest.mark.parametrize("module", ["runs.py", "images.py", "inference.py", "image_files.py", "errors.py"])
+@pytest.mark.parametrize("module", ["runs.py", "recipe.py", "images.py", "inference.py", "image_files.py", "errors.py"])
 def test_a_library_module_run_as_a_script_says_what_to_run(module):
     result = subprocess.run([sys.executable, module], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
@@ -330,3 +330,20 @@ def test_no_import_cycles_among_the_scripts():
     assert {"runs", "export_onnx", "inference", "latent", "data"} <= set(graph)
     assert graph["inference"] <= {"errors"}, graph["inference"]  # numpy and onnxruntime only
     assert import_cycles(graph) == []
+
+
+def test_keras_loads_without_tensorflow_start_up_noise():
+    """What generate.py, evaluate.py, export_onnx.py and latent.py print when they load a .keras
+    model: TensorFlow's C++ start-up lines once at most, no information lines, and no cuInit error
+    on a machine without an NVIDIA driver."""
+    code = "import runs; runs.import_keras(); print('LOADED')"
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=environment
+    )
+    assert result.stdout.strip() == "LOADED", result.stderr
+    lines = result.stderr.splitlines()
+    assert not [line for line in lines if line.startswith("I0000") or "absl::InitializeLog" in line], lines
+    assert len(lines) == len(set(lines)), lines
+    if not Path("/proc/driver/nvidia").exists():
+        assert "cuInit" not in result.stderr

@@ -1,0 +1,22 @@
+"""recipe.py's settings table and the command line and config.json built from it (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import recipe
+import train_cli
+
+
+def test_a_run_given_only_data_writes_the_default_recipe(tmp_path):
+    """What argparse defaults to, through train_cli's conversions, is what DEFAULT_RECIPE says."""
+    _, config = train_cli.checked_config(["--data", str(tmp_path), "--out", str(tmp_path / "run")])
+    recorded = {key: value for key, value in config.items() if key in recipe.DEFAULT_RECIPE}
+    assert json.loads(json.dumps(recorded)) == {**recipe.DEFAULT_RECIPE, "data": str(tmp_path)}
+
+
+def test_the_resume_help_names_the_flags_resume_takes():
+    resume = next(setting for setting in recipe.SETTINGS if setting.flag == "--resume")
+    named = set(re.findall(r"--[a-z-]+", resume.help))
+    assert named == {setting.flag for setting in recipe.SETTINGS if setting.on_resume} - {"--resume"}
