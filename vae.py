@@ -266,8 +266,9 @@ class VAE(keras.Model):
 
     With `adversarial` > 0 and a `discriminator`: from optimizer step `adversarial_start` on, the
     loss adds w * g_loss, g_loss = -mean(D(reconstructions)), w = `adaptive_weight`, and every step
-    also trains D with its own Adam on the hinge loss `d_loss`. Without them the model has exactly
-    the variables, checkpoints and steps it had before the option existed.
+    also trains D with its own Adam on the hinge loss `d_loss`. Before that step the train step is
+    traced without D (its figures read 0). Without them the model has exactly the variables,
+    checkpoints and steps it had before the option existed.
     """
 
     def __init__(
@@ -306,6 +307,7 @@ class VAE(keras.Model):
         self.beta_tracker = keras.metrics.Mean(name="beta")
         self.adversarial = float(adversarial)
         self.adversarial_start = int(adversarial_start)
+        self.gan_traced = False  # whether the current train function includes the discriminator
         if discriminator is not None:  # attributes only when used: checkpoints without stay as they were
             self.discriminator = discriminator
             # The GAN practice's fixed rate and betas (DCGAN's beta_1 0.5, taming-transformers' beta_2 0.9).
@@ -338,6 +340,29 @@ class VAE(keras.Model):
         """The state of the optimizers: the model's, then the discriminator's, if any."""
         extra = self.discriminator_optimizer.variables if self.adversarial else []
         return [*self.optimizer.variables, *extra]
+
+    def make_train_function(self, force: bool = False):
+        # Until adversarial_start the step runs without the discriminator, which would cost as
+        # much again for a term weighted 0; the first step from then on traces it with it.
+        if not self.adversarial:
+            return super().make_train_function(force)
+        started = self.adversarial_started()
+        if force or self.train_function is None or started != self.gan_traced:
+            self.gan_traced = started
+            super().make_train_function(force=True)
+            if not started:
+                step_without_gan = self.train_function
+
+                def until_start(iterator):
+                    if self.adversarial_started():
+                        return self.make_train_function()(iterator)
+                    return step_without_gan(iterator)
+
+                self.train_function = until_start
+        return self.train_function
+
+    def adversarial_started(self) -> bool:
+        return int(self.optimizer.iterations.numpy()) >= self.adversarial_start
 
     def call(self, images, training: bool = False):
         mu, log_var = self.encoder(images, training=training)
@@ -394,21 +419,22 @@ class VAE(keras.Model):
         # Keras sums gradients over replicas: divide the per-replica batch mean by
         # the replica count so the update equals that of the global batch mean.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape(persistent=self.adversarial > 0) as tape:
+        with tf.GradientTape(persistent=self.gan_traced) as tape:
             terms = self.loss_terms(data, sample=True, training=True)
-            if self.adversarial:
+            if self.gan_traced:
                 terms = self.add_generator_term(terms, tape)
             # scale_loss applies the dynamic loss scale under mixed_float16 (no-op otherwise).
             scaled_loss = self.optimizer.scale_loss(terms["loss"] / replicas)
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
-        if self.adversarial:
-            terms["d_loss"] = self.discriminator_step(data, terms["reconstructions"], terms["adversarial_on"], replicas)
+        if self.gan_traced:
+            terms["d_loss"] = self.discriminator_step(data, terms["reconstructions"], replicas)
+        elif self.adversarial:
+            terms.update(dict.fromkeys(("d_loss", "g_loss", "adversarial_weight"), ops.convert_to_tensor(0.0)))
         return self.update_trackers(terms, data)
 
     def add_generator_term(self, terms: dict, tape: tf.GradientTape) -> dict:
-        """`terms` with the GAN term added to the loss (zero before adversarial_start), g_loss, its
-        weight, and adversarial_on (1.0 from that step on, else 0.0)."""
+        """`terms` with the GAN term added to the loss, g_loss and its weight."""
         g_loss = -ops.mean(ops.cast(self.discriminator(terms["reconstructions"], training=True), "float32"))
         with tape.stop_recording():
             last = self.decoder.layers[-1].kernel
@@ -418,25 +444,22 @@ class VAE(keras.Model):
             if replica is not None and replica.num_replicas_in_sync > 1:
                 # The global batch's gradients (up to a common factor), as on a single device.
                 gradients = replica.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
-        on = ops.cast(self.optimizer.iterations >= self.adversarial_start, "float32")
-        weight = on * adaptive_weight(*gradients, self.adversarial)
+        weight = adaptive_weight(*gradients, self.adversarial)
         return {
             **terms,
             "loss": terms["loss"] + weight * g_loss,
             "g_loss": g_loss,
             "adversarial_weight": weight,
-            "adversarial_on": on,
         }
 
-    def discriminator_step(self, images, reconstructions, on, replicas: int):
-        """One step of the discriminator on the hinge loss, a zero gradient while `on` is 0; returns
-        the loss."""
+    def discriminator_step(self, images, reconstructions, replicas: int):
+        """One step of the discriminator on the hinge loss; returns the loss."""
         variables = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             logits_real = self.discriminator(images, training=True)
             logits_fake = self.discriminator(ops.stop_gradient(reconstructions), training=True)
             d_loss = hinge_discriminator_loss(logits_real, logits_fake)
-            scaled_loss = self.discriminator_optimizer.scale_loss(on * d_loss / replicas)
+            scaled_loss = self.discriminator_optimizer.scale_loss(d_loss / replicas)
         self.discriminator_optimizer.apply(tape.gradient(scaled_loss, variables), variables)
         return d_loss
 

@@ -333,6 +333,21 @@ def test_adversarial_term_counts_from_its_start_step_only():
     assert np.abs(off.decoder.layers[-1].kernel.numpy() - on.decoder.layers[-1].kernel.numpy()).max() > 1e-4
 
 
+def test_adversarial_start_inside_a_fit_brings_the_discriminator_in_at_that_step():
+    """One fit of 4 steps, start at step 2: steps 0-1 run a step traced without the discriminator,
+    steps 2-3 one traced with it, without a new fit call."""
+    model = tiny_model(0.5, start=2)
+    discriminator = [v.numpy().copy() for v in model.discriminator.variables]
+    traced = []
+    recorder = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: traced.append(model.gan_traced))
+    images = np.random.default_rng(3).random((8, 16, 16, 3), dtype=np.float32)
+    history = model.fit(images, epochs=1, batch_size=2, shuffle=False, verbose=0, callbacks=[recorder]).history
+    assert traced == [False, False, True, True]
+    assert int(model.optimizer.iterations.numpy()) == 4
+    assert history["adversarial_weight"][0] > 0 and np.isfinite(history["d_loss"][0])
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(discriminator, model.discriminator.variables, strict=True))
+
+
 def test_adaptive_weight_is_the_ratio_of_the_gradient_norms_at_the_last_layer():
     rng = np.random.default_rng(0)
     small, large = rng.normal(0, 1e-3, (3, 3, 4, 3)), rng.normal(0, 1, (3, 3, 4, 3))
