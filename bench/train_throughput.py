@@ -22,10 +22,27 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=30, help="training steps per timed epoch")
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per setting")
+    parser.add_argument("--latent", type=int, default=128, help="latent dimension")
+    parser.add_argument("--image-size", type=int, default=64, help="image side")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and a bad flag answer before TensorFlow loads (seconds)
+
+from runs import import_keras  # noqa: E402
+
+keras = import_keras()  # TensorFlow's start-up lines once, without the cuInit noise of a CPU machine
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from machine import machine_lines  # noqa: E402
@@ -67,14 +84,7 @@ def cpu_seconds() -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    parser.add_argument("--steps", type=int, default=30, help="training steps per timed epoch")
-    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per setting")
-    parser.add_argument("--latent", type=int, default=128, help="latent dimension")
-    parser.add_argument("--image-size", type=int, default=64, help="image side")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     config = default_config(args.latent, args.image_size)
     mixed = vae.choose_precision("on", vae.cpu_flags(), vae.gpu_capability())[0]  # this machine's mixed policy
     model = vae.model_from_config(config)
