@@ -398,7 +398,8 @@ def density_json(density: LatentDensity) -> str:
         "components": density.components,
         "sampling": "c ~ weights, eps ~ N(0, I), z = means[c] + T * cholesky[c] @ eps (T: temperature)",
         **{key: value for key, value in density.info.items() if key not in ("name",)},
-        "weights": rounded(density.weights / density.weights.sum()),
+        # In full: 7 digits leave their sum up to ~1e-7 off 1, which numpy's choice(p=...) refuses.
+        "weights": (density.weights / density.weights.sum()).tolist(),
         "means": rounded(density.means),
         "cholesky": rounded(np.tril(density.cholesky)),
     }

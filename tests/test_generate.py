@@ -297,6 +297,18 @@ def test_without_a_run_the_pretrained_model_is_used_without_tensorflow(tmp_path)
     assert grid.size[1] > 8 * 64  # 4 pairs x (lerp, slerp) rows of 64 px faces
 
 
+def test_the_readme_python_example_runs_on_the_pretrained_model(tmp_path):
+    """The README's onnxruntime example, as written (numpy, onnxruntime and Pillow only), makes a face."""
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "pretrained/celeba64/" in example
+    example = example.replace("pretrained/celeba64/", f"{REPO / 'pretrained' / 'celeba64'}/")
+    result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    face = np.asarray(Image.open(tmp_path / "face.png"))
+    assert face.shape == (64, 64, 3) and face.std() > 10  # an image, not a flat fill
+
+
 def argument_error(argv: list[str], capsys) -> str:
     """The error line argparse prints for a refused flag value (exit code 2)."""
     with pytest.raises(SystemExit) as exit_info:
