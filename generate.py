@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import align
 import data
 from errors import UserError, batches, first_line, run_main
-from images import image_format, make_grid, save_images, to_uint8
+from images import face_from_pixels, image_format, make_grid, read_pixels, save_images, to_uint8
 from latent import (
     SAMPLERS,
     LatentDensity,
@@ -174,6 +175,28 @@ def find_faces(job: Job, count: int) -> list[Path]:
     return random_files(dataset, args.split, count, job.rng)
 
 
+def load_chosen_faces(job: Job, files: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
+    """(faces [N, S, S, C], their names) of chosen face files. Photos given with --images are
+    aligned first (align.py: each photo's --faces), unless --no-align; CelebA's own images, from
+    --ids, --identity or random picks, are aligned already."""
+    if not job.args.images or job.args.no_align:
+        return load_faces(files, job.backend), [p.stem for p in files]
+    finder = align.FaceFinder()
+    backend, faces, names = job.backend, [], []
+    for path in files:
+        try:
+            frames = align.align_photo(read_pixels(path), finder, job.args.faces, str(path))
+        except (FileNotFoundError, ValueError) as error:
+            raise GenerateError(f"{error}; check the image paths given") from None
+        except align.AlignError as error:
+            raise GenerateError(f"{error}; give a photo of a face, or --no-align for an aligned crop") from None
+        faces += [face_from_pixels(frame, backend.image_size, backend.channels, backend.crop) for frame in frames]
+        names += [path.stem] if len(frames) == 1 else [f"{path.stem}_{n}" for n in range(len(frames))]
+    if len(faces) > MAX_GRID_FACES:
+        raise GenerateError(f"{len(faces)} faces found, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
+    return np.stack(faces), names
+
+
 def check_random(args: argparse.Namespace) -> None:
     """--random replaces the real faces: refuse it in modes that need them and beside the
     flags that choose them."""
@@ -203,9 +226,8 @@ def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None,
     if job.random:
         codes = job.density.sample(job.random, job.rng, job.args.temperature[0])
         return codes, None, [f"z{i + 1}" for i in range(job.random)]
-    files = choose_faces(job, count)
-    faces = load_faces(files, job.backend)
-    return job.backend.encode(faces)[0], faces, [p.stem for p in files]
+    faces, names = load_chosen_faces(job, choose_faces(job, count))
+    return job.backend.encode(faces)[0], faces, names
 
 
 # --------------------------------------------------------------------------- attribute directions
@@ -368,11 +390,10 @@ def in_rows(images: np.ndarray, columns: int) -> list[np.ndarray]:
 
 def reconstruct_grid(job: Job) -> Grid:
     args, backend, rng = job.args, job.backend, job.rng
-    files = choose_faces(job, args.count or DEFAULT_FACES["reconstruct"])
-    check_grid_size(job, len(files) * (2 + args.sampled))
-    faces = load_faces(files, backend)
+    faces, names = load_chosen_faces(job, choose_faces(job, args.count or DEFAULT_FACES["reconstruct"]))
+    check_grid_size(job, len(faces) * (2 + args.sampled))
     mu, log_var = backend.encode(faces)
-    grid = Grid(column_labels=[p.stem for p in files])
+    grid = Grid(column_labels=names)
     grid.add(faces, "input")
     grid.add(backend.decode(mu), "mean")
     for draw in range(args.sampled):
@@ -395,19 +416,18 @@ def sample_grid(job: Job) -> Grid:
 
 def weighted_grid(job: Job) -> Grid:
     args, backend, rng = job.args, job.backend, job.rng
-    files = choose_faces(job, args.count or DEFAULT_FACES["weighted"])
-    check_grid_size(job, len(files) + 1 + args.samples)
+    faces, names = load_chosen_faces(job, choose_faces(job, args.count or DEFAULT_FACES["weighted"]))
+    check_grid_size(job, len(faces) + 1 + args.samples)
     try:
-        weights = normalized_weights(args.weights, len(files))
+        weights = normalized_weights(args.weights, len(faces))
     except ValueError as error:
         raise GenerateError(f"--weights: {error}") from None
-    faces = load_faces(files, backend)
     mu, log_var = backend.encode(faces)
     mixed_mu, mixed_log_sigma = weighted_posterior(mu, 0.5 * log_var, weights)
     if args.weights is None:
-        print(f"weights: 1/{len(files)} for each of {len(files)} images")
+        print(f"weights: 1/{len(faces)} for each of {len(faces)} faces")
     else:
-        print("weights: " + ", ".join(f"{p.name} {w:.3g}" for p, w in zip(files, weights, strict=True)))
+        print("weights: " + ", ".join(f"{name} {w:.3g}" for name, w in zip(names, weights, strict=True)))
     if backend.model_kind != "vae":
         print("note: this run is a plain autoencoder; its log_var head is untrained, so the spread is arbitrary")
     samples = backend.decode(
@@ -592,7 +612,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     faces = parser.add_argument_group("input faces (reconstruct, weighted, interpolate, attribute, traverse)")
     faces.add_argument("--data", help="CelebA root or a face folder; needed for --ids, random picks and attributes")
-    faces.add_argument("--images", nargs="+", metavar="FILE", help="face image files")
+    faces.add_argument(
+        "--images",
+        nargs="+",
+        metavar="FILE",
+        help="photos of faces, any size: each is aligned to CelebA's framing first (align.py)",
+    )
+    faces.add_argument(
+        "--faces",
+        type=align.parse_faces,
+        default="largest",
+        help="--images: which faces of a photo: largest, all, or face number N (0 the largest)",
+    )
+    faces.add_argument(
+        "--no-align", action="store_true", help="--images are aligned crops already (CelebA's framing): no alignment"
+    )
     faces.add_argument("--ids", nargs="+", metavar="ID", help="CelebA image ids under --data, e.g. 000123.jpg")
     faces.add_argument(
         "--split",

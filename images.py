@@ -86,7 +86,11 @@ def load_face(path: str | os.PathLike, image_size: int, channels: int = 3, crop:
     """An image file -> float32 [image_size, image_size, channels] in [0, 1], cropped, area-resized,
     made grey and rounded to 8 bits exactly as data.py prepares training images (the two agree
     to within one 8-bit level; a test checks it)."""
-    pixels = read_pixels(path)
+    return face_from_pixels(read_pixels(path), image_size, channels, crop)
+
+
+def face_from_pixels(pixels: np.ndarray, image_size: int, channels: int = 3, crop: int = DEFAULT_CROP) -> np.ndarray:
+    """uint8 [H, W, 3] pixels -> the model's float32 [image_size, image_size, channels] face (load_face)."""
     top, left, side, _ = crop_box(pixels.shape[0], pixels.shape[1], crop)
     square = pixels[top : top + side, left : left + side].astype(np.float64)
     weights = area_weights(side, image_size)

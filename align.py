@@ -1,0 +1,369 @@
+"""Find the faces in any photo and align them onto CelebA's aligned frame, with onnxruntime only.
+
+    python align.py --data photos/ --out aligned/            # each photo's largest face
+    python align.py --data group.jpg --out aligned/ --faces all
+    python train.py --data aligned/                          # then train on your own collection
+
+MediaPipe's face detector (BlazeFace) finds the faces and its Face Mesh their landmarks
+(pretrained/face_detector/, on onnxruntime). A similarity transform (rotation, scale, shift)
+puts the eyes and mouth corners where Face Mesh finds them on CelebA's aligned training images
+(TEMPLATE), and the photo is resampled into that 178x218 frame, the framing the models were
+trained on. generate.py aligns its --images this way; docs/generate.md shows photos, their
+aligned crops, and how exactly it recovers faces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from errors import UserError, run_main
+
+REPO = Path(__file__).resolve().parent
+DETECTOR_FILE = REPO / "pretrained" / "face_detector" / "face_detector.onnx"
+LANDMARKS_FILE = REPO / "pretrained" / "face_detector" / "face_landmarks.onnx"
+FRAME_WIDTH, FRAME_HEIGHT = 178, 218  # CelebA's aligned images
+# Face.points (x, y) in the 178x218 frame: their mean over CelebA's aligned training images,
+# measured by bench/align_wild.py --template (docs/generate.md: Alignment).
+TEMPLATE = np.array([[70.1, 112.9], [108.0, 113.0], [72.2, 152.9], [106.0, 153.0]])
+EYE_CORNERS = ([33, 133], [362, 263])  # Face Mesh's outer and inner corner of the right and left eye
+MOUTH_CORNERS = [61, 291]  # Face Mesh's right and left mouth corner
+MIN_SCORE = 0.5  # the detector's and Face Mesh's: below it, not a face
+OVERLAP = 0.3  # boxes overlapping more than this (intersection over union) are one face
+# Eyes-to-mouth pixels (Face.size) below which a face has less detail than a 64x64 model input
+# (where that distance is about 17 pixels): it is aligned, with a warning.
+SMALL_FACE = 17
+FACES = ("largest", "all")
+
+
+class AlignError(UserError):
+    """A photo with no face, or alignment settings that cannot work."""
+
+
+@dataclass(frozen=True)
+class Face:
+    """A face found in a photo, in the photo's pixels."""
+
+    box: np.ndarray  # [x0, y0, x1, y1]
+    landmarks: np.ndarray  # [468, 2] (x, y): Face Mesh's landmarks
+
+    @property
+    def points(self) -> np.ndarray:
+        """[4, 2] the points alignment uses: the centres of the right and left eye (the middle of
+        each eye's corners) and the right and left mouth corner. These are the landmarks CelebA's
+        alignment was made from, less the nose tip, which moves as the head turns."""
+        eyes = [self.landmarks[corners].mean(axis=0) for corners in EYE_CORNERS]
+        return np.stack([*eyes, *self.landmarks[MOUTH_CORNERS]])
+
+    @property
+    def size(self) -> float:
+        """Distance from the eyes' midpoint to the mouth's, in pixels."""
+        points = self.points
+        return float(np.linalg.norm(points[:2].mean(axis=0) - points[2:].mean(axis=0)))
+
+
+# --------------------------------------------------------------------------- the detector
+def detector_anchors(size: int, strides: Sequence[int], per_cell: Sequence[int]) -> np.ndarray:
+    """[N, 2] anchor centres (x, y) in [0, 1] of BlazeFace's SSD heads: per_cell anchors in every
+    cell of a size/stride grid, grids in the order of the model's outputs."""
+    centres = []
+    for stride, count in zip(strides, per_cell, strict=True):
+        cells = size // stride
+        ys, xs = np.mgrid[0:cells, 0:cells]
+        grid = np.stack([(xs + 0.5) / cells, (ys + 0.5) / cells], axis=-1).reshape(-1, 1, 2)
+        centres.append(np.repeat(grid, count, axis=1).reshape(-1, 2))
+    return np.concatenate(centres).astype(np.float32)
+
+
+def decode_detections(
+    regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, size: int, min_score: float = MIN_SCORE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BlazeFace's raw outputs ([N, 16] offsets, [N] logits) -> boxes [M, 4] (x0, y0, x1, y1),
+    scores [M] and keypoints [M, 6, 2], in [0, 1] of the model's square input, for the M anchors
+    scoring at least min_score."""
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
+    keep = scores >= min_score
+    offsets, centres = regressors[keep] / size, anchors[keep]
+    middle, half = offsets[:, :2] + centres, offsets[:, 2:4] / 2
+    boxes = np.concatenate([middle - half, middle + half], axis=1)
+    keypoints = offsets[:, 4:16].reshape(-1, 6, 2) + centres[:, None]
+    return boxes, scores[keep], keypoints
+
+
+def box_overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of one box [4] with boxes [N, 4]."""
+    low, high = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
+    intersection = np.prod(np.clip(high - low, 0.0, None), axis=1)
+    area = lambda b: np.prod(np.clip(b[..., 2:] - b[..., :2], 0.0, None), axis=-1)  # noqa: E731
+    return intersection / np.maximum(area(box) + area(boxes) - intersection, 1e-12)
+
+
+def merge_detections(
+    boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, overlap: float = OVERLAP
+) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """Weighted non-maximum suppression, as MediaPipe does it: the detections that overlap the best
+    remaining one by more than `overlap` become one face whose box and keypoints are their
+    score-weighted mean (steadier than keeping the best one alone), best faces first."""
+    order = np.argsort(-scores)
+    faces = []
+    while order.size:
+        similar = box_overlap(boxes[order[0]], boxes[order]) > overlap
+        members, order = order[similar], order[~similar]
+        weights = scores[members][:, None]
+        box = (boxes[members] * weights).sum(0) / weights.sum()
+        points = (keypoints[members] * weights[..., None]).sum(0) / weights.sum()
+        faces.append((box, float(scores[members[0]]), points))
+    return faces
+
+
+class FaceFinder:
+    """MediaPipe's BlazeFace (finds faces) and Face Mesh (468 landmarks of one face) on onnxruntime."""
+
+    DETECTOR_SIZE, STRIDES, ANCHORS_PER_CELL = 128, (8, 16), (2, 6)  # BlazeFace's short-range model
+    MESH_SIZE = 192  # Face Mesh's square input
+    MESH_MARGIN = 1.5  # Face Mesh's input shows the detector's box and this much around it
+
+    def __init__(self, detector: str | os.PathLike = DETECTOR_FILE, landmarks: str | os.PathLike = LANDMARKS_FILE):
+        from inference import make_session
+
+        try:
+            self.detector, self.mesh = make_session(detector, threads=1), make_session(landmarks, threads=1)
+        except (FileNotFoundError, ValueError) as error:
+            raise AlignError(f"cannot load the face models ({error})") from None
+        self.anchors = detector_anchors(self.DETECTOR_SIZE, self.STRIDES, self.ANCHORS_PER_CELL)
+
+    def find(self, pixels: np.ndarray) -> list[Face]:
+        """The faces in uint8 [H, W, 3] pixels, best first: what the detector finds and Face Mesh
+        confirms (it rejects most of the detector's mistakes, such as faces seen in noise)."""
+        faces = []
+        for box, keypoints in self.detect(pixels):
+            landmarks, presence = self.landmarks(pixels, box, keypoints)
+            if presence >= MIN_SCORE:
+                faces.append(Face(box, landmarks))
+        return faces
+
+    def detect(self, pixels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(box [4], keypoints [6, 2]) of each face the detector finds, in the photo's pixels, best
+        first. The photo is shrunk to its square input, padded (aspect ratio kept), as MediaPipe does."""
+        height, width = pixels.shape[:2]
+        scale = self.DETECTOR_SIZE / max(height, width)
+        shrunk = Image.fromarray(pixels).resize(
+            (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR
+        )
+        square = np.zeros((self.DETECTOR_SIZE, self.DETECTOR_SIZE, 3), np.uint8)
+        left, top = (self.DETECTOR_SIZE - shrunk.width) // 2, (self.DETECTOR_SIZE - shrunk.height) // 2
+        square[top : top + shrunk.height, left : left + shrunk.width] = np.asarray(shrunk)
+        model_input = (square.astype(np.float32) / 127.5 - 1.0)[None]
+        regressors, logits = self.detector.run(None, {self.detector.get_inputs()[0].name: model_input})
+        found = decode_detections(regressors[0], logits[0, :, 0], self.anchors, self.DETECTOR_SIZE)
+        # back from the square's [0, 1] to the photo's pixels (each axis as shrunk)
+        offset = np.array([left, top]) / self.DETECTOR_SIZE
+        stretch = np.array([width / shrunk.width, height / shrunk.height]) * self.DETECTOR_SIZE
+        return [
+            (((box.reshape(2, 2) - offset) * stretch).reshape(4), (points - offset) * stretch)
+            for box, _, points in merge_detections(*found)
+        ]
+
+    def landmarks(self, pixels: np.ndarray, box: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, float]:
+        """Face Mesh's [468, 2] landmarks of a detected face, in the photo's pixels, and how sure it
+        is that it sees a face (0 to 1). Face Mesh sees the face upright (turned so that the
+        detector's eyes are level), in a square around the detector's box."""
+        centre = (box[:2] + box[2:]) / 2
+        side = max(box[2] - box[0], box[3] - box[1]) * self.MESH_MARGIN
+        eyes = keypoints[1] - keypoints[0]
+        angle = -np.arctan2(eyes[1], eyes[0])
+        turn = self.MESH_SIZE / side * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        to_input = np.hstack([turn, (self.MESH_SIZE / 2 - turn @ centre)[:, None]])
+        crop = warp(pixels, to_input, (self.MESH_SIZE, self.MESH_SIZE))
+        points, presence = self.mesh.run(
+            None, {self.mesh.get_inputs()[0].name: (crop.astype(np.float32) / 255.0)[None]}
+        )
+        landmarks = apply_transform(invert(to_input), points.reshape(-1, 3)[:, :2])
+        return landmarks, float(1.0 / (1.0 + np.exp(-np.clip(float(presence.ravel()[0]), -100.0, 100.0))))
+
+
+# --------------------------------------------------------------------------- alignment
+def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The 2x3 matrix [[a, -b, tx], [b, a, ty]] of the rotation, uniform scale and shift that maps
+    points source [N, 2] onto target [N, 2] with the least squared error (no reflection)."""
+    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
+    s, t = source - source_mean, target - target_mean
+    norm = max(float((s**2).sum()), 1e-12)
+    a = float((s * t).sum()) / norm
+    b = float((s[:, 0] * t[:, 1] - s[:, 1] * t[:, 0]).sum()) / norm
+    rotation = np.array([[a, -b], [b, a]])
+    return np.hstack([rotation, (target_mean - rotation @ source_mean)[:, None]])
+
+
+def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2x3 transform that applies `inner`, then `outer`."""
+    return np.hstack([outer[:, :2] @ inner[:, :2], (outer[:, :2] @ inner[:, 2] + outer[:, 2])[:, None]])
+
+
+def invert(matrix: np.ndarray) -> np.ndarray:
+    inverse = np.linalg.inv(matrix[:, :2])
+    return np.hstack([inverse, (-inverse @ matrix[:, 2])[:, None]])
+
+
+def warp(pixels: np.ndarray, matrix: np.ndarray, size: tuple[int, int] = (FRAME_WIDTH, FRAME_HEIGHT)) -> np.ndarray:
+    """uint8 [height, width, 3] of size (width, height): the photo resampled through `matrix`
+    (photo -> output coordinates). Only the part of the photo the output shows is read; it is
+    first shrunk by area averaging to about the output's scale (no aliasing from a large photo),
+    and the output beyond the photo's edge repeats the edge's pixels."""
+    corners = apply_transform(invert(matrix), np.array([[0, 0], [size[0], 0], [0, size[1]], size], float))
+    x0, y0 = np.floor(corners.min(axis=0)).astype(int) - 2
+    x1, y1 = np.ceil(corners.max(axis=0)).astype(int) + 2
+    rows = np.clip(np.arange(y0, y1), 0, pixels.shape[0] - 1)  # clipped indices repeat the edge
+    columns = np.clip(np.arange(x0, x1), 0, pixels.shape[1] - 1)
+    image = Image.fromarray(pixels[rows[:, None], columns[None, :]])
+    to_region = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]])
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))  # output pixels per photo pixel
+    if scale < 1.0:
+        shrunk = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        to_region = np.diag([shrunk[0] / image.width, shrunk[1] / image.height]) @ to_region
+        image = image.resize(shrunk, Image.Resampling.BOX)
+    inverse = invert(compose(matrix, invert(to_region)))  # output -> region, as PIL wants it
+    return np.asarray(image.transform(size, Image.Transform.AFFINE, inverse.reshape(6), Image.Resampling.BICUBIC))
+
+
+def align_face(pixels: np.ndarray, face: Face) -> np.ndarray:
+    """uint8 [218, 178, 3]: the face's aligned frame."""
+    return warp(pixels, similarity_transform(face.points, TEMPLATE))
+
+
+def choose_faces(faces: Sequence[Face], which: str | int) -> list[Face]:
+    """'largest' (by the eyes-to-mouth size), 'all' (largest first) or face number `which` (0 is
+    the largest) of the faces found. An index beyond them is an AlignError."""
+    ordered = sorted(faces, key=lambda face: -face.size)
+    if which == "all":
+        return ordered
+    if which == "largest":
+        return ordered[:1]
+    if not 0 <= int(which) < len(ordered):
+        raise AlignError(f"face number {which} asked for, but only {len(ordered)} found (numbers start at 0)")
+    return [ordered[int(which)]]
+
+
+def parse_faces(text: str) -> str | int:
+    """--faces: 'largest', 'all' or a face's number (0 the largest)."""
+    if text in FACES:
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"give largest, all or a face number (0 is the largest), not {text!r}")
+
+
+def align_photo(
+    pixels: np.ndarray, finder: FaceFinder, which: str | int = "largest", name: str = "the photo"
+) -> list[np.ndarray]:
+    """The aligned frames (uint8 [218, 178, 3]) of the chosen faces in a photo. No face: an
+    AlignError naming the photo; a face too small to align well: a warning."""
+    faces = choose_faces(finder.find(pixels), which)
+    if not faces:
+        raise AlignError(f"no face found in {name}")
+    for face in faces:
+        if face.size < SMALL_FACE:
+            print(
+                f"warning: the face in {name} is small ({face.size:.0f} pixels from eyes to mouth, "
+                f"under {SMALL_FACE}): its aligned crop is blurred; a larger photo of it works better",
+                file=sys.stderr,
+            )
+    return [align_face(pixels, face) for face in faces]
+
+
+# --------------------------------------------------------------------------- the command
+def output_names(photo: Path, root: Path, out: Path, count: int) -> list[Path]:
+    """Where the aligned crops of a photo go: its path below root, under out, as .jpg; with
+    several faces, name_0.jpg, name_1.jpg, ..."""
+    relative = photo.relative_to(root) if root.is_dir() else Path(photo.name)
+    target = out / relative.with_suffix(".jpg")
+    if count == 1:
+        return [target]
+    return [target.with_name(f"{target.stem}_{number}.jpg") for number in range(count)]
+
+
+def align_folder(source: Path, out: Path, which: str | int, finder: FaceFinder) -> dict[str, int]:
+    """Align every photo under source (a folder, searched recursively, or one photo) into out,
+    as JPEG, skipping photos whose crops are already there (a stopped run goes on where it
+    stopped). A photo without a face or that cannot be read is skipped and counted."""
+    from data import list_images
+    from images import read_pixels, save_images
+    from runs import Progress
+
+    photos = list_images(source, recursive=True)[0] if source.is_dir() else [source]
+    if not photos:
+        raise AlignError(f"no image files under {source}; give a folder of photos or a photo")
+    counts = dict.fromkeys(("photos", "faces", "done before", "no face", "unreadable"), 0)
+    progress = Progress(len(photos), "aligned")
+    for photo in photos:
+        progress.add(1)
+        if output_names(photo, source, out, 1)[0].exists() or output_names(photo, source, out, 2)[0].exists():
+            counts["done before"] += 1
+            continue
+        try:
+            frames = align_photo(read_pixels(photo), finder, which, str(photo))
+        except (OSError, ValueError) as error:  # not an image Pillow can read
+            print(f"skipped: {error}", file=sys.stderr)
+            counts["unreadable"] += 1
+            continue
+        except AlignError as error:
+            print(f"skipped: {error}", file=sys.stderr)
+            counts["no face"] += 1
+            continue
+        names = output_names(photo, source, out, len(frames))
+        save_images({name: Image.fromarray(frame) for name, frame in zip(names, frames, strict=True)})
+        counts["photos"] += 1
+        counts["faces"] += len(frames)
+    progress.close()
+    return counts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from runs import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--data", required=True, help="a folder of photos (searched recursively) or one photo")
+    parser.add_argument("--out", required=True, help="folder for the aligned 178x218 crops (JPEG)")
+    parser.add_argument(
+        "--faces",
+        type=parse_faces,
+        default="largest",
+        help="largest: each photo's largest face; all: every face (name_0.jpg, ...); N: face number N (0 the largest)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from runs import check_writable
+
+    args = build_parser().parse_args(argv)
+    source, out = Path(args.data), Path(args.out)
+    if not source.exists():
+        raise AlignError(f"--data {source} does not exist; give a folder of photos or a photo")
+    if source.is_dir() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents):
+        raise AlignError(f"--out {out} lies inside --data {source}, whose photos it would mix with; give another --out")
+    check_writable(out, folder=True)
+    counts = align_folder(source, out, args.faces, FaceFinder())
+    print(
+        f"wrote {counts['faces']} aligned faces of {counts['photos']} photos to {out}"
+        + "".join(
+            f"; {count} {what}"
+            for what, count in counts.items()
+            if what in ("done before", "no face", "unreadable") and count
+        )
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)
