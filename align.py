@@ -32,7 +32,7 @@ LANDMARKS_FILE = REPO / "pretrained" / "face_detector" / "face_landmarks.onnx"
 FRAME_WIDTH, FRAME_HEIGHT = 178, 218  # CelebA's aligned images
 # Face.points (x, y) in the 178x218 frame: their mean over CelebA's aligned training images,
 # measured by bench/align_wild.py --template (docs/generate.md: Alignment).
-TEMPLATE = np.array([[70.1, 112.9], [108.0, 113.0], [72.2, 152.9], [106.0, 153.0]])
+TEMPLATE = np.array([[70.1, 112.8], [108.0, 112.9], [72.2, 152.8], [105.9, 152.9]])
 EYE_CORNERS = ([33, 133], [362, 263])  # Face Mesh's outer and inner corner of the right and left eye
 MOUTH_CORNERS = [61, 291]  # Face Mesh's right and left mouth corner
 MIN_SCORE = 0.5  # the detector's and Face Mesh's: below it, not a face
@@ -123,6 +123,25 @@ def merge_detections(
     return faces
 
 
+def detector_views(height: int, width: int) -> list[tuple[float, float, float]]:
+    """The squares (x0, y0, side), in a photo's pixels, the detector looks at: the whole photo
+    (its long side), squares of its short side along the long one, and squares of half the short
+    side overlapping by half. The detector finds faces down to about a seventh of its input, so a
+    small face in a large or group photo is found in one of the smaller squares."""
+    long_side, short_side = max(height, width), min(height, width)
+    views = [((width - long_side) / 2, (height - long_side) / 2, float(long_side))]
+    for side in (short_side, short_side / 2):
+        if side == long_side:
+            continue
+
+        def starts(length: int, side: float = side) -> np.ndarray:
+            count = max(1, int(np.ceil((length - side) / (side / 2) - 1e-9)) + 1)
+            return np.linspace(0.0, length - side, count)
+
+        views += [(float(x), float(y), float(side)) for y in starts(height) for x in starts(width)]
+    return views
+
+
 class FaceFinder:
     """MediaPipe's BlazeFace (finds faces) and Face Mesh (468 landmarks of one face) on onnxruntime."""
 
@@ -151,25 +170,32 @@ class FaceFinder:
 
     def detect(self, pixels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """(box [4], keypoints [6, 2]) of each face the detector finds, in the photo's pixels, best
-        first. The photo is shrunk to its square input, padded (aspect ratio kept), as MediaPipe does."""
+        first. It looks at each of detector_views (squares beyond the photo's edge are black, as
+        in MediaPipe's padding), and what it finds in several of them is one face."""
         height, width = pixels.shape[:2]
-        scale = self.DETECTOR_SIZE / max(height, width)
-        shrunk = Image.fromarray(pixels).resize(
-            (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR
-        )
-        square = np.zeros((self.DETECTOR_SIZE, self.DETECTOR_SIZE, 3), np.uint8)
-        left, top = (self.DETECTOR_SIZE - shrunk.width) // 2, (self.DETECTOR_SIZE - shrunk.height) // 2
-        square[top : top + shrunk.height, left : left + shrunk.width] = np.asarray(shrunk)
-        model_input = (square.astype(np.float32) / 127.5 - 1.0)[None]
-        regressors, logits = self.detector.run(None, {self.detector.get_inputs()[0].name: model_input})
-        found = decode_detections(regressors[0], logits[0, :, 0], self.anchors, self.DETECTOR_SIZE)
-        # back from the square's [0, 1] to the photo's pixels (each axis as shrunk)
-        offset = np.array([left, top]) / self.DETECTOR_SIZE
-        stretch = np.array([width / shrunk.width, height / shrunk.height]) * self.DETECTOR_SIZE
-        return [
-            (((box.reshape(2, 2) - offset) * stretch).reshape(4), (points - offset) * stretch)
-            for box, _, points in merge_detections(*found)
-        ]
+        views = detector_views(height, width)
+        photo = Image.fromarray(pixels)
+        shrunk: dict[float, tuple[Image.Image, float]] = {}  # each size of view: the photo at its scale
+        boxes, scores, keypoints = [], [], []
+        for x0, y0, side in views:
+            if side not in shrunk:  # area-averaged to the scale at which the view is the detector's input
+                scale = min(1.0, self.DETECTOR_SIZE / side)
+                size = (max(1, round(width * scale)), max(1, round(height * scale)))
+                shrunk[side] = (photo.resize(size, Image.Resampling.BOX) if scale < 1 else photo, scale)
+            image, scale = shrunk[side]
+            extent = (x0 * scale, y0 * scale, (x0 + side) * scale, (y0 + side) * scale)
+            square = image.transform(
+                (self.DETECTOR_SIZE,) * 2, Image.Transform.EXTENT, extent, Image.Resampling.BILINEAR
+            )
+            model_input = (np.asarray(square, np.float32) / 127.5 - 1.0)[None]
+            regressors, logits = self.detector.run(None, {self.detector.get_inputs()[0].name: model_input})
+            found = decode_detections(regressors[0], logits[0, :, 0], self.anchors, self.DETECTOR_SIZE)
+            origin = np.array([x0, y0])
+            boxes.append((found[0].reshape(-1, 2, 2) * side + origin).reshape(-1, 4))
+            scores.append(found[1])
+            keypoints.append(found[2] * side + origin)
+        merged = merge_detections(np.concatenate(boxes), np.concatenate(scores), np.concatenate(keypoints))
+        return [(box, points) for box, _, points in merged]
 
     def landmarks(self, pixels: np.ndarray, box: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, float]:
         """Face Mesh's [468, 2] landmarks of a detected face, in the photo's pixels, and how sure it
@@ -237,9 +263,16 @@ def warp(pixels: np.ndarray, matrix: np.ndarray, size: tuple[int, int] = (FRAME_
     return np.asarray(image.transform(size, Image.Transform.AFFINE, inverse.reshape(6), Image.Resampling.BICUBIC))
 
 
-def align_face(pixels: np.ndarray, face: Face) -> np.ndarray:
-    """uint8 [218, 178, 3]: the face's aligned frame."""
-    return warp(pixels, similarity_transform(face.points, TEMPLATE))
+def align_face(pixels: np.ndarray, face: Face, finder: FaceFinder) -> np.ndarray:
+    """uint8 [218, 178, 3]: the face's aligned frame. Face Mesh is most consistent where it sees
+    the face as on CelebA's frames, where TEMPLATE was measured; so it looks again in the first
+    aligned frame, and its correction is folded into one resampling of the photo."""
+    matrix = similarity_transform(face.points, TEMPLATE)
+    again = finder.find(warp(pixels, matrix))
+    if again:
+        nearest = min(again, key=lambda found: float(np.abs(found.points - TEMPLATE).mean()))
+        matrix = compose(similarity_transform(nearest.points, TEMPLATE), matrix)
+    return warp(pixels, matrix)
 
 
 def choose_faces(faces: Sequence[Face], which: str | int) -> list[Face]:
@@ -279,7 +312,7 @@ def align_photo(
                 f"under {SMALL_FACE}): its aligned crop is blurred; a larger photo of it works better",
                 file=sys.stderr,
             )
-    return [align_face(pixels, face) for face in faces]
+    return [align_face(pixels, face, finder) for face in faces]
 
 
 # --------------------------------------------------------------------------- the command

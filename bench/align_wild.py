@@ -136,8 +136,8 @@ def main() -> None:
                 landmark_errors.append(np.linalg.norm(back - truth, axis=1).mean())
             original = original[:, ::-1] if mirrored else original
             originals.append(original)
-            passes.append(align.align_face(original, finder.find(original)[0]))
-            wilds.append(align.align_face(pixels, faces[0]))
+            passes.append(align.align_face(original, finder.find(original)[0], finder))
+            wilds.append(align.align_face(pixels, faces[0], finder))
             names.append(path.name)
             if (number + 1) % 50 == 0:
                 print(f"{number + 1} of {len(files)} in {time.perf_counter() - started:.0f} s", flush=True)
