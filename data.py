@@ -94,6 +94,9 @@ CELEBA_ATTRIBUTES = [
     "Young",
 ]
 SPLITS = {"train": 0, "validation": 1, "test": 2}
+# The way decode_face makes pixels from a file, in file caches' names: raise it whenever a change
+# of decode_face changes the pixels it makes of a file, so that no older cache is read for them.
+DECODE_VERSION = 2
 # What train.py and generate.py write into a run folder that a folder listing must not take for
 # faces: grids, curves, checkpoints.
 RUN_ARTIFACTS = (CHECKPOINT_DIR, RECONSTRUCTIONS_DIR, SAMPLES_DIR, GENERATED_DIR, LOSS_CURVES_FILE)
@@ -652,10 +655,20 @@ def file_cache_path(cache_dir: str, files: Sequence[Path], image_size: int, chan
 
 
 def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> Path:
-    """The prefix of the file cache of `files` (as listed, before the file check, so that it is
-    known without checking them) and the decode settings: another list or setting, another cache."""
-    digest = hashlib.md5("\n".join(map(str, files)).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return Path(cache_dir) / f"celeba_{image_size}px_{channels}ch_crop{crop}_{digest}"
+    """The prefix of the file cache of `files` (as listed, before the file check) and the decode
+    settings. Everything that changes the pixels makes another cache: another list, a file
+    replaced (its size or modification time), another setting, or another way of decoding
+    (DECODE_VERSION)."""
+    digest = hashlib.md5()
+    for path in files:
+        try:
+            status = os.stat(path)
+            stamp = f"{status.st_size}:{status.st_mtime_ns}"
+        except OSError:
+            stamp = "unreadable"
+        digest.update(f"{path}\t{stamp}\n".encode("utf-8", "surrogateescape"))
+    name = f"celeba_{image_size}px_{channels}ch_crop{crop}_decode{DECODE_VERSION}_{digest.hexdigest()[:12]}"
+    return Path(cache_dir) / name
 
 
 def file_cache_is_complete(prefix: str | os.PathLike) -> bool:

@@ -409,7 +409,9 @@ def model_folder_part(path: str | os.PathLike) -> Path | None:
     for folder in path.parents:
         if is_model_folder(folder):
             first = path.relative_to(folder).parts[0]
-            return folder / first if first in MODEL_FOLDER_PARTS else None
+            # Case-insensitive file systems (macOS, Windows) take Config.json for config.json.
+            part = next((name for name in MODEL_FOLDER_PARTS if name.casefold() == first.casefold()), None)
+            return None if part is None else folder / part
     return None
 
 
@@ -449,7 +451,8 @@ def check_input_overwrite(
     for path in inputs:
         if path.is_file() and os.path.samefile(out, path):
             raise RunFolderError(f"{flag} {out} would overwrite the input {path}; give another {flag}")
-    own = [Path(folder).resolve() for folder in own]
+    # An own folder that is a symbolic link (run/generated -> a data folder) is no own folder.
+    own = [Path(folder).resolve() for folder in own if not Path(folder).is_symlink()]
     names = {out.resolve(), out.parent.resolve() / out.name}  # the file, and a symlink's own place
     status = out.stat()
     for folder in (path for path in inputs if path.is_dir()):
@@ -468,7 +471,13 @@ def check_input_overwrite(
 
 
 def within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+    """Whether path is folder or lies below it, as the file system compares names: the same
+    folder by any spelling (another case where names are case-insensitive) counts."""
+    try:
+        status = folder.stat()
+    except OSError:
+        return path == folder or folder in path.parents
+    return any(candidate == folder or same_inode(candidate, status) for candidate in (path, *path.parents))
 
 
 def same_inode(path: Path, status: os.stat_result) -> bool:

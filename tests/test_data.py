@@ -117,6 +117,22 @@ def test_file_cache_is_written_and_reused(face_folder, tmp_path):
     np.testing.assert_array_equal(first, second)
 
 
+def test_file_cache_name_changes_with_whatever_changes_the_pixels(tmp_path, monkeypatch):
+    """A replaced file (aligned again, say), another setting or another way of decoding makes
+    another cache, so an older cache is never read for new pixels."""
+    files = write_faces(tmp_path / "faces", ["a.jpg", "b.jpg"])
+    name = data.file_cache_prefix(str(tmp_path), files, 64, 3, 148)
+    assert data.file_cache_prefix(str(tmp_path), files, 64, 3, 148) == name
+    assert data.file_cache_prefix(str(tmp_path), files, 64, 3, 120) != name
+    stamp = os.stat(files[0])
+    write_faces(tmp_path / "faces", ["a.jpg"], seed=1)  # the same name, other pixels
+    os.utime(files[0], ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000))
+    replaced = data.file_cache_prefix(str(tmp_path), files, 64, 3, 148)
+    assert replaced != name
+    monkeypatch.setattr(data, "DECODE_VERSION", data.DECODE_VERSION + 1)
+    assert data.file_cache_prefix(str(tmp_path), files, 64, 3, 148) not in (name, replaced)
+
+
 @pytest.mark.parametrize(
     ("height", "width", "crop"), [(218, 178, 148), (256, 256, 148), (100, 300, 0), (218, 178, 178)]
 )

@@ -171,6 +171,28 @@ def test_out_over_an_input_or_a_model_file_is_refused_before_any_work(unloadable
     assert runs.check_output_path(tmp_path / "config.json") == tmp_path / "config.json"
 
 
+def test_out_checks_compare_names_as_case_insensitive_systems_do_and_see_through_links(unloadable_run, tmp_path):
+    """run/Config.json is config.json where names are case-insensitive (macOS, Windows), so it is
+    refused everywhere; and a run/generated that is a link into a data folder is no place of the
+    command's own outputs: a face file there is an input, never overwritten."""
+    run = unloadable_run
+    for name in ("Config.json", "DECODER.KERAS", "Checkpoint/x.json"):
+        with pytest.raises(runs.RunFolderError, match=r"would overwrite .*part of the model folder"):
+            runs.check_output_path(run / name)
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    (faces / "sample.png").write_bytes(b"someone's face")
+    linked = tmp_path / "linked_run"
+    linked.mkdir()
+    (linked / "generated").symlink_to(faces)
+    with pytest.raises(runs.RunFolderError, match="would overwrite a file of .*faces, which this command reads"):
+        runs.check_output_path(linked / "generated" / "sample.png", [faces, linked], [linked / "generated"])
+    own = tmp_path / "own_run"
+    (own / "generated").mkdir(parents=True)
+    (own / "generated" / "sample.png").write_bytes(b"an earlier grid")
+    assert runs.check_output_path(own / "generated" / "sample.png", [faces, own], [own / "generated"])
+
+
 @pytest.mark.parametrize("module", ["runs.py", "recipe.py", "images.py", "inference.py", "image_files.py", "errors.py"])
 def test_a_library_module_run_as_a_script_says_what_to_run(module):
     result = subprocess.run([sys.executable, module], cwd=REPO, capture_output=True, text=True, timeout=60)
