@@ -32,7 +32,7 @@ LANDMARKS_FILE = REPO / "pretrained" / "face_detector" / "face_landmarks.onnx"
 FRAME_WIDTH, FRAME_HEIGHT = 178, 218  # CelebA's aligned images
 # Face.points (x, y) in the 178x218 frame: their mean over CelebA's aligned training images,
 # measured by bench/align_wild.py --template (docs/generate.md: Alignment).
-TEMPLATE = np.array([[70.1, 112.8], [108.0, 112.9], [72.2, 152.8], [105.9, 152.9]])
+TEMPLATE = np.array([[70.1, 112.9], [108.0, 113.0], [72.2, 152.9], [106.0, 153.0]])
 EYE_CORNERS = ([33, 133], [362, 263])  # Face Mesh's outer and inner corner of the right and left eye
 MOUTH_CORNERS = [61, 291]  # Face Mesh's right and left mouth corner
 MIN_SCORE = 0.5  # the detector's and Face Mesh's: below it, not a face
@@ -158,22 +158,23 @@ class FaceFinder:
             raise AlignError(f"cannot load the face models ({error})") from None
         self.anchors = detector_anchors(self.DETECTOR_SIZE, self.STRIDES, self.ANCHORS_PER_CELL)
 
-    def find(self, pixels: np.ndarray) -> list[Face]:
+    def find(self, pixels: np.ndarray, whole_only: bool = False) -> list[Face]:
         """The faces in uint8 [H, W, 3] pixels, best first: what the detector finds and Face Mesh
-        confirms (it rejects most of the detector's mistakes, such as faces seen in noise)."""
+        confirms (it rejects most of the detector's mistakes, such as faces seen in noise).
+        whole_only: the detector looks at the whole photo only (enough for an aligned frame)."""
         faces = []
-        for box, keypoints in self.detect(pixels):
+        for box, keypoints in self.detect(pixels, whole_only):
             landmarks, presence = self.landmarks(pixels, box, keypoints)
             if presence >= MIN_SCORE:
                 faces.append(Face(box, landmarks))
         return faces
 
-    def detect(self, pixels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def detect(self, pixels: np.ndarray, whole_only: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
         """(box [4], keypoints [6, 2]) of each face the detector finds, in the photo's pixels, best
         first. It looks at each of detector_views (squares beyond the photo's edge are black, as
         in MediaPipe's padding), and what it finds in several of them is one face."""
         height, width = pixels.shape[:2]
-        views = detector_views(height, width)
+        views = detector_views(height, width)[: 1 if whole_only else None]
         photo = Image.fromarray(pixels)
         shrunk: dict[float, tuple[Image.Image, float]] = {}  # each size of view: the photo at its scale
         boxes, scores, keypoints = [], [], []
@@ -268,7 +269,7 @@ def align_face(pixels: np.ndarray, face: Face, finder: FaceFinder) -> np.ndarray
     the face as on CelebA's frames, where TEMPLATE was measured; so it looks again in the first
     aligned frame, and its correction is folded into one resampling of the photo."""
     matrix = similarity_transform(face.points, TEMPLATE)
-    again = finder.find(warp(pixels, matrix))
+    again = finder.find(warp(pixels, matrix), whole_only=True)
     if again:
         nearest = min(again, key=lambda found: float(np.abs(found.points - TEMPLATE).mean()))
         matrix = compose(similarity_transform(nearest.points, TEMPLATE), matrix)
@@ -299,9 +300,9 @@ def parse_faces(text: str) -> str | int:
 
 def align_photo(
     pixels: np.ndarray, finder: FaceFinder, which: str | int = "largest", name: str = "the photo"
-) -> list[np.ndarray]:
-    """The aligned frames (uint8 [218, 178, 3]) of the chosen faces in a photo. No face: an
-    AlignError naming the photo; a face too small to align well: a warning."""
+) -> list[tuple[Face, np.ndarray]]:
+    """The chosen faces of a photo, each with its aligned frame (uint8 [218, 178, 3]). No face:
+    an AlignError naming the photo; a face too small to align well: a warning."""
     faces = choose_faces(finder.find(pixels), which)
     if not faces:
         raise AlignError(f"no face found in {name}")
@@ -312,7 +313,7 @@ def align_photo(
                 f"under {SMALL_FACE}): its aligned crop is blurred; a larger photo of it works better",
                 file=sys.stderr,
             )
-    return [align_face(pixels, face, finder) for face in faces]
+    return [(face, align_face(pixels, face, finder)) for face in faces]
 
 
 # --------------------------------------------------------------------------- the command
@@ -345,7 +346,7 @@ def align_folder(source: Path, out: Path, which: str | int, finder: FaceFinder) 
             counts["done before"] += 1
             continue
         try:
-            frames = align_photo(read_pixels(photo), finder, which, str(photo))
+            frames = [frame for _, frame in align_photo(read_pixels(photo), finder, which, str(photo))]
         except (OSError, ValueError) as error:  # not an image Pillow can read
             print(f"skipped: {error}", file=sys.stderr)
             counts["unreadable"] += 1

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import align
 import data
@@ -175,26 +175,45 @@ def find_faces(job: Job, count: int) -> list[Path]:
     return random_files(dataset, args.split, count, job.rng)
 
 
-def load_chosen_faces(job: Job, files: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
-    """(faces [N, S, S, C], their names) of chosen face files. Photos given with --images are
-    aligned first (align.py: each photo's --faces), unless --no-align; CelebA's own images, from
-    --ids, --identity or random picks, are aligned already."""
+def load_chosen_faces(job: Job, files: Sequence[Path]) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """(faces [N, S, S, C], their names, the photos they were found in or None) of chosen face
+    files. Photos given with --images are aligned first (align.py: each photo's --faces), unless
+    --no-align; CelebA's own images, from --ids, --identity or random picks, are aligned already.
+    The photos are shown whole in a tile of the model's size, the face found marked."""
     if not job.args.images or job.args.no_align:
-        return load_faces(files, job.backend), [p.stem for p in files]
+        return load_faces(files, job.backend), [p.stem for p in files], None
     finder = align.FaceFinder()
-    backend, faces, names = job.backend, [], []
+    backend, faces, names, photos = job.backend, [], [], []
     for path in files:
         try:
-            frames = align.align_photo(read_pixels(path), finder, job.args.faces, str(path))
+            pixels = read_pixels(path)
+            found = align.align_photo(pixels, finder, job.args.faces, str(path))
         except (FileNotFoundError, ValueError) as error:
             raise GenerateError(f"{error}; check the image paths given") from None
         except align.AlignError as error:
             raise GenerateError(f"{error}; give a photo of a face, or --no-align for an aligned crop") from None
-        faces += [face_from_pixels(frame, backend.image_size, backend.channels, backend.crop) for frame in frames]
-        names += [path.stem] if len(frames) == 1 else [f"{path.stem}_{n}" for n in range(len(frames))]
+        for number, (face, frame) in enumerate(found):
+            faces.append(face_from_pixels(frame, backend.image_size, backend.channels, backend.crop))
+            names.append(path.stem if len(found) == 1 else f"{path.stem}_{number}")
+            photos.append(photo_tile(pixels, face.box, backend.image_size, backend.channels))
     if len(faces) > MAX_GRID_FACES:
         raise GenerateError(f"{len(faces)} faces found, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
-    return np.stack(faces), names
+    return np.stack(faces), names, np.stack(photos)
+
+
+def photo_tile(pixels: np.ndarray, box: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """float32 [size, size, channels]: the whole photo, fitted in on white, the face's box in red."""
+    photo = Image.fromarray(pixels)
+    scale = size / max(photo.size)
+    photo = photo.resize(
+        (max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.Resampling.BOX
+    )
+    tile = Image.new("RGB", (size, size), "white")
+    offset = np.array([(size - photo.width) // 2, (size - photo.height) // 2] * 2)
+    tile.paste(photo, tuple(offset[:2]))
+    ImageDraw.Draw(tile).rectangle(list(box * scale + offset), outline=(255, 0, 0))
+    array = np.asarray(tile.convert("L" if channels == 1 else "RGB"), np.float32) / 255.0
+    return array.reshape(size, size, channels)
 
 
 def check_random(args: argparse.Namespace) -> None:
@@ -217,17 +236,17 @@ def check_random(args: argparse.Namespace) -> None:
         raise GenerateError(f"--random starts from random faces, not chosen ones; drop {' and '.join(conflicts)}")
 
 
-def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """(codes [N, D], faces [N, S, S, C] or None, names) of the faces a mode starts from.
+def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None, list[str], np.ndarray | None]:
+    """(codes [N, D], faces [N, S, S, C] or None, names, photos or None) of the faces a mode starts from.
 
     With --random N: N latents drawn by the sampler at the first --temperature, and no faces
     (nothing real is loaded); otherwise the posterior means of the faces chosen by
     choose_faces (`count` at random)."""
     if job.random:
         codes = job.density.sample(job.random, job.rng, job.args.temperature[0])
-        return codes, None, [f"z{i + 1}" for i in range(job.random)]
-    faces, names = load_chosen_faces(job, choose_faces(job, count))
-    return job.backend.encode(faces)[0], faces, names
+        return codes, None, [f"z{i + 1}" for i in range(job.random)], None
+    faces, names, photos = load_chosen_faces(job, choose_faces(job, count))
+    return job.backend.encode(faces)[0], faces, names, photos
 
 
 # --------------------------------------------------------------------------- attribute directions
@@ -390,10 +409,12 @@ def in_rows(images: np.ndarray, columns: int) -> list[np.ndarray]:
 
 def reconstruct_grid(job: Job) -> Grid:
     args, backend, rng = job.args, job.backend, job.rng
-    faces, names = load_chosen_faces(job, choose_faces(job, args.count or DEFAULT_FACES["reconstruct"]))
-    check_grid_size(job, len(faces) * (2 + args.sampled))
+    faces, names, photos = load_chosen_faces(job, choose_faces(job, args.count or DEFAULT_FACES["reconstruct"]))
+    check_grid_size(job, len(faces) * (2 + args.sampled + (photos is not None)))
     mu, log_var = backend.encode(faces)
     grid = Grid(column_labels=names)
+    if photos is not None:
+        grid.add(photos, "photo")
     grid.add(faces, "input")
     grid.add(backend.decode(mu), "mean")
     for draw in range(args.sampled):
@@ -416,7 +437,7 @@ def sample_grid(job: Job) -> Grid:
 
 def weighted_grid(job: Job) -> Grid:
     args, backend, rng = job.args, job.backend, job.rng
-    faces, names = load_chosen_faces(job, choose_faces(job, args.count or DEFAULT_FACES["weighted"]))
+    faces, names, _ = load_chosen_faces(job, choose_faces(job, args.count or DEFAULT_FACES["weighted"]))
     check_grid_size(job, len(faces) + 1 + args.samples)
     try:
         weights = normalized_weights(args.weights, len(faces))
@@ -445,7 +466,7 @@ def weighted_grid(job: Job) -> Grid:
 def interpolate_grid(job: Job) -> Grid:
     args, backend = job.args, job.backend
     # Paths run through posterior means (the most likely code of each face) or random latents.
-    codes, faces, names = starting_faces(job, 2 * args.pairs)
+    codes, faces, names, _ = starting_faces(job, 2 * args.pairs)
     if len(codes) < 2 or (not args.chain and len(codes) % 2):
         raise GenerateError(f"got {len(codes)} faces; give an even number (pairs A B C D ...) or --chain A B C ...")
     groups = [list(range(len(codes)))] if args.chain else [[i, i + 1] for i in range(0, len(codes), 2)]
@@ -472,17 +493,19 @@ def interpolate_grid(job: Job) -> Grid:
 def attribute_grid(job: Job) -> Grid:
     args, backend = job.args, job.backend
     directions = attribute_directions(job)
-    codes, faces, names = starting_faces(job, args.count or DEFAULT_FACES["attribute"])
-    check_grid_size(job, len(directions) * len(codes) * (len(args.alphas) + (faces is not None)))
+    codes, faces, names, photos = starting_faces(job, args.count or DEFAULT_FACES["attribute"])
+    shown = [images for images in (photos, faces) if images is not None]  # before the sweep
+    check_grid_size(job, len(directions) * len(codes) * (len(args.alphas) + len(shown)))
     grid = Grid(
-        column_labels=([] if faces is None else ["input"]) + [f"a={alpha:+g}" for alpha in args.alphas],
+        column_labels=["photo", "input"][2 - len(shown) :] + [f"a={alpha:+g}" for alpha in args.alphas],
         title=random_caption(job),
     )
     for name, direction in directions.items():
         for i, code in enumerate(codes):
-            row = backend.decode(attribute_sweep(code, direction, args.alphas))
-            if faces is not None:
-                row = np.concatenate([faces[i : i + 1], row])
+            row = np.concatenate(
+                [images[i : i + 1] for images in shown]
+                + [backend.decode(attribute_sweep(code, direction, args.alphas))]
+            )
             grid.add(row, f"{name} {names[i]}")
     return grid
 
@@ -527,7 +550,7 @@ def traverse_grid(job: Job) -> Grid:
     if args.origin:
         codes, faces, names = np.zeros((1, backend.latent_dim)), None, ["origin"]
     else:
-        codes, faces, names = starting_faces(job, 1)
+        codes, faces, names, _ = starting_faces(job, 1)
     check_grid_size(job, len(codes) * len(directions) * (len(values) + (faces is not None)))
     grid = Grid(
         column_labels=([] if faces is None else ["input"]) + [f"{v:+.2g} sd" for v in values],

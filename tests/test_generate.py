@@ -309,6 +309,30 @@ def test_the_readme_python_example_runs_on_the_pretrained_model(tmp_path):
     assert face.shape == (64, 64, 3) and face.std() > 10  # an image, not a flat fill
 
 
+def test_the_face_editing_app_of_the_onnx_docs_runs(tmp_path):
+    """docs/onnx.md's smallest face-editing app, as written, edits the face of a photo."""
+    docs = (REPO / "docs" / "onnx.md").read_text()
+    example = docs.split("### A face-editing app", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    for path in ("pretrained/celeba64", "tests/photos/obama.jpg"):
+        assert f'"{path}"' in example
+        example = example.replace(f'"{path}"', f'"{REPO / path}"')
+    example += "\nimport sys\nassert not any(name.startswith(('tensorflow', 'keras')) for name in sys.modules)\n"
+    result = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    edited = np.asarray(Image.open(tmp_path / "edited.png"), np.float32)
+    assert edited.shape == (64, 192, 3)
+    crop, reconstruction, smiling = edited[:, :64], edited[:, 64:128], edited[:, 128:]
+    assert np.abs(reconstruction - crop).mean() < np.abs(reconstruction - 128).mean()  # like the face
+    assert np.abs(smiling - reconstruction).mean() > 2  # the smile changed it
+
+
 def argument_error(argv: list[str], capsys) -> str:
     """The error line argparse prints for a refused flag value (exit code 2)."""
     with pytest.raises(SystemExit) as exit_info:
