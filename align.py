@@ -360,6 +360,8 @@ def align_folder(source: Path, out: Path, which: str | int, finder: FaceFinder) 
         counts["photos"] += 1
         counts["faces"] += len(frames)
     progress.close()
+    if not counts["faces"] and not counts["done before"]:
+        raise AlignError(f"no face found in any of the {len(photos)} image files under {source}; give photos of faces")
     return counts
 
 
@@ -388,7 +390,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if source.is_dir() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents):
         raise AlignError(f"--out {out} lies inside --data {source}, whose photos it would mix with; give another --out")
     check_writable(out, folder=True)
-    counts = align_folder(source, out, args.faces, FaceFinder())
+    try:
+        counts = align_folder(source, out, args.faces, FaceFinder())
+    except KeyboardInterrupt:  # the crops written so far are whole (atomic writes) and kept
+        sys.exit(f"stopped; run the same command again to go on where it stopped (crops in {out} are kept)")
     print(
         f"wrote {counts['faces']} aligned faces of {counts['photos']} photos to {out}"
         + "".join(

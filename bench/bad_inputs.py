@@ -62,7 +62,16 @@ from machine import machine_lines  # noqa: E402
 from data import CELEBA_ATTRIBUTES  # noqa: E402
 
 SHARED = REPO.parent / "shared"
-SCRIPTS = ("train.py", "generate.py", "export_onnx.py", "evaluate.py", "latent.py", "data.py", "web/serve.py")
+SCRIPTS = (
+    "train.py",
+    "generate.py",
+    "export_onnx.py",
+    "evaluate.py",
+    "latent.py",
+    "data.py",
+    "align.py",
+    "web/serve.py",
+)
 TINY_MODEL = ["--image-size", "16", "--filters", "8,16", "--hidden", "32", "--latent", "8", "--batch-size", "8"]
 TINY_MODEL += ["--lr-warmup", "0"]
 FACES = 24  # in the Kaggle fixture: 18 train, 4 validation, 2 test; Smiling on every other one
@@ -772,7 +781,7 @@ def build_cases(survey: Survey, disk_problem: str) -> list[Case]:
 
     add(
         "gen-16bit-grey-png",
-        ["generate.py", "--run", s.exp_a, "--mode", "reconstruct", "--images", s.files / "deep.png",
+        ["generate.py", "--run", s.exp_a, "--mode", "reconstruct", "--no-align", "--images", s.files / "deep.png",
          "--save-individual", "--out", deep_out],
         expect="ok",
         check=sixteen_bit,
@@ -783,7 +792,7 @@ def build_cases(survey: Survey, disk_problem: str) -> list[Case]:
         "temperature-inf": ["--mode", "sample", "--temperature", "1", "inf"],
         "span-nan": ["--mode", "traverse", "--origin", "--span", "nan"],
         "alphas-nan": ["--mode", "attribute", "--alphas", "nan"],
-        "weights-nan": ["--mode", "weighted", "--images", *faces_a, "--weights", "nan", "1"],
+        "weights-nan": ["--mode", "weighted", "--no-align", "--images", *faces_a, "--weights", "nan", "1"],
         "samples-100000": ["--mode", "sample", "--samples", "100000"],
         "mode-typo": ["--mode", "sampel"],
     }.items():
@@ -792,6 +801,20 @@ def build_cases(survey: Survey, disk_problem: str) -> list[Case]:
     add("gen-text-as-jpg", ["generate.py", "--run", s.exp_a, "--mode", "reconstruct", "--images", s.files / "text.jpg"])
     add("gen-missing-image", ["generate.py", "--run", s.exp_a, "--mode", "reconstruct", "--images", nowhere / "a.jpg"])
     add("gen-missing-run", ["generate.py", "--run", nowhere, "--mode", "sample"])
+    add("gen-no-face", ["generate.py", "--run", s.exp_a, "--mode", "attribute", "--images", *faces_a[:1], *gen_out])
+    add("gen-faces-typo", ["generate.py", "--run", s.exp_a, "--mode", "reconstruct", "--faces", "biggest"])
+
+    # align.py
+    add("align-missing-data", ["align.py", "--data", nowhere, "--out", s.out("align")])
+    add("align-out-inside-data", ["align.py", "--data", s.faces, "--out", s.faces / "aligned"])
+    add("align-out-file", ["align.py", "--data", s.faces, "--out", file])
+    add("align-out-unwritable", ["align.py", "--data", s.faces, "--out", PROC / "aligned"])
+    add(
+        "align-empty-folder",
+        ["align.py", "--data", s.case_dir("align-empty"), "--out", s.out("align-empty")],
+        prepare=lambda: s.case_dir("align-empty").mkdir(parents=True, exist_ok=True),
+    )
+    add("align-no-faces", ["align.py", "--data", s.faces, "--out", s.out("align-no-faces")])
     add("gen-out-below-file", [*sample, "--out", file / "x.png"])
     add("gen-out-folder", [*sample, "--out", s.files])
     add("gen-out-unwritable", [*sample, "--out", PROC / "x.png"])
@@ -801,7 +824,7 @@ def build_cases(survey: Survey, disk_problem: str) -> list[Case]:
     )
     add(
         "gen-mixed-pair",
-        ["generate.py", "--run", mixed, "--mode", "interpolate", "--images", *faces_a, *gen_out],
+        ["generate.py", "--run", mixed, "--mode", "interpolate", "--no-align", "--images", *faces_a, *gen_out],
         prepare=mixed_pair,
     )
     onnx_no_size = s.case_dir("gen-config-without-image-size") / "exp"
@@ -900,7 +923,7 @@ def generate_output_cases(s: Survey) -> list[Case]:
     damaged JSON files of the model folder (a NaN gave black faces, a list AttributeError)."""
     folder = s.case_dir("gen-outputs")
     face, run = folder / "face.jpg", folder / "exp"
-    reconstruct = ["generate.py", "--run", run, "--mode", "reconstruct", "--images", face, "--out"]
+    reconstruct = ["generate.py", "--run", run, "--mode", "reconstruct", "--no-align", "--images", face, "--out"]
 
     def prepare() -> None:
         copy(s.exp_a, run)

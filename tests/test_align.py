@@ -3,6 +3,11 @@ photos of people who are not in CelebA (tests/photos), with known truth where th
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 from helpers import CELEBA_SAMPLE, REPO
@@ -262,3 +267,25 @@ def test_celeba_images_pass_through_nearly_unchanged_and_their_template_holds(fi
         )
     assert np.abs(np.mean(points, axis=0) - align.TEMPLATE).max() < 1.5
     assert np.median(changes) < 0.06  # in [0, 1]: CelebA's own framing varies around the template
+
+
+def test_a_stopped_folder_run_keeps_its_crops_and_the_same_command_goes_on(tmp_path):
+    photos, out = tmp_path / "photos", tmp_path / "aligned"
+    photos.mkdir()
+    for number in range(40):
+        (photos / f"p{number:02d}.jpg").write_bytes((PHOTOS / "collins.jpg").read_bytes())
+    command = [sys.executable, str(REPO / "align.py"), "--data", str(photos), "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.glob("*.jpg")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("stopped; run the same command again")
+    written = sorted(out.glob("*.jpg"))
+    assert 0 < len(written) < 40 and not list(out.glob(".*.tmp"))  # whole crops only
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {40 - len(written)} aligned faces of {40 - len(written)} photos" in result.stdout
+    assert f"{len(written)} done before" in result.stdout and len(list(out.glob("*.jpg"))) == 40

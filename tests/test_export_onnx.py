@@ -267,7 +267,17 @@ def test_failed_export_leaves_the_previous_pair_and_a_mixed_pair_is_refused(runs
     with pytest.raises(RunFolderError, match=message + ".*export both again: python export_onnx.py --run RUN --out"):
         runs_module.open_backend(folder).encode(np.zeros((1, SIZE, SIZE, 3)))
     with pytest.raises(RunFolderError, match=message):
-        generate.main(["--run", str(folder), "--mode", "interpolate", "--images", *[str(p) for p in faces(tmp_path)]])
+        generate.main(
+            [
+                "--run",
+                str(folder),
+                "--mode",
+                "interpolate",
+                "--no-align",
+                "--images",
+                *[str(p) for p in faces(tmp_path)],
+            ]
+        )
 
 
 def test_a_full_disk_is_one_line_and_leaves_the_previous_pair(runs, monkeypatch, tmp_path):

@@ -165,7 +165,7 @@ def test_inputs_by_file_id_identity_chain_and_origin(run, kaggle_celeba, tmp_pat
                             "--samples", "2")  # fmt: skip
     assert [len(row) for row in rows] == [4, 1, 2]  # identity 0 has 000001..000004
     _, rows = generate_grid(run, tmp_path / "files.png", "--mode", "reconstruct",
-                            "--images", str(images / "000007.jpg"), str(images / "000008.jpg"))  # fmt: skip
+                            "--no-align", "--images", str(images / "000007.jpg"), str(images / "000008.jpg"))  # fmt: skip
     assert [len(row) for row in rows] == [2, 2]
     _, rows = generate_grid(run, tmp_path / "origin.png", "--mode", "traverse", "--origin", "--steps", "3")
     assert [len(row) for row in rows] == [3] * LATENT  # no --data: dimensions 0..7, no input column
@@ -185,11 +185,11 @@ def test_attribute_directions_are_cached_and_reused(run, kaggle_celeba, tmp_path
     capsys.readouterr()
     # Cached: no --data needed for the direction (faces given as files), on the ONNX backend too.
     face = next((kaggle_celeba / "img_align_celeba" / "img_align_celeba").glob("000001.jpg"))
-    generate.main([*base, "--backend", "onnx", "--attribute", "smiling", "--images", str(face)])
+    generate.main([*base, "--backend", "onnx", "--attribute", "smiling", "--no-align", "--images", str(face)])
     assert "cached in" in capsys.readouterr().out
     saved["latent_dim"] = LATENT + 1
     directions.write_text(json.dumps(saved))
-    assert "--recompute" in exit_message([*base, "--images", str(face)])
+    assert "--recompute" in exit_message([*base, "--no-align", "--images", str(face)])
     generate.main([*base, "--data", str(kaggle_celeba), "--recompute"])
     assert json.loads(directions.read_text())["latent_dim"] == LATENT
 
@@ -400,7 +400,7 @@ def test_grid_pixels_are_bounded_too(run, tmp_path, monkeypatch):
 def test_too_many_face_files_are_refused_before_loading(run, tmp_path):
     files = [str(tmp_path / f"{i}.jpg") for i in range(generate.MAX_GRID_FACES + 1)]  # none exists
     assert "1025 faces given, more than a grid shows (1024)" in exit_message(
-        ["--run", str(run), "--mode", "reconstruct", "--out", str(tmp_path / "x.png"), "--images", *files]
+        ["--run", str(run), "--mode", "reconstruct", "--out", str(tmp_path / "x.png"), "--no-align", "--images", *files]
     )
 
 
@@ -411,7 +411,9 @@ def test_sixteen_bit_and_oversized_images_given_as_files(run, tmp_path):
     deep = tmp_path / "deep.png"
     Image.fromarray(grey).save(deep)
     assert Image.open(deep).mode.startswith("I;16")
-    _, rows = generate_grid(run, tmp_path / "deep_grid.png", "--mode", "reconstruct", "--images", str(deep))
+    _, rows = generate_grid(
+        run, tmp_path / "deep_grid.png", "--mode", "reconstruct", "--no-align", "--images", str(deep)
+    )
     tile = np.asarray(Image.open(rows[0][0]), dtype=np.float64)
     assert tile.mean() < 200 and tile.std() > 10  # a face, not a white tile
     assert np.array_equal(tile, to_uint8(load_face(deep, SIZE, 3)))
@@ -429,7 +431,9 @@ def test_a_photo_with_an_exif_orientation_is_reconstructed_upright(run, tmp_path
     plain, sideways = tmp_path / "upright.png", tmp_path / "sideways.png"
     upright.save(plain)
     upright.transpose(Image.Transpose.ROTATE_90).save(sideways, exif=exif)
-    _, rows = generate_grid(run, tmp_path / "grid.png", "--mode", "reconstruct", "--images", str(plain), str(sideways))
+    _, rows = generate_grid(
+        run, tmp_path / "grid.png", "--mode", "reconstruct", "--no-align", "--images", str(plain), str(sideways)
+    )
     for row in rows[:2]:  # the faces given, and their reconstructions
         tiles = [np.asarray(Image.open(tile)) for tile in row]
         assert len(tiles) == 2 and np.array_equal(tiles[0], tiles[1])
@@ -500,7 +504,18 @@ def test_outputs_never_overwrite_what_the_command_reads(run, kaggle_celeba, tmp_
     data_file = kaggle_celeba / "img_align_celeba" / "img_align_celeba" / "000002.jpg"
     protected = [face, run / "config.json", run / "decoder.onnx", run / "samples" / "epoch_001.png", data_file]
     before = {path: path.read_bytes() for path in protected}
-    reconstruct = ["--run", str(run), "--backend", "onnx", "--mode", "reconstruct", "--images", str(face), "--out"]
+    reconstruct = [
+        "--run",
+        str(run),
+        "--backend",
+        "onnx",
+        "--mode",
+        "reconstruct",
+        "--no-align",
+        "--images",
+        str(face),
+        "--out",
+    ]
     monkeypatch.setattr(generate, "open_backend", no_decoding)
     for out, what in [
         (face, f"the input {face}"),
