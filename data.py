@@ -94,21 +94,16 @@ CELEBA_ATTRIBUTES = [
     "Young",
 ]
 SPLITS = {"train": 0, "validation": 1, "test": 2}
-# What train.py and generate.py write into a run folder that a folder listing must not take for
-# faces: grids, curves, checkpoints.
+# What train.py and generate.py write into a run folder that are not faces to train on.
 RUN_ARTIFACTS = (CHECKPOINT_DIR, RECONSTRUCTIONS_DIR, SAMPLES_DIR, GENERATED_DIR, LOSS_CURVES_FILE)
-# Resident memory a memory cache takes per byte of decoded pixels: tf.data keeps each image in
-# its own buffer, with the allocator's overhead (1.16-1.20 measured at 64x64 and 1.18 at 128x128
-# with bench/data_throughput.py --fake-celeba, see docs/training.md: performance).
+# Resident memory per byte of cached pixels: tf.data keeps each image in its own buffer, with the
+# allocator's overhead (docs/training.md, "Performance", says how it was measured).
 MEMORY_CACHE_OVERHEAD = 1.2
-# At most this share of the available memory goes to the cache: the rest is for TensorFlow, the
-# model, the shuffle buffer and the batches.
-MEMORY_CACHE_SHARE = 0.75
-# Disk a file cache takes per image beyond its pixels: its entry in the cache's index, 34-36 bytes
-# measured, twice over while TensorFlow merges the index of the finished cache.
+MEMORY_CACHE_SHARE = 0.75  # of the available memory; the rest is for TensorFlow, the model and the batches
+# Disk a file cache takes per image beyond its pixels: its index entry, held twice while
+# TensorFlow merges the finished index; and per cache, a partly used block at the end of each of
+# its four files (data, lock, the index twice over).
 FILE_CACHE_ENTRY_BYTES = 72
-# And per cache: its four files (data, lock, and the index twice over) each end in a partly used
-# disk block, of 4 kB on most file systems.
 FILE_CACHE_FILES_BYTES = 4 * 4096
 KAGGLE_HINT = (
     "get CelebA from Kaggle: `kaggle datasets download -d jessicali9530/celeba-dataset && "
@@ -306,8 +301,7 @@ def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list
     training faces, even when a run was trained into the data folder itself."""
     wanted = IMAGE_SUFFIXES + OTHER_IMAGE_SUFFIXES
     if not recursive:
-        # os.scandir's entries know their type without a stat per file, and names sort faster than
-        # paths: three times faster than globbing on CelebA's 202,599 files.
+        # os.scandir's entries know their type without a stat per file, and names sort faster than paths.
         with os.scandir(folder) as entries:
             names = [e.name for e in entries if os.path.splitext(e.name)[1].lower() in wanted and e.is_file()]
         found = [folder / name for name in sorted(names)]

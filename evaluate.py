@@ -9,11 +9,9 @@ what random faces look like under each sampler, and optionally FID.
 
 The folder is a train.py run (run with Keras) or an exported folder (run with onnxruntime;
 TensorFlow is then imported only for --fid). Images are loaded as training loads them and
-every figure is computed with numpy, so both backends give the same numbers to the ONNX parity.
-Prints a table and writes every figure, with the settings, to <folder>/eval_<split>.json (or
---out, never one of the inputs or a file of a model folder), atomically. Each figure is defined
-where it is computed: psnr, ssim, likelihood_terms, elbo_summary, active_units, SampleStatistics,
-frechet_distance and load_inception; docs/generate.md explains them together.
+every figure is computed with numpy, so both backends agree to the ONNX parity. Prints a table
+and writes the figures and settings to <folder>/eval_<split>.json (or --out) atomically;
+docs/generate.md explains the figures.
 """
 
 from __future__ import annotations
@@ -186,44 +184,27 @@ def mse_nll_constant(dims: int) -> float:
     return 0.5 * dims * math.log(math.pi)
 
 
-def calibrated_variance(sse: np.ndarray, dims: int) -> float:
-    """sigma^2 of the `gaussian` loss over a whole split: its mean squared error, floored as in training."""
-    return max(float(np.mean(sse)) / dims, MIN_GAUSSIAN_SIGMA**2)
-
-
-def gaussian_nll(sse: np.ndarray, dims: int, variance: float) -> np.ndarray:
-    """Per-image Gaussian NLL in nats from its sum of squared errors, with one shared variance."""
-    return np.asarray(sse, dtype=np.float64) / (2.0 * variance) + 0.5 * dims * math.log(2.0 * math.pi * variance)
-
-
 def bits_per_dim(nats: float, dims: int) -> float:
     """Nats per image -> bits per dimension."""
     return nats / (dims * math.log(2.0))
 
 
 def likelihood_terms(kind: str, sse: np.ndarray, bce: np.ndarray | None, dims: int) -> dict:
-    """Per-image reconstruction term as training defines it, and the NLL it stands for.
-
-    Returns {"reconstruction": [N], "nll": [N] or None, "variance": sigma^2 or None,
-    "nll_constant": what was added to the reconstruction term to get the NLL, or None}.
-    """
+    """Per-image reconstruction term as training defines it ([N]), the NLL it stands for ([N] or
+    None), the decoder's sigma^2 and what was added to the term to get the NLL (None for bce).
+    The `gaussian` sigma^2 is the split's mean squared error, floored as in training."""
     sse = np.asarray(sse, dtype=np.float64)
     if kind == "mse":
         constant = mse_nll_constant(dims)
         return {"reconstruction": sse, "nll": sse + constant, "variance": 0.5, "nll_constant": constant}
     if kind == "gaussian":
-        variance = calibrated_variance(sse, dims)
-        nll = gaussian_nll(sse, dims, variance)
+        variance = max(float(np.mean(sse)) / dims, MIN_GAUSSIAN_SIGMA**2)
+        nll = sse / (2.0 * variance) + 0.5 * dims * math.log(2.0 * math.pi * variance)
         return {"reconstruction": nll, "nll": nll, "variance": variance, "nll_constant": 0.0}
     if kind == "bce":
         if bce is None:
             raise ValueError("the bce reconstruction term needs the per-image binary cross-entropy")
-        return {
-            "reconstruction": np.asarray(bce, dtype=np.float64),
-            "nll": None,
-            "variance": None,
-            "nll_constant": None,
-        }
+        return {"reconstruction": np.asarray(bce, np.float64), "nll": None, "variance": None, "nll_constant": None}
     raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of ('mse', 'bce', 'gaussian')")
 
 
@@ -237,14 +218,10 @@ def elbo_summary(nll: np.ndarray | None, kl: np.ndarray | None, dims: int) -> di
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2):
-
-        ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1^1/2 sigma2 sigma1^1/2)^1/2)
-
-    The last trace equals tr((sigma1 sigma2)^1/2) of the usual formula, but its argument is
-    symmetric positive semi-definite, so both square roots come from np.linalg.eigh
-    (eigenvalues clipped at 0 against round-off). The result is clipped at 0 for the same reason.
-    """
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2): ||mu1 - mu2||^2 + tr(sigma1)
+    + tr(sigma2) - 2 tr((sigma1^1/2 sigma2 sigma1^1/2)^1/2). That last trace equals the usual
+    tr((sigma1 sigma2)^1/2), but of a symmetric matrix, so np.linalg.eigh takes both roots
+    (eigenvalues, and the result, clipped at 0 against round-off)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
@@ -474,29 +451,23 @@ def reconstruction_summary(columns: dict[str, np.ndarray], prefix: str, kind: st
 
 def summarize(columns: dict[str, np.ndarray], *, kind: str, variational: bool, dims: int) -> dict:
     """Every figure of the evaluation from the per-image columns (pure numpy)."""
-    variance = mu_variance(columns["mu"])
-    results: dict = {"active_units": {"count": active_units(columns["mu"]), "threshold": ACTIVE_UNIT_THRESHOLD}}
-    results["active_units"]["mu_variance"] = variance.tolist()
-    results["posterior_mean"], _ = reconstruction_summary(columns, "mean", kind, dims)
-    results["posterior_mean"]["loss_beta1"] = None
-    if not variational:
-        results["posterior_sample"] = None
-        results["kl"] = None
-        results["elbo"] = {
-            "negative_elbo": None,
-            "bits_per_dim": None,
-            "bits_per_dim_8bit": None,
-            "nll": None,
-            "nll_constant": None,
-            "decoder_variance": None,
-            "note": "autoencoder: no posterior and no prior, so no KL and no ELBO",
+    results: dict = {
+        "active_units": {
+            "count": active_units(columns["mu"]),
+            "threshold": ACTIVE_UNIT_THRESHOLD,
+            "mu_variance": mu_variance(columns["mu"]).tolist(),
         }
-        return results
-    kl = columns["kl"]
-    kl_dims = columns["kl_dims"].mean(axis=0)
-    results["posterior_mean"]["loss_beta1"] = results["posterior_mean"]["reconstruction"] + float(np.mean(kl))
+    }
+    results["posterior_mean"], _ = reconstruction_summary(columns, "mean", kind, dims)
+    if not variational:
+        results["posterior_mean"]["loss_beta1"] = None
+        elbo = {**elbo_summary(None, None, dims), "nll": None, "nll_constant": None, "decoder_variance": None}
+        note = "autoencoder: no posterior and no prior, so no KL and no ELBO"
+        return {**results, "posterior_sample": None, "kl": None, "elbo": {**elbo, "note": note}}
+    kl, kl_dims = columns["kl"], columns["kl_dims"].mean(axis=0)
     results["posterior_sample"], terms = reconstruction_summary(columns, "sample", kind, dims)
-    results["posterior_sample"]["loss_beta1"] = results["posterior_sample"]["reconstruction"] + float(np.mean(kl))
+    for z in ("posterior_mean", "posterior_sample"):
+        results[z]["loss_beta1"] = results[z]["reconstruction"] + float(np.mean(kl))
     results["kl"] = {
         "mean": float(np.mean(kl)),
         "std": float(np.std(kl)),
@@ -536,17 +507,12 @@ def evaluate(
     verbose: int = 1,
     out: Path | None = None,
 ) -> dict:
-    """Evaluate a model folder; returns the results dict that main() prints and writes.
-
-    backend_kind: "keras", "onnx", or None for what the folder holds (see runs.open_backend).
-    fid: compute FID with InceptionV3 (loaded after the folder and data are checked; a failure
-    to load it skips FID with a printed reason), or, when `features` is given, with that
-    feature function instead (images [B, H, W, C] in [0, 1] -> [B, F]). out: the JSON file the
-    results go to, refused (before any image is decoded) when it is one of the split's images.
-    """
+    """Evaluate a model folder; returns the results main() prints and writes. The arguments are
+    evaluate.py's flags; backend_kind None takes what the folder holds (runs.open_backend).
+    `features` stands in for InceptionV3 under --fid (images [B, H, W, C] in [0, 1] -> [B, F]).
+    `out` is refused, before any image is decoded, when it is one of the split's images."""
     check_settings(limit, batch_size, seed)
-    run_dir = Path(run_dir)
-    backend = open_backend(run_dir, backend_kind)
+    backend = open_backend(Path(run_dir), backend_kind)
     folder = describe_folder(backend)
     variational = folder["model"] == "vae"
     samplers = samplers_of(backend, variational)
@@ -576,9 +542,23 @@ def evaluate(
     count, moments = len(columns["mu"]), real["moments"]
     samples = {"real": real["real"].summary()}
     samples.update(sample_figures(backend, samplers, count, seed, batch_size, features, moments))
-    settings = {"data": str(data_path), "split": split, "limit": limit, "seed": seed, "batch_size": batch_size}
     results = {
-        **describe_run(backend, folder["model"], kind, settings, count, failed),
+        "format": EVAL_FORMAT,
+        "run": str(backend.run_dir),
+        "backend": backend.kind,
+        "data": str(data_path),
+        "split": split,
+        "limit": limit,
+        "seed": seed,
+        "batch_size": batch_size,
+        "count": count,
+        "skipped_files": [str(path) for path in failed],
+        "model": folder["model"],
+        "reconstruction_kind": kind,
+        "image_size": backend.image_size,
+        "channels": backend.channels,
+        "latent_dim": backend.latent_dim,
+        "dims": dims,
         **summarize(columns, kind=kind, variational=variational, dims=dims),
         "samples": {
             **samples,
@@ -616,28 +596,6 @@ def feature_function(
         print(f"FID skipped: {source}")
         return None, None, source
     return features, source, None
-
-
-def describe_run(backend: Backend, model: str, kind: str, settings: dict, count: int, failed: list[Path]) -> dict:
-    """The head of the results: what was evaluated, on what, with which settings."""
-    return {
-        "format": EVAL_FORMAT,
-        "run": str(backend.run_dir),
-        "backend": backend.kind,
-        "data": settings["data"],
-        "split": settings["split"],
-        "count": count,
-        "skipped_files": [str(path) for path in failed],
-        "limit": settings["limit"],
-        "seed": settings["seed"],
-        "batch_size": settings["batch_size"],
-        "model": model,
-        "reconstruction_kind": kind,
-        "image_size": backend.image_size,
-        "channels": backend.channels,
-        "latent_dim": backend.latent_dim,
-        "dims": backend.image_size * backend.image_size * backend.channels,
-    }
 
 
 def describe_density(density: LatentDensity | None) -> dict | None:
@@ -682,44 +640,43 @@ def fmt(value, digits: int = 4) -> str:
 def format_table(results: dict) -> str:
     """The results as a readable text table."""
     mean, sample = results["posterior_mean"], results["posterior_sample"] or {}
-    kind = results["reconstruction_kind"]
+    kind, latent = results["reconstruction_kind"], results["latent_dim"]
+    term = {"mse": "sum of squared errors", "bce": "binary cross-entropy", "gaussian": "Gaussian NLL, nats"}[kind]
     lines = [
         f"evaluation of {results['run']} ({results['backend']}) on {results['count']} {results['split']} images "
-        f"({results['data']}; model {results['model']}, loss {kind}, latent {results['latent_dim']}, seed {results['seed']})",
+        f"({results['data']}; model {results['model']}, loss {kind}, latent {latent}, seed {results['seed']})",
         "",
         f"{'':44s} {'z = mu':>12s} {'z ~ q(z|x)':>12s}",
     ]
-
-    def row(label: str, key: str, digits: int = 4) -> None:
-        lines.append(f"{label:44s} {fmt(mean.get(key), digits):>12s} {fmt(sample.get(key), digits):>12s}")
-
-    row("per-pixel MSE", "mse", 5)
-    row("PSNR of the mean MSE (dB)", "psnr_of_mean_mse", 2)
-    row("PSNR per image, averaged (dB)", "psnr_per_image", 2)
-    row("SSIM", "ssim", 4)
-    term = {"mse": "sum of squared errors", "bce": "binary cross-entropy", "gaussian": "Gaussian NLL, nats"}[kind]
-    row(f"reconstruction term ({term})", "reconstruction", 2)
-    row("loss at beta = 1 (reconstruction + KL)", "loss_beta1", 2)
-    if mean.get("gaussian_variance") is not None:
-        row("decoder sigma^2 fitted on the split", "gaussian_variance", 6)
-    lines.append("")
+    for label, key, digits in (
+        ("per-pixel MSE", "mse", 5),
+        ("PSNR of the mean MSE (dB)", "psnr_of_mean_mse", 2),
+        ("PSNR per image, averaged (dB)", "psnr_per_image", 2),
+        ("SSIM", "ssim", 4),
+        (f"reconstruction term ({term})", "reconstruction", 2),
+        ("loss at beta = 1 (reconstruction + KL)", "loss_beta1", 2),
+        ("decoder sigma^2 fitted on the split", "gaussian_variance", 6),
+    ):
+        if key != "gaussian_variance" or kind == "gaussian":
+            lines.append(f"{label:44s} {fmt(mean.get(key), digits):>12s} {fmt(sample.get(key), digits):>12s}")
     kl, elbo, units = results["kl"], results["elbo"], results["active_units"]
+    lines.append("")
     if kl:
-        lines.append(f"{'KL per image (nats)':44s} {kl['mean']:.2f} (std {kl['std']:.2f})")
-        lines.append(
+        lines += [
+            f"{'KL per image (nats)':44s} {kl['mean']:.2f} (std {kl['std']:.2f})",
             f"{'KL per dimension (nats)':44s} max {kl['per_dim_max']:.3f}, median {kl['per_dim_median']:.4f}, "
-            f"{kl['dims_above_threshold']} of {results['latent_dim']} above {kl['threshold_nats']}"
-        )
+            f"{kl['dims_above_threshold']} of {latent} above {kl['threshold_nats']}",
+        ]
     else:
         lines.append(f"{'KL per image (nats)':44s} n/a (autoencoder)")
-    lines.append(
-        f"{'active units (Var of mu > ' + str(units['threshold']) + ')':44s} {units['count']} of {results['latent_dim']}"
-    )
-    lines.append(f"{'negative ELBO (nats per image)':44s} {fmt(elbo['negative_elbo'], 2)}")
-    lines.append(f"{'bits/dim (density on [0, 1])':44s} {fmt(elbo['bits_per_dim'], 4)}")
-    lines.append(f"{'bits/dim (on 0..255, approximate)':44s} {fmt(elbo['bits_per_dim_8bit'], 4)}")
-    lines.append(f"{'':44s} ({elbo['note']})")
-    lines += sample_table(results["samples"])
+    lines += [
+        f"{'active units (Var of mu > ' + str(units['threshold']) + ')':44s} {units['count']} of {latent}",
+        f"{'negative ELBO (nats per image)':44s} {fmt(elbo['negative_elbo'], 2)}",
+        f"{'bits/dim (density on [0, 1])':44s} {fmt(elbo['bits_per_dim'], 4)}",
+        f"{'bits/dim (on 0..255, approximate)':44s} {fmt(elbo['bits_per_dim_8bit'], 4)}",
+        f"{'':44s} ({elbo['note']})",
+        *sample_table(results["samples"]),
+    ]
     fid_result = results["fid"]
     if fid_result["status"] == "computed":
         for name in ("prior", "density"):
@@ -774,41 +731,41 @@ def write_results(results: dict, path: Path) -> Path:
 
 # --------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags, named as evaluate()'s arguments."""
     parser = argparse.ArgumentParser(
-        description="Evaluate a model folder (a train.py run, or an exported folder of ONNX files) on real "
-        "images: MSE, PSNR, SSIM, loss terms, negative ELBO and bits/dim, KL per dimension, active units, the "
-        "sharpness and diversity of random faces from the prior and the fitted density, and optionally FID. "
-        "Prints a table and writes <folder>/eval_<split>.json.",
+        description="Evaluate a model folder (a train.py run or an exported folder) on real images and write "
+        "every figure to <folder>/eval_<split>.json.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--run", required=True, help="model folder: a train.py run (runs/<name>) or an exported folder")
-    parser.add_argument(
-        "--data", metavar="PATH", help="CelebA root or folder of faces (default: the data folder in the run's config)"
+    add = parser.add_argument
+    add(
+        "--run",
+        dest="run_dir",
+        metavar="RUN",
+        type=Path,
+        required=True,
+        help="model folder: a train.py run or an exported folder",
     )
-    parser.add_argument(
-        "--split", choices=("train", "validation", "test", "all"), default="test", help="which images to evaluate"
-    )
-    parser.add_argument(
-        "--limit", type=int, default=0, metavar="N", help="evaluate the first N images of the split only (0: all)"
-    )
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch")
-    parser.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="seed of the sampled z and of the random faces"
-    )
-    parser.add_argument(
+    add("--data", dest="data_path", metavar="PATH", help="CelebA root or folder of faces (default: the run's data)")
+    add("--split", choices=("train", "validation", "test", "all"), default="test", help="which images to evaluate")
+    add("--limit", type=int, default=0, metavar="N", help="evaluate the first N images of the split only (0: all)")
+    add("--batch-size", type=int, default=64, metavar="N", help="images per batch")
+    add("--seed", type=int, default=0, metavar="N", help="seed of the sampled z and of the random faces")
+    add(
         "--backend",
+        dest="backend_kind",
         choices=("keras", "onnx"),
         help="keras: *.keras; onnx: *.onnx (default: keras when the folder has decoder.keras, else onnx)",
     )
-    parser.add_argument("--fid", action="store_true", help="also compute FID (InceptionV3, ImageNet weights)")
-    parser.add_argument(
+    add("--fid", action="store_true", help="also compute FID (InceptionV3, ImageNet weights)")
+    add(
         "--inception-weights",
         metavar="PATH",
         help=f"local InceptionV3 weights for --fid ({INCEPTION_WEIGHTS_FILE}); "
         "without it Keras tries to download them, and FID is skipped if that fails",
     )
-    parser.add_argument("--out", metavar="PATH", help="JSON file to write (default: RUN/eval_<split>.json)")
-    parser.add_argument("--verbose", type=int, choices=(0, 1), default=1, help="0: only the table; 1: progress too")
+    add("--out", type=Path, metavar="PATH", help="JSON file to write (default: RUN/eval_<split>.json)")
+    add("--verbose", type=int, choices=(0, 1), default=1, help="0: only the table; 1: progress too")
     return parser.parse_args(argv)
 
 
@@ -816,22 +773,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Evaluate, print the table and write the JSON; returns the results. Raises UserError (one
     line) for what the user can fix: `python evaluate.py` reports it through errors.run_main."""
     args = parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}.json"
-    if args.out or Path(args.run).is_dir():  # else the missing run folder is the error to report
+    out = args.out or args.run_dir / f"eval_{args.split}.json"
+    if args.out or args.run_dir.is_dir():  # else the missing run folder is the error to report
         check_output_path(check_writable(out, folder=False))
-    results = evaluate(
-        Path(args.run),
-        data_path=args.data,
-        split=args.split,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        backend_kind=args.backend,
-        fid=args.fid,
-        inception_weights=args.inception_weights,
-        verbose=args.verbose,
-        out=out,
-    )
+    results = evaluate(**{**vars(args), "out": out})
     print(format_table(results))
     try:
         path = write_results(results, out)
