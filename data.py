@@ -1,16 +1,14 @@
 """CelebA (or any folder of faces) -> tf.data pipelines of float32 images in [0, 1].
 
-Recognises three layouts and reports the one found: Kaggle's download (<root>/img_align_celeba/
-img_align_celeba/*.jpg with list_eval_partition.csv), the CelebA site's (<root>/Img/img_align_celeba,
-Eval/list_eval_partition.txt, Anno/), or any folder of faces (searched recursively, without the
-grids of run folders; an 80/10/10 split by a hash of each file name). The official partition is
-used where its file exists; the attribute and identity files are read on first use.
+Recognises Kaggle's layout (<root>/img_align_celeba/img_align_celeba/*.jpg with
+list_eval_partition.csv), the CelebA site's (<root>/Img/img_align_celeba, Eval/, Anno/), or any
+folder of faces (searched recursively, without the grids of run folders; an 80/10/10 split by a
+hash of each file name). Attribute and identity files are read on first use.
 
 Pipeline: file list -> image_files' checks (bad files named, counted and skipped) -> decode (the
-crop fused into the JPEG decode; Pillow for other formats and rotated photos) -> area resize ->
-uint8 -> cache -> seeded shuffle -> batch -> float32 in [0, 1]. The crop (`crop`, in pixels of
-the 178-pixel-wide CelebA frame, 148 by default) is images.crop_box. TensorFlow is imported only
-where tensors are built. Details: docs/training.md, "Data".
+crop, images.crop_box, fused into the JPEG decode; Pillow for other formats and rotated photos)
+-> area resize -> uint8 -> cache -> seeded shuffle -> batch -> float32 in [0, 1]. TensorFlow is
+imported only where tensors are built. Details: docs/training.md, "Data".
 
     python data.py --data ./celeba     # what is found in a folder
 """
@@ -127,8 +125,7 @@ class DataError(UserError):
 @dataclass
 class Dataset:
     """What was found under a data folder. The attribute and identity files are read on first
-    use of `attributes` / `identities` (a DataError then): only attribute directions and
-    --identity need them, so a damaged one stops nothing else, training included."""
+    use (a DataError then), so a damaged one stops only attribute directions and --identity."""
 
     root: Path
     layout: str  # "kaggle", "original" or "folder"
@@ -179,14 +176,12 @@ class Dataset:
 
 
 def shown(text: str | os.PathLike) -> str:
-    """Text naming files, printable in any locale: the bytes of a file name that is not UTF-8
-    (held by Python as surrogates) appear as \\xNN escapes."""
+    """Text naming files, printable in any locale: a file name's bytes that are not UTF-8 appear as \\xNN."""
     return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def hash_split(file_name: str) -> int:
-    """Deterministic 80/10/10 split (0/1/2) from a file name, stable across machines."""
-    # The name's own bytes, also where they are not UTF-8 (held by Python as surrogates).
+    """Deterministic 80/10/10 split (0/1/2) from a file name's bytes, stable across machines."""
     bucket = int(hashlib.md5(file_name.encode("utf-8", "surrogateescape")).hexdigest(), 16) % 10
     return 0 if bucket < 8 else (1 if bucket == 8 else 2)
 
@@ -296,9 +291,8 @@ def read_identities(path: Path) -> dict[str, int]:
 # --------------------------------------------------------------------------- layout detection
 def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
     """(image files of IMAGE_SUFFIXES, files of OTHER_IMAGE_SUFFIXES training cannot read) in a
-    folder, sorted. Recursive listing skips the RUN_ARTIFACTS of run folders (folders whose
-    config.json is a train.py run's), so grids written by train.py or generate.py never become
-    training faces, even when a run was trained into the data folder itself."""
+    folder, sorted. Recursive listing skips the RUN_ARTIFACTS of run folders, so grids written
+    by train.py or generate.py never become faces to train on."""
     wanted = IMAGE_SUFFIXES + OTHER_IMAGE_SUFFIXES
     if not recursive:
         # os.scandir's entries know their type without a stat per file, and names sort faster than paths.
@@ -317,8 +311,7 @@ def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list
 
 
 def run_folders(folder: Path) -> list[Path]:
-    """The folders at or below `folder` holding a config.json of RUN_FORMAT (train.py runs and
-    their exports); a config.json of anything else does not hide a folder's faces."""
+    """The folders at or below `folder` holding a config.json of RUN_FORMAT (runs and exports)."""
     found = []
     for config in folder.rglob(CONFIG_FILE):
         try:
@@ -330,8 +323,7 @@ def run_folders(folder: Path) -> list[Path]:
 
 
 def find_dataset(path: str | os.PathLike) -> Dataset:
-    """Detect the layout under `path` and read its file list and partition; the attribute and
-    identity files are read when first used (see Dataset)."""
+    """Detect the layout under `path` and read its file list and partition."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {LAYOUTS_HELP}; {KAGGLE_HINT}")
@@ -403,8 +395,8 @@ def checked_files(paths: Sequence[Path]) -> tuple[list[Path], list[bool]]:
 # --------------------------------------------------------------------------- cache sizes
 def available_memory(root: Path = Path("/")) -> int | None:
     """Bytes of memory this process may still take: the kernel's MemAvailable, or less where a
-    memory cgroup limit (v2 memory.max, v1 memory.limit_in_bytes) of this process's cgroup or
-    one above it leaves less. None where neither is known (not Linux). `root` is for tests."""
+    memory cgroup limit (v2 or v1) of this process's cgroup or one above it leaves less. None
+    where neither is known (not Linux). `root` is for tests."""
     headroom = []
     try:
         found = re.search(r"^MemAvailable:\s+(\d+) kB", (root / "proc/meminfo").read_text(), re.MULTILINE)
@@ -439,8 +431,7 @@ def available_memory(root: Path = Path("/")) -> int | None:
 
 def check_memory_cache(count: int, image_size: int, channels: int) -> None:
     """Raise DataError when a memory cache of `count` decoded images would not fit in
-    MEMORY_CACHE_SHARE of the available memory: say so now rather than have the kernel's
-    OOM killer stop the run halfway through its first epoch."""
+    MEMORY_CACHE_SHARE of the available memory, rather than be killed halfway through an epoch."""
     needed, available = memory_cache_bytes(count, image_size, channels), available_memory()
     if not fits_in_memory(needed, available):
         raise DataError(
@@ -456,8 +447,7 @@ def memory_cache_bytes(count: int, image_size: int, channels: int) -> float:
 
 
 def fits_in_memory(needed: float, available: int | None) -> bool:
-    """Whether a memory cache of `needed` bytes fits in MEMORY_CACHE_SHARE of the `available`
-    memory; it is taken to fit where that is unknown (None)."""
+    """Whether `needed` bytes fit in MEMORY_CACHE_SHARE of the `available` memory (None: unknown, taken to fit)."""
     return available is None or needed <= MEMORY_CACHE_SHARE * available
 
 
@@ -474,8 +464,8 @@ def free_disk_space(folder: str | os.PathLike) -> int:
 def file_cache_needs(
     cache_dir: str, file_lists: Sequence[Sequence[Path]], image_size: int, channels: int, crop: int
 ) -> tuple[int, int]:
-    """(images, bytes) still to be written to `cache_dir` for the file caches of these file lists:
-    a list whose cache is there complete (from an earlier run) needs none."""
+    """(images, bytes) still to be written to `cache_dir` for the file caches of these file lists;
+    a cache already complete there needs none."""
     missing = [
         files
         for files in file_lists
@@ -489,7 +479,7 @@ def check_file_cache(
     cache_dir: str, file_lists: Sequence[Sequence[Path]], image_size: int, channels: int, crop: int
 ) -> None:
     """Raise DataError when the file caches of these file lists (one per make_dataset) would not
-    fit in the free space of `cache_dir`'s disk: say so now rather than stop when it is full."""
+    fit in the free space of `cache_dir`'s disk, rather than stop when it is full."""
     count, needed = file_cache_needs(cache_dir, file_lists, image_size, channels, crop)
     free = free_disk_space(cache_dir)
     if needed <= free:
@@ -588,12 +578,10 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of float32 [B, S, S, C] images in [0, 1] from image files.
 
-    cache: "memory", "none", or a directory for a file cache (for data that does not fit
-    in memory; one cache per split and settings, reused by later runs).
-    repeat: cycle through the files forever, one pass being ceil(n / batch_size) batches
-    (n // batch_size with drop_remainder), so Keras knows each epoch's length.
-    skip_batches: start this many batches into the (seeded, hence reproducible) stream, so a
-    resumed run sees the batches an uninterrupted one would have seen.
+    cache: "memory", "none", or a folder for a file cache (one per file list and settings,
+    reused by later runs). repeat: cycle through the files forever, in passes of whole batches.
+    skip_batches: start this many batches into the seeded stream, so that a resumed run sees
+    the batches an uninterrupted one would have seen.
     """
     import tensorflow as tf
 
@@ -607,8 +595,7 @@ def make_dataset(
         lambda path, native: decode_face(path, native, image_size, channels, crop),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    # Safety net for files that pass the structural check but still fail to decode (unnamed and
-    # uncounted: TensorFlow only logs its own message).
+    # For files that pass the check but still fail to decode (TensorFlow only logs its own message).
     dataset = dataset.ignore_errors(log_warning=True)
     if cache == "memory":
         dataset = dataset.cache()
@@ -623,8 +610,7 @@ def make_dataset(
         stream = stream.batch(batch_size, drop_remainder=drop_remainder)
         if repeat:
             stream = stream.repeat()
-        # Skipping replays the skipped batches' reshuffles from the cache (fast; without a cache it
-        # re-reads their files) and stops before the float conversion.
+        # Skipped batches are replayed from the cache (without one, re-read), before the float conversion.
         return stream.skip(skip_batches)
 
     # Built inside flat_map, the stream starts afresh in every iterator: the reshuffling state would
@@ -653,17 +639,15 @@ def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, ch
 
 
 def file_cache_is_complete(prefix: str | os.PathLike) -> bool:
-    """Whether TensorFlow finished the file cache at `prefix`: it merges the pieces written into
-    the cache's index, and only then removes their lock files (a full disk can stop it in between,
-    leaving an empty index)."""
+    """Whether TensorFlow finished the file cache at `prefix`: it removes the lock files only after
+    merging the index (a full disk can stop it in between, leaving an empty index)."""
     prefix = Path(prefix)
     return Path(f"{prefix}.index").is_file() and not any(prefix.parent.glob(f"{prefix.name}_*.lockfile"))
 
 
 def remove_partial_file_cache(prefix: str | os.PathLike) -> list[Path]:
-    """Remove the files of an unfinished file cache at `prefix` (TensorFlow's lock files and the
-    data written so far), each emptied first so that its space comes back even while a failed
-    writer still holds it open; returns them. A complete cache stays."""
+    """Remove and return the files of an unfinished file cache at `prefix`, each emptied first so
+    that its space comes back even while a failed writer holds it open. A complete cache stays."""
     prefix = Path(prefix)
     if file_cache_is_complete(prefix):
         return []

@@ -272,26 +272,38 @@ def fid(real: FeatureMoments, other: FeatureMoments) -> float:
 
 
 # --------------------------------------------------------------------------- FID feature extractor
-def load_inception(weights: str | None) -> tuple[FeatureFn | None, str]:
-    """(feature function, description of the weights), or (None, why FID is skipped).
-    Imports Keras (and TensorFlow): only --fid needs them."""
+def fid_features(
+    fid: bool, features: FeatureFn | None, weights: str | None
+) -> tuple[FeatureFn | None, str | None, str | None]:
+    """(FID feature function, where its weights come from, why FID is skipped): `features` when
+    given, else InceptionV3 (Keras and TensorFlow imported here only) when it loads, else none
+    with the reason printed."""
+    if not fid:
+        return None, None, None
+    if features is not None:
+        return features, "custom feature function", None
     if weights is not None and not Path(weights).is_file():
-        return None, f"--inception-weights {weights} is not a file"
-    keras = import_keras()
-    source = weights if weights is not None else "imagenet"
-    try:
-        model = keras.applications.InceptionV3(
-            include_top=False, pooling="avg", weights=source, input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3)
-        )
-    except Exception as error:  # downloads and weight files fail in many ways
-        reason = first_line(error)
-        if weights is None:
-            return None, (
-                f"cannot download the InceptionV3 ImageNet weights ({reason}); "
-                f"pass --inception-weights PATH to a local {INCEPTION_WEIGHTS_FILE}"
+        reason = f"--inception-weights {weights} is not a file"
+    else:
+        keras = import_keras()
+        try:
+            model = keras.applications.InceptionV3(
+                include_top=False,
+                pooling="avg",
+                weights=weights or "imagenet",
+                input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3),
             )
-        return None, f"cannot load InceptionV3 weights from {weights} ({reason}); it should be {INCEPTION_WEIGHTS_FILE}"
-    return inception_features(model), (weights if weights is not None else "imagenet (Keras download)")
+            return inception_features(model), weights or "imagenet (Keras download)", None
+        except Exception as error:  # downloads and weight files fail in many ways
+            if weights is None:
+                reason = (
+                    f"cannot download the InceptionV3 ImageNet weights ({first_line(error)}); "
+                    f"pass --inception-weights PATH to a local {INCEPTION_WEIGHTS_FILE}"
+                )
+            else:
+                reason = f"cannot load InceptionV3 weights from {weights} ({first_line(error)}); it should be {INCEPTION_WEIGHTS_FILE}"
+    print(f"FID skipped: {reason}")
+    return None, None, reason
 
 
 def inception_features(model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
@@ -354,11 +366,8 @@ def collect(
     progress: Progress | None = None,
 ) -> tuple[dict[str, np.ndarray], dict, list[Path]]:
     """One pass over the images: per-image columns (concatenated), the real images' sample
-    statistics and FID moments, and the files that could not be decoded.
-
-    The eps of the sampled z comes from a generator spawned from `seed`, drawn batch after
-    batch in file order, so it does not depend on the batch size.
-    """
+    statistics and FID moments, and the files that could not be decoded. The sampled z's eps
+    is drawn in file order from a generator of `seed`, so the batch size does not change it."""
     posterior_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[0])
     columns: dict[str, list[np.ndarray]] = defaultdict(list)
     real, moments, failed = SampleStatistics(), defaultdict(FeatureMoments), []
@@ -522,7 +531,7 @@ def evaluate(
         check_output_path(out, inputs=files)
     if verbose:
         print(f"data: {description}; evaluating {len(files)} {split} images with the {backend.kind} backend")
-    features, source, skipped = feature_function(fid, features, inception_weights)
+    features, source, skipped = fid_features(fid, features, inception_weights)
     started = time.perf_counter()
     progress = Progress(len(files), "evaluated", bool(verbose))
     kind, dims = folder["reconstruction"], backend.image_size * backend.image_size * backend.channels
@@ -580,22 +589,6 @@ def check_settings(limit: int, batch_size: int, seed: int) -> None:
         raise EvalError(f"--batch-size must be at least 1 (got {batch_size})")
     if seed < 0:
         raise EvalError(f"--seed must not be negative (got {seed})")
-
-
-def feature_function(
-    fid: bool, features: FeatureFn | None, inception_weights: str | None
-) -> tuple[FeatureFn | None, str | None, str | None]:
-    """(FID feature function or None, where its weights come from, why FID is skipped): the given
-    function, else InceptionV3 when it loads, else none with the reason printed."""
-    if not fid:
-        return None, None, None
-    if features is not None:
-        return features, "custom feature function", None
-    features, source = load_inception(inception_weights)
-    if features is None:
-        print(f"FID skipped: {source}")
-        return None, None, source
-    return features, source, None
 
 
 def describe_density(density: LatentDensity | None) -> dict | None:

@@ -284,13 +284,11 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
 
 
 def forward_function(model: keras.Model, rewrite: bool) -> tuple[Callable, list[str]]:
-    """model's inference forward pass on TensorFlow tensors -> list of outputs, with or without
-    the rewrites; layers without a rewrite are called as they are."""
-    if not rewrite:
-        return (lambda x: list(model(x, training=False)) if len(model.outputs) > 1 else [model(x, training=False)]), []
+    """model's inference forward pass on TensorFlow tensors -> list of outputs, layer by layer,
+    with or without the rewrites; layers without a rewrite are called as they are."""
     import keras
 
-    steps, notes = plan_rewrites(model)
+    steps, notes = plan_rewrites(model) if rewrite else ({}, [])
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
     def forward(x):
@@ -395,12 +393,6 @@ def parity_check(
                 f"{tolerance:g}; nothing was written (try --plain to export without the graph rewrites)"
             )
     return differences
-
-
-def save_model(proto: onnx.ModelProto, path: Path) -> None:
-    import onnx
-
-    onnx.save(proto, path)
 
 
 def op_counts(source: onnx.ModelProto | str | os.PathLike, optimized: bool = False) -> Counter:
@@ -521,7 +513,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             metadata[part]["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
     options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
     protos = convert_pair({"decoder": decoder, "encoder": encoder}, metadata, **options)
-    files = {out / onnx_file(part): functools.partial(save_model, proto) for part, proto in protos.items()}
+    import onnx
+
+    files = {out / onnx_file(part): functools.partial(onnx.save, proto) for part, proto in protos.items()}
     companions = {CONFIG_FILE: run_dir / CONFIG_FILE, ATTRIBUTES_FILE: attributes, DENSITY_FILE: density}
     if out.resolve() != run_dir.resolve():  # the models and the run's JSON files, all or none
         files.update(
