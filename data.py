@@ -138,11 +138,7 @@ class Dataset:
     @cached_property
     def attributes(self) -> dict[str, np.ndarray]:
         """file name -> int8[40] of +1/-1."""
-        if self.attribute_file is None:
-            return {}
-        if self.attribute_file.suffix == ".csv":
-            return read_attributes_csv(self.attribute_file)
-        return read_attributes_txt(self.attribute_file)
+        return {} if self.attribute_file is None else read_attributes(self.attribute_file)
 
     @cached_property
     def identities(self) -> dict[str, int]:
@@ -235,18 +231,16 @@ def read_partition(path: Path) -> dict[str, int]:
     return partition
 
 
-def read_attributes_csv(path: Path) -> dict[str, np.ndarray]:
-    """Kaggle format: a header "image_id,<40 names>", then "file,v1,...,v40"."""
-    rows = read_rows(path, csv_format=True, fix=ATTRIBUTES_FIX)
-    _, header = next(rows, (0, None))
-    if header is None:
-        raise DataError(f"{path} is empty; {ATTRIBUTES_FIX}")
-    return parse_attribute_rows(header[1:], rows, path)
-
-
-def read_attributes_txt(path: Path) -> dict[str, np.ndarray]:
-    """Original format: a count line, a header line of 40 names, then "file v1 ... v40"."""
-    rows = read_rows(path, csv_format=False, fix=ATTRIBUTES_FIX)
+def read_attributes(path: Path) -> dict[str, np.ndarray]:
+    """list_attr_celeba.csv (Kaggle's: a header "image_id,<40 names>", then "file,v1,...,v40") or
+    Anno/list_attr_celeba.txt (a count line, a header of 40 names, then "file v1 ... v40")."""
+    csv_format = path.suffix == ".csv"
+    rows = read_rows(path, csv_format=csv_format, fix=ATTRIBUTES_FIX)
+    if csv_format:
+        _, header = next(rows, (0, None))
+        if header is None:
+            raise DataError(f"{path} is empty; {ATTRIBUTES_FIX}")
+        return parse_attribute_rows(header[1:], rows, path)
     (_, count), (_, header) = next(rows, (0, [])), next(rows, (0, []))
     if len(count) != 1 or not count[0].isdecimal() or not header:
         raise DataError(f"{path} does not start with an image count line and a header line; {ATTRIBUTES_FIX}")

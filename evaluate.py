@@ -715,13 +715,6 @@ def json_safe(value):
     return value
 
 
-def write_results(results: dict, path: Path) -> Path:
-    """The results as JSON, written atomically (a temporary file renamed into place)."""
-    with made_folders(path.parent):
-        write_text_atomic(path, json.dumps(json_safe(results), indent=2) + "\n")
-    return path
-
-
 # --------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The flags, named as evaluate()'s arguments."""
@@ -772,13 +765,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results = evaluate(**{**vars(args), "out": out})
     print(format_table(results))
     try:
-        path = write_results(results, out)
+        with made_folders(out.parent):
+            write_text_atomic(out, json.dumps(json_safe(results), indent=2) + "\n")
     except OSError as error:  # a full disk, or a folder that takes no new files
         raise EvalError(
             f"cannot write {out} ({error.strerror or error}); the figures above were not saved: "
             "free some space or give another --out"
         ) from None
-    print(f"wrote {path}")
+    print(f"wrote {out}")
     return results
 
 

@@ -71,7 +71,7 @@ def test_bad_attribute_header_is_reported(tmp_path):
     path = tmp_path / "list_attr_celeba.csv"
     path.write_text("image_id,Smiling\n000001.jpg,1\n")
     with pytest.raises(data.DataError, match="40 CelebA attributes"):
-        data.read_attributes_csv(path)
+        data.read_attributes(path)
 
 
 def test_corrupt_files_are_skipped_and_counted(kaggle_celeba, caplog):
@@ -576,10 +576,10 @@ def test_original_layout_attribute_file_without_count_line(original_celeba, tmp_
     path = tmp_path / "list_attr_celeba.txt"
     path.write_text(" ".join(CELEBA_ATTRIBUTES) + "\n")
     with pytest.raises(data.DataError, match="does not start with an image count line and a header line"):
-        data.read_attributes_txt(path)
+        data.read_attributes(path)
     path.write_text("")
     with pytest.raises(data.DataError, match="does not start with an image count line"):
-        data.read_attributes_txt(path)
+        data.read_attributes(path)
 
 
 def test_run_folders_in_a_plain_data_folder_leave_its_faces_readable(tmp_path):
