@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from errors import UserError, run_main
-from image_files import CONVERT_HINT, IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES, check_image
+from image_files import CONVERT_HINT, FORMATS_TEXT, IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES, check_image
 from images import CELEBA_WIDTH, DEFAULT_CROP, read_pixels
 from runs import (
     CHECKPOINT_DIR,
@@ -110,7 +110,7 @@ KAGGLE_HINT = (
 LAYOUTS_HELP = (
     "expected one of: Kaggle layout (<root>/img_align_celeba/img_align_celeba/*.jpg + list_eval_partition.csv), "
     "original layout (<root>/Img/img_align_celeba/*.jpg + Eval/list_eval_partition.txt), "
-    "or a plain folder of JPEG, PNG, WebP, GIF, BMP or TIFF faces"
+    f"or a plain folder of {FORMATS_TEXT} faces"
 )
 REPLACE_HINT = "replace it with the file from the CelebA download"
 ATTRIBUTES_FIX = f"{REPLACE_HINT}, or delete it (only attribute directions need it)"

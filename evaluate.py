@@ -723,8 +723,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "every figure to <folder>/eval_<split>.json.",
         formatter_class=HelpFormatter,
     )
-    add = parser.add_argument
-    add(
+    parser.add_argument(
         "--run",
         dest="run_dir",
         metavar="RUN",
@@ -732,26 +731,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         required=True,
         help="model folder: a train.py run or an exported folder",
     )
-    add("--data", dest="data_path", metavar="PATH", help="CelebA root or folder of faces (default: the run's data)")
-    add("--split", choices=("train", "validation", "test", "all"), default="test", help="which images to evaluate")
-    add("--limit", type=int, default=0, metavar="N", help="evaluate the first N images of the split only (0: all)")
-    add("--batch-size", type=int, default=64, metavar="N", help="images per batch")
-    add("--seed", type=int, default=0, metavar="N", help="seed of the sampled z and of the random faces")
-    add(
+    parser.add_argument(
+        "--data", dest="data_path", metavar="PATH", help="CelebA root or folder of faces (default: the run's data)"
+    )
+    parser.add_argument(
+        "--split", choices=("train", "validation", "test", "all"), default="test", help="which images to evaluate"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="evaluate the first N images of the split only (0: all)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch")
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the sampled z and of the random faces"
+    )
+    parser.add_argument(
         "--backend",
         dest="backend_kind",
         choices=("keras", "onnx"),
         help="keras: *.keras; onnx: *.onnx (default: keras when the folder has decoder.keras, else onnx)",
     )
-    add("--fid", action="store_true", help="also compute FID (InceptionV3, ImageNet weights)")
-    add(
+    parser.add_argument("--fid", action="store_true", help="also compute FID (InceptionV3, ImageNet weights)")
+    parser.add_argument(
         "--inception-weights",
         metavar="PATH",
         help=f"local InceptionV3 weights for --fid ({INCEPTION_WEIGHTS_FILE}); "
         "without it Keras tries to download them, and FID is skipped if that fails",
     )
-    add("--out", type=Path, metavar="PATH", help="JSON file to write (default: RUN/eval_<split>.json)")
-    add("--verbose", type=int, choices=(0, 1), default=1, help="0: only the table; 1: progress too")
+    parser.add_argument("--out", type=Path, metavar="PATH", help="JSON file to write (default: RUN/eval_<split>.json)")
+    parser.add_argument("--verbose", type=int, choices=(0, 1), default=1, help="0: only the table; 1: progress too")
     return parser.parse_args(argv)
 
 
