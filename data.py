@@ -1,16 +1,14 @@
 """CelebA (or any folder of faces) -> tf.data pipelines of float32 images in [0, 1].
 
-Recognises three layouts and reports the one found: Kaggle's download (<root>/img_align_celeba/
-img_align_celeba/*.jpg with list_eval_partition.csv), the CelebA site's (<root>/Img/img_align_celeba,
-Eval/list_eval_partition.txt, Anno/), or any folder of faces (searched recursively, without the
-grids of run folders; an 80/10/10 split by a hash of each file name). The official partition is
-used where its file exists; the attribute and identity files are read on first use.
+Recognises Kaggle's layout (<root>/img_align_celeba/img_align_celeba/*.jpg with
+list_eval_partition.csv), the CelebA site's (<root>/Img/img_align_celeba, Eval/, Anno/), or any
+folder of faces (searched recursively, without the grids of run folders; an 80/10/10 split by a
+hash of each file name). Attribute and identity files are read on first use.
 
 Pipeline: file list -> image_files' checks (bad files named, counted and skipped) -> decode (the
-crop fused into the JPEG decode; Pillow for other formats and rotated photos) -> area resize ->
-uint8 -> cache -> seeded shuffle -> batch -> float32 in [0, 1]. The crop (`crop`, in pixels of
-the 178-pixel-wide CelebA frame, 148 by default) is images.crop_box. TensorFlow is imported only
-where tensors are built. Details: docs/training.md, "Data".
+crop, images.crop_box, fused into the JPEG decode; Pillow for other formats and rotated photos)
+-> area resize -> uint8 -> cache -> seeded shuffle -> batch -> float32 in [0, 1]. TensorFlow is
+imported only where tensors are built. Details: docs/training.md, "Data".
 
     python data.py --data ./celeba     # what is found in a folder
 """
@@ -34,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from errors import UserError, run_main
-from image_files import CONVERT_HINT, IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES, check_image
+from image_files import CONVERT_HINT, FORMATS_TEXT, IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES, check_image
 from images import CELEBA_WIDTH, DEFAULT_CROP, read_pixels
 from runs import (
     CHECKPOINT_DIR,
@@ -97,21 +95,16 @@ SPLITS = {"train": 0, "validation": 1, "test": 2}
 # The way decode_face makes pixels from a file, in file caches' names: raise it whenever a change
 # of decode_face changes the pixels it makes of a file, so that no older cache is read for them.
 DECODE_VERSION = 2
-# What train.py and generate.py write into a run folder that a folder listing must not take for
-# faces: grids, curves, checkpoints.
+# What train.py and generate.py write into a run folder that are not faces to train on.
 RUN_ARTIFACTS = (CHECKPOINT_DIR, RECONSTRUCTIONS_DIR, SAMPLES_DIR, GENERATED_DIR, LOSS_CURVES_FILE)
-# Resident memory a memory cache takes per byte of decoded pixels: tf.data keeps each image in
-# its own buffer, with the allocator's overhead (1.16-1.20 measured at 64x64 and 1.18 at 128x128
-# with bench/data_throughput.py --fake-celeba, see docs/training.md: performance).
+# Resident memory per byte of cached pixels: tf.data keeps each image in its own buffer, with the
+# allocator's overhead (docs/training.md, "Performance", says how it was measured).
 MEMORY_CACHE_OVERHEAD = 1.2
-# At most this share of the available memory goes to the cache: the rest is for TensorFlow, the
-# model, the shuffle buffer and the batches.
-MEMORY_CACHE_SHARE = 0.75
-# Disk a file cache takes per image beyond its pixels: its entry in the cache's index, 34-36 bytes
-# measured, twice over while TensorFlow merges the index of the finished cache.
+MEMORY_CACHE_SHARE = 0.75  # of the available memory; the rest is for TensorFlow, the model and the batches
+# Disk a file cache takes per image beyond its pixels: its index entry, held twice while
+# TensorFlow merges the finished index; and per cache, a partly used block at the end of each of
+# its four files (data, lock, the index twice over).
 FILE_CACHE_ENTRY_BYTES = 72
-# And per cache: its four files (data, lock, and the index twice over) each end in a partly used
-# disk block, of 4 kB on most file systems.
 FILE_CACHE_FILES_BYTES = 4 * 4096
 KAGGLE_HINT = (
     "get CelebA from Kaggle: `kaggle datasets download -d jessicali9530/celeba-dataset && "
@@ -120,7 +113,7 @@ KAGGLE_HINT = (
 LAYOUTS_HELP = (
     "expected one of: Kaggle layout (<root>/img_align_celeba/img_align_celeba/*.jpg + list_eval_partition.csv), "
     "original layout (<root>/Img/img_align_celeba/*.jpg + Eval/list_eval_partition.txt), "
-    "or a plain folder of JPEG, PNG, WebP, GIF, BMP or TIFF faces"
+    f"or a plain folder of {FORMATS_TEXT} faces"
 )
 REPLACE_HINT = "replace it with the file from the CelebA download"
 ATTRIBUTES_FIX = f"{REPLACE_HINT}, or delete it (only attribute directions need it)"
@@ -135,8 +128,7 @@ class DataError(UserError):
 @dataclass
 class Dataset:
     """What was found under a data folder. The attribute and identity files are read on first
-    use of `attributes` / `identities` (a DataError then): only attribute directions and
-    --identity need them, so a damaged one stops nothing else, training included."""
+    use (a DataError then), so a damaged one stops only attribute directions and --identity."""
 
     root: Path
     layout: str  # "kaggle", "original" or "folder"
@@ -149,11 +141,7 @@ class Dataset:
     @cached_property
     def attributes(self) -> dict[str, np.ndarray]:
         """file name -> int8[40] of +1/-1."""
-        if self.attribute_file is None:
-            return {}
-        if self.attribute_file.suffix == ".csv":
-            return read_attributes_csv(self.attribute_file)
-        return read_attributes_txt(self.attribute_file)
+        return {} if self.attribute_file is None else read_attributes(self.attribute_file)
 
     @cached_property
     def identities(self) -> dict[str, int]:
@@ -187,14 +175,12 @@ class Dataset:
 
 
 def shown(text: str | os.PathLike) -> str:
-    """Text naming files, printable in any locale: the bytes of a file name that is not UTF-8
-    (held by Python as surrogates) appear as \\xNN escapes."""
+    """Text naming files, printable in any locale: a file name's bytes that are not UTF-8 appear as \\xNN."""
     return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def hash_split(file_name: str) -> int:
-    """Deterministic 80/10/10 split (0/1/2) from a file name, stable across machines."""
-    # The name's own bytes, also where they are not UTF-8 (held by Python as surrogates).
+    """Deterministic 80/10/10 split (0/1/2) from a file name's bytes, stable across machines."""
     bucket = int(hashlib.md5(file_name.encode("utf-8", "surrogateescape")).hexdigest(), 16) % 10
     return 0 if bucket < 8 else (1 if bucket == 8 else 2)
 
@@ -248,18 +234,16 @@ def read_partition(path: Path) -> dict[str, int]:
     return partition
 
 
-def read_attributes_csv(path: Path) -> dict[str, np.ndarray]:
-    """Kaggle format: a header "image_id,<40 names>", then "file,v1,...,v40"."""
-    rows = read_rows(path, csv_format=True, fix=ATTRIBUTES_FIX)
-    _, header = next(rows, (0, None))
-    if header is None:
-        raise DataError(f"{path} is empty; {ATTRIBUTES_FIX}")
-    return parse_attribute_rows(header[1:], rows, path)
-
-
-def read_attributes_txt(path: Path) -> dict[str, np.ndarray]:
-    """Original format: a count line, a header line of 40 names, then "file v1 ... v40"."""
-    rows = read_rows(path, csv_format=False, fix=ATTRIBUTES_FIX)
+def read_attributes(path: Path) -> dict[str, np.ndarray]:
+    """list_attr_celeba.csv (Kaggle's: a header "image_id,<40 names>", then "file,v1,...,v40") or
+    Anno/list_attr_celeba.txt (a count line, a header of 40 names, then "file v1 ... v40")."""
+    csv_format = path.suffix == ".csv"
+    rows = read_rows(path, csv_format=csv_format, fix=ATTRIBUTES_FIX)
+    if csv_format:
+        _, header = next(rows, (0, None))
+        if header is None:
+            raise DataError(f"{path} is empty; {ATTRIBUTES_FIX}")
+        return parse_attribute_rows(header[1:], rows, path)
     (_, count), (_, header) = next(rows, (0, [])), next(rows, (0, []))
     if len(count) != 1 or not count[0].isdecimal() or not header:
         raise DataError(f"{path} does not start with an image count line and a header line; {ATTRIBUTES_FIX}")
@@ -304,13 +288,11 @@ def read_identities(path: Path) -> dict[str, int]:
 # --------------------------------------------------------------------------- layout detection
 def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
     """(image files of IMAGE_SUFFIXES, files of OTHER_IMAGE_SUFFIXES training cannot read) in a
-    folder, sorted. Recursive listing skips the RUN_ARTIFACTS of run folders (folders whose
-    config.json is a train.py run's), so grids written by train.py or generate.py never become
-    training faces, even when a run was trained into the data folder itself."""
+    folder, sorted. Recursive listing skips the RUN_ARTIFACTS of run folders, so grids written
+    by train.py or generate.py never become faces to train on."""
     wanted = IMAGE_SUFFIXES + OTHER_IMAGE_SUFFIXES
     if not recursive:
-        # os.scandir's entries know their type without a stat per file, and names sort faster than
-        # paths: three times faster than globbing on CelebA's 202,599 files.
+        # os.scandir's entries know their type without a stat per file, and names sort faster than paths.
         with os.scandir(folder) as entries:
             names = [e.name for e in entries if os.path.splitext(e.name)[1].lower() in wanted and e.is_file()]
         found = [folder / name for name in sorted(names)]
@@ -326,8 +308,7 @@ def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list
 
 
 def run_folders(folder: Path) -> list[Path]:
-    """The folders at or below `folder` holding a config.json of RUN_FORMAT (train.py runs and
-    their exports); a config.json of anything else does not hide a folder's faces."""
+    """The folders at or below `folder` holding a config.json of RUN_FORMAT (runs and exports)."""
     found = []
     for config in folder.rglob(CONFIG_FILE):
         try:
@@ -339,8 +320,7 @@ def run_folders(folder: Path) -> list[Path]:
 
 
 def find_dataset(path: str | os.PathLike) -> Dataset:
-    """Detect the layout under `path` and read its file list and partition; the attribute and
-    identity files are read when first used (see Dataset)."""
+    """Detect the layout under `path` and read its file list and partition."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {LAYOUTS_HELP}; {KAGGLE_HINT}")
@@ -412,8 +392,8 @@ def checked_files(paths: Sequence[Path]) -> tuple[list[Path], list[bool]]:
 # --------------------------------------------------------------------------- cache sizes
 def available_memory(root: Path = Path("/")) -> int | None:
     """Bytes of memory this process may still take: the kernel's MemAvailable, or less where a
-    memory cgroup limit (v2 memory.max, v1 memory.limit_in_bytes) of this process's cgroup or
-    one above it leaves less. None where neither is known (not Linux). `root` is for tests."""
+    memory cgroup limit (v2 or v1) of this process's cgroup or one above it leaves less. None
+    where neither is known (not Linux). `root` is for tests."""
     headroom = []
     try:
         found = re.search(r"^MemAvailable:\s+(\d+) kB", (root / "proc/meminfo").read_text(), re.MULTILINE)
@@ -448,8 +428,7 @@ def available_memory(root: Path = Path("/")) -> int | None:
 
 def check_memory_cache(count: int, image_size: int, channels: int) -> None:
     """Raise DataError when a memory cache of `count` decoded images would not fit in
-    MEMORY_CACHE_SHARE of the available memory: say so now rather than have the kernel's
-    OOM killer stop the run halfway through its first epoch."""
+    MEMORY_CACHE_SHARE of the available memory, rather than be killed halfway through an epoch."""
     needed, available = memory_cache_bytes(count, image_size, channels), available_memory()
     if not fits_in_memory(needed, available):
         raise DataError(
@@ -465,8 +444,7 @@ def memory_cache_bytes(count: int, image_size: int, channels: int) -> float:
 
 
 def fits_in_memory(needed: float, available: int | None) -> bool:
-    """Whether a memory cache of `needed` bytes fits in MEMORY_CACHE_SHARE of the `available`
-    memory; it is taken to fit where that is unknown (None)."""
+    """Whether `needed` bytes fit in MEMORY_CACHE_SHARE of the `available` memory (None: unknown, taken to fit)."""
     return available is None or needed <= MEMORY_CACHE_SHARE * available
 
 
@@ -483,8 +461,8 @@ def free_disk_space(folder: str | os.PathLike) -> int:
 def file_cache_needs(
     cache_dir: str, file_lists: Sequence[Sequence[Path]], image_size: int, channels: int, crop: int
 ) -> tuple[int, int]:
-    """(images, bytes) still to be written to `cache_dir` for the file caches of these file lists:
-    a list whose cache is there complete (from an earlier run) needs none."""
+    """(images, bytes) still to be written to `cache_dir` for the file caches of these file lists;
+    a cache already complete there needs none."""
     missing = [
         files
         for files in file_lists
@@ -498,7 +476,7 @@ def check_file_cache(
     cache_dir: str, file_lists: Sequence[Sequence[Path]], image_size: int, channels: int, crop: int
 ) -> None:
     """Raise DataError when the file caches of these file lists (one per make_dataset) would not
-    fit in the free space of `cache_dir`'s disk: say so now rather than stop when it is full."""
+    fit in the free space of `cache_dir`'s disk, rather than stop when it is full."""
     count, needed = file_cache_needs(cache_dir, file_lists, image_size, channels, crop)
     free = free_disk_space(cache_dir)
     if needed <= free:
@@ -551,8 +529,8 @@ def decode_face(
 
     def decode_jpeg(contents):
         # Decoding only the crop window skips the background's pixels. libjpeg upsamples the colour
-        # of a cropped decode's first and last columns as if they were the image's edges (up to 37
-        # levels off): decoding a column more on each side, dropped below, keeps a full decode's.
+        # of a cropped decode's first and last columns as if they were the image's edges: decoding
+        # a column more on each side, dropped below, keeps a full decode's colours.
         # INTEGER_ACCURATE is libjpeg's default IDCT, the one Pillow uses.
         shape = tf.io.extract_jpeg_shape(contents)
         top, left, side, _ = tf.unstack(crop_window(shape[0], shape[1], crop))
@@ -574,8 +552,8 @@ def decode_face(
         return cropped(tf.ensure_shape(pixels, [None, None, 3]))
 
     image = tf.cond(native, decode_native, decode_with_pillow)
-    # Area averaging is an antialiasing filter for downscaling and more than twice as fast in
-    # tf.data as bilinear with antialias=True (4,266 vs 1,876 images/s at 64x64 on 2 cores).
+    # Area averaging is an antialiasing filter for downscaling, and faster in tf.data than
+    # bilinear with antialias=True (bench/data_throughput.py).
     image = tf.image.resize(image, (image_size, image_size), method="area")
     if channels == 1:
         image = tf.image.rgb_to_grayscale(image)
@@ -597,12 +575,10 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of float32 [B, S, S, C] images in [0, 1] from image files.
 
-    cache: "memory", "none", or a directory for a file cache (for data that does not fit
-    in memory; one cache per split and settings, reused by later runs).
-    repeat: cycle through the files forever, one pass being ceil(n / batch_size) batches
-    (n // batch_size with drop_remainder), so Keras knows each epoch's length.
-    skip_batches: start this many batches into the (seeded, hence reproducible) stream, so a
-    resumed run sees the batches an uninterrupted one would have seen.
+    cache: "memory", "none", or a folder for a file cache (one per file list and settings,
+    reused by later runs). repeat: cycle through the files forever, in passes of whole batches.
+    skip_batches: start this many batches into the seeded stream, so that a resumed run sees
+    the batches an uninterrupted one would have seen.
     """
     import tensorflow as tf
 
@@ -616,8 +592,7 @@ def make_dataset(
         lambda path, native: decode_face(path, native, image_size, channels, crop),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    # Safety net for files that pass the structural check but still fail to decode (unnamed and
-    # uncounted: TensorFlow only logs its own message).
+    # For files that pass the check but still fail to decode (TensorFlow only logs its own message).
     dataset = dataset.ignore_errors(log_warning=True)
     if cache == "memory":
         dataset = dataset.cache()
@@ -632,8 +607,7 @@ def make_dataset(
         stream = stream.batch(batch_size, drop_remainder=drop_remainder)
         if repeat:
             stream = stream.repeat()
-        # Skipping replays the skipped batches' reshuffles from the cache (fast; without a cache it
-        # re-reads their files) and stops before the float conversion.
+        # Skipped batches are replayed from the cache (without one, re-read), before the float conversion.
         return stream.skip(skip_batches)
 
     # Built inside flat_map, the stream starts afresh in every iterator: the reshuffling state would
@@ -672,17 +646,15 @@ def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, ch
 
 
 def file_cache_is_complete(prefix: str | os.PathLike) -> bool:
-    """Whether TensorFlow finished the file cache at `prefix`: it merges the pieces written into
-    the cache's index, and only then removes their lock files (a full disk can stop it in between,
-    leaving an empty index)."""
+    """Whether TensorFlow finished the file cache at `prefix`: it removes the lock files only after
+    merging the index (a full disk can stop it in between, leaving an empty index)."""
     prefix = Path(prefix)
     return Path(f"{prefix}.index").is_file() and not any(prefix.parent.glob(f"{prefix.name}_*.lockfile"))
 
 
 def remove_partial_file_cache(prefix: str | os.PathLike) -> list[Path]:
-    """Remove the files of an unfinished file cache at `prefix` (TensorFlow's lock files and the
-    data written so far), each emptied first so that its space comes back even while a failed
-    writer still holds it open; returns them. A complete cache stays."""
+    """Remove and return the files of an unfinished file cache at `prefix`, each emptied first so
+    that its space comes back even while a failed writer holds it open. A complete cache stays."""
     prefix = Path(prefix)
     if file_cache_is_complete(prefix):
         return []

@@ -9,11 +9,9 @@ what random faces look like under each sampler, and optionally FID.
 
 The folder is a train.py run (run with Keras) or an exported folder (run with onnxruntime;
 TensorFlow is then imported only for --fid). Images are loaded as training loads them and
-every figure is computed with numpy, so both backends give the same numbers to the ONNX parity.
-Prints a table and writes every figure, with the settings, to <folder>/eval_<split>.json (or
---out, never one of the inputs or a file of a model folder), atomically. Each figure is defined
-where it is computed: psnr, ssim, likelihood_terms, elbo_summary, active_units, SampleStatistics,
-frechet_distance and load_inception; docs/generate.md explains them together.
+every figure is computed with numpy, so both backends agree to the ONNX parity. Prints a table
+and writes the figures and settings to <folder>/eval_<split>.json (or --out) atomically;
+docs/generate.md explains the figures.
 """
 
 from __future__ import annotations
@@ -186,44 +184,27 @@ def mse_nll_constant(dims: int) -> float:
     return 0.5 * dims * math.log(math.pi)
 
 
-def calibrated_variance(sse: np.ndarray, dims: int) -> float:
-    """sigma^2 of the `gaussian` loss over a whole split: its mean squared error, floored as in training."""
-    return max(float(np.mean(sse)) / dims, MIN_GAUSSIAN_SIGMA**2)
-
-
-def gaussian_nll(sse: np.ndarray, dims: int, variance: float) -> np.ndarray:
-    """Per-image Gaussian NLL in nats from its sum of squared errors, with one shared variance."""
-    return np.asarray(sse, dtype=np.float64) / (2.0 * variance) + 0.5 * dims * math.log(2.0 * math.pi * variance)
-
-
 def bits_per_dim(nats: float, dims: int) -> float:
     """Nats per image -> bits per dimension."""
     return nats / (dims * math.log(2.0))
 
 
 def likelihood_terms(kind: str, sse: np.ndarray, bce: np.ndarray | None, dims: int) -> dict:
-    """Per-image reconstruction term as training defines it, and the NLL it stands for.
-
-    Returns {"reconstruction": [N], "nll": [N] or None, "variance": sigma^2 or None,
-    "nll_constant": what was added to the reconstruction term to get the NLL, or None}.
-    """
+    """Per-image reconstruction term as training defines it ([N]), the NLL it stands for ([N] or
+    None), the decoder's sigma^2 and what was added to the term to get the NLL (None for bce).
+    The `gaussian` sigma^2 is the split's mean squared error, floored as in training."""
     sse = np.asarray(sse, dtype=np.float64)
     if kind == "mse":
         constant = mse_nll_constant(dims)
         return {"reconstruction": sse, "nll": sse + constant, "variance": 0.5, "nll_constant": constant}
     if kind == "gaussian":
-        variance = calibrated_variance(sse, dims)
-        nll = gaussian_nll(sse, dims, variance)
+        variance = max(float(np.mean(sse)) / dims, MIN_GAUSSIAN_SIGMA**2)
+        nll = sse / (2.0 * variance) + 0.5 * dims * math.log(2.0 * math.pi * variance)
         return {"reconstruction": nll, "nll": nll, "variance": variance, "nll_constant": 0.0}
     if kind == "bce":
         if bce is None:
             raise ValueError("the bce reconstruction term needs the per-image binary cross-entropy")
-        return {
-            "reconstruction": np.asarray(bce, dtype=np.float64),
-            "nll": None,
-            "variance": None,
-            "nll_constant": None,
-        }
+        return {"reconstruction": np.asarray(bce, np.float64), "nll": None, "variance": None, "nll_constant": None}
     raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of ('mse', 'bce', 'gaussian')")
 
 
@@ -237,14 +218,10 @@ def elbo_summary(nll: np.ndarray | None, kl: np.ndarray | None, dims: int) -> di
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2):
-
-        ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1^1/2 sigma2 sigma1^1/2)^1/2)
-
-    The last trace equals tr((sigma1 sigma2)^1/2) of the usual formula, but its argument is
-    symmetric positive semi-definite, so both square roots come from np.linalg.eigh
-    (eigenvalues clipped at 0 against round-off). The result is clipped at 0 for the same reason.
-    """
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2): ||mu1 - mu2||^2 + tr(sigma1)
+    + tr(sigma2) - 2 tr((sigma1^1/2 sigma2 sigma1^1/2)^1/2). That last trace equals the usual
+    tr((sigma1 sigma2)^1/2), but of a symmetric matrix, so np.linalg.eigh takes both roots
+    (eigenvalues, and the result, clipped at 0 against round-off)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
@@ -295,26 +272,38 @@ def fid(real: FeatureMoments, other: FeatureMoments) -> float:
 
 
 # --------------------------------------------------------------------------- FID feature extractor
-def load_inception(weights: str | None) -> tuple[FeatureFn | None, str]:
-    """(feature function, description of the weights), or (None, why FID is skipped).
-    Imports Keras (and TensorFlow): only --fid needs them."""
+def fid_features(
+    fid: bool, features: FeatureFn | None, weights: str | None
+) -> tuple[FeatureFn | None, str | None, str | None]:
+    """(FID feature function, where its weights come from, why FID is skipped): `features` when
+    given, else InceptionV3 (Keras and TensorFlow imported here only) when it loads, else none
+    with the reason printed."""
+    if not fid:
+        return None, None, None
+    if features is not None:
+        return features, "custom feature function", None
     if weights is not None and not Path(weights).is_file():
-        return None, f"--inception-weights {weights} is not a file"
-    keras = import_keras()
-    source = weights if weights is not None else "imagenet"
-    try:
-        model = keras.applications.InceptionV3(
-            include_top=False, pooling="avg", weights=source, input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3)
-        )
-    except Exception as error:  # downloads and weight files fail in many ways
-        reason = first_line(error)
-        if weights is None:
-            return None, (
-                f"cannot download the InceptionV3 ImageNet weights ({reason}); "
-                f"pass --inception-weights PATH to a local {INCEPTION_WEIGHTS_FILE}"
+        reason = f"--inception-weights {weights} is not a file"
+    else:
+        keras = import_keras()
+        try:
+            model = keras.applications.InceptionV3(
+                include_top=False,
+                pooling="avg",
+                weights=weights or "imagenet",
+                input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3),
             )
-        return None, f"cannot load InceptionV3 weights from {weights} ({reason}); it should be {INCEPTION_WEIGHTS_FILE}"
-    return inception_features(model), (weights if weights is not None else "imagenet (Keras download)")
+            return inception_features(model), weights or "imagenet (Keras download)", None
+        except Exception as error:  # downloads and weight files fail in many ways
+            if weights is None:
+                reason = (
+                    f"cannot download the InceptionV3 ImageNet weights ({first_line(error)}); "
+                    f"pass --inception-weights PATH to a local {INCEPTION_WEIGHTS_FILE}"
+                )
+            else:
+                reason = f"cannot load InceptionV3 weights from {weights} ({first_line(error)}); it should be {INCEPTION_WEIGHTS_FILE}"
+    print(f"FID skipped: {reason}")
+    return None, None, reason
 
 
 def inception_features(model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
@@ -377,11 +366,8 @@ def collect(
     progress: Progress | None = None,
 ) -> tuple[dict[str, np.ndarray], dict, list[Path]]:
     """One pass over the images: per-image columns (concatenated), the real images' sample
-    statistics and FID moments, and the files that could not be decoded.
-
-    The eps of the sampled z comes from a generator spawned from `seed`, drawn batch after
-    batch in file order, so it does not depend on the batch size.
-    """
+    statistics and FID moments, and the files that could not be decoded. The sampled z's eps
+    is drawn in file order from a generator of `seed`, so the batch size does not change it."""
     posterior_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[0])
     columns: dict[str, list[np.ndarray]] = defaultdict(list)
     real, moments, failed = SampleStatistics(), defaultdict(FeatureMoments), []
@@ -474,29 +460,23 @@ def reconstruction_summary(columns: dict[str, np.ndarray], prefix: str, kind: st
 
 def summarize(columns: dict[str, np.ndarray], *, kind: str, variational: bool, dims: int) -> dict:
     """Every figure of the evaluation from the per-image columns (pure numpy)."""
-    variance = mu_variance(columns["mu"])
-    results: dict = {"active_units": {"count": active_units(columns["mu"]), "threshold": ACTIVE_UNIT_THRESHOLD}}
-    results["active_units"]["mu_variance"] = variance.tolist()
-    results["posterior_mean"], _ = reconstruction_summary(columns, "mean", kind, dims)
-    results["posterior_mean"]["loss_beta1"] = None
-    if not variational:
-        results["posterior_sample"] = None
-        results["kl"] = None
-        results["elbo"] = {
-            "negative_elbo": None,
-            "bits_per_dim": None,
-            "bits_per_dim_8bit": None,
-            "nll": None,
-            "nll_constant": None,
-            "decoder_variance": None,
-            "note": "autoencoder: no posterior and no prior, so no KL and no ELBO",
+    results: dict = {
+        "active_units": {
+            "count": active_units(columns["mu"]),
+            "threshold": ACTIVE_UNIT_THRESHOLD,
+            "mu_variance": mu_variance(columns["mu"]).tolist(),
         }
-        return results
-    kl = columns["kl"]
-    kl_dims = columns["kl_dims"].mean(axis=0)
-    results["posterior_mean"]["loss_beta1"] = results["posterior_mean"]["reconstruction"] + float(np.mean(kl))
+    }
+    results["posterior_mean"], _ = reconstruction_summary(columns, "mean", kind, dims)
+    if not variational:
+        results["posterior_mean"]["loss_beta1"] = None
+        elbo = {**elbo_summary(None, None, dims), "nll": None, "nll_constant": None, "decoder_variance": None}
+        note = "autoencoder: no posterior and no prior, so no KL and no ELBO"
+        return {**results, "posterior_sample": None, "kl": None, "elbo": {**elbo, "note": note}}
+    kl, kl_dims = columns["kl"], columns["kl_dims"].mean(axis=0)
     results["posterior_sample"], terms = reconstruction_summary(columns, "sample", kind, dims)
-    results["posterior_sample"]["loss_beta1"] = results["posterior_sample"]["reconstruction"] + float(np.mean(kl))
+    for z in ("posterior_mean", "posterior_sample"):
+        results[z]["loss_beta1"] = results[z]["reconstruction"] + float(np.mean(kl))
     results["kl"] = {
         "mean": float(np.mean(kl)),
         "std": float(np.std(kl)),
@@ -536,17 +516,12 @@ def evaluate(
     verbose: int = 1,
     out: Path | None = None,
 ) -> dict:
-    """Evaluate a model folder; returns the results dict that main() prints and writes.
-
-    backend_kind: "keras", "onnx", or None for what the folder holds (see runs.open_backend).
-    fid: compute FID with InceptionV3 (loaded after the folder and data are checked; a failure
-    to load it skips FID with a printed reason), or, when `features` is given, with that
-    feature function instead (images [B, H, W, C] in [0, 1] -> [B, F]). out: the JSON file the
-    results go to, refused (before any image is decoded) when it is one of the split's images.
-    """
+    """Evaluate a model folder; returns the results main() prints and writes. The arguments are
+    evaluate.py's flags; backend_kind None takes what the folder holds (runs.open_backend).
+    `features` stands in for InceptionV3 under --fid (images [B, H, W, C] in [0, 1] -> [B, F]).
+    `out` is refused, before any image is decoded, when it is one of the split's images."""
     check_settings(limit, batch_size, seed)
-    run_dir = Path(run_dir)
-    backend = open_backend(run_dir, backend_kind)
+    backend = open_backend(Path(run_dir), backend_kind)
     folder = describe_folder(backend)
     variational = folder["model"] == "vae"
     samplers = samplers_of(backend, variational)
@@ -556,7 +531,7 @@ def evaluate(
         check_output_path(out, inputs=files)
     if verbose:
         print(f"data: {description}; evaluating {len(files)} {split} images with the {backend.kind} backend")
-    features, source, skipped = feature_function(fid, features, inception_weights)
+    features, source, skipped = fid_features(fid, features, inception_weights)
     started = time.perf_counter()
     progress = Progress(len(files), "evaluated", bool(verbose))
     kind, dims = folder["reconstruction"], backend.image_size * backend.image_size * backend.channels
@@ -576,9 +551,23 @@ def evaluate(
     count, moments = len(columns["mu"]), real["moments"]
     samples = {"real": real["real"].summary()}
     samples.update(sample_figures(backend, samplers, count, seed, batch_size, features, moments))
-    settings = {"data": str(data_path), "split": split, "limit": limit, "seed": seed, "batch_size": batch_size}
     results = {
-        **describe_run(backend, folder["model"], kind, settings, count, failed),
+        "format": EVAL_FORMAT,
+        "run": str(backend.run_dir),
+        "backend": backend.kind,
+        "data": str(data_path),
+        "split": split,
+        "limit": limit,
+        "seed": seed,
+        "batch_size": batch_size,
+        "count": count,
+        "skipped_files": [str(path) for path in failed],
+        "model": folder["model"],
+        "reconstruction_kind": kind,
+        "image_size": backend.image_size,
+        "channels": backend.channels,
+        "latent_dim": backend.latent_dim,
+        "dims": dims,
         **summarize(columns, kind=kind, variational=variational, dims=dims),
         "samples": {
             **samples,
@@ -600,44 +589,6 @@ def check_settings(limit: int, batch_size: int, seed: int) -> None:
         raise EvalError(f"--batch-size must be at least 1 (got {batch_size})")
     if seed < 0:
         raise EvalError(f"--seed must not be negative (got {seed})")
-
-
-def feature_function(
-    fid: bool, features: FeatureFn | None, inception_weights: str | None
-) -> tuple[FeatureFn | None, str | None, str | None]:
-    """(FID feature function or None, where its weights come from, why FID is skipped): the given
-    function, else InceptionV3 when it loads, else none with the reason printed."""
-    if not fid:
-        return None, None, None
-    if features is not None:
-        return features, "custom feature function", None
-    features, source = load_inception(inception_weights)
-    if features is None:
-        print(f"FID skipped: {source}")
-        return None, None, source
-    return features, source, None
-
-
-def describe_run(backend: Backend, model: str, kind: str, settings: dict, count: int, failed: list[Path]) -> dict:
-    """The head of the results: what was evaluated, on what, with which settings."""
-    return {
-        "format": EVAL_FORMAT,
-        "run": str(backend.run_dir),
-        "backend": backend.kind,
-        "data": settings["data"],
-        "split": settings["split"],
-        "count": count,
-        "skipped_files": [str(path) for path in failed],
-        "limit": settings["limit"],
-        "seed": settings["seed"],
-        "batch_size": settings["batch_size"],
-        "model": model,
-        "reconstruction_kind": kind,
-        "image_size": backend.image_size,
-        "channels": backend.channels,
-        "latent_dim": backend.latent_dim,
-        "dims": backend.image_size * backend.image_size * backend.channels,
-    }
 
 
 def describe_density(density: LatentDensity | None) -> dict | None:
@@ -682,44 +633,43 @@ def fmt(value, digits: int = 4) -> str:
 def format_table(results: dict) -> str:
     """The results as a readable text table."""
     mean, sample = results["posterior_mean"], results["posterior_sample"] or {}
-    kind = results["reconstruction_kind"]
+    kind, latent = results["reconstruction_kind"], results["latent_dim"]
+    term = {"mse": "sum of squared errors", "bce": "binary cross-entropy", "gaussian": "Gaussian NLL, nats"}[kind]
     lines = [
         f"evaluation of {results['run']} ({results['backend']}) on {results['count']} {results['split']} images "
-        f"({results['data']}; model {results['model']}, loss {kind}, latent {results['latent_dim']}, seed {results['seed']})",
+        f"({results['data']}; model {results['model']}, loss {kind}, latent {latent}, seed {results['seed']})",
         "",
         f"{'':44s} {'z = mu':>12s} {'z ~ q(z|x)':>12s}",
     ]
-
-    def row(label: str, key: str, digits: int = 4) -> None:
-        lines.append(f"{label:44s} {fmt(mean.get(key), digits):>12s} {fmt(sample.get(key), digits):>12s}")
-
-    row("per-pixel MSE", "mse", 5)
-    row("PSNR of the mean MSE (dB)", "psnr_of_mean_mse", 2)
-    row("PSNR per image, averaged (dB)", "psnr_per_image", 2)
-    row("SSIM", "ssim", 4)
-    term = {"mse": "sum of squared errors", "bce": "binary cross-entropy", "gaussian": "Gaussian NLL, nats"}[kind]
-    row(f"reconstruction term ({term})", "reconstruction", 2)
-    row("loss at beta = 1 (reconstruction + KL)", "loss_beta1", 2)
-    if mean.get("gaussian_variance") is not None:
-        row("decoder sigma^2 fitted on the split", "gaussian_variance", 6)
-    lines.append("")
+    for label, key, digits in (
+        ("per-pixel MSE", "mse", 5),
+        ("PSNR of the mean MSE (dB)", "psnr_of_mean_mse", 2),
+        ("PSNR per image, averaged (dB)", "psnr_per_image", 2),
+        ("SSIM", "ssim", 4),
+        (f"reconstruction term ({term})", "reconstruction", 2),
+        ("loss at beta = 1 (reconstruction + KL)", "loss_beta1", 2),
+        ("decoder sigma^2 fitted on the split", "gaussian_variance", 6),
+    ):
+        if key != "gaussian_variance" or kind == "gaussian":
+            lines.append(f"{label:44s} {fmt(mean.get(key), digits):>12s} {fmt(sample.get(key), digits):>12s}")
     kl, elbo, units = results["kl"], results["elbo"], results["active_units"]
+    lines.append("")
     if kl:
-        lines.append(f"{'KL per image (nats)':44s} {kl['mean']:.2f} (std {kl['std']:.2f})")
-        lines.append(
+        lines += [
+            f"{'KL per image (nats)':44s} {kl['mean']:.2f} (std {kl['std']:.2f})",
             f"{'KL per dimension (nats)':44s} max {kl['per_dim_max']:.3f}, median {kl['per_dim_median']:.4f}, "
-            f"{kl['dims_above_threshold']} of {results['latent_dim']} above {kl['threshold_nats']}"
-        )
+            f"{kl['dims_above_threshold']} of {latent} above {kl['threshold_nats']}",
+        ]
     else:
         lines.append(f"{'KL per image (nats)':44s} n/a (autoencoder)")
-    lines.append(
-        f"{'active units (Var of mu > ' + str(units['threshold']) + ')':44s} {units['count']} of {results['latent_dim']}"
-    )
-    lines.append(f"{'negative ELBO (nats per image)':44s} {fmt(elbo['negative_elbo'], 2)}")
-    lines.append(f"{'bits/dim (density on [0, 1])':44s} {fmt(elbo['bits_per_dim'], 4)}")
-    lines.append(f"{'bits/dim (on 0..255, approximate)':44s} {fmt(elbo['bits_per_dim_8bit'], 4)}")
-    lines.append(f"{'':44s} ({elbo['note']})")
-    lines += sample_table(results["samples"])
+    lines += [
+        f"{'active units (Var of mu > ' + str(units['threshold']) + ')':44s} {units['count']} of {latent}",
+        f"{'negative ELBO (nats per image)':44s} {fmt(elbo['negative_elbo'], 2)}",
+        f"{'bits/dim (density on [0, 1])':44s} {fmt(elbo['bits_per_dim'], 4)}",
+        f"{'bits/dim (on 0..255, approximate)':44s} {fmt(elbo['bits_per_dim_8bit'], 4)}",
+        f"{'':44s} ({elbo['note']})",
+        *sample_table(results["samples"]),
+    ]
     fid_result = results["fid"]
     if fid_result["status"] == "computed":
         for name in ("prior", "density"):
@@ -765,25 +715,24 @@ def json_safe(value):
     return value
 
 
-def write_results(results: dict, path: Path) -> Path:
-    """The results as JSON, written atomically (a temporary file renamed into place)."""
-    with made_folders(path.parent):
-        write_text_atomic(path, json.dumps(json_safe(results), indent=2) + "\n")
-    return path
-
-
 # --------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags, named as evaluate()'s arguments."""
     parser = argparse.ArgumentParser(
-        description="Evaluate a model folder (a train.py run, or an exported folder of ONNX files) on real "
-        "images: MSE, PSNR, SSIM, loss terms, negative ELBO and bits/dim, KL per dimension, active units, the "
-        "sharpness and diversity of random faces from the prior and the fitted density, and optionally FID. "
-        "Prints a table and writes <folder>/eval_<split>.json.",
+        description="Evaluate a model folder (a train.py run or an exported folder) on real images and write "
+        "every figure to <folder>/eval_<split>.json.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--run", required=True, help="model folder: a train.py run (runs/<name>) or an exported folder")
     parser.add_argument(
-        "--data", metavar="PATH", help="CelebA root or folder of faces (default: the data folder in the run's config)"
+        "--run",
+        dest="run_dir",
+        metavar="RUN",
+        type=Path,
+        required=True,
+        help="model folder: a train.py run or an exported folder",
+    )
+    parser.add_argument(
+        "--data", dest="data_path", metavar="PATH", help="CelebA root or folder of faces (default: the run's data)"
     )
     parser.add_argument(
         "--split", choices=("train", "validation", "test", "all"), default="test", help="which images to evaluate"
@@ -797,6 +746,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backend",
+        dest="backend_kind",
         choices=("keras", "onnx"),
         help="keras: *.keras; onnx: *.onnx (default: keras when the folder has decoder.keras, else onnx)",
     )
@@ -807,7 +757,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"local InceptionV3 weights for --fid ({INCEPTION_WEIGHTS_FILE}); "
         "without it Keras tries to download them, and FID is skipped if that fails",
     )
-    parser.add_argument("--out", metavar="PATH", help="JSON file to write (default: RUN/eval_<split>.json)")
+    parser.add_argument("--out", type=Path, metavar="PATH", help="JSON file to write (default: RUN/eval_<split>.json)")
     parser.add_argument("--verbose", type=int, choices=(0, 1), default=1, help="0: only the table; 1: progress too")
     return parser.parse_args(argv)
 
@@ -816,31 +766,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Evaluate, print the table and write the JSON; returns the results. Raises UserError (one
     line) for what the user can fix: `python evaluate.py` reports it through errors.run_main."""
     args = parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}.json"
-    if args.out or Path(args.run).is_dir():  # else the missing run folder is the error to report
+    out = args.out or args.run_dir / f"eval_{args.split}.json"
+    if args.out or args.run_dir.is_dir():  # else the missing run folder is the error to report
         check_output_path(check_writable(out, folder=False))
-    results = evaluate(
-        Path(args.run),
-        data_path=args.data,
-        split=args.split,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        backend_kind=args.backend,
-        fid=args.fid,
-        inception_weights=args.inception_weights,
-        verbose=args.verbose,
-        out=out,
-    )
+    results = evaluate(**{**vars(args), "out": out})
     print(format_table(results))
     try:
-        path = write_results(results, out)
+        with made_folders(out.parent):
+            write_text_atomic(out, json.dumps(json_safe(results), indent=2) + "\n")
     except OSError as error:  # a full disk, or a folder that takes no new files
         raise EvalError(
             f"cannot write {out} ({error.strerror or error}); the figures above were not saved: "
             "free some space or give another --out"
         ) from None
-    print(f"wrote {path}")
+    print(f"wrote {out}")
     return results
 
 

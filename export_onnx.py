@@ -5,12 +5,10 @@
     python export_onnx.py --help                            # every flag, with its default
 
 decoder.onnx maps "z" [batch, latent_dim] to "image" [batch, H, W, C] (NHWC, values in [0, 1]),
-encoder.onnx "image" to "mu" and "log_var"; each file's metadata says what it is, and both files
-of one export share an export_id. Each converted part is checked against Keras at batch sizes
-1, 7 and 64 (within --tolerance) before anything is written; then the files are written
-together, all or none. The decoder is traced with graph rewrites for CPU speed (--plain turns
-them off). inference.py runs the files with numpy and onnxruntime only; docs/onnx.md describes
-the files, their metadata, the parity check and the rewrites.
+encoder.onnx "image" to "mu" and "log_var". Each part is traced with graph rewrites for CPU speed
+(--plain: without) and checked against Keras before the files are written together, all or none.
+inference.py runs them with numpy and onnxruntime only; docs/onnx.md describes the files, their
+metadata, the parity check and the rewrites.
 """
 
 from __future__ import annotations
@@ -56,9 +54,8 @@ TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7, 64)
 SUBPIXEL_MAX_FILTERS = 16  # below one block of onnxruntime's blocked convolution (16 floats with AVX-512)
 
-# For output rows 2i + a of "nearest 2x upsampling, then a 3x3 convolution": the taps of a 3x3
-# convolution on the small grid (rows i-1, i, i+1) as sums of the original taps r = 0, 1, 2
-# (rows 2i+a-1, 2i+a, 2i+a+1 of the upsampled grid). PHASE_TAPS[a, new tap, original tap].
+# Nearest 2x upsampling then a 3x3 convolution, for output rows 2i + a: the taps on the small
+# grid (rows i-1, i, i+1) as sums of the original taps. PHASE_TAPS[a, new tap, original tap].
 PHASE_TAPS = np.array(
     [
         [[1, 0, 0], [0, 1, 1], [0, 0, 0]],  # a = 0: w0 * x[i-1] + (w1 + w2) * x[i]
@@ -224,7 +221,9 @@ def dense_steps(dense, perm: np.ndarray, rows: bool) -> Callable:
 
 
 def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
-    """Replacement computations for some layers (by name) and a description of each rewrite."""
+    """Replacement computations for some layers (by name) and a description of each rewrite:
+    a 2x upsampling and the convolution after it as one sub-pixel convolution, other nearest
+    upsamplings as a plain Resize, and the Dense weights beside a Flatten or Reshape in CHW order."""
     import keras
     import tensorflow as tf
 
@@ -284,13 +283,11 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
 
 
 def forward_function(model: keras.Model, rewrite: bool) -> tuple[Callable, list[str]]:
-    """model's inference forward pass on TensorFlow tensors -> list of outputs, with or without
-    the rewrites; layers without a rewrite are called as they are."""
-    if not rewrite:
-        return (lambda x: list(model(x, training=False)) if len(model.outputs) > 1 else [model(x, training=False)]), []
+    """model's inference forward pass on TensorFlow tensors -> list of outputs, layer by layer,
+    with or without the rewrites; layers without a rewrite are called as they are."""
     import keras
 
-    steps, notes = plan_rewrites(model)
+    steps, notes = plan_rewrites(model) if rewrite else ({}, [])
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
     def forward(x):
@@ -397,12 +394,6 @@ def parity_check(
     return differences
 
 
-def save_model(proto: onnx.ModelProto, path: Path) -> None:
-    import onnx
-
-    onnx.save(proto, path)
-
-
 def op_counts(source: onnx.ModelProto | str | os.PathLike, optimized: bool = False) -> Counter:
     """Node types of a model, or of the graph onnxruntime runs after its optimisations."""
     import onnx
@@ -425,8 +416,8 @@ def convert_checked(
     opset: int = DEFAULT_OPSET,
     threads: int = 0,
 ) -> onnx.ModelProto:
-    """Convert one part, check its parity with Keras (ExportError above tolerance) and add its
-    metadata; nothing is written. Prints the parity figures and the Transpose counts."""
+    """Convert one part, check its parity with Keras and add its metadata; prints the parity
+    figures and the Transpose counts."""
     proto, notes = convert(model, part, rewrite=rewrite, opset=opset)
     differences = parity_check(model, proto, part, tolerance=tolerance, threads=threads)
     worst = max(differences.values())
@@ -443,9 +434,8 @@ def convert_checked(
 def convert_pair(
     models: dict[str, keras.Model], metadata: dict[str, dict[str, str]], **options: Any
 ) -> dict[str, onnx.ModelProto]:
-    """Both parts (models and metadata by part) converted and checked, nothing written; both
-    carry the same export_id (a hash of the two models), by which runs.OnnxBackend refuses a
-    folder of mixed exports."""
+    """Both parts converted and checked; both carry the same export_id (a hash of the two
+    models), by which runs.OnnxBackend refuses a folder of mixed exports."""
     protos = {part: convert_checked(models[part], part, metadata[part], **options) for part in models}
     export_id = hashlib.sha256(b"".join(proto.SerializeToString() for proto in protos.values())).hexdigest()[:16]
     for proto in protos.values():
@@ -479,9 +469,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def check_out(out: Path, run_dir: Path) -> Path:
-    """--out, refused before any work when it cannot be written or is a folder train.py keeps:
-    another run's folder (the copied config.json would replace its recipe) or one of a run's
-    own folders (checkpoint/, samples/, ...). The run folder itself and exported folders are fine."""
+    """--out, refused before any work when it cannot be written, is another run's folder (whose
+    config.json the copy would replace) or lies in one of a run's own folders (checkpoint/, ...)."""
     check_writable(out, folder=True)
     if out.resolve() == run_dir.resolve():
         return out
@@ -521,7 +510,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             metadata[part]["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
     options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
     protos = convert_pair({"decoder": decoder, "encoder": encoder}, metadata, **options)
-    files = {out / onnx_file(part): functools.partial(save_model, proto) for part, proto in protos.items()}
+    import onnx
+
+    files = {out / onnx_file(part): functools.partial(onnx.save, proto) for part, proto in protos.items()}
     companions = {CONFIG_FILE: run_dir / CONFIG_FILE, ATTRIBUTES_FILE: attributes, DENSITY_FILE: density}
     if out.resolve() != run_dir.resolve():  # the models and the run's JSON files, all or none
         files.update(

@@ -1,12 +1,11 @@
 """Which image files training can read, and why the others cannot, from their bytes.
 
-`check_image` says, without decoding, what is wrong with a file (or nothing) and whether
-TensorFlow's own decoders read it as images.read_pixels does: a JPEG or PNG without metadata
-(EXIF or XMP can rotate a photo; Pillow applies it, TensorFlow does not). JPEG and PNG are
-checked from their structure as libjpeg and libpng read it; the other formats of IMAGE_FORMATS
-by decoding them with Pillow. Decompression bombs are refused by size, never decoded.
-Needs only the standard library and Pillow. Why a checker of its own rather than Pillow's or
-tf.data's: docs/training.md, "Damaged image files".
+`check_image` says what is wrong with a file (or nothing) and whether TensorFlow's decoders
+read it as images.read_pixels does: a JPEG or PNG without EXIF or XMP metadata, which can
+rotate a photo (Pillow applies it, TensorFlow does not). JPEG and PNG are checked from their
+structure as libjpeg and libpng read it, other formats by decoding them with Pillow;
+decompression bombs are refused by size. Why a checker of its own: docs/training.md,
+"Damaged image files".
 """
 
 from __future__ import annotations
@@ -20,9 +19,7 @@ from PIL import Image
 
 from errors import first_line, not_a_script
 
-# Every format training and images.load_face read, as Pillow names it -> the file name suffixes a
-# data folder lists. Training decodes JPEG and PNG with TensorFlow, the others (and photos with
-# rotation metadata) with Pillow. Pillow's JPEG reader also reads the MPO files of many cameras.
+# Every format training and images.load_face read, as Pillow names it -> its file name suffixes.
 IMAGE_FORMATS = {
     "JPEG": (".jpg", ".jpeg"),
     "PNG": (".png",),
@@ -36,8 +33,7 @@ FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 # Image files of other formats, named as skipped in a data folder rather than dropped unseen.
 OTHER_IMAGE_SUFFIXES = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".ppm", ".pgm", ".pbm", ".tga", ".ico", ".psd")
 CONVERT_HINT = "convert them to PNG (with ImageMagick: mogrify -format png FILE...)"
-# Pillow's decompression-bomb limit (about 89 megapixels): larger images are refused everywhere.
-MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit, applied everywhere
 # JPEG markers libjpeg accepts before the first scan (SOS): frame headers (SOF0-15 less DHT,
 # JPG and DAC), tables, restart interval, comments, application data.
 JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -57,14 +53,9 @@ PNG_METADATA_KEYS = (b"Raw profile type exif\0", b"XML:com.adobe.xmp\0")
 
 def check_image(path: str | os.PathLike) -> tuple[str | None, bool]:
     """(what is wrong with an image file or None, whether TensorFlow's decoders read it as Pillow
-    does). JPEG, from its structure alone (about 20 microseconds for a CelebA JPEG): the marker
-    segments up to the first scan as libjpeg reads them, with a frame header giving the size, and
-    the end-of-image marker at the end. PNG: the signature, a valid IHDR chunk first, intact
-    checksums of the critical chunks (as libpng checks them), image data and IEND, and that image
-    data inflated as libpng would (`png_data_problem`): 0.2-0.7 ms for a 178x218 RGB PNG, about as
-    much as decoding it. Other formats: decoded by Pillow. At most MAX_IMAGE_PIXELS pixels: a
-    decompression bomb is skipped, not decoded. A JPEG whose compressed data alone is damaged
-    passes: libjpeg decodes it too, with a warning."""
+    does). A JPEG passes with intact header segments and an end-of-image marker (libjpeg decodes
+    damaged compressed data too, with a warning); a PNG with intact chunks and image data; other
+    formats when Pillow decodes them. Larger than MAX_IMAGE_PIXELS: refused, never decoded."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
@@ -83,11 +74,6 @@ def check_image(path: str | os.PathLike) -> tuple[str | None, bool]:
     if problem is None and size[0] * size[1] > MAX_IMAGE_PIXELS:
         return f"{size[1]}x{size[0]} pixels, above the {MAX_IMAGE_PIXELS:,}-pixel limit", False
     return problem, not rotatable
-
-
-def image_file_problem(path: str | os.PathLike) -> str | None:
-    """What is wrong with an image file (see `check_image`), or None when it can be read."""
-    return check_image(path)[0]
 
 
 def pillow_problem(path: str | os.PathLike) -> str | None:
@@ -177,12 +163,9 @@ def png_structure(content: bytes) -> tuple[str | None, tuple[int, int], bool]:
 
 def png_data_problem(header: bytes, compressed: bytes) -> str | None:
     """What libpng would find wrong with a PNG's image data (IHDR fields, the IDAT chunks' data
-    joined), or None: a zlib stream that is broken or incomplete (its checksum included), that
-    holds fewer bytes than the image's rows need (a filter byte and the packed samples of each row,
-    in each of the 7 passes of an interlaced image), or, not interlaced, a row with no valid filter
-    type. Inflated in pieces of PNG_INFLATE_CHUNK bytes that are counted and dropped, and only up
-    to what the rows need: a small file cannot make the check take much memory or time (data beyond
-    the rows, which libpng ignores, is left unchecked)."""
+    joined), or None: a broken or incomplete zlib stream, fewer bytes than the rows need, or (not
+    interlaced) a row with an invalid filter type. Inflated in pieces that are dropped, and only
+    as far as the rows need, so that a small file cannot make the check take much memory or time."""
     width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
     depth, colour, compression, filtering, interlace = header[8:13]
     samples, depths = PNG_COLOUR_TYPES.get(colour, (0, ()))

@@ -30,12 +30,9 @@ PARTS = {"decoder": ("z", ("image",)), "encoder": ("image", ("mu", "log_var"))}
 def make_session(
     source: str | os.PathLike | bytes, threads: int = 0, optimized_path: str | os.PathLike | None = None
 ) -> onnxruntime.InferenceSession:
-    """An onnxruntime CPU session with all graph optimisations on.
-
-    source: a path or the serialized model. threads: intra-op threads (0: onnxruntime's
-    default, one per physical core). optimized_path: also save the optimized graph there.
-    Raises FileNotFoundError for a missing file, ValueError for one onnxruntime cannot load.
-    """
+    """An onnxruntime CPU session, all graph optimisations on, of a path or a serialized model.
+    threads: intra-op threads (0: onnxruntime's default); optimized_path: where to save the
+    optimized graph too. Raises FileNotFoundError or ValueError (a model it cannot load)."""
     import onnxruntime as ort
 
     if not isinstance(source, bytes) and not Path(source).is_file():
@@ -97,9 +94,8 @@ def check_model(session: onnxruntime.InferenceSession, part: str, name: str = "t
 
 
 def pair_mismatch(decoder_metadata: dict[str, str], encoder_metadata: dict[str, str]) -> str:
-    """Why an encoder and a decoder do not belong together ("" when they do): export_onnx.py
-    gives both files of one export the same export_id. Files exported before there was an
-    export_id must at least agree on their source run and sizes."""
+    """Why an encoder and a decoder do not belong together ("" when they do): the files of one
+    export share an export_id, its source run and its sizes."""
     keys = ("export_id", "source_run", "latent_dim", "image_size", "channels", "crop", "model")
     return ", ".join(
         f"{key} {decoder_metadata.get(key)!r} vs {encoder_metadata.get(key)!r}"
