@@ -160,7 +160,13 @@ def start_chromium(*arguments: str):
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000", *arguments):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        *arguments,
+    ):
         options.add_argument(argument)
     browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     browser.set_script_timeout(LOAD_TIMEOUT)
