@@ -476,7 +476,8 @@ def test_file_picker_opens_a_model(driver, base_url, site):
     assert open_page(driver, base_url, "?model=runs/nowhere") == "error"  # a page that failed can recover
     folder = site / "runs" / "density"
     names = ("decoder.onnx", "attribute_directions.json", "latent_density.json")
-    driver.find_element("id", "files").send_keys("\n".join(str((folder / name).resolve()) for name in names))
+    files = [(folder / name).resolve() for name in names] + [PRETRAINED / "encoder.onnx"]
+    driver.find_element("id", "files").send_keys("\n".join(str(file) for file in files))
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(driver, LOAD_TIMEOUT, poll_frequency=0.05).until(
@@ -486,6 +487,10 @@ def test_file_picker_opens_a_model(driver, base_url, site):
     assert info["model"].startswith("your files") and info["sampler"] == "density"
     assert not driver.find_element("id", "error").is_displayed()
     assert len(driver.find_elements("css selector", "#attributes input")) == 6
+    assert info["model"] == "your files: decoder.onnx, encoder.onnx, directions, density"
+    WebDriverWait(driver, LOAD_TIMEOUT).until(lambda d: d.execute_script("return explorer.photoReady"))
+    photo = choose_photo(driver, PHOTOS / "collins.jpg")  # the encoder chosen with the files edits photos
+    assert not photo["problem"] and len(photo["faces"]) == 1
 
 
 # --------------------------------------------------------------------------- your photo

@@ -356,6 +356,7 @@ async function openModel({ name, decoder, directions, density, encoder }) {
     t: 0,
     loadEncoder: encoder,
     photoTools: null,
+    photoReady: false,
   });
   clearPhoto(); // its z was the old encoder's
   ui.face.width = ui.face.height = spec.imageSize;
