@@ -608,13 +608,9 @@ async function usePhoto(read, name, chosenAt) {
     const timings = { chosenAt };
     const { image, original, bitmap } = await read();
     timings.readMs = performance.now() - chosenAt;
-    let faces;
-    try {
-      faces = await tools.finder.find(image);
-    } finally {
-      if (request === photoRequests) showPreview(bitmap);
-      bitmap.close();
-    }
+    if (request === photoRequests) showPreview(bitmap);
+    bitmap.close(); // only the working pixels stay
+    const faces = await tools.finder.find(image);
     timings.findMs = performance.now() - chosenAt - timings.readMs;
     if (request !== photoRequests) return;
     state.photo = { name, image, original, faces, index: 0, timings };
@@ -737,6 +733,7 @@ function clearPhoto() {
 
 function showFaceSource() {
   const { photo } = state;
+  ui.seed.textContent = state.source === 'photo' ? '\u2013' : String(state.seed); // a photo's face has none
   ui.faceSource.textContent =
     state.source === 'photo' && photo
       ? `Left: face ${photo.index + 1} of ${photo.name}, aligned as the encoder sees it. Right: the decoder's face from its z, with the sliders' edits.`

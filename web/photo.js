@@ -2,7 +2,8 @@
 //
 // A photo is decoded by the browser (createImageBitmap, its EXIF orientation applied) straight to
 // at most MAX_SIDE pixels on its longer side, so an 8000x6000 photo never lives at full size in
-// the page: the page holds one working copy (MAX_SIDE^2 RGBA bytes at most) and small canvases.
+// the page: it keeps one working copy (MAX_SIDE^2 RGBA bytes at most) and small canvases; while
+// it reads the photo, the decoded bitmap and a canvas of that size exist too, for a moment.
 // A face keeps its detail as long as it spans more than about 2% of the photo's longer side.
 // The browser's 'medium' resize (mipmapped, so without aliasing) is as good here as 'high', whose
 // filter takes over twice as long on a large photo: align.js averages the face's pixels anyway.
@@ -43,6 +44,7 @@ function pixelsOf(source, width, height) {
   const context = canvas.getContext('2d', { willReadFrequently: true });
   context.drawImage(source, 0, 0, width, height);
   const { data } = context.getImageData(0, 0, width, height);
+  canvas.width = canvas.height = 0; // its pixels go now, not when collected
   return { width, height, data };
 }
 
