@@ -3,6 +3,7 @@
     (cd web && npm ci)                  # once: onnxruntime-web
     python bench/web_latency.py         # pretrained/celeba64
     python bench/web_latency.py --model runs/<name> --repeats 5 --threads 2
+    python bench/web_latency.py --photo my_photo.jpg --photos 10
 
 Each repeat starts a new headless Chromium (a fresh profile, so an empty HTTP cache) on the page
 served by web/serve.py and measures, in the page:
@@ -13,7 +14,12 @@ served by web/serve.py and measures, in the page:
 - slider: frames per second while the Smiling slider (the temperature slider for a model
   without attribute directions) moves one step per frame: each step sets the slider, waits for
   the decode and the canvas draw, then for the next frame (requestAnimationFrame), so it cannot
-  exceed the display rate, which is measured too (frames with no decoding).
+  exceed the display rate, which is measured too (frames with no decoding);
+- photo: milliseconds from choosing a photo (the file input's change event) to its first edited
+  face drawn, once the face models and the encoder are loaded: the Smiling slider stands at 1, so
+  the first face drawn is the photo's face edited (read and decode the file, find the face,
+  align it, encode it, decode the edited z, draw). The median of --photos choices of --photo,
+  with the parts (read, find, align, encode) as medians too.
 Python onnxruntime is measured in this process on the same decoder.onnx: session creation plus
 the first decode (the interpreter and imports already loaded), and the median batch-1 decode,
 with 1 intra-op thread (as the page's default) and with onnxruntime's default threads.
@@ -79,8 +85,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decodes", type=int, default=50, help="timed batch-1 decodes per repeat")
     parser.add_argument("--slider-steps", type=int, default=60, help="slider steps per repeat")
     parser.add_argument("--threads", type=int, default=1, help="WebAssembly threads in the page")
+    parser.add_argument("--photo", default=str(REPO / "tests" / "photos" / "obama.jpg"), help="the photo chosen")
+    parser.add_argument("--photos", type=int, default=7, help="photo choices timed per repeat")
     args = parser.parse_args(argv)
-    for name in ("repeats", "decodes", "slider_steps", "threads"):
+    if not Path(args.photo).is_file():
+        parser.error(f"--photo {args.photo} is not a file")
+    for name in ("repeats", "decodes", "slider_steps", "threads", "photos"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -125,7 +135,9 @@ def browser_repeat(url: str, args: argparse.Namespace) -> dict:
             args.decodes,
         )
         fps, display = browser.execute_async_script(SLIDER_SCRIPT, args.slider_steps)
+        photo = photo_timings(browser, Path(args.photo).resolve(), args.photos)
         return {
+            **photo,
             "version": browser.capabilities.get("browserVersion", "?"),
             "first_face": timings["firstFaceMs"],
             "session": timings["sessionMs"],
@@ -135,6 +147,40 @@ def browser_repeat(url: str, args: argparse.Namespace) -> dict:
         }
     finally:
         browser.quit()
+
+
+def photo_timings(browser, photo: Path, count: int) -> dict:
+    """Medians over `count` choices of the photo: ms to the first edited face, and its parts."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 120, poll_frequency=0.05).until(
+        lambda d: d.execute_script("return explorer.photoReady || explorer.photo().problem")
+    )
+    if not browser.execute_script("return explorer.photoReady"):
+        sys.exit(f"the page cannot edit photos: {browser.execute_script('return explorer.photo().message')}")
+    browser.execute_script(
+        "const input = document.querySelector('input[data-attribute=\"Smiling\"]') ?? document.getElementById('temperature');"
+        "input.value = '1'; input.dispatchEvent(new Event('input', {bubbles: true}));"
+    )
+    runs = []
+    for _ in range(count):
+        done = browser.execute_script("return explorer.photosDone")
+        browser.find_element("id", "photo").send_keys(str(photo))
+        WebDriverWait(browser, 120, poll_frequency=0.01).until(
+            lambda d, done=done: d.execute_script("return explorer.photosDone") > done
+        )
+        shown = browser.execute_script("return explorer.photo()")
+        if shown["problem"]:
+            sys.exit(f"the page refused the photo: {shown['message']}")
+        runs.append(shown["timings"])
+    keys = {
+        "photo": "shownMs",
+        "photo_read": "readMs",
+        "photo_find": "findMs",
+        "photo_align": "alignMs",
+        "photo_encode": "encodeMs",
+    }
+    return {key: statistics.median(run[name] for run in runs) for key, name in keys.items()}
 
 
 def python_repeat(path: Path, threads: int, decodes: int, latent_dim: int) -> dict:
@@ -186,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         python_default.append(python_repeat(decoder, 0, args.decodes, latent_dim))
         print(
             f"repeat {repeat + 1}/{args.repeats}: first face {browser[-1]['first_face']:.0f} ms, "
-            f"decode {browser[-1]['decode']:.2f} ms, slider {browser[-1]['fps']:.1f} fps",
+            f"decode {browser[-1]['decode']:.2f} ms, slider {browser[-1]['fps']:.1f} fps, "
+            f"photo to edited face {browser[-1]['photo']:.0f} ms",
             flush=True,
         )
     server.shutdown()
@@ -196,7 +243,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for line in machine_lines():
         print(line)
     print(f"chromium {browser[0]['version']} (headless), onnxruntime-web {ort_web}, {decoder.relative_to(REPO)}")
-    print(f"best / median of {args.repeats} repeats; decode: median of {args.decodes} batch-1 calls per repeat\n")
+    print(
+        f"best / median of {args.repeats} repeats; decode: median of {args.decodes} batch-1 calls per repeat; "
+        f"photo: median of {args.photos} choices of {Path(args.photo).name} per repeat\n"
+    )
     web = f"browser: onnxruntime-web, WebAssembly, {args.threads} thread{'s' if args.threads > 1 else ''}"
     print(f"| figure | {web} | Python onnxruntime, 1 thread | Python onnxruntime, default threads |")
     print("| --- | --- | --- | --- |")
@@ -210,6 +260,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
     print(f"| slider (frames per second) | {summary([r['fps'] for r in browser], higher_is_better=True)} | | |")
     print(f"| display rate, no decoding (frames per second) | {summary([r['display'] for r in browser], True)} | | |")
+    photo_rows = [
+        ("photo to its first edited face (ms)", "photo"),
+        ("of which reading the file (ms)", "photo_read"),
+        ("finding the face (ms)", "photo_find"),
+        ("aligning it (ms)", "photo_align"),
+        ("encoding it (ms)", "photo_encode"),
+    ]
+    for label, key in photo_rows:
+        print(f"| {label} | {summary([r[key] for r in browser])} | | |")
     print(
         "\nBrowser first face: from navigation start, in a new browser profile. Python first face: session "
         "creation and the first decode in a running process (interpreter start and imports not counted)."

@@ -1,5 +1,8 @@
 // The face explorer: loads an exported decoder.onnx (and, when present, attribute_directions.json
-// and latent_density.json) and decodes faces in the browser with onnxruntime-web.
+// and latent_density.json) and decodes faces in the browser with onnxruntime-web. With the model
+// folder's encoder.onnx and the face models of pretrained/face_detector/, it edits the face of a
+// photo (a file or the camera): align.js finds and aligns the face as align.py does, the encoder
+// gives its z, and the sliders and the interpolation start from there. Nothing leaves the page.
 //
 // URL parameters:
 //   model=FOLDER     folder holding decoder.onnx, relative to the repository root (default
@@ -13,9 +16,12 @@
 // smoothly or pixelated as chosen (remembered in localStorage).
 //
 // window.explorer exposes the state for the tests and the benchmark (tests/test_web.py,
-// bench/web_latency.py): status, error, z(), output(), rgba(), info(), whenIdle(), timeDecodes(n).
+// bench/web_latency.py): status, error, z(), output(), rgba(), info(), whenIdle(), timeDecodes(n),
+// photoReady, photo(), photosDone, template.
 
+import * as align from './align.js';
 import * as latent from './latent.js';
+import { PhotoError, readPhotoFile, readVideoFrame } from './photo.js';
 
 const params = new URLSearchParams(location.search);
 const ORT_DIR = new URL('./node_modules/onnxruntime-web/dist/', import.meta.url).href;
@@ -27,6 +33,8 @@ const PLAY_SECONDS = 2.5;
 const DECODE_HISTORY = 50;
 const FACE_PX = 256;
 const SCALING_KEY = 'face-explorer-scaling';
+const FACE_MODELS = 'pretrained/face_detector/'; // BlazeFace and Face Mesh (align.py's)
+const PREVIEW_PX = 240; // the photo's preview, boxes on its faces
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -62,6 +70,21 @@ const ui = {
   firstFace: $('first-face'),
   decodeTime: $('decode-time'),
   backend: $('backend'),
+  photo: $('photo'),
+  camera: $('camera'),
+  cameraPanel: $('camera-panel'),
+  cameraVideo: $('camera-video'),
+  snap: $('snap'),
+  cameraStop: $('camera-stop'),
+  photoPreview: $('photo-preview'),
+  photoFaceLabel: $('photo-face-label'),
+  photoFace: $('photo-face'),
+  photoMessage: $('photo-message'),
+  photoCrop: $('photo-crop'),
+  photoCropFigure: $('photo-crop-figure'),
+  faceSource: $('face-source'),
+  photoTime: $('photo-time'),
+  modelMessage: $('model-message'),
 };
 
 const state = {
@@ -91,6 +114,13 @@ const state = {
   output: null,
   decodes: 0,
   timings: { firstFaceMs: null, modelFetchMs: null, sessionMs: null, firstDecodeMs: null, decodeMs: [] },
+  loadEncoder: async () => null, // the model's encoder.onnx bytes, or null without one
+  finder: null, // a Promise of the align.FaceFinder, made once
+  photoTools: null, // a Promise of {finder, encoder, encoderSpec} for the current model
+  photoReady: false,
+  photo: null, // {name, image, original, faces, index, input, mu, timings}
+  photoZ: null,
+  preview: null, // the preview's pixels without boxes
 };
 
 // ----------------------------------------------------------------------------- errors and notes
@@ -151,13 +181,13 @@ async function loadOrt() {
   return ort;
 }
 
-async function createSession(bytes) {
+async function createSession(bytes, name = 'decoder.onnx') {
   const ort = await loadOrt();
   const providers = params.get('backend') === 'webgpu' ? ['webgpu', 'wasm'] : ['wasm'];
   try {
     return await ort.InferenceSession.create(bytes, { executionProviders: providers, graphOptimizationLevel: 'all' });
   } catch (error) {
-    throw new Error(`decoder.onnx could not be opened by onnxruntime-web: ${describe(error)}`);
+    throw new Error(`${name} could not be opened by onnxruntime-web: ${describe(error)}`);
   }
 }
 
@@ -226,16 +256,23 @@ async function loadFromUrl() {
   ]);
   state.timings.modelFetchMs = performance.now() - start;
   await runtime;
-  await openModel({ name, decoder, directions, density });
+  // the encoder (for photos) downloads after the first face, which does not need it
+  const encoder = () => fetchFile(url, 'encoder.onnx', { optional: true, binary: true });
+  await openModel({ name, decoder, directions, density, encoder });
 }
 
-/** Files from the picker: one .onnx (decoder.onnx preferred) and any of the two JSON files. */
+/** Files from the picker: the decoder (decoder.onnx preferred), optionally encoder.onnx and any of
+ *  the two JSON files. */
 async function loadFromFiles(files) {
   const list = Array.from(files);
   const onnx = list.filter((file) => file.name.endsWith('.onnx'));
-  const decoderFile = onnx.find((file) => file.name === 'decoder.onnx') ?? onnx[0];
+  const encoderFile = onnx.find((file) => file.name === 'encoder.onnx');
+  const decoderFile = onnx.find((file) => file.name === 'decoder.onnx') ?? onnx.find((file) => file !== encoderFile);
   if (!decoderFile) {
-    throw new Error(`No .onnx file among ${list.map((f) => f.name).join(', ') || 'the chosen files'}: choose decoder.onnx.`);
+    throw new Error(
+      `No decoder among ${list.map((f) => f.name).join(', ') || 'the chosen files'}: choose decoder.onnx ` +
+        '(and, optionally, encoder.onnx, attribute_directions.json and latent_density.json).',
+    );
   }
   const texts = { directions: null, density: null };
   for (const file of list.filter((f) => f.name.endsWith('.json'))) {
@@ -256,11 +293,12 @@ async function loadFromFiles(files) {
     }
   }
   const decoder = new Uint8Array(await decoderFile.arrayBuffer());
-  const name = `your files: ${[decoderFile.name, texts.directions && 'directions', texts.density && 'density'].filter(Boolean).join(', ')}`;
-  await openModel({ name, decoder, ...texts });
+  const parts = [decoderFile.name, encoderFile?.name, texts.directions && 'directions', texts.density && 'density'];
+  const encoder = async () => (encoderFile ? new Uint8Array(await encoderFile.arrayBuffer()) : null);
+  await openModel({ name: `your files: ${parts.filter(Boolean).join(', ')}`, decoder, encoder, ...texts });
 }
 
-async function openModel({ name, decoder, directions, density }) {
+async function openModel({ name, decoder, directions, density, encoder }) {
   let spec;
   let metadata;
   try {
@@ -316,7 +354,11 @@ async function openModel({ name, decoder, directions, density }) {
     pathA: null,
     pathB: null,
     t: 0,
+    loadEncoder: encoder,
+    photoTools: null,
+    photoReady: false,
   });
+  clearPhoto(); // its z was the old encoder's
   ui.face.width = ui.face.height = spec.imageSize;
   const shown = `${spec.imageSize * Math.max(1, Math.round(FACE_PX / spec.imageSize))}px`;
   ui.face.style.width = ui.face.style.height = shown;
@@ -465,7 +507,12 @@ function play() {
 }
 
 function downloadPng() {
-  const name = state.source === 'sample' ? `face-seed-${state.seed}.png` : `face-path-${state.t.toFixed(2)}.png`;
+  const names = {
+    sample: `face-seed-${state.seed}.png`,
+    path: `face-path-${state.t.toFixed(2)}.png`,
+    photo: `face-photo-${state.photo?.name.replace(/\.[^.]*$/, '')}.png`,
+  };
+  const name = names[state.source];
   ui.face.toBlob((blob) => {
     const link = document.createElement('a');
     link.href = URL.createObjectURL(blob);
@@ -475,13 +522,283 @@ function downloadPng() {
   }, 'image/png');
 }
 
+// ----------------------------------------------------------------------------- your photo
+/** The face finder (both face models, once per page) and the current model's encoder: a Promise,
+ *  made when first needed; it rejects with the reason photos cannot be edited. */
+function photoTools() {
+  state.finder ??= (async () => {
+    const ort = await loadOrt();
+    const folder = new URL(FACE_MODELS, REPO_ROOT);
+    const [detector, mesh] = await Promise.all(
+      ['face_detector.onnx', 'face_landmarks.onnx'].map(async (name) =>
+        createSession(await fetchFile(folder, name, { binary: true }), name),
+      ),
+    );
+    return new align.FaceFinder(ort, detector, mesh);
+  })();
+  state.finder.catch(() => (state.finder = null)); // a later photo tries again
+  state.photoTools ??= (async () => {
+    const bytes = await state.loadEncoder();
+    if (bytes === null) {
+      throw new PhotoError(
+        'This model has no encoder.onnx, which turns a photo into z: export it with export_onnx.py ' +
+          '(it writes encoder.onnx beside decoder.onnx), or choose it with the model files.',
+      );
+    }
+    let encoderSpec;
+    try {
+      encoderSpec = latent.encoderSpec(latent.readOnnxMetadata(bytes).metadata);
+    } catch (error) {
+      throw new PhotoError(`encoder.onnx ${describe(error)}`);
+    }
+    if (encoderSpec.latentDim !== state.spec.latentDim) {
+      throw new PhotoError(
+        `encoder.onnx gives latent size ${encoderSpec.latentDim}, but the decoder takes ${state.spec.latentDim}: choose the pair of one export.`,
+      );
+    }
+    const [finder, encoder] = await Promise.all([state.finder, createSession(bytes, 'encoder.onnx')]);
+    const tools = { finder, encoder, encoderSpec };
+    await warmUp(tools);
+    return tools;
+  })();
+  return state.photoTools;
+}
+
+/** Run every step once on a blank picture: the first run of a WebAssembly session, and of the
+ *  resampling code before the JavaScript engine compiles it, is several times slower. */
+async function warmUp({ finder, encoder, encoderSpec }) {
+  const side = 256;
+  const image = { width: side, height: side, data: new Uint8ClampedArray(side * side * 4).fill(128) };
+  await finder.detect(image);
+  const box = [64, 64, 192, 192];
+  const keypoints = [[100, 110], [156, 110], [128, 140], [128, 165], [70, 120], [186, 120]];
+  await finder.landmarks(image, box, keypoints);
+  const frame = align.warp(image, [0.5, 0, 10, 0, 0.5, 20]);
+  const input = align.modelInput(frame, encoderSpec.imageSize, encoderSpec.channels, encoderSpec.crop);
+  const shape = [1, encoderSpec.imageSize, encoderSpec.imageSize, encoderSpec.channels];
+  await encoder.run({ [encoder.inputNames[0]]: new state.ort.Tensor('float32', input, shape) });
+}
+
+/** Get the photo tools ready in the background; say whether photos can be edited. */
+async function preparePhotos() {
+  const tools = photoTools();
+  state.photoReady = false;
+  try {
+    await tools;
+    if (tools === state.photoTools) state.photoReady = true;
+  } catch (error) {
+    if (tools === state.photoTools) photoMessage(describe(error), true);
+  }
+}
+
+function photoMessage(text, problem = false) {
+  ui.photoMessage.textContent = text;
+  ui.photoMessage.classList.toggle('problem', problem);
+}
+
+let photoRequests = 0;
+let photosDone = 0; // photos (and faces chosen in them) processed, shown or refused: for the tests
+
+/** Find, align and encode the face in a photo (read() gives its pixels); a later photo wins. */
+async function usePhoto(read, name, chosenAt) {
+  const request = ++photoRequests;
+  photoMessage(`Finding the face in ${name}\u2026`);
+  try {
+    const tools = await photoTools();
+    const timings = { chosenAt };
+    const { image, original, bitmap } = await read();
+    timings.readMs = performance.now() - chosenAt;
+    if (request === photoRequests) showPreview(bitmap);
+    bitmap.close(); // only the working pixels stay
+    const faces = await tools.finder.find(image);
+    timings.findMs = performance.now() - chosenAt - timings.readMs;
+    if (request !== photoRequests) return;
+    state.photo = { name, image, original, faces, index: 0, timings };
+    showFaceBoxes();
+    if (!faces.length) {
+      state.photo = null;
+      photoMessage(
+        `No face found in ${name}: choose a photo where a face looks at the camera, not too small or dark.`,
+        true,
+      );
+      return;
+    }
+    await showPhotoFace(0, tools);
+  } catch (error) {
+    if (request !== photoRequests) return;
+    photoMessage(error instanceof PhotoError ? error.message : `${name}: ${describe(error)}`, true);
+    console.error(error);
+  } finally {
+    if (request === photoRequests) photosDone += 1;
+  }
+}
+
+/** Align and encode face number `index` (0 the largest) of the photo, and show it edited. */
+async function showPhotoFace(index, tools) {
+  const { photo } = state;
+  const { encoder, encoderSpec: spec } = tools;
+  const face = photo.faces[index];
+  const start = performance.now();
+  const frame = align.alignFace(photo.image, face);
+  const input = align.modelInput(frame, spec.imageSize, spec.channels, spec.crop);
+  const alignMs = performance.now() - start;
+  const [low, high] = spec.valueRange;
+  const scaled = input.map((v) => low + v * (high - low));
+  const shape = spec.layout === 'NHWC' ? [1, spec.imageSize, spec.imageSize, spec.channels] : null;
+  if (!shape) throw new PhotoError('encoder.onnx takes NCHW images; the page gives NHWC ones');
+  const results = await encoder.run({ [encoder.inputNames[0]]: new state.ort.Tensor('float32', scaled, shape) });
+  const mu = results.mu ?? results[encoder.outputNames[0]];
+  const encodeMs = performance.now() - start - alignMs;
+  if (photo !== state.photo) return;
+  Object.assign(photo, { index, frame, input, mu: Float64Array.from(mu.data) });
+  state.photoZ = photo.mu;
+  state.source = 'photo';
+  drawCrop(input, spec);
+  ui.photoFace.value = String(index);
+  showFaceBoxes();
+  requestRender();
+  await whenIdle();
+  const t = photo.timings;
+  Object.assign(t, { alignMs, encodeMs, shownMs: performance.now() - t.chosenAt });
+  ui.photoTime.textContent =
+    `${t.shownMs.toFixed(0)} ms from choosing the photo to its face (read ${t.readMs.toFixed(0)}, ` +
+    `find ${t.findMs.toFixed(0)}, align ${alignMs.toFixed(0)}, encode ${encodeMs.toFixed(0)} ms, then decode)`;
+  const notes = [`Face ${index + 1} of ${photo.faces.length} in ${photo.name}: aligned, encoded; the sliders edit it.`];
+  if (photo.original.width > photo.image.width) {
+    notes.push(
+      `The photo (${photo.original.width}x${photo.original.height}) was read at ${photo.image.width}x${photo.image.height}.`,
+    );
+  }
+  if (face.size < align.SMALL_FACE) {
+    notes.push(`The face is small (${face.size.toFixed(0)} pixels from eyes to mouth): a closer photo gives a sharper crop.`);
+  }
+  photoMessage(notes.join(' '));
+  showFaceSource();
+}
+
+function showPreview(bitmap) {
+  const scale = PREVIEW_PX / Math.max(bitmap.width, bitmap.height);
+  const canvas = ui.photoPreview;
+  canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+  canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+  const context = canvas.getContext('2d', { willReadFrequently: true });
+  context.imageSmoothingQuality = 'high';
+  context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  state.preview = context.getImageData(0, 0, canvas.width, canvas.height);
+  canvas.hidden = false;
+}
+
+/** The preview with a numbered box on each face (the chosen one highlighted), and the face menu. */
+function showFaceBoxes() {
+  const canvas = ui.photoPreview;
+  const context = canvas.getContext('2d', { willReadFrequently: true });
+  context.putImageData(state.preview, 0, 0);
+  const faces = state.photo?.faces ?? [];
+  const scale = state.photo ? canvas.width / state.photo.image.width : 1;
+  faces.forEach((face, i) => {
+    const [x0, y0, x1, y1] = face.box.map((v) => v * scale);
+    const chosen = i === state.photo.index;
+    context.lineWidth = chosen ? 3 : 1.5;
+    context.strokeStyle = chosen ? '#ffd23f' : '#ffffff';
+    context.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    context.font = 'bold 13px system-ui, sans-serif';
+    context.fillStyle = context.strokeStyle;
+    context.fillText(String(i + 1), x0 + 3, y0 + 14);
+  });
+  ui.photoFace.replaceChildren(...faces.map((_, i) => new Option(`face ${i + 1}${i === 0 ? ' (largest)' : ''}`, String(i))));
+  ui.photoFace.value = String(state.photo?.index ?? 0);
+  ui.photoFaceLabel.hidden = faces.length < 2;
+}
+
+function drawCrop(input, spec) {
+  const canvas = ui.photoCrop;
+  canvas.width = canvas.height = spec.imageSize;
+  const pixels = canvas.getContext('2d').createImageData(spec.imageSize, spec.imageSize);
+  latent.toRgba(input, { ...spec, valueRange: [0, 1], layout: 'NHWC' }, pixels.data);
+  canvas.getContext('2d').putImageData(pixels, 0, 0);
+  ui.photoCropFigure.hidden = false;
+}
+
+/** Forget the photo (a new model's encoder would give another z). */
+function clearPhoto() {
+  photoRequests += 1;
+  state.photo = null;
+  state.photoZ = null;
+  ui.photoCropFigure.hidden = true;
+  ui.photoPreview.hidden = true;
+  ui.photoFaceLabel.hidden = true;
+  ui.photoTime.textContent = '\u2013';
+  photoMessage('');
+}
+
+function showFaceSource() {
+  const { photo } = state;
+  ui.seed.textContent = state.source === 'photo' ? '\u2013' : String(state.seed); // a photo's face has none
+  ui.faceSource.textContent =
+    state.source === 'photo' && photo
+      ? `Left: face ${photo.index + 1} of ${photo.name}, aligned as the encoder sees it. Right: the decoder's face from its z, with the sliders' edits.`
+      : '';
+}
+
+/** A click on the preview chooses the face under it. */
+function pickFaceAt(event) {
+  const { photo } = state;
+  if (!photo) return;
+  const rect = ui.photoPreview.getBoundingClientRect();
+  const scale = photo.image.width / rect.width;
+  const [x, y] = [(event.clientX - rect.left) * scale, (event.clientY - rect.top) * scale];
+  const hit = photo.faces.findIndex(({ box }) => x >= box[0] && x <= box[2] && y >= box[1] && y <= box[3]);
+  if (hit >= 0 && hit !== photo.index) choosePhotoFace(hit);
+}
+
+async function choosePhotoFace(index) {
+  const { photo } = state;
+  photo.timings = { ...photo.timings, chosenAt: performance.now(), readMs: 0, findMs: 0 };
+  try {
+    await showPhotoFace(index, await photoTools());
+  } catch (error) {
+    photoMessage(describe(error), true);
+  } finally {
+    photosDone += 1;
+  }
+}
+
+let cameraStream = null;
+
+async function startCamera() {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    photoMessage('This browser gives the page no camera (it needs https or localhost, and a camera).', true);
+    return;
+  }
+  try {
+    cameraStream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 1280 } }, audio: false });
+  } catch (error) {
+    photoMessage(`No camera picture (${error.name}: ${error.message}); choose a photo file instead.`, true);
+    return;
+  }
+  ui.cameraVideo.srcObject = cameraStream;
+  ui.cameraPanel.hidden = false;
+  ui.camera.disabled = true;
+  photoMessage('The camera shows here only: take the photo when your face is in view.');
+}
+
+function stopCamera() {
+  for (const track of cameraStream?.getTracks() ?? []) track.stop();
+  cameraStream = null;
+  ui.cameraVideo.srcObject = null;
+  ui.cameraPanel.hidden = true;
+  ui.camera.disabled = false;
+}
+
 // ----------------------------------------------------------------------------- decoding and drawing
 function currentLatent() {
   const { density } = state;
   const base =
     state.source === 'path'
       ? latent.slerp(state.pathA, state.pathB, state.t)
-      : latent.latentFrom(density, state.component, state.eps, state.temperature);
+      : state.source === 'photo'
+        ? state.photoZ
+        : latent.latentFrom(density, state.component, state.eps, state.temperature);
   const z = Float64Array.from(base);
   for (const [name, alpha] of Object.entries(state.alphas)) {
     if (alpha === 0) continue;
@@ -578,6 +895,7 @@ async function renderLoop() {
       const z = currentLatent();
       const { data, ms } = await decode(z);
       draw(data);
+      showFaceSource();
       state.z = z;
       state.output = data;
       state.decodes += 1;
@@ -630,8 +948,32 @@ async function start(load) {
     const seed = latent.parseSeed(params.get('seed') ?? '');
     newFace(seed ?? latent.randomSeed());
     params.delete('seed'); // a later model starts from a random seed
+    whenIdle().then(preparePhotos); // after the first face, which they would slow down
   } catch (error) {
     showError(error);
+  }
+}
+
+/** Model files from the picker. A model already loaded stays loaded when they cannot be opened. */
+async function openFiles(files) {
+  ui.modelMessage.textContent = '';
+  if (state.status !== 'ready') {
+    await start(() => loadFromFiles(files));
+    return;
+  }
+  setEnabled(false);
+  ui.loading.hidden = false;
+  try {
+    await loadFromFiles(files);
+    ui.notice.textContent = '';
+    newFace(latent.randomSeed());
+    whenIdle().then(preparePhotos);
+  } catch (error) {
+    ui.modelMessage.textContent = `${describe(error)} The model shown before stays loaded.`;
+    console.error(error);
+  } finally {
+    ui.loading.hidden = true;
+    setEnabled(true);
   }
 }
 
@@ -683,8 +1025,22 @@ ui.play.addEventListener('click', play);
 ui.download.addEventListener('click', downloadPng);
 for (const input of ui.scaling) input.addEventListener('change', () => setScaling(input.value));
 ui.files.addEventListener('change', () => {
-  if (ui.files.files.length) start(() => loadFromFiles(ui.files.files));
+  if (ui.files.files.length) openFiles(ui.files.files);
 });
+ui.photo.addEventListener('change', () => {
+  const chosenAt = performance.now();
+  const [file] = ui.photo.files;
+  if (file) usePhoto(() => readPhotoFile(file), file.name, chosenAt);
+  ui.photo.value = ''; // choosing the same file again is a new choice
+});
+ui.camera.addEventListener('click', startCamera);
+ui.cameraStop.addEventListener('click', stopCamera);
+ui.snap.addEventListener('click', () => {
+  const chosenAt = performance.now();
+  usePhoto(() => readVideoFrame(ui.cameraVideo), 'the camera picture', chosenAt);
+});
+ui.photoFace.addEventListener('change', () => choosePhotoFace(Number(ui.photoFace.value)));
+ui.photoPreview.addEventListener('click', pickFaceAt);
 
 window.explorer = {
   get status() {
@@ -723,6 +1079,31 @@ window.explorer = {
   }),
   whenIdle,
   timeDecodes,
+  get photoReady() {
+    return state.photoReady;
+  },
+  photo: () => {
+    const { photo } = state;
+    return {
+      message: ui.photoMessage.textContent,
+      problem: ui.photoMessage.classList.contains('problem'),
+      ...(photo && {
+        name: photo.name,
+        size: [photo.image.width, photo.image.height],
+        original: [photo.original.width, photo.original.height],
+        faces: photo.faces.map(({ box, points, size }) => ({ box, points, size })),
+        index: photo.index,
+        frame: photo.frame ? Array.from(photo.frame.data) : null,
+        input: photo.input ? Array.from(photo.input) : null,
+        mu: photo.mu ? Array.from(photo.mu) : null,
+        timings: { ...photo.timings },
+      }),
+    };
+  },
+  get photosDone() {
+    return photosDone;
+  },
+  template: align.TEMPLATE,
 };
 
 setScaling(storedScaling());

@@ -273,13 +273,28 @@ export function readOnnxMetadata(buffer) {
 
 /** Sizes from a decoder's metadata: {latentDim, imageSize, channels, valueRange, layout}. */
 export function decoderSpec(metadata) {
+  return modelSpec(metadata, 'decoder');
+}
+
+/** Sizes from an encoder's metadata: a decoder's, and crop (the side of the central square of
+ *  the 178-pixel-wide aligned frame that is resized to its input). */
+export function encoderSpec(metadata) {
+  const spec = modelSpec(metadata, 'encoder');
+  const crop = Number(metadata.crop ?? '148');
+  if (!Number.isInteger(crop) || crop < 0) {
+    throw new ModelFileError(`has a malformed crop in its metadata (${JSON.stringify(metadata.crop)})`);
+  }
+  return { ...spec, crop };
+}
+
+function modelSpec(metadata, part) {
   if (metadata.format !== ONNX_FORMAT) {
     throw new ModelFileError(
       `has no ${ONNX_FORMAT} metadata (format ${JSON.stringify(metadata.format ?? null)}); export it with export_onnx.py`,
     );
   }
-  if ((metadata.part ?? 'decoder') !== 'decoder') {
-    throw new ModelFileError(`is the ${metadata.part}, not the decoder; choose decoder.onnx`);
+  if ((metadata.part ?? 'decoder') !== part) {
+    throw new ModelFileError(`is the ${metadata.part ?? 'decoder'}, not the ${part}; choose ${part}.onnx`);
   }
   const integer = (key) => {
     const value = Number(metadata[key]);
@@ -303,7 +318,7 @@ export function decoderSpec(metadata) {
   return { latentDim: integer('latent_dim'), imageSize: integer('image_size'), channels, valueRange: range, layout };
 }
 
-/** Decoder output (one image) -> RGBA bytes, as Python's (x * 255 + 0.5).astype(uint8) after
+/** A model input or decoder output (one image) -> RGBA bytes, as Python's (x * 255 + 0.5).astype(uint8) after
  *  mapping value_range to [0, 1] and clipping. */
 export function toRgba(values, spec, rgba = new Uint8ClampedArray(spec.imageSize * spec.imageSize * 4)) {
   const { imageSize: size, channels, valueRange: [low, high], layout } = spec;

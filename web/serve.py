@@ -4,8 +4,9 @@
     python web/serve.py --port 8001     # another port (0: any free one)
 
 It serves only what the page loads: web/'s page, scripts and stylesheet, onnxruntime-web's
-files from web/node_modules/onnxruntime-web/dist/, and decoder.onnx, attribute_directions.json
-and latent_density.json of a model folder under pretrained/ or runs/ that holds a decoder.onnx.
+files from web/node_modules/onnxruntime-web/dist/, decoder.onnx, encoder.onnx,
+attribute_directions.json and latent_density.json of a model folder under pretrained/ or runs/
+that holds a decoder.onnx, and the two face models of pretrained/face_detector/.
 Nothing else: no directory listings, no dotfiles, nothing a symbolic link leads to outside those
 folders, and no answer to a Host other than 127.0.0.1, localhost or [::1] (a DNS-rebinding page
 cannot read it). It binds to 127.0.0.1. Every answer carries the cross-origin isolation headers
@@ -28,7 +29,8 @@ from urllib.parse import unquote, urlsplit
 REPO = Path(__file__).resolve().parents[1]
 PAGE = "web/"
 HOSTS = {"127.0.0.1", "localhost", "::1"}
-MODEL_FILES = {"decoder.onnx", "attribute_directions.json", "latent_density.json"}
+MODEL_FILES = {"decoder.onnx", "encoder.onnx", "attribute_directions.json", "latent_density.json"}
+FACE_MODELS = ["pretrained", "face_detector"], {"face_detector.onnx", "face_landmarks.onnx"}  # align.py's
 TYPES = {
     ".html": "text/html; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -77,6 +79,8 @@ def locate(root: Path, target: str) -> Path | str | HTTPStatus:
         base = root.joinpath(*dist)
     elif folder == ["web"] and suffix in (".html", ".css", ".js"):
         base = root / "web"
+    elif folder == FACE_MODELS[0] and name in FACE_MODELS[1]:
+        base = root / "pretrained"
     elif len(folder) >= 2 and folder[0] in ("pretrained", "runs") and name in MODEL_FILES:
         base = root / folder[0]
         if not (root.joinpath(*folder) / "decoder.onnx").is_file():

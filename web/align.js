@@ -1,0 +1,491 @@
+// Find the faces in a photo and align them onto CelebA's aligned frame: align.py, in the browser.
+//
+// MediaPipe's BlazeFace (face_detector.onnx) finds the faces and Face Mesh (face_landmarks.onnx)
+// their landmarks, on onnxruntime-web; a similarity transform puts the eyes and mouth corners on
+// TEMPLATE, and the photo is resampled into the 178x218 frame the models were trained on.
+//
+// Every step is align.py's, pixel for pixel: the resizes are Pillow's (its fixed-point BOX and
+// BILINEAR filters, horizontal pass first), the warp is Pillow's affine BICUBIC transform (its
+// a = -1 cubic, truncated to 8 bits) on a region whose outside repeats the photo's edge, and the
+// model input is images.face_from_pixels' exact area average of the central crop. A canvas
+// would resample with a filter the browser chooses and leave the outside transparent, so the
+// aligned face would differ from Python's; tests/test_web.py compares the two.
+//
+// Images are {width, height, data}, data RGBA bytes (alpha ignored), as ImageData holds them.
+
+export const FRAME_WIDTH = 178; // CelebA's aligned images
+export const FRAME_HEIGHT = 218;
+// align.TEMPLATE: where Face Mesh finds the eye centres and mouth corners on CelebA's aligned
+// training images (a test checks the two agree).
+export const TEMPLATE = [
+  [70.1, 112.9],
+  [108.0, 113.0],
+  [72.2, 152.9],
+  [106.0, 153.0],
+];
+const EYE_CORNERS = [
+  [33, 133],
+  [362, 263],
+];
+const MOUTH_CORNERS = [61, 291];
+const MIN_SCORE = 0.5;
+const OVERLAP = 0.3;
+export const SMALL_FACE = 17; // eyes-to-mouth pixels below which a face has less detail than the model's input
+const DETECTOR_SIZE = 128;
+const STRIDES = [8, 16];
+const ANCHORS_PER_CELL = [2, 6];
+const MESH_SIZE = 192;
+const MESH_MARGIN = 1.5;
+const CELEBA_WIDTH = 178;
+
+/** Python's round() and numpy's: halves go to the even neighbour. */
+export function pyRound(x) {
+  const floor = Math.floor(x);
+  const rest = x - floor;
+  if (rest !== 0.5) return Math.round(x);
+  return floor % 2 === 0 ? floor : floor + 1;
+}
+
+function sigmoid(logit) {
+  return 1 / (1 + Math.exp(-Math.min(100, Math.max(-100, logit))));
+}
+
+// ----------------------------------------------------------------------------- the detector
+/** [x, y] anchor centres in [0, 1] of BlazeFace's SSD heads, in the order of its outputs. */
+export function detectorAnchors(size = DETECTOR_SIZE, strides = STRIDES, perCell = ANCHORS_PER_CELL) {
+  const anchors = [];
+  strides.forEach((stride, level) => {
+    const cells = Math.floor(size / stride);
+    for (let y = 0; y < cells; y++) {
+      for (let x = 0; x < cells; x++) {
+        for (let k = 0; k < perCell[level]; k++) anchors.push([(x + 0.5) / cells, (y + 0.5) / cells]);
+      }
+    }
+  });
+  return anchors;
+}
+
+/** BlazeFace's raw outputs -> the detections scoring at least MIN_SCORE: {box [x0, y0, x1, y1],
+ *  score, keypoints [6][2]}, in [0, 1] of the model's square input. */
+export function decodeDetections(regressors, logits, anchors, size = DETECTOR_SIZE) {
+  const found = [];
+  anchors.forEach(([cx, cy], i) => {
+    const score = sigmoid(logits[i]);
+    if (score < MIN_SCORE) return;
+    const r = (j) => regressors[i * 16 + j] / size;
+    const [mx, my, hw, hh] = [r(0) + cx, r(1) + cy, r(2) / 2, r(3) / 2];
+    const keypoints = [];
+    for (let k = 0; k < 6; k++) keypoints.push([r(4 + 2 * k) + cx, r(5 + 2 * k) + cy]);
+    found.push({ box: [mx - hw, my - hh, mx + hw, my + hh], score, keypoints });
+  });
+  return found;
+}
+
+function boxArea(box) {
+  return Math.max(0, box[2] - box[0]) * Math.max(0, box[3] - box[1]);
+}
+
+export function boxOverlap(a, b) {
+  const width = Math.max(0, Math.min(a[2], b[2]) - Math.max(a[0], b[0]));
+  const height = Math.max(0, Math.min(a[3], b[3]) - Math.max(a[1], b[1]));
+  const intersection = width * height;
+  return intersection / Math.max(boxArea(a) + boxArea(b) - intersection, 1e-12);
+}
+
+/** Weighted non-maximum suppression, as align.merge_detections: best faces first. */
+export function mergeDetections(detections, overlap = OVERLAP) {
+  let order = [...detections].sort((a, b) => b.score - a.score);
+  const faces = [];
+  while (order.length) {
+    const best = order[0].box;
+    const members = order.filter((d) => boxOverlap(best, d.box) > overlap);
+    order = order.filter((d) => !(boxOverlap(best, d.box) > overlap));
+    const total = members.reduce((sum, d) => sum + d.score, 0);
+    const box = [0, 1, 2, 3].map((j) => members.reduce((sum, d) => sum + d.box[j] * d.score, 0) / total);
+    const keypoints = members[0].keypoints.map((_, k) =>
+      [0, 1].map((j) => members.reduce((sum, d) => sum + d.keypoints[k][j] * d.score, 0) / total),
+    );
+    faces.push({ box, score: members[0].score, keypoints });
+  }
+  return faces;
+}
+
+// ----------------------------------------------------------------------------- 2x3 transforms
+// [a, b, c, d, e, f] is the matrix [[a, b, c], [d, e, f]], mapping (x, y) to (ax + by + c, dx + ey + f).
+
+/** The rotation, uniform scale and shift mapping points source onto target with the least squared error. */
+export function similarityTransform(source, target) {
+  const mean = (points) => [0, 1].map((j) => points.reduce((sum, p) => sum + p[j], 0) / points.length);
+  const [sx, sy] = mean(source);
+  const [tx, ty] = mean(target);
+  let norm = 0;
+  let a = 0;
+  let b = 0;
+  source.forEach(([x, y], i) => {
+    const [u, v] = [x - sx, y - sy];
+    const [p, q] = [target[i][0] - tx, target[i][1] - ty];
+    norm += u * u + v * v;
+    a += u * p + v * q;
+    b += u * q - v * p;
+  });
+  norm = Math.max(norm, 1e-12);
+  [a, b] = [a / norm, b / norm];
+  return [a, -b, tx - (a * sx - b * sy), b, a, ty - (b * sx + a * sy)];
+}
+
+export function applyTransform(m, [x, y]) {
+  return [m[0] * x + m[1] * y + m[2], m[3] * x + m[4] * y + m[5]];
+}
+
+/** The transform that applies inner, then outer. */
+export function compose(outer, inner) {
+  const [a, b, c, d, e, f] = outer;
+  const [g, h, i, j, k, l] = inner;
+  return [a * g + b * j, a * h + b * k, a * i + b * l + c, d * g + e * j, d * h + e * k, d * i + e * l + f];
+}
+
+export function invert([a, b, c, d, e, f]) {
+  const det = a * e - b * d;
+  const [ia, ib, id, ie] = [e / det, -b / det, -d / det, a / det];
+  return [ia, ib, -(ia * c + ib * f), id, ie, -(id * c + ie * f)];
+}
+
+// ----------------------------------------------------------------------------- Pillow's resampling
+const PRECISION_BITS = 22; // Pillow's fixed point: 32 - 8 - 2
+const FILTERS = {
+  box: { support: 0.5, weight: (x) => (x > -0.5 && x <= 0.5 ? 1 : 0) },
+  bilinear: { support: 1, weight: (x) => Math.max(0, 1 - Math.abs(x)) },
+};
+
+/** Pillow's precompute_coeffs and normalize_coeffs_8bpc: per output pixel, its first input
+ *  pixel, its number of weights, and the integer weights (ksize of them per pixel). */
+function resampleCoefficients(inSize, outSize, filter) {
+  const scale = inSize / outSize;
+  const filterScale = Math.max(scale, 1);
+  const support = filter.support * filterScale;
+  const ksize = Math.ceil(support) * 2 + 1;
+  const first = new Int32Array(outSize);
+  const count = new Int32Array(outSize);
+  const weights = new Float64Array(outSize * ksize);
+  for (let out = 0; out < outSize; out++) {
+    const centre = (out + 0.5) * scale;
+    const low = Math.max(0, Math.trunc(centre - support + 0.5));
+    const high = Math.min(inSize, Math.trunc(centre + support + 0.5));
+    let total = 0;
+    for (let x = low; x < high; x++) total += weights[out * ksize + x - low] = filter.weight((x - centre + 0.5) / filterScale);
+    for (let x = low; x < high; x++) {
+      const v = (total !== 0 ? weights[out * ksize + x - low] / total : weights[out * ksize + x - low]) * 2 ** PRECISION_BITS;
+      weights[out * ksize + x - low] = Math.trunc(v < 0 ? v - 0.5 : v + 0.5);
+    }
+    first[out] = low;
+    count[out] = high - low;
+  }
+  return { first, count, weights, ksize };
+}
+
+function clip8(sum) {
+  const value = Math.floor(sum / 2 ** PRECISION_BITS);
+  return value < 0 ? 0 : value > 255 ? 255 : value;
+}
+
+/** One pass of Pillow's resize along x (horizontal) or y. */
+function resamplePass(image, outSize, filter, horizontal) {
+  const { width, height, data } = image;
+  const outWidth = horizontal ? outSize : width;
+  const outHeight = horizontal ? height : outSize;
+  const { first, count, weights, ksize } = resampleCoefficients(horizontal ? width : height, outSize, FILTERS[filter]);
+  const out = new Uint8ClampedArray(outWidth * outHeight * 4);
+  const half = 2 ** (PRECISION_BITS - 1);
+  const step = horizontal ? 4 : width * 4; // bytes from one input pixel to the next along the pass
+  for (let y = 0; y < outHeight; y++) {
+    for (let x = 0; x < outWidth; x++) {
+      const n = horizontal ? x : y;
+      const base = horizontal ? (y * width + first[n]) * 4 : (first[n] * width + x) * 4;
+      let r = half;
+      let g = half;
+      let b = half;
+      for (let k = 0, i = base; k < count[n]; k++, i += step) {
+        const w = weights[n * ksize + k];
+        r += data[i] * w;
+        g += data[i + 1] * w;
+        b += data[i + 2] * w;
+      }
+      const o = (y * outWidth + x) * 4;
+      out[o] = clip8(r);
+      out[o + 1] = clip8(g);
+      out[o + 2] = clip8(b);
+      out[o + 3] = 255;
+    }
+  }
+  return { width: outWidth, height: outHeight, data: out };
+}
+
+/** Pillow's Image.resize((width, height), BOX or BILINEAR). */
+export function resize(image, width, height, filter) {
+  let out = image;
+  if (width !== out.width) out = resamplePass(out, width, filter, true);
+  if (height !== out.height) out = resamplePass(out, height, filter, false);
+  return out;
+}
+
+/** Pillow's a = -1 cubic through v1..v4 at d in [0, 1) between v2 and v3. */
+function cubic(v1, v2, v3, v4, d) {
+  return v2 + d * (-v1 + v3 + d * (2 * (v1 - v2) + v3 - v4 + d * (-v1 + v2 - v3 + v4)));
+}
+
+/** Pillow's Image.transform(size, AFFINE, inverse, BICUBIC): inverse maps output to input
+ *  coordinates; outside the input is black. */
+function affineBicubic(image, inverse, width, height) {
+  const { width: w, height: h, data } = image;
+  const [a, b, c, d, e, f] = inverse;
+  const out = new Uint8ClampedArray(width * height * 4);
+  const columns = new Int32Array(4);
+  const rows = new Int32Array(4);
+  const values = new Float64Array(4);
+  for (let oy = 0; oy < height; oy++) {
+    for (let ox = 0; ox < width; ox++) {
+      const o = (oy * width + ox) * 4;
+      out[o + 3] = 255;
+      let xin = a * (ox + 0.5) + b * (oy + 0.5) + c;
+      let yin = d * (ox + 0.5) + e * (oy + 0.5) + f;
+      if (xin < 0 || xin >= w || yin < 0 || yin >= h) continue;
+      xin -= 0.5;
+      yin -= 0.5;
+      const x = Math.floor(xin);
+      const y = Math.floor(yin);
+      const dx = xin - x;
+      const dy = yin - y;
+      for (let k = 0; k < 4; k++) {
+        const column = x - 1 + k;
+        columns[k] = (column < 0 ? 0 : column < w ? column : w - 1) * 4;
+        // Pillow clamps the first row; a later row outside the image repeats the row before it
+        const row = y - 1 + k;
+        rows[k] = k === 0 ? (row < 0 ? 0 : row < h ? row : h - 1) * w * 4 : row >= 0 && row < h ? row * w * 4 : -1;
+      }
+      for (let channel = 0; channel < 3; channel++) {
+        for (let k = 0; k < 4; k++) {
+          const i = rows[k] + channel;
+          values[k] =
+            rows[k] < 0
+              ? values[k - 1]
+              : cubic(data[i + columns[0]], data[i + columns[1]], data[i + columns[2]], data[i + columns[3]], dx);
+        }
+        const v = cubic(values[0], values[1], values[2], values[3], dy);
+        out[o + channel] = v <= 0 ? 0 : v >= 255 ? 255 : Math.trunc(v);
+      }
+    }
+  }
+  return { width, height, data: out };
+}
+
+/** The photo's pixels in [x0, x1) x [y0, y1), the photo's edge repeated outside it. */
+function region(image, x0, y0, x1, y1) {
+  const { width, height, data } = image;
+  const out = new Uint8ClampedArray((x1 - x0) * (y1 - y0) * 4);
+  const clamp = (v, size) => (v < 0 ? 0 : v < size ? v : size - 1);
+  let o = 0;
+  for (let y = y0; y < y1; y++) {
+    const row = clamp(y, height) * width;
+    for (let x = x0; x < x1; x++, o += 4) {
+      const i = (row + clamp(x, width)) * 4;
+      out[o] = data[i];
+      out[o + 1] = data[i + 1];
+      out[o + 2] = data[i + 2];
+      out[o + 3] = 255;
+    }
+  }
+  return { width: x1 - x0, height: y1 - y0, data: out };
+}
+
+/** align.warp: the photo resampled through matrix (photo -> output) into width x height. Only the
+ *  part the output shows is read, first shrunk by area averaging to about the output's scale. */
+export function warp(image, matrix, width = FRAME_WIDTH, height = FRAME_HEIGHT) {
+  const back = invert(matrix);
+  const corners = [
+    [0, 0],
+    [width, 0],
+    [0, height],
+    [width, height],
+  ].map((p) => applyTransform(back, p));
+  const x0 = Math.floor(Math.min(...corners.map((p) => p[0]))) - 2;
+  const y0 = Math.floor(Math.min(...corners.map((p) => p[1]))) - 2;
+  const x1 = Math.ceil(Math.max(...corners.map((p) => p[0]))) + 2;
+  const y1 = Math.ceil(Math.max(...corners.map((p) => p[1]))) + 2;
+  let source = region(image, x0, y0, x1, y1);
+  let toRegion = [1, 0, -x0, 0, 1, -y0];
+  const scale = Math.sqrt(Math.abs(matrix[0] * matrix[4] - matrix[1] * matrix[3]));
+  if (scale < 1) {
+    const shrunkWidth = Math.max(1, pyRound(source.width * scale));
+    const shrunkHeight = Math.max(1, pyRound(source.height * scale));
+    toRegion = compose([shrunkWidth / source.width, 0, 0, 0, shrunkHeight / source.height, 0], toRegion);
+    source = resize(source, shrunkWidth, shrunkHeight, 'box');
+  }
+  return affineBicubic(source, invert(compose(matrix, invert(toRegion))), width, height);
+}
+
+// ----------------------------------------------------------------------------- faces
+/** The eye centres and mouth corners (right, left) of Face Mesh's landmarks [468][2]. */
+export function facePoints(landmarks) {
+  const eyes = EYE_CORNERS.map(([a, b]) => [0, 1].map((j) => (landmarks[a][j] + landmarks[b][j]) / 2));
+  return [...eyes, ...MOUTH_CORNERS.map((i) => landmarks[i])];
+}
+
+/** Distance from the eyes' midpoint to the mouth's, in pixels. */
+export function faceSize(points) {
+  const middle = (p, q) => [(p[0] + q[0]) / 2, (p[1] + q[1]) / 2];
+  const [eyes, mouth] = [middle(points[0], points[1]), middle(points[2], points[3])];
+  return Math.hypot(eyes[0] - mouth[0], eyes[1] - mouth[1]);
+}
+
+/** uint8 RGBA of the face's 178x218 aligned frame. */
+export function alignFace(image, face) {
+  return warp(image, similarityTransform(face.points, TEMPLATE));
+}
+
+/** images.crop_box: [top, left, side] of the central square crop of a height x width frame. */
+export function cropBox(height, width, crop) {
+  const shortSide = Math.min(height, width);
+  const side = crop <= 0 ? shortSide : Math.min(shortSide, Math.max(1, pyRound((crop * shortSide) / CELEBA_WIDTH)));
+  return [Math.floor((height - side) / 2), Math.floor((width - side) / 2), side];
+}
+
+/** images.area_weights as sparse rows: per output pixel, its first input pixel and weights
+ *  (output pixel i averages inputs by how much of them [i, i + 1) * sizeIn / sizeOut covers). */
+function areaWeights(sizeIn, sizeOut) {
+  const rows = [];
+  for (let i = 0; i < sizeOut; i++) {
+    const [start, end] = [i * (sizeIn / sizeOut), (i + 1) * (sizeIn / sizeOut)];
+    const first = Math.floor(start);
+    const weights = [];
+    for (let j = first; j < Math.min(sizeIn, Math.ceil(end)); j++) {
+      weights.push(Math.max(0, Math.min(end, j + 1) - Math.max(start, j)) * (sizeOut / sizeIn));
+    }
+    rows.push({ first, weights });
+  }
+  return rows;
+}
+
+/** images.face_from_pixels: the model's input, [size][size][channels] in [0, 1] as 8-bit levels,
+ *  from the aligned frame: its central crop, area-resized, grey by tf.image's weights for 1 channel. */
+export function modelInput(frame, size, channels, crop) {
+  const [top, left, side] = cropBox(frame.height, frame.width, crop);
+  const weights = areaWeights(side, size);
+  const columns = new Float64Array(size * side * 3); // the vertical pass: [size][side][3]
+  weights.forEach(({ first, weights: row }, i) => {
+    row.forEach((w, k) => {
+      const p0 = ((top + first + k) * frame.width + left) * 4;
+      for (let x = 0, o = i * side * 3; x < side; x++, o += 3) {
+        const p = p0 + x * 4;
+        columns[o] += w * frame.data[p];
+        columns[o + 1] += w * frame.data[p + 1];
+        columns[o + 2] += w * frame.data[p + 2];
+      }
+    });
+  });
+  const out = new Float32Array(size * size * channels);
+  const level = (v) => Math.min(255, Math.max(0, pyRound(v))) / 255;
+  for (let i = 0; i < size; i++) {
+    weights.forEach(({ first, weights: row }, k) => {
+      let [r, g, b] = [0, 0, 0];
+      row.forEach((w, j) => {
+        const q = (i * side + first + j) * 3;
+        r += w * columns[q];
+        g += w * columns[q + 1];
+        b += w * columns[q + 2];
+      });
+      const o = (i * size + k) * channels;
+      if (channels === 1) {
+        out[o] = level(0.2989 * r + 0.587 * g + 0.114 * b);
+      } else {
+        out[o] = level(r);
+        out[o + 1] = level(g);
+        out[o + 2] = level(b);
+      }
+    });
+  }
+  return out;
+}
+
+// ----------------------------------------------------------------------------- the models
+/** BlazeFace and Face Mesh on onnxruntime-web: the faces of a photo, largest first. */
+export class FaceFinder {
+  constructor(ort, detector, mesh) {
+    Object.assign(this, { ort, detector, mesh, anchors: detectorAnchors() });
+  }
+
+  /** [{box, points, size}] of the faces the detector finds and Face Mesh confirms, largest first. */
+  async find(image) {
+    const faces = [];
+    for (const { box, keypoints } of await this.detect(image)) {
+      const { landmarks, presence } = await this.landmarks(image, box, keypoints);
+      if (presence < MIN_SCORE) continue;
+      const points = facePoints(landmarks);
+      faces.push({ box, points, size: faceSize(points) });
+    }
+    return faces.sort((a, b) => b.size - a.size);
+  }
+
+  /** The detector's faces in the photo's pixels, best first: the photo shrunk into its square
+   *  input, black around it. */
+  async detect(image) {
+    const { width, height } = image;
+    const scale = DETECTOR_SIZE / Math.max(width, height);
+    const shrunk = resize(image, Math.max(1, pyRound(width * scale)), Math.max(1, pyRound(height * scale)), 'bilinear');
+    const left = Math.floor((DETECTOR_SIZE - shrunk.width) / 2);
+    const top = Math.floor((DETECTOR_SIZE - shrunk.height) / 2);
+    const input = new Float32Array(DETECTOR_SIZE * DETECTOR_SIZE * 3).fill(-1);
+    for (let y = 0; y < shrunk.height; y++) {
+      for (let x = 0; x < shrunk.width; x++) {
+        for (let c = 0; c < 3; c++) {
+          input[((top + y) * DETECTOR_SIZE + left + x) * 3 + c] = shrunk.data[(y * shrunk.width + x) * 4 + c] / 127.5 - 1;
+        }
+      }
+    }
+    const [regressors, logits] = await this.run(this.detector, input, DETECTOR_SIZE);
+    const found = mergeDetections(decodeDetections(regressors, logits, this.anchors));
+    // back from the square's [0, 1] to the photo's pixels (each axis as shrunk)
+    const back = ([x, y]) => [
+      (x - left / DETECTOR_SIZE) * (width / shrunk.width) * DETECTOR_SIZE,
+      (y - top / DETECTOR_SIZE) * (height / shrunk.height) * DETECTOR_SIZE,
+    ];
+    return found.map(({ box, keypoints }) => ({
+      box: [...back([box[0], box[1]]), ...back([box[2], box[3]])],
+      keypoints: keypoints.map(back),
+    }));
+  }
+
+  /** Face Mesh's landmarks [468][2] in the photo's pixels and its face probability; it sees the
+   *  face upright (the detector's eyes level) in a square 1.5 times the detector's box. */
+  async landmarks(image, box, keypoints) {
+    const centre = [(box[0] + box[2]) / 2, (box[1] + box[3]) / 2];
+    const side = Math.max(box[2] - box[0], box[3] - box[1]) * MESH_MARGIN;
+    const angle = -Math.atan2(keypoints[1][1] - keypoints[0][1], keypoints[1][0] - keypoints[0][0]);
+    const [cos, sin, zoom] = [Math.cos(angle), Math.sin(angle), MESH_SIZE / side];
+    const turn = [zoom * cos, -zoom * sin, zoom * sin, zoom * cos];
+    const toInput = [
+      turn[0],
+      turn[1],
+      MESH_SIZE / 2 - (turn[0] * centre[0] + turn[1] * centre[1]),
+      turn[2],
+      turn[3],
+      MESH_SIZE / 2 - (turn[2] * centre[0] + turn[3] * centre[1]),
+    ];
+    const crop = warp(image, toInput, MESH_SIZE, MESH_SIZE);
+    const input = new Float32Array(MESH_SIZE * MESH_SIZE * 3);
+    for (let p = 0; p < MESH_SIZE * MESH_SIZE; p++) {
+      for (let c = 0; c < 3; c++) input[p * 3 + c] = crop.data[p * 4 + c] / 255;
+    }
+    const [points, presence] = await this.run(this.mesh, input, MESH_SIZE);
+    const back = invert(toInput);
+    const landmarks = [];
+    for (let i = 0; i < points.length / 3; i++) landmarks.push(applyTransform(back, [points[3 * i], points[3 * i + 1]]));
+    return { landmarks, presence: sigmoid(presence[0]) };
+  }
+
+  /** A model's two outputs, in their order, for an NHWC [1, size, size, 3] input. */
+  async run(session, input, size) {
+    const tensor = new this.ort.Tensor('float32', input, [1, size, size, 3]);
+    const results = await session.run({ [session.inputNames[0]]: tensor });
+    return session.outputNames.slice(0, 2).map((name) => results[name].data);
+  }
+}

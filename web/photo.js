@@ -1,0 +1,76 @@
+// Photos for the face explorer: a file or a camera frame -> upright RGBA pixels of bounded size.
+//
+// A photo is decoded by the browser (createImageBitmap, its EXIF orientation applied) straight to
+// at most MAX_SIDE pixels on its longer side, so an 8000x6000 photo never lives at full size in
+// the page: it keeps one working copy (MAX_SIDE^2 RGBA bytes at most) and small canvases; while
+// it reads the photo, the decoded bitmap and a canvas of that size exist too, for a moment.
+// A face keeps its detail as long as it spans more than about 2% of the photo's longer side.
+// The browser's 'medium' resize (mipmapped, so without aliasing) is as good here as 'high', whose
+// filter takes over twice as long on a large photo: align.js averages the face's pixels anyway.
+
+export const MAX_SIDE = 2048;
+
+/** A problem with a photo, worded for the page. */
+export class PhotoError extends Error {}
+
+/** {width, height} of an image file, upright, from its header (the browser does not decode the
+ *  pixels to say it); a PhotoError if the browser cannot read it as an image. */
+function imageSize(file) {
+  return new Promise((resolve, reject) => {
+    const url = URL.createObjectURL(file);
+    const image = new Image();
+    const done = () => URL.revokeObjectURL(url);
+    image.onload = () => {
+      done();
+      resolve({ width: image.naturalWidth, height: image.naturalHeight });
+    };
+    image.onerror = () => {
+      done();
+      reject(new PhotoError(`${file.name} is not an image this browser can read: choose a JPEG, PNG or WebP photo.`));
+    };
+    image.src = url;
+  });
+}
+
+/** The size a photo is worked on: its own, or shrunk to MAX_SIDE on the longer side. */
+export function workingSize(width, height, maxSide = MAX_SIDE) {
+  const scale = Math.min(1, maxSide / Math.max(width, height));
+  return { width: Math.max(1, Math.round(width * scale)), height: Math.max(1, Math.round(height * scale)) };
+}
+
+/** RGBA pixels {width, height, data} of a drawable (an ImageBitmap or a video) at its size. */
+function pixelsOf(source, width, height) {
+  const canvas = new OffscreenCanvas(width, height);
+  const context = canvas.getContext('2d', { willReadFrequently: true });
+  context.drawImage(source, 0, 0, width, height);
+  const { data } = context.getImageData(0, 0, width, height);
+  canvas.width = canvas.height = 0; // its pixels go now, not when collected
+  return { width, height, data };
+}
+
+/** A photo file -> {image (working pixels), original: {width, height}, bitmap (for previews; close it)}. */
+export async function readPhotoFile(file) {
+  const original = await imageSize(file);
+  if (!original.width || !original.height) throw new PhotoError(`${file.name} has no pixels.`);
+  const size = workingSize(original.width, original.height);
+  const options = { imageOrientation: 'from-image' };
+  if (size.width !== original.width || size.height !== original.height) {
+    Object.assign(options, { resizeWidth: size.width, resizeHeight: size.height, resizeQuality: 'medium' });
+  }
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file, options);
+  } catch (error) {
+    throw new PhotoError(`${file.name} could not be decoded (${error.message}): choose another photo.`);
+  }
+  return { image: pixelsOf(bitmap, bitmap.width, bitmap.height), original, bitmap };
+}
+
+/** The camera's current frame, as readPhotoFile gives a file. */
+export async function readVideoFrame(video) {
+  const original = { width: video.videoWidth, height: video.videoHeight };
+  if (!original.width) throw new PhotoError('The camera has not given a picture yet: wait a moment and try again.');
+  const size = workingSize(original.width, original.height);
+  const bitmap = await createImageBitmap(video, { resizeWidth: size.width, resizeHeight: size.height, resizeQuality: 'medium' });
+  return { image: pixelsOf(bitmap, size.width, size.height), original, bitmap };
+}
