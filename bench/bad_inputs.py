@@ -801,7 +801,7 @@ def build_cases(survey: Survey, disk_problem: str) -> list[Case]:
     add("gen-text-as-jpg", ["generate.py", "--run", s.exp_a, "--mode", "reconstruct", "--images", s.files / "text.jpg"])
     add("gen-missing-image", ["generate.py", "--run", s.exp_a, "--mode", "reconstruct", "--images", nowhere / "a.jpg"])
     add("gen-missing-run", ["generate.py", "--run", nowhere, "--mode", "sample"])
-    add("gen-no-face", ["generate.py", "--run", s.exp_a, "--mode", "attribute", "--images", *faces_a[:1], *gen_out])
+    add("gen-no-face", ["generate.py", "--run", s.exp_a, "--mode", "reconstruct", "--images", *faces_a[:1], *gen_out])
     add("gen-faces-typo", ["generate.py", "--run", s.exp_a, "--mode", "reconstruct", "--faces", "biggest"])
 
     # align.py
@@ -814,7 +814,17 @@ def build_cases(survey: Survey, disk_problem: str) -> list[Case]:
         ["align.py", "--data", s.case_dir("align-empty"), "--out", s.out("align-empty")],
         prepare=lambda: s.case_dir("align-empty").mkdir(parents=True, exist_ok=True),
     )
-    add("align-no-faces", ["align.py", "--data", s.faces, "--out", s.out("align-no-faces")])
+
+    def walls() -> None:  # photos with no face in them
+        s.case_dir("align-no-faces").mkdir(parents=True, exist_ok=True)
+        for colour in ("teal", "white", "black"):
+            Image.new("RGB", (320, 240), colour).save(s.case_dir("align-no-faces") / f"{colour}.png")
+
+    add(
+        "align-no-faces",
+        ["align.py", "--data", s.case_dir("align-no-faces"), "--out", s.out("align-no-faces")],
+        prepare=walls,
+    )
     add("gen-out-below-file", [*sample, "--out", file / "x.png"])
     add("gen-out-folder", [*sample, "--out", s.files])
     add("gen-out-unwritable", [*sample, "--out", PROC / "x.png"])
