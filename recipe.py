@@ -118,8 +118,7 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
     ),
     "recovery and logging (also on --resume)": (
         Setting("--backup-every", "back up the training state every STEPS optimizer steps, so a killed run loses at most "
-                "that many (200: under a minute of the default model on an idle 2-core CPU); 0: only the end-of-epoch "
-                "checkpoints", 200, int, metavar="STEPS", in_config=False, on_resume=True),
+                "that many; 0: only the end-of-epoch checkpoints", 200, int, metavar="STEPS", in_config=False, on_resume=True),
         Setting("--worker-start-timeout", "with --strategy multiworker: how long each worker waits for all the workers of "
                 "TF_CONFIG to start; after that it stops, naming those missing", 300, float, metavar="SECONDS",
                 in_config=False, on_resume=True),

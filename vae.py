@@ -36,20 +36,14 @@ from runs import BCE_EPSILON, MIN_GAUSSIAN_SIGMA, check_architecture
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Print the encoder and decoder of the default VAE.")
-    recipe = DEFAULT_RECIPE
-    parser.add_argument(
-        "--image-size", type=int, default=recipe["image_size"], help="square image side (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--channels", type=int, default=recipe["channels"], help="1 (grayscale) or 3 (RGB) (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--latent",
-        type=int,
-        default=recipe["latent_dim"],
-        dest="latent_dim",
-        help="latent dimension (default: %(default)s)",
-    )
+    for flag, name, what in (
+        ("--image-size", "image_size", "square image side"),
+        ("--channels", "channels", "1 (grayscale) or 3 (RGB)"),
+        ("--latent", "latent_dim", "latent dimension"),
+    ):
+        parser.add_argument(
+            flag, type=int, default=DEFAULT_RECIPE[name], dest=name, metavar="N", help=f"{what} (default: %(default)s)"
+        )
     return parser
 
 
@@ -227,10 +221,6 @@ class VAE(keras.Model):
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
-        if config.reconstruction not in RECONSTRUCTION_LOSSES:
-            raise ValueError(
-                f"unknown reconstruction loss {config.reconstruction!r}; choose one of {RECONSTRUCTION_LOSSES}"
-            )
         self.encoder = encoder
         self.decoder = decoder
         self.sampling = Sampling(seed=config.seed, name="sampling")
@@ -265,8 +255,10 @@ class VAE(keras.Model):
         reconstruction = ops.mean(reconstruction_loss(images, reconstructions, self.config.reconstruction))
         if self.variational:
             kl = ops.mean(kl_divergence(mu, log_var))
-            beta = beta_schedule(self.optimizer.iterations, *(self.config.beta, self.config.beta_warmup_steps,
-                                                               self.config.beta_cycle_steps))  # fmt: skip
+            config = self.config
+            beta = beta_schedule(
+                self.optimizer.iterations, config.beta, config.beta_warmup_steps, config.beta_cycle_steps
+            )
         else:
             kl = beta = ops.convert_to_tensor(0.0)
         return {
@@ -389,20 +381,19 @@ class AdversarialVAE(VAE):
     def make_train_function(self, force: bool = False):
         # Until adversarial_start the step runs without the discriminator, which would cost as
         # much again for a term weighted 0; the first step from then on traces it with it.
-        started = int(self.optimizer.iterations.numpy()) >= self.config.adversarial_start
+        started = self.adversarial_started()
         if force or self.train_function is None or started != self.gan_traced:
             self.gan_traced = started
             super().make_train_function(force=True)
             if not started:
                 step_without_gan = self.train_function
-
-                def until_start(iterator):
-                    if int(self.optimizer.iterations.numpy()) >= self.config.adversarial_start:
-                        return self.make_train_function()(iterator)
-                    return step_without_gan(iterator)
-
-                self.train_function = until_start
+                self.train_function = lambda iterator: (
+                    self.make_train_function() if self.adversarial_started() else step_without_gan
+                )(iterator)
         return self.train_function
+
+    def adversarial_started(self) -> bool:
+        return int(self.optimizer.iterations.numpy()) >= self.config.adversarial_start
 
     def train_step(self, images):
         if not self.gan_traced:
@@ -467,13 +458,12 @@ def choose_precision(setting: str, cpu_flags: str, gpu_capability: tuple[int, in
     """(Keras dtype policy, why) for --mixed-precision `setting` (auto, on or off), on a machine whose
     CPU has the /proc/cpuinfo `cpu_flags` and whose GPUs the lowest CUDA compute capability
     `gpu_capability` (None: no GPU)."""
-    where = "a GPU" if gpu_capability is not None else "a CPU"
     if setting == "off":
         return "float32", "--mixed-precision off"
+    if setting == "on" and gpu_capability is not None:
+        return "mixed_float16", "--mixed-precision on, on a GPU"
     if setting == "on":
-        return (
-            "mixed_float16" if gpu_capability is not None else "mixed_bfloat16"
-        ), f"--mixed-precision on, on {where}"
+        return "mixed_bfloat16", "--mixed-precision on, on a CPU"
     if setting != "auto":
         raise ValueError(f"unknown --mixed-precision {setting!r}; choose one of {', '.join(PRECISION_SETTINGS)}")
     if gpu_capability is not None:
