@@ -1,15 +1,15 @@
 """train.py's settings, each defined once: its flag, config.json key, default, choices and help.
 
 train_cli.py builds the command line from SETTINGS (one argparse group per entry of GROUPS),
-config.json takes its keys from them, and DEFAULT_RECIPE (what a run given only --data trains)
-is their defaults; training_splits reads --train-split for train.py and latent.py alike. No
-TensorFlow, so `python train.py --help` answers at once. A library: `python recipe.py` says
-which scripts to run.
+config.json takes its keys from them, DEFAULT_RECIPE (what a run given only --data trains) is
+their defaults, and ModelConfig, what vae.py builds a model from, has the model's settings as
+fields. No TensorFlow, so `python train.py --help` answers at once. A library: `python recipe.py`
+says which scripts to run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 
 from errors import not_a_script
 from images import DEFAULT_CROP
@@ -118,8 +118,7 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
     ),
     "recovery and logging (also on --resume)": (
         Setting("--backup-every", "back up the training state every STEPS optimizer steps, so a killed run loses at most "
-                "that many (200: under a minute of the default model on an idle 2-core CPU); 0: only the end-of-epoch "
-                "checkpoints", 200, int, metavar="STEPS", in_config=False, on_resume=True),
+                "that many; 0: only the end-of-epoch checkpoints", 200, int, metavar="STEPS", in_config=False, on_resume=True),
         Setting("--worker-start-timeout", "with --strategy multiworker: how long each worker waits for all the workers of "
                 "TF_CONFIG to start; after that it stops, naming those missing", 300, float, metavar="SECONDS",
                 in_config=False, on_resume=True),
@@ -132,9 +131,26 @@ DEFAULTS = {setting.name: setting.default for setting in SETTINGS if setting.act
 DEFAULT_RECIPE = {setting.name: setting.default for setting in SETTINGS if setting.in_config}
 
 
+# What vae.py builds a model from: the settings of the "model" and "loss" groups, and the seed.
+MODEL_SETTINGS = tuple(
+    s for s in SETTINGS if s.in_config and (s in GROUPS["model"] + GROUPS["loss"] or s.name == "seed")
+)
+ModelConfig = make_dataclass(
+    "ModelConfig",
+    [(s.name, s.type or object, field(default=tuple(s.default) if isinstance(s.default, list) else s.default))
+     for s in MODEL_SETTINGS],
+    frozen=True,
+)  # fmt: skip
+
+
+def model_config(config: dict) -> ModelConfig:
+    """The model settings of a run's config (those it lacks keep their defaults)."""
+    return ModelConfig(**{s.name: config[s.name] for s in MODEL_SETTINGS if s.name in config})
+
+
 def training_splits(config: dict) -> list[str]:
-    """The partitions a run trains on (its --train-split; runs made before the flag trained on
-    train), which its latent density is fitted to as well."""
+    """The partitions a run trains on (its --train-split; train for a folder without config.json),
+    which its latent density is fitted to as well."""
     return config.get("train_split", "train").split("+")
 
 

@@ -142,6 +142,12 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         problems.append(f"crop is {config['crop']!r}, not a whole number of 0 or more")
     if problems:
         raise RunFolderError(f"{path}: {'; '.join(problems)}; restore the config.json train.py wrote for this run")
+    # Settings that config.json files written before they existed lack, with the value those runs used.
+    added = {"train_split": "train", "lr_schedule": "constant", "lr_warmup_steps": 0, "decoder_filters": None,
+             "adversarial": 0.0, "adversarial_start": 0, "discriminator_filters": 64}  # fmt: skip
+    config |= {key: value for key, value in added.items() if key not in config}
+    if isinstance(config.get("mixed_precision"), bool):  # the setting, before the chosen policy was recorded
+        config["mixed_precision"] = "on" if config["mixed_precision"] else "off"
     config["run_dir"] = str(run_dir)
     return config
 

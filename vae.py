@@ -1,16 +1,15 @@
 """Convolutional variational autoencoder for faces: model, loss and training precision.
 
-The shape of the official Keras VAE example: an encoder `keras.Model` image -> (mu, log_var),
-a `Sampling` layer (reparameterization), a decoder `keras.Model` z -> image, and a
-`VAE(keras.Model)` with its own train_step/test_step; `variational=False` makes it a plain
-autoencoder (z = mu, no KL). Loss per image, averaged over the batch: reconstruction
-(`mse`, `bce`, or `gaussian`, a calibrated decoder variance as in sigma-VAE) + beta * KL, beta
-following `beta_schedule`. Under tf.distribute a step on N replicas equals the single-device step.
-Optionally (`adversarial` > 0) a patch discriminator trained with a hinge loss adds an adaptively
-weighted GAN term on the reconstructions, as in the autoencoders of latent diffusion models.
+The shape of the Keras VAE example: an encoder `keras.Model` image -> (mu, log_var), a `Sampling`
+layer (reparameterization), a decoder `keras.Model` z -> image, and a `VAE(keras.Model)` with its
+own train_step/test_step; with `--model ae` it is a plain autoencoder (z = mu, no KL). Loss per
+image, averaged over the batch: reconstruction (`mse`, `bce`, or `gaussian`, a calibrated decoder
+variance as in sigma-VAE) + beta * KL, beta following `beta_schedule`. Under tf.distribute a step on
+N replicas equals the single-device step. `AdversarialVAE` (`adversarial` > 0) adds a patch
+discriminator's adaptively weighted hinge-loss term, as in the autoencoders of latent diffusion.
 
-`model_from_config`, `make_optimizer` and `run_precision` rebuild a run from its config.json
-(its settings' defaults and choices live in recipe.py, which has no TensorFlow).
+`build_vae` builds the model a recipe.ModelConfig describes; `model_from_config`, `make_optimizer`
+and `run_precision` rebuild a run from its config.json.
 
     python vae.py --latent 128     # the architecture's summary and parameter count
 """
@@ -24,28 +23,27 @@ import os
 from collections.abc import Iterator, Sequence
 
 from recipe import (
-    DEFAULT_FILTERS,
     DEFAULT_RECIPE,
     PRECISION_POLICIES,
     PRECISION_SETTINGS,
     RECONSTRUCTION_LOSSES,
     UPSAMPLING_MODES,
+    ModelConfig,
+    model_config,
 )
 from runs import BCE_EPSILON, MIN_GAUSSIAN_SIGMA, check_architecture
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Print the encoder and decoder of the default VAE.")
-    recipe = DEFAULT_RECIPE
-    parser.add_argument(
-        "--image-size", type=int, default=recipe["image_size"], help="square image side (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--channels", type=int, default=recipe["channels"], help="1 (grayscale) or 3 (RGB) (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--latent", type=int, default=recipe["latent_dim"], help="latent dimension (default: %(default)s)"
-    )
+    for flag, name, what in (
+        ("--image-size", "image_size", "square image side"),
+        ("--channels", "channels", "1 (grayscale) or 3 (RGB)"),
+        ("--latent", "latent_dim", "latent dimension"),
+    ):
+        parser.add_argument(
+            flag, type=int, default=DEFAULT_RECIPE[name], dest=name, metavar="N", help=f"{what} (default: %(default)s)"
+        )
     return parser
 
 
@@ -57,13 +55,12 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-# Keras' default 0.99 needs ~500 steps before the moving statistics used at inference
-# match the batches; short CelebA runs (57 steps an epoch on the sample) validate badly.
+# Keras' default 0.99 averages the statistics used at inference over ~500 steps, longer than
+# short runs, which would then validate with statistics unlike their batches'. BatchNormalization
+# is synchronized: under tf.distribute it normalises with the global batch's statistics.
 BN_MOMENTUM = 0.9
 DISCRIMINATOR_LEARNING_RATE = 2e-4  # constant, the usual rate of GAN discriminators with Adam
-# BatchNormalization layers use synchronized=True: under tf.distribute they normalise with
-# the global batch's statistics, so a step on N replicas equals the single-device step
-# (a no-op on one device).
+ADVERSARIAL_FIGURES = ("d_loss", "g_loss", "adversarial_weight")
 
 
 # --------------------------------------------------------------------------- loss math
@@ -106,22 +103,6 @@ def global_batch_mean(values):
     if replica is not None and replica.num_replicas_in_sync > 1:
         sums = replica.all_reduce(tf.distribute.ReduceOp.SUM, sums)
     return tf.stop_gradient(sums[0] / sums[1])
-
-
-def hinge_discriminator_loss(logits_real, logits_fake):
-    """The discriminator's hinge loss: real patches pushed above 1, reconstructed ones below -1."""
-    real = ops.mean(ops.relu(1.0 - ops.cast(logits_real, "float32")))
-    fake = ops.mean(ops.relu(1.0 + ops.cast(logits_fake, "float32")))
-    return 0.5 * (real + fake)
-
-
-def adaptive_weight(reconstruction_gradient, gan_gradient, weight: float):
-    """weight * |grad reconstruction| / (|grad GAN| + 1e-4), clipped to [0, 1e4], with both gradients
-    taken at the decoder's last layer: the GAN term pulls as hard as the reconstruction there
-    (Esser et al. 2021, taming-transformers' calculate_adaptive_weight)."""
-    norms = [ops.sqrt(ops.sum(ops.square(ops.cast(g, "float32")))) for g in (reconstruction_gradient, gan_gradient)]
-    ratio = norms[0] / (norms[1] + 1e-4)
-    return weight * ops.stop_gradient(ops.clip(ratio, 0.0, 1e4))
 
 
 def per_pixel_mse(x, x_hat):
@@ -177,77 +158,50 @@ class Sampling(layers.Layer):
         store["0"] = self.seed_generator.state
 
     def load_own_variables(self, store):
-        if "0" in store:  # files written before the state was saved have none
+        if "0" in store:  # a checkpoint without the state leaves the seed's
             self.seed_generator.state.assign(store["0"])
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
 
 
-def build_encoder(
-    image_size: int = 64,
-    channels: int = 3,
-    latent_dim: int = 128,
-    filters: Sequence[int] = DEFAULT_FILTERS,
-    hidden_units: int = 512,
-) -> keras.Model:
+def build_encoder(config: ModelConfig) -> keras.Model:
     """Image [B, H, W, C] in [0, 1] -> (mu, log_var), each [B, latent_dim]."""
-    check_architecture(image_size, filters)
-    images = keras.Input((image_size, image_size, channels), name="image")
+    check_architecture(config.image_size, config.filters)
+    images = keras.Input((config.image_size, config.image_size, config.channels), name="image")
     x = images
-    for index, width in enumerate(filters):
+    for index, width in enumerate(config.filters):
         x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name=f"conv{index}")(x)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=True, name=f"bn{index}")(x)
         x = layers.ReLU(name=f"relu{index}")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(hidden_units, activation="relu", name="hidden")(x)
+    x = layers.Dense(config.hidden_units, activation="relu", name="hidden")(x)
     # Heads in float32 so the latent statistics stay exact under mixed precision.
-    mu = layers.Dense(latent_dim, name="mu", dtype="float32")(x)
-    log_var = layers.Dense(latent_dim, name="log_var", dtype="float32")(x)
+    mu = layers.Dense(config.latent_dim, name="mu", dtype="float32")(x)
+    log_var = layers.Dense(config.latent_dim, name="log_var", dtype="float32")(x)
     return keras.Model(images, [mu, log_var], name="encoder")
 
 
-def build_decoder(
-    image_size: int = 64,
-    channels: int = 3,
-    latent_dim: int = 128,
-    filters: Sequence[int] = DEFAULT_FILTERS,
-    upsampling: str = "nearest",
-) -> keras.Model:
-    """z [B, latent_dim] -> image [B, H, W, C] in [0, 1], mirroring the encoder."""
-    check_architecture(image_size, filters)
-    if upsampling not in UPSAMPLING_MODES:
-        raise ValueError(f"unknown upsampling {upsampling!r}; choose one of {UPSAMPLING_MODES}")
-    start = image_size // 2 ** len(filters)
-    z = keras.Input((latent_dim,), name="z")
+def build_decoder(config: ModelConfig) -> keras.Model:
+    """z [B, latent_dim] -> image [B, H, W, C] in [0, 1], mirroring the encoder, with the widths
+    `decoder_filters` (by default those of the encoder, in the encoder's order)."""
+    filters = config.decoder_filters or config.filters
+    if len(filters) != len(config.filters):
+        raise ValueError(f"decoder filters {list(filters)} need one width per encoder block ({len(config.filters)})")
+    if config.upsampling not in UPSAMPLING_MODES:
+        raise ValueError(f"unknown upsampling {config.upsampling!r}; choose one of {UPSAMPLING_MODES}")
+    start = config.image_size // 2 ** len(filters)
+    z = keras.Input((config.latent_dim,), name="z")
     x = layers.Dense(start * start * filters[-1], activation="relu", name="project")(z)
     x = layers.Reshape((start, start, filters[-1]), name="reshape")(x)
-    # Mirror of the encoder: block i undoes encoder block i (filters[i] -> filters[i-1],
-    # doubling the size); the final convolution undoes the first block (-> C channels).
+    # Block i undoes encoder block i (filters[i] -> filters[i-1], doubling the size); the final
+    # convolution undoes the first block (-> C channels).
     for index, width in enumerate(reversed(filters[:-1])):
-        x = upsample_conv(x, width, upsampling, name=str(index), use_bias=False)
+        x = upsample_conv(x, width, config.upsampling, name=str(index), use_bias=False)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=True, name=f"bn{index}")(x)
         x = layers.ReLU(name=f"relu{index}")(x)
-    images = upsample_conv(x, channels, upsampling, name="out", activation="sigmoid", dtype="float32")
+    images = upsample_conv(x, config.channels, config.upsampling, name="out", activation="sigmoid", dtype="float32")
     return keras.Model(z, images, name="decoder")
-
-
-def build_discriminator(image_size: int = 64, channels: int = 3, filters: int = 64, blocks: int = 3) -> keras.Model:
-    """Patch discriminator (taming-transformers' NLayerDiscriminator): image [B, H, W, C] -> one
-    logit per overlapping patch, [B, H / 2^blocks, W / 2^blocks, 1]. GroupNormalization with one
-    group instead of BatchNorm: it needs no batch statistics, so real and reconstructed batches,
-    and the replicas' shares of them, are normalised alike."""
-    images = keras.Input((image_size, image_size, channels), name="image")
-    # No bias: grappler's Conv2D+BiasAdd+LeakyRelu fusion fails (and logs an error) on the GAN's gradients.
-    x = layers.Conv2D(filters, 4, strides=2, padding="same", use_bias=False, name="conv0")(images)
-    x = layers.LeakyReLU(0.2, name="relu0")(x)
-    for index in range(1, blocks + 1):
-        width, strides = filters * min(2**index, 8), 2 if index < blocks else 1  # the last one keeps the size
-        x = layers.Conv2D(width, 4, strides, padding="same", use_bias=False, name=f"conv{index}")(x)
-        x = layers.GroupNormalization(groups=1, name=f"norm{index}")(x)
-        x = layers.LeakyReLU(0.2, name=f"relu{index}")(x)
-    logits = layers.Conv2D(1, 4, padding="same", name="logits", dtype="float32")(x)
-    return keras.Model(images, logits, name="discriminator")
 
 
 def upsample_conv(x, width: int, upsampling: str, name: str, **conv_args):
@@ -261,127 +215,52 @@ def upsample_conv(x, width: int, upsampling: str, name: str, **conv_args):
 class VAE(keras.Model):
     """Encoder + Sampling + decoder, trained on reconstruction + beta * KL.
 
-    With `variational=False` it is a plain autoencoder: z = mu, loss = reconstruction
-    (the encoder's log_var head is left untrained).
-
-    With `adversarial` > 0 and a `discriminator`: from optimizer step `adversarial_start` on, the
-    loss adds w * g_loss, g_loss = -mean(D(reconstructions)), w = `adaptive_weight`, and every step
-    also trains D with its own Adam on the hinge loss `d_loss`. Before that step the train step is
-    traced without D (its figures read 0). Without them the model has exactly the variables,
-    checkpoints and steps it had before the option existed.
+    A plain autoencoder when `config.model` is "ae": z = mu, loss = reconstruction (the encoder's
+    log_var head is left untrained).
     """
 
-    def __init__(
-        self,
-        encoder: keras.Model,
-        decoder: keras.Model,
-        reconstruction: str = "mse",
-        beta: float = 1.0,
-        beta_warmup_steps: int = 0,
-        beta_cycle_steps: int = 0,
-        variational: bool = True,
-        seed: int | None = None,
-        adversarial: float = 0.0,
-        adversarial_start: int = 0,
-        discriminator: keras.Model | None = None,
-        **kwargs,
-    ):
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
-        if reconstruction not in RECONSTRUCTION_LOSSES:
-            raise ValueError(f"unknown reconstruction loss {reconstruction!r}; choose one of {RECONSTRUCTION_LOSSES}")
-        if (discriminator is None) != (adversarial == 0):
-            raise ValueError("a discriminator goes with an adversarial weight above 0, and only with one")
         self.encoder = encoder
         self.decoder = decoder
-        self.sampling = Sampling(seed=seed, name="sampling")
-        self.reconstruction = reconstruction
-        self.beta = float(beta)
-        self.beta_warmup_steps = int(beta_warmup_steps)
-        self.beta_cycle_steps = int(beta_cycle_steps)
-        self.variational = bool(variational)
-        self.seed = seed
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
-        self.kl_tracker = keras.metrics.Mean(name="kl")
-        self.mse_tracker = keras.metrics.Mean(name="mse")
-        self.beta_tracker = keras.metrics.Mean(name="beta")
-        self.adversarial = float(adversarial)
-        self.adversarial_start = int(adversarial_start)
-        self.gan_traced = False  # whether the current train function includes the discriminator
-        if discriminator is not None:  # attributes only when used: checkpoints without stay as they were
-            self.discriminator = discriminator
-            # The GAN practice's fixed rate and betas (DCGAN's beta_1 0.5, taming-transformers' beta_2 0.9).
-            optimizer = keras.optimizers.Adam(DISCRIMINATOR_LEARNING_RATE, beta_1=0.5, beta_2=0.9)
-            if keras.config.dtype_policy().name == "mixed_float16":  # compile() wraps the main one alike
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            self.discriminator_optimizer = optimizer
-            self.adversarial_trackers = [keras.metrics.Mean(name=n) for n in ("d_loss", "g_loss", "adversarial_weight")]
+        self.sampling = Sampling(seed=config.seed, name="sampling")
+        self.config = config
+        self.variational = config.model == "vae"
+        self.trackers = [keras.metrics.Mean(name=name) for name in ("loss", "reconstruction", "kl", "mse", "beta")]
 
     @property
     def metrics(self):
         # Listed here so Keras resets them at the start of each epoch.
-        trackers = [
-            self.loss_tracker,
-            self.reconstruction_tracker,
-            self.kl_tracker,
-            self.mse_tracker,
-            self.beta_tracker,
-        ]
-        return trackers + list(self.adversarial_trackers) if self.adversarial else trackers
+        return self.trackers
 
     def build(self, input_shape):
         # Encoder and decoder are functional models, built on construction.
-        self.sampling.build([(None, self.encoder.outputs[0].shape[-1])] * 2)
-        if self.adversarial:  # now, so that a checkpoint's discriminator moments have variables to go to
-            self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+        self.sampling.build([(None, self.config.latent_dim)] * 2)
         super().build(input_shape)
 
     def optimizer_variables(self) -> list:
-        """The state of the optimizers: the model's, then the discriminator's, if any."""
-        extra = self.discriminator_optimizer.variables if self.adversarial else []
-        return [*self.optimizer.variables, *extra]
-
-    def make_train_function(self, force: bool = False):
-        # Until adversarial_start the step runs without the discriminator, which would cost as
-        # much again for a term weighted 0; the first step from then on traces it with it.
-        if not self.adversarial:
-            return super().make_train_function(force)
-        started = self.adversarial_started()
-        if force or self.train_function is None or started != self.gan_traced:
-            self.gan_traced = started
-            super().make_train_function(force=True)
-            if not started:
-                step_without_gan = self.train_function
-
-                def until_start(iterator):
-                    if self.adversarial_started():
-                        return self.make_train_function()(iterator)
-                    return step_without_gan(iterator)
-
-                self.train_function = until_start
-        return self.train_function
-
-    def adversarial_started(self) -> bool:
-        return int(self.optimizer.iterations.numpy()) >= self.adversarial_start
+        """The state of the model's optimizers: its training state beside the model's variables."""
+        return list(self.optimizer.variables)
 
     def call(self, images, training: bool = False):
         mu, log_var = self.encoder(images, training=training)
         z = self.sampling([mu, log_var]) if (self.variational and training) else mu
         return self.decoder(z, training=training)
 
-    def current_beta(self):
-        if not self.variational:
-            return ops.convert_to_tensor(0.0)
-        return beta_schedule(self.optimizer.iterations, self.beta, self.beta_warmup_steps, self.beta_cycle_steps)
-
     def loss_terms(self, images, sample: bool, training: bool) -> dict:
         """Forward pass and all loss terms, in float32, averaged over the batch."""
         mu, log_var = self.encoder(images, training=training)
         z = self.sampling([mu, log_var]) if (self.variational and sample) else mu
         reconstructions = self.decoder(z, training=training)
-        reconstruction = ops.mean(reconstruction_loss(images, reconstructions, self.reconstruction))
-        kl = ops.mean(kl_divergence(mu, log_var)) if self.variational else ops.convert_to_tensor(0.0)
-        beta = self.current_beta()
+        reconstruction = ops.mean(reconstruction_loss(images, reconstructions, self.config.reconstruction))
+        if self.variational:
+            kl = ops.mean(kl_divergence(mu, log_var))
+            config = self.config
+            beta = beta_schedule(
+                self.optimizer.iterations, config.beta, config.beta_warmup_steps, config.beta_cycle_steps
+            )
+        else:
+            kl = beta = ops.convert_to_tensor(0.0)
         return {
             "loss": reconstruction + beta * kl,
             "reconstruction": reconstruction,
@@ -393,16 +272,14 @@ class VAE(keras.Model):
 
     def trained_variables(self) -> list:
         """Variables the loss reaches (an autoencoder never uses the log_var head)."""
-        skipped = {id(v) for v in self.discriminator.trainable_variables} if self.adversarial else set()
-        if not self.variational:
-            skipped |= {id(v) for v in self.encoder.get_layer("log_var").trainable_variables}
-        return [v for v in self.trainable_variables if id(v) not in skipped]
+        skipped = [] if self.variational else self.encoder.get_layer("log_var").trainable_variables
+        variables = self.encoder.trainable_variables + self.decoder.trainable_variables
+        return [v for v in variables if not any(v is s for s in skipped)]
 
     def update_trackers(self, terms: dict, images) -> dict:
         # Each batch mean counts with its number of images, so the figures are means per image
         # however the batches (and the replicas' shares of them) differ in size. A replica left
         # without images has NaN means (of nothing), which must not count.
-        # Validation has no discriminator terms.
         count = ops.cast(ops.shape(images)[0], "float32")
         trackers = [tracker for tracker in self.metrics if tracker.name in terms]
         for tracker in trackers:
@@ -414,43 +291,139 @@ class VAE(keras.Model):
             results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
         return results
 
-    def train_step(self, data):
-        variables = self.trained_variables()
-        # Keras sums gradients over replicas: divide the per-replica batch mean by
-        # the replica count so the update equals that of the global batch mean.
+    def train_step(self, images):
+        # Keras sums gradients over replicas: each replica's batch mean is divided by the replica
+        # count so that the update is that of the global batch mean.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape(persistent=self.gan_traced) as tape:
-            terms = self.loss_terms(data, sample=True, training=True)
-            if self.gan_traced:
-                terms = self.add_generator_term(terms, tape)
-            # scale_loss applies the dynamic loss scale under mixed_float16 (no-op otherwise).
-            scaled_loss = self.optimizer.scale_loss(terms["loss"] / replicas)
-        gradients = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply(gradients, variables)
-        if self.gan_traced:
-            terms["d_loss"] = self.discriminator_step(data, terms["reconstructions"], replicas)
-        elif self.adversarial:
-            terms.update(dict.fromkeys(("d_loss", "g_loss", "adversarial_weight"), ops.convert_to_tensor(0.0)))
-        return self.update_trackers(terms, data)
+        with tf.GradientTape() as tape:
+            terms = self.loss_terms(images, sample=True, training=True)
+            loss = self.optimizer.scale_loss(terms["loss"] / replicas)  # mixed_float16's loss scale (or 1)
+        variables = self.trained_variables()
+        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        return self.update_trackers(terms, images)
 
-    def add_generator_term(self, terms: dict, tape: tf.GradientTape) -> dict:
-        """`terms` with the GAN term added to the loss, g_loss and its weight."""
-        g_loss = -ops.mean(ops.cast(self.discriminator(terms["reconstructions"], training=True), "float32"))
-        with tape.stop_recording():
-            last = self.decoder.layers[-1].kernel
-            # Scaled alike (under mixed_float16), so their ratio is that of the true gradients.
-            gradients = [tape.gradient(self.optimizer.scale_loss(t), last) for t in (terms["reconstruction"], g_loss)]
-            replica = tf.distribute.get_replica_context()  # None in a cross-replica context
-            if replica is not None and replica.num_replicas_in_sync > 1:
-                # The global batch's gradients (up to a common factor), as on a single device.
-                gradients = replica.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
-        weight = adaptive_weight(*gradients, self.adversarial)
-        return {
-            **terms,
-            "loss": terms["loss"] + weight * g_loss,
-            "g_loss": g_loss,
-            "adversarial_weight": weight,
-        }
+    def test_step(self, images):
+        # Validation decodes the posterior mean: deterministic, and what reconstruction grids show.
+        return self.update_trackers(self.loss_terms(images, sample=False, training=False), images)
+
+
+def spans_several_workers() -> bool:
+    """True under a tf.distribute strategy with several workers (more replicas than local devices)."""
+    if not tf.distribute.has_strategy():
+        return False
+    strategy = tf.distribute.get_strategy()
+    return strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+
+
+# --------------------------------------------------------------------------- adversarial term
+def hinge_discriminator_loss(logits_real, logits_fake):
+    """The discriminator's hinge loss: real patches pushed above 1, reconstructed ones below -1."""
+    real = ops.mean(ops.relu(1.0 - ops.cast(logits_real, "float32")))
+    fake = ops.mean(ops.relu(1.0 + ops.cast(logits_fake, "float32")))
+    return 0.5 * (real + fake)
+
+
+def adaptive_weight(reconstruction_gradient, gan_gradient, weight: float):
+    """weight * |grad reconstruction| / (|grad GAN| + 1e-4), clipped to [0, 1e4], with both gradients
+    taken at the decoder's last layer: the GAN term pulls as hard as the reconstruction there
+    (Esser et al. 2021, taming-transformers' calculate_adaptive_weight). 0 when a gradient is NaN
+    (float16 overflowed): the step's gradients are then not finite, and the loss-scale optimizer
+    skips it and lowers its scale."""
+    norms = [ops.sqrt(ops.sum(ops.square(ops.cast(g, "float32")))) for g in (reconstruction_gradient, gan_gradient)]
+    ratio = ops.nan_to_num(norms[0] / (norms[1] + 1e-4), nan=0.0)
+    return weight * ops.stop_gradient(ops.clip(ratio, 0.0, 1e4))
+
+
+def build_discriminator(config: ModelConfig, blocks: int = 3) -> keras.Model:
+    """Patch discriminator (taming-transformers' NLayerDiscriminator): image [B, H, W, C] -> one
+    logit per overlapping patch, [B, H / 2^blocks, W / 2^blocks, 1]. GroupNormalization with one
+    group instead of BatchNorm: it needs no batch statistics, so real and reconstructed batches,
+    and the replicas' shares of them, are normalised alike."""
+    images = keras.Input((config.image_size, config.image_size, config.channels), name="image")
+    filters = config.discriminator_filters
+    # No bias: grappler's Conv2D+BiasAdd+LeakyRelu fusion fails (and logs an error) on the GAN's gradients.
+    x = layers.Conv2D(filters, 4, strides=2, padding="same", use_bias=False, name="conv0")(images)
+    x = layers.LeakyReLU(0.2, name="relu0")(x)
+    for index in range(1, blocks + 1):
+        width, strides = filters * min(2**index, 8), 2 if index < blocks else 1  # the last one keeps the size
+        x = layers.Conv2D(width, 4, strides, padding="same", use_bias=False, name=f"conv{index}")(x)
+        x = layers.GroupNormalization(groups=1, name=f"norm{index}")(x)
+        x = layers.LeakyReLU(0.2, name=f"relu{index}")(x)
+    logits = layers.Conv2D(1, 4, padding="same", name="logits", dtype="float32")(x)
+    return keras.Model(images, logits, name="discriminator")
+
+
+class AdversarialVAE(VAE):
+    """A VAE whose loss, from optimizer step `config.adversarial_start` on, adds w * g_loss,
+    g_loss = -mean(D(reconstructions)), w = `adaptive_weight`; each of those steps also trains the
+    patch discriminator D with its own Adam on the hinge loss `d_loss`. Before that step the train
+    step runs without D, and its figures read 0."""
+
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, config: ModelConfig, **kwargs):
+        super().__init__(encoder, decoder, config, **kwargs)
+        self.discriminator = build_discriminator(config)
+        # The GAN practice's fixed rate and betas (DCGAN's beta_1 0.5, taming-transformers' beta_2 0.9).
+        optimizer = keras.optimizers.Adam(DISCRIMINATOR_LEARNING_RATE, beta_1=0.5, beta_2=0.9)
+        if keras.config.dtype_policy().name == "mixed_float16":  # as compile() wraps the model's
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        self.discriminator_optimizer = optimizer
+        self.trackers = [*self.trackers, *(keras.metrics.Mean(name=name) for name in ADVERSARIAL_FIGURES)]
+        self.gan_traced = False  # whether the current train function includes the discriminator
+
+    def build(self, input_shape):
+        # Now, so that a checkpoint's discriminator moments have variables to load into.
+        self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+        super().build(input_shape)
+
+    def optimizer_variables(self) -> list:
+        return [*super().optimizer_variables(), *self.discriminator_optimizer.variables]
+
+    def make_train_function(self, force: bool = False):
+        # Until adversarial_start the step runs without the discriminator, which would cost as
+        # much again for a term weighted 0; the first step from then on traces it with it.
+        started = self.adversarial_started()
+        if force or self.train_function is None or started != self.gan_traced:
+            self.gan_traced = started
+            super().make_train_function(force=True)
+            if not started:
+                step_without_gan = self.train_function
+                self.train_function = lambda iterator: (
+                    self.make_train_function() if self.adversarial_started() else step_without_gan
+                )(iterator)
+        return self.train_function
+
+    def adversarial_started(self) -> bool:
+        return int(self.optimizer.iterations.numpy()) >= self.config.adversarial_start
+
+    def train_step(self, images):
+        if not self.gan_traced:
+            zeros = dict.fromkeys(ADVERSARIAL_FIGURES, ops.convert_to_tensor(0.0))
+            return {**super().train_step(images), **self.update_trackers(zeros, images)}
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape(persistent=True) as tape:
+            terms = self.loss_terms(images, sample=True, training=True)
+            g_loss = -ops.mean(ops.cast(self.discriminator(terms["reconstructions"], training=True), "float32"))
+            # Scaled inside the tape (mixed_float16's loss scale), so that their gradients exist.
+            losses = [self.optimizer.scale_loss(loss / replicas) for loss in (terms["loss"], g_loss)]
+        variables = self.trained_variables()
+        gradients, gan_gradients = (tape.gradient(loss, variables) for loss in losses)
+        weight = self.gan_weight(gradients, gan_gradients, variables)
+        # The gradients of loss + w * g_loss (w is a constant of the step).
+        self.optimizer.apply([g + weight * h for g, h in zip(gradients, gan_gradients, strict=True)], variables)
+        terms |= {"loss": terms["loss"] + weight * g_loss, "g_loss": g_loss, "adversarial_weight": weight}
+        terms["d_loss"] = self.discriminator_step(images, terms["reconstructions"], replicas)
+        return self.update_trackers(terms, images)
+
+    def gan_weight(self, gradients: list, gan_gradients: list, variables: list):
+        """`adaptive_weight` from the global batch's unscaled gradients at the decoder's last layer
+        (where the KL term has none, so the loss's gradient is the reconstruction's)."""
+        last = next(index for index, v in enumerate(variables) if v is self.decoder.layers[-1].kernel)
+        pair = [gradients[last], gan_gradients[last]]
+        replica = tf.distribute.get_replica_context()  # None in a cross-replica context
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            pair = replica.all_reduce(tf.distribute.ReduceOp.SUM, pair)
+        scale = self.optimizer.scale_loss(1.0)
+        return adaptive_weight(pair[0] / scale, pair[1] / scale, self.config.adversarial)
 
     def discriminator_step(self, images, reconstructions, replicas: int):
         """One step of the discriminator on the hinge loss; returns the loss."""
@@ -463,60 +436,17 @@ class VAE(keras.Model):
         self.discriminator_optimizer.apply(tape.gradient(scaled_loss, variables), variables)
         return d_loss
 
-    def test_step(self, data):
-        # Validation decodes the posterior mean: deterministic, and what reconstruction grids show.
-        return self.update_trackers(self.loss_terms(data, sample=False, training=False), data)
 
-
-def spans_several_workers() -> bool:
-    """True under a tf.distribute strategy with several workers (more replicas than local devices)."""
-    if not tf.distribute.has_strategy():
-        return False
-    strategy = tf.distribute.get_strategy()
-    return strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
-
-
-def build_vae(
-    image_size: int = 64,
-    channels: int = 3,
-    latent_dim: int = 128,
-    filters: Sequence[int] = DEFAULT_FILTERS,
-    hidden_units: int = 512,
-    upsampling: str = "nearest",
-    reconstruction: str = "mse",
-    beta: float = 1.0,
-    beta_warmup_steps: int = 0,
-    beta_cycle_steps: int = 0,
-    variational: bool = True,
-    seed: int | None = None,
-    decoder_filters: Sequence[int] | None = None,
-    adversarial: float = 0.0,
-    adversarial_start: int = 0,
-    discriminator_filters: int = DEFAULT_RECIPE["discriminator_filters"],
-) -> VAE:
-    """Build encoder, decoder (its widths `decoder_filters`, by default those of the encoder, in
-    the encoder's order) and the VAE (or autoencoder) around them, with a discriminator of
-    `discriminator_filters` base width when `adversarial` > 0."""
-    if decoder_filters is not None and len(decoder_filters) != len(filters):
-        raise ValueError(f"decoder filters {list(decoder_filters)} need one width per encoder block ({len(filters)})")
-    encoder = build_encoder(image_size, channels, latent_dim, filters, hidden_units)
-    decoder = build_decoder(image_size, channels, latent_dim, decoder_filters or filters, upsampling)
-    discriminator = build_discriminator(image_size, channels, discriminator_filters) if adversarial else None
-    model = VAE(
-        encoder,
-        decoder,
-        reconstruction=reconstruction,
-        beta=beta,
-        beta_warmup_steps=beta_warmup_steps,
-        beta_cycle_steps=beta_cycle_steps,
-        variational=variational,
-        seed=seed,
-        adversarial=adversarial,
-        adversarial_start=adversarial_start,
-        discriminator=discriminator,
-    )
-    model.build((None, image_size, image_size, channels))
+def build_vae(config: ModelConfig) -> VAE:
+    """The VAE (or autoencoder) `config` describes, with a discriminator when `config.adversarial` > 0."""
+    model = (AdversarialVAE if config.adversarial else VAE)(build_encoder(config), build_decoder(config), config)
+    model.build((None, config.image_size, config.image_size, config.channels))
     return model
+
+
+def model_from_config(config: dict) -> VAE:
+    """The VAE (or autoencoder) a run's config.json describes, freshly initialised."""
+    return build_vae(model_config(config))
 
 
 # --------------------------------------------------------------------------- precision
@@ -524,16 +454,16 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's names of bfloat1
 TENSOR_CORES = (7, 0)  # the CUDA compute capability from which NVIDIA GPUs have tensor cores
 
 
-def choose_precision(setting: str | bool, cpu_flags: str, gpu_capability: tuple[int, int] | None) -> tuple[str, str]:
-    """(Keras dtype policy, why) for --mixed-precision `setting` (auto, on, off; or true/false, what
-    config.json held before), on a machine whose CPU has the /proc/cpuinfo `cpu_flags` and whose
-    GPUs the lowest CUDA compute capability `gpu_capability` (None: no GPU)."""
-    where = "a GPU" if gpu_capability is not None else "a CPU"
-    if setting in ("off", False):
-        return "float32", "--mixed-precision off" if setting == "off" else "mixed precision off in config.json"
-    if setting in ("on", True):
-        said = "--mixed-precision on" if setting == "on" else "mixed precision on in config.json"
-        return ("mixed_float16" if gpu_capability is not None else "mixed_bfloat16"), f"{said}, on {where}"
+def choose_precision(setting: str, cpu_flags: str, gpu_capability: tuple[int, int] | None) -> tuple[str, str]:
+    """(Keras dtype policy, why) for --mixed-precision `setting` (auto, on or off), on a machine whose
+    CPU has the /proc/cpuinfo `cpu_flags` and whose GPUs the lowest CUDA compute capability
+    `gpu_capability` (None: no GPU)."""
+    if setting == "off":
+        return "float32", "--mixed-precision off"
+    if setting == "on" and gpu_capability is not None:
+        return "mixed_float16", "--mixed-precision on, on a GPU"
+    if setting == "on":
+        return "mixed_bfloat16", "--mixed-precision on, on a CPU"
     if setting != "auto":
         raise ValueError(f"unknown --mixed-precision {setting!r}; choose one of {', '.join(PRECISION_SETTINGS)}")
     if gpu_capability is not None:
@@ -572,7 +502,7 @@ def run_precision(config: dict) -> tuple[str, str]:
     policy a resumed run began with (its checkpoints hold that policy's optimizer)."""
     setting = config["mixed_precision"]
     if setting in PRECISION_POLICIES:
-        return setting, config.get("mixed_precision_reason", "chosen when the run began")
+        return setting, config["mixed_precision_reason"]
     return choose_precision(setting, cpu_flags(), gpu_capability())
 
 
@@ -585,29 +515,6 @@ def dtype_policy(name: str) -> Iterator[None]:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
-
-
-def model_from_config(config: dict) -> VAE:
-    """The VAE (or autoencoder) a run's config.json describes, freshly initialised."""
-    return build_vae(
-        image_size=config["image_size"],
-        channels=config["channels"],
-        latent_dim=config["latent_dim"],
-        filters=config["filters"],
-        hidden_units=config["hidden_units"],
-        upsampling=config["upsampling"],
-        reconstruction=config["reconstruction"],
-        beta=config["beta"],
-        beta_warmup_steps=config["beta_warmup_steps"],
-        beta_cycle_steps=config["beta_cycle_steps"],
-        variational=config["model"] == "vae",
-        seed=config["seed"],
-        # Absent from the config.json of runs made before these options: their model as it was.
-        decoder_filters=config.get("decoder_filters"),
-        adversarial=config.get("adversarial", 0.0),
-        adversarial_start=config.get("adversarial_start", 0),
-        discriminator_filters=config.get("discriminator_filters", DEFAULT_RECIPE["discriminator_filters"]),
-    )
 
 
 def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
@@ -645,8 +552,7 @@ class Adam(keras.optimizers.Adam):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    model = build_vae(args.image_size, args.channels, args.latent)
+    model = build_vae(ModelConfig(**vars(build_parser().parse_args(argv))))
     model.encoder.summary()
     model.decoder.summary()
     print(f"total parameters: {model.encoder.count_params() + model.decoder.count_params():,}")

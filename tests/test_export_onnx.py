@@ -49,13 +49,15 @@ def make_run(
 
     keras.utils.set_random_seed(seed)
     built = vae.build_vae(
-        image_size=SIZE,
-        channels=channels,
-        latent_dim=LATENT,
-        filters=filters,
-        hidden_units=32,
-        upsampling=upsampling,
-        decoder_filters=decoder_filters,
+        vae.ModelConfig(
+            image_size=SIZE,
+            channels=channels,
+            latent_dim=LATENT,
+            filters=filters,
+            hidden_units=32,
+            upsampling=upsampling,
+            decoder_filters=decoder_filters,
+        )
     )
     rng = np.random.default_rng(seed)
     for part in (built.encoder, built.decoder):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -12,16 +14,21 @@ import pytest
 import tensorflow as tf
 from helpers import REPO
 
+import runs
 import train_cli
 import vae
+from recipe import ModelConfig
+
+TINY_MODEL = ModelConfig(image_size=16, latent_dim=4, filters=(4, 8), hidden_units=8)
 
 
 @pytest.mark.parametrize(("image_size", "channels"), [(64, 3), (64, 1), (128, 3), (128, 1)])
 @pytest.mark.parametrize("upsampling", vae.UPSAMPLING_MODES)
 def test_shapes(image_size, channels, upsampling):
-    model = vae.build_vae(
-        image_size, channels, latent_dim=16, filters=(4, 8, 8, 16), hidden_units=16, upsampling=upsampling
+    config = ModelConfig(
+        image_size=image_size, channels=channels, latent_dim=16, filters=(4, 8, 8, 16), hidden_units=16
     )
+    model = vae.build_vae(replace(config, upsampling=upsampling))
     images = np.random.default_rng(0).random((2, image_size, image_size, channels), dtype=np.float32)
     mu, log_var = model.encoder(images)
     assert mu.shape == (2, 16) and log_var.shape == (2, 16)
@@ -32,7 +39,7 @@ def test_shapes(image_size, channels, upsampling):
 
 
 def test_default_architecture_is_about_four_million_parameters():
-    model = vae.build_vae()
+    model = vae.build_vae(ModelConfig())
     total = model.encoder.count_params() + model.decoder.count_params()
     assert 3_000_000 < total < 5_000_000
     assert [layer.filters for layer in model.encoder.layers if isinstance(layer, keras.layers.Conv2D)] == [
@@ -45,7 +52,7 @@ def test_default_architecture_is_about_four_million_parameters():
 
 def test_image_size_must_halve_cleanly():
     with pytest.raises(ValueError, match="multiple of 2\\^4 = 16"):
-        vae.build_vae(image_size=40)
+        vae.build_vae(ModelConfig(image_size=40))
 
 
 def test_reparameterization_gradient_reaches_mu_and_log_var():
@@ -120,7 +127,7 @@ def test_beta_schedules():
 
 
 def test_train_step_reports_every_metric_and_updates_step():
-    model = vae.build_vae(16, 3, latent_dim=4, filters=(4, 8), hidden_units=8, beta=1.0, beta_warmup_steps=10)
+    model = vae.build_vae(replace(TINY_MODEL, beta=1.0, beta_warmup_steps=10))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     images = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
     history = model.fit(images, epochs=2, batch_size=4, verbose=0)
@@ -132,7 +139,7 @@ def test_train_step_reports_every_metric_and_updates_step():
 
 
 def test_autoencoder_has_no_kl_and_skips_the_log_var_head():
-    model = vae.build_vae(16, 1, latent_dim=4, filters=(4, 8), hidden_units=8, variational=False)
+    model = vae.build_vae(replace(TINY_MODEL, channels=1, model="ae"))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     before = model.encoder.get_layer("log_var").get_weights()[0].copy()
     images = np.random.default_rng(0).random((8, 16, 16, 1), dtype=np.float32)
@@ -243,10 +250,6 @@ EPYC_ZEN3 = "fpu sse2 avx2 fma"
         ("off", XEON, (8, 0), "float32", "--mixed-precision off"),
         ("on", EPYC_ZEN3, GPU_FREE, "mixed_bfloat16", "--mixed-precision on, on a CPU"),
         ("on", EPYC_ZEN3, (6, 1), "mixed_float16", "--mixed-precision on, on a GPU"),
-        # what config.json held before the choice was recorded
-        (True, EPYC_ZEN3, GPU_FREE, "mixed_bfloat16", "mixed precision on in config.json, on a CPU"),
-        (True, XEON, (7, 5), "mixed_float16", "mixed precision on in config.json, on a GPU"),
-        (False, XEON, GPU_FREE, "float32", "mixed precision off in config.json"),
     ],
 )
 def test_choose_precision(setting, flags, gpu, policy, reason):
@@ -256,7 +259,7 @@ def test_choose_precision(setting, flags, gpu, policy, reason):
 def test_a_run_keeps_the_precision_it_began_with():
     recorded = {"mixed_precision": "mixed_float16", "mixed_precision_reason": "GPU has tensor cores"}
     assert vae.run_precision(recorded) == ("mixed_float16", "GPU has tensor cores")
-    assert vae.run_precision({"mixed_precision": False}) == ("float32", "mixed precision off in config.json")
+    assert vae.run_precision({"mixed_precision": "off"}) == ("float32", "--mixed-precision off")
     with pytest.raises(ValueError, match="choose one of auto, on, off"):
         vae.choose_precision("fast", XEON, None)
 
@@ -278,9 +281,20 @@ def shapes(model: vae.VAE) -> tuple:
     return layout(model.encoder), layout(model.decoder), len(model.variables)
 
 
-def test_new_options_leave_the_encoder_and_the_old_configs_as_they_were():
-    config = {**TINY, "model": "vae", "reconstruction": "mse", "ema": 0.0}
-    today = shapes(vae.model_from_config(config))  # a config.json written before the option
+def test_new_options_leave_the_encoder_and_the_old_configs_as_they_were(tmp_path):
+    """A config.json without the settings added since (decoder filters, the adversarial term, the
+    learning-rate schedule, the split, the precision policy) reads as the run it was made with."""
+    older = {"format": runs.RUN_FORMAT, **TINY, "model": "vae", "reconstruction": "mse", "ema": 0.0}
+    (tmp_path / "config.json").write_text(json.dumps({**older, "mixed_precision": True}))
+    config = runs.read_config(tmp_path)
+    assert {key: config[key] for key in config.keys() - older.keys()} == {
+        "decoder_filters": None, "adversarial": 0.0, "adversarial_start": 0, "discriminator_filters": 64,
+        "lr_schedule": "constant", "lr_warmup_steps": 0, "train_split": "train", "mixed_precision": "on",
+        "run_dir": str(tmp_path),
+    }  # fmt: skip
+    model = vae.model_from_config(config)
+    today = shapes(model)
+    assert type(model) is vae.VAE
     assert shapes(vae.model_from_config({**config, "decoder_filters": None})) == today
     assert shapes(vae.model_from_config({**config, "decoder_filters": [4, 8]})) == today
     wide = vae.model_from_config({**config, "decoder_filters": [16, 32]})
@@ -300,8 +314,8 @@ def test_new_options_leave_the_encoder_and_the_old_configs_as_they_were():
 def tiny_model(adversarial: float, start: int = 0) -> vae.VAE:
     """A tiny VAE, compiled as train.py compiles it, with the same initial weights whatever `adversarial`."""
     keras.utils.set_random_seed(0)
-    model = vae.build_vae(16, 3, latent_dim=4, filters=(4, 8), hidden_units=8, seed=0, adversarial=adversarial,
-                          adversarial_start=start, discriminator_filters=4)  # fmt: skip
+    config = replace(TINY_MODEL, adversarial=adversarial, adversarial_start=start, discriminator_filters=4)
+    model = vae.build_vae(config)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     model.optimizer.build(model.trained_variables())
     return model
@@ -354,6 +368,7 @@ def test_adaptive_weight_is_the_ratio_of_the_gradient_norms_at_the_last_layer():
     norm = np.linalg.norm
     assert float(vae.adaptive_weight(large, small, 0.5)) == pytest.approx(0.5 * norm(large) / (norm(small) + 1e-4))
     assert float(vae.adaptive_weight(large, np.zeros_like(large), 1.0)) == pytest.approx(1e4)  # clipped
+    assert float(vae.adaptive_weight(large, np.full_like(large, np.nan), 1.0)) == 0.0  # float16 overflowed
     # In the train step: the weight of its first step, against the gradients taken here from the same weights.
     model = tiny_model(0.5)
     model.variational = False  # no sampling noise: the step sees the forward pass computed here
@@ -400,3 +415,24 @@ def test_memory_estimate_counts_the_weights_vae_builds(extra):
     model = vae.model_from_config({**config, **extra})
     parts = [model.encoder, model.decoder, *([model.discriminator] if extra.get("adversarial") else [])]
     assert train_cli.parameter_count({**config, **extra}) == sum(part.count_params() for part in parts)
+
+
+def test_mixed_float16_trains_the_adversarial_term():
+    """Under mixed_float16 (a GPU's auto choice) the optimizers scale the losses: the adaptive
+    weight's gradients must still reach the decoder's last layer, and the discriminator learn."""
+    images = np.random.default_rng(4).random((8, 16, 16, 3), dtype=np.float32)
+    with vae.dtype_policy("mixed_float16"):
+        model = tiny_model(0.5)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    discriminator = [v.numpy().copy() for v in model.discriminator.variables]
+    history = model.fit(images, epochs=2, batch_size=4, verbose=0).history
+    assert all(np.isfinite(values).all() for values in history.values())
+    assert min(history["adversarial_weight"]) > 0
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(discriminator, model.discriminator.variables, strict=True))
+    # A loss scale so high that float16 overflows: the steps are skipped, the scale lowered, the figures finite.
+    steps = int(model.optimizer.iterations.numpy())
+    assert steps > 0
+    model.optimizer.dynamic_scale.assign(2.0**40)
+    history = model.fit(images, epochs=1, batch_size=4, verbose=0).history
+    assert all(np.isfinite(values).all() for values in history.values())
+    assert int(model.optimizer.iterations.numpy()) == steps and float(model.optimizer.dynamic_scale) < 2.0**40
