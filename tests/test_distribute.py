@@ -106,6 +106,7 @@ def train_run() -> dict:
     import numpy as np
     from PIL import Image
 
+    import cluster
     import runs
     import train
     import train_cli
@@ -129,7 +130,7 @@ def train_run() -> dict:
     train.train_command([*args, "--batch-size", "4", "--out", str(folder / "short")])
     rows = train.read_history(run / "history.csv")
     return {
-        "replicas": train.choose_strategy("mirrored").num_replicas_in_sync,
+        "replicas": cluster.choose_strategy("mirrored").num_replicas_in_sync,
         "epochs": len(rows),
         "validation_images": len(train.load_splits(runs.read_config(run))[1]),
         "finite_figures": all(math.isfinite(value) for row in rows for value in row.values()),
@@ -146,9 +147,9 @@ if __name__ == "__main__":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     if sys.argv[1] == "compare":  # gaussian: a 4-image batch, 2 images a replica; its gradients are larger
-        import train
+        import cluster
 
-        mirrored = train.choose_strategy("mirrored")
+        mirrored = cluster.choose_strategy("mirrored")
         reports = {"mse": compare(mirrored, "mse", 8, 0.1), "gaussian": compare(mirrored, "gaussian", 4, 1e-4)}
         print(json.dumps(reports))
     else:
@@ -158,7 +159,7 @@ if __name__ == "__main__":
 def test_only_the_chief_writes_the_run_folder():
     import tensorflow as tf
 
-    import train
+    import cluster as clusters
 
     cluster = tf.train.ClusterSpec({"worker": ["host0:1", "host1:1"]})
 
@@ -166,9 +167,9 @@ def test_only_the_chief_writes_the_run_folder():
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, task_type=task_type, task_id=task_id)
         return type("Strategy", (), {"cluster_resolver": resolver})()
 
-    assert train.is_chief(tf.distribute.get_strategy())
-    assert train.is_chief(strategy_of("worker", 0))
-    assert not train.is_chief(strategy_of("worker", 1))
+    assert clusters.is_chief(tf.distribute.get_strategy())
+    assert clusters.is_chief(strategy_of("worker", 0))
+    assert not clusters.is_chief(strategy_of("worker", 1))
     with_chief = tf.train.ClusterSpec({"chief": ["host0:1"], "worker": ["host1:1"]})
-    assert train.is_chief(strategy_of("chief", 0, with_chief))
-    assert not train.is_chief(strategy_of("worker", 0, with_chief))
+    assert clusters.is_chief(strategy_of("chief", 0, with_chief))
+    assert not clusters.is_chief(strategy_of("worker", 0, with_chief))

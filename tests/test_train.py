@@ -23,6 +23,7 @@ import inference
 import latent
 import runs
 import train
+import train_cli
 import vae
 from train_cli import RunError
 
@@ -48,7 +49,7 @@ def assert_same_history(run_a: Path, run_b: Path) -> None:
 def checkpoint_state(run: Path) -> tuple[int, int]:
     """(completed epochs, optimizer iterations) from the newest checkpoint."""
     config = runs.read_config(run)
-    epochs, path = train.latest_checkpoint(run)
+    epochs, path = train_cli.latest_checkpoint(run)
     model = vae.model_from_config(config)
     model.compile(optimizer=vae.make_optimizer(config))
     model.optimizer.build(model.trainable_variables)
@@ -85,7 +86,7 @@ def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path):
 def test_history_gains_the_timing_columns_and_an_older_history_csv_still_reads(tmp_path):
     (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n1,0.5,0.6\n")  # written before the timings
     history = train.History(tmp_path, initial_epoch=1)
-    timer = train.EpochTimes(history, batch_size=4, epochs=2, verbose=0)
+    timer = train.EpochTimes(history, {"batch_size": 4, "epochs": 2, "latent_dim": 8}, verbose=0)
     timer.on_epoch_begin(1)
     started = time.perf_counter()
     while time.perf_counter() < started + 0.05:  # steps that take some time (wall-clock: other threads add CPU time)
@@ -184,7 +185,7 @@ def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):
         model = vae.model_from_config(config)
         model.compile(optimizer=vae.make_optimizer(config))
         model.optimizer.build(model.trainable_variables)
-        model.load_weights(train.latest_checkpoint(run)[1])
+        model.load_weights(train_cli.latest_checkpoint(run)[1])
         return saved, model.decoder.get_layer("project").get_weights()[0]
 
     train.train_command(tiny_train_args(face_folder, tmp_path / "plain", "--epochs", "1"))
