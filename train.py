@@ -248,7 +248,7 @@ def train(
     if not chief:
         print(f"done: this worker's share of {run_dir}, which the chief worker writes")
         return
-    fit_density(run_dir, inputs, config, timer.density_rate())
+    fit_density(run_dir, inputs, config)
     print(
         f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
         f"samples/, reconstructions/{', tensorboard/' if tensorboard else ''})"
@@ -498,7 +498,8 @@ class EpochTimes(keras.callbacks.Callback):
         self.history.write()
         if self.verbose:
             total, left = end[0] - begin[0], self.epochs - epoch - 1
-            to_go = left * total + latent.fit_seconds(self.density_images, self.density_latent, self.density_rate())
+            # Validation ran the encoder and the decoder: the density fit encodes at least as fast.
+            to_go = left * total + latent.fit_seconds(self.density_images, self.density_latent, self.validation_rate)
             print(
                 f"epoch {epoch + 1}: {total:.1f} s: training steps {figures['seconds_steps']:.1f} s "
                 f"({figures['images_per_cpu_second']:.0f} images per CPU-second), validation "
@@ -508,11 +509,6 @@ class EpochTimes(keras.callbacks.Callback):
                 + (f" for the {left} epoch(s) left and the latent density" if left else " for the latent density"),
                 flush=True,
             )
-
-    def density_rate(self) -> float:
-        """Images per second the density fit encodes, at least: validation ran the encoder and the
-        decoder on the same images, at a smaller batch."""
-        return self.validation_rate
 
 
 def duration_text(seconds: float) -> str:
@@ -527,13 +523,15 @@ def density_images(config: dict, inputs: Inputs) -> int:
     return training + min(len(inputs.validation_files), latent.MAX_FIT_IMAGES)
 
 
-def fit_density(run_dir: Path, inputs: Inputs, config: dict, expected_rate: float = 0.0) -> None:
+def fit_density(run_dir: Path, inputs: Inputs, config: dict) -> None:
     """latent_density.json for the final model, over the posterior means of one epoch's training
     images and of the validation images, from the decoded images training cached (latent.py). A
     failure here loses no training, so it is reported with the command to retry."""
     splits = training_splits(config)
     try:
         encoder = load_model(run_dir, "encoder", config)
+        shape = (None, config["image_size"], config["image_size"], config["channels"])
+        means = tf.function(lambda images: encoder(images, training=False)[0], input_signature=[tf.TensorSpec(shape)])
         total = density_images(config, inputs)
         progress = Progress(total, "latent density: encoded")
         started = cpu_seconds()
@@ -547,7 +545,7 @@ def fit_density(run_dir: Path, inputs: Inputs, config: dict, expected_rate: floa
         else:
             passes = [(inputs.one_training_pass(), inputs.train_steps * config["batch_size"])]
         passes.append((inputs.validation_data.take(inputs.validation_steps), len(inputs.validation_files)))
-        fit_means, heldout = (encode(encoder, stream, count, config["seed"], progress) for stream, count in passes)
+        fit_means, heldout = (encode(means, stream, count, config["seed"], progress) for stream, count in passes)
         progress.close()
         rate = (len(fit_means) + len(heldout)) / max(cpu_seconds() - started, 1e-9)
         print(f"latent density: {rate:.0f} images encoded per CPU-second")
@@ -566,8 +564,8 @@ def fit_density(run_dir: Path, inputs: Inputs, config: dict, expected_rate: floa
     print(f"wrote {path}: {density.components} Gaussian component(s), chosen on the validation images")
 
 
-def encode(encoder: keras.Model, stream: tf.data.Dataset, count: int, seed: int, progress: Progress) -> np.ndarray:
-    """The posterior means [N, D] of the images of `stream`, DENSITY_BATCH an encoder call; of a
+def encode(means: Callable, stream: tf.data.Dataset, count: int, seed: int, progress: Progress) -> np.ndarray:
+    """The posterior means [N, D] of the images of `stream`, DENSITY_BATCH a call; of a
     seeded random subset of latent.MAX_FIT_IMAGES of them when it holds more (at most `count`)."""
     images = stream.unbatch()
     if count > latent.MAX_FIT_IMAGES:
@@ -575,7 +573,6 @@ def encode(encoder: keras.Model, stream: tf.data.Dataset, count: int, seed: int,
         keep[np.random.default_rng(seed).choice(count, latent.MAX_FIT_IMAGES, replace=False)] = True
         kept = tf.constant(keep)
         images = images.enumerate().filter(lambda index, _: kept[index]).map(lambda _, image: image)
-    means = tf.function(lambda batch: encoder(batch, training=False)[0], reduce_retracing=True)
     parts = []
     for batch in images.batch(DENSITY_BATCH).prefetch(tf.data.AUTOTUNE):
         parts.append(means(batch).numpy())
