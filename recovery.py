@@ -1,16 +1,16 @@
 """What keeps a training run alive: resuming, step backups, stop signals and the faults of a fit.
 
-train.train() makes a Recovery (which finds where a resumed run goes on), restores the model
-through it, and fits through Recovery.fit, which adds its callbacks (the NaN guard, StepBackup)
-and turns what stops a fit into one line that says how to go on:
+train.train() makes a Recovery, which finds where a resumed run goes on and restores the model,
+and fits inside its Guard, which adds its callbacks and turns what stops a fit into one line
+that says how to go on:
 
 - SIGTERM or Ctrl-C finishes the current step, backs it up and stops (status 143, 130) with the
   command that continues the run; a second one stops at once. Every worker of a cluster stops
   after the same step.
 - A step backup every --backup-every steps (checkpoint/backup/), so a killed run loses at most
   those steps; a resumed run goes on from the newer of it and the last epoch checkpoint.
-- A full disk stops the run with the space it needs, keeping the last good checkpoint; a lost
-  worker stops the others; a NaN/inf loss stops the run, keeping the last good checkpoint.
+- A full disk stops the run with the space it needs, keeping the last good checkpoint; so do a
+  lost worker and a NaN/inf loss.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import shlex
 import shutil
 import signal
 import sys
+import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -86,46 +87,68 @@ class Recovery:
             return
         print(f"resuming {run_dir} {where} (optimizer step {int(model.optimizer.iterations.numpy())}{source})")
 
-    def fit(
-        self,
-        model: keras.Model,
-        train_data: Callable[[int], tf.data.Dataset],
-        fit_args: dict,
-        timer,
-        output_dir: Path,
-        inputs,
-    ) -> None:
-        """model.fit(train_data(batches to skip), **fit_args) from the start point on, with the
-        stop signals handled and this module's callbacks after fit_args'; `timer` (train.EpochTimes)
-        times the step backups. A fault is raised as one line once the failed fit is let go."""
-        steps, epochs = fit_args["steps_per_epoch"], fit_args["epochs"]
-        guard = StopOnNonFiniteLoss()
-        with StopRequest(self.run_dir).installed() as stop:
-            backup = StepBackup(
-                output_dir, self.backup_every, epochs, steps, self.start, stop, timer, self.epoch_metrics
-            )
-            fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], guard, backup]}
-            fault = None
-            try:
-                fit_from(model, train_data, fit_args, self.start, output_dir)
-            except Exception as error:
-                fault = self.fault(error, model, output_dir, inputs.cache)
-                if fault is None:
-                    raise
-            # Raised only now, the failed fit's objects gone (the data iterator holding cache files
-            # open, h5py's file): they would write into what the error's cleanup removes.
-            if fault == "cache":
-                raise file_cache_full_error(
-                    inputs.cache, [inputs.train_files, inputs.validation_files], self.config, self.run_dir
-                )
-            if fault == "run":
-                raise disk_full_error(model, output_dir)
-        if guard.failed_at:
-            raise non_finite_loss_error(guard.failed_at, self.run_dir)
+    def guard(self, model: keras.Model, output_dir: Path, inputs, timer) -> Guard:
+        """The guard of the fits (see Guard); `inputs` is train.Inputs, `timer` train.EpochTimes."""
+        return Guard(self, model, output_dir, inputs, timer)
 
-    def fault(self, error: Exception, model: keras.Model, output_dir: Path, cache: str) -> str | None:
-        """What a full disk filled, "cache" or "run"; a stop or a lost worker raised as one line;
-        None for another error."""
+
+class Guard:
+    """Entered around the fits: handles SIGTERM and Ctrl-C, gives their callbacks (the NaN guard,
+    then StepBackup: last, as they may end training) and the fits from the start point
+    (`fits`), and turns what stops them into one line that says how to go on."""
+
+    def __init__(self, recovery: Recovery, model: keras.Model, output_dir: Path, inputs, timer):
+        self.recovery, self.model, self.output_dir, self.inputs = recovery, model, output_dir, inputs
+        self.config, self.run_dir, self.start = recovery.config, recovery.run_dir, recovery.start
+        self.stop = StopRequest(self.run_dir)
+        self.nan_guard = StopOnNonFiniteLoss()
+        epochs, steps = self.config["epochs"], inputs.train_steps
+        backup = StepBackup(output_dir, recovery.backup_every, epochs, steps, self.start, self.stop, timer)
+        backup.epoch_metrics = recovery.epoch_metrics
+        self.callbacks: list[keras.callbacks.Callback] = [self.nan_guard, backup]
+        self.signals = contextlib.ExitStack()
+
+    def fits(self) -> Iterator[tuple[int, dict]]:
+        """(batches of the data stream to skip, model.fit's epoch arguments) of each fit: Keras
+        fits whole epochs, so the rest of an interrupted epoch is a fit of its own."""
+        steps, epoch, epochs = self.inputs.train_steps, self.start.epoch, self.config["epochs"]
+        if self.start.step:
+            rest = {"initial_epoch": epoch, "epochs": epoch + 1, "steps_per_epoch": steps - self.start.step}
+            yield epoch * steps + self.start.step, rest
+            epoch += 1
+            kept = latest_checkpoint(self.output_dir)
+            if kept and kept[0] == epoch:
+                # fit ends by copying the EMA weights into the model: go on from the trained
+                # weights, which the epoch checkpoint just written holds.
+                load_checkpoint(self.model, kept[1])
+        if epoch < epochs and not self.model.stop_training:  # set by StopOnNonFiniteLoss
+            yield epoch * steps, {"initial_epoch": epoch, "epochs": epochs, "steps_per_epoch": steps}
+
+    def __enter__(self) -> Guard:
+        self.signals.enter_context(self.stop.installed())
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: object) -> None:
+        with self.signals:
+            if error is None and self.nan_guard.failed_at:
+                raise non_finite_loss_error(self.nan_guard.failed_at, self.run_dir)
+            if not isinstance(error, Exception):
+                return
+            self.raise_one_line(error)
+            fault = full_disk(error, self.model, self.output_dir, self.inputs.cache)
+            if fault:
+                # The failed fit's objects (the data iterator holding cache files open, h5py's file)
+                # let go first: they would write into what the error's cleanup removes.
+                traceback.clear_frames(trace)
+                del error, trace
+                if fault == "cache":
+                    inputs = self.inputs
+                    file_lists = [inputs.train_files, inputs.validation_files]
+                    raise file_cache_full_error(inputs.cache, file_lists, self.config, self.run_dir)
+                raise disk_full_error(self.model, self.output_dir)
+
+    def raise_one_line(self, error: Exception) -> None:
+        """A stop by a signal or a lost worker, told in one line that says how to go on."""
         run_dir = self.run_dir
         if isinstance(error, TrainingStopped):
             resume = resume_command(run_dir)
@@ -140,39 +163,19 @@ class Recovery:
                 f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
                 f"worker with --resume {run_dir} --strategy multiworker, or go on alone with --resume {run_dir}"
             ) from None
-        # A full disk: h5py raises OSError or RuntimeError, TensorFlow's checkpoint an OpError,
-        # tf.data's file cache a ResourceExhaustedError.
-        if isinstance(error, (OSError, RuntimeError, tf.errors.OpError)):
-            if fills_file_cache(error, cache):
-                return "cache"
-            if getattr(error, "errno", None) in NO_SPACE or disk_is_full(model, output_dir):
-                return "run"
+
+
+def full_disk(error: Exception, model: keras.Model, output_dir: Path, cache: str) -> str | None:
+    """What `error` found full: "cache" (the file cache's disk), "run" (the run folder's), or None.
+    h5py raises OSError or RuntimeError, TensorFlow's checkpoint an OpError, tf.data's file cache
+    a ResourceExhaustedError."""
+    if not isinstance(error, (OSError, RuntimeError, tf.errors.OpError)):
         return None
-
-
-def fit_from(
-    model: keras.Model,
-    train_data: Callable[[int], tf.data.Dataset],
-    fit_args: dict,
-    start: StartPoint,
-    output_dir: Path,
-) -> None:
-    """The fit from `start`: Keras fits whole epochs, so the rest of an interrupted epoch is a fit
-    of its own."""
-    steps, epoch = fit_args["steps_per_epoch"], start.epoch
-    if start.step:
-        model.fit(
-            train_data(epoch * steps + start.step),
-            **{**fit_args, "epochs": epoch + 1, "initial_epoch": epoch, "steps_per_epoch": steps - start.step},
-        )
-        epoch += 1
-        kept = latest_checkpoint(output_dir)
-        if kept and kept[0] == epoch:
-            # fit ends by copying the EMA weights into the model: go on from the trained weights,
-            # which the epoch checkpoint just written holds.
-            load_checkpoint(model, kept[1])
-    if epoch < fit_args["epochs"] and not model.stop_training:  # set by StopOnNonFiniteLoss
-        model.fit(train_data(epoch * steps), initial_epoch=epoch, **fit_args)
+    if fills_file_cache(error, cache):
+        return "cache"
+    if getattr(error, "errno", None) in NO_SPACE or disk_is_full(model, output_dir):
+        return "run"
+    return None
 
 
 # --------------------------------------------------------------------------- where a run goes on
@@ -280,15 +283,13 @@ class StepBackup(keras.callbacks.Callback):
     a step). PreemptionCheckpointHandler does the same, but with a checkpoint of its own, and asks
     Google Cloud's metadata server whether it runs there on every start."""
 
-    def __init__(
-        self, run_dir: Path, every: int, epochs: int, steps_per_epoch: int, start: StartPoint,
-        stop: StopRequest, timer, epoch_metrics: list[np.ndarray] | None,
-    ):  # fmt: skip
+    def __init__(self, run_dir: Path, every: int, epochs: int, steps: int, start: StartPoint, stop: StopRequest, timer):
         super().__init__()
         self.run_dir, self.folder = run_dir, run_dir / CHECKPOINT_DIR / BACKUP_DIR
-        self.every, self.epochs, self.steps_per_epoch = every, epochs, steps_per_epoch
-        self.steps_done = start.epoch * steps_per_epoch + start.step  # optimizer steps since the run began
-        self.stop, self.timer, self.epoch_metrics = stop, timer, epoch_metrics
+        self.every, self.epochs, self.steps_per_epoch = every, epochs, steps
+        self.steps_done = start.epoch * steps + start.step  # optimizer steps since the run began
+        self.stop, self.timer = stop, timer  # timer: train.EpochTimes, which times the backups as artifacts
+        self.epoch_metrics: list[np.ndarray] | None = None  # a resumed epoch's running means, to put back
         self.manager: tf.train.CheckpointManager | None = None
         self.position = tf.Variable([0, 0], dtype=tf.int64)
         self.saved_at = -1

@@ -235,16 +235,17 @@ def train(
             *([keras.callbacks.ProgbarLogger()] if verbose else []),
             timer,
         ]
-        fit_args = {
-            "epochs": config["epochs"],
-            "steps_per_epoch": inputs.train_steps,
-            "validation_data": inputs.validation_data,
-            "validation_steps": inputs.validation_steps,
-            "callbacks": callbacks,
-            "verbose": verbose,
-            "shuffle": False,  # the dataset shuffles itself, seeded
-        }
-        recovery.fit(model, inputs.train_data, fit_args, timer, output_dir, inputs)
+        with recovery.guard(model, output_dir, inputs, timer) as guard:
+            for skip_batches, epochs in guard.fits():
+                model.fit(
+                    inputs.train_data(skip_batches),
+                    validation_data=inputs.validation_data,
+                    validation_steps=inputs.validation_steps,
+                    callbacks=[*callbacks, *guard.callbacks],
+                    verbose=verbose,
+                    shuffle=False,  # the dataset shuffles itself, seeded
+                    **epochs,
+                )
     if not chief:
         print(f"done: this worker's share of {run_dir}, which the chief worker writes")
         return
