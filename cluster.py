@@ -1,4 +1,5 @@
-"""The tf.distribute strategy of a training run, and a multi-worker cluster's start and end.
+"""The tf.distribute strategy of a training run, its replicas' shares of a batch, and a
+multi-worker cluster's start and end.
 
 --strategy multiworker reads TF_CONFIG (checked by train_cli) and waits at most
 --worker-start-timeout for every worker, naming those that did not start. Only the chief writes
@@ -26,6 +27,7 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow.python.eager import context  # the coordination service's settings (see above)
 
+import data
 import train_cli
 from runs import native_start_up_lines_filtered
 from train_cli import RunError
@@ -138,3 +140,50 @@ def quiet_native_log() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
+
+
+def steps_per_pass(
+    train_files: list[Path], validation_files: list[Path], batch_size: int, replicas: int, drop_remainder: bool
+) -> tuple[int, int]:
+    """The batches of a pass over the training and the validation files, saying how many images
+    even_batches leaves out of them."""
+    train_steps, train_left = batches_per_pass("training", train_files, batch_size, replicas, drop_remainder)
+    validation_steps, validation_left = batches_per_pass("validation", validation_files, batch_size, replicas, False)
+    if replicas > 1 and train_left + validation_left:
+        print(
+            f"{replicas} replicas: each batch is cut to a multiple of {replicas} images, so that every replica gets "
+            f"an equal share; left out per epoch: {train_left} of the {len(train_files)} training images and "
+            f"{validation_left} of the {len(validation_files)} validation images"
+        )
+    return train_steps, validation_steps
+
+
+def batches_per_pass(
+    split: str, files: list[Path], batch_size: int, replicas: int, drop_remainder: bool
+) -> tuple[int, int]:
+    """(batches, images left out) of one pass over `files`: a short last batch is dropped with
+    `drop_remainder`, else cut to a multiple of the replicas (even_batches). RunError when a pass
+    would hold no batch at all."""
+    count = len(files)
+    if count < batch_size and replicas > 1:
+        count = sum(map(data.is_readable_image, files))  # one short batch: count what it will hold
+    full, rest = divmod(count, batch_size)
+    kept = 0 if drop_remainder else rest // replicas * replicas
+    if full == 0 and kept == 0:
+        raise RunError(
+            f"the {count} readable {split} image(s) cannot be shared by the {replicas} replicas; "
+            f"use at least {replicas} images"
+        )
+    return full + (kept > 0), rest - kept
+
+
+def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """Each batch cut to a multiple of `replicas`, the empty ones dropped: tf.distribute gives each
+    replica ceil(n / replicas) of a batch of n, so a short last batch would leave a replica with no
+    image (which crashes inside BatchNormalization on some CPUs) or with a smaller share than the
+    others (the step's loss scaling assumes equal ones)."""
+    if replicas == 1:
+        return dataset
+    return dataset.map(lambda images: images[: tf.shape(images)[0] // replicas * replicas]).filter(
+        lambda images: tf.shape(images)[0] > 0
+    )

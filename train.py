@@ -16,19 +16,17 @@ loss_curves.png, reconstructions/, samples/, tensorboard/ and latent_density.jso
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import train_cli
-from errors import batches, run_main
+from errors import run_main
 from runs import native_start_up_lines_filtered
 
 if __name__ == "__main__":
@@ -45,28 +43,15 @@ with native_start_up_lines_filtered():
 import cluster  # noqa: E402
 import data  # noqa: E402
 import latent  # noqa: E402
+import runs  # noqa: E402
 import vae  # noqa: E402
+from epoch_log import EpochTimes, History, cpu_seconds  # noqa: E402
 from images import make_grid, save_image  # noqa: E402
-from recipe import DEFAULTS, training_splits  # noqa: E402
+from recipe import training_splits  # noqa: E402
 from recovery import Recovery, refuse_if_disk_full  # noqa: E402
-from runs import (  # noqa: E402
-    CHECKPOINT_DIR,
-    CONFIG_FILE,
-    HISTORY_FILE,
-    LOSS_CURVES_FILE,
-    RECONSTRUCTIONS_DIR,
-    SAMPLES_DIR,
-    TENSORBOARD_DIR,
-    Progress,
-    RunFolderError,
-    keras_file,
-    load_model,
-    write_text_atomic,
-)
 from train_cli import NO_SPACE, RunError, TrainingStopped  # noqa: E402
 
 GRID_COLUMNS = 8
-TIMING_COLUMNS = ("seconds_steps", "seconds_validation", "seconds_artifacts", "images_per_cpu_second")  # history.csv
 DENSITY_BATCH = 256  # images per encoder call when fitting the latent density
 
 
@@ -114,37 +99,6 @@ def load_splits(config: dict) -> tuple[list[Path], list[Path], data.Dataset]:
     return train_files, validation_files, dataset
 
 
-def batches_per_pass(
-    split: str, files: list[Path], batch_size: int, replicas: int, drop_remainder: bool
-) -> tuple[int, int]:
-    """(batches, images left out) of one pass over `files`: a short last batch is dropped with
-    `drop_remainder`, else cut to a multiple of the replicas (even_batches). RunError when a pass
-    would hold no batch at all."""
-    count = len(files)
-    if count < batch_size and replicas > 1:
-        count = sum(map(data.is_readable_image, files))  # one short batch: count what it will hold
-    full, rest = divmod(count, batch_size)
-    kept = 0 if drop_remainder else rest // replicas * replicas
-    if full == 0 and kept == 0:
-        raise RunError(
-            f"the {count} readable {split} image(s) cannot be shared by the {replicas} replicas; "
-            f"use at least {replicas} images"
-        )
-    return full + (kept > 0), rest - kept
-
-
-def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
-    """Each batch cut to a multiple of `replicas`, the empty ones dropped: tf.distribute gives each
-    replica ceil(n / replicas) of a batch of n, so a short last batch would leave a replica with no
-    image (which crashes inside BatchNormalization on some CPUs) or with a smaller share than the
-    others (the step's loss scaling assumes equal ones)."""
-    if replicas == 1:
-        return dataset
-    return dataset.map(lambda images: images[: tf.shape(images)[0] // replicas * replicas]).filter(
-        lambda images: tf.shape(images)[0] > 0
-    )
-
-
 def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     """The training and validation streams, once the data are found and known to fit in memory."""
     train_files, validation_files, dataset = load_splits(config)
@@ -153,14 +107,9 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
     # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
     drop_remainder = len(train_files) >= batch_size
-    train_steps, train_left = batches_per_pass("training", train_files, batch_size, replicas, drop_remainder)
-    validation_steps, validation_left = batches_per_pass("validation", validation_files, batch_size, replicas, False)
-    if replicas > 1 and train_left + validation_left:
-        print(
-            f"{replicas} replicas: each batch is cut to a multiple of {replicas} images, so that every replica gets "
-            f"an equal share; left out per epoch: {train_left} of the {len(train_files)} training images and "
-            f"{validation_left} of the {len(validation_files)} validation images"
-        )
+    train_steps, validation_steps = cluster.steps_per_pass(
+        train_files, validation_files, batch_size, replicas, drop_remainder
+    )
     cache = cluster.worker_cache(config["cache"], strategy)
     size, channels, crop = config["image_size"], config["channels"], config["crop"]
     if cache == "memory":
@@ -175,32 +124,27 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
             train_files, shuffle=True, seed=config["seed"], drop_remainder=drop_remainder, repeat=True,
             skip_batches=skip_batches, **image_args,
         )  # fmt: skip
-        return even_batches(stream, replicas)
+        return cluster.even_batches(stream, replicas)
 
     validation = data.make_dataset(validation_files, repeat=True, **image_args)
     preview_files = validation_files[: 2 * GRID_COLUMNS]  # read once: not cached
     preview = data.make_dataset(preview_files, **{**image_args, "cache": "none", "batch_size": 2 * GRID_COLUMNS})
     return Inputs(
         dataset, train_files, validation_files, cache, train_steps, validation_steps,
-        even_batches(validation, replicas), next(iter(preview)).numpy(), train_data,
+        cluster.even_batches(validation, replicas), next(iter(preview)).numpy(), train_data,
     )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- training
 def train(
-    config: dict,
-    resume: bool = False,
-    verbose: int = 1,
-    backup_every: int = DEFAULTS["backup_every"],
-    tensorboard: bool = True,
-    worker_start_timeout: float = DEFAULTS["worker_start_timeout"],
+    config: dict, resume: bool, verbose: int, backup_every: int, tensorboard: bool, worker_timeout: float
 ) -> None:
     """Train (or continue) the run described by `config`, in a run folder train_cli has checked
     and locked."""
     run_dir = Path(config["run_dir"])
     # First: MultiWorkerMirroredStrategy must configure collective ops before TensorFlow runs any
     # op (reading a step backup runs some).
-    strategy = cluster.start_strategy(config, worker_start_timeout)
+    strategy = cluster.start_strategy(config, worker_timeout)
     recovery = Recovery(config, resume, backup_every)
     # The same seeds as an uninterrupted run: the data stream skips the batches already trained
     # on, and the sampling noise's state comes back with the checkpoint.
@@ -221,10 +165,11 @@ def train(
         recovery.restore(model, inputs.train_steps)
         # Only now: a resume refused for a damaged checkpoint or an edited config leaves config.json as it was.
         config_text = json.dumps({k: v for k, v in config.items() if k != "run_dir"}, indent=2)
-        write_text_atomic(output_dir / CONFIG_FILE, config_text + "\n")
-        summary_dir = output_dir / TENSORBOARD_DIR if tensorboard and chief else None  # only the chief logs
+        runs.write_text_atomic(output_dir / runs.CONFIG_FILE, config_text + "\n")
+        summary_dir = output_dir / runs.TENSORBOARD_DIR if tensorboard and chief else None  # only the chief logs
         history = History(output_dir, recovery.start.epoch)
-        timer = EpochTimes(history, config, verbose, density_images(config, inputs) if chief else 0)
+        validation_images = inputs.validation_steps * config["batch_size"]
+        timer = EpochTimes(history, config, verbose, density_images(config, inputs) if chief else 0, validation_images)
         callbacks = [
             EMAForValidation(),
             SaveArtifacts(config, inputs.preview, output_dir, summary_dir / "grids" if summary_dir else None),
@@ -325,18 +270,18 @@ class SaveArtifacts(keras.callbacks.Callback):
         for part in ("encoder", "decoder"):
             partial = self.run_dir / f".{part}.partial.keras"
             getattr(exported, part).save(partial)
-            os.replace(partial, self.run_dir / keras_file(part))
+            os.replace(partial, self.run_dir / runs.keras_file(part))
         mu, _ = exported.encoder(self.preview_images, training=False)
         reconstructions = exported.decoder(mu, training=False).numpy()
         samples = exported.decoder(self.prior_noise, training=False).numpy()
-        rows = []  # originals over their reconstructions, row by row
-        for originals, reconstructed in zip(
-            batches(self.preview_images, GRID_COLUMNS), batches(reconstructions, GRID_COLUMNS), strict=True
-        ):
-            rows += [originals, reconstructed]
+        rows = [  # originals over their reconstructions
+            images[start : start + GRID_COLUMNS]
+            for start in range(0, len(reconstructions), GRID_COLUMNS)
+            for images in (self.preview_images, reconstructions)
+        ]
         grids = {
-            RECONSTRUCTIONS_DIR: make_grid(rows),
-            SAMPLES_DIR: make_grid(samples.reshape(2, GRID_COLUMNS, *samples.shape[1:])),
+            runs.RECONSTRUCTIONS_DIR: make_grid(rows),
+            runs.SAMPLES_DIR: make_grid(samples.reshape(2, GRID_COLUMNS, *samples.shape[1:])),
         }
         for folder, grid in grids.items():
             save_image(grid, self.run_dir / folder / f"epoch_{epoch + 1:03d}.png")
@@ -353,67 +298,13 @@ class SaveArtifacts(keras.callbacks.Callback):
             self.writer = None
 
 
-class History(keras.callbacks.Callback):
-    """history.csv (rewritten atomically each epoch) and loss_curves.png. Written before the epoch
-    checkpoint, so that a checkpoint always has its row; EpochTimes adds the epoch's timings after it."""
-
-    def __init__(self, run_dir: Path, initial_epoch: int):
-        super().__init__()
-        self.csv_path, self.plot_path = run_dir / HISTORY_FILE, run_dir / LOSS_CURVES_FILE
-        self.rows = read_history(self.csv_path)[:initial_epoch] if initial_epoch else []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.rows.append({"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}})
-        self.write()
-        plot_history(self.rows, self.plot_path)
-
-    def write(self) -> None:
-        columns = list(dict.fromkeys(key for r in self.rows for key in r))
-        lines = [",".join(columns)] + [",".join(str(r.get(c, "")) for c in columns) for r in self.rows]
-        write_text_atomic(self.csv_path, "\n".join(lines) + "\n")
-
-
-def read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return [
-            {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
-            for row in csv.DictReader(handle)
-        ]
-
-
-def plot_history(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from images import atomic_write
-
-    panels = [("loss", "total loss"), ("reconstruction", "reconstruction"), ("kl", "KL"), ("mse", "per-pixel MSE")]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    epochs = [r["epoch"] for r in rows]
-    for axis, (key, title) in zip(axes, panels, strict=True):
-        for prefix, label in (("", "train"), ("val_", "validation")):
-            axis.plot(epochs, [r.get(prefix + key, float("nan")) for r in rows], marker="o", markersize=3, label=label)
-        axis.set_title(title)
-        axis.set_xlabel("epoch")
-        axis.grid(alpha=0.3)
-    axes[0].legend()
-    figure.tight_layout()
-    with atomic_write(path) as temporary:
-        figure.savefig(temporary, dpi=100, format="png")
-    plt.close(figure)
-
-
 class Checkpoint(keras.callbacks.Callback):
     """Full training state every epoch, atomically: written to a temporary file, renamed into
     checkpoint/epoch_NNN.weights.h5, and only then are older checkpoints removed."""
 
     def __init__(self, run_dir: Path):
         super().__init__()
-        self.run_dir, self.folder = run_dir, run_dir / CHECKPOINT_DIR
+        self.run_dir, self.folder = run_dir, run_dir / runs.CHECKPOINT_DIR
 
     def on_epoch_end(self, epoch, logs=None):
         if not epoch_is_finite(logs):
@@ -426,95 +317,6 @@ class Checkpoint(keras.callbacks.Callback):
         for older in self.folder.glob("epoch_*.weights.h5"):
             if older != final:
                 older.unlink()
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process, all its threads (user + system)."""
-    times = os.times()
-    return times.user + times.system
-
-
-class EpochTimes(keras.callbacks.Callback):
-    """Where an epoch's time goes, added to its history.csv row (TIMING_COLUMNS) and, unless
-    verbose is 0, printed: the training steps (their images per CPU-second too), validation and
-    the artifacts (step backups, models, grids, history, checkpoint, TensorBoard), with the time
-    left, the latent density's fit of `density_images` included. After those among the callbacks."""
-
-    def __init__(self, history: History, config: dict, verbose: int, density_images: int = 0):
-        super().__init__()
-        self.history, self.batch_size, self.epochs, self.verbose = (
-            history,
-            config["batch_size"],
-            config["epochs"],
-            verbose,
-        )
-        self.density_images, self.density_latent = density_images, config["latent_dim"]
-        self.marks: dict[str, tuple[float, float]] = {}
-        self.steps = 0
-        self.backups = [0.0, 0.0]  # seconds and CPU-seconds in step backups
-        self.validation_batches = 0
-        self.validation_rate = 0.0  # images a second validation ran the encoder and the decoder on
-
-    def mark(self, name: str) -> None:
-        self.marks[name] = (time.perf_counter(), cpu_seconds())
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.marks, self.steps, self.backups, self.validation_batches = {}, 0, [0.0, 0.0], 0
-        self.mark("begin")
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-
-    def on_test_begin(self, logs=None):
-        self.mark("validation")
-
-    def on_test_batch_end(self, batch, logs=None):
-        self.validation_batches += 1
-
-    def on_test_end(self, logs=None):
-        self.mark("artifacts")
-
-    @contextlib.contextmanager
-    def backup(self) -> Iterator[None]:
-        """Time a step backup as an artifact rather than as training steps."""
-        started, cpu = time.perf_counter(), cpu_seconds()
-        yield
-        self.backups[0] += time.perf_counter() - started
-        self.backups[1] += cpu_seconds() - cpu
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.mark("end")
-        begin, end = self.marks["begin"], self.marks["end"]
-        validation, artifacts = self.marks.get("validation", end), self.marks.get("artifacts", end)
-        steps_cpu = validation[1] - begin[1] - self.backups[1]
-        figures = {
-            "seconds_steps": validation[0] - begin[0] - self.backups[0],
-            "seconds_validation": artifacts[0] - validation[0],
-            "seconds_artifacts": end[0] - artifacts[0] + self.backups[0],
-            "images_per_cpu_second": self.steps * self.batch_size / steps_cpu if steps_cpu > 0 else float("nan"),
-        }
-        if figures["seconds_validation"] > 0:
-            self.validation_rate = self.validation_batches * self.batch_size / figures["seconds_validation"]
-        self.history.rows[-1].update({key: round(value, 3) for key, value in figures.items()})
-        self.history.write()
-        if self.verbose:
-            total, left = end[0] - begin[0], self.epochs - epoch - 1
-            # Validation ran the encoder and the decoder: the density fit encodes at least as fast.
-            to_go = left * total + latent.fit_seconds(self.density_images, self.density_latent, self.validation_rate)
-            print(
-                f"epoch {epoch + 1}: {total:.1f} s: training steps {figures['seconds_steps']:.1f} s "
-                f"({figures['images_per_cpu_second']:.0f} images per CPU-second), validation "
-                f"{figures['seconds_validation']:.1f} s, artifacts {figures['seconds_artifacts']:.1f} s "
-                f"({(total - figures['seconds_steps']) / total:.0%} of the epoch around the steps); about "
-                f"{duration_text(to_go)} to go"
-                + (f" for the {left} epoch(s) left and the latent density" if left else " for the latent density"),
-                flush=True,
-            )
-
-
-def duration_text(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 
 
 # --------------------------------------------------------------------------- latent density
@@ -530,11 +332,11 @@ def fit_density(run_dir: Path, inputs: Inputs, config: dict) -> None:
     failure here loses no training, so it is reported with the command to retry."""
     splits = training_splits(config)
     try:
-        encoder = load_model(run_dir, "encoder", config)
+        encoder = runs.load_model(run_dir, "encoder", config)
         shape = (None, config["image_size"], config["image_size"], config["channels"])
         means = tf.function(lambda images: encoder(images, training=False)[0], input_signature=[tf.TensorSpec(shape)])
         total = density_images(config, inputs)
-        progress = Progress(total, "latent density: encoded")
+        progress = runs.Progress(total, "latent density: encoded")
         started = cpu_seconds()
         if "validation" in splits:  # the validation images are trained on: k is chosen on the train split's
             validation = set(inputs.validation_files)
@@ -559,13 +361,13 @@ def fit_density(run_dir: Path, inputs: Inputs, config: dict) -> None:
         )
         latent.describe_fit(density, splits, len(fit_means) + len(heldout) * ("validation" in splits), run_dir.name)
         path = latent.write_density(density, run_dir)
-    except (latent.DensityError, RunFolderError, data.DataError) as error:
+    except (latent.DensityError, runs.RunFolderError, data.DataError) as error:
         print(f"warning: no latent density was fitted ({error}); retry with: python latent.py --run {run_dir}")
         return
     print(f"wrote {path}: {density.components} Gaussian component(s), chosen on the validation images")
 
 
-def encode(means: Callable, stream: tf.data.Dataset, count: int, seed: int, progress: Progress) -> np.ndarray:
+def encode(means: Callable, stream: tf.data.Dataset, count: int, seed: int, progress: runs.Progress) -> np.ndarray:
     """The posterior means [N, D] of the images of `stream`, DENSITY_BATCH a call; of a
     seeded random subset of latent.MAX_FIT_IMAGES of them when it holds more (at most `count`)."""
     images = stream.unbatch()
@@ -601,7 +403,7 @@ def train_command(argv: Sequence[str] | None = None) -> None:
         with train_cli.locked_run_folder(run_dir, config, resume) if writes else contextlib.nullcontext():
             train_cli.check_cache_folder(config["cache"])
             train(config, resume, verbose, args.backup_every, args.tensorboard, args.worker_start_timeout)
-    except (RunFolderError, data.DataError) as error:  # the user errors of runs.py and data.py
+    except (runs.RunFolderError, data.DataError) as error:  # the user errors of runs.py and data.py
         raise RunError(str(error)) from None
     except TrainingStopped as stopped:
         # On a line of its own, also after a progress bar that Keras rewrites in place on a terminal.

@@ -107,6 +107,7 @@ def train_run() -> dict:
     from PIL import Image
 
     import cluster
+    import epoch_log
     import runs
     import train
     import train_cli
@@ -128,7 +129,7 @@ def train_run() -> dict:
         except train_cli.RunError as error:
             errors[name] = str(error)
     train.train_command([*args, "--batch-size", "4", "--out", str(folder / "short")])
-    rows = train.read_history(run / "history.csv")
+    rows = epoch_log.read_history(run / "history.csv")
     return {
         "replicas": cluster.choose_strategy("mirrored").num_replicas_in_sync,
         "epochs": len(rows),
@@ -137,7 +138,7 @@ def train_run() -> dict:
         "output": output.getvalue(),
         "odd_batch_error": errors.get("odd", ""),
         "single_image_error": errors.get("single", ""),
-        "short_batch_epochs": len(train.read_history(folder / "short" / "history.csv")),
+        "short_batch_epochs": len(epoch_log.read_history(folder / "short" / "history.csv")),
     }
 
 

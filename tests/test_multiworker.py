@@ -23,6 +23,7 @@ from helpers import REPO, tiny_train_args
 from test_recovery import final_state
 
 import cluster
+import epoch_log
 import recovery
 import runs
 import train
@@ -116,7 +117,7 @@ def relative_difference(run: Path, reference: Path) -> float:
 
 
 def history(run: Path) -> list[dict]:
-    return train.read_history(run / "history.csv")
+    return epoch_log.read_history(run / "history.csv")
 
 
 def test_two_workers_train_as_one_process_on_the_global_batch(face_folder, tmp_path):
@@ -145,7 +146,7 @@ def test_two_workers_train_as_one_process_on_the_global_batch(face_folder, tmp_p
     for chief_row, single_row in zip(history(chief_run), history(single_run), strict=True):
         assert chief_row.keys() == single_row.keys()
         for key, value in single_row.items():
-            if key not in train.TIMING_COLUMNS:
+            if key not in epoch_log.TIMING_COLUMNS:
                 assert chief_row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 

@@ -17,6 +17,7 @@ from helpers import REPO, tiny_train_args
 from tensorflow.python.checkpoint import checkpoint_management
 from tensorflow.python.ops import gen_io_ops
 
+import epoch_log
 import recovery
 import runs
 import train
@@ -90,9 +91,9 @@ def test_killed_run_resumes_from_its_step_backup_and_ends_as_an_uninterrupted_ru
         weights = [keras.saving.load_model(folder / name, safe_mode=True).get_weights() for folder in (straight, run)]
         for a, b in zip(*weights, strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    rows = [train.read_history(folder / "history.csv") for folder in (straight, run)]
+    rows = [epoch_log.read_history(folder / "history.csv") for folder in (straight, run)]
     for expected, resumed in zip(*rows, strict=True):
-        for column in train.TIMING_COLUMNS:
+        for column in epoch_log.TIMING_COLUMNS:
             del expected[column], resumed[column]
         assert resumed == pytest.approx(expected, rel=1e-5)
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 from helpers import CELEBA_SAMPLE, REPO, tiny_train_args, write_faces
 from PIL import Image
 
+import epoch_log
 import images
 import inference
 import latent
@@ -41,8 +42,8 @@ def assert_same_history(run_a: Path, run_b: Path) -> None:
     rows_a, rows_b = history_rows(run_a), history_rows(run_b)
     assert [row.keys() for row in rows_a] == [row.keys() for row in rows_b]
     for row_a, row_b in zip(rows_a, rows_b, strict=True):
-        assert {k: float(v) for k, v in row_a.items() if k not in train.TIMING_COLUMNS} == pytest.approx(
-            {k: float(v) for k, v in row_b.items() if k not in train.TIMING_COLUMNS}, rel=1e-6
+        assert {k: float(v) for k, v in row_a.items() if k not in epoch_log.TIMING_COLUMNS} == pytest.approx(
+            {k: float(v) for k, v in row_b.items() if k not in epoch_log.TIMING_COLUMNS}, rel=1e-6
         )
 
 
@@ -63,8 +64,8 @@ def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path):
     rows = history_rows(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["loss"]) < 0.8 * float(rows[0]["loss"])
-    assert {"loss", "reconstruction", "kl", "mse", "val_loss", "val_mse", *train.TIMING_COLUMNS} <= set(rows[0])
-    assert all(float(row[column]) > 0 for row in rows for column in train.TIMING_COLUMNS)
+    assert {"loss", "reconstruction", "kl", "mse", "val_loss", "val_mse", *epoch_log.TIMING_COLUMNS} <= set(rows[0])
+    assert all(float(row[column]) > 0 for row in rows for column in epoch_log.TIMING_COLUMNS)
     config = json.loads((run / "config.json").read_text())
     assert config["latent_dim"] == 8 and config["filters"] == [8, 16] and config["image_size"] == 16
     encoder = keras.saving.load_model(run / "encoder.keras", safe_mode=True)
@@ -85,8 +86,8 @@ def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path):
 
 def test_history_gains_the_timing_columns_and_an_older_history_csv_still_reads(tmp_path):
     (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n1,0.5,0.6\n")  # written before the timings
-    history = train.History(tmp_path, initial_epoch=1)
-    timer = train.EpochTimes(history, {"batch_size": 4, "epochs": 2, "latent_dim": 8}, verbose=0)
+    history = epoch_log.History(tmp_path, initial_epoch=1)
+    timer = epoch_log.EpochTimes(history, {"batch_size": 4, "epochs": 2, "latent_dim": 8}, verbose=0)
     timer.on_epoch_begin(1)
     started = time.perf_counter()
     while time.perf_counter() < started + 0.05:  # steps that take some time (wall-clock: other threads add CPU time)
@@ -99,9 +100,9 @@ def test_history_gains_the_timing_columns_and_an_older_history_csv_still_reads(t
     timer.on_test_end()
     history.on_epoch_end(1, {"loss": 0.4, "val_loss": 0.5})
     timer.on_epoch_end(1)
-    old, new = train.read_history(tmp_path / "history.csv")
+    old, new = epoch_log.read_history(tmp_path / "history.csv")
     assert old == {"epoch": 1, "loss": 0.5, "val_loss": 0.6}
-    assert new.keys() == {"epoch", "loss", "val_loss", *train.TIMING_COLUMNS} and new["loss"] == 0.4
+    assert new.keys() == {"epoch", "loss", "val_loss", *epoch_log.TIMING_COLUMNS} and new["loss"] == 0.4
     assert new["seconds_steps"] >= 0.05 and new["seconds_artifacts"] >= new["seconds_validation"] >= 0
     assert 0 < new["images_per_cpu_second"] < float("inf")
 
