@@ -56,13 +56,16 @@ class StartPoint:
 
 
 class Recovery:
-    """Resume, step backups, stop signals and faults of the run in config["run_dir"]."""
+    """Resuming the run in config["run_dir"], and the guard of its fits: entered around them
+    (`guard`), it handles SIGTERM and Ctrl-C, gives their callbacks (the NaN guard, then
+    StepBackup: last, as they may end training) and the fits from the start point (`fits`), and
+    turns what stops them into one line that says how to go on."""
 
     def __init__(self, config: dict, resume: bool, backup_every: int):
-        self.config, self.backup_every = config, backup_every
-        self.run_dir = Path(config["run_dir"])
+        self.config, self.backup_every, self.run_dir = config, backup_every, Path(config["run_dir"])
         self.start = start_point(self.run_dir, config["epochs"]) if resume else StartPoint()
         self.epoch_metrics: list[np.ndarray] | None = None  # a resumed epoch's running means
+        self.signals = contextlib.ExitStack()
 
     def restore(self, model: keras.Model, train_steps: int) -> None:
         """Load the state training starts from into `model`."""
@@ -87,34 +90,22 @@ class Recovery:
             return
         print(f"resuming {run_dir} {where} (optimizer step {int(model.optimizer.iterations.numpy())}{source})")
 
-    def guard(self, model: keras.Model, output_dir: Path, inputs, timer) -> Guard:
-        """The guard of the fits (see Guard); `inputs` is train.Inputs, `timer` train.EpochTimes."""
-        return Guard(self, model, output_dir, inputs, timer)
-
-
-class Guard:
-    """Entered around the fits: handles SIGTERM and Ctrl-C, gives their callbacks (the NaN guard,
-    then StepBackup: last, as they may end training) and the fits from the start point
-    (`fits`), and turns what stops them into one line that says how to go on."""
-
-    def __init__(self, recovery: Recovery, model: keras.Model, output_dir: Path, inputs, timer):
-        self.recovery, self.model, self.output_dir, self.inputs = recovery, model, output_dir, inputs
-        self.config, self.run_dir, self.start = recovery.config, recovery.run_dir, recovery.start
-        self.stop = StopRequest(self.run_dir)
-        self.nan_guard = StopOnNonFiniteLoss()
-        epochs, steps = self.config["epochs"], inputs.train_steps
-        backup = StepBackup(output_dir, recovery.backup_every, epochs, steps, self.start, self.stop, timer)
-        backup.epoch_metrics = recovery.epoch_metrics
-        self.callbacks: list[keras.callbacks.Callback] = [self.nan_guard, backup]
-        self.signals = contextlib.ExitStack()
+    def guard(self, model: keras.Model, output_dir: Path, inputs, timer) -> Recovery:
+        """`with recovery.guard(...):` around the fits; inputs: train.Inputs, timer: epoch_log.EpochTimes."""
+        self.model, self.output_dir, self.inputs = model, output_dir, inputs
+        self.stop, self.nan_guard = StopRequest(self.run_dir), StopOnNonFiniteLoss()
+        self.callbacks = [self.nan_guard, StepBackup(self, output_dir, inputs.train_steps, timer)]
+        return self
 
     def fits(self) -> Iterator[tuple[int, dict]]:
         """(batches of the data stream to skip, model.fit's epoch arguments) of each fit: Keras
         fits whole epochs, so the rest of an interrupted epoch is a fit of its own."""
         steps, epoch, epochs = self.inputs.train_steps, self.start.epoch, self.config["epochs"]
         if self.start.step:
-            rest = {"initial_epoch": epoch, "epochs": epoch + 1, "steps_per_epoch": steps - self.start.step}
-            yield epoch * steps + self.start.step, rest
+            yield (
+                epoch * steps + self.start.step,
+                {"initial_epoch": epoch, "epochs": epoch + 1, "steps_per_epoch": steps - self.start.step},
+            )
             epoch += 1
             kept = latest_checkpoint(self.output_dir)
             if kept and kept[0] == epoch:
@@ -124,58 +115,49 @@ class Guard:
         if epoch < epochs and not self.model.stop_training:  # set by StopOnNonFiniteLoss
             yield epoch * steps, {"initial_epoch": epoch, "epochs": epochs, "steps_per_epoch": steps}
 
-    def __enter__(self) -> Guard:
+    def __enter__(self) -> Recovery:
         self.signals.enter_context(self.stop.installed())
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, trace: object) -> None:
+        run_dir = self.run_dir
         with self.signals:
             if error is None and self.nan_guard.failed_at:
-                raise non_finite_loss_error(self.nan_guard.failed_at, self.run_dir)
-            if not isinstance(error, Exception):
+                raise non_finite_loss_error(self.nan_guard.failed_at, run_dir)
+            if isinstance(error, TrainingStopped):
+                resume = resume_command(run_dir)
+                if self.config["strategy"] == "multiworker":
+                    resume = f"{resume} --strategy multiworker on every worker, or {resume} alone"
+                raise TrainingStopped(
+                    f"{error}, state saved in {run_dir}; continue with: {resume}", error.signum
+                ) from None
+            if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
+                # A worker that dies or hangs stops sending heartbeats; the coordination service
+                # notices within seconds and aborts the others' collective operations.
+                reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0]).rstrip(":")
+                raise RunError(
+                    f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
+                    f"worker with --resume {run_dir} --strategy multiworker, or go on alone with --resume {run_dir}"
+                ) from None
+            # A full disk: h5py raises OSError or RuntimeError, TensorFlow's checkpoint an OpError,
+            # tf.data's file cache a ResourceExhaustedError.
+            if not isinstance(error, (OSError, RuntimeError, tf.errors.OpError)):
                 return
-            self.raise_one_line(error)
-            fault = full_disk(error, self.model, self.output_dir, self.inputs.cache)
-            if fault:
-                # The failed fit's objects (the data iterator holding cache files open, h5py's file)
-                # let go first: they would write into what the error's cleanup removes.
-                traceback.clear_frames(trace)
-                del error, trace
-                if fault == "cache":
-                    inputs = self.inputs
-                    file_lists = [inputs.train_files, inputs.validation_files]
-                    raise file_cache_full_error(inputs.cache, file_lists, self.config, self.run_dir)
-                raise disk_full_error(self.model, self.output_dir)
-
-    def raise_one_line(self, error: Exception) -> None:
-        """A stop by a signal or a lost worker, told in one line that says how to go on."""
-        run_dir = self.run_dir
-        if isinstance(error, TrainingStopped):
-            resume = resume_command(run_dir)
-            if self.config["strategy"] == "multiworker":
-                resume = f"{resume} --strategy multiworker on every worker, or {resume} alone"
-            raise TrainingStopped(f"{error}, state saved in {run_dir}; continue with: {resume}", error.signum) from None
-        if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
-            # A worker that dies or hangs stops sending heartbeats; the coordination service
-            # notices within seconds and aborts the others' collective operations.
-            reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0]).rstrip(":")
-            raise RunError(
-                f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
-                f"worker with --resume {run_dir} --strategy multiworker, or go on alone with --resume {run_dir}"
-            ) from None
-
-
-def full_disk(error: Exception, model: keras.Model, output_dir: Path, cache: str) -> str | None:
-    """What `error` found full: "cache" (the file cache's disk), "run" (the run folder's), or None.
-    h5py raises OSError or RuntimeError, TensorFlow's checkpoint an OpError, tf.data's file cache
-    a ResourceExhaustedError."""
-    if not isinstance(error, (OSError, RuntimeError, tf.errors.OpError)):
-        return None
-    if fills_file_cache(error, cache):
-        return "cache"
-    if getattr(error, "errno", None) in NO_SPACE or disk_is_full(model, output_dir):
-        return "run"
-    return None
+            cache, files = self.inputs.cache, [self.inputs.train_files, self.inputs.validation_files]
+            cache_full = fills_file_cache(error, cache)
+            if (
+                not cache_full
+                and getattr(error, "errno", None) not in NO_SPACE
+                and not disk_is_full(self.model, self.output_dir)
+            ):
+                return
+            # The failed fit's objects (the data iterator holding cache files open, h5py's file)
+            # let go first: they would write into what the error's cleanup removes.
+            traceback.clear_frames(trace)
+            del error, trace
+            if cache_full:
+                raise file_cache_full_error(cache, files, self.config, run_dir)
+            raise disk_full_error(self.model, self.output_dir)
 
 
 # --------------------------------------------------------------------------- where a run goes on
@@ -283,13 +265,13 @@ class StepBackup(keras.callbacks.Callback):
     a step). PreemptionCheckpointHandler does the same, but with a checkpoint of its own, and asks
     Google Cloud's metadata server whether it runs there on every start."""
 
-    def __init__(self, run_dir: Path, every: int, epochs: int, steps: int, start: StartPoint, stop: StopRequest, timer):
+    def __init__(self, recovery: Recovery, run_dir: Path, steps: int, timer):
         super().__init__()
         self.run_dir, self.folder = run_dir, run_dir / CHECKPOINT_DIR / BACKUP_DIR
-        self.every, self.epochs, self.steps_per_epoch = every, epochs, steps
-        self.steps_done = start.epoch * steps + start.step  # optimizer steps since the run began
-        self.stop, self.timer = stop, timer  # timer: train.EpochTimes, which times the backups as artifacts
-        self.epoch_metrics: list[np.ndarray] | None = None  # a resumed epoch's running means, to put back
+        self.every, self.epochs, self.steps_per_epoch = recovery.backup_every, recovery.config["epochs"], steps
+        self.steps_done = recovery.start.epoch * steps + recovery.start.step  # optimizer steps since the run began
+        self.stop, self.epoch_metrics = recovery.stop, recovery.epoch_metrics  # a resumed epoch's running means
+        self.timer = timer  # epoch_log.EpochTimes, which times the backups as artifacts
         self.manager: tf.train.CheckpointManager | None = None
         self.position = tf.Variable([0, 0], dtype=tf.int64)
         self.saved_at = -1

@@ -180,13 +180,13 @@ def train(
             *([keras.callbacks.ProgbarLogger()] if verbose else []),
             timer,
         ]
-        with recovery.guard(model, output_dir, inputs, timer) as guard:
-            for skip_batches, epochs in guard.fits():
+        with recovery.guard(model, output_dir, inputs, timer):
+            for skip_batches, epochs in recovery.fits():
                 model.fit(
                     inputs.train_data(skip_batches),
                     validation_data=inputs.validation_data,
                     validation_steps=inputs.validation_steps,
-                    callbacks=[*callbacks, *guard.callbacks],
+                    callbacks=[*callbacks, *recovery.callbacks],
                     verbose=verbose,
                     shuffle=False,  # the dataset shuffles itself, seeded
                     **epochs,
