@@ -340,7 +340,7 @@ def select_density(
     deadline, scores, fitted = time.monotonic() + budget, {}, {}
     last = (1, 0.0)  # k and seconds of the last fit: a fit takes about k times as long
     for k in usable:
-        if time.monotonic() + last[1] * k / last[0] > deadline:
+        if scores and time.monotonic() + last[1] * k / last[0] > deadline:
             if progress:
                 progress(f"  k = {k:2d} and more: not tried, the {budget:g} s for choosing k are spent")
             break
@@ -395,9 +395,9 @@ def usable_sizes(count: int, latent_dim: int, sizes: Sequence[int]) -> list[int]
 
 
 def fit_memory_bytes(count: int, latent_dim: int, sizes: Sequence[int]) -> int:
-    """Memory fitting a density to `count` points takes, about: the points and the EM's per-point
-    arrays (5 x N x D float64), and the largest mixture's covariances, Cholesky factors and their
-    inverses (3 x k x D x D float64); measured peaks were 4.4 N D and 2.5 k D^2 floats."""
+    """Memory fitting a density to `count` points takes, with a margin: the points and the EM's
+    per-point arrays (5 x N x D float64), and the largest mixture's covariances, Cholesky factors
+    and their inverses (3 x k x D x D float64)."""
     return 8 * (5 * count * latent_dim + 3 * max(usable_sizes(count, latent_dim, sizes)) * latent_dim**2)
 
 

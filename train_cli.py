@@ -301,7 +301,7 @@ def is_address(address: object) -> bool:
 
 def writes_run_folder(config: dict) -> bool:
     """False for a non-chief worker of a multi-worker run: it leaves the run folder to the chief.
-    Read from TF_CONFIG as MultiWorkerMirroredStrategy reads it (train.is_chief decides the same
+    Read from TF_CONFIG as MultiWorkerMirroredStrategy reads it (cluster.is_chief decides the same
     from the strategy, once TensorFlow is up)."""
     if config["strategy"] != "multiworker":
         return True
@@ -375,8 +375,7 @@ def memory_needs(config: dict, train_count: int, validation_count: int) -> list[
     needs = [
         # Each weight also has its gradient, Adam's two moments, the float32 copy saved each epoch, the EMA.
         ("weights and optimizer state", "--latent, --hidden, --filters, --decoder-filters or --image-size", weights * (5 + (config["ema"] > 0))),
-        # The feature maps kept for the backward pass and their gradients (float32): 6.0 GB at 256x256,
-        # batch 64, with the weights, where the peak RSS of a training step grew by 4.5 GB.
+        # The feature maps kept for the backward pass and their gradients (float32).
         (f"activations of a batch of {batch} at {size}x{size}", "--batch-size or --image-size", 8 * batch * activation_count(config)),
         ("latent density fit after training", "--latent", density_fit),
     ]  # fmt: skip
@@ -418,7 +417,7 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
 
 
 def has_backup(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a step backup (train.StepBackup): its CheckpointManager index file."""
+    """Whether `run_dir` holds a step backup (recovery.StepBackup): its CheckpointManager index file."""
     return (run_dir / CHECKPOINT_DIR / BACKUP_DIR / "checkpoint").is_file()
 
 
