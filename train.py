@@ -332,9 +332,7 @@ def fit_density(run_dir: Path, inputs: Inputs, config: dict) -> None:
     failure here loses no training, so it is reported with the command to retry."""
     splits = training_splits(config)
     try:
-        encoder = runs.load_model(run_dir, "encoder", config)
-        shape = (None, config["image_size"], config["image_size"], config["channels"])
-        means = tf.function(lambda images: encoder(images, training=False)[0], input_signature=[tf.TensorSpec(shape)])
+        means = posterior_means(runs.load_model(run_dir, "encoder", config), config)
         total = density_images(config, inputs)
         progress = runs.Progress(total, "latent density: encoded")
         started = cpu_seconds()
@@ -365,6 +363,12 @@ def fit_density(run_dir: Path, inputs: Inputs, config: dict) -> None:
         print(f"warning: no latent density was fitted ({error}); retry with: python latent.py --run {run_dir}")
         return
     print(f"wrote {path}: {density.components} Gaussian component(s), chosen on the validation images")
+
+
+def posterior_means(encoder: keras.Model, config: dict) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The encoder's posterior means of a batch of images, traced once for any batch size."""
+    shape = (None, config["image_size"], config["image_size"], config["channels"])
+    return tf.function(lambda images: encoder(images, training=False)[0], input_signature=[tf.TensorSpec(shape)])
 
 
 def encode(means: Callable, stream: tf.data.Dataset, count: int, seed: int, progress: runs.Progress) -> np.ndarray:
