@@ -103,21 +103,14 @@ def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirro
     )
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """True unless this process is a non-chief worker of a multi-worker cluster."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type or resolver.task_type == "chief":
-        return True
-    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
-
-
-def worker_cache(cache: str, strategy: tf.distribute.Strategy) -> str:
+def worker_cache(config: dict) -> str:
     """This process's --cache: a file cache gets a subfolder per worker, as two workers must not
     write one cache (on shared storage, or on one host)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if cache in ("memory", "none") or resolver is None or not resolver.task_type:
+    cache = config["cache"]
+    if cache in ("memory", "none") or config["strategy"] != "multiworker":
         return cache
-    return str(Path(cache) / f"{resolver.task_type}{resolver.task_id}")
+    _, kind, index = train_cli.read_tf_config()
+    return str(Path(cache) / f"{kind}{index}")
 
 
 @contextlib.contextmanager

@@ -110,7 +110,7 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     train_steps, validation_steps = cluster.steps_per_pass(
         train_files, validation_files, batch_size, replicas, drop_remainder
     )
-    cache = cluster.worker_cache(config["cache"], strategy)
+    cache = cluster.worker_cache(config)
     size, channels, crop = config["image_size"], config["channels"], config["crop"]
     if cache == "memory":
         data.check_memory_cache(len(train_files) + len(validation_files), size, channels)
@@ -152,7 +152,7 @@ def train(
     inputs = build_inputs(config, strategy)
     print(f"run folder: {run_dir} ({config['epochs']} epochs of {inputs.train_steps} steps)", flush=True)
     warn_if_shorter_than_the_warm_up(config, inputs.train_steps)
-    chief = cluster.is_chief(strategy)
+    chief = train_cli.writes_run_folder(config)
     policy, reason = vae.run_precision(config)
     config.update(mixed_precision=policy, mixed_precision_reason=reason)  # config.json is written below
     print(f"precision: {policy} ({reason})")

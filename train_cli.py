@@ -300,9 +300,8 @@ def is_address(address: object) -> bool:
 
 
 def writes_run_folder(config: dict) -> bool:
-    """False for a non-chief worker of a multi-worker run: it leaves the run folder to the chief.
-    Read from TF_CONFIG as MultiWorkerMirroredStrategy reads it (cluster.is_chief decides the same
-    from the strategy, once TensorFlow is up)."""
+    """False for a non-chief worker of a multi-worker run (as MultiWorkerMirroredStrategy reads
+    TF_CONFIG): it leaves the run folder and the latent density to the chief."""
     if config["strategy"] != "multiworker":
         return True
     cluster, kind, index = read_tf_config()

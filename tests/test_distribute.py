@@ -157,20 +157,22 @@ if __name__ == "__main__":
         print(json.dumps(train_run()))
 
 
-def test_only_the_chief_writes_the_run_folder():
-    import tensorflow as tf
+def test_only_the_chief_writes_the_run_folder_and_each_worker_has_its_own_file_cache(monkeypatch):
+    import cluster
+    import train_cli
 
-    import cluster as clusters
+    workers, with_chief = {"worker": ["host0:1", "host1:1"]}, {"chief": ["host0:1"], "worker": ["host1:1"]}
 
-    cluster = tf.train.ClusterSpec({"worker": ["host0:1", "host1:1"]})
+    def chief_and_cache(strategy: str, cluster_jobs: dict | None = None, kind: str = "", index: int = 0):
+        if cluster_jobs:
+            monkeypatch.setenv(
+                "TF_CONFIG", json.dumps({"cluster": cluster_jobs, "task": {"type": kind, "index": index}})
+            )
+        config = {"strategy": strategy, "cache": "cache"}
+        return train_cli.writes_run_folder(config), cluster.worker_cache(config)
 
-    def strategy_of(task_type, task_id, spec=cluster):
-        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, task_type=task_type, task_id=task_id)
-        return type("Strategy", (), {"cluster_resolver": resolver})()
-
-    assert clusters.is_chief(tf.distribute.get_strategy())
-    assert clusters.is_chief(strategy_of("worker", 0))
-    assert not clusters.is_chief(strategy_of("worker", 1))
-    with_chief = tf.train.ClusterSpec({"chief": ["host0:1"], "worker": ["host1:1"]})
-    assert clusters.is_chief(strategy_of("chief", 0, with_chief))
-    assert not clusters.is_chief(strategy_of("worker", 0, with_chief))
+    assert chief_and_cache("none") == chief_and_cache("mirrored") == (True, "cache")
+    assert chief_and_cache("multiworker", workers, "worker", 0) == (True, str(Path("cache/worker0")))
+    assert chief_and_cache("multiworker", workers, "worker", 1) == (False, str(Path("cache/worker1")))
+    assert chief_and_cache("multiworker", with_chief, "chief", 0) == (True, str(Path("cache/chief0")))
+    assert chief_and_cache("multiworker", with_chief, "worker", 0) == (False, str(Path("cache/worker0")))
