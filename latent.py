@@ -336,6 +336,11 @@ def select_density(
     `info["selection"]` records each k's held-out score."""
     fit_points = np.asarray(fit_points, np.float64)
     heldout_points = np.asarray(heldout_points, np.float64)
+    if len(fit_points) < 2 or not len(heldout_points):
+        raise DensityError(
+            f"only {len(fit_points)} training and {len(heldout_points)} validation images could be encoded; "
+            "a latent density needs 2 and 1 at least"
+        )
     usable = usable_sizes(len(fit_points), fit_points.shape[1], sizes)
     deadline, scores, fitted = time.monotonic() + budget, {}, {}
     last = (1, 0.0)  # k and seconds of the last fit: a fit takes about k times as long
@@ -523,12 +528,11 @@ def fit_folder_density(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> LatentDensity:
-    """Fit the density of a model folder (any runs.Backend) to the posterior means of the
-    images of `splits` under `dataset` (a data.Dataset; the first `limit` when limit > 0, as
-    train.py's --limit), choosing k on the validation images' posterior means. When the
-    training splits include validation, k is chosen by fitting the train split alone, and the
-    chosen k is then refitted to all of them. At most max_images images are used per set (a
-    seeded random subset)."""
+    """Fit the density of a model folder (any runs.Backend) to the posterior means of the train
+    split's images under `dataset` (a data.Dataset; the first `limit` when limit > 0, as
+    train.py's --limit), choosing k on the validation images'; when `splits` include validation
+    (it was trained on), the chosen k is refitted to both. At most max_images images are used
+    per split (a seeded random subset)."""
     rng = np.random.default_rng(seed)
 
     def subset(files: list) -> list:
@@ -536,44 +540,21 @@ def fit_folder_density(
             return files
         return [files[i] for i in sorted(rng.choice(len(files), max_images, replace=False))]
 
-    training = [path for split in splits for path in dataset.split(split)]
-    training = subset(training[:limit] if limit else training)
-    heldout = subset(dataset.split("validation"))
-    selection = training if "validation" not in splits else subset(dataset.split("train")[: limit or None])
-    if len(selection) < 2 or len(heldout) < 1:
+    fitted, heldout = subset(dataset.split("train")[: limit or None]), subset(dataset.split("validation"))
+    if len(fitted) < 2 or len(heldout) < 1:
         raise DensityError(
-            f"fitting a latent density needs training and validation images; found {len(selection)} and "
+            f"fitting a latent density needs training and validation images; found {len(fitted)} and "
             f"{len(heldout)} under {dataset.root}"
         )
-    check_fit(len(training) + len(heldout), backend.latent_dim, usable_sizes(len(selection), backend.latent_dim, sizes))
-    log(f"latent density: encoding {len(training)} training and {len(heldout)} validation images")
-    refit = "validation" in splits  # choose k on train alone, then refit to train+validation
-    means: dict = {}
-    trained_on = set(training)
-    others = [path for path in heldout + selection if path not in trained_on]
-    progress = Progress(len(training) + len(others), "latent density: encoded")
-    for files in (training, others):
-        if files:
-            mu, kept = encode_files(files, backend, progress=progress.add)
-            means.update(zip(kept, mu, strict=True))
+    check_fit(len(fitted) + len(heldout), backend.latent_dim, usable_sizes(len(fitted), backend.latent_dim, sizes))
+    log(f"latent density: encoding {len(fitted)} training and {len(heldout)} validation images")
+    progress = Progress(len(fitted) + len(heldout), "latent density: encoded")
+    fitted, heldout = (encode_files(files, backend, progress=progress.add)[0] for files in (fitted, heldout))
     progress.close()
-    # files that could not be decoded have no posterior mean
-    training, heldout, selection = ([p for p in files if p in means] for files in (training, heldout, selection))
-    if len(selection) < 2 or not heldout:
-        raise DensityError(
-            f"only {len(selection)} training and {len(heldout)} validation images could be decoded under "
-            f"{dataset.root}; a latent density needs 2 and 1 at least"
-        )
     log(f"latent density: choosing k among {list(sizes)} on the {len(heldout)} validation posterior means")
-    density = select_density(
-        np.stack([means[path] for path in selection]),
-        np.stack([means[path] for path in heldout]),
-        sizes,
-        seed=seed,
-        refit_points=np.stack([means[path] for path in training]) if refit else None,
-        progress=log,
-    )
-    return describe_fit(density, splits, len(training), backend.run_dir.name)
+    refit = np.concatenate([fitted, heldout]) if "validation" in splits else None
+    density = select_density(fitted, heldout, sizes, seed=seed, refit_points=refit, progress=log)
+    return describe_fit(density, splits, len(fitted if refit is None else refit), backend.run_dir.name)
 
 
 def describe_fit(density: LatentDensity, splits: Sequence[str], count: int, source: str) -> LatentDensity:
