@@ -29,6 +29,7 @@ from tensorflow.python.eager import context  # the coordination service's settin
 
 import data
 import train_cli
+from errors import not_a_script
 from runs import native_start_up_lines_filtered
 from train_cli import RunError
 
@@ -180,3 +181,7 @@ def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
     return dataset.map(lambda images: images[: tf.shape(images)[0] // replicas * replicas]).filter(
         lambda images: tf.shape(images)[0] > 0
     )
+
+
+if __name__ == "__main__":
+    not_a_script(__file__)

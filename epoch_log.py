@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 
 import latent
+from errors import not_a_script
 from images import atomic_write
 from runs import HISTORY_FILE, LOSS_CURVES_FILE, write_text_atomic
 
@@ -145,3 +146,7 @@ class EpochTimes(keras.callbacks.Callback):
 def duration_text(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+if __name__ == "__main__":
+    not_a_script(__file__)

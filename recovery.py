@@ -37,7 +37,7 @@ import tensorflow as tf
 
 import data
 import vae
-from errors import first_line
+from errors import first_line, not_a_script
 from runs import BACKUP_DIR, CHECKPOINT_DIR
 from train_cli import NO_SPACE, RunError, TrainingStopped, has_backup, latest_checkpoint, remove_temporary_files
 
@@ -459,3 +459,7 @@ def file_cache_full_error(cache: str, file_lists: list[list[Path]], config: dict
         f"files are removed): the cache needs about {data.size_text(needed)} and {data.size_text(free)} is free; "
         f"free space there or give another --cache folder, {how_to_go_on(run_dir)}"
     )
+
+
+if __name__ == "__main__":
+    not_a_script(__file__)
