@@ -13,6 +13,7 @@ configure_coordination_service, which has no public counterpart.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import math
@@ -85,6 +86,7 @@ def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirro
         # The coordination service catches SIGTERM (for PreemptionCheckpointHandler, not used
         # here): give it back its usual effect until training installs its own handler.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        atexit.register(quiet_native_log)  # after the last line, whatever ends the run
         return strategy
     except tf.errors.DeadlineExceededError as error:
         # The tasks it timed out on, one a line after "timed out task names:".
@@ -127,8 +129,8 @@ def worker_output(run_dir: Path, chief: bool) -> Iterator[Path]:
 
 
 def quiet_native_log() -> None:
-    """Send what TensorFlow's C++ code writes from now on to /dev/null: once a stopped worker has
-    said so, the coordination service's complaints about the workers already gone would follow."""
+    """Send what is written to stderr from now on to /dev/null: once a worker has said why it ends,
+    the coordination service's complaints about the workers already gone would follow."""
     sys.stdout.flush()
     sys.stderr.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
