@@ -5,8 +5,9 @@
     python train.py --help                          # every flag, with its default
 
 train() tells the story: settings (train_cli.py, recipe.py), data (build_inputs), model (vae.py),
-fit, latent density (latent.py). What keeps a run alive (resuming, step backups, stop signals, a
-full disk) is recovery.py's, the tf.distribute strategy and a cluster's start cluster.py's.
+fit, latent density (latent.py). What keeps a run alive (resuming, step backups, stop signals,
+faults) is in recovery.py, the tf.distribute strategy and a cluster's start in cluster.py, and
+history.csv with the epoch timings in epoch_log.py.
 
 A run folder holds config.json, encoder.keras and decoder.keras (float32, EMA weights),
 checkpoint/ (every epoch, atomically; backup/ every --backup-every steps), history.csv,
@@ -76,7 +77,7 @@ class Inputs:
         return self.made[skip_batches]
 
     def one_training_pass(self) -> tf.data.Dataset:
-        """The images of one epoch, from the last training stream made and so from its cache."""
+        """One epoch's batches of the last training stream made (so from its cache), from an epoch's start."""
         skipped, stream = list(self.made.items())[-1]
         return stream.skip(-skipped % self.train_steps).take(self.train_steps)
 
