@@ -176,6 +176,11 @@ def test_progress_is_one_line_per_epoch_when_stdout_is_not_a_terminal(face_folde
     assert not any(code in out for code in ("\x1b", "\r", "\b"))
     epoch_lines = [line for line in out.splitlines() if " - loss: " in line or line.startswith("Epoch ")]
     assert len(epoch_lines) == 4 and epoch_lines[0] == "Epoch 1/2" and " - val_loss: " in epoch_lines[1]
+    # Each epoch's summary on the line after Keras' own, its time left including the latent density's fit.
+    lines, summaries = out.splitlines(), [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [lines.index(summary) for summary in summaries] == [lines.index(epoch_lines[i]) + 1 for i in (1, 3)]
+    assert summaries[0].endswith(" to go for the 1 epoch(s) left and the latent density")
+    assert summaries[1].endswith(" to go for the latent density")
     assert not (run / "tensorboard").exists()
 
 
