@@ -132,13 +132,13 @@ class EpochTimes(keras.callbacks.Callback):
             # Validation ran the encoder and the decoder: the density fit encodes at least as fast.
             encode_rate = self.validation_images / max(figures["seconds_validation"], 1e-3)
             to_go = left * total + latent.fit_seconds(self.density_images, self.config["latent_dim"], encode_rate)
+            still = [f"the {left} epoch(s) left"] * bool(left) + ["the latent density"] * bool(self.density_images)
             print(
                 f"epoch {epoch + 1}: {total:.1f} s: training steps {figures['seconds_steps']:.1f} s "
                 f"({figures['images_per_cpu_second']:.0f} images per CPU-second), validation "
                 f"{figures['seconds_validation']:.1f} s, artifacts {figures['seconds_artifacts']:.1f} s "
-                f"({(total - figures['seconds_steps']) / total:.0%} of the epoch around the steps); about "
-                f"{duration_text(to_go)} to go"
-                + (f" for the {left} epoch(s) left and the latent density" if left else " for the latent density"),
+                f"({(total - figures['seconds_steps']) / total:.0%} of the epoch around the steps)"
+                + (f"; about {duration_text(to_go)} to go for {' and '.join(still)}" if still else ""),
                 flush=True,
             )
 
