@@ -141,36 +141,30 @@ def quiet_native_log() -> None:
 def steps_per_pass(
     train_files: list[Path], validation_files: list[Path], batch_size: int, replicas: int, drop_remainder: bool
 ) -> tuple[int, int]:
-    """The batches of a pass over the training and the validation files, saying how many images
-    even_batches leaves out of them."""
-    train_steps, train_left = batches_per_pass("training", train_files, batch_size, replicas, drop_remainder)
-    validation_steps, validation_left = batches_per_pass("validation", validation_files, batch_size, replicas, False)
-    if replicas > 1 and train_left + validation_left:
+    """The batches of a pass over the training and over the validation files: a short last batch
+    is dropped with `drop_remainder` (training only), else cut to a multiple of the replicas
+    (even_batches), saying how many images that leaves out. RunError when a pass holds no batch."""
+    steps, left = [], []
+    for split, files, drop in (("training", train_files, drop_remainder), ("validation", validation_files, False)):
+        count = len(files)
+        if count < batch_size and replicas > 1:
+            count = sum(map(data.is_readable_image, files))  # one short batch: count what it will hold
+        full, rest = divmod(count, batch_size)
+        kept = 0 if drop else rest // replicas * replicas
+        if full == 0 and kept == 0:
+            raise RunError(
+                f"the {count} readable {split} image(s) cannot be shared by the {replicas} replicas; "
+                f"use at least {replicas} images"
+            )
+        steps.append(full + (kept > 0))
+        left.append(rest - kept)
+    if replicas > 1 and sum(left):
         print(
             f"{replicas} replicas: each batch is cut to a multiple of {replicas} images, so that every replica gets "
-            f"an equal share; left out per epoch: {train_left} of the {len(train_files)} training images and "
-            f"{validation_left} of the {len(validation_files)} validation images"
+            f"an equal share; left out per epoch: {left[0]} of the {len(train_files)} training images and "
+            f"{left[1]} of the {len(validation_files)} validation images"
         )
-    return train_steps, validation_steps
-
-
-def batches_per_pass(
-    split: str, files: list[Path], batch_size: int, replicas: int, drop_remainder: bool
-) -> tuple[int, int]:
-    """(batches, images left out) of one pass over `files`: a short last batch is dropped with
-    `drop_remainder`, else cut to a multiple of the replicas (even_batches). RunError when a pass
-    would hold no batch at all."""
-    count = len(files)
-    if count < batch_size and replicas > 1:
-        count = sum(map(data.is_readable_image, files))  # one short batch: count what it will hold
-    full, rest = divmod(count, batch_size)
-    kept = 0 if drop_remainder else rest // replicas * replicas
-    if full == 0 and kept == 0:
-        raise RunError(
-            f"the {count} readable {split} image(s) cannot be shared by the {replicas} replicas; "
-            f"use at least {replicas} images"
-        )
-    return full + (kept > 0), rest - kept
+    return steps[0], steps[1]
 
 
 def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:

@@ -251,19 +251,13 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 class StepBackup(keras.callbacks.Callback):
-    """The training state every `every` optimizer steps in checkpoint/backup/; when `stop` is set
-    (SIGTERM, Ctrl-C) it backs up after the current step and raises TrainingStopped.
-
-    Not keras.callbacks.BackupAndRestore, which overwrites its file in place (a kill during the
-    write leaves no usable backup) and resumes at the start of the epoch. tf.train.CheckpointManager
-    writes each backup beside the previous one and switches its index file to it with an atomic
-    rename. An epoch's last step is left to the epoch checkpoint; the folder goes when training
-    ends normally, as the final checkpoint holds the same state.
-
-    With several workers a backup takes collective operations of all of them, so they all stop
-    after the step where they learn of a signal by summing their stop flags (one tiny all-reduce
-    a step). PreemptionCheckpointHandler does the same, but with a checkpoint of its own, and asks
-    Google Cloud's metadata server whether it runs there on every start."""
+    """The training state every `every` optimizer steps in checkpoint/backup/; after a SIGTERM or
+    Ctrl-C, a backup of the current step and TrainingStopped. tf.train.CheckpointManager writes
+    each backup beside the last and switches to it by an atomic rename, so a kill leaves a usable
+    one (keras.callbacks.BackupAndRestore overwrites its file in place, and resumes at the epoch's
+    start). Workers sum their stop flags after each step (one tiny all-reduce), so that all stop
+    after the same step: a backup takes collective operations of every worker.
+    (PreemptionCheckpointHandler asks Google Cloud's metadata server whether it runs there.)"""
 
     def __init__(self, recovery: Recovery, run_dir: Path, steps: int, timer):
         super().__init__()
