@@ -18,6 +18,7 @@ import tensorflow as tf
 from helpers import CELEBA_SAMPLE, REPO, tiny_train_args, write_faces
 from PIL import Image
 
+import data
 import epoch_log
 import images
 import inference
@@ -111,6 +112,18 @@ def test_history_gains_the_timing_columns_and_an_older_history_csv_still_reads(t
     assert new.keys() == {"epoch", "loss", "val_loss", *epoch_log.TIMING_COLUMNS} and new["loss"] == 0.4
     assert new["seconds_steps"] >= 0.05 and new["seconds_artifacts"] >= new["seconds_validation"] >= 0
     assert 0 < new["images_per_cpu_second"] < float("inf")
+
+
+def test_a_run_on_train_and_validation_chooses_k_on_unseen_images_then_refits_to_both(kaggle_celeba, tmp_path):
+    run = tmp_path / "run"
+    train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "1", "--train-split", "train+validation"))
+    dataset = data.find_dataset(kaggle_celeba)
+    train_count, validation_count = (len(data.usable_files(dataset.split(name))) for name in ("train", "validation"))
+    density = latent.read_density(run / latent.DENSITY_FILE, latent_dim=8)
+    assert density.info["fitted_on"]["split"] == "train+validation"
+    assert density.info["fitted_on"]["count"] == train_count + validation_count
+    selection = density.info["selection"]  # k fitted to the train split's images, scored on the validation's
+    assert (selection["fit_count"], selection["heldout_count"]) == (train_count, validation_count)
 
 
 def test_same_seed_same_result_and_run_folders_inside_the_data_are_not_trained_on(tmp_path):
