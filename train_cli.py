@@ -181,21 +181,19 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
             choices = (*choices, *PRECISION_POLICIES, True, False)
         if setting.in_config and choices and key in config and config[key] not in choices:
             raise RunError(f"{name_of(key)} must be one of {', '.join(map(str, choices))} (got {config[key]!r})")
+
+    def widths(value: object) -> bool:
+        return isinstance(value, list) and all(type(f) is int and f > 0 for f in value)
+
     filters = config["filters"]
-    if not isinstance(filters, list) or not all(
-        isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters
-    ):
+    if not widths(filters):
         raise RunError(f"{name_of('filters')} must be a list of positive integers (got {filters!r})")
     try:
         check_architecture(number("image_size", whole=True), filters)
     except ValueError as error:
         raise RunError(str(error)) from None
     decoder_filters = config.get("decoder_filters")  # None (or absent): the encoder's
-    if decoder_filters is not None and not (
-        isinstance(decoder_filters, list)
-        and len(decoder_filters) == len(filters)
-        and all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in decoder_filters)
-    ):
+    if decoder_filters is not None and not (widths(decoder_filters) and len(decoder_filters) == len(filters)):
         raise RunError(
             f"{name_of('decoder_filters')} must be {len(filters)} positive integers, one per block of "
             f"{name_of('filters')} {','.join(map(str, filters))} (got {decoder_filters!r})"
