@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ MAX_FIT_IMAGES = 30_000  # EM time grows with N; a random subset beyond this is 
 COVARIANCE_FLOOR = 1e-3  # added to each covariance's diagonal, as a fraction of the data's mean variance
 EM_ITERATIONS = 100
 EM_TOLERANCE = 1e-3  # stop when the mean log-likelihood per point improves by less (nats)
+SELECTION_SECONDS = 60.0  # the time choosing k may take (a refit of the chosen k as long again)
 SIGNIFICANT_DIGITS = 7  # float32 precision in the JSON file
 SAMPLERS = ("density", "prior")
 
@@ -285,8 +287,10 @@ def fit_mixture(
     seed: int = 0,
     iterations: int = EM_ITERATIONS,
     tolerance: float = EM_TOLERANCE,
+    deadline: float = math.inf,
 ) -> LatentDensity:
-    """A full-covariance Gaussian mixture fitted to points [N, D] by EM (k-means++ start).
+    """A full-covariance Gaussian mixture fitted to points [N, D] by EM (k-means++ start), its
+    iterations ending at time.monotonic() `deadline` at the latest.
 
     Every covariance gets COVARIANCE_FLOOR times the data's mean variance on its diagonal, so
     no component collapses onto a few points. components = 1 is the closed-form Gaussian.
@@ -308,7 +312,7 @@ def fit_mixture(
         joint = component_log_joint(points, density)
         total = logsumexp(joint, axis=1)
         mean_log_likelihood = float(np.mean(total))
-        if mean_log_likelihood - previous < tolerance:
+        if mean_log_likelihood - previous < tolerance or time.monotonic() > deadline:
             break
         previous = mean_log_likelihood
         density = LatentDensity(*weighted_gaussians(points, np.exp(joint - total[:, None]), floor))
@@ -322,23 +326,40 @@ def select_density(
     seed: int = 0,
     refit_points: np.ndarray | None = None,
     progress: Callable[[str], None] | None = None,
+    budget: float = SELECTION_SECONDS,
 ) -> LatentDensity:
     """The mixture size k (of `sizes`) whose fit to fit_points gives the highest mean
     log-likelihood on heldout_points; returned fitted to refit_points when given (e.g. all the
     run's training images once k is chosen), else to fit_points. Sizes leaving fewer than
-    MIN_POINTS_PER_DIM points per latent dimension in a component are skipped.
+    MIN_POINTS_PER_DIM points per latent dimension in a component are skipped, and so are those
+    that would end past `budget` seconds (the refit has as long again).
     `info["selection"]` records each k's held-out score."""
     fit_points = np.asarray(fit_points, np.float64)
     heldout_points = np.asarray(heldout_points, np.float64)
+    if len(fit_points) < 2 or not len(heldout_points):
+        raise DensityError(
+            f"only {len(fit_points)} training and {len(heldout_points)} validation images could be encoded; "
+            "a latent density needs 2 and 1 at least"
+        )
     usable = usable_sizes(len(fit_points), fit_points.shape[1], sizes)
-    scores, fitted = {}, {}
+    deadline, scores, fitted = time.monotonic() + budget, {}, {}
+    last = (1, 0.0)  # k and seconds of the last fit: a fit takes about k times as long
     for k in usable:
-        fitted[k] = fit_mixture(fit_points, k, seed=seed)
+        if scores and time.monotonic() + last[1] * k / last[0] > deadline:
+            if progress:
+                progress(f"  k = {k:2d} and more: not tried, the {budget:g} s for choosing k are spent")
+            break
+        began = time.monotonic()
+        fitted[k] = fit_mixture(fit_points, k, seed=seed, deadline=deadline)
         scores[k] = float(np.mean(fitted[k].log_likelihood(heldout_points)))
+        last = (k, time.monotonic() - began)
         if progress:
             progress(f"  k = {k:2d}: held-out log-likelihood {scores[k]:.2f} nats per point")
     best = max(scores, key=scores.get)
-    density = fitted[best] if refit_points is None else fit_mixture(refit_points, best, seed=seed)
+    if refit_points is None:
+        density = fitted[best]
+    else:
+        density = fit_mixture(refit_points, best, seed=seed, deadline=time.monotonic() + budget)
     density.info["selection"] = {
         "chosen_components": best,
         "heldout_log_likelihood": {str(k): round(v, 4) for k, v in scores.items()},
@@ -347,6 +368,20 @@ def select_density(
         "note": "mean log-likelihood (nats per point) of the held-out posterior means under each k",
     }
     return density
+
+
+def fit_seconds(images: int, latent_dim: int, encode_rate: float, refit: bool = False) -> float:
+    """About how long fitting a density to `images` takes: encoding them at `encode_rate` images
+    a second (none when 0), and EM at this machine's speed, timed on one step of a small fit,
+    within select_density's budget."""
+    if images < 2:
+        return 0.0
+    points = np.random.default_rng(0).standard_normal((min(images, 2000), latent_dim))
+    started = time.perf_counter()
+    fit_mixture(points, 2, iterations=1)
+    steps = images / len(points) * sum(usable_sizes(images, latent_dim, MIXTURE_SIZES)) / 2 * EM_ITERATIONS
+    em = min(SELECTION_SECONDS, (time.perf_counter() - started) * steps) * (1 + refit)
+    return (images / encode_rate if encode_rate > 0 else 0.0) + em
 
 
 def usable_sizes(count: int, latent_dim: int, sizes: Sequence[int]) -> list[int]:
@@ -365,9 +400,9 @@ def usable_sizes(count: int, latent_dim: int, sizes: Sequence[int]) -> list[int]
 
 
 def fit_memory_bytes(count: int, latent_dim: int, sizes: Sequence[int]) -> int:
-    """Memory fitting a density to `count` points takes, about: the points and the EM's per-point
-    arrays (5 x N x D float64), and the largest mixture's covariances, Cholesky factors and their
-    inverses (3 x k x D x D float64); measured peaks were 4.4 N D and 2.5 k D^2 floats."""
+    """Memory fitting a density to `count` points takes, with a margin: the points and the EM's
+    per-point arrays (5 x N x D float64), and the largest mixture's covariances, Cholesky factors
+    and their inverses (3 x k x D x D float64)."""
     return 8 * (5 * count * latent_dim + 3 * max(usable_sizes(count, latent_dim, sizes)) * latent_dim**2)
 
 
@@ -493,12 +528,11 @@ def fit_folder_density(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> LatentDensity:
-    """Fit the density of a model folder (any runs.Backend) to the posterior means of the
-    images of `splits` under `dataset` (a data.Dataset; the first `limit` when limit > 0, as
-    train.py's --limit), choosing k on the validation images' posterior means. When the
-    training splits include validation, k is chosen by fitting the train split alone, and the
-    chosen k is then refitted to all of them. At most max_images images are used per set (a
-    seeded random subset)."""
+    """Fit the density of a model folder (any runs.Backend) to the posterior means of the train
+    split's images under `dataset` (a data.Dataset; the first `limit` when limit > 0, as
+    train.py's --limit), choosing k on the validation images'; when `splits` include validation
+    (it was trained on), the chosen k is refitted to both. At most max_images images are used
+    per split (a seeded random subset)."""
     rng = np.random.default_rng(seed)
 
     def subset(files: list) -> list:
@@ -506,48 +540,30 @@ def fit_folder_density(
             return files
         return [files[i] for i in sorted(rng.choice(len(files), max_images, replace=False))]
 
-    training = [path for split in splits for path in dataset.split(split)]
-    training = subset(training[:limit] if limit else training)
-    heldout = subset(dataset.split("validation"))
-    selection = training if "validation" not in splits else subset(dataset.split("train")[: limit or None])
-    if len(selection) < 2 or len(heldout) < 1:
+    fitted, heldout = subset(dataset.split("train")[: limit or None]), subset(dataset.split("validation"))
+    if len(fitted) < 2 or len(heldout) < 1:
         raise DensityError(
-            f"fitting a latent density needs training and validation images; found {len(selection)} and "
+            f"fitting a latent density needs training and validation images; found {len(fitted)} and "
             f"{len(heldout)} under {dataset.root}"
         )
-    check_fit(len(training) + len(heldout), backend.latent_dim, usable_sizes(len(selection), backend.latent_dim, sizes))
-    log(f"latent density: encoding {len(training)} training and {len(heldout)} validation images")
-    refit = "validation" in splits  # choose k on train alone, then refit to train+validation
-    means: dict = {}
-    trained_on = set(training)
-    others = [path for path in heldout + selection if path not in trained_on]
-    progress = Progress(len(training) + len(others), "latent density: encoded")
-    for files in (training, others):
-        if files:
-            mu, kept = encode_files(files, backend, progress=progress.add)
-            means.update(zip(kept, mu, strict=True))
+    check_fit(len(fitted) + len(heldout), backend.latent_dim, usable_sizes(len(fitted), backend.latent_dim, sizes))
+    log(f"latent density: encoding {len(fitted)} training and {len(heldout)} validation images")
+    progress = Progress(len(fitted) + len(heldout), "latent density: encoded")
+    fitted, heldout = (encode_files(files, backend, progress=progress.add)[0] for files in (fitted, heldout))
     progress.close()
-    # files that could not be decoded have no posterior mean
-    training, heldout, selection = ([p for p in files if p in means] for files in (training, heldout, selection))
-    if len(selection) < 2 or not heldout:
-        raise DensityError(
-            f"only {len(selection)} training and {len(heldout)} validation images could be decoded under "
-            f"{dataset.root}; a latent density needs 2 and 1 at least"
-        )
     log(f"latent density: choosing k among {list(sizes)} on the {len(heldout)} validation posterior means")
-    density = select_density(
-        np.stack([means[path] for path in selection]),
-        np.stack([means[path] for path in heldout]),
-        sizes,
-        seed=seed,
-        refit_points=np.stack([means[path] for path in training]) if refit else None,
-        progress=log,
-    )
+    refit = np.concatenate([fitted, heldout]) if "validation" in splits else None
+    density = select_density(fitted, heldout, sizes, seed=seed, refit_points=refit, progress=log)
+    return describe_fit(density, splits, len(fitted if refit is None else refit), backend.run_dir.name)
+
+
+def describe_fit(density: LatentDensity, splits: Sequence[str], count: int, source: str) -> LatentDensity:
+    """Record in `density` what it was fitted on."""
     density.info["fitted_on"] = {
         "split": "+".join(splits),
-        "count": len(training),
+        "count": count,
         "statistic": "posterior means mu of the images, cropped and resized as in training",
-        "source": backend.run_dir.name,
+        "source": source,
     }
     return density
 

@@ -181,21 +181,19 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
             choices = (*choices, *PRECISION_POLICIES, True, False)
         if setting.in_config and choices and key in config and config[key] not in choices:
             raise RunError(f"{name_of(key)} must be one of {', '.join(map(str, choices))} (got {config[key]!r})")
+
+    def widths(value: object) -> bool:
+        return isinstance(value, list) and all(type(f) is int and f > 0 for f in value)
+
     filters = config["filters"]
-    if not isinstance(filters, list) or not all(
-        isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters
-    ):
+    if not widths(filters):
         raise RunError(f"{name_of('filters')} must be a list of positive integers (got {filters!r})")
     try:
         check_architecture(number("image_size", whole=True), filters)
     except ValueError as error:
         raise RunError(str(error)) from None
     decoder_filters = config.get("decoder_filters")  # None (or absent): the encoder's
-    if decoder_filters is not None and not (
-        isinstance(decoder_filters, list)
-        and len(decoder_filters) == len(filters)
-        and all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in decoder_filters)
-    ):
+    if decoder_filters is not None and not (widths(decoder_filters) and len(decoder_filters) == len(filters)):
         raise RunError(
             f"{name_of('decoder_filters')} must be {len(filters)} positive integers, one per block of "
             f"{name_of('filters')} {','.join(map(str, filters))} (got {decoder_filters!r})"
@@ -300,9 +298,8 @@ def is_address(address: object) -> bool:
 
 
 def writes_run_folder(config: dict) -> bool:
-    """False for a non-chief worker of a multi-worker run: it leaves the run folder to the chief.
-    Read from TF_CONFIG as MultiWorkerMirroredStrategy reads it (train.is_chief decides the same
-    from the strategy, once TensorFlow is up)."""
+    """False for a non-chief worker of a multi-worker run (as MultiWorkerMirroredStrategy reads
+    TF_CONFIG): it leaves the run folder and the latent density to the chief."""
     if config["strategy"] != "multiworker":
         return True
     cluster, kind, index = read_tf_config()
@@ -375,8 +372,7 @@ def memory_needs(config: dict, train_count: int, validation_count: int) -> list[
     needs = [
         # Each weight also has its gradient, Adam's two moments, the float32 copy saved each epoch, the EMA.
         ("weights and optimizer state", "--latent, --hidden, --filters, --decoder-filters or --image-size", weights * (5 + (config["ema"] > 0))),
-        # The feature maps kept for the backward pass and their gradients (float32): 6.0 GB at 256x256,
-        # batch 64, with the weights, where the peak RSS of a training step grew by 4.5 GB.
+        # The feature maps kept for the backward pass and their gradients (float32).
         (f"activations of a batch of {batch} at {size}x{size}", "--batch-size or --image-size", 8 * batch * activation_count(config)),
         ("latent density fit after training", "--latent", density_fit),
     ]  # fmt: skip
@@ -418,7 +414,7 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
 
 
 def has_backup(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a step backup (train.StepBackup): its CheckpointManager index file."""
+    """Whether `run_dir` holds a step backup (recovery.StepBackup): its CheckpointManager index file."""
     return (run_dir / CHECKPOINT_DIR / BACKUP_DIR / "checkpoint").is_file()
 
 

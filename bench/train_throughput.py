@@ -9,13 +9,13 @@ cached tf.data pipeline so only the training step is timed; the first epoch (tra
 compilation) is excluded and the best of several timed epochs is reported, with the median.
 Images per CPU-second divide the images of all timed epochs by the CPU time the process spent
 in them (os.times() user + sys, all threads): unlike wall-clock rates, they stay comparable when
-the CPUs are throttled or shared with other processes.
+the CPUs are throttled or shared with other processes. Last, the rate at which the latent density
+fit at the end of a run encodes images (the float32 encoder at train.DENSITY_BATCH).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -48,6 +48,8 @@ import tensorflow as tf  # noqa: E402
 from machine import machine_lines  # noqa: E402
 
 import vae  # noqa: E402
+from epoch_log import cpu_seconds  # noqa: E402
+from train import DENSITY_BATCH, posterior_means  # noqa: E402
 
 
 def default_config(latent_dim: int, image_size: int) -> dict:
@@ -77,10 +79,16 @@ def measure(config: dict, policy: str, jit_compile: bool, steps: int, repeats: i
     return max(rates), statistics.median(rates), per_cpu_second
 
 
-def cpu_seconds() -> float:
-    """CPU time this process has used so far, user and system, all its threads."""
-    times = os.times()
-    return times.user + times.system
+def encoding_rate(config: dict, batches: int) -> float:
+    """Images per CPU-second of the latent density fit's encoding, over `batches` batches."""
+    means = posterior_means(vae.model_from_config(config).encoder, config)
+    size, channels = config["image_size"], config["channels"]
+    images = tf.constant(np.random.default_rng(0).random((DENSITY_BATCH, size, size, channels), dtype=np.float32))
+    means(images)  # traced
+    cpu_start = cpu_seconds()
+    for _ in range(batches):
+        means(images).numpy()
+    return batches * DENSITY_BATCH / (cpu_seconds() - cpu_start)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -99,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             best, median, per_cpu_second = measure(config, policy, jit_compile, args.steps, args.repeats)
             xla = "on" if jit_compile else "off"
             print(f"{policy:16s} {xla:4s} {best:11.1f} {median:8.1f} {per_cpu_second:10.1f}", flush=True)
+    rate = encoding_rate(config, args.steps)
+    print(f"latent density fit, encoding (float32, batch {DENSITY_BATCH}): {rate:.1f} images per CPU-second")
 
 
 if __name__ == "__main__":

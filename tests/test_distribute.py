@@ -106,6 +106,8 @@ def train_run() -> dict:
     import numpy as np
     from PIL import Image
 
+    import cluster
+    import epoch_log
     import runs
     import train
     import train_cli
@@ -127,16 +129,16 @@ def train_run() -> dict:
         except train_cli.RunError as error:
             errors[name] = str(error)
     train.train_command([*args, "--batch-size", "4", "--out", str(folder / "short")])
-    rows = train.read_history(run / "history.csv")
+    rows = epoch_log.read_history(run / "history.csv")
     return {
-        "replicas": train.choose_strategy("mirrored").num_replicas_in_sync,
+        "replicas": cluster.choose_strategy("mirrored").num_replicas_in_sync,
         "epochs": len(rows),
         "validation_images": len(train.load_splits(runs.read_config(run))[1]),
         "finite_figures": all(math.isfinite(value) for row in rows for value in row.values()),
         "output": output.getvalue(),
         "odd_batch_error": errors.get("odd", ""),
         "single_image_error": errors.get("single", ""),
-        "short_batch_epochs": len(train.read_history(folder / "short" / "history.csv")),
+        "short_batch_epochs": len(epoch_log.read_history(folder / "short" / "history.csv")),
     }
 
 
@@ -146,29 +148,31 @@ if __name__ == "__main__":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     if sys.argv[1] == "compare":  # gaussian: a 4-image batch, 2 images a replica; its gradients are larger
-        import train
+        import cluster
 
-        mirrored = train.choose_strategy("mirrored")
+        mirrored = cluster.choose_strategy("mirrored")
         reports = {"mse": compare(mirrored, "mse", 8, 0.1), "gaussian": compare(mirrored, "gaussian", 4, 1e-4)}
         print(json.dumps(reports))
     else:
         print(json.dumps(train_run()))
 
 
-def test_only_the_chief_writes_the_run_folder():
-    import tensorflow as tf
+def test_only_the_chief_writes_the_run_folder_and_each_worker_has_its_own_file_cache(monkeypatch):
+    import cluster
+    import train_cli
 
-    import train
+    workers, with_chief = {"worker": ["host0:1", "host1:1"]}, {"chief": ["host0:1"], "worker": ["host1:1"]}
 
-    cluster = tf.train.ClusterSpec({"worker": ["host0:1", "host1:1"]})
+    def chief_and_cache(strategy: str, cluster_jobs: dict | None = None, kind: str = "", index: int = 0):
+        if cluster_jobs:
+            monkeypatch.setenv(
+                "TF_CONFIG", json.dumps({"cluster": cluster_jobs, "task": {"type": kind, "index": index}})
+            )
+        config = {"strategy": strategy, "cache": "cache"}
+        return train_cli.writes_run_folder(config), cluster.worker_cache(config)
 
-    def strategy_of(task_type, task_id, spec=cluster):
-        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, task_type=task_type, task_id=task_id)
-        return type("Strategy", (), {"cluster_resolver": resolver})()
-
-    assert train.is_chief(tf.distribute.get_strategy())
-    assert train.is_chief(strategy_of("worker", 0))
-    assert not train.is_chief(strategy_of("worker", 1))
-    with_chief = tf.train.ClusterSpec({"chief": ["host0:1"], "worker": ["host1:1"]})
-    assert train.is_chief(strategy_of("chief", 0, with_chief))
-    assert not train.is_chief(strategy_of("worker", 0, with_chief))
+    assert chief_and_cache("none") == chief_and_cache("mirrored") == (True, "cache")
+    assert chief_and_cache("multiworker", workers, "worker", 0) == (True, str(Path("cache/worker0")))
+    assert chief_and_cache("multiworker", workers, "worker", 1) == (False, str(Path("cache/worker1")))
+    assert chief_and_cache("multiworker", with_chief, "chief", 0) == (True, str(Path("cache/chief0")))
+    assert chief_and_cache("multiworker", with_chief, "worker", 0) == (False, str(Path("cache/worker0")))

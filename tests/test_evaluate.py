@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 import data
+import epoch_log
 import evaluate
-import train
 import vae
 from errors import UserError
 from runs import load_decodable, open_backend
@@ -172,7 +172,7 @@ def evaluate_args(run: Path, data_dir: Path, *extra: str) -> list[str]:
 def test_validation_figures_match_the_training_history(tiny_run, kaggle_celeba):
     # 8 validation images in one batch of 8: history.csv's batch means are the image means
     results = evaluate.main(evaluate_args(tiny_run, kaggle_celeba, "--split", "validation", "--batch-size", "8"))
-    last = train.read_history(tiny_run / "history.csv")[-1]
+    last = epoch_log.read_history(tiny_run / "history.csv")[-1]
     assert results["count"] == 8
     assert results["posterior_mean"]["mse"] == pytest.approx(last["val_mse"], rel=1e-4)
     assert results["posterior_mean"]["reconstruction"] == pytest.approx(last["val_reconstruction"], rel=1e-4)

@@ -22,6 +22,10 @@ import pytest
 from helpers import REPO, tiny_train_args
 from test_recovery import final_state
 
+import cluster
+import epoch_log
+import recovery
+import runs
 import train
 import train_cli
 from train_cli import RunError
@@ -113,7 +117,7 @@ def relative_difference(run: Path, reference: Path) -> float:
 
 
 def history(run: Path) -> list[dict]:
-    return train.read_history(run / "history.csv")
+    return epoch_log.read_history(run / "history.csv")
 
 
 def test_two_workers_train_as_one_process_on_the_global_batch(face_folder, tmp_path):
@@ -142,7 +146,7 @@ def test_two_workers_train_as_one_process_on_the_global_batch(face_folder, tmp_p
     for chief_row, single_row in zip(history(chief_run), history(single_run), strict=True):
         assert chief_row.keys() == single_row.keys()
         for key, value in single_row.items():
-            if key not in train.TIMING_COLUMNS:
+            if key not in epoch_log.TIMING_COLUMNS:
                 assert chief_row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
@@ -181,8 +185,8 @@ def test_sigterm_to_one_worker_stops_both_after_a_backup_and_the_run_resumes_alo
     # Global batch 2 (1 image per worker): 26 steps an epoch, a backup every 2 steps.
     flags = ("--batch-size", "2", "--lr-schedule", "constant", "--backup-every", "2")
     workers = start_workers(face_folder, [chief_run, other_out], tmp_path, "--epochs", "500", *flags)
-    chief_backup = chief_run / train.CHECKPOINT_DIR / train.BACKUP_DIR / "checkpoint"
-    other_backup = f"vae-worker-*/{train.CHECKPOINT_DIR}/{train.BACKUP_DIR}/checkpoint"
+    chief_backup = chief_run / runs.CHECKPOINT_DIR / runs.BACKUP_DIR / "checkpoint"
+    other_backup = f"vae-worker-*/{runs.CHECKPOINT_DIR}/{runs.BACKUP_DIR}/checkpoint"
     try:
         deadline = time.monotonic() + START_TIMEOUT
         # Both write step backups: the chief into the run folder, the other worker into its scratch folder.
@@ -208,7 +212,7 @@ def test_sigterm_to_one_worker_stops_both_after_a_backup_and_the_run_resumes_alo
     assert chief_stop and other_stop and chief_stop.groups() == other_stop.groups()
     assert "Traceback" not in log_of(tmp_path, 0) + log_of(tmp_path, 1)
     epoch, step = (int(number) for number in chief_stop.groups())
-    assert train.latest_backup(chief_run)[:2] == (epoch - 1, step)  # the step they stopped after
+    assert recovery.latest_backup(chief_run)[:2] == (epoch - 1, step)  # the step they stopped after
     assert not other_out.exists() and not list((tmp_path / "tmp1").glob("vae-worker-*"))
 
     # The rest of the epoch in this single process, from the chief's backup.
@@ -290,7 +294,7 @@ def test_multiworker_needs_a_valid_tf_config(face_folder, tmp_path, monkeypatch,
     else:
         monkeypatch.setenv("TF_CONFIG", tf_config)
     # Refused by train_cli, before TensorFlow starts a strategy: multiworker_strategy would fail the test.
-    monkeypatch.setattr(train, "multiworker_strategy", lambda *args: pytest.fail("TF_CONFIG reached TensorFlow"))
+    monkeypatch.setattr(cluster, "multiworker_strategy", lambda *args: pytest.fail("TF_CONFIG reached TensorFlow"))
     with pytest.raises(RunError) as exit_info:
         train.train_command(tiny_train_args(face_folder, tmp_path / "run", "--strategy", "multiworker"))
     assert str(exit_info.value) == f"{problem}{train_cli.TF_CONFIG_HELP}"

@@ -17,8 +17,11 @@ from helpers import REPO, tiny_train_args
 from tensorflow.python.checkpoint import checkpoint_management
 from tensorflow.python.ops import gen_io_ops
 
+import epoch_log
+import recovery
 import runs
 import train
+import train_cli
 import vae
 from train_cli import RunError
 
@@ -41,7 +44,7 @@ def steps_per_epoch(run: Path) -> int:
 def final_state(run: Path) -> tuple[int, int]:
     """(completed epochs, optimizer iterations) from the newest epoch checkpoint."""
     config = runs.read_config(run)
-    epochs, path = train.latest_checkpoint(run)
+    epochs, path = train_cli.latest_checkpoint(run)
     model = vae.model_from_config(config)
     model.compile(optimizer=vae.make_optimizer(config))
     model.optimizer.build(model.trained_variables())
@@ -53,7 +56,7 @@ def start_training(data: Path, run: Path) -> subprocess.Popen:
     """train.py in a subprocess, for many epochs, once its first step backup exists."""
     command = [sys.executable, str(REPO / "train.py"), *tiny_train_args(data, run, "--epochs", "500", *FLAGS)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    index_file = run / train.CHECKPOINT_DIR / train.BACKUP_DIR / "checkpoint"
+    index_file = run / runs.CHECKPOINT_DIR / runs.BACKUP_DIR / "checkpoint"
     deadline = time.time() + 120
     while not index_file.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -70,15 +73,15 @@ def test_killed_run_resumes_from_its_step_backup_and_ends_as_an_uninterrupted_ru
     process.communicate()
     # Killed in the first epoch, after the backup of an even step k.
     steps = steps_per_epoch(run)
-    assert train.latest_checkpoint(run) is None
-    epochs_done, step, _ = train.latest_backup(run)
+    assert train_cli.latest_checkpoint(run) is None
+    epochs_done, step, _ = recovery.latest_backup(run)
     assert epochs_done == 0 and 2 <= step < steps and step % 2 == 0
 
     train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert f"resuming {run} in epoch 1 after step {step} of {steps} (optimizer step {step}," in capsys.readouterr().out
     assert final_state(run) == (2, 2 * steps)  # the resumed epoch trained only its remaining steps
     assert history_epochs(run) == [1, 2]
-    assert not (run / train.CHECKPOINT_DIR / train.BACKUP_DIR).exists()  # removed at the end, as on a straight run
+    assert not (run / runs.CHECKPOINT_DIR / runs.BACKUP_DIR).exists()  # removed at the end, as on a straight run
 
     # Same data order, sampling noise, optimizer and EMA state, and running metrics after the
     # resume: the weights and the history of a run that was never interrupted.
@@ -88,9 +91,9 @@ def test_killed_run_resumes_from_its_step_backup_and_ends_as_an_uninterrupted_ru
         weights = [keras.saving.load_model(folder / name, safe_mode=True).get_weights() for folder in (straight, run)]
         for a, b in zip(*weights, strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    rows = [train.read_history(folder / "history.csv") for folder in (straight, run)]
+    rows = [epoch_log.read_history(folder / "history.csv") for folder in (straight, run)]
     for expected, resumed in zip(*rows, strict=True):
-        for column in train.TIMING_COLUMNS:
+        for column in epoch_log.TIMING_COLUMNS:
             del expected[column], resumed[column]
         assert resumed == pytest.approx(expected, rel=1e-5)
 
@@ -106,7 +109,7 @@ def test_sigterm_backs_up_the_current_step_and_says_how_to_resume(face_folder, t
     assert message.endswith(f"state saved in {run}; continue with: {sys.executable} train.py --resume {run}")
     assert "Traceback" not in stderr
     step = int(message.split("after step ")[1].split()[0])
-    assert train.latest_backup(run)[:2] == (0, step)  # the step it stopped after, not an older backup
+    assert recovery.latest_backup(run)[:2] == (0, step)  # the step it stopped after, not an older backup
 
     train.train_command(["--resume", str(run), "--epochs", "1", "--verbose", "0"])
     assert f"after step {step} of {steps_per_epoch(run)} (optimizer step {step}," in capsys.readouterr().out
@@ -125,13 +128,13 @@ def test_ctrl_c_backs_up_the_current_step_and_a_second_one_stops_at_once(face_fo
     assert message.startswith("stopped by Ctrl-C in epoch 1 after step ")
     assert message.endswith(f"state saved in {run}; continue with: {sys.executable} train.py --resume {run}")
     step = int(message.split("after step ")[1].split()[0])
-    assert train.latest_backup(run)[:2] == (0, step)
+    assert recovery.latest_backup(run)[:2] == (0, step)
 
     # The second Ctrl-C, sent once the first was handled, ends the process at once; a real run
     # may have finished its step and backup by then, so the handler is tried on its own.
     script = (
-        "import os, signal, sys, time\nfrom pathlib import Path\nimport train\n"
-        f"with train.StopRequest(Path({str(run)!r})).installed():\n"
+        "import os, signal, sys, time\nfrom pathlib import Path\nimport train, recovery\n"
+        f"with recovery.StopRequest(Path({str(run)!r})).installed():\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(0.2)\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(60)\n"
     )
@@ -173,9 +176,9 @@ def test_a_backup_write_cut_short_leaves_the_previous_backup_usable(
     with pytest.raises(SimulatedKill):
         train.train_command(tiny_train_args(face_folder, run, "--epochs", "1", *FLAGS))
     monkeypatch.undo()
-    backup_folder = run / train.CHECKPOINT_DIR / train.BACKUP_DIR
+    backup_folder = run / runs.CHECKPOINT_DIR / runs.BACKUP_DIR
     assert {path.name for path in backup_folder.iterdir()} > {"checkpoint", "ckpt-2.index"}  # leftovers of step 4
-    assert train.latest_backup(run)[:2] == (0, 2)
+    assert recovery.latest_backup(run)[:2] == (0, 2)
 
     train.train_command(["--resume", str(run), "--verbose", "0"])
     assert final_state(run) == (1, steps_per_epoch(run))

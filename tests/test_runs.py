@@ -206,13 +206,13 @@ def test_a_library_module_run_as_a_script_says_what_to_run(module):
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask):
     """Not mkstemp's 0600: 0666 less the umask, like any new file, so others can read models and pictures."""
-    import train  # its loss-curve PNG goes through the same helper
+    import epoch_log  # its loss-curve PNG goes through the same helper
 
     previous = os.umask(umask)
     try:
         runs.write_text_atomic(tmp_path / "config.json", "{}\n")
         images.save_image(Image.new("RGB", (4, 4)), tmp_path / "grid" / "grid.png")
-        train.plot_history([{"epoch": 1, "loss": 1.0}], tmp_path / "loss_curves.png")
+        epoch_log.plot_history([{"epoch": 1, "loss": 1.0}], tmp_path / "loss_curves.png")
         images.write_together({tmp_path / "copied.json": partial(shutil.copyfile, tmp_path / "config.json")})
         with pytest.raises(OSError), images.atomic_write(tmp_path / "failed.txt") as temporary:
             temporary.write_text("half")

@@ -18,11 +18,14 @@ import tensorflow as tf
 from helpers import CELEBA_SAMPLE, REPO, tiny_train_args, write_faces
 from PIL import Image
 
+import data
+import epoch_log
 import images
 import inference
 import latent
 import runs
 import train
+import train_cli
 import vae
 from train_cli import RunError
 
@@ -40,15 +43,15 @@ def assert_same_history(run_a: Path, run_b: Path) -> None:
     rows_a, rows_b = history_rows(run_a), history_rows(run_b)
     assert [row.keys() for row in rows_a] == [row.keys() for row in rows_b]
     for row_a, row_b in zip(rows_a, rows_b, strict=True):
-        assert {k: float(v) for k, v in row_a.items() if k not in train.TIMING_COLUMNS} == pytest.approx(
-            {k: float(v) for k, v in row_b.items() if k not in train.TIMING_COLUMNS}, rel=1e-6
+        assert {k: float(v) for k, v in row_a.items() if k not in epoch_log.TIMING_COLUMNS} == pytest.approx(
+            {k: float(v) for k, v in row_b.items() if k not in epoch_log.TIMING_COLUMNS}, rel=1e-6
         )
 
 
 def checkpoint_state(run: Path) -> tuple[int, int]:
     """(completed epochs, optimizer iterations) from the newest checkpoint."""
     config = runs.read_config(run)
-    epochs, path = train.latest_checkpoint(run)
+    epochs, path = train_cli.latest_checkpoint(run)
     model = vae.model_from_config(config)
     model.compile(optimizer=vae.make_optimizer(config))
     model.optimizer.build(model.trainable_variables)
@@ -56,14 +59,20 @@ def checkpoint_state(run: Path) -> tuple[int, int]:
     return epochs, int(model.optimizer.iterations.numpy())
 
 
-def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path):
+def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path, monkeypatch):
     run = tmp_path / "run"
+
+    def no_pillow(*_):
+        raise AssertionError("the latent density's fit decoded an image file again")
+
+    monkeypatch.setattr(runs, "load_face", no_pillow)  # it reads the images training cached
     train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "4", "--lr", "3e-3"))
+    monkeypatch.undo()
     rows = history_rows(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["loss"]) < 0.8 * float(rows[0]["loss"])
-    assert {"loss", "reconstruction", "kl", "mse", "val_loss", "val_mse", *train.TIMING_COLUMNS} <= set(rows[0])
-    assert all(float(row[column]) > 0 for row in rows for column in train.TIMING_COLUMNS)
+    assert {"loss", "reconstruction", "kl", "mse", "val_loss", "val_mse", *epoch_log.TIMING_COLUMNS} <= set(rows[0])
+    assert all(float(row[column]) > 0 for row in rows for column in epoch_log.TIMING_COLUMNS)
     config = json.loads((run / "config.json").read_text())
     assert config["latent_dim"] == 8 and config["filters"] == [8, 16] and config["image_size"] == 16
     encoder = keras.saving.load_model(run / "encoder.keras", safe_mode=True)
@@ -75,17 +84,17 @@ def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path):
     assert Image.open(run / "reconstructions" / "epoch_004.png").size == (8 * 18 + 2, 2 * 18 + 2)
     assert Image.open(run / "samples" / "epoch_004.png").size == (8 * 18 + 2, 2 * 18 + 2)
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["epoch_004.weights.h5"]
-    # the fitted latent density, over the posterior means of the 26 readable training images
+    # the fitted latent density, over the posterior means of one epoch's training images (3 batches of 8)
     density = latent.read_density(run / latent.DENSITY_FILE, latent_dim=8)
-    assert density.info["fitted_on"]["split"] == "train" and density.info["fitted_on"]["count"] == 26
+    assert density.info["fitted_on"]["split"] == "train" and density.info["fitted_on"]["count"] == 24
     mu = encoder(np.stack([images.load_face(p, 16) for p in train.load_splits(config)[0][:3]]))[0]
     assert np.all(np.isfinite(density.log_likelihood(np.asarray(mu))))
 
 
 def test_history_gains_the_timing_columns_and_an_older_history_csv_still_reads(tmp_path):
     (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n1,0.5,0.6\n")  # written before the timings
-    history = train.History(tmp_path, initial_epoch=1)
-    timer = train.EpochTimes(history, batch_size=4, epochs=2, verbose=0)
+    history = epoch_log.History(tmp_path, initial_epoch=1)
+    timer = epoch_log.EpochTimes(history, {"batch_size": 4, "epochs": 2, "latent_dim": 8}, verbose=0)
     timer.on_epoch_begin(1)
     started = time.perf_counter()
     while time.perf_counter() < started + 0.05:  # steps that take some time (wall-clock: other threads add CPU time)
@@ -98,11 +107,23 @@ def test_history_gains_the_timing_columns_and_an_older_history_csv_still_reads(t
     timer.on_test_end()
     history.on_epoch_end(1, {"loss": 0.4, "val_loss": 0.5})
     timer.on_epoch_end(1)
-    old, new = train.read_history(tmp_path / "history.csv")
+    old, new = epoch_log.read_history(tmp_path / "history.csv")
     assert old == {"epoch": 1, "loss": 0.5, "val_loss": 0.6}
-    assert new.keys() == {"epoch", "loss", "val_loss", *train.TIMING_COLUMNS} and new["loss"] == 0.4
+    assert new.keys() == {"epoch", "loss", "val_loss", *epoch_log.TIMING_COLUMNS} and new["loss"] == 0.4
     assert new["seconds_steps"] >= 0.05 and new["seconds_artifacts"] >= new["seconds_validation"] >= 0
     assert 0 < new["images_per_cpu_second"] < float("inf")
+
+
+def test_a_run_on_train_and_validation_chooses_k_on_unseen_images_then_refits_to_both(kaggle_celeba, tmp_path):
+    run = tmp_path / "run"
+    train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "1", "--train-split", "train+validation"))
+    dataset = data.find_dataset(kaggle_celeba)
+    train_count, validation_count = (len(data.usable_files(dataset.split(name))) for name in ("train", "validation"))
+    density = latent.read_density(run / latent.DENSITY_FILE, latent_dim=8)
+    assert density.info["fitted_on"]["split"] == "train+validation"
+    assert density.info["fitted_on"]["count"] == train_count + validation_count
+    selection = density.info["selection"]  # k fitted to the train split's images, scored on the validation's
+    assert (selection["fit_count"], selection["heldout_count"]) == (train_count, validation_count)
 
 
 def test_same_seed_same_result_and_run_folders_inside_the_data_are_not_trained_on(tmp_path):
@@ -174,6 +195,11 @@ def test_progress_is_one_line_per_epoch_when_stdout_is_not_a_terminal(face_folde
     assert not any(code in out for code in ("\x1b", "\r", "\b"))
     epoch_lines = [line for line in out.splitlines() if " - loss: " in line or line.startswith("Epoch ")]
     assert len(epoch_lines) == 4 and epoch_lines[0] == "Epoch 1/2" and " - val_loss: " in epoch_lines[1]
+    # Each epoch's summary on the line after Keras' own, its time left including the latent density's fit.
+    lines, summaries = out.splitlines(), [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [lines.index(summary) for summary in summaries] == [lines.index(epoch_lines[i]) + 1 for i in (1, 3)]
+    assert summaries[0].endswith(" to go for the 1 epoch(s) left and the latent density")
+    assert summaries[1].endswith(" to go for the latent density")
     assert not (run / "tensorboard").exists()
 
 
@@ -184,7 +210,7 @@ def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):
         model = vae.model_from_config(config)
         model.compile(optimizer=vae.make_optimizer(config))
         model.optimizer.build(model.trainable_variables)
-        model.load_weights(train.latest_checkpoint(run)[1])
+        model.load_weights(train_cli.latest_checkpoint(run)[1])
         return saved, model.decoder.get_layer("project").get_weights()[0]
 
     train.train_command(tiny_train_args(face_folder, tmp_path / "plain", "--epochs", "1"))

@@ -21,6 +21,7 @@ import pytest
 from helpers import REPO, tiny_train_args, write_faces
 
 import data
+import recovery
 import runs
 import train
 import train_cli
@@ -250,7 +251,7 @@ def test_temporary_files_of_a_killed_run_are_removed_on_resume(trained_run, tmp_
     train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
     assert f"removed 6 temporary file(s) an interrupted run left in {run}" in capsys.readouterr().out
     assert not any(path.exists() for path in debris)
-    assert (run / ".gitignore").exists() and train.latest_checkpoint(run)[0] == 2
+    assert (run / ".gitignore").exists() and train_cli.latest_checkpoint(run)[0] == 2
 
 
 def test_a_full_disk_keeps_the_last_checkpoint_and_says_what_a_checkpoint_needs(trained_run, tmp_path, monkeypatch):
@@ -266,7 +267,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_what_a_checkpoint_needs(
     message = (
         f"^the disk is full in {run}: a checkpoint takes {len(kept_bytes) / 1e6:.1f} MB and encoder.keras "
         f"with decoder.keras about [0-9.]+ MB; free that much space, then continue from the last good checkpoint "
-        f"\\(epoch 1\\) with: {re.escape(train.resume_command(run))}$"
+        f"\\(epoch 1\\) with: {re.escape(recovery.resume_command(run))}$"
     )
     with pytest.raises(RunError, match=message):
         train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
@@ -274,7 +275,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_what_a_checkpoint_needs(
     assert kept.read_bytes() == kept_bytes
     monkeypatch.undo()
     train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
-    assert train.latest_checkpoint(run)[0] == 2
+    assert train_cli.latest_checkpoint(run)[0] == 2
 
 
 def test_a_full_disk_before_the_first_checkpoint_points_to_the_step_backup(kaggle_celeba, tmp_path, monkeypatch):
@@ -285,12 +286,12 @@ def test_a_full_disk_before_the_first_checkpoint_points_to_the_step_backup(kaggl
 
     monkeypatch.setattr(vae.VAE, "save_weights", disk_fills_up)  # the end-of-epoch checkpoint
     with pytest.raises(
-        RunError, match=f"then continue from the last step backup with: {re.escape(train.resume_command(run))}$"
+        RunError, match=f"then continue from the last step backup with: {re.escape(recovery.resume_command(run))}$"
     ):
         train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "1", "--backup-every", "2"))
     monkeypatch.undo()
     train.train_command(["--resume", str(run), "--verbose", "0"])
-    assert train.latest_checkpoint(run)[0] == 1
+    assert train_cli.latest_checkpoint(run)[0] == 1
 
 
 def test_damaged_checkpoint_and_edited_config_are_one_line_each(trained_run, tmp_path):
@@ -310,7 +311,7 @@ def test_damaged_checkpoint_and_edited_config_are_one_line_each(trained_run, tmp
         with pytest.raises(RunError, match="does not fit the model its config.json describes .*was config.json edited"):
             train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
         assert (run / "config.json").read_text() == edited
-    assert checkpoint.read_bytes() == good and train.latest_checkpoint(run)[0] == 1
+    assert checkpoint.read_bytes() == good and train_cli.latest_checkpoint(run)[0] == 1
 
 
 def test_a_memory_cache_that_would_not_fit_stops_before_training(face_folder, tmp_path, monkeypatch):
@@ -323,7 +324,7 @@ def test_a_memory_cache_that_would_not_fit_stops_before_training(face_folder, tm
     assert not run.exists()
     monkeypatch.setattr(data, "available_memory", lambda: 100_000_000)  # enough for the model, not the cache
     train.train_command(tiny_train_args(face_folder, run, "--cache", str(tmp_path / "cache"), "--epochs", "1"))
-    assert train.latest_checkpoint(run)[0] == 1 and list((tmp_path / "cache").glob("*.index"))
+    assert train_cli.latest_checkpoint(run)[0] == 1 and list((tmp_path / "cache").glob("*.index"))
 
 
 @pytest.mark.parametrize(
@@ -371,7 +372,7 @@ def test_a_file_cache_that_would_not_fit_stops_before_training(face_folder, tmp_
     # Complete caches are reused and need no space: another run on the same data goes ahead on a full disk.
     monkeypatch.setattr(data, "free_disk_space", lambda folder: 0)
     train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
-    assert train.latest_checkpoint(run)[0] == 2
+    assert train_cli.latest_checkpoint(run)[0] == 2
 
 
 @pytest.fixture
@@ -416,7 +417,7 @@ def test_a_cache_disk_that_fills_up_during_training_stops_with_one_line(face_fol
     (tiny_disk / "other.bin").unlink()  # space freed: the advice works
     shutil.rmtree(run)
     train.train_command(args)
-    assert train.latest_checkpoint(run)[0] == 1 and len(list(tiny_disk.glob("*.index"))) == 2
+    assert train_cli.latest_checkpoint(run)[0] == 1 and len(list(tiny_disk.glob("*.index"))) == 2
 
 
 def test_a_full_cache_disk_after_a_checkpoint_says_to_resume(trained_run, tmp_path):
@@ -431,11 +432,11 @@ def test_a_full_cache_disk_after_a_checkpoint_says_to_resume(trained_run, tmp_pa
     for path in debris:
         path.write_bytes(b"")
     assert not data.file_cache_is_complete(prefix)
-    error = train.file_cache_full_error(str(cache), [train_files, validation_files], config, trained_run)
+    error = recovery.file_cache_full_error(str(cache), [train_files, validation_files], config, trained_run)
     assert re.fullmatch(
         f"the disk of --cache {cache} filled up .*: the cache needs about [0-9]+ kB and [0-9.]+ [kMG]B is free; "
         f"free space there or give another --cache folder, then continue from the last good checkpoint \\(epoch 1\\) "
-        f"with: {re.escape(train.resume_command(trained_run))}",
+        f"with: {re.escape(recovery.resume_command(trained_run))}",
         str(error),
     )
     assert not any(path.exists() for path in debris)

@@ -1,0 +1,183 @@
+"""The tf.distribute strategy of a training run, its replicas' shares of a batch, and a
+multi-worker cluster's start and end.
+
+--strategy multiworker reads TF_CONFIG (checked by train_cli) and waits at most
+--worker-start-timeout for every worker, naming those that did not start. Only the chief writes
+the run folder; the other workers write their identical copies into a scratch folder.
+
+This is the one module that imports a private TensorFlow module, `tensorflow.python.eager.context`:
+MultiWorkerMirroredStrategy starts TensorFlow's coordination service with no limit on how long
+its tasks wait for one another, and the only way to give it one is the eager context's
+configure_coordination_service, which has no public counterpart.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import gc
+import math
+import os
+import re
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import tensorflow as tf
+from tensorflow.python.eager import context  # the coordination service's settings (see above)
+
+import data
+import train_cli
+from errors import not_a_script
+from runs import native_start_up_lines_filtered
+from train_cli import RunError
+
+TASK_NAME = r"/job:(\w+)/replica:\d+/task:(\d+)"  # a task of a TensorFlow cluster, as its messages name it
+
+
+def start_strategy(config: dict, worker_start_timeout: float) -> tf.distribute.Strategy:
+    """The run's strategy, once its replicas are known to share the batch evenly."""
+    if config["strategy"] == "multiworker":  # its messages while it waits go out as they come
+        strategy = multiworker_strategy(worker_start_timeout)
+    else:
+        with native_start_up_lines_filtered():  # the first look at the devices: CUDA's start-up lines
+            strategy = choose_strategy(config["strategy"])
+            tf.config.list_logical_devices()
+    replicas = strategy.num_replicas_in_sync
+    if config["batch_size"] % replicas:
+        raise RunError(
+            f"--batch-size {config['batch_size']} must be a multiple of the {replicas} replicas, "
+            "each of which trains on an equal share of the global batch"
+        )
+    return strategy
+
+
+def choose_strategy(name: str) -> tf.distribute.Strategy:
+    """MirroredStrategy over several GPUs (or, with "mirrored" and no GPU, over the logical CPU
+    devices, several only as the tests configure them), else the default strategy."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy(
+            [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
+        )
+    return tf.distribute.get_strategy()
+
+
+def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirroredStrategy:
+    """MultiWorkerMirroredStrategy over TF_CONFIG's cluster once all its tasks have registered at
+    the coordination service's barrier, which fails after `start_timeout` naming those it lacks
+    (a task that cannot reach the service gives up 5 s later); RunError then."""
+    cluster, kind, index = train_cli.read_tf_config()
+    leader = f"/job:{'chief' if 'chief' in cluster else 'worker'}/replica:0/task:0"
+    service = context.context()
+    service.configure_coordination_service(
+        service_type="standalone", service_leader=leader, cluster_register_timeout_in_ms=math.ceil(start_timeout * 1000)
+    )
+    for job, addresses in cluster.items():
+        service.coordination_service.coordinated_job_list.add(name=job, num_tasks=len(addresses))
+    service.coordination_service.cluster_register_with_barrier = True
+    workers = sum(map(len, cluster.values()))
+    print(f"multiworker: {kind} {index} of {workers}, waiting up to {start_timeout:g} s until all of them have started")
+    sys.stdout.flush()
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        # The coordination service catches SIGTERM (for PreemptionCheckpointHandler, not used
+        # here): give it back its usual effect until training installs its own handler.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        atexit.register(quiet_native_log)  # after the last line, whatever ends the run
+        return strategy
+    except tf.errors.DeadlineExceededError as error:
+        # The tasks it timed out on, one a line after "timed out task names:".
+        listed = re.match(rf"(\s*{TASK_NAME})*", error.message.partition("timed out task names:")[2]).group()
+    stragglers = dict.fromkeys(re.findall(TASK_NAME, listed))
+    if stragglers:
+        what = ", ".join(f"{job} {task} ({cluster[job][int(task)]})" for job, task in stragglers) + " did not start"
+    else:  # this task could not even reach the service
+        job, task = re.search(TASK_NAME, leader).groups()
+        what = f"{job} {task} ({cluster[job][int(task)]}) could not be reached (not started, or its port blocked)"
+    # Once the failed start's objects are gone: the coordination agent logs its error state again
+    # as they go, which would otherwise come after this one-line error.
+    gc.collect()
+    raise RunError(
+        f"{what} within --worker-start-timeout {start_timeout:g} s; start train.py on every worker of TF_CONFIG, "
+        "each with its own task index, within that time of one another"
+    )
+
+
+def worker_cache(config: dict) -> str:
+    """This process's --cache: a file cache gets a subfolder per worker, as two workers must not
+    write one cache (on shared storage, or on one host)."""
+    cache = config["cache"]
+    if cache in ("memory", "none") or config["strategy"] != "multiworker":
+        return cache
+    _, kind, index = train_cli.read_tf_config()
+    return str(Path(cache) / f"{kind}{index}")
+
+
+@contextlib.contextmanager
+def worker_output(run_dir: Path, chief: bool) -> Iterator[Path]:
+    """Where this process writes: the run folder, or for a worker other than the chief a scratch
+    folder for its copies (as the tf.distribute guides recommend), removed at the end."""
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        yield run_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="vae-worker-") as scratch:
+        yield Path(scratch)
+
+
+def quiet_native_log() -> None:
+    """Send what is written to stderr from now on to /dev/null: once a worker has said why it ends,
+    the coordination service's complaints about the workers already gone would follow."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def steps_per_pass(
+    train_files: list[Path], validation_files: list[Path], batch_size: int, replicas: int, drop_remainder: bool
+) -> tuple[int, int]:
+    """The batches of a pass over the training and over the validation files: a short last batch
+    is dropped with `drop_remainder` (training only), else cut to a multiple of the replicas
+    (even_batches), saying how many images that leaves out. RunError when a pass holds no batch."""
+    steps, left = [], []
+    for split, files, drop in (("training", train_files, drop_remainder), ("validation", validation_files, False)):
+        count = len(files)
+        if count < batch_size and replicas > 1:
+            count = sum(map(data.is_readable_image, files))  # one short batch: count what it will hold
+        full, rest = divmod(count, batch_size)
+        kept = 0 if drop else rest // replicas * replicas
+        if full == 0 and kept == 0:
+            raise RunError(
+                f"the {count} readable {split} image(s) cannot be shared by the {replicas} replicas; "
+                f"use at least {replicas} images"
+            )
+        steps.append(full + (kept > 0))
+        left.append(rest - kept)
+    if replicas > 1 and sum(left):
+        print(
+            f"{replicas} replicas: each batch is cut to a multiple of {replicas} images, so that every replica gets "
+            f"an equal share; left out per epoch: {left[0]} of the {len(train_files)} training images and "
+            f"{left[1]} of the {len(validation_files)} validation images"
+        )
+    return steps[0], steps[1]
+
+
+def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """Each batch cut to a multiple of `replicas`, the empty ones dropped: tf.distribute gives each
+    replica ceil(n / replicas) of a batch of n, so a short last batch would leave a replica with no
+    image (which crashes inside BatchNormalization on some CPUs) or with a smaller share than the
+    others (the step's loss scaling assumes equal ones)."""
+    if replicas == 1:
+        return dataset
+    return dataset.map(lambda images: images[: tf.shape(images)[0] // replicas * replicas]).filter(
+        lambda images: tf.shape(images)[0] > 0
+    )
+
+
+if __name__ == "__main__":
+    not_a_script(__file__)

@@ -1,0 +1,152 @@
+"""What a training run records of each epoch: its row of history.csv (the losses, then where
+the epoch's time went), loss_curves.png, and the line printed after it with the time left."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+
+import latent
+from errors import not_a_script
+from images import atomic_write
+from runs import HISTORY_FILE, LOSS_CURVES_FILE, write_text_atomic
+
+TIMING_COLUMNS = ("seconds_steps", "seconds_validation", "seconds_artifacts", "images_per_cpu_second")
+
+
+class History(keras.callbacks.Callback):
+    """history.csv (rewritten atomically each epoch) and loss_curves.png. Written before the epoch
+    checkpoint, so that a checkpoint always has its row; EpochTimes adds the epoch's timings after it."""
+
+    def __init__(self, run_dir: Path, initial_epoch: int):
+        super().__init__()
+        self.csv_path, self.plot_path = run_dir / HISTORY_FILE, run_dir / LOSS_CURVES_FILE
+        self.rows = read_history(self.csv_path)[:initial_epoch] if initial_epoch else []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}})
+        self.write()
+        plot_history(self.rows, self.plot_path)
+
+    def write(self) -> None:
+        columns = list(dict.fromkeys(key for r in self.rows for key in r))
+        lines = [",".join(columns)] + [",".join(str(r.get(c, "")) for c in columns) for r in self.rows]
+        write_text_atomic(self.csv_path, "\n".join(lines) + "\n")
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [
+            {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def plot_history(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("loss", "total loss"), ("reconstruction", "reconstruction"), ("kl", "KL"), ("mse", "per-pixel MSE")]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    epochs = [r["epoch"] for r in rows]
+    for axis, (key, title) in zip(axes, panels, strict=True):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            axis.plot(epochs, [r.get(prefix + key, float("nan")) for r in rows], marker="o", markersize=3, label=label)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.tight_layout()
+    with atomic_write(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
+    plt.close(figure)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, all its threads (user + system)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def now() -> tuple[float, float]:
+    """(wall-clock seconds, CPU seconds)."""
+    return time.perf_counter(), cpu_seconds()
+
+
+class EpochTimes(keras.callbacks.Callback):
+    """Where an epoch's time goes, added to its history.csv row (TIMING_COLUMNS) and, unless
+    verbose is 0, printed: the training steps (their images per CPU-second too), validation and
+    the artifacts (step backups, models, grids, history, checkpoint, TensorBoard), with the time
+    left, the latent density's fit of `density_images` included. After those among the callbacks."""
+
+    def __init__(
+        self, history: History, config: dict, verbose: int, density_images: int = 0, validation_images: int = 0
+    ):
+        super().__init__()
+        self.history, self.config, self.verbose = history, config, verbose
+        self.density_images, self.validation_images = density_images, validation_images
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.marks, self.steps, self.backups = {"begin": now()}, 0, [0.0, 0.0]  # backups: seconds, CPU-seconds
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_test_begin(self, logs=None):
+        self.marks["validation"] = now()
+
+    def on_test_end(self, logs=None):
+        self.marks["artifacts"] = now()
+
+    @contextlib.contextmanager
+    def backup(self) -> Iterator[None]:
+        """Time a step backup as an artifact rather than as training steps."""
+        started = now()
+        yield
+        self.backups = [total + ended - began for total, ended, began in zip(self.backups, now(), started, strict=True)]
+
+    def on_epoch_end(self, epoch, logs=None):
+        begin, end = self.marks["begin"], now()
+        validation, artifacts = self.marks.get("validation", end), self.marks.get("artifacts", end)
+        steps_cpu, images = validation[1] - begin[1] - self.backups[1], self.steps * self.config["batch_size"]
+        figures = {
+            "seconds_steps": validation[0] - begin[0] - self.backups[0],
+            "seconds_validation": artifacts[0] - validation[0],
+            "seconds_artifacts": end[0] - artifacts[0] + self.backups[0],
+            "images_per_cpu_second": images / steps_cpu if steps_cpu > 0 else float("nan"),
+        }
+        self.history.rows[-1].update({key: round(value, 3) for key, value in figures.items()})
+        self.history.write()
+        if self.verbose:
+            total, left = end[0] - begin[0], self.config["epochs"] - epoch - 1
+            # Validation ran the encoder and the decoder: the density fit encodes at least as fast.
+            encode_rate = self.validation_images / max(figures["seconds_validation"], 1e-3)
+            to_go = left * total + latent.fit_seconds(self.density_images, self.config["latent_dim"], encode_rate)
+            still = [f"the {left} epoch(s) left"] * bool(left) + ["the latent density"] * bool(self.density_images)
+            print(
+                f"epoch {epoch + 1}: {total:.1f} s: training steps {figures['seconds_steps']:.1f} s "
+                f"({figures['images_per_cpu_second']:.0f} images per CPU-second), validation "
+                f"{figures['seconds_validation']:.1f} s, artifacts {figures['seconds_artifacts']:.1f} s "
+                f"({(total - figures['seconds_steps']) / total:.0%} of the epoch around the steps)"
+                + (f"; about {duration_text(to_go)} to go for {' and '.join(still)}" if still else ""),
+                flush=True,
+            )
+
+
+def duration_text(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+if __name__ == "__main__":
+    not_a_script(__file__)

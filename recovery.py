@@ -1,0 +1,459 @@
+"""What keeps a training run alive: resuming, step backups, stop signals and the faults of a fit.
+
+train.train() makes a Recovery, which finds where a resumed run goes on and restores the model,
+and fits inside its Guard, which adds its callbacks and turns what stops a fit into one line
+that says how to go on:
+
+- SIGTERM or Ctrl-C finishes the current step, backs it up and stops (status 143, 130) with the
+  command that continues the run; a second one stops at once. Every worker of a cluster stops
+  after the same step.
+- A step backup every --backup-every steps (checkpoint/backup/), so a killed run loses at most
+  those steps; a resumed run goes on from the newer of it and the last epoch checkpoint.
+- A full disk stops the run with the space it needs, keeping the last good checkpoint; so do a
+  lost worker and a NaN/inf loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import gc
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import data
+import vae
+from errors import first_line, not_a_script
+from runs import BACKUP_DIR, CHECKPOINT_DIR
+from train_cli import NO_SPACE, RunError, TrainingStopped, has_backup, latest_checkpoint, remove_temporary_files
+
+SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}  # the signals that stop training after a step
+HDF5_OVERHEAD = 256 * 1024  # bytes a checkpoint takes beyond its variables (HDF5's own records), with a margin
+
+
+@dataclasses.dataclass
+class StartPoint:
+    """Where training starts: epochs done, steps into the next, and what to restore them from."""
+
+    epoch: int = 0
+    step: int = 0
+    checkpoint: tuple[int, Path] | None = None
+    backup: tuple[int, int, str] | None = None
+
+
+class Recovery:
+    """Resuming the run in config["run_dir"], and the guard of its fits: entered around them
+    (`guard`), it handles SIGTERM and Ctrl-C, gives their callbacks (the NaN guard, then
+    StepBackup: last, as they may end training) and the fits from the start point (`fits`), and
+    turns what stops them into one line that says how to go on."""
+
+    def __init__(self, config: dict, resume: bool, backup_every: int):
+        self.config, self.backup_every, self.run_dir = config, backup_every, Path(config["run_dir"])
+        self.start = start_point(self.run_dir, config["epochs"]) if resume else StartPoint()
+        self.epoch_metrics: list[np.ndarray] | None = None  # a resumed epoch's running means
+        self.signals = contextlib.ExitStack()
+
+    def restore(self, model: keras.Model, train_steps: int) -> None:
+        """Load the state training starts from into `model`."""
+        start, run_dir = self.start, self.run_dir
+        if start.backup:
+            state = training_state(model, tf.Variable([0, 0], dtype=tf.int64))
+            state.save_counter  # noqa: B018 - created, so that the saved counter is consumed too
+            try:
+                state.read(start.backup[2]).assert_consumed()
+            except (tf.errors.OpError, ValueError, AssertionError) as error:
+                raise RunError(
+                    f"the step backup {start.backup[2]} does not fit this run's model ({first_line(error)}); "
+                    f"delete {run_dir / CHECKPOINT_DIR / BACKUP_DIR} to resume from the last epoch checkpoint"
+                ) from None
+            self.epoch_metrics = [variable.numpy() for metric in model.metrics for variable in metric.variables]
+            where = f"in epoch {start.epoch + 1} after step {start.step} of {train_steps}"
+            source = f", from {CHECKPOINT_DIR}/{BACKUP_DIR}"
+        elif start.checkpoint:
+            load_checkpoint(model, start.checkpoint[1])
+            where, source = f"after epoch {start.epoch}", ""
+        else:
+            return
+        print(f"resuming {run_dir} {where} (optimizer step {int(model.optimizer.iterations.numpy())}{source})")
+
+    def guard(self, model: keras.Model, output_dir: Path, inputs, timer) -> Recovery:
+        """`with recovery.guard(...):` around the fits; inputs: train.Inputs, timer: epoch_log.EpochTimes."""
+        self.model, self.output_dir, self.inputs = model, output_dir, inputs
+        self.stop, self.nan_guard = StopRequest(self.run_dir), StopOnNonFiniteLoss()
+        self.callbacks = [self.nan_guard, StepBackup(self, output_dir, inputs.train_steps, timer)]
+        return self
+
+    def fits(self) -> Iterator[tuple[int, dict]]:
+        """(batches of the data stream to skip, model.fit's epoch arguments) of each fit: Keras
+        fits whole epochs, so the rest of an interrupted epoch is a fit of its own."""
+        steps, epoch, epochs = self.inputs.train_steps, self.start.epoch, self.config["epochs"]
+        if self.start.step:
+            yield (
+                epoch * steps + self.start.step,
+                {"initial_epoch": epoch, "epochs": epoch + 1, "steps_per_epoch": steps - self.start.step},
+            )
+            epoch += 1
+            kept = latest_checkpoint(self.output_dir)
+            if kept and kept[0] == epoch:
+                # fit ends by copying the EMA weights into the model: go on from the trained
+                # weights, which the epoch checkpoint just written holds.
+                load_checkpoint(self.model, kept[1])
+        if epoch < epochs and not self.model.stop_training:  # set by StopOnNonFiniteLoss
+            yield epoch * steps, {"initial_epoch": epoch, "epochs": epochs, "steps_per_epoch": steps}
+
+    def __enter__(self) -> Recovery:
+        self.signals.enter_context(self.stop.installed())
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: object) -> None:
+        run_dir = self.run_dir
+        with self.signals:
+            if error is None and self.nan_guard.failed_at:
+                raise non_finite_loss_error(self.nan_guard.failed_at, run_dir)
+            if isinstance(error, TrainingStopped):
+                resume = resume_command(run_dir)
+                if self.config["strategy"] == "multiworker":
+                    resume = f"{resume} --strategy multiworker on every worker, or {resume} alone"
+                raise TrainingStopped(
+                    f"{error}, state saved in {run_dir}; continue with: {resume}", error.signum
+                ) from None
+            if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
+                # A worker that dies or hangs stops sending heartbeats; the coordination service
+                # notices within seconds and aborts the others' collective operations.
+                reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0]).rstrip(":")
+                raise RunError(
+                    f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
+                    f"worker with --resume {run_dir} --strategy multiworker, or go on alone with --resume {run_dir}"
+                ) from None
+            # A full disk: h5py raises OSError or RuntimeError, TensorFlow's checkpoint an OpError,
+            # tf.data's file cache a ResourceExhaustedError.
+            if not isinstance(error, (OSError, RuntimeError, tf.errors.OpError)):
+                return
+            cache, files = self.inputs.cache, [self.inputs.train_files, self.inputs.validation_files]
+            cache_full = fills_file_cache(error, cache)
+            if (
+                not cache_full
+                and getattr(error, "errno", None) not in NO_SPACE
+                and not disk_is_full(self.model, self.output_dir)
+            ):
+                return
+            # The failed fit's objects (the data iterator holding cache files open, h5py's file)
+            # let go first: they would write into what the error's cleanup removes.
+            traceback.clear_frames(trace)
+            del error, trace
+            if cache_full:
+                raise file_cache_full_error(cache, files, self.config, run_dir)
+            raise disk_full_error(self.model, self.output_dir)
+
+
+# --------------------------------------------------------------------------- where a run goes on
+def training_state(model: keras.Model, position: tf.Variable) -> tf.train.Checkpoint:
+    """What a step backup holds: an epoch checkpoint's state, the epoch's running metrics (so its
+    history row averages the whole epoch) and the position [epochs done, steps into the next]."""
+    return tf.train.Checkpoint(
+        model=model.variables,  # weights, BatchNorm statistics, the sampler's noise state
+        optimizer=model.optimizer_variables(),  # step, Adam moments, EMA weights; the discriminator's
+        metrics=[variable for metric in model.metrics for variable in metric.variables],
+        position=position,
+    )
+
+
+def latest_backup(run_dir: Path) -> tuple[int, int, str] | None:
+    """(epochs done, steps into the next, checkpoint prefix) of the step backup, or None."""
+    folder = run_dir / CHECKPOINT_DIR / BACKUP_DIR
+    prefix = tf.train.latest_checkpoint(str(folder)) if folder.is_dir() else None
+    if prefix is None:
+        return None
+    position = tf.Variable([0, 0], dtype=tf.int64)
+    try:
+        tf.train.Checkpoint(position=position).read(prefix).expect_partial()
+    except (tf.errors.OpError, ValueError) as error:
+        raise RunError(
+            f"the step backup {prefix} cannot be read ({first_line(error)}); "
+            f"delete {folder} to resume from the last epoch checkpoint"
+        ) from None
+    epochs_done, steps = (int(value) for value in position.numpy())
+    return epochs_done, steps, prefix
+
+
+def start_point(run_dir: Path, epochs: int) -> StartPoint:
+    """Where a resumed run goes on: the newer of its epoch checkpoint and its step backup."""
+    checkpoint, backup = latest_checkpoint(run_dir), latest_backup(run_dir)
+    if backup and checkpoint and backup[0] < checkpoint[0]:
+        backup = None  # the epoch checkpoint is newer
+    start = StartPoint(*backup[:2], checkpoint, backup) if backup else StartPoint(checkpoint[0], 0, checkpoint)
+    if start.epoch >= epochs:  # train_cli checked the epoch checkpoint; a backup may be further
+        raise RunError(f"{run_dir} has already trained {start.epoch} of {epochs} epochs; pass --epochs N to extend it")
+    return start
+
+
+def load_checkpoint(model: keras.Model, path: Path) -> None:
+    """Load a checkpoint into `model`, or raise RunError saying why it cannot be: a damaged file,
+    or weights and optimizer state that do not fit the model config.json describes (Keras only
+    warns about the optimizer's, then trains on without them)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+            mismatch = next((str(w.message) for w in caught if issubclass(w.category, UserWarning)), None)
+        except ValueError as error:
+            mismatch = str(error)
+        except Exception as error:  # h5py raises OSError (truncated, not HDF5) and others for damaged files
+            reason = " ".join(str(error).split())[:160] or type(error).__name__
+            raise RunError(
+                f"checkpoint {path} is damaged ({reason}); put back a good copy, or start a new run with another --out"
+            ) from None
+    if mismatch:
+        raise RunError(
+            f"checkpoint {path} does not fit the model its config.json describes ({' '.join(mismatch.split())[:160]}); "
+            "was config.json edited? Restore the settings the run was trained with"
+        )
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir`, with the Python that runs this one."""
+    script = Path(__file__).absolute().with_name("train.py")
+    with contextlib.suppress(ValueError):
+        script = script.relative_to(Path.cwd())
+    return shlex.join([sys.executable, str(script), "--resume", str(run_dir)])
+
+
+# --------------------------------------------------------------------------- callbacks
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop at the first NaN/inf batch loss and remember where it happened."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.failed_at: tuple[int, int] | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+            self.failed_at = (self.epoch + 1, batch + 1)
+            self.model.stop_training = True
+
+
+class StepBackup(keras.callbacks.Callback):
+    """The training state every `every` optimizer steps in checkpoint/backup/; after a SIGTERM or
+    Ctrl-C, a backup of the current step and TrainingStopped. tf.train.CheckpointManager writes
+    each backup beside the last and switches to it by an atomic rename, so a kill leaves a usable
+    one (keras.callbacks.BackupAndRestore overwrites its file in place, and resumes at the epoch's
+    start). Workers sum their stop flags after each step (one tiny all-reduce), so that all stop
+    after the same step: a backup takes collective operations of every worker.
+    (PreemptionCheckpointHandler asks Google Cloud's metadata server whether it runs there.)"""
+
+    def __init__(self, recovery: Recovery, run_dir: Path, steps: int, timer):
+        super().__init__()
+        self.run_dir, self.folder = run_dir, run_dir / CHECKPOINT_DIR / BACKUP_DIR
+        self.every, self.epochs, self.steps_per_epoch = recovery.backup_every, recovery.config["epochs"], steps
+        self.steps_done = recovery.start.epoch * steps + recovery.start.step  # optimizer steps since the run began
+        self.stop, self.epoch_metrics = recovery.stop, recovery.epoch_metrics  # a resumed epoch's running means
+        self.timer = timer  # epoch_log.EpochTimes, which times the backups as artifacts
+        self.manager: tf.train.CheckpointManager | None = None
+        self.position = tf.Variable([0, 0], dtype=tf.int64)
+        self.saved_at = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Keras has just reset the metrics; a resumed epoch continues the restored running means.
+        if self.epoch_metrics is not None:
+            metric_variables = [variable for metric in self.model.metrics for variable in metric.variables]
+            for variable, value in zip(metric_variables, self.epoch_metrics, strict=True):
+                variable.assign(value)
+            self.epoch_metrics = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps_done += 1
+        if self.model.stop_training or self.steps_done % self.steps_per_epoch == 0:
+            return  # a NaN/inf loss keeps the last good backup; an epoch's end has its checkpoint
+        signum = self.stopped_by()
+        if signum:
+            self.save()
+            epoch, step = divmod(self.steps_done, self.steps_per_epoch)
+            where = f"in epoch {epoch + 1} after step {step} of {self.steps_per_epoch}"
+            raise TrainingStopped(f"stopped by {self.signal_name(signum)} {where}", signum)
+        if self.every and self.steps_done % self.every == 0:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Last among the callbacks: the epoch checkpoint is written. After the last epoch the run just finishes.
+        signum = self.stopped_by() if epoch + 1 < self.epochs else None
+        if signum:
+            raise TrainingStopped(f"stopped by {self.signal_name(signum)} at the end of epoch {epoch + 1}", signum)
+
+    def stopped_by(self) -> int | None:
+        """The signal that asks training to stop, sent to this process or to another worker, or
+        None. Every worker must call this at the same point: it takes an all-reduce among them."""
+        here = self.stop.signum or 0
+        if not vae.spans_several_workers():
+            return here or None
+        # The signal numbers summed: a single one (the usual case) is named in the message.
+        anywhere = int(tf.distribute.get_strategy().reduce("SUM", tf.constant(here), axis=None))
+        return here or anywhere or None
+
+    def signal_name(self, signum: int) -> str:
+        if signum == self.stop.signum:
+            return SIGNAL_NAMES[signum]
+        return f"{SIGNAL_NAMES.get(signum, 'a signal')} to another worker"
+
+    def on_train_end(self, logs=None):
+        kept = latest_checkpoint(self.run_dir)
+        if kept and kept[0] * self.steps_per_epoch >= self.steps_done:  # not after a NaN loss
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def save(self) -> None:
+        if self.saved_at == self.steps_done:
+            return
+        refuse_if_disk_full(self.model, self.run_dir, self.folder)
+        if self.manager is None:
+            state = training_state(self.model, self.position)
+            self.manager = tf.train.CheckpointManager(state, str(self.folder), max_to_keep=1)
+        self.position.assign(divmod(self.steps_done, self.steps_per_epoch))
+        with self.timer.backup():
+            self.manager.save(checkpoint_number=self.steps_done)
+        self.saved_at = self.steps_done
+
+
+class StopRequest:
+    """Set by the first SIGTERM or Ctrl-C: StepBackup backs up after the current step and stops.
+    A second one ends the process at once: the last backup or checkpoint stays, both being
+    written atomically."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.signum: int | None = None
+        self.new_line = "\n" if sys.stdout.isatty() else ""  # off a terminal's progress bar
+
+    def __call__(self, signum: int, frame: object) -> None:
+        name = SIGNAL_NAMES[signum]
+        if self.signum is not None:
+            say(
+                f"{self.new_line}stopped at once by a second {name}; {self.run_dir} keeps its last backup or checkpoint; "
+                f"continue with: {resume_command(self.run_dir)}"
+            )
+            os._exit(128 + signum)
+        self.signum = signum
+        say(f"{self.new_line}{name}: stopping after this step, once it is backed up ({name} again stops at once)")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        """Handle the signals while the block runs; once a stop was asked for, until the process
+        ends, so that a second signal while it winds up still ends it at once."""
+        previous = {signum: signal.signal(signum, self) for signum in SIGNAL_NAMES}
+        try:
+            yield self
+        finally:
+            if self.signum is None:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+
+
+def say(line: str) -> None:
+    """A line on stderr from a signal handler: os.write, as print may be in the middle of a write."""
+    os.write(sys.stderr.fileno(), f"{line}\n".encode())
+
+
+# --------------------------------------------------------------------------- faults
+def non_finite_loss_error(failed_at: tuple[int, int], run_dir: Path) -> RunError:
+    kept = latest_checkpoint(run_dir)
+    kept_text = (
+        f"the last good checkpoint (epoch {kept[0]}) is kept in {kept[1].parent}"
+        if kept
+        else "no epoch finished, so no checkpoint was written"
+    )
+    return RunError(
+        f"loss became NaN/inf at epoch {failed_at[0]}, step {failed_at[1]}; {kept_text}; "
+        "lower --lr or --beta, or try --recon gaussian, and start a new run"
+    )
+
+
+def variable_bytes(variables: list) -> int:
+    return sum(math.prod(variable.shape) * np.dtype(variable.dtype).itemsize for variable in variables)
+
+
+def checkpoint_bytes(model: keras.Model, run_dir: Path) -> int:
+    """The size of a checkpoint: the newest one's, or before the first, the bytes of every model
+    and optimizer variable and HDF5's own records."""
+    newest = latest_checkpoint(run_dir)
+    if newest is not None:
+        return newest[1].stat().st_size
+    return variable_bytes(model.variables + model.optimizer.variables) + HDF5_OVERHEAD
+
+
+def disk_is_full(model: keras.Model, run_dir: Path) -> bool:
+    """True when the run folder's disk has less space left than a checkpoint takes."""
+    return shutil.disk_usage(run_dir).free < checkpoint_bytes(model, run_dir)
+
+
+def refuse_if_disk_full(model: keras.Model, run_dir: Path, target: Path) -> None:
+    """OSError ENOSPC before writing a checkpoint or backup into `target` that would not fit: HDF5
+    and TensorFlow's checkpoints cope badly with a disk that fills up mid-write."""
+    if disk_is_full(model, run_dir):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+
+
+def disk_full_error(model: keras.Model, run_dir: Path) -> RunError:
+    """The error for a write that found the disk full: the half-written files are removed (the
+    last good checkpoint stays), and the message says how much space a checkpoint takes."""
+    remove_temporary_files(run_dir)
+    gc.collect()  # lets h5py close a file the failed write left open, now that its space is free
+    checkpoint, models = checkpoint_bytes(model, run_dir), variable_bytes(model.encoder.weights + model.decoder.weights)
+    return RunError(
+        f"the disk is full in {run_dir}: a checkpoint takes {checkpoint / 1e6:.1f} MB and encoder.keras with "
+        f"decoder.keras about {models / 1e6:.1f} MB; free that much space, {how_to_go_on(run_dir)}"
+    )
+
+
+def how_to_go_on(run_dir: Path) -> str:
+    """How a run stopped by a full disk goes on: from what it saved last, or from the start."""
+    kept = latest_checkpoint(run_dir)
+    if kept:
+        return f"then continue from the last good checkpoint (epoch {kept[0]}) with: {resume_command(run_dir)}"
+    if has_backup(run_dir):
+        return f"then continue from the last step backup with: {resume_command(run_dir)}"
+    return f"then delete {run_dir} and start again (nothing had been saved yet)"
+
+
+def fills_file_cache(error: BaseException, cache: str) -> bool:
+    """Whether `error` is a write into the file cache folder `cache` that found its disk full:
+    TensorFlow's error names the file written and the system's reason."""
+    if cache in ("memory", "none"):
+        return False
+    text = str(error)
+    return str(Path(cache)) in text and any(os.strerror(code) in text for code in NO_SPACE)
+
+
+def file_cache_full_error(cache: str, file_lists: list[list[Path]], config: dict, run_dir: Path) -> RunError:
+    """The error for a file cache that filled its disk while it was written (other processes
+    wrote there since training began): the unfinished cache files are removed, and the message
+    says how much space is needed and how to go on."""
+    gc.collect()  # closes the cache files the failed iterator held
+    settings = (config["image_size"], config["channels"], config["crop"])
+    for files in file_lists:
+        data.remove_partial_file_cache(data.file_cache_prefix(cache, files, *settings))
+    needed, free = data.file_cache_needs(cache, file_lists, *settings)[1], data.free_disk_space(cache)
+    return RunError(
+        f"the disk of --cache {cache} filled up while the decoded images were cached there (the unfinished cache "
+        f"files are removed): the cache needs about {data.size_text(needed)} and {data.size_text(free)} is free; "
+        f"free space there or give another --cache folder, {how_to_go_on(run_dir)}"
+    )
+
+
+if __name__ == "__main__":
+    not_a_script(__file__)
