@@ -343,12 +343,12 @@ def attribute_directions(job: Job) -> dict:
             "attributes": cached,
         }
         write_text_atomic(path, json.dumps(content, indent=1) + "\n")
-        print(f"saved directions of {', '.join(missing)} to {path}")
+        print(f"wrote the directions of {', '.join(missing)} to {path}")
     directions = {}
     for name in names:
         entry = cached[name]
         directions[name] = np.asarray(entry["direction"], dtype=np.float64)
-        source = "computed" if name in missing else f"cached in {path}"
+        source = "computed" if name in missing else f"read from {path}"
         print(
             f"{name}: direction {source} from {entry['positives']} positive and {entry['negatives']} "
             f"negative images, norm {np.linalg.norm(directions[name]):.3f}"

@@ -186,7 +186,7 @@ def test_attribute_directions_are_cached_and_reused(run, kaggle_celeba, tmp_path
     # Cached: no --data needed for the direction (faces given as files), on the ONNX backend too.
     face = next((kaggle_celeba / "img_align_celeba" / "img_align_celeba").glob("000001.jpg"))
     generate.main([*base, "--backend", "onnx", "--attribute", "smiling", "--no-align", "--images", str(face)])
-    assert "cached in" in capsys.readouterr().out
+    assert "read from" in capsys.readouterr().out
     saved["latent_dim"] = LATENT + 1
     directions.write_text(json.dumps(saved))
     assert "--recompute" in exit_message([*base, "--no-align", "--images", str(face)])
