@@ -520,7 +520,7 @@ def python_faces(finder, path: Path) -> list[np.ndarray]:
 
     pixels = images.read_pixels(path)
     faces = align.choose_faces(finder.find(pixels), "all")
-    return [images.face_from_pixels(align.align_face(pixels, face), 64) for face in faces]
+    return [images.face_from_pixels(align.align_face(pixels, face, finder), 64) for face in faces]
 
 
 def photo_page(driver, base_url: str) -> None:
