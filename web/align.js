@@ -257,32 +257,41 @@ export function resize(image, width, height, filter) {
  *  [x0, y0, x1, y1] of the image sampled with the bilinear filter, without antialiasing (the
  *  image is shrunk beforehand), truncated to 8 bits; outside the image is black. */
 export function extentBilinear(image, [x0, y0, x1, y1], size) {
-  const { width: w, height: h, data } = image;
-  const [xScale, yScale] = [(x1 - x0) / size, (y1 - y0) / size];
+  const { width, height, data } = image;
+  // the output's x maps to the input's x alone, and y to y: each column's and row's sampling
+  // (its pixels and weight, or -1 outside the image) is worked out once
+  const axis = (scale, start, length, stride) => {
+    const [first, second, weight] = [new Int32Array(size), new Int32Array(size), new Float64Array(size)];
+    for (let i = 0; i < size; i++) {
+      const at = scale * (i + 0.5) + start;
+      if (at < 0 || at >= length) {
+        first[i] = -1;
+        continue;
+      }
+      const low = Math.floor(at - 0.5);
+      weight[i] = at - 0.5 - low;
+      first[i] = Math.max(low, 0) * stride;
+      // Pillow clamps the first pixel and the second along x; along y a second row outside the
+      // image repeats the first (-1 here)
+      second[i] = low + 1 < length ? (low + 1) * stride : stride === 4 ? (length - 1) * stride : -1;
+    }
+    return { first, second, weight };
+  };
+  const columns = axis((x1 - x0) / size, x0, width, 4);
+  const rows = axis((y1 - y0) / size, y0, height, width * 4);
   const out = new Uint8ClampedArray(size * size * 4);
-  const clamp = (v, length) => (v < 0 ? 0 : v < length ? v : length - 1);
-  for (let oy = 0; oy < size; oy++) {
-    for (let ox = 0; ox < size; ox++) {
-      const o = (oy * size + ox) * 4;
+  for (let oy = 0, o = 0; oy < size; oy++) {
+    const [top, bottom, dy] = [rows.first[oy], rows.second[oy], rows.weight[oy]];
+    for (let ox = 0; ox < size; ox++, o += 4) {
       out[o + 3] = 255;
-      let xin = xScale * (ox + 0.5) + x0;
-      let yin = yScale * (oy + 0.5) + y0;
-      if (xin < 0 || xin >= w || yin < 0 || yin >= h) continue;
-      xin -= 0.5;
-      yin -= 0.5;
-      const x = Math.floor(xin);
-      const y = Math.floor(yin);
-      const [dx, dy] = [xin - x, yin - y];
-      const row = clamp(y, h) * w * 4;
-      // Pillow clamps the first row; a second row outside the image repeats the first
-      const next = y + 1 >= 0 && y + 1 < h ? (y + 1) * w * 4 : -1;
-      const [left, right] = [clamp(x, w) * 4, clamp(x + 1, w) * 4];
+      const left = columns.first[ox];
+      if (top < 0 || left < 0) continue;
+      const [right, dx] = [columns.second[ox], columns.weight[ox]];
       for (let channel = 0; channel < 3; channel++) {
-        const i = row + channel;
-        const top = data[i + left] + (data[i + right] - data[i + left]) * dx;
-        const j = next + channel;
-        const bottom = next < 0 ? top : data[j + left] + (data[j + right] - data[j + left]) * dx;
-        out[o + channel] = Math.trunc(top + (bottom - top) * dy);
+        const [i, j] = [top + channel, bottom + channel];
+        const upper = data[i + left] + (data[i + right] - data[i + left]) * dx;
+        const lower = bottom < 0 ? upper : data[j + left] + (data[j + right] - data[j + left]) * dx;
+        out[o + channel] = Math.trunc(upper + (lower - upper) * dy);
       }
     }
   }
