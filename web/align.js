@@ -183,19 +183,21 @@ const FILTERS = {
 function resampleCoefficients(inSize, outSize, filter) {
   const scale = inSize / outSize;
   const filterScale = Math.max(scale, 1);
+  const inverse = 1 / filterScale; // Pillow multiplies by it
   const support = filter.support * filterScale;
   const ksize = Math.ceil(support) * 2 + 1;
   const first = new Int32Array(outSize);
   const count = new Int32Array(outSize);
-  const weights = new Float64Array(outSize * ksize);
+  const weights = new Int32Array(outSize * ksize);
+  const values = new Float64Array(ksize);
   for (let out = 0; out < outSize; out++) {
     const centre = (out + 0.5) * scale;
     const low = Math.max(0, Math.trunc(centre - support + 0.5));
     const high = Math.min(inSize, Math.trunc(centre + support + 0.5));
     let total = 0;
-    for (let x = low; x < high; x++) total += weights[out * ksize + x - low] = filter.weight((x - centre + 0.5) / filterScale);
+    for (let x = low; x < high; x++) total += values[x - low] = filter.weight((x - centre + 0.5) * inverse);
     for (let x = low; x < high; x++) {
-      const v = (total !== 0 ? weights[out * ksize + x - low] / total : weights[out * ksize + x - low]) * 2 ** PRECISION_BITS;
+      const v = (total !== 0 ? values[x - low] / total : values[x - low]) * 2 ** PRECISION_BITS;
       weights[out * ksize + x - low] = Math.trunc(v < 0 ? v - 0.5 : v + 0.5);
     }
     first[out] = low;
@@ -204,8 +206,9 @@ function resampleCoefficients(inSize, outSize, filter) {
   return { first, count, weights, ksize };
 }
 
+/** Pillow's clip8 of a fixed-point sum (an int32: 8-bit values times weights summing to 2^22). */
 function clip8(sum) {
-  const value = Math.floor(sum / 2 ** PRECISION_BITS);
+  const value = sum >> PRECISION_BITS;
   return value < 0 ? 0 : value > 255 ? 255 : value;
 }
 
@@ -216,22 +219,21 @@ function resamplePass(image, outSize, filter, horizontal) {
   const outHeight = horizontal ? height : outSize;
   const { first, count, weights, ksize } = resampleCoefficients(horizontal ? width : height, outSize, FILTERS[filter]);
   const out = new Uint8ClampedArray(outWidth * outHeight * 4);
-  const half = 2 ** (PRECISION_BITS - 1);
+  const half = 1 << (PRECISION_BITS - 1);
   const step = horizontal ? 4 : width * 4; // bytes from one input pixel to the next along the pass
-  for (let y = 0; y < outHeight; y++) {
-    for (let x = 0; x < outWidth; x++) {
+  for (let y = 0, o = 0; y < outHeight; y++) {
+    for (let x = 0; x < outWidth; x++, o += 4) {
       const n = horizontal ? x : y;
-      const base = horizontal ? (y * width + first[n]) * 4 : (first[n] * width + x) * 4;
+      let i = horizontal ? (y * width + first[n]) * 4 : (first[n] * width + x) * 4;
       let r = half;
       let g = half;
       let b = half;
-      for (let k = 0, i = base; k < count[n]; k++, i += step) {
-        const w = weights[n * ksize + k];
-        r += data[i] * w;
-        g += data[i + 1] * w;
-        b += data[i + 2] * w;
+      for (let k = n * ksize, end = k + count[n]; k < end; k++, i += step) {
+        const w = weights[k];
+        r = (r + Math.imul(data[i], w)) | 0;
+        g = (g + Math.imul(data[i + 1], w)) | 0;
+        b = (b + Math.imul(data[i + 2], w)) | 0;
       }
-      const o = (y * outWidth + x) * 4;
       out[o] = clip8(r);
       out[o + 1] = clip8(g);
       out[o + 2] = clip8(b);
