@@ -86,7 +86,7 @@ export function decodeDetections(regressors, logits, anchors, size = DETECTOR_SI
 /** align.detector_views: the squares [x0, y0, side], in a photo's pixels, the detector looks at:
  *  the whole photo (its long side), squares of its short side along the long one, and squares of
  *  half the short side overlapping by half (small faces are found in the smaller squares). */
-export function detectorViews(height, width) {
+function detectorViews(height, width) {
   const [longSide, shortSide] = [Math.max(height, width), Math.min(height, width)];
   const views = [[(width - longSide) / 2, (height - longSide) / 2, longSide]];
   for (const side of [shortSide, shortSide / 2]) {
@@ -258,7 +258,7 @@ export function resize(image, width, height, filter) {
 /** Pillow's Image.transform((size, size), EXTENT, extent, BILINEAR): the rectangle extent
  *  [x0, y0, x1, y1] of the image sampled with the bilinear filter, without antialiasing (the
  *  image is shrunk beforehand), truncated to 8 bits; outside the image is black. */
-export function extentBilinear(image, [x0, y0, x1, y1], size) {
+function extentBilinear(image, [x0, y0, x1, y1], size) {
   const { width, height, data } = image;
   // the output's x maps to the input's x alone, and y to y: each column's and row's sampling
   // (its pixels and weight, or -1 outside the image) is worked out once
