@@ -16,10 +16,10 @@ served by web/serve.py and measures, in the page:
   the decode and the canvas draw, then for the next frame (requestAnimationFrame), so it cannot
   exceed the display rate, which is measured too (frames with no decoding);
 - photo: milliseconds from choosing a photo (the file input's change event) to its first edited
-  face drawn, once the face models and the encoder are loaded: the Smiling slider stands at 1, so
-  the first face drawn is the photo's face edited (read and decode the file, find the face,
-  align it, encode it, decode the edited z, draw). The median of --photos choices of --photo,
-  with the parts (read, find, align, encode) as medians too.
+  face drawn (the Smiling slider at 1), the models loaded: read the file, find the faces (the
+  detector on each of align.py's views, Face Mesh on each face), align one (Face Mesh again in
+  its aligned frame, the warp, the crop), encode, decode, draw. The median of --photos choices
+  of --photo, with the parts (read, find, align, encode) as medians too.
 Python onnxruntime is measured in this process on the same decoder.onnx: session creation plus
 the first decode (the interpreter and imports already loaded), and the median batch-1 decode,
 with 1 intra-op thread (as the page's default) and with onnxruntime's default threads.
@@ -263,8 +263,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     photo_rows = [
         ("photo to its first edited face (ms)", "photo"),
         ("of which reading the file (ms)", "photo_read"),
-        ("finding the face (ms)", "photo_find"),
-        ("aligning it (ms)", "photo_align"),
+        ("finding the faces (ms)", "photo_find"),
+        ("aligning it, with its second look (ms)", "photo_align"),
         ("encoding it (ms)", "photo_encode"),
     ]
     for label, key in photo_rows:

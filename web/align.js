@@ -5,11 +5,12 @@
 // TEMPLATE, and the photo is resampled into the 178x218 frame the models were trained on.
 //
 // Every step is align.py's, pixel for pixel: the resizes are Pillow's (its fixed-point BOX and
-// BILINEAR filters, horizontal pass first), the warp is Pillow's affine BICUBIC transform (its
-// a = -1 cubic, truncated to 8 bits) on a region whose outside repeats the photo's edge, and the
-// model input is images.face_from_pixels' exact area average of the central crop. A canvas
-// would resample with a filter the browser chooses and leave the outside transparent, so the
-// aligned face would differ from Python's; tests/test_web.py compares the two.
+// BILINEAR filters, its two passes in Pillow 13's order), the detector's squares are Pillow's
+// EXTENT transform with its BILINEAR filter (black beyond the photo), the warp is Pillow's affine
+// BICUBIC transform (its a = -1 cubic, truncated to 8 bits) on a region whose outside repeats the
+// photo's edge, and the model input is images.face_from_pixels' exact area average of the
+// central crop. A canvas would resample with a filter the browser chooses and leave the outside
+// transparent, so the aligned face would differ from Python's; tests/test_web.py compares the two.
 //
 // Images are {width, height, data}, data RGBA bytes (alpha ignored), as ImageData holds them.
 
@@ -66,19 +67,39 @@ export function detectorAnchors(size = DETECTOR_SIZE, strides = STRIDES, perCell
 }
 
 /** BlazeFace's raw outputs -> the detections scoring at least MIN_SCORE: {box [x0, y0, x1, y1],
- *  score, keypoints [6][2]}, in [0, 1] of the model's square input. */
+ *  score, keypoints [6][2]}, in [0, 1] of the model's square input, in float32 as numpy computes them. */
 export function decodeDetections(regressors, logits, anchors, size = DETECTOR_SIZE) {
+  const f = Math.fround;
   const found = [];
   anchors.forEach(([cx, cy], i) => {
     const score = sigmoid(logits[i]);
     if (score < MIN_SCORE) return;
-    const r = (j) => regressors[i * 16 + j] / size;
-    const [mx, my, hw, hh] = [r(0) + cx, r(1) + cy, r(2) / 2, r(3) / 2];
+    const r = (j) => f(regressors[i * 16 + j] / size);
+    const [mx, my, hw, hh] = [f(r(0) + cx), f(r(1) + cy), r(2) / 2, r(3) / 2];
     const keypoints = [];
-    for (let k = 0; k < 6; k++) keypoints.push([r(4 + 2 * k) + cx, r(5 + 2 * k) + cy]);
-    found.push({ box: [mx - hw, my - hh, mx + hw, my + hh], score, keypoints });
+    for (let k = 0; k < 6; k++) keypoints.push([f(r(4 + 2 * k) + cx), f(r(5 + 2 * k) + cy)]);
+    found.push({ box: [f(mx - hw), f(my - hh), f(mx + hw), f(my + hh)], score, keypoints });
   });
   return found;
+}
+
+/** align.detector_views: the squares [x0, y0, side], in a photo's pixels, the detector looks at:
+ *  the whole photo (its long side), squares of its short side along the long one, and squares of
+ *  half the short side overlapping by half (small faces are found in the smaller squares). */
+function detectorViews(height, width) {
+  const [longSide, shortSide] = [Math.max(height, width), Math.min(height, width)];
+  const views = [[(width - longSide) / 2, (height - longSide) / 2, longSide]];
+  for (const side of [shortSide, shortSide / 2]) {
+    if (side === longSide) continue;
+    // numpy's linspace(0, length - side, count)
+    const starts = (length) => {
+      const count = Math.max(1, Math.ceil((length - side) / (side / 2) - 1e-9) + 1);
+      const step = (length - side) / (count - 1);
+      return Array.from({ length: count }, (_, i) => (count === 1 ? 0 : i === count - 1 ? length - side : i * step));
+    };
+    for (const y of starts(height)) for (const x of starts(width)) views.push([x, y, side]);
+  }
+  return views;
 }
 
 function boxArea(box) {
@@ -162,19 +183,21 @@ const FILTERS = {
 function resampleCoefficients(inSize, outSize, filter) {
   const scale = inSize / outSize;
   const filterScale = Math.max(scale, 1);
+  const inverse = 1 / filterScale; // Pillow multiplies by it
   const support = filter.support * filterScale;
   const ksize = Math.ceil(support) * 2 + 1;
   const first = new Int32Array(outSize);
   const count = new Int32Array(outSize);
-  const weights = new Float64Array(outSize * ksize);
+  const weights = new Int32Array(outSize * ksize);
+  const values = new Float64Array(ksize);
   for (let out = 0; out < outSize; out++) {
     const centre = (out + 0.5) * scale;
     const low = Math.max(0, Math.trunc(centre - support + 0.5));
     const high = Math.min(inSize, Math.trunc(centre + support + 0.5));
     let total = 0;
-    for (let x = low; x < high; x++) total += weights[out * ksize + x - low] = filter.weight((x - centre + 0.5) / filterScale);
+    for (let x = low; x < high; x++) total += values[x - low] = filter.weight((x - centre + 0.5) * inverse);
     for (let x = low; x < high; x++) {
-      const v = (total !== 0 ? weights[out * ksize + x - low] / total : weights[out * ksize + x - low]) * 2 ** PRECISION_BITS;
+      const v = (total !== 0 ? values[x - low] / total : values[x - low]) * 2 ** PRECISION_BITS;
       weights[out * ksize + x - low] = Math.trunc(v < 0 ? v - 0.5 : v + 0.5);
     }
     first[out] = low;
@@ -183,8 +206,9 @@ function resampleCoefficients(inSize, outSize, filter) {
   return { first, count, weights, ksize };
 }
 
+/** Pillow's clip8 of a fixed-point sum (an int32: 8-bit values times weights summing to 2^22). */
 function clip8(sum) {
-  const value = Math.floor(sum / 2 ** PRECISION_BITS);
+  const value = sum >> PRECISION_BITS;
   return value < 0 ? 0 : value > 255 ? 255 : value;
 }
 
@@ -195,22 +219,21 @@ function resamplePass(image, outSize, filter, horizontal) {
   const outHeight = horizontal ? height : outSize;
   const { first, count, weights, ksize } = resampleCoefficients(horizontal ? width : height, outSize, FILTERS[filter]);
   const out = new Uint8ClampedArray(outWidth * outHeight * 4);
-  const half = 2 ** (PRECISION_BITS - 1);
+  const half = 1 << (PRECISION_BITS - 1);
   const step = horizontal ? 4 : width * 4; // bytes from one input pixel to the next along the pass
-  for (let y = 0; y < outHeight; y++) {
-    for (let x = 0; x < outWidth; x++) {
+  for (let y = 0, o = 0; y < outHeight; y++) {
+    for (let x = 0; x < outWidth; x++, o += 4) {
       const n = horizontal ? x : y;
-      const base = horizontal ? (y * width + first[n]) * 4 : (first[n] * width + x) * 4;
+      let i = horizontal ? (y * width + first[n]) * 4 : (first[n] * width + x) * 4;
       let r = half;
       let g = half;
       let b = half;
-      for (let k = 0, i = base; k < count[n]; k++, i += step) {
-        const w = weights[n * ksize + k];
-        r += data[i] * w;
-        g += data[i + 1] * w;
-        b += data[i + 2] * w;
+      for (let k = n * ksize, end = k + count[n]; k < end; k++, i += step) {
+        const w = weights[k];
+        r = (r + Math.imul(data[i], w)) | 0;
+        g = (g + Math.imul(data[i + 1], w)) | 0;
+        b = (b + Math.imul(data[i + 2], w)) | 0;
       }
-      const o = (y * outWidth + x) * 4;
       out[o] = clip8(r);
       out[o + 1] = clip8(g);
       out[o + 2] = clip8(b);
@@ -220,12 +243,61 @@ function resamplePass(image, outSize, filter, horizontal) {
   return { width: outWidth, height: outHeight, data: out };
 }
 
-/** Pillow's Image.resize((width, height), BOX or BILINEAR). */
+/** Pillow's Image.resize((width, height), BOX or BILINEAR). Pillow 13 runs the vertical pass
+ *  first when the height shrinks by more than twice as many pixels as the width does (a level
+ *  apart on some pixels from the other order). */
 export function resize(image, width, height, filter) {
+  const verticalFirst = height < image.height && image.height - height > 2 * (image.width - width);
   let out = image;
+  if (verticalFirst && height !== out.height) out = resamplePass(out, height, filter, false);
   if (width !== out.width) out = resamplePass(out, width, filter, true);
   if (height !== out.height) out = resamplePass(out, height, filter, false);
   return out;
+}
+
+/** Pillow's Image.transform((size, size), EXTENT, extent, BILINEAR): the rectangle extent
+ *  [x0, y0, x1, y1] of the image sampled with the bilinear filter, without antialiasing (the
+ *  image is shrunk beforehand), truncated to 8 bits; outside the image is black. */
+function extentBilinear(image, [x0, y0, x1, y1], size) {
+  const { width, height, data } = image;
+  // the output's x maps to the input's x alone, and y to y: each column's and row's sampling
+  // (its pixels and weight, or -1 outside the image) is worked out once
+  const axis = (scale, start, length, stride) => {
+    const [first, second, weight] = [new Int32Array(size), new Int32Array(size), new Float64Array(size)];
+    for (let i = 0; i < size; i++) {
+      const at = scale * (i + 0.5) + start;
+      if (at < 0 || at >= length) {
+        first[i] = -1;
+        continue;
+      }
+      const low = Math.floor(at - 0.5);
+      weight[i] = at - 0.5 - low;
+      first[i] = Math.max(low, 0) * stride;
+      // Pillow clamps the first pixel and the second along x; along y a second row outside the
+      // image repeats the first (-1 here)
+      second[i] = low + 1 < length ? (low + 1) * stride : stride === 4 ? (length - 1) * stride : -1;
+    }
+    return { first, second, weight };
+  };
+  const columns = axis((x1 - x0) / size, x0, width, 4);
+  const rows = axis((y1 - y0) / size, y0, height, width * 4);
+  const out = new Uint8ClampedArray(size * size * 4);
+  for (let oy = 0, o = 0; oy < size; oy++) {
+    const [top, bottom, dy] = [rows.first[oy], rows.second[oy], rows.weight[oy]];
+    for (let ox = 0; ox < size; ox++, o += 4) {
+      out[o + 3] = 255;
+      const left = columns.first[ox];
+      if (top < 0 || left < 0) continue;
+      const [right, dx] = [columns.second[ox], columns.weight[ox]];
+      for (let channel = 0; channel < 3; channel++) {
+        const [i, j] = [top + channel, bottom + channel];
+        const upper = data[i + left] + (data[i + right] - data[i + left]) * dx;
+        const lower = bottom < 0 ? upper : data[j + left] + (data[j + right] - data[j + left]) * dx;
+        out[o + channel] = Math.trunc(upper + (lower - upper) * dy);
+      }
+    }
+  }
+  return { width: size, height: size, data: out };
 }
 
 /** Pillow's a = -1 cubic through v1..v4 at d in [0, 1) between v2 and v3. */
@@ -337,9 +409,19 @@ export function faceSize(points) {
   return Math.hypot(eyes[0] - mouth[0], eyes[1] - mouth[1]);
 }
 
-/** uint8 RGBA of the face's 178x218 aligned frame. */
-export function alignFace(image, face) {
-  return warp(image, similarityTransform(face.points, TEMPLATE));
+/** align.align_face: uint8 RGBA of the face's 178x218 aligned frame. Face Mesh is most
+ *  consistent where it sees the face as on CelebA's frames, where TEMPLATE was measured; so it
+ *  looks again in the first aligned frame, and its correction is folded into one resampling. */
+export async function alignFace(image, face, finder) {
+  let matrix = similarityTransform(face.points, TEMPLATE);
+  const again = await finder.find(warp(image, matrix), true);
+  if (again.length) {
+    const distance = ({ points }) =>
+      points.reduce((sum, [x, y], i) => sum + Math.abs(x - TEMPLATE[i][0]) + Math.abs(y - TEMPLATE[i][1]), 0);
+    const nearest = again.reduce((best, found) => (distance(found) < distance(best) ? found : best));
+    matrix = compose(similarityTransform(nearest.points, TEMPLATE), matrix);
+  }
+  return warp(image, matrix);
 }
 
 /** images.crop_box: [top, left, side] of the central square crop of a height x width frame. */
@@ -413,10 +495,11 @@ export class FaceFinder {
     Object.assign(this, { ort, detector, mesh, anchors: detectorAnchors() });
   }
 
-  /** [{box, points, size}] of the faces the detector finds and Face Mesh confirms, largest first. */
-  async find(image) {
+  /** [{box, points, size}] of the faces the detector finds and Face Mesh confirms, largest first.
+   *  wholeOnly: the detector looks at the whole photo only (enough for an aligned frame). */
+  async find(image, wholeOnly = false) {
     const faces = [];
-    for (const { box, keypoints } of await this.detect(image)) {
+    for (const { box, keypoints } of await this.detect(image, wholeOnly)) {
       const { landmarks, presence } = await this.landmarks(image, box, keypoints);
       if (presence < MIN_SCORE) continue;
       const points = facePoints(landmarks);
@@ -425,33 +508,35 @@ export class FaceFinder {
     return faces.sort((a, b) => b.size - a.size);
   }
 
-  /** The detector's faces in the photo's pixels, best first: the photo shrunk into its square
-   *  input, black around it. */
-  async detect(image) {
+  /** The detector's faces in the photo's pixels, best first. It looks at each of detectorViews
+   *  (squares beyond the photo's edge are black), each from the photo area-shrunk to the scale
+   *  at which the square is its input, and what it finds in several of them is one face. */
+  async detect(image, wholeOnly = false) {
     const { width, height } = image;
-    const scale = DETECTOR_SIZE / Math.max(width, height);
-    const shrunk = resize(image, Math.max(1, pyRound(width * scale)), Math.max(1, pyRound(height * scale)), 'bilinear');
-    const left = Math.floor((DETECTOR_SIZE - shrunk.width) / 2);
-    const top = Math.floor((DETECTOR_SIZE - shrunk.height) / 2);
-    const input = new Float32Array(DETECTOR_SIZE * DETECTOR_SIZE * 3).fill(-1);
-    for (let y = 0; y < shrunk.height; y++) {
-      for (let x = 0; x < shrunk.width; x++) {
-        for (let c = 0; c < 3; c++) {
-          input[((top + y) * DETECTOR_SIZE + left + x) * 3 + c] = shrunk.data[(y * shrunk.width + x) * 4 + c] / 127.5 - 1;
-        }
+    const views = detectorViews(height, width).slice(0, wholeOnly ? 1 : undefined);
+    const shrunk = new Map(); // each size of view: the photo at its scale
+    const found = [];
+    for (const [x0, y0, side] of views) {
+      if (!shrunk.has(side)) {
+        const scale = Math.min(1, DETECTOR_SIZE / side);
+        const [w, h] = [Math.max(1, pyRound(width * scale)), Math.max(1, pyRound(height * scale))];
+        shrunk.set(side, { picture: scale < 1 ? resize(image, w, h, 'box') : image, scale });
+      }
+      const { picture, scale } = shrunk.get(side);
+      const extent = [x0 * scale, y0 * scale, (x0 + side) * scale, (y0 + side) * scale];
+      const square = extentBilinear(picture, extent, DETECTOR_SIZE);
+      const input = new Float32Array(DETECTOR_SIZE * DETECTOR_SIZE * 3);
+      for (let p = 0; p < DETECTOR_SIZE * DETECTOR_SIZE; p++) {
+        for (let c = 0; c < 3; c++) input[p * 3 + c] = Math.fround(square.data[p * 4 + c] / 127.5) - 1;
+      }
+      const [regressors, logits] = await this.run(this.detector, input, DETECTOR_SIZE);
+      // from the square's [0, 1] to the photo's pixels (float32 times side, as numpy does it)
+      const back = ([x, y]) => [Math.fround(x * side) + x0, Math.fround(y * side) + y0];
+      for (const { box, score, keypoints } of decodeDetections(regressors, logits, this.anchors)) {
+        found.push({ box: [...back(box.slice(0, 2)), ...back(box.slice(2))], score, keypoints: keypoints.map(back) });
       }
     }
-    const [regressors, logits] = await this.run(this.detector, input, DETECTOR_SIZE);
-    const found = mergeDetections(decodeDetections(regressors, logits, this.anchors));
-    // back from the square's [0, 1] to the photo's pixels (each axis as shrunk)
-    const back = ([x, y]) => [
-      (x - left / DETECTOR_SIZE) * (width / shrunk.width) * DETECTOR_SIZE,
-      (y - top / DETECTOR_SIZE) * (height / shrunk.height) * DETECTOR_SIZE,
-    ];
-    return found.map(({ box, keypoints }) => ({
-      box: [...back([box[0], box[1]]), ...back([box[2], box[3]])],
-      keypoints: keypoints.map(back),
-    }));
+    return mergeDetections(found).map(({ box, keypoints }) => ({ box, keypoints }));
   }
 
   /** Face Mesh's landmarks [468][2] in the photo's pixels and its face probability; it sees the

@@ -639,7 +639,7 @@ async function showPhotoFace(index, tools) {
   const { encoder, encoderSpec: spec } = tools;
   const face = photo.faces[index];
   const start = performance.now();
-  const frame = align.alignFace(photo.image, face);
+  const frame = await align.alignFace(photo.image, face, tools.finder);
   const input = align.modelInput(frame, spec.imageSize, spec.channels, spec.crop);
   const alignMs = performance.now() - start;
   const [low, high] = spec.valueRange;
