@@ -1,9 +1,8 @@
 """train.py's command line and run-folder checks, with no TensorFlow, so that they answer at once.
 
 Each problem is one line that says what to do (RunError): the settings (flags, or config.json on
---resume), the run folder (new or empty, or resumable; one training at a time, under a lock), the
---cache folder, TF_CONFIG for --strategy multiworker, and the memory a run needs. train.py's
-main() uses them before it trains; this file is not a script.
+--resume), the run folder (new, empty or resumable; locked), the --cache folder, TF_CONFIG for
+--strategy multiworker, and the memory a run needs.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from fnmatch import fnmatch
+from itertools import pairwise
 from pathlib import Path
 
 import data
@@ -54,9 +54,8 @@ TF_CONFIG_HELP = (
 )
 CLUSTER_JOBS = ("chief", "worker")  # the jobs of MultiWorkerMirroredStrategy's cluster
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
-# Where train.py writes its files before renaming them into place (by folder of the run): a
-# killed run leaves them behind, a full disk half-written.
-# images.atomic_write's are .<name>.<8 hex digits>.tmp.
+# The files train.py renames into place once written, by folder of the run: a killed run leaves
+# them behind, a full disk half-written. images.atomic_write's are .<name>.<8 hex digits>.tmp.
 TEMPORARY_FILES = {
     ".": (
         ".*.partial.*",
@@ -96,14 +95,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         group = parser.add_argument_group(title)
         for setting in settings:
             default = setting.default
-            options = {
-                "type": setting.type,
-                "choices": setting.choices,
-                "action": setting.action,
-                "nargs": setting.nargs,
-                "const": setting.const,
-                "metavar": setting.metavar,
-            }
+            options = {key: getattr(setting, key) for key in ("type", "choices", "action", "nargs", "const", "metavar")}
             group.add_argument(
                 setting.flag,
                 dest=setting.name,
@@ -192,7 +184,7 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
         check_architecture(number("image_size", whole=True), filters)
     except ValueError as error:
         raise RunError(str(error)) from None
-    decoder_filters = config.get("decoder_filters")  # None (or absent): the encoder's
+    decoder_filters = config["decoder_filters"]  # None: the encoder's
     if decoder_filters is not None and not (widths(decoder_filters) and len(decoder_filters) == len(filters)):
         raise RunError(
             f"{name_of('decoder_filters')} must be {len(filters)} positive integers, one per block of "
@@ -308,50 +300,30 @@ def writes_run_folder(config: dict) -> bool:
 
 # --------------------------------------------------------------------------- memory
 def parameter_count(config: dict) -> int:
-    """The weights vae.py builds from `config` (encoder, decoder and, with --adversarial, the patch
-    discriminator), counted without building them."""
-    filters, size, latent, hidden, channels = (
-        config["filters"],
-        config["image_size"],
-        config["latent_dim"],
-        config["hidden_units"],
-        config["channels"],
+    """About the weights vae.py builds from `config`, counted without building them: the kernels of
+    the convolutions (3x3; the discriminator's, with --adversarial, 4x4) and the dense layers."""
+    filters, decoder_filters = config["filters"], config["decoder_filters"] or config["filters"]
+    channels, latent, hidden = config["channels"], config["latent_dim"], config["hidden_units"]
+    side = config["image_size"] >> len(filters)  # of the encoder's last feature map and the decoder's first
+    discriminator = [channels, *discriminator_widths(config), 1] if config["adversarial"] else []
+    convolutions = 9 * sum(
+        a * b for widths in ([channels, *filters], [channels, *decoder_filters]) for a, b in pairwise(widths)
     )
-    decoder_filters = config.get("decoder_filters") or filters
-
-    def convolutions(widths: list[int]) -> int:
-        return sum(9 * a * b for a, b in zip(widths, widths[1:], strict=False))
-
-    # The decoder runs its widths backwards, ending in a convolution to the image's channels.
-    weights = convolutions([channels, *filters]) + convolutions([channels, *decoder_filters]) + channels
-    weights += 4 * (sum(filters) + sum(decoder_filters[:-1]))  # BatchNormalization's four per channel
-    side = size // 2 ** len(filters)  # of the encoder's last feature map and the decoder's first
-    weights += (side * side * filters[-1] + 1) * hidden + 2 * (hidden + 1) * latent
-    weights += (latent + 1) * side * side * decoder_filters[-1]
-    return weights + discriminator_parameter_count(config)
+    convolutions += 16 * sum(a * b for a, b in pairwise(discriminator))
+    return convolutions + side * side * (filters[-1] * hidden + latent * decoder_filters[-1]) + 2 * hidden * latent
 
 
 def discriminator_widths(config: dict) -> list[int]:
     """The patch discriminator's widths (vae.build_discriminator), none without --adversarial."""
-    if not config.get("adversarial"):
-        return []
-    width = config.get("discriminator_filters", 64)
-    return [width, 2 * width, 4 * width, 8 * width]
-
-
-def discriminator_parameter_count(config: dict) -> int:
-    widths = discriminator_widths(config)
-    if not widths:
-        return 0
-    pairs = zip([config["channels"], *widths[:-1]], widths, strict=True)
-    return 16 * sum(a * b for a, b in pairs) + 2 * sum(widths[1:]) + 16 * widths[-1] + 1
+    width = config["discriminator_filters"]
+    return [width, 2 * width, 4 * width, 8 * width] if config["adversarial"] else []
 
 
 def activation_count(config: dict) -> int:
     """Values of the feature maps one image flows through in the encoder, the decoder and, with
     --adversarial, the discriminator (twice: the image and its reconstruction)."""
     size, filters, channels = config["image_size"], config["filters"], config["channels"]
-    decoder_filters = config.get("decoder_filters") or filters
+    decoder_filters = config["decoder_filters"] or filters
     sides = [size >> (index + 1) for index in range(len(filters))]
     encoder = sum(3 * side * side * width for side, width in zip(sides, filters, strict=True))  # conv, BN, ReLU
     decoder = sum(4 * (2 * side) ** 2 * width for side, width in zip(sides[1:], decoder_filters, strict=False))
@@ -384,8 +356,7 @@ def memory_needs(config: dict, train_count: int, validation_count: int) -> list[
 
 def check_memory(config: dict, train_count: int, validation_count: int) -> None:
     """RunError, with the figures and what to change, for a run that would not fit in the memory
-    available (data.available_memory), rather than fail after TensorFlow allocated it or after an
-    epoch (the density fit)."""
+    available, rather than fail once TensorFlow allocated it or at the density fit."""
     available = data.available_memory()
     needs = memory_needs(config, train_count, validation_count)
     needed = sum(size for _, _, size in needs)
@@ -450,8 +421,8 @@ def check_run_folder(run_dir: Path, config: dict, resume: bool) -> None:
 
 
 def remove_temporary_files(run_dir: Path) -> list[Path]:
-    """Remove the TEMPORARY_FILES of the run in `run_dir`; returns them. Each is emptied before it
-    is unlinked, so its space comes back even while a failed writer still holds it open."""
+    """Remove the TEMPORARY_FILES of the run in `run_dir`; returns them. Each is emptied first, so its
+    space comes back even while a failed writer still holds it open."""
     removed = []
     for folder, patterns in TEMPORARY_FILES.items():
         for pattern in patterns:
