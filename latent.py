@@ -116,9 +116,8 @@ def reparameterize(mu: np.ndarray, log_sigma: np.ndarray, noise: np.ndarray) -> 
 
 
 def attribute_direction(mu: np.ndarray, labels: np.ndarray, min_count: int = 1) -> np.ndarray:
-    """mean(mu | label = +1) - mean(mu | label = -1) over encoded images mu [N, D] with
-    CelebA labels [N] of +1/-1 (0: unlabelled, ignored). Raises ValueError with the
-    counts found when either side has fewer than min_count images."""
+    """mean(mu | label = +1) - mean(mu | label = -1) over encoded images mu [N, D] with CelebA labels
+    [N] of +1/-1 (0: ignored); ValueError with the counts when a side has fewer than min_count."""
     labels = np.asarray(labels)
     positive, negative = labels > 0, labels < 0
     found = f"{int(positive.sum())} positive and {int(negative.sum())} negative"
@@ -133,17 +132,15 @@ def attribute_sweep(z: np.ndarray, direction: np.ndarray, alphas: Sequence[float
 
 
 def traversal_grid(z: np.ndarray, directions: np.ndarray, values: Sequence[float]) -> np.ndarray:
-    """z + values[c] * directions[r]: [len(directions), len(values), D]. With directions scaled to
-    one standard deviation each, the values count standard deviations along each row's direction."""
+    """z + values[c] * directions[r]: [len(directions), len(values), D]."""
     directions = np.asarray(directions, dtype=np.float64)
     offsets = np.asarray(values, dtype=np.float64)[None, :, None] * directions[:, None, :]
     return np.asarray(z, dtype=np.float64) + offsets
 
 
 def principal_directions(covariance: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `count` directions of largest variance of a covariance [D, D], largest first: unit
-    vectors [count, D] and their standard deviations [count]. Each vector's sign is fixed (its
-    largest component positive), so the same covariance always gives the same picture."""
+    """The `count` directions of largest variance of a covariance [D, D], largest first: unit vectors
+    [count, D], each with its largest component positive, and their standard deviations [count]."""
     variances, vectors = np.linalg.eigh(np.asarray(covariance, dtype=np.float64))
     order = np.argsort(-variances, kind="stable")[:count]
     units = vectors[:, order].T
@@ -468,8 +465,8 @@ def find_density(folder: str | os.PathLike, latent_dim: int | None = None) -> La
 
 
 def choose_sampler(name: str, folder: str | os.PathLike, latent_dim: int) -> tuple[LatentDensity, str]:
-    """(density, label) of a --sampler choice: "density" uses the folder's fitted density and
-    falls back to the prior (saying so) when it has none; "prior" is N(0, I)."""
+    """(density, label) of a --sampler choice: the folder's fitted density, or N(0, I) for "prior"
+    and (saying so) for a folder without one."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
     density = find_density(folder, latent_dim) if name == "density" else None
@@ -553,8 +550,7 @@ def finite_numbers(values: object, length: int) -> bool:
 
 
 def attribute_directions_problem(content: object, latent_dim: int) -> str | None:
-    """What is wrong with a parsed attribute_directions.json for a model of latent size
-    `latent_dim`, or None; a NaN would turn every face it touches black."""
+    """What is wrong with a parsed attribute_directions.json, or None; a NaN would turn faces black."""
     if not isinstance(content, dict) or content.get("format") != ATTRIBUTES_FORMAT:
         found = content.get("format") if isinstance(content, dict) else type(content).__name__
         return f"is not a {ATTRIBUTES_FORMAT} file (format {found!r})"
