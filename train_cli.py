@@ -85,8 +85,7 @@ class TrainingStopped(Exception):
 
 # --------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The flags of recipe.SETTINGS, with `given_flags`: the set of those given on the command
-    line (by name: argparse dest and config.json key)."""
+    """The flags of recipe.SETTINGS, with `given_flags`: the names of those given on the command line."""
     parser = argparse.ArgumentParser(
         description="Train a VAE on CelebA (Kaggle or original layout) or any folder of faces.",
         formatter_class=HelpFormatter,
@@ -104,8 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 **{key: value for key, value in options.items() if value is not None},
             )
     args = parser.parse_args(argv)
-    # Parsed again onto a namespace where every flag is already set to a marker: argparse leaves
-    # those it was not given alone, so the flags still holding it were not given.
+    # Parsed again onto a namespace of markers: argparse replaces those of the flags it is given.
     unset = object()
     again = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
     args.given_flags = {name for name, value in vars(again).items() if value is not unset}
@@ -128,8 +126,7 @@ def parse_filters(text: str, name: str = "--filters") -> list[int]:
 
 
 def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
-    """Raise RunError for a missing or out-of-range setting; name_of(key) names it in the message
-    (the flag, or where in config.json)."""
+    """RunError for a missing or out-of-range setting, named by name_of(key): a flag, or config.json's key."""
 
     def number(key: str, whole: bool) -> float:
         value = config[key]
@@ -248,8 +245,8 @@ def check_recovery_flags(args: argparse.Namespace) -> None:
 
 
 def read_tf_config() -> tuple[dict[str, list[str]], str, int]:
-    """(cluster, task type, task index) from TF_CONFIG, checked before TensorFlow reads it (which
-    fails with a TypeError or hangs on a wrong type); RunError saying what is wrong otherwise."""
+    """(cluster, task type, task index) from TF_CONFIG, checked before TensorFlow reads it (it fails
+    with a TypeError or hangs on a wrong type)."""
 
     def refuse(problem: str) -> RunError:
         return RunError(f"TF_CONFIG {problem}; {TF_CONFIG_HELP}")
@@ -290,8 +287,7 @@ def is_address(address: object) -> bool:
 
 
 def writes_run_folder(config: dict) -> bool:
-    """False for a non-chief worker of a multi-worker run (as MultiWorkerMirroredStrategy reads
-    TF_CONFIG): it leaves the run folder and the latent density to the chief."""
+    """False for a worker of a multi-worker run other than its chief, which writes the run folder."""
     if config["strategy"] != "multiworker":
         return True
     cluster, kind, index = read_tf_config()
@@ -390,8 +386,8 @@ def has_backup(run_dir: Path) -> bool:
 
 
 def check_run_folder(run_dir: Path, config: dict, resume: bool) -> None:
-    """Raise RunError unless `run_dir` suits a new run (new or empty) or --resume (a checkpoint
-    short of the epochs asked for, or a step backup; train.train checks the backup's epoch)."""
+    """RunError unless `run_dir` suits a new run (new or empty) or --resume (a checkpoint short of
+    the epochs asked for, or a step backup, whose epoch recovery.start_point checks)."""
     checkpoint = latest_checkpoint(run_dir)
     if resume:
         if checkpoint is None and not has_backup(run_dir):
@@ -437,9 +433,8 @@ def remove_temporary_files(run_dir: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def locked_run_folder(run_dir: Path, config: dict, resume: bool) -> Iterator[None]:
-    """Lock `run_dir` for this process (fcntl.flock on its LOCK_FILE, released when the block ends
-    or the process dies; the folder is created if new), check that it suits the run, and remove
-    what a killed run left. A refused folder is left as it was found."""
+    """Lock `run_dir` (created if new) with fcntl.flock on its LOCK_FILE, check that it suits the run
+    and remove what a killed run left; a refused folder is left as it was found."""
     check_writable(run_dir, folder=True)
     lock_path = run_dir / LOCK_FILE
     created_folders = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
