@@ -190,16 +190,9 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
 
 
 def checked_config(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict]:
-    """The flags and the run's settings, checked: RunError for what is wrong."""
+    """The flags and the run's settings, checked: from the command line for a new run, from
+    config.json on --resume; RunError for what is wrong."""
     args = parse_args(argv)
-    try:
-        return args, resolve_config(args)
-    except RunFolderError as error:  # runs.read_config's, on --resume
-        raise RunError(str(error)) from None
-
-
-def resolve_config(args: argparse.Namespace) -> dict:
-    """The run's settings, checked: from the command line for a new run, from config.json on --resume."""
     check_recovery_flags(args)
     if args.resume:
         resumable = [setting for setting in SETTINGS if setting.on_resume]
@@ -212,13 +205,16 @@ def resolve_config(args: argparse.Namespace) -> dict:
                 f"(only {', '.join(resume_flags[:-1])} and {resume_flags[-1]} go with --resume), "
                 "or start a new run with another --out"
             )
-        config = read_config(args.resume)
+        try:
+            config = read_config(args.resume)
+        except RunFolderError as error:
+            raise RunError(str(error)) from None
         config |= {s.name: getattr(args, s.name) for s in resumable if s.in_config and s.name in args.given_flags}
         # Every strategy trains the same global batch the same way: a multi-worker run can go on alone.
         config["strategy"] = args.strategy
         config_json = Path(args.resume) / CONFIG_FILE
         check_settings(config, lambda key: flag(key) if key in args.given_flags else f"{key!r} in {config_json}")
-        return config
+        return args, config
     if not args.data:
         raise RunError("--data is required: the CelebA folder (see README: Get CelebA), or --resume RUN")
     out = Path(args.out) if args.out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -230,7 +226,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     )
     config |= {"value_range": [0.0, 1.0], "layout": "NHWC"}
     check_settings(config, flag)
-    return config
+    return args, config
 
 
 def check_recovery_flags(args: argparse.Namespace) -> None:
