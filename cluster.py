@@ -51,8 +51,8 @@ def start_strategy(config: dict, worker_start_timeout: float) -> tf.distribute.S
 
 
 def choose_strategy(name: str) -> tf.distribute.Strategy:
-    """MirroredStrategy over several GPUs (or, with "mirrored" and no GPU, over the logical CPU
-    devices, several only as the tests configure them), else the default strategy."""
+    """MirroredStrategy over several GPUs (with "mirrored" and no GPU, over the logical CPU devices),
+    else the default strategy."""
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy(
@@ -92,9 +92,7 @@ def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirro
     else:  # this task could not even reach the service
         job, task = re.search(TASK_NAME, leader).groups()
         what = f"{job} {task} ({cluster[job][int(task)]}) could not be reached (not started, or its port blocked)"
-    # Once the failed start's objects are gone: the coordination agent logs its error state again
-    # as they go, which would otherwise come after this one-line error.
-    gc.collect()
+    gc.collect()  # the coordination agent logs its error state again as the failed start's objects go: before our line
     raise RunError(
         f"{what} within --worker-start-timeout {start_timeout:g} s; start train.py on every worker of TF_CONFIG, "
         "each with its own task index, within that time of one another"
