@@ -140,10 +140,10 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
     if missing:
         raise RunError(f"{name_of(missing[0])} is missing")
     for key in ("latent_dim", "hidden_units", "batch_size", "epochs", "discriminator_filters"):
-        if key in config and number(key, whole=True) < 1:
+        if number(key, whole=True) < 1:
             raise RunError(f"{name_of(key)} must be at least 1 (got {config[key]})")
     for key in ("lr_warmup_steps", "beta_warmup_steps", "beta_cycle_steps", "adversarial_start"):
-        if key in config and number(key, whole=True) < 0:
+        if number(key, whole=True) < 0:
             raise RunError(f"{name_of(key)} is a number of steps, 0 or more (got {config[key]})")
     if number("limit", whole=True) < 0:
         raise RunError(f"{name_of('limit')} is a number of images, 0 (all) or more (got {config['limit']})")
@@ -160,14 +160,14 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
         raise RunError(
             f"{name_of('learning_rate')} must be a positive number, e.g. 2e-3 (got {config['learning_rate']})"
         )
-    if "adversarial" in config and number("adversarial", whole=False) < 0:
+    if number("adversarial", whole=False) < 0:
         raise RunError(f"{name_of('adversarial')} must be 0 (off) or more, e.g. 0.5 (got {config['adversarial']})")
     if not 0 <= number("ema", whole=False) < 1:
         raise RunError(f"{name_of('ema')} must be in [0, 1), e.g. 0.999 (got {config['ema']})")
     for setting in SETTINGS:
         key, choices = setting.name, setting.choices
-        if key == "mixed_precision":  # config.json records the policy chosen, or true/false in older runs
-            choices = (*choices, *PRECISION_POLICIES, True, False)
+        if key == "mixed_precision":  # config.json records the policy chosen
+            choices = (*choices, *PRECISION_POLICIES)
         if setting.in_config and choices and key in config and config[key] not in choices:
             raise RunError(f"{name_of(key)} must be one of {', '.join(map(str, choices))} (got {config[key]!r})")
 
