@@ -126,8 +126,7 @@ class Recovery:
                     f"{error}, state saved in {run_dir}; continue with: {resume}", error.signum
                 ) from None
             if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
-                # A worker that dies or hangs stops sending heartbeats; the coordination service
-                # notices within seconds and aborts the others' collective operations.
+                # A worker that died or hangs: the coordination service aborts the others' collectives.
                 reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0]).rstrip(":")
                 raise RunError(
                     f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
@@ -145,8 +144,7 @@ class Recovery:
                 and not disk_is_full(self.model, self.output_dir)
             ):
                 return
-            # The failed fit's objects (the data iterator holding cache files open, h5py's file)
-            # let go first: they would write into what the error's cleanup removes.
+            # The failed fit's objects (cache files, h5py's file) let go of what the cleanup removes.
             traceback.clear_frames(trace)
             del error, trace
             if cache_full:

@@ -260,8 +260,7 @@ class VAE(keras.Model):
             tracker.update_state(ops.where(count > 0, terms[tracker.name], 0.0), sample_weight=count)
         results = {m.name: m.result() for m in trackers}
         if spans_several_workers():
-            # Keras averages each replica's logs over the workers with strategy.reduce(MEAN, axis=0),
-            # which fails on scalars ("Invalid reduction dimension 0"): give them that axis.
+            # Keras averages the logs over the workers with strategy.reduce(MEAN, axis=0): give them that axis.
             results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
         return results
 
