@@ -1,14 +1,10 @@
 """The tf.distribute strategy of a training run, its replicas' shares of a batch, and a
-multi-worker cluster's start and end.
+multi-worker cluster's start and end: --strategy multiworker waits at most --worker-start-timeout
+for every worker of TF_CONFIG, naming those that did not start; only the chief writes the run folder.
 
---strategy multiworker reads TF_CONFIG (checked by train_cli) and waits at most
---worker-start-timeout for every worker, naming those that did not start. Only the chief writes
-the run folder; the other workers write their identical copies into a scratch folder.
-
-This is the one module that imports a private TensorFlow module, `tensorflow.python.eager.context`:
-MultiWorkerMirroredStrategy starts TensorFlow's coordination service with no limit on how long
-its tasks wait for one another, and the only way to give it one is the eager context's
-configure_coordination_service, which has no public counterpart.
+The one module that imports a private TensorFlow module, `tensorflow.python.eager.context`: the
+coordination service MultiWorkerMirroredStrategy starts waits for its tasks without a limit, and
+only the eager context's configure_coordination_service, which has no public counterpart, sets one.
 """
 
 from __future__ import annotations
@@ -55,8 +51,8 @@ def start_strategy(config: dict, worker_start_timeout: float) -> tf.distribute.S
 
 
 def choose_strategy(name: str) -> tf.distribute.Strategy:
-    """MirroredStrategy over several GPUs (or, with "mirrored" and no GPU, over the logical CPU
-    devices, several only as the tests configure them), else the default strategy."""
+    """MirroredStrategy over several GPUs (with "mirrored" and no GPU, over the logical CPU devices),
+    else the default strategy."""
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy(
@@ -67,8 +63,7 @@ def choose_strategy(name: str) -> tf.distribute.Strategy:
 
 def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirroredStrategy:
     """MultiWorkerMirroredStrategy over TF_CONFIG's cluster once all its tasks have registered at
-    the coordination service's barrier, which fails after `start_timeout` naming those it lacks
-    (a task that cannot reach the service gives up 5 s later); RunError then."""
+    the coordination service's barrier; RunError naming those it lacks after `start_timeout`."""
     cluster, kind, index = train_cli.read_tf_config()
     leader = f"/job:{'chief' if 'chief' in cluster else 'worker'}/replica:0/task:0"
     service = context.context()
@@ -97,9 +92,7 @@ def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirro
     else:  # this task could not even reach the service
         job, task = re.search(TASK_NAME, leader).groups()
         what = f"{job} {task} ({cluster[job][int(task)]}) could not be reached (not started, or its port blocked)"
-    # Once the failed start's objects are gone: the coordination agent logs its error state again
-    # as they go, which would otherwise come after this one-line error.
-    gc.collect()
+    gc.collect()  # the coordination agent logs its error state again as the failed start's objects go: before our line
     raise RunError(
         f"{what} within --worker-start-timeout {start_timeout:g} s; start train.py on every worker of TF_CONFIG, "
         "each with its own task index, within that time of one another"
@@ -107,8 +100,7 @@ def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirro
 
 
 def worker_cache(config: dict) -> str:
-    """This process's --cache: a file cache gets a subfolder per worker, as two workers must not
-    write one cache (on shared storage, or on one host)."""
+    """This process's --cache: a file cache gets a subfolder per worker, as two must not write one."""
     cache = config["cache"]
     if cache in ("memory", "none") or config["strategy"] != "multiworker":
         return cache
@@ -119,7 +111,7 @@ def worker_cache(config: dict) -> str:
 @contextlib.contextmanager
 def worker_output(run_dir: Path, chief: bool) -> Iterator[Path]:
     """Where this process writes: the run folder, or for a worker other than the chief a scratch
-    folder for its copies (as the tf.distribute guides recommend), removed at the end."""
+    folder for its copies, removed at the end."""
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
         yield run_dir
@@ -129,8 +121,8 @@ def worker_output(run_dir: Path, chief: bool) -> Iterator[Path]:
 
 
 def quiet_native_log() -> None:
-    """Send what is written to stderr from now on to /dev/null: once a worker has said why it ends,
-    the coordination service's complaints about the workers already gone would follow."""
+    """Send stderr to /dev/null from now on: once a worker has said why it ends, the coordination
+    service's complaints about the workers already gone would follow."""
     sys.stdout.flush()
     sys.stderr.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -168,10 +160,9 @@ def steps_per_pass(
 
 
 def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
-    """Each batch cut to a multiple of `replicas`, the empty ones dropped: tf.distribute gives each
-    replica ceil(n / replicas) of a batch of n, so a short last batch would leave a replica with no
-    image (which crashes inside BatchNormalization on some CPUs) or with a smaller share than the
-    others (the step's loss scaling assumes equal ones)."""
+    """Each batch cut to a multiple of `replicas`, the empty ones dropped: a short last batch would
+    leave a replica with no image (a crash inside BatchNormalization on some CPUs) or a smaller
+    share than the others (the step's loss scaling assumes equal ones)."""
     if replicas == 1:
         return dataset
     return dataset.map(lambda images: images[: tf.shape(images)[0] // replicas * replicas]).filter(

@@ -21,8 +21,8 @@ TIMING_COLUMNS = ("seconds_steps", "seconds_validation", "seconds_artifacts", "i
 
 
 class History(keras.callbacks.Callback):
-    """history.csv (rewritten atomically each epoch) and loss_curves.png. Written before the epoch
-    checkpoint, so that a checkpoint always has its row; EpochTimes adds the epoch's timings after it."""
+    """history.csv (rewritten atomically each epoch) and loss_curves.png, before the epoch checkpoint,
+    so that a checkpoint always has its row."""
 
     def __init__(self, run_dir: Path, initial_epoch: int):
         super().__init__()
@@ -84,10 +84,9 @@ def now() -> tuple[float, float]:
 
 
 class EpochTimes(keras.callbacks.Callback):
-    """Where an epoch's time goes, added to its history.csv row (TIMING_COLUMNS) and, unless
-    verbose is 0, printed: the training steps (their images per CPU-second too), validation and
-    the artifacts (step backups, models, grids, history, checkpoint, TensorBoard), with the time
-    left, the latent density's fit of `density_images` included. After those among the callbacks."""
+    """Where an epoch's time goes, added to its history.csv row (TIMING_COLUMNS) and, unless verbose
+    is 0, printed with the time left, the density fit of `density_images` included: the training
+    steps, validation and the artifacts (backups, models, grids, checkpoint), whose callbacks it follows."""
 
     def __init__(
         self, history: History, config: dict, verbose: int, density_images: int = 0, validation_images: int = 0

@@ -3,9 +3,6 @@
     python latent.py --run runs/<name>                         # (re)fit <run>/latent_density.json
     python latent.py --run pretrained/celeba64 --data ./celeba # an exported folder (ONNX only)
 
-The functions on arrays (interpolation, weighted posteriors, attribute directions, traversals)
-serve generate.py, evaluate.py, export_onnx.py and the tests.
-
 The fitted latent density (ex-post density estimation, Ghosh et al., ICLR 2020) is a Gaussian
 mixture with k full-covariance components fitted by EM to the posterior means of the training
 images, k chosen by the held-out log-likelihood of the validation images' posterior means:
@@ -65,13 +62,9 @@ def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Spherical interpolation (Shoemake; White 2016 for generative models): [T, D].
-
-    Follows the great circle between the directions of a and b, so between two vectors of
-    equal norm the norm stays constant, where lerp cuts through the low-norm middle of a
-    Gaussian prior. Falls back to lerp for (anti)parallel or zero vectors, where the plane
-    of rotation is undefined.
-    """
+    """Spherical interpolation (Shoemake; White 2016): [T, D]. Keeps the norm of equal-norm ends,
+    where lerp cuts through the low-norm middle of a Gaussian prior; lerp for (anti)parallel or
+    zero vectors, whose plane of rotation is undefined."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     norms = np.linalg.norm(a) * np.linalg.norm(b)
     if norms == 0.0:
@@ -112,10 +105,8 @@ def normalized_weights(weights: Sequence[float] | None, count: int) -> np.ndarra
 
 
 def weighted_posterior(mu: np.ndarray, log_sigma: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Combine b posteriors [b, D]: mu' = sum_i w_i mu_i, log sigma' = sum_i w_i log sigma_i.
-
-    Averaging log sigma (a geometric mean of the sigmas) keeps sigma' positive and within
-    the range of the inputs' sigmas for convex weights."""
+    """Combine b posteriors [b, D]: mu' = sum_i w_i mu_i, log sigma' = sum_i w_i log sigma_i (a
+    geometric mean: sigma' stays positive and within the inputs' range for convex weights)."""
     return weights @ mu, weights @ log_sigma
 
 
@@ -125,9 +116,8 @@ def reparameterize(mu: np.ndarray, log_sigma: np.ndarray, noise: np.ndarray) -> 
 
 
 def attribute_direction(mu: np.ndarray, labels: np.ndarray, min_count: int = 1) -> np.ndarray:
-    """mean(mu | label = +1) - mean(mu | label = -1) over encoded images mu [N, D] with
-    CelebA labels [N] of +1/-1 (0: unlabelled, ignored). Raises ValueError with the
-    counts found when either side has fewer than min_count images."""
+    """mean(mu | label = +1) - mean(mu | label = -1) over encoded images mu [N, D] with CelebA labels
+    [N] of +1/-1 (0: ignored); ValueError with the counts when a side has fewer than min_count."""
     labels = np.asarray(labels)
     positive, negative = labels > 0, labels < 0
     found = f"{int(positive.sum())} positive and {int(negative.sum())} negative"
@@ -142,17 +132,15 @@ def attribute_sweep(z: np.ndarray, direction: np.ndarray, alphas: Sequence[float
 
 
 def traversal_grid(z: np.ndarray, directions: np.ndarray, values: Sequence[float]) -> np.ndarray:
-    """z + values[c] * directions[r]: [len(directions), len(values), D]. With directions scaled to
-    one standard deviation each, the values count standard deviations along each row's direction."""
+    """z + values[c] * directions[r]: [len(directions), len(values), D]."""
     directions = np.asarray(directions, dtype=np.float64)
     offsets = np.asarray(values, dtype=np.float64)[None, :, None] * directions[:, None, :]
     return np.asarray(z, dtype=np.float64) + offsets
 
 
 def principal_directions(covariance: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `count` directions of largest variance of a covariance [D, D], largest first: unit
-    vectors [count, D] and their standard deviations [count]. Each vector's sign is fixed (its
-    largest component positive), so the same covariance always gives the same picture."""
+    """The `count` directions of largest variance of a covariance [D, D], largest first: unit vectors
+    [count, D], each with its largest component positive, and their standard deviations [count]."""
     variances, vectors = np.linalg.eigh(np.asarray(covariance, dtype=np.float64))
     order = np.argsort(-variances, kind="stable")[:count]
     units = vectors[:, order].T
@@ -189,10 +177,9 @@ class LatentDensity:
         return len(self.weights)
 
     def draw(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """The randomness of `count` samples: component indices [count] and noise [count, D].
-        Drawn once, it can be turned into latents at several temperatures (`latents`)."""
-        # One component draws no index, so the prior's latents are T * rng.standard_normal, as before.
-        if self.components == 1:
+        """The randomness of `count` samples, to turn into latents at several temperatures
+        (`latents`): component indices [count] and noise [count, D]."""
+        if self.components == 1:  # no index drawn: the prior's latents are T * rng.standard_normal
             components = np.zeros(count, dtype=np.int64)
         else:
             components = rng.choice(self.components, size=count, p=self.weights)
@@ -245,10 +232,6 @@ def component_log_joint(points: np.ndarray, density: LatentDensity) -> np.ndarra
     )
 
 
-def covariance_floor(points: np.ndarray) -> float:
-    return COVARIANCE_FLOOR * max(float(np.mean(np.var(points, axis=0))), 1e-12)
-
-
 def weighted_gaussians(
     points: np.ndarray, responsibilities: np.ndarray, floor: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -289,12 +272,9 @@ def fit_mixture(
     tolerance: float = EM_TOLERANCE,
     deadline: float = math.inf,
 ) -> LatentDensity:
-    """A full-covariance Gaussian mixture fitted to points [N, D] by EM (k-means++ start), its
-    iterations ending at time.monotonic() `deadline` at the latest.
-
-    Every covariance gets COVARIANCE_FLOOR times the data's mean variance on its diagonal, so
-    no component collapses onto a few points. components = 1 is the closed-form Gaussian.
-    """
+    """A full-covariance Gaussian mixture fitted to points [N, D] by EM (k-means++ start) until
+    time.monotonic() `deadline` at the latest; components = 1 is the closed-form Gaussian. The
+    covariance floor keeps any component from collapsing onto a few points."""
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or len(points) < 2:
         raise ValueError(f"need at least 2 points of shape [N, D] to fit a density, got {points.shape}")
@@ -302,7 +282,7 @@ def fit_mixture(
         raise ValueError("the points to fit contain NaN or inf")
     if not 1 <= components <= len(points):
         raise ValueError(f"cannot fit {components} components to {len(points)} points")
-    floor = covariance_floor(points)
+    floor = COVARIANCE_FLOOR * max(float(np.mean(np.var(points, axis=0))), 1e-12)
     rng = np.random.default_rng(seed)
     labels = kmeans_plus_plus(points, components, rng) if components > 1 else np.zeros(len(points), int)
     responsibilities = np.eye(components)[labels]
@@ -325,15 +305,12 @@ def select_density(
     sizes: Sequence[int] = MIXTURE_SIZES,
     seed: int = 0,
     refit_points: np.ndarray | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] = lambda line: None,
     budget: float = SELECTION_SECONDS,
 ) -> LatentDensity:
-    """The mixture size k (of `sizes`) whose fit to fit_points gives the highest mean
-    log-likelihood on heldout_points; returned fitted to refit_points when given (e.g. all the
-    run's training images once k is chosen), else to fit_points. Sizes leaving fewer than
-    MIN_POINTS_PER_DIM points per latent dimension in a component are skipped, and so are those
-    that would end past `budget` seconds (the refit has as long again).
-    `info["selection"]` records each k's held-out score."""
+    """The mixture of the size k (of the usable `sizes`) whose fit to fit_points scores the highest
+    mean log-likelihood on heldout_points, refitted to refit_points when given; sizes that would
+    end past `budget` seconds are skipped. `info["selection"]` records each k's score."""
     fit_points = np.asarray(fit_points, np.float64)
     heldout_points = np.asarray(heldout_points, np.float64)
     if len(fit_points) < 2 or not len(heldout_points):
@@ -346,15 +323,13 @@ def select_density(
     last = (1, 0.0)  # k and seconds of the last fit: a fit takes about k times as long
     for k in usable:
         if scores and time.monotonic() + last[1] * k / last[0] > deadline:
-            if progress:
-                progress(f"  k = {k:2d} and more: not tried, the {budget:g} s for choosing k are spent")
+            progress(f"  k = {k:2d} and more: not tried, the {budget:g} s for choosing k are spent")
             break
         began = time.monotonic()
         fitted[k] = fit_mixture(fit_points, k, seed=seed, deadline=deadline)
         scores[k] = float(np.mean(fitted[k].log_likelihood(heldout_points)))
         last = (k, time.monotonic() - began)
-        if progress:
-            progress(f"  k = {k:2d}: held-out log-likelihood {scores[k]:.2f} nats per point")
+        progress(f"  k = {k:2d}: held-out log-likelihood {scores[k]:.2f} nats per point")
     best = max(scores, key=scores.get)
     if refit_points is None:
         density = fitted[best]
@@ -371,9 +346,8 @@ def select_density(
 
 
 def fit_seconds(images: int, latent_dim: int, encode_rate: float, refit: bool = False) -> float:
-    """About how long fitting a density to `images` takes: encoding them at `encode_rate` images
-    a second (none when 0), and EM at this machine's speed, timed on one step of a small fit,
-    within select_density's budget."""
+    """About how long fitting a density to `images` takes: encoding at `encode_rate` images a
+    second (0: not counted), and EM at the speed of one timed step, within select_density's budget."""
     if images < 2:
         return 0.0
     points = np.random.default_rng(0).standard_normal((min(images, 2000), latent_dim))
@@ -385,9 +359,8 @@ def fit_seconds(images: int, latent_dim: int, encode_rate: float, refit: bool = 
 
 
 def usable_sizes(count: int, latent_dim: int, sizes: Sequence[int]) -> list[int]:
-    """The mixture sizes of `sizes` that `count` points in latent_dim dimensions can be fitted with
-    (MIN_POINTS_PER_DIM points per dimension in each component; k = 1 always); DensityError, saying
-    how many images are needed, when none can."""
+    """The sizes `count` points can fit (MIN_POINTS_PER_DIM per dimension and component; k = 1
+    always); DensityError, saying how many images are needed, when none can."""
     usable = [k for k in sorted(set(sizes)) if k == 1 or count >= k * MIN_POINTS_PER_DIM * latent_dim]
     if not usable:
         k = min(sizes)
@@ -400,15 +373,13 @@ def usable_sizes(count: int, latent_dim: int, sizes: Sequence[int]) -> list[int]
 
 
 def fit_memory_bytes(count: int, latent_dim: int, sizes: Sequence[int]) -> int:
-    """Memory fitting a density to `count` points takes, with a margin: the points and the EM's
-    per-point arrays (5 x N x D float64), and the largest mixture's covariances, Cholesky factors
-    and their inverses (3 x k x D x D float64)."""
+    """Memory a fit to `count` points takes, with a margin: 5 x N x D float64 per-point arrays and
+    3 x k x D x D for the largest mixture's covariances, Cholesky factors and their inverses."""
     return 8 * (5 * count * latent_dim + 3 * max(usable_sizes(count, latent_dim, sizes)) * latent_dim**2)
 
 
 def check_fit(count: int, latent_dim: int, sizes: Sequence[int]) -> None:
-    """Refuse, before any image is encoded, a fit that cannot be done: too few images for every
-    mixture size, or more memory than is available."""
+    """Refuse, before any image is encoded, a fit with too few images or too little memory."""
     needed, available = fit_memory_bytes(count, latent_dim, sizes), data.available_memory()
     if available is not None and needed > available:
         raise DensityError(
@@ -447,9 +418,7 @@ def density_problem(content, latent_dim: int | None) -> str | None:
         found = content.get("format") if isinstance(content, dict) else type(content).__name__
         return f"is not a {DENSITY_FORMAT} file (format {found!r})"
     try:
-        weights = np.asarray(content["weights"], dtype=np.float64)
-        means = np.asarray(content["means"], dtype=np.float64)
-        cholesky = np.asarray(content["cholesky"], dtype=np.float64)
+        weights, means, cholesky = (np.asarray(content[key], np.float64) for key in ("weights", "means", "cholesky"))
     except (KeyError, TypeError, ValueError):
         return "lacks weights, means or cholesky arrays of numbers"
     k = len(weights) if weights.ndim == 1 else -1
@@ -484,14 +453,9 @@ def read_density(path: str | os.PathLike, latent_dim: int | None = None) -> Late
     problem = density_problem(content, latent_dim)
     if problem:
         raise DensityError(f"{path} {problem}; {hint}")
+    weights, means, cholesky = (np.asarray(content[key], np.float64) for key in ("weights", "means", "cholesky"))
     info = {key: content[key] for key in ("fitted_on", "selection") if key in content}
-    weights = np.asarray(content["weights"], np.float64)
-    return LatentDensity(
-        weights / weights.sum(),
-        np.asarray(content["means"], np.float64),
-        np.asarray(content["cholesky"], np.float64),
-        info,
-    )
+    return LatentDensity(weights / weights.sum(), means, cholesky, info)
 
 
 def find_density(folder: str | os.PathLike, latent_dim: int | None = None) -> LatentDensity | None:
@@ -501,8 +465,8 @@ def find_density(folder: str | os.PathLike, latent_dim: int | None = None) -> La
 
 
 def choose_sampler(name: str, folder: str | os.PathLike, latent_dim: int) -> tuple[LatentDensity, str]:
-    """(density, label) of a --sampler choice: "density" uses the folder's fitted density and
-    falls back to the prior (saying so) when it has none; "prior" is N(0, I)."""
+    """(density, label) of a --sampler choice: the folder's fitted density, or N(0, I) for "prior"
+    and (saying so) for a folder without one."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
     density = find_density(folder, latent_dim) if name == "density" else None
@@ -528,11 +492,9 @@ def fit_folder_density(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> LatentDensity:
-    """Fit the density of a model folder (any runs.Backend) to the posterior means of the train
-    split's images under `dataset` (a data.Dataset; the first `limit` when limit > 0, as
-    train.py's --limit), choosing k on the validation images'; when `splits` include validation
-    (it was trained on), the chosen k is refitted to both. At most max_images images are used
-    per split (a seeded random subset)."""
+    """Fit the density of a model folder (any runs.Backend) to the posterior means of the first
+    `limit` (0: all) train images of a data.Dataset, choosing k on the validation images' and
+    refitting it to both when `splits` include validation; at most max_images a split, seeded."""
     rng = np.random.default_rng(seed)
 
     def subset(files: list) -> list:
@@ -588,8 +550,7 @@ def finite_numbers(values: object, length: int) -> bool:
 
 
 def attribute_directions_problem(content: object, latent_dim: int) -> str | None:
-    """What is wrong with a parsed attribute_directions.json for a model of latent size
-    `latent_dim`, or None; a NaN would turn every face it touches black."""
+    """What is wrong with a parsed attribute_directions.json, or None; a NaN would turn faces black."""
     if not isinstance(content, dict) or content.get("format") != ATTRIBUTES_FORMAT:
         found = content.get("format") if isinstance(content, dict) else type(content).__name__
         return f"is not a {ATTRIBUTES_FORMAT} file (format {found!r})"

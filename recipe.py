@@ -1,10 +1,9 @@
 """train.py's settings, each defined once: its flag, config.json key, default, choices and help.
 
-train_cli.py builds the command line from SETTINGS (one argparse group per entry of GROUPS),
-config.json takes its keys from them, DEFAULT_RECIPE (what a run given only --data trains) is
-their defaults, and ModelConfig, what vae.py builds a model from, has the model's settings as
-fields. No TensorFlow, so `python train.py --help` answers at once. A library: `python recipe.py`
-says which scripts to run.
+train_cli.py builds the command line from SETTINGS (an argparse group per entry of GROUPS) and
+config.json takes its keys from them; DEFAULT_RECIPE is their defaults, and ModelConfig, what
+vae.py builds a model from, has the model's settings as fields. No TensorFlow: `python train.py
+--help` answers at once.
 """
 
 from __future__ import annotations
@@ -149,8 +148,7 @@ def model_config(config: dict) -> ModelConfig:
 
 
 def training_splits(config: dict) -> list[str]:
-    """The partitions a run trains on (its --train-split; train for a folder without config.json),
-    which its latent density is fitted to as well."""
+    """The partitions a run trains on and its latent density is fitted to (train without config.json)."""
     return config.get("train_split", "train").split("+")
 
 

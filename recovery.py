@@ -1,16 +1,13 @@
 """What keeps a training run alive: resuming, step backups, stop signals and the faults of a fit.
 
-train.train() makes a Recovery, which finds where a resumed run goes on and restores the model,
-and fits inside its Guard, which adds its callbacks and turns what stops a fit into one line
-that says how to go on:
+train.train() makes a Recovery, which restores where a resumed run goes on, and fits inside its
+guard(), which turns what stops a fit into one line that says how to go on:
 
-- SIGTERM or Ctrl-C finishes the current step, backs it up and stops (status 143, 130) with the
-  command that continues the run; a second one stops at once. Every worker of a cluster stops
-  after the same step.
-- A step backup every --backup-every steps (checkpoint/backup/), so a killed run loses at most
-  those steps; a resumed run goes on from the newer of it and the last epoch checkpoint.
-- A full disk stops the run with the space it needs, keeping the last good checkpoint; so do a
-  lost worker and a NaN/inf loss.
+- SIGTERM or Ctrl-C finishes the current step on every worker, backs it up and stops (status 143,
+  130) with the command that continues the run; a second one stops at once.
+- A step backup every --backup-every steps (checkpoint/backup/); a resumed run goes on from the
+  newer of it and the last epoch checkpoint.
+- A full disk, a lost worker and a NaN/inf loss stop the run, keeping the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -56,10 +53,9 @@ class StartPoint:
 
 
 class Recovery:
-    """Resuming the run in config["run_dir"], and the guard of its fits: entered around them
-    (`guard`), it handles SIGTERM and Ctrl-C, gives their callbacks (the NaN guard, then
-    StepBackup: last, as they may end training) and the fits from the start point (`fits`), and
-    turns what stops them into one line that says how to go on."""
+    """Resuming the run in config["run_dir"], and the guard of its fits: entered around them, it
+    handles SIGTERM and Ctrl-C, gives their callbacks (last, as they may end training) and the fits
+    from the start point, and turns what stops them into one line that says how to go on."""
 
     def __init__(self, config: dict, resume: bool, backup_every: int):
         self.config, self.backup_every, self.run_dir = config, backup_every, Path(config["run_dir"])
@@ -108,9 +104,7 @@ class Recovery:
             )
             epoch += 1
             kept = latest_checkpoint(self.output_dir)
-            if kept and kept[0] == epoch:
-                # fit ends by copying the EMA weights into the model: go on from the trained
-                # weights, which the epoch checkpoint just written holds.
+            if kept and kept[0] == epoch:  # the trained weights, not the EMA ones fit ended with
                 load_checkpoint(self.model, kept[1])
         if epoch < epochs and not self.model.stop_training:  # set by StopOnNonFiniteLoss
             yield epoch * steps, {"initial_epoch": epoch, "epochs": epochs, "steps_per_epoch": steps}
@@ -132,8 +126,7 @@ class Recovery:
                     f"{error}, state saved in {run_dir}; continue with: {resume}", error.signum
                 ) from None
             if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
-                # A worker that dies or hangs stops sending heartbeats; the coordination service
-                # notices within seconds and aborts the others' collective operations.
+                # A worker that died or hangs: the coordination service aborts the others' collectives.
                 reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0]).rstrip(":")
                 raise RunError(
                     f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
@@ -151,8 +144,7 @@ class Recovery:
                 and not disk_is_full(self.model, self.output_dir)
             ):
                 return
-            # The failed fit's objects (the data iterator holding cache files open, h5py's file)
-            # let go first: they would write into what the error's cleanup removes.
+            # The failed fit's objects (cache files, h5py's file) let go of what the cleanup removes.
             traceback.clear_frames(trace)
             del error, trace
             if cache_full:
@@ -202,9 +194,8 @@ def start_point(run_dir: Path, epochs: int) -> StartPoint:
 
 
 def load_checkpoint(model: keras.Model, path: Path) -> None:
-    """Load a checkpoint into `model`, or raise RunError saying why it cannot be: a damaged file,
-    or weights and optimizer state that do not fit the model config.json describes (Keras only
-    warns about the optimizer's, then trains on without them)."""
+    """Load a checkpoint into `model`; RunError for a damaged file, or weights and optimizer state
+    that do not fit the model (Keras only warns about the optimizer's, then trains without them)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -252,12 +243,9 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 class StepBackup(keras.callbacks.Callback):
     """The training state every `every` optimizer steps in checkpoint/backup/; after a SIGTERM or
-    Ctrl-C, a backup of the current step and TrainingStopped. tf.train.CheckpointManager writes
-    each backup beside the last and switches to it by an atomic rename, so a kill leaves a usable
-    one (keras.callbacks.BackupAndRestore overwrites its file in place, and resumes at the epoch's
-    start). Workers sum their stop flags after each step (one tiny all-reduce), so that all stop
-    after the same step: a backup takes collective operations of every worker.
-    (PreemptionCheckpointHandler asks Google Cloud's metadata server whether it runs there.)"""
+    Ctrl-C, a backup of the current step and TrainingStopped. tf.train.CheckpointManager switches
+    to each new backup by an atomic rename (keras.callbacks.BackupAndRestore overwrites in place).
+    Workers sum their stop flags after each step, so that all stop after the same step."""
 
     def __init__(self, recovery: Recovery, run_dir: Path, steps: int, timer):
         super().__init__()
@@ -331,9 +319,8 @@ class StepBackup(keras.callbacks.Callback):
 
 
 class StopRequest:
-    """Set by the first SIGTERM or Ctrl-C: StepBackup backs up after the current step and stops.
-    A second one ends the process at once: the last backup or checkpoint stays, both being
-    written atomically."""
+    """Set by the first SIGTERM or Ctrl-C: StepBackup backs up after the current step and stops. A
+    second one ends the process at once, keeping the last backup or checkpoint."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
@@ -388,8 +375,7 @@ def variable_bytes(variables: list) -> int:
 
 
 def checkpoint_bytes(model: keras.Model, run_dir: Path) -> int:
-    """The size of a checkpoint: the newest one's, or before the first, the bytes of every model
-    and optimizer variable and HDF5's own records."""
+    """The size of a checkpoint: the newest one's, or the bytes of every model and optimizer variable."""
     newest = latest_checkpoint(run_dir)
     if newest is not None:
         return newest[1].stat().st_size
@@ -409,8 +395,7 @@ def refuse_if_disk_full(model: keras.Model, run_dir: Path, target: Path) -> None
 
 
 def disk_full_error(model: keras.Model, run_dir: Path) -> RunError:
-    """The error for a write that found the disk full: the half-written files are removed (the
-    last good checkpoint stays), and the message says how much space a checkpoint takes."""
+    """The error for a write that found the disk full, once the half-written files are removed."""
     remove_temporary_files(run_dir)
     gc.collect()  # lets h5py close a file the failed write left open, now that its space is free
     checkpoint, models = checkpoint_bytes(model, run_dir), variable_bytes(model.encoder.weights + model.decoder.weights)
@@ -431,8 +416,7 @@ def how_to_go_on(run_dir: Path) -> str:
 
 
 def fills_file_cache(error: BaseException, cache: str) -> bool:
-    """Whether `error` is a write into the file cache folder `cache` that found its disk full:
-    TensorFlow's error names the file written and the system's reason."""
+    """Whether `error` is a write into the file cache folder `cache` that found its disk full."""
     if cache in ("memory", "none"):
         return False
     text = str(error)
@@ -440,9 +424,8 @@ def fills_file_cache(error: BaseException, cache: str) -> bool:
 
 
 def file_cache_full_error(cache: str, file_lists: list[list[Path]], config: dict, run_dir: Path) -> RunError:
-    """The error for a file cache that filled its disk while it was written (other processes
-    wrote there since training began): the unfinished cache files are removed, and the message
-    says how much space is needed and how to go on."""
+    """The error for a file cache that filled its disk while it was written (others wrote there
+    since training began), once the unfinished cache files are removed."""
     gc.collect()  # closes the cache files the failed iterator held
     settings = (config["image_size"], config["channels"], config["crop"])
     for files in file_lists:

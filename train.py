@@ -204,7 +204,7 @@ def train(
 
 def warn_if_shorter_than_the_warm_up(config: dict, steps_per_epoch: int) -> None:
     """A run shorter than its learning-rate warm-up barely trains: its samples are noise."""
-    steps, warm_up = config["epochs"] * steps_per_epoch, config.get("lr_warmup_steps", 0)
+    steps, warm_up = config["epochs"] * steps_per_epoch, config["lr_warmup_steps"]
     if steps < warm_up:
         print(
             f"warning: this run trains {steps} optimizer steps, fewer than the {warm_up} of the learning-rate "

@@ -1,9 +1,8 @@
 """train.py's command line and run-folder checks, with no TensorFlow, so that they answer at once.
 
 Each problem is one line that says what to do (RunError): the settings (flags, or config.json on
---resume), the run folder (new or empty, or resumable; one training at a time, under a lock), the
---cache folder, TF_CONFIG for --strategy multiworker, and the memory a run needs. train.py's
-main() uses them before it trains; this file is not a script.
+--resume), the run folder (new, empty or resumable; locked), the --cache folder, TF_CONFIG for
+--strategy multiworker, and the memory a run needs.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from fnmatch import fnmatch
+from itertools import pairwise
 from pathlib import Path
 
 import data
@@ -54,9 +54,8 @@ TF_CONFIG_HELP = (
 )
 CLUSTER_JOBS = ("chief", "worker")  # the jobs of MultiWorkerMirroredStrategy's cluster
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
-# Where train.py writes its files before renaming them into place (by folder of the run): a
-# killed run leaves them behind, a full disk half-written.
-# images.atomic_write's are .<name>.<8 hex digits>.tmp.
+# The files train.py renames into place once written, by folder of the run: a killed run leaves
+# them behind, a full disk half-written. images.atomic_write's are .<name>.<8 hex digits>.tmp.
 TEMPORARY_FILES = {
     ".": (
         ".*.partial.*",
@@ -86,8 +85,7 @@ class TrainingStopped(Exception):
 
 # --------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The flags of recipe.SETTINGS, with `given_flags`: the set of those given on the command
-    line (by name: argparse dest and config.json key)."""
+    """The flags of recipe.SETTINGS, with `given_flags`: the names of those given on the command line."""
     parser = argparse.ArgumentParser(
         description="Train a VAE on CelebA (Kaggle or original layout) or any folder of faces.",
         formatter_class=HelpFormatter,
@@ -96,14 +94,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         group = parser.add_argument_group(title)
         for setting in settings:
             default = setting.default
-            options = {
-                "type": setting.type,
-                "choices": setting.choices,
-                "action": setting.action,
-                "nargs": setting.nargs,
-                "const": setting.const,
-                "metavar": setting.metavar,
-            }
+            options = {key: getattr(setting, key) for key in ("type", "choices", "action", "nargs", "const", "metavar")}
             group.add_argument(
                 setting.flag,
                 dest=setting.name,
@@ -112,8 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 **{key: value for key, value in options.items() if value is not None},
             )
     args = parser.parse_args(argv)
-    # Parsed again onto a namespace where every flag is already set to a marker: argparse leaves
-    # those it was not given alone, so the flags still holding it were not given.
+    # Parsed again onto a namespace of markers: argparse replaces those of the flags it is given.
     unset = object()
     again = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
     args.given_flags = {name for name, value in vars(again).items() if value is not unset}
@@ -136,8 +126,7 @@ def parse_filters(text: str, name: str = "--filters") -> list[int]:
 
 
 def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
-    """Raise RunError for a missing or out-of-range setting; name_of(key) names it in the message
-    (the flag, or where in config.json)."""
+    """RunError for a missing or out-of-range setting, named by name_of(key): a flag, or config.json's key."""
 
     def number(key: str, whole: bool) -> float:
         value = config[key]
@@ -151,10 +140,10 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
     if missing:
         raise RunError(f"{name_of(missing[0])} is missing")
     for key in ("latent_dim", "hidden_units", "batch_size", "epochs", "discriminator_filters"):
-        if key in config and number(key, whole=True) < 1:
+        if number(key, whole=True) < 1:
             raise RunError(f"{name_of(key)} must be at least 1 (got {config[key]})")
     for key in ("lr_warmup_steps", "beta_warmup_steps", "beta_cycle_steps", "adversarial_start"):
-        if key in config and number(key, whole=True) < 0:
+        if number(key, whole=True) < 0:
             raise RunError(f"{name_of(key)} is a number of steps, 0 or more (got {config[key]})")
     if number("limit", whole=True) < 0:
         raise RunError(f"{name_of('limit')} is a number of images, 0 (all) or more (got {config['limit']})")
@@ -171,14 +160,14 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
         raise RunError(
             f"{name_of('learning_rate')} must be a positive number, e.g. 2e-3 (got {config['learning_rate']})"
         )
-    if "adversarial" in config and number("adversarial", whole=False) < 0:
+    if number("adversarial", whole=False) < 0:
         raise RunError(f"{name_of('adversarial')} must be 0 (off) or more, e.g. 0.5 (got {config['adversarial']})")
     if not 0 <= number("ema", whole=False) < 1:
         raise RunError(f"{name_of('ema')} must be in [0, 1), e.g. 0.999 (got {config['ema']})")
     for setting in SETTINGS:
         key, choices = setting.name, setting.choices
-        if key == "mixed_precision":  # config.json records the policy chosen, or true/false in older runs
-            choices = (*choices, *PRECISION_POLICIES, True, False)
+        if key == "mixed_precision":  # config.json records the policy chosen
+            choices = (*choices, *PRECISION_POLICIES)
         if setting.in_config and choices and key in config and config[key] not in choices:
             raise RunError(f"{name_of(key)} must be one of {', '.join(map(str, choices))} (got {config[key]!r})")
 
@@ -192,7 +181,7 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
         check_architecture(number("image_size", whole=True), filters)
     except ValueError as error:
         raise RunError(str(error)) from None
-    decoder_filters = config.get("decoder_filters")  # None (or absent): the encoder's
+    decoder_filters = config["decoder_filters"]  # None: the encoder's
     if decoder_filters is not None and not (widths(decoder_filters) and len(decoder_filters) == len(filters)):
         raise RunError(
             f"{name_of('decoder_filters')} must be {len(filters)} positive integers, one per block of "
@@ -201,16 +190,9 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
 
 
 def checked_config(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict]:
-    """The flags and the run's settings, checked: RunError for what is wrong."""
+    """The flags and the run's settings, checked: from the command line for a new run, from
+    config.json on --resume; RunError for what is wrong."""
     args = parse_args(argv)
-    try:
-        return args, resolve_config(args)
-    except RunFolderError as error:  # runs.read_config's, on --resume
-        raise RunError(str(error)) from None
-
-
-def resolve_config(args: argparse.Namespace) -> dict:
-    """The run's settings, checked: from the command line for a new run, from config.json on --resume."""
     check_recovery_flags(args)
     if args.resume:
         resumable = [setting for setting in SETTINGS if setting.on_resume]
@@ -223,13 +205,16 @@ def resolve_config(args: argparse.Namespace) -> dict:
                 f"(only {', '.join(resume_flags[:-1])} and {resume_flags[-1]} go with --resume), "
                 "or start a new run with another --out"
             )
-        config = read_config(args.resume)
+        try:
+            config = read_config(args.resume)
+        except RunFolderError as error:
+            raise RunError(str(error)) from None
         config |= {s.name: getattr(args, s.name) for s in resumable if s.in_config and s.name in args.given_flags}
         # Every strategy trains the same global batch the same way: a multi-worker run can go on alone.
         config["strategy"] = args.strategy
         config_json = Path(args.resume) / CONFIG_FILE
         check_settings(config, lambda key: flag(key) if key in args.given_flags else f"{key!r} in {config_json}")
-        return config
+        return args, config
     if not args.data:
         raise RunError("--data is required: the CelebA folder (see README: Get CelebA), or --resume RUN")
     out = Path(args.out) if args.out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -241,7 +226,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     )
     config |= {"value_range": [0.0, 1.0], "layout": "NHWC"}
     check_settings(config, flag)
-    return config
+    return args, config
 
 
 def check_recovery_flags(args: argparse.Namespace) -> None:
@@ -256,8 +241,8 @@ def check_recovery_flags(args: argparse.Namespace) -> None:
 
 
 def read_tf_config() -> tuple[dict[str, list[str]], str, int]:
-    """(cluster, task type, task index) from TF_CONFIG, checked before TensorFlow reads it (which
-    fails with a TypeError or hangs on a wrong type); RunError saying what is wrong otherwise."""
+    """(cluster, task type, task index) from TF_CONFIG, checked before TensorFlow reads it (it fails
+    with a TypeError or hangs on a wrong type)."""
 
     def refuse(problem: str) -> RunError:
         return RunError(f"TF_CONFIG {problem}; {TF_CONFIG_HELP}")
@@ -298,8 +283,7 @@ def is_address(address: object) -> bool:
 
 
 def writes_run_folder(config: dict) -> bool:
-    """False for a non-chief worker of a multi-worker run (as MultiWorkerMirroredStrategy reads
-    TF_CONFIG): it leaves the run folder and the latent density to the chief."""
+    """False for a worker of a multi-worker run other than its chief, which writes the run folder."""
     if config["strategy"] != "multiworker":
         return True
     cluster, kind, index = read_tf_config()
@@ -308,50 +292,30 @@ def writes_run_folder(config: dict) -> bool:
 
 # --------------------------------------------------------------------------- memory
 def parameter_count(config: dict) -> int:
-    """The weights vae.py builds from `config` (encoder, decoder and, with --adversarial, the patch
-    discriminator), counted without building them."""
-    filters, size, latent, hidden, channels = (
-        config["filters"],
-        config["image_size"],
-        config["latent_dim"],
-        config["hidden_units"],
-        config["channels"],
+    """About the weights vae.py builds from `config`, counted without building them: the kernels of
+    the convolutions (3x3; the discriminator's, with --adversarial, 4x4) and the dense layers."""
+    filters, decoder_filters = config["filters"], config["decoder_filters"] or config["filters"]
+    channels, latent, hidden = config["channels"], config["latent_dim"], config["hidden_units"]
+    side = config["image_size"] >> len(filters)  # of the encoder's last feature map and the decoder's first
+    discriminator = [channels, *discriminator_widths(config), 1] if config["adversarial"] else []
+    convolutions = 9 * sum(
+        a * b for widths in ([channels, *filters], [channels, *decoder_filters]) for a, b in pairwise(widths)
     )
-    decoder_filters = config.get("decoder_filters") or filters
-
-    def convolutions(widths: list[int]) -> int:
-        return sum(9 * a * b for a, b in zip(widths, widths[1:], strict=False))
-
-    # The decoder runs its widths backwards, ending in a convolution to the image's channels.
-    weights = convolutions([channels, *filters]) + convolutions([channels, *decoder_filters]) + channels
-    weights += 4 * (sum(filters) + sum(decoder_filters[:-1]))  # BatchNormalization's four per channel
-    side = size // 2 ** len(filters)  # of the encoder's last feature map and the decoder's first
-    weights += (side * side * filters[-1] + 1) * hidden + 2 * (hidden + 1) * latent
-    weights += (latent + 1) * side * side * decoder_filters[-1]
-    return weights + discriminator_parameter_count(config)
+    convolutions += 16 * sum(a * b for a, b in pairwise(discriminator))
+    return convolutions + side * side * (filters[-1] * hidden + latent * decoder_filters[-1]) + 2 * hidden * latent
 
 
 def discriminator_widths(config: dict) -> list[int]:
     """The patch discriminator's widths (vae.build_discriminator), none without --adversarial."""
-    if not config.get("adversarial"):
-        return []
-    width = config.get("discriminator_filters", 64)
-    return [width, 2 * width, 4 * width, 8 * width]
-
-
-def discriminator_parameter_count(config: dict) -> int:
-    widths = discriminator_widths(config)
-    if not widths:
-        return 0
-    pairs = zip([config["channels"], *widths[:-1]], widths, strict=True)
-    return 16 * sum(a * b for a, b in pairs) + 2 * sum(widths[1:]) + 16 * widths[-1] + 1
+    width = config["discriminator_filters"]
+    return [width, 2 * width, 4 * width, 8 * width] if config["adversarial"] else []
 
 
 def activation_count(config: dict) -> int:
     """Values of the feature maps one image flows through in the encoder, the decoder and, with
     --adversarial, the discriminator (twice: the image and its reconstruction)."""
     size, filters, channels = config["image_size"], config["filters"], config["channels"]
-    decoder_filters = config.get("decoder_filters") or filters
+    decoder_filters = config["decoder_filters"] or filters
     sides = [size >> (index + 1) for index in range(len(filters))]
     encoder = sum(3 * side * side * width for side, width in zip(sides, filters, strict=True))  # conv, BN, ReLU
     decoder = sum(4 * (2 * side) ** 2 * width for side, width in zip(sides[1:], decoder_filters, strict=False))
@@ -384,8 +348,7 @@ def memory_needs(config: dict, train_count: int, validation_count: int) -> list[
 
 def check_memory(config: dict, train_count: int, validation_count: int) -> None:
     """RunError, with the figures and what to change, for a run that would not fit in the memory
-    available (data.available_memory), rather than fail after TensorFlow allocated it or after an
-    epoch (the density fit)."""
+    available, rather than fail once TensorFlow allocated it or at the density fit."""
     available = data.available_memory()
     needs = memory_needs(config, train_count, validation_count)
     needed = sum(size for _, _, size in needs)
@@ -419,8 +382,8 @@ def has_backup(run_dir: Path) -> bool:
 
 
 def check_run_folder(run_dir: Path, config: dict, resume: bool) -> None:
-    """Raise RunError unless `run_dir` suits a new run (new or empty) or --resume (a checkpoint
-    short of the epochs asked for, or a step backup; train.train checks the backup's epoch)."""
+    """RunError unless `run_dir` suits a new run (new or empty) or --resume (a checkpoint short of
+    the epochs asked for, or a step backup, whose epoch recovery.start_point checks)."""
     checkpoint = latest_checkpoint(run_dir)
     if resume:
         if checkpoint is None and not has_backup(run_dir):
@@ -450,8 +413,8 @@ def check_run_folder(run_dir: Path, config: dict, resume: bool) -> None:
 
 
 def remove_temporary_files(run_dir: Path) -> list[Path]:
-    """Remove the TEMPORARY_FILES of the run in `run_dir`; returns them. Each is emptied before it
-    is unlinked, so its space comes back even while a failed writer still holds it open."""
+    """Remove the TEMPORARY_FILES of the run in `run_dir`; returns them. Each is emptied first, so its
+    space comes back even while a failed writer still holds it open."""
     removed = []
     for folder, patterns in TEMPORARY_FILES.items():
         for pattern in patterns:
@@ -466,9 +429,8 @@ def remove_temporary_files(run_dir: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def locked_run_folder(run_dir: Path, config: dict, resume: bool) -> Iterator[None]:
-    """Lock `run_dir` for this process (fcntl.flock on its LOCK_FILE, released when the block ends
-    or the process dies; the folder is created if new), check that it suits the run, and remove
-    what a killed run left. A refused folder is left as it was found."""
+    """Lock `run_dir` (created if new) with fcntl.flock on its LOCK_FILE, check that it suits the run
+    and remove what a killed run left; a refused folder is left as it was found."""
     check_writable(run_dir, folder=True)
     lock_path = run_dir / LOCK_FILE
     created_folders = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first

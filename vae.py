@@ -1,15 +1,12 @@
 """Convolutional variational autoencoder for faces: model, loss and training precision.
 
-The shape of the Keras VAE example: an encoder `keras.Model` image -> (mu, log_var), a `Sampling`
-layer (reparameterization), a decoder `keras.Model` z -> image, and a `VAE(keras.Model)` with its
-own train_step/test_step; with `--model ae` it is a plain autoencoder (z = mu, no KL). Loss per
-image, averaged over the batch: reconstruction (`mse`, `bce`, or `gaussian`, a calibrated decoder
-variance as in sigma-VAE) + beta * KL, beta following `beta_schedule`. Under tf.distribute a step on
-N replicas equals the single-device step. `AdversarialVAE` (`adversarial` > 0) adds a patch
+The shape of the Keras VAE example: an encoder image -> (mu, log_var), a `Sampling` layer, a
+decoder z -> image, and a `VAE(keras.Model)` with its own train_step/test_step; with `--model ae`
+a plain autoencoder (z = mu, no KL). Loss per image, averaged over the batch: reconstruction
+(`mse`, `bce`, or `gaussian`, a calibrated decoder variance as in sigma-VAE) + beta * KL. Under
+tf.distribute a step on N replicas equals the single-device step. `AdversarialVAE` adds a patch
 discriminator's adaptively weighted hinge-loss term, as in the autoencoders of latent diffusion.
-
-`build_vae` builds the model a recipe.ModelConfig describes; `model_from_config`, `make_optimizer`
-and `run_precision` rebuild a run from its config.json.
+`build_vae` builds the model a recipe.ModelConfig describes, `model_from_config` a run's.
 
     python vae.py --latent 128     # the architecture's summary and parameter count
 """
@@ -55,8 +52,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-# Keras' default 0.99 averages the statistics used at inference over ~500 steps, longer than
-# short runs, which would then validate with statistics unlike their batches'. BatchNormalization
+# Keras' default 0.99 averages the inference statistics over longer than a short run; BatchNormalization
 # is synchronized: under tf.distribute it normalises with the global batch's statistics.
 BN_MOMENTUM = 0.9
 DISCRIMINATOR_LEARNING_RATE = 2e-4  # constant, the usual rate of GAN discriminators with Adam
@@ -91,12 +87,9 @@ def reconstruction_loss(x, x_hat, kind: str = "mse"):
 
 
 def global_batch_mean(values):
-    """The mean of `values` over the global batch: under tf.distribute, over every replica's share
-    (an all-reduce of their sums and counts), so that N replicas compute what one device would.
-
-    No gradient flows through it: the gaussian loss's derivative in sigma^2 is zero at its
-    maximum-likelihood value, this mean, so the single-device gradient is unchanged, and each
-    replica's gradient need not reach the others' images."""
+    """The mean of `values` over the global batch (under tf.distribute, an all-reduce of every
+    replica's sum and count). No gradient flows through it: the gaussian loss's derivative in
+    sigma^2 is zero at this maximum-likelihood value, so the single-device gradient is unchanged."""
     values = tf.cast(values, "float32")
     sums = tf.stack([tf.reduce_sum(values), tf.cast(tf.size(values, out_type=tf.int64), "float32")])
     replica = tf.distribute.get_replica_context()  # None in a cross-replica context
@@ -111,14 +104,9 @@ def per_pixel_mse(x, x_hat):
 
 
 def beta_schedule(step, beta: float, warmup_steps: int = 0, cycle_steps: int = 0):
-    """KL weight at optimizer step `step` (0-based).
-
-    - warmup_steps > 0, cycle_steps == 0: linear ramp 0 -> beta over warmup_steps, then beta.
-    - cycle_steps > 0: cyclical annealing (Fu et al. 2019): every cycle of cycle_steps
-      restarts at 0 and ramps linearly to beta over its first warmup_steps steps
-      (half the cycle when warmup_steps is 0 or longer than the cycle), then holds.
-    - both 0: constant beta.
-    """
+    """KL weight at optimizer step `step` (0-based): a linear ramp 0 -> beta over warmup_steps, then
+    beta; with cycle_steps, cyclical annealing (Fu et al. 2019), each cycle ramping over warmup_steps
+    (half the cycle when that is 0 or longer than the cycle) and then holding."""
     step = ops.cast(step, "float32")
     if cycle_steps > 0:
         ramp = warmup_steps if 0 < warmup_steps <= cycle_steps else cycle_steps / 2
@@ -132,14 +120,9 @@ def beta_schedule(step, beta: float, warmup_steps: int = 0, cycle_steps: int = 0
 # --------------------------------------------------------------------------- layers and models
 @keras.saving.register_keras_serializable(package="celeba_vae")
 class Sampling(layers.Layer):
-    """Reparameterization trick: z = mu + exp(0.5 * log_var) * eps, eps ~ N(0, I).
-
-    Gradients flow to mu and log_var; the noise comes from a seeded generator. Its state is
-    not a layer weight, so it is saved and loaded here: a resumed run then draws the same
-    noise as an uninterrupted one. Under tf.distribute every replica draws the noise of the
-    whole global batch and keeps its own slice, so replicas get different noise and N replicas
-    together draw what a single device would.
-    """
+    """Reparameterization trick: z = mu + exp(0.5 * log_var) * eps, eps ~ N(0, I), from a seeded
+    generator whose state is saved with the weights, so a resumed run draws the noise of an
+    uninterrupted one. Under tf.distribute each replica keeps its slice of the global batch's noise."""
 
     def __init__(self, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -194,8 +177,7 @@ def build_decoder(config: ModelConfig) -> keras.Model:
     z = keras.Input((config.latent_dim,), name="z")
     x = layers.Dense(start * start * filters[-1], activation="relu", name="project")(z)
     x = layers.Reshape((start, start, filters[-1]), name="reshape")(x)
-    # Block i undoes encoder block i (filters[i] -> filters[i-1], doubling the size); the final
-    # convolution undoes the first block (-> C channels).
+    # Block i undoes encoder block i (doubling the size); the last convolution the first (-> C channels).
     for index, width in enumerate(reversed(filters[:-1])):
         x = upsample_conv(x, width, config.upsampling, name=str(index), use_bias=False)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=True, name=f"bn{index}")(x)
@@ -213,11 +195,8 @@ def upsample_conv(x, width: int, upsampling: str, name: str, **conv_args):
 
 
 class VAE(keras.Model):
-    """Encoder + Sampling + decoder, trained on reconstruction + beta * KL.
-
-    A plain autoencoder when `config.model` is "ae": z = mu, loss = reconstruction (the encoder's
-    log_var head is left untrained).
-    """
+    """Encoder + Sampling + decoder, trained on reconstruction + beta * KL; a plain autoencoder when
+    `config.model` is "ae" (z = mu, loss = reconstruction, the log_var head left untrained)."""
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
@@ -229,12 +208,10 @@ class VAE(keras.Model):
         self.trackers = [keras.metrics.Mean(name=name) for name in ("loss", "reconstruction", "kl", "mse", "beta")]
 
     @property
-    def metrics(self):
-        # Listed here so Keras resets them at the start of each epoch.
+    def metrics(self):  # those Keras resets at the start of each epoch
         return self.trackers
 
-    def build(self, input_shape):
-        # Encoder and decoder are functional models, built on construction.
+    def build(self, input_shape):  # the encoder and decoder, functional models, are built already
         self.sampling.build([(None, self.config.latent_dim)] * 2)
         super().build(input_shape)
 
@@ -255,10 +232,8 @@ class VAE(keras.Model):
         reconstruction = ops.mean(reconstruction_loss(images, reconstructions, self.config.reconstruction))
         if self.variational:
             kl = ops.mean(kl_divergence(mu, log_var))
-            config = self.config
-            beta = beta_schedule(
-                self.optimizer.iterations, config.beta, config.beta_warmup_steps, config.beta_cycle_steps
-            )
+            schedule = (self.config.beta, self.config.beta_warmup_steps, self.config.beta_cycle_steps)
+            beta = beta_schedule(self.optimizer.iterations, *schedule)
         else:
             kl = beta = ops.convert_to_tensor(0.0)
         return {
@@ -277,23 +252,20 @@ class VAE(keras.Model):
         return [v for v in variables if not any(v is s for s in skipped)]
 
     def update_trackers(self, terms: dict, images) -> dict:
-        # Each batch mean counts with its number of images, so the figures are means per image
-        # however the batches (and the replicas' shares of them) differ in size. A replica left
-        # without images has NaN means (of nothing), which must not count.
+        # Each batch mean counts with its number of images, so that the figures are means per image;
+        # a replica left without images has NaN means, which must not count.
         count = ops.cast(ops.shape(images)[0], "float32")
         trackers = [tracker for tracker in self.metrics if tracker.name in terms]
         for tracker in trackers:
             tracker.update_state(ops.where(count > 0, terms[tracker.name], 0.0), sample_weight=count)
         results = {m.name: m.result() for m in trackers}
         if spans_several_workers():
-            # Keras averages each replica's logs over the workers with strategy.reduce(MEAN, axis=0),
-            # which fails on scalars ("Invalid reduction dimension 0"): give them that axis.
+            # Keras averages the logs over the workers with strategy.reduce(MEAN, axis=0): give them that axis.
             results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
         return results
 
     def train_step(self, images):
-        # Keras sums gradients over replicas: each replica's batch mean is divided by the replica
-        # count so that the update is that of the global batch mean.
+        # Keras sums gradients over replicas: divided by their count, they are the global batch mean's.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             terms = self.loss_terms(images, sample=True, training=True)
@@ -324,21 +296,18 @@ def hinge_discriminator_loss(logits_real, logits_fake):
 
 
 def adaptive_weight(reconstruction_gradient, gan_gradient, weight: float):
-    """weight * |grad reconstruction| / (|grad GAN| + 1e-4), clipped to [0, 1e4], with both gradients
-    taken at the decoder's last layer: the GAN term pulls as hard as the reconstruction there
-    (Esser et al. 2021, taming-transformers' calculate_adaptive_weight). 0 when a gradient is NaN
-    (float16 overflowed): the step's gradients are then not finite, and the loss-scale optimizer
-    skips it and lowers its scale."""
+    """weight * |grad reconstruction| / (|grad GAN| + 1e-4), clipped to [0, 1e4], at the decoder's last
+    layer (Esser et al. 2021). 0 when a gradient is NaN (float16 overflowed): the loss-scale
+    optimizer then skips the step and lowers its scale."""
     norms = [ops.sqrt(ops.sum(ops.square(ops.cast(g, "float32")))) for g in (reconstruction_gradient, gan_gradient)]
     ratio = ops.nan_to_num(norms[0] / (norms[1] + 1e-4), nan=0.0)
     return weight * ops.stop_gradient(ops.clip(ratio, 0.0, 1e4))
 
 
 def build_discriminator(config: ModelConfig, blocks: int = 3) -> keras.Model:
-    """Patch discriminator (taming-transformers' NLayerDiscriminator): image [B, H, W, C] -> one
-    logit per overlapping patch, [B, H / 2^blocks, W / 2^blocks, 1]. GroupNormalization with one
-    group instead of BatchNorm: it needs no batch statistics, so real and reconstructed batches,
-    and the replicas' shares of them, are normalised alike."""
+    """Patch discriminator (taming-transformers' NLayerDiscriminator): image -> one logit per patch,
+    [B, H / 2^blocks, W / 2^blocks, 1]. GroupNormalization, unlike BatchNorm, normalises real and
+    reconstructed batches, and the replicas' shares of them, alike."""
     images = keras.Input((config.image_size, config.image_size, config.channels), name="image")
     filters = config.discriminator_filters
     # No bias: grappler's Conv2D+BiasAdd+LeakyRelu fusion fails (and logs an error) on the GAN's gradients.
@@ -379,8 +348,8 @@ class AdversarialVAE(VAE):
         return [*super().optimizer_variables(), *self.discriminator_optimizer.variables]
 
     def make_train_function(self, force: bool = False):
-        # Until adversarial_start the step runs without the discriminator, which would cost as
-        # much again for a term weighted 0; the first step from then on traces it with it.
+        # Until adversarial_start the step runs without the discriminator (as costly as the rest for
+        # a term weighted 0); the first step from then on traces it with it.
         started = self.adversarial_started()
         if force or self.train_function is None or started != self.gan_traced:
             self.gan_traced = started
@@ -455,9 +424,8 @@ TENSOR_CORES = (7, 0)  # the CUDA compute capability from which NVIDIA GPUs have
 
 
 def choose_precision(setting: str, cpu_flags: str, gpu_capability: tuple[int, int] | None) -> tuple[str, str]:
-    """(Keras dtype policy, why) for --mixed-precision `setting` (auto, on or off), on a machine whose
-    CPU has the /proc/cpuinfo `cpu_flags` and whose GPUs the lowest CUDA compute capability
-    `gpu_capability` (None: no GPU)."""
+    """(Keras dtype policy, why) for --mixed-precision `setting` on a machine with these /proc/cpuinfo
+    `cpu_flags` and lowest GPU compute capability (None: no GPU)."""
     if setting == "off":
         return "float32", "--mixed-precision off"
     if setting == "on" and gpu_capability is not None:
@@ -487,8 +455,7 @@ def cpu_flags() -> str:
 
 
 def gpu_capability() -> tuple[int, int] | None:
-    """The lowest CUDA compute capability of the GPUs TensorFlow sees ((0, 0) when one does not
-    say), or None without a GPU."""
+    """The lowest CUDA compute capability of the GPUs ((0, 0) when one does not say), or None."""
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return None
@@ -537,13 +504,9 @@ def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.O
 
 
 class Adam(keras.optimizers.Adam):
-    """Adam whose EMA weights go back to the very variables they average.
-
-    Keras keeps one average per variable the optimizer was built on and copies them back by
-    position into the list it is given; `fit` gives every trainable weight, which for an
-    autoencoder include the log_var head the optimizer never trains: averages then land on the
-    wrong variables (or fail on their shapes). Here each goes to its own variable, by identity,
-    and variables without one keep their values."""
+    """Adam whose EMA weights go back to the very variables they average: Keras copies them back by
+    position into the list `fit` gives, every trainable weight, which for an autoencoder include
+    the log_var head the optimizer never trains."""
 
     def finalize_variable_values(self, var_list):
         if self.use_ema and self.built:

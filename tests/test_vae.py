@@ -410,11 +410,13 @@ def test_checkpoints_hold_the_discriminator_and_its_optimizer(tmp_path):
     ],
 )
 def test_memory_estimate_counts_the_weights_vae_builds(extra):
-    """train.py refuses a run that cannot fit in memory from this count, made without TensorFlow."""
+    """train.py refuses a run that cannot fit in memory from this estimate, made without TensorFlow:
+    the kernels, within a few percent of what vae.py builds (biases and normalisations left out)."""
     config = {**vae.DEFAULT_RECIPE, "image_size": 16, "filters": [8, 16, 32], "hidden_units": 32, "latent_dim": 8}
     model = vae.model_from_config({**config, **extra})
     parts = [model.encoder, model.decoder, *([model.discriminator] if extra.get("adversarial") else [])]
-    assert train_cli.parameter_count({**config, **extra}) == sum(part.count_params() for part in parts)
+    built = sum(part.count_params() for part in parts)
+    assert 0.95 * built <= train_cli.parameter_count({**config, **extra}) <= built
 
 
 def test_mixed_float16_trains_the_adversarial_term():
