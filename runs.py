@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -76,7 +77,8 @@ MODEL_FOLDER_PARTS = (
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults unless None, off or given in the help; keeps indented lines (examples) as written."""
+    """Shows defaults unless None, off or given in the help; wraps paragraphs and keeps indented lines
+    (examples) as written."""
 
     def _get_help_string(self, action):
         if action.default is None or action.default is False or "(default" in (action.help or ""):
@@ -84,12 +86,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
     def _fill_text(self, text, width, indent):
-        return "\n".join(
-            line
-            if line[:1].isspace() or not line
-            else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
-            for line in text.splitlines()
-        )
+        lines = []
+        for prose, block in itertools.groupby(text.splitlines(), key=lambda line: line[:1].strip() != ""):
+            if prose:  # a paragraph, wrapped to the terminal
+                block = textwrap.wrap(" ".join(block), width, initial_indent=indent, subsequent_indent=indent)
+            lines += block
+        return "\n".join(lines)
 
 
 class RunFolderError(UserError):
