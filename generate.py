@@ -1,21 +1,21 @@
 """Explore a trained VAE's latent space; each mode writes one image grid (PNG, JPEG or WebP).
 
-    python generate.py --mode sample --samples 64                      # the pretrained model
-    python generate.py --run runs/<name> --mode sample --temperature 0.7 1.0
-    python generate.py --run runs/<name> --mode interpolate --data ./celeba --pairs 4
-    python generate.py --run runs/<name> --mode attribute --attribute Smiling --data ./celeba
-    python generate.py --run runs/<name> --mode sample --backend onnx   # no TensorFlow needed
-    python generate.py --help                                            # every mode and flag
+    python generate.py --mode sample --samples 64                 # the pretrained model
+    python generate.py --run runs/r --mode reconstruct --data ./celeba --sampled 2
+    python generate.py --run runs/r --mode sample --temperature 0.5 0.8 1.0 --sampler prior
+    python generate.py --run runs/r --mode weighted --data ./celeba --identity 2937
+    python generate.py --run runs/r --mode interpolate --images a.jpg b.jpg c.jpg --chain
+    python generate.py --run runs/r --mode attribute --data ./celeba --attribute Smiling Eyeglasses
+    python generate.py --run runs/r --mode attribute --random 4 --attribute Smiling  # no real faces
+    python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3 --backend onnx
 
 Modes: reconstruct (inputs over their reconstructions), sample (random faces per --temperature),
 weighted (a weighted mix of encoded faces' posteriors), interpolate (lerp and slerp paths),
 attribute (z + alpha * a CelebA attribute's direction, cached in <run>/attribute_directions.json)
-and traverse (moves along the latents' principal directions or --dims). Faces come from
---images, --ids, --identity, at random from --data, or, with --random N, are decoded random
-latents. Random latents come from --sampler: the run's fitted latent density (latent.py) or
-the N(0, I) prior. The same --seed gives the same grid. The model is a train.py run folder
-(Keras) or an export_onnx.py folder (ONNX, which imports neither TensorFlow nor Keras); the
-grid goes to <run>/generated/<mode>.png unless --out names another file, never one it reads.
+and traverse (along the latents' principal directions or --dims). Faces come from --images,
+--ids, --identity, at random from --data, or are random latents from --sampler (--random N).
+The same --seed gives the same grid. The onnx backend imports no TensorFlow. The grid goes to
+<run>/generated/<mode>.png unless --out names another file, never one the command reads.
 """
 
 from __future__ import annotations
@@ -599,35 +599,13 @@ def write_grid(grid: Grid, job: Job) -> None:
 
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Explore a trained VAE's latent space; each mode writes an image grid.",
-        formatter_class=HelpFormatter,
-        epilog="examples:\n"
-        "  python generate.py --run runs/r --mode reconstruct --data ./celeba --sampled 2\n"
-        "  python generate.py --run runs/r --mode sample --temperature 0.5 0.8 1.0\n"
-        "  python generate.py --run runs/r --mode weighted --data ./celeba --identity 2937\n"
-        "  python generate.py --run runs/r --mode interpolate --images a.jpg b.jpg c.jpg --chain\n"
-        "  python generate.py --run runs/r --mode attribute --data ./celeba --attribute Smiling Eyeglasses\n"
-        "  python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3\n"
-        "  python generate.py --run runs/r --mode attribute --random 4 --attribute Smiling   # no real faces shown\n"
-        "  python generate.py --mode sample --samples 64 --sampler prior   # the pretrained model, N(0, I) prior",
-    )
-    parser.add_argument(
-        "--run",
-        help="run folder written by train.py (runs/<name>); without it, the pretrained model in "
-        "pretrained/celeba64 on the onnx backend",
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--run", help="a train.py run or export_onnx.py folder (default: pretrained/celeba64)")
     parser.add_argument("--mode", choices=MODES, required=True, help="what to generate")
-    parser.add_argument(
-        "--backend",
-        choices=("keras", "onnx"),
-        help="keras: *.keras; onnx: *.onnx (default: keras when the folder has decoder.keras, else onnx)",
-    )
+    parser.add_argument("--backend", choices=("keras", "onnx"), help="(default: keras if decoder.keras exists)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     parser.add_argument(
-        "--out",
-        help="image to write, as .png, .jpg, .jpeg or .webp by its name (default: <run>/generated/<mode>.png; "
-        "./generated/<mode>.png without --run)",
+        "--out", help=".png, .jpg, .jpeg or .webp (default: <run>/generated/<mode>.png, ./generated without --run)"
     )
     parser.add_argument("--save-individual", action="store_true", help="also write each face as its own PNG")
     parser.add_argument("--scale", type=int, default=1, help="enlarge each face this many times in the grid")
@@ -635,45 +613,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     faces = parser.add_argument_group("input faces (reconstruct, weighted, interpolate, attribute, traverse)")
     faces.add_argument("--data", help="CelebA root or a face folder; needed for --ids, random picks and attributes")
-    faces.add_argument(
-        "--images",
-        nargs="+",
-        metavar="FILE",
-        help="photos of faces, any size: each is aligned to CelebA's framing first (align.py)",
-    )
-    faces.add_argument(
-        "--faces",
-        type=align.parse_faces,
-        default="largest",
-        help="--images: which faces of a photo: largest, all, or face number N (0 the largest)",
-    )
-    faces.add_argument(
-        "--no-align", action="store_true", help="--images are aligned crops already (CelebA's framing): no alignment"
-    )
+    faces.add_argument("--images", nargs="+", metavar="FILE", help="photos of faces, aligned first (align.py)")
+    faces.add_argument("--faces", type=align.parse_faces, default="largest", help="--images: largest, all or face N")
+    faces.add_argument("--no-align", action="store_true", help="--images are aligned crops already (CelebA's)")
     faces.add_argument("--ids", nargs="+", metavar="ID", help="CelebA image ids under --data, e.g. 000123.jpg")
-    faces.add_argument(
-        "--split",
-        choices=("train", "validation", "test", "all"),
-        default="validation",
-        help="split that random faces are picked from",
-    )
-    faces.add_argument(
-        "--count", type=int, help="random faces to pick (default: reconstruct 8, weighted 4, attribute 4)"
-    )
+    faces.add_argument("--split", choices=(*data.SPLITS, "all"), default="validation", help="split of the random faces")
+    faces.add_argument("--count", type=int, help="random faces (default: reconstruct 8, weighted 4, attribute 4)")
     faces.add_argument(
         "--random",
         type=int,
         metavar="N",
-        help="interpolate, attribute, traverse: start from N random faces drawn by --sampler (at the first "
-        "--temperature) instead of real ones; the grid then shows decoded latents only (the default when no "
-        "faces are given)",
+        help="interpolate, attribute, traverse: start from N random latents from --sampler at the first "
+        "--temperature, not real faces (the default when no faces are given)",
     )
     faces.add_argument(
         "--sampler",
         choices=SAMPLERS,
         default="density",
-        help="where random latents come from: the latent density fitted to the training images "
-        "(<run>/latent_density.json; the prior if the run has none) or the N(0, I) prior",
+        help="random latents from <run>/latent_density.json (latent.py; else the prior) or the N(0, I) prior",
     )
 
     modes = parser.add_argument_group("mode options")
@@ -685,30 +642,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         default=[1.0],
-        help="sample: one block of rows per T, the spread of the sampler (T = 1: as fitted); "
-        "--random: the first scales its faces",
+        help="sample: one block of rows per T, the sampler's spread (1: as fitted); --random: the first is used",
     )
     modes.add_argument("--identity", type=int, help="weighted: use the images of this CelebA identity number")
-    modes.add_argument(
-        "--weights", type=float, nargs="+", help="weighted: one per face, rescaled to sum to 1 (default: equal)"
-    )
-    modes.add_argument("--pairs", type=int, default=4, help="interpolate: random pairs to pick (--random N: N/2 pairs)")
-    modes.add_argument("--chain", action="store_true", help="interpolate: one path through all given faces in order")
+    modes.add_argument("--weights", type=float, nargs="+", help="weighted: one per face (default: equal)")
+    modes.add_argument("--pairs", type=int, default=4, help="interpolate: random pairs to pick (--random N: N/2)")
+    modes.add_argument("--chain", action="store_true", help="interpolate: one path through all given faces")
     modes.add_argument("--method", choices=("lerp", "slerp", "both"), default="both", help="interpolate: path kind")
-    modes.add_argument(
-        "--steps", type=int, help="interpolate: points per path (default 8); traverse: values (default 7)"
-    )
+    modes.add_argument("--steps", type=int, help="interpolate: path points (default 8); traverse: values (default 7)")
     modes.add_argument("--attribute", nargs="+", default=["Smiling"], help="attribute: CelebA attribute names")
     modes.add_argument(
-        "--alphas",
-        type=float,
-        nargs="+",
-        default=[-2.0, -1.0, 0.0, 1.0, 2.0],
-        help="attribute: multiples of the direction to add (negative removes it)",
+        "--alphas", type=float, nargs="+", default=[-2.0, -1.0, 0.0, 1.0, 2.0], help="attribute: direction multiples"
     )
     modes.add_argument(
         "--attribute-split",
-        choices=("train", "validation", "train+validation", "test", "all"),
+        choices=(*data.SPLITS, "train+validation", "all"),
         default="all",
         help="attribute: split(s) whose labelled images define the directions",
     )
@@ -719,12 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dims",
         type=int,
         nargs="+",
-        help="traverse: single latent dimensions instead of the 8 principal directions of the latents' spread "
+        help="traverse: these latent dimensions, not the 8 principal directions of the latents' spread "
         "(over --data, else under the fitted density; without either, dimensions 0..7)",
     )
-    modes.add_argument(
-        "--span", type=float, default=3.0, help="traverse: move -span..span standard deviations along each direction"
-    )
+    modes.add_argument("--span", type=float, default=3.0, help="traverse: -span..span standard deviations")
     modes.add_argument("--origin", action="store_true", help="traverse: around z = 0 instead of a face")
     return parser
 
