@@ -65,19 +65,14 @@ from runs import (
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
 RANDOM_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --random replaces
-DIRECTIONS_FILE = ATTRIBUTES_FILE  # read by export_onnx.py and other apps
-# Largest change of the probe's posterior mean still read as the same encoder: ONNX and Keras
-# agree to about 1e-6, while one more epoch of training moves it by far more.
-PROBE_TOLERANCE = 1e-3
+PROBE_TOLERANCE = 1e-3  # the probe's change still read as the same encoder (ONNX vs Keras), far below an epoch's
 DEFAULT_FACES = {"reconstruct": 8, "weighted": 4, "attribute": 4}
 DEFAULT_STEPS = {"interpolate": 8, "traverse": 7}
 PRETRAINED_RUN = Path(__file__).resolve().parent / "pretrained" / "celeba64"
 DEFAULT_RANDOM = {"interpolate": 8, "attribute": 4, "traverse": 1}  # random faces when no faces are given
 TRAVERSED_DIMS = 8  # default number of dimensions to traverse
 ACTIVITY_IMAGES = 256  # images encoded to measure the latents' spread for traverse
-# A grid is for looking at: bigger ones are refused before any decoding (--samples 100000 once
-# took 11.7 GB and 5 minutes); more faces come from more runs with other --seed values.
-MAX_GRID_FACES = 1024
+MAX_GRID_FACES = 1024  # a grid is for looking at: bigger ones are refused before any decoding
 MAX_GRID_PIXELS = 64_000_000
 MAX_SCALE = 16
 MORE_FACES_HINT = (
@@ -86,7 +81,7 @@ MORE_FACES_HINT = (
 
 
 class GenerateError(UserError):
-    """A problem the user can fix, reported as one line that says what to do."""
+    """A problem with generate.py's flags or inputs."""
 
 
 @dataclass
@@ -130,8 +125,7 @@ def find_ids(dataset: data.Dataset, ids: Sequence[str]) -> list[Path]:
 def random_files(
     dataset: data.Dataset, split: str, count: int, rng: np.random.Generator, allow_fewer: bool = False
 ) -> list[Path]:
-    """`count` distinct readable files of a split, in a seeded random order (fewer only when
-    allow_fewer)."""
+    """`count` distinct readable files of a split in a seeded random order (fewer only if allow_fewer)."""
     files = dataset.split(split)
     chosen = []
     for index in rng.permutation(len(files)):
@@ -148,8 +142,7 @@ def random_files(
 
 
 def choose_faces(job: Job, count: int) -> list[Path]:
-    """Face files from --images, --ids, --identity, or `count` at random from --split; at most
-    MAX_GRID_FACES of them."""
+    """Face files from --images, --ids, --identity, or `count` at random from --split."""
     files = find_faces(job, count)
     if len(files) > MAX_GRID_FACES:
         raise GenerateError(f"{len(files)} faces given, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
@@ -176,10 +169,8 @@ def find_faces(job: Job, count: int) -> list[Path]:
 
 
 def load_chosen_faces(job: Job, files: Sequence[Path]) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    """(faces [N, S, S, C], their names, the photos they were found in or None) of chosen face
-    files. Photos given with --images are aligned first (align.py: each photo's --faces), unless
-    --no-align; CelebA's own images, from --ids, --identity or random picks, are aligned already.
-    The photos are shown whole in a tile of the model's size, the face found marked."""
+    """(faces [N, S, S, C], their names, the photos they were found in or None): --images are
+    aligned first (align.py) unless --no-align; CelebA's own images are aligned already."""
     if not job.args.images or job.args.no_align:
         return load_faces(files, job.backend), [p.stem for p in files], None
     finder = align.FaceFinder()
@@ -217,8 +208,7 @@ def photo_tile(pixels: np.ndarray, box: np.ndarray, size: int, channels: int) ->
 
 
 def check_random(args: argparse.Namespace) -> None:
-    """--random replaces the real faces: refuse it in modes that need them and beside the
-    flags that choose them."""
+    """Refuse --random (it replaces the real faces) in modes that need them and beside flags choosing them."""
     if args.random is None:
         return
     if args.mode == "sample":
@@ -237,11 +227,8 @@ def check_random(args: argparse.Namespace) -> None:
 
 
 def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None, list[str], np.ndarray | None]:
-    """(codes [N, D], faces [N, S, S, C] or None, names, photos or None) of the faces a mode starts from.
-
-    With --random N: N latents drawn by the sampler at the first --temperature, and no faces
-    (nothing real is loaded); otherwise the posterior means of the faces chosen by
-    choose_faces (`count` at random)."""
+    """(codes [N, D], faces [N, S, S, C] or None, names, photos or None) a mode starts from: with
+    --random, latents drawn by the sampler and no faces; else the chosen faces' posterior means."""
     if job.random:
         codes = job.density.sample(job.random, job.rng, job.args.temperature[0])
         return codes, None, [f"z{i + 1}" for i in range(job.random)], None
@@ -256,18 +243,16 @@ def attribute_names(requested: Sequence[str]) -> list[str]:
 
 
 def encoder_probe(backend: Backend) -> np.ndarray:
-    """Posterior mean [D] of one fixed synthetic image (a diagonal ramp): a fingerprint of the
-    encoder's weights, saved with the directions so they are not reused once the weights change."""
+    """Posterior mean [D] of a fixed ramp image: the encoder's fingerprint, saved with the directions
+    so they are not reused once the weights change."""
     ramp = np.linspace(0.0, 1.0, backend.image_size, dtype=np.float32)
     image = (ramp[:, None] + ramp[None, :]) / 2
     return backend.encode(np.repeat(image[None, :, :, None], backend.channels, axis=-1))[0][0]
 
 
 def read_directions(path: Path, probe: np.ndarray, recompute: bool = False) -> dict:
-    """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}, checked;
-    with `recompute`, a damaged file, one for another latent size or one computed with other
-    encoder weights (its saved probe differs from `probe`, see `encoder_probe`) is dropped
-    instead of refused. A file without a probe is taken as the current encoder's."""
+    """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}; a damaged file,
+    or one for another latent size or encoder `probe`, is refused, or dropped with `recompute`."""
     if not path.is_file():
         return {}
     try:
@@ -301,11 +286,10 @@ def labelled_faces(dataset: data.Dataset, split: str, limit: int) -> tuple[list[
 
 
 def attribute_directions(job: Job) -> dict:
-    """Directions of the requested attributes: cached ones reused, missing ones computed from
-    the labelled images under --data and added to the cache file."""
+    """Directions of the requested attributes: cached ones reused, missing ones computed and cached."""
     args, backend, dataset = job.args, job.backend, job.dataset
     names = attribute_names(args.attribute)
-    path = job.run_dir / DIRECTIONS_FILE
+    path = job.run_dir / ATTRIBUTES_FILE
     probe = encoder_probe(backend)
     cached = read_directions(path, probe, args.recompute)
     missing = [n for n in names if args.recompute or n not in cached]
@@ -317,7 +301,7 @@ def attribute_directions(job: Job) -> dict:
         )
         files, labels = labelled_faces(dataset, args.attribute_split, args.max_labelled)
         columns = {name: labels[:, data.CELEBA_ATTRIBUTES.index(name)] for name in missing}
-        for name, column in columns.items():  # before encoding, which takes minutes on all of CelebA
+        for name, column in columns.items():  # before the slow encoding
             positives, negatives = int((column > 0).sum()), int((column < 0).sum())
             if min(positives, negatives) < max(1, args.min_labelled):
                 raise GenerateError(
@@ -358,7 +342,7 @@ def attribute_directions(job: Job) -> dict:
 
 # --------------------------------------------------------------------------- modes: each builds one grid
 def check_grid_size(job: Job, faces: int) -> None:
-    """Refuse a grid of more than MAX_GRID_FACES faces or MAX_GRID_PIXELS pixels, before decoding it."""
+    """Refuse, before decoding, a grid of more than MAX_GRID_FACES faces or MAX_GRID_PIXELS pixels."""
     size = job.backend.image_size * job.args.scale
     pixels = faces * size**2
     if faces > MAX_GRID_FACES or pixels > MAX_GRID_PIXELS:
@@ -511,11 +495,9 @@ def attribute_grid(job: Job) -> Grid:
 
 
 def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
-    """(directions [n, D], labels) that traverse moves along, each one standard deviation long."""
-    # Scaled to the spread of the latents as the model uses them: the posterior means over --data,
-    # else the fitted density, else the prior N(0, I). Single latent dimensions of a VAE are
-    # entangled and change a face only a little; the principal directions of that spread are
-    # where faces change most.
+    """(directions [n, D], labels) that traverse moves along, each one standard deviation long in the
+    latents' spread: over --data, else under the fitted density, else the prior. Single dimensions are
+    entangled; the spread's principal directions are where faces change most."""
     args, latent_dim = job.args, job.backend.latent_dim
     if job.dataset is not None:
         files = random_files(job.dataset, args.split, ACTIVITY_IMAGES, job.rng, allow_fewer=True)
@@ -577,8 +559,7 @@ MODE_GRIDS = {
 
 # --------------------------------------------------------------------------- output
 def write_grid(grid: Grid, job: Job) -> None:
-    """The labelled grid in the format --out's extension names, and with --save-individual every
-    tile as <out-stem>/rRR_cCC.png; all or nothing, none of them over what the command reads."""
+    """The grid, and with --save-individual each tile as <out-stem>/rRR_cCC.png: all or nothing."""
     out, args = job.out, job.args
     files = {out: make_grid(grid.rows, grid.row_labels, grid.column_labels or None, scale=args.scale, title=grid.title)}
     if args.save_individual:
@@ -677,15 +658,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse through argparse (exit 2) values no model can use, before anything is loaded."""
-    for name in ("count", "random", "samples", "columns", "pairs", "scale"):
+    minimums = {"count": 1, "random": 1, "samples": 1, "columns": 1, "pairs": 1, "scale": 1, "steps": 2}
+    minimums |= dict.fromkeys(("sampled", "threads", "min_labelled", "max_labelled", "seed"), 0)
+    for name, least in minimums.items():
         value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be at least 1 (got {value})")
-    for name in ("sampled", "threads", "min_labelled", "max_labelled", "seed"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must not be negative")
-    if args.steps is not None and args.steps < 2:
-        parser.error(f"--steps must be at least 2 (got {args.steps})")
+        if value is not None and value < least:
+            must = f"be at least {least}" if least else "not be negative"
+            parser.error(f"--{name.replace('_', '-')} must {must} (got {value})")
     # Bounds that hold before anything is loaded; each mode checks its whole grid before decoding.
     bounds = {"count": 1, "random": 1, "samples": 1, "sampled": 1, "steps": 1, "pairs": 2}
     for name, faces_each in bounds.items():
@@ -743,8 +722,7 @@ def resolve(args: argparse.Namespace) -> Job:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Run one mode; returns the path of the grid written. A problem the user can fix raises a
-    UserError (run_main turns it into one line)."""
+    """Run one mode; returns the path of the grid written."""
     job = resolve(parse_args(argv))
     grid = MODE_GRIDS[job.args.mode](job)
     write_grid(grid, job)
