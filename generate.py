@@ -58,7 +58,6 @@ from runs import (
     check_output_path,
     check_writable,
     encode_files,
-    load_faces,
     open_backend,
     write_text_atomic,
 )
@@ -143,13 +142,6 @@ def random_files(
 
 def choose_faces(job: Job, count: int) -> list[Path]:
     """Face files from --images, --ids, --identity, or `count` at random from --split."""
-    files = find_faces(job, count)
-    if len(files) > MAX_GRID_FACES:
-        raise GenerateError(f"{len(files)} faces given, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
-    return files
-
-
-def find_faces(job: Job, count: int) -> list[Path]:
     args, dataset = job.args, job.dataset
     if args.images:
         return [Path(p) for p in args.images]
@@ -168,17 +160,18 @@ def find_faces(job: Job, count: int) -> list[Path]:
     return random_files(dataset, args.split, count, job.rng)
 
 
-def load_chosen_faces(job: Job, files: Sequence[Path]) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    """(faces [N, S, S, C], their names, the photos they were found in or None): --images are
-    aligned first (align.py) unless --no-align; CelebA's own images are aligned already."""
-    if not job.args.images or job.args.no_align:
-        return load_faces(files, job.backend), [p.stem for p in files], None
-    finder = align.FaceFinder()
+def load_chosen_faces(job: Job, count: int) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """(faces [N, S, S, C], their names, the photos they were found in or None) of choose_faces'
+    files: --images are aligned first (align.py) unless --no-align; CelebA's are aligned already."""
+    files = choose_faces(job, count)
+    if len(files) > MAX_GRID_FACES:
+        raise GenerateError(f"{len(files)} faces given, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
+    finder = align.FaceFinder() if job.args.images and not job.args.no_align else None
     backend, faces, names, photos = job.backend, [], [], []
     for path in files:
         try:
             pixels = read_pixels(path)
-            found = align.align_photo(pixels, finder, job.args.faces, str(path))
+            found = [(None, pixels)] if finder is None else align.align_photo(pixels, finder, job.args.faces, str(path))
         except (FileNotFoundError, ValueError) as error:
             raise GenerateError(f"{error}; check the image paths given") from None
         except align.AlignError as error:
@@ -186,10 +179,11 @@ def load_chosen_faces(job: Job, files: Sequence[Path]) -> tuple[np.ndarray, list
         for number, (face, frame) in enumerate(found):
             faces.append(face_from_pixels(frame, backend.image_size, backend.channels, backend.crop))
             names.append(path.stem if len(found) == 1 else f"{path.stem}_{number}")
-            photos.append(photo_tile(pixels, face.box, backend.image_size, backend.channels))
+            if face is not None:
+                photos.append(photo_tile(pixels, face.box, backend.image_size, backend.channels))
     if len(faces) > MAX_GRID_FACES:
         raise GenerateError(f"{len(faces)} faces found, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
-    return np.stack(faces), names, np.stack(photos)
+    return np.stack(faces), names, (np.stack(photos) if photos else None)
 
 
 def photo_tile(pixels: np.ndarray, box: np.ndarray, size: int, channels: int) -> np.ndarray:
@@ -232,7 +226,7 @@ def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None,
     if job.random:
         codes = job.density.sample(job.random, job.rng, job.args.temperature[0])
         return codes, None, [f"z{i + 1}" for i in range(job.random)], None
-    faces, names, photos = load_chosen_faces(job, choose_faces(job, count))
+    faces, names, photos = load_chosen_faces(job, count)
     return job.backend.encode(faces)[0], faces, names, photos
 
 
@@ -393,7 +387,7 @@ def in_rows(images: np.ndarray, columns: int) -> list[np.ndarray]:
 
 def reconstruct_grid(job: Job) -> Grid:
     args, backend, rng = job.args, job.backend, job.rng
-    faces, names, photos = load_chosen_faces(job, choose_faces(job, args.count or DEFAULT_FACES["reconstruct"]))
+    faces, names, photos = load_chosen_faces(job, args.count or DEFAULT_FACES["reconstruct"])
     check_grid_size(job, len(faces) * (2 + args.sampled + (photos is not None)))
     mu, log_var = backend.encode(faces)
     grid = Grid(column_labels=names)
@@ -421,7 +415,7 @@ def sample_grid(job: Job) -> Grid:
 
 def weighted_grid(job: Job) -> Grid:
     args, backend, rng = job.args, job.backend, job.rng
-    faces, names, _ = load_chosen_faces(job, choose_faces(job, args.count or DEFAULT_FACES["weighted"]))
+    faces, names, _ = load_chosen_faces(job, args.count or DEFAULT_FACES["weighted"])
     check_grid_size(job, len(faces) + 1 + args.samples)
     try:
         weights = normalized_weights(args.weights, len(faces))

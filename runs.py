@@ -459,14 +459,6 @@ def walk_files(folder: Path, skip: Sequence[Path]) -> Iterator[Path]:
         yield from (Path(root) / name for name in files)
 
 
-def load_faces(paths: Sequence[Path], backend: Backend) -> np.ndarray:
-    """float32 [N, S, S, C] faces, cropped and resized as in training."""
-    try:
-        return np.stack([load_face(p, backend.image_size, backend.channels, backend.crop) for p in paths])
-    except (FileNotFoundError, ValueError) as error:
-        raise RunFolderError(f"{error}; check the image paths given") from None
-
-
 def load_decodable(paths: Sequence[Path], backend: Backend) -> tuple[np.ndarray, list[Path]]:
     """(faces [n, S, S, C] of the files that decode, the paths that do not), as training skips them."""
     faces, failed = [], []
