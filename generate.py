@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 import align
 import data
 from errors import UserError, batches, first_line, run_main
-from images import face_from_pixels, image_format, make_grid, read_pixels, save_images, to_uint8
+from images import face_from_pixels, image_format, make_grid, read_pixels, save_images, to_image
 from latent import (
     SAMPLERS,
     LatentDensity,
@@ -231,11 +231,6 @@ def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None,
 
 
 # --------------------------------------------------------------------------- attribute directions
-def attribute_names(requested: Sequence[str]) -> list[str]:
-    """Canonical CelebA spellings (case-insensitive match); DataError lists the valid names."""
-    return [data.CELEBA_ATTRIBUTES[data.attribute_index(name)] for name in requested]
-
-
 def encoder_probe(backend: Backend) -> np.ndarray:
     """Posterior mean [D] of a fixed ramp image: the encoder's fingerprint, saved with the directions
     so they are not reused once the weights change."""
@@ -282,7 +277,7 @@ def labelled_faces(dataset: data.Dataset, split: str, limit: int) -> tuple[list[
 def attribute_directions(job: Job) -> dict:
     """Directions of the requested attributes: cached ones reused, missing ones computed and cached."""
     args, backend, dataset = job.args, job.backend, job.dataset
-    names = attribute_names(args.attribute)
+    names = [data.CELEBA_ATTRIBUTES[data.attribute_index(name)] for name in args.attribute]  # canonical spellings
     path = job.run_dir / ATTRIBUTES_FILE
     probe = encoder_probe(backend)
     cached = read_directions(path, probe, args.recompute)
@@ -361,24 +356,18 @@ class Grid:
         self.row_labels.append(label)
 
 
-def sampler_caption(density: LatentDensity, sampler: str) -> str:
+def sampler_caption(job: Job, faces: str = "random faces") -> str:
     """What drew a grid's random faces, for its title."""
-    if sampler == "prior":
-        return "random faces from the N(0, I) prior"
-    fitted = density.info.get("fitted_on")
+    if job.sampler == "prior":
+        return f"{faces} from the N(0, I) prior"
+    fitted = job.density.info.get("fitted_on")
     count = f" of {fitted['count']} training images" if isinstance(fitted, dict) and "count" in fitted else ""
-    return (
-        f"random faces from the latent density fitted to the posterior means{count} ({density.components} components)"
-    )
+    return f"{faces} from the latent density fitted to the posterior means{count} ({job.density.components} components)"
 
 
 def random_caption(job: Job) -> str:
     """The title of a grid whose starting faces are random (--random), or none."""
-    if not job.random:
-        return ""
-    return sampler_caption(job.density, job.sampler).replace("random faces", "starting faces", 1) + (
-        f", T={job.args.temperature[0]:g}"
-    )
+    return f"{sampler_caption(job, 'starting faces')}, T={job.args.temperature[0]:g}" if job.random else ""
 
 
 def in_rows(images: np.ndarray, columns: int) -> list[np.ndarray]:
@@ -396,8 +385,7 @@ def reconstruct_grid(job: Job) -> Grid:
     grid.add(faces, "input")
     grid.add(backend.decode(mu), "mean")
     for draw in range(args.sampled):
-        noise = rng.standard_normal(mu.shape)
-        grid.add(backend.decode(reparameterize(mu, 0.5 * log_var, noise)), f"z draw {draw + 1}")
+        grid.add(backend.decode(reparameterize(mu, 0.5 * log_var, rng.standard_normal(mu.shape))), f"z draw {draw + 1}")
     return grid
 
 
@@ -406,7 +394,7 @@ def sample_grid(job: Job) -> Grid:
     check_grid_size(job, args.samples * len(args.temperature))
     # One draw for all temperatures, so rows of different T show the same faces.
     components, noise = job.density.draw(args.samples, rng)
-    grid = Grid(title=sampler_caption(job.density, job.sampler))
+    grid = Grid(title=sampler_caption(job))
     for temperature in args.temperature:
         for row in in_rows(backend.decode(job.density.latents(components, noise, temperature)), args.columns):
             grid.add(row, f"{job.sampler} T={temperature:g}")
@@ -559,9 +547,7 @@ def write_grid(grid: Grid, job: Job) -> None:
     if args.save_individual:
         for r, row in enumerate(grid.rows):
             for c, image in enumerate(row):
-                pixels = to_uint8(image)
-                tile = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-                files[out.with_suffix("") / f"r{r:02d}_c{c:02d}.png"] = tile
+                files[out.with_suffix("") / f"r{r:02d}_c{c:02d}.png"] = to_image(image)
     for path in files:
         check_output_path(path, job.inputs, [job.run_dir / GENERATED_DIR])
     try:
@@ -703,11 +689,9 @@ def resolve(args: argparse.Namespace) -> Job:
     check_output_path(out, inputs, [run_dir / GENERATED_DIR])
     if args.save_individual and out.with_suffix("").is_file():
         raise GenerateError(f"--save-individual writes into {out.with_suffix('')}, which is a file; give another --out")
-    random = args.random
     # With no faces given at all, the modes that can start from random faces do so.
     no_faces = not (args.data or args.images or args.ids or args.identity is not None or args.origin)
-    if no_faces and random is None and args.mode in DEFAULT_RANDOM:
-        random = DEFAULT_RANDOM[args.mode]
+    random = DEFAULT_RANDOM.get(args.mode) if no_faces and args.random is None else args.random
     backend = open_backend(run_dir, args.backend, args.threads)
     density, sampler = choose_sampler(args.sampler, run_dir, backend.latent_dim)
     dataset = data.find_dataset(args.data) if args.data else None

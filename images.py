@@ -91,6 +91,12 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def to_image(image: np.ndarray) -> Image.Image:
+    """A Pillow image of an image [H, W, C] (C = 1 or 3) in [0, 1]."""
+    pixels = to_uint8(image)
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
 def make_grid(
     rows: Sequence[np.ndarray] | np.ndarray,
     row_labels: Sequence[str] | None = None,
@@ -101,7 +107,7 @@ def make_grid(
     """A grid of rows[r][c], images [H, W, C] (C = 1 or 3) in [0, 1], with optional labels left of
     the rows and above the columns, and a title line above all."""
     rows = [np.asarray(row) for row in rows]
-    height, width, channels = rows[0].shape[1:]
+    height, width = rows[0].shape[1:3]
     columns = max(len(row) for row in rows)
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -116,8 +122,7 @@ def make_grid(
     draw = ImageDraw.Draw(grid)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
-            pixels = to_uint8(image)
-            tile = Image.fromarray(pixels[..., 0] if channels == 1 else pixels).convert("RGB")
+            tile = to_image(image).convert("RGB")
             if scale != 1:
                 tile = tile.resize((width * scale, height * scale), Image.Resampling.NEAREST)
             grid.paste(tile, (label_width + GRID_PADDING + c * cell_w, top + GRID_PADDING + r * cell_h))

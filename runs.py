@@ -320,11 +320,6 @@ class OnnxBackend(Backend):
         return inference.decode(self.decoder, z)
 
 
-def default_backend(run_dir: Path) -> str:
-    """ "keras" for a train.py run folder, "onnx" for an exported one."""
-    return "keras" if (Path(run_dir) / keras_file("decoder")).is_file() else "onnx"
-
-
 def open_backend(run_dir: str | os.PathLike, kind: str | None = None, threads: int = 0) -> Backend:
     """A run's models: kind "keras", "onnx", or None to choose by what the folder holds."""
     run_dir = Path(run_dir)
@@ -335,7 +330,7 @@ def open_backend(run_dir: str | os.PathLike, kind: str | None = None, threads: i
             f"{run_dir} has no decoder.keras or decoder.onnx; train.py writes the .keras files after "
             "each epoch, export_onnx.py the .onnx files"
         )
-    kind = kind or default_backend(run_dir)
+    kind = kind or ("keras" if (run_dir / keras_file("decoder")).is_file() else "onnx")
     return OnnxBackend(run_dir, threads) if kind == "onnx" else KerasBackend(run_dir)
 
 
