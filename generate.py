@@ -351,9 +351,11 @@ class Grid:
     column_labels: list[str] = field(default_factory=list)
     title: str = ""
 
-    def add(self, images: np.ndarray, label: str) -> None:
-        self.rows.append(np.asarray(images))
-        self.row_labels.append(label)
+    def add(self, images: np.ndarray, label: str, columns: int = 0) -> None:
+        """Add images as one row, or as rows of `columns` each."""
+        for row in batches(np.asarray(images), columns or len(images)):
+            self.rows.append(row)
+            self.row_labels.append(label)
 
 
 def sampler_caption(job: Job, faces: str = "random faces") -> str:
@@ -368,10 +370,6 @@ def sampler_caption(job: Job, faces: str = "random faces") -> str:
 def random_caption(job: Job) -> str:
     """The title of a grid whose starting faces are random (--random), or none."""
     return f"{sampler_caption(job, 'starting faces')}, T={job.args.temperature[0]:g}" if job.random else ""
-
-
-def in_rows(images: np.ndarray, columns: int) -> list[np.ndarray]:
-    return list(batches(images, columns))
 
 
 def reconstruct_grid(job: Job) -> Grid:
@@ -396,8 +394,8 @@ def sample_grid(job: Job) -> Grid:
     components, noise = job.density.draw(args.samples, rng)
     grid = Grid(title=sampler_caption(job))
     for temperature in args.temperature:
-        for row in in_rows(backend.decode(job.density.latents(components, noise, temperature)), args.columns):
-            grid.add(row, f"{job.sampler} T={temperature:g}")
+        faces = backend.decode(job.density.latents(components, noise, temperature))
+        grid.add(faces, f"{job.sampler} T={temperature:g}", args.columns)
     return grid
 
 
@@ -421,11 +419,9 @@ def weighted_grid(job: Job) -> Grid:
         reparameterize(mixed_mu, mixed_log_sigma, rng.standard_normal((args.samples, mu.shape[1])))
     )
     grid = Grid()
-    for row in in_rows(faces, args.columns):
-        grid.add(row, "inputs")
+    grid.add(faces, "inputs", args.columns)
     grid.add(backend.decode(mixed_mu[None]), "mean mu'")
-    for row in in_rows(samples, args.columns):
-        grid.add(row, "samples")
+    grid.add(samples, "samples", args.columns)
     return grid
 
 
@@ -438,8 +434,8 @@ def interpolate_grid(job: Job) -> Grid:
     groups = [list(range(len(codes)))] if args.chain else [[i, i + 1] for i in range(0, len(codes), 2)]
     methods = ["lerp", "slerp"] if args.method == "both" else [args.method]
     steps = args.steps or DEFAULT_STEPS["interpolate"]
-    path_faces = (len(groups[0]) - 1) * (steps - 1) + 1 + (0 if faces is None else 2)
-    check_grid_size(job, len(groups) * len(methods) * path_faces)
+    points = (len(groups[0]) - 1) * (steps - 1) + 1  # along each path
+    check_grid_size(job, len(groups) * len(methods) * (points + (0 if faces is None else 2)))
     grid = Grid(title=random_caption(job))
     for group in groups:
         name = "-".join(names[i] for i in group) if len(group) == 2 else f"chain of {len(group)}"
@@ -448,7 +444,7 @@ def interpolate_grid(job: Job) -> Grid:
             if faces is not None:
                 row = np.concatenate([faces[group[:1]], row, faces[group[-1:]]])
             grid.add(row, f"{name} {method}")
-    steps_labels = [f"step {i}" for i in range((len(groups[0]) - 1) * (steps - 1) + 1)]
+    steps_labels = [f"step {i}" for i in range(points)]
     if args.chain:  # the faces the chain passes through, by name
         for position, index in enumerate(groups[0]):
             steps_labels[position * (steps - 1)] = names[index]
