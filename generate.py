@@ -485,18 +485,16 @@ def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
         covariance, spread = job.density.covariance(), "the fitted latent density"
     else:
         covariance, spread = np.eye(latent_dim), "the prior N(0, I)"
-    if args.dims is not None:
-        bad = [d for d in args.dims if not 0 <= d < latent_dim]
+    dims = args.dims
+    if dims is None and job.dataset is None and job.sampler != "density":
+        dims = list(range(min(TRAVERSED_DIMS, latent_dim)))
+        print("give --data, or a fitted latent density (latent.py), to traverse where faces change most")
+    if dims is not None:
+        bad = [d for d in dims if not 0 <= d < latent_dim]
         if bad:
             raise GenerateError(f"--dims {bad} out of range; this model's latent dimensions are 0..{latent_dim - 1}")
-        print(f"traversing dimensions {args.dims} in standard deviations under {spread}")
-        directions = np.eye(latent_dim)[args.dims] * np.sqrt(np.diag(covariance))[args.dims, None]
-        return directions, [f"z[{d}]" for d in args.dims]
-    if job.dataset is None and job.sampler != "density":
-        dims = list(range(min(TRAVERSED_DIMS, latent_dim)))
-        print(f"traversing dimensions {dims}; give --data, or --sampler density with a fitted")
-        print("latent density (latent.py), to traverse the directions along which faces change most")
-        return np.eye(latent_dim)[dims], [f"z[{d}]" for d in dims]
+        print(f"traversing dimensions {dims} in standard deviations under {spread}")
+        return np.eye(latent_dim)[dims] * np.sqrt(np.diag(covariance))[dims, None], [f"z[{d}]" for d in dims]
     units, deviations = principal_directions(covariance, TRAVERSED_DIMS)
     print(f"traversing the {len(units)} principal directions of {spread} (standard deviations "
           f"{deviations[0]:.2f} to {deviations[-1]:.2f})")  # fmt: skip

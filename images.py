@@ -111,9 +111,7 @@ def make_grid(
     columns = max(len(row) for row in rows)
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_width = 0
-    if row_labels:
-        label_width = max(int(measure.textlength(str(label), font=font)) for label in row_labels) + 6
+    label_width = max(int(measure.textlength(str(label), font=font)) for label in row_labels) + 6 if row_labels else 0
     title_height = LABEL_HEIGHT if title else 0
     top = title_height + (LABEL_HEIGHT if column_labels else 0)
     cell_h, cell_w = height * scale + GRID_PADDING, width * scale + GRID_PADDING
