@@ -1,9 +1,6 @@
-"""The model folder: its file names, config.json's reader, the model backends, the checks every
-script makes of its --out, and the --help formatter they share.
-
-train.py writes a run folder (config.json, encoder.keras, decoder.keras, ...), export_onnx.py an
-exported one (encoder.onnx, decoder.onnx, the run's JSON files); generate.py, evaluate.py and
-latent.py open either with `open_backend`. Keras is imported only to load a .keras model
+"""The model folder: its file names, config.json's reader, the model backends (`open_backend`: a
+train.py run's .keras files or export_onnx.py's .onnx files), the checks every script makes of its
+--out, and the --help formatter they share. Keras is imported only to load a .keras model
 (`import_keras`), so the ONNX path needs numpy and onnxruntime only. A library module.
 """
 
