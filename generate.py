@@ -33,22 +33,9 @@ from PIL import Image, ImageDraw
 
 import align
 import data
+import latent
 from errors import UserError, batches, first_line, run_main
 from images import face_from_pixels, image_format, make_grid, read_pixels, save_images, to_image
-from latent import (
-    SAMPLERS,
-    LatentDensity,
-    attribute_direction,
-    attribute_directions_problem,
-    attribute_sweep,
-    choose_sampler,
-    latent_path,
-    normalized_weights,
-    principal_directions,
-    reparameterize,
-    traversal_grid,
-    weighted_posterior,
-)
 from runs import (
     ATTRIBUTES_FILE,
     ATTRIBUTES_FORMAT,
@@ -93,7 +80,7 @@ class Job:
     inputs: list[Path]  # what the command reads and must never overwrite: face files, model and data folders
     random: int | None  # random starting faces: --random, else the mode's default when no faces are given
     backend: Backend
-    density: LatentDensity  # what draws random latents: the fitted density or the prior N(0, I)
+    density: latent.LatentDensity  # what draws random latents: the fitted density or the prior N(0, I)
     sampler: str  # "density" or "prior": the sampler used (density falls back to the prior)
     dataset: data.Dataset | None  # --data
     rng: np.random.Generator  # seeded by --seed
@@ -246,7 +233,7 @@ def read_directions(path: Path, probe: np.ndarray, recompute: bool = False) -> d
         return {}
     try:
         cached = json.loads(path.read_text())
-        problem = attribute_directions_problem(cached, len(probe))
+        problem = latent.attribute_directions_problem(cached, len(probe))
     except OSError as error:
         problem = f"cannot be read ({error.strerror})"
     except ValueError as error:  # not JSON, or not UTF-8
@@ -305,7 +292,7 @@ def attribute_directions(job: Job) -> dict:
         for name, column in columns.items():
             column = column[decoded]
             cached[name] = {
-                "direction": [float(v) for v in attribute_direction(mu, column)],
+                "direction": [float(v) for v in latent.attribute_direction(mu, column)],
                 "positives": int((column > 0).sum()),
                 "negatives": int((column < 0).sum()),
             }
@@ -383,7 +370,8 @@ def reconstruct_grid(job: Job) -> Grid:
     grid.add(faces, "input")
     grid.add(backend.decode(mu), "mean")
     for draw in range(args.sampled):
-        grid.add(backend.decode(reparameterize(mu, 0.5 * log_var, rng.standard_normal(mu.shape))), f"z draw {draw + 1}")
+        z = latent.reparameterize(mu, 0.5 * log_var, rng.standard_normal(mu.shape))
+        grid.add(backend.decode(z), f"z draw {draw + 1}")
     return grid
 
 
@@ -404,24 +392,22 @@ def weighted_grid(job: Job) -> Grid:
     faces, names, _ = load_chosen_faces(job, args.count or DEFAULT_FACES["weighted"])
     check_grid_size(job, len(faces) + 1 + args.samples)
     try:
-        weights = normalized_weights(args.weights, len(faces))
+        weights = latent.normalized_weights(args.weights, len(faces))
     except ValueError as error:
         raise GenerateError(f"--weights: {error}") from None
     mu, log_var = backend.encode(faces)
-    mixed_mu, mixed_log_sigma = weighted_posterior(mu, 0.5 * log_var, weights)
+    mixed_mu, mixed_log_sigma = latent.weighted_posterior(mu, 0.5 * log_var, weights)
     if args.weights is None:
         print(f"weights: 1/{len(faces)} for each of {len(faces)} faces")
     else:
         print("weights: " + ", ".join(f"{name} {w:.3g}" for name, w in zip(names, weights, strict=True)))
     if backend.model_kind != "vae":
         print("note: this run is a plain autoencoder; its log_var head is untrained, so the spread is arbitrary")
-    samples = backend.decode(
-        reparameterize(mixed_mu, mixed_log_sigma, rng.standard_normal((args.samples, mu.shape[1])))
-    )
+    z = latent.reparameterize(mixed_mu, mixed_log_sigma, rng.standard_normal((args.samples, mu.shape[1])))
     grid = Grid()
     grid.add(faces, "inputs", args.columns)
     grid.add(backend.decode(mixed_mu[None]), "mean mu'")
-    grid.add(samples, "samples", args.columns)
+    grid.add(backend.decode(z), "samples", args.columns)
     return grid
 
 
@@ -440,7 +426,7 @@ def interpolate_grid(job: Job) -> Grid:
     for group in groups:
         name = "-".join(names[i] for i in group) if len(group) == 2 else f"chain of {len(group)}"
         for method in methods:
-            row = backend.decode(latent_path(codes[group], steps, method))
+            row = backend.decode(latent.latent_path(codes[group], steps, method))
             if faces is not None:
                 row = np.concatenate([faces[group[:1]], row, faces[group[-1:]]])
             grid.add(row, f"{name} {method}")
@@ -466,7 +452,7 @@ def attribute_grid(job: Job) -> Grid:
         for i, code in enumerate(codes):
             row = np.concatenate(
                 [images[i : i + 1] for images in shown]
-                + [backend.decode(attribute_sweep(code, direction, args.alphas))]
+                + [backend.decode(latent.attribute_sweep(code, direction, args.alphas))]
             )
             grid.add(row, f"{name} {names[i]}")
     return grid
@@ -495,7 +481,7 @@ def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
             raise GenerateError(f"--dims {bad} out of range; this model's latent dimensions are 0..{latent_dim - 1}")
         print(f"traversing dimensions {dims} in standard deviations under {spread}")
         return np.eye(latent_dim)[dims] * np.sqrt(np.diag(covariance))[dims, None], [f"z[{d}]" for d in dims]
-    units, deviations = principal_directions(covariance, TRAVERSED_DIMS)
+    units, deviations = latent.principal_directions(covariance, TRAVERSED_DIMS)
     print(f"traversing the {len(units)} principal directions of {spread} (standard deviations "
           f"{deviations[0]:.2f} to {deviations[-1]:.2f})")  # fmt: skip
     return units * deviations[:, None], [f"PC{i + 1}" for i in range(len(units))]
@@ -515,7 +501,7 @@ def traverse_grid(job: Job) -> Grid:
         title="" if args.origin else random_caption(job),
     )
     for i, center in enumerate(codes):
-        images = backend.decode(traversal_grid(center, directions, values).reshape(-1, backend.latent_dim))
+        images = backend.decode(latent.traversal_grid(center, directions, values).reshape(-1, backend.latent_dim))
         images = images.reshape(len(directions), len(values), *images.shape[1:])
         for direction, row in zip(labels, images, strict=True):
             label = direction if len(codes) == 1 else f"{names[i]} {direction}"
@@ -583,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     faces.add_argument(
         "--sampler",
-        choices=SAMPLERS,
+        choices=latent.SAMPLERS,
         default="density",
         help="random latents from <run>/latent_density.json (latent.py; else the prior) or the N(0, I) prior",
     )
@@ -687,7 +673,7 @@ def resolve(args: argparse.Namespace) -> Job:
     no_faces = not (args.data or args.images or args.ids or args.identity is not None or args.origin)
     random = DEFAULT_RANDOM.get(args.mode) if no_faces and args.random is None else args.random
     backend = open_backend(run_dir, args.backend, args.threads)
-    density, sampler = choose_sampler(args.sampler, run_dir, backend.latent_dim)
+    density, sampler = latent.choose_sampler(args.sampler, run_dir, backend.latent_dim)
     dataset = data.find_dataset(args.data) if args.data else None
     rng = np.random.default_rng(args.seed)
     return Job(args, run_dir, out, inputs, random, backend, density, sampler, dataset, rng)
