@@ -34,20 +34,9 @@ from PIL import Image, ImageDraw
 import align
 import data
 import latent
+import runs
 from errors import UserError, batches, first_line, run_main
 from images import face_from_pixels, image_format, make_grid, read_pixels, save_images, to_image
-from runs import (
-    ATTRIBUTES_FILE,
-    ATTRIBUTES_FORMAT,
-    GENERATED_DIR,
-    Backend,
-    HelpFormatter,
-    check_output_path,
-    check_writable,
-    encode_files,
-    open_backend,
-    write_text_atomic,
-)
 
 MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
 RANDOM_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --random replaces
@@ -79,7 +68,7 @@ class Job:
     out: Path  # the grid to write
     inputs: list[Path]  # what the command reads and must never overwrite: face files, model and data folders
     random: int | None  # random starting faces: --random, else the mode's default when no faces are given
-    backend: Backend
+    backend: runs.Backend
     density: latent.LatentDensity  # what draws random latents: the fitted density or the prior N(0, I)
     sampler: str  # "density" or "prior": the sampler used (density falls back to the prior)
     dataset: data.Dataset | None  # --data
@@ -218,7 +207,7 @@ def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None,
 
 
 # --------------------------------------------------------------------------- attribute directions
-def encoder_probe(backend: Backend) -> np.ndarray:
+def encoder_probe(backend: runs.Backend) -> np.ndarray:
     """Posterior mean [D] of a fixed ramp image: the encoder's fingerprint, saved with the directions
     so they are not reused once the weights change."""
     ramp = np.linspace(0.0, 1.0, backend.image_size, dtype=np.float32)
@@ -265,7 +254,7 @@ def attribute_directions(job: Job) -> dict:
     """Directions of the requested attributes: cached ones reused, missing ones computed and cached."""
     args, backend, dataset = job.args, job.backend, job.dataset
     names = [data.CELEBA_ATTRIBUTES[data.attribute_index(name)] for name in args.attribute]  # canonical spellings
-    path = job.run_dir / ATTRIBUTES_FILE
+    path = job.run_dir / runs.ATTRIBUTES_FILE
     probe = encoder_probe(backend)
     cached = read_directions(path, probe, args.recompute)
     missing = [n for n in names if args.recompute or n not in cached]
@@ -286,7 +275,7 @@ def attribute_directions(job: Job) -> dict:
                     f"least {max(1, args.min_labelled)} of each; use more labelled data or a lower --min-labelled"
                 )
         print(f"encoding {len(files)} labelled images ({args.attribute_split} split) for {', '.join(missing)}")
-        mu, kept = encode_files(files, backend)
+        mu, kept = runs.encode_files(files, backend)
         kept = set(kept)
         decoded = np.array([path in kept for path in files])  # undecodable files have no mu
         for name, column in columns.items():
@@ -297,12 +286,12 @@ def attribute_directions(job: Job) -> dict:
                 "negatives": int((column < 0).sum()),
             }
         content = {
-            "format": ATTRIBUTES_FORMAT,
+            "format": runs.ATTRIBUTES_FORMAT,
             "latent_dim": backend.latent_dim,
             "encoder_probe": [float(v) for v in probe],
             "attributes": cached,
         }
-        write_text_atomic(path, json.dumps(content, indent=1) + "\n")
+        runs.write_text_atomic(path, json.dumps(content, indent=1) + "\n")
         print(f"wrote the directions of {', '.join(missing)} to {path}")
     directions = {}
     for name in names:
@@ -465,7 +454,7 @@ def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
     args, latent_dim = job.args, job.backend.latent_dim
     if job.dataset is not None:
         files = random_files(job.dataset, args.split, ACTIVITY_IMAGES, job.rng, allow_fewer=True)
-        covariance = np.cov(encode_files(files, job.backend)[0], rowvar=False)
+        covariance = np.cov(runs.encode_files(files, job.backend)[0], rowvar=False)
         spread = f"the posterior means of {len(files)} {args.split} images"
     elif job.sampler == "density":
         covariance, spread = job.density.covariance(), "the fitted latent density"
@@ -529,7 +518,7 @@ def write_grid(grid: Grid, job: Job) -> None:
             for c, image in enumerate(row):
                 files[out.with_suffix("") / f"r{r:02d}_c{c:02d}.png"] = to_image(image)
     for path in files:
-        check_output_path(path, job.inputs, [job.run_dir / GENERATED_DIR])
+        runs.check_output_path(path, job.inputs, [job.run_dir / runs.GENERATED_DIR])
     try:
         save_images(files)
     except OSError as error:
@@ -540,7 +529,7 @@ def write_grid(grid: Grid, job: Job) -> None:
 
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=runs.HelpFormatter)
     parser.add_argument("--run", help="a train.py run or export_onnx.py folder (default: pretrained/celeba64)")
     parser.add_argument("--mode", choices=MODES, required=True, help="what to generate")
     parser.add_argument("--backend", choices=("keras", "onnx"), help="(default: keras if decoder.keras exists)")
@@ -662,17 +651,17 @@ def resolve(args: argparse.Namespace) -> Job:
     check_random(args)
     run_dir = Path(args.run) if args.run else PRETRAINED_RUN
     # The pretrained model ships in the repository: its outputs go to ./generated, not into it.
-    out = check_writable(args.out or Path(args.run or ".") / GENERATED_DIR / f"{args.mode}.png", folder=False)
+    out = runs.check_writable(args.out or Path(args.run or ".") / runs.GENERATED_DIR / f"{args.mode}.png", folder=False)
     image_format(out)
     # Nothing the command reads may be overwritten: face files, the model and data folders.
     inputs = [Path(p) for p in args.images or []] + [run_dir] + ([Path(args.data)] if args.data else [])
-    check_output_path(out, inputs, [run_dir / GENERATED_DIR])
+    runs.check_output_path(out, inputs, [run_dir / runs.GENERATED_DIR])
     if args.save_individual and out.with_suffix("").is_file():
         raise GenerateError(f"--save-individual writes into {out.with_suffix('')}, which is a file; give another --out")
     # With no faces given at all, the modes that can start from random faces do so.
     no_faces = not (args.data or args.images or args.ids or args.identity is not None or args.origin)
     random = DEFAULT_RANDOM.get(args.mode) if no_faces and args.random is None else args.random
-    backend = open_backend(run_dir, args.backend, args.threads)
+    backend = runs.open_backend(run_dir, args.backend, args.threads)
     density, sampler = latent.choose_sampler(args.sampler, run_dir, backend.latent_dim)
     dataset = data.find_dataset(args.data) if args.data else None
     rng = np.random.default_rng(args.seed)
