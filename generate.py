@@ -13,9 +13,10 @@ Modes: reconstruct (inputs over their reconstructions), sample (random faces per
 weighted (a weighted mix of encoded faces' posteriors), interpolate (lerp and slerp paths),
 attribute (z + alpha * a CelebA attribute's direction, cached in <run>/attribute_directions.json)
 and traverse (along the latents' principal directions or --dims). Faces come from --images,
---ids, --identity, at random from --data, or are random latents from --sampler (--random N).
-The same --seed gives the same grid. The onnx backend imports no TensorFlow. The grid goes to
-<run>/generated/<mode>.png unless --out names another file, never one the command reads.
+--ids, --identity, at random from --data, or are random latents from --sampler (--random N),
+the run's fitted density or, if it has none, the prior. The same --seed gives the same grid.
+The onnx backend imports no TensorFlow. The grid goes to <run>/generated/<mode>.png unless
+--out names another file, never one the command reads.
 """
 
 from __future__ import annotations
@@ -38,13 +39,11 @@ import runs
 from errors import UserError, batches, first_line, run_main
 from images import face_from_pixels, image_format, make_grid, read_pixels, save_images, to_image
 
-MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
-RANDOM_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --random replaces
-PROBE_TOLERANCE = 1e-3  # the probe's change still read as the same encoder (ONNX vs Keras), far below an epoch's
+PROBE_TOLERANCE = 1e-3  # a probe change still read as the same encoder: above ONNX-vs-Keras noise, below an epoch
 DEFAULT_FACES = {"reconstruct": 8, "weighted": 4, "attribute": 4}
 DEFAULT_STEPS = {"interpolate": 8, "traverse": 7}
 PRETRAINED_RUN = Path(__file__).resolve().parent / "pretrained" / "celeba64"
-DEFAULT_RANDOM = {"interpolate": 8, "attribute": 4, "traverse": 1}  # random faces when no faces are given
+DEFAULT_RANDOM = {"interpolate": 8, "attribute": 4, "traverse": 1}  # the modes --random serves, without faces
 TRAVERSED_DIMS = 8  # default number of dimensions to traverse
 ACTIVITY_IMAGES = 256  # images encoded to measure the latents' spread for traverse
 MAX_GRID_FACES = 1024  # a grid is for looking at: bigger ones are refused before any decoding
@@ -183,8 +182,8 @@ def check_random(args: argparse.Namespace) -> None:
         return
     if args.mode == "sample":
         raise GenerateError("--mode sample always decodes random faces; set how many with --samples, not --random")
-    if args.mode not in RANDOM_MODES:
-        raise GenerateError(f"--mode {args.mode} needs real faces; --random works with {', '.join(RANDOM_MODES)}")
+    if args.mode not in DEFAULT_RANDOM:
+        raise GenerateError(f"--mode {args.mode} needs real faces; --random works with {', '.join(DEFAULT_RANDOM)}")
     flags = {
         "--images": args.images,
         "--ids": args.ids,
@@ -439,11 +438,8 @@ def attribute_grid(job: Job) -> Grid:
     )
     for name, direction in directions.items():
         for i, code in enumerate(codes):
-            row = np.concatenate(
-                [images[i : i + 1] for images in shown]
-                + [backend.decode(latent.attribute_sweep(code, direction, args.alphas))]
-            )
-            grid.add(row, f"{name} {names[i]}")
+            sweep = backend.decode(latent.attribute_sweep(code, direction, args.alphas))
+            grid.add(np.concatenate([images[i : i + 1] for images in shown] + [sweep]), f"{name} {names[i]}")
     return grid
 
 
@@ -531,7 +527,7 @@ def write_grid(grid: Grid, job: Job) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=runs.HelpFormatter)
     parser.add_argument("--run", help="a train.py run or export_onnx.py folder (default: pretrained/celeba64)")
-    parser.add_argument("--mode", choices=MODES, required=True, help="what to generate")
+    parser.add_argument("--mode", choices=MODE_GRIDS, required=True, help="what to generate")
     parser.add_argument("--backend", choices=("keras", "onnx"), help="(default: keras if decoder.keras exists)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     parser.add_argument(
@@ -557,10 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature, not real faces (the default when no faces are given)",
     )
     faces.add_argument(
-        "--sampler",
-        choices=latent.SAMPLERS,
-        default="density",
-        help="random latents from <run>/latent_density.json (latent.py; else the prior) or the N(0, I) prior",
+        "--sampler", choices=latent.SAMPLERS, default="density", help="latent.py's fitted density or the N(0, I) prior"
     )
 
     modes = parser.add_argument_group("mode options")
@@ -572,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         default=[1.0],
-        help="sample: one block of rows per T, the sampler's spread (1: as fitted); --random: the first is used",
+        help="sample: a block of rows per spread T (1: as fitted)",
     )
     modes.add_argument("--identity", type=int, help="weighted: use the images of this CelebA identity number")
     modes.add_argument("--weights", type=float, nargs="+", help="weighted: one per face (default: equal)")
@@ -594,11 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument("--max-labelled", type=int, default=20000, help="attribute: labelled images to encode (0: all)")
     modes.add_argument("--recompute", action="store_true", help="attribute: recompute cached directions")
     modes.add_argument(
-        "--dims",
-        type=int,
-        nargs="+",
-        help="traverse: these latent dimensions, not the 8 principal directions of the latents' spread "
-        "(over --data, else under the fitted density; without either, dimensions 0..7)",
+        "--dims", type=int, nargs="+", help="traverse: these latent dimensions, not the spread's principal directions"
     )
     modes.add_argument("--span", type=float, default=3.0, help="traverse: -span..span standard deviations")
     modes.add_argument("--origin", action="store_true", help="traverse: around z = 0 instead of a face")
