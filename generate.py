@@ -1,21 +1,22 @@
 """Explore a trained VAE's latent space; each mode writes one image grid (PNG, JPEG or WebP).
 
-    python generate.py --mode sample --samples 64                      # the pretrained model
-    python generate.py --run runs/<name> --mode sample --temperature 0.7 1.0
-    python generate.py --run runs/<name> --mode interpolate --data ./celeba --pairs 4
-    python generate.py --run runs/<name> --mode attribute --attribute Smiling --data ./celeba
-    python generate.py --run runs/<name> --mode sample --backend onnx   # no TensorFlow needed
-    python generate.py --help                                            # every mode and flag
+    python generate.py --mode sample --samples 64                 # the pretrained model
+    python generate.py --run runs/r --mode reconstruct --data ./celeba --sampled 2
+    python generate.py --run runs/r --mode sample --temperature 0.5 0.8 1.0 --sampler prior
+    python generate.py --run runs/r --mode weighted --data ./celeba --identity 2937
+    python generate.py --run runs/r --mode interpolate --images a.jpg b.jpg c.jpg --chain
+    python generate.py --run runs/r --mode attribute --data ./celeba --attribute Smiling Eyeglasses
+    python generate.py --run runs/r --mode attribute --random 4 --attribute Smiling  # no real faces
+    python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3 --backend onnx
 
 Modes: reconstruct (inputs over their reconstructions), sample (random faces per --temperature),
 weighted (a weighted mix of encoded faces' posteriors), interpolate (lerp and slerp paths),
 attribute (z + alpha * a CelebA attribute's direction, cached in <run>/attribute_directions.json)
-and traverse (moves along the latents' principal directions or --dims). Faces come from
---images, --ids, --identity, at random from --data, or, with --random N, are decoded random
-latents. Random latents come from --sampler: the run's fitted latent density (latent.py) or
-the N(0, I) prior. The same --seed gives the same grid. The model is a train.py run folder
-(Keras) or an export_onnx.py folder (ONNX, which imports neither TensorFlow nor Keras); the
-grid goes to <run>/generated/<mode>.png unless --out names another file, never one it reads.
+and traverse (along the latents' principal directions or --dims). Faces come from --images,
+--ids, --identity, at random from --data, or are random latents from --sampler (--random N),
+the run's fitted density or, if it has none, the prior. The same --seed gives the same grid.
+The onnx backend imports no TensorFlow. The grid goes to <run>/generated/<mode>.png unless
+--out names another file, never one the command reads.
 """
 
 from __future__ import annotations
@@ -33,51 +34,19 @@ from PIL import Image, ImageDraw
 
 import align
 import data
+import latent
+import runs
 from errors import UserError, batches, first_line, run_main
-from images import face_from_pixels, image_format, make_grid, read_pixels, save_images, to_uint8
-from latent import (
-    SAMPLERS,
-    LatentDensity,
-    attribute_direction,
-    attribute_directions_problem,
-    attribute_sweep,
-    choose_sampler,
-    latent_path,
-    normalized_weights,
-    principal_directions,
-    reparameterize,
-    traversal_grid,
-    weighted_posterior,
-)
-from runs import (
-    ATTRIBUTES_FILE,
-    ATTRIBUTES_FORMAT,
-    GENERATED_DIR,
-    Backend,
-    HelpFormatter,
-    check_output_path,
-    check_writable,
-    encode_files,
-    load_faces,
-    open_backend,
-    write_text_atomic,
-)
+from images import face_from_pixels, image_format, make_grid, read_pixels, save_images, to_image
 
-MODES = ("reconstruct", "sample", "weighted", "interpolate", "attribute", "traverse")
-RANDOM_MODES = ("interpolate", "attribute", "traverse")  # modes whose starting faces --random replaces
-DIRECTIONS_FILE = ATTRIBUTES_FILE  # read by export_onnx.py and other apps
-# Largest change of the probe's posterior mean still read as the same encoder: ONNX and Keras
-# agree to about 1e-6, while one more epoch of training moves it by far more.
-PROBE_TOLERANCE = 1e-3
+PROBE_TOLERANCE = 1e-3  # a probe change still read as the same encoder: above ONNX-vs-Keras noise, below an epoch
 DEFAULT_FACES = {"reconstruct": 8, "weighted": 4, "attribute": 4}
 DEFAULT_STEPS = {"interpolate": 8, "traverse": 7}
 PRETRAINED_RUN = Path(__file__).resolve().parent / "pretrained" / "celeba64"
-DEFAULT_RANDOM = {"interpolate": 8, "attribute": 4, "traverse": 1}  # random faces when no faces are given
+DEFAULT_RANDOM = {"interpolate": 8, "attribute": 4, "traverse": 1}  # the modes --random serves, without faces
 TRAVERSED_DIMS = 8  # default number of dimensions to traverse
 ACTIVITY_IMAGES = 256  # images encoded to measure the latents' spread for traverse
-# A grid is for looking at: bigger ones are refused before any decoding (--samples 100000 once
-# took 11.7 GB and 5 minutes); more faces come from more runs with other --seed values.
-MAX_GRID_FACES = 1024
+MAX_GRID_FACES = 1024  # a grid is for looking at: bigger ones are refused before any decoding
 MAX_GRID_PIXELS = 64_000_000
 MAX_SCALE = 16
 MORE_FACES_HINT = (
@@ -86,7 +55,7 @@ MORE_FACES_HINT = (
 
 
 class GenerateError(UserError):
-    """A problem the user can fix, reported as one line that says what to do."""
+    """A problem with generate.py's flags or inputs."""
 
 
 @dataclass
@@ -98,8 +67,8 @@ class Job:
     out: Path  # the grid to write
     inputs: list[Path]  # what the command reads and must never overwrite: face files, model and data folders
     random: int | None  # random starting faces: --random, else the mode's default when no faces are given
-    backend: Backend
-    density: LatentDensity  # what draws random latents: the fitted density or the prior N(0, I)
+    backend: runs.Backend
+    density: latent.LatentDensity  # what draws random latents: the fitted density or the prior N(0, I)
     sampler: str  # "density" or "prior": the sampler used (density falls back to the prior)
     dataset: data.Dataset | None  # --data
     rng: np.random.Generator  # seeded by --seed
@@ -130,8 +99,7 @@ def find_ids(dataset: data.Dataset, ids: Sequence[str]) -> list[Path]:
 def random_files(
     dataset: data.Dataset, split: str, count: int, rng: np.random.Generator, allow_fewer: bool = False
 ) -> list[Path]:
-    """`count` distinct readable files of a split, in a seeded random order (fewer only when
-    allow_fewer)."""
+    """`count` distinct readable files of a split in a seeded random order (fewer only if allow_fewer)."""
     files = dataset.split(split)
     chosen = []
     for index in rng.permutation(len(files)):
@@ -148,15 +116,7 @@ def random_files(
 
 
 def choose_faces(job: Job, count: int) -> list[Path]:
-    """Face files from --images, --ids, --identity, or `count` at random from --split; at most
-    MAX_GRID_FACES of them."""
-    files = find_faces(job, count)
-    if len(files) > MAX_GRID_FACES:
-        raise GenerateError(f"{len(files)} faces given, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
-    return files
-
-
-def find_faces(job: Job, count: int) -> list[Path]:
+    """Face files from --images, --ids, --identity, or `count` at random from --split."""
     args, dataset = job.args, job.dataset
     if args.images:
         return [Path(p) for p in args.images]
@@ -175,19 +135,18 @@ def find_faces(job: Job, count: int) -> list[Path]:
     return random_files(dataset, args.split, count, job.rng)
 
 
-def load_chosen_faces(job: Job, files: Sequence[Path]) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    """(faces [N, S, S, C], their names, the photos they were found in or None) of chosen face
-    files. Photos given with --images are aligned first (align.py: each photo's --faces), unless
-    --no-align; CelebA's own images, from --ids, --identity or random picks, are aligned already.
-    The photos are shown whole in a tile of the model's size, the face found marked."""
-    if not job.args.images or job.args.no_align:
-        return load_faces(files, job.backend), [p.stem for p in files], None
-    finder = align.FaceFinder()
+def load_chosen_faces(job: Job, count: int) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """(faces [N, S, S, C], their names, the photos they were found in or None) of choose_faces'
+    files: --images are aligned first (align.py) unless --no-align; CelebA's are aligned already."""
+    files = choose_faces(job, count)
+    if len(files) > MAX_GRID_FACES:
+        raise GenerateError(f"{len(files)} faces given, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
+    finder = align.FaceFinder() if job.args.images and not job.args.no_align else None
     backend, faces, names, photos = job.backend, [], [], []
     for path in files:
         try:
             pixels = read_pixels(path)
-            found = align.align_photo(pixels, finder, job.args.faces, str(path))
+            found = [(None, pixels)] if finder is None else align.align_photo(pixels, finder, job.args.faces, str(path))
         except (FileNotFoundError, ValueError) as error:
             raise GenerateError(f"{error}; check the image paths given") from None
         except align.AlignError as error:
@@ -195,10 +154,11 @@ def load_chosen_faces(job: Job, files: Sequence[Path]) -> tuple[np.ndarray, list
         for number, (face, frame) in enumerate(found):
             faces.append(face_from_pixels(frame, backend.image_size, backend.channels, backend.crop))
             names.append(path.stem if len(found) == 1 else f"{path.stem}_{number}")
-            photos.append(photo_tile(pixels, face.box, backend.image_size, backend.channels))
+            if face is not None:
+                photos.append(photo_tile(pixels, face.box, backend.image_size, backend.channels))
     if len(faces) > MAX_GRID_FACES:
         raise GenerateError(f"{len(faces)} faces found, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
-    return np.stack(faces), names, np.stack(photos)
+    return np.stack(faces), names, (np.stack(photos) if photos else None)
 
 
 def photo_tile(pixels: np.ndarray, box: np.ndarray, size: int, channels: int) -> np.ndarray:
@@ -217,14 +177,13 @@ def photo_tile(pixels: np.ndarray, box: np.ndarray, size: int, channels: int) ->
 
 
 def check_random(args: argparse.Namespace) -> None:
-    """--random replaces the real faces: refuse it in modes that need them and beside the
-    flags that choose them."""
+    """Refuse --random (it replaces the real faces) in modes that need them and beside flags choosing them."""
     if args.random is None:
         return
     if args.mode == "sample":
         raise GenerateError("--mode sample always decodes random faces; set how many with --samples, not --random")
-    if args.mode not in RANDOM_MODES:
-        raise GenerateError(f"--mode {args.mode} needs real faces; --random works with {', '.join(RANDOM_MODES)}")
+    if args.mode not in DEFAULT_RANDOM:
+        raise GenerateError(f"--mode {args.mode} needs real faces; --random works with {', '.join(DEFAULT_RANDOM)}")
     flags = {
         "--images": args.images,
         "--ids": args.ids,
@@ -237,42 +196,32 @@ def check_random(args: argparse.Namespace) -> None:
 
 
 def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None, list[str], np.ndarray | None]:
-    """(codes [N, D], faces [N, S, S, C] or None, names, photos or None) of the faces a mode starts from.
-
-    With --random N: N latents drawn by the sampler at the first --temperature, and no faces
-    (nothing real is loaded); otherwise the posterior means of the faces chosen by
-    choose_faces (`count` at random)."""
+    """(codes [N, D], faces [N, S, S, C] or None, names, photos or None) a mode starts from: with
+    --random, latents drawn by the sampler and no faces; else the chosen faces' posterior means."""
     if job.random:
         codes = job.density.sample(job.random, job.rng, job.args.temperature[0])
         return codes, None, [f"z{i + 1}" for i in range(job.random)], None
-    faces, names, photos = load_chosen_faces(job, choose_faces(job, count))
+    faces, names, photos = load_chosen_faces(job, count)
     return job.backend.encode(faces)[0], faces, names, photos
 
 
 # --------------------------------------------------------------------------- attribute directions
-def attribute_names(requested: Sequence[str]) -> list[str]:
-    """Canonical CelebA spellings (case-insensitive match); DataError lists the valid names."""
-    return [data.CELEBA_ATTRIBUTES[data.attribute_index(name)] for name in requested]
-
-
-def encoder_probe(backend: Backend) -> np.ndarray:
-    """Posterior mean [D] of one fixed synthetic image (a diagonal ramp): a fingerprint of the
-    encoder's weights, saved with the directions so they are not reused once the weights change."""
+def encoder_probe(backend: runs.Backend) -> np.ndarray:
+    """Posterior mean [D] of a fixed ramp image: the encoder's fingerprint, saved with the directions
+    so they are not reused once the weights change."""
     ramp = np.linspace(0.0, 1.0, backend.image_size, dtype=np.float32)
     image = (ramp[:, None] + ramp[None, :]) / 2
     return backend.encode(np.repeat(image[None, :, :, None], backend.channels, axis=-1))[0][0]
 
 
 def read_directions(path: Path, probe: np.ndarray, recompute: bool = False) -> dict:
-    """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}, checked;
-    with `recompute`, a damaged file, one for another latent size or one computed with other
-    encoder weights (its saved probe differs from `probe`, see `encoder_probe`) is dropped
-    instead of refused. A file without a probe is taken as the current encoder's."""
+    """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}; a damaged file,
+    or one for another latent size or encoder `probe`, is refused, or dropped with `recompute`."""
     if not path.is_file():
         return {}
     try:
         cached = json.loads(path.read_text())
-        problem = attribute_directions_problem(cached, len(probe))
+        problem = latent.attribute_directions_problem(cached, len(probe))
     except OSError as error:
         problem = f"cannot be read ({error.strerror})"
     except ValueError as error:  # not JSON, or not UTF-8
@@ -301,11 +250,10 @@ def labelled_faces(dataset: data.Dataset, split: str, limit: int) -> tuple[list[
 
 
 def attribute_directions(job: Job) -> dict:
-    """Directions of the requested attributes: cached ones reused, missing ones computed from
-    the labelled images under --data and added to the cache file."""
+    """Directions of the requested attributes: cached ones reused, missing ones computed and cached."""
     args, backend, dataset = job.args, job.backend, job.dataset
-    names = attribute_names(args.attribute)
-    path = job.run_dir / DIRECTIONS_FILE
+    names = [data.CELEBA_ATTRIBUTES[data.attribute_index(name)] for name in args.attribute]  # canonical spellings
+    path = job.run_dir / runs.ATTRIBUTES_FILE
     probe = encoder_probe(backend)
     cached = read_directions(path, probe, args.recompute)
     missing = [n for n in names if args.recompute or n not in cached]
@@ -317,7 +265,7 @@ def attribute_directions(job: Job) -> dict:
         )
         files, labels = labelled_faces(dataset, args.attribute_split, args.max_labelled)
         columns = {name: labels[:, data.CELEBA_ATTRIBUTES.index(name)] for name in missing}
-        for name, column in columns.items():  # before encoding, which takes minutes on all of CelebA
+        for name, column in columns.items():  # before the slow encoding
             positives, negatives = int((column > 0).sum()), int((column < 0).sum())
             if min(positives, negatives) < max(1, args.min_labelled):
                 raise GenerateError(
@@ -326,23 +274,23 @@ def attribute_directions(job: Job) -> dict:
                     f"least {max(1, args.min_labelled)} of each; use more labelled data or a lower --min-labelled"
                 )
         print(f"encoding {len(files)} labelled images ({args.attribute_split} split) for {', '.join(missing)}")
-        mu, kept = encode_files(files, backend)
+        mu, kept = runs.encode_files(files, backend)
         kept = set(kept)
         decoded = np.array([path in kept for path in files])  # undecodable files have no mu
         for name, column in columns.items():
             column = column[decoded]
             cached[name] = {
-                "direction": [float(v) for v in attribute_direction(mu, column)],
+                "direction": [float(v) for v in latent.attribute_direction(mu, column)],
                 "positives": int((column > 0).sum()),
                 "negatives": int((column < 0).sum()),
             }
         content = {
-            "format": ATTRIBUTES_FORMAT,
+            "format": runs.ATTRIBUTES_FORMAT,
             "latent_dim": backend.latent_dim,
             "encoder_probe": [float(v) for v in probe],
             "attributes": cached,
         }
-        write_text_atomic(path, json.dumps(content, indent=1) + "\n")
+        runs.write_text_atomic(path, json.dumps(content, indent=1) + "\n")
         print(f"wrote the directions of {', '.join(missing)} to {path}")
     directions = {}
     for name in names:
@@ -358,7 +306,7 @@ def attribute_directions(job: Job) -> dict:
 
 # --------------------------------------------------------------------------- modes: each builds one grid
 def check_grid_size(job: Job, faces: int) -> None:
-    """Refuse a grid of more than MAX_GRID_FACES faces or MAX_GRID_PIXELS pixels, before decoding it."""
+    """Refuse, before decoding, a grid of more than MAX_GRID_FACES faces or MAX_GRID_PIXELS pixels."""
     size = job.backend.image_size * job.args.scale
     pixels = faces * size**2
     if faces > MAX_GRID_FACES or pixels > MAX_GRID_PIXELS:
@@ -378,38 +326,30 @@ class Grid:
     column_labels: list[str] = field(default_factory=list)
     title: str = ""
 
-    def add(self, images: np.ndarray, label: str) -> None:
-        self.rows.append(np.asarray(images))
-        self.row_labels.append(label)
+    def add(self, images: np.ndarray, label: str, columns: int = 0) -> None:
+        """Add images as one row, or as rows of `columns` each."""
+        for row in batches(np.asarray(images), columns or len(images)):
+            self.rows.append(row)
+            self.row_labels.append(label)
 
 
-def sampler_caption(density: LatentDensity, sampler: str) -> str:
+def sampler_caption(job: Job, faces: str = "random faces") -> str:
     """What drew a grid's random faces, for its title."""
-    if sampler == "prior":
-        return "random faces from the N(0, I) prior"
-    fitted = density.info.get("fitted_on")
+    if job.sampler == "prior":
+        return f"{faces} from the N(0, I) prior"
+    fitted = job.density.info.get("fitted_on")
     count = f" of {fitted['count']} training images" if isinstance(fitted, dict) and "count" in fitted else ""
-    return (
-        f"random faces from the latent density fitted to the posterior means{count} ({density.components} components)"
-    )
+    return f"{faces} from the latent density fitted to the posterior means{count} ({job.density.components} components)"
 
 
 def random_caption(job: Job) -> str:
     """The title of a grid whose starting faces are random (--random), or none."""
-    if not job.random:
-        return ""
-    return sampler_caption(job.density, job.sampler).replace("random faces", "starting faces", 1) + (
-        f", T={job.args.temperature[0]:g}"
-    )
-
-
-def in_rows(images: np.ndarray, columns: int) -> list[np.ndarray]:
-    return list(batches(images, columns))
+    return f"{sampler_caption(job, 'starting faces')}, T={job.args.temperature[0]:g}" if job.random else ""
 
 
 def reconstruct_grid(job: Job) -> Grid:
     args, backend, rng = job.args, job.backend, job.rng
-    faces, names, photos = load_chosen_faces(job, choose_faces(job, args.count or DEFAULT_FACES["reconstruct"]))
+    faces, names, photos = load_chosen_faces(job, args.count or DEFAULT_FACES["reconstruct"])
     check_grid_size(job, len(faces) * (2 + args.sampled + (photos is not None)))
     mu, log_var = backend.encode(faces)
     grid = Grid(column_labels=names)
@@ -418,8 +358,8 @@ def reconstruct_grid(job: Job) -> Grid:
     grid.add(faces, "input")
     grid.add(backend.decode(mu), "mean")
     for draw in range(args.sampled):
-        noise = rng.standard_normal(mu.shape)
-        grid.add(backend.decode(reparameterize(mu, 0.5 * log_var, noise)), f"z draw {draw + 1}")
+        z = latent.reparameterize(mu, 0.5 * log_var, rng.standard_normal(mu.shape))
+        grid.add(backend.decode(z), f"z draw {draw + 1}")
     return grid
 
 
@@ -428,38 +368,34 @@ def sample_grid(job: Job) -> Grid:
     check_grid_size(job, args.samples * len(args.temperature))
     # One draw for all temperatures, so rows of different T show the same faces.
     components, noise = job.density.draw(args.samples, rng)
-    grid = Grid(title=sampler_caption(job.density, job.sampler))
+    grid = Grid(title=sampler_caption(job))
     for temperature in args.temperature:
-        for row in in_rows(backend.decode(job.density.latents(components, noise, temperature)), args.columns):
-            grid.add(row, f"{job.sampler} T={temperature:g}")
+        faces = backend.decode(job.density.latents(components, noise, temperature))
+        grid.add(faces, f"{job.sampler} T={temperature:g}", args.columns)
     return grid
 
 
 def weighted_grid(job: Job) -> Grid:
     args, backend, rng = job.args, job.backend, job.rng
-    faces, names, _ = load_chosen_faces(job, choose_faces(job, args.count or DEFAULT_FACES["weighted"]))
+    faces, names, _ = load_chosen_faces(job, args.count or DEFAULT_FACES["weighted"])
     check_grid_size(job, len(faces) + 1 + args.samples)
     try:
-        weights = normalized_weights(args.weights, len(faces))
+        weights = latent.normalized_weights(args.weights, len(faces))
     except ValueError as error:
         raise GenerateError(f"--weights: {error}") from None
     mu, log_var = backend.encode(faces)
-    mixed_mu, mixed_log_sigma = weighted_posterior(mu, 0.5 * log_var, weights)
+    mixed_mu, mixed_log_sigma = latent.weighted_posterior(mu, 0.5 * log_var, weights)
     if args.weights is None:
         print(f"weights: 1/{len(faces)} for each of {len(faces)} faces")
     else:
         print("weights: " + ", ".join(f"{name} {w:.3g}" for name, w in zip(names, weights, strict=True)))
     if backend.model_kind != "vae":
         print("note: this run is a plain autoencoder; its log_var head is untrained, so the spread is arbitrary")
-    samples = backend.decode(
-        reparameterize(mixed_mu, mixed_log_sigma, rng.standard_normal((args.samples, mu.shape[1])))
-    )
+    z = latent.reparameterize(mixed_mu, mixed_log_sigma, rng.standard_normal((args.samples, mu.shape[1])))
     grid = Grid()
-    for row in in_rows(faces, args.columns):
-        grid.add(row, "inputs")
+    grid.add(faces, "inputs", args.columns)
     grid.add(backend.decode(mixed_mu[None]), "mean mu'")
-    for row in in_rows(samples, args.columns):
-        grid.add(row, "samples")
+    grid.add(backend.decode(z), "samples", args.columns)
     return grid
 
 
@@ -472,17 +408,17 @@ def interpolate_grid(job: Job) -> Grid:
     groups = [list(range(len(codes)))] if args.chain else [[i, i + 1] for i in range(0, len(codes), 2)]
     methods = ["lerp", "slerp"] if args.method == "both" else [args.method]
     steps = args.steps or DEFAULT_STEPS["interpolate"]
-    path_faces = (len(groups[0]) - 1) * (steps - 1) + 1 + (0 if faces is None else 2)
-    check_grid_size(job, len(groups) * len(methods) * path_faces)
+    points = (len(groups[0]) - 1) * (steps - 1) + 1  # along each path
+    check_grid_size(job, len(groups) * len(methods) * (points + (0 if faces is None else 2)))
     grid = Grid(title=random_caption(job))
     for group in groups:
         name = "-".join(names[i] for i in group) if len(group) == 2 else f"chain of {len(group)}"
         for method in methods:
-            row = backend.decode(latent_path(codes[group], steps, method))
+            row = backend.decode(latent.latent_path(codes[group], steps, method))
             if faces is not None:
                 row = np.concatenate([faces[group[:1]], row, faces[group[-1:]]])
             grid.add(row, f"{name} {method}")
-    steps_labels = [f"step {i}" for i in range((len(groups[0]) - 1) * (steps - 1) + 1)]
+    steps_labels = [f"step {i}" for i in range(points)]
     if args.chain:  # the faces the chain passes through, by name
         for position, index in enumerate(groups[0]):
             steps_labels[position * (steps - 1)] = names[index]
@@ -502,42 +438,35 @@ def attribute_grid(job: Job) -> Grid:
     )
     for name, direction in directions.items():
         for i, code in enumerate(codes):
-            row = np.concatenate(
-                [images[i : i + 1] for images in shown]
-                + [backend.decode(attribute_sweep(code, direction, args.alphas))]
-            )
-            grid.add(row, f"{name} {names[i]}")
+            sweep = backend.decode(latent.attribute_sweep(code, direction, args.alphas))
+            grid.add(np.concatenate([images[i : i + 1] for images in shown] + [sweep]), f"{name} {names[i]}")
     return grid
 
 
 def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
-    """(directions [n, D], labels) that traverse moves along, each one standard deviation long."""
-    # Scaled to the spread of the latents as the model uses them: the posterior means over --data,
-    # else the fitted density, else the prior N(0, I). Single latent dimensions of a VAE are
-    # entangled and change a face only a little; the principal directions of that spread are
-    # where faces change most.
+    """(directions [n, D], labels) that traverse moves along, each one standard deviation long in the
+    latents' spread: over --data, else under the fitted density, else the prior. Single dimensions are
+    entangled; the spread's principal directions are where faces change most."""
     args, latent_dim = job.args, job.backend.latent_dim
     if job.dataset is not None:
         files = random_files(job.dataset, args.split, ACTIVITY_IMAGES, job.rng, allow_fewer=True)
-        covariance = np.cov(encode_files(files, job.backend)[0], rowvar=False)
+        covariance = np.cov(runs.encode_files(files, job.backend)[0], rowvar=False)
         spread = f"the posterior means of {len(files)} {args.split} images"
     elif job.sampler == "density":
         covariance, spread = job.density.covariance(), "the fitted latent density"
     else:
         covariance, spread = np.eye(latent_dim), "the prior N(0, I)"
-    if args.dims is not None:
-        bad = [d for d in args.dims if not 0 <= d < latent_dim]
+    dims = args.dims
+    if dims is None and job.dataset is None and job.sampler != "density":
+        dims = list(range(min(TRAVERSED_DIMS, latent_dim)))
+        print("give --data, or a fitted latent density (latent.py), to traverse where faces change most")
+    if dims is not None:
+        bad = [d for d in dims if not 0 <= d < latent_dim]
         if bad:
             raise GenerateError(f"--dims {bad} out of range; this model's latent dimensions are 0..{latent_dim - 1}")
-        print(f"traversing dimensions {args.dims} in standard deviations under {spread}")
-        directions = np.eye(latent_dim)[args.dims] * np.sqrt(np.diag(covariance))[args.dims, None]
-        return directions, [f"z[{d}]" for d in args.dims]
-    if job.dataset is None and job.sampler != "density":
-        dims = list(range(min(TRAVERSED_DIMS, latent_dim)))
-        print(f"traversing dimensions {dims}; give --data, or --sampler density with a fitted")
-        print("latent density (latent.py), to traverse the directions along which faces change most")
-        return np.eye(latent_dim)[dims], [f"z[{d}]" for d in dims]
-    units, deviations = principal_directions(covariance, TRAVERSED_DIMS)
+        print(f"traversing dimensions {dims} in standard deviations under {spread}")
+        return np.eye(latent_dim)[dims] * np.sqrt(np.diag(covariance))[dims, None], [f"z[{d}]" for d in dims]
+    units, deviations = latent.principal_directions(covariance, TRAVERSED_DIMS)
     print(f"traversing the {len(units)} principal directions of {spread} (standard deviations "
           f"{deviations[0]:.2f} to {deviations[-1]:.2f})")  # fmt: skip
     return units * deviations[:, None], [f"PC{i + 1}" for i in range(len(units))]
@@ -557,7 +486,7 @@ def traverse_grid(job: Job) -> Grid:
         title="" if args.origin else random_caption(job),
     )
     for i, center in enumerate(codes):
-        images = backend.decode(traversal_grid(center, directions, values).reshape(-1, backend.latent_dim))
+        images = backend.decode(latent.traversal_grid(center, directions, values).reshape(-1, backend.latent_dim))
         images = images.reshape(len(directions), len(values), *images.shape[1:])
         for direction, row in zip(labels, images, strict=True):
             label = direction if len(codes) == 1 else f"{names[i]} {direction}"
@@ -577,18 +506,15 @@ MODE_GRIDS = {
 
 # --------------------------------------------------------------------------- output
 def write_grid(grid: Grid, job: Job) -> None:
-    """The labelled grid in the format --out's extension names, and with --save-individual every
-    tile as <out-stem>/rRR_cCC.png; all or nothing, none of them over what the command reads."""
+    """The grid, and with --save-individual each tile as <out-stem>/rRR_cCC.png: all or nothing."""
     out, args = job.out, job.args
     files = {out: make_grid(grid.rows, grid.row_labels, grid.column_labels or None, scale=args.scale, title=grid.title)}
     if args.save_individual:
         for r, row in enumerate(grid.rows):
             for c, image in enumerate(row):
-                pixels = to_uint8(image)
-                tile = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-                files[out.with_suffix("") / f"r{r:02d}_c{c:02d}.png"] = tile
+                files[out.with_suffix("") / f"r{r:02d}_c{c:02d}.png"] = to_image(image)
     for path in files:
-        check_output_path(path, job.inputs, [job.run_dir / GENERATED_DIR])
+        runs.check_output_path(path, job.inputs, [job.run_dir / runs.GENERATED_DIR])
     try:
         save_images(files)
     except OSError as error:
@@ -599,35 +525,13 @@ def write_grid(grid: Grid, job: Job) -> None:
 
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Explore a trained VAE's latent space; each mode writes an image grid.",
-        formatter_class=HelpFormatter,
-        epilog="examples:\n"
-        "  python generate.py --run runs/r --mode reconstruct --data ./celeba --sampled 2\n"
-        "  python generate.py --run runs/r --mode sample --temperature 0.5 0.8 1.0\n"
-        "  python generate.py --run runs/r --mode weighted --data ./celeba --identity 2937\n"
-        "  python generate.py --run runs/r --mode interpolate --images a.jpg b.jpg c.jpg --chain\n"
-        "  python generate.py --run runs/r --mode attribute --data ./celeba --attribute Smiling Eyeglasses\n"
-        "  python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3\n"
-        "  python generate.py --run runs/r --mode attribute --random 4 --attribute Smiling   # no real faces shown\n"
-        "  python generate.py --mode sample --samples 64 --sampler prior   # the pretrained model, N(0, I) prior",
-    )
-    parser.add_argument(
-        "--run",
-        help="run folder written by train.py (runs/<name>); without it, the pretrained model in "
-        "pretrained/celeba64 on the onnx backend",
-    )
-    parser.add_argument("--mode", choices=MODES, required=True, help="what to generate")
-    parser.add_argument(
-        "--backend",
-        choices=("keras", "onnx"),
-        help="keras: *.keras; onnx: *.onnx (default: keras when the folder has decoder.keras, else onnx)",
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=runs.HelpFormatter)
+    parser.add_argument("--run", help="a train.py run or export_onnx.py folder (default: pretrained/celeba64)")
+    parser.add_argument("--mode", choices=MODE_GRIDS, required=True, help="what to generate")
+    parser.add_argument("--backend", choices=("keras", "onnx"), help="(default: keras if decoder.keras exists)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     parser.add_argument(
-        "--out",
-        help="image to write, as .png, .jpg, .jpeg or .webp by its name (default: <run>/generated/<mode>.png; "
-        "./generated/<mode>.png without --run)",
+        "--out", help=".png, .jpg, .jpeg or .webp (default: <run>/generated/<mode>.png, ./generated without --run)"
     )
     parser.add_argument("--save-individual", action="store_true", help="also write each face as its own PNG")
     parser.add_argument("--scale", type=int, default=1, help="enlarge each face this many times in the grid")
@@ -635,45 +539,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     faces = parser.add_argument_group("input faces (reconstruct, weighted, interpolate, attribute, traverse)")
     faces.add_argument("--data", help="CelebA root or a face folder; needed for --ids, random picks and attributes")
-    faces.add_argument(
-        "--images",
-        nargs="+",
-        metavar="FILE",
-        help="photos of faces, any size: each is aligned to CelebA's framing first (align.py)",
-    )
-    faces.add_argument(
-        "--faces",
-        type=align.parse_faces,
-        default="largest",
-        help="--images: which faces of a photo: largest, all, or face number N (0 the largest)",
-    )
-    faces.add_argument(
-        "--no-align", action="store_true", help="--images are aligned crops already (CelebA's framing): no alignment"
-    )
+    faces.add_argument("--images", nargs="+", metavar="FILE", help="photos of faces, aligned first (align.py)")
+    faces.add_argument("--faces", type=align.parse_faces, default="largest", help="--images: largest, all or face N")
+    faces.add_argument("--no-align", action="store_true", help="--images are aligned crops already (CelebA's)")
     faces.add_argument("--ids", nargs="+", metavar="ID", help="CelebA image ids under --data, e.g. 000123.jpg")
-    faces.add_argument(
-        "--split",
-        choices=("train", "validation", "test", "all"),
-        default="validation",
-        help="split that random faces are picked from",
-    )
-    faces.add_argument(
-        "--count", type=int, help="random faces to pick (default: reconstruct 8, weighted 4, attribute 4)"
-    )
+    faces.add_argument("--split", choices=(*data.SPLITS, "all"), default="validation", help="split of the random faces")
+    faces.add_argument("--count", type=int, help="random faces (default: reconstruct 8, weighted 4, attribute 4)")
     faces.add_argument(
         "--random",
         type=int,
         metavar="N",
-        help="interpolate, attribute, traverse: start from N random faces drawn by --sampler (at the first "
-        "--temperature) instead of real ones; the grid then shows decoded latents only (the default when no "
-        "faces are given)",
+        help="interpolate, attribute, traverse: start from N random latents from --sampler at the first "
+        "--temperature, not real faces (the default when no faces are given)",
     )
     faces.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default="density",
-        help="where random latents come from: the latent density fitted to the training images "
-        "(<run>/latent_density.json; the prior if the run has none) or the N(0, I) prior",
+        "--sampler", choices=latent.SAMPLERS, default="density", help="latent.py's fitted density or the N(0, I) prior"
     )
 
     modes = parser.add_argument_group("mode options")
@@ -685,30 +565,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         default=[1.0],
-        help="sample: one block of rows per T, the spread of the sampler (T = 1: as fitted); "
-        "--random: the first scales its faces",
+        help="sample: a block of rows per spread T (1: as fitted)",
     )
     modes.add_argument("--identity", type=int, help="weighted: use the images of this CelebA identity number")
-    modes.add_argument(
-        "--weights", type=float, nargs="+", help="weighted: one per face, rescaled to sum to 1 (default: equal)"
-    )
-    modes.add_argument("--pairs", type=int, default=4, help="interpolate: random pairs to pick (--random N: N/2 pairs)")
-    modes.add_argument("--chain", action="store_true", help="interpolate: one path through all given faces in order")
+    modes.add_argument("--weights", type=float, nargs="+", help="weighted: one per face (default: equal)")
+    modes.add_argument("--pairs", type=int, default=4, help="interpolate: random pairs to pick (--random N: N/2)")
+    modes.add_argument("--chain", action="store_true", help="interpolate: one path through all given faces")
     modes.add_argument("--method", choices=("lerp", "slerp", "both"), default="both", help="interpolate: path kind")
-    modes.add_argument(
-        "--steps", type=int, help="interpolate: points per path (default 8); traverse: values (default 7)"
-    )
+    modes.add_argument("--steps", type=int, help="interpolate: path points (default 8); traverse: values (default 7)")
     modes.add_argument("--attribute", nargs="+", default=["Smiling"], help="attribute: CelebA attribute names")
     modes.add_argument(
-        "--alphas",
-        type=float,
-        nargs="+",
-        default=[-2.0, -1.0, 0.0, 1.0, 2.0],
-        help="attribute: multiples of the direction to add (negative removes it)",
+        "--alphas", type=float, nargs="+", default=[-2.0, -1.0, 0.0, 1.0, 2.0], help="attribute: direction multiples"
     )
     modes.add_argument(
         "--attribute-split",
-        choices=("train", "validation", "train+validation", "test", "all"),
+        choices=(*data.SPLITS, "train+validation", "all"),
         default="all",
         help="attribute: split(s) whose labelled images define the directions",
     )
@@ -716,30 +587,22 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument("--max-labelled", type=int, default=20000, help="attribute: labelled images to encode (0: all)")
     modes.add_argument("--recompute", action="store_true", help="attribute: recompute cached directions")
     modes.add_argument(
-        "--dims",
-        type=int,
-        nargs="+",
-        help="traverse: single latent dimensions instead of the 8 principal directions of the latents' spread "
-        "(over --data, else under the fitted density; without either, dimensions 0..7)",
+        "--dims", type=int, nargs="+", help="traverse: these latent dimensions, not the spread's principal directions"
     )
-    modes.add_argument(
-        "--span", type=float, default=3.0, help="traverse: move -span..span standard deviations along each direction"
-    )
+    modes.add_argument("--span", type=float, default=3.0, help="traverse: -span..span standard deviations")
     modes.add_argument("--origin", action="store_true", help="traverse: around z = 0 instead of a face")
     return parser
 
 
 def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse through argparse (exit 2) values no model can use, before anything is loaded."""
-    for name in ("count", "random", "samples", "columns", "pairs", "scale"):
+    minimums = {"count": 1, "random": 1, "samples": 1, "columns": 1, "pairs": 1, "scale": 1, "steps": 2}
+    minimums |= dict.fromkeys(("sampled", "threads", "min_labelled", "max_labelled", "seed"), 0)
+    for name, least in minimums.items():
         value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be at least 1 (got {value})")
-    for name in ("sampled", "threads", "min_labelled", "max_labelled", "seed"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must not be negative")
-    if args.steps is not None and args.steps < 2:
-        parser.error(f"--steps must be at least 2 (got {args.steps})")
+        if value is not None and value < least:
+            must = f"be at least {least}" if least else "not be negative"
+            parser.error(f"--{name.replace('_', '-')} must {must} (got {value})")
     # Bounds that hold before anything is loaded; each mode checks its whole grid before decoding.
     bounds = {"count": 1, "random": 1, "samples": 1, "sampled": 1, "steps": 1, "pairs": 2}
     for name, faces_each in bounds.items():
@@ -777,28 +640,25 @@ def resolve(args: argparse.Namespace) -> Job:
     check_random(args)
     run_dir = Path(args.run) if args.run else PRETRAINED_RUN
     # The pretrained model ships in the repository: its outputs go to ./generated, not into it.
-    out = check_writable(args.out or Path(args.run or ".") / GENERATED_DIR / f"{args.mode}.png", folder=False)
+    out = runs.check_writable(args.out or Path(args.run or ".") / runs.GENERATED_DIR / f"{args.mode}.png", folder=False)
     image_format(out)
     # Nothing the command reads may be overwritten: face files, the model and data folders.
     inputs = [Path(p) for p in args.images or []] + [run_dir] + ([Path(args.data)] if args.data else [])
-    check_output_path(out, inputs, [run_dir / GENERATED_DIR])
+    runs.check_output_path(out, inputs, [run_dir / runs.GENERATED_DIR])
     if args.save_individual and out.with_suffix("").is_file():
         raise GenerateError(f"--save-individual writes into {out.with_suffix('')}, which is a file; give another --out")
-    random = args.random
     # With no faces given at all, the modes that can start from random faces do so.
     no_faces = not (args.data or args.images or args.ids or args.identity is not None or args.origin)
-    if no_faces and random is None and args.mode in DEFAULT_RANDOM:
-        random = DEFAULT_RANDOM[args.mode]
-    backend = open_backend(run_dir, args.backend, args.threads)
-    density, sampler = choose_sampler(args.sampler, run_dir, backend.latent_dim)
+    random = DEFAULT_RANDOM.get(args.mode) if no_faces and args.random is None else args.random
+    backend = runs.open_backend(run_dir, args.backend, args.threads)
+    density, sampler = latent.choose_sampler(args.sampler, run_dir, backend.latent_dim)
     dataset = data.find_dataset(args.data) if args.data else None
     rng = np.random.default_rng(args.seed)
     return Job(args, run_dir, out, inputs, random, backend, density, sampler, dataset, rng)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Run one mode; returns the path of the grid written. A problem the user can fix raises a
-    UserError (run_main turns it into one line)."""
+    """Run one mode; returns the path of the grid written."""
     job = resolve(parse_args(argv))
     grid = MODE_GRIDS[job.args.mode](job)
     write_grid(grid, job)

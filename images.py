@@ -1,9 +1,5 @@
-"""Image helpers with only numpy and Pillow: load a face like training does, save image grids,
-and the atomic file write every script uses for what it writes.
-
-Kept free of TensorFlow so the ONNX inference path (generate.py --backend onnx) can use
-it in apps that have no TensorFlow. A library module: run train.py, generate.py, evaluate.py,
-latent.py or export_onnx.py.
+"""Image helpers with only numpy and Pillow (no TensorFlow, for the ONNX path): load a face as
+training does, save image grids, and the atomic file write every script uses. A library module.
 """
 
 from __future__ import annotations
@@ -32,21 +28,16 @@ SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": 
 
 
 def crop_box(height: int, width: int, crop: int = DEFAULT_CROP) -> tuple[int, int, int, int]:
-    """(top, left, side, side) of the central square crop, as data.crop_window computes it.
-
-    crop is the side in pixels of the 178-pixel-wide aligned CelebA frame; other sizes keep
-    the same fraction of their shorter side. crop 0 keeps the whole central square.
-    """
+    """(top, left, side, side) of the central square crop, as data.crop_window computes it: crop is
+    in pixels of the 178-wide CelebA frame, scaled to other sizes' shorter side; 0 keeps it all."""
     short_side = min(height, width)
     side = short_side if crop <= 0 else min(short_side, max(1, round(crop * short_side / CELEBA_WIDTH)))
     return (height - side) // 2, (width - side) // 2, side, side
 
 
 def read_pixels(path: str | os.PathLike) -> np.ndarray:
-    """An image file (a format of IMAGE_FORMATS) -> uint8 [H, W, 3] RGB, upright, decoded as
-    training decodes it (data.decode_face): the EXIF orientation applied, 16-bit samples keep
-    their high byte, grey is repeated to three channels, an alpha channel is dropped, palettes
-    are expanded."""
+    """An image file -> uint8 [H, W, 3] RGB, decoded as data.decode_face does: EXIF-upright,
+    16-bit samples keep their high byte, grey made RGB, alpha dropped."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
@@ -73,9 +64,7 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
 
 
 def area_weights(size_in: int, size_out: int) -> np.ndarray:
-    """[size_out, size_in] weights of an exact area-average resize along one axis: output
-    pixel i averages input pixels by how much of them [i, i + 1) * size_in / size_out covers
-    (what tf.image.resize(method="area") computes)."""
+    """[size_out, size_in] weights of tf.image.resize(method="area") along one axis."""
     edges = np.arange(size_out + 1) * (size_in / size_out)
     starts = np.arange(size_in)
     overlap = np.minimum(edges[1:, None], starts[None] + 1) - np.maximum(edges[:-1, None], starts[None])
@@ -83,9 +72,7 @@ def area_weights(size_in: int, size_out: int) -> np.ndarray:
 
 
 def load_face(path: str | os.PathLike, image_size: int, channels: int = 3, crop: int = DEFAULT_CROP) -> np.ndarray:
-    """An image file -> float32 [image_size, image_size, channels] in [0, 1], cropped, area-resized,
-    made grey and rounded to 8 bits exactly as data.py prepares training images (the two agree
-    to within one 8-bit level; a test checks it)."""
+    """An image file -> float32 [image_size, image_size, channels] in [0, 1], as data.py prepares it."""
     return face_from_pixels(read_pixels(path), image_size, channels, crop)
 
 
@@ -104,6 +91,12 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def to_image(image: np.ndarray) -> Image.Image:
+    """A Pillow image of an image [H, W, C] (C = 1 or 3) in [0, 1]."""
+    pixels = to_uint8(image)
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
 def make_grid(
     rows: Sequence[np.ndarray] | np.ndarray,
     row_labels: Sequence[str] | None = None,
@@ -111,19 +104,14 @@ def make_grid(
     scale: int = 1,
     title: str = "",
 ) -> Image.Image:
-    """A PNG-ready grid: rows[r][c] is an image [H, W, C] (C = 1 or 3) in [0, 1].
-
-    Optional text labels are drawn left of each row and above each column, and a title
-    line above everything (e.g. what drew the faces).
-    """
+    """A grid of rows[r][c], images [H, W, C] (C = 1 or 3) in [0, 1], with optional labels left of
+    the rows and above the columns, and a title line above all."""
     rows = [np.asarray(row) for row in rows]
-    height, width, channels = rows[0].shape[1:]
+    height, width = rows[0].shape[1:3]
     columns = max(len(row) for row in rows)
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_width = 0
-    if row_labels:
-        label_width = max(int(measure.textlength(str(label), font=font)) for label in row_labels) + 6
+    label_width = max(int(measure.textlength(str(label), font=font)) for label in row_labels) + 6 if row_labels else 0
     title_height = LABEL_HEIGHT if title else 0
     top = title_height + (LABEL_HEIGHT if column_labels else 0)
     cell_h, cell_w = height * scale + GRID_PADDING, width * scale + GRID_PADDING
@@ -132,8 +120,7 @@ def make_grid(
     draw = ImageDraw.Draw(grid)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
-            pixels = to_uint8(image)
-            tile = Image.fromarray(pixels[..., 0] if channels == 1 else pixels).convert("RGB")
+            tile = to_image(image).convert("RGB")
             if scale != 1:
                 tile = tile.resize((width * scale, height * scale), Image.Resampling.NEAREST)
             grid.paste(tile, (label_width + GRID_PADDING + c * cell_w, top + GRID_PADDING + r * cell_h))
@@ -150,10 +137,9 @@ def make_grid(
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `path` to write the file to; when the block ends without an error
-    the file is renamed over `path` (so a killed process never leaves a half-written file), and
-    on an error it is removed. The file gets the mode any new file gets (0666 less the umask),
-    not mkstemp's private 0600, so other users can read the models, configs and pictures."""
+    """A temporary path beside `path`, renamed over it when the block succeeds and removed when it
+    fails, so a killed process never leaves a half-written file. Mode 0666 less the umask (not
+    mkstemp's 0600), so others can read what is written."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -165,7 +151,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def image_format(path: str | os.PathLike, flag: str = "--out") -> str:
-    """Pillow's format for an output image named `path`, by its extension; a UserError for other names."""
+    """Pillow's format for an output image, by its extension."""
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise UserError(
@@ -177,8 +163,7 @@ def image_format(path: str | os.PathLike, flag: str = "--out") -> str:
 
 @contextlib.contextmanager
 def made_folders(folder: Path) -> Iterator[None]:
-    """Create `folder` and its missing parents for the block; when the block fails, those it
-    made go again (those left empty), so a failed command leaves no trace."""
+    """Create `folder` and its missing parents; if the block fails, remove those made (if empty)."""
     made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -191,10 +176,8 @@ def made_folders(folder: Path) -> Iterator[None]:
 
 
 def write_together(files: Mapping[Path, Callable[[Path], object]]) -> list[Path]:
-    """Write files together (target -> a function that writes a path), creating their folders:
-    each goes to a temporary file beside its target, and only when all are written are they
-    renamed into place, so a failure leaves every target as it was, no temporary file behind and
-    none of the folders made for them."""
+    """Write {target: function writing a path} all or nothing: each to a temporary file, renamed into
+    place only once all are written, so a failure leaves no target changed and no folder made."""
     with contextlib.ExitStack() as stack:
         for folder in dict.fromkeys(Path(path).parent for path in files):
             stack.enter_context(made_folders(folder))
@@ -204,8 +187,7 @@ def write_together(files: Mapping[Path, Callable[[Path], object]]) -> list[Path]
 
 
 def save_images(images: Mapping[Path, Image.Image]) -> None:
-    """Write images {path: image} together (write_together), each in the format its extension
-    names (image_format); a name of another format is refused before anything is written."""
+    """Write images {path: image} together, each in its extension's format (checked for all first)."""
     writers = {}
     for path, image in images.items():
         kind = image_format(path)
@@ -214,7 +196,7 @@ def save_images(images: Mapping[Path, Image.Image]) -> None:
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write one image atomically in the format its extension names, creating its folder."""
+    """Write one image atomically in its extension's format, creating its folder."""
     save_images({Path(path): image})
     return Path(path)
 

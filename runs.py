@@ -1,19 +1,14 @@
-"""The model folder: the names of its files, config.json's format and reader, the model
-backends, the checks every script makes of its --out, and the --help formatter they share.
-
-train.py writes a run folder (config.json, encoder.keras, decoder.keras, ...), export_onnx.py
-an exported one (encoder.onnx, decoder.onnx and the run's JSON files). generate.py,
-evaluate.py and latent.py open either through `open_backend`: `KerasBackend` for .keras files,
-`OnnxBackend` for .onnx files on onnxruntime (through inference.py). Free of TensorFlow (Keras
-is imported only when a .keras model is loaded, by `import_keras`, which keeps TensorFlow's
-start-up noise off stderr), so the ONNX path needs numpy and onnxruntime only. A library:
-`python runs.py` says which scripts to run.
+"""The model folder: its file names, config.json's reader, the model backends (`open_backend`: a
+train.py run's .keras files or export_onnx.py's .onnx files), the checks every script makes of its
+--out, and the --help formatter they share. Keras is imported only to load a .keras model
+(`import_keras`), so the ONNX path needs numpy and onnxruntime only. A library module.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -23,7 +18,6 @@ import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -55,12 +49,10 @@ LOAD_BATCH = 256  # image files loaded at a time by encode_files
 
 
 def keras_file(part: str) -> str:
-    """encoder.keras or decoder.keras: a part of a train.py run."""
     return f"{part}.keras"
 
 
 def onnx_file(part: str) -> str:
-    """encoder.onnx or decoder.onnx: a part written by export_onnx.py."""
     return f"{part}.onnx"
 
 
@@ -82,9 +74,8 @@ MODEL_FOLDER_PARTS = (
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except where there is none (None / off) or the help text already gives
-    one. In descriptions and epilogs, paragraphs are wrapped and indented lines (examples) are
-    kept as written."""
+    """Shows defaults unless None, off or given in the help; wraps paragraphs and keeps indented lines
+    (examples) as written."""
 
     def _get_help_string(self, action):
         if action.default is None or action.default is False or "(default" in (action.help or ""):
@@ -92,16 +83,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
     def _fill_text(self, text, width, indent):
-        return "\n".join(
-            line
-            if line[:1].isspace() or not line
-            else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
-            for line in text.splitlines()
-        )
+        lines = []
+        for prose, block in itertools.groupby(text.splitlines(), key=lambda line: line[:1].strip() != ""):
+            if prose:  # a paragraph, wrapped to the terminal
+                block = textwrap.wrap(" ".join(block), width, initial_indent=indent, subsequent_indent=indent)
+            lines += block
+        return "\n".join(lines)
 
 
 class RunFolderError(UserError):
-    """A run folder that cannot be used, reported as one line that says what to do."""
+    """A run folder that cannot be used."""
 
 
 def check_architecture(image_size: int, filters: Sequence[int]) -> None:
@@ -153,18 +144,16 @@ def read_config(run_dir: str | os.PathLike) -> dict:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically: a temporary file in the same folder renamed into place,
-    so a killed process never leaves a half-written config, history or cache file."""
+    """Write a text file atomically (images.atomic_write)."""
     with atomic_write(path) as temporary:
         temporary.write_text(text)
 
 
 @contextlib.contextmanager
 def native_start_up_lines_filtered() -> Iterator[None]:
-    """TensorFlow's C++ start-up lines, which it writes straight to stderr (fd 2) before its log
-    settings apply, twice (two of its libraries log them): shown once, without the information
-    lines TF_CPP_MIN_LOG_LEVEL asks to hide, nor CUDA's alarming cuInit error where no NVIDIA
-    driver is installed (a CPU machine)."""
+    """TensorFlow's C++ start-up lines, written to fd 2 before its log settings apply and twice (two
+    libraries log them): shown once, without the information lines TF_CPP_MIN_LOG_LEVEL hides
+    nor CUDA's cuInit error on a machine without an NVIDIA driver."""
     sys.stderr.flush()
     try:
         saved = os.dup(2)
@@ -193,8 +182,7 @@ def native_start_up_lines_filtered() -> Iterator[None]:
 
 
 def import_keras():
-    """Keras, imported (with TensorFlow) and its devices set up with their start-up lines
-    filtered: what a script that loads a .keras model calls instead of `import keras`."""
+    """`import keras`, with TensorFlow's start-up lines filtered."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ log: warnings and errors only
     with native_start_up_lines_filtered():
         import keras
@@ -205,8 +193,7 @@ def import_keras():
 
 
 def load_model(run_dir: str | os.PathLike, part: str, config: dict):
-    """encoder.keras or decoder.keras of a run (part "encoder" or "decoder"), loaded with
-    safe_mode on and checked against config.json's sizes. Imports Keras only when called."""
+    """A run's encoder.keras or decoder.keras, loaded in safe_mode and checked against config.json."""
     keras = import_keras()
     path = Path(run_dir) / keras_file(part)
     if not path.is_file():
@@ -230,91 +217,71 @@ def load_model(run_dir: str | os.PathLike, part: str, config: dict):
 
 
 # --------------------------------------------------------------------------- model backends
-class Backend(Protocol):
-    """A run's models as numpy functions; images are float32 [N, H, W, C] in [0, 1]."""
+class Backend:
+    """A run's models as numpy functions; images are float32 [N, H, W, C] in [0, 1]. Subclasses
+    load the models and run one batch through them."""
 
-    run_dir: Path
     kind: str  # "keras" or "onnx"
-    latent_dim: int
-    image_size: int
-    channels: int
-    crop: int
-    model_kind: str  # "vae" or "ae"
 
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # (mu, log_var) [N, D]
+    def __init__(self, run_dir: Path, sizes: dict):
+        self.run_dir = run_dir
+        self.latent_dim, self.image_size, self.channels = (int(sizes[key]) for key in REQUIRED_SIZES)
+        self.crop = int(sizes.get("crop", DEFAULT_CROP))
+        self.model_kind = sizes.get("model", "vae")  # "vae" or "ae"
+        self._encoder = None  # loaded on the first encode
 
-    def decode(self, z: np.ndarray) -> np.ndarray: ...
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, log_var), each [N, latent_dim]."""
+        images = np.asarray(images, dtype=np.float32)
+        expected = (self.image_size, self.image_size, self.channels)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise RunFolderError(f"images of shape {images.shape[1:]} do not fit this model's input {expected}")
+        parts = [self.encode_batch(batch) for batch in batches(images, BATCH_SIZE)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise RunFolderError(
+                f"latent vectors of shape {z.shape} do not fit this model's latent size {self.latent_dim}"
+            )
+        return np.concatenate([self.decode_batch(batch) for batch in batches(z, BATCH_SIZE)])
 
 
-def check_latents(z: np.ndarray, latent_dim: int) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float32)
-    if z.ndim != 2 or z.shape[1] != latent_dim:
-        raise RunFolderError(f"latent vectors of shape {z.shape} do not fit this model's latent size {latent_dim}")
-    return z
-
-
-def check_images(images: np.ndarray, backend: Backend) -> np.ndarray:
-    images = np.asarray(images, dtype=np.float32)
-    expected = (backend.image_size, backend.image_size, backend.channels)
-    if images.ndim != 4 or images.shape[1:] != expected:
-        raise RunFolderError(f"images of shape {images.shape[1:]} do not fit this model's input {expected}")
-    return images
-
-
-class KerasBackend:
+class KerasBackend(Backend):
     """encoder.keras / decoder.keras of a train.py run; sizes from its config.json."""
 
     kind = "keras"
 
     def __init__(self, run_dir: Path):
-        config = read_config(run_dir)
-        self.run_dir = run_dir
-        self.latent_dim = int(config["latent_dim"])
-        self.image_size = int(config["image_size"])
-        self.channels = int(config["channels"])
-        self.crop = int(config.get("crop", DEFAULT_CROP))
-        self.model_kind = config.get("model", "vae")
-        self.config = config
-        self._encoder = None
-        # Keras (and TensorFlow) are imported here only: the ONNX path must run without them.
-        self.decoder = load_model(run_dir, "decoder", config)
+        self.config = read_config(run_dir)
+        super().__init__(run_dir, self.config)
+        self.decoder = load_model(run_dir, "decoder", self.config)  # imports Keras, which the ONNX path must not
 
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = check_images(images, self)
+    def encode_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._encoder is None:
             self._encoder = load_model(self.run_dir, "encoder", self.config)
-        parts = [self._encoder(batch, training=False) for batch in batches(images, BATCH_SIZE)]
-        mu = np.concatenate([np.asarray(p[0]) for p in parts])
-        log_var = np.concatenate([np.asarray(p[1]) for p in parts])
-        return mu, log_var
+        mu, log_var = self._encoder(images, training=False)
+        return np.asarray(mu), np.asarray(log_var)
 
-    def decode(self, z: np.ndarray) -> np.ndarray:
-        z = check_latents(z, self.latent_dim)
-        return np.concatenate([np.asarray(self.decoder(batch, training=False)) for batch in batches(z, BATCH_SIZE)])
+    def decode_batch(self, z: np.ndarray) -> np.ndarray:
+        return np.asarray(self.decoder(z, training=False))
 
 
-class OnnxBackend:
-    """encoder.onnx / decoder.onnx (export_onnx.py) on onnxruntime's CPU provider, through
-    export_onnx's numpy-only helpers; sizes from the files' metadata. Imports neither
-    TensorFlow nor Keras."""
+class OnnxBackend(Backend):
+    """encoder.onnx / decoder.onnx (export_onnx.py) on onnxruntime, through inference.py; sizes
+    from the files' metadata. Imports neither TensorFlow nor Keras."""
 
     kind = "onnx"
 
     def __init__(self, run_dir: Path, threads: int = 0):
-        self.run_dir = run_dir
-        self.threads = threads
-        self._encoder = None
-        self.decoder, metadata = self.open("decoder")
-        if metadata.get("value_range") != "0,1" or metadata.get("layout") != "NHWC":
+        self.run_dir, self.threads = run_dir, threads
+        self.decoder, self.metadata = self.open("decoder")
+        if self.metadata.get("value_range") != "0,1" or self.metadata.get("layout") != "NHWC":
             raise RunFolderError(
                 f"{run_dir / onnx_file('decoder')} is not an NHWC model with values in [0, 1]; re-export it"
             )
-        self.metadata = metadata
-        self.latent_dim = int(metadata["latent_dim"])
-        self.image_size = int(metadata["image_size"])
-        self.channels = int(metadata["channels"])
-        self.crop = int(metadata.get("crop", DEFAULT_CROP))
-        self.model_kind = metadata.get("model", "vae")
+        super().__init__(run_dir, self.metadata)
         config = read_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else None  # ONNX-only folders may have none
         if config is not None and int(config["latent_dim"]) != self.latent_dim:
             raise RunFolderError(
@@ -335,8 +302,7 @@ class OnnxBackend:
         except (FileNotFoundError, ValueError) as error:
             raise RunFolderError(str(error)) from None
 
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = check_images(images, self)
+    def encode_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._encoder is None:
             self._encoder, metadata = self.open("encoder")
             mismatch = inference.pair_mismatch(self.metadata, metadata)
@@ -345,17 +311,10 @@ class OnnxBackend:
                     f"encoder.onnx and decoder.onnx in {self.run_dir} come from different exports ({mismatch}); "
                     f"export both again: python export_onnx.py --run RUN --out {self.run_dir}"
                 )
-        parts = [inference.encode(self._encoder, batch) for batch in batches(images, BATCH_SIZE)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return inference.encode(self._encoder, images)
 
-    def decode(self, z: np.ndarray) -> np.ndarray:
-        z = check_latents(z, self.latent_dim)
-        return np.concatenate([inference.decode(self.decoder, batch) for batch in batches(z, BATCH_SIZE)])
-
-
-def default_backend(run_dir: Path) -> str:
-    """ "keras" for a train.py run folder with its .keras files, "onnx" for an exported folder."""
-    return "keras" if (Path(run_dir) / keras_file("decoder")).is_file() else "onnx"
+    def decode_batch(self, z: np.ndarray) -> np.ndarray:
+        return inference.decode(self.decoder, z)
 
 
 def open_backend(run_dir: str | os.PathLike, kind: str | None = None, threads: int = 0) -> Backend:
@@ -368,14 +327,13 @@ def open_backend(run_dir: str | os.PathLike, kind: str | None = None, threads: i
             f"{run_dir} has no decoder.keras or decoder.onnx; train.py writes the .keras files after "
             "each epoch, export_onnx.py the .onnx files"
         )
-    kind = kind or default_backend(run_dir)
+    kind = kind or ("keras" if (run_dir / keras_file("decoder")).is_file() else "onnx")
     return OnnxBackend(run_dir, threads) if kind == "onnx" else KerasBackend(run_dir)
 
 
 def check_writable(path: str | os.PathLike, folder: bool, flag: str = "--out") -> Path:
-    """Refuse, before any work and touching nothing, a `flag` path that cannot be written: a file
-    where a folder is wanted (folder=True) or the reverse, a path below a file, or a folder
-    without write permission (files are written beside their target, then renamed)."""
+    """Refuse, before any work, a `flag` path that cannot be written: a file where a folder is wanted
+    (folder=True) or the reverse, a path below a file, or a folder that cannot be written in."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise RunFolderError(
@@ -408,9 +366,7 @@ def is_model_folder(folder: Path) -> bool:
 
 
 def model_folder_part(path: str | os.PathLike) -> Path | None:
-    """The file or folder of a model folder that `path` is or lies in, when it is one that
-    train.py, export_onnx.py or latent.py write (the models, config.json, the density, the
-    checkpoints, ...), else None. Symbolic links are followed."""
+    """The part of a model folder (MODEL_FOLDER_PARTS) that `path` is or lies in, else None."""
     path = Path(path).resolve()
     for folder in path.parents:
         if is_model_folder(folder):
@@ -427,9 +383,7 @@ def check_output_path(
     own: Iterable[str | os.PathLike] = (),
     flag: str = "--out",
 ) -> Path:
-    """Refuse, touching nothing, an output file that would overwrite what the command reads: one
-    of its `inputs` (files, or files inside input folders; see check_input_overwrite) or part of
-    a model folder (see model_folder_part)."""
+    """Refuse an output file that would overwrite an input (check_input_overwrite) or part of a model folder."""
     path = check_input_overwrite(path, inputs, own, flag)
     part = model_folder_part(path)
     if part is not None:
@@ -445,11 +399,8 @@ def check_input_overwrite(
     own: Iterable[str | os.PathLike] = (),
     flag: str = "--out",
 ) -> Path:
-    """Refuse (RunFolderError) an output path that would overwrite what the command reads: one of the
-    `inputs` files, or a file inside one of the `inputs` folders (a model or data folder), by any
-    name: paths are compared resolved, and as files (symlinks, hard links). Files inside `own`
-    folders (where the command's earlier outputs go) may be overwritten unless they are inputs
-    themselves. A path where no file exists yet overwrites nothing."""
+    """Refuse an existing output file that is one of the `inputs` files or lies in an `inputs` folder,
+    by any name (symlinks, hard links); files in `own` folders (earlier outputs) may be overwritten."""
     out = Path(out)
     if not out.is_file():
         return out
@@ -477,8 +428,7 @@ def check_input_overwrite(
 
 
 def within(path: Path, folder: Path) -> bool:
-    """Whether path is folder or lies below it, as the file system compares names: the same
-    folder by any spelling (another case where names are case-insensitive) counts."""
+    """Whether path is or lies below folder, by any spelling the file system takes for it."""
     try:
         status = folder.stat()
     except OSError:
@@ -501,17 +451,8 @@ def walk_files(folder: Path, skip: Sequence[Path]) -> Iterator[Path]:
         yield from (Path(root) / name for name in files)
 
 
-def load_faces(paths: Sequence[Path], backend: Backend) -> np.ndarray:
-    """float32 [N, S, S, C] faces, cropped and resized as in training."""
-    try:
-        return np.stack([load_face(p, backend.image_size, backend.channels, backend.crop) for p in paths])
-    except (FileNotFoundError, ValueError) as error:
-        raise RunFolderError(f"{error}; check the image paths given") from None
-
-
 def load_decodable(paths: Sequence[Path], backend: Backend) -> tuple[np.ndarray, list[Path]]:
-    """Faces [n, S, S, C] of the files that decode, loaded as training loads them, and the
-    paths that could not be decoded (skipped, as training skips them)."""
+    """(faces [n, S, S, C] of the files that decode, the paths that do not), as training skips them."""
     faces, failed = [], []
     for path in paths:
         try:
@@ -523,8 +464,7 @@ def load_decodable(paths: Sequence[Path], backend: Backend) -> tuple[np.ndarray,
 
 
 class Progress:
-    """'LABEL N of M images': rewritten in place on a terminal; in a log file a line every
-    `log_every` seconds, so long work shows it is alive, and a final line with the time taken."""
+    """'LABEL N of M images', in place on a terminal, else a line every `log_every` seconds; then the time."""
 
     def __init__(self, total: int, label: str, enabled: bool = True, log_every: float = 30.0):
         self.total, self.label, self.done, self.log_every = total, label, 0, log_every
@@ -548,9 +488,8 @@ class Progress:
 def encode_files(
     paths: Sequence[Path], backend: Backend, progress: Callable[[int], None] | None = None
 ) -> tuple[np.ndarray, list[Path]]:
-    """Posterior means [N, D] of the files that decode, and those N files: corrupt or truncated
-    files are skipped, as training skips them, with a warning naming them. Faces are loaded
-    LOAD_BATCH at a time to bound memory; progress(count) is called after each batch."""
+    """(posterior means [N, D], the N files that decode): the others are skipped with a warning, as
+    training skips them. progress(count) is called after each LOAD_BATCH."""
     parts, kept, skipped = [], [], []
     for batch in batches(paths, LOAD_BATCH):
         faces, failed = load_decodable(batch, backend)

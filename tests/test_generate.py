@@ -20,7 +20,7 @@ import latent
 import train
 from errors import UserError
 from images import GRID_PADDING, LABEL_HEIGHT, load_face, to_uint8
-from runs import OnnxBackend, RunFolderError
+from runs import OnnxBackend, RunFolderError, open_backend
 
 SIZE, LATENT = 16, 8  # as set by tiny_train_args
 
@@ -117,7 +117,7 @@ def test_random_starts_are_seeded_samples_of_the_chosen_sampler(run, tmp_path, s
         z = 0.5 * np.random.default_rng(6).standard_normal((1, LATENT))
     else:
         z = latent.read_density(run / latent.DENSITY_FILE).sample(3, np.random.default_rng(6), 0.5)[:1]
-    expected = to_uint8(generate.open_backend(run, "keras").decode(z))[0]
+    expected = to_uint8(open_backend(run, "keras").decode(z))[0]
     assert np.array_equal(np.asarray(Image.open(rows[0][0])), expected)
 
 
@@ -275,7 +275,7 @@ def test_errors_are_one_line(run, kaggle_celeba, tmp_path):
 
 @pytest.mark.parametrize("backend", ["keras", "onnx"])
 def test_wrong_latent_length_is_a_clear_error(run, backend):
-    model = generate.open_backend(run, backend)
+    model = open_backend(run, backend)
     assert model.decode(np.zeros((2, LATENT))).shape == (2, SIZE, SIZE, 3)
     with pytest.raises(RunFolderError, match="latent size 8"):
         model.decode(np.zeros((2, LATENT - 3)))
@@ -516,7 +516,7 @@ def test_outputs_never_overwrite_what_the_command_reads(run, kaggle_celeba, tmp_
         str(face),
         "--out",
     ]
-    monkeypatch.setattr(generate, "open_backend", no_decoding)
+    monkeypatch.setattr("runs.open_backend", no_decoding)
     for out, what in [
         (face, f"the input {face}"),
         (tmp_path / "link.jpg", f"the input {face}"),

@@ -83,7 +83,7 @@ def unloadable_run(tmp_path, monkeypatch) -> Path:
     for name in ("encoder.keras", "decoder.keras"):
         (run / name).write_bytes(b"never loaded")
     monkeypatch.setattr(export_onnx, "load_models", no_work)
-    monkeypatch.setattr(generate, "open_backend", no_work)
+    monkeypatch.setattr(runs, "open_backend", no_work)
     monkeypatch.setattr(evaluate, "evaluate", no_work)
     return run
 
