@@ -45,7 +45,7 @@ def not_a_script(module_file: str) -> None:
     """Exit with one line saying that a library module is not run by itself, and what to run."""
     sys.exit(
         f"error: {Path(module_file).name} is a library module; run train.py, generate.py, evaluate.py, "
-        "export_onnx.py or latent.py (each has --help)"
+        "export_onnx.py, latent.py or align.py (each has --help)"
     )
 
 

@@ -198,8 +198,8 @@ def test_a_library_module_run_as_a_script_says_what_to_run(module):
     result = subprocess.run([sys.executable, module], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"error: {module} is a library module; run train.py, generate.py, evaluate.py, export_onnx.py or "
-        "latent.py (each has --help)"
+        f"error: {module} is a library module; run train.py, generate.py, evaluate.py, export_onnx.py, "
+        "latent.py or align.py (each has --help)"
     ]
 
 
