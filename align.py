@@ -82,13 +82,18 @@ def detector_anchors(size: int, strides: Sequence[int], per_cell: Sequence[int])
     return np.concatenate(centres).astype(np.float32)
 
 
+def logistic(logits: np.ndarray) -> np.ndarray:
+    """The models' scores from their logits (float64, clipped: no overflow warnings)."""
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logits, np.float64), -100.0, 100.0)))
+
+
 def decode_detections(
     regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, size: int, min_score: float = MIN_SCORE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BlazeFace's raw outputs ([N, 16] offsets, [N] logits) -> boxes [M, 4] (x0, y0, x1, y1),
     scores [M] and keypoints [M, 6, 2], in [0, 1] of the model's square input, for the M anchors
     scoring at least min_score."""
-    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
+    scores = logistic(logits)
     keep = scores >= min_score
     offsets, centres = regressors[keep] / size, anchors[keep]
     middle, half = offsets[:, :2] + centres, offsets[:, 2:4] / 2
@@ -213,7 +218,7 @@ class FaceFinder:
             None, {self.mesh.get_inputs()[0].name: (crop.astype(np.float32) / 255.0)[None]}
         )
         landmarks = apply_transform(invert(to_input), points.reshape(-1, 3)[:, :2])
-        return landmarks, float(1.0 / (1.0 + np.exp(-np.clip(float(presence.ravel()[0]), -100.0, 100.0))))
+        return landmarks, float(logistic(presence.ravel()[0]))
 
 
 # --------------------------------------------------------------------------- alignment
@@ -381,13 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from runs import check_writable
+    from runs import check_writable, within
 
     args = build_parser().parse_args(argv)
     source, out = Path(args.data), Path(args.out)
     if not source.exists():
         raise AlignError(f"--data {source} does not exist; give a folder of photos or a photo")
-    if source.is_dir() and (out.resolve() == source.resolve() or source.resolve() in out.resolve().parents):
+    if source.is_dir() and within(out.resolve(), source.resolve()):
         raise AlignError(f"--out {out} lies inside --data {source}, whose photos it would mix with; give another --out")
     check_writable(out, folder=True)
     try:
