@@ -78,7 +78,7 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
     "loss": (
         Setting("--recon", "reconstruction loss, summed over pixels (gaussian: calibrated decoder variance)", "mse",
                 choices=RECONSTRUCTION_LOSSES, dest="reconstruction", required=True),
-        Setting("--beta", "weight of the KL term (beta-VAE when > 1)", 0.25, float, required=True),
+        Setting("--beta", "weight of the KL term (beta-VAE when > 1)", 0.1, float, required=True),
         Setting("--beta-warmup", "linear KL warm-up from 0 to beta over this many optimizer steps (0: none)", 0, int,
                 metavar="STEPS", dest="beta_warmup_steps", required=True),
         Setting("--beta-cycle", "cyclical KL annealing period in optimizer steps (0: none)", 0, int, metavar="STEPS",
@@ -93,7 +93,7 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
                 "up to 8x (with --adversarial; its cost per step grows with the square)", 64, int, metavar="WIDTH"),
     ),
     "optimisation": (
-        Setting("--epochs", "number of epochs (default: %(default)s; on --resume: the run's own)", 20, int,
+        Setting("--epochs", "number of epochs (default: %(default)s; on --resume: the run's own)", 82, int,
                 required=True, on_resume=True),
         Setting("--batch-size", "global batch size", 64, int, required=True),
         Setting("--lr", "Adam learning rate", 2e-3, float, metavar="LR", dest="learning_rate", required=True),
@@ -101,8 +101,8 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
                 "them)", "cosine", choices=("constant", "cosine")),
         Setting("--lr-warmup", "raise the learning rate linearly from 0 to --lr over this many optimizer steps, then "
                 "follow --lr-schedule over the rest (0: none)", 100, int, metavar="STEPS", dest="lr_warmup_steps"),
-        Setting("--ema", "EMA momentum of the weights, e.g. 0.999 (0: off); saved models and grids use the EMA weights",
-                0.0, float, required=True),
+        Setting("--ema", "EMA momentum of the weights (0: off); saved models, grids and validation use the EMA weights, "
+                "with BatchNorm statistics recomputed for them", 0.999, float, required=True),
         Setting("--mixed-precision", "auto: mixed_bfloat16 on a CPU with amx_bf16 or avx512_bf16, mixed_float16 on a GPU "
                 "with tensor cores (compute capability 7.0 or more), float32 elsewhere; on (or the flag alone): "
                 "mixed_float16 on GPU, mixed_bfloat16 on CPU; off: float32. Loss, metrics and saved models stay float32; "

@@ -54,6 +54,7 @@ from train_cli import NO_SPACE, RunError, TrainingStopped  # noqa: E402
 
 GRID_COLUMNS = 8
 DENSITY_BATCH = 256  # images per encoder call when fitting the latent density
+CALIBRATION_BATCHES = 25  # training batches BatchNorm's statistics are recomputed over for the EMA weights
 
 
 # --------------------------------------------------------------------------- data
@@ -70,6 +71,7 @@ class Inputs:
     validation_data: tf.data.Dataset
     preview: np.ndarray  # the validation images of the reconstruction grids
     make_train_data: Callable[[int], tf.data.Dataset]  # the (endless) training stream from a batch on
+    calibration: list[np.ndarray]  # fixed training batches for the EMA weights' BatchNorm statistics
     made: dict[int, tf.data.Dataset] = dataclasses.field(default_factory=dict)  # by batches skipped
 
     def train_data(self, skip_batches: int) -> tf.data.Dataset:
@@ -133,7 +135,17 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     return Inputs(
         dataset, train_files, validation_files, cache, train_steps, validation_steps,
         cluster.even_batches(validation, replicas), next(iter(preview)).numpy(), train_data,
+        calibration_batches(config, train_files, image_args) if config["ema"] else [],
     )  # fmt: skip
+
+
+def calibration_batches(config: dict, train_files: list[Path], image_args: dict) -> list[np.ndarray]:
+    """CALIBRATION_BATCHES batches of a seeded choice of training images, the same on every worker
+    and on every resume, so that the EMA weights' statistics are too."""
+    count = min(len(train_files), CALIBRATION_BATCHES * config["batch_size"])
+    chosen = np.sort(np.random.default_rng(config["seed"]).choice(len(train_files), count, replace=False))
+    files = [train_files[index] for index in chosen]
+    return [batch.numpy() for batch in data.make_dataset(files, **{**image_args, "cache": "none"})]
 
 
 # --------------------------------------------------------------------------- training
@@ -172,8 +184,8 @@ def train(
         validation_images = inputs.validation_steps * config["batch_size"]
         timer = EpochTimes(history, config, verbose, density_images(config, inputs) if chief else 0, validation_images)
         callbacks = [
-            EMAForValidation(),
-            SaveArtifacts(config, inputs.preview, output_dir, summary_dir / "grids" if summary_dir else None),
+            EMAForValidation(inputs.calibration, config["seed"]),
+            SaveArtifacts(config, inputs, output_dir, summary_dir / "grids" if summary_dir else None),
             history,
             Checkpoint(output_dir),
             *([keras.callbacks.TensorBoard(summary_dir, write_graph=False)] if summary_dir else []),
@@ -215,31 +227,35 @@ def warn_if_shorter_than_the_warm_up(config: dict, steps_per_epoch: int) -> None
 
 # --------------------------------------------------------------------------- callbacks
 @contextlib.contextmanager
-def ema_weights(model: keras.Model) -> Iterator[None]:
-    """Temporarily put the optimizer's EMA weights into the model (no-op without EMA)."""
+def ema_weights(model: keras.Model, calibration: Sequence[np.ndarray] = (), seed: int = 0) -> Iterator[None]:
+    """Temporarily put the optimizer's EMA weights into the model, with BatchNorm statistics
+    recomputed for them over the `calibration` batches when given (no-op without EMA)."""
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     if not getattr(optimizer, "use_ema", False) or not optimizer.built:
         yield
         return
-    trained = model.trainable_variables
-    raw = [variable.numpy() for variable in trained]
-    optimizer.finalize_variable_values(trained)
+    swapped = model.trainable_variables + (model.non_trainable_variables if calibration else [])
+    raw = [variable.numpy() for variable in swapped]
+    optimizer.finalize_variable_values(model.trainable_variables)
+    if calibration:
+        vae.recompute_batch_norm(model, calibration, seed)
     try:
         yield
     finally:
-        for variable, value in zip(trained, raw, strict=True):
+        for variable, value in zip(swapped, raw, strict=True):
             variable.assign(value)
 
 
 class EMAForValidation(keras.callbacks.Callback):
-    """Validate with the EMA weights, the ones that get saved."""
+    """Validate with the EMA weights and their BatchNorm statistics, as they get saved."""
 
-    def __init__(self):
+    def __init__(self, calibration: list[np.ndarray], seed: int):
         super().__init__()
+        self.calibration, self.seed = calibration, seed
         self.stack = contextlib.ExitStack()
 
     def on_test_begin(self, logs=None):
-        self.stack.enter_context(ema_weights(self.model))
+        self.stack.enter_context(ema_weights(self.model, self.calibration, self.seed))
 
     def on_test_end(self, logs=None):
         self.stack.close()
@@ -250,12 +266,13 @@ def epoch_is_finite(logs: dict | None) -> bool:
 
 
 class SaveArtifacts(keras.callbacks.Callback):
-    """Per epoch: float32 encoder/decoder .keras files and the two PNG grids, with EMA weights;
-    the grids also go to TensorBoard as images when `summary_dir` is given."""
+    """Per epoch: float32 encoder/decoder .keras files and the two PNG grids, with the EMA weights
+    and their own BatchNorm statistics; the grids also go to TensorBoard when `summary_dir` is given."""
 
-    def __init__(self, config: dict, preview_images: np.ndarray, run_dir: Path, summary_dir: Path | None = None):
+    def __init__(self, config: dict, inputs: Inputs, run_dir: Path, summary_dir: Path | None = None):
         super().__init__()
-        self.config, self.run_dir, self.preview_images, self.summary_dir = config, run_dir, preview_images, summary_dir
+        self.config, self.run_dir, self.summary_dir = config, run_dir, summary_dir
+        self.preview_images, self.calibration = inputs.preview, inputs.calibration
         self.writer: tf.summary.SummaryWriter | None = None
         noise_rng = np.random.default_rng(config["seed"])
         self.prior_noise = noise_rng.standard_normal((2 * GRID_COLUMNS, config["latent_dim"])).astype(np.float32)
@@ -264,7 +281,7 @@ class SaveArtifacts(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not epoch_is_finite(logs):
             return
-        with ema_weights(self.model), vae.dtype_policy("float32"):
+        with ema_weights(self.model, self.calibration, self.config["seed"]), vae.dtype_policy("float32"):
             exported = self.exported = self.exported or vae.model_from_config(self.config)
             exported.encoder.set_weights(self.model.encoder.get_weights())
             exported.decoder.set_weights(self.model.decoder.get_weights())

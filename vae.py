@@ -49,6 +49,7 @@ if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
@@ -277,6 +278,30 @@ class VAE(keras.Model):
     def test_step(self, images):
         # Validation decodes the posterior mean: deterministic, and what reconstruction grids show.
         return self.update_trackers(self.loss_terms(images, sample=False, training=False), images)
+
+
+def recompute_batch_norm(model: VAE, batches: Sequence, seed: int) -> None:
+    """Set each BatchNorm layer's moving statistics to their plain mean over `batches`, fed as
+    training feeds them (the encoder the images, the decoder z), so that they are the statistics
+    of the weights the model holds now (the EMA weights met those of the raw ones)."""
+    norms = [
+        layer
+        for part in (model.encoder, model.decoder)
+        for layer in part.layers
+        if isinstance(layer, layers.BatchNormalization)
+    ]
+    momenta = [layer.momentum for layer in norms]
+    noise = np.random.default_rng(seed)
+    try:
+        for number, images in enumerate(batches):
+            for layer in norms:  # moving * m + batch * (1 - m) with m = n / (n + 1): a running mean
+                layer.momentum = number / (number + 1)
+            mu, log_var = (np.asarray(part) for part in model.encoder(images, training=True))
+            z = mu + np.exp(0.5 * log_var) * noise.standard_normal(mu.shape) if model.variational else mu
+            model.decoder(z.astype(np.float32), training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
 
 
 def spans_several_workers() -> bool:

@@ -3,11 +3,11 @@
     python bench/ema_batchnorm.py --run runs/<name> --data ./celeba
     python bench/ema_batchnorm.py --run runs/<name> --data ./celeba --batches 50 100 200
 
-train.py saves the EMA of the weights with the BatchNorm moving statistics gathered while the raw
-weights trained. This loads a run's encoder.keras and decoder.keras, measures the validation
-images' reconstruction MSE (posterior mean), then, for each --batches N, recomputes every
-BatchNorm layer's statistics as the plain mean over N training batches (the encoder on the
-images, the decoder on sampled z, as in training) and measures again. Not a test: a measurement.
+For a run whose saved EMA weights kept the BatchNorm statistics gathered with the raw weights
+(train.py now recomputes them before saving): loads its encoder.keras and decoder.keras,
+measures the validation images' reconstruction MSE (posterior mean), then, for each --batches N,
+recomputes every BatchNorm layer's statistics over N training batches with
+vae.recompute_batch_norm, as train.py does, and measures again. Not a test: a measurement.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -25,10 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import data  # noqa: E402
 import runs  # noqa: E402
-
-
-def batch_norm_layers(model) -> list:
-    return [layer for layer in model.layers if layer.__class__.__name__ == "BatchNormalization"]
+import vae  # noqa: E402
 
 
 def reconstruction_mse(encoder, decoder, images: np.ndarray) -> float:
@@ -38,21 +36,6 @@ def reconstruction_mse(encoder, decoder, images: np.ndarray) -> float:
         mu = encoder(batch, training=False)[0]
         errors.append(((np.asarray(decoder(mu, training=False)) - batch) ** 2).mean(axis=(1, 2, 3)))
     return float(np.concatenate(errors).mean())
-
-
-def recompute_statistics(encoder, decoder, batches: list[np.ndarray], seed: int) -> None:
-    """Each BatchNorm layer's moving mean and variance := their plain mean over the batches."""
-    rng = np.random.default_rng(seed)
-    layers = batch_norm_layers(encoder) + batch_norm_layers(decoder)
-    momenta = [layer.momentum for layer in layers]
-    for number, batch in enumerate(batches):
-        for layer in layers:  # moving = moving * m + batch * (1 - m) with m = n / (n + 1): a running mean
-            layer.momentum = number / (number + 1)
-        mu, log_var = encoder(batch, training=True)
-        z = mu + np.exp(0.5 * np.asarray(log_var)) * rng.standard_normal(mu.shape).astype(np.float32)
-        decoder(z, training=True)
-    for layer, momentum in zip(layers, momenta, strict=True):
-        layer.momentum = momentum
 
 
 def main() -> None:
@@ -77,7 +60,8 @@ def main() -> None:
     for count in args.batches:
         encoder, decoder = runs.load_model(args.run, "encoder", config), runs.load_model(args.run, "decoder", config)
         began = time.perf_counter()
-        recompute_statistics(encoder, decoder, pool[:count], args.seed)
+        model = SimpleNamespace(encoder=encoder, decoder=decoder, variational=config["model"] == "vae")
+        vae.recompute_batch_norm(model, pool[:count], args.seed)
         seconds = time.perf_counter() - began
         print(
             f"  statistics recomputed over {count} training batches of 64 ({seconds:.1f} s): "

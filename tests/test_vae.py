@@ -438,3 +438,32 @@ def test_mixed_float16_trains_the_adversarial_term():
     history = model.fit(images, epochs=1, batch_size=4, verbose=0).history
     assert all(np.isfinite(values).all() for values in history.values())
     assert int(model.optimizer.iterations.numpy()) == steps and float(model.optimizer.dynamic_scale) < 2.0**40
+
+
+@pytest.mark.parametrize("kind", ["vae", "ae"])
+def test_recomputed_batch_norm_statistics_are_the_plain_means_over_the_batches(kind):
+    """Each BatchNorm layer ends with the mean of its inputs' batch means and batch variances,
+    the encoder's over the images and the decoder's over z (sampled for a VAE, the mean for an
+    autoencoder), and keeps its own momentum."""
+    keras.utils.set_random_seed(0)
+    model = vae.model_from_config({**TINY, "model": kind})
+    rng, noise = np.random.default_rng(1), np.random.default_rng(3)
+    batches = [rng.random((6, 16, 16, 3), dtype=np.float32) for _ in range(3)]
+    encoder_conv = keras.Model(model.encoder.input, model.encoder.get_layer("conv0").output)
+    decoder_conv = keras.Model(model.decoder.input, model.decoder.get_layer("conv0").output)
+    inputs = {"encoder": [], "decoder": []}  # what each first BatchNorm sees, per batch
+    for batch in batches:
+        inputs["encoder"].append(encoder_conv(batch).numpy())
+        # In training mode BatchNorm normalises with the batch's own statistics: these are the
+        # encoder's outputs during the recomputation, whatever its moving statistics.
+        mu, log_var = (part.numpy() for part in model.encoder(batch, training=True))
+        z = mu + np.exp(0.5 * log_var) * noise.standard_normal(mu.shape) if kind == "vae" else mu
+        inputs["decoder"].append(decoder_conv(z.astype(np.float32)).numpy())
+    vae.recompute_batch_norm(model, batches, seed=3)
+    for part, seen in inputs.items():
+        norm = getattr(model, part).get_layer("bn0")
+        want_mean = np.mean([x.mean(axis=(0, 1, 2)) for x in seen], axis=0)
+        want_variance = np.mean([x.var(axis=(0, 1, 2)) for x in seen], axis=0)
+        np.testing.assert_allclose(norm.moving_mean.numpy(), want_mean, rtol=1e-4, atol=1e-6, err_msg=part)
+        np.testing.assert_allclose(norm.moving_variance.numpy(), want_variance, rtol=1e-4, atol=1e-6, err_msg=part)
+        assert norm.momentum == vae.BN_MOMENTUM
