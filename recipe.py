@@ -86,8 +86,8 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
         Setting("--adversarial", "weight of a patch discriminator's hinge-loss term on the reconstructions, scaled "
                 "adaptively by the ratio of the reconstruction's and GAN term's gradients at the decoder's last layer "
                 "(0: no discriminator)", 0.0, float, metavar="WEIGHT"),
-        Setting("--adversarial-start", "optimizer step from which the discriminator trains and its term counts (with "
-                "--adversarial)", 0, int, metavar="STEPS"),
+        Setting("--adversarial-start", "optimizer step from which the discriminator trains, its term counts and only the "
+                "decoder trains (with --adversarial)", 0, int, metavar="STEPS"),
         # 64: taming-transformers' ndf
         Setting("--discriminator-filters", "width of the discriminator's first block, doubled in each of the next three "
                 "up to 8x (with --adversarial; its cost per step grows with the square)", 64, int, metavar="WIDTH"),

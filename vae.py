@@ -349,7 +349,9 @@ def build_discriminator(config: ModelConfig, blocks: int = 3) -> keras.Model:
 
 class AdversarialVAE(VAE):
     """A VAE whose loss, from optimizer step `config.adversarial_start` on, adds w * g_loss,
-    g_loss = -mean(D(reconstructions)), w = `adaptive_weight`; each of those steps also trains the
+    g_loss = -mean(D(reconstructions)), w = `adaptive_weight`, and trains the decoder only, so that
+    the latent space (and a latent density or attribute directions fitted in it) stays as it was,
+    as latent-diffusion autoencoders fine-tune their decoders; each of those steps also trains the
     patch discriminator D with its own Adam on the hinge loss `d_loss`. Before that step the train
     step runs without D, and its figures read 0."""
 
@@ -399,7 +401,7 @@ class AdversarialVAE(VAE):
             g_loss = -ops.mean(ops.cast(self.discriminator(terms["reconstructions"], training=True), "float32"))
             # Scaled inside the tape (mixed_float16's loss scale), so that their gradients exist.
             losses = [self.optimizer.scale_loss(loss / replicas) for loss in (terms["loss"], g_loss)]
-        variables = self.trained_variables()
+        variables = self.decoder.trainable_variables
         gradients, gan_gradients = (tape.gradient(loss, variables) for loss in losses)
         weight = self.gan_weight(gradients, gan_gradients, variables)
         # The gradients of loss + w * g_loss (w is a constant of the step).

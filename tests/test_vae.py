@@ -323,7 +323,8 @@ def tiny_model(adversarial: float, start: int = 0) -> vae.VAE:
 
 def test_adversarial_term_counts_from_its_start_step_only():
     """Before the start step the model trains exactly as without the option and the discriminator
-    stays put; from it on the discriminator learns and the decoder gets the GAN term's gradient."""
+    stays put; from it on the discriminator learns, the decoder gets the GAN term's gradient and
+    the encoder's weights stay as they were."""
     off, on = tiny_model(0.0), tiny_model(0.5, start=2)
     assert not hasattr(off, "discriminator") and len(off.trained_variables()) == len(on.trained_variables())
     images = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
@@ -338,7 +339,10 @@ def test_adversarial_term_counts_from_its_start_step_only():
     for before, v in zip(discriminator, on.discriminator.variables, strict=True):
         np.testing.assert_array_equal(before, v.numpy())
     off.fit(images, **fit)
+    encoder = [v.numpy().copy() for v in on.encoder.trainable_variables]
     history = on.fit(images, **fit).history  # steps 2 and 3
+    for before, v in zip(encoder, on.encoder.trainable_variables, strict=True):
+        np.testing.assert_array_equal(before, v.numpy(), err_msg=v.path)
     assert all(np.isfinite(values).all() for values in history.values())
     assert history["adversarial_weight"][0] > 0
     assert any(
