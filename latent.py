@@ -177,12 +177,9 @@ class LatentDensity:
         return len(self.weights)
 
     def draw(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """The randomness of `count` samples, to turn into latents at several temperatures
-        (`latents`): component indices [count] and noise [count, D]."""
-        if self.components == 1:  # no index drawn: the prior's latents are T * rng.standard_normal
-            components = np.zeros(count, dtype=np.int64)
-        else:
-            components = rng.choice(self.components, size=count, p=self.weights)
+        """Component indices [count] and noise [count, D]: `count` samples, for `latents` at any temperature."""
+        one = self.components == 1  # no index drawn then: the prior's latents are T * rng.standard_normal
+        components = np.zeros(count, np.int64) if one else rng.choice(self.components, size=count, p=self.weights)
         return components, rng.standard_normal((count, self.latent_dim))
 
     def latents(self, components: np.ndarray, noise: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -223,13 +220,8 @@ def gaussian_log_pdf(points: np.ndarray, mean: np.ndarray, cholesky: np.ndarray)
 
 def component_log_joint(points: np.ndarray, density: LatentDensity) -> np.ndarray:
     """log w_c + log N(x; mean_c, cov_c): [N, k]."""
-    return np.stack(
-        [
-            math.log(weight) + gaussian_log_pdf(points, mean, factor)
-            for weight, mean, factor in zip(density.weights, density.means, density.cholesky, strict=True)
-        ],
-        axis=1,
-    )
+    pdfs = [gaussian_log_pdf(points, mean, chol) for mean, chol in zip(density.means, density.cholesky, strict=True)]
+    return np.log(density.weights) + np.stack(pdfs, axis=1)
 
 
 def weighted_gaussians(
@@ -265,23 +257,14 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, itera
 
 
 def fit_mixture(
-    points: np.ndarray,
-    components: int,
-    seed: int = 0,
-    iterations: int = EM_ITERATIONS,
-    tolerance: float = EM_TOLERANCE,
-    deadline: float = math.inf,
+    points: np.ndarray, components: int, seed: int = 0, iterations: int = EM_ITERATIONS, deadline: float = math.inf
 ) -> LatentDensity:
-    """A full-covariance Gaussian mixture fitted to points [N, D] by EM (k-means++ start) until
-    time.monotonic() `deadline` at the latest; components = 1 is the closed-form Gaussian. The
-    covariance floor keeps any component from collapsing onto a few points."""
+    """A full-covariance Gaussian mixture fitted to points [N, D] (N >= components) by EM (k-means++
+    start) until time.monotonic() `deadline` at the latest; components = 1 is the closed-form
+    Gaussian. The covariance floor keeps any component from collapsing onto a few points."""
     points = np.asarray(points, dtype=np.float64)
-    if points.ndim != 2 or len(points) < 2:
-        raise ValueError(f"need at least 2 points of shape [N, D] to fit a density, got {points.shape}")
     if not np.all(np.isfinite(points)):
         raise ValueError("the points to fit contain NaN or inf")
-    if not 1 <= components <= len(points):
-        raise ValueError(f"cannot fit {components} components to {len(points)} points")
     floor = COVARIANCE_FLOOR * max(float(np.mean(np.var(points, axis=0))), 1e-12)
     rng = np.random.default_rng(seed)
     labels = kmeans_plus_plus(points, components, rng) if components > 1 else np.zeros(len(points), int)
@@ -291,10 +274,9 @@ def fit_mixture(
     for _ in range(iterations if components > 1 else 0):
         joint = component_log_joint(points, density)
         total = logsumexp(joint, axis=1)
-        mean_log_likelihood = float(np.mean(total))
-        if mean_log_likelihood - previous < tolerance or time.monotonic() > deadline:
+        if float(np.mean(total)) - previous < EM_TOLERANCE or time.monotonic() > deadline:
             break
-        previous = mean_log_likelihood
+        previous = float(np.mean(total))
         density = LatentDensity(*weighted_gaussians(points, np.exp(joint - total[:, None]), floor))
     return density
 
@@ -311,8 +293,7 @@ def select_density(
     """The mixture of the size k (of the usable `sizes`) whose fit to fit_points scores the highest
     mean log-likelihood on heldout_points, refitted to refit_points when given; sizes that would
     end past `budget` seconds are skipped. `info["selection"]` records each k's score."""
-    fit_points = np.asarray(fit_points, np.float64)
-    heldout_points = np.asarray(heldout_points, np.float64)
+    fit_points, heldout_points = np.asarray(fit_points, np.float64), np.asarray(heldout_points, np.float64)
     if len(fit_points) < 2 or not len(heldout_points):
         raise DensityError(
             f"only {len(fit_points)} training and {len(heldout_points)} validation images could be encoded; "
@@ -345,7 +326,7 @@ def select_density(
     return density
 
 
-def fit_seconds(images: int, latent_dim: int, encode_rate: float, refit: bool = False) -> float:
+def fit_seconds(images: int, latent_dim: int, encode_rate: float) -> float:
     """About how long fitting a density to `images` takes: encoding at `encode_rate` images a
     second (0: not counted), and EM at the speed of one timed step, within select_density's budget."""
     if images < 2:
@@ -354,7 +335,7 @@ def fit_seconds(images: int, latent_dim: int, encode_rate: float, refit: bool = 
     started = time.perf_counter()
     fit_mixture(points, 2, iterations=1)
     steps = images / len(points) * sum(usable_sizes(images, latent_dim, MIXTURE_SIZES)) / 2 * EM_ITERATIONS
-    em = min(SELECTION_SECONDS, (time.perf_counter() - started) * steps) * (1 + refit)
+    em = min(SELECTION_SECONDS, (time.perf_counter() - started) * steps)
     return (images / encode_rate if encode_rate > 0 else 0.0) + em
 
 
@@ -571,7 +552,6 @@ def attribute_directions_problem(content: object, latent_dim: int) -> str | None
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Refit a model folder's latent density; returns the path written."""
-
     parser = argparse.ArgumentParser(
         description="Fit the latent density that generate.py samples random faces from: a Gaussian mixture over "
         "the posterior means of the training images, its size chosen on the validation images. train.py does "
@@ -607,15 +587,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if not data_path:
         raise DensityError(f"{args.run} does not say which data it was trained on; pass --data CELEBA_ROOT")
     splits = args.split.split("+") if args.split else training_splits(config)
-    density = fit_folder_density(
-        backend,
-        data.find_dataset(data_path),
-        splits,
-        limit=config.get("limit", 0) if not args.split else 0,
-        sizes=args.components,
-        max_images=args.max_images,
-        seed=args.seed,
-    )
+    limit, dataset = 0 if args.split else config.get("limit", 0), data.find_dataset(data_path)
+    density = fit_folder_density(backend, dataset, splits, limit, args.components, args.max_images, args.seed)
     path = write_density(density, args.run)
     print(f"wrote {path}: {density.components} Gaussian component(s) over {density.latent_dim} dimensions")
     return path
