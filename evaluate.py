@@ -53,7 +53,7 @@ KL_DIM_THRESHOLD = 0.01  # nats; a latent dimension whose mean KL is above this 
 MIN_MSE = 1e-10  # PSNR floor for exact reconstructions: at most 100 dB
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03  # tf.image.ssim's defaults
 LUMINANCE = np.array([0.299, 0.587, 0.114])
-INCEPTION_SIZE = 299
+INCEPTION_SHAPE = (299, 299, 3)
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 FID_BATCH_SIZE = 32
 
@@ -109,9 +109,8 @@ def filter_valid(images: np.ndarray, taps: np.ndarray) -> np.ndarray:
 
 
 def ssim(images: np.ndarray, reconstructions: np.ndarray, max_val: float = 1.0) -> np.ndarray:
-    """Per-image SSIM as tf.image.ssim computes it (Gaussian 11x11 window, sigma 1.5, 'valid'
-    borders, the mean of luminance x contrast-structure over pixels, then over channels); the
-    window shrinks to the image size for images under 11 pixels."""
+    """Per-image SSIM as tf.image.ssim computes it ('valid' borders, the mean of luminance x contrast-
+    structure over pixels, then over channels); the window shrinks to images under 11 pixels."""
     x, y = np.asarray(images, np.float64), np.asarray(reconstructions, np.float64)
     size = min(SSIM_WINDOW, x.shape[1], x.shape[2])
     taps = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2.0) / SSIM_SIGMA) ** 2)  # outer product: the 2-D window
@@ -241,9 +240,8 @@ def fid(real: FeatureMoments, other: FeatureMoments) -> float:
 def fid_features(
     fid: bool, features: FeatureFn | None, weights: str | None
 ) -> tuple[FeatureFn | None, str | None, str | None]:
-    """(FID feature function, where its weights come from, why FID is skipped): `features` when
-    given, else InceptionV3 (Keras and TensorFlow imported here only) when it loads, else none
-    with the reason printed."""
+    """(FID feature function, where its weights come from, why FID is skipped): `features`, else
+    InceptionV3 (Keras and TensorFlow imported here only) if it loads, else none, the reason printed."""
     if not fid:
         return None, None, None
     if features is not None:
@@ -254,10 +252,7 @@ def fid_features(
         keras = import_keras()
         try:
             model = keras.applications.InceptionV3(
-                include_top=False,
-                pooling="avg",
-                weights=weights or "imagenet",
-                input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3),
+                include_top=False, pooling="avg", weights=weights or "imagenet", input_shape=INCEPTION_SHAPE
             )
             return inception_features(model), weights or "imagenet (Keras download)", None
         except Exception as error:  # downloads and weight files fail in many ways
@@ -272,7 +267,7 @@ def fid_features(
     return None, None, reason
 
 
-def inception_features(model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
+def inception_features(model) -> FeatureFn:
     """Feature function of a Keras InceptionV3 pool model for images [B, H, W, C] in [0, 1]."""
     import keras
 
@@ -280,11 +275,11 @@ def inception_features(model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
 
     def features(images: np.ndarray) -> np.ndarray:
         parts = []
-        for batch in batches(images, batch_size):
+        for batch in batches(images, FID_BATCH_SIZE):
             batch = keras.ops.convert_to_tensor(np.asarray(batch, np.float32))
             if batch.shape[-1] == 1:
                 batch = keras.ops.repeat(batch, 3, axis=-1)
-            batch = keras.ops.image.resize(batch * 255.0, (INCEPTION_SIZE, INCEPTION_SIZE), interpolation="bilinear")
+            batch = keras.ops.image.resize(batch * 255.0, INCEPTION_SHAPE[:2], interpolation="bilinear")
             parts.append(np.asarray(model(preprocess(batch), training=False), np.float64))
         return np.concatenate(parts)
 
@@ -336,42 +331,25 @@ def collect(
             continue
         mu, log_var = (np.asarray(part, np.float32) for part in backend.encode(images))
         columns["mu"].append(mu)
-        mean_reconstructions = backend.decode(mu)
-        for name, column in reconstruction_columns(images, mean_reconstructions, kind).items():
-            columns[f"mean_{name}"].append(column)
+        decoded = {"mean": backend.decode(mu)}
         if variational:
-            kl_dims = kl_per_dimension(mu, log_var)
-            columns["kl"].append(kl_dims.sum(axis=1))
-            columns["kl_dims"].append(kl_dims)
+            columns["kl_dims"].append(kl_per_dimension(mu, log_var))
             eps = posterior_rng.standard_normal(mu.shape, dtype=np.float32)
-            sampled = backend.decode(mu + np.exp(0.5 * log_var) * eps)
-            for name, column in reconstruction_columns(images, sampled, kind).items():
-                columns[f"sample_{name}"].append(column)
+            decoded["sample"] = backend.decode(mu + np.exp(0.5 * log_var) * eps)
+        for prefix, reconstructions in decoded.items():
+            columns[f"{prefix}_sse"].append(sum_squared_error(images, reconstructions))
+            columns[f"{prefix}_ssim"].append(ssim(images, reconstructions))
+            if kind == "bce":
+                columns[f"{prefix}_bce"].append(binary_cross_entropy(images, reconstructions))
         real.update(images)
         if features is not None:
             moments["real"].update(features(images))
-            moments["reconstructions"].update(features(mean_reconstructions))
+            moments["reconstructions"].update(features(decoded["mean"]))
         progress.add(len(images) + len(bad))
     progress.close()
     if not columns:
         raise EvalError("no images could be decoded in this split")
     return {name: np.concatenate(parts) for name, parts in columns.items()}, real, failed
-
-
-def reconstruction_columns(images: np.ndarray, reconstructions: np.ndarray, kind: str) -> dict[str, np.ndarray]:
-    """Per-image sum of squared errors, SSIM and (for bce runs) binary cross-entropy."""
-    columns = {"sse": sum_squared_error(images, reconstructions), "ssim": ssim(images, reconstructions)}
-    if kind == "bce":
-        columns["bce"] = binary_cross_entropy(images, reconstructions)
-    return columns
-
-
-def samplers_of(backend: Backend, variational: bool) -> dict[str, LatentDensity]:
-    """The samplers whose random faces are evaluated: the prior (VAEs only: an autoencoder has
-    none) and the fitted density where the folder has one."""
-    samplers = {"prior": LatentDensity.standard_normal(backend.latent_dim)} if variational else {}
-    density = find_density(backend.run_dir, backend.latent_dim)
-    return samplers if density is None else {**samplers, "density": density}
 
 
 def sample_figures(
@@ -429,7 +407,7 @@ def summarize(columns: dict[str, np.ndarray], *, kind: str, variational: bool, d
         elbo = {**elbo_summary(None, None, dims), "nll": None, "nll_constant": None, "decoder_variance": None}
         note = "autoencoder: no posterior and no prior, so no KL and no ELBO"
         return {**results, "posterior_sample": None, "kl": None, "elbo": {**elbo, "note": note}}
-    kl, kl_dims = columns["kl"], columns["kl_dims"].mean(axis=0)
+    kl, kl_dims = columns["kl_dims"].sum(axis=1), columns["kl_dims"].mean(axis=0)
     results["posterior_sample"], terms = reconstruction_summary(columns, "sample", kind, dims)
     for z in ("posterior_mean", "posterior_sample"):
         results[z]["loss_beta1"] = results[z]["reconstruction"] + float(np.mean(kl))
@@ -479,7 +457,10 @@ def evaluate(
     backend = open_backend(Path(run), backend_kind)
     folder = describe_folder(backend)
     variational = folder["model"] == "vae"
-    samplers = samplers_of(backend, variational)
+    # The random faces evaluated: the prior's (an autoencoder has none) and the fitted density's.
+    prior = LatentDensity.standard_normal(backend.latent_dim) if variational else None
+    density = find_density(backend.run_dir, backend.latent_dim)
+    samplers = {name: sampler for name, sampler in (("prior", prior), ("density", density)) if sampler is not None}
     data_path = data_path or folder["data"]
     files, description = split_files(data_path, split, limit)
     if out is not None:
@@ -492,7 +473,7 @@ def evaluate(
     columns, real, failed = collect(backend, files, kind, variational, seed, batch_size, features, moments, verbose)
     if failed:
         print(f"warning: skipped {len(failed)} image(s) that could not be decoded, e.g. {failed[0]}")
-    count, density = len(columns["mu"]), samplers.get("density")
+    count = len(columns["mu"])
     samples = {"real": real.summary(), **sample_figures(backend, samplers, count, seed, batch_size, features, moments)}
     results = {
         "format": EVAL_FORMAT,
@@ -541,6 +522,9 @@ def fid_summary(moments: dict, samplers: list[str], computed: bool, source: str 
     if count < 2:
         return {"status": "skipped", "reason": f"FID needs at least 2 images, the split has {count}"}
     feature_dim = len(moments["real"].mean())
+    note = "compare only within this project at equal N"
+    if count < feature_dim:
+        note = f"N = {count} < {feature_dim} features: biased upward, compare only at equal N"
     return {
         "status": "computed",
         "weights": source,
@@ -548,11 +532,7 @@ def fid_summary(moments: dict, samplers: list[str], computed: bool, source: str 
         "feature_dim": feature_dim,
         **{f"{name}_samples": fid(moments["real"], moments[f"{name}_samples"]) for name in samplers},
         "reconstructions": fid(moments["real"], moments["reconstructions"]),
-        "note": (
-            f"N = {count} < {feature_dim} features: biased upward, compare only at equal N"
-            if count < feature_dim
-            else "compare only within this project at equal N"
-        ),
+        "note": note,
     }
 
 
