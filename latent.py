@@ -359,17 +359,6 @@ def fit_memory_bytes(count: int, latent_dim: int, sizes: Sequence[int]) -> int:
     return 8 * (5 * count * latent_dim + 3 * max(usable_sizes(count, latent_dim, sizes)) * latent_dim**2)
 
 
-def check_fit(count: int, latent_dim: int, sizes: Sequence[int]) -> None:
-    """Refuse, before any image is encoded, a fit with too few images or too little memory."""
-    needed, available = fit_memory_bytes(count, latent_dim, sizes), data.available_memory()
-    if available is not None and needed > available:
-        raise DensityError(
-            f"fitting a latent density to {count} images in {latent_dim} dimensions takes about "
-            f"{data.size_text(needed)} of memory, but only {data.size_text(available)} is available; use fewer "
-            "images (--max-images) or smaller mixtures (--components)"
-        )
-
-
 # --------------------------------------------------------------------------- the density file
 def rounded(values: np.ndarray) -> list:
     """Nested lists of floats with SIGNIFICANT_DIGITS digits, for a compact JSON file."""
@@ -378,7 +367,8 @@ def rounded(values: np.ndarray) -> list:
     return np.asarray(flat).reshape(array.shape).tolist()
 
 
-def density_json(density: LatentDensity) -> str:
+def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
+    """latent_density.json into folder, atomically."""
     content = {
         "format": DENSITY_FORMAT,
         "latent_dim": density.latent_dim,
@@ -390,7 +380,12 @@ def density_json(density: LatentDensity) -> str:
         "means": rounded(density.means),
         "cholesky": rounded(np.tril(density.cholesky)),
     }
-    return json.dumps(content, separators=(",", ":")) + "\n"
+    path = Path(folder) / DENSITY_FILE
+    try:
+        write_text_atomic(path, json.dumps(content, separators=(",", ":")) + "\n")
+    except OSError as error:
+        raise DensityError(f"cannot write {path} ({error.strerror}); free some space there and fit again") from None
+    return path
 
 
 def density_problem(content, latent_dim: int | None) -> str | None:
@@ -489,9 +484,17 @@ def fit_folder_density(
             f"fitting a latent density needs training and validation images; found {len(fitted)} and "
             f"{len(heldout)} under {dataset.root}"
         )
-    check_fit(len(fitted) + len(heldout), backend.latent_dim, usable_sizes(len(fitted), backend.latent_dim, sizes))
+    # Before any image is encoded: too few images for every size, or too little memory.
+    count, dims = len(fitted) + len(heldout), backend.latent_dim
+    needed, available = fit_memory_bytes(count, dims, usable_sizes(len(fitted), dims, sizes)), data.available_memory()
+    if available is not None and needed > available:
+        raise DensityError(
+            f"fitting a latent density to {count} images in {dims} dimensions takes about "
+            f"{data.size_text(needed)} of memory, but only {data.size_text(available)} is available; use fewer "
+            "images (--max-images) or smaller mixtures (--components)"
+        )
     log(f"latent density: encoding {len(fitted)} training and {len(heldout)} validation images")
-    progress = Progress(len(fitted) + len(heldout), "latent density: encoded")
+    progress = Progress(count, "latent density: encoded")
     fitted, heldout = (encode_files(files, backend, progress=progress.add)[0] for files in (fitted, heldout))
     progress.close()
     log(f"latent density: choosing k among {list(sizes)} on the {len(heldout)} validation posterior means")
@@ -509,16 +512,6 @@ def describe_fit(density: LatentDensity, splits: Sequence[str], count: int, sour
         "source": source,
     }
     return density
-
-
-def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
-    """latent_density.json into folder, atomically."""
-    path = Path(folder) / DENSITY_FILE
-    try:
-        write_text_atomic(path, density_json(density))
-    except OSError as error:
-        raise DensityError(f"cannot write {path} ({error.strerror}); free some space there and fit again") from None
-    return path
 
 
 def finite_numbers(values: object, length: int) -> bool:
