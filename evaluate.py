@@ -109,21 +109,18 @@ def filter_valid(images: np.ndarray, taps: np.ndarray) -> np.ndarray:
 
 
 def ssim(images: np.ndarray, reconstructions: np.ndarray, max_val: float = 1.0) -> np.ndarray:
-    """Per-image SSIM as tf.image.ssim computes it ('valid' borders, the mean of luminance x contrast-
-    structure over pixels, then over channels); the window shrinks to images under 11 pixels."""
+    """Per-image SSIM as tf.image.ssim computes it ('valid' borders, luminance x contrast-structure
+    averaged over pixels, then channels); the window shrinks for images under 11 pixels."""
     x, y = np.asarray(images, np.float64), np.asarray(reconstructions, np.float64)
     size = min(SSIM_WINDOW, x.shape[1], x.shape[2])
     taps = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2.0) / SSIM_SIGMA) ** 2)  # outer product: the 2-D window
     taps /= taps.sum()
     c1, c2 = (SSIM_K1 * max_val) ** 2, (SSIM_K2 * max_val) ** 2
     mean_x, mean_y = filter_valid(x, taps), filter_valid(y, taps)
-    product = 2.0 * mean_x * mean_y
-    squares = mean_x**2 + mean_y**2
+    product, squares = 2.0 * mean_x * mean_y, mean_x**2 + mean_y**2
     luminance = (product + c1) / (squares + c1)
-    contrast_structure = (2.0 * filter_valid(x * y, taps) - product + c2) / (
-        filter_valid(x**2 + y**2, taps) - squares + c2
-    )
-    return np.mean(luminance * contrast_structure, axis=(1, 2, 3))
+    structure = (2.0 * filter_valid(x * y, taps) - product + c2) / (filter_valid(x**2 + y**2, taps) - squares + c2)
+    return np.mean(luminance * structure, axis=(1, 2, 3))
 
 
 def laplacian_variance(images: np.ndarray) -> np.ndarray:
