@@ -43,8 +43,7 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"image file {path} does not exist")
     try:
         with warnings.catch_warnings():
-            # Pillow only warns between its limit and twice that; refuse those images too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns below twice its limit
             with Image.open(path, formats=list(IMAGE_FORMATS)) as image:
                 upright = ImageOps.exif_transpose(image)  # a photo as taken, as a viewer shows it
                 if upright.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
