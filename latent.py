@@ -67,9 +67,7 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     zero vectors, whose plane of rotation is undefined."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     norms = np.linalg.norm(a) * np.linalg.norm(b)
-    if norms == 0.0:
-        return lerp(a, b, t)
-    omega = np.arccos(np.clip(np.dot(a, b) / norms, -1.0, 1.0))
+    omega = np.arccos(np.clip(np.dot(a, b) / norms, -1.0, 1.0)) if norms else 0.0
     if np.sin(omega) < 1e-6:
         return lerp(a, b, t)
     t = np.asarray(t, dtype=np.float64)[:, None]
@@ -133,8 +131,7 @@ def attribute_sweep(z: np.ndarray, direction: np.ndarray, alphas: Sequence[float
 
 def traversal_grid(z: np.ndarray, directions: np.ndarray, values: Sequence[float]) -> np.ndarray:
     """z + values[c] * directions[r]: [len(directions), len(values), D]."""
-    directions = np.asarray(directions, dtype=np.float64)
-    offsets = np.asarray(values, dtype=np.float64)[None, :, None] * directions[:, None, :]
+    offsets = np.asarray(values, np.float64)[None, :, None] * np.asarray(directions, np.float64)[:, None, :]
     return np.asarray(z, dtype=np.float64) + offsets
 
 
