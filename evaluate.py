@@ -391,13 +391,9 @@ def reconstruction_summary(columns: dict[str, np.ndarray], prefix: str, kind: st
 
 def summarize(columns: dict[str, np.ndarray], *, kind: str, variational: bool, dims: int) -> dict:
     """Every figure of the evaluation from the per-image columns (pure numpy)."""
-    results: dict = {
-        "active_units": {
-            "count": active_units(columns["mu"]),
-            "threshold": ACTIVE_UNIT_THRESHOLD,
-            "mu_variance": mu_variance(columns["mu"]).tolist(),
-        }
-    }
+    mu = columns["mu"]
+    units = {"count": active_units(mu), "threshold": ACTIVE_UNIT_THRESHOLD, "mu_variance": mu_variance(mu).tolist()}
+    results: dict = {"active_units": units}
     results["posterior_mean"], _ = reconstruction_summary(columns, "mean", kind, dims)
     if not variational:
         results["posterior_mean"]["loss_beta1"] = None
