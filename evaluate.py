@@ -52,9 +52,8 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x(mu_j) above this: an active unit (Burda et
 KL_DIM_THRESHOLD = 0.01  # nats; a latent dimension whose mean KL is above this carries information
 MIN_MSE = 1e-10  # PSNR floor for exact reconstructions: at most 100 dB
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03  # tf.image.ssim's defaults
-LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 LUMINANCE = np.array([0.299, 0.587, 0.114])
-INCEPTION_SIZE = 299
+INCEPTION_SHAPE = (299, 299, 3)
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 FID_BATCH_SIZE = 32
 
@@ -84,10 +83,8 @@ def active_units(mu: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD) -> in
 
 
 def kl_per_dimension(mu: np.ndarray, log_var: np.ndarray) -> np.ndarray:
-    """KL(N(mu_j, exp(log_var_j)) || N(0, 1)) for each image and dimension, [N, d]; rows sum to
-    vae.kl_divergence, the KL training uses."""
-    mu = np.asarray(mu, dtype=np.float64)
-    log_var = np.asarray(log_var, dtype=np.float64)
+    """KL(N(mu_j, exp(log_var_j)) || N(0, 1)) [N, d]; rows sum to vae.kl_divergence, training's KL."""
+    mu, log_var = np.asarray(mu, np.float64), np.asarray(log_var, np.float64)
     return -0.5 * (1.0 + log_var - mu**2 - np.exp(log_var))
 
 
@@ -104,12 +101,6 @@ def binary_cross_entropy(images: np.ndarray, reconstructions: np.ndarray) -> np.
     return -np.sum(x * np.log(x_hat) + (1.0 - x) * np.log(1.0 - x_hat), axis=(1, 2, 3))
 
 
-def gaussian_window(size: int, sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian taps; their outer product is tf.image.ssim's 2-D window."""
-    taps = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2.0) / sigma) ** 2)
-    return taps / taps.sum()
-
-
 def filter_valid(images: np.ndarray, taps: np.ndarray) -> np.ndarray:
     """Separable 'valid' filtering of [N, H, W, C] with the same 1-D taps along H and W."""
     size = len(taps)
@@ -118,64 +109,49 @@ def filter_valid(images: np.ndarray, taps: np.ndarray) -> np.ndarray:
 
 
 def ssim(images: np.ndarray, reconstructions: np.ndarray, max_val: float = 1.0) -> np.ndarray:
-    """Per-image SSIM as tf.image.ssim computes it (Gaussian 11x11 window, sigma 1.5, 'valid'
-    borders, the mean of luminance x contrast-structure over pixels, then over channels); the
-    window shrinks to the image size for images under 11 pixels."""
+    """Per-image SSIM as tf.image.ssim computes it ('valid' borders, luminance x contrast-structure
+    averaged over pixels, then channels); the window shrinks for images under 11 pixels."""
     x, y = np.asarray(images, np.float64), np.asarray(reconstructions, np.float64)
-    taps = gaussian_window(min(SSIM_WINDOW, x.shape[1], x.shape[2]), SSIM_SIGMA)
+    size = min(SSIM_WINDOW, x.shape[1], x.shape[2])
+    taps = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2.0) / SSIM_SIGMA) ** 2)  # outer product: the 2-D window
+    taps /= taps.sum()
     c1, c2 = (SSIM_K1 * max_val) ** 2, (SSIM_K2 * max_val) ** 2
     mean_x, mean_y = filter_valid(x, taps), filter_valid(y, taps)
-    product = 2.0 * mean_x * mean_y
-    squares = mean_x**2 + mean_y**2
+    product, squares = 2.0 * mean_x * mean_y, mean_x**2 + mean_y**2
     luminance = (product + c1) / (squares + c1)
-    contrast_structure = (2.0 * filter_valid(x * y, taps) - product + c2) / (
-        filter_valid(x**2 + y**2, taps) - squares + c2
-    )
-    return np.mean(luminance * contrast_structure, axis=(1, 2, 3))
+    structure = (2.0 * filter_valid(x * y, taps) - product + c2) / (filter_valid(x**2 + y**2, taps) - squares + c2)
+    return np.mean(luminance * structure, axis=(1, 2, 3))
 
 
 def laplacian_variance(images: np.ndarray) -> np.ndarray:
     """Per-image variance of the Laplacian of the luminance (values in [0, 1]): a sharpness
     figure that blur lowers (Pech-Pacheco et al. 2000)."""
     images = np.asarray(images, np.float64)
-    luminance = images[..., 0] if images.shape[-1] == 1 else images @ LUMINANCE
-    height, width = luminance.shape[1:]
-    response = sum(
-        LAPLACIAN[i, j] * luminance[:, i : height - 2 + i, j : width - 2 + j]
-        for i in range(3)
-        for j in range(3)
-        if LAPLACIAN[i, j]
-    )
+    grey = images[..., 0] if images.shape[-1] == 1 else images @ LUMINANCE
+    response = grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] - 4 * grey[:, 1:-1, 1:-1]
     return response.reshape(len(images), -1).var(axis=1)
 
 
 class SampleStatistics:
-    """Sharpness and diversity of a stream of images (see the module docstring), in float64."""
+    """Sharpness and diversity (see the results' note) of a stream of images, in float64."""
 
     def __init__(self):
-        self.count = 0
-        self.sharpness_total = 0.0
-        self.squared_norms = 0.0
-        self.total: np.ndarray | None = None
+        self.count, self.sharpness_total, self.squared_norms, self.total = 0, 0.0, 0.0, 0.0  # total: the image sum
 
     def update(self, images: np.ndarray) -> None:
         flat = np.asarray(images, np.float64).reshape(len(images), -1)
         self.count += len(flat)
         self.sharpness_total += float(np.sum(laplacian_variance(images)))
         self.squared_norms += float(np.sum(flat**2))
-        self.total = flat.sum(axis=0) if self.total is None else self.total + flat.sum(axis=0)
+        self.total = self.total + flat.sum(axis=0)
 
     def summary(self) -> dict:
         if self.count < 2:
             return {"count": self.count, "sharpness": None, "diversity": None}
-        # sum over pairs i != j of |x_i - x_j|^2 = 2 n sum |x_i|^2 - 2 |sum x_i|^2
-        pair_total = 2.0 * self.count * self.squared_norms - 2.0 * float(np.sum(self.total**2))
-        mean_pair = max(pair_total, 0.0) / (self.count * (self.count - 1) * len(self.total))
-        return {
-            "count": self.count,
-            "sharpness": self.sharpness_total / self.count,
-            "diversity": math.sqrt(mean_pair),
-        }
+        # The mean of |x_i - x_j|^2 over pairs i != j is twice the summed per-value variance (ddof 1).
+        variance = (self.squared_norms - float(np.sum(self.total**2)) / self.count) / (self.count - 1)
+        diversity = math.sqrt(2.0 * max(variance, 0.0) / len(self.total))
+        return {"count": self.count, "sharpness": self.sharpness_total / self.count, "diversity": diversity}
 
 
 def mse_nll_constant(dims: int) -> float:
@@ -218,44 +194,30 @@ def elbo_summary(nll: np.ndarray | None, kl: np.ndarray | None, dims: int) -> di
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2): ||mu1 - mu2||^2 + tr(sigma1)
-    + tr(sigma2) - 2 tr((sigma1^1/2 sigma2 sigma1^1/2)^1/2). That last trace equals the usual
-    tr((sigma1 sigma2)^1/2), but of a symmetric matrix, so np.linalg.eigh takes both roots
-    (eigenvalues, and the result, clipped at 0 against round-off)."""
+    """||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1^1/2 sigma2 sigma1^1/2)^1/2): the usual
+    tr((sigma1 sigma2)^1/2), but of a symmetric matrix, whose roots eigh takes (clipped at 0)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shape mismatch: means {mu1.shape} {mu2.shape}, covariances {sigma1.shape} {sigma2.shape}")
-    root1 = psd_sqrt(sigma1)
+    eigenvalues, vectors = np.linalg.eigh((sigma1 + sigma1.T) / 2.0)
+    root1 = (vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ vectors.T
     middle = root1 @ sigma2 @ root1
-    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2.0)
-    cross = float(np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None))))
-    value = float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * cross)
-    return max(value, 0.0)
-
-
-def psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix."""
-    eigenvalues, vectors = np.linalg.eigh((matrix + matrix.T) / 2.0)
-    return (vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ vectors.T
+    cross = float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2.0), 0.0, None))))
+    return max(float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * cross), 0.0)
 
 
 class FeatureMoments:
     """Running mean and covariance (ddof 1, like np.cov) of feature rows, in float64."""
 
     def __init__(self):
-        self.count = 0
-        self.total: np.ndarray | None = None
-        self.outer: np.ndarray | None = None
+        self.count, self.total, self.outer = 0, 0.0, 0.0  # the sums of the rows and of their outer products
 
     def update(self, features: np.ndarray) -> None:
         features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-        if self.total is None:
-            self.total = np.zeros(features.shape[1])
-            self.outer = np.zeros((features.shape[1], features.shape[1]))
         self.count += len(features)
-        self.total += features.sum(axis=0)
-        self.outer += features.T @ features
+        self.total = self.total + features.sum(axis=0)
+        self.outer = self.outer + features.T @ features
 
     def mean(self) -> np.ndarray:
         return self.total / self.count
@@ -275,9 +237,8 @@ def fid(real: FeatureMoments, other: FeatureMoments) -> float:
 def fid_features(
     fid: bool, features: FeatureFn | None, weights: str | None
 ) -> tuple[FeatureFn | None, str | None, str | None]:
-    """(FID feature function, where its weights come from, why FID is skipped): `features` when
-    given, else InceptionV3 (Keras and TensorFlow imported here only) when it loads, else none
-    with the reason printed."""
+    """(FID feature function, where its weights come from, why FID is skipped): `features`, else
+    InceptionV3 (Keras and TensorFlow imported here only) if it loads, else none, the reason printed."""
     if not fid:
         return None, None, None
     if features is not None:
@@ -288,10 +249,7 @@ def fid_features(
         keras = import_keras()
         try:
             model = keras.applications.InceptionV3(
-                include_top=False,
-                pooling="avg",
-                weights=weights or "imagenet",
-                input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3),
+                include_top=False, pooling="avg", weights=weights or "imagenet", input_shape=INCEPTION_SHAPE
             )
             return inception_features(model), weights or "imagenet (Keras download)", None
         except Exception as error:  # downloads and weight files fail in many ways
@@ -306,7 +264,7 @@ def fid_features(
     return None, None, reason
 
 
-def inception_features(model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
+def inception_features(model) -> FeatureFn:
     """Feature function of a Keras InceptionV3 pool model for images [B, H, W, C] in [0, 1]."""
     import keras
 
@@ -314,11 +272,11 @@ def inception_features(model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
 
     def features(images: np.ndarray) -> np.ndarray:
         parts = []
-        for batch in batches(images, batch_size):
+        for batch in batches(images, FID_BATCH_SIZE):
             batch = keras.ops.convert_to_tensor(np.asarray(batch, np.float32))
             if batch.shape[-1] == 1:
                 batch = keras.ops.repeat(batch, 3, axis=-1)
-            batch = keras.ops.image.resize(batch * 255.0, (INCEPTION_SIZE, INCEPTION_SIZE), interpolation="bilinear")
+            batch = keras.ops.image.resize(batch * 255.0, INCEPTION_SHAPE[:2], interpolation="bilinear")
             parts.append(np.asarray(model(preprocess(batch), training=False), np.float64))
         return np.concatenate(parts)
 
@@ -327,16 +285,11 @@ def inception_features(model, batch_size: int = FID_BATCH_SIZE) -> FeatureFn:
 
 # --------------------------------------------------------------------------- model folder and data
 def describe_folder(backend: Backend) -> dict:
-    """What the evaluation needs to know of a model folder: its config.json where it has one
-    (train.py runs and exported folders), else the ONNX metadata."""
-    config_path = backend.run_dir / CONFIG_FILE
-    config = read_config(backend.run_dir) if config_path.is_file() else {}
-    metadata = getattr(backend, "metadata", {})
-    return {
-        "model": config.get("model", backend.model_kind),
-        "reconstruction": config.get("reconstruction", metadata.get("reconstruction", "mse")),
-        "data": config.get("data"),
-    }
+    """The model kind, loss and data of a model folder: from its config.json where it has one
+    (train.py runs and exported folders), else from the ONNX metadata."""
+    config = read_config(backend.run_dir) if (backend.run_dir / CONFIG_FILE).is_file() else {}
+    loss = config.get("reconstruction", getattr(backend, "metadata", {}).get("reconstruction", "mse"))
+    return {"model": config.get("model", backend.model_kind), "reconstruction": loss, "data": config.get("data")}
 
 
 def split_files(data_path: str | None, split: str, limit: int) -> tuple[list[Path], str]:
@@ -344,10 +297,7 @@ def split_files(data_path: str | None, split: str, limit: int) -> tuple[list[Pat
     if not data_path:
         raise EvalError("the model folder does not say which data it was trained on; pass --data CELEBA_ROOT")
     dataset = data.find_dataset(data_path)
-    files = dataset.split(split)
-    if limit:
-        files = files[:limit]
-    files = data.usable_files(files)
+    files = data.usable_files(dataset.split(split)[: limit or None])
     if not files:
         raise EvalError(f"split {split!r} has no readable images ({dataset.describe()})")
     return files, dataset.describe()
@@ -357,20 +307,20 @@ def split_files(data_path: str | None, split: str, limit: int) -> tuple[list[Pat
 def collect(
     backend: Backend,
     files: Sequence[Path],
-    *,
     kind: str,
     variational: bool,
     seed: int,
-    batch_size: int = 64,
-    features: FeatureFn | None = None,
-    progress: Progress | None = None,
-) -> tuple[dict[str, np.ndarray], dict, list[Path]]:
+    batch_size: int,
+    features: FeatureFn | None,
+    moments: dict[str, FeatureMoments],
+    verbose: int,
+) -> tuple[dict[str, np.ndarray], SampleStatistics, list[Path]]:
     """One pass over the images: per-image columns (concatenated), the real images' sample
-    statistics and FID moments, and the files that could not be decoded. The sampled z's eps
-    is drawn in file order from a generator of `seed`, so the batch size does not change it."""
+    statistics (with `features`: FID moments into `moments`), and the files that do not decode.
+    The sampled z's eps is drawn in file order from a generator of `seed`, whatever the batch size."""
     posterior_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[0])
     columns: dict[str, list[np.ndarray]] = defaultdict(list)
-    real, moments, failed = SampleStatistics(), defaultdict(FeatureMoments), []
+    real, failed, progress = SampleStatistics(), [], Progress(len(files), "evaluated", bool(verbose))
     for batch in batches(files, batch_size):
         images, bad = load_decodable(batch, backend)
         failed += bad
@@ -378,44 +328,25 @@ def collect(
             continue
         mu, log_var = (np.asarray(part, np.float32) for part in backend.encode(images))
         columns["mu"].append(mu)
-        mean_reconstructions = backend.decode(mu)
-        for name, column in reconstruction_columns(images, mean_reconstructions, kind).items():
-            columns[f"mean_{name}"].append(column)
+        decoded = {"mean": backend.decode(mu)}
         if variational:
-            kl_dims = kl_per_dimension(mu, log_var)
-            columns["kl"].append(kl_dims.sum(axis=1))
-            columns["kl_dims"].append(kl_dims)
+            columns["kl_dims"].append(kl_per_dimension(mu, log_var))
             eps = posterior_rng.standard_normal(mu.shape, dtype=np.float32)
-            sampled = backend.decode(mu + np.exp(0.5 * log_var) * eps)
-            for name, column in reconstruction_columns(images, sampled, kind).items():
-                columns[f"sample_{name}"].append(column)
+            decoded["sample"] = backend.decode(mu + np.exp(0.5 * log_var) * eps)
+        for prefix, reconstructions in decoded.items():
+            columns[f"{prefix}_sse"].append(sum_squared_error(images, reconstructions))
+            columns[f"{prefix}_ssim"].append(ssim(images, reconstructions))
+            if kind == "bce":
+                columns[f"{prefix}_bce"].append(binary_cross_entropy(images, reconstructions))
         real.update(images)
         if features is not None:
             moments["real"].update(features(images))
-            moments["reconstructions"].update(features(mean_reconstructions))
-        if progress is not None:
-            progress.add(len(images) + len(bad))
+            moments["reconstructions"].update(features(decoded["mean"]))
+        progress.add(len(images) + len(bad))
+    progress.close()
     if not columns:
         raise EvalError("no images could be decoded in this split")
-    return {name: np.concatenate(parts) for name, parts in columns.items()}, {"real": real, "moments": moments}, failed
-
-
-def reconstruction_columns(images: np.ndarray, reconstructions: np.ndarray, kind: str) -> dict[str, np.ndarray]:
-    """Per-image sum of squared errors, SSIM and (for bce runs) binary cross-entropy."""
-    columns = {"sse": sum_squared_error(images, reconstructions), "ssim": ssim(images, reconstructions)}
-    if kind == "bce":
-        columns["bce"] = binary_cross_entropy(images, reconstructions)
-    return columns
-
-
-def samplers_of(backend: Backend, variational: bool) -> dict[str, LatentDensity]:
-    """The samplers whose random faces are evaluated: the prior (VAEs only: an autoencoder has
-    none) and the fitted density where the folder has one."""
-    samplers = {"prior": LatentDensity.standard_normal(backend.latent_dim)} if variational else {}
-    density = find_density(backend.run_dir, backend.latent_dim)
-    if density is not None:
-        samplers["density"] = density
-    return samplers
+    return {name: np.concatenate(parts) for name, parts in columns.items()}, real, failed
 
 
 def sample_figures(
@@ -423,9 +354,9 @@ def sample_figures(
     samplers: dict[str, LatentDensity],
     count: int,
     seed: int,
-    batch_size: int = 64,
-    features: FeatureFn | None = None,
-    moments: dict | None = None,
+    batch_size: int,
+    features: FeatureFn | None,
+    moments: dict[str, FeatureMoments],
 ) -> dict[str, dict]:
     """Sharpness and diversity of `count` random faces (temperature 1) from each sampler, each
     drawn from its own generator spawned from `seed`; with `features`, their FID moments too."""
@@ -437,7 +368,7 @@ def sample_figures(
         for start in range(0, count, batch_size):
             faces = backend.decode(sampler.sample(min(batch_size, count - start), rng))
             statistics.update(faces)
-            if features is not None and moments is not None:
+            if features is not None:
                 moments[f"{name}_samples"].update(features(faces))
         figures[name] = statistics.summary()
     return figures
@@ -460,20 +391,16 @@ def reconstruction_summary(columns: dict[str, np.ndarray], prefix: str, kind: st
 
 def summarize(columns: dict[str, np.ndarray], *, kind: str, variational: bool, dims: int) -> dict:
     """Every figure of the evaluation from the per-image columns (pure numpy)."""
-    results: dict = {
-        "active_units": {
-            "count": active_units(columns["mu"]),
-            "threshold": ACTIVE_UNIT_THRESHOLD,
-            "mu_variance": mu_variance(columns["mu"]).tolist(),
-        }
-    }
+    mu = columns["mu"]
+    units = {"count": active_units(mu), "threshold": ACTIVE_UNIT_THRESHOLD, "mu_variance": mu_variance(mu).tolist()}
+    results: dict = {"active_units": units}
     results["posterior_mean"], _ = reconstruction_summary(columns, "mean", kind, dims)
     if not variational:
         results["posterior_mean"]["loss_beta1"] = None
         elbo = {**elbo_summary(None, None, dims), "nll": None, "nll_constant": None, "decoder_variance": None}
         note = "autoencoder: no posterior and no prior, so no KL and no ELBO"
         return {**results, "posterior_sample": None, "kl": None, "elbo": {**elbo, "note": note}}
-    kl, kl_dims = columns["kl"], columns["kl_dims"].mean(axis=0)
+    kl, kl_dims = columns["kl_dims"].sum(axis=1), columns["kl_dims"].mean(axis=0)
     results["posterior_sample"], terms = reconstruction_summary(columns, "sample", kind, dims)
     for z in ("posterior_mean", "posterior_sample"):
         results[z]["loss_beta1"] = results[z]["reconstruction"] + float(np.mean(kl))
@@ -503,7 +430,7 @@ def summarize(columns: dict[str, np.ndarray], *, kind: str, variational: bool, d
 
 
 def evaluate(
-    run_dir: Path,
+    run: Path,
     data_path: str | None = None,
     split: str = "test",
     limit: int = 0,
@@ -516,15 +443,17 @@ def evaluate(
     verbose: int = 1,
     out: Path | None = None,
 ) -> dict:
-    """Evaluate a model folder; returns the results main() prints and writes. The arguments are
-    evaluate.py's flags; backend_kind None takes what the folder holds (runs.open_backend).
-    `features` stands in for InceptionV3 under --fid (images [B, H, W, C] in [0, 1] -> [B, F]).
-    `out` is refused, before any image is decoded, when it is one of the split's images."""
+    """The results main() prints and writes; the arguments are evaluate.py's flags. `features`
+    stands in for InceptionV3 under --fid (FeatureFn). `out` is refused, before any image is
+    decoded, when it is one of the split's images."""
     check_settings(limit, batch_size, seed)
-    backend = open_backend(Path(run_dir), backend_kind)
+    backend = open_backend(Path(run), backend_kind)
     folder = describe_folder(backend)
     variational = folder["model"] == "vae"
-    samplers = samplers_of(backend, variational)
+    # The random faces evaluated: the prior's (an autoencoder has none) and the fitted density's.
+    prior = LatentDensity.standard_normal(backend.latent_dim) if variational else None
+    density = find_density(backend.run_dir, backend.latent_dim)
+    samplers = {name: sampler for name, sampler in (("prior", prior), ("density", density)) if sampler is not None}
     data_path = data_path or folder["data"]
     files, description = split_files(data_path, split, limit)
     if out is not None:
@@ -532,25 +461,13 @@ def evaluate(
     if verbose:
         print(f"data: {description}; evaluating {len(files)} {split} images with the {backend.kind} backend")
     features, source, skipped = fid_features(fid, features, inception_weights)
-    started = time.perf_counter()
-    progress = Progress(len(files), "evaluated", bool(verbose))
+    started, moments = time.perf_counter(), defaultdict(FeatureMoments)
     kind, dims = folder["reconstruction"], backend.image_size * backend.image_size * backend.channels
-    columns, real, failed = collect(
-        backend,
-        files,
-        kind=kind,
-        variational=variational,
-        seed=seed,
-        batch_size=batch_size,
-        features=features,
-        progress=progress,
-    )
-    progress.close()
+    columns, real, failed = collect(backend, files, kind, variational, seed, batch_size, features, moments, verbose)
     if failed:
         print(f"warning: skipped {len(failed)} image(s) that could not be decoded, e.g. {failed[0]}")
-    count, moments = len(columns["mu"]), real["moments"]
-    samples = {"real": real["real"].summary()}
-    samples.update(sample_figures(backend, samplers, count, seed, batch_size, features, moments))
+    count = len(columns["mu"])
+    samples = {"real": real.summary(), **sample_figures(backend, samplers, count, seed, batch_size, features, moments)}
     results = {
         "format": EVAL_FORMAT,
         "run": str(backend.run_dir),
@@ -564,15 +481,15 @@ def evaluate(
         "skipped_files": [str(path) for path in failed],
         "model": folder["model"],
         "reconstruction_kind": kind,
-        "image_size": backend.image_size,
-        "channels": backend.channels,
-        "latent_dim": backend.latent_dim,
+        **{key: getattr(backend, key) for key in ("image_size", "channels", "latent_dim")},
         "dims": dims,
         **summarize(columns, kind=kind, variational=variational, dims=dims),
         "samples": {
             **samples,
             "temperature": 1.0,
-            "density_file": describe_density(samplers.get("density")),
+            "density_file": {"file": DENSITY_FILE, "components": density.components, **density.info}
+            if density
+            else None,
             "note": "sharpness: mean variance of the Laplacian of the luminance; diversity: RMS pairwise "
             "distance per pixel value; random faces as many as the split's images, temperature 1",
         },
@@ -591,12 +508,6 @@ def check_settings(limit: int, batch_size: int, seed: int) -> None:
         raise EvalError(f"--seed must not be negative (got {seed})")
 
 
-def describe_density(density: LatentDensity | None) -> dict | None:
-    if density is None:
-        return None
-    return {"file": DENSITY_FILE, "components": density.components, **density.info}
-
-
 def fid_summary(moments: dict, samplers: list[str], computed: bool, source: str | None, skipped: str | None) -> dict:
     if not computed:
         return {"status": "skipped" if skipped else "off", "reason": skipped or "not asked for (--fid)"}
@@ -604,6 +515,9 @@ def fid_summary(moments: dict, samplers: list[str], computed: bool, source: str 
     if count < 2:
         return {"status": "skipped", "reason": f"FID needs at least 2 images, the split has {count}"}
     feature_dim = len(moments["real"].mean())
+    note = "compare only within this project at equal N"
+    if count < feature_dim:
+        note = f"N = {count} < {feature_dim} features: biased upward, compare only at equal N"
     return {
         "status": "computed",
         "weights": source,
@@ -611,11 +525,7 @@ def fid_summary(moments: dict, samplers: list[str], computed: bool, source: str 
         "feature_dim": feature_dim,
         **{f"{name}_samples": fid(moments["real"], moments[f"{name}_samples"]) for name in samplers},
         "reconstructions": fid(moments["real"], moments["reconstructions"]),
-        "note": (
-            f"N = {count} < {feature_dim} features: biased upward, compare only at equal N"
-            if count < feature_dim
-            else "compare only within this project at equal N"
-        ),
+        "note": note,
     }
 
 
@@ -687,50 +597,26 @@ def sample_table(samples: dict) -> list[str]:
     names = [name for name in ("real", "prior", "density") if samples.get(name)]
     header = {"real": "real images", "prior": "prior N(0,I)", "density": "fitted density"}
     lines = ["", f"{'random faces, temperature 1':44s} " + " ".join(f"{header[n]:>15s}" for n in names)]
-    for key, label in (
-        ("sharpness", "sharpness (variance of the Laplacian)"),
-        ("diversity", "diversity (RMS pairwise distance)"),
-    ):
-        lines.append(f"{label:44s} " + " ".join(f"{fmt(samples[n][key], 5):>15s}" for n in names))
-    if samples.get("density_file"):
-        density = samples["density_file"]
-        fitted = density.get("fitted_on", {})
-        lines.append(
-            f"{'':44s} (density: {density['components']} Gaussian components"
-            + (f", fitted to {fitted['count']} {fitted.get('split', '')} posterior means" if fitted else "")
-            + ")"
-        )
-    lines.append("")
-    return lines
-
-
-def json_safe(value):
-    """Non-finite floats -> None (JSON has no NaN or inf)."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    for key, meaning in (("sharpness", "variance of the Laplacian"), ("diversity", "RMS pairwise distance")):
+        lines.append(f"{f'{key} ({meaning})':44s} " + " ".join(f"{fmt(samples[n][key], 5):>15s}" for n in names))
+    density = samples.get("density_file")
+    if density:
+        fitted = density.get("fitted_on")
+        fitted_text = f", fitted to {fitted['count']} {fitted.get('split', '')} posterior means" if fitted else ""
+        lines.append(f"{'':44s} (density: {density['components']} Gaussian components{fitted_text})")
+    return [*lines, ""]
 
 
 # --------------------------------------------------------------------------- command line
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The flags, named as evaluate()'s arguments."""
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Evaluate, print the table and write the JSON; returns the results. Raises UserError (one
+    line) for what the user can fix: `python evaluate.py` reports it through errors.run_main."""
     parser = argparse.ArgumentParser(
         description="Evaluate a model folder (a train.py run or an exported folder) on real images and write "
         "every figure to <folder>/eval_<split>.json.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--run",
-        dest="run_dir",
-        metavar="RUN",
-        type=Path,
-        required=True,
-        help="model folder: a train.py run or an exported folder",
-    )
+    parser.add_argument("--run", type=Path, required=True, help="model folder: a train.py run or an exported folder")
     parser.add_argument(
         "--data", dest="data_path", metavar="PATH", help="CelebA root or folder of faces (default: the run's data)"
     )
@@ -759,21 +645,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, metavar="PATH", help="JSON file to write (default: RUN/eval_<split>.json)")
     parser.add_argument("--verbose", type=int, choices=(0, 1), default=1, help="0: only the table; 1: progress too")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """Evaluate, print the table and write the JSON; returns the results. Raises UserError (one
-    line) for what the user can fix: `python evaluate.py` reports it through errors.run_main."""
-    args = parse_args(argv)
-    out = args.out or args.run_dir / f"eval_{args.split}.json"
-    if args.out or args.run_dir.is_dir():  # else the missing run folder is the error to report
+    args = parser.parse_args(argv)  # the flags, named as evaluate()'s arguments
+    out = args.out or args.run / f"eval_{args.split}.json"
+    if args.out or args.run.is_dir():  # else the missing run folder is the error to report
         check_output_path(check_writable(out, folder=False))
     results = evaluate(**{**vars(args), "out": out})
     print(format_table(results))
     try:
         with made_folders(out.parent):
-            write_text_atomic(out, json.dumps(json_safe(results), indent=2) + "\n")
+            safe = json.loads(json.dumps(results), parse_constant=lambda name: None)  # JSON has no NaN or inf: null
+            write_text_atomic(out, json.dumps(safe, indent=2) + "\n")
     except OSError as error:  # a full disk, or a folder that takes no new files
         raise EvalError(
             f"cannot write {out} ({error.strerror or error}); the figures above were not saved: "

@@ -179,11 +179,9 @@ def png_data_problem(header: bytes, compressed: bytes) -> str | None:
         return 1 + (columns * samples * depth + 7) // 8  # the filter type byte, then the packed samples
 
     row_size = 0 if interlace else row_bytes(width)  # rows of one size: their filter bytes are checked
-    if interlace:
-        passes = [(-(-(width - x) // dx), -(-(height - y) // dy)) for x, y, dx, dy in ADAM7_PASSES]
-        needed = sum(rows * row_bytes(columns) for columns, rows in passes if columns > 0 and rows > 0)
-    else:
-        needed = height * row_size
+    steps = ADAM7_PASSES if interlace else ((0, 0, 1, 1),)  # not interlaced: one pass over every pixel
+    passes = [(-(-(width - x) // dx), -(-(height - y) // dy)) for x, y, dx, dy in steps]
+    needed = sum(rows * row_bytes(columns) for columns, rows in passes if columns > 0 and rows > 0)
     inflater, pending, produced = zlib.decompressobj(), compressed, 0
     try:
         while not inflater.eof and produced <= needed:

@@ -43,8 +43,7 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"image file {path} does not exist")
     try:
         with warnings.catch_warnings():
-            # Pillow only warns between its limit and twice that; refuse those images too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns below twice its limit
             with Image.open(path, formats=list(IMAGE_FORMATS)) as image:
                 upright = ImageOps.exif_transpose(image)  # a photo as taken, as a viewer shows it
                 if upright.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
@@ -119,15 +118,12 @@ def make_grid(
     grid = Image.new("RGB", (grid_width, top + len(rows) * cell_h + GRID_PADDING), "white")
     draw = ImageDraw.Draw(grid)
     for r, row in enumerate(rows):
+        y = top + GRID_PADDING + r * cell_h
         for c, image in enumerate(row):
-            tile = to_image(image).convert("RGB")
-            if scale != 1:
-                tile = tile.resize((width * scale, height * scale), Image.Resampling.NEAREST)
-            grid.paste(tile, (label_width + GRID_PADDING + c * cell_w, top + GRID_PADDING + r * cell_h))
+            tile = to_image(image).convert("RGB").resize((width * scale, height * scale), Image.Resampling.NEAREST)
+            grid.paste(tile, (label_width + GRID_PADDING + c * cell_w, y))
         if row_labels:
-            draw.text(
-                (2, top + GRID_PADDING + r * cell_h + cell_h // 2 - 6), str(row_labels[r]), fill="black", font=font
-            )
+            draw.text((2, y + cell_h // 2 - 6), str(row_labels[r]), fill="black", font=font)
     for c, label in enumerate(column_labels or []):
         draw.text((label_width + GRID_PADDING + c * cell_w + 1, title_height + 1), str(label), fill="black", font=font)
     if title:

@@ -35,7 +35,8 @@ def make_session(
     optimized graph too. Raises FileNotFoundError or ValueError (a model it cannot load)."""
     import onnxruntime as ort
 
-    if not isinstance(source, bytes) and not Path(source).is_file():
+    serialized = isinstance(source, bytes)
+    if not serialized and not Path(source).is_file():
         raise FileNotFoundError(f"{source} does not exist; export it with: python export_onnx.py --run RUN")
     if threads < 0:
         raise ValueError(f"threads must be 0 (onnxruntime's default) or more, got {threads}")
@@ -46,11 +47,9 @@ def make_session(
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
     try:
-        return ort.InferenceSession(
-            source if isinstance(source, bytes) else str(source), options, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(source if serialized else str(source), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-        name = "the model" if isinstance(source, bytes) else str(source)
+        name = "the model" if serialized else str(source)
         raise ValueError(
             f"onnxruntime cannot load {name} ({first_line(error)}); re-export it with export_onnx.py"
         ) from None

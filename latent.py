@@ -67,9 +67,7 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     zero vectors, whose plane of rotation is undefined."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     norms = np.linalg.norm(a) * np.linalg.norm(b)
-    if norms == 0.0:
-        return lerp(a, b, t)
-    omega = np.arccos(np.clip(np.dot(a, b) / norms, -1.0, 1.0))
+    omega = np.arccos(np.clip(np.dot(a, b) / norms, -1.0, 1.0)) if norms else 0.0
     if np.sin(omega) < 1e-6:
         return lerp(a, b, t)
     t = np.asarray(t, dtype=np.float64)[:, None]
@@ -133,8 +131,7 @@ def attribute_sweep(z: np.ndarray, direction: np.ndarray, alphas: Sequence[float
 
 def traversal_grid(z: np.ndarray, directions: np.ndarray, values: Sequence[float]) -> np.ndarray:
     """z + values[c] * directions[r]: [len(directions), len(values), D]."""
-    directions = np.asarray(directions, dtype=np.float64)
-    offsets = np.asarray(values, dtype=np.float64)[None, :, None] * directions[:, None, :]
+    offsets = np.asarray(values, np.float64)[None, :, None] * np.asarray(directions, np.float64)[:, None, :]
     return np.asarray(z, dtype=np.float64) + offsets
 
 
@@ -177,12 +174,9 @@ class LatentDensity:
         return len(self.weights)
 
     def draw(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """The randomness of `count` samples, to turn into latents at several temperatures
-        (`latents`): component indices [count] and noise [count, D]."""
-        if self.components == 1:  # no index drawn: the prior's latents are T * rng.standard_normal
-            components = np.zeros(count, dtype=np.int64)
-        else:
-            components = rng.choice(self.components, size=count, p=self.weights)
+        """Component indices [count] and noise [count, D]: `count` samples, for `latents` at any temperature."""
+        one = self.components == 1  # no index drawn then: the prior's latents are T * rng.standard_normal
+        components = np.zeros(count, np.int64) if one else rng.choice(self.components, size=count, p=self.weights)
         return components, rng.standard_normal((count, self.latent_dim))
 
     def latents(self, components: np.ndarray, noise: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -223,13 +217,8 @@ def gaussian_log_pdf(points: np.ndarray, mean: np.ndarray, cholesky: np.ndarray)
 
 def component_log_joint(points: np.ndarray, density: LatentDensity) -> np.ndarray:
     """log w_c + log N(x; mean_c, cov_c): [N, k]."""
-    return np.stack(
-        [
-            math.log(weight) + gaussian_log_pdf(points, mean, factor)
-            for weight, mean, factor in zip(density.weights, density.means, density.cholesky, strict=True)
-        ],
-        axis=1,
-    )
+    pdfs = [gaussian_log_pdf(points, mean, chol) for mean, chol in zip(density.means, density.cholesky, strict=True)]
+    return np.log(density.weights) + np.stack(pdfs, axis=1)
 
 
 def weighted_gaussians(
@@ -265,23 +254,14 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, itera
 
 
 def fit_mixture(
-    points: np.ndarray,
-    components: int,
-    seed: int = 0,
-    iterations: int = EM_ITERATIONS,
-    tolerance: float = EM_TOLERANCE,
-    deadline: float = math.inf,
+    points: np.ndarray, components: int, seed: int = 0, iterations: int = EM_ITERATIONS, deadline: float = math.inf
 ) -> LatentDensity:
-    """A full-covariance Gaussian mixture fitted to points [N, D] by EM (k-means++ start) until
-    time.monotonic() `deadline` at the latest; components = 1 is the closed-form Gaussian. The
-    covariance floor keeps any component from collapsing onto a few points."""
+    """A full-covariance Gaussian mixture fitted to points [N, D] (N >= components) by EM (k-means++
+    start) until time.monotonic() `deadline` at the latest; components = 1 is the closed-form
+    Gaussian. The covariance floor keeps any component from collapsing onto a few points."""
     points = np.asarray(points, dtype=np.float64)
-    if points.ndim != 2 or len(points) < 2:
-        raise ValueError(f"need at least 2 points of shape [N, D] to fit a density, got {points.shape}")
     if not np.all(np.isfinite(points)):
         raise ValueError("the points to fit contain NaN or inf")
-    if not 1 <= components <= len(points):
-        raise ValueError(f"cannot fit {components} components to {len(points)} points")
     floor = COVARIANCE_FLOOR * max(float(np.mean(np.var(points, axis=0))), 1e-12)
     rng = np.random.default_rng(seed)
     labels = kmeans_plus_plus(points, components, rng) if components > 1 else np.zeros(len(points), int)
@@ -291,10 +271,9 @@ def fit_mixture(
     for _ in range(iterations if components > 1 else 0):
         joint = component_log_joint(points, density)
         total = logsumexp(joint, axis=1)
-        mean_log_likelihood = float(np.mean(total))
-        if mean_log_likelihood - previous < tolerance or time.monotonic() > deadline:
+        if float(np.mean(total)) - previous < EM_TOLERANCE or time.monotonic() > deadline:
             break
-        previous = mean_log_likelihood
+        previous = float(np.mean(total))
         density = LatentDensity(*weighted_gaussians(points, np.exp(joint - total[:, None]), floor))
     return density
 
@@ -311,8 +290,7 @@ def select_density(
     """The mixture of the size k (of the usable `sizes`) whose fit to fit_points scores the highest
     mean log-likelihood on heldout_points, refitted to refit_points when given; sizes that would
     end past `budget` seconds are skipped. `info["selection"]` records each k's score."""
-    fit_points = np.asarray(fit_points, np.float64)
-    heldout_points = np.asarray(heldout_points, np.float64)
+    fit_points, heldout_points = np.asarray(fit_points, np.float64), np.asarray(heldout_points, np.float64)
     if len(fit_points) < 2 or not len(heldout_points):
         raise DensityError(
             f"only {len(fit_points)} training and {len(heldout_points)} validation images could be encoded; "
@@ -345,7 +323,7 @@ def select_density(
     return density
 
 
-def fit_seconds(images: int, latent_dim: int, encode_rate: float, refit: bool = False) -> float:
+def fit_seconds(images: int, latent_dim: int, encode_rate: float) -> float:
     """About how long fitting a density to `images` takes: encoding at `encode_rate` images a
     second (0: not counted), and EM at the speed of one timed step, within select_density's budget."""
     if images < 2:
@@ -354,7 +332,7 @@ def fit_seconds(images: int, latent_dim: int, encode_rate: float, refit: bool = 
     started = time.perf_counter()
     fit_mixture(points, 2, iterations=1)
     steps = images / len(points) * sum(usable_sizes(images, latent_dim, MIXTURE_SIZES)) / 2 * EM_ITERATIONS
-    em = min(SELECTION_SECONDS, (time.perf_counter() - started) * steps) * (1 + refit)
+    em = min(SELECTION_SECONDS, (time.perf_counter() - started) * steps)
     return (images / encode_rate if encode_rate > 0 else 0.0) + em
 
 
@@ -378,17 +356,6 @@ def fit_memory_bytes(count: int, latent_dim: int, sizes: Sequence[int]) -> int:
     return 8 * (5 * count * latent_dim + 3 * max(usable_sizes(count, latent_dim, sizes)) * latent_dim**2)
 
 
-def check_fit(count: int, latent_dim: int, sizes: Sequence[int]) -> None:
-    """Refuse, before any image is encoded, a fit with too few images or too little memory."""
-    needed, available = fit_memory_bytes(count, latent_dim, sizes), data.available_memory()
-    if available is not None and needed > available:
-        raise DensityError(
-            f"fitting a latent density to {count} images in {latent_dim} dimensions takes about "
-            f"{data.size_text(needed)} of memory, but only {data.size_text(available)} is available; use fewer "
-            "images (--max-images) or smaller mixtures (--components)"
-        )
-
-
 # --------------------------------------------------------------------------- the density file
 def rounded(values: np.ndarray) -> list:
     """Nested lists of floats with SIGNIFICANT_DIGITS digits, for a compact JSON file."""
@@ -397,7 +364,8 @@ def rounded(values: np.ndarray) -> list:
     return np.asarray(flat).reshape(array.shape).tolist()
 
 
-def density_json(density: LatentDensity) -> str:
+def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
+    """latent_density.json into folder, atomically."""
     content = {
         "format": DENSITY_FORMAT,
         "latent_dim": density.latent_dim,
@@ -409,7 +377,12 @@ def density_json(density: LatentDensity) -> str:
         "means": rounded(density.means),
         "cholesky": rounded(np.tril(density.cholesky)),
     }
-    return json.dumps(content, separators=(",", ":")) + "\n"
+    path = Path(folder) / DENSITY_FILE
+    try:
+        write_text_atomic(path, json.dumps(content, separators=(",", ":")) + "\n")
+    except OSError as error:
+        raise DensityError(f"cannot write {path} ({error.strerror}); free some space there and fit again") from None
+    return path
 
 
 def density_problem(content, latent_dim: int | None) -> str | None:
@@ -508,9 +481,17 @@ def fit_folder_density(
             f"fitting a latent density needs training and validation images; found {len(fitted)} and "
             f"{len(heldout)} under {dataset.root}"
         )
-    check_fit(len(fitted) + len(heldout), backend.latent_dim, usable_sizes(len(fitted), backend.latent_dim, sizes))
+    # Before any image is encoded: too few images for every size, or too little memory.
+    count, dims = len(fitted) + len(heldout), backend.latent_dim
+    needed, available = fit_memory_bytes(count, dims, usable_sizes(len(fitted), dims, sizes)), data.available_memory()
+    if available is not None and needed > available:
+        raise DensityError(
+            f"fitting a latent density to {count} images in {dims} dimensions takes about "
+            f"{data.size_text(needed)} of memory, but only {data.size_text(available)} is available; use fewer "
+            "images (--max-images) or smaller mixtures (--components)"
+        )
     log(f"latent density: encoding {len(fitted)} training and {len(heldout)} validation images")
-    progress = Progress(len(fitted) + len(heldout), "latent density: encoded")
+    progress = Progress(count, "latent density: encoded")
     fitted, heldout = (encode_files(files, backend, progress=progress.add)[0] for files in (fitted, heldout))
     progress.close()
     log(f"latent density: choosing k among {list(sizes)} on the {len(heldout)} validation posterior means")
@@ -528,16 +509,6 @@ def describe_fit(density: LatentDensity, splits: Sequence[str], count: int, sour
         "source": source,
     }
     return density
-
-
-def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
-    """latent_density.json into folder, atomically."""
-    path = Path(folder) / DENSITY_FILE
-    try:
-        write_text_atomic(path, density_json(density))
-    except OSError as error:
-        raise DensityError(f"cannot write {path} ({error.strerror}); free some space there and fit again") from None
-    return path
 
 
 def finite_numbers(values: object, length: int) -> bool:
@@ -571,7 +542,6 @@ def attribute_directions_problem(content: object, latent_dim: int) -> str | None
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Refit a model folder's latent density; returns the path written."""
-
     parser = argparse.ArgumentParser(
         description="Fit the latent density that generate.py samples random faces from: a Gaussian mixture over "
         "the posterior means of the training images, its size chosen on the validation images. train.py does "
@@ -607,15 +577,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if not data_path:
         raise DensityError(f"{args.run} does not say which data it was trained on; pass --data CELEBA_ROOT")
     splits = args.split.split("+") if args.split else training_splits(config)
-    density = fit_folder_density(
-        backend,
-        data.find_dataset(data_path),
-        splits,
-        limit=config.get("limit", 0) if not args.split else 0,
-        sizes=args.components,
-        max_images=args.max_images,
-        seed=args.seed,
-    )
+    limit, dataset = 0 if args.split else config.get("limit", 0), data.find_dataset(data_path)
+    density = fit_folder_density(backend, dataset, splits, limit, args.components, args.max_images, args.seed)
     path = write_density(density, args.run)
     print(f"wrote {path}: {density.components} Gaussian component(s) over {density.latent_dim} dimensions")
     return path
