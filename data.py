@@ -49,61 +49,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("data")
 
-CELEBA_ATTRIBUTES = [
-    "5_o_Clock_Shadow",
-    "Arched_Eyebrows",
-    "Attractive",
-    "Bags_Under_Eyes",
-    "Bald",
-    "Bangs",
-    "Big_Lips",
-    "Big_Nose",
-    "Black_Hair",
-    "Blond_Hair",
-    "Blurry",
-    "Brown_Hair",
-    "Bushy_Eyebrows",
-    "Chubby",
-    "Double_Chin",
-    "Eyeglasses",
-    "Goatee",
-    "Gray_Hair",
-    "Heavy_Makeup",
-    "High_Cheekbones",
-    "Male",
-    "Mouth_Slightly_Open",
-    "Mustache",
-    "Narrow_Eyes",
-    "No_Beard",
-    "Oval_Face",
-    "Pale_Skin",
-    "Pointy_Nose",
-    "Receding_Hairline",
-    "Rosy_Cheeks",
-    "Sideburns",
-    "Smiling",
-    "Straight_Hair",
-    "Wavy_Hair",
-    "Wearing_Earrings",
-    "Wearing_Hat",
-    "Wearing_Lipstick",
-    "Wearing_Necklace",
-    "Wearing_Necktie",
-    "Young",
-]
+CELEBA_ATTRIBUTES = (  # noqa: SIM905 (a list of 40 names, in the order of CelebA's attribute files)
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
+    "Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair "
+    "Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face "
+    "Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair "
+    "Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
+).split()
 SPLITS = {"train": 0, "validation": 1, "test": 2}
-# The way decode_face makes pixels from a file, in file caches' names: raise it whenever a change
-# of decode_face changes the pixels it makes of a file, so that no older cache is read for them.
+# In file caches' names: raise it whenever decode_face makes other pixels of a file, so no older cache is read.
 DECODE_VERSION = 2
 # What train.py and generate.py write into a run folder that are not faces to train on.
 RUN_ARTIFACTS = (CHECKPOINT_DIR, RECONSTRUCTIONS_DIR, SAMPLES_DIR, GENERATED_DIR, LOSS_CURVES_FILE)
-# Resident memory per byte of cached pixels: tf.data keeps each image in its own buffer, with the
-# allocator's overhead (docs/training.md, "Performance", says how it was measured).
+# Resident memory per byte of cached pixels: one buffer per image, with the allocator's overhead (docs/training.md).
 MEMORY_CACHE_OVERHEAD = 1.2
 MEMORY_CACHE_SHARE = 0.75  # of the available memory; the rest is for TensorFlow, the model and the batches
-# Disk a file cache takes per image beyond its pixels: its index entry, held twice while
-# TensorFlow merges the finished index; and per cache, a partly used block at the end of each of
-# its four files (data, lock, the index twice over).
+# Disk a file cache takes beyond the pixels: per image, its index entry, held twice while TensorFlow merges
+# the index; per cache, a partly used block at the end of each of its four files (data, lock, index twice).
 FILE_CACHE_ENTRY_BYTES = 72
 FILE_CACHE_FILES_BYTES = 4 * 4096
 KAGGLE_HINT = (
@@ -162,16 +124,15 @@ class Dataset:
     def describe(self) -> str:
         counts = ", ".join(f"{name} {len(self.split(name))}" for name in SPLITS)
         split_kind = "official partition" if self.partition is not None else "hash split"
-        annotations = []
+        parts = [f"{len(self.files)} images ({counts}; {split_kind})"]
         for name in ("attributes", "identities"):
             try:
-                annotations.append(f"{len(getattr(self, name))} with {name}")
+                parts.append(f"{len(getattr(self, name))} with {name}")
             except DataError as error:  # reported, not raised: only some uses need them
-                annotations.append(f"{name} unusable: {error}")
-        images = f"{len(self.files)} images ({counts}; {split_kind})"
+                parts.append(f"{name} unusable: {error}")
         if self.other_formats:
-            annotations.append(f"{len(self.other_formats)} image files in other formats skipped")
-        return shown(f"{self.layout} layout at {self.root}: {', '.join([images, *annotations])}")
+            parts.append(f"{len(self.other_formats)} image files in other formats skipped")
+        return shown(f"{self.layout} layout at {self.root}: {', '.join(parts)}")
 
 
 def shown(text: str | os.PathLike) -> str:
@@ -330,22 +291,17 @@ def find_dataset(path: str | os.PathLike) -> Dataset:
     )
     if kaggle_images is not None and (root / "list_eval_partition.csv").is_file():
         layout, folder, partition = "kaggle", kaggle_images, read_partition(root / "list_eval_partition.csv")
-        annotations = {"attribute_file": root / "list_attr_celeba.csv", "identity_file": root / "identity_CelebA.txt"}
+        annotations = (root / "list_attr_celeba.csv", root / "identity_CelebA.txt")
     elif (root / "Img" / "img_align_celeba").is_dir() and (root / "Eval" / "list_eval_partition.txt").is_file():
         layout, folder = "original", root / "Img" / "img_align_celeba"
         partition = read_partition(root / "Eval" / "list_eval_partition.txt")
-        annotations = {
-            "attribute_file": root / "Anno" / "list_attr_celeba.txt",
-            "identity_file": root / "Anno" / "identity_CelebA.txt",
-        }
+        annotations = (root / "Anno" / "list_attr_celeba.txt", root / "Anno" / "identity_CelebA.txt")
     else:
         layout, folder, partition = "folder", root, None
-        annotations = {"identity_file": root / "identity_CelebA.txt"}
+        annotations = (None, root / "identity_CelebA.txt")
     files, others = list_images(folder, recursive=layout == "folder")
-    dataset = Dataset(root, layout, files, partition, other_formats=others)
-    for name, path in annotations.items():
-        if path.is_file():
-            setattr(dataset, name, path)
+    attribute_file, identity_file = (path if path and path.is_file() else None for path in annotations)
+    dataset = Dataset(root, layout, files, partition, attribute_file, identity_file, others)
     if others:
         log.warning(
             "skipped %d image files in formats training does not read (%s), e.g. %s; %s",
@@ -405,22 +361,18 @@ def available_memory(root: Path = Path("/")) -> int | None:
     for line in cgroups:  # "0::/path" for v2, "4:memory:/path" for v1
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            mount, limit_name, usage_name = root / "sys/fs/cgroup", "memory.max", "memory.current"
+            mount, max_file, used_file = root / "sys/fs/cgroup", "memory.max", "memory.current"
         elif "memory" in controllers.split(","):
-            mount, limit_name, usage_name = (
-                root / "sys/fs/cgroup/memory",
-                "memory.limit_in_bytes",
-                "memory.usage_in_bytes",
-            )
+            mount, max_file, used_file = root / "sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
         else:
             continue
         parts = Path(path).relative_to("/").parts
         for depth in range(len(parts), -1, -1):  # the process's own cgroup, then its parents
             level = mount.joinpath(*parts[:depth])
             try:
-                limit = (level / limit_name).read_text().strip()
+                limit = (level / max_file).read_text().strip()
                 if limit != "max":
-                    headroom.append(int(limit) - int((level / usage_name).read_text()))
+                    headroom.append(int(limit) - int((level / used_file).read_text()))
             except (OSError, ValueError):
                 continue
     return min(headroom) if headroom else None
@@ -481,12 +433,9 @@ def check_file_cache(
     free = free_disk_space(cache_dir)
     if needed <= free:
         return
-    in_memory, available = memory_cache_bytes(sum(map(len, file_lists)), image_size, channels), available_memory()
-    memory = (
-        f", use --cache memory (about {size_text(in_memory)}, which fits in memory)"
-        if fits_in_memory(in_memory, available)
-        else ""
-    )
+    in_memory = memory_cache_bytes(sum(map(len, file_lists)), image_size, channels)
+    fits = fits_in_memory(in_memory, available_memory())
+    memory = f", use --cache memory (about {size_text(in_memory)}, which fits in memory)" if fits else ""
     raise DataError(
         f"caching {count} decoded {image_size}x{image_size} images in files under {cache_dir} takes about "
         f"{size_text(needed)}, but only {size_text(free)} is free there; free some space, give another --cache "
@@ -597,11 +546,13 @@ def make_dataset(
     if cache == "memory":
         dataset = dataset.cache()
     elif cache != "none":
-        dataset = dataset.cache(file_cache_path(cache, requested, image_size, channels, crop))
-    decoded = dataset
+        prefix = file_cache_prefix(cache, requested, image_size, channels, crop)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        remove_partial_file_cache(prefix)  # what a killed run or a full disk left half-written
+        dataset = dataset.cache(str(prefix))
 
     def batches(_) -> tf.data.Dataset:
-        stream = decoded
+        stream = dataset
         if shuffle:
             stream = stream.shuffle(min(len(files), 20_000), seed=seed, reshuffle_each_iteration=True)
         stream = stream.batch(batch_size, drop_remainder=drop_remainder)
@@ -614,18 +565,9 @@ def make_dataset(
     # otherwise carry over from earlier iterators, and under tf.distribute Keras opens one (and drops
     # it) before training, which would then see another order than a single-device run, and, by how
     # far that iterator had prefetched, possibly a different order on each worker.
-    dataset = tf.data.Dataset.range(1).flat_map(batches)
-    dataset = dataset.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def file_cache_path(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> str:
-    """The prefix of the file cache of `files` (see `file_cache_prefix`), with its folder made and
-    what a killed run or a full disk left half-written there removed first."""
-    prefix = file_cache_prefix(cache_dir, files, image_size, channels, crop)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    remove_partial_file_cache(prefix)
-    return str(prefix)
+    batched = tf.data.Dataset.range(1).flat_map(batches)
+    batched = batched.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
+    return batched.prefetch(tf.data.AUTOTUNE)
 
 
 def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> Path:
