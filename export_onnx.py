@@ -136,22 +136,23 @@ def check_attributes(run_dir: Path, latent_dim: int) -> Path | None:
     if not path.is_file():
         return None
     try:
-        content = json.loads(path.read_text())
+        problem = attribute_directions_problem(json.loads(path.read_text()), latent_dim)
     except ValueError as error:
         raise ExportError(
             f"{path} is not valid JSON ({error}); recompute it with generate.py --mode attribute"
         ) from None
-    problem = attribute_directions_problem(content, latent_dim)
     if problem:
         raise ExportError(f"{path} {problem}; recompute it with generate.py --mode attribute --recompute")
     return path
 
 
 # --------------------------------------------------------------------------- tracing with the rewrites
-def keras_array(variable) -> np.ndarray:
+def kernel_and_bias(layer) -> tuple[np.ndarray, np.ndarray]:
+    """A Dense or Conv2D layer's weights as float32 arrays (a zero bias where it has none)."""
     import keras
 
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+    bias = layer.bias if layer.use_bias else np.zeros(layer.kernel.shape[-1])
+    return tuple(np.asarray(keras.ops.convert_to_numpy(weights), np.float32) for weights in (layer.kernel, bias))
 
 
 def nchw_order(height: int, width: int, channels: int) -> np.ndarray:
@@ -178,12 +179,8 @@ def subpixel_eligible(layer) -> bool:
 
     return (
         type(layer) is keras.layers.Conv2D
-        and tuple(layer.kernel_size) == (3, 3)
-        and tuple(layer.strides) == (1, 1)
-        and tuple(layer.dilation_rate) == (1, 1)
-        and layer.padding == "same"
-        and layer.data_format == "channels_last"
-        and layer.groups == 1
+        and (tuple(layer.kernel_size), tuple(layer.strides), tuple(layer.dilation_rate)) == ((3, 3), (1, 1), (1, 1))
+        and (layer.padding, layer.data_format, layer.groups) == ("same", "channels_last", 1)
         and layer.filters < SUBPIXEL_MAX_FILTERS
     )
 
@@ -193,8 +190,7 @@ def subpixel_step(conv) -> Callable:
     grid and depth_to_space: the same function with no convolution at full resolution."""
     import tensorflow as tf
 
-    kernel = keras_array(conv.kernel)  # [3, 3, in, out]
-    bias = keras_array(conv.bias) if conv.use_bias else np.zeros(conv.filters, np.float32)
+    kernel, bias = kernel_and_bias(conv)  # kernel [3, 3, in, out]
     # New kernel [3, 3, in, (a, b, out)]: depth_to_space puts channel (a*2 + b)*out + c at (2i+a, 2j+b).
     phased = np.einsum("atr,bus,rsio->tuiabo", PHASE_TAPS, PHASE_TAPS, kernel.astype(np.float64))
     phased = phased.reshape(3, 3, kernel.shape[2], 4 * conv.filters).astype(np.float32)
@@ -210,8 +206,7 @@ def dense_steps(dense, perm: np.ndarray, rows: bool) -> Callable:
     """`dense` with its kernel's rows (input order) or columns (output order) permuted by perm."""
     import tensorflow as tf
 
-    kernel = keras_array(dense.kernel)
-    bias = keras_array(dense.bias) if dense.use_bias else np.zeros(dense.units, np.float32)
+    kernel, bias = kernel_and_bias(dense)
     kernel, bias = (kernel[perm], bias) if rows else (kernel[:, perm], bias[perm])
 
     def step(x):
