@@ -216,16 +216,15 @@ def dense_steps(dense, perm: np.ndarray, rows: bool) -> Callable:
 
 
 def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
-    """Replacement computations for some layers (by name) and a description of each rewrite:
-    a 2x upsampling and the convolution after it as one sub-pixel convolution, other nearest
-    upsamplings as a plain Resize, and the Dense weights beside a Flatten or Reshape in CHW order."""
+    """Replacement computations for some layers (by name) and a note on each rewrite (docs/onnx.md): 2x
+    upsampling + convolution as a sub-pixel convolution, other nearest upsamplings as Resize, and the
+    Dense weights beside a Flatten or Reshape in CHW order."""
     import keras
     import tensorflow as tf
 
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     consumers: dict[int, list] = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
+    for layer in layers:
         for tensor in keras.tree.flatten(layer.input):
             consumers.setdefault(id(tensor), []).append(layer)
 
@@ -235,10 +234,10 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
 
     steps: dict[str, Callable] = {}
     notes: list[str] = []
-    for layer in model.layers:
-        following = only_consumer(layer)
-        if layer.name in steps or isinstance(layer, keras.layers.InputLayer):
+    for layer in layers:
+        if layer.name in steps:
             continue
+        following = only_consumer(layer)
         if (
             isinstance(layer, keras.layers.UpSampling2D)
             and layer.interpolation == "nearest"
@@ -278,8 +277,7 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
 
 
 def forward_function(model: keras.Model, rewrite: bool) -> tuple[Callable, list[str]]:
-    """model's inference forward pass on TensorFlow tensors -> list of outputs, layer by layer,
-    with or without the rewrites; layers without a rewrite are called as they are."""
+    """model's inference forward pass on TensorFlow tensors -> outputs, layer by layer, with or without the rewrites."""
     import keras
 
     steps, notes = plan_rewrites(model) if rewrite else ({}, [])
@@ -321,9 +319,7 @@ def convert(
         raise ExportError(first_line(error)) from None
     for value in [*proto.graph.input, *proto.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
-    # Outputs in the contract's order (tf2onnx sorts a dict's keys).
-    by_name = {value.name: value for value in proto.graph.output}
-    ordered = [by_name[name] for name in output_names]
+    ordered = sorted(proto.graph.output, key=lambda value: output_names.index(value.name))  # tf2onnx sorts them
     del proto.graph.output[:]
     proto.graph.output.extend(ordered)
     return proto, notes
@@ -336,44 +332,30 @@ def add_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     kept = {entry.key: entry.value for entry in proto.metadata_props}
     kept.update({key: str(value) for key, value in metadata.items()})
     onnx.helper.set_model_props(proto, kept)
-    if "input" in kept and "output" in kept:
-        proto.doc_string = (
-            f"{kept.get('part', 'model')} of a CelebA VAE. input {kept['input']}. output {kept['output']}."
-        )
+    proto.doc_string = f"{kept['part']} of a CelebA VAE. input {kept['input']}. output {kept['output']}."
 
 
 # --------------------------------------------------------------------------- checks and writing
-def parity_inputs(model: keras.Model, batch: int, seed: int = 0) -> np.ndarray:
-    """Test inputs: standard normal latents for the decoder, uniform [0, 1] images for the encoder."""
-    rng = np.random.default_rng(seed + batch)
-    shape = (batch, *model.inputs[0].shape[1:])
-    return (rng.standard_normal(shape) if len(shape) == 2 else rng.random(shape)).astype(np.float32)
-
-
 def keras_outputs(model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
     outputs = model(x, training=False)
     return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
 
 
 def parity_check(
-    model: keras.Model,
-    onnx_model: onnx.ModelProto | bytes | str | os.PathLike,
-    part: str,
-    batches: Sequence[int] = PARITY_BATCHES,
-    tolerance: float = TOLERANCE,
-    threads: int = 0,
+    model: keras.Model, proto: onnx.ModelProto, part: str, tolerance: float = TOLERANCE, threads: int = 0
 ) -> dict[int, float]:
-    """Max |ONNX - Keras| over all outputs per batch size; raises ExportError above tolerance
-    (or on a shape mismatch or a non-finite value)."""
-    source = onnx_model.SerializeToString() if hasattr(onnx_model, "SerializeToString") else onnx_model
+    """Max |ONNX - Keras| over all outputs per batch size of PARITY_BATCHES; raises ExportError above
+    tolerance (or on a shape mismatch or a non-finite value)."""
     try:
-        session = make_session(source, threads=threads)
-    except (FileNotFoundError, ValueError) as error:  # e.g. an --opset without an op the graph needs
+        session = make_session(proto.SerializeToString(), threads=threads)
+    except ValueError as error:  # e.g. an --opset without an op the graph needs
         raise ExportError(str(error)) from None
     input_name, output_names = PARTS[part]
     differences = {}
-    for batch in batches:
-        x = parity_inputs(model, batch)
+    for batch in PARITY_BATCHES:
+        rng, shape = np.random.default_rng(batch), (batch, *model.inputs[0].shape[1:])
+        # Standard normal latents for the decoder, uniform [0, 1] images for the encoder.
+        x = (rng.standard_normal(shape) if len(shape) == 2 else rng.random(shape)).astype(np.float32)
         expected = keras_outputs(model, x)
         found = session.run(list(output_names), {input_name: x})
         for name, want, got in zip(output_names, expected, found, strict=True):
@@ -390,15 +372,14 @@ def parity_check(
 
 
 def op_counts(source: onnx.ModelProto | str | os.PathLike, optimized: bool = False) -> Counter:
-    """Node types of a model, or of the graph onnxruntime runs after its optimisations."""
+    """Node types of a model (a proto or file), or of the graph onnxruntime runs after its optimisations (a proto)."""
     import onnx
 
     if not optimized:
         proto = source if hasattr(source, "graph") else onnx.load(str(source))
         return Counter(node.op_type for node in proto.graph.node)
     with tempfile.TemporaryDirectory() as folder:
-        raw = source.SerializeToString() if hasattr(source, "SerializeToString") else source
-        make_session(raw, optimized_path=Path(folder) / "optimized.onnx")
+        make_session(source.SerializeToString(), optimized_path=Path(folder) / "optimized.onnx")
         return Counter(node.op_type for node in onnx.load(str(Path(folder) / "optimized.onnx")).graph.node)
 
 
@@ -411,8 +392,7 @@ def convert_checked(
     opset: int = DEFAULT_OPSET,
     threads: int = 0,
 ) -> onnx.ModelProto:
-    """Convert one part, check its parity with Keras and add its metadata; prints the parity
-    figures and the Transpose counts."""
+    """Convert one part, check its parity with Keras and add its metadata; prints parity and Transpose counts."""
     proto, notes = convert(model, part, rewrite=rewrite, opset=opset)
     differences = parity_check(model, proto, part, tolerance=tolerance, threads=threads)
     worst = max(differences.values())
@@ -481,8 +461,7 @@ def check_out(out: Path, run_dir: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    """Export both parts; returns the paths written. Raises UserError (one line) for what the
-    user can fix: `python export_onnx.py` reports it through errors.run_main."""
+    """Export both parts; returns the paths written."""
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     run_dir = Path(args.run)
