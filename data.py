@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import logging
 import os
 import re
@@ -40,8 +39,8 @@ from runs import (
     GENERATED_DIR,
     LOSS_CURVES_FILE,
     RECONSTRUCTIONS_DIR,
-    RUN_FORMAT,
     SAMPLES_DIR,
+    is_model_folder,
 )
 
 if TYPE_CHECKING:
@@ -248,9 +247,9 @@ def read_identities(path: Path) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- layout detection
 def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
-    """(image files of IMAGE_SUFFIXES, files of OTHER_IMAGE_SUFFIXES training cannot read) in a
-    folder, sorted. Recursive listing skips the RUN_ARTIFACTS of run folders, so grids written
-    by train.py or generate.py never become faces to train on."""
+    """(image files of IMAGE_SUFFIXES, files of OTHER_IMAGE_SUFFIXES training cannot read) in a folder,
+    sorted. Recursive listing skips the RUN_ARTIFACTS of model folders (runs.is_model_folder with a
+    config.json), so grids written by train.py or generate.py never become faces to train on."""
     wanted = IMAGE_SUFFIXES + OTHER_IMAGE_SUFFIXES
     if not recursive:
         # os.scandir's entries know their type without a stat per file, and names sort faster than paths.
@@ -258,7 +257,8 @@ def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list
             names = [e.name for e in entries if os.path.splitext(e.name)[1].lower() in wanted and e.is_file()]
         found = [folder / name for name in sorted(names)]
     else:
-        artifacts = {run / name for run in run_folders(folder) for name in RUN_ARTIFACTS}
+        models = [config.parent for config in folder.rglob(CONFIG_FILE) if is_model_folder(config.parent)]
+        artifacts = {model / name for model in models for name in RUN_ARTIFACTS}
         found = sorted(
             p
             for p in folder.rglob("*")
@@ -266,18 +266,6 @@ def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list
         )
     images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
     return images, [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
-
-
-def run_folders(folder: Path) -> list[Path]:
-    """The folders at or below `folder` holding a config.json of RUN_FORMAT (runs and exports)."""
-    found = []
-    for config in folder.rglob(CONFIG_FILE):
-        try:
-            if json.loads(config.read_text()).get("format") == RUN_FORMAT:
-                found.append(config.parent)
-        except (OSError, ValueError, AttributeError):
-            continue
-    return found
 
 
 def find_dataset(path: str | os.PathLike) -> Dataset:
