@@ -156,18 +156,15 @@ def load_chosen_faces(job: Job, count: int) -> tuple[np.ndarray, list[str], np.n
             names.append(path.stem if len(found) == 1 else f"{path.stem}_{number}")
             if face is not None:
                 photos.append(photo_tile(pixels, face.box, backend.image_size, backend.channels))
-    if len(faces) > MAX_GRID_FACES:
-        raise GenerateError(f"{len(faces)} faces found, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
-    return np.stack(faces), names, (np.stack(photos) if photos else None)
+    return np.stack(faces), names, (np.stack(photos) if photos else None)  # each mode checks its grid's size
 
 
 def photo_tile(pixels: np.ndarray, box: np.ndarray, size: int, channels: int) -> np.ndarray:
     """float32 [size, size, channels]: the whole photo, fitted in on white, the face's box in red."""
     photo = Image.fromarray(pixels)
     scale = size / max(photo.size)
-    photo = photo.resize(
-        (max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.Resampling.BOX
-    )
+    shrunk = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+    photo = photo.resize(shrunk, Image.Resampling.BOX)
     tile = Image.new("RGB", (size, size), "white")
     offset = np.array([(size - photo.width) // 2, (size - photo.height) // 2] * 2)
     tile.paste(photo, tuple(offset[:2]))
@@ -207,8 +204,7 @@ def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None,
 
 # --------------------------------------------------------------------------- attribute directions
 def encoder_probe(backend: runs.Backend) -> np.ndarray:
-    """Posterior mean [D] of a fixed ramp image: the encoder's fingerprint, saved with the directions
-    so they are not reused once the weights change."""
+    """Posterior mean [D] of a ramp image: the encoder's fingerprint, so directions are not reused for other weights."""
     ramp = np.linspace(0.0, 1.0, backend.image_size, dtype=np.float32)
     image = (ramp[:, None] + ramp[None, :]) / 2
     return backend.encode(np.repeat(image[None, :, :, None], backend.channels, axis=-1))[0][0]
@@ -292,16 +288,13 @@ def attribute_directions(job: Job) -> dict:
         }
         runs.write_text_atomic(path, json.dumps(content, indent=1) + "\n")
         print(f"wrote the directions of {', '.join(missing)} to {path}")
-    directions = {}
     for name in names:
-        entry = cached[name]
-        directions[name] = np.asarray(entry["direction"], dtype=np.float64)
-        source = "computed" if name in missing else f"read from {path}"
+        entry, source = cached[name], "computed" if name in missing else f"read from {path}"
         print(
             f"{name}: direction {source} from {entry['positives']} positive and {entry['negatives']} "
-            f"negative images, norm {np.linalg.norm(directions[name]):.3f}"
+            f"negative images, norm {np.linalg.norm(entry['direction']):.3f}"
         )
-    return directions
+    return {name: np.asarray(cached[name]["direction"], dtype=np.float64) for name in names}
 
 
 # --------------------------------------------------------------------------- modes: each builds one grid
@@ -444,9 +437,9 @@ def attribute_grid(job: Job) -> Grid:
 
 
 def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
-    """(directions [n, D], labels) that traverse moves along, each one standard deviation long in the
-    latents' spread: over --data, else under the fitted density, else the prior. Single dimensions are
-    entangled; the spread's principal directions are where faces change most."""
+    """(directions [n, D], labels) traverse moves along, each one standard deviation of the latents' spread
+    (over --data, else the fitted density, else the prior) long: by default its principal directions,
+    where faces change most (single dimensions are entangled)."""
     args, latent_dim = job.args, job.backend.latent_dim
     if job.dataset is not None:
         files = random_files(job.dataset, args.split, ACTIVITY_IMAGES, job.rng, allow_fewer=True)
