@@ -1,14 +1,12 @@
 """CelebA (or any folder of faces) -> tf.data pipelines of float32 images in [0, 1].
 
-Recognises Kaggle's layout (<root>/img_align_celeba/img_align_celeba/*.jpg with
-list_eval_partition.csv), the CelebA site's (<root>/Img/img_align_celeba, Eval/, Anno/), or any
-folder of faces (searched recursively, without the grids of run folders; an 80/10/10 split by a
-hash of each file name). Attribute and identity files are read on first use.
+Recognises Kaggle's layout (<root>/img_align_celeba/img_align_celeba/*.jpg with list_eval_partition.csv),
+the CelebA site's (<root>/Img/img_align_celeba, Eval/, Anno/), or any folder of faces (searched
+recursively, without run folders' grids; an 80/10/10 split by a hash of each file name).
 
-Pipeline: file list -> image_files' checks (bad files named, counted and skipped) -> decode (the
-crop, images.crop_box, fused into the JPEG decode; Pillow for other formats and rotated photos)
--> area resize -> uint8 -> cache -> seeded shuffle -> batch -> float32 in [0, 1]. TensorFlow is
-imported only where tensors are built. Details: docs/training.md, "Data".
+Pipeline: file list -> image_files' checks (bad files named, counted and skipped) -> decode (the crop
+fused into the JPEG decode; Pillow for other formats and rotated photos) -> area resize -> uint8 ->
+cache -> seeded shuffle -> batch -> float32 in [0, 1]. Details: docs/training.md, "Data".
 
     python data.py --data ./celeba     # what is found in a folder
 """
@@ -335,9 +333,8 @@ def checked_files(paths: Sequence[Path]) -> tuple[list[Path], list[bool]]:
 
 # --------------------------------------------------------------------------- cache sizes
 def available_memory(root: Path = Path("/")) -> int | None:
-    """Bytes of memory this process may still take: the kernel's MemAvailable, or less where a
-    memory cgroup limit (v2 or v1) of this process's cgroup or one above it leaves less. None
-    where neither is known (not Linux). `root` is for tests."""
+    """Bytes of memory this process may still take: MemAvailable, or less where a memory cgroup limit (v2 or
+    v1) of this process's cgroup or one above leaves less; None where neither is known. `root`: for tests."""
     headroom = []
     try:
         found = re.search(r"^MemAvailable:\s+(\d+) kB", (root / "proc/meminfo").read_text(), re.MULTILINE)
@@ -444,11 +441,8 @@ def crop_window(height: tf.Tensor, width: tf.Tensor, crop: int) -> tf.Tensor:
     import tensorflow as tf
 
     short_side = tf.minimum(height, width)
-    if crop > 0:
-        side = tf.cast(tf.round(crop * tf.cast(short_side, tf.float32) / CELEBA_WIDTH), tf.int32)
-        side = tf.clip_by_value(side, 1, short_side)
-    else:
-        side = short_side
+    scaled = tf.cast(tf.round(crop * tf.cast(short_side, tf.float32) / CELEBA_WIDTH), tf.int32)
+    side = tf.clip_by_value(scaled, 1, short_side) if crop > 0 else short_side
     return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
 
 
@@ -489,8 +483,7 @@ def decode_face(
         return cropped(tf.ensure_shape(pixels, [None, None, 3]))
 
     image = tf.cond(native, decode_native, decode_with_pillow)
-    # Area averaging is an antialiasing filter for downscaling, and faster in tf.data than
-    # bilinear with antialias=True (bench/data_throughput.py).
+    # Area averaging antialiases a downscale, faster in tf.data than antialiased bilinear (bench/data_throughput.py).
     image = tf.image.resize(image, (image_size, image_size), method="area")
     if channels == 1:
         image = tf.image.rgb_to_grayscale(image)
@@ -549,20 +542,18 @@ def make_dataset(
         # Skipped batches are replayed from the cache (without one, re-read), before the float conversion.
         return stream.skip(skip_batches)
 
-    # Built inside flat_map, the stream starts afresh in every iterator: the reshuffling state would
-    # otherwise carry over from earlier iterators, and under tf.distribute Keras opens one (and drops
-    # it) before training, which would then see another order than a single-device run, and, by how
-    # far that iterator had prefetched, possibly a different order on each worker.
+    # Built inside flat_map, the stream starts afresh in every iterator; else the reshuffling state would carry
+    # over from the iterator Keras opens (and drops) under tf.distribute before training, which would then see
+    # another order than a single-device run, and, by how far that one had prefetched, another on each worker.
     batched = tf.data.Dataset.range(1).flat_map(batches)
     batched = batched.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
     return batched.prefetch(tf.data.AUTOTUNE)
 
 
 def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> Path:
-    """The prefix of the file cache of `files` (as listed, before the file check) and the decode
-    settings. Everything that changes the pixels makes another cache: another list, a file
-    replaced (its size or modification time), another setting, or another way of decoding
-    (DECODE_VERSION)."""
+    """The prefix of the file cache of `files` (as listed, before the file check) and the decode settings.
+    Whatever changes the pixels makes another cache: another list, a file replaced (its size or
+    modification time), another setting, or another way of decoding (DECODE_VERSION)."""
     digest = hashlib.md5()
     for path in files:
         try:

@@ -378,10 +378,8 @@ def weighted_grid(job: Job) -> Grid:
         raise GenerateError(f"--weights: {error}") from None
     mu, log_var = backend.encode(faces)
     mixed_mu, mixed_log_sigma = latent.weighted_posterior(mu, 0.5 * log_var, weights)
-    if args.weights is None:
-        print(f"weights: 1/{len(faces)} for each of {len(faces)} faces")
-    else:
-        print("weights: " + ", ".join(f"{name} {w:.3g}" for name, w in zip(names, weights, strict=True)))
+    shares = ", ".join(f"{name} {w:.3g}" for name, w in zip(names, weights, strict=True))
+    print(f"weights: 1/{len(faces)} for each of {len(faces)} faces" if args.weights is None else f"weights: {shares}")
     if backend.model_kind != "vae":
         print("note: this run is a plain autoencoder; its log_var head is untrained, so the spread is arbitrary")
     z = latent.reparameterize(mixed_mu, mixed_log_sigma, rng.standard_normal((args.samples, mu.shape[1])))
@@ -646,8 +644,7 @@ def resolve(args: argparse.Namespace) -> Job:
     backend = runs.open_backend(run_dir, args.backend, args.threads)
     density, sampler = latent.choose_sampler(args.sampler, run_dir, backend.latent_dim)
     dataset = data.find_dataset(args.data) if args.data else None
-    rng = np.random.default_rng(args.seed)
-    return Job(args, run_dir, out, inputs, random, backend, density, sampler, dataset, rng)
+    return Job(args, run_dir, out, inputs, random, backend, density, sampler, dataset, np.random.default_rng(args.seed))
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
