@@ -469,19 +469,16 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     out = check_out(Path(args.out) if args.out else run_dir, run_dir)
     # The models first: an edited config.json is the problem to name, not the files that fit the models.
     encoder, decoder = load_models(run_dir, config)
-    attributes = check_attributes(run_dir, config["latent_dim"])
-    density = run_dir / DENSITY_FILE if find_density(run_dir, config["latent_dim"]) else None
-    print(
-        f"run {run_dir}: {config.get('model', 'vae')}, latent {config['latent_dim']}, "
-        f"{config['image_size']}x{config['image_size']}x{config['channels']}"
-    )
-    metadata = {}
-    for part in ("decoder", "encoder"):
-        metadata[part] = onnx_metadata(config, part, run_dir)
-        if attributes is not None:
-            metadata[part]["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
-        if density is not None:
-            metadata[part]["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
+    size, latent_dim = config["image_size"], config["latent_dim"]
+    attributes = check_attributes(run_dir, latent_dim)
+    density = run_dir / DENSITY_FILE if find_density(run_dir, latent_dim) else None
+    print(f"run {run_dir}: {config.get('model', 'vae')}, latent {latent_dim}, {size}x{size}x{config['channels']}")
+    beside = {
+        "attribute_directions": f"{ATTRIBUTES_FILE} beside this file" if attributes else None,
+        "latent_density": f"{DENSITY_FILE} beside this file: sample z from it (latent.py)" if density else None,
+    }
+    beside = {key: note for key, note in beside.items() if note}
+    metadata = {part: onnx_metadata(config, part, run_dir) | beside for part in ("decoder", "encoder")}
     options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
     protos = convert_pair({"decoder": decoder, "encoder": encoder}, metadata, **options)
     import onnx
@@ -489,9 +486,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     files = {out / onnx_file(part): functools.partial(onnx.save, proto) for part, proto in protos.items()}
     companions = {CONFIG_FILE: run_dir / CONFIG_FILE, ATTRIBUTES_FILE: attributes, DENSITY_FILE: density}
     if out.resolve() != run_dir.resolve():  # the models and the run's JSON files, all or none
-        files.update(
-            {out / name: functools.partial(shutil.copyfile, source) for name, source in companions.items() if source}
-        )
+        files |= {
+            out / name: functools.partial(shutil.copyfile, source) for name, source in companions.items() if source
+        }
     try:
         written = write_together(files)
     except OSError as error:  # a full disk, or a folder that takes no new files
