@@ -24,9 +24,8 @@ from PIL import Image
 
 from errors import UserError, run_main
 
-REPO = Path(__file__).resolve().parent
-DETECTOR_FILE = REPO / "pretrained" / "face_detector" / "face_detector.onnx"
-LANDMARKS_FILE = REPO / "pretrained" / "face_detector" / "face_landmarks.onnx"
+DETECTOR_FILE = Path(__file__).resolve().parent / "pretrained" / "face_detector" / "face_detector.onnx"
+LANDMARKS_FILE = DETECTOR_FILE.with_name("face_landmarks.onnx")
 FRAME_WIDTH, FRAME_HEIGHT = 178, 218  # CelebA's aligned images
 # Face.points (x, y) in the frame: their mean over CelebA's aligned images (bench/align_wild.py --template).
 TEMPLATE = np.array([[70.1, 112.9], [108.0, 113.0], [72.2, 152.9], [106.0, 153.0]])

@@ -113,10 +113,8 @@ class Dataset:
             return list(self.files)
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}; choose train, validation, test or all")
-        wanted = SPLITS[name]
-        if self.partition is None:
-            return [p for p in self.files if hash_split(p.name) == wanted]
-        return [p for p in self.files if self.partition.get(p.name) == wanted]
+        split_of = hash_split if self.partition is None else self.partition.get
+        return [p for p in self.files if split_of(p.name) == SPLITS[name]]
 
     def describe(self) -> str:
         counts = ", ".join(f"{name} {len(self.split(name))}" for name in SPLITS)
@@ -315,20 +313,15 @@ def usable_files(paths: Sequence[Path]) -> list[Path]:
 def checked_files(paths: Sequence[Path]) -> tuple[list[Path], list[bool]]:
     """(the paths that pass image_files' check, whether TensorFlow decodes each: else Pillow);
     warns with the count of skipped files and names a few, with what is wrong with each."""
-    good, native, bad = [], [], []
-    for path in paths:
-        problem, tensorflow_decodes = check_image(path)
-        if problem is None:
-            good.append(path)
-            native.append(tensorflow_decodes)
-        else:
-            bad.append(f"{shown(path)} ({problem})")
+    checks = [(path, *check_image(path)) for path in paths]  # path, problem or None, whether TensorFlow decodes it
+    bad = [f"{shown(path)} ({problem})" for path, problem, _ in checks if problem is not None]
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         log.warning(
             "skipped %d of %d image files that cannot be decoded: %s%s", len(bad), len(paths), "; ".join(bad[:5]), more
         )
-    return good, native
+    good = [(path, native) for path, problem, native in checks if problem is None]
+    return [path for path, _ in good], [native for _, native in good]
 
 
 # --------------------------------------------------------------------------- cache sizes
@@ -400,11 +393,8 @@ def file_cache_needs(
 ) -> tuple[int, int]:
     """(images, bytes) still to be written to `cache_dir` for the file caches of these file lists;
     a cache already complete there needs none."""
-    missing = [
-        files
-        for files in file_lists
-        if not file_cache_is_complete(file_cache_prefix(cache_dir, files, image_size, channels, crop))
-    ]
+    prefixes = [file_cache_prefix(cache_dir, files, image_size, channels, crop) for files in file_lists]
+    missing = [files for files, prefix in zip(file_lists, prefixes, strict=True) if not file_cache_is_complete(prefix)]
     count = sum(map(len, missing))
     return count, file_cache_bytes(count, image_size, channels) + len(missing) * FILE_CACHE_FILES_BYTES
 
