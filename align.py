@@ -156,12 +156,8 @@ class FaceFinder:
     def find(self, pixels: np.ndarray, whole_only: bool = False) -> list[Face]:
         """The faces in uint8 [H, W, 3] pixels, best first, that the detector finds and Face Mesh confirms
         (rejecting faces seen in noise). whole_only: look at the whole photo only (an aligned frame)."""
-        faces = []
-        for box, keypoints in self.detect(pixels, whole_only):
-            landmarks, presence = self.landmarks(pixels, box, keypoints)
-            if presence >= MIN_SCORE:
-                faces.append(Face(box, landmarks))
-        return faces
+        found = [(box, *self.landmarks(pixels, box, keypoints)) for box, keypoints in self.detect(pixels, whole_only)]
+        return [Face(box, landmarks) for box, landmarks, presence in found if presence >= MIN_SCORE]
 
     def detect(self, pixels: np.ndarray, whole_only: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
         """(box [4], keypoints [6, 2]) in the photo's pixels of each face found in detector_views (black
