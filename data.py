@@ -493,13 +493,10 @@ def make_dataset(
     repeat: bool = False,
     skip_batches: int = 0,
 ) -> tf.data.Dataset:
-    """Batches of float32 [B, S, S, C] images in [0, 1] from image files.
-
-    cache: "memory", "none", or a folder for a file cache (one per file list and settings,
-    reused by later runs). repeat: cycle through the files forever, in passes of whole batches.
-    skip_batches: start this many batches into the seeded stream, so that a resumed run sees
-    the batches an uninterrupted one would have seen.
-    """
+    """Batches of float32 [B, S, S, C] images in [0, 1] from image files. cache: "memory", "none", or a folder
+    for a file cache (one per file list and settings, reused by later runs). repeat: cycle through the files
+    forever, in passes of whole batches. skip_batches: start this many batches into the seeded stream, so
+    that a resumed run sees the batches an uninterrupted one would have seen."""
     import tensorflow as tf
 
     requested = list(files)

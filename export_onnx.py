@@ -221,8 +221,9 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
     Dense weights beside a Flatten or Reshape in CHW order."""
     import keras
     import tensorflow as tf
+    from keras.layers import Dense, Flatten, InputLayer, Reshape, UpSampling2D
 
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    layers = [layer for layer in model.layers if not isinstance(layer, InputLayer)]
     consumers: dict[int, list] = {}
     for layer in layers:
         for tensor in keras.tree.flatten(layer.input):
@@ -238,11 +239,7 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
         if layer.name in steps:
             continue
         following = only_consumer(layer)
-        if (
-            isinstance(layer, keras.layers.UpSampling2D)
-            and layer.interpolation == "nearest"
-            and layer.data_format == "channels_last"
-        ):
+        if isinstance(layer, UpSampling2D) and (layer.interpolation, layer.data_format) == ("nearest", "channels_last"):
             if tuple(layer.size) == (2, 2) and following is not None and subpixel_eligible(following):
                 steps[layer.name] = lambda x: x
                 steps[following.name] = subpixel_step(following)
@@ -250,11 +247,7 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
             else:
                 steps[layer.name] = resize_step(layer.size)
                 notes.append(f"{layer.name}: Resize (nearest, asymmetric)")
-        elif (
-            isinstance(layer, keras.layers.Dense)
-            and isinstance(following, keras.layers.Reshape)
-            and len(following.target_shape) == 3
-        ):
+        elif isinstance(layer, Dense) and isinstance(following, Reshape) and len(following.target_shape) == 3:
             height, width, channels = following.target_shape
             steps[layer.name] = dense_steps(layer, nchw_order(height, width, channels), rows=False)
             steps[following.name] = lambda y, shape=(-1, channels, height, width): tf.transpose(
@@ -262,8 +255,8 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
             )
             notes.append(f"{layer.name}+{following.name}: weights in CHW order")
         elif (
-            isinstance(layer, keras.layers.Flatten)
-            and isinstance(following, keras.layers.Dense)
+            isinstance(layer, Flatten)
+            and isinstance(following, Dense)
             and len(layer.input.shape) == 4
             and layer.data_format == "channels_last"
         ):
