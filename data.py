@@ -255,11 +255,8 @@ def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list
     else:
         models = [config.parent for config in folder.rglob(CONFIG_FILE) if is_model_folder(config.parent)]
         artifacts = {model / name for model in models for name in RUN_ARTIFACTS}
-        found = sorted(
-            p
-            for p in folder.rglob("*")
-            if p.suffix.lower() in wanted and p.is_file() and artifacts.isdisjoint((p, *p.parents))
-        )
+        paths = (p for p in folder.rglob("*") if p.suffix.lower() in wanted and p.is_file())
+        found = sorted(p for p in paths if artifacts.isdisjoint((p, *p.parents)))
     images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
     return images, [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
 
@@ -287,12 +284,10 @@ def find_dataset(path: str | os.PathLike) -> Dataset:
     attribute_file, identity_file = (path if path and path.is_file() else None for path in annotations)
     dataset = Dataset(root, layout, files, partition, attribute_file, identity_file, others)
     if others:
+        suffixes = ", ".join(sorted({p.suffix.lower() for p in others}))
         log.warning(
-            "skipped %d image files in formats training does not read (%s), e.g. %s; %s",
-            len(others),
-            ", ".join(sorted({p.suffix.lower() for p in others})),
-            shown(others[0]),
-            CONVERT_HINT,
+            f"skipped {len(others)} image files in formats training does not read ({suffixes}), "
+            f"e.g. {shown(others[0])}; {CONVERT_HINT}"
         )
     if not dataset.files:
         raise DataError(f"no image files found under {root} ({layout} layout); {LAYOUTS_HELP}; {KAGGLE_HINT}")
@@ -506,8 +501,7 @@ def make_dataset(
     # Paths as bytes: a file name that is not UTF-8 reaches TensorFlow as it is on disk.
     dataset = tf.data.Dataset.from_tensor_slices(([os.fsencode(p) for p in files], native))
     dataset = dataset.map(
-        lambda path, native: decode_face(path, native, image_size, channels, crop),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        lambda path, native: decode_face(path, native, image_size, channels, crop), num_parallel_calls=tf.data.AUTOTUNE
     )
     # For files that pass the check but still fail to decode (TensorFlow only logs its own message).
     dataset = dataset.ignore_errors(log_warning=True)
