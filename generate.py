@@ -22,6 +22,7 @@ The onnx backend imports no TensorFlow. The grid goes to <run>/generated/<mode>.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -101,13 +102,9 @@ def random_files(
 ) -> list[Path]:
     """`count` distinct readable files of a split in a seeded random order (fewer only if allow_fewer)."""
     files = dataset.split(split)
-    chosen = []
-    for index in rng.permutation(len(files)):
-        if data.is_readable_image(files[index]):  # skip truncated downloads
-            chosen.append(files[index])
-            if len(chosen) == count:
-                return chosen
-    if allow_fewer and chosen:
+    readable = (files[i] for i in rng.permutation(len(files)) if data.is_readable_image(files[i]))  # not truncated
+    chosen = list(itertools.islice(readable, count))
+    if len(chosen) == count or (allow_fewer and chosen):
         return chosen
     raise GenerateError(
         f"the {split} split under {dataset.root} has {len(chosen)} readable images, {count} needed; "
