@@ -4,12 +4,10 @@
     python align.py --data group.jpg --out aligned/ --faces all
     python train.py --data aligned/                          # then train on your own collection
 
-MediaPipe's face detector (BlazeFace) finds the faces and its Face Mesh their landmarks
-(pretrained/face_detector/, on onnxruntime). A similarity transform (rotation, scale, shift)
-puts the eyes and mouth corners where Face Mesh finds them on CelebA's aligned training images
-(TEMPLATE), and the photo is resampled into that 178x218 frame, the framing the models were
-trained on. generate.py aligns its --images this way; docs/generate.md shows photos, their
-aligned crops, and how exactly it recovers faces.
+MediaPipe's BlazeFace finds the faces and its Face Mesh their landmarks (pretrained/face_detector/,
+on onnxruntime). A similarity transform puts the eyes and mouth corners where Face Mesh finds them
+on CelebA's aligned images (TEMPLATE), and the photo is resampled into that 178x218 frame, the
+models' framing. generate.py aligns its --images this way; docs/generate.md shows results.
 """
 
 from __future__ import annotations
@@ -26,20 +24,16 @@ from PIL import Image
 
 from errors import UserError, run_main
 
-REPO = Path(__file__).resolve().parent
-DETECTOR_FILE = REPO / "pretrained" / "face_detector" / "face_detector.onnx"
-LANDMARKS_FILE = REPO / "pretrained" / "face_detector" / "face_landmarks.onnx"
+DETECTOR_FILE = Path(__file__).resolve().parent / "pretrained" / "face_detector" / "face_detector.onnx"
+LANDMARKS_FILE = DETECTOR_FILE.with_name("face_landmarks.onnx")
 FRAME_WIDTH, FRAME_HEIGHT = 178, 218  # CelebA's aligned images
-# Face.points (x, y) in the 178x218 frame: their mean over CelebA's aligned training images,
-# measured by bench/align_wild.py --template (docs/generate.md: Alignment).
+# Face.points (x, y) in the frame: their mean over CelebA's aligned images (bench/align_wild.py --template).
 TEMPLATE = np.array([[70.1, 112.9], [108.0, 113.0], [72.2, 152.9], [106.0, 153.0]])
 EYE_CORNERS = ([33, 133], [362, 263])  # Face Mesh's outer and inner corner of the right and left eye
 MOUTH_CORNERS = [61, 291]  # Face Mesh's right and left mouth corner
 MIN_SCORE = 0.5  # the detector's and Face Mesh's: below it, not a face
 OVERLAP = 0.3  # boxes overlapping more than this (intersection over union) are one face
-# Eyes-to-mouth pixels (Face.size) below which a face has less detail than a 64x64 model input
-# (where that distance is about 17 pixels): it is aligned, with a warning.
-SMALL_FACE = 17
+SMALL_FACE = 17  # eyes to mouth (Face.size) in a 64x64 model input: a smaller face is aligned with a warning
 FACES = ("largest", "all")
 
 
@@ -56,9 +50,8 @@ class Face:
 
     @property
     def points(self) -> np.ndarray:
-        """[4, 2] the points alignment uses: the centres of the right and left eye (the middle of
-        each eye's corners) and the right and left mouth corner. These are the landmarks CelebA's
-        alignment was made from, less the nose tip, which moves as the head turns."""
+        """[4, 2]: the centres of the right and left eye (between each eye's corners), the right and left
+        mouth corner: CelebA's alignment landmarks less the nose tip, which moves as the head turns."""
         eyes = [self.landmarks[corners].mean(axis=0) for corners in EYE_CORNERS]
         return np.stack([*eyes, *self.landmarks[MOUTH_CORNERS]])
 
@@ -90,9 +83,8 @@ def logistic(logits: np.ndarray) -> np.ndarray:
 def decode_detections(
     regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, size: int, min_score: float = MIN_SCORE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """BlazeFace's raw outputs ([N, 16] offsets, [N] logits) -> boxes [M, 4] (x0, y0, x1, y1),
-    scores [M] and keypoints [M, 6, 2], in [0, 1] of the model's square input, for the M anchors
-    scoring at least min_score."""
+    """BlazeFace's raw outputs ([N, 16] offsets, [N] logits) -> boxes [M, 4] (x0, y0, x1, y1), scores [M]
+    and keypoints [M, 6, 2] in [0, 1] of its square input, for the M anchors scoring at least min_score."""
     scores = logistic(logits)
     keep = scores >= min_score
     offsets, centres = regressors[keep] / size, anchors[keep]
@@ -113,9 +105,8 @@ def box_overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def merge_detections(
     boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, overlap: float = OVERLAP
 ) -> list[tuple[np.ndarray, float, np.ndarray]]:
-    """Weighted non-maximum suppression, as MediaPipe does it: the detections that overlap the best
-    remaining one by more than `overlap` become one face whose box and keypoints are their
-    score-weighted mean (steadier than keeping the best one alone), best faces first."""
+    """MediaPipe's weighted non-maximum suppression: detections overlapping the best remaining one by more
+    than `overlap` become one face, their score-weighted mean (steadier than the best alone), best first."""
     order = np.argsort(-scores)
     faces = []
     while order.size:
@@ -129,10 +120,9 @@ def merge_detections(
 
 
 def detector_views(height: int, width: int) -> list[tuple[float, float, float]]:
-    """The squares (x0, y0, side), in a photo's pixels, the detector looks at: the whole photo
-    (its long side), squares of its short side along the long one, and squares of half the short
-    side overlapping by half. The detector finds faces down to about a seventh of its input, so a
-    small face in a large or group photo is found in one of the smaller squares."""
+    """The squares (x0, y0, side) in a photo's pixels the detector looks at: the whole photo, squares of
+    its short side along the long one, and of half the short side overlapping by half. It finds faces
+    down to about a seventh of its input: a small face in a group photo is found in a smaller square."""
     long_side, short_side = max(height, width), min(height, width)
     views = [((width - long_side) / 2, (height - long_side) / 2, float(long_side))]
     for side in (short_side, short_side / 2):
@@ -164,20 +154,14 @@ class FaceFinder:
         self.anchors = detector_anchors(self.DETECTOR_SIZE, self.STRIDES, self.ANCHORS_PER_CELL)
 
     def find(self, pixels: np.ndarray, whole_only: bool = False) -> list[Face]:
-        """The faces in uint8 [H, W, 3] pixels, best first: what the detector finds and Face Mesh
-        confirms (it rejects most of the detector's mistakes, such as faces seen in noise).
-        whole_only: the detector looks at the whole photo only (enough for an aligned frame)."""
-        faces = []
-        for box, keypoints in self.detect(pixels, whole_only):
-            landmarks, presence = self.landmarks(pixels, box, keypoints)
-            if presence >= MIN_SCORE:
-                faces.append(Face(box, landmarks))
-        return faces
+        """The faces in uint8 [H, W, 3] pixels, best first, that the detector finds and Face Mesh confirms
+        (rejecting faces seen in noise). whole_only: look at the whole photo only (an aligned frame)."""
+        found = [(box, *self.landmarks(pixels, box, keypoints)) for box, keypoints in self.detect(pixels, whole_only)]
+        return [Face(box, landmarks) for box, landmarks, presence in found if presence >= MIN_SCORE]
 
     def detect(self, pixels: np.ndarray, whole_only: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(box [4], keypoints [6, 2]) of each face the detector finds, in the photo's pixels, best
-        first. It looks at each of detector_views (squares beyond the photo's edge are black, as
-        in MediaPipe's padding), and what it finds in several of them is one face."""
+        """(box [4], keypoints [6, 2]) in the photo's pixels of each face found in detector_views (black
+        beyond the photo's edge, as MediaPipe pads), best first; one face found in several views is one."""
         height, width = pixels.shape[:2]
         views = detector_views(height, width)[: 1 if whole_only else None]
         photo = Image.fromarray(pixels)
@@ -204,9 +188,8 @@ class FaceFinder:
         return [(box, points) for box, _, points in merged]
 
     def landmarks(self, pixels: np.ndarray, box: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, float]:
-        """Face Mesh's [468, 2] landmarks of a detected face, in the photo's pixels, and how sure it
-        is that it sees a face (0 to 1). Face Mesh sees the face upright (turned so that the
-        detector's eyes are level), in a square around the detector's box."""
+        """Face Mesh's [468, 2] landmarks of a detected face in the photo's pixels, and how sure it is of a
+        face (0 to 1). It sees the face upright (the detector's eyes level) in a square around its box."""
         centre = (box[:2] + box[2:]) / 2
         side = max(box[2] - box[0], box[3] - box[1]) * self.MESH_MARGIN
         eyes = keypoints[1] - keypoints[0]
@@ -249,10 +232,8 @@ def invert(matrix: np.ndarray) -> np.ndarray:
 
 
 def warp(pixels: np.ndarray, matrix: np.ndarray, size: tuple[int, int] = (FRAME_WIDTH, FRAME_HEIGHT)) -> np.ndarray:
-    """uint8 [height, width, 3] of size (width, height): the photo resampled through `matrix`
-    (photo -> output coordinates). Only the part of the photo the output shows is read; it is
-    first shrunk by area averaging to about the output's scale (no aliasing from a large photo),
-    and the output beyond the photo's edge repeats the edge's pixels."""
+    """uint8 [height, width, 3]: the photo resampled through `matrix` (photo -> output coordinates). The
+    part shown is first area-averaged to about the output's scale (no aliasing); edge pixels repeat beyond."""
     corners = apply_transform(invert(matrix), np.array([[0, 0], [size[0], 0], [0, size[1]], size], float))
     x0, y0 = np.floor(corners.min(axis=0)).astype(int) - 2
     x1, y1 = np.ceil(corners.max(axis=0)).astype(int) + 2
@@ -270,9 +251,8 @@ def warp(pixels: np.ndarray, matrix: np.ndarray, size: tuple[int, int] = (FRAME_
 
 
 def align_face(pixels: np.ndarray, face: Face, finder: FaceFinder) -> np.ndarray:
-    """uint8 [218, 178, 3]: the face's aligned frame. Face Mesh is most consistent where it sees
-    the face as on CelebA's frames, where TEMPLATE was measured; so it looks again in the first
-    aligned frame, and its correction is folded into one resampling of the photo."""
+    """uint8 [218, 178, 3]: the face's aligned frame. Face Mesh is most consistent on CelebA-like frames,
+    where TEMPLATE was measured: it looks again in a first aligned frame, the correction folded in."""
     matrix = similarity_transform(face.points, TEMPLATE)
     again = finder.find(warp(pixels, matrix), whole_only=True)
     if again:
@@ -282,8 +262,7 @@ def align_face(pixels: np.ndarray, face: Face, finder: FaceFinder) -> np.ndarray
 
 
 def choose_faces(faces: Sequence[Face], which: str | int) -> list[Face]:
-    """'largest' (by the eyes-to-mouth size), 'all' (largest first) or face number `which` (0 is
-    the largest) of the faces found. An index beyond them is an AlignError."""
+    """The 'largest' (eyes to mouth), 'all' (largest first) or number `which` (0 the largest) of the faces."""
     ordered = sorted(faces, key=lambda face: -face.size)
     if which == "all":
         return ordered
@@ -323,19 +302,15 @@ def align_photo(
 
 # --------------------------------------------------------------------------- the command
 def output_names(photo: Path, root: Path, out: Path, count: int) -> list[Path]:
-    """Where the aligned crops of a photo go: its path below root, under out, as .jpg; with
-    several faces, name_0.jpg, name_1.jpg, ..."""
+    """Where a photo's aligned crops go: its path below root, under out, as .jpg (name_0.jpg, ... for several)."""
     relative = photo.relative_to(root) if root.is_dir() else Path(photo.name)
     target = out / relative.with_suffix(".jpg")
-    if count == 1:
-        return [target]
-    return [target.with_name(f"{target.stem}_{number}.jpg") for number in range(count)]
+    return [target] if count == 1 else [target.with_name(f"{target.stem}_{n}.jpg") for n in range(count)]
 
 
 def align_folder(source: Path, out: Path, which: str | int, finder: FaceFinder) -> dict[str, int]:
-    """Align every photo under source (a folder, searched recursively, or one photo) into out,
-    as JPEG, skipping photos whose crops are already there (a stopped run goes on where it
-    stopped). A photo without a face or that cannot be read is skipped and counted."""
+    """Align every photo under source (a folder, searched recursively, or one photo) into out as JPEG; photos
+    with crops there already (a stopped run), unreadable or without a face are skipped and counted."""
     from data import list_images
     from images import read_pixels, save_images
     from runs import Progress
@@ -352,13 +327,9 @@ def align_folder(source: Path, out: Path, which: str | int, finder: FaceFinder) 
             continue
         try:
             frames = [frame for _, frame in align_photo(read_pixels(photo), finder, which, str(photo))]
-        except (OSError, ValueError) as error:  # not an image Pillow can read
+        except (OSError, ValueError, AlignError) as error:  # OSError, ValueError: not an image Pillow reads
             print(f"skipped: {error}", file=sys.stderr)
-            counts["unreadable"] += 1
-            continue
-        except AlignError as error:
-            print(f"skipped: {error}", file=sys.stderr)
-            counts["no face"] += 1
+            counts["no face" if isinstance(error, AlignError) else "unreadable"] += 1
             continue
         names = output_names(photo, source, out, len(frames))
         save_images({name: Image.fromarray(frame) for name, frame in zip(names, frames, strict=True)})
@@ -399,14 +370,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         counts = align_folder(source, out, args.faces, FaceFinder())
     except KeyboardInterrupt:  # the crops written so far are whole (atomic writes) and kept
         sys.exit(f"stopped; run the same command again to go on where it stopped (crops in {out} are kept)")
-    print(
-        f"wrote {counts['faces']} aligned faces of {counts['photos']} photos to {out}"
-        + "".join(
-            f"; {count} {what}"
-            for what, count in counts.items()
-            if what in ("done before", "no face", "unreadable") and count
-        )
-    )
+    skipped = "".join(f"; {counts[what]} {what}" for what in ("done before", "no face", "unreadable") if counts[what])
+    print(f"wrote {counts['faces']} aligned faces of {counts['photos']} photos to {out}{skipped}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,12 @@
 """CelebA (or any folder of faces) -> tf.data pipelines of float32 images in [0, 1].
 
-Recognises Kaggle's layout (<root>/img_align_celeba/img_align_celeba/*.jpg with
-list_eval_partition.csv), the CelebA site's (<root>/Img/img_align_celeba, Eval/, Anno/), or any
-folder of faces (searched recursively, without the grids of run folders; an 80/10/10 split by a
-hash of each file name). Attribute and identity files are read on first use.
+Recognises Kaggle's layout (<root>/img_align_celeba/img_align_celeba/*.jpg with list_eval_partition.csv),
+the CelebA site's (<root>/Img/img_align_celeba, Eval/, Anno/), or any folder of faces (searched
+recursively, without run folders' grids; an 80/10/10 split by a hash of each file name).
 
-Pipeline: file list -> image_files' checks (bad files named, counted and skipped) -> decode (the
-crop, images.crop_box, fused into the JPEG decode; Pillow for other formats and rotated photos)
--> area resize -> uint8 -> cache -> seeded shuffle -> batch -> float32 in [0, 1]. TensorFlow is
-imported only where tensors are built. Details: docs/training.md, "Data".
+Pipeline: file list -> image_files' checks (bad files named, counted and skipped) -> decode (the crop
+fused into the JPEG decode; Pillow for other formats and rotated photos) -> area resize -> uint8 ->
+cache -> seeded shuffle -> batch -> float32 in [0, 1]. Details: docs/training.md, "Data".
 
     python data.py --data ./celeba     # what is found in a folder
 """
@@ -18,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import logging
 import os
 import re
@@ -40,8 +37,8 @@ from runs import (
     GENERATED_DIR,
     LOSS_CURVES_FILE,
     RECONSTRUCTIONS_DIR,
-    RUN_FORMAT,
     SAMPLES_DIR,
+    is_model_folder,
 )
 
 if TYPE_CHECKING:
@@ -49,61 +46,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("data")
 
-CELEBA_ATTRIBUTES = [
-    "5_o_Clock_Shadow",
-    "Arched_Eyebrows",
-    "Attractive",
-    "Bags_Under_Eyes",
-    "Bald",
-    "Bangs",
-    "Big_Lips",
-    "Big_Nose",
-    "Black_Hair",
-    "Blond_Hair",
-    "Blurry",
-    "Brown_Hair",
-    "Bushy_Eyebrows",
-    "Chubby",
-    "Double_Chin",
-    "Eyeglasses",
-    "Goatee",
-    "Gray_Hair",
-    "Heavy_Makeup",
-    "High_Cheekbones",
-    "Male",
-    "Mouth_Slightly_Open",
-    "Mustache",
-    "Narrow_Eyes",
-    "No_Beard",
-    "Oval_Face",
-    "Pale_Skin",
-    "Pointy_Nose",
-    "Receding_Hairline",
-    "Rosy_Cheeks",
-    "Sideburns",
-    "Smiling",
-    "Straight_Hair",
-    "Wavy_Hair",
-    "Wearing_Earrings",
-    "Wearing_Hat",
-    "Wearing_Lipstick",
-    "Wearing_Necklace",
-    "Wearing_Necktie",
-    "Young",
-]
+CELEBA_ATTRIBUTES = (  # noqa: SIM905 (a list of 40 names, in the order of CelebA's attribute files)
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
+    "Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair "
+    "Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face "
+    "Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair "
+    "Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
+).split()
 SPLITS = {"train": 0, "validation": 1, "test": 2}
-# The way decode_face makes pixels from a file, in file caches' names: raise it whenever a change
-# of decode_face changes the pixels it makes of a file, so that no older cache is read for them.
+# In file caches' names: raise it whenever decode_face makes other pixels of a file, so no older cache is read.
 DECODE_VERSION = 2
 # What train.py and generate.py write into a run folder that are not faces to train on.
 RUN_ARTIFACTS = (CHECKPOINT_DIR, RECONSTRUCTIONS_DIR, SAMPLES_DIR, GENERATED_DIR, LOSS_CURVES_FILE)
-# Resident memory per byte of cached pixels: tf.data keeps each image in its own buffer, with the
-# allocator's overhead (docs/training.md, "Performance", says how it was measured).
+# Resident memory per byte of cached pixels: one buffer per image, with the allocator's overhead (docs/training.md).
 MEMORY_CACHE_OVERHEAD = 1.2
 MEMORY_CACHE_SHARE = 0.75  # of the available memory; the rest is for TensorFlow, the model and the batches
-# Disk a file cache takes per image beyond its pixels: its index entry, held twice while
-# TensorFlow merges the finished index; and per cache, a partly used block at the end of each of
-# its four files (data, lock, the index twice over).
+# Disk a file cache takes beyond the pixels: per image, its index entry, held twice while TensorFlow merges
+# the index; per cache, a partly used block at the end of each of its four files (data, lock, index twice).
 FILE_CACHE_ENTRY_BYTES = 72
 FILE_CACHE_FILES_BYTES = 4 * 4096
 KAGGLE_HINT = (
@@ -154,24 +113,21 @@ class Dataset:
             return list(self.files)
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}; choose train, validation, test or all")
-        wanted = SPLITS[name]
-        if self.partition is None:
-            return [p for p in self.files if hash_split(p.name) == wanted]
-        return [p for p in self.files if self.partition.get(p.name) == wanted]
+        split_of = hash_split if self.partition is None else self.partition.get
+        return [p for p in self.files if split_of(p.name) == SPLITS[name]]
 
     def describe(self) -> str:
         counts = ", ".join(f"{name} {len(self.split(name))}" for name in SPLITS)
         split_kind = "official partition" if self.partition is not None else "hash split"
-        annotations = []
+        parts = [f"{len(self.files)} images ({counts}; {split_kind})"]
         for name in ("attributes", "identities"):
             try:
-                annotations.append(f"{len(getattr(self, name))} with {name}")
+                parts.append(f"{len(getattr(self, name))} with {name}")
             except DataError as error:  # reported, not raised: only some uses need them
-                annotations.append(f"{name} unusable: {error}")
-        images = f"{len(self.files)} images ({counts}; {split_kind})"
+                parts.append(f"{name} unusable: {error}")
         if self.other_formats:
-            annotations.append(f"{len(self.other_formats)} image files in other formats skipped")
-        return shown(f"{self.layout} layout at {self.root}: {', '.join([images, *annotations])}")
+            parts.append(f"{len(self.other_formats)} image files in other formats skipped")
+        return shown(f"{self.layout} layout at {self.root}: {', '.join(parts)}")
 
 
 def shown(text: str | os.PathLike) -> str:
@@ -287,9 +243,9 @@ def read_identities(path: Path) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- layout detection
 def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
-    """(image files of IMAGE_SUFFIXES, files of OTHER_IMAGE_SUFFIXES training cannot read) in a
-    folder, sorted. Recursive listing skips the RUN_ARTIFACTS of run folders, so grids written
-    by train.py or generate.py never become faces to train on."""
+    """(image files of IMAGE_SUFFIXES, files of OTHER_IMAGE_SUFFIXES training cannot read) in a folder,
+    sorted. Recursive listing skips the RUN_ARTIFACTS of model folders (runs.is_model_folder with a
+    config.json), so grids written by train.py or generate.py never become faces to train on."""
     wanted = IMAGE_SUFFIXES + OTHER_IMAGE_SUFFIXES
     if not recursive:
         # os.scandir's entries know their type without a stat per file, and names sort faster than paths.
@@ -297,26 +253,12 @@ def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list
             names = [e.name for e in entries if os.path.splitext(e.name)[1].lower() in wanted and e.is_file()]
         found = [folder / name for name in sorted(names)]
     else:
-        artifacts = {run / name for run in run_folders(folder) for name in RUN_ARTIFACTS}
-        found = sorted(
-            p
-            for p in folder.rglob("*")
-            if p.suffix.lower() in wanted and p.is_file() and artifacts.isdisjoint((p, *p.parents))
-        )
+        models = [config.parent for config in folder.rglob(CONFIG_FILE) if is_model_folder(config.parent)]
+        artifacts = {model / name for model in models for name in RUN_ARTIFACTS}
+        paths = (p for p in folder.rglob("*") if p.suffix.lower() in wanted and p.is_file())
+        found = sorted(p for p in paths if artifacts.isdisjoint((p, *p.parents)))
     images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
     return images, [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
-
-
-def run_folders(folder: Path) -> list[Path]:
-    """The folders at or below `folder` holding a config.json of RUN_FORMAT (runs and exports)."""
-    found = []
-    for config in folder.rglob(CONFIG_FILE):
-        try:
-            if json.loads(config.read_text()).get("format") == RUN_FORMAT:
-                found.append(config.parent)
-        except (OSError, ValueError, AttributeError):
-            continue
-    return found
 
 
 def find_dataset(path: str | os.PathLike) -> Dataset:
@@ -330,29 +272,22 @@ def find_dataset(path: str | os.PathLike) -> Dataset:
     )
     if kaggle_images is not None and (root / "list_eval_partition.csv").is_file():
         layout, folder, partition = "kaggle", kaggle_images, read_partition(root / "list_eval_partition.csv")
-        annotations = {"attribute_file": root / "list_attr_celeba.csv", "identity_file": root / "identity_CelebA.txt"}
+        annotations = (root / "list_attr_celeba.csv", root / "identity_CelebA.txt")
     elif (root / "Img" / "img_align_celeba").is_dir() and (root / "Eval" / "list_eval_partition.txt").is_file():
         layout, folder = "original", root / "Img" / "img_align_celeba"
         partition = read_partition(root / "Eval" / "list_eval_partition.txt")
-        annotations = {
-            "attribute_file": root / "Anno" / "list_attr_celeba.txt",
-            "identity_file": root / "Anno" / "identity_CelebA.txt",
-        }
+        annotations = (root / "Anno" / "list_attr_celeba.txt", root / "Anno" / "identity_CelebA.txt")
     else:
         layout, folder, partition = "folder", root, None
-        annotations = {"identity_file": root / "identity_CelebA.txt"}
+        annotations = (None, root / "identity_CelebA.txt")
     files, others = list_images(folder, recursive=layout == "folder")
-    dataset = Dataset(root, layout, files, partition, other_formats=others)
-    for name, path in annotations.items():
-        if path.is_file():
-            setattr(dataset, name, path)
+    attribute_file, identity_file = (path if path and path.is_file() else None for path in annotations)
+    dataset = Dataset(root, layout, files, partition, attribute_file, identity_file, others)
     if others:
+        suffixes = ", ".join(sorted({p.suffix.lower() for p in others}))
         log.warning(
-            "skipped %d image files in formats training does not read (%s), e.g. %s; %s",
-            len(others),
-            ", ".join(sorted({p.suffix.lower() for p in others})),
-            shown(others[0]),
-            CONVERT_HINT,
+            f"skipped {len(others)} image files in formats training does not read ({suffixes}), "
+            f"e.g. {shown(others[0])}; {CONVERT_HINT}"
         )
     if not dataset.files:
         raise DataError(f"no image files found under {root} ({layout} layout); {LAYOUTS_HELP}; {KAGGLE_HINT}")
@@ -373,27 +308,21 @@ def usable_files(paths: Sequence[Path]) -> list[Path]:
 def checked_files(paths: Sequence[Path]) -> tuple[list[Path], list[bool]]:
     """(the paths that pass image_files' check, whether TensorFlow decodes each: else Pillow);
     warns with the count of skipped files and names a few, with what is wrong with each."""
-    good, native, bad = [], [], []
-    for path in paths:
-        problem, tensorflow_decodes = check_image(path)
-        if problem is None:
-            good.append(path)
-            native.append(tensorflow_decodes)
-        else:
-            bad.append(f"{shown(path)} ({problem})")
+    checks = [(path, *check_image(path)) for path in paths]  # path, problem or None, whether TensorFlow decodes it
+    bad = [f"{shown(path)} ({problem})" for path, problem, _ in checks if problem is not None]
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         log.warning(
             "skipped %d of %d image files that cannot be decoded: %s%s", len(bad), len(paths), "; ".join(bad[:5]), more
         )
-    return good, native
+    good = [(path, native) for path, problem, native in checks if problem is None]
+    return [path for path, _ in good], [native for _, native in good]
 
 
 # --------------------------------------------------------------------------- cache sizes
 def available_memory(root: Path = Path("/")) -> int | None:
-    """Bytes of memory this process may still take: the kernel's MemAvailable, or less where a
-    memory cgroup limit (v2 or v1) of this process's cgroup or one above it leaves less. None
-    where neither is known (not Linux). `root` is for tests."""
+    """Bytes of memory this process may still take: MemAvailable, or less where a memory cgroup limit (v2 or
+    v1) of this process's cgroup or one above leaves less; None where neither is known. `root`: for tests."""
     headroom = []
     try:
         found = re.search(r"^MemAvailable:\s+(\d+) kB", (root / "proc/meminfo").read_text(), re.MULTILINE)
@@ -405,22 +334,18 @@ def available_memory(root: Path = Path("/")) -> int | None:
     for line in cgroups:  # "0::/path" for v2, "4:memory:/path" for v1
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            mount, limit_name, usage_name = root / "sys/fs/cgroup", "memory.max", "memory.current"
+            mount, max_file, used_file = root / "sys/fs/cgroup", "memory.max", "memory.current"
         elif "memory" in controllers.split(","):
-            mount, limit_name, usage_name = (
-                root / "sys/fs/cgroup/memory",
-                "memory.limit_in_bytes",
-                "memory.usage_in_bytes",
-            )
+            mount, max_file, used_file = root / "sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
         else:
             continue
         parts = Path(path).relative_to("/").parts
         for depth in range(len(parts), -1, -1):  # the process's own cgroup, then its parents
             level = mount.joinpath(*parts[:depth])
             try:
-                limit = (level / limit_name).read_text().strip()
+                limit = (level / max_file).read_text().strip()
                 if limit != "max":
-                    headroom.append(int(limit) - int((level / usage_name).read_text()))
+                    headroom.append(int(limit) - int((level / used_file).read_text()))
             except (OSError, ValueError):
                 continue
     return min(headroom) if headroom else None
@@ -463,11 +388,8 @@ def file_cache_needs(
 ) -> tuple[int, int]:
     """(images, bytes) still to be written to `cache_dir` for the file caches of these file lists;
     a cache already complete there needs none."""
-    missing = [
-        files
-        for files in file_lists
-        if not file_cache_is_complete(file_cache_prefix(cache_dir, files, image_size, channels, crop))
-    ]
+    prefixes = [file_cache_prefix(cache_dir, files, image_size, channels, crop) for files in file_lists]
+    missing = [files for files, prefix in zip(file_lists, prefixes, strict=True) if not file_cache_is_complete(prefix)]
     count = sum(map(len, missing))
     return count, file_cache_bytes(count, image_size, channels) + len(missing) * FILE_CACHE_FILES_BYTES
 
@@ -481,12 +403,9 @@ def check_file_cache(
     free = free_disk_space(cache_dir)
     if needed <= free:
         return
-    in_memory, available = memory_cache_bytes(sum(map(len, file_lists)), image_size, channels), available_memory()
-    memory = (
-        f", use --cache memory (about {size_text(in_memory)}, which fits in memory)"
-        if fits_in_memory(in_memory, available)
-        else ""
-    )
+    in_memory = memory_cache_bytes(sum(map(len, file_lists)), image_size, channels)
+    fits = fits_in_memory(in_memory, available_memory())
+    memory = f", use --cache memory (about {size_text(in_memory)}, which fits in memory)" if fits else ""
     raise DataError(
         f"caching {count} decoded {image_size}x{image_size} images in files under {cache_dir} takes about "
         f"{size_text(needed)}, but only {size_text(free)} is free there; free some space, give another --cache "
@@ -507,11 +426,8 @@ def crop_window(height: tf.Tensor, width: tf.Tensor, crop: int) -> tf.Tensor:
     import tensorflow as tf
 
     short_side = tf.minimum(height, width)
-    if crop > 0:
-        side = tf.cast(tf.round(crop * tf.cast(short_side, tf.float32) / CELEBA_WIDTH), tf.int32)
-        side = tf.clip_by_value(side, 1, short_side)
-    else:
-        side = short_side
+    scaled = tf.cast(tf.round(crop * tf.cast(short_side, tf.float32) / CELEBA_WIDTH), tf.int32)
+    side = tf.clip_by_value(scaled, 1, short_side) if crop > 0 else short_side
     return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
 
 
@@ -552,8 +468,7 @@ def decode_face(
         return cropped(tf.ensure_shape(pixels, [None, None, 3]))
 
     image = tf.cond(native, decode_native, decode_with_pillow)
-    # Area averaging is an antialiasing filter for downscaling, and faster in tf.data than
-    # bilinear with antialias=True (bench/data_throughput.py).
+    # Area averaging antialiases a downscale, faster in tf.data than antialiased bilinear (bench/data_throughput.py).
     image = tf.image.resize(image, (image_size, image_size), method="area")
     if channels == 1:
         image = tf.image.rgb_to_grayscale(image)
@@ -573,13 +488,10 @@ def make_dataset(
     repeat: bool = False,
     skip_batches: int = 0,
 ) -> tf.data.Dataset:
-    """Batches of float32 [B, S, S, C] images in [0, 1] from image files.
-
-    cache: "memory", "none", or a folder for a file cache (one per file list and settings,
-    reused by later runs). repeat: cycle through the files forever, in passes of whole batches.
-    skip_batches: start this many batches into the seeded stream, so that a resumed run sees
-    the batches an uninterrupted one would have seen.
-    """
+    """Batches of float32 [B, S, S, C] images in [0, 1] from image files. cache: "memory", "none", or a folder
+    for a file cache (one per file list and settings, reused by later runs). repeat: cycle through the files
+    forever, in passes of whole batches. skip_batches: start this many batches into the seeded stream, so
+    that a resumed run sees the batches an uninterrupted one would have seen."""
     import tensorflow as tf
 
     requested = list(files)
@@ -589,19 +501,20 @@ def make_dataset(
     # Paths as bytes: a file name that is not UTF-8 reaches TensorFlow as it is on disk.
     dataset = tf.data.Dataset.from_tensor_slices(([os.fsencode(p) for p in files], native))
     dataset = dataset.map(
-        lambda path, native: decode_face(path, native, image_size, channels, crop),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        lambda path, native: decode_face(path, native, image_size, channels, crop), num_parallel_calls=tf.data.AUTOTUNE
     )
     # For files that pass the check but still fail to decode (TensorFlow only logs its own message).
     dataset = dataset.ignore_errors(log_warning=True)
     if cache == "memory":
         dataset = dataset.cache()
     elif cache != "none":
-        dataset = dataset.cache(file_cache_path(cache, requested, image_size, channels, crop))
-    decoded = dataset
+        prefix = file_cache_prefix(cache, requested, image_size, channels, crop)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        remove_partial_file_cache(prefix)  # what a killed run or a full disk left half-written
+        dataset = dataset.cache(str(prefix))
 
     def batches(_) -> tf.data.Dataset:
-        stream = decoded
+        stream = dataset
         if shuffle:
             stream = stream.shuffle(min(len(files), 20_000), seed=seed, reshuffle_each_iteration=True)
         stream = stream.batch(batch_size, drop_remainder=drop_remainder)
@@ -610,29 +523,18 @@ def make_dataset(
         # Skipped batches are replayed from the cache (without one, re-read), before the float conversion.
         return stream.skip(skip_batches)
 
-    # Built inside flat_map, the stream starts afresh in every iterator: the reshuffling state would
-    # otherwise carry over from earlier iterators, and under tf.distribute Keras opens one (and drops
-    # it) before training, which would then see another order than a single-device run, and, by how
-    # far that iterator had prefetched, possibly a different order on each worker.
-    dataset = tf.data.Dataset.range(1).flat_map(batches)
-    dataset = dataset.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def file_cache_path(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> str:
-    """The prefix of the file cache of `files` (see `file_cache_prefix`), with its folder made and
-    what a killed run or a full disk left half-written there removed first."""
-    prefix = file_cache_prefix(cache_dir, files, image_size, channels, crop)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    remove_partial_file_cache(prefix)
-    return str(prefix)
+    # Built inside flat_map, the stream starts afresh in every iterator; else the reshuffling state would carry
+    # over from the iterator Keras opens (and drops) under tf.distribute before training, which would then see
+    # another order than a single-device run, and, by how far that one had prefetched, another on each worker.
+    batched = tf.data.Dataset.range(1).flat_map(batches)
+    batched = batched.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
+    return batched.prefetch(tf.data.AUTOTUNE)
 
 
 def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> Path:
-    """The prefix of the file cache of `files` (as listed, before the file check) and the decode
-    settings. Everything that changes the pixels makes another cache: another list, a file
-    replaced (its size or modification time), another setting, or another way of decoding
-    (DECODE_VERSION)."""
+    """The prefix of the file cache of `files` (as listed, before the file check) and the decode settings.
+    Whatever changes the pixels makes another cache: another list, a file replaced (its size or
+    modification time), another setting, or another way of decoding (DECODE_VERSION)."""
     digest = hashlib.md5()
     for path in files:
         try:

@@ -136,22 +136,23 @@ def check_attributes(run_dir: Path, latent_dim: int) -> Path | None:
     if not path.is_file():
         return None
     try:
-        content = json.loads(path.read_text())
+        problem = attribute_directions_problem(json.loads(path.read_text()), latent_dim)
     except ValueError as error:
         raise ExportError(
             f"{path} is not valid JSON ({error}); recompute it with generate.py --mode attribute"
         ) from None
-    problem = attribute_directions_problem(content, latent_dim)
     if problem:
         raise ExportError(f"{path} {problem}; recompute it with generate.py --mode attribute --recompute")
     return path
 
 
 # --------------------------------------------------------------------------- tracing with the rewrites
-def keras_array(variable) -> np.ndarray:
+def kernel_and_bias(layer) -> tuple[np.ndarray, np.ndarray]:
+    """A Dense or Conv2D layer's weights as float32 arrays (a zero bias where it has none)."""
     import keras
 
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+    bias = layer.bias if layer.use_bias else np.zeros(layer.kernel.shape[-1])
+    return tuple(np.asarray(keras.ops.convert_to_numpy(weights), np.float32) for weights in (layer.kernel, bias))
 
 
 def nchw_order(height: int, width: int, channels: int) -> np.ndarray:
@@ -178,12 +179,8 @@ def subpixel_eligible(layer) -> bool:
 
     return (
         type(layer) is keras.layers.Conv2D
-        and tuple(layer.kernel_size) == (3, 3)
-        and tuple(layer.strides) == (1, 1)
-        and tuple(layer.dilation_rate) == (1, 1)
-        and layer.padding == "same"
-        and layer.data_format == "channels_last"
-        and layer.groups == 1
+        and (tuple(layer.kernel_size), tuple(layer.strides), tuple(layer.dilation_rate)) == ((3, 3), (1, 1), (1, 1))
+        and (layer.padding, layer.data_format, layer.groups) == ("same", "channels_last", 1)
         and layer.filters < SUBPIXEL_MAX_FILTERS
     )
 
@@ -193,8 +190,7 @@ def subpixel_step(conv) -> Callable:
     grid and depth_to_space: the same function with no convolution at full resolution."""
     import tensorflow as tf
 
-    kernel = keras_array(conv.kernel)  # [3, 3, in, out]
-    bias = keras_array(conv.bias) if conv.use_bias else np.zeros(conv.filters, np.float32)
+    kernel, bias = kernel_and_bias(conv)  # kernel [3, 3, in, out]
     # New kernel [3, 3, in, (a, b, out)]: depth_to_space puts channel (a*2 + b)*out + c at (2i+a, 2j+b).
     phased = np.einsum("atr,bus,rsio->tuiabo", PHASE_TAPS, PHASE_TAPS, kernel.astype(np.float64))
     phased = phased.reshape(3, 3, kernel.shape[2], 4 * conv.filters).astype(np.float32)
@@ -210,8 +206,7 @@ def dense_steps(dense, perm: np.ndarray, rows: bool) -> Callable:
     """`dense` with its kernel's rows (input order) or columns (output order) permuted by perm."""
     import tensorflow as tf
 
-    kernel = keras_array(dense.kernel)
-    bias = keras_array(dense.bias) if dense.use_bias else np.zeros(dense.units, np.float32)
+    kernel, bias = kernel_and_bias(dense)
     kernel, bias = (kernel[perm], bias) if rows else (kernel[:, perm], bias[perm])
 
     def step(x):
@@ -221,16 +216,16 @@ def dense_steps(dense, perm: np.ndarray, rows: bool) -> Callable:
 
 
 def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
-    """Replacement computations for some layers (by name) and a description of each rewrite:
-    a 2x upsampling and the convolution after it as one sub-pixel convolution, other nearest
-    upsamplings as a plain Resize, and the Dense weights beside a Flatten or Reshape in CHW order."""
+    """Replacement computations for some layers (by name) and a note on each rewrite (docs/onnx.md): 2x
+    upsampling + convolution as a sub-pixel convolution, other nearest upsamplings as Resize, and the
+    Dense weights beside a Flatten or Reshape in CHW order."""
     import keras
     import tensorflow as tf
+    from keras.layers import Dense, Flatten, InputLayer, Reshape, UpSampling2D
 
+    layers = [layer for layer in model.layers if not isinstance(layer, InputLayer)]
     consumers: dict[int, list] = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
+    for layer in layers:
         for tensor in keras.tree.flatten(layer.input):
             consumers.setdefault(id(tensor), []).append(layer)
 
@@ -240,15 +235,11 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
 
     steps: dict[str, Callable] = {}
     notes: list[str] = []
-    for layer in model.layers:
-        following = only_consumer(layer)
-        if layer.name in steps or isinstance(layer, keras.layers.InputLayer):
+    for layer in layers:
+        if layer.name in steps:
             continue
-        if (
-            isinstance(layer, keras.layers.UpSampling2D)
-            and layer.interpolation == "nearest"
-            and layer.data_format == "channels_last"
-        ):
+        following = only_consumer(layer)
+        if isinstance(layer, UpSampling2D) and (layer.interpolation, layer.data_format) == ("nearest", "channels_last"):
             if tuple(layer.size) == (2, 2) and following is not None and subpixel_eligible(following):
                 steps[layer.name] = lambda x: x
                 steps[following.name] = subpixel_step(following)
@@ -256,11 +247,7 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
             else:
                 steps[layer.name] = resize_step(layer.size)
                 notes.append(f"{layer.name}: Resize (nearest, asymmetric)")
-        elif (
-            isinstance(layer, keras.layers.Dense)
-            and isinstance(following, keras.layers.Reshape)
-            and len(following.target_shape) == 3
-        ):
+        elif isinstance(layer, Dense) and isinstance(following, Reshape) and len(following.target_shape) == 3:
             height, width, channels = following.target_shape
             steps[layer.name] = dense_steps(layer, nchw_order(height, width, channels), rows=False)
             steps[following.name] = lambda y, shape=(-1, channels, height, width): tf.transpose(
@@ -268,8 +255,8 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
             )
             notes.append(f"{layer.name}+{following.name}: weights in CHW order")
         elif (
-            isinstance(layer, keras.layers.Flatten)
-            and isinstance(following, keras.layers.Dense)
+            isinstance(layer, Flatten)
+            and isinstance(following, Dense)
             and len(layer.input.shape) == 4
             and layer.data_format == "channels_last"
         ):
@@ -283,8 +270,7 @@ def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
 
 
 def forward_function(model: keras.Model, rewrite: bool) -> tuple[Callable, list[str]]:
-    """model's inference forward pass on TensorFlow tensors -> list of outputs, layer by layer,
-    with or without the rewrites; layers without a rewrite are called as they are."""
+    """model's inference forward pass on TensorFlow tensors -> outputs, layer by layer, with or without the rewrites."""
     import keras
 
     steps, notes = plan_rewrites(model) if rewrite else ({}, [])
@@ -326,9 +312,7 @@ def convert(
         raise ExportError(first_line(error)) from None
     for value in [*proto.graph.input, *proto.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
-    # Outputs in the contract's order (tf2onnx sorts a dict's keys).
-    by_name = {value.name: value for value in proto.graph.output}
-    ordered = [by_name[name] for name in output_names]
+    ordered = sorted(proto.graph.output, key=lambda value: output_names.index(value.name))  # tf2onnx sorts them
     del proto.graph.output[:]
     proto.graph.output.extend(ordered)
     return proto, notes
@@ -341,44 +325,30 @@ def add_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     kept = {entry.key: entry.value for entry in proto.metadata_props}
     kept.update({key: str(value) for key, value in metadata.items()})
     onnx.helper.set_model_props(proto, kept)
-    if "input" in kept and "output" in kept:
-        proto.doc_string = (
-            f"{kept.get('part', 'model')} of a CelebA VAE. input {kept['input']}. output {kept['output']}."
-        )
+    proto.doc_string = f"{kept['part']} of a CelebA VAE. input {kept['input']}. output {kept['output']}."
 
 
 # --------------------------------------------------------------------------- checks and writing
-def parity_inputs(model: keras.Model, batch: int, seed: int = 0) -> np.ndarray:
-    """Test inputs: standard normal latents for the decoder, uniform [0, 1] images for the encoder."""
-    rng = np.random.default_rng(seed + batch)
-    shape = (batch, *model.inputs[0].shape[1:])
-    return (rng.standard_normal(shape) if len(shape) == 2 else rng.random(shape)).astype(np.float32)
-
-
 def keras_outputs(model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
     outputs = model(x, training=False)
     return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
 
 
 def parity_check(
-    model: keras.Model,
-    onnx_model: onnx.ModelProto | bytes | str | os.PathLike,
-    part: str,
-    batches: Sequence[int] = PARITY_BATCHES,
-    tolerance: float = TOLERANCE,
-    threads: int = 0,
+    model: keras.Model, proto: onnx.ModelProto, part: str, tolerance: float = TOLERANCE, threads: int = 0
 ) -> dict[int, float]:
-    """Max |ONNX - Keras| over all outputs per batch size; raises ExportError above tolerance
-    (or on a shape mismatch or a non-finite value)."""
-    source = onnx_model.SerializeToString() if hasattr(onnx_model, "SerializeToString") else onnx_model
+    """Max |ONNX - Keras| over all outputs per batch size of PARITY_BATCHES; raises ExportError above
+    tolerance (or on a shape mismatch or a non-finite value)."""
     try:
-        session = make_session(source, threads=threads)
-    except (FileNotFoundError, ValueError) as error:  # e.g. an --opset without an op the graph needs
+        session = make_session(proto.SerializeToString(), threads=threads)
+    except ValueError as error:  # e.g. an --opset without an op the graph needs
         raise ExportError(str(error)) from None
     input_name, output_names = PARTS[part]
     differences = {}
-    for batch in batches:
-        x = parity_inputs(model, batch)
+    for batch in PARITY_BATCHES:
+        rng, shape = np.random.default_rng(batch), (batch, *model.inputs[0].shape[1:])
+        # Standard normal latents for the decoder, uniform [0, 1] images for the encoder.
+        x = (rng.standard_normal(shape) if len(shape) == 2 else rng.random(shape)).astype(np.float32)
         expected = keras_outputs(model, x)
         found = session.run(list(output_names), {input_name: x})
         for name, want, got in zip(output_names, expected, found, strict=True):
@@ -395,15 +365,14 @@ def parity_check(
 
 
 def op_counts(source: onnx.ModelProto | str | os.PathLike, optimized: bool = False) -> Counter:
-    """Node types of a model, or of the graph onnxruntime runs after its optimisations."""
+    """Node types of a model (a proto or file), or of the graph onnxruntime runs after its optimisations (a proto)."""
     import onnx
 
     if not optimized:
         proto = source if hasattr(source, "graph") else onnx.load(str(source))
         return Counter(node.op_type for node in proto.graph.node)
     with tempfile.TemporaryDirectory() as folder:
-        raw = source.SerializeToString() if hasattr(source, "SerializeToString") else source
-        make_session(raw, optimized_path=Path(folder) / "optimized.onnx")
+        make_session(source.SerializeToString(), optimized_path=Path(folder) / "optimized.onnx")
         return Counter(node.op_type for node in onnx.load(str(Path(folder) / "optimized.onnx")).graph.node)
 
 
@@ -416,8 +385,7 @@ def convert_checked(
     opset: int = DEFAULT_OPSET,
     threads: int = 0,
 ) -> onnx.ModelProto:
-    """Convert one part, check its parity with Keras and add its metadata; prints the parity
-    figures and the Transpose counts."""
+    """Convert one part, check its parity with Keras and add its metadata; prints parity and Transpose counts."""
     proto, notes = convert(model, part, rewrite=rewrite, opset=opset)
     differences = parity_check(model, proto, part, tolerance=tolerance, threads=threads)
     worst = max(differences.values())
@@ -486,8 +454,7 @@ def check_out(out: Path, run_dir: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    """Export both parts; returns the paths written. Raises UserError (one line) for what the
-    user can fix: `python export_onnx.py` reports it through errors.run_main."""
+    """Export both parts; returns the paths written."""
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     run_dir = Path(args.run)
@@ -495,19 +462,16 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     out = check_out(Path(args.out) if args.out else run_dir, run_dir)
     # The models first: an edited config.json is the problem to name, not the files that fit the models.
     encoder, decoder = load_models(run_dir, config)
-    attributes = check_attributes(run_dir, config["latent_dim"])
-    density = run_dir / DENSITY_FILE if find_density(run_dir, config["latent_dim"]) else None
-    print(
-        f"run {run_dir}: {config.get('model', 'vae')}, latent {config['latent_dim']}, "
-        f"{config['image_size']}x{config['image_size']}x{config['channels']}"
-    )
-    metadata = {}
-    for part in ("decoder", "encoder"):
-        metadata[part] = onnx_metadata(config, part, run_dir)
-        if attributes is not None:
-            metadata[part]["attribute_directions"] = f"{ATTRIBUTES_FILE} beside this file"
-        if density is not None:
-            metadata[part]["latent_density"] = f"{DENSITY_FILE} beside this file: sample z from it (latent.py)"
+    size, latent_dim = config["image_size"], config["latent_dim"]
+    attributes = check_attributes(run_dir, latent_dim)
+    density = run_dir / DENSITY_FILE if find_density(run_dir, latent_dim) else None
+    print(f"run {run_dir}: {config.get('model', 'vae')}, latent {latent_dim}, {size}x{size}x{config['channels']}")
+    beside = {
+        "attribute_directions": f"{ATTRIBUTES_FILE} beside this file" if attributes else None,
+        "latent_density": f"{DENSITY_FILE} beside this file: sample z from it (latent.py)" if density else None,
+    }
+    beside = {key: note for key, note in beside.items() if note}
+    metadata = {part: onnx_metadata(config, part, run_dir) | beside for part in ("decoder", "encoder")}
     options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
     protos = convert_pair({"decoder": decoder, "encoder": encoder}, metadata, **options)
     import onnx
@@ -515,9 +479,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     files = {out / onnx_file(part): functools.partial(onnx.save, proto) for part, proto in protos.items()}
     companions = {CONFIG_FILE: run_dir / CONFIG_FILE, ATTRIBUTES_FILE: attributes, DENSITY_FILE: density}
     if out.resolve() != run_dir.resolve():  # the models and the run's JSON files, all or none
-        files.update(
-            {out / name: functools.partial(shutil.copyfile, source) for name, source in companions.items() if source}
-        )
+        files |= {
+            out / name: functools.partial(shutil.copyfile, source) for name, source in companions.items() if source
+        }
     try:
         written = write_together(files)
     except OSError as error:  # a full disk, or a folder that takes no new files

@@ -22,6 +22,7 @@ The onnx backend imports no TensorFlow. The grid goes to <run>/generated/<mode>.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -101,13 +102,9 @@ def random_files(
 ) -> list[Path]:
     """`count` distinct readable files of a split in a seeded random order (fewer only if allow_fewer)."""
     files = dataset.split(split)
-    chosen = []
-    for index in rng.permutation(len(files)):
-        if data.is_readable_image(files[index]):  # skip truncated downloads
-            chosen.append(files[index])
-            if len(chosen) == count:
-                return chosen
-    if allow_fewer and chosen:
+    readable = (files[i] for i in rng.permutation(len(files)) if data.is_readable_image(files[i]))  # not truncated
+    chosen = list(itertools.islice(readable, count))
+    if len(chosen) == count or (allow_fewer and chosen):
         return chosen
     raise GenerateError(
         f"the {split} split under {dataset.root} has {len(chosen)} readable images, {count} needed; "
@@ -156,18 +153,15 @@ def load_chosen_faces(job: Job, count: int) -> tuple[np.ndarray, list[str], np.n
             names.append(path.stem if len(found) == 1 else f"{path.stem}_{number}")
             if face is not None:
                 photos.append(photo_tile(pixels, face.box, backend.image_size, backend.channels))
-    if len(faces) > MAX_GRID_FACES:
-        raise GenerateError(f"{len(faces)} faces found, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
-    return np.stack(faces), names, (np.stack(photos) if photos else None)
+    return np.stack(faces), names, (np.stack(photos) if photos else None)  # each mode checks its grid's size
 
 
 def photo_tile(pixels: np.ndarray, box: np.ndarray, size: int, channels: int) -> np.ndarray:
     """float32 [size, size, channels]: the whole photo, fitted in on white, the face's box in red."""
     photo = Image.fromarray(pixels)
     scale = size / max(photo.size)
-    photo = photo.resize(
-        (max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.Resampling.BOX
-    )
+    shrunk = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+    photo = photo.resize(shrunk, Image.Resampling.BOX)
     tile = Image.new("RGB", (size, size), "white")
     offset = np.array([(size - photo.width) // 2, (size - photo.height) // 2] * 2)
     tile.paste(photo, tuple(offset[:2]))
@@ -207,8 +201,7 @@ def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None,
 
 # --------------------------------------------------------------------------- attribute directions
 def encoder_probe(backend: runs.Backend) -> np.ndarray:
-    """Posterior mean [D] of a fixed ramp image: the encoder's fingerprint, saved with the directions
-    so they are not reused once the weights change."""
+    """Posterior mean [D] of a ramp image: the encoder's fingerprint, so directions are not reused for other weights."""
     ramp = np.linspace(0.0, 1.0, backend.image_size, dtype=np.float32)
     image = (ramp[:, None] + ramp[None, :]) / 2
     return backend.encode(np.repeat(image[None, :, :, None], backend.channels, axis=-1))[0][0]
@@ -292,16 +285,13 @@ def attribute_directions(job: Job) -> dict:
         }
         runs.write_text_atomic(path, json.dumps(content, indent=1) + "\n")
         print(f"wrote the directions of {', '.join(missing)} to {path}")
-    directions = {}
     for name in names:
-        entry = cached[name]
-        directions[name] = np.asarray(entry["direction"], dtype=np.float64)
-        source = "computed" if name in missing else f"read from {path}"
+        entry, source = cached[name], "computed" if name in missing else f"read from {path}"
         print(
             f"{name}: direction {source} from {entry['positives']} positive and {entry['negatives']} "
-            f"negative images, norm {np.linalg.norm(directions[name]):.3f}"
+            f"negative images, norm {np.linalg.norm(entry['direction']):.3f}"
         )
-    return directions
+    return {name: np.asarray(cached[name]["direction"], dtype=np.float64) for name in names}
 
 
 # --------------------------------------------------------------------------- modes: each builds one grid
@@ -385,10 +375,8 @@ def weighted_grid(job: Job) -> Grid:
         raise GenerateError(f"--weights: {error}") from None
     mu, log_var = backend.encode(faces)
     mixed_mu, mixed_log_sigma = latent.weighted_posterior(mu, 0.5 * log_var, weights)
-    if args.weights is None:
-        print(f"weights: 1/{len(faces)} for each of {len(faces)} faces")
-    else:
-        print("weights: " + ", ".join(f"{name} {w:.3g}" for name, w in zip(names, weights, strict=True)))
+    shares = ", ".join(f"{name} {w:.3g}" for name, w in zip(names, weights, strict=True))
+    print(f"weights: 1/{len(faces)} for each of {len(faces)} faces" if args.weights is None else f"weights: {shares}")
     if backend.model_kind != "vae":
         print("note: this run is a plain autoencoder; its log_var head is untrained, so the spread is arbitrary")
     z = latent.reparameterize(mixed_mu, mixed_log_sigma, rng.standard_normal((args.samples, mu.shape[1])))
@@ -444,9 +432,9 @@ def attribute_grid(job: Job) -> Grid:
 
 
 def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
-    """(directions [n, D], labels) that traverse moves along, each one standard deviation long in the
-    latents' spread: over --data, else under the fitted density, else the prior. Single dimensions are
-    entangled; the spread's principal directions are where faces change most."""
+    """(directions [n, D], labels) traverse moves along, each one standard deviation of the latents' spread
+    (over --data, else the fitted density, else the prior) long: by default its principal directions,
+    where faces change most (single dimensions are entangled)."""
     args, latent_dim = job.args, job.backend.latent_dim
     if job.dataset is not None:
         files = random_files(job.dataset, args.split, ACTIVITY_IMAGES, job.rng, allow_fewer=True)
@@ -653,8 +641,7 @@ def resolve(args: argparse.Namespace) -> Job:
     backend = runs.open_backend(run_dir, args.backend, args.threads)
     density, sampler = latent.choose_sampler(args.sampler, run_dir, backend.latent_dim)
     dataset = data.find_dataset(args.data) if args.data else None
-    rng = np.random.default_rng(args.seed)
-    return Job(args, run_dir, out, inputs, random, backend, density, sampler, dataset, rng)
+    return Job(args, run_dir, out, inputs, random, backend, density, sampler, dataset, np.random.default_rng(args.seed))
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
