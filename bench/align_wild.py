@@ -38,7 +38,7 @@ EXIF_ORIENTATION = 0x0112
 
 
 def measure_template(finder: align.FaceFinder, files: list[Path]) -> np.ndarray:
-    """Mean [4, 2] alignment points (align.frame_points) found on aligned images."""
+    """Mean [4, 2] alignment points (Face.points: eye centres, mouth corners) found on aligned images."""
     points = []
     for path in files:
         faces = finder.find(read_pixels(path), whole_only=True)  # as align_face looks in its frames
