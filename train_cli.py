@@ -294,8 +294,7 @@ def parameter_count(config: dict) -> int:
 
 def discriminator_widths(config: dict) -> list[int]:
     """The patch discriminator's widths (vae.build_discriminator), none without --adversarial."""
-    width = config["discriminator_filters"]
-    return [width, 2 * width, 4 * width, 8 * width] if config["adversarial"] else []
+    return [config["discriminator_filters"] * 2**block for block in range(4)] if config["adversarial"] else []
 
 
 def activation_count(config: dict) -> int:
