@@ -263,9 +263,7 @@ def read_tf_config() -> tuple[dict[str, list[str]], str, int]:
 
 def is_address(address: object) -> bool:
     """Whether `address` is a "host:port" string."""
-    if not isinstance(address, str):
-        return False
-    host, _, port = address.rpartition(":")
+    host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
