@@ -38,9 +38,8 @@ def start_strategy(config: dict, worker_start_timeout: float) -> tf.distribute.S
     if config["strategy"] == "multiworker":  # its messages while it waits go out as they come
         strategy = multiworker_strategy(worker_start_timeout)
     else:
-        with native_start_up_lines_filtered():  # the first look at the devices: CUDA's start-up lines
+        with native_start_up_lines_filtered():  # choose_strategy's first look at the devices: CUDA's start-up lines
             strategy = choose_strategy(config["strategy"])
-            tf.config.list_logical_devices()
     replicas = strategy.num_replicas_in_sync
     if config["batch_size"] % replicas:
         raise RunError(

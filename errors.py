@@ -1,9 +1,6 @@
-"""The one kind of error a user can fix, and the main() wrapper that reports it in one line.
-
-Every script raises `UserError` (or a subclass) for a problem the user can fix, with a message that
-says what to do; `run_main` prints it as `error: <message>` on stderr and exits with the error's
-exit code. Needs nothing but the standard library, so every module can import it.
-"""
+"""`UserError`, a problem the user can fix, with a message that says what to do, and `run_main`,
+which reports it as `error: <message>` on stderr with the error's exit code. Standard library only,
+so every module can import it."""
 
 from __future__ import annotations
 

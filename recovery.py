@@ -89,8 +89,9 @@ class Recovery:
     def guard(self, model: keras.Model, output_dir: Path, inputs, timer) -> Recovery:
         """`with recovery.guard(...):` around the fits; inputs: train.Inputs, timer: epoch_log.EpochTimes."""
         self.model, self.output_dir, self.inputs = model, output_dir, inputs
-        self.stop, self.nan_guard = StopRequest(self.run_dir), StopOnNonFiniteLoss()
-        self.callbacks = [self.nan_guard, StepBackup(self, output_dir, inputs.train_steps, timer)]
+        self.stop = StopRequest(self.run_dir)
+        self.step_backup = StepBackup(self, output_dir, inputs.train_steps, timer)
+        self.callbacks = [self.step_backup]
         return self
 
     def fits(self) -> Iterator[tuple[int, dict]]:
@@ -106,7 +107,7 @@ class Recovery:
             kept = latest_checkpoint(self.output_dir)
             if kept and kept[0] == epoch:  # the trained weights, not the EMA ones fit ended with
                 load_checkpoint(self.model, kept[1])
-        if epoch < epochs and not self.model.stop_training:  # set by StopOnNonFiniteLoss
+        if epoch < epochs and not self.model.stop_training:  # set at a NaN/inf loss
             yield epoch * steps, {"initial_epoch": epoch, "epochs": epochs, "steps_per_epoch": steps}
 
     def __enter__(self) -> Recovery:
@@ -116,8 +117,8 @@ class Recovery:
     def __exit__(self, kind: type | None, error: BaseException | None, trace: object) -> None:
         run_dir = self.run_dir
         with self.signals:
-            if error is None and self.nan_guard.failed_at:
-                raise non_finite_loss_error(self.nan_guard.failed_at, run_dir)
+            if error is None and self.step_backup.failed_at:
+                raise non_finite_loss_error(self.step_backup.failed_at, run_dir)
             if isinstance(error, TrainingStopped):
                 resume = resume_command(run_dir)
                 if self.config["strategy"] == "multiworker":
@@ -138,10 +139,8 @@ class Recovery:
                 return
             cache, files = self.inputs.cache, [self.inputs.train_files, self.inputs.validation_files]
             cache_full = fills_file_cache(error, cache)
-            if (
-                not cache_full
-                and getattr(error, "errno", None) not in NO_SPACE
-                and not disk_is_full(self.model, self.output_dir)
+            if not (
+                cache_full or getattr(error, "errno", None) in NO_SPACE or disk_is_full(self.model, self.output_dir)
             ):
                 return
             # The failed fit's objects (cache files, h5py's file) let go of what the cleanup removes.
@@ -224,28 +223,12 @@ def resume_command(run_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------- callbacks
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop at the first NaN/inf batch loss and remember where it happened."""
-
-    def __init__(self):
-        super().__init__()
-        self.epoch = 0
-        self.failed_at: tuple[int, int] | None = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
-            self.failed_at = (self.epoch + 1, batch + 1)
-            self.model.stop_training = True
-
-
 class StepBackup(keras.callbacks.Callback):
     """The training state every `every` optimizer steps in checkpoint/backup/; after a SIGTERM or
-    Ctrl-C, a backup of the current step and TrainingStopped. tf.train.CheckpointManager switches
-    to each new backup by an atomic rename (keras.callbacks.BackupAndRestore overwrites in place).
-    Workers sum their stop flags after each step, so that all stop after the same step."""
+    Ctrl-C, a backup of the current step and TrainingStopped; at the first NaN/inf batch loss, a
+    stop that keeps the last good backup, remembering where (`failed_at`). tf.train.CheckpointManager
+    switches to each new backup by an atomic rename (keras.callbacks.BackupAndRestore overwrites in
+    place). Workers sum their stop flags after each step, so that all stop after the same step."""
 
     def __init__(self, recovery: Recovery, run_dir: Path, steps: int, timer):
         super().__init__()
@@ -256,9 +239,11 @@ class StepBackup(keras.callbacks.Callback):
         self.timer = timer  # epoch_log.EpochTimes, which times the backups as artifacts
         self.manager: tf.train.CheckpointManager | None = None
         self.position = tf.Variable([0, 0], dtype=tf.int64)
-        self.saved_at = -1
+        self.saved_at, self.epoch = -1, 0
+        self.failed_at: tuple[int, int] | None = None  # (epoch, step) of a NaN/inf loss
 
     def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
         # Keras has just reset the metrics; a resumed epoch continues the restored running means.
         if self.epoch_metrics is not None:
             metric_variables = [variable for metric in self.model.metrics for variable in metric.variables]
@@ -268,6 +253,9 @@ class StepBackup(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps_done += 1
+        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+            self.failed_at = (self.epoch + 1, batch + 1)
+            self.model.stop_training = True
         if self.model.stop_training or self.steps_done % self.steps_per_epoch == 0:
             return  # a NaN/inf loss keeps the last good backup; an epoch's end has its checkpoint
         signum = self.stopped_by()
@@ -328,15 +316,18 @@ class StopRequest:
         self.new_line = "\n" if sys.stdout.isatty() else ""  # off a terminal's progress bar
 
     def __call__(self, signum: int, frame: object) -> None:
-        name = SIGNAL_NAMES[signum]
-        if self.signum is not None:
-            say(
-                f"{self.new_line}stopped at once by a second {name}; {self.run_dir} keeps its last backup or checkpoint; "
-                f"continue with: {resume_command(self.run_dir)}"
-            )
+        name, again = SIGNAL_NAMES[signum], self.signum is not None
+        self.signum = self.signum or signum
+        line = (
+            f"stopped at once by a second {name}; {self.run_dir} keeps its last backup or checkpoint; "
+            f"continue with: {resume_command(self.run_dir)}"
+            if again
+            else f"{name}: stopping after this step, once it is backed up ({name} again stops at once)"
+        )
+        # os.write: print is not reentrant, and this handler may interrupt one
+        os.write(sys.stderr.fileno(), f"{self.new_line}{line}\n".encode())
+        if again:
             os._exit(128 + signum)
-        self.signum = signum
-        say(f"{self.new_line}{name}: stopping after this step, once it is backed up ({name} again stops at once)")
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopRequest]:
@@ -349,11 +340,6 @@ class StopRequest:
             if self.signum is None:
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
-
-
-def say(line: str) -> None:
-    """A line on stderr from a signal handler: os.write, as print may be in the middle of a write."""
-    os.write(sys.stderr.fileno(), f"{line}\n".encode())
 
 
 # --------------------------------------------------------------------------- faults

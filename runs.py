@@ -58,19 +58,8 @@ def onnx_file(part: str) -> str:
 
 # What a model folder is made of; no script writes its output over these.
 MODEL_FILES = tuple(name(part) for name in (keras_file, onnx_file) for part in ("encoder", "decoder"))
-MODEL_FOLDER_PARTS = (
-    *MODEL_FILES,
-    CONFIG_FILE,
-    HISTORY_FILE,
-    LOSS_CURVES_FILE,
-    DENSITY_FILE,
-    ATTRIBUTES_FILE,
-    LOCK_FILE,
-    CHECKPOINT_DIR,
-    TENSORBOARD_DIR,
-    SAMPLES_DIR,
-    RECONSTRUCTIONS_DIR,
-)
+MODEL_FOLDER_PARTS = (*MODEL_FILES, CONFIG_FILE, HISTORY_FILE, LOSS_CURVES_FILE, DENSITY_FILE, ATTRIBUTES_FILE,
+                      LOCK_FILE, CHECKPOINT_DIR, TENSORBOARD_DIR, SAMPLES_DIR, RECONSTRUCTIONS_DIR)  # fmt: skip
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -383,47 +372,36 @@ def check_output_path(
     own: Iterable[str | os.PathLike] = (),
     flag: str = "--out",
 ) -> Path:
-    """Refuse an output file that would overwrite an input (check_input_overwrite) or part of a model folder."""
-    path = check_input_overwrite(path, inputs, own, flag)
-    part = model_folder_part(path)
+    """Refuse an output file that would overwrite part of a model folder, or, existing, one of the
+    `inputs` files or a file in an `inputs` folder, by any name (symlinks, hard links); files in
+    `own` folders (earlier outputs) may be overwritten."""
+    out = Path(path)
+    if out.is_file():
+        inputs = [Path(path) for path in inputs]
+        for path in inputs:
+            if path.is_file() and os.path.samefile(out, path):
+                raise RunFolderError(f"{flag} {out} would overwrite the input {path}; give another {flag}")
+        # An own folder that is a symbolic link (run/generated -> a data folder) is no own folder.
+        own = [Path(folder).resolve() for folder in own if not Path(folder).is_symlink()]
+        names = {out.resolve(), out.parent.resolve() / out.name}  # the file, and a symlink's own place
+        status = out.stat()
+        for folder in (path for path in inputs if path.is_dir()):
+            root = folder.resolve()
+            if any(within(name, root) and not any(within(name, mine) for mine in own) for name in names):
+                raise RunFolderError(
+                    f"{flag} {out} would overwrite a file of {folder}, which this command reads; give another {flag}"
+                )
+            if status.st_nlink > 1:  # a hard link: look for the file's other names in the folder
+                linked = next((file for file in walk_files(root, own) if same_inode(file, status)), None)
+                if linked is not None:
+                    raise RunFolderError(
+                        f"{flag} {out} would overwrite {linked}, which this command reads; give another {flag}"
+                    )
+    part = model_folder_part(out)
     if part is not None:
         raise RunFolderError(
-            f"{flag} {path} would overwrite {part}, part of the model folder {part.parent}; give another {flag}"
+            f"{flag} {out} would overwrite {part}, part of the model folder {part.parent}; give another {flag}"
         )
-    return path
-
-
-def check_input_overwrite(
-    out: str | os.PathLike,
-    inputs: Iterable[str | os.PathLike],
-    own: Iterable[str | os.PathLike] = (),
-    flag: str = "--out",
-) -> Path:
-    """Refuse an existing output file that is one of the `inputs` files or lies in an `inputs` folder,
-    by any name (symlinks, hard links); files in `own` folders (earlier outputs) may be overwritten."""
-    out = Path(out)
-    if not out.is_file():
-        return out
-    inputs = [Path(path) for path in inputs]
-    for path in inputs:
-        if path.is_file() and os.path.samefile(out, path):
-            raise RunFolderError(f"{flag} {out} would overwrite the input {path}; give another {flag}")
-    # An own folder that is a symbolic link (run/generated -> a data folder) is no own folder.
-    own = [Path(folder).resolve() for folder in own if not Path(folder).is_symlink()]
-    names = {out.resolve(), out.parent.resolve() / out.name}  # the file, and a symlink's own place
-    status = out.stat()
-    for folder in (path for path in inputs if path.is_dir()):
-        root = folder.resolve()
-        if any(within(name, root) and not any(within(name, mine) for mine in own) for name in names):
-            raise RunFolderError(
-                f"{flag} {out} would overwrite a file of {folder}, which this command reads; give another {flag}"
-            )
-        if status.st_nlink > 1:  # a hard link: look for the file's other names in the folder
-            linked = next((file for file in walk_files(root, own) if same_inode(file, status)), None)
-            if linked is not None:
-                raise RunFolderError(
-                    f"{flag} {out} would overwrite {linked}, which this command reads; give another {flag}"
-                )
     return out
 
 

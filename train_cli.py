@@ -57,13 +57,9 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
 # The files train.py renames into place once written, by folder of the run: a killed run leaves
 # them behind, a full disk half-written. images.atomic_write's are .<name>.<8 hex digits>.tmp.
 TEMPORARY_FILES = {
-    ".": (
-        ".*.partial.*",
-        *(f".{name}.????????.tmp" for name in (CONFIG_FILE, HISTORY_FILE, DENSITY_FILE, LOSS_CURVES_FILE)),
-    ),
+    ".": (".*.partial.*", *(f".{n}.????????.tmp" for n in (CONFIG_FILE, HISTORY_FILE, DENSITY_FILE, LOSS_CURVES_FILE))),
     CHECKPOINT_DIR: (".partial*",),
-    RECONSTRUCTIONS_DIR: (".*.png.????????.tmp",),
-    SAMPLES_DIR: (".*.png.????????.tmp",),
+    **dict.fromkeys((RECONSTRUCTIONS_DIR, SAMPLES_DIR), (".*.png.????????.tmp",)),
     # tf.train.CheckpointManager's: its index file's next version, and a backup being written
     f"{CHECKPOINT_DIR}/{BACKUP_DIR}": ("checkpoint.tmp*", "ckpt-*_temp"),
 }
@@ -125,6 +121,23 @@ def parse_filters(text: str, name: str = "--filters") -> list[int]:
     return filters
 
 
+# Each setting's range: (keys, whole numbers only, whether a value is in it, what the error says of it).
+RANGES = (
+    (("latent_dim", "hidden_units", "batch_size", "epochs", "discriminator_filters"), True, lambda v: v >= 1,
+     "must be at least 1"),
+    (("lr_warmup_steps", "beta_warmup_steps", "beta_cycle_steps", "adversarial_start"), True, lambda v: v >= 0,
+     "is a number of steps, 0 or more"),
+    (("limit",), True, lambda v: v >= 0, "is a number of images, 0 (all) or more"),
+    (("crop",), True, lambda v: 0 <= v <= CELEBA_WIDTH, f"is a side in pixels of the {CELEBA_WIDTH}-pixel wide "
+     f"CelebA frame, 0 (the whole square) to {CELEBA_WIDTH}"),
+    (("seed",), True, lambda v: 0 <= v < 2**32, "must be in [0, 2^32)"),
+    (("beta",), False, lambda v: v >= 0, "must be 0 or more, e.g. 0.25"),
+    (("learning_rate",), False, lambda v: v > 0, "must be a positive number, e.g. 2e-3"),
+    (("adversarial",), False, lambda v: v >= 0, "must be 0 (off) or more, e.g. 0.5"),
+    (("ema",), False, lambda v: 0 <= v < 1, "must be in [0, 1), e.g. 0.999"),
+)  # fmt: skip
+
+
 def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
     """RunError for a missing or out-of-range setting, named by name_of(key): a flag, or config.json's key."""
 
@@ -139,31 +152,10 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
     missing = [setting.name for setting in SETTINGS if setting.required and setting.name not in config]
     if missing:
         raise RunError(f"{name_of(missing[0])} is missing")
-    for key in ("latent_dim", "hidden_units", "batch_size", "epochs", "discriminator_filters"):
-        if number(key, whole=True) < 1:
-            raise RunError(f"{name_of(key)} must be at least 1 (got {config[key]})")
-    for key in ("lr_warmup_steps", "beta_warmup_steps", "beta_cycle_steps", "adversarial_start"):
-        if number(key, whole=True) < 0:
-            raise RunError(f"{name_of(key)} is a number of steps, 0 or more (got {config[key]})")
-    if number("limit", whole=True) < 0:
-        raise RunError(f"{name_of('limit')} is a number of images, 0 (all) or more (got {config['limit']})")
-    if not 0 <= number("crop", whole=True) <= CELEBA_WIDTH:
-        raise RunError(
-            f"{name_of('crop')} is a side in pixels of the {CELEBA_WIDTH}-pixel wide CelebA frame, "
-            f"0 (the whole square) to {CELEBA_WIDTH} (got {config['crop']})"
-        )
-    if not 0 <= number("seed", whole=True) < 2**32:
-        raise RunError(f"{name_of('seed')} must be in [0, 2^32) (got {config['seed']})")
-    if number("beta", whole=False) < 0:
-        raise RunError(f"{name_of('beta')} must be 0 or more, e.g. 0.25 (got {config['beta']})")
-    if number("learning_rate", whole=False) <= 0:
-        raise RunError(
-            f"{name_of('learning_rate')} must be a positive number, e.g. 2e-3 (got {config['learning_rate']})"
-        )
-    if number("adversarial", whole=False) < 0:
-        raise RunError(f"{name_of('adversarial')} must be 0 (off) or more, e.g. 0.5 (got {config['adversarial']})")
-    if not 0 <= number("ema", whole=False) < 1:
-        raise RunError(f"{name_of('ema')} must be in [0, 1), e.g. 0.999 (got {config['ema']})")
+    for keys, whole, in_range, rule in RANGES:
+        for key in keys:
+            if not in_range(number(key, whole)):
+                raise RunError(f"{name_of(key)} {rule} (got {config[key]})")
     for setting in SETTINGS:
         key, choices = setting.name, setting.choices
         if key == "mixed_precision":  # config.json records the policy chosen
@@ -193,7 +185,13 @@ def checked_config(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict
     """The flags and the run's settings, checked: from the command line for a new run, from
     config.json on --resume; RunError for what is wrong."""
     args = parse_args(argv)
-    check_recovery_flags(args)
+    if args.backup_every < 0:  # --backup-every and --worker-start-timeout go with new and resumed runs alike
+        raise RunError(f"--backup-every is a number of steps, 0 or more (got {args.backup_every})")
+    if not 0 < args.worker_start_timeout < math.inf:
+        raise RunError(
+            f"--worker-start-timeout is a number of seconds above 0, e.g. {DEFAULTS['worker_start_timeout']} "
+            f"(got {args.worker_start_timeout})"
+        )
     if args.resume:
         resumable = [setting for setting in SETTINGS if setting.on_resume]
         refused = sorted(flag(name) for name in args.given_flags - {setting.name for setting in resumable})
@@ -227,17 +225,6 @@ def checked_config(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict
     config |= {"value_range": [0.0, 1.0], "layout": "NHWC"}
     check_settings(config, flag)
     return args, config
-
-
-def check_recovery_flags(args: argparse.Namespace) -> None:
-    """--backup-every and --worker-start-timeout, which go with new and resumed runs alike."""
-    if args.backup_every < 0:
-        raise RunError(f"--backup-every is a number of steps, 0 or more (got {args.backup_every})")
-    if not 0 < args.worker_start_timeout < math.inf:
-        raise RunError(
-            f"--worker-start-timeout is a number of seconds above 0, e.g. {DEFAULTS['worker_start_timeout']} "
-            f"(got {args.worker_start_timeout})"
-        )
 
 
 def read_tf_config() -> tuple[dict[str, list[str]], str, int]:
@@ -276,9 +263,7 @@ def read_tf_config() -> tuple[dict[str, list[str]], str, int]:
 
 def is_address(address: object) -> bool:
     """Whether `address` is a "host:port" string."""
-    if not isinstance(address, str):
-        return False
-    host, _, port = address.rpartition(":")
+    host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
@@ -307,8 +292,7 @@ def parameter_count(config: dict) -> int:
 
 def discriminator_widths(config: dict) -> list[int]:
     """The patch discriminator's widths (vae.build_discriminator), none without --adversarial."""
-    width = config["discriminator_filters"]
-    return [width, 2 * width, 4 * width, 8 * width] if config["adversarial"] else []
+    return [config["discriminator_filters"] * 2**block for block in range(4)] if config["adversarial"] else []
 
 
 def activation_count(config: dict) -> int:
