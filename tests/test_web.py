@@ -671,6 +671,48 @@ def test_the_detector_is_given_what_align_py_gives_it(driver, base_url, finder, 
     assert not len(mismatched), f"{len(mismatched)} values differ, the first at {mismatched[0].tolist()}"
 
 
+WARP_SCRIPT = """
+const [encoded, width, height, matrix, size, done] = arguments;
+import('./align.js').then((align) => {
+  const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+  const data = new Uint8ClampedArray(width * height * 4).fill(255);
+  for (let i = 0; i < width * height; i++) data.set(bytes.subarray(3 * i, 3 * i + 3), 4 * i);
+  const out = align.warp({ width, height, data }, matrix, size[0], size[1]).data;
+  let binary = '';
+  for (let i = 0; i < out.length; i += 4) binary += String.fromCharCode(out[i], out[i + 1], out[i + 2]);
+  done(btoa(binary));
+});
+"""
+
+
+@pytest.mark.parametrize(
+    "scale, angle, shift, size",
+    [
+        (0.3, 20, (-30, 40), (178, 218)),  # shrunk, turned, reaching past the photo's edges
+        (0.5, 0, (10, -20), (40, 200)),  # a tall region: Pillow shrinks it vertically first
+        (0.97, 5, (-2, -3), (10, 10)),  # too little to shrink: the region as it is
+        (2.5, -15, (-100, -60), (192, 192)),  # enlarged
+    ],
+)
+def test_the_warp_is_align_py_s_pixel_for_pixel(driver, base_url, scale, angle, shift, size):
+    """align.warp's region (the photo's edge repeated beyond it), area shrink and bicubic transform,
+    equal to align.py's on random pixels, where every rounding shows."""
+    import base64
+
+    import align
+
+    pixels = np.random.default_rng(size[0]).integers(0, 256, (300, 257, 3), dtype=np.uint8)
+    cos, sin = scale * np.cos(np.radians(angle)), scale * np.sin(np.radians(angle))
+    matrix = np.array([[cos, -sin, shift[0]], [sin, cos, shift[1]]])
+    expected = align.warp(pixels, matrix, size)
+    photo_page(driver, base_url)
+    encoded = base64.b64encode(pixels.tobytes()).decode()
+    page = driver.execute_async_script(WARP_SCRIPT, encoded, 257, 300, matrix.reshape(6).tolist(), list(size))
+    page = np.frombuffer(base64.b64decode(page), np.uint8).reshape(expected.shape)
+    mismatched = np.argwhere(page != expected)
+    assert not len(mismatched), f"{len(mismatched)} values differ, the first at {mismatched[0].tolist()}"
+
+
 def test_the_sliders_edit_the_photo_and_it_interpolates_with_a_generated_face(driver, base_url):
     photo_page(driver, base_url)
     mu = np.asarray(choose_photo(driver, PHOTOS / "hopper.jpg")["mu"])
