@@ -5,8 +5,11 @@
 // the page: it keeps one working copy (MAX_SIDE^2 RGBA bytes at most) and small canvases; while
 // it reads the photo, the decoded bitmap and a canvas of that size exist too, for a moment.
 // A face keeps its detail as long as it spans more than about 2% of the photo's longer side.
-// The browser's 'medium' resize (mipmapped, so without aliasing) is as good here as 'high', whose
-// filter takes over twice as long on a large photo: align.js averages the face's pixels anyway.
+// A photo shrunk by up to 2 (a phone's 12 megapixels) takes the browser's 'low' resize: its
+// bilinear filter still weighs every pixel at that scale, and it skips the mipmaps that 'medium'
+// builds, a good part of the time to read such a photo. A larger one takes 'medium' (mipmapped, so
+// without aliasing), as good here as 'high', whose filter takes over twice as long: align.js
+// averages the face's pixels anyway.
 
 export const MAX_SIDE = 2048;
 
@@ -55,7 +58,8 @@ export async function readPhotoFile(file) {
   const size = workingSize(original.width, original.height);
   const options = { imageOrientation: 'from-image' };
   if (size.width !== original.width || size.height !== original.height) {
-    Object.assign(options, { resizeWidth: size.width, resizeHeight: size.height, resizeQuality: 'medium' });
+    const quality = size.width * 2 >= original.width ? 'low' : 'medium';
+    Object.assign(options, { resizeWidth: size.width, resizeHeight: size.height, resizeQuality: quality });
   }
   let bitmap;
   try {
