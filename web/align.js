@@ -11,6 +11,8 @@
 // photo's edge, and the model input is images.face_from_pixels' exact area average of the
 // central crop. A canvas would resample with a filter the browser chooses and leave the outside
 // transparent, so the aligned face would differ from Python's; tests/test_web.py compares the two.
+// Only a photo the browser shrank as it read it, whose pixels are not align.py's anyway, is
+// shrunk for the detector's squares by the browser (FaceFinder.detect's shrink), natively.
 //
 // Images are {width, height, data}, data RGBA bytes (alpha ignored), as ImageData holds them.
 
@@ -480,7 +482,7 @@ export function faceSize(points) {
  *  looks again in the first aligned frame, and its correction is folded into one resampling. */
 export async function alignFace(image, face, finder) {
   let matrix = similarityTransform(face.points, TEMPLATE);
-  const again = await finder.find(warp(image, matrix), true);
+  const again = await finder.find(warp(image, matrix), { wholeOnly: true });
   if (again.length) {
     const distance = ({ points }) =>
       points.reduce((sum, [x, y], i) => sum + Math.abs(x - TEMPLATE[i][0]) + Math.abs(y - TEMPLATE[i][1]), 0);
@@ -562,10 +564,11 @@ export class FaceFinder {
   }
 
   /** [{box, points, size}] of the faces the detector finds and Face Mesh confirms, largest first.
-   *  wholeOnly: the detector looks at the whole photo only (enough for an aligned frame). */
-  async find(image, wholeOnly = false) {
+   *  wholeOnly: the detector looks at the whole photo only (enough for an aligned frame); shrink:
+   *  as detect takes it. */
+  async find(image, { wholeOnly = false, shrink: shrinkTo = null } = {}) {
     const faces = [];
-    for (const { box, keypoints } of await this.detect(image, wholeOnly)) {
+    for (const { box, keypoints } of await this.detect(image, { wholeOnly, shrink: shrinkTo })) {
       const { landmarks, presence } = await this.landmarks(image, box, keypoints);
       if (presence < MIN_SCORE) continue;
       const points = facePoints(landmarks);
@@ -576,8 +579,9 @@ export class FaceFinder {
 
   /** The detector's faces in the photo's pixels, best first. It looks at each of detectorViews
    *  (squares beyond the photo's edge are black), each from the photo area-shrunk to the scale
-   *  at which the square is its input, and what it finds in several of them is one face. */
-  async detect(image, wholeOnly = false) {
+   *  at which the square is its input, and what it finds in several of them is one face.
+   *  shrink(width, height), if given, shrinks the photo instead of Pillow's BOX filter here. */
+  async detect(image, { wholeOnly = false, shrink: shrinkTo = null } = {}) {
     const { width, height } = image;
     const views = detectorViews(height, width).slice(0, wholeOnly ? 1 : undefined);
     const shrunk = new Map(); // each size of view: the photo at its scale
@@ -586,7 +590,8 @@ export class FaceFinder {
       if (!shrunk.has(side)) {
         const scale = Math.min(1, DETECTOR_SIZE / side);
         const [w, h] = [Math.max(1, pyRound(width * scale)), Math.max(1, pyRound(height * scale))];
-        shrunk.set(side, { picture: scale < 1 ? shrink(sourceOf(image), w, h) : image, scale });
+        const picture = scale >= 1 ? image : shrinkTo ? shrinkTo(w, h) : shrink(sourceOf(image), w, h);
+        shrunk.set(side, { picture, scale });
       }
       const { picture, scale } = shrunk.get(side);
       const extent = [x0 * scale, y0 * scale, (x0 + side) * scale, (y0 + side) * scale];

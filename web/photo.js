@@ -41,17 +41,27 @@ export function workingSize(width, height, maxSide = MAX_SIDE) {
   return { width: Math.max(1, Math.round(width * scale)), height: Math.max(1, Math.round(height * scale)) };
 }
 
-/** RGBA pixels {width, height, data} of a drawable (an ImageBitmap or a video) at its size. */
+/** RGBA pixels {width, height, data} of a drawable (an ImageBitmap or a video) drawn at that size. */
 function pixelsOf(source, width, height) {
   const canvas = new OffscreenCanvas(width, height);
   const context = canvas.getContext('2d', { willReadFrequently: true });
+  context.imageSmoothingQuality = 'high';
   context.drawImage(source, 0, 0, width, height);
   const { data } = context.getImageData(0, 0, width, height);
   canvas.width = canvas.height = 0; // its pixels go now, not when collected
   return { width, height, data };
 }
 
-/** A photo file -> {image (working pixels), original: {width, height}, bitmap (for previews; close it)}. */
+/** What the face finder is given to shrink a photo the browser shrank as it read it (its pixels
+ *  are not align.py's anyway): the browser's resize of the bitmap, natively, in a fraction of the
+ *  time align.js takes to shrink its pixels as Pillow does. Null for a photo read at its size. */
+function shrinkerOf(bitmap, original) {
+  if (bitmap.width === original.width && bitmap.height === original.height) return null;
+  return (width, height) => pixelsOf(bitmap, width, height);
+}
+
+/** A photo file -> {image (working pixels), original: {width, height}, bitmap (for previews; close
+ *  it), shrink (for FaceFinder.find, while the bitmap is open)}. */
 export async function readPhotoFile(file) {
   const original = await imageSize(file);
   if (!original.width || !original.height) throw new PhotoError(`${file.name} has no pixels.`);
@@ -67,7 +77,7 @@ export async function readPhotoFile(file) {
   } catch (error) {
     throw new PhotoError(`${file.name} could not be decoded (${error.message}): choose another photo.`);
   }
-  return { image: pixelsOf(bitmap, bitmap.width, bitmap.height), original, bitmap };
+  return { image: pixelsOf(bitmap, bitmap.width, bitmap.height), original, bitmap, shrink: shrinkerOf(bitmap, original) };
 }
 
 /** The camera's current frame, as readPhotoFile gives a file. */
@@ -76,5 +86,5 @@ export async function readVideoFrame(video) {
   if (!original.width) throw new PhotoError('The camera has not given a picture yet: wait a moment and try again.');
   const size = workingSize(original.width, original.height);
   const bitmap = await createImageBitmap(video, { resizeWidth: size.width, resizeHeight: size.height, resizeQuality: 'medium' });
-  return { image: pixelsOf(bitmap, size.width, size.height), original, bitmap };
+  return { image: pixelsOf(bitmap, size.width, size.height), original, bitmap, shrink: shrinkerOf(bitmap, original) };
 }
