@@ -260,51 +260,25 @@ function taps(offsets, first, count) {
   return { start, step };
 }
 
-/** Pillow's horizontal BOX pass of a source to outWidth. */
-function horizontalPass({ pixels, width, height, rows, columns }, outWidth) {
-  const { first, count, weights, ksize } = boxCoefficients(width, outWidth);
-  const { start, step } = taps(columns, first, count);
-  const data = new Uint8ClampedArray(outWidth * height * 4);
-  const out = words(data);
-  for (let y = 0, o = 0; y < height; y++) {
-    const row = rows[y];
-    for (let x = 0; x < outWidth; x++, o++) {
-      let r = HALF;
-      let g = HALF;
-      let b = HALF;
-      const w0 = x * ksize;
-      const n = count[x];
-      const spacing = step[x];
-      for (let k = 0, i = row + start[x], c = first[x]; k < n; k++, i += spacing) {
-        const p = pixels[spacing ? i : row + columns[c + k]];
-        const w = weights[w0 + k];
-        r = (r + Math.imul(p & 255, w)) | 0;
-        g = (g + Math.imul((p >> 8) & 255, w)) | 0;
-        b = (b + Math.imul((p >> 16) & 255, w)) | 0;
-      }
-      out[o] = clip8(r) | (clip8(g) << 8) | (clip8(b) << 16) | OPAQUE;
-    }
-  }
-  return { width: outWidth, height, data };
-}
-
-/** Pillow's vertical BOX pass of a source to outHeight. */
-function verticalPass({ pixels, width, height, rows, columns }, outHeight) {
-  const { first, count, weights, ksize } = boxCoefficients(height, outHeight);
-  const { start, step } = taps(rows, first, count);
-  const data = new Uint8ClampedArray(width * outHeight * 4);
+/** One pass of Pillow's BOX resize of a source to outSize, along x (horizontal) or y. */
+function boxPass({ pixels, width, height, rows, columns }, outSize, horizontal) {
+  const along = horizontal ? columns : rows; // the offsets of the input pixels a pass sums
+  const { first, count, weights, ksize } = boxCoefficients(horizontal ? width : height, outSize);
+  const { start, step } = taps(along, first, count);
+  const [outWidth, outHeight] = horizontal ? [outSize, height] : [width, outSize];
+  const data = new Uint8ClampedArray(outWidth * outHeight * 4);
   const out = words(data);
   for (let y = 0, o = 0; y < outHeight; y++) {
-    const w0 = y * ksize;
-    const n = count[y];
-    const spacing = step[y];
-    for (let x = 0; x < width; x++, o++) {
-      const column = columns[x];
+    for (let x = 0; x < outWidth; x++, o++) {
+      const n = horizontal ? x : y;
+      const across = horizontal ? rows[y] : columns[x];
+      const w0 = n * ksize;
+      const spacing = step[n];
       let r = HALF;
       let g = HALF;
       let b = HALF;
-      for (let k = 0, i = start[y] + column, c = first[y]; k < n; k++, i += spacing) {
-        const p = pixels[spacing ? i : rows[c + k] + column];
+      for (let k = 0, i = across + start[n], c = first[n], end = count[n]; k < end; k++, i += spacing) {
+        const p = pixels[spacing ? i : across + along[c + k]];
         const w = weights[w0 + k];
         r = (r + Math.imul(p & 255, w)) | 0;
         g = (g + Math.imul((p >> 8) & 255, w)) | 0;
@@ -313,7 +287,7 @@ function verticalPass({ pixels, width, height, rows, columns }, outHeight) {
       out[o] = clip8(r) | (clip8(g) << 8) | (clip8(b) << 16) | OPAQUE;
     }
   }
-  return { width, height: outHeight, data };
+  return { width: outWidth, height: outHeight, data };
 }
 
 /** Pillow's Image.resize((width, height), BOX) of a source (sourceOf). Pillow 13 runs the
@@ -322,11 +296,11 @@ function verticalPass({ pixels, width, height, rows, columns }, outHeight) {
 function shrink(source, width, height) {
   if (width === source.width && height === source.height) return copyOf(source);
   if (height < source.height && source.height - height > 2 * (source.width - width)) {
-    const tall = verticalPass(source, height);
-    return width === tall.width ? tall : horizontalPass(sourceOf(tall), width);
+    const tall = boxPass(source, height, false);
+    return width === tall.width ? tall : boxPass(sourceOf(tall), width, true);
   }
-  const wide = width === source.width ? source : horizontalPass(source, width);
-  return height === wide.height ? (wide === source ? copyOf(source) : wide) : verticalPass(sourceOf(wide), height);
+  const wide = width === source.width ? source : boxPass(source, width, true);
+  return height === wide.height ? (wide === source ? copyOf(source) : wide) : boxPass(sourceOf(wide), height, false);
 }
 
 /** The detector's input for the rectangle extent [x0, y0, x1, y1] of the image: Pillow's
