@@ -809,8 +809,8 @@ def test_an_exif_rotated_photo_is_read_upright(driver, base_url, tmp_path, finde
         # read at a third of its size, near align.py's crop of the full photo: align.py's own crop
         # of this photo shrunk to 1748x2048 by Pillow's BILINEAR, BOX, BICUBIC or LANCZOS filter is
         # 1.5 to 7.2 levels from it on average (its second look, Face Mesh in the aligned frame,
-        # moves by tenths of a pixel with the photo's resampling); the page's (the browser's bilinear
-        # resize), 5.6
+        # moves by tenths of a pixel with the photo's resampling); the page's (the browser's resizes),
+        # 6.0
         difference = np.abs(page_input(photo) - python_faces(finder, path)[0]) * 255
         print(f"rotated at 5 times the size: {difference.mean():.2f} levels apart on average")
         assert difference.mean() < 8
