@@ -597,13 +597,21 @@ def test_the_page_aligns_a_photo_as_align_py_does(driver, base_url, finder, pyth
 
 @pytest.mark.parametrize("name", sorted(path.name for path in PHOTOS.glob("*.jpg")))
 def test_every_test_photo_is_aligned_as_align_py_aligns_it(driver, base_url, finder, name):
-    """Within a few levels: what differs is the face models' float sums (above), within a level
+    """The landmarks of every face within 1e-3 pixels of align.py's (1e-4 on these photos), and the
+    model input within a few levels: what differs is the face models' float sums (above), within a level
     everywhere and 0.06 on average on these photos; the bounds leave room for photos whose JPEG
     Chromium decodes a level or a few apart from Pillow on some pixels (these it decodes alike)."""
+    import align
+    import images
+
     photo_page(driver, base_url)
     photo = choose_photo(driver, PHOTOS / name)
     python = python_faces(finder, PHOTOS / name)
     assert not photo["problem"] and len(photo["faces"]) == len(python)
+    found = align.choose_faces(finder.find(images.read_pixels(PHOTOS / name)), "all")
+    landmarks = np.abs(np.asarray([face["points"] for face in photo["faces"]]) - [face.points for face in found])
+    print(f"{name}: landmarks at most {landmarks.max():.1e} pixels apart")
+    assert landmarks.max() < 1e-3
     difference = np.abs(page_input(photo) - python[0]) * 255
     print(f"{name}: at most {difference.max():.0f} levels apart, {difference.mean():.3f} on average")
     assert difference.max() <= 8 and difference.mean() < 0.5
