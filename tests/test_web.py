@@ -798,8 +798,18 @@ def test_two_faces_the_largest_first_and_another_on_request(driver, base_url, tm
     np.testing.assert_allclose(driver.execute_script("return explorer.z()"), photo["mu"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("scale", [1, 5])
-def test_an_exif_rotated_photo_is_read_upright(driver, base_url, tmp_path, finder, scale):
+def big_endian_exif(orientation: int) -> bytes:
+    """A JPEG APP1 segment whose EXIF (in Motorola byte order, as many phones write it, where
+    Pillow writes Intel's) holds only the orientation."""
+    tiff = b"MM\x00\x2a" + (8).to_bytes(4, "big") + (1).to_bytes(2, "big")
+    tiff += (0x0112).to_bytes(2, "big") + (3).to_bytes(2, "big") + (1).to_bytes(4, "big")
+    tiff += orientation.to_bytes(2, "big") + bytes(2) + bytes(4)  # the value, padded; no next IFD
+    body = b"Exif\x00\x00" + tiff
+    return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
+
+
+@pytest.mark.parametrize("scale, byte_order", [(1, "little"), (5, "little"), (1, "big")])
+def test_an_exif_rotated_photo_is_read_upright(driver, base_url, tmp_path, finder, scale, byte_order):
     """At 5 times the size the browser also shrinks the photo as it decodes it (upright sizes)."""
     photo_page(driver, base_url)
     path = tmp_path / "rotated.jpg"
@@ -808,6 +818,11 @@ def test_an_exif_rotated_photo_is_read_upright(driver, base_url, tmp_path, finde
         exif[0x0112] = 6  # the camera was turned: the viewer turns the picture 90 degrees clockwise
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BICUBIC)
         image.transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif)
+    if byte_order == "big":
+        with Image.open(path) as image:
+            image.save(path, quality=100)  # no EXIF now; then a big-endian one after the SOI marker
+        jpeg = path.read_bytes()
+        path.write_bytes(jpeg[:2] + big_endian_exif(6) + jpeg[2:])
     photo = choose_photo(driver, path)
     assert not photo["problem"] and photo["original"] == [512 * scale, 600 * scale]
     if scale == 1:

@@ -16,9 +16,53 @@ export const MAX_SIDE = 2048;
 /** A problem with a photo, worded for the page. */
 export class PhotoError extends Error {}
 
+const JPEG_HEAD = 1 << 17; // bytes read for a JPEG's size: its EXIF (a thumbnail too) comes first
+
+/** The EXIF orientation (1 to 8) in the TIFF block at start of a JPEG's APP1 segment, else 1. */
+function exifOrientation(view, start, end) {
+  if (end - start < 8) return 1;
+  const little = view.getUint16(start) === 0x4949; // 'II', else 'MM'
+  const entries = start + view.getUint32(start + 4, little);
+  if (entries + 2 > end) return 1;
+  for (let i = 0, at = entries + 2; i < view.getUint16(entries, little) && at + 12 <= end; i++, at += 12) {
+    if (view.getUint16(at, little) === 0x0112) return view.getUint16(at + 8, little);
+  }
+  return 1;
+}
+
+/** {width, height} of a JPEG, upright, from its frame header and EXIF orientation (what the
+ *  browser applies); null for another file, or a JPEG whose header is not in its first bytes. */
+function jpegSize(bytes) {
+  const view = new DataView(bytes);
+  if (view.byteLength < 4 || view.getUint16(0) !== 0xffd8) return null;
+  let orientation = 1;
+  for (let at = 2; at + 9 < view.byteLength; ) {
+    if (view.getUint8(at) !== 0xff) return null;
+    const marker = view.getUint8(at + 1);
+    if (marker === 0xff) {
+      at += 1; // a fill byte
+      continue;
+    }
+    const length = view.getUint16(at + 2);
+    if (marker === 0xe1 && view.getUint32(at + 4) === 0x45786966) {
+      orientation = exifOrientation(view, at + 10, Math.min(view.byteLength, at + 2 + length)); // 'Exif\0\0'
+    }
+    // a start of frame: SOF0 to SOF15 but DHT (c4), JPG (c8) and DAC (cc)
+    if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
+      const [height, width] = [view.getUint16(at + 5), view.getUint16(at + 7)];
+      return orientation >= 5 && orientation <= 8 ? { width: height, height: width } : { width, height };
+    }
+    at += 2 + length;
+  }
+  return null;
+}
+
 /** {width, height} of an image file, upright, from its header (the browser does not decode the
- *  pixels to say it); a PhotoError if the browser cannot read it as an image. */
-function imageSize(file) {
+ *  pixels to say it; a JPEG's is read here, faster than an image element loads the file); a
+ *  PhotoError if the browser cannot read it as an image. */
+async function imageSize(file) {
+  const size = jpegSize(await file.slice(0, JPEG_HEAD).arrayBuffer());
+  if (size?.width && size.height) return size;
   return new Promise((resolve, reject) => {
     const url = URL.createObjectURL(file);
     const image = new Image();
