@@ -3,7 +3,7 @@
     (cd web && npm ci)                  # once: onnxruntime-web
     python bench/web_latency.py         # pretrained/celeba64
     python bench/web_latency.py --model runs/<name> --repeats 5 --threads 2
-    python bench/web_latency.py --photo my_photo.jpg --photos 10
+    python bench/web_latency.py --photo my_photo.jpg --photos 10 --large 8000x6000
 
 Each repeat starts a new headless Chromium (a fresh profile, so an empty HTTP cache) on the page
 served by web/serve.py and measures, in the page:
@@ -19,7 +19,10 @@ served by web/serve.py and measures, in the page:
   face drawn (the Smiling slider at 1), the models loaded: read the file, find the faces (the
   detector on each of align.py's views, Face Mesh on each face), align one (Face Mesh again in
   its aligned frame, the warp, the crop), encode, decode, draw. The median of --photos choices
-  of --photo, with the parts (read, find, align, encode) as medians too.
+  of --photo, with the parts (read, find, align, encode) as medians too; then the same for a
+  large photo (--large, a phone's 12 megapixels by default) made from --photo in a temporary
+  folder: scaled up to fit, centred on a grey canvas, with noise so that it is as costly to
+  decode as a camera's JPEG.
 Python onnxruntime is measured in this process on the same decoder.onnx: session creation plus
 the first decode (the interpreter and imports already loaded), and the median batch-1 decode,
 with 1 intra-op thread (as the page's default) and with onnxruntime's default threads.
@@ -34,6 +37,7 @@ import importlib.util
 import json
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -51,6 +55,15 @@ import inference  # noqa: E402  (numpy and onnxruntime only)
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ORT_WEB = REPO / "web" / "node_modules" / "onnxruntime-web"
+
+# explorer.photo().timings: from choosing the photo to its edited face drawn, and its parts
+PHOTO_PARTS = {
+    "shownMs": "{name} to its first edited face (ms)",
+    "readMs": "of which reading the file (ms)",
+    "findMs": "finding the faces (ms)",
+    "alignMs": "aligning it, with its second look (ms)",
+    "encodeMs": "encoding it (ms)",
+}
 
 SLIDER_SCRIPT = """
 const [steps, done] = [arguments[0], arguments[arguments.length - 1]];
@@ -86,14 +99,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slider-steps", type=int, default=60, help="slider steps per repeat")
     parser.add_argument("--threads", type=int, default=1, help="WebAssembly threads in the page")
     parser.add_argument("--photo", default=str(REPO / "tests" / "photos" / "obama.jpg"), help="the photo chosen")
-    parser.add_argument("--photos", type=int, default=7, help="photo choices timed per repeat")
+    parser.add_argument("--photos", type=int, default=7, help="photo choices timed per repeat, per photo")
+    parser.add_argument(
+        "--large",
+        default="4000x3000",
+        help="WIDTHxHEIGHT of the large photo made from --photo; 'none' for no large photo",
+    )
     args = parser.parse_args(argv)
     if not Path(args.photo).is_file():
         parser.error(f"--photo {args.photo} is not a file")
+    args.large = parse_size(parser, args.large)
     for name in ("repeats", "decodes", "slider_steps", "threads", "photos"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
+
+
+def parse_size(parser: argparse.ArgumentParser, text: str) -> tuple[int, int] | None:
+    if text == "none":
+        return None
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        parser.error(f"--large {text}: give WIDTHxHEIGHT, for example 4000x3000, or none")
+    if min(width, height) < 1:
+        parser.error(f"--large {text}: both sides must be at least 1 pixel")
+    return width, height
+
+
+def make_large_photo(photo: Path, size: tuple[int, int], folder: Path) -> Path:
+    """photo scaled up to fit size, centred on grey, with seeded noise (camera JPEGs carry detail
+    everywhere, which is what makes them slow to decode), saved as a quality-90 JPEG."""
+    from PIL import Image
+
+    with Image.open(photo) as image:
+        image = image.convert("RGB")
+        scale = min(size[0] / image.width, size[1] / image.height)
+        fitted = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", size, (128, 124, 120))
+    canvas.paste(fitted, ((size[0] - fitted.width) // 2, (size[1] - fitted.height) // 2))
+    pixels = np.asarray(canvas, dtype=np.int16)
+    pixels += np.random.default_rng(0).integers(-6, 7, pixels.shape, dtype=np.int16)
+    path = folder / f"{photo.stem}_{size[0]}x{size[1]}.jpg"
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return path
 
 
 def load_serve():
@@ -116,7 +165,7 @@ def start_browser():
     return browser
 
 
-def browser_repeat(url: str, args: argparse.Namespace) -> dict:
+def browser_repeat(url: str, args: argparse.Namespace, photos: list[Path]) -> dict:
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser = start_browser()
@@ -135,9 +184,8 @@ def browser_repeat(url: str, args: argparse.Namespace) -> dict:
             args.decodes,
         )
         fps, display = browser.execute_async_script(SLIDER_SCRIPT, args.slider_steps)
-        photo = photo_timings(browser, Path(args.photo).resolve(), args.photos)
         return {
-            **photo,
+            "photos": [photo_timings(browser, path, args.photos) for path in photos],
             "version": browser.capabilities.get("browserVersion", "?"),
             "first_face": timings["firstFaceMs"],
             "session": timings["sessionMs"],
@@ -173,14 +221,8 @@ def photo_timings(browser, photo: Path, count: int) -> dict:
         if shown["problem"]:
             sys.exit(f"the page refused the photo: {shown['message']}")
         runs.append(shown["timings"])
-    keys = {
-        "photo": "shownMs",
-        "photo_read": "readMs",
-        "photo_find": "findMs",
-        "photo_align": "alignMs",
-        "photo_encode": "encodeMs",
-    }
-    return {key: statistics.median(run[name] for run in runs) for key, name in keys.items()}
+    medians = {key: statistics.median(run[key] for run in runs) for key in PHOTO_PARTS}
+    return {**medians, "size": shown["size"], "original": shown["original"]}
 
 
 def python_repeat(path: Path, threads: int, decodes: int, latent_dim: int) -> dict:
@@ -226,16 +268,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     url = f"{serve.page_url(server)}?model={args.model}&seed=1&threads={args.threads}"
 
     browser, python_one, python_default = [], [], []
-    for repeat in range(args.repeats):
-        browser.append(browser_repeat(url, args))
-        python_one.append(python_repeat(decoder, 1, args.decodes, latent_dim))
-        python_default.append(python_repeat(decoder, 0, args.decodes, latent_dim))
-        print(
-            f"repeat {repeat + 1}/{args.repeats}: first face {browser[-1]['first_face']:.0f} ms, "
-            f"decode {browser[-1]['decode']:.2f} ms, slider {browser[-1]['fps']:.1f} fps, "
-            f"photo to edited face {browser[-1]['photo']:.0f} ms",
-            flush=True,
-        )
+    with tempfile.TemporaryDirectory() as folder:
+        photos = [Path(args.photo).resolve()]
+        if args.large:
+            photos.append(make_large_photo(photos[0], args.large, Path(folder)))
+        for repeat in range(args.repeats):
+            browser.append(browser_repeat(url, args, photos))
+            python_one.append(python_repeat(decoder, 1, args.decodes, latent_dim))
+            python_default.append(python_repeat(decoder, 0, args.decodes, latent_dim))
+            shown = ", ".join(
+                f"{photo.name} {r['shownMs']:.0f} ms" for photo, r in zip(photos, browser[-1]["photos"], strict=True)
+            )
+            print(
+                f"repeat {repeat + 1}/{args.repeats}: first face {browser[-1]['first_face']:.0f} ms, "
+                f"decode {browser[-1]['decode']:.2f} ms, slider {browser[-1]['fps']:.1f} fps, "
+                f"photo to edited face: {shown}",
+                flush=True,
+            )
+        sizes = [photo.stat().st_size for photo in photos]
     server.shutdown()
 
     ort_web = json.loads((ORT_WEB / "package.json").read_text())["version"]
@@ -245,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"chromium {browser[0]['version']} (headless), onnxruntime-web {ort_web}, {decoder.relative_to(REPO)}")
     print(
         f"best / median of {args.repeats} repeats; decode: median of {args.decodes} batch-1 calls per repeat; "
-        f"photo: median of {args.photos} choices of {Path(args.photo).name} per repeat\n"
+        f"photo: median of {args.photos} choices of each photo per repeat\n"
     )
     web = f"browser: onnxruntime-web, WebAssembly, {args.threads} thread{'s' if args.threads > 1 else ''}"
     print(f"| figure | {web} | Python onnxruntime, 1 thread | Python onnxruntime, default threads |")
@@ -260,15 +310,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
     print(f"| slider (frames per second) | {summary([r['fps'] for r in browser], higher_is_better=True)} | | |")
     print(f"| display rate, no decoding (frames per second) | {summary([r['display'] for r in browser], True)} | | |")
-    photo_rows = [
-        ("photo to its first edited face (ms)", "photo"),
-        ("of which reading the file (ms)", "photo_read"),
-        ("finding the faces (ms)", "photo_find"),
-        ("aligning it, with its second look (ms)", "photo_align"),
-        ("encoding it (ms)", "photo_encode"),
-    ]
-    for label, key in photo_rows:
-        print(f"| {label} | {summary([r[key] for r in browser])} | | |")
+    for index, (photo, size) in enumerate(zip(photos, sizes, strict=True)):
+        runs = [r["photos"][index] for r in browser]
+        width, height = runs[0]["original"]
+        read = "" if runs[0]["size"] == runs[0]["original"] else ", read at {}x{}".format(*runs[0]["size"])
+        name = f"{photo.name} ({width}x{height}, {size / 1e6:.1f} MB{read})"
+        for key, label in PHOTO_PARTS.items():
+            print(f"| {label.format(name=name)} | {summary([r[key] for r in runs])} | | |")
     print(
         "\nBrowser first face: from navigation start, in a new browser profile. Python first face: session "
         "creation and the first decode in a running process (interpreter start and imports not counted)."

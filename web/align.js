@@ -4,13 +4,15 @@
 // their landmarks, on onnxruntime-web; a similarity transform puts the eyes and mouth corners on
 // TEMPLATE, and the photo is resampled into the 178x218 frame the models were trained on.
 //
-// Every step is align.py's, pixel for pixel: the resizes are Pillow's (its fixed-point BOX and
-// BILINEAR filters, its two passes in Pillow 13's order), the detector's squares are Pillow's
+// Every step is align.py's, pixel for pixel: the resizes are Pillow's (its fixed-point BOX
+// filter, its two passes in Pillow 13's order), the detector's squares are Pillow's
 // EXTENT transform with its BILINEAR filter (black beyond the photo), the warp is Pillow's affine
 // BICUBIC transform (its a = -1 cubic, truncated to 8 bits) on a region whose outside repeats the
 // photo's edge, and the model input is images.face_from_pixels' exact area average of the
 // central crop. A canvas would resample with a filter the browser chooses and leave the outside
 // transparent, so the aligned face would differ from Python's; tests/test_web.py compares the two.
+// Only a photo the browser shrank as it read it, whose pixels are not align.py's anyway, is
+// shrunk for the detector's squares by the browser (FaceFinder.detect's shrink), natively.
 //
 // Images are {width, height, data}, data RGBA bytes (alpha ignored), as ImageData holds them.
 
@@ -172,19 +174,46 @@ export function invert([a, b, c, d, e, f]) {
 }
 
 // ----------------------------------------------------------------------------- Pillow's resampling
+// A large photo's pixels are read in place, never copied per step or per pixel: a pass reads its
+// source through a table of each row's and each column's offset, which also gives the region
+// of the photo that warp reads (its edge repeated beyond the photo) without copying it. Pixels
+// are read and written as one 32-bit word each (RGBA bytes, little-endian as every browser is).
 const PRECISION_BITS = 22; // Pillow's fixed point: 32 - 8 - 2
-const FILTERS = {
-  box: { support: 0.5, weight: (x) => (x > -0.5 && x <= 0.5 ? 1 : 0) },
-  bilinear: { support: 1, weight: (x) => Math.max(0, 1 - Math.abs(x)) },
-};
+const HALF = 1 << (PRECISION_BITS - 1);
+const OPAQUE = 0xff000000 | 0; // an int32, as the words are
 
-/** Pillow's precompute_coeffs and normalize_coeffs_8bpc: per output pixel, its first input
- *  pixel, its number of weights, and the integer weights (ksize of them per pixel). */
-function resampleCoefficients(inSize, outSize, filter) {
+const words = (bytes) => new Int32Array(bytes.buffer, bytes.byteOffset, bytes.length >> 2);
+
+/** {pixels, width, height, rows, columns}: the pixels (32-bit words) of [x0, x0 + width) x
+ *  [y0, y0 + height) of an image, rows and columns their offsets, the image's edge repeated
+ *  beyond it. */
+function sourceOf(image, x0 = 0, y0 = 0, width = image.width, height = image.height) {
+  const clamp = (v, size) => (v < 0 ? 0 : v < size ? v : size - 1);
+  const rows = new Int32Array(height);
+  const columns = new Int32Array(width);
+  for (let y = 0; y < height; y++) rows[y] = clamp(y0 + y, image.height) * image.width;
+  for (let x = 0; x < width; x++) columns[x] = clamp(x0 + x, image.width);
+  return { pixels: words(image.data), width, height, rows, columns };
+}
+
+/** A source's pixels as an image of their own. */
+function copyOf({ pixels, width, height, rows, columns }) {
+  const data = new Uint8ClampedArray(width * height * 4);
+  const out = words(data);
+  for (let y = 0, o = 0; y < height; y++) {
+    const row = rows[y];
+    for (let x = 0; x < width; x++, o++) out[o] = pixels[row + columns[x]] | OPAQUE;
+  }
+  return { width, height, data };
+}
+
+/** Pillow's precompute_coeffs and normalize_coeffs_8bpc for its BOX filter: per output pixel,
+ *  its first input pixel, its number of weights, and the integer weights (ksize per pixel). */
+function boxCoefficients(inSize, outSize) {
   const scale = inSize / outSize;
   const filterScale = Math.max(scale, 1);
   const inverse = 1 / filterScale; // Pillow multiplies by it
-  const support = filter.support * filterScale;
+  const support = 0.5 * filterScale;
   const ksize = Math.ceil(support) * 2 + 1;
   const first = new Int32Array(outSize);
   const count = new Int32Array(outSize);
@@ -195,7 +224,10 @@ function resampleCoefficients(inSize, outSize, filter) {
     const low = Math.max(0, Math.trunc(centre - support + 0.5));
     const high = Math.min(inSize, Math.trunc(centre + support + 0.5));
     let total = 0;
-    for (let x = low; x < high; x++) total += values[x - low] = filter.weight((x - centre + 0.5) * inverse);
+    for (let x = low; x < high; x++) {
+      const at = (x - centre + 0.5) * inverse;
+      total += values[x - low] = at > -0.5 && at <= 0.5 ? 1 : 0;
+    }
     for (let x = low; x < high; x++) {
       const v = (total !== 0 ? values[x - low] / total : values[x - low]) * 2 ** PRECISION_BITS;
       weights[out * ksize + x - low] = Math.trunc(v < 0 ? v - 0.5 : v + 0.5);
@@ -212,53 +244,70 @@ function clip8(sum) {
   return value < 0 ? 0 : value > 255 ? 255 : value;
 }
 
-/** One pass of Pillow's resize along x (horizontal) or y. */
-function resamplePass(image, outSize, filter, horizontal) {
-  const { width, height, data } = image;
-  const outWidth = horizontal ? outSize : width;
-  const outHeight = horizontal ? height : outSize;
-  const { first, count, weights, ksize } = resampleCoefficients(horizontal ? width : height, outSize, FILTERS[filter]);
-  const out = new Uint8ClampedArray(outWidth * outHeight * 4);
-  const half = 1 << (PRECISION_BITS - 1);
-  const step = horizontal ? 4 : width * 4; // bytes from one input pixel to the next along the pass
+/** Per output pixel of a pass, the offset of its first input pixel (offsets, the source's rows
+ *  or columns) and the offset from one input pixel to the next (step), 0 where they are not
+ *  evenly spaced (the edge repeated), so that the pass reads through offsets there. */
+function taps(offsets, first, count) {
+  const start = new Int32Array(first.length);
+  const step = new Int32Array(first.length);
+  for (let n = 0; n < first.length; n++) {
+    start[n] = offsets[first[n]];
+    const spacing = count[n] > 1 ? offsets[first[n] + 1] - start[n] : 1;
+    let even = spacing > 0;
+    for (let k = 2; even && k < count[n]; k++) even = offsets[first[n] + k] - offsets[first[n] + k - 1] === spacing;
+    step[n] = even ? spacing : 0;
+  }
+  return { start, step };
+}
+
+/** One pass of Pillow's BOX resize of a source to outSize, along x (horizontal) or y. */
+function boxPass({ pixels, width, height, rows, columns }, outSize, horizontal) {
+  const along = horizontal ? columns : rows; // the offsets of the input pixels a pass sums
+  const { first, count, weights, ksize } = boxCoefficients(horizontal ? width : height, outSize);
+  const { start, step } = taps(along, first, count);
+  const [outWidth, outHeight] = horizontal ? [outSize, height] : [width, outSize];
+  const data = new Uint8ClampedArray(outWidth * outHeight * 4);
+  const out = words(data);
   for (let y = 0, o = 0; y < outHeight; y++) {
-    for (let x = 0; x < outWidth; x++, o += 4) {
+    for (let x = 0; x < outWidth; x++, o++) {
       const n = horizontal ? x : y;
-      let i = horizontal ? (y * width + first[n]) * 4 : (first[n] * width + x) * 4;
-      let r = half;
-      let g = half;
-      let b = half;
-      for (let k = n * ksize, end = k + count[n]; k < end; k++, i += step) {
-        const w = weights[k];
-        r = (r + Math.imul(data[i], w)) | 0;
-        g = (g + Math.imul(data[i + 1], w)) | 0;
-        b = (b + Math.imul(data[i + 2], w)) | 0;
+      const across = horizontal ? rows[y] : columns[x];
+      const w0 = n * ksize;
+      const spacing = step[n];
+      let r = HALF;
+      let g = HALF;
+      let b = HALF;
+      for (let k = 0, i = across + start[n], c = first[n], end = count[n]; k < end; k++, i += spacing) {
+        const p = pixels[spacing ? i : across + along[c + k]];
+        const w = weights[w0 + k];
+        r = (r + Math.imul(p & 255, w)) | 0;
+        g = (g + Math.imul((p >> 8) & 255, w)) | 0;
+        b = (b + Math.imul((p >> 16) & 255, w)) | 0;
       }
-      out[o] = clip8(r);
-      out[o + 1] = clip8(g);
-      out[o + 2] = clip8(b);
-      out[o + 3] = 255;
+      out[o] = clip8(r) | (clip8(g) << 8) | (clip8(b) << 16) | OPAQUE;
     }
   }
-  return { width: outWidth, height: outHeight, data: out };
+  return { width: outWidth, height: outHeight, data };
 }
 
-/** Pillow's Image.resize((width, height), BOX or BILINEAR). Pillow 13 runs the vertical pass
- *  first when the height shrinks by more than twice as many pixels as the width does (a level
- *  apart on some pixels from the other order). */
-export function resize(image, width, height, filter) {
-  const verticalFirst = height < image.height && image.height - height > 2 * (image.width - width);
-  let out = image;
-  if (verticalFirst && height !== out.height) out = resamplePass(out, height, filter, false);
-  if (width !== out.width) out = resamplePass(out, width, filter, true);
-  if (height !== out.height) out = resamplePass(out, height, filter, false);
-  return out;
+/** Pillow's Image.resize((width, height), BOX) of a source (sourceOf). Pillow 13 runs the
+ *  vertical pass first when the height shrinks by more than twice as many pixels as the width
+ *  does (a level apart on some pixels from the other order). */
+function shrink(source, width, height) {
+  if (width === source.width && height === source.height) return copyOf(source);
+  if (height < source.height && source.height - height > 2 * (source.width - width)) {
+    const tall = boxPass(source, height, false);
+    return width === tall.width ? tall : boxPass(sourceOf(tall), width, true);
+  }
+  const wide = width === source.width ? source : boxPass(source, width, true);
+  return height === wide.height ? (wide === source ? copyOf(source) : wide) : boxPass(sourceOf(wide), height, false);
 }
 
-/** Pillow's Image.transform((size, size), EXTENT, extent, BILINEAR): the rectangle extent
- *  [x0, y0, x1, y1] of the image sampled with the bilinear filter, without antialiasing (the
- *  image is shrunk beforehand), truncated to 8 bits; outside the image is black. */
-function extentBilinear(image, [x0, y0, x1, y1], size) {
+/** The detector's input for the rectangle extent [x0, y0, x1, y1] of the image: Pillow's
+ *  Image.transform((size, size), EXTENT, extent, BILINEAR), the rectangle sampled with the
+ *  bilinear filter without antialiasing (the image is shrunk beforehand), truncated to 8 bits,
+ *  black outside the image; then as align.py scales it, float32 v / 127.5 - 1, NHWC. */
+function detectorInput(image, [x0, y0, x1, y1], size) {
   const { width, height, data } = image;
   // the output's x maps to the input's x alone, and y to y: each column's and row's sampling
   // (its pixels and weight, or -1 outside the image) is worked out once
@@ -281,23 +330,31 @@ function extentBilinear(image, [x0, y0, x1, y1], size) {
   };
   const columns = axis((x1 - x0) / size, x0, width, 4);
   const rows = axis((y1 - y0) / size, y0, height, width * 4);
-  const out = new Uint8ClampedArray(size * size * 4);
+  const levels = new Float32Array(256);
+  for (let v = 0; v < 256; v++) levels[v] = Math.fround(v / 127.5) - 1;
+  const out = new Float32Array(size * size * 3).fill(levels[0]);
   for (let oy = 0, o = 0; oy < size; oy++) {
-    const [top, bottom, dy] = [rows.first[oy], rows.second[oy], rows.weight[oy]];
-    for (let ox = 0; ox < size; ox++, o += 4) {
-      out[o + 3] = 255;
+    const top = rows.first[oy];
+    const bottom = rows.second[oy];
+    const dy = rows.weight[oy];
+    for (let ox = 0; ox < size; ox++, o += 3) {
       const left = columns.first[ox];
       if (top < 0 || left < 0) continue;
-      const [right, dx] = [columns.second[ox], columns.weight[ox]];
+      const right = columns.second[ox];
+      const dx = columns.weight[ox];
       for (let channel = 0; channel < 3; channel++) {
-        const [i, j] = [top + channel, bottom + channel];
+        const i = top + channel;
         const upper = data[i + left] + (data[i + right] - data[i + left]) * dx;
-        const lower = bottom < 0 ? upper : data[j + left] + (data[j + right] - data[j + left]) * dx;
-        out[o + channel] = Math.trunc(upper + (lower - upper) * dy);
+        let lower = upper;
+        if (bottom >= 0) {
+          const j = bottom + channel;
+          lower = data[j + left] + (data[j + right] - data[j + left]) * dx;
+        }
+        out[o + channel] = levels[Math.trunc(upper + (lower - upper) * dy)];
       }
     }
   }
-  return { width: size, height: size, data: out };
+  return out;
 }
 
 /** Pillow's a = -1 cubic through v1..v4 at d in [0, 1) between v2 and v3. */
@@ -311,12 +368,9 @@ function affineBicubic(image, inverse, width, height) {
   const { width: w, height: h, data } = image;
   const [a, b, c, d, e, f] = inverse;
   const out = new Uint8ClampedArray(width * height * 4);
-  const columns = new Int32Array(4);
-  const rows = new Int32Array(4);
-  const values = new Float64Array(4);
-  for (let oy = 0; oy < height; oy++) {
-    for (let ox = 0; ox < width; ox++) {
-      const o = (oy * width + ox) * 4;
+  const rowBytes = w * 4;
+  for (let oy = 0, o = 0; oy < height; oy++) {
+    for (let ox = 0; ox < width; ox++, o += 4) {
       out[o + 3] = 255;
       let xin = a * (ox + 0.5) + b * (oy + 0.5) + c;
       let yin = d * (ox + 0.5) + e * (oy + 0.5) + f;
@@ -327,46 +381,31 @@ function affineBicubic(image, inverse, width, height) {
       const y = Math.floor(yin);
       const dx = xin - x;
       const dy = yin - y;
-      for (let k = 0; k < 4; k++) {
-        const column = x - 1 + k;
-        columns[k] = (column < 0 ? 0 : column < w ? column : w - 1) * 4;
-        // Pillow clamps the first row; a later row outside the image repeats the row before it
-        const row = y - 1 + k;
-        rows[k] = k === 0 ? (row < 0 ? 0 : row < h ? row : h - 1) * w * 4 : row >= 0 && row < h ? row * w * 4 : -1;
-      }
+      // Pillow clamps the columns and the first row; a later row outside the image repeats the
+      // row before it (-1 here)
+      const c0 = (x < 1 ? 0 : x - 1 < w ? x - 1 : w - 1) * 4;
+      const c1 = (x < 0 ? 0 : x < w ? x : w - 1) * 4;
+      const c2 = (x + 1 < 0 ? 0 : x + 1 < w ? x + 1 : w - 1) * 4;
+      const c3 = (x + 2 < 0 ? 0 : x + 2 < w ? x + 2 : w - 1) * 4;
+      const r0 = (y < 1 ? 0 : y - 1 < h ? y - 1 : h - 1) * rowBytes;
+      const r1 = y >= 0 && y < h ? y * rowBytes : -1;
+      const r2 = y + 1 >= 0 && y + 1 < h ? (y + 1) * rowBytes : -1;
+      const r3 = y + 2 >= 0 && y + 2 < h ? (y + 2) * rowBytes : -1;
       for (let channel = 0; channel < 3; channel++) {
-        for (let k = 0; k < 4; k++) {
-          const i = rows[k] + channel;
-          values[k] =
-            rows[k] < 0
-              ? values[k - 1]
-              : cubic(data[i + columns[0]], data[i + columns[1]], data[i + columns[2]], data[i + columns[3]], dx);
-        }
-        const v = cubic(values[0], values[1], values[2], values[3], dy);
+        let i = r0 + channel;
+        const v0 = cubic(data[i + c0], data[i + c1], data[i + c2], data[i + c3], dx);
+        i = r1 + channel;
+        const v1 = r1 < 0 ? v0 : cubic(data[i + c0], data[i + c1], data[i + c2], data[i + c3], dx);
+        i = r2 + channel;
+        const v2 = r2 < 0 ? v1 : cubic(data[i + c0], data[i + c1], data[i + c2], data[i + c3], dx);
+        i = r3 + channel;
+        const v3 = r3 < 0 ? v2 : cubic(data[i + c0], data[i + c1], data[i + c2], data[i + c3], dx);
+        const v = cubic(v0, v1, v2, v3, dy);
         out[o + channel] = v <= 0 ? 0 : v >= 255 ? 255 : Math.trunc(v);
       }
     }
   }
   return { width, height, data: out };
-}
-
-/** The photo's pixels in [x0, x1) x [y0, y1), the photo's edge repeated outside it. */
-function region(image, x0, y0, x1, y1) {
-  const { width, height, data } = image;
-  const out = new Uint8ClampedArray((x1 - x0) * (y1 - y0) * 4);
-  const clamp = (v, size) => (v < 0 ? 0 : v < size ? v : size - 1);
-  let o = 0;
-  for (let y = y0; y < y1; y++) {
-    const row = clamp(y, height) * width;
-    for (let x = x0; x < x1; x++, o += 4) {
-      const i = (row + clamp(x, width)) * 4;
-      out[o] = data[i];
-      out[o + 1] = data[i + 1];
-      out[o + 2] = data[i + 2];
-      out[o + 3] = 255;
-    }
-  }
-  return { width: x1 - x0, height: y1 - y0, data: out };
 }
 
 /** align.warp: the photo resampled through matrix (photo -> output) into width x height. Only the
@@ -383,14 +422,17 @@ export function warp(image, matrix, width = FRAME_WIDTH, height = FRAME_HEIGHT) 
   const y0 = Math.floor(Math.min(...corners.map((p) => p[1]))) - 2;
   const x1 = Math.ceil(Math.max(...corners.map((p) => p[0]))) + 2;
   const y1 = Math.ceil(Math.max(...corners.map((p) => p[1]))) + 2;
-  let source = region(image, x0, y0, x1, y1);
+  const region = sourceOf(image, x0, y0, x1 - x0, y1 - y0);
   let toRegion = [1, 0, -x0, 0, 1, -y0];
+  let source;
   const scale = Math.sqrt(Math.abs(matrix[0] * matrix[4] - matrix[1] * matrix[3]));
   if (scale < 1) {
-    const shrunkWidth = Math.max(1, pyRound(source.width * scale));
-    const shrunkHeight = Math.max(1, pyRound(source.height * scale));
-    toRegion = compose([shrunkWidth / source.width, 0, 0, 0, shrunkHeight / source.height, 0], toRegion);
-    source = resize(source, shrunkWidth, shrunkHeight, 'box');
+    const shrunkWidth = Math.max(1, pyRound(region.width * scale));
+    const shrunkHeight = Math.max(1, pyRound(region.height * scale));
+    toRegion = compose([shrunkWidth / region.width, 0, 0, 0, shrunkHeight / region.height, 0], toRegion);
+    source = shrink(region, shrunkWidth, shrunkHeight);
+  } else {
+    source = copyOf(region);
   }
   return affineBicubic(source, invert(compose(matrix, invert(toRegion))), width, height);
 }
@@ -414,7 +456,7 @@ export function faceSize(points) {
  *  looks again in the first aligned frame, and its correction is folded into one resampling. */
 export async function alignFace(image, face, finder) {
   let matrix = similarityTransform(face.points, TEMPLATE);
-  const again = await finder.find(warp(image, matrix), true);
+  const again = await finder.find(warp(image, matrix), { wholeOnly: true });
   if (again.length) {
     const distance = ({ points }) =>
       points.reduce((sum, [x, y], i) => sum + Math.abs(x - TEMPLATE[i][0]) + Math.abs(y - TEMPLATE[i][1]), 0);
@@ -496,10 +538,11 @@ export class FaceFinder {
   }
 
   /** [{box, points, size}] of the faces the detector finds and Face Mesh confirms, largest first.
-   *  wholeOnly: the detector looks at the whole photo only (enough for an aligned frame). */
-  async find(image, wholeOnly = false) {
+   *  wholeOnly: the detector looks at the whole photo only (enough for an aligned frame); shrink:
+   *  as detect takes it. */
+  async find(image, { wholeOnly = false, shrink: shrinkTo = null } = {}) {
     const faces = [];
-    for (const { box, keypoints } of await this.detect(image, wholeOnly)) {
+    for (const { box, keypoints } of await this.detect(image, { wholeOnly, shrink: shrinkTo })) {
       const { landmarks, presence } = await this.landmarks(image, box, keypoints);
       if (presence < MIN_SCORE) continue;
       const points = facePoints(landmarks);
@@ -510,8 +553,9 @@ export class FaceFinder {
 
   /** The detector's faces in the photo's pixels, best first. It looks at each of detectorViews
    *  (squares beyond the photo's edge are black), each from the photo area-shrunk to the scale
-   *  at which the square is its input, and what it finds in several of them is one face. */
-  async detect(image, wholeOnly = false) {
+   *  at which the square is its input, and what it finds in several of them is one face.
+   *  shrink(width, height), if given, shrinks the photo instead of Pillow's BOX filter here. */
+  async detect(image, { wholeOnly = false, shrink: shrinkTo = null } = {}) {
     const { width, height } = image;
     const views = detectorViews(height, width).slice(0, wholeOnly ? 1 : undefined);
     const shrunk = new Map(); // each size of view: the photo at its scale
@@ -520,15 +564,12 @@ export class FaceFinder {
       if (!shrunk.has(side)) {
         const scale = Math.min(1, DETECTOR_SIZE / side);
         const [w, h] = [Math.max(1, pyRound(width * scale)), Math.max(1, pyRound(height * scale))];
-        shrunk.set(side, { picture: scale < 1 ? resize(image, w, h, 'box') : image, scale });
+        const picture = scale >= 1 ? image : shrinkTo ? shrinkTo(w, h) : shrink(sourceOf(image), w, h);
+        shrunk.set(side, { picture, scale });
       }
       const { picture, scale } = shrunk.get(side);
       const extent = [x0 * scale, y0 * scale, (x0 + side) * scale, (y0 + side) * scale];
-      const square = extentBilinear(picture, extent, DETECTOR_SIZE);
-      const input = new Float32Array(DETECTOR_SIZE * DETECTOR_SIZE * 3);
-      for (let p = 0; p < DETECTOR_SIZE * DETECTOR_SIZE; p++) {
-        for (let c = 0; c < 3; c++) input[p * 3 + c] = Math.fround(square.data[p * 4 + c] / 127.5) - 1;
-      }
+      const input = detectorInput(picture, extent, DETECTOR_SIZE);
       const [regressors, logits] = await this.run(this.detector, input, DETECTOR_SIZE);
       // from the square's [0, 1] to the photo's pixels (float32 times side, as numpy does it)
       const back = ([x, y]) => [Math.fround(x * side) + x0, Math.fround(y * side) + y0];

@@ -606,11 +606,15 @@ async function usePhoto(read, name, chosenAt) {
   try {
     const tools = await photoTools();
     const timings = { chosenAt };
-    const { image, original, bitmap } = await read();
+    const { image, original, bitmap, shrink } = await read();
     timings.readMs = performance.now() - chosenAt;
     if (request === photoRequests) showPreview(bitmap);
-    bitmap.close(); // only the working pixels stay
-    const faces = await tools.finder.find(image);
+    let faces;
+    try {
+      faces = await tools.finder.find(image, { shrink });
+    } finally {
+      bitmap.close(); // only the working pixels stay
+    }
     timings.findMs = performance.now() - chosenAt - timings.readMs;
     if (request !== photoRequests) return;
     state.photo = { name, image, original, faces, index: 0, timings };
