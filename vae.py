@@ -58,6 +58,8 @@ from keras import layers, ops  # noqa: E402
 BN_MOMENTUM = 0.9
 DISCRIMINATOR_LEARNING_RATE = 2e-4  # constant, the usual rate of GAN discriminators with Adam
 ADVERSARIAL_FIGURES = ("d_loss", "g_loss", "adversarial_weight")
+LECAM_WEIGHT = 0.1  # of the LeCam term in the discriminator's loss (Tseng et al. 2021 use 0.1-0.3)
+LECAM_DECAY = 0.99  # of the moving means of the discriminator's outputs that the LeCam term anchors to
 
 
 # --------------------------------------------------------------------------- loss math
@@ -320,6 +322,30 @@ def hinge_discriminator_loss(logits_real, logits_fake):
     return 0.5 * (real + fake)
 
 
+def lecam_penalty(logits_real, logits_fake, mean_real, mean_fake):
+    """LeCam regularisation (Tseng et al. 2021): the squared excess of real logits over the moving
+    mean of the fake ones, and of that of the real ones over fake logits. A discriminator that
+    pushes its two outputs apart without bound (winning outright) pays for it."""
+    real = ops.mean(ops.square(ops.relu(ops.cast(logits_real, "float32") - mean_fake)))
+    fake = ops.mean(ops.square(ops.relu(mean_real - ops.cast(logits_fake, "float32"))))
+    return real + fake
+
+
+class MovingMeans(layers.Layer):
+    """Moving means of a few figures (here the discriminator's mean logits on real and
+    reconstructed images), saved in checkpoints like BatchNorm's statistics."""
+
+    def __init__(self, size: int, decay: float, **kwargs):
+        super().__init__(**kwargs)
+        self.decay = decay
+        self.means = self.add_weight(
+            shape=(size,), initializer="zeros", trainable=False, name="means", aggregation="mean"
+        )
+
+    def update(self, values) -> None:
+        self.means.assign(self.decay * self.means + (1.0 - self.decay) * values)
+
+
 def adaptive_weight(reconstruction_gradient, gan_gradient, weight: float):
     """weight * |grad reconstruction| / (|grad GAN| + 1e-4), clipped to [0, 1e4], at the decoder's last
     layer (Esser et al. 2021). 0 when a gradient is NaN (float16 overflowed): the loss-scale
@@ -352,8 +378,8 @@ class AdversarialVAE(VAE):
     g_loss = -mean(D(reconstructions)), w = `adaptive_weight`, and trains the decoder only, so that
     the latent space (and a latent density or attribute directions fitted in it) stays as it was,
     as latent-diffusion autoencoders fine-tune their decoders; each of those steps also trains the
-    patch discriminator D with its own Adam on the hinge loss `d_loss`. Before that step the train
-    step runs without D, and its figures read 0."""
+    patch discriminator D with its own Adam on the hinge loss `d_loss` plus `lecam_penalty`. Before
+    that step the train step runs without D, and its figures read 0."""
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, config: ModelConfig, **kwargs):
         super().__init__(encoder, decoder, config, **kwargs)
@@ -363,6 +389,7 @@ class AdversarialVAE(VAE):
         if keras.config.dtype_policy().name == "mixed_float16":  # as compile() wraps the model's
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         self.discriminator_optimizer = optimizer
+        self.logit_means = MovingMeans(2, LECAM_DECAY, name="logit_means")  # real, reconstructed
         self.trackers = [*self.trackers, *(keras.metrics.Mean(name=name) for name in ADVERSARIAL_FIGURES)]
         self.gan_traced = False  # whether the current train function includes the discriminator
 
@@ -422,14 +449,18 @@ class AdversarialVAE(VAE):
         return adaptive_weight(pair[0] / scale, pair[1] / scale, self.config.adversarial)
 
     def discriminator_step(self, images, reconstructions, replicas: int):
-        """One step of the discriminator on the hinge loss; returns the loss."""
+        """One step of the discriminator on the hinge loss and the LeCam term; returns the hinge loss."""
         variables = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             logits_real = self.discriminator(images, training=True)
             logits_fake = self.discriminator(ops.stop_gradient(reconstructions), training=True)
             d_loss = hinge_discriminator_loss(logits_real, logits_fake)
-            scaled_loss = self.discriminator_optimizer.scale_loss(d_loss / replicas)
+            mean_real, mean_fake = self.logit_means.means[0], self.logit_means.means[1]
+            penalty = lecam_penalty(logits_real, logits_fake, mean_real, mean_fake)
+            scaled_loss = self.discriminator_optimizer.scale_loss((d_loss + LECAM_WEIGHT * penalty) / replicas)
         self.discriminator_optimizer.apply(tape.gradient(scaled_loss, variables), variables)
+        logits = [ops.mean(ops.cast(logits, "float32")) for logits in (logits_real, logits_fake)]
+        self.logit_means.update(ops.stack(logits))
         return d_loss
 
 
@@ -517,8 +548,12 @@ def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.O
     cosine = config.get("lr_schedule", "constant") == "cosine"
     warmup_steps = config.get("lr_warmup_steps", 0)
     if cosine or warmup_steps:
-        # One schedule for all cases: alpha=1 keeps the rate constant after the warm-up.
-        decay_steps = max(1, config["epochs"] * steps_per_epoch - warmup_steps)
+        # One schedule for all cases: alpha=1 keeps the rate constant after the warm-up. The
+        # decoder's fine-tune against a discriminator that starts later goes on at the last rate.
+        steps = config["epochs"] * steps_per_epoch
+        if config.get("adversarial") and config.get("adversarial_start"):
+            steps = min(steps, config["adversarial_start"])
+        decay_steps = max(1, steps - warmup_steps)
         learning_rate = keras.optimizers.schedules.CosineDecay(
             0.0 if warmup_steps else learning_rate,
             decay_steps,

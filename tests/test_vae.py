@@ -387,6 +387,22 @@ def test_adaptive_weight_is_the_ratio_of_the_gradient_norms_at_the_last_layer():
     assert history["adversarial_weight"][0] == pytest.approx(expected, rel=1e-4)
 
 
+def test_lecam_penalty_charges_only_logits_past_the_other_sides_moving_mean():
+    real, fake = np.array([[2.0], [0.5]]), np.array([[-3.0], [1.0]])
+    expected = np.mean(np.square(np.maximum(real - 0.0, 0))) + np.mean(np.square(np.maximum(1.5 - fake, 0)))
+    assert float(vae.lecam_penalty(real, fake, mean_real=1.5, mean_fake=0.0)) == pytest.approx(expected)
+    assert float(vae.lecam_penalty(real, fake, mean_real=-5.0, mean_fake=5.0)) == 0.0  # within the anchors: free
+
+
+def test_logit_means_follow_the_discriminator_steps_at_lecam_decay():
+    model = tiny_model(0.5)
+    images = np.random.default_rng(2).random((4, 16, 16, 3), dtype=np.float32)
+    real = float(np.mean(model.discriminator(images, training=True)))  # the logits the step sees
+    model.fit(images, epochs=1, batch_size=4, verbose=0)
+    means = model.logit_means.means.numpy()
+    assert means[0] == pytest.approx((1 - vae.LECAM_DECAY) * real, rel=1e-4) and means[1] != 0
+
+
 def test_checkpoints_hold_the_discriminator_and_its_optimizer(tmp_path):
     model = tiny_model(0.5)
     images = np.random.default_rng(2).random((4, 16, 16, 3), dtype=np.float32)
@@ -395,6 +411,7 @@ def test_checkpoints_hold_the_discriminator_and_its_optimizer(tmp_path):
     restored = tiny_model(0.5)
     restored.load_weights(tmp_path / "state.weights.h5")
     assert int(restored.discriminator_optimizer.iterations.numpy()) == 1
+    assert np.abs(restored.logit_means.means.numpy()).min() > 0  # the LeCam anchors, moved by the step
     pairs = [(model.variables, restored.variables), (model.optimizer_variables(), restored.optimizer_variables())]
     assert len(model.optimizer_variables()) == len(model.optimizer.variables) + len(
         model.discriminator_optimizer.variables
