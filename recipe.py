@@ -87,7 +87,8 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
                 "adaptively by the ratio of the reconstruction's and GAN term's gradients at the decoder's last layer "
                 "(0: no discriminator)", 0.0, float, metavar="WEIGHT"),
         Setting("--adversarial-start", "optimizer step from which the discriminator trains, its term counts and only the "
-                "decoder trains (with --adversarial)", 0, int, metavar="STEPS"),
+                "decoder trains (with --adversarial); a cosine schedule ends there and the rest keeps its last rate",
+                0, int, metavar="STEPS"),
         # 64: taming-transformers' ndf
         Setting("--discriminator-filters", "width of the discriminator's first block, doubled in each of the next three "
                 "up to 8x (with --adversarial; its cost per step grows with the square)", 64, int, metavar="WIDTH"),
@@ -97,8 +98,8 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
                 required=True, on_resume=True),
         Setting("--batch-size", "global batch size", 64, int, required=True),
         Setting("--lr", "Adam learning rate", 2e-3, float, metavar="LR", dest="learning_rate", required=True),
-        Setting("--lr-schedule", "cosine: decay from --lr to 5%% of it over all epochs (stretched when --resume extends "
-                "them)", "cosine", choices=("constant", "cosine")),
+        Setting("--lr-schedule", "cosine: decay from --lr to 5%% of it over all epochs, or up to --adversarial-start "
+                "(stretched when --resume extends them)", "cosine", choices=("constant", "cosine")),
         Setting("--lr-warmup", "raise the learning rate linearly from 0 to --lr over this many optimizer steps, then "
                 "follow --lr-schedule over the rest (0: none)", 100, int, metavar="STEPS", dest="lr_warmup_steps"),
         Setting("--ema", "EMA momentum of the weights (0: off); saved models, grids and validation use the EMA weights, "

@@ -353,6 +353,15 @@ def test_cosine_schedule_decays_over_all_epochs():
         assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)
 
 
+def test_cosine_schedule_ends_where_the_discriminator_starts_and_keeps_its_last_rate():
+    config = {"learning_rate": 2e-3, "lr_schedule": "cosine", "epochs": 12, "ema": 0.0}
+    config |= {"adversarial": 0.5, "adversarial_start": 500}
+    optimizer = vae.make_optimizer(config, steps_per_epoch=50)
+    for step, expected in ((0, 2e-3), (250, 2e-3 * (0.05 + 0.95 * 0.5)), (500, 1e-4), (599, 1e-4)):
+        optimizer.iterations.assign(step)
+        assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
 def test_lr_warmup_rises_then_follows_the_schedule(schedule):
     config = {"learning_rate": 2e-3, "lr_schedule": schedule, "lr_warmup_steps": 100, "epochs": 10, "ema": 0.0}
