@@ -51,7 +51,8 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
         Setting("--out", "run folder, new or empty (default: runs/<timestamp>)", in_config=False),
         Setting("--resume", "continue the run in this folder from its last checkpoint or step backup; its config.json is reused, "
                 "only --epochs (to extend), --data (if moved), --cache, --strategy, --verbose, --backup-every, "
-                "--worker-start-timeout and --no-tensorboard may be given", metavar="RUN", in_config=False, on_resume=True),
+                "--worker-start-timeout and --no-tensorboard may be given, and --adversarial (with --adversarial-start "
+                "and --discriminator-filters) for a run trained without a discriminator: a second phase", metavar="RUN", in_config=False, on_resume=True),
         Setting("--limit", "train on the first N training images only (0: all)", 0, int, required=True),
         Setting("--train-split", "partitions trained on; with train+validation the validation figures are on seen images "
                 "and only the test partition stays unseen", "train", choices=("train", "train+validation")),
@@ -129,6 +130,7 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
 SETTINGS = tuple(setting for group in GROUPS.values() for setting in group)
 DEFAULTS = {setting.name: setting.default for setting in SETTINGS if setting.action != "store_const"}  # not --grayscale
 DEFAULT_RECIPE = {setting.name: setting.default for setting in SETTINGS if setting.in_config}
+DISCRIMINATOR_SETTINGS = ("adversarial", "adversarial_start", "discriminator_filters")  # --resume may add them
 
 
 # What vae.py builds a model from: the settings of the "model" and "loss" groups, and the seed.

@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
@@ -194,11 +195,18 @@ def start_point(run_dir: Path, epochs: int) -> StartPoint:
 
 def load_checkpoint(model: keras.Model, path: Path) -> None:
     """Load a checkpoint into `model`; RunError for a damaged file, or weights and optimizer state
-    that do not fit the model (Keras only warns about the optimizer's, then trains without them)."""
+    that do not fit the model (Keras only warns about the optimizer's, then trains without them).
+    A checkpoint of a run trained without the model's discriminator (--resume added it) loads
+    through a plain VAE on the same parts; the discriminator starts afresh."""
+    target = model
+    if isinstance(model, vae.AdversarialVAE) and not holds_discriminator(path):
+        target = vae.VAE(model.encoder, model.decoder, model.config)
+        target.build((None, model.config.image_size, model.config.image_size, model.config.channels))
+        target.compile(optimizer=model.optimizer)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model.load_weights(path)
+            target.load_weights(path)
             mismatch = next((str(w.message) for w in caught if issubclass(w.category, UserWarning)), None)
         except ValueError as error:
             mismatch = str(error)
@@ -212,6 +220,21 @@ def load_checkpoint(model: keras.Model, path: Path) -> None:
             f"checkpoint {path} does not fit the model its config.json describes ({' '.join(mismatch.split())[:160]}); "
             "was config.json edited? Restore the settings the run was trained with"
         )
+    if target is not model:
+        model.sampling.seed_generator.state.assign(target.sampling.seed_generator.state)
+        trained, start = int(model.optimizer.iterations.numpy()), model.config.adversarial_start
+        if start < trained:
+            raise RunError(
+                f"--adversarial-start {start} lies inside the {trained} steps trained without a discriminator; "
+                f"give --adversarial-start {trained} or more"
+            )
+
+
+def holds_discriminator(path: Path) -> bool:
+    """Whether the epoch checkpoint at `path` holds a discriminator's weights."""
+    with contextlib.suppress(OSError), h5py.File(path, "r") as weights:
+        return "discriminator" in weights
+    return True  # a damaged file: load_weights says so
 
 
 def resume_command(run_dir: Path) -> str:

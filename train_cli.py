@@ -27,7 +27,7 @@ import data
 import latent
 from errors import UserError
 from images import CELEBA_WIDTH
-from recipe import DEFAULTS, GROUPS, PRECISION_POLICIES, SETTINGS
+from recipe import DEFAULTS, DISCRIMINATOR_SETTINGS, GROUPS, PRECISION_POLICIES, SETTINGS
 from runs import (
     BACKUP_DIR,
     CHECKPOINT_DIR,
@@ -194,7 +194,8 @@ def checked_config(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict
         )
     if args.resume:
         resumable = [setting for setting in SETTINGS if setting.on_resume]
-        refused = sorted(flag(name) for name in args.given_flags - {setting.name for setting in resumable})
+        phase = args.given_flags & set(DISCRIMINATOR_SETTINGS)
+        refused = sorted(flag(name) for name in args.given_flags - {setting.name for setting in resumable} - phase)
         resume_flags = [setting.flag for setting in resumable if setting.name != "resume"]
         if refused:
             raise RunError(
@@ -208,6 +209,8 @@ def checked_config(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict
         except RunFolderError as error:
             raise RunError(str(error)) from None
         config |= {s.name: getattr(args, s.name) for s in resumable if s.in_config and s.name in args.given_flags}
+        if phase:
+            config |= discriminator_phase(args, config)
         # Every strategy trains the same global batch the same way: a multi-worker run can go on alone.
         config["strategy"] = args.strategy
         config_json = Path(args.resume) / CONFIG_FILE
@@ -225,6 +228,21 @@ def checked_config(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict
     config |= {"value_range": [0.0, 1.0], "layout": "NHWC"}
     check_settings(config, flag)
     return args, config
+
+
+def discriminator_phase(args: argparse.Namespace, config: dict) -> dict:
+    """The discriminator's settings that --resume adds to a run trained without one, so that its
+    next epochs fine-tune the decoder against it (from --adversarial-start, at least the steps done)."""
+    if config["adversarial"]:
+        raise RunError(
+            f"{args.resume} trains with a discriminator already, whose settings stay as they are: drop "
+            f"{', '.join(flag(name) for name in DISCRIMINATOR_SETTINGS if name in args.given_flags)}"
+        )
+    if not args.adversarial:
+        raise RunError(
+            "--adversarial-start and --discriminator-filters go with --resume only beside --adversarial WEIGHT"
+        )
+    return {name: getattr(args, name) for name in DISCRIMINATOR_SETTINGS}
 
 
 def read_tf_config() -> tuple[dict[str, list[str]], str, int]:

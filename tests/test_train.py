@@ -158,6 +158,37 @@ def test_resume_continues_epochs_and_optimizer_step_and_ends_where_an_uninterrup
         train.train_command(["--resume", str(run), "--verbose", "0"])
 
 
+def test_resume_adds_a_discriminator_phase_that_trains_as_the_one_command_run_does(kaggle_celeba, tmp_path):
+    """A plain run extended by --resume with --adversarial from its last step ends with the weights
+    of a run given those settings from the start (the cosine schedule ends at the start in both)."""
+    phase = ("--adversarial", "0.5", "--adversarial-start", "6", "--discriminator-filters", "4")
+    plain = ("--seed", "3", "--ema", "0")  # decoder.keras: the trained weights themselves
+    run = tmp_path / "resumed"
+    train.train_command(tiny_train_args(kaggle_celeba, tmp_path / "straight", "--epochs", "3", *plain, *phase))
+    train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "2", *plain))
+    config_text = (run / "config.json").read_text()
+    too_early = ["--resume", str(run), "--epochs", "3", "--adversarial", "0.5", "--adversarial-start", "5"]
+    with pytest.raises(RunError, match="--adversarial-start 5 lies inside the 6 steps trained without a discriminator"):
+        train.train_command(too_early)
+    assert (run / "config.json").read_text() == config_text
+    with pytest.raises(RunError, match="go with --resume only beside --adversarial WEIGHT"):
+        train.train_command(["--resume", str(run), "--epochs", "3", "--adversarial-start", "6"])
+    train.train_command(["--resume", str(run), "--epochs", "3", "--verbose", "0", *phase])
+    assert json.loads((run / "config.json").read_text())["adversarial"] == 0.5
+    rows = history_rows(run)
+    assert rows[1]["d_loss"] == "" and float(rows[2]["d_loss"]) > 0  # a column from the phase on
+    straight, resumed = (
+        keras.saving.load_model(tmp_path / name / "decoder.keras", safe_mode=True).get_weights()
+        for name in ("straight", "resumed")
+    )
+    for a, b in zip(straight, resumed, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    with pytest.raises(
+        RunError, match="trains with a discriminator already, whose settings stay as they are: drop --adv"
+    ):
+        train.train_command(["--resume", str(run), "--epochs", "4", "--adversarial", "0.3"])
+
+
 def read_events(folder: Path) -> dict[tuple[str, int], np.ndarray]:
     """{(tag, step): value} of the TensorBoard event files in a folder."""
     found = {}
