@@ -4,14 +4,12 @@
     python train.py --resume runs/<name>            # continue a stopped or killed run
     python train.py --help                          # every flag, with its default
 
-train() tells the story: settings (train_cli.py, recipe.py), data (build_inputs), model (vae.py),
-fit, latent density (latent.py). What keeps a run alive (resuming, step backups, stop signals,
-faults) is in recovery.py, the tf.distribute strategy and a cluster's start in cluster.py, and
-history.csv with the epoch timings in epoch_log.py.
-
+train() tells the story: settings (train_cli.py, recipe.py), data, model (vae.py), fit, latent
+density (latent.py). recovery.py keeps a run alive (resuming, step backups, stop signals, faults),
+cluster.py starts the tf.distribute strategy, epoch_log.py writes history.csv and the timings.
 A run folder holds config.json, encoder.keras and decoder.keras (float32, EMA weights),
-checkpoint/ (every epoch, atomically; backup/ every --backup-every steps), history.csv,
-loss_curves.png, reconstructions/, samples/, tensorboard/ and latent_density.json.
+checkpoint/, history.csv, loss_curves.png, reconstructions/, samples/, tensorboard/ and
+latent_density.json.
 """
 
 from __future__ import annotations
@@ -140,8 +138,7 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
 
 
 def calibration_batches(config: dict, train_files: list[Path], image_args: dict) -> list[np.ndarray]:
-    """CALIBRATION_BATCHES batches of a seeded choice of training images, the same on every worker
-    and on every resume, so that the EMA weights' statistics are too."""
+    """CALIBRATION_BATCHES batches of a seeded choice of training images, the same on every worker and resume."""
     count = min(len(train_files), CALIBRATION_BATCHES * config["batch_size"])
     chosen = np.sort(np.random.default_rng(config["seed"]).choice(len(train_files), count, replace=False))
     files = [train_files[index] for index in chosen]
@@ -152,8 +149,7 @@ def calibration_batches(config: dict, train_files: list[Path], image_args: dict)
 def train(
     config: dict, resume: bool, verbose: int, backup_every: int, tensorboard: bool, worker_timeout: float
 ) -> None:
-    """Train (or continue) the run described by `config`, in a run folder train_cli has checked
-    and locked."""
+    """Train (or continue) the run `config` describes, in a run folder train_cli has checked and locked."""
     run_dir = Path(config["run_dir"])
     # First: MultiWorkerMirroredStrategy must configure collective ops before TensorFlow runs any
     # op (reading a step backup runs some).
@@ -266,8 +262,8 @@ def epoch_is_finite(logs: dict | None) -> bool:
 
 
 class SaveArtifacts(keras.callbacks.Callback):
-    """Per epoch: float32 encoder/decoder .keras files and the two PNG grids, with the EMA weights
-    and their own BatchNorm statistics; the grids also go to TensorBoard when `summary_dir` is given."""
+    """Per epoch, with the EMA weights: float32 encoder/decoder .keras files and the two PNG grids
+    (also to TensorBoard when `summary_dir` is given)."""
 
     def __init__(self, config: dict, inputs: Inputs, run_dir: Path, summary_dir: Path | None = None):
         super().__init__()
@@ -345,9 +341,9 @@ def density_images(config: dict, inputs: Inputs) -> int:
 
 
 def fit_density(run_dir: Path, inputs: Inputs, config: dict) -> None:
-    """latent_density.json for the final model, over the posterior means of one epoch's training
-    images and of the validation images, from the decoded images training cached (latent.py). A
-    failure here loses no training, so it is reported with the command to retry."""
+    """latent_density.json for the final model, from the posterior means of one epoch's training
+    images and of the validation images, decoded from training's cache. A failure here loses no
+    training: it is reported with the command to retry."""
     splits = training_splits(config)
     try:
         means = posterior_means(runs.load_model(run_dir, "encoder", config), config)
@@ -390,8 +386,8 @@ def posterior_means(encoder: keras.Model, config: dict) -> Callable[[tf.Tensor],
 
 
 def encode(means: Callable, stream: tf.data.Dataset, count: int, seed: int, progress: runs.Progress) -> np.ndarray:
-    """The posterior means [N, D] of the images of `stream`, DENSITY_BATCH a call; of a
-    seeded random subset of latent.MAX_FIT_IMAGES of them when it holds more (at most `count`)."""
+    """The posterior means [N, D] of `stream`'s images (of a seeded subset of latent.MAX_FIT_IMAGES
+    when its `count` is larger)."""
     images = stream.unbatch()
     if count > latent.MAX_FIT_IMAGES:
         keep = np.zeros(count, bool)
@@ -412,8 +408,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def train_command(argv: Sequence[str] | None = None) -> None:
-    """Check the command line and the run folder, then train there; RunError for what the user can
-    fix, and for a stop by SIGTERM or Ctrl-C, a line that says how to go on and the signal's status."""
+    """Check the command line and the run folder, then train there; a stop by SIGTERM or Ctrl-C
+    ends with a line that says how to go on and the signal's status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # tf.train.CheckpointManager logs each save
     args, config = train_cli.checked_config(argv)

@@ -90,9 +90,8 @@ def reconstruction_loss(x, x_hat, kind: str = "mse"):
 
 
 def global_batch_mean(values):
-    """The mean of `values` over the global batch (under tf.distribute, an all-reduce of every
-    replica's sum and count). No gradient flows through it: the gaussian loss's derivative in
-    sigma^2 is zero at this maximum-likelihood value, so the single-device gradient is unchanged."""
+    """The mean of `values` over the global batch (all replicas), without gradient: the gaussian
+    loss's derivative in sigma^2 is zero at this maximum-likelihood value."""
     values = tf.cast(values, "float32")
     sums = tf.stack([tf.reduce_sum(values), tf.cast(tf.size(values, out_type=tf.int64), "float32")])
     replica = tf.distribute.get_replica_context()  # None in a cross-replica context
@@ -284,8 +283,7 @@ class VAE(keras.Model):
 
 def recompute_batch_norm(model: VAE, batches: Sequence, seed: int) -> None:
     """Set each BatchNorm layer's moving statistics to their plain mean over `batches`, fed as
-    training feeds them (the encoder the images, the decoder z), so that they are the statistics
-    of the weights the model holds now (the EMA weights met those of the raw ones)."""
+    training feeds them, so that they match the weights the model holds now (the EMA ones)."""
     norms = [
         layer
         for part in (model.encoder, model.decoder)
@@ -342,8 +340,7 @@ def lecam_penalty(logits_real, logits_fake, mean_real, mean_fake):
 
 
 class MovingMeans(layers.Layer):
-    """Moving means of a few figures (here the discriminator's mean logits on real and
-    reconstructed images), saved in checkpoints like BatchNorm's statistics."""
+    """Moving means of a few figures, saved in checkpoints like BatchNorm's statistics."""
 
     def __init__(self, size: int, decay: float, **kwargs):
         super().__init__(**kwargs)
@@ -366,9 +363,8 @@ def adaptive_weight(reconstruction_gradient, gan_gradient, weight: float):
 
 
 def build_discriminator(config: ModelConfig, blocks: int = 3) -> keras.Model:
-    """Patch discriminator (taming-transformers' NLayerDiscriminator): image -> one logit per patch,
-    [B, H / 2^blocks, W / 2^blocks, 1]. GroupNormalization, unlike BatchNorm, normalises real and
-    reconstructed batches, and the replicas' shares of them, alike."""
+    """Patch discriminator (taming-transformers' NLayerDiscriminator): image -> one logit per patch.
+    GroupNormalization normalises each image alone, whatever batch or replica it is in."""
     images = keras.Input((config.image_size, config.image_size, config.channels), name="image")
     filters = config.discriminator_filters
     # No bias: grappler's Conv2D+BiasAdd+LeakyRelu fusion fails (and logs an error) on the GAN's gradients.
@@ -384,13 +380,11 @@ def build_discriminator(config: ModelConfig, blocks: int = 3) -> keras.Model:
 
 
 class AdversarialVAE(VAE):
-    """A VAE whose loss, from optimizer step `config.adversarial_start` on, adds w * (g_loss + f * fm),
-    g_loss = -mean(D(reconstructions)), fm = `feature_matching_loss`, f = `config.feature_matching`,
-    w = `adaptive_weight`, and trains the decoder only, so that
-    the latent space (and a latent density or attribute directions fitted in it) stays as it was,
-    as latent-diffusion autoencoders fine-tune their decoders; each of those steps also trains the
-    patch discriminator D with its own Adam on the hinge loss `d_loss` plus `lecam_penalty`. Before
-    that step the train step runs without D, and its figures read 0."""
+    """From optimizer step `config.adversarial_start` on, the loss adds w * (g_loss + f * fm), with
+    g_loss = -mean(D(reconstructions)), fm = `feature_matching_loss`, f = `config.feature_matching`
+    and w = `adaptive_weight`, and only the decoder trains: the latent space, and what was fitted in
+    it, stay valid. Each such step also trains the patch discriminator D on `d_loss` plus
+    `lecam_penalty`. Before it the step runs without D, and D's figures read 0."""
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, config: ModelConfig, **kwargs):
         super().__init__(encoder, decoder, config, **kwargs)
@@ -544,8 +538,7 @@ def gpu_capability() -> tuple[int, int] | None:
 
 
 def run_precision(config: dict) -> tuple[str, str]:
-    """(policy, why) for a run: chosen for this machine from its "mixed_precision" setting, or the
-    policy a resumed run began with (its checkpoints hold that policy's optimizer)."""
+    """(policy, why) for a run: chosen for this machine, or the one a resumed run began with."""
     setting = config["mixed_precision"]
     if setting in PRECISION_POLICIES:
         return setting, config["mixed_precision_reason"]
@@ -587,9 +580,8 @@ def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.O
 
 
 class Adam(keras.optimizers.Adam):
-    """Adam whose EMA weights go back to the very variables they average: Keras copies them back by
-    position into the list `fit` gives, every trainable weight, which for an autoencoder include
-    the log_var head the optimizer never trains."""
+    """Adam whose EMA weights go back to the variables they average (Keras copies them by position into
+    all trainable weights, which for an autoencoder include the untrained log_var head)."""
 
     def finalize_variable_values(self, var_list):
         if self.use_ema and self.built:
