@@ -198,9 +198,8 @@ def dense_steps(dense, perm: np.ndarray, rows: bool) -> Callable:
 
 
 def plan_rewrites(layers: list[keras.layers.Layer]) -> tuple[dict[str, Callable], list[str]]:
-    """Replacement computations for some layers (by name) and a note on each rewrite (docs/onnx.md): 2x
-    upsampling + convolution as a sub-pixel convolution, other nearest upsamplings as Resize, and the
-    Dense weights beside a Flatten or Reshape in CHW order."""
+    """Replacement computations for some layers (by name) and a note on each (docs/onnx.md): 2x upsampling +
+    convolution as a sub-pixel convolution, other nearest upsamplings as Resize, Dense weights in CHW order."""
     import keras
     import tensorflow as tf
     from keras.layers import Dense, Flatten, Reshape, UpSampling2D
@@ -288,9 +287,7 @@ def convert(
         raise ExportError(first_line(error)) from None
     for value in [*proto.graph.input, *proto.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
-    ordered = sorted(proto.graph.output, key=lambda value: output_names.index(value.name))  # tf2onnx sorts them
-    del proto.graph.output[:]
-    proto.graph.output.extend(ordered)
+    proto.graph.output.sort(key=lambda value: output_names.index(value.name))  # tf2onnx sorts them by name
     return proto, notes
 
 
@@ -313,8 +310,7 @@ def keras_outputs(model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
 def parity_check(
     model: keras.Model, proto: onnx.ModelProto, part: str, tolerance: float = TOLERANCE, threads: int = 0
 ) -> dict[int, float]:
-    """Max |ONNX - Keras| over all outputs per batch size of PARITY_BATCHES; raises ExportError above
-    tolerance (or on a shape mismatch or a non-finite value)."""
+    """Max |ONNX - Keras| per batch size of PARITY_BATCHES; raises ExportError above tolerance or on other shapes."""
     try:
         session = make_session(proto.SerializeToString(), threads=threads)
     except ValueError as error:  # e.g. an --opset without an op the graph needs
@@ -363,8 +359,7 @@ def convert_checked(
     """Convert one part, check its parity with Keras and add its metadata; prints parity and Transpose counts."""
     proto, notes = convert(model, part, rewrite=rewrite, opset=opset)
     differences = parity_check(model, proto, part, tolerance=tolerance, threads=threads)
-    worst = max(differences.values())
-    add_metadata(proto, {**metadata, "parity_max_abs_diff": f"{worst:.3g}", "opset": str(opset)})
+    add_metadata(proto, {**metadata, "parity_max_abs_diff": f"{max(differences.values()):.3g}", "opset": str(opset)})
     figures = ", ".join(f"{difference:.2g} (batch {batch})" for batch, difference in differences.items())
     print(f"{part}: max |ONNX - Keras| {figures}; tolerance {tolerance:g}")
     before, after = op_counts(proto)["Transpose"], op_counts(proto, optimized=True)["Transpose"]
