@@ -7,11 +7,10 @@ what random faces look like under each sampler, and optionally FID.
     python evaluate.py --run runs/<name> --fid --inception-weights inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5
     python evaluate.py --help
 
-The folder is a train.py run (run with Keras) or an exported folder (run with onnxruntime;
-TensorFlow is then imported only for --fid). Images are loaded as training loads them and
-every figure is computed with numpy, so both backends agree to the ONNX parity. Prints a table
-and writes the figures and settings to <folder>/eval_<split>.json (or --out) atomically;
-docs/generate.md explains the figures.
+The folder is a train.py run (run with Keras) or an exported one (onnxruntime; TensorFlow then
+only for --fid). Images load as in training and every figure is computed with numpy, so both
+backends agree to the ONNX parity. Prints a table and writes the figures and settings atomically
+to <folder>/eval_<split>.json (or --out); docs/generate.md explains the figures.
 """
 
 from __future__ import annotations
@@ -109,8 +108,7 @@ def filter_valid(images: np.ndarray, taps: np.ndarray) -> np.ndarray:
 
 
 def ssim(images: np.ndarray, reconstructions: np.ndarray, max_val: float = 1.0) -> np.ndarray:
-    """Per-image SSIM as tf.image.ssim computes it ('valid' borders, luminance x contrast-structure
-    averaged over pixels, then channels); the window shrinks for images under 11 pixels."""
+    """Per-image SSIM as tf.image.ssim computes it ('valid' borders); the window shrinks below 11 pixels."""
     x, y = np.asarray(images, np.float64), np.asarray(reconstructions, np.float64)
     size = min(SSIM_WINDOW, x.shape[1], x.shape[2])
     taps = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2.0) / SSIM_SIGMA) ** 2)  # outer product: the 2-D window
@@ -124,8 +122,7 @@ def ssim(images: np.ndarray, reconstructions: np.ndarray, max_val: float = 1.0) 
 
 
 def laplacian_variance(images: np.ndarray) -> np.ndarray:
-    """Per-image variance of the Laplacian of the luminance (values in [0, 1]): a sharpness
-    figure that blur lowers (Pech-Pacheco et al. 2000)."""
+    """Per-image variance of the Laplacian of the luminance: sharpness, which blur lowers (Pech-Pacheco 2000)."""
     images = np.asarray(images, np.float64)
     grey = images[..., 0] if images.shape[-1] == 1 else images @ LUMINANCE
     response = grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] - 4 * grey[:, 1:-1, 1:-1]
@@ -155,8 +152,7 @@ class SampleStatistics:
 
 
 def mse_nll_constant(dims: int) -> float:
-    """What turns the `mse` loss (a sum of squared errors) into a Gaussian NLL with sigma^2 = 1/2:
-    -log N(x; x_hat, 1/2) = (x - x_hat)^2 + log(pi) / 2 per dimension."""
+    """The `mse` loss plus this is the Gaussian NLL with sigma^2 = 1/2: (x - x_hat)^2 + log(pi) / 2 per value."""
     return 0.5 * dims * math.log(math.pi)
 
 
@@ -166,9 +162,8 @@ def bits_per_dim(nats: float, dims: int) -> float:
 
 
 def likelihood_terms(kind: str, sse: np.ndarray, bce: np.ndarray | None, dims: int) -> dict:
-    """Per-image reconstruction term as training defines it ([N]), the NLL it stands for ([N] or
-    None), the decoder's sigma^2 and what was added to the term to get the NLL (None for bce).
-    The `gaussian` sigma^2 is the split's mean squared error, floored as in training."""
+    """Per-image reconstruction term as in training, the NLL it stands for (None for bce), the decoder's
+    sigma^2 (for `gaussian` the split's MSE, floored as in training) and the NLL minus the term."""
     sse = np.asarray(sse, dtype=np.float64)
     if kind == "mse":
         constant = mse_nll_constant(dims)
@@ -237,8 +232,7 @@ def fid(real: FeatureMoments, other: FeatureMoments) -> float:
 def fid_features(
     fid: bool, features: FeatureFn | None, weights: str | None
 ) -> tuple[FeatureFn | None, str | None, str | None]:
-    """(FID feature function, where its weights come from, why FID is skipped): `features`, else
-    InceptionV3 (Keras and TensorFlow imported here only) if it loads, else none, the reason printed."""
+    """(FID feature function, its weights' source, why FID is skipped): `features`, else InceptionV3 if it loads."""
     if not fid:
         return None, None, None
     if features is not None:
@@ -285,8 +279,7 @@ def inception_features(model) -> FeatureFn:
 
 # --------------------------------------------------------------------------- model folder and data
 def describe_folder(backend: Backend) -> dict:
-    """The model kind, loss and data of a model folder: from its config.json where it has one
-    (train.py runs and exported folders), else from the ONNX metadata."""
+    """The model kind, loss and data of a model folder: from its config.json, else the ONNX metadata."""
     config = read_config(backend.run_dir) if (backend.run_dir / CONFIG_FILE).is_file() else {}
     loss = config.get("reconstruction", getattr(backend, "metadata", {}).get("reconstruction", "mse"))
     return {"model": config.get("model", backend.model_kind), "reconstruction": loss, "data": config.get("data")}
@@ -315,9 +308,8 @@ def collect(
     moments: dict[str, FeatureMoments],
     verbose: int,
 ) -> tuple[dict[str, np.ndarray], SampleStatistics, list[Path]]:
-    """One pass over the images: per-image columns (concatenated), the real images' sample
-    statistics (with `features`: FID moments into `moments`), and the files that do not decode.
-    The sampled z's eps is drawn in file order from a generator of `seed`, whatever the batch size."""
+    """One pass: per-image columns, the real images' sample statistics (and FID moments), the files that
+    do not decode. The sampled z's eps is drawn in file order, so it does not depend on the batch size."""
     posterior_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[0])
     columns: dict[str, list[np.ndarray]] = defaultdict(list)
     real, failed, progress = SampleStatistics(), [], Progress(len(files), "evaluated", bool(verbose))
@@ -358,8 +350,7 @@ def sample_figures(
     features: FeatureFn | None,
     moments: dict[str, FeatureMoments],
 ) -> dict[str, dict]:
-    """Sharpness and diversity of `count` random faces (temperature 1) from each sampler, each
-    drawn from its own generator spawned from `seed`; with `features`, their FID moments too."""
+    """Sharpness and diversity (and FID moments) of `count` random faces from each sampler, at temperature 1."""
     figures = {}
     streams = np.random.SeedSequence(seed).spawn(3)  # 0: the sampled z of collect(), 1: prior, 2: density
     for name, sampler in samplers.items():
@@ -375,8 +366,7 @@ def sample_figures(
 
 
 def reconstruction_summary(columns: dict[str, np.ndarray], prefix: str, kind: str, dims: int) -> tuple[dict, dict]:
-    """Quality figures and the reconstruction term for the reconstructions of one kind of z,
-    and the per-image likelihood terms (see likelihood_terms)."""
+    """Quality figures of the reconstructions of one kind of z, and its likelihood_terms."""
     mse = columns[f"{prefix}_sse"] / dims
     terms = likelihood_terms(kind, columns[f"{prefix}_sse"], columns.get(f"{prefix}_bce"), dims)
     return {
@@ -443,9 +433,8 @@ def evaluate(
     verbose: int = 1,
     out: Path | None = None,
 ) -> dict:
-    """The results main() prints and writes; the arguments are evaluate.py's flags. `features`
-    stands in for InceptionV3 under --fid (FeatureFn). `out` is refused, before any image is
-    decoded, when it is one of the split's images."""
+    """The results main() prints and writes; the arguments are the flags, `features` stands in for
+    InceptionV3. `out` is refused, before any image is decoded, when it is one of the split's images."""
     check_settings(limit, batch_size, seed)
     backend = open_backend(Path(run), backend_kind)
     folder = describe_folder(backend)

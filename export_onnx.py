@@ -7,8 +7,7 @@
 decoder.onnx maps "z" [batch, latent_dim] to "image" [batch, H, W, C] (NHWC, values in [0, 1]),
 encoder.onnx "image" to "mu" and "log_var". Each part is traced with graph rewrites for CPU speed
 (--plain: without) and checked against Keras before the files are written together, all or none.
-inference.py runs them with numpy and onnxruntime only; docs/onnx.md describes the files, their
-metadata, the parity check and the rewrites.
+inference.py runs them; docs/onnx.md describes the files, their metadata, the checks and the rewrites.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -55,14 +54,9 @@ PARITY_BATCHES = (1, 7, 64)
 SUBPIXEL_MAX_FILTERS = 16  # below one block of onnxruntime's blocked convolution (16 floats with AVX-512)
 
 # Nearest 2x upsampling then a 3x3 convolution, for output rows 2i + a: the taps on the small
-# grid (rows i-1, i, i+1) as sums of the original taps. PHASE_TAPS[a, new tap, original tap].
-PHASE_TAPS = np.array(
-    [
-        [[1, 0, 0], [0, 1, 1], [0, 0, 0]],  # a = 0: w0 * x[i-1] + (w1 + w2) * x[i]
-        [[0, 0, 0], [1, 1, 0], [0, 0, 1]],  # a = 1: (w0 + w1) * x[i] + w2 * x[i+1]
-    ],
-    dtype=np.float64,
-)
+# grid (rows i-1, i, i+1) as sums of the original taps. PHASE_TAPS[a, new tap, original tap]:
+# a = 0: w0 * x[i-1] + (w1 + w2) * x[i]; a = 1: (w0 + w1) * x[i] + w2 * x[i+1].
+PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1], [0, 0, 0]], [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], dtype=np.float64)
 
 
 class ExportError(UserError):
@@ -164,13 +158,9 @@ def resize_step(size: Sequence[int]) -> Callable:
     """Nearest upsampling by integer factors as ResizeNearestNeighbor (asymmetric, floor)."""
     import tensorflow as tf
 
-    def step(x):
-        height, width = x.shape[1] * size[0], x.shape[2] * size[1]
-        return tf.raw_ops.ResizeNearestNeighbor(
-            images=x, size=[height, width], align_corners=False, half_pixel_centers=False
-        )
-
-    return step
+    return lambda x: tf.raw_ops.ResizeNearestNeighbor(
+        images=x, size=[x.shape[1] * size[0], x.shape[2] * size[1]], align_corners=False, half_pixel_centers=False
+    )
 
 
 def subpixel_eligible(layer) -> bool:
@@ -195,11 +185,7 @@ def subpixel_step(conv) -> Callable:
     phased = np.einsum("atr,bus,rsio->tuiabo", PHASE_TAPS, PHASE_TAPS, kernel.astype(np.float64))
     phased = phased.reshape(3, 3, kernel.shape[2], 4 * conv.filters).astype(np.float32)
     phased_bias = np.tile(bias, 4)
-
-    def step(x):
-        return tf.nn.depth_to_space(conv.activation(tf.nn.conv2d(x, phased, 1, "SAME") + phased_bias), 2)
-
-    return step
+    return lambda x: tf.nn.depth_to_space(conv.activation(tf.nn.conv2d(x, phased, 1, "SAME") + phased_bias), 2)
 
 
 def dense_steps(dense, perm: np.ndarray, rows: bool) -> Callable:
@@ -208,29 +194,18 @@ def dense_steps(dense, perm: np.ndarray, rows: bool) -> Callable:
 
     kernel, bias = kernel_and_bias(dense)
     kernel, bias = (kernel[perm], bias) if rows else (kernel[:, perm], bias[perm])
-
-    def step(x):
-        return dense.activation(tf.matmul(x, kernel) + bias)
-
-    return step
+    return lambda x: dense.activation(tf.matmul(x, kernel) + bias)
 
 
-def plan_rewrites(model: keras.Model) -> tuple[dict[str, Callable], list[str]]:
-    """Replacement computations for some layers (by name) and a note on each rewrite (docs/onnx.md): 2x
-    upsampling + convolution as a sub-pixel convolution, other nearest upsamplings as Resize, and the
-    Dense weights beside a Flatten or Reshape in CHW order."""
+def plan_rewrites(layers: list[keras.layers.Layer]) -> tuple[dict[str, Callable], list[str]]:
+    """Replacement computations for some layers (by name) and a note on each (docs/onnx.md): 2x upsampling +
+    convolution as a sub-pixel convolution, other nearest upsamplings as Resize, Dense weights in CHW order."""
     import keras
     import tensorflow as tf
-    from keras.layers import Dense, Flatten, InputLayer, Reshape, UpSampling2D
-
-    layers = [layer for layer in model.layers if not isinstance(layer, InputLayer)]
-    consumers: dict[int, list] = {}
-    for layer in layers:
-        for tensor in keras.tree.flatten(layer.input):
-            consumers.setdefault(id(tensor), []).append(layer)
+    from keras.layers import Dense, Flatten, Reshape, UpSampling2D
 
     def only_consumer(layer):
-        users = consumers.get(id(layer.output), [])
+        users = [user for user in layers if any(t is layer.output for t in keras.tree.flatten(user.input))]
         return users[0] if len(users) == 1 else None
 
     steps: dict[str, Callable] = {}
@@ -273,8 +248,8 @@ def forward_function(model: keras.Model, rewrite: bool) -> tuple[Callable, list[
     """model's inference forward pass on TensorFlow tensors -> outputs, layer by layer, with or without the rewrites."""
     import keras
 
-    steps, notes = plan_rewrites(model) if rewrite else ({}, [])
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    steps, notes = plan_rewrites(layers) if rewrite else ({}, [])
 
     def forward(x):
         values = {id(model.inputs[0]): x}
@@ -312,9 +287,7 @@ def convert(
         raise ExportError(first_line(error)) from None
     for value in [*proto.graph.input, *proto.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
-    ordered = sorted(proto.graph.output, key=lambda value: output_names.index(value.name))  # tf2onnx sorts them
-    del proto.graph.output[:]
-    proto.graph.output.extend(ordered)
+    proto.graph.output.sort(key=lambda value: output_names.index(value.name))  # tf2onnx sorts them by name
     return proto, notes
 
 
@@ -337,8 +310,7 @@ def keras_outputs(model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
 def parity_check(
     model: keras.Model, proto: onnx.ModelProto, part: str, tolerance: float = TOLERANCE, threads: int = 0
 ) -> dict[int, float]:
-    """Max |ONNX - Keras| over all outputs per batch size of PARITY_BATCHES; raises ExportError above
-    tolerance (or on a shape mismatch or a non-finite value)."""
+    """Max |ONNX - Keras| per batch size of PARITY_BATCHES; raises ExportError above tolerance or on other shapes."""
     try:
         session = make_session(proto.SerializeToString(), threads=threads)
     except ValueError as error:  # e.g. an --opset without an op the graph needs
@@ -354,12 +326,11 @@ def parity_check(
         for name, want, got in zip(output_names, expected, found, strict=True):
             if want.shape != got.shape:
                 raise ExportError(f"{part} output {name} at batch {batch}: ONNX shape {got.shape}, Keras {want.shape}")
-        difference = max(float(np.max(np.abs(want - got))) for want, got in zip(expected, found, strict=True))
-        differences[batch] = difference
-        if not difference <= tolerance:  # also catches NaN
+        differences[batch] = max(float(np.max(np.abs(want - got))) for want, got in zip(expected, found, strict=True))
+        if not differences[batch] <= tolerance:  # also catches NaN
             raise ExportError(
-                f"{part}: ONNX and Keras differ by up to {difference:.3g} at batch {batch}, above the tolerance "
-                f"{tolerance:g}; nothing was written (try --plain to export without the graph rewrites)"
+                f"{part}: ONNX and Keras differ by up to {differences[batch]:.3g} at batch {batch}, above the "
+                f"tolerance {tolerance:g}; nothing was written (try --plain to export without the graph rewrites)"
             )
     return differences
 
@@ -388,8 +359,7 @@ def convert_checked(
     """Convert one part, check its parity with Keras and add its metadata; prints parity and Transpose counts."""
     proto, notes = convert(model, part, rewrite=rewrite, opset=opset)
     differences = parity_check(model, proto, part, tolerance=tolerance, threads=threads)
-    worst = max(differences.values())
-    add_metadata(proto, {**metadata, "parity_max_abs_diff": f"{worst:.3g}", "opset": str(opset)})
+    add_metadata(proto, {**metadata, "parity_max_abs_diff": f"{max(differences.values()):.3g}", "opset": str(opset)})
     figures = ", ".join(f"{difference:.2g} (batch {batch})" for batch, difference in differences.items())
     print(f"{part}: max |ONNX - Keras| {figures}; tolerance {tolerance:g}")
     before, after = op_counts(proto)["Transpose"], op_counts(proto, optimized=True)["Transpose"]
@@ -397,18 +367,6 @@ def convert_checked(
     for note in notes:
         print(f"  rewrite {note}")
     return proto
-
-
-def convert_pair(
-    models: dict[str, keras.Model], metadata: dict[str, dict[str, str]], **options: Any
-) -> dict[str, onnx.ModelProto]:
-    """Both parts converted and checked; both carry the same export_id (a hash of the two
-    models), by which runs.OnnxBackend refuses a folder of mixed exports."""
-    protos = {part: convert_checked(models[part], part, metadata[part], **options) for part in models}
-    export_id = hashlib.sha256(b"".join(proto.SerializeToString() for proto in protos.values())).hexdigest()[:16]
-    for proto in protos.values():
-        add_metadata(proto, {"export_id": export_id})
-    return protos
 
 
 # --------------------------------------------------------------------------- command line
@@ -471,9 +429,15 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         "latent_density": f"{DENSITY_FILE} beside this file: sample z from it (latent.py)" if density else None,
     }
     beside = {key: note for key, note in beside.items() if note}
-    metadata = {part: onnx_metadata(config, part, run_dir) | beside for part in ("decoder", "encoder")}
     options = {"rewrite": not args.plain, "tolerance": args.tolerance, "opset": args.opset, "threads": args.threads}
-    protos = convert_pair({"decoder": decoder, "encoder": encoder}, metadata, **options)
+    protos = {
+        part: convert_checked(model, part, onnx_metadata(config, part, run_dir) | beside, **options)
+        for part, model in (("decoder", decoder), ("encoder", encoder))
+    }
+    # One export_id (a hash of both models) in both files: runs.OnnxBackend refuses a folder of mixed exports.
+    export_id = hashlib.sha256(b"".join(proto.SerializeToString() for proto in protos.values())).hexdigest()[:16]
+    for proto in protos.values():
+        add_metadata(proto, {"export_id": export_id})
     import onnx
 
     files = {out / onnx_file(part): functools.partial(onnx.save, proto) for part, proto in protos.items()}

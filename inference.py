@@ -5,8 +5,7 @@
     inference.check_model(decoder, "decoder")       # its metadata, after checking names and shapes
     faces = inference.decode(decoder, z)            # z [N, latent_dim] -> [N, H, W, C] in [0, 1]
 
-No TensorFlow, Keras or tf2onnx: an app that only uses a model needs numpy and onnxruntime.
-export_onnx.py writes the files; docs/onnx.md describes their names, shapes and metadata.
+No TensorFlow, Keras or tf2onnx. export_onnx.py writes the files; docs/onnx.md describes them.
 """
 
 from __future__ import annotations
@@ -30,9 +29,8 @@ PARTS = {"decoder": ("z", ("image",)), "encoder": ("image", ("mu", "log_var"))}
 def make_session(
     source: str | os.PathLike | bytes, threads: int = 0, optimized_path: str | os.PathLike | None = None
 ) -> onnxruntime.InferenceSession:
-    """An onnxruntime CPU session, all graph optimisations on, of a path or a serialized model.
-    threads: intra-op threads (0: onnxruntime's default); optimized_path: where to save the
-    optimized graph too. Raises FileNotFoundError or ValueError (a model it cannot load)."""
+    """An onnxruntime CPU session, all graph optimisations on, of a path or a serialized model; saves the
+    optimized graph to optimized_path if given. Raises FileNotFoundError or ValueError (unloadable)."""
     import onnxruntime as ort
 
     serialized = isinstance(source, bytes)
@@ -62,8 +60,7 @@ def read_onnx_metadata(source: str | os.PathLike | onnxruntime.InferenceSession)
 
 
 def check_model(session: onnxruntime.InferenceSession, part: str, name: str = "the model") -> dict[str, str]:
-    """Check that a session holds an exported `part` ("decoder" or "encoder"): its input and
-    output names, ranks and sizes and its metadata. Returns the metadata; raises ValueError."""
+    """The metadata of an exported `part`, after checking its names, ranks and sizes; raises ValueError."""
     input_name, output_names = PARTS[part]
     inputs = {node.name: node.shape for node in session.get_inputs()}
     outputs = {node.name: node.shape for node in session.get_outputs()}
@@ -93,8 +90,7 @@ def check_model(session: onnxruntime.InferenceSession, part: str, name: str = "t
 
 
 def pair_mismatch(decoder_metadata: dict[str, str], encoder_metadata: dict[str, str]) -> str:
-    """Why an encoder and a decoder do not belong together ("" when they do): the files of one
-    export share an export_id, its source run and its sizes."""
+    """Why an encoder and a decoder are not the two files of one export ("" when they are)."""
     keys = ("export_id", "source_run", "latent_dim", "image_size", "channels", "crop", "model")
     return ", ".join(
         f"{key} {decoder_metadata.get(key)!r} vs {encoder_metadata.get(key)!r}"
@@ -126,8 +122,7 @@ def encode(session: onnxruntime.InferenceSession, images: np.ndarray) -> tuple[n
             f"images of shape {list(images.shape)} do not fit this encoder: it takes "
             f"[batch, {', '.join(map(str, expected))}] (NHWC, values in [0, 1])"
         )
-    mu, log_var = session.run(["mu", "log_var"], {"image": images})
-    return mu, log_var
+    return tuple(session.run(["mu", "log_var"], {"image": images}))
 
 
 if __name__ == "__main__":
