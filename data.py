@@ -400,8 +400,7 @@ def crop_window(height: tf.Tensor, width: tf.Tensor, crop: int) -> tf.Tensor:
 def decode_face(
     path: tf.Tensor, native: tf.Tensor, image_size: int, channels: int, crop: int = DEFAULT_CROP
 ) -> tf.Tensor:
-    """An image file's path (bytes) -> uint8 [S, S, C] as images.load_face makes it. `native`: TensorFlow
-    decodes it (image_files.check_image), else Pillow does, through images.read_pixels."""
+    """A file path (bytes) -> uint8 [S, S, C] as images.load_face does; `native`: TensorFlow decodes, else Pillow."""
     import tensorflow as tf
 
     def cropped(image):
@@ -493,8 +492,7 @@ def make_dataset(
 
 
 def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> Path:
-    """The file cache's prefix, from what makes its pixels: the listed files with their size and modification
-    time, the settings and DECODE_VERSION."""
+    """A file cache's prefix, from all that makes its pixels: the files as listed (size, mtime), settings, decoder."""
     digest = hashlib.md5()
     for path in files:
         try:
@@ -515,8 +513,7 @@ def file_cache_is_complete(prefix: str | os.PathLike) -> bool:
 
 
 def remove_partial_file_cache(prefix: str | os.PathLike) -> list[Path]:
-    """Remove and return the files of an unfinished file cache, emptied first so that their space comes back
-    even while a failed writer holds them open."""
+    """Remove and return an unfinished cache's files, emptied first: their space returns even if a writer holds them."""
     prefix = Path(prefix)
     if file_cache_is_complete(prefix):
         return []

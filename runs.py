@@ -140,7 +140,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 @contextlib.contextmanager
 def native_start_up_lines_filtered() -> Iterator[None]:
     """TensorFlow's C++ start-up lines on fd 2 (logged twice, before its log settings apply), shown once, without
-    the information lines TF_CPP_MIN_LOG_LEVEL hides nor CUDA's cuInit error on a machine without NVIDIA driver."""
+    the information lines TF_CPP_MIN_LOG_LEVEL hides nor CUDA's cuInit error on a machine without an NVIDIA driver."""
     sys.stderr.flush()
     try:
         saved = os.dup(2)
