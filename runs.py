@@ -132,7 +132,6 @@ def read_config(run_dir: str | os.PathLike) -> dict:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (images.atomic_write)."""
     with atomic_write(path) as temporary:
         temporary.write_text(text)
 
