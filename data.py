@@ -1,12 +1,8 @@
 """CelebA (or any folder of faces) -> tf.data pipelines of float32 images in [0, 1].
 
-Recognises Kaggle's layout (<root>/img_align_celeba/img_align_celeba/*.jpg with list_eval_partition.csv),
-the CelebA site's (<root>/Img/img_align_celeba, Eval/, Anno/), or any folder of faces (searched
-recursively, without run folders' grids; an 80/10/10 split by a hash of each file name).
-
-Pipeline: file list -> image_files' checks (bad files named, counted and skipped) -> decode (the crop
-fused into the JPEG decode; Pillow for other formats and rotated photos) -> area resize -> uint8 ->
-cache -> seeded shuffle -> batch -> float32 in [0, 1]. Details: docs/training.md, "Data".
+Layouts: Kaggle's (img_align_celeba/ with list_eval_partition.csv), the CelebA site's (Img/, Eval/, Anno/),
+or any folder of faces (searched recursively, skipping run folders; an 80/10/10 split by file name hash).
+Pipeline: check files -> decode and crop -> area resize -> cache -> shuffle -> batch (docs/training.md, "Data").
 
     python data.py --data ./celeba     # what is found in a folder
 """
@@ -20,7 +16,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,15 +27,7 @@ import numpy as np
 from errors import UserError, run_main
 from image_files import CONVERT_HINT, FORMATS_TEXT, IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES, check_image
 from images import CELEBA_WIDTH, DEFAULT_CROP, read_pixels
-from runs import (
-    CHECKPOINT_DIR,
-    CONFIG_FILE,
-    GENERATED_DIR,
-    LOSS_CURVES_FILE,
-    RECONSTRUCTIONS_DIR,
-    SAMPLES_DIR,
-    is_model_folder,
-)
+from runs import CONFIG_FILE, RUN_ARTIFACTS, is_model_folder
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -54,17 +42,11 @@ CELEBA_ATTRIBUTES = (  # noqa: SIM905 (a list of 40 names, in the order of Celeb
     "Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
 ).split()
 SPLITS = {"train": 0, "validation": 1, "test": 2}
-# In file caches' names: raise it whenever decode_face makes other pixels of a file, so no older cache is read.
-DECODE_VERSION = 2
-# What train.py and generate.py write into a run folder that are not faces to train on.
-RUN_ARTIFACTS = (CHECKPOINT_DIR, RECONSTRUCTIONS_DIR, SAMPLES_DIR, GENERATED_DIR, LOSS_CURVES_FILE)
-# Resident memory per byte of cached pixels: one buffer per image, with the allocator's overhead (docs/training.md).
-MEMORY_CACHE_OVERHEAD = 1.2
+DECODE_VERSION = 2  # in file caches' names: raise it when decode_face's pixels change, so old caches go unread
+MEMORY_CACHE_OVERHEAD = 1.2  # resident bytes per byte of cached pixels (docs/training.md)
 MEMORY_CACHE_SHARE = 0.75  # of the available memory; the rest is for TensorFlow, the model and the batches
-# Disk a file cache takes beyond the pixels: per image, its index entry, held twice while TensorFlow merges
-# the index; per cache, a partly used block at the end of each of its four files (data, lock, index twice).
-FILE_CACHE_ENTRY_BYTES = 72
-FILE_CACHE_FILES_BYTES = 4 * 4096
+FILE_CACHE_ENTRY_BYTES = 72  # per image: its index entry, held twice while TensorFlow merges the index
+FILE_CACHE_FILES_BYTES = 4 * 4096  # per cache: a partly used last block in each of its four files
 KAGGLE_HINT = (
     "get CelebA from Kaggle: `kaggle datasets download -d jessicali9530/celeba-dataset && "
     "unzip celeba-dataset.zip -d celeba`, then pass --data ./celeba"
@@ -86,8 +68,7 @@ class DataError(UserError):
 
 @dataclass
 class Dataset:
-    """What was found under a data folder. The attribute and identity files are read on first
-    use (a DataError then), so a damaged one stops only attribute directions and --identity."""
+    """A data folder's files. Annotations load on first use: a damaged one stops only attributes or --identity."""
 
     root: Path
     layout: str  # "kaggle", "original" or "folder"
@@ -142,7 +123,6 @@ def hash_split(file_name: str) -> int:
 
 
 def attribute_index(name: str) -> int:
-    """Index of a CelebA attribute; the error lists the 40 valid names."""
     lookup = {a.lower(): i for i, a in enumerate(CELEBA_ATTRIBUTES)}
     if name.lower() not in lookup:
         raise DataError(f"unknown attribute {name!r}; valid names: {', '.join(CELEBA_ATTRIBUTES)}")
@@ -151,8 +131,7 @@ def attribute_index(name: str) -> int:
 
 # --------------------------------------------------------------------------- annotation files
 def read_rows(path: Path, csv_format: bool, fix: str = REPLACE_HINT) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of the non-blank lines of a CelebA annotation file: comma-separated
-    (Kaggle's .csv) or whitespace-separated (the original .txt). `fix` ends the errors."""
+    """(line number, fields) of the non-blank lines of a .csv or a whitespace-separated annotation file."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
@@ -166,8 +145,7 @@ def read_rows(path: Path, csv_format: bool, fix: str = REPLACE_HINT) -> Iterator
 
 
 def read_partition(path: Path) -> dict[str, int]:
-    """list_eval_partition.csv (header "image_id,partition") or Eval/list_eval_partition.txt
-    ("file split" lines): file name -> 0 train / 1 validation / 2 test."""
+    """list_eval_partition.csv (with a header) or .txt: file name -> 0 train / 1 validation / 2 test."""
     rows = read_rows(path, csv_format=path.suffix == ".csv")
     if path.suffix == ".csv":
         _, header = next(rows, (0, None))
@@ -191,24 +169,20 @@ def read_partition(path: Path) -> dict[str, int]:
 
 
 def read_attributes(path: Path) -> dict[str, np.ndarray]:
-    """list_attr_celeba.csv (Kaggle's: a header "image_id,<40 names>", then "file,v1,...,v40") or
-    Anno/list_attr_celeba.txt (a count line, a header of 40 names, then "file v1 ... v40")."""
+    """list_attr_celeba.csv (a header "image_id,<40 names>") or .txt (a count line, then a header of 40 names),
+    then lines of a file name and 40 labels of -1 or 1: file name -> int8[40]."""
     csv_format = path.suffix == ".csv"
     rows = read_rows(path, csv_format=csv_format, fix=ATTRIBUTES_FIX)
     if csv_format:
         _, header = next(rows, (0, None))
         if header is None:
             raise DataError(f"{path} is empty; {ATTRIBUTES_FIX}")
-        return parse_attribute_rows(header[1:], rows, path)
-    (_, count), (_, header) = next(rows, (0, [])), next(rows, (0, []))
-    if len(count) != 1 or not count[0].isdecimal() or not header:
-        raise DataError(f"{path} does not start with an image count line and a header line; {ATTRIBUTES_FIX}")
-    return parse_attribute_rows(header, rows, path)
-
-
-def parse_attribute_rows(header: list[str], rows: Iterable[tuple[int, list[str]]], path: Path) -> dict[str, np.ndarray]:
-    """Rows of a file name and 40 labels, each exactly -1 or 1 -> file name -> int8[40]."""
-    if list(header) != list(CELEBA_ATTRIBUTES):
+        header = header[1:]
+    else:
+        (_, count), (_, header) = next(rows, (0, [])), next(rows, (0, []))
+        if len(count) != 1 or not count[0].isdecimal() or not header:
+            raise DataError(f"{path} does not start with an image count line and a header line; {ATTRIBUTES_FIX}")
+    if header != CELEBA_ATTRIBUTES:
         raise DataError(f"{path}: attribute header does not list the 40 CelebA attributes in order; {ATTRIBUTES_FIX}")
     names, labels = [], []
     for number, fields in rows:
@@ -230,7 +204,7 @@ def parse_attribute_rows(header: list[str], rows: Iterable[tuple[int, list[str]]
 
 
 def read_identities(path: Path) -> dict[str, int]:
-    """identity_CelebA.txt: "file person" lines -> file name -> person id."""
+    """identity_CelebA.txt: file name -> person id."""
     identities = {}
     for number, fields in read_rows(path, csv_format=False, fix=IDENTITIES_FIX):
         if len(fields) != 2 or not fields[1].isdecimal():
@@ -243,12 +217,10 @@ def read_identities(path: Path) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- layout detection
 def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
-    """(image files of IMAGE_SUFFIXES, files of OTHER_IMAGE_SUFFIXES training cannot read) in a folder,
-    sorted. Recursive listing skips the RUN_ARTIFACTS of model folders (runs.is_model_folder with a
-    config.json), so grids written by train.py or generate.py never become faces to train on."""
+    """(image files training reads, image files of OTHER_IMAGE_SUFFIXES) in a folder, sorted. Recursive
+    listing skips the RUN_ARTIFACTS of model folders, so their grids never become faces to train on."""
     wanted = IMAGE_SUFFIXES + OTHER_IMAGE_SUFFIXES
-    if not recursive:
-        # os.scandir's entries know their type without a stat per file, and names sort faster than paths.
+    if not recursive:  # the fast path for CelebA: scandir's entries know their type without a stat
         with os.scandir(folder) as entries:
             names = [e.name for e in entries if os.path.splitext(e.name)[1].lower() in wanted and e.is_file()]
         found = [folder / name for name in sorted(names)]
@@ -296,18 +268,15 @@ def find_dataset(path: str | os.PathLike) -> Dataset:
 
 # --------------------------------------------------------------------------- file checks
 def is_readable_image(path: Path) -> bool:
-    """Whether an image file passes image_files' check."""
     return check_image(path)[0] is None
 
 
 def usable_files(paths: Sequence[Path]) -> list[Path]:
-    """The paths that pass image_files' check (see `checked_files`)."""
     return checked_files(paths)[0]
 
 
 def checked_files(paths: Sequence[Path]) -> tuple[list[Path], list[bool]]:
-    """(the paths that pass image_files' check, whether TensorFlow decodes each: else Pillow);
-    warns with the count of skipped files and names a few, with what is wrong with each."""
+    """(the paths that pass image_files' check, whether TensorFlow decodes each: else Pillow); warns of the others."""
     checks = [(path, *check_image(path)) for path in paths]  # path, problem or None, whether TensorFlow decodes it
     bad = [f"{shown(path)} ({problem})" for path, problem, _ in checks if problem is not None]
     if bad:
@@ -352,8 +321,7 @@ def available_memory(root: Path = Path("/")) -> int | None:
 
 
 def check_memory_cache(count: int, image_size: int, channels: int) -> None:
-    """Raise DataError when a memory cache of `count` decoded images would not fit in
-    MEMORY_CACHE_SHARE of the available memory, rather than be killed halfway through an epoch."""
+    """Refuse a memory cache that would not fit, rather than be killed halfway through an epoch."""
     needed, available = memory_cache_bytes(count, image_size, channels), available_memory()
     if not fits_in_memory(needed, available):
         raise DataError(
@@ -386,8 +354,7 @@ def free_disk_space(folder: str | os.PathLike) -> int:
 def file_cache_needs(
     cache_dir: str, file_lists: Sequence[Sequence[Path]], image_size: int, channels: int, crop: int
 ) -> tuple[int, int]:
-    """(images, bytes) still to be written to `cache_dir` for the file caches of these file lists;
-    a cache already complete there needs none."""
+    """(images, bytes) still to be written to `cache_dir` for the file caches of these file lists."""
     prefixes = [file_cache_prefix(cache_dir, files, image_size, channels, crop) for files in file_lists]
     missing = [files for files, prefix in zip(file_lists, prefixes, strict=True) if not file_cache_is_complete(prefix)]
     count = sum(map(len, missing))
@@ -397,8 +364,7 @@ def file_cache_needs(
 def check_file_cache(
     cache_dir: str, file_lists: Sequence[Sequence[Path]], image_size: int, channels: int, crop: int
 ) -> None:
-    """Raise DataError when the file caches of these file lists (one per make_dataset) would not
-    fit in the free space of `cache_dir`'s disk, rather than stop when it is full."""
+    """Refuse file caches (one per make_dataset) that would not fit on the disk, rather than stop when it is full."""
     count, needed = file_cache_needs(cache_dir, file_lists, image_size, channels, crop)
     free = free_disk_space(cache_dir)
     if needed <= free:
@@ -434,9 +400,7 @@ def crop_window(height: tf.Tensor, width: tf.Tensor, crop: int) -> tf.Tensor:
 def decode_face(
     path: tf.Tensor, native: tf.Tensor, image_size: int, channels: int, crop: int = DEFAULT_CROP
 ) -> tf.Tensor:
-    """An image file's path (bytes) -> uint8 [image_size, image_size, channels], upright, cropped
-    and resized as images.load_face does it. `native`: TensorFlow decodes it (a JPEG or PNG without
-    metadata, see image_files.check_image); else Pillow does, through images.read_pixels."""
+    """A file path (bytes) -> uint8 [S, S, C] as images.load_face does; `native`: TensorFlow decodes, else Pillow."""
     import tensorflow as tf
 
     def cropped(image):
@@ -444,10 +408,8 @@ def decode_face(
         return image[top : top + side, left : left + side]
 
     def decode_jpeg(contents):
-        # Decoding only the crop window skips the background's pixels. libjpeg upsamples the colour
-        # of a cropped decode's first and last columns as if they were the image's edges: decoding
-        # a column more on each side, dropped below, keeps a full decode's colours.
-        # INTEGER_ACCURATE is libjpeg's default IDCT, the one Pillow uses.
+        # Only the crop window, and a column more each side: libjpeg upsamples the colour of a cropped decode's
+        # edge columns as at the image's edges. INTEGER_ACCURATE: libjpeg's default IDCT, which Pillow uses.
         shape = tf.io.extract_jpeg_shape(contents)
         top, left, side, _ = tf.unstack(crop_window(shape[0], shape[1], crop))
         start, stop = tf.maximum(left - 1, 0), tf.minimum(left + side + 1, shape[1])
@@ -468,7 +430,7 @@ def decode_face(
         return cropped(tf.ensure_shape(pixels, [None, None, 3]))
 
     image = tf.cond(native, decode_native, decode_with_pillow)
-    # Area averaging antialiases a downscale, faster in tf.data than antialiased bilinear (bench/data_throughput.py).
+    # Area averaging antialiases a downscale, and is faster in tf.data than antialiased bilinear.
     image = tf.image.resize(image, (image_size, image_size), method="area")
     if channels == 1:
         image = tf.image.rgb_to_grayscale(image)
@@ -488,10 +450,9 @@ def make_dataset(
     repeat: bool = False,
     skip_batches: int = 0,
 ) -> tf.data.Dataset:
-    """Batches of float32 [B, S, S, C] images in [0, 1] from image files. cache: "memory", "none", or a folder
-    for a file cache (one per file list and settings, reused by later runs). repeat: cycle through the files
-    forever, in passes of whole batches. skip_batches: start this many batches into the seeded stream, so
-    that a resumed run sees the batches an uninterrupted one would have seen."""
+    """Batches of float32 [B, S, S, C] images in [0, 1]. cache: "memory", "none", or a folder for file caches
+    (reused by later runs). repeat: forever, in passes of whole batches. skip_batches: start this many batches
+    into the seeded stream, so that a resumed run sees the batches an uninterrupted one would have seen."""
     import tensorflow as tf
 
     requested = list(files)
@@ -523,18 +484,15 @@ def make_dataset(
         # Skipped batches are replayed from the cache (without one, re-read), before the float conversion.
         return stream.skip(skip_batches)
 
-    # Built inside flat_map, the stream starts afresh in every iterator; else the reshuffling state would carry
-    # over from the iterator Keras opens (and drops) under tf.distribute before training, which would then see
-    # another order than a single-device run, and, by how far that one had prefetched, another on each worker.
+    # Built inside flat_map, the stream starts afresh in every iterator: else the shuffle state would carry over
+    # from the iterator Keras opens (and drops) under tf.distribute, and the order differ from a single device's.
     batched = tf.data.Dataset.range(1).flat_map(batches)
     batched = batched.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
     return batched.prefetch(tf.data.AUTOTUNE)
 
 
 def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> Path:
-    """The prefix of the file cache of `files` (as listed, before the file check) and the decode settings.
-    Whatever changes the pixels makes another cache: another list, a file replaced (its size or
-    modification time), another setting, or another way of decoding (DECODE_VERSION)."""
+    """A file cache's prefix, from all that makes its pixels: the files as listed (size, mtime), settings, decoder."""
     digest = hashlib.md5()
     for path in files:
         try:
@@ -548,15 +506,14 @@ def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, ch
 
 
 def file_cache_is_complete(prefix: str | os.PathLike) -> bool:
-    """Whether TensorFlow finished the file cache at `prefix`: it removes the lock files only after
-    merging the index (a full disk can stop it in between, leaving an empty index)."""
+    """Whether TensorFlow finished the cache: it removes the lock files only after merging the index (a full disk
+    can stop it in between, leaving an empty index)."""
     prefix = Path(prefix)
     return Path(f"{prefix}.index").is_file() and not any(prefix.parent.glob(f"{prefix.name}_*.lockfile"))
 
 
 def remove_partial_file_cache(prefix: str | os.PathLike) -> list[Path]:
-    """Remove and return the files of an unfinished file cache at `prefix`, each emptied first so
-    that its space comes back even while a failed writer holds it open. A complete cache stays."""
+    """Remove and return an unfinished cache's files, emptied first: their space returns even if a writer holds them."""
     prefix = Path(prefix)
     if file_cache_is_complete(prefix):
         return []

@@ -1,12 +1,10 @@
 """Which image files training can read, and why the others cannot, from their bytes.
 
-`check_image` says what is wrong with a file (or nothing) and whether TensorFlow's decoders
-read it as images.read_pixels does: a JPEG or PNG without EXIF or XMP metadata, which can
-rotate a photo (Pillow applies it, TensorFlow does not). JPEG and PNG are checked from their
-structure as libjpeg and libpng read it, other formats by decoding them with Pillow;
-decompression bombs are refused by size. Why a checker of its own: docs/training.md,
-"Damaged image files".
-"""
+`check_image` says what is wrong with a file (or nothing) and whether TensorFlow's decoders read it as
+images.read_pixels does: a JPEG or PNG without EXIF or XMP metadata, which can rotate a photo (Pillow applies
+it, TensorFlow does not). JPEG and PNG are checked from their structure as libjpeg and libpng read it, other
+formats by decoding them with Pillow; decompression bombs are refused by size. Why a checker of its own:
+docs/training.md, "Damaged image files"."""
 
 from __future__ import annotations
 
@@ -52,10 +50,9 @@ PNG_METADATA_KEYS = (b"Raw profile type exif\0", b"XML:com.adobe.xmp\0")
 
 
 def check_image(path: str | os.PathLike) -> tuple[str | None, bool]:
-    """(what is wrong with an image file or None, whether TensorFlow's decoders read it as Pillow
-    does). A JPEG passes with intact header segments and an end-of-image marker (libjpeg decodes
-    damaged compressed data too, with a warning); a PNG with intact chunks and image data; other
-    formats when Pillow decodes them. Larger than MAX_IMAGE_PIXELS: refused, never decoded."""
+    """(what is wrong with an image file or None, whether TensorFlow's decoders read it as Pillow does). A JPEG
+    passes with intact header segments and an end-of-image marker (libjpeg decodes damaged compressed data too,
+    with a warning); a PNG with intact chunks and image data; others if Pillow decodes them."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
@@ -91,8 +88,7 @@ def pillow_problem(path: str | os.PathLike) -> str | None:
 
 
 def jpeg_structure(handle: IO[bytes]) -> tuple[str | None, tuple[int, int], bool]:
-    """(problem or None, (height, width), whether it holds EXIF or XMP metadata: an APP1 segment)
-    from the JPEG marker segments before the first scan."""
+    """(problem or None, (height, width), whether an APP1 segment holds EXIF or XMP) from the header segments."""
     content = handle.read(1 << 16)
     complete = len(content) < 1 << 16
     position, size, metadata = 2, None, False
@@ -127,8 +123,7 @@ def jpeg_structure(handle: IO[bytes]) -> tuple[str | None, tuple[int, int], bool
 
 
 def png_structure(content: bytes) -> tuple[str | None, tuple[int, int], bool]:
-    """(problem or None, (height, width), whether it holds EXIF or XMP metadata) from the chunks of
-    a whole PNG file and its image data."""
+    """(problem or None, (height, width), whether it holds EXIF or XMP) from a whole PNG file's chunks and data."""
     position, size, header, image_data, metadata = 8, None, b"", [], False
     while position + 12 <= len(content):
         length = int.from_bytes(content[position : position + 4], "big")
@@ -162,10 +157,9 @@ def png_structure(content: bytes) -> tuple[str | None, tuple[int, int], bool]:
 
 
 def png_data_problem(header: bytes, compressed: bytes) -> str | None:
-    """What libpng would find wrong with a PNG's image data (IHDR fields, the IDAT chunks' data
-    joined), or None: a broken or incomplete zlib stream, fewer bytes than the rows need, or (not
-    interlaced) a row with an invalid filter type. Inflated in pieces that are dropped, and only
-    as far as the rows need, so that a small file cannot make the check take much memory or time."""
+    """What libpng would find wrong with a PNG's image data (IHDR fields, the IDAT chunks joined), or None: a
+    broken or short zlib stream, or (not interlaced) a row with an invalid filter type. Inflated in pieces, and
+    only as far as the rows need, so that a small file cannot make the check take much memory or time."""
     width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
     depth, colour, compression, filtering, interlace = header[8:13]
     samples, depths = PNG_COLOUR_TYPES.get(colour, (0, ()))

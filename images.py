@@ -1,6 +1,5 @@
-"""Image helpers with only numpy and Pillow (no TensorFlow, for the ONNX path): load a face as
-training does, save image grids, and the atomic file write every script uses. A library module.
-"""
+"""Image helpers with only numpy and Pillow (no TensorFlow, for the ONNX path): load a face as training
+does, save image grids, and the atomic file write every script uses. A library module."""
 
 from __future__ import annotations
 
@@ -133,9 +132,8 @@ def make_grid(
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `path`, renamed over it when the block succeeds and removed when it
-    fails, so a killed process never leaves a half-written file. Mode 0666 less the umask (not
-    mkstemp's 0600), so others can read what is written."""
+    """A temporary path beside `path`, renamed over it when the block succeeds and removed when it fails, so a
+    killed process never leaves a half-written file. Mode 0666 less the umask (not mkstemp's 0600)."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -147,7 +145,6 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def image_format(path: str | os.PathLike, flag: str = "--out") -> str:
-    """Pillow's format for an output image, by its extension."""
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise UserError(
@@ -172,8 +169,8 @@ def made_folders(folder: Path) -> Iterator[None]:
 
 
 def write_together(files: Mapping[Path, Callable[[Path], object]]) -> list[Path]:
-    """Write {target: function writing a path} all or nothing: each to a temporary file, renamed into
-    place only once all are written, so a failure leaves no target changed and no folder made."""
+    """Write {target: function writing a path} all or nothing: each to a temporary file, renamed into place
+    once all are written, so a failure leaves no target changed and no folder made."""
     with contextlib.ExitStack() as stack:
         for folder in dict.fromkeys(Path(path).parent for path in files):
             stack.enter_context(made_folders(folder))

@@ -1,8 +1,6 @@
-"""The model folder: its file names, config.json's reader, the model backends (`open_backend`: a
-train.py run's .keras files or export_onnx.py's .onnx files), the checks every script makes of its
---out, and the --help formatter they share. Keras is imported only to load a .keras model
-(`import_keras`), so the ONNX path needs numpy and onnxruntime only. A library module.
-"""
+"""The model folder: its file names, config.json's reader, the model backends (`open_backend`: .keras or
+.onnx files), the checks every script makes of its --out, and the --help formatter. Keras is imported only
+to load a .keras model, so the ONNX path needs numpy and onnxruntime only. A library module."""
 
 from __future__ import annotations
 
@@ -40,6 +38,8 @@ TENSORBOARD_DIR = "tensorboard"
 SAMPLES_DIR = "samples"  # train.py's grids of decoded prior samples, one per epoch
 RECONSTRUCTIONS_DIR = "reconstructions"  # and of validation reconstructions
 GENERATED_DIR = "generated"  # generate.py's default output folder
+# What train.py and generate.py write into a run folder that are not faces to train on (data.list_images).
+RUN_ARTIFACTS = (CHECKPOINT_DIR, RECONSTRUCTIONS_DIR, SAMPLES_DIR, GENERATED_DIR, LOSS_CURVES_FILE)
 REQUIRED_SIZES = ("latent_dim", "image_size", "channels")  # config.json keys every reader needs
 # The loss's numerical floors, shared by vae.py (TensorFlow) and evaluate.py (numpy).
 MIN_GAUSSIAN_SIGMA = 1e-3  # keeps log(sigma) finite when reconstructions become exact
@@ -63,8 +63,7 @@ MODEL_FOLDER_PARTS = (*MODEL_FILES, CONFIG_FILE, HISTORY_FILE, LOSS_CURVES_FILE,
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults unless None, off or given in the help; wraps paragraphs and keeps indented lines
-    (examples) as written."""
+    """Shows defaults unless None, off or given in the help; wraps paragraphs, keeps indented lines as written."""
 
     def _get_help_string(self, action):
         if action.default is None or action.default is False or "(default" in (action.help or ""):
@@ -108,8 +107,8 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         config = json.loads(path.read_text())
     except ValueError as error:
         raise RunFolderError(f"{path} is not valid JSON ({error}); give a run folder written by train.py") from None
-    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
-        found = config.get("format") if isinstance(config, dict) else None
+    found = config.get("format") if isinstance(config, dict) else None
+    if found != RUN_FORMAT:
         raise RunFolderError(
             f"{path} is not a {RUN_FORMAT} config (format {found!r}); give a run folder written by train.py"
         )
@@ -122,7 +121,7 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         problems.append(f"crop is {config['crop']!r}, not a whole number of 0 or more")
     if problems:
         raise RunFolderError(f"{path}: {'; '.join(problems)}; restore the config.json train.py wrote for this run")
-    # Settings that config.json files written before they existed lack, with the value those runs used.
+    # Settings older config.json files lack, with the value those runs used.
     added = {"train_split": "train", "lr_schedule": "constant", "lr_warmup_steps": 0, "decoder_filters": None,
              "adversarial": 0.0, "adversarial_start": 0, "discriminator_filters": 64}  # fmt: skip
     config |= {key: value for key, value in added.items() if key not in config}
@@ -133,16 +132,14 @@ def read_config(run_dir: str | os.PathLike) -> dict:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (images.atomic_write)."""
     with atomic_write(path) as temporary:
         temporary.write_text(text)
 
 
 @contextlib.contextmanager
 def native_start_up_lines_filtered() -> Iterator[None]:
-    """TensorFlow's C++ start-up lines, written to fd 2 before its log settings apply and twice (two
-    libraries log them): shown once, without the information lines TF_CPP_MIN_LOG_LEVEL hides
-    nor CUDA's cuInit error on a machine without an NVIDIA driver."""
+    """TensorFlow's C++ start-up lines on fd 2 (logged twice, before its log settings apply), shown once, without
+    the information lines TF_CPP_MIN_LOG_LEVEL hides nor CUDA's cuInit error on a machine without an NVIDIA driver."""
     sys.stderr.flush()
     try:
         saved = os.dup(2)
@@ -207,8 +204,7 @@ def load_model(run_dir: str | os.PathLike, part: str, config: dict):
 
 # --------------------------------------------------------------------------- model backends
 class Backend:
-    """A run's models as numpy functions; images are float32 [N, H, W, C] in [0, 1]. Subclasses
-    load the models and run one batch through them."""
+    """A run's models as numpy functions of images float32 [N, H, W, C] in [0, 1]; subclasses run one batch."""
 
     kind: str  # "keras" or "onnx"
 
@@ -258,8 +254,7 @@ class KerasBackend(Backend):
 
 
 class OnnxBackend(Backend):
-    """encoder.onnx / decoder.onnx (export_onnx.py) on onnxruntime, through inference.py; sizes
-    from the files' metadata. Imports neither TensorFlow nor Keras."""
+    """encoder.onnx / decoder.onnx on onnxruntime; sizes from their metadata. Imports neither TensorFlow nor Keras."""
 
     kind = "onnx"
 
@@ -372,9 +367,8 @@ def check_output_path(
     own: Iterable[str | os.PathLike] = (),
     flag: str = "--out",
 ) -> Path:
-    """Refuse an output file that would overwrite part of a model folder, or, existing, one of the
-    `inputs` files or a file in an `inputs` folder, by any name (symlinks, hard links); files in
-    `own` folders (earlier outputs) may be overwritten."""
+    """Refuse an output file over part of a model folder, or over an `inputs` file or a file in an `inputs` folder
+    by any name (symlinks, hard links); files in `own` folders (earlier outputs) may be overwritten."""
     out = Path(path)
     if out.is_file():
         inputs = [Path(path) for path in inputs]
@@ -472,7 +466,6 @@ def encode_files(
     for batch in batches(paths, LOAD_BATCH):
         faces, failed = load_decodable(batch, backend)
         skipped += failed
-        failed = set(failed)
         kept += [path for path in batch if path not in failed]
         if len(faces):
             parts.append(backend.encode(faces)[0])
