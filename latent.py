@@ -360,7 +360,6 @@ def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
 
 
 def density_problem(content, latent_dim: int | None) -> str | None:
-    """What is wrong with a parsed density file, or None."""
     if not isinstance(content, dict) or content.get("format") != DENSITY_FORMAT:
         found = content.get("format") if isinstance(content, dict) else type(content).__name__
         return f"is not a {DENSITY_FORMAT} file (format {found!r})"
