@@ -191,9 +191,8 @@ class FaceFinder:
         turn = self.MESH_SIZE / side * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         to_input = np.hstack([turn, (self.MESH_SIZE / 2 - turn @ centre)[:, None]])
         crop = warp(pixels, to_input, (self.MESH_SIZE, self.MESH_SIZE))
-        points, presence = self.mesh.run(
-            None, {self.mesh.get_inputs()[0].name: (crop.astype(np.float32) / 255.0)[None]}
-        )
+        model_input = (crop.astype(np.float32) / 255.0)[None]
+        points, presence = self.mesh.run(None, {self.mesh.get_inputs()[0].name: model_input})
         landmarks = apply_transform(invert(to_input), points.reshape(-1, 3)[:, :2])
         return landmarks, float(logistic(presence.ravel()[0]))
 
