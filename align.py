@@ -64,8 +64,7 @@ class Face:
 
 # --------------------------------------------------------------------------- the detector
 def detector_anchors(size: int, strides: Sequence[int], per_cell: Sequence[int]) -> np.ndarray:
-    """[N, 2] anchor centres (x, y) in [0, 1] of BlazeFace's SSD heads: per_cell anchors in every
-    cell of a size/stride grid, grids in the order of the model's outputs."""
+    """[N, 2] anchor centres (x, y) in [0, 1] of BlazeFace's SSD heads: per_cell in each cell of each grid, in order."""
     centres = []
     for stride, count in zip(strides, per_cell, strict=True):
         cells = size // stride
@@ -120,9 +119,8 @@ def merge_detections(
 
 
 def detector_views(height: int, width: int) -> list[tuple[float, float, float]]:
-    """The squares (x0, y0, side) in a photo's pixels the detector looks at: the whole photo, squares of
-    its short side along the long one, and of half the short side overlapping by half. It finds faces
-    down to about a seventh of its input: a small face in a group photo is found in a smaller square."""
+    """The squares (x0, y0, side) the detector looks at: the whole photo, squares of its short side along the long
+    one and of half the short side overlapping by half, where the small faces of a group photo are found."""
     long_side, short_side = max(height, width), min(height, width)
     views = [((width - long_side) / 2, (height - long_side) / 2, float(long_side))]
     for side in (short_side, short_side / 2):
@@ -154,8 +152,8 @@ class FaceFinder:
         self.anchors = detector_anchors(self.DETECTOR_SIZE, self.STRIDES, self.ANCHORS_PER_CELL)
 
     def find(self, pixels: np.ndarray, whole_only: bool = False) -> list[Face]:
-        """The faces in uint8 [H, W, 3] pixels, best first, that the detector finds and Face Mesh confirms
-        (rejecting faces seen in noise). whole_only: look at the whole photo only (an aligned frame)."""
+        """The faces in uint8 [H, W, 3] pixels, best first, found and confirmed by Face Mesh (not seen in noise);
+        whole_only: in the whole photo only (an aligned frame)."""
         found = [(box, *self.landmarks(pixels, box, keypoints)) for box, keypoints in self.detect(pixels, whole_only)]
         return [Face(box, landmarks) for box, landmarks, presence in found if presence >= MIN_SCORE]
 
@@ -163,33 +161,29 @@ class FaceFinder:
         """(box [4], keypoints [6, 2]) in the photo's pixels of each face found in detector_views (black
         beyond the photo's edge, as MediaPipe pads), best first; one face found in several views is one."""
         height, width = pixels.shape[:2]
-        views = detector_views(height, width)[: 1 if whole_only else None]
         photo = Image.fromarray(pixels)
-        shrunk: dict[float, tuple[Image.Image, float]] = {}  # each size of view: the photo at its scale
-        boxes, scores, keypoints = [], [], []
-        for x0, y0, side in views:
-            if side not in shrunk:  # area-averaged to the scale at which the view is the detector's input
-                scale = min(1.0, self.DETECTOR_SIZE / side)
+        shrunk: dict[float, Image.Image] = {}  # each size of view: the photo area-averaged to the detector's scale
+        found = []  # (boxes, scores, keypoints) of each view
+        for x0, y0, side in detector_views(height, width)[: 1 if whole_only else None]:
+            scale = min(1.0, self.DETECTOR_SIZE / side)  # the photo's scale where the view is the detector's input
+            if side not in shrunk:
                 size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                shrunk[side] = (photo.resize(size, Image.Resampling.BOX) if scale < 1 else photo, scale)
-            image, scale = shrunk[side]
+                shrunk[side] = photo.resize(size, Image.Resampling.BOX) if scale < 1 else photo
             extent = (x0 * scale, y0 * scale, (x0 + side) * scale, (y0 + side) * scale)
-            square = image.transform(
+            square = shrunk[side].transform(
                 (self.DETECTOR_SIZE,) * 2, Image.Transform.EXTENT, extent, Image.Resampling.BILINEAR
             )
             model_input = (np.asarray(square, np.float32) / 127.5 - 1.0)[None]
             regressors, logits = self.detector.run(None, {self.detector.get_inputs()[0].name: model_input})
-            found = decode_detections(regressors[0], logits[0, :, 0], self.anchors, self.DETECTOR_SIZE)
+            boxes, scores, points = decode_detections(regressors[0], logits[0, :, 0], self.anchors, self.DETECTOR_SIZE)
             origin = np.array([x0, y0])
-            boxes.append((found[0].reshape(-1, 2, 2) * side + origin).reshape(-1, 4))
-            scores.append(found[1])
-            keypoints.append(found[2] * side + origin)
-        merged = merge_detections(np.concatenate(boxes), np.concatenate(scores), np.concatenate(keypoints))
-        return [(box, points) for box, _, points in merged]
+            found.append(((boxes.reshape(-1, 2, 2) * side + origin).reshape(-1, 4), scores, points * side + origin))
+        merged = merge_detections(*(np.concatenate(parts) for parts in zip(*found, strict=True)))
+        return [(box, keypoints) for box, _, keypoints in merged]
 
     def landmarks(self, pixels: np.ndarray, box: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, float]:
-        """Face Mesh's [468, 2] landmarks of a detected face in the photo's pixels, and how sure it is of a
-        face (0 to 1). It sees the face upright (the detector's eyes level) in a square around its box."""
+        """Face Mesh's [468, 2] landmarks of a face in the photo's pixels and its presence score, from the face
+        turned upright (the detector's eyes level) in a square around its box."""
         centre = (box[:2] + box[2:]) / 2
         side = max(box[2] - box[0], box[3] - box[1]) * self.MESH_MARGIN
         eyes = keypoints[1] - keypoints[0]
@@ -197,17 +191,15 @@ class FaceFinder:
         turn = self.MESH_SIZE / side * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         to_input = np.hstack([turn, (self.MESH_SIZE / 2 - turn @ centre)[:, None]])
         crop = warp(pixels, to_input, (self.MESH_SIZE, self.MESH_SIZE))
-        points, presence = self.mesh.run(
-            None, {self.mesh.get_inputs()[0].name: (crop.astype(np.float32) / 255.0)[None]}
-        )
+        model_input = (crop.astype(np.float32) / 255.0)[None]
+        points, presence = self.mesh.run(None, {self.mesh.get_inputs()[0].name: model_input})
         landmarks = apply_transform(invert(to_input), points.reshape(-1, 3)[:, :2])
         return landmarks, float(logistic(presence.ravel()[0]))
 
 
 # --------------------------------------------------------------------------- alignment
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """The 2x3 matrix [[a, -b, tx], [b, a, ty]] of the rotation, uniform scale and shift that maps
-    points source [N, 2] onto target [N, 2] with the least squared error (no reflection)."""
+    """The 2x3 rotation, uniform scale and shift [[a, -b, tx], [b, a, ty]] mapping source [N, 2] nearest to target."""
     source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
     s, t = source - source_mean, target - target_mean
     norm = max(float((s**2).sum()), 1e-12)
@@ -285,8 +277,7 @@ def parse_faces(text: str) -> str | int:
 def align_photo(
     pixels: np.ndarray, finder: FaceFinder, which: str | int = "largest", name: str = "the photo"
 ) -> list[tuple[Face, np.ndarray]]:
-    """The chosen faces of a photo, each with its aligned frame (uint8 [218, 178, 3]). No face:
-    an AlignError naming the photo; a face too small to align well: a warning."""
+    """The chosen faces of a photo with their aligned frames; AlignError if none, a warning for a small one."""
     faces = choose_faces(finder.find(pixels), which)
     if not faces:
         raise AlignError(f"no face found in {name}")
@@ -309,8 +300,8 @@ def output_names(photo: Path, root: Path, out: Path, count: int) -> list[Path]:
 
 
 def align_folder(source: Path, out: Path, which: str | int, finder: FaceFinder) -> dict[str, int]:
-    """Align every photo under source (a folder, searched recursively, or one photo) into out as JPEG; photos
-    with crops there already (a stopped run), unreadable or without a face are skipped and counted."""
+    """Align every photo under source (a folder, recursively, or one photo) into out as JPEG; photos with crops
+    there already (a stopped run), unreadable or without a face are skipped and counted."""
     from data import list_images
     from images import read_pixels, save_images
     from runs import Progress

@@ -9,14 +9,13 @@
     python generate.py --run runs/r --mode attribute --random 4 --attribute Smiling  # no real faces
     python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3 --backend onnx
 
-Modes: reconstruct (inputs over their reconstructions), sample (random faces per --temperature),
-weighted (a weighted mix of encoded faces' posteriors), interpolate (lerp and slerp paths),
-attribute (z + alpha * a CelebA attribute's direction, cached in <run>/attribute_directions.json)
-and traverse (along the latents' principal directions or --dims). Faces come from --images,
---ids, --identity, at random from --data, or are random latents from --sampler (--random N),
-the run's fitted density or, if it has none, the prior. The same --seed gives the same grid.
-The onnx backend imports no TensorFlow. The grid goes to <run>/generated/<mode>.png unless
---out names another file, never one the command reads.
+Modes: reconstruct (inputs over their reconstructions), sample (random faces per --temperature), weighted (a
+weighted mix of encoded faces' posteriors), interpolate (lerp and slerp paths), attribute (z + alpha * a CelebA
+attribute's direction, cached in <run>/attribute_directions.json) and traverse (along the latents' principal
+directions or --dims). Faces come from --images, --ids, --identity, at random from --data, or are random latents
+from --sampler (--random N), the run's fitted density or, if it has none, the prior. The same --seed gives the
+same grid. The onnx backend imports no TensorFlow. The grid goes to <run>/generated/<mode>.png unless --out
+names another file, never one the command reads.
 """
 
 from __future__ import annotations
@@ -133,8 +132,7 @@ def choose_faces(job: Job, count: int) -> list[Path]:
 
 
 def load_chosen_faces(job: Job, count: int) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    """(faces [N, S, S, C], their names, the photos they were found in or None) of choose_faces'
-    files: --images are aligned first (align.py) unless --no-align; CelebA's are aligned already."""
+    """(faces [N, S, S, C], names, the photos they were found in or None) of choose_faces' files, aligned."""
     files = choose_faces(job, count)
     if len(files) > MAX_GRID_FACES:
         raise GenerateError(f"{len(files)} faces given, more than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
@@ -190,8 +188,7 @@ def check_random(args: argparse.Namespace) -> None:
 
 
 def starting_faces(job: Job, count: int) -> tuple[np.ndarray, np.ndarray | None, list[str], np.ndarray | None]:
-    """(codes [N, D], faces [N, S, S, C] or None, names, photos or None) a mode starts from: with
-    --random, latents drawn by the sampler and no faces; else the chosen faces' posterior means."""
+    """(codes [N, D], faces or None, names, photos or None): --random latents, else the faces' posterior means."""
     if job.random:
         codes = job.density.sample(job.random, job.rng, job.args.temperature[0])
         return codes, None, [f"z{i + 1}" for i in range(job.random)], None
@@ -208,8 +205,7 @@ def encoder_probe(backend: runs.Backend) -> np.ndarray:
 
 
 def read_directions(path: Path, probe: np.ndarray, recompute: bool = False) -> dict:
-    """Cached directions {name: {"direction": [...], "positives": n, "negatives": n}}; a damaged file,
-    or one for another latent size or encoder `probe`, is refused, or dropped with `recompute`."""
+    """Cached directions by name; a damaged file, or one of another encoder, is refused (dropped with recompute)."""
     if not path.is_file():
         return {}
     try:
@@ -432,9 +428,8 @@ def attribute_grid(job: Job) -> Grid:
 
 
 def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
-    """(directions [n, D], labels) traverse moves along, each one standard deviation of the latents' spread
-    (over --data, else the fitted density, else the prior) long: by default its principal directions,
-    where faces change most (single dimensions are entangled)."""
+    """(directions [n, D], labels), each one standard deviation of the latents' spread long: by default its
+    principal directions, where faces change most (single dimensions are entangled)."""
     args, latent_dim = job.args, job.backend.latent_dim
     if job.dataset is not None:
         files = random_files(job.dataset, args.split, ACTIVITY_IMAGES, job.rng, allow_fewer=True)

@@ -3,13 +3,11 @@
     python latent.py --run runs/<name>                         # (re)fit <run>/latent_density.json
     python latent.py --run pretrained/celeba64 --data ./celeba # an exported folder (ONNX only)
 
-The fitted latent density (ex-post density estimation, Ghosh et al., ICLR 2020) is a Gaussian
-mixture with k full-covariance components fitted by EM to the posterior means of the training
-images, k chosen by the held-out log-likelihood of the validation images' posterior means:
-with beta below 1 the posteriors do not fill the N(0, I) prior, and prior samples land in holes
-between faces. train.py fits it at the end of a run; this script refits it. Sampling at
-temperature T: c ~ weights, eps ~ N(0, I), z = means[c] + T * L_c @ eps (the prior is k = 1,
-mean 0, L = I). The file format (latent_density.json): docs/training.md, "Latent density".
+The fitted latent density (ex-post density estimation, Ghosh et al., ICLR 2020) is a Gaussian mixture of k
+full-covariance components fitted by EM to the training images' posterior means, k chosen by the validation
+images' held-out log-likelihood: with beta below 1 the posteriors do not fill the N(0, I) prior, whose samples
+land in holes between faces. train.py fits it at the end of a run; this script refits it. The file format and
+sampling at temperature T: docs/generate.md, "The latent density file".
 """
 
 from __future__ import annotations
@@ -27,20 +25,10 @@ from pathlib import Path
 import numpy as np
 
 import data
+import runs
 from errors import UserError, first_line, run_main
 from recipe import training_splits
-from runs import (
-    ATTRIBUTES_FORMAT,
-    CONFIG_FILE,
-    DENSITY_FILE,
-    HelpFormatter,
-    Progress,
-    check_writable,
-    encode_files,
-    open_backend,
-    read_config,
-    write_text_atomic,
-)
+from runs import DENSITY_FILE  # also read as latent.DENSITY_FILE
 
 DENSITY_FORMAT = "celeba-vae-latent-density/1"
 MIXTURE_SIZES = (1, 2, 4, 8, 16, 32)  # k tried by select_density
@@ -62,9 +50,8 @@ def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Spherical interpolation (Shoemake; White 2016): [T, D]. Keeps the norm of equal-norm ends,
-    where lerp cuts through the low-norm middle of a Gaussian prior; lerp for (anti)parallel or
-    zero vectors, whose plane of rotation is undefined."""
+    """Spherical interpolation [T, D] (White 2016): keeps the norm of equal-norm ends where lerp cuts through the
+    prior's low-norm middle; lerp for (anti)parallel or zero vectors, which span no plane of rotation."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     norms = np.linalg.norm(a) * np.linalg.norm(b)
     omega = np.arccos(np.clip(np.dot(a, b) / norms, -1.0, 1.0)) if norms else 0.0
@@ -75,8 +62,7 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def latent_path(points: np.ndarray, steps: int, method: str) -> np.ndarray:
-    """A path through points [n, D] (n >= 2), `steps` points per segment with shared
-    endpoints: [(n - 1) * (steps - 1) + 1, D]. method: "lerp" or "slerp"."""
+    """A path through points [n, D], `steps` points per segment sharing endpoints: [(n - 1) * (steps - 1) + 1, D]."""
     if method not in ("lerp", "slerp"):
         raise ValueError(f"unknown interpolation {method!r}; choose lerp or slerp")
     if len(points) < 2 or steps < 2:
@@ -103,8 +89,7 @@ def normalized_weights(weights: Sequence[float] | None, count: int) -> np.ndarra
 
 
 def weighted_posterior(mu: np.ndarray, log_sigma: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Combine b posteriors [b, D]: mu' = sum_i w_i mu_i, log sigma' = sum_i w_i log sigma_i (a
-    geometric mean: sigma' stays positive and within the inputs' range for convex weights)."""
+    """mu' = w @ mu, log sigma' = w @ log sigma: a geometric mean, so sigma' > 0 (within the inputs' if w >= 0)."""
     return weights @ mu, weights @ log_sigma
 
 
@@ -114,8 +99,7 @@ def reparameterize(mu: np.ndarray, log_sigma: np.ndarray, noise: np.ndarray) -> 
 
 
 def attribute_direction(mu: np.ndarray, labels: np.ndarray, min_count: int = 1) -> np.ndarray:
-    """mean(mu | label = +1) - mean(mu | label = -1) over encoded images mu [N, D] with CelebA labels
-    [N] of +1/-1 (0: ignored); ValueError with the counts when a side has fewer than min_count."""
+    """mean(mu | label > 0) - mean(mu | label < 0) for mu [N, D]; ValueError when a side has fewer than min_count."""
     labels = np.asarray(labels)
     positive, negative = labels > 0, labels < 0
     found = f"{int(positive.sum())} positive and {int(negative.sum())} negative"
@@ -136,8 +120,7 @@ def traversal_grid(z: np.ndarray, directions: np.ndarray, values: Sequence[float
 
 
 def principal_directions(covariance: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `count` directions of largest variance of a covariance [D, D], largest first: unit vectors
-    [count, D], each with its largest component positive, and their standard deviations [count]."""
+    """The `count` largest-variance unit directions [count, D] (largest component positive) and their deviations."""
     variances, vectors = np.linalg.eigh(np.asarray(covariance, dtype=np.float64))
     order = np.argsort(-variances, kind="stable")[:count]
     units = vectors[:, order].T
@@ -152,8 +135,7 @@ class DensityError(UserError):
 
 @dataclass
 class LatentDensity:
-    """A Gaussian mixture over the latent space: weights [k], means [k, D], lower-triangular
-    Cholesky factors [k, D, D] of the covariances. `info` holds what it was fitted on."""
+    """A Gaussian mixture: weights [k], means [k, D], Cholesky factors [k, D, D]; `info`: what it was fitted on."""
 
     weights: np.ndarray
     means: np.ndarray
@@ -185,11 +167,9 @@ class LatentDensity:
         return self.means[components] + temperature * spread
 
     def sample(self, count: int, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
-        """`count` latents [count, D] at `temperature` (see the module docstring)."""
         return self.latents(*self.draw(count, rng), temperature)
 
     def mean(self) -> np.ndarray:
-        """The mixture's mean [D]."""
         return self.weights @ self.means
 
     def covariance(self) -> np.ndarray:
@@ -256,17 +236,15 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, itera
 def fit_mixture(
     points: np.ndarray, components: int, seed: int = 0, iterations: int = EM_ITERATIONS, deadline: float = math.inf
 ) -> LatentDensity:
-    """A full-covariance Gaussian mixture fitted to points [N, D] (N >= components) by EM (k-means++
-    start) until time.monotonic() `deadline` at the latest; components = 1 is the closed-form
-    Gaussian. The covariance floor keeps any component from collapsing onto a few points."""
+    """A full-covariance Gaussian mixture fitted to points [N, D] by EM from k-means++, stopping by `deadline`
+    (time.monotonic()); 1 component is the closed form. The covariance floor stops collapse onto a few points."""
     points = np.asarray(points, dtype=np.float64)
     if not np.all(np.isfinite(points)):
         raise ValueError("the points to fit contain NaN or inf")
     floor = COVARIANCE_FLOOR * max(float(np.mean(np.var(points, axis=0))), 1e-12)
     rng = np.random.default_rng(seed)
     labels = kmeans_plus_plus(points, components, rng) if components > 1 else np.zeros(len(points), int)
-    responsibilities = np.eye(components)[labels]
-    density = LatentDensity(*weighted_gaussians(points, responsibilities, floor))
+    density = LatentDensity(*weighted_gaussians(points, np.eye(components)[labels], floor))
     previous = -np.inf
     for _ in range(iterations if components > 1 else 0):
         joint = component_log_joint(points, density)
@@ -287,9 +265,8 @@ def select_density(
     progress: Callable[[str], None] = lambda line: None,
     budget: float = SELECTION_SECONDS,
 ) -> LatentDensity:
-    """The mixture of the size k (of the usable `sizes`) whose fit to fit_points scores the highest
-    mean log-likelihood on heldout_points, refitted to refit_points when given; sizes that would
-    end past `budget` seconds are skipped. `info["selection"]` records each k's score."""
+    """The mixture size k of `sizes` whose fit to fit_points best predicts heldout_points (mean log-likelihood),
+    refitted to refit_points if given; sizes that would end past `budget` seconds are skipped."""
     fit_points, heldout_points = np.asarray(fit_points, np.float64), np.asarray(heldout_points, np.float64)
     if len(fit_points) < 2 or not len(heldout_points):
         raise DensityError(
@@ -324,8 +301,7 @@ def select_density(
 
 
 def fit_seconds(images: int, latent_dim: int, encode_rate: float) -> float:
-    """About how long fitting a density to `images` takes: encoding at `encode_rate` images a
-    second (0: not counted), and EM at the speed of one timed step, within select_density's budget."""
+    """Seconds a fit to `images` takes, about: encoding at `encode_rate` a second (0: not counted), then EM."""
     if images < 2:
         return 0.0
     points = np.random.default_rng(0).standard_normal((min(images, 2000), latent_dim))
@@ -337,8 +313,7 @@ def fit_seconds(images: int, latent_dim: int, encode_rate: float) -> float:
 
 
 def usable_sizes(count: int, latent_dim: int, sizes: Sequence[int]) -> list[int]:
-    """The sizes `count` points can fit (MIN_POINTS_PER_DIM per dimension and component; k = 1
-    always); DensityError, saying how many images are needed, when none can."""
+    """The `sizes` that `count` points can fit (k = 1 always); DensityError, saying how many are needed, if none."""
     usable = [k for k in sorted(set(sizes)) if k == 1 or count >= k * MIN_POINTS_PER_DIM * latent_dim]
     if not usable:
         k = min(sizes)
@@ -351,8 +326,7 @@ def usable_sizes(count: int, latent_dim: int, sizes: Sequence[int]) -> list[int]
 
 
 def fit_memory_bytes(count: int, latent_dim: int, sizes: Sequence[int]) -> int:
-    """Memory a fit to `count` points takes, with a margin: 5 x N x D float64 per-point arrays and
-    3 x k x D x D for the largest mixture's covariances, Cholesky factors and their inverses."""
+    """Bytes a fit to `count` points takes, with a margin: per-point arrays and the largest mixture's matrices."""
     return 8 * (5 * count * latent_dim + 3 * max(usable_sizes(count, latent_dim, sizes)) * latent_dim**2)
 
 
@@ -379,14 +353,13 @@ def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
     }
     path = Path(folder) / DENSITY_FILE
     try:
-        write_text_atomic(path, json.dumps(content, separators=(",", ":")) + "\n")
+        runs.write_text_atomic(path, json.dumps(content, separators=(",", ":")) + "\n")
     except OSError as error:
         raise DensityError(f"cannot write {path} ({error.strerror}); free some space there and fit again") from None
     return path
 
 
 def density_problem(content, latent_dim: int | None) -> str | None:
-    """What is wrong with a parsed density file, or None."""
     if not isinstance(content, dict) or content.get("format") != DENSITY_FORMAT:
         found = content.get("format") if isinstance(content, dict) else type(content).__name__
         return f"is not a {DENSITY_FORMAT} file (format {found!r})"
@@ -438,8 +411,7 @@ def find_density(folder: str | os.PathLike, latent_dim: int | None = None) -> La
 
 
 def choose_sampler(name: str, folder: str | os.PathLike, latent_dim: int) -> tuple[LatentDensity, str]:
-    """(density, label) of a --sampler choice: the folder's fitted density, or N(0, I) for "prior"
-    and (saying so) for a folder without one."""
+    """(density, label) for --sampler: the folder's fitted density, or N(0, I) for "prior" or (noted) if none."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
     density = find_density(folder, latent_dim) if name == "density" else None
@@ -465,9 +437,8 @@ def fit_folder_density(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> LatentDensity:
-    """Fit the density of a model folder (any runs.Backend) to the posterior means of the first
-    `limit` (0: all) train images of a data.Dataset, choosing k on the validation images' and
-    refitting it to both when `splits` include validation; at most max_images a split, seeded."""
+    """Fit a model folder's density to the posterior means of the first `limit` (0: all) train images, k chosen on
+    the validation images, refitted to both if `splits` include validation; at most max_images a split, seeded."""
     rng = np.random.default_rng(seed)
 
     def subset(files: list) -> list:
@@ -491,8 +462,8 @@ def fit_folder_density(
             "images (--max-images) or smaller mixtures (--components)"
         )
     log(f"latent density: encoding {len(fitted)} training and {len(heldout)} validation images")
-    progress = Progress(count, "latent density: encoded")
-    fitted, heldout = (encode_files(files, backend, progress=progress.add)[0] for files in (fitted, heldout))
+    progress = runs.Progress(count, "latent density: encoded")
+    fitted, heldout = (runs.encode_files(files, backend, progress=progress.add)[0] for files in (fitted, heldout))
     progress.close()
     log(f"latent density: choosing k among {list(sizes)} on the {len(heldout)} validation posterior means")
     refit = np.concatenate([fitted, heldout]) if "validation" in splits else None
@@ -522,9 +493,9 @@ def finite_numbers(values: object, length: int) -> bool:
 
 def attribute_directions_problem(content: object, latent_dim: int) -> str | None:
     """What is wrong with a parsed attribute_directions.json, or None; a NaN would turn faces black."""
-    if not isinstance(content, dict) or content.get("format") != ATTRIBUTES_FORMAT:
+    if not isinstance(content, dict) or content.get("format") != runs.ATTRIBUTES_FORMAT:
         found = content.get("format") if isinstance(content, dict) else type(content).__name__
-        return f"is not a {ATTRIBUTES_FORMAT} file (format {found!r})"
+        return f"is not a {runs.ATTRIBUTES_FORMAT} file (format {found!r})"
     if content.get("latent_dim") != latent_dim:
         return f"holds directions for latent size {content.get('latent_dim')}, this model has {latent_dim}"
     attributes = content.get("attributes")
@@ -546,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         description="Fit the latent density that generate.py samples random faces from: a Gaussian mixture over "
         "the posterior means of the training images, its size chosen on the validation images. train.py does "
         "this at the end of a run; this refits it for a run or an exported folder (ONNX only).",
-        formatter_class=HelpFormatter,
+        formatter_class=runs.HelpFormatter,
     )
     parser.add_argument("--run", required=True, help="model folder: a train.py run or an exported folder")
     parser.add_argument("--data", help="CelebA root or folder of faces (default: the data in the folder's config)")
@@ -570,9 +541,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         parser.error(f"--seed must not be negative (got {args.seed})")
 
     # Before any work: the density is written into the folder, after encoding every image.
-    check_writable(Path(args.run) / DENSITY_FILE, folder=False, flag="--run")
-    backend = open_backend(args.run, args.backend)
-    config = read_config(args.run) if (Path(args.run) / CONFIG_FILE).is_file() else {}
+    runs.check_writable(Path(args.run) / DENSITY_FILE, folder=False, flag="--run")
+    backend = runs.open_backend(args.run, args.backend)
+    config = runs.read_config(args.run) if (Path(args.run) / runs.CONFIG_FILE).is_file() else {}
     data_path = args.data or config.get("data")
     if not data_path:
         raise DensityError(f"{args.run} does not say which data it was trained on; pass --data CELEBA_ROOT")

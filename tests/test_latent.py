@@ -359,7 +359,7 @@ def test_latent_py_refuses_a_folder_it_cannot_write_before_any_work(tmp_path, mo
     def never(*_):
         raise AssertionError("the model was opened before the folder was checked")
 
-    monkeypatch.setattr(latent, "open_backend", never)
+    monkeypatch.setattr(runs, "open_backend", never)
     run = tmp_path / "run"
     (run / DENSITY_FILE).mkdir(parents=True)  # where the file goes, a folder
     with pytest.raises(UserError, match=f"{run / DENSITY_FILE} is a folder; give a file path"):
