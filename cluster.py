@@ -60,7 +60,7 @@ def choose_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirroredStrategy:
-    """MultiWorkerMirroredStrategy once every task of TF_CONFIG started; RunError naming those missing at the timeout."""
+    """MultiWorkerMirroredStrategy once all TF_CONFIG's tasks started; RunError naming those missing at the timeout."""
     cluster, kind, index = train_cli.read_tf_config()
     leader = f"/job:{'chief' if 'chief' in cluster else 'worker'}/replica:0/task:0"
     service = context.context()

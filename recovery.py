@@ -106,8 +106,9 @@ class Recovery:
                 # A worker that died or hangs: the coordination service aborts the others' collectives.
                 reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0]).rstrip(":")
                 raise RunError(
-                    f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
-                    f"worker with --resume {run_dir} --strategy multiworker, or go on alone with --resume {run_dir}"
+                    f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: "
+                    f"restart every worker with --resume {run_dir} --strategy multiworker, "
+                    f"or go on alone with --resume {run_dir}"
                 ) from None
             except (OSError, RuntimeError, tf.errors.OpError) as error:
                 # A full disk: h5py raises OSError or RuntimeError, TensorFlow's checkpoint an OpError,
@@ -277,8 +278,7 @@ class StepBackup(keras.callbacks.Callback):
             raise TrainingStopped(f"stopped by {self.signal_name(signum)} at the end of epoch {epoch + 1}", signum)
 
     def stopped_by(self) -> int | None:
-        """The signal that asks training to stop, here or at another worker, or None: an all-reduce,
-        so that every worker must call it at the same point."""
+        """The stop signal sent here or to another worker, or None: an all-reduce, which every worker calls alike."""
         here = self.stop.signum or 0
         if not vae.spans_several_workers():
             return here or None
@@ -310,8 +310,7 @@ class StepBackup(keras.callbacks.Callback):
 
 
 class StopRequest:
-    """Set by the first SIGTERM or Ctrl-C (StepBackup backs up after the step and stops); a second one
-    ends the process at once."""
+    """Set by the first SIGTERM or Ctrl-C (StepBackup backs up after the step and stops); a second ends the process."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
@@ -347,11 +346,9 @@ class StopRequest:
 # --------------------------------------------------------------------------- faults
 def non_finite_loss_error(failed_at: tuple[int, int], run_dir: Path) -> RunError:
     kept = latest_checkpoint(run_dir)
-    kept_text = (
-        f"the last good checkpoint (epoch {kept[0]}) is kept in {kept[1].parent}"
-        if kept
-        else "no epoch finished, so no checkpoint was written"
-    )
+    kept_text = "no epoch finished, so no checkpoint was written"
+    if kept:
+        kept_text = f"the last good checkpoint (epoch {kept[0]}) is kept in {kept[1].parent}"
     return RunError(
         f"loss became NaN/inf at epoch {failed_at[0]}, step {failed_at[1]}; {kept_text}; "
         "lower --lr or --beta, or try --recon gaussian, and start a new run"
@@ -411,8 +408,7 @@ def fills_file_cache(error: BaseException, cache: str) -> bool:
 
 
 def file_cache_full_error(cache: str, file_lists: list[list[Path]], config: dict, run_dir: Path) -> RunError:
-    """The error for a file cache that filled its disk (others wrote there since training began), once
-    the unfinished cache files are removed."""
+    """The error for a file cache that filled its disk (others wrote there since), its unfinished files removed."""
     gc.collect()  # closes the cache files the failed iterator held
     settings = (config["image_size"], config["channels"], config["crop"])
     for files in file_lists:

@@ -366,8 +366,7 @@ def has_backup(run_dir: Path) -> bool:
 
 
 def check_run_folder(run_dir: Path, config: dict, resume: bool) -> None:
-    """RunError unless `run_dir` suits a new run (new or empty) or --resume (a checkpoint short of
-    the epochs asked for, or a step backup, whose epoch recovery.start_point checks)."""
+    """RunError unless `run_dir` suits a new run (new or empty) or --resume (recovery.start_point checks a backup)."""
     checkpoint = latest_checkpoint(run_dir)
     if resume:
         if checkpoint is None and not has_backup(run_dir):
@@ -397,8 +396,7 @@ def check_run_folder(run_dir: Path, config: dict, resume: bool) -> None:
 
 
 def remove_temporary_files(run_dir: Path) -> list[Path]:
-    """Remove the TEMPORARY_FILES of the run in `run_dir`; returns them. Each is emptied first, so its
-    space comes back even while a failed writer still holds it open."""
+    """Remove (and return) the TEMPORARY_FILES in `run_dir`, each emptied first: its space comes back if held open."""
     removed = []
     for folder, patterns in TEMPORARY_FILES.items():
         for pattern in patterns:
