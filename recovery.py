@@ -86,8 +86,8 @@ class Recovery:
 
     @contextlib.contextmanager
     def guard(self, model: keras.Model, output_dir: Path, inputs, timer) -> Iterator[None]:
-        """Around the fits: handles SIGTERM and Ctrl-C, gives their callbacks (last: they may end training)
-        and turns what stops a fit into one line that says how to go on. timer: epoch_log.EpochTimes."""
+        """Around the fits: handles SIGTERM and Ctrl-C, gives their callbacks (last: they may end training) and
+        turns what stops a fit into one line that says how to go on. inputs: train.Inputs; timer: EpochTimes."""
         self.model, self.output_dir, self.inputs, run_dir = model, output_dir, inputs, self.run_dir
         self.stop = StopRequest(run_dir)
         step_backup = StepBackup(self, output_dir, inputs.train_steps, timer)
@@ -333,7 +333,7 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopRequest]:
-        """Handle the signals while the block runs, or once a stop was asked for until the process ends."""
+        """Handle the signals while the block runs; after a stop request until the process ends (a second one acts)."""
         previous = {signum: signal.signal(signum, self) for signum in SIGNAL_NAMES}
         try:
             yield self
