@@ -2,9 +2,9 @@
 multi-worker cluster's start and end: --strategy multiworker waits at most --worker-start-timeout
 for every worker of TF_CONFIG, naming those that did not start; only the chief writes the run folder.
 
-The one module that imports a private TensorFlow module, `tensorflow.python.eager.context`: the
-coordination service MultiWorkerMirroredStrategy starts waits for its tasks without a limit, and
-only the eager context's configure_coordination_service, which has no public counterpart, sets one.
+The one module that imports a private TensorFlow module, `tensorflow.python.eager.context`: only its
+configure_coordination_service, with no public counterpart, limits how long the coordination service
+of MultiWorkerMirroredStrategy waits for its tasks.
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ def start_strategy(config: dict, worker_start_timeout: float) -> tf.distribute.S
 
 
 def choose_strategy(name: str) -> tf.distribute.Strategy:
-    """MirroredStrategy over several GPUs (with "mirrored" and no GPU, over the logical CPU devices),
-    else the default strategy."""
+    """MirroredStrategy over several GPUs (with "mirrored" and no GPU, the CPUs), else the default strategy."""
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy(
@@ -61,8 +60,7 @@ def choose_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirroredStrategy:
-    """MultiWorkerMirroredStrategy over TF_CONFIG's cluster once all its tasks have registered at
-    the coordination service's barrier; RunError naming those it lacks after `start_timeout`."""
+    """MultiWorkerMirroredStrategy once all TF_CONFIG's tasks started; RunError naming those missing at the timeout."""
     cluster, kind, index = train_cli.read_tf_config()
     leader = f"/job:{'chief' if 'chief' in cluster else 'worker'}/replica:0/task:0"
     service = context.context()
@@ -77,8 +75,7 @@ def multiworker_strategy(start_timeout: float) -> tf.distribute.MultiWorkerMirro
     sys.stdout.flush()
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        # The coordination service catches SIGTERM (for PreemptionCheckpointHandler, not used
-        # here): give it back its usual effect until training installs its own handler.
+        # The coordination service catches SIGTERM: give it back its usual effect until training handles it.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         atexit.register(quiet_native_log)  # after the last line, whatever ends the run
         return strategy
@@ -109,8 +106,7 @@ def worker_cache(config: dict) -> str:
 
 @contextlib.contextmanager
 def worker_output(run_dir: Path, chief: bool) -> Iterator[Path]:
-    """Where this process writes: the run folder, or for a worker other than the chief a scratch
-    folder for its copies, removed at the end."""
+    """Where this process writes: the run folder, or for a worker other than the chief a scratch folder."""
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
         yield run_dir
@@ -120,8 +116,7 @@ def worker_output(run_dir: Path, chief: bool) -> Iterator[Path]:
 
 
 def quiet_native_log() -> None:
-    """Send stderr to /dev/null from now on: once a worker has said why it ends, the coordination
-    service's complaints about the workers already gone would follow."""
+    """Send stderr to /dev/null: after a worker's last line, the coordination service complains of those gone."""
     sys.stdout.flush()
     sys.stderr.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -132,9 +127,8 @@ def quiet_native_log() -> None:
 def steps_per_pass(
     train_files: list[Path], validation_files: list[Path], batch_size: int, replicas: int, drop_remainder: bool
 ) -> tuple[int, int]:
-    """The batches of a pass over the training and over the validation files: a short last batch
-    is dropped with `drop_remainder` (training only), else cut to a multiple of the replicas
-    (even_batches), saying how many images that leaves out. RunError when a pass holds no batch."""
+    """The batches of a pass over the training and the validation files: a short last batch is dropped with
+    `drop_remainder` (training only), else cut to a multiple of the replicas, saying how many that leaves out."""
     steps, left = [], []
     for split, files, drop in (("training", train_files, drop_remainder), ("validation", validation_files, False)):
         count = len(files)
@@ -159,9 +153,8 @@ def steps_per_pass(
 
 
 def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
-    """Each batch cut to a multiple of `replicas`, the empty ones dropped: a short last batch would
-    leave a replica with no image (a crash inside BatchNormalization on some CPUs) or a smaller
-    share than the others (the step's loss scaling assumes equal ones)."""
+    """Each batch cut to a multiple of `replicas`, the empty ones dropped: an empty share crashes BatchNormalization
+    on some CPUs, and the loss scaling assumes equal shares."""
     if replicas == 1:
         return dataset
     return dataset.map(lambda images: images[: tf.shape(images)[0] // replicas * replicas]).filter(

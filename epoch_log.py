@@ -21,8 +21,7 @@ TIMING_COLUMNS = ("seconds_steps", "seconds_validation", "seconds_artifacts", "i
 
 
 class History(keras.callbacks.Callback):
-    """history.csv (rewritten atomically each epoch) and loss_curves.png, before the epoch checkpoint,
-    so that a checkpoint always has its row."""
+    """history.csv (rewritten atomically) and loss_curves.png, before the epoch checkpoint: it always has its row."""
 
     def __init__(self, run_dir: Path, initial_epoch: int):
         super().__init__()
@@ -84,9 +83,8 @@ def now() -> tuple[float, float]:
 
 
 class EpochTimes(keras.callbacks.Callback):
-    """Where an epoch's time goes, added to its history.csv row (TIMING_COLUMNS) and, unless verbose
-    is 0, printed with the time left, the density fit of `density_images` included: the training
-    steps, validation and the artifacts (backups, models, grids, checkpoint), whose callbacks it follows."""
+    """Where an epoch's time goes (steps, validation, the artifacts of the callbacks before it), added to its
+    history.csv row and, unless verbose is 0, printed with the time left, the density fit included."""
 
     def __init__(
         self, history: History, config: dict, verbose: int, density_images: int = 0, validation_images: int = 0

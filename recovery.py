@@ -54,15 +54,12 @@ class StartPoint:
 
 
 class Recovery:
-    """Resuming the run in config["run_dir"], and the guard of its fits: entered around them, it
-    handles SIGTERM and Ctrl-C, gives their callbacks (last, as they may end training) and the fits
-    from the start point, and turns what stops them into one line that says how to go on."""
+    """Resuming the run in config["run_dir"], and the guard around its fits."""
 
     def __init__(self, config: dict, resume: bool, backup_every: int):
         self.config, self.backup_every, self.run_dir = config, backup_every, Path(config["run_dir"])
         self.start = start_point(self.run_dir, config["epochs"]) if resume else StartPoint()
         self.epoch_metrics: list[np.ndarray] | None = None  # a resumed epoch's running means
-        self.signals = contextlib.ExitStack()
 
     def restore(self, model: keras.Model, train_steps: int) -> None:
         """Load the state training starts from into `model`."""
@@ -77,7 +74,7 @@ class Recovery:
                     f"the step backup {start.backup[2]} does not fit this run's model ({first_line(error)}); "
                     f"delete {run_dir / CHECKPOINT_DIR / BACKUP_DIR} to resume from the last epoch checkpoint"
                 ) from None
-            self.epoch_metrics = [variable.numpy() for metric in model.metrics for variable in metric.variables]
+            self.epoch_metrics = [variable.numpy() for variable in model.metrics_variables]
             where = f"in epoch {start.epoch + 1} after step {start.step} of {train_steps}"
             source = f", from {CHECKPOINT_DIR}/{BACKUP_DIR}"
         elif start.checkpoint:
@@ -87,69 +84,59 @@ class Recovery:
             return
         print(f"resuming {run_dir} {where} (optimizer step {int(model.optimizer.iterations.numpy())}{source})")
 
-    def guard(self, model: keras.Model, output_dir: Path, inputs, timer) -> Recovery:
-        """`with recovery.guard(...):` around the fits; inputs: train.Inputs, timer: epoch_log.EpochTimes."""
-        self.model, self.output_dir, self.inputs = model, output_dir, inputs
-        self.stop = StopRequest(self.run_dir)
-        self.step_backup = StepBackup(self, output_dir, inputs.train_steps, timer)
-        self.callbacks = [self.step_backup]
-        return self
-
-    def fits(self) -> Iterator[tuple[int, dict]]:
-        """(batches of the data stream to skip, model.fit's epoch arguments) of each fit: Keras
-        fits whole epochs, so the rest of an interrupted epoch is a fit of its own."""
-        steps, epoch, epochs = self.inputs.train_steps, self.start.epoch, self.config["epochs"]
-        if self.start.step:
-            yield (
-                epoch * steps + self.start.step,
-                {"initial_epoch": epoch, "epochs": epoch + 1, "steps_per_epoch": steps - self.start.step},
-            )
-            epoch += 1
-            kept = latest_checkpoint(self.output_dir)
-            if kept and kept[0] == epoch:  # the trained weights, not the EMA ones fit ended with
-                load_checkpoint(self.model, kept[1])
-        if epoch < epochs and not self.model.stop_training:  # set at a NaN/inf loss
-            yield epoch * steps, {"initial_epoch": epoch, "epochs": epochs, "steps_per_epoch": steps}
-
-    def __enter__(self) -> Recovery:
-        self.signals.enter_context(self.stop.installed())
-        return self
-
-    def __exit__(self, kind: type | None, error: BaseException | None, trace: object) -> None:
-        run_dir = self.run_dir
-        with self.signals:
-            if error is None and self.step_backup.failed_at:
-                raise non_finite_loss_error(self.step_backup.failed_at, run_dir)
-            if isinstance(error, TrainingStopped):
+    @contextlib.contextmanager
+    def guard(self, model: keras.Model, output_dir: Path, inputs, timer) -> Iterator[None]:
+        """Around the fits: handles SIGTERM and Ctrl-C, gives their callbacks (last: they may end training) and
+        turns what stops a fit into one line that says how to go on. inputs: train.Inputs; timer: EpochTimes."""
+        self.model, self.output_dir, self.inputs, run_dir = model, output_dir, inputs, self.run_dir
+        self.stop = StopRequest(run_dir)
+        step_backup = StepBackup(self, output_dir, inputs.train_steps, timer)
+        self.callbacks = [step_backup]
+        with self.stop.installed():
+            try:
+                yield
+            except TrainingStopped as error:
                 resume = resume_command(run_dir)
                 if self.config["strategy"] == "multiworker":
                     resume = f"{resume} --strategy multiworker on every worker, or {resume} alone"
                 raise TrainingStopped(
                     f"{error}, state saved in {run_dir}; continue with: {resume}", error.signum
                 ) from None
-            if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
+            except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
                 # A worker that died or hangs: the coordination service aborts the others' collectives.
                 reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0]).rstrip(":")
                 raise RunError(
-                    f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: restart every "
-                    f"worker with --resume {run_dir} --strategy multiworker, or go on alone with --resume {run_dir}"
+                    f"lost another worker of the cluster ({reason}); {run_dir} keeps its last checkpoint: "
+                    f"restart every worker with --resume {run_dir} --strategy multiworker, "
+                    f"or go on alone with --resume {run_dir}"
                 ) from None
-            # A full disk: h5py raises OSError or RuntimeError, TensorFlow's checkpoint an OpError,
-            # tf.data's file cache a ResourceExhaustedError.
-            if not isinstance(error, (OSError, RuntimeError, tf.errors.OpError)):
-                return
-            cache, files = self.inputs.cache, [self.inputs.train_files, self.inputs.validation_files]
-            cache_full = fills_file_cache(error, cache)
-            if not (
-                cache_full or getattr(error, "errno", None) in NO_SPACE or disk_is_full(self.model, self.output_dir)
-            ):
-                return
-            # The failed fit's objects (cache files, h5py's file) let go of what the cleanup removes.
-            traceback.clear_frames(trace)
-            del error, trace
-            if cache_full:
-                raise file_cache_full_error(cache, files, self.config, run_dir)
-            raise disk_full_error(self.model, self.output_dir)
+            except (OSError, RuntimeError, tf.errors.OpError) as error:
+                # A full disk: h5py raises OSError or RuntimeError, TensorFlow's checkpoint an OpError,
+                # tf.data's file cache a ResourceExhaustedError.
+                cache_full = fills_file_cache(error, inputs.cache)
+                if not (cache_full or getattr(error, "errno", None) in NO_SPACE or disk_is_full(model, output_dir)):
+                    raise
+                # The failed fit's objects (cache files, h5py's file) let go of what the cleanup removes.
+                traceback.clear_frames(error.__traceback__)
+                if cache_full:
+                    files = [inputs.train_files, inputs.validation_files]
+                    raise file_cache_full_error(inputs.cache, files, self.config, run_dir) from None
+                raise disk_full_error(model, output_dir) from None
+            if step_backup.failed_at:
+                raise non_finite_loss_error(step_backup.failed_at, run_dir)
+
+    def fits(self) -> Iterator[tuple[int, dict]]:
+        """(batches of the data stream to skip, model.fit's epoch arguments) of each fit: Keras
+        fits whole epochs, so the rest of an interrupted epoch is a fit of its own."""
+        steps, epoch, step = self.inputs.train_steps, self.start.epoch, self.start.step
+        if step:
+            yield epoch * steps + step, {"initial_epoch": epoch, "epochs": epoch + 1, "steps_per_epoch": steps - step}
+            epoch += 1
+            kept = latest_checkpoint(self.output_dir)
+            if kept and kept[0] == epoch:  # the trained weights, not the EMA ones fit ended with
+                load_checkpoint(self.model, kept[1])
+        if epoch < self.config["epochs"] and not self.model.stop_training:  # set at a NaN/inf loss
+            yield epoch * steps, {"initial_epoch": epoch, "epochs": self.config["epochs"], "steps_per_epoch": steps}
 
 
 # --------------------------------------------------------------------------- where a run goes on
@@ -159,7 +146,7 @@ def training_state(model: keras.Model, position: tf.Variable) -> tf.train.Checkp
     return tf.train.Checkpoint(
         model=model.variables,  # weights, BatchNorm statistics, the sampler's noise state
         optimizer=model.optimizer_variables(),  # step, Adam moments, EMA weights; the discriminator's
-        metrics=[variable for metric in model.metrics for variable in metric.variables],
+        metrics=model.metrics_variables,
         position=position,
     )
 
@@ -194,10 +181,8 @@ def start_point(run_dir: Path, epochs: int) -> StartPoint:
 
 
 def load_checkpoint(model: keras.Model, path: Path) -> None:
-    """Load a checkpoint into `model`; RunError for a damaged file, or weights and optimizer state
-    that do not fit the model (Keras only warns about the optimizer's, then trains without them).
-    A checkpoint of a run trained without the model's discriminator (--resume added it) loads
-    through a plain VAE on the same parts; the discriminator starts afresh."""
+    """RunError for a damaged checkpoint, or one that does not fit the model (Keras only warns about the
+    optimizer's state). One without the model's discriminator (--resume added it) loads through a plain VAE."""
     target = model
     if isinstance(model, vae.AdversarialVAE) and not holds_discriminator(path):
         target = vae.VAE(model.encoder, model.decoder, model.config)
@@ -247,19 +232,16 @@ def resume_command(run_dir: Path) -> str:
 
 # --------------------------------------------------------------------------- callbacks
 class StepBackup(keras.callbacks.Callback):
-    """The training state every `every` optimizer steps in checkpoint/backup/; after a SIGTERM or
-    Ctrl-C, a backup of the current step and TrainingStopped; at the first NaN/inf batch loss, a
-    stop that keeps the last good backup, remembering where (`failed_at`). tf.train.CheckpointManager
-    switches to each new backup by an atomic rename (keras.callbacks.BackupAndRestore overwrites in
-    place). Workers sum their stop flags after each step, so that all stop after the same step."""
+    """The training state every `every` optimizer steps in checkpoint/backup/ (CheckpointManager renames each
+    into place); after SIGTERM or Ctrl-C, a backup of the current step and TrainingStopped, on every worker
+    after the same step; at a NaN/inf loss, a stop that keeps the last good backup (`failed_at`: where)."""
 
     def __init__(self, recovery: Recovery, run_dir: Path, steps: int, timer):
         super().__init__()
         self.run_dir, self.folder = run_dir, run_dir / CHECKPOINT_DIR / BACKUP_DIR
         self.every, self.epochs, self.steps_per_epoch = recovery.backup_every, recovery.config["epochs"], steps
         self.steps_done = recovery.start.epoch * steps + recovery.start.step  # optimizer steps since the run began
-        self.stop, self.epoch_metrics = recovery.stop, recovery.epoch_metrics  # a resumed epoch's running means
-        self.timer = timer  # epoch_log.EpochTimes, which times the backups as artifacts
+        self.stop, self.epoch_metrics, self.timer = recovery.stop, recovery.epoch_metrics, timer  # timer: EpochTimes
         self.manager: tf.train.CheckpointManager | None = None
         self.position = tf.Variable([0, 0], dtype=tf.int64)
         self.saved_at, self.epoch = -1, 0
@@ -269,8 +251,7 @@ class StepBackup(keras.callbacks.Callback):
         self.epoch = epoch
         # Keras has just reset the metrics; a resumed epoch continues the restored running means.
         if self.epoch_metrics is not None:
-            metric_variables = [variable for metric in self.model.metrics for variable in metric.variables]
-            for variable, value in zip(metric_variables, self.epoch_metrics, strict=True):
+            for variable, value in zip(self.model.metrics_variables, self.epoch_metrics, strict=True):
                 variable.assign(value)
             self.epoch_metrics = None
 
@@ -297,8 +278,7 @@ class StepBackup(keras.callbacks.Callback):
             raise TrainingStopped(f"stopped by {self.signal_name(signum)} at the end of epoch {epoch + 1}", signum)
 
     def stopped_by(self) -> int | None:
-        """The signal that asks training to stop, sent to this process or to another worker, or
-        None. Every worker must call this at the same point: it takes an all-reduce among them."""
+        """The stop signal sent here or to another worker, or None: an all-reduce, which every worker calls alike."""
         here = self.stop.signum or 0
         if not vae.spans_several_workers():
             return here or None
@@ -330,8 +310,7 @@ class StepBackup(keras.callbacks.Callback):
 
 
 class StopRequest:
-    """Set by the first SIGTERM or Ctrl-C: StepBackup backs up after the current step and stops. A
-    second one ends the process at once, keeping the last backup or checkpoint."""
+    """Set by the first SIGTERM or Ctrl-C (StepBackup backs up after the step and stops); a second ends the process."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
@@ -354,8 +333,7 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopRequest]:
-        """Handle the signals while the block runs; once a stop was asked for, until the process
-        ends, so that a second signal while it winds up still ends it at once."""
+        """Handle the signals while the block runs; after a stop request until the process ends (a second one acts)."""
         previous = {signum: signal.signal(signum, self) for signum in SIGNAL_NAMES}
         try:
             yield self
@@ -368,11 +346,9 @@ class StopRequest:
 # --------------------------------------------------------------------------- faults
 def non_finite_loss_error(failed_at: tuple[int, int], run_dir: Path) -> RunError:
     kept = latest_checkpoint(run_dir)
-    kept_text = (
-        f"the last good checkpoint (epoch {kept[0]}) is kept in {kept[1].parent}"
-        if kept
-        else "no epoch finished, so no checkpoint was written"
-    )
+    kept_text = "no epoch finished, so no checkpoint was written"
+    if kept:
+        kept_text = f"the last good checkpoint (epoch {kept[0]}) is kept in {kept[1].parent}"
     return RunError(
         f"loss became NaN/inf at epoch {failed_at[0]}, step {failed_at[1]}; {kept_text}; "
         "lower --lr or --beta, or try --recon gaussian, and start a new run"
@@ -397,8 +373,7 @@ def disk_is_full(model: keras.Model, run_dir: Path) -> bool:
 
 
 def refuse_if_disk_full(model: keras.Model, run_dir: Path, target: Path) -> None:
-    """OSError ENOSPC before writing a checkpoint or backup into `target` that would not fit: HDF5
-    and TensorFlow's checkpoints cope badly with a disk that fills up mid-write."""
+    """OSError ENOSPC for a checkpoint or backup that would not fit: a disk full mid-write breaks them."""
     if disk_is_full(model, run_dir):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
 
@@ -433,8 +408,7 @@ def fills_file_cache(error: BaseException, cache: str) -> bool:
 
 
 def file_cache_full_error(cache: str, file_lists: list[list[Path]], config: dict, run_dir: Path) -> RunError:
-    """The error for a file cache that filled its disk while it was written (others wrote there
-    since training began), once the unfinished cache files are removed."""
+    """The error for a file cache that filled its disk (others wrote there since), its unfinished files removed."""
     gc.collect()  # closes the cache files the failed iterator held
     settings = (config["image_size"], config["channels"], config["crop"])
     for files in file_lists:

@@ -70,8 +70,7 @@ class RunError(UserError):
 
 
 class TrainingStopped(Exception):
-    """Training stopped on request (SIGTERM, SIGINT) after backing up; the message says how to
-    resume. The exit code is that of a process ended by the signal."""
+    """Training stopped by SIGTERM or Ctrl-C after a backup; the message says how to resume."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
@@ -89,15 +88,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for title, settings in GROUPS.items():
         group = parser.add_argument_group(title)
         for setting in settings:
-            default = setting.default
-            options = {key: getattr(setting, key) for key in ("type", "choices", "action", "nargs", "const", "metavar")}
-            group.add_argument(
-                setting.flag,
-                dest=setting.name,
-                default=",".join(map(str, default)) if isinstance(default, list) else default,
-                help=setting.help,
-                **{key: value for key, value in options.items() if value is not None},
-            )
+            default = ",".join(map(str, setting.default)) if isinstance(setting.default, list) else setting.default
+            fields = {key: getattr(setting, key) for key in ("type", "choices", "action", "nargs", "const", "metavar")}
+            options = {key: value for key, value in fields.items() if value is not None}
+            group.add_argument(setting.flag, dest=setting.name, default=default, help=setting.help, **options)
     args = parser.parse_args(argv)
     # Parsed again onto a namespace of markers: argparse replaces those of the flags it is given.
     unset = object()
@@ -182,8 +176,7 @@ def check_settings(config: dict, name_of: Callable[[str], str]) -> None:
 
 
 def checked_config(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict]:
-    """The flags and the run's settings, checked: from the command line for a new run, from
-    config.json on --resume; RunError for what is wrong."""
+    """The flags and the run's settings (config.json's on --resume), checked; RunError for what is wrong."""
     args = parse_args(argv)
     if args.backup_every < 0:  # --backup-every and --worker-start-timeout go with new and resumed runs alike
         raise RunError(f"--backup-every is a number of steps, 0 or more (got {args.backup_every})")
@@ -221,18 +214,15 @@ def checked_config(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict
     out = Path(args.out) if args.out else Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     config = {"format": RUN_FORMAT, "run_dir": str(out)}
     config |= {setting.name: getattr(args, setting.name) for setting in SETTINGS if setting.in_config}
-    config["filters"] = parse_filters(args.filters)
-    config["decoder_filters"] = (
-        parse_filters(args.decoder_filters, "--decoder-filters") if args.decoder_filters else None
-    )
-    config |= {"value_range": [0.0, 1.0], "layout": "NHWC"}
+    filters = parse_filters(args.filters)
+    decoder_filters = parse_filters(args.decoder_filters, "--decoder-filters") if args.decoder_filters else None
+    config |= {"filters": filters, "decoder_filters": decoder_filters, "value_range": [0.0, 1.0], "layout": "NHWC"}
     check_settings(config, flag)
     return args, config
 
 
 def discriminator_phase(args: argparse.Namespace, config: dict) -> dict:
-    """The discriminator's settings that --resume adds to a run trained without one, so that its
-    next epochs fine-tune the decoder against it (from --adversarial-start, at least the steps done)."""
+    """The discriminator's settings --resume adds to a run trained without one: a phase from --adversarial-start."""
     if config["adversarial"]:
         raise RunError(
             f"{args.resume} trains with a discriminator already, whose settings stay as they are: drop "
@@ -246,8 +236,7 @@ def discriminator_phase(args: argparse.Namespace, config: dict) -> dict:
 
 
 def read_tf_config() -> tuple[dict[str, list[str]], str, int]:
-    """(cluster, task type, task index) from TF_CONFIG, checked before TensorFlow reads it (it fails
-    with a TypeError or hangs on a wrong type)."""
+    """(cluster, task type, task index) from TF_CONFIG, checked first: TensorFlow fails or hangs on a wrong type."""
 
     def refuse(problem: str) -> RunError:
         return RunError(f"TF_CONFIG {problem}; {TF_CONFIG_HELP}")
@@ -280,7 +269,6 @@ def read_tf_config() -> tuple[dict[str, list[str]], str, int]:
 
 
 def is_address(address: object) -> bool:
-    """Whether `address` is a "host:port" string."""
     host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
@@ -295,8 +283,8 @@ def writes_run_folder(config: dict) -> bool:
 
 # --------------------------------------------------------------------------- memory
 def parameter_count(config: dict) -> int:
-    """About the weights vae.py builds from `config`, counted without building them: the kernels of
-    the convolutions (3x3; the discriminator's, with --adversarial, 4x4) and the dense layers."""
+    """About the weights vae.py builds from `config`: the kernels of the convolutions (3x3, the
+    discriminator's 4x4) and the dense layers, counted without building them."""
     filters, decoder_filters = config["filters"], config["decoder_filters"] or config["filters"]
     channels, latent, hidden = config["channels"], config["latent_dim"], config["hidden_units"]
     side = config["image_size"] >> len(filters)  # of the encoder's last feature map and the decoder's first
@@ -314,8 +302,7 @@ def discriminator_widths(config: dict) -> list[int]:
 
 
 def activation_count(config: dict) -> int:
-    """Values of the feature maps one image flows through in the encoder, the decoder and, with
-    --adversarial, the discriminator (twice: the image and its reconstruction)."""
+    """Values of the feature maps one image flows through (the discriminator's twice: image, reconstruction)."""
     size, filters, channels = config["image_size"], config["filters"], config["channels"]
     decoder_filters = config["decoder_filters"] or filters
     sides = [size >> (index + 1) for index in range(len(filters))]
@@ -349,19 +336,16 @@ def memory_needs(config: dict, train_count: int, validation_count: int) -> list[
 
 
 def check_memory(config: dict, train_count: int, validation_count: int) -> None:
-    """RunError, with the figures and what to change, for a run that would not fit in the memory
-    available, rather than fail once TensorFlow allocated it or at the density fit."""
+    """RunError, with the figures and what to change, for a run that would not fit in the memory available."""
     available = data.available_memory()
     needs = memory_needs(config, train_count, validation_count)
     needed = sum(size for _, _, size in needs)
     if available is None or needed <= available:
         return
-    changes, rest = [], needed
-    for _, change, size in needs:  # the largest parts, until the others fit
-        changes.append(change)
-        rest -= size
-        if rest <= available:
-            break
+    # The largest parts, until the others fit: each that, with the smaller ones, needs more than is available.
+    changes = [
+        change for index, (_, change, _) in enumerate(needs) if sum(size for _, _, size in needs[index:]) > available
+    ]
     breakdown = ", ".join(f"{data.size_text(size)} {what}" for what, _, size in needs)
     raise RunError(
         f"this run needs about {data.size_text(needed)} of memory and {data.size_text(available)} is available "
@@ -372,10 +356,8 @@ def check_memory(config: dict, train_count: int, validation_count: int) -> None:
 # --------------------------------------------------------------------------- run folder
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
     """(completed epochs, path) of the newest checkpoint, or None."""
-    found = sorted((run_dir / CHECKPOINT_DIR).glob("epoch_*.weights.h5"))
-    if not found:
-        return None
-    return int(found[-1].name.split("_")[1].split(".")[0]), found[-1]
+    newest = max((run_dir / CHECKPOINT_DIR).glob("epoch_*.weights.h5"), default=None)
+    return (int(newest.name.split("_")[1].split(".")[0]), newest) if newest else None
 
 
 def has_backup(run_dir: Path) -> bool:
@@ -384,8 +366,7 @@ def has_backup(run_dir: Path) -> bool:
 
 
 def check_run_folder(run_dir: Path, config: dict, resume: bool) -> None:
-    """RunError unless `run_dir` suits a new run (new or empty) or --resume (a checkpoint short of
-    the epochs asked for, or a step backup, whose epoch recovery.start_point checks)."""
+    """RunError unless `run_dir` suits a new run (new or empty) or --resume (recovery.start_point checks a backup)."""
     checkpoint = latest_checkpoint(run_dir)
     if resume:
         if checkpoint is None and not has_backup(run_dir):
@@ -415,8 +396,7 @@ def check_run_folder(run_dir: Path, config: dict, resume: bool) -> None:
 
 
 def remove_temporary_files(run_dir: Path) -> list[Path]:
-    """Remove the TEMPORARY_FILES of the run in `run_dir`; returns them. Each is emptied first, so its
-    space comes back even while a failed writer still holds it open."""
+    """Remove (and return) the TEMPORARY_FILES in `run_dir`, each emptied first: its space comes back if held open."""
     removed = []
     for folder, patterns in TEMPORARY_FILES.items():
         for pattern in patterns:
@@ -455,8 +435,7 @@ def locked_run_folder(run_dir: Path, config: dict, resume: bool) -> Iterator[Non
             check_run_folder(run_dir, config, resume)
             checked = True
             lock.truncate()
-            lock.write(f"{os.getpid()}\n")
-            lock.flush()
+            print(os.getpid(), file=lock, flush=True)
             removed = remove_temporary_files(run_dir)
             if removed:
                 print(f"removed {len(removed)} temporary file(s) an interrupted run left in {run_dir}")
