@@ -3,6 +3,7 @@
     python align.py --data photos/ --out aligned/            # each photo's largest face
     python align.py --data group.jpg --out aligned/ --faces all
     python train.py --data aligned/                          # then train on your own collection
+    python align.py --data ./celeba --out celeba-aligned/    # CelebA in this framing, its layout kept
 
 MediaPipe's BlazeFace finds the faces and its Face Mesh their landmarks (pretrained/face_detector/,
 on onnxruntime). A similarity transform puts the eyes and mouth corners where Face Mesh finds them
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -332,6 +334,24 @@ def align_folder(source: Path, out: Path, which: str | int, finder: FaceFinder) 
     return counts
 
 
+def copy_annotations(source: Path, out: Path) -> list[str]:
+    """A CelebA root's partition, attribute and identity files, copied to the same places under out,
+    so that the aligned crops keep its layout, official partition and labels."""
+    from data import ANNOTATIONS
+    from images import atomic_write
+
+    copied = []
+    for layout in ("kaggle", "original"):
+        partition, *labels = ANNOTATIONS[layout]
+        if source.is_dir() and (source / partition).is_file():
+            for name in [partition, *(name for name in labels if (source / name).is_file())]:
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
+                with atomic_write(out / name) as temporary:
+                    shutil.copyfile(source / name, temporary)
+                copied.append(name)
+    return copied
+
+
 def build_parser() -> argparse.ArgumentParser:
     from runs import HelpFormatter
 
@@ -363,6 +383,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"stopped; run the same command again to go on where it stopped (crops in {out} are kept)")
     skipped = "".join(f"; {counts[what]} {what}" for what in ("done before", "no face", "unreadable") if counts[what])
     print(f"wrote {counts['faces']} aligned faces of {counts['photos']} photos to {out}{skipped}")
+    copied = copy_annotations(source, out)
+    if copied:
+        print(f"copied {', '.join(copied)} beside them: train.py --data {out} keeps the official partition")
 
 
 if __name__ == "__main__":

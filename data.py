@@ -233,6 +233,14 @@ def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], list
     return images, [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
 
 
+# The files read beside the images, by layout: partition, attributes, identities.
+ANNOTATIONS = {
+    "kaggle": ("list_eval_partition.csv", "list_attr_celeba.csv", "identity_CelebA.txt"),
+    "original": ("Eval/list_eval_partition.txt", "Anno/list_attr_celeba.txt", "Anno/identity_CelebA.txt"),
+    "folder": ("identity_CelebA.txt",),
+}
+
+
 def find_dataset(path: str | os.PathLike) -> Dataset:
     """Detect the layout under `path` and read its file list and partition."""
     root = Path(path).expanduser()
@@ -242,16 +250,15 @@ def find_dataset(path: str | os.PathLike) -> Dataset:
     kaggle_images = next(
         (d for d in (root / "img_align_celeba" / "img_align_celeba", root / "img_align_celeba") if d.is_dir()), None
     )
-    if kaggle_images is not None and (root / "list_eval_partition.csv").is_file():
-        layout, folder, partition = "kaggle", kaggle_images, read_partition(root / "list_eval_partition.csv")
-        annotations = (root / "list_attr_celeba.csv", root / "identity_CelebA.txt")
-    elif (root / "Img" / "img_align_celeba").is_dir() and (root / "Eval" / "list_eval_partition.txt").is_file():
+    kaggle, original = (tuple(root / name for name in ANNOTATIONS[layout]) for layout in ("kaggle", "original"))
+    if kaggle_images is not None and kaggle[0].is_file():
+        layout, folder, partition, annotations = "kaggle", kaggle_images, read_partition(kaggle[0]), kaggle[1:]
+    elif (root / "Img" / "img_align_celeba").is_dir() and original[0].is_file():
         layout, folder = "original", root / "Img" / "img_align_celeba"
-        partition = read_partition(root / "Eval" / "list_eval_partition.txt")
-        annotations = (root / "Anno" / "list_attr_celeba.txt", root / "Anno" / "identity_CelebA.txt")
+        partition, annotations = read_partition(original[0]), original[1:]
     else:
         layout, folder, partition = "folder", root, None
-        annotations = (None, root / "identity_CelebA.txt")
+        annotations = (None, root / ANNOTATIONS["folder"][0])
     files, others = list_images(folder, recursive=layout == "folder")
     attribute_file, identity_file = (path if path and path.is_file() else None for path in annotations)
     dataset = Dataset(root, layout, files, partition, attribute_file, identity_file, others)

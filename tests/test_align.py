@@ -15,6 +15,7 @@ from helpers import CELEBA_SAMPLE, REPO
 from PIL import Image
 
 import align
+import data
 import generate
 from images import face_from_pixels, read_pixels
 
@@ -201,6 +202,30 @@ def test_a_folder_of_photos_becomes_aligned_crops_and_a_stopped_run_goes_on(tmp_
     align.main(["--data", str(photos), "--out", str(out)])  # again: the aligned photos are kept
     assert "wrote 0 aligned faces of 0 photos to" in (again := capsys.readouterr().out) and "; 3 done before" in again
     assert (out / "obama.jpg").stat().st_mtime_ns == before
+
+
+def test_a_celeba_root_keeps_its_layout_partition_and_labels(kaggle_celeba, tmp_path, capsys):
+    """Aligning a Kaggle-layout root writes the crops where its images were and copies the partition,
+    attribute and identity files, so the aligned folder is read as the same data set."""
+    root, out = tmp_path / "celeba", tmp_path / "aligned"
+    folder = root / "img_align_celeba" / "img_align_celeba"
+    folder.mkdir(parents=True)
+    names = {"000007.jpg": "obama.jpg", "000008.jpg": "hopper.jpg", "000010.jpg": "collins.jpg"}  # train, validation, test
+    for name, photo in names.items():
+        (folder / name).write_bytes((PHOTOS / photo).read_bytes())
+    for name in data.ANNOTATIONS["kaggle"]:
+        (root / name).write_bytes((kaggle_celeba / name).read_bytes())
+    align.main(["--data", str(root), "--out", str(out)])
+    assert "copied list_eval_partition.csv, list_attr_celeba.csv, identity_CelebA.txt" in capsys.readouterr().out
+    source, aligned = data.find_dataset(root), data.find_dataset(out)
+    assert aligned.layout == "kaggle" and [p.name for p in aligned.files] == sorted(names)
+    for split in ("train", "validation", "test"):
+        assert [p.name for p in aligned.split(split)] == [p.name for p in source.split(split)]
+    assert aligned.split("train") and aligned.split("validation") and aligned.split("test")
+    assert {n: v.tolist() for n, v in aligned.attributes.items()} == {
+        n: v.tolist() for n, v in source.attributes.items()
+    }
+    assert aligned.identities == source.identities
 
 
 @pytest.mark.parametrize(
