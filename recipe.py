@@ -72,6 +72,8 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
         Setting("--decoder-filters", "decoder filters per block, comma separated, in the order of --filters (one per "
                 "block), e.g. 64,128,256,512 for a decoder wider than the encoder (default: those of --filters)",
                 metavar="FILTERS"),  # None: the mirror of the encoder's
+        Setting("--output-filters", "width of a convolution block at the full image size before the decoder's output "
+                "layer, so that it shapes detail finer than the last upsampling (0: none)", 0, int, metavar="WIDTH"),
         Setting("--hidden", "units of the encoder's dense layer", 512, int, metavar="HIDDEN", dest="hidden_units", required=True),
         Setting("--upsampling", "decoder blocks: UpSampling2D+Conv2D (nearest) or Conv2DTranspose (transpose)", "nearest",
                 choices=UPSAMPLING_MODES, required=True),

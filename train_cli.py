@@ -289,8 +289,11 @@ def parameter_count(config: dict) -> int:
     channels, latent, hidden = config["channels"], config["latent_dim"], config["hidden_units"]
     side = config["image_size"] >> len(filters)  # of the encoder's last feature map and the decoder's first
     discriminator = [channels, *discriminator_widths(config), 1] if config["adversarial"] else []
+    output_block = [config["output_filters"]] if config["output_filters"] else []
     convolutions = 9 * sum(
-        a * b for widths in ([channels, *filters], [channels, *decoder_filters]) for a, b in pairwise(widths)
+        a * b
+        for widths in ([channels, *filters], [channels, *output_block, *decoder_filters])
+        for a, b in pairwise(widths)
     )
     convolutions += 16 * sum(a * b for a, b in pairwise(discriminator))
     return convolutions + side * side * (filters[-1] * hidden + latent * decoder_filters[-1]) + 2 * hidden * latent
@@ -312,7 +315,10 @@ def activation_count(config: dict) -> int:
     discriminator = 2 * sum(
         3 * side * side * width for side, width in zip(discriminator_sides, discriminator_widths(config), strict=False)
     )
-    return size * size * channels * 4 + encoder + decoder + size * size * decoder_filters[0] + discriminator
+    output_block = 4 * size * size * config["output_filters"]  # conv, BN, ReLU and the output conv's input
+    return (
+        size * size * channels * 4 + encoder + decoder + size * size * decoder_filters[0] + output_block + discriminator
+    )
 
 
 def memory_needs(config: dict, train_count: int, validation_count: int) -> list[tuple[str, str, float]]:

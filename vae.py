@@ -184,6 +184,12 @@ def build_decoder(config: ModelConfig) -> keras.Model:
         x = upsample_conv(x, width, config.upsampling, name=str(index), use_bias=False)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=True, name=f"bn{index}")(x)
         x = layers.ReLU(name=f"relu{index}")(x)
+    if config.output_filters:  # one more block, at the full size, then a convolution to C channels
+        x = upsample_conv(x, config.output_filters, config.upsampling, name=str(len(filters) - 1), use_bias=False)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=True, name=f"bn{len(filters) - 1}")(x)
+        x = layers.ReLU(name=f"relu{len(filters) - 1}")(x)
+        out = layers.Conv2D(config.channels, 3, padding="same", activation="sigmoid", dtype="float32", name="convout")
+        return keras.Model(z, out(x), name="decoder")
     images = upsample_conv(x, config.channels, config.upsampling, name="out", activation="sigmoid", dtype="float32")
     return keras.Model(z, images, name="decoder")
 

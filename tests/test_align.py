@@ -210,7 +210,11 @@ def test_a_celeba_root_keeps_its_layout_partition_and_labels(kaggle_celeba, tmp_
     root, out = tmp_path / "celeba", tmp_path / "aligned"
     folder = root / "img_align_celeba" / "img_align_celeba"
     folder.mkdir(parents=True)
-    names = {"000007.jpg": "obama.jpg", "000008.jpg": "hopper.jpg", "000010.jpg": "collins.jpg"}  # train, validation, test
+    names = {
+        "000007.jpg": "obama.jpg",
+        "000008.jpg": "hopper.jpg",
+        "000010.jpg": "collins.jpg",
+    }  # train, validation, test
     for name, photo in names.items():
         (folder / name).write_bytes((PHOTOS / photo).read_bytes())
     for name in data.ANNOTATIONS["kaggle"]:

@@ -41,6 +41,7 @@ def make_run(
     model: str = "vae",
     seed: int = 0,
     decoder_filters=None,
+    output_filters: int = 0,
 ) -> Path:
     """A run folder like train.py writes (config.json, encoder.keras, decoder.keras), untrained."""
     import keras
@@ -57,6 +58,7 @@ def make_run(
             hidden_units=32,
             upsampling=upsampling,
             decoder_filters=decoder_filters,
+            output_filters=output_filters,
         )
     )
     rng = np.random.default_rng(seed)
@@ -80,6 +82,7 @@ def make_run(
         "channels": channels,
         "filters": list(filters),
         "decoder_filters": list(decoder_filters) if decoder_filters else None,
+        "output_filters": output_filters,
         "hidden_units": 32,
         "upsampling": upsampling,
         "value_range": [0.0, 1.0],
@@ -210,13 +213,16 @@ def test_plain_and_transpose_upsampling_exports_match_keras(runs, capsys):
     assert np.abs(inference.decode(session, z) - want).max() < 1e-4
 
 
-def test_a_wider_decoder_exports_and_matches_keras(runs):
-    wide = make_run(runs["root"] / "wide", channels=3, decoder_filters=(24, 48), seed=3)
+@pytest.mark.parametrize("extra", [{"decoder_filters": (24, 48)}, {"output_filters": 8}])
+def test_a_wider_decoder_or_one_with_an_output_block_exports_and_matches_keras(runs, extra):
+    wide = make_run(runs["root"] / "_".join(map(str, extra)), channels=3, seed=3, **extra)
     export_onnx.main(["--run", str(wide)])
     session = inference.make_session(wide / "decoder.onnx", threads=1)
     z = np.random.default_rng(5).standard_normal((5, LATENT)).astype(np.float32)
     want = np.asarray(keras_model(wide, "decoder")(z, training=False))
-    assert keras_model(wide, "decoder").get_layer("project").units == 4 * 4 * 48
+    assert (
+        keras_model(wide, "decoder").get_layer("project").units == 4 * 4 * (extra.get("decoder_filters") or (0, 32))[-1]
+    )
     assert np.abs(inference.decode(session, z) - want).max() < 1e-4
 
 

@@ -311,6 +311,18 @@ def test_new_options_leave_the_encoder_and_the_old_configs_as_they_were(tmp_path
     assert layout(adversarial.decoder) == today[1]
 
 
+@pytest.mark.parametrize("upsampling", vae.UPSAMPLING_MODES)
+def test_an_output_block_works_at_the_full_size(upsampling):
+    """--output-filters: one more upsampling block, then the output convolution at the image's size."""
+    model = vae.build_vae(replace(TINY_MODEL, upsampling=upsampling, output_filters=6))
+    kinds = (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
+    convolutions = [layer for layer in model.decoder.layers if isinstance(layer, kinds)]
+    assert [(layer.filters, layer.output.shape[1]) for layer in convolutions[-3:]] == [(4, 8), (6, 16), (3, 16)]
+    assert model.decoder.layers[-1].name == "convout" and model.decoder.output.shape == (None, 16, 16, 3)
+    images = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
+    assert model(images, training=True).shape == images.shape
+
+
 def tiny_model(adversarial: float, start: int = 0, feature_matching: float = 0.0) -> vae.VAE:
     """A tiny VAE, compiled as train.py compiles it, with the same initial weights whatever `adversarial`."""
     keras.utils.set_random_seed(0)
@@ -462,6 +474,7 @@ def test_checkpoints_hold_the_discriminator_and_its_optimizer(tmp_path):
         {"decoder_filters": [16, 32, 64]},
         {"adversarial": 0.5, "discriminator_filters": 8},
         {"decoder_filters": [8, 24, 48], "adversarial": 1.0, "discriminator_filters": 4},
+        {"output_filters": 16},
     ],
 )
 def test_memory_estimate_counts_the_weights_vae_builds(extra):
