@@ -51,8 +51,8 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
         Setting("--out", "run folder, new or empty (default: runs/<timestamp>)", in_config=False),
         Setting("--resume", "continue the run in this folder from its last checkpoint or step backup; its config.json is reused, "
                 "only --epochs (to extend), --data (if moved), --cache, --strategy, --verbose, --backup-every, "
-                "--worker-start-timeout and --no-tensorboard may be given, and --adversarial (with --adversarial-start, "
-                "--feature-matching and --discriminator-filters) for a run trained without a discriminator: a second phase", metavar="RUN", in_config=False, on_resume=True),
+                "--worker-start-timeout and --no-tensorboard may be given, and --adversarial (with --adversarial-start "
+                "and --discriminator-filters) for a run trained without a discriminator: a second phase", metavar="RUN", in_config=False, on_resume=True),
         Setting("--limit", "train on the first N training images only (0: all)", 0, int, required=True),
         Setting("--train-split", "partitions trained on; with train+validation the validation figures are on seen images "
                 "and only the test partition stays unseen", "train", choices=("train", "train+validation")),
@@ -92,9 +92,6 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
         Setting("--adversarial-start", "optimizer step from which the discriminator trains, its term counts and only the "
                 "decoder trains (with --adversarial); a cosine schedule ends there and the rest keeps its last rate",
                 0, int, metavar="STEPS"),
-        Setting("--feature-matching", "weight of an L1 term between the discriminator's features of each image and of "
-                "its reconstruction, added to the adversarial term before its adaptive weighting (with --adversarial)",
-                0.0, float, metavar="WEIGHT"),
         # 64: taming-transformers' ndf
         Setting("--discriminator-filters", "width of the discriminator's first block, doubled in each of the next three "
                 "up to 8x (with --adversarial; its cost per step grows with the square)", 64, int, metavar="WIDTH"),
@@ -135,12 +132,7 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
 SETTINGS = tuple(setting for group in GROUPS.values() for setting in group)
 DEFAULTS = {setting.name: setting.default for setting in SETTINGS if setting.action != "store_const"}  # not --grayscale
 DEFAULT_RECIPE = {setting.name: setting.default for setting in SETTINGS if setting.in_config}
-DISCRIMINATOR_SETTINGS = (
-    "adversarial",
-    "adversarial_start",
-    "feature_matching",
-    "discriminator_filters",
-)  # --resume may add them
+DISCRIMINATOR_SETTINGS = ("adversarial", "adversarial_start", "discriminator_filters")  # --resume may add them
 
 
 # What vae.py builds a model from: the settings of the "model" and "loss" groups, and the seed.

@@ -57,7 +57,7 @@ from keras import layers, ops  # noqa: E402
 # is synchronized: under tf.distribute it normalises with the global batch's statistics.
 BN_MOMENTUM = 0.9
 DISCRIMINATOR_LEARNING_RATE = 2e-4  # constant, the usual rate of GAN discriminators with Adam
-ADVERSARIAL_FIGURES = ("d_loss", "g_loss", "feature_matching", "adversarial_weight")
+ADVERSARIAL_FIGURES = ("d_loss", "g_loss", "adversarial_weight")
 LECAM_WEIGHT = 0.1  # of the LeCam term in the discriminator's loss (Tseng et al. 2021 use 0.1-0.3)
 LECAM_DECAY = 0.99  # of the moving means of the discriminator's outputs that the LeCam term anchors to
 
@@ -326,16 +326,6 @@ def hinge_discriminator_loss(logits_real, logits_fake):
     return 0.5 * (real + fake)
 
 
-def feature_matching_loss(features_real, features_fake):
-    """Mean absolute difference between the discriminator's features of each image and of its
-    reconstruction, averaged over its blocks (pix2pixHD's feature matching, on pairs)."""
-    differences = [
-        ops.mean(ops.abs(ops.cast(real, "float32") - ops.cast(fake, "float32")))
-        for real, fake in zip(features_real, features_fake, strict=True)
-    ]
-    return ops.mean(ops.stack(differences))
-
-
 def lecam_penalty(logits_real, logits_fake, mean_real, mean_fake):
     """LeCam regularisation (Tseng et al. 2021): the squared excess of real logits over the moving
     mean of the fake ones, and of that of the real ones over fake logits. A discriminator that
@@ -386,18 +376,15 @@ def build_discriminator(config: ModelConfig, blocks: int = 3) -> keras.Model:
 
 
 class AdversarialVAE(VAE):
-    """From optimizer step `config.adversarial_start` on, the loss adds w * (g_loss + f * fm), with
-    g_loss = -mean(D(reconstructions)), fm = `feature_matching_loss`, f = `config.feature_matching`
-    and w = `adaptive_weight`, and only the decoder trains: the latent space, and what was fitted in
-    it, stay valid. Each such step also trains the patch discriminator D on `d_loss` plus
-    `lecam_penalty`. Before it the step runs without D, and D's figures read 0."""
+    """From optimizer step `config.adversarial_start` on, the loss adds w * g_loss, with
+    g_loss = -mean(D(reconstructions)) and w = `adaptive_weight`, and only the decoder trains: the
+    latent space, and what was fitted in it, stay valid. Each such step also trains the patch
+    discriminator D on `d_loss` plus `lecam_penalty`. Before it the step runs without D, and D's
+    figures read 0."""
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, config: ModelConfig, **kwargs):
         super().__init__(encoder, decoder, config, **kwargs)
         self.discriminator = build_discriminator(config)
-        # The same layers, also returning each block's activations, for the feature-matching term.
-        blocks = [layer.output for layer in self.discriminator.layers if layer.name.startswith("relu")]
-        self.discriminator_features = keras.Model(self.discriminator.input, [*blocks, self.discriminator.output])
         # The GAN practice's fixed rate and betas (DCGAN's beta_1 0.5, taming-transformers' beta_2 0.9).
         optimizer = keras.optimizers.Adam(DISCRIMINATOR_LEARNING_RATE, beta_1=0.5, beta_2=0.9)
         if keras.config.dtype_policy().name == "mixed_float16":  # as compile() wraps the model's
@@ -439,22 +426,15 @@ class AdversarialVAE(VAE):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape(persistent=True) as tape:
             terms = self.loss_terms(images, sample=True, training=True)
-            *features_fake, logits_fake = self.discriminator_features(terms["reconstructions"], training=True)
-            g_loss = -ops.mean(ops.cast(logits_fake, "float32"))
-            matching = ops.convert_to_tensor(0.0)
-            if self.config.feature_matching:
-                features_real = self.discriminator_features(images, training=True)[:-1]
-                matching = feature_matching_loss(features_real, features_fake)
-            gan_loss = g_loss + self.config.feature_matching * matching
+            g_loss = -ops.mean(ops.cast(self.discriminator(terms["reconstructions"], training=True), "float32"))
             # Scaled inside the tape (mixed_float16's loss scale), so that their gradients exist.
-            losses = [self.optimizer.scale_loss(loss / replicas) for loss in (terms["loss"], gan_loss)]
+            losses = [self.optimizer.scale_loss(loss / replicas) for loss in (terms["loss"], g_loss)]
         variables = self.decoder.trainable_variables
         gradients, gan_gradients = (tape.gradient(loss, variables) for loss in losses)
         weight = self.gan_weight(gradients, gan_gradients, variables)
-        # The gradients of loss + w * gan_loss (w is a constant of the step).
+        # The gradients of loss + w * g_loss (w is a constant of the step).
         self.optimizer.apply([g + weight * h for g, h in zip(gradients, gan_gradients, strict=True)], variables)
-        terms |= {"loss": terms["loss"] + weight * gan_loss, "g_loss": g_loss, "adversarial_weight": weight}
-        terms["feature_matching"] = matching
+        terms |= {"loss": terms["loss"] + weight * g_loss, "g_loss": g_loss, "adversarial_weight": weight}
         terms["d_loss"] = self.discriminator_step(images, terms["reconstructions"], replicas)
         return self.update_trackers(terms, images)
 

@@ -323,13 +323,10 @@ def test_an_output_block_works_at_the_full_size(upsampling):
     assert model(images, training=True).shape == images.shape
 
 
-def tiny_model(adversarial: float, start: int = 0, feature_matching: float = 0.0) -> vae.VAE:
+def tiny_model(adversarial: float, start: int = 0) -> vae.VAE:
     """A tiny VAE, compiled as train.py compiles it, with the same initial weights whatever `adversarial`."""
     keras.utils.set_random_seed(0)
-    config = replace(
-        TINY_MODEL, adversarial=adversarial, adversarial_start=start, discriminator_filters=4,
-        feature_matching=feature_matching,
-    )  # fmt: skip
+    config = replace(TINY_MODEL, adversarial=adversarial, adversarial_start=start, discriminator_filters=4)
     model = vae.build_vae(config)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     model.optimizer.build(model.trained_variables())
@@ -347,18 +344,7 @@ def test_adversarial_term_counts_from_its_start_step_only():
     fit = {"epochs": 1, "batch_size": 4, "shuffle": False, "verbose": 0}
     off.fit(images, **fit)
     history = on.fit(images, **fit).history  # steps 0 and 1
-    figures = {
-        "loss",
-        "reconstruction",
-        "kl",
-        "mse",
-        "beta",
-        "d_loss",
-        "g_loss",
-        "feature_matching",
-        "adversarial_weight",
-    }
-    assert set(history) == figures
+    assert set(history) == {"loss", "reconstruction", "kl", "mse", "beta", "d_loss", "g_loss", "adversarial_weight"}
     assert history["adversarial_weight"] == [0.0]
     for a, b in zip(off.variables, on.variables[: len(off.variables)], strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
@@ -411,26 +397,6 @@ def test_adaptive_weight_is_the_ratio_of_the_gradient_norms_at_the_last_layer():
     expected = 0.5 * norm(tape.gradient(reconstruction, kernel)) / (norm(tape.gradient(g_loss, kernel)) + 1e-4)
     history = model.fit(images, epochs=1, batch_size=4, verbose=0).history
     assert history["adversarial_weight"][0] == pytest.approx(expected, rel=1e-4)
-
-
-def test_feature_matching_is_the_mean_over_blocks_of_the_mean_absolute_difference():
-    rng = np.random.default_rng(0)
-    real = [rng.normal(size=(2, 4, 4, 3)), rng.normal(size=(2, 2, 2, 5))]
-    fake = [rng.normal(size=(2, 4, 4, 3)), rng.normal(size=(2, 2, 2, 5))]
-    expected = np.mean([np.abs(r - f).mean() for r, f in zip(real, fake, strict=True)])
-    assert float(vae.feature_matching_loss(real, fake)) == pytest.approx(expected, rel=1e-5)
-    assert float(vae.feature_matching_loss(real, real)) == 0.0
-
-
-def test_feature_matching_term_steers_the_decoder_and_is_logged():
-    """The same first step with and without the term: its figure is logged, and the decoder's
-    update differs, since the term's gradient joins the adversarial one."""
-    images = np.random.default_rng(4).random((4, 16, 16, 3), dtype=np.float32)
-    plain, matched = tiny_model(0.5), tiny_model(0.5, feature_matching=10.0)
-    logs = [model.fit(images, epochs=1, batch_size=4, verbose=0).history for model in (plain, matched)]
-    assert logs[0]["feature_matching"] == [0.0] and logs[1]["feature_matching"][0] > 0
-    kernels = [model.decoder.layers[-1].kernel.numpy() for model in (plain, matched)]
-    assert np.abs(kernels[0] - kernels[1]).max() > 1e-5
 
 
 def test_lecam_penalty_charges_only_logits_past_the_other_sides_moving_mean():
