@@ -37,7 +37,9 @@ MAX_FIT_IMAGES = 30_000  # EM time grows with N; a random subset beyond this is 
 COVARIANCE_FLOOR = 1e-3  # added to each covariance's diagonal, as a fraction of the data's mean variance
 EM_ITERATIONS = 100
 EM_TOLERANCE = 1e-3  # stop when the mean log-likelihood per point improves by less (nats)
-SELECTION_SECONDS = 60.0  # the time choosing k may take (a refit of the chosen k as long again)
+# EM's work for choosing k, counted as points x k x D^2 x EM_ITERATIONS summed over the k tried: a
+# bound that gives the same choice on any machine and under any load (k = 1, 2, 4, 8 at 30,000 x 128).
+SELECTION_WORK = 7e11
 SIGNIFICANT_DIGITS = 7  # float32 precision in the JSON file
 SAMPLERS = ("density", "prior")
 
@@ -233,11 +235,9 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, itera
     return labels
 
 
-def fit_mixture(
-    points: np.ndarray, components: int, seed: int = 0, iterations: int = EM_ITERATIONS, deadline: float = math.inf
-) -> LatentDensity:
-    """A full-covariance Gaussian mixture fitted to points [N, D] by EM from k-means++, stopping by `deadline`
-    (time.monotonic()); 1 component is the closed form. The covariance floor stops collapse onto a few points."""
+def fit_mixture(points: np.ndarray, components: int, seed: int = 0, iterations: int = EM_ITERATIONS) -> LatentDensity:
+    """A full-covariance Gaussian mixture fitted to points [N, D] by EM from k-means++; 1 component is the
+    closed form. The covariance floor stops collapse onto a few points."""
     points = np.asarray(points, dtype=np.float64)
     if not np.all(np.isfinite(points)):
         raise ValueError("the points to fit contain NaN or inf")
@@ -249,7 +249,7 @@ def fit_mixture(
     for _ in range(iterations if components > 1 else 0):
         joint = component_log_joint(points, density)
         total = logsumexp(joint, axis=1)
-        if float(np.mean(total)) - previous < EM_TOLERANCE or time.monotonic() > deadline:
+        if float(np.mean(total)) - previous < EM_TOLERANCE:
             break
         previous = float(np.mean(total))
         density = LatentDensity(*weighted_gaussians(points, np.exp(joint - total[:, None]), floor))
@@ -263,10 +263,10 @@ def select_density(
     seed: int = 0,
     refit_points: np.ndarray | None = None,
     progress: Callable[[str], None] = lambda line: None,
-    budget: float = SELECTION_SECONDS,
+    work: float = SELECTION_WORK,
 ) -> LatentDensity:
     """The mixture size k of `sizes` whose fit to fit_points best predicts heldout_points (mean log-likelihood),
-    refitted to refit_points if given; sizes that would end past `budget` seconds are skipped."""
+    refitted to refit_points if given; the sizes past `work` (see SELECTION_WORK) are not tried."""
     fit_points, heldout_points = np.asarray(fit_points, np.float64), np.asarray(heldout_points, np.float64)
     if len(fit_points) < 2 or not len(heldout_points):
         raise DensityError(
@@ -274,22 +274,16 @@ def select_density(
             "a latent density needs 2 and 1 at least"
         )
     usable = usable_sizes(len(fit_points), fit_points.shape[1], sizes)
-    deadline, scores, fitted = time.monotonic() + budget, {}, {}
-    last = (1, 0.0)  # k and seconds of the last fit: a fit takes about k times as long
-    for k in usable:
-        if scores and time.monotonic() + last[1] * k / last[0] > deadline:
-            progress(f"  k = {k:2d} and more: not tried, the {budget:g} s for choosing k are spent")
-            break
-        began = time.monotonic()
-        fitted[k] = fit_mixture(fit_points, k, seed=seed, deadline=deadline)
+    tried = sizes_within_work(usable, *fit_points.shape, work)
+    scores, fitted = {}, {}
+    for k in tried:
+        fitted[k] = fit_mixture(fit_points, k, seed=seed)
         scores[k] = float(np.mean(fitted[k].log_likelihood(heldout_points)))
-        last = (k, time.monotonic() - began)
         progress(f"  k = {k:2d}: held-out log-likelihood {scores[k]:.2f} nats per point")
+    if len(tried) < len(usable):
+        progress(f"  k = {usable[len(tried)]:2d} and more: not tried, beyond the work for choosing k")
     best = max(scores, key=scores.get)
-    if refit_points is None:
-        density = fitted[best]
-    else:
-        density = fit_mixture(refit_points, best, seed=seed, deadline=time.monotonic() + budget)
+    density = fitted[best] if refit_points is None else fit_mixture(refit_points, best, seed=seed)
     density.info["selection"] = {
         "chosen_components": best,
         "heldout_log_likelihood": {str(k): round(v, 4) for k, v in scores.items()},
@@ -307,9 +301,21 @@ def fit_seconds(images: int, latent_dim: int, encode_rate: float) -> float:
     points = np.random.default_rng(0).standard_normal((min(images, 2000), latent_dim))
     started = time.perf_counter()
     fit_mixture(points, 2, iterations=1)
-    steps = images / len(points) * sum(usable_sizes(images, latent_dim, MIXTURE_SIZES)) / 2 * EM_ITERATIONS
-    em = min(SELECTION_SECONDS, (time.perf_counter() - started) * steps)
-    return (images / encode_rate if encode_rate > 0 else 0.0) + em
+    count = min(images, MAX_FIT_IMAGES)
+    tried = sizes_within_work(usable_sizes(count, latent_dim, MIXTURE_SIZES), count, latent_dim)
+    iteration_per_k = (time.perf_counter() - started) / 2 * count / len(points)  # the probe has k = 2
+    return (images / encode_rate if encode_rate > 0 else 0.0) + iteration_per_k * sum(tried) * EM_ITERATIONS
+
+
+def sizes_within_work(sizes: Sequence[int], count: int, latent_dim: int, work: float = SELECTION_WORK) -> list[int]:
+    """The first of `sizes` (ascending) whose EM fits to `count` points together stay within `work`; k = 1 always."""
+    within, spent = [], 0.0
+    for k in sizes:
+        spent += count * k * latent_dim**2 * EM_ITERATIONS if k > 1 else 0.0
+        if k > 1 and spent > work:
+            break
+        within.append(k)
+    return within
 
 
 def usable_sizes(count: int, latent_dim: int, sizes: Sequence[int]) -> list[int]:
