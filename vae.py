@@ -180,17 +180,17 @@ def build_decoder(config: ModelConfig) -> keras.Model:
     x = layers.Dense(start * start * filters[-1], activation="relu", name="project")(z)
     x = layers.Reshape((start, start, filters[-1]), name="reshape")(x)
     # Block i undoes encoder block i (doubling the size); the last convolution the first (-> C channels).
-    for index, width in enumerate(reversed(filters[:-1])):
+    # With --output-filters one more block reaches the full size, and the output convolution keeps it.
+    widths = [*reversed(filters[:-1]), *([config.output_filters] if config.output_filters else [])]
+    for index, width in enumerate(widths):
         x = upsample_conv(x, width, config.upsampling, name=str(index), use_bias=False)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=True, name=f"bn{index}")(x)
         x = layers.ReLU(name=f"relu{index}")(x)
-    if config.output_filters:  # one more block, at the full size, then a convolution to C channels
-        x = upsample_conv(x, config.output_filters, config.upsampling, name=str(len(filters) - 1), use_bias=False)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=True, name=f"bn{len(filters) - 1}")(x)
-        x = layers.ReLU(name=f"relu{len(filters) - 1}")(x)
-        out = layers.Conv2D(config.channels, 3, padding="same", activation="sigmoid", dtype="float32", name="convout")
-        return keras.Model(z, out(x), name="decoder")
-    images = upsample_conv(x, config.channels, config.upsampling, name="out", activation="sigmoid", dtype="float32")
+    output = {"activation": "sigmoid", "dtype": "float32"}
+    if config.output_filters:
+        images = layers.Conv2D(config.channels, 3, padding="same", name="convout", **output)(x)
+    else:
+        images = upsample_conv(x, config.channels, config.upsampling, name="out", **output)
     return keras.Model(z, images, name="decoder")
 
 
