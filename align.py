@@ -341,14 +341,15 @@ def copy_annotations(source: Path, out: Path) -> list[str]:
     from images import atomic_write
 
     copied = []
-    for layout in ("kaggle", "original"):
-        partition, *labels = ANNOTATIONS[layout]
-        if source.is_dir() and (source / partition).is_file():
-            for name in [partition, *(name for name in labels if (source / name).is_file())]:
-                (out / name).parent.mkdir(parents=True, exist_ok=True)
-                with atomic_write(out / name) as temporary:
-                    shutil.copyfile(source / name, temporary)
-                copied.append(name)
+    for layout in ("kaggle", "original") if source.is_dir() else ():
+        present = [name for name in ANNOTATIONS[layout] if (source / name).is_file()]
+        if ANNOTATIONS[layout][0] not in present:  # no partition file: not this layout
+            continue
+        for name in present:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(out / name) as temporary:
+                shutil.copyfile(source / name, temporary)
+        copied += present
     return copied
 
 

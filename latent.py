@@ -311,8 +311,8 @@ def sizes_within_work(sizes: Sequence[int], count: int, latent_dim: int, work: f
     """The first of `sizes` (ascending) whose EM fits to `count` points together stay within `work`; k = 1 always."""
     within, spent = [], 0.0
     for k in sizes:
-        spent += count * k * latent_dim**2 * EM_ITERATIONS if k > 1 else 0.0
-        if k > 1 and spent > work:
+        spent += count * k * latent_dim**2 * EM_ITERATIONS if k > 1 else 0.0  # k = 1: the closed form
+        if spent > work:
             break
         within.append(k)
     return within
