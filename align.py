@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import shutil
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ MIN_SCORE = 0.5  # the detector's and Face Mesh's: below it, not a face
 OVERLAP = 0.3  # boxes overlapping more than this (intersection over union) are one face
 SMALL_FACE = 17  # eyes to mouth (Face.size) in a 64x64 model input: a smaller face is aligned with a warning
 FACES = ("largest", "all")
+MAX_JOBS = 64
 
 
 class AlignError(UserError):
@@ -301,9 +304,9 @@ def output_names(photo: Path, root: Path, out: Path, count: int) -> list[Path]:
     return [target] if count == 1 else [target.with_name(f"{target.stem}_{n}.jpg") for n in range(count)]
 
 
-def align_folder(source: Path, out: Path, which: str | int, finder: FaceFinder) -> dict[str, int]:
-    """Align every photo under source (a folder, recursively, or one photo) into out as JPEG; photos with crops
-    there already (a stopped run), unreadable or without a face are skipped and counted."""
+def align_folder(source: Path, out: Path, which: str | int, finders: Sequence[FaceFinder]) -> dict[str, int]:
+    """Align every photo under source (a folder, recursively, or one photo) into out as JPEG, one photo per finder
+    at a time; photos with crops there already (a stopped run), unreadable or without a face are skipped and counted."""
     from data import list_images
     from images import read_pixels, save_images
     from runs import Progress
@@ -311,23 +314,38 @@ def align_folder(source: Path, out: Path, which: str | int, finder: FaceFinder) 
     photos = list_images(source, recursive=True)[0] if source.is_dir() else [source]
     if not photos:
         raise AlignError(f"no image files under {source}; give a folder of photos or a photo")
-    counts = dict.fromkeys(("photos", "faces", "done before", "no face", "unreadable"), 0)
-    progress = Progress(len(photos), "aligned")
-    for photo in photos:
-        progress.add(1)
-        if output_names(photo, source, out, 1)[0].exists() or output_names(photo, source, out, 2)[0].exists():
-            counts["done before"] += 1
-            continue
+    done = [output_names(photo, source, out, 1)[0].exists() or output_names(photo, source, out, 2)[0].exists()
+            for photo in photos]  # fmt: skip
+    todo = [photo for photo, before in zip(photos, done, strict=True) if not before]
+    counts = dict.fromkeys(("photos", "faces", "done before", "no face", "unreadable"), 0) | {"done before": sum(done)}
+    idle = queue.SimpleQueue()  # each finder serves one thread at a time
+    for finder in finders:
+        idle.put(finder)
+
+    def align_one(photo: Path) -> list[np.ndarray]:
+        finder = idle.get()
         try:
-            frames = [frame for _, frame in align_photo(read_pixels(photo), finder, which, str(photo))]
-        except (OSError, ValueError, AlignError) as error:  # OSError, ValueError: not an image Pillow reads
-            print(f"skipped: {error}", file=sys.stderr)
-            counts["no face" if isinstance(error, AlignError) else "unreadable"] += 1
-            continue
-        names = output_names(photo, source, out, len(frames))
-        save_images({name: Image.fromarray(frame) for name, frame in zip(names, frames, strict=True)})
-        counts["photos"] += 1
-        counts["faces"] += len(frames)
+            return [frame for _, frame in align_photo(read_pixels(photo), finder, which, str(photo))]
+        finally:
+            idle.put(finder)
+
+    progress = Progress(len(todo), "aligned")
+    pool = ThreadPoolExecutor(len(finders))  # onnxruntime, Pillow and numpy let go of the GIL where the time goes
+    try:
+        for photo, result in zip(todo, [pool.submit(align_one, photo) for photo in todo], strict=True):
+            progress.add(1)
+            try:
+                frames = result.result()
+            except (OSError, ValueError, AlignError) as error:  # OSError, ValueError: not an image Pillow reads
+                print(f"skipped: {error}", file=sys.stderr)
+                counts["no face" if isinstance(error, AlignError) else "unreadable"] += 1
+                continue
+            names = output_names(photo, source, out, len(frames))
+            save_images({name: Image.fromarray(frame) for name, frame in zip(names, frames, strict=True)})
+            counts["photos"] += 1
+            counts["faces"] += len(frames)
+    finally:  # on Ctrl-C too: the photos not started are dropped, the crops written are whole
+        pool.shutdown(cancel_futures=True)
     progress.close()
     if not counts["faces"] and not counts["done before"]:
         raise AlignError(f"no face found in any of the {len(photos)} image files under {source}; give photos of faces")
@@ -365,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="largest",
         help="largest: each photo's largest face; all: every face (name_0.jpg, ...); N: face number N (0 the largest)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="photos aligned at once (default: the CPUs, %(default)s)",
+    )
     return parser
 
 
@@ -377,9 +402,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise AlignError(f"--data {source} does not exist; give a folder of photos or a photo")
     if source.is_dir() and within(out.resolve(), source.resolve()):
         raise AlignError(f"--out {out} lies inside --data {source}, whose photos it would mix with; give another --out")
+    if not 1 <= args.jobs <= MAX_JOBS:  # each job loads its own face models
+        raise AlignError(f"--jobs {args.jobs}: give a number of photos aligned at once, 1 to {MAX_JOBS}")
     check_writable(out, folder=True)
     try:
-        counts = align_folder(source, out, args.faces, FaceFinder())
+        counts = align_folder(source, out, args.faces, [FaceFinder() for _ in range(args.jobs)])
     except KeyboardInterrupt:  # the crops written so far are whole (atomic writes) and kept
         sys.exit(f"stopped; run the same command again to go on where it stopped (crops in {out} are kept)")
     skipped = "".join(f"; {counts[what]} {what}" for what in ("done before", "no face", "unreadable") if counts[what])

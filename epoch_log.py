@@ -15,7 +15,7 @@ import keras
 import latent
 from errors import not_a_script
 from images import atomic_write
-from runs import HISTORY_FILE, LOSS_CURVES_FILE, write_text_atomic
+from runs import HISTORY_FILE, LOSS_CURVES_FILE, duration_text, write_text_atomic
 
 TIMING_COLUMNS = ("seconds_steps", "seconds_validation", "seconds_artifacts", "images_per_cpu_second")
 
@@ -138,11 +138,6 @@ class EpochTimes(keras.callbacks.Callback):
                 + (f"; about {duration_text(to_go)} to go for {' and '.join(still)}" if still else ""),
                 flush=True,
             )
-
-
-def duration_text(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 
 
 if __name__ == "__main__":

@@ -435,8 +435,14 @@ def load_decodable(paths: Sequence[Path], backend: Backend) -> tuple[np.ndarray,
     return (np.stack(faces) if faces else np.zeros(shape, np.float32)), failed
 
 
+def duration_text(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
 class Progress:
-    """'LABEL N of M images', in place on a terminal, else a line every `log_every` seconds; then the time."""
+    """'LABEL N of M images, about T to go', in place on a terminal, else a line every `log_every` seconds;
+    then the time."""
 
     def __init__(self, total: int, label: str, enabled: bool = True, log_every: float = 30.0):
         self.total, self.label, self.done, self.log_every = total, label, 0, log_every
@@ -444,17 +450,21 @@ class Progress:
         self.started = self.logged = time.perf_counter()
 
     def add(self, count: int) -> None:
-        self.done += count
+        self.done, now = self.done + count, time.perf_counter()
+        elapsed = now - self.started
+        left = elapsed / max(self.done, 1) * (self.total - self.done)
+        to_go = f", about {duration_text(left)} to go" if elapsed > 5 else ""
         if self.live:
-            print(f"\r{self.label} {self.done} of {self.total} images", end="", flush=True)
-        elif self.enabled and time.perf_counter() - self.logged >= self.log_every:
-            self.logged = time.perf_counter()
-            print(f"{self.label} {self.done} of {self.total} images", flush=True)
+            print(f"\r{self.label} {self.done} of {self.total} images{to_go}\033[K", end="", flush=True)
+        elif self.enabled and now - self.logged >= self.log_every:
+            self.logged = now
+            print(f"{self.label} {self.done} of {self.total} images{to_go}", flush=True)
 
     def close(self) -> None:
         if self.enabled:
             seconds = time.perf_counter() - self.started
-            print(f"{chr(13) if self.live else ''}{self.label} {self.done} of {self.total} images in {seconds:.1f} s")
+            line = f"{self.label} {self.done} of {self.total} images in {seconds:.1f} s"
+            print(f"\r{line}\033[K" if self.live else line)
 
 
 def encode_files(

@@ -809,6 +809,8 @@ def build_cases(survey: Survey, disk_problem: str) -> list[Case]:
     add("align-out-inside-data", ["align.py", "--data", s.faces, "--out", s.faces / "aligned"])
     add("align-out-file", ["align.py", "--data", s.faces, "--out", file])
     add("align-out-unwritable", ["align.py", "--data", s.faces, "--out", PROC / "aligned"])
+    add("align-jobs-zero", ["align.py", "--data", s.faces, "--out", s.out("align-jobs"), "--jobs", "0"])
+    add("align-jobs-huge", ["align.py", "--data", s.faces, "--out", s.out("align-jobs"), "--jobs", "100000"])
     add(
         "align-empty-folder",
         ["align.py", "--data", s.case_dir("align-empty"), "--out", s.out("align-empty")],

@@ -295,6 +295,18 @@ def test_progress_in_a_log_file_prints_a_line_now_and_then(capsys):
     assert capsys.readouterr().out == "" and "\r" not in "".join(lines)
 
 
+def test_progress_says_how_long_is_left_from_the_rate_so_far(capsys, monkeypatch):
+    clock = iter([0.0, 60.0, 600.0])  # started; then the times of the two updates
+    monkeypatch.setattr(runs.time, "perf_counter", lambda: next(clock))
+    progress = runs.Progress(1000, "aligned", log_every=0.0)
+    progress.add(100)  # 100 images in 60 s: 900 more take 9 min
+    progress.add(400)  # 500 in 600 s: 500 more take 10 min
+    assert capsys.readouterr().out.splitlines() == [
+        "aligned 100 of 1000 images, about 9 min to go",
+        "aligned 500 of 1000 images, about 10 min to go",
+    ]
+
+
 def import_graph(folder: Path) -> dict[str, set[str]]:
     """module -> the top-level modules of `folder` it imports, anywhere in its code (inside
     functions too, where an import runs later but still closes a cycle)."""
