@@ -73,7 +73,7 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
                 "block), e.g. 64,128,256,512 for a decoder wider than the encoder (default: those of --filters)",
                 metavar="FILTERS"),  # None: the mirror of the encoder's
         Setting("--output-filters", "width of a convolution block at the full image size before the decoder's output "
-                "layer, so that it shapes detail finer than the last upsampling (0: none)", 0, int, metavar="WIDTH"),
+                "layer, so that it shapes detail finer than the last upsampling (0: none)", 16, int, metavar="WIDTH"),
         Setting("--hidden", "units of the encoder's dense layer", 512, int, metavar="HIDDEN", dest="hidden_units", required=True),
         Setting("--upsampling", "decoder blocks: UpSampling2D+Conv2D (nearest) or Conv2DTranspose (transpose)", "nearest",
                 choices=UPSAMPLING_MODES, required=True),
@@ -88,16 +88,15 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
                 dest="beta_cycle_steps", required=True),
         Setting("--adversarial", "weight of a patch discriminator's hinge-loss term on the reconstructions, scaled "
                 "adaptively by the ratio of the reconstruction's and GAN term's gradients at the decoder's last layer "
-                "(0: no discriminator)", 0.0, float, metavar="WEIGHT"),
+                "(0: no discriminator)", 0.5, float, metavar="WEIGHT"),
         Setting("--adversarial-start", "optimizer step from which the discriminator trains, its term counts and only the "
-                "decoder trains (with --adversarial); a cosine schedule ends there and the rest keeps its last rate",
-                0, int, metavar="STEPS"),
-        # 64: taming-transformers' ndf
+                "decoder trains (with --adversarial); negative: that many steps before the run's end, at most back to its "
+                "middle; a cosine schedule ends there and the rest keeps its last rate", -1110, int, metavar="STEP"),
         Setting("--discriminator-filters", "width of the discriminator's first block, doubled in each of the next three "
-                "up to 8x (with --adversarial; its cost per step grows with the square)", 64, int, metavar="WIDTH"),
+                "up to 8x (with --adversarial; its cost per step grows with the square)", 32, int, metavar="WIDTH"),
     ),
     "optimisation": (
-        Setting("--epochs", "number of epochs (default: %(default)s; on --resume: the run's own)", 82, int,
+        Setting("--epochs", "number of epochs (default: %(default)s; on --resume: the run's own)", 85, int,
                 required=True, on_resume=True),
         Setting("--batch-size", "global batch size", 64, int, required=True),
         Setting("--lr", "Adam learning rate", 2e-3, float, metavar="LR", dest="learning_rate", required=True),

@@ -159,7 +159,9 @@ def train(
     # on, and the sampling noise's state comes back with the checkpoint.
     keras.utils.set_random_seed(config["seed"])
     inputs = build_inputs(config, strategy)
-    print(f"run folder: {run_dir} ({config['epochs']} epochs of {inputs.train_steps} steps)", flush=True)
+    phase, phase_note = discriminator_phase(config, inputs.train_steps)
+    config.update(phase)
+    print(f"run folder: {run_dir} ({config['epochs']} epochs of {inputs.train_steps} steps{phase_note})", flush=True)
     warn_if_shorter_than_the_warm_up(config, inputs.train_steps)
     chief = train_cli.writes_run_folder(config)
     policy, reason = vae.run_precision(config)
@@ -208,6 +210,19 @@ def train(
         f"done: {run_dir} (encoder.keras, decoder.keras, latent_density.json, history.csv, loss_curves.png, "
         f"samples/, reconstructions/{', tensorboard/' if tensorboard else ''})"
     )
+
+
+def discriminator_phase(config: dict, steps_per_epoch: int) -> tuple[dict, str]:
+    """(This run's discriminator settings, what the start-up line says of them): a negative --adversarial-start
+    counts back from the run's end; a phase longer than half the run is dropped, so that a short trial run
+    trains its encoder throughout."""
+    weight, start, steps = config["adversarial"], config["adversarial_start"], config["epochs"] * steps_per_epoch
+    if weight and start < 0 and steps + start < steps / 2:
+        return {"adversarial": 0.0, "adversarial_start": 0}, (
+            f"; no discriminator phase: its {-start} steps would be more than half the run"
+        )
+    start = steps + start if start < 0 else start
+    return {"adversarial_start": start}, f"; the decoder alone against a discriminator from step {start}" * bool(weight)
 
 
 def warn_if_shorter_than_the_warm_up(config: dict, steps_per_epoch: int) -> None:

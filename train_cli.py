@@ -119,8 +119,9 @@ def parse_filters(text: str, name: str = "--filters") -> list[int]:
 RANGES = (
     (("latent_dim", "hidden_units", "batch_size", "epochs", "discriminator_filters"), True, lambda v: v >= 1,
      "must be at least 1"),
-    (("lr_warmup_steps", "beta_warmup_steps", "beta_cycle_steps", "adversarial_start"), True, lambda v: v >= 0,
+    (("lr_warmup_steps", "beta_warmup_steps", "beta_cycle_steps"), True, lambda v: v >= 0,
      "is a number of steps, 0 or more"),
+    (("adversarial_start",), True, lambda v: abs(v) < 2**31, "is a step, counted back from the run's end when negative"),
     (("limit",), True, lambda v: v >= 0, "is a number of images, 0 (all) or more"),
     (("crop",), True, lambda v: 0 <= v <= CELEBA_WIDTH, f"is a side in pixels of the {CELEBA_WIDTH}-pixel wide "
      f"CelebA frame, 0 (the whole square) to {CELEBA_WIDTH}"),
@@ -228,7 +229,7 @@ def discriminator_phase(args: argparse.Namespace, config: dict) -> dict:
             f"{args.resume} trains with a discriminator already, whose settings stay as they are: drop "
             f"{', '.join(flag(name) for name in DISCRIMINATOR_SETTINGS if name in args.given_flags)}"
         )
-    if not args.adversarial:
+    if "adversarial" not in args.given_flags or not args.adversarial:
         raise RunError(
             "--adversarial-start and --discriminator-filters go with --resume only beside --adversarial WEIGHT"
         )

@@ -190,7 +190,8 @@ def train_step(args: argparse.Namespace, files: list[Path], cached: float, first
     import recipe
     import vae
 
-    config = {**recipe.DEFAULT_RECIPE, "image_size": args.image_size, "batch_size": args.batch_size}
+    # the default recipe's plain step: its discriminator phase is the run's last 1,110 steps
+    config = {**recipe.DEFAULT_RECIPE, "image_size": args.image_size, "batch_size": args.batch_size, "adversarial": 0.0}
     model = vae.model_from_config(config)
     model.compile(optimizer=vae.make_optimizer(config))
     repeated = data.make_dataset(

@@ -77,5 +77,6 @@ def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--data", str(data), "--out", str(out), "--image-size", "16", "--filters", "8,16",
         "--hidden", "32", "--latent", "8", "--batch-size", "8", "--lr-warmup", "0", "--verbose", "0",
-        "--mixed-precision", "off", "--epochs", "20", *extra,  # the default epochs: far more than tests need
+        "--mixed-precision", "off", "--epochs", "20", "--output-filters", "0", "--adversarial", "0",
+        *extra,  # the default epochs and a discriminator phase: far more than tests need
     ]  # fmt: skip

@@ -173,8 +173,10 @@ def test_resume_adds_a_discriminator_phase_that_trains_as_the_one_command_run_do
     assert (run / "config.json").read_text() == config_text
     with pytest.raises(RunError, match="go with --resume only beside --adversarial WEIGHT"):
         train.train_command(["--resume", str(run), "--epochs", "3", "--adversarial-start", "6"])
-    train.train_command(["--resume", str(run), "--epochs", "3", "--verbose", "0", *phase])
-    assert json.loads((run / "config.json").read_text())["adversarial"] == 0.5
+    from_the_end = ("--adversarial", "0.5", "--adversarial-start", "-3", "--discriminator-filters", "4")
+    train.train_command(["--resume", str(run), "--epochs", "3", "--verbose", "0", *from_the_end])
+    config = json.loads((run / "config.json").read_text())
+    assert (config["adversarial"], config["adversarial_start"]) == (0.5, 6)  # 3 steps before the end of 9
     rows = history_rows(run)
     assert rows[1]["d_loss"] == "" and float(rows[2]["d_loss"]) > 0  # a column from the phase on
     straight, resumed = (
@@ -382,6 +384,22 @@ def test_cosine_schedule_decays_over_all_epochs():
     for step, expected in ((0, 2e-3), (250, 2e-3 * (0.05 + 0.95 * 0.5)), (500, 1e-4)):
         optimizer.iterations.assign(step)
         assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("weight", "start", "epochs", "expected"),
+    [(0.5, 500, 85, (0.5, 500)), (0.5, -1110, 85, (0.5, 30340)), (0.5, -1110, 6, (0.5, 1110)),
+     (0.5, -1110, 5, (0.0, 0)), (0.0, -1110, 85, (0.0, 30340))],
+)  # fmt: skip
+def test_a_negative_adversarial_start_counts_back_from_the_end_and_a_phase_over_half_the_run_is_dropped(
+    weight, start, epochs, expected
+):
+    config = {"adversarial": weight, "adversarial_start": start, "epochs": epochs}
+    phase, note = train.discriminator_phase(config, steps_per_epoch=370)
+    config |= phase
+    assert (config["adversarial"], config["adversarial_start"]) == expected
+    assert ("no discriminator phase" in note) == (weight > 0 and expected[0] == 0)
+    assert (f"from step {expected[1]}" in note) == (expected[0] > 0)
 
 
 def test_cosine_schedule_ends_where_the_discriminator_starts_and_keeps_its_last_rate():

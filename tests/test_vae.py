@@ -19,7 +19,7 @@ import train_cli
 import vae
 from recipe import ModelConfig
 
-TINY_MODEL = ModelConfig(image_size=16, latent_dim=4, filters=(4, 8), hidden_units=8)
+TINY_MODEL = ModelConfig(image_size=16, latent_dim=4, filters=(4, 8), hidden_units=8, output_filters=0, adversarial=0.0)
 
 
 @pytest.mark.parametrize(("image_size", "channels"), [(64, 3), (64, 1), (128, 3), (128, 1)])
@@ -153,6 +153,7 @@ TINY = {
     "image_size": 16, "channels": 3, "latent_dim": 4, "filters": [4, 8], "hidden_units": 8, "upsampling": "nearest",
     "beta": 0.5, "beta_warmup_steps": 0, "beta_cycle_steps": 0, "seed": 0, "learning_rate": 1e-2, "epochs": 1,
 }  # fmt: skip
+PLAIN = {"output_filters": 0, "adversarial": 0.0}  # not the default recipe's output block and discriminator phase
 
 
 @pytest.mark.parametrize("kind", ["vae", "ae"])
@@ -161,7 +162,7 @@ def test_ema_weights_go_back_to_the_variables_they_average(kind, reconstruction)
     """fit ends by copying the EMA weights into the model: each into its own variable (an
     autoencoder's optimizer trains fewer variables than the model has), equal to numpy's average."""
     momentum = 0.5
-    config = {**TINY, "model": kind, "reconstruction": reconstruction, "ema": momentum}
+    config = {**TINY, **PLAIN, "model": kind, "reconstruction": reconstruction, "ema": momentum}
     keras.utils.set_random_seed(0)
     model = vae.model_from_config(config)
     model.compile(optimizer=vae.make_optimizer(config))
@@ -188,7 +189,7 @@ def test_ema_weights_go_back_to_the_variables_they_average(kind, reconstruction)
 def test_figures_are_means_per_image_over_uneven_batches():
     """5 images in batches of 2, 2 and 1: each figure is the mean over the images, as numpy gives it
     from the model's own outputs, not the mean of the three batch means."""
-    config = {**TINY, "model": "ae", "reconstruction": "mse", "ema": 0.0}
+    config = {**TINY, **PLAIN, "model": "ae", "reconstruction": "mse", "ema": 0.0}
     keras.utils.set_random_seed(0)
     model = vae.model_from_config(config)
     model.compile(optimizer=keras.optimizers.SGD(0.0))  # the weights stay put, so numpy sees the same model
@@ -447,10 +448,11 @@ def test_memory_estimate_counts_the_weights_vae_builds(extra):
     """train.py refuses a run that cannot fit in memory from this estimate, made without TensorFlow:
     the kernels, within a few percent of what vae.py builds (biases and normalisations left out)."""
     config = {**vae.DEFAULT_RECIPE, "image_size": 16, "filters": [8, 16, 32], "hidden_units": 32, "latent_dim": 8}
-    model = vae.model_from_config({**config, **extra})
-    parts = [model.encoder, model.decoder, *([model.discriminator] if extra.get("adversarial") else [])]
+    config |= {"adversarial": 0.0, "output_filters": 0, **extra}
+    model = vae.model_from_config(config)
+    parts = [model.encoder, model.decoder, *([model.discriminator] if config["adversarial"] else [])]
     built = sum(part.count_params() for part in parts)
-    assert 0.95 * built <= train_cli.parameter_count({**config, **extra}) <= built
+    assert 0.95 * built <= train_cli.parameter_count(config) <= built
 
 
 def test_mixed_float16_trains_the_adversarial_term():
