@@ -159,7 +159,7 @@ def train(
     # on, and the sampling noise's state comes back with the checkpoint.
     keras.utils.set_random_seed(config["seed"])
     inputs = build_inputs(config, strategy)
-    phase, phase_note = discriminator_phase(config, inputs.train_steps)
+    phase, phase_note = resolved_discriminator_phase(config, inputs.train_steps)
     config.update(phase)
     print(f"run folder: {run_dir} ({config['epochs']} epochs of {inputs.train_steps} steps{phase_note})", flush=True)
     warn_if_shorter_than_the_warm_up(config, inputs.train_steps)
@@ -212,7 +212,7 @@ def train(
     )
 
 
-def discriminator_phase(config: dict, steps_per_epoch: int) -> tuple[dict, str]:
+def resolved_discriminator_phase(config: dict, steps_per_epoch: int) -> tuple[dict, str]:
     """(This run's discriminator settings, what the start-up line says of them): a negative --adversarial-start
     counts back from the run's end; a phase longer than half the run is dropped, so that a short trial run
     trains its encoder throughout."""
@@ -222,7 +222,8 @@ def discriminator_phase(config: dict, steps_per_epoch: int) -> tuple[dict, str]:
             f"; no discriminator phase: its {-start} steps would be more than half the run"
         )
     start = steps + start if start < 0 else start
-    return {"adversarial_start": start}, f"; the decoder alone against a discriminator from step {start}" * bool(weight)
+    note = f"; the decoder alone against a discriminator from step {start}" if weight else ""
+    return {"adversarial_start": start}, note
 
 
 def warn_if_shorter_than_the_warm_up(config: dict, steps_per_epoch: int) -> None:

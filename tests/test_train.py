@@ -395,7 +395,7 @@ def test_a_negative_adversarial_start_counts_back_from_the_end_and_a_phase_over_
     weight, start, epochs, expected
 ):
     config = {"adversarial": weight, "adversarial_start": start, "epochs": epochs}
-    phase, note = train.discriminator_phase(config, steps_per_epoch=370)
+    phase, note = train.resolved_discriminator_phase(config, steps_per_epoch=370)
     config |= phase
     assert (config["adversarial"], config["adversarial_start"]) == expected
     assert ("no discriminator phase" in note) == (weight > 0 and expected[0] == 0)
