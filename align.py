@@ -317,7 +317,10 @@ def align_folder(source: Path, out: Path, which: str | int, finders: Sequence[Fa
     done = [output_names(photo, source, out, 1)[0].exists() or output_names(photo, source, out, 2)[0].exists()
             for photo in photos]  # fmt: skip
     todo = [photo for photo, before in zip(photos, done, strict=True) if not before]
-    counts = dict.fromkeys(("photos", "faces", "done before", "no face", "unreadable"), 0) | {"done before": sum(done)}
+    counts = dict.fromkeys(("photos", "faces", "no face", "unreadable"), 0) | {
+        "done before": sum(done),
+        "of": len(photos),
+    }
     idle = queue.SimpleQueue()  # each finder serves one thread at a time
     for finder in finders:
         idle.put(finder)
@@ -410,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:  # the crops written so far are whole (atomic writes) and kept
         sys.exit(f"stopped; run the same command again to go on where it stopped (crops in {out} are kept)")
     skipped = "".join(f"; {counts[what]} {what}" for what in ("done before", "no face", "unreadable") if counts[what])
-    print(f"wrote {counts['faces']} aligned faces of {counts['photos']} photos to {out}{skipped}")
+    print(f"wrote {counts['faces']} aligned faces from {counts['photos']} of {counts['of']} photos to {out}{skipped}")
     copied = copy_annotations(source, out)
     if copied:
         print(f"copied {', '.join(copied)} beside them: train.py --data {out} keeps the official partition")

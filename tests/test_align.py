@@ -194,16 +194,22 @@ def test_a_folder_of_photos_becomes_aligned_crops_and_a_stopped_run_goes_on(tmp_
         "more/two_1.jpg",
         "obama.jpg",
     ]
-    assert f"wrote 4 aligned faces of 3 photos to {out}; 1 no face; 1 unreadable" in captured.out
+    assert f"wrote 4 aligned faces from 3 of 5 photos to {out}; 1 no face; 1 unreadable" in captured.out
     assert f"no face found in {photos / 'wall.png'}" in captured.err and "broken.jpg" in captured.err
     with Image.open(out / "obama.jpg") as crop:
         assert crop.size == (align.FRAME_WIDTH, align.FRAME_HEIGHT)
     align.main(["--data", str(photos), "--out", str(one_at_a_time), "--faces", "all", "--jobs", "1"])
     assert all((one_at_a_time / p.relative_to(out)).read_bytes() == p.read_bytes() for p in out.rglob("*.jpg"))
-    assert f"wrote 4 aligned faces of 3 photos to {one_at_a_time}; 1 no face; 1 unreadable" in capsys.readouterr().out
+    assert (
+        f"wrote 4 aligned faces from 3 of 5 photos to {one_at_a_time}; 1 no face; 1 unreadable"
+        in capsys.readouterr().out
+    )
     before = (out / "obama.jpg").stat().st_mtime_ns
     align.main(["--data", str(photos), "--out", str(out)])  # again: the aligned photos are kept
-    assert "wrote 0 aligned faces of 0 photos to" in (again := capsys.readouterr().out) and "; 3 done before" in again
+    assert (
+        "wrote 0 aligned faces from 0 of 5 photos to" in (again := capsys.readouterr().out)
+        and "; 3 done before" in again
+    )
     assert (out / "obama.jpg").stat().st_mtime_ns == before
 
 
