@@ -417,7 +417,10 @@ class AdversarialVAE(VAE):
         return self.train_function
 
     def adversarial_started(self) -> bool:
-        return int(self.optimizer.iterations.numpy()) >= self.config.adversarial_start
+        # A negative start counts back from a run's end, which only train.py knows (and resolves):
+        # unresolved, the model trains as a plain VAE rather than freeze its encoder from step 0.
+        start = self.config.adversarial_start
+        return start >= 0 and int(self.optimizer.iterations.numpy()) >= start
 
     def train_step(self, images):
         if not self.gan_traced:
@@ -551,7 +554,7 @@ def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.O
         # One schedule for all cases: alpha=1 keeps the rate constant after the warm-up. The
         # decoder's fine-tune against a discriminator that starts later goes on at the last rate.
         steps = config["epochs"] * steps_per_epoch
-        if config.get("adversarial") and config.get("adversarial_start"):
+        if config.get("adversarial") and config.get("adversarial_start", 0) > 0:  # negative: unresolved
             steps = min(steps, config["adversarial_start"])
         decay_steps = max(1, steps - warmup_steps)
         learning_rate = keras.optimizers.schedules.CosineDecay(

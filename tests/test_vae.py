@@ -364,6 +364,18 @@ def test_adversarial_term_counts_from_its_start_step_only():
     assert np.abs(off.decoder.layers[-1].kernel.numpy() - on.decoder.layers[-1].kernel.numpy()).max() > 1e-4
 
 
+def test_an_unresolved_negative_start_trains_as_a_plain_vae():
+    """The default start counts back from a run's end; a model built outside train.py, which does
+    not resolve it, keeps its encoder training and its discriminator out."""
+    plain, unresolved = tiny_model(0.0), tiny_model(0.5, start=-1110)
+    images = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
+    fit = {"epochs": 1, "batch_size": 4, "shuffle": False, "verbose": 0}
+    plain.fit(images, **fit)
+    assert unresolved.fit(images, **fit).history["adversarial_weight"] == [0.0]
+    for a, b in zip(plain.variables, unresolved.variables[: len(plain.variables)], strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+
 def test_adversarial_start_inside_a_fit_brings_the_discriminator_in_at_that_step():
     """One fit of 4 steps, start at step 2: steps 0-1 run a step traced without the discriminator,
     steps 2-3 one traced with it, without a new fit call."""
