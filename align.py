@@ -317,10 +317,8 @@ def align_folder(source: Path, out: Path, which: str | int, finders: Sequence[Fa
     done = [output_names(photo, source, out, 1)[0].exists() or output_names(photo, source, out, 2)[0].exists()
             for photo in photos]  # fmt: skip
     todo = [photo for photo, before in zip(photos, done, strict=True) if not before]
-    counts = dict.fromkeys(("photos", "faces", "no face", "unreadable"), 0) | {
-        "done before": sum(done),
-        "of": len(photos),
-    }
+    counts = dict.fromkeys(("aligned", "faces", "no face", "unreadable"), 0)
+    counts |= {"photos": len(photos), "done before": sum(done)}  # photos: all looked at; aligned: those with a face
     idle = queue.SimpleQueue()  # each finder serves one thread at a time
     for finder in finders:
         idle.put(finder)
@@ -345,7 +343,7 @@ def align_folder(source: Path, out: Path, which: str | int, finders: Sequence[Fa
                 continue
             names = output_names(photo, source, out, len(frames))
             save_images({name: Image.fromarray(frame) for name, frame in zip(names, frames, strict=True)})
-            counts["photos"] += 1
+            counts["aligned"] += 1
             counts["faces"] += len(frames)
     finally:  # on Ctrl-C too: the photos not started are dropped, the crops written are whole
         pool.shutdown(cancel_futures=True)
@@ -413,7 +411,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:  # the crops written so far are whole (atomic writes) and kept
         sys.exit(f"stopped; run the same command again to go on where it stopped (crops in {out} are kept)")
     skipped = "".join(f"; {counts[what]} {what}" for what in ("done before", "no face", "unreadable") if counts[what])
-    print(f"wrote {counts['faces']} aligned faces from {counts['photos']} of {counts['of']} photos to {out}{skipped}")
+    print(
+        f"wrote {counts['faces']} aligned faces from {counts['aligned']} of {counts['photos']} photos to {out}{skipped}"
+    )
     copied = copy_annotations(source, out)
     if copied:
         print(f"copied {', '.join(copied)} beside them: train.py --data {out} keeps the official partition")
