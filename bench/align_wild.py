@@ -95,7 +95,7 @@ def wild_photo(original: np.ndarray, rng: np.random.Generator) -> tuple[bytes, n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="CelebA folder (aligned images)")
+    parser.add_argument("--data", required=True, help="CelebA folder: its own aligned images or align.py's")
     parser.add_argument("--run", default=str(REPO / "pretrained" / "celeba64"), help="model folder")
     parser.add_argument("--count", type=int, default=300, help="images to use")
     parser.add_argument("--detector", default=str(align.DETECTOR_FILE), help="face detector ONNX file")
@@ -158,7 +158,7 @@ def main() -> None:
     per_image = reconstruction_mse(truth, truth)
     direct = per_image.mean()
     print(
-        f"reconstruction MSE against the CelebA originals: direct {direct:.5f} "
+        f"reconstruction MSE against the originals (the --data images): direct {direct:.5f} "
         f"(per image: median {np.median(per_image):.5f}, 90th percentile {np.percentile(per_image, 90):.5f})"
     )
     for label, images in (("aligned back from the wild photos", back), ("aligned from the originals", through)):
