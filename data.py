@@ -456,10 +456,12 @@ def make_dataset(
     drop_remainder: bool = False,
     repeat: bool = False,
     skip_batches: int = 0,
+    flip: bool = False,
 ) -> tf.data.Dataset:
     """Batches of float32 [B, S, S, C] images in [0, 1]. cache: "memory", "none", or a folder for file caches
     (reused by later runs). repeat: forever, in passes of whole batches. skip_batches: start this many batches
-    into the seeded stream, so that a resumed run sees the batches an uninterrupted one would have seen."""
+    into the seeded stream, so that a resumed run sees the batches an uninterrupted one would have seen.
+    flip: mirror each image left to right with probability 1/2, seeded like the order."""
     import tensorflow as tf
 
     requested = list(files)
@@ -485,6 +487,12 @@ def make_dataset(
         stream = dataset
         if shuffle:
             stream = stream.shuffle(min(len(files), 20_000), seed=seed, reshuffle_each_iteration=True)
+        if flip:
+            # Dataset.random's low bits run in streaks: its numbers seed a stateless flip instead.
+            keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            stream = tf.data.Dataset.zip(stream, keys).map(
+                lambda image, key: tf.image.stateless_random_flip_left_right(image, tf.stack([key, seed]))
+            )
         stream = stream.batch(batch_size, drop_remainder=drop_remainder)
         if repeat:
             stream = stream.repeat()

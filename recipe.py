@@ -8,6 +8,7 @@ vae.py builds a model from, has the model's settings as fields. No TensorFlow: `
 
 from __future__ import annotations
 
+from argparse import BooleanOptionalAction
 from dataclasses import dataclass, field, make_dataclass
 
 from errors import not_a_script
@@ -36,7 +37,7 @@ class Setting:
     in_config: bool = True
     required: bool = False  # config.json must hold it for train.py to rebuild and continue a run
     on_resume: bool = False  # may be given with --resume (the others come from config.json)
-    action: str | None = None
+    action: str | type | None = None
     nargs: str | None = None
     const: object = None
 
@@ -61,6 +62,8 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
                 "has room for a file cache)", "memory", required=True, on_resume=True),
         Setting("--crop", "side of the central square kept, in pixels of the 178-wide aligned CelebA frame (0: whole square)",
                 DEFAULT_CROP, int, required=True),
+        Setting("--flip", "mirror each training image left to right with probability 1/2 (a face's mirror image is a "
+                "face: twice the images to learn from)", True, action=BooleanOptionalAction),
     ),
     "model": (
         Setting("--model", "VAE or plain autoencoder", "vae", choices=("vae", "ae"), required=True),

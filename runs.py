@@ -123,7 +123,8 @@ def read_config(run_dir: str | os.PathLike) -> dict:
         raise RunFolderError(f"{path}: {'; '.join(problems)}; restore the config.json train.py wrote for this run")
     # Settings older config.json files lack, with the value those runs used.
     added = {"train_split": "train", "lr_schedule": "constant", "lr_warmup_steps": 0, "decoder_filters": None,
-             "adversarial": 0.0, "output_filters": 0, "adversarial_start": 0, "discriminator_filters": 64}  # fmt: skip
+             "adversarial": 0.0, "output_filters": 0, "adversarial_start": 0, "discriminator_filters": 64,
+             "flip": False}  # fmt: skip
     config |= {key: value for key, value in added.items() if key not in config}
     if isinstance(config.get("mixed_precision"), bool):  # the setting, before the chosen policy was recorded
         config["mixed_precision"] = "on" if config["mixed_precision"] else "off"

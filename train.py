@@ -123,7 +123,7 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     def train_data(skip_batches: int) -> tf.data.Dataset:
         stream = data.make_dataset(
             train_files, shuffle=True, seed=config["seed"], drop_remainder=drop_remainder, repeat=True,
-            skip_batches=skip_batches, **image_args,
+            skip_batches=skip_batches, flip=config["flip"], **image_args,
         )  # fmt: skip
         return cluster.even_batches(stream, replicas)
 
