@@ -109,6 +109,20 @@ def test_shuffle_is_seeded_and_repeat_cycles(face_folder):
     assert [len(b) for b in repeated.take(4)] == [5, 5, 2, 5]
 
 
+def test_flip_mirrors_about_half_the_images_seeded_and_replayed_after_skipped_batches(face_folder):
+    files = data.find_dataset(face_folder).files[:12]
+    args = {"image_size": 8, "batch_size": 4, "shuffle": True, "seed": 5, "repeat": True}
+    plain = np.concatenate([b.numpy() for b in data.make_dataset(files, **args).take(6)])
+    flipped = np.concatenate([b.numpy() for b in data.make_dataset(files, flip=True, **args).take(6)])
+    mirrored = [not np.array_equal(a, b) for a, b in zip(plain, flipped, strict=True)]
+    for a, b, was in zip(plain, flipped, mirrored, strict=True):
+        np.testing.assert_array_equal(b, a[:, ::-1] if was else a)  # the same order, each image mirrored or not
+    assert 4 <= sum(mirrored) <= 20  # of 24: about half (the faces are not symmetric)
+    assert mirrored[:12] != mirrored[12:]  # the second pass draws anew
+    resumed = np.concatenate([b.numpy() for b in data.make_dataset(files, flip=True, skip_batches=2, **args).take(4)])
+    np.testing.assert_array_equal(resumed, flipped[8:])
+
+
 def test_file_cache_is_written_and_reused(face_folder, tmp_path):
     files = data.find_dataset(face_folder).files[:6]
     first = np.concatenate(list(data.make_dataset(files, image_size=8, cache=str(tmp_path))))
