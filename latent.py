@@ -418,8 +418,6 @@ def find_density(folder: str | os.PathLike, latent_dim: int | None = None) -> La
 
 def choose_sampler(name: str, folder: str | os.PathLike, latent_dim: int) -> tuple[LatentDensity, str]:
     """(density, label) for --sampler: the folder's fitted density, or N(0, I) for "prior" or (noted) if none."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
     density = find_density(folder, latent_dim) if name == "density" else None
     if density is None:
         if name == "density":
