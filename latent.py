@@ -147,7 +147,7 @@ class LatentDensity:
     @classmethod
     def standard_normal(cls, latent_dim: int) -> LatentDensity:
         """The VAE's own prior N(0, I) as a one-component mixture."""
-        return cls(np.ones(1), np.zeros((1, latent_dim)), np.eye(latent_dim)[None], {"name": "standard normal prior"})
+        return cls(np.ones(1), np.zeros((1, latent_dim)), np.eye(latent_dim)[None])
 
     @property
     def latent_dim(self) -> int:
@@ -351,7 +351,7 @@ def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
         "latent_dim": density.latent_dim,
         "components": density.components,
         "sampling": "c ~ weights, eps ~ N(0, I), z = means[c] + T * cholesky[c] @ eps (T: temperature)",
-        **{key: value for key, value in density.info.items() if key not in ("name",)},
+        **density.info,
         # In full: 7 digits leave their sum up to ~1e-7 off 1, which numpy's choice(p=...) refuses.
         "weights": (density.weights / density.weights.sum()).tolist(),
         "means": rounded(density.means),
