@@ -339,9 +339,8 @@ def fit_memory_bytes(count: int, latent_dim: int, sizes: Sequence[int]) -> int:
 # --------------------------------------------------------------------------- the density file
 def rounded(values: np.ndarray) -> list:
     """Nested lists of floats with SIGNIFICANT_DIGITS digits, for a compact JSON file."""
-    array = np.asarray(values, dtype=np.float64)
-    flat = [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in array.ravel()]
-    return np.asarray(flat).reshape(array.shape).tolist()
+    significant = np.vectorize(lambda v: float(f"{v:.{SIGNIFICANT_DIGITS}g}"), otypes=[np.float64])
+    return significant(np.asarray(values, dtype=np.float64)).tolist()
 
 
 def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
