@@ -187,8 +187,7 @@ def elbo_summary(nll: np.ndarray | None, kl: np.ndarray | None, dims: int) -> di
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1^1/2 sigma2 sigma1^1/2)^1/2): the usual
     tr((sigma1 sigma2)^1/2), but of a symmetric matrix, whose roots eigh takes (clipped at 0)."""
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    mu1, sigma1, mu2, sigma2 = (np.asarray(value, np.float64) for value in (mu1, sigma1, mu2, sigma2))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shape mismatch: means {mu1.shape} {mu2.shape}, covariances {sigma1.shape} {sigma2.shape}")
     eigenvalues, vectors = np.linalg.eigh((sigma1 + sigma1.T) / 2.0)
