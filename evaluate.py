@@ -475,7 +475,7 @@ def evaluate(
             "note": "sharpness: mean variance of the Laplacian of the luminance; diversity: RMS pairwise "
             "distance per pixel value; random faces as many as the split's images, temperature 1",
         },
-        "fid": fid_summary(moments, list(samplers), features is not None, source, skipped),
+        "fid": fid_summary(moments, list(samplers), source, skipped),
     }
     results["seconds"] = round(time.perf_counter() - started, 2)
     return results
@@ -490,8 +490,8 @@ def check_settings(limit: int, batch_size: int, seed: int) -> None:
         raise EvalError(f"--seed must not be negative (got {seed})")
 
 
-def fid_summary(moments: dict, samplers: list[str], computed: bool, source: str | None, skipped: str | None) -> dict:
-    if not computed:
+def fid_summary(moments: dict, samplers: list[str], source: str | None, skipped: str | None) -> dict:
+    if source is None:
         return {"status": "skipped" if skipped else "off", "reason": skipped or "not asked for (--fid)"}
     count = moments["real"].count
     if count < 2:
