@@ -66,14 +66,12 @@ class EvalError(UserError):
 # --------------------------------------------------------------------------- metric math (numpy only)
 def psnr(mse: float | np.ndarray, max_val: float = 1.0) -> float | np.ndarray:
     """Peak signal-to-noise ratio in dB, 10 log10(max_val^2 / MSE); MSE floored at MIN_MSE."""
-    value = 10.0 * np.log10(max_val**2 / np.maximum(np.asarray(mse, dtype=np.float64), MIN_MSE))
-    return float(value) if np.ndim(value) == 0 else value
+    return 10.0 * np.log10(max_val**2 / np.maximum(np.asarray(mse, dtype=np.float64), MIN_MSE))
 
 
 def mu_variance(mu: np.ndarray) -> np.ndarray:
     """Variance over the images (rows) of each latent mean (column); zeros for a single image."""
-    mu = np.asarray(mu, dtype=np.float64)
-    return mu.var(axis=0) if len(mu) > 1 else np.zeros(mu.shape[1])
+    return np.asarray(mu, dtype=np.float64).var(axis=0)
 
 
 def active_units(mu: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -107,13 +105,13 @@ def filter_valid(images: np.ndarray, taps: np.ndarray) -> np.ndarray:
     return sum(tap * rows[:, :, i : rows.shape[2] - size + 1 + i] for i, tap in enumerate(taps))
 
 
-def ssim(images: np.ndarray, reconstructions: np.ndarray, max_val: float = 1.0) -> np.ndarray:
+def ssim(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
     """Per-image SSIM as tf.image.ssim computes it ('valid' borders); the window shrinks below 11 pixels."""
     x, y = np.asarray(images, np.float64), np.asarray(reconstructions, np.float64)
     size = min(SSIM_WINDOW, x.shape[1], x.shape[2])
     taps = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2.0) / SSIM_SIGMA) ** 2)  # outer product: the 2-D window
     taps /= taps.sum()
-    c1, c2 = (SSIM_K1 * max_val) ** 2, (SSIM_K2 * max_val) ** 2
+    c1, c2 = SSIM_K1**2, SSIM_K2**2  # for values in [0, 1]
     mean_x, mean_y = filter_valid(x, taps), filter_valid(y, taps)
     product, squares = 2.0 * mean_x * mean_y, mean_x**2 + mean_y**2
     luminance = (product + c1) / (squares + c1)
@@ -173,8 +171,6 @@ def likelihood_terms(kind: str, sse: np.ndarray, bce: np.ndarray | None, dims: i
         nll = sse / (2.0 * variance) + 0.5 * dims * math.log(2.0 * math.pi * variance)
         return {"reconstruction": nll, "nll": nll, "variance": variance, "nll_constant": 0.0}
     if kind == "bce":
-        if bce is None:
-            raise ValueError("the bce reconstruction term needs the per-image binary cross-entropy")
         return {"reconstruction": np.asarray(bce, np.float64), "nll": None, "variance": None, "nll_constant": None}
     raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of ('mse', 'bce', 'gaussian')")
 
@@ -191,8 +187,7 @@ def elbo_summary(nll: np.ndarray | None, kl: np.ndarray | None, dims: int) -> di
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1^1/2 sigma2 sigma1^1/2)^1/2): the usual
     tr((sigma1 sigma2)^1/2), but of a symmetric matrix, whose roots eigh takes (clipped at 0)."""
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    mu1, sigma1, mu2, sigma2 = (np.asarray(value, np.float64) for value in (mu1, sigma1, mu2, sigma2))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shape mismatch: means {mu1.shape} {mu2.shape}, covariances {sigma1.shape} {sigma2.shape}")
     eigenvalues, vectors = np.linalg.eigh((sigma1 + sigma1.T) / 2.0)
@@ -218,8 +213,6 @@ class FeatureMoments:
         return self.total / self.count
 
     def covariance(self) -> np.ndarray:
-        if self.count < 2:
-            raise ValueError("a covariance needs at least 2 feature rows")
         mean = self.mean()
         return (self.outer - self.count * np.outer(mean, mean)) / (self.count - 1)
 
@@ -482,7 +475,7 @@ def evaluate(
             "note": "sharpness: mean variance of the Laplacian of the luminance; diversity: RMS pairwise "
             "distance per pixel value; random faces as many as the split's images, temperature 1",
         },
-        "fid": fid_summary(moments, list(samplers), features is not None, source, skipped),
+        "fid": fid_summary(moments, list(samplers), source, skipped),
     }
     results["seconds"] = round(time.perf_counter() - started, 2)
     return results
@@ -497,8 +490,8 @@ def check_settings(limit: int, batch_size: int, seed: int) -> None:
         raise EvalError(f"--seed must not be negative (got {seed})")
 
 
-def fid_summary(moments: dict, samplers: list[str], computed: bool, source: str | None, skipped: str | None) -> dict:
-    if not computed:
+def fid_summary(moments: dict, samplers: list[str], source: str | None, skipped: str | None) -> dict:
+    if source is None:
         return {"status": "skipped" if skipped else "off", "reason": skipped or "not asked for (--fid)"}
     count = moments["real"].count
     if count < 2:
@@ -519,11 +512,9 @@ def fid_summary(moments: dict, samplers: list[str], computed: bool, source: str 
 
 
 # --------------------------------------------------------------------------- output
-def fmt(value, digits: int = 4) -> str:
+def fmt(value: float | None, digits: int) -> str:
     if value is None:
         return "n/a"
-    if isinstance(value, int):
-        return str(value)
     if abs(value) >= 1e5 or 0 < abs(value) < 10**-digits:
         return f"{value:.4g}"
     return f"{value:.{digits}f}"

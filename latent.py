@@ -147,7 +147,7 @@ class LatentDensity:
     @classmethod
     def standard_normal(cls, latent_dim: int) -> LatentDensity:
         """The VAE's own prior N(0, I) as a one-component mixture."""
-        return cls(np.ones(1), np.zeros((1, latent_dim)), np.eye(latent_dim)[None], {"name": "standard normal prior"})
+        return cls(np.ones(1), np.zeros((1, latent_dim)), np.eye(latent_dim)[None])
 
     @property
     def latent_dim(self) -> int:
@@ -339,9 +339,8 @@ def fit_memory_bytes(count: int, latent_dim: int, sizes: Sequence[int]) -> int:
 # --------------------------------------------------------------------------- the density file
 def rounded(values: np.ndarray) -> list:
     """Nested lists of floats with SIGNIFICANT_DIGITS digits, for a compact JSON file."""
-    array = np.asarray(values, dtype=np.float64)
-    flat = [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in array.ravel()]
-    return np.asarray(flat).reshape(array.shape).tolist()
+    significant = np.vectorize(lambda v: float(f"{v:.{SIGNIFICANT_DIGITS}g}"), otypes=[np.float64])
+    return significant(np.asarray(values, dtype=np.float64)).tolist()
 
 
 def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
@@ -351,7 +350,7 @@ def write_density(density: LatentDensity, folder: str | os.PathLike) -> Path:
         "latent_dim": density.latent_dim,
         "components": density.components,
         "sampling": "c ~ weights, eps ~ N(0, I), z = means[c] + T * cholesky[c] @ eps (T: temperature)",
-        **{key: value for key, value in density.info.items() if key not in ("name",)},
+        **density.info,
         # In full: 7 digits leave their sum up to ~1e-7 off 1, which numpy's choice(p=...) refuses.
         "weights": (density.weights / density.weights.sum()).tolist(),
         "means": rounded(density.means),
@@ -418,8 +417,6 @@ def find_density(folder: str | os.PathLike, latent_dim: int | None = None) -> La
 
 def choose_sampler(name: str, folder: str | os.PathLike, latent_dim: int) -> tuple[LatentDensity, str]:
     """(density, label) for --sampler: the folder's fitted density, or N(0, I) for "prior" or (noted) if none."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
     density = find_density(folder, latent_dim) if name == "density" else None
     if density is None:
         if name == "density":
