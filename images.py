@@ -187,10 +187,9 @@ def save_images(images: Mapping[Path, Image.Image]) -> None:
     write_together(writers)
 
 
-def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
+def save_image(image: Image.Image, path: str | os.PathLike) -> None:
     """Write one image atomically in its extension's format, creating its folder."""
     save_images({Path(path): image})
-    return Path(path)
 
 
 if __name__ == "__main__":
