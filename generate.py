@@ -75,11 +75,9 @@ class Job:
 
 
 # --------------------------------------------------------------------------- choosing and loading faces
-def require_dataset(
-    dataset: data.Dataset | None, what: str, alternative: str = "or give face files with --images FILE ..."
-) -> data.Dataset:
+def require_dataset(dataset: data.Dataset | None, what: str) -> data.Dataset:
     if dataset is None:
-        raise GenerateError(f"{what} needs --data CELEBA_ROOT ({alternative})")
+        raise GenerateError(f"{what} needs --data CELEBA_ROOT (or give face files with --images FILE ...)")
     return dataset
 
 
@@ -247,11 +245,11 @@ def attribute_directions(job: Job) -> dict:
     cached = read_directions(path, probe, args.recompute)
     missing = [n for n in names if args.recompute or n not in cached]
     if missing:
-        dataset = require_dataset(
-            dataset,
-            f"computing the direction of {', '.join(missing)}",
-            f"with CelebA's attribute labels; the result is cached in {path} for later runs",
-        )
+        if dataset is None:
+            raise GenerateError(
+                f"computing the direction of {', '.join(missing)} needs --data CELEBA_ROOT (with CelebA's attribute "
+                f"labels; the result is cached in {path} for later runs)"
+            )
         files, labels = labelled_faces(dataset, args.attribute_split, args.max_labelled)
         columns = {name: labels[:, data.CELEBA_ATTRIBUTES.index(name)] for name in missing}
         for name, column in columns.items():  # before the slow encoding
@@ -577,8 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse through argparse (exit 2) values no model can use, before anything is loaded."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags as given, nothing filled in or added (see resolve); values no model can use are refused
+    through argparse (exit 2), before anything is loaded."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     minimums = {"count": 1, "random": 1, "samples": 1, "columns": 1, "pairs": 1, "scale": 1, "steps": 2}
     minimums |= dict.fromkeys(("sampled", "threads", "min_labelled", "max_labelled", "seed"), 0)
     for name, least in minimums.items():
@@ -608,13 +609,6 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         values = getattr(args, name) or []
         if not all(math.isfinite(v) for v in values):
             parser.error(f"--{name} takes finite numbers (got {' '.join(map(str, values))})")
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The flags as given, their values checked; nothing is filled in or added (see resolve)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_values(parser, args)
     return args
 
 
@@ -625,7 +619,6 @@ def resolve(args: argparse.Namespace) -> Job:
     # The pretrained model ships in the repository: its outputs go to ./generated, not into it.
     out = runs.check_writable(args.out or Path(args.run or ".") / runs.GENERATED_DIR / f"{args.mode}.png", folder=False)
     image_format(out)
-    # Nothing the command reads may be overwritten: face files, the model and data folders.
     inputs = [Path(p) for p in args.images or []] + [run_dir] + ([Path(args.data)] if args.data else [])
     runs.check_output_path(out, inputs, [run_dir / runs.GENERATED_DIR])
     if args.save_individual and out.with_suffix("").is_file():

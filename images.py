@@ -108,12 +108,11 @@ def make_grid(
     height, width = rows[0].shape[1:3]
     columns = max(len(row) for row in rows)
     font = ImageFont.load_default()
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_width = max(int(measure.textlength(str(label), font=font)) for label in row_labels) + 6 if row_labels else 0
+    label_width = max(int(font.getlength(str(label))) for label in row_labels) + 6 if row_labels else 0
     title_height = LABEL_HEIGHT if title else 0
     top = title_height + (LABEL_HEIGHT if column_labels else 0)
     cell_h, cell_w = height * scale + GRID_PADDING, width * scale + GRID_PADDING
-    grid_width = max(label_width + columns * cell_w + GRID_PADDING, int(measure.textlength(title, font=font)) + 6)
+    grid_width = max(label_width + columns * cell_w + GRID_PADDING, int(font.getlength(title)) + 6)
     grid = Image.new("RGB", (grid_width, top + len(rows) * cell_h + GRID_PADDING), "white")
     draw = ImageDraw.Draw(grid)
     for r, row in enumerate(rows):
@@ -188,10 +187,9 @@ def save_images(images: Mapping[Path, Image.Image]) -> None:
     write_together(writers)
 
 
-def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
+def save_image(image: Image.Image, path: str | os.PathLike) -> None:
     """Write one image atomically in its extension's format, creating its folder."""
     save_images({Path(path): image})
-    return Path(path)
 
 
 if __name__ == "__main__":
