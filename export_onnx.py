@@ -245,7 +245,7 @@ def plan_rewrites(layers: list[keras.layers.Layer]) -> tuple[dict[str, Callable]
 
 
 def forward_function(model: keras.Model, rewrite: bool) -> tuple[Callable, list[str]]:
-    """model's inference forward pass on TensorFlow tensors -> outputs, layer by layer, with or without the rewrites."""
+    """model's inference pass on TensorFlow tensors, layer by layer (one input each), with or without the rewrites."""
     import keras
 
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
@@ -254,9 +254,8 @@ def forward_function(model: keras.Model, rewrite: bool) -> tuple[Callable, list[
     def forward(x):
         values = {id(model.inputs[0]): x}
         for layer in layers:
-            inputs = [values[id(t)] for t in layer.input] if isinstance(layer.input, list) else values[id(layer.input)]
             step = steps.get(layer.name) or (lambda t, layer=layer: layer(t, training=False))
-            values[id(layer.output)] = step(inputs)
+            values[id(layer.output)] = step(values[id(layer.input)])
         return [values[id(t)] for t in model.outputs]
 
     return forward, notes
