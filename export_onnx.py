@@ -96,17 +96,15 @@ def onnx_metadata(config: dict, part: str, run_dir: Path) -> dict[str, str]:
     size, channels, latent = config["image_size"], config["channels"], config["latent_dim"]
     colour = "RGB" if channels == 3 else "grayscale"
     image = f"float32 [batch, {size}, {size}, {channels}], NHWC, {colour}, values in [0, 1]"
-    described = {
-        "decoder": (
-            f"z: float32 [batch, {latent}]; samples of {DENSITY_FILE} (or standard normal ones) give new faces",
-            f"image: {image}; multiply by 255 for 8-bit pixels",
-        ),
-        "encoder": (
+    if part == "decoder":
+        takes = f"z: float32 [batch, {latent}]; samples of {DENSITY_FILE} (or standard normal ones) give new faces"
+        gives = f"image: {image}; multiply by 255 for 8-bit pixels"
+    else:
+        takes = (
             f"image: {image}; the face cropped to its central {config.get('crop', 148)} px of a 178 px wide "
-            f"aligned CelebA frame and resized to {size}x{size}",
-            f"mu, log_var: float32 [batch, {latent}], the posterior q(z|x) = N(mu, exp(log_var))",
-        ),
-    }
+            f"aligned CelebA frame and resized to {size}x{size}"
+        )
+        gives = f"mu, log_var: float32 [batch, {latent}], the posterior q(z|x) = N(mu, exp(log_var))"
     return {
         "format": ONNX_FORMAT,
         "part": part,
