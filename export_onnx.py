@@ -116,8 +116,8 @@ def onnx_metadata(config: dict, part: str, run_dir: Path) -> dict[str, str]:
         "reconstruction": str(config.get("reconstruction", "mse")),
         "value_range": "0,1",
         "layout": "NHWC",
-        "input": described[part][0],
-        "output": described[part][1],
+        "input": takes,
+        "output": gives,
         "source_run": run_dir.name,
     }
 
@@ -259,9 +259,7 @@ def forward_function(model: keras.Model, rewrite: bool) -> tuple[Callable, list[
     return forward, notes
 
 
-def convert(
-    model: keras.Model, part: str, rewrite: bool = True, opset: int = DEFAULT_OPSET
-) -> tuple[onnx.ModelProto, list[str]]:
+def convert(model: keras.Model, part: str, rewrite: bool, opset: int) -> tuple[onnx.ModelProto, list[str]]:
     """tf2onnx conversion of one part, with the contract's names and a dynamic 'batch' dimension."""
     import tensorflow as tf
     import tf2onnx
@@ -305,7 +303,7 @@ def keras_outputs(model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
 
 
 def parity_check(
-    model: keras.Model, proto: onnx.ModelProto, part: str, tolerance: float = TOLERANCE, threads: int = 0
+    model: keras.Model, proto: onnx.ModelProto, part: str, tolerance: float, threads: int
 ) -> dict[int, float]:
     """Max |ONNX - Keras| per batch size of PARITY_BATCHES; raises ExportError above tolerance or on other shapes."""
     try:
@@ -411,7 +409,6 @@ def check_out(out: Path, run_dir: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Export both parts; returns the paths written."""
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     run_dir = Path(args.run)
     config = read_run(run_dir)
     out = check_out(Path(args.out) if args.out else run_dir, run_dir)
