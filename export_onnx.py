@@ -290,8 +290,7 @@ def add_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     """Set metadata_props (replacing keys already there) and a doc string from them."""
     import onnx
 
-    kept = {entry.key: entry.value for entry in proto.metadata_props}
-    kept.update({key: str(value) for key, value in metadata.items()})
+    kept = {entry.key: entry.value for entry in proto.metadata_props} | metadata
     onnx.helper.set_model_props(proto, kept)
     proto.doc_string = f"{kept['part']} of a CelebA VAE. input {kept['input']}. output {kept['output']}."
 
