@@ -96,17 +96,15 @@ def onnx_metadata(config: dict, part: str, run_dir: Path) -> dict[str, str]:
     size, channels, latent = config["image_size"], config["channels"], config["latent_dim"]
     colour = "RGB" if channels == 3 else "grayscale"
     image = f"float32 [batch, {size}, {size}, {channels}], NHWC, {colour}, values in [0, 1]"
-    described = {
-        "decoder": (
-            f"z: float32 [batch, {latent}]; samples of {DENSITY_FILE} (or standard normal ones) give new faces",
-            f"image: {image}; multiply by 255 for 8-bit pixels",
-        ),
-        "encoder": (
+    if part == "decoder":
+        takes = f"z: float32 [batch, {latent}]; samples of {DENSITY_FILE} (or standard normal ones) give new faces"
+        gives = f"image: {image}; multiply by 255 for 8-bit pixels"
+    else:
+        takes = (
             f"image: {image}; the face cropped to its central {config.get('crop', 148)} px of a 178 px wide "
-            f"aligned CelebA frame and resized to {size}x{size}",
-            f"mu, log_var: float32 [batch, {latent}], the posterior q(z|x) = N(mu, exp(log_var))",
-        ),
-    }
+            f"aligned CelebA frame and resized to {size}x{size}"
+        )
+        gives = f"mu, log_var: float32 [batch, {latent}], the posterior q(z|x) = N(mu, exp(log_var))"
     return {
         "format": ONNX_FORMAT,
         "part": part,
@@ -118,8 +116,8 @@ def onnx_metadata(config: dict, part: str, run_dir: Path) -> dict[str, str]:
         "reconstruction": str(config.get("reconstruction", "mse")),
         "value_range": "0,1",
         "layout": "NHWC",
-        "input": described[part][0],
-        "output": described[part][1],
+        "input": takes,
+        "output": gives,
         "source_run": run_dir.name,
     }
 
@@ -245,7 +243,7 @@ def plan_rewrites(layers: list[keras.layers.Layer]) -> tuple[dict[str, Callable]
 
 
 def forward_function(model: keras.Model, rewrite: bool) -> tuple[Callable, list[str]]:
-    """model's inference forward pass on TensorFlow tensors -> outputs, layer by layer, with or without the rewrites."""
+    """model's inference pass on TensorFlow tensors, layer by layer (one input each), with or without the rewrites."""
     import keras
 
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
@@ -254,17 +252,14 @@ def forward_function(model: keras.Model, rewrite: bool) -> tuple[Callable, list[
     def forward(x):
         values = {id(model.inputs[0]): x}
         for layer in layers:
-            inputs = [values[id(t)] for t in layer.input] if isinstance(layer.input, list) else values[id(layer.input)]
             step = steps.get(layer.name) or (lambda t, layer=layer: layer(t, training=False))
-            values[id(layer.output)] = step(inputs)
+            values[id(layer.output)] = step(values[id(layer.input)])
         return [values[id(t)] for t in model.outputs]
 
     return forward, notes
 
 
-def convert(
-    model: keras.Model, part: str, rewrite: bool = True, opset: int = DEFAULT_OPSET
-) -> tuple[onnx.ModelProto, list[str]]:
+def convert(model: keras.Model, part: str, rewrite: bool, opset: int) -> tuple[onnx.ModelProto, list[str]]:
     """tf2onnx conversion of one part, with the contract's names and a dynamic 'batch' dimension."""
     import tensorflow as tf
     import tf2onnx
@@ -295,8 +290,7 @@ def add_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     """Set metadata_props (replacing keys already there) and a doc string from them."""
     import onnx
 
-    kept = {entry.key: entry.value for entry in proto.metadata_props}
-    kept.update({key: str(value) for key, value in metadata.items()})
+    kept = {entry.key: entry.value for entry in proto.metadata_props} | metadata
     onnx.helper.set_model_props(proto, kept)
     proto.doc_string = f"{kept['part']} of a CelebA VAE. input {kept['input']}. output {kept['output']}."
 
@@ -308,7 +302,7 @@ def keras_outputs(model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
 
 
 def parity_check(
-    model: keras.Model, proto: onnx.ModelProto, part: str, tolerance: float = TOLERANCE, threads: int = 0
+    model: keras.Model, proto: onnx.ModelProto, part: str, tolerance: float, threads: int
 ) -> dict[int, float]:
     """Max |ONNX - Keras| per batch size of PARITY_BATCHES; raises ExportError above tolerance or on other shapes."""
     try:
@@ -414,7 +408,6 @@ def check_out(out: Path, run_dir: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Export both parts; returns the paths written."""
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     run_dir = Path(args.run)
     config = read_run(run_dir)
     out = check_out(Path(args.out) if args.out else run_dir, run_dir)

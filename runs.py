@@ -363,10 +363,7 @@ def model_folder_part(path: str | os.PathLike) -> Path | None:
 
 
 def check_output_path(
-    path: str | os.PathLike,
-    inputs: Iterable[str | os.PathLike] = (),
-    own: Iterable[str | os.PathLike] = (),
-    flag: str = "--out",
+    path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), own: Iterable[str | os.PathLike] = ()
 ) -> Path:
     """Refuse an output file over part of a model folder, or over an `inputs` file or a file in an `inputs` folder
     by any name (symlinks, hard links); files in `own` folders (earlier outputs) may be overwritten."""
@@ -375,7 +372,7 @@ def check_output_path(
         inputs = [Path(path) for path in inputs]
         for path in inputs:
             if path.is_file() and os.path.samefile(out, path):
-                raise RunFolderError(f"{flag} {out} would overwrite the input {path}; give another {flag}")
+                raise RunFolderError(f"--out {out} would overwrite the input {path}; give another --out")
         # An own folder that is a symbolic link (run/generated -> a data folder) is no own folder.
         own = [Path(folder).resolve() for folder in own if not Path(folder).is_symlink()]
         names = {out.resolve(), out.parent.resolve() / out.name}  # the file, and a symlink's own place
@@ -384,18 +381,18 @@ def check_output_path(
             root = folder.resolve()
             if any(within(name, root) and not any(within(name, mine) for mine in own) for name in names):
                 raise RunFolderError(
-                    f"{flag} {out} would overwrite a file of {folder}, which this command reads; give another {flag}"
+                    f"--out {out} would overwrite a file of {folder}, which this command reads; give another --out"
                 )
             if status.st_nlink > 1:  # a hard link: look for the file's other names in the folder
                 linked = next((file for file in walk_files(root, own) if same_inode(file, status)), None)
                 if linked is not None:
                     raise RunFolderError(
-                        f"{flag} {out} would overwrite {linked}, which this command reads; give another {flag}"
+                        f"--out {out} would overwrite {linked}, which this command reads; give another --out"
                     )
     part = model_folder_part(out)
     if part is not None:
         raise RunFolderError(
-            f"{flag} {out} would overwrite {part}, part of the model folder {part.parent}; give another {flag}"
+            f"--out {out} would overwrite {part}, part of the model folder {part.parent}; give another --out"
         )
     return out
 
@@ -411,10 +408,9 @@ def within(path: Path, folder: Path) -> bool:
 
 def same_inode(path: Path, status: os.stat_result) -> bool:
     try:
-        found = os.lstat(path)
+        return os.path.samestat(os.lstat(path), status)
     except OSError:  # removed meanwhile
         return False
-    return (found.st_dev, found.st_ino) == (status.st_dev, status.st_ino)
 
 
 def walk_files(folder: Path, skip: Sequence[Path]) -> Iterator[Path]:
