@@ -85,12 +85,12 @@ def logistic(logits: np.ndarray) -> np.ndarray:
 
 
 def decode_detections(
-    regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, size: int, min_score: float = MIN_SCORE
+    regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BlazeFace's raw outputs ([N, 16] offsets, [N] logits) -> boxes [M, 4] (x0, y0, x1, y1), scores [M]
-    and keypoints [M, 6, 2] in [0, 1] of its square input, for the M anchors scoring at least min_score."""
+    and keypoints [M, 6, 2] in [0, 1] of its square input, for the M anchors scoring at least MIN_SCORE."""
     scores = logistic(logits)
-    keep = scores >= min_score
+    keep = scores >= MIN_SCORE
     offsets, centres = regressors[keep] / size, anchors[keep]
     middle, half = offsets[:, :2] + centres, offsets[:, 2:4] / 2
     boxes = np.concatenate([middle - half, middle + half], axis=1)
@@ -107,14 +107,14 @@ def box_overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def merge_detections(
-    boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, overlap: float = OVERLAP
+    boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray
 ) -> list[tuple[np.ndarray, float, np.ndarray]]:
     """MediaPipe's weighted non-maximum suppression: detections overlapping the best remaining one by more
-    than `overlap` become one face, their score-weighted mean (steadier than the best alone), best first."""
+    than OVERLAP become one face, their score-weighted mean (steadier than the best alone), best first."""
     order = np.argsort(-scores)
     faces = []
     while order.size:
-        similar = box_overlap(boxes[order[0]], boxes[order]) > overlap
+        similar = box_overlap(boxes[order[0]], boxes[order]) > OVERLAP
         members, order = order[similar], order[~similar]
         weights = scores[members][:, None]
         box = (boxes[members] * weights).sum(0) / weights.sum()

@@ -130,7 +130,7 @@ def attribute_index(name: str) -> int:
 
 
 # --------------------------------------------------------------------------- annotation files
-def read_rows(path: Path, csv_format: bool, fix: str = REPLACE_HINT) -> Iterator[tuple[int, list[str]]]:
+def read_rows(path: Path, fix: str = REPLACE_HINT) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of the non-blank lines of a .csv or a whitespace-separated annotation file."""
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -140,13 +140,13 @@ def read_rows(path: Path, csv_format: bool, fix: str = REPLACE_HINT) -> Iterator
     except OSError as error:
         raise DataError(f"cannot read {path} ({error.strerror}); {fix}") from None
     lines = text.splitlines()
-    split = csv.reader(lines, skipinitialspace=True) if csv_format else (line.split() for line in lines)
+    split = csv.reader(lines, skipinitialspace=True) if path.suffix == ".csv" else (line.split() for line in lines)
     return ((number, fields) for number, fields in enumerate(split, 1) if any(fields))
 
 
 def read_partition(path: Path) -> dict[str, int]:
     """list_eval_partition.csv (with a header) or .txt: file name -> 0 train / 1 validation / 2 test."""
-    rows = read_rows(path, csv_format=path.suffix == ".csv")
+    rows = read_rows(path)
     if path.suffix == ".csv":
         _, header = next(rows, (0, None))
         if header is None:
@@ -171,9 +171,8 @@ def read_partition(path: Path) -> dict[str, int]:
 def read_attributes(path: Path) -> dict[str, np.ndarray]:
     """list_attr_celeba.csv (a header "image_id,<40 names>") or .txt (a count line, then a header of 40 names),
     then lines of a file name and 40 labels of -1 or 1: file name -> int8[40]."""
-    csv_format = path.suffix == ".csv"
-    rows = read_rows(path, csv_format=csv_format, fix=ATTRIBUTES_FIX)
-    if csv_format:
+    rows = read_rows(path, ATTRIBUTES_FIX)
+    if path.suffix == ".csv":
         _, header = next(rows, (0, None))
         if header is None:
             raise DataError(f"{path} is empty; {ATTRIBUTES_FIX}")
@@ -206,7 +205,7 @@ def read_attributes(path: Path) -> dict[str, np.ndarray]:
 def read_identities(path: Path) -> dict[str, int]:
     """identity_CelebA.txt: file name -> person id."""
     identities = {}
-    for number, fields in read_rows(path, csv_format=False, fix=IDENTITIES_FIX):
+    for number, fields in read_rows(path, IDENTITIES_FIX):
         if len(fields) != 2 or not fields[1].isdecimal():
             raise DataError(
                 f"{path} line {number}: {' '.join(fields)!r} is not a file name and a person number; {IDENTITIES_FIX}"
@@ -520,23 +519,18 @@ def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, ch
     return Path(cache_dir) / name
 
 
-def file_cache_is_complete(prefix: str | os.PathLike) -> bool:
+def file_cache_is_complete(prefix: Path) -> bool:
     """Whether TensorFlow finished the cache: it removes the lock files only after merging the index (a full disk
     can stop it in between, leaving an empty index)."""
-    prefix = Path(prefix)
     return Path(f"{prefix}.index").is_file() and not any(prefix.parent.glob(f"{prefix.name}_*.lockfile"))
 
 
-def remove_partial_file_cache(prefix: str | os.PathLike) -> list[Path]:
-    """Remove and return an unfinished cache's files, emptied first: their space returns even if a writer holds them."""
-    prefix = Path(prefix)
-    if file_cache_is_complete(prefix):
-        return []
-    removed = sorted(prefix.parent.glob(prefix.name + "*"))
-    for path in removed:
-        os.truncate(path, 0)
-        path.unlink()
-    return removed
+def remove_partial_file_cache(prefix: Path) -> None:
+    """Remove an unfinished cache's files, emptied first: their space returns even if a writer holds them."""
+    if not file_cache_is_complete(prefix):
+        for path in list(prefix.parent.glob(prefix.name + "*")):
+            os.truncate(path, 0)
+            path.unlink()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
