@@ -246,18 +246,16 @@ def find_dataset(path: str | os.PathLike) -> Dataset:
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {LAYOUTS_HELP}; {KAGGLE_HINT}")
 
-    kaggle_images = next(
-        (d for d in (root / "img_align_celeba" / "img_align_celeba", root / "img_align_celeba") if d.is_dir()), None
-    )
+    nested = root / "img_align_celeba" / "img_align_celeba"  # as Kaggle's archive unpacks
+    kaggle_images = nested if nested.is_dir() else nested.parent
+    original_images = root / "Img" / "img_align_celeba"
     kaggle, original = (tuple(root / name for name in ANNOTATIONS[layout]) for layout in ("kaggle", "original"))
-    if kaggle_images is not None and kaggle[0].is_file():
+    if kaggle_images.is_dir() and kaggle[0].is_file():
         layout, folder, partition, annotations = "kaggle", kaggle_images, read_partition(kaggle[0]), kaggle[1:]
-    elif (root / "Img" / "img_align_celeba").is_dir() and original[0].is_file():
-        layout, folder = "original", root / "Img" / "img_align_celeba"
-        partition, annotations = read_partition(original[0]), original[1:]
+    elif original_images.is_dir() and original[0].is_file():
+        layout, folder, partition, annotations = "original", original_images, read_partition(original[0]), original[1:]
     else:
-        layout, folder, partition = "folder", root, None
-        annotations = (None, root / ANNOTATIONS["folder"][0])
+        layout, folder, partition, annotations = "folder", root, None, (None, root / ANNOTATIONS["folder"][0])
     files, others = list_images(folder, recursive=layout == "folder")
     attribute_file, identity_file = (path if path and path.is_file() else None for path in annotations)
     dataset = Dataset(root, layout, files, partition, attribute_file, identity_file, others)
