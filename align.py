@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -85,12 +86,12 @@ def logistic(logits: np.ndarray) -> np.ndarray:
 
 
 def decode_detections(
-    regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, size: int, min_score: float = MIN_SCORE
+    regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BlazeFace's raw outputs ([N, 16] offsets, [N] logits) -> boxes [M, 4] (x0, y0, x1, y1), scores [M]
-    and keypoints [M, 6, 2] in [0, 1] of its square input, for the M anchors scoring at least min_score."""
+    and keypoints [M, 6, 2] in [0, 1] of its square input, for the M anchors scoring at least MIN_SCORE."""
     scores = logistic(logits)
-    keep = scores >= min_score
+    keep = scores >= MIN_SCORE
     offsets, centres = regressors[keep] / size, anchors[keep]
     middle, half = offsets[:, :2] + centres, offsets[:, 2:4] / 2
     boxes = np.concatenate([middle - half, middle + half], axis=1)
@@ -107,14 +108,14 @@ def box_overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def merge_detections(
-    boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, overlap: float = OVERLAP
+    boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray
 ) -> list[tuple[np.ndarray, float, np.ndarray]]:
     """MediaPipe's weighted non-maximum suppression: detections overlapping the best remaining one by more
-    than `overlap` become one face, their score-weighted mean (steadier than the best alone), best first."""
+    than OVERLAP become one face, their score-weighted mean (steadier than the best alone), best first."""
     order = np.argsort(-scores)
     faces = []
     while order.size:
-        similar = box_overlap(boxes[order[0]], boxes[order]) > overlap
+        similar = box_overlap(boxes[order[0]], boxes[order]) > OVERLAP
         members, order = order[similar], order[~similar]
         weights = scores[members][:, None]
         box = (boxes[members] * weights).sum(0) / weights.sum()
@@ -314,11 +315,12 @@ def align_folder(source: Path, out: Path, which: str | int, finders: Sequence[Fa
     photos = list_images(source, recursive=True)[0] if source.is_dir() else [source]
     if not photos:
         raise AlignError(f"no image files under {source}; give a folder of photos or a photo")
-    done = [output_names(photo, source, out, 1)[0].exists() or output_names(photo, source, out, 2)[0].exists()
-            for photo in photos]  # fmt: skip
-    todo = [photo for photo, before in zip(photos, done, strict=True) if not before]
+    todo = [
+        photo for photo in photos if not any(output_names(photo, source, out, count)[0].exists() for count in (1, 2))
+    ]
+    # photos: all looked at; aligned: those with a face
     counts = dict.fromkeys(("aligned", "faces", "no face", "unreadable"), 0)
-    counts |= {"photos": len(photos), "done before": sum(done)}  # photos: all looked at; aligned: those with a face
+    counts |= {"photos": len(photos), "done before": len(photos) - len(todo)}
     idle = queue.SimpleQueue()  # each finder serves one thread at a time
     for finder in finders:
         idle.put(finder)
@@ -357,18 +359,14 @@ def copy_annotations(source: Path, out: Path) -> list[str]:
     """A CelebA root's partition, attribute and identity files, copied to the same places under out,
     so that the aligned crops keep its layout, official partition and labels."""
     from data import ANNOTATIONS
-    from images import atomic_write
+    from images import write_together
 
     copied = []
     for layout in ("kaggle", "original") if source.is_dir() else ():
         present = [name for name in ANNOTATIONS[layout] if (source / name).is_file()]
-        if ANNOTATIONS[layout][0] not in present:  # no partition file: not this layout
-            continue
-        for name in present:
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(out / name) as temporary:
-                shutil.copyfile(source / name, temporary)
-        copied += present
+        if ANNOTATIONS[layout][0] in present:  # a partition file: this layout
+            copied += present
+    write_together({out / name: partial(shutil.copyfile, source / name) for name in copied})
     return copied
 
 

@@ -130,7 +130,7 @@ def attribute_index(name: str) -> int:
 
 
 # --------------------------------------------------------------------------- annotation files
-def read_rows(path: Path, csv_format: bool, fix: str = REPLACE_HINT) -> Iterator[tuple[int, list[str]]]:
+def read_rows(path: Path, fix: str = REPLACE_HINT) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of the non-blank lines of a .csv or a whitespace-separated annotation file."""
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -140,13 +140,13 @@ def read_rows(path: Path, csv_format: bool, fix: str = REPLACE_HINT) -> Iterator
     except OSError as error:
         raise DataError(f"cannot read {path} ({error.strerror}); {fix}") from None
     lines = text.splitlines()
-    split = csv.reader(lines, skipinitialspace=True) if csv_format else (line.split() for line in lines)
+    split = csv.reader(lines, skipinitialspace=True) if path.suffix == ".csv" else (line.split() for line in lines)
     return ((number, fields) for number, fields in enumerate(split, 1) if any(fields))
 
 
 def read_partition(path: Path) -> dict[str, int]:
     """list_eval_partition.csv (with a header) or .txt: file name -> 0 train / 1 validation / 2 test."""
-    rows = read_rows(path, csv_format=path.suffix == ".csv")
+    rows = read_rows(path)
     if path.suffix == ".csv":
         _, header = next(rows, (0, None))
         if header is None:
@@ -171,9 +171,8 @@ def read_partition(path: Path) -> dict[str, int]:
 def read_attributes(path: Path) -> dict[str, np.ndarray]:
     """list_attr_celeba.csv (a header "image_id,<40 names>") or .txt (a count line, then a header of 40 names),
     then lines of a file name and 40 labels of -1 or 1: file name -> int8[40]."""
-    csv_format = path.suffix == ".csv"
-    rows = read_rows(path, csv_format=csv_format, fix=ATTRIBUTES_FIX)
-    if csv_format:
+    rows = read_rows(path, ATTRIBUTES_FIX)
+    if path.suffix == ".csv":
         _, header = next(rows, (0, None))
         if header is None:
             raise DataError(f"{path} is empty; {ATTRIBUTES_FIX}")
@@ -206,7 +205,7 @@ def read_attributes(path: Path) -> dict[str, np.ndarray]:
 def read_identities(path: Path) -> dict[str, int]:
     """identity_CelebA.txt: file name -> person id."""
     identities = {}
-    for number, fields in read_rows(path, csv_format=False, fix=IDENTITIES_FIX):
+    for number, fields in read_rows(path, IDENTITIES_FIX):
         if len(fields) != 2 or not fields[1].isdecimal():
             raise DataError(
                 f"{path} line {number}: {' '.join(fields)!r} is not a file name and a person number; {IDENTITIES_FIX}"
@@ -247,18 +246,16 @@ def find_dataset(path: str | os.PathLike) -> Dataset:
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {LAYOUTS_HELP}; {KAGGLE_HINT}")
 
-    kaggle_images = next(
-        (d for d in (root / "img_align_celeba" / "img_align_celeba", root / "img_align_celeba") if d.is_dir()), None
-    )
+    nested = root / "img_align_celeba" / "img_align_celeba"  # as Kaggle's archive unpacks
+    kaggle_images = nested if nested.is_dir() else nested.parent
+    original_images = root / "Img" / "img_align_celeba"
     kaggle, original = (tuple(root / name for name in ANNOTATIONS[layout]) for layout in ("kaggle", "original"))
-    if kaggle_images is not None and kaggle[0].is_file():
+    if kaggle_images.is_dir() and kaggle[0].is_file():
         layout, folder, partition, annotations = "kaggle", kaggle_images, read_partition(kaggle[0]), kaggle[1:]
-    elif (root / "Img" / "img_align_celeba").is_dir() and original[0].is_file():
-        layout, folder = "original", root / "Img" / "img_align_celeba"
-        partition, annotations = read_partition(original[0]), original[1:]
+    elif original_images.is_dir() and original[0].is_file():
+        layout, folder, partition, annotations = "original", original_images, read_partition(original[0]), original[1:]
     else:
-        layout, folder, partition = "folder", root, None
-        annotations = (None, root / ANNOTATIONS["folder"][0])
+        layout, folder, partition, annotations = "folder", root, None, (None, root / ANNOTATIONS["folder"][0])
     files, others = list_images(folder, recursive=layout == "folder")
     attribute_file, identity_file = (path if path and path.is_file() else None for path in annotations)
     dataset = Dataset(root, layout, files, partition, attribute_file, identity_file, others)
@@ -520,23 +517,18 @@ def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, ch
     return Path(cache_dir) / name
 
 
-def file_cache_is_complete(prefix: str | os.PathLike) -> bool:
+def file_cache_is_complete(prefix: Path) -> bool:
     """Whether TensorFlow finished the cache: it removes the lock files only after merging the index (a full disk
     can stop it in between, leaving an empty index)."""
-    prefix = Path(prefix)
     return Path(f"{prefix}.index").is_file() and not any(prefix.parent.glob(f"{prefix.name}_*.lockfile"))
 
 
-def remove_partial_file_cache(prefix: str | os.PathLike) -> list[Path]:
-    """Remove and return an unfinished cache's files, emptied first: their space returns even if a writer holds them."""
-    prefix = Path(prefix)
-    if file_cache_is_complete(prefix):
-        return []
-    removed = sorted(prefix.parent.glob(prefix.name + "*"))
-    for path in removed:
-        os.truncate(path, 0)
-        path.unlink()
-    return removed
+def remove_partial_file_cache(prefix: Path) -> None:
+    """Remove an unfinished cache's files, emptied first: their space returns even if a writer holds them."""
+    if not file_cache_is_complete(prefix):
+        for path in list(prefix.parent.glob(prefix.name + "*")):
+            os.truncate(path, 0)
+            path.unlink()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
