@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -92,6 +93,7 @@ class EpochTimes(keras.callbacks.Callback):
         super().__init__()
         self.history, self.config, self.verbose = history, config, verbose
         self.density_images, self.validation_images = density_images, validation_images
+        self.density_seconds = math.inf  # the fit's estimate: the least so far, as other work only slows it
 
     def on_epoch_begin(self, epoch, logs=None):
         self.marks, self.steps, self.backups = {"begin": now()}, 0, [0.0, 0.0]  # backups: seconds, CPU-seconds
@@ -128,7 +130,9 @@ class EpochTimes(keras.callbacks.Callback):
             total, left = end[0] - begin[0], self.config["epochs"] - epoch - 1
             # Validation ran the encoder and the decoder: the density fit encodes at least as fast.
             encode_rate = self.validation_images / max(figures["seconds_validation"], 1e-3)
-            to_go = left * total + latent.fit_seconds(self.density_images, self.config["latent_dim"], encode_rate)
+            estimate = latent.fit_seconds(self.density_images, self.config["latent_dim"], encode_rate)
+            self.density_seconds = min(self.density_seconds, estimate)
+            to_go = left * total + self.density_seconds
             still = [f"the {left} epoch(s) left"] * bool(left) + ["the latent density"] * bool(self.density_images)
             print(
                 f"epoch {epoch + 1}: {total:.1f} s: training steps {figures['seconds_steps']:.1f} s "

@@ -236,6 +236,20 @@ def test_progress_is_one_line_per_epoch_when_stdout_is_not_a_terminal(face_folde
     assert not (run / "tensorboard").exists()
 
 
+def test_time_left_keeps_the_least_density_fit_estimate(tmp_path, monkeypatch, capsys):
+    # The fit's estimate times a small probe fit: work beside the run inflates it now and then.
+    estimates = iter([3600.0, 120.0, 1800.0])
+    monkeypatch.setattr(latent, "fit_seconds", lambda *args: next(estimates))
+    history = epoch_log.History(tmp_path, 0)
+    timer = epoch_log.EpochTimes(history, {"epochs": 9, "batch_size": 4, "latent_dim": 8}, 1, 1000, 100)
+    for epoch in range(3):
+        timer.on_epoch_begin(epoch)
+        history.on_epoch_end(epoch, {"loss": 1.0})
+        timer.on_epoch_end(epoch)
+    to_go = [line.split("; about ")[1] for line in capsys.readouterr().out.splitlines()]
+    assert [text.split(" to go")[0] for text in to_go] == ["1 h 00 min", "2 min", "2 min"]
+
+
 def test_ema_weights_are_the_saved_ones(face_folder, tmp_path):
     def saved_and_raw(run: Path) -> tuple[np.ndarray, np.ndarray]:
         saved = keras.saving.load_model(run / "decoder.keras", safe_mode=True).get_layer("project").get_weights()[0]
