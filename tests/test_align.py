@@ -313,7 +313,7 @@ def test_a_stopped_folder_run_keeps_its_crops_and_the_same_command_goes_on(tmp_p
     photos.mkdir()
     # Many photos (hard links: no copies), so that the run is still going when the signal arrives
     # however busy the machine; all but a few unaligned ones are removed before the second run.
-    count = 200
+    count = 1000
     for number in range(count):
         os.link(PHOTOS / "collins.jpg", photos / f"p{number:03d}.jpg")
     command = [sys.executable, str(REPO / "align.py"), "--data", str(photos), "--out", str(out)]
