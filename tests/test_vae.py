@@ -284,14 +284,14 @@ def shapes(model: vae.VAE) -> tuple:
 
 def test_new_options_leave_the_encoder_and_the_old_configs_as_they_were(tmp_path):
     """A config.json without the settings added since (decoder filters, the output block, the adversarial term, the
-    learning-rate schedule, the split, the precision policy) reads as the run it was made with."""
+    learning-rate schedule, the split, the precision policy, mirroring) reads as the run it was made with."""
     older = {"format": runs.RUN_FORMAT, **TINY, "model": "vae", "reconstruction": "mse", "ema": 0.0}
     (tmp_path / "config.json").write_text(json.dumps({**older, "mixed_precision": True}))
     config = runs.read_config(tmp_path)
     assert {key: config[key] for key in config.keys() - older.keys()} == {
         "decoder_filters": None, "output_filters": 0, "adversarial": 0.0, "adversarial_start": 0, "discriminator_filters": 64,
         "lr_schedule": "constant", "lr_warmup_steps": 0, "train_split": "train", "mixed_precision": "on",
-        "run_dir": str(tmp_path),
+        "flip": False, "run_dir": str(tmp_path),
     }  # fmt: skip
     model = vae.model_from_config(config)
     today = shapes(model)
