@@ -68,7 +68,7 @@ class Inputs:
     validation_steps: int
     validation_data: tf.data.Dataset
     preview: np.ndarray  # the validation images of the reconstruction grids
-    make_train_data: Callable[[int], tf.data.Dataset]  # the (endless) training stream from a batch on
+    make_train_data: Callable[..., tf.data.Dataset]  # (skip_batches, cache) -> the endless training stream
     calibration: list[np.ndarray]  # fixed training batches for the EMA weights' BatchNorm statistics
     made: dict[int, tf.data.Dataset] = dataclasses.field(default_factory=dict)  # by batches skipped
 
@@ -76,10 +76,11 @@ class Inputs:
         self.made[skip_batches] = self.make_train_data(skip_batches)
         return self.made[skip_batches]
 
-    def one_training_pass(self) -> tf.data.Dataset:
-        """One epoch's batches of the last training stream made (so from its cache), from an epoch's start."""
-        skipped, stream = list(self.made.items())[-1]
-        return stream.skip(-skipped % self.train_steps).take(self.train_steps)
+    def first_training_pass(self) -> tf.data.Dataset:
+        """The first epoch's batches: from the cache of the stream started at batch 0, or read again after a
+        resume (a new pass over a stream started later would first replay all the batches it skipped)."""
+        stream = self.made[0] if 0 in self.made else self.make_train_data(0, "none")
+        return stream.take(self.train_steps)
 
 
 def load_splits(config: dict) -> tuple[list[Path], list[Path], data.Dataset]:
@@ -120,10 +121,10 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     train_cli.check_memory(config, len(train_files), len(validation_files))
     image_args = {"image_size": size, "channels": channels, "crop": crop, "cache": cache, "batch_size": batch_size}
 
-    def train_data(skip_batches: int) -> tf.data.Dataset:
+    def train_data(skip_batches: int, cache: str = cache) -> tf.data.Dataset:
         stream = data.make_dataset(
             train_files, shuffle=True, seed=config["seed"], drop_remainder=drop_remainder, repeat=True,
-            skip_batches=skip_batches, flip=config["flip"], **image_args,
+            skip_batches=skip_batches, flip=config["flip"], **{**image_args, "cache": cache},
         )  # fmt: skip
         return cluster.even_batches(stream, replicas)
 
@@ -374,7 +375,7 @@ def fit_density(run_dir: Path, inputs: Inputs, config: dict) -> None:
                 (data.make_dataset(train_split, batch_size=DENSITY_BATCH, cache="none", **image_args), len(train_split))
             ]
         else:
-            passes = [(inputs.one_training_pass(), inputs.train_steps * config["batch_size"])]
+            passes = [(inputs.first_training_pass(), inputs.train_steps * config["batch_size"])]
         passes.append((inputs.validation_data.take(inputs.validation_steps), len(inputs.validation_files)))
         fit_means, heldout = (encode(means, stream, count, config["seed"], progress) for stream, count in passes)
         progress.close()

@@ -154,6 +154,12 @@ def test_resume_continues_epochs_and_optimizer_step_and_ends_where_an_uninterrup
     for a, b in zip(straight, resumed, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert float(history_rows(tmp_path / "straight")[-1]["loss"]) == pytest.approx(float(rows[-1]["loss"]), rel=1e-5)
+    # The density is fitted to the first epoch's images (drop_remainder leaves out others in other epochs).
+    straight, resumed = (
+        json.loads((tmp_path / name / "latent_density.json").read_text()) for name in ("straight", "resumed")
+    )
+    for key in ("weights", "means", "cholesky"):
+        np.testing.assert_allclose(straight[key], resumed[key], rtol=0, atol=1e-4)
     with pytest.raises(RunError, match="already trained 2 of 2 epochs"):
         train.train_command(["--resume", str(run), "--verbose", "0"])
 
