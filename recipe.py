@@ -94,12 +94,12 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
                 "(0: no discriminator)", 0.5, float, metavar="WEIGHT"),
         Setting("--adversarial-start", "optimizer step from which the discriminator trains, its term counts and only the "
                 "decoder trains (with --adversarial); negative: that many steps before the run's end, at most back to its "
-                "middle; a cosine schedule ends there and the rest keeps its last rate", -1110, int, metavar="STEP"),
+                "middle; a cosine schedule ends there and the rest keeps its last rate", -2217, int, metavar="STEP"),
         Setting("--discriminator-filters", "width of the discriminator's first block, doubled in each of the next three "
                 "up to 8x (with --adversarial; its cost per step grows with the square)", 32, int, metavar="WIDTH"),
     ),
     "optimisation": (
-        Setting("--epochs", "number of epochs (default: %(default)s; on --resume: the run's own)", 85, int,
+        Setting("--epochs", "number of epochs (default: %(default)s; on --resume: the run's own)", 88, int,
                 required=True, on_resume=True),
         Setting("--batch-size", "global batch size", 64, int, required=True),
         Setting("--lr", "Adam learning rate", 2e-3, float, metavar="LR", dest="learning_rate", required=True),
