@@ -190,7 +190,7 @@ def train_step(args: argparse.Namespace, files: list[Path], cached: float, first
     import recipe
     import vae
 
-    # the default recipe's plain step: its discriminator phase is the run's last 1,110 steps
+    # the default recipe's plain step: its discriminator phase is the run's last --adversarial-start steps
     config = {**recipe.DEFAULT_RECIPE, "image_size": args.image_size, "batch_size": args.batch_size, "adversarial": 0.0}
     model = vae.model_from_config(config)
     model.compile(optimizer=vae.make_optimizer(config))

@@ -53,7 +53,7 @@ from train import DENSITY_BATCH, posterior_means  # noqa: E402
 
 
 def default_config(latent_dim: int, image_size: int) -> dict:
-    """train.py's default recipe at the given sizes, before its discriminator phase (the last 1,110 steps)."""
+    """train.py's default recipe at the given sizes, before its discriminator phase (the run's last --adversarial-start steps)."""
     return {**vae.DEFAULT_RECIPE, "latent_dim": latent_dim, "image_size": image_size, "adversarial": 0.0}
 
 
