@@ -203,6 +203,13 @@ def component_log_joint(points: np.ndarray, density: LatentDensity) -> np.ndarra
     return np.log(density.weights) + np.stack(pdfs, axis=1)
 
 
+def soft_assignments(points: np.ndarray, density: LatentDensity) -> tuple[np.ndarray, float]:
+    """E-step: soft assignments [N, k] of the points to the components, and their mean log-likelihood."""
+    joint = component_log_joint(points, density)
+    total = logsumexp(joint, axis=1)
+    return np.exp(joint - total[:, None]), float(np.mean(total))
+
+
 def weighted_gaussians(
     points: np.ndarray, responsibilities: np.ndarray, floor: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,12 +254,11 @@ def fit_mixture(points: np.ndarray, components: int, seed: int = 0, iterations: 
     density = LatentDensity(*weighted_gaussians(points, np.eye(components)[labels], floor))
     previous = -np.inf
     for _ in range(iterations if components > 1 else 0):
-        joint = component_log_joint(points, density)
-        total = logsumexp(joint, axis=1)
-        if float(np.mean(total)) - previous < EM_TOLERANCE:
+        assignments, likelihood = soft_assignments(points, density)
+        if likelihood - previous < EM_TOLERANCE:
             break
-        previous = float(np.mean(total))
-        density = LatentDensity(*weighted_gaussians(points, np.exp(joint - total[:, None]), floor))
+        previous = likelihood
+        density = LatentDensity(*weighted_gaussians(points, assignments, floor))
     return density
 
 
@@ -302,8 +308,7 @@ def fit_seconds(images: int, latent_dim: int, encode_rate: float) -> float:
     points = np.random.default_rng(0).standard_normal((min(images, 2000), latent_dim))
     density = fit_mixture(points, 2, iterations=0)  # k-means++ only: the start is not what the iterations cost
     started = time.perf_counter()
-    joint = component_log_joint(points, density)
-    weighted_gaussians(points, np.exp(joint - logsumexp(joint, axis=1)[:, None]), COVARIANCE_FLOOR)
+    weighted_gaussians(points, soft_assignments(points, density)[0], COVARIANCE_FLOOR)
     count = min(images, MAX_FIT_IMAGES)
     tried = sizes_within_work(usable_sizes(count, latent_dim, MIXTURE_SIZES), count, latent_dim)
     iteration_per_k = (time.perf_counter() - started) / 2 * count / len(points)  # the probe has k = 2
