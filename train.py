@@ -60,7 +60,6 @@ CALIBRATION_BATCHES = 25  # training batches BatchNorm's statistics are recomput
 class Inputs:
     """What the model trains and validates on, and how many batches a pass over each holds."""
 
-    dataset: data.Dataset  # where the files were found
     train_files: list[Path]
     validation_files: list[Path]
     cache: str  # this process's --cache
@@ -132,7 +131,7 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     preview_files = validation_files[: 2 * GRID_COLUMNS]  # read once: not cached
     preview = data.make_dataset(preview_files, **{**image_args, "cache": "none", "batch_size": 2 * GRID_COLUMNS})
     return Inputs(
-        dataset, train_files, validation_files, cache, train_steps, validation_steps,
+        train_files, validation_files, cache, train_steps, validation_steps,
         cluster.even_batches(validation, replicas), next(iter(preview)).numpy(), train_data,
         calibration_batches(config, train_files, image_args) if config["ema"] else [],
     )  # fmt: skip
