@@ -9,14 +9,13 @@
     python generate.py --run runs/r --mode attribute --random 4 --attribute Smiling  # no real faces
     python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3 --backend onnx
 
-Modes: reconstruct (inputs over their reconstructions), sample (random faces per --temperature), weighted (a
-weighted mix of encoded faces' posteriors), interpolate (lerp and slerp paths), attribute (z + alpha * a CelebA
-attribute's direction, cached in <run>/attribute_directions.json) and traverse (along the latents' principal
-directions or --dims). Faces come from --images, --ids, --identity or at random from --data; interpolate, attribute
-and traverse can start from random latents (--random N, their default without faces) from --sampler at the first
---temperature: the run's fitted density or, without one, the prior. The same --seed gives the same grid. The onnx
-backend imports no TensorFlow. The grid goes to <run>/generated/<mode>.png unless --out names another file, never
-one the command reads.
+Modes: reconstruct (inputs over their reconstructions), sample (random faces per --temperature), weighted (a weighted
+mix of encoded faces' posteriors), interpolate (lerp and slerp paths), attribute (z + alpha * a CelebA attribute's
+direction, cached in <run>/attribute_directions.json) and traverse (along the latents' principal directions or
+--dims). Faces come from --images, --ids, --identity or at random from --data; interpolate, attribute and traverse
+start from random latents with --random N or when no faces are given: from --sampler at the first --temperature, the
+run's fitted density (else the prior). The same --seed gives the same grid. The onnx backend imports no TensorFlow.
+The grid goes to <run>/generated/<mode>.png unless --out names another file, never one the command reads.
 """
 
 from __future__ import annotations
