@@ -141,10 +141,8 @@ def check_attributes(run_dir: Path, latent_dim: int) -> Path | None:
 # --------------------------------------------------------------------------- tracing with the rewrites
 def kernel_and_bias(layer) -> tuple[np.ndarray, np.ndarray]:
     """A Dense or Conv2D layer's weights as float32 arrays (a zero bias where it has none)."""
-    import keras
-
     bias = layer.bias if layer.use_bias else np.zeros(layer.kernel.shape[-1])
-    return tuple(np.asarray(keras.ops.convert_to_numpy(weights), np.float32) for weights in (layer.kernel, bias))
+    return np.asarray(layer.kernel, np.float32), np.asarray(bias, np.float32)
 
 
 def nchw_order(height: int, width: int, channels: int) -> np.ndarray:
