@@ -211,7 +211,7 @@ def plan_rewrites(layers: list[keras.layers.Layer]) -> tuple[dict[str, Callable]
             continue
         following = only_consumer(layer)
         if isinstance(layer, UpSampling2D) and (layer.interpolation, layer.data_format) == ("nearest", "channels_last"):
-            if tuple(layer.size) == (2, 2) and following is not None and subpixel_eligible(following):
+            if tuple(layer.size) == (2, 2) and subpixel_eligible(following):
                 steps[layer.name] = lambda x: x
                 steps[following.name] = subpixel_step(following)
                 notes.append(f"{layer.name}+{following.name}: sub-pixel convolution + depth_to_space")

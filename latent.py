@@ -35,7 +35,7 @@ DENSITY_FORMAT = "celeba-vae-latent-density/1"
 MIXTURE_SIZES = (1, 2, 4, 8, 16, 32)  # k tried by select_density
 MIN_POINTS_PER_DIM = 4  # a full-covariance component needs several points per latent dimension
 MAX_FIT_IMAGES = 30_000  # EM time grows with N; a random subset beyond this is plenty
-COVARIANCE_FLOOR = 1e-3  # added to each covariance's diagonal, as a fraction of the data's mean variance
+COVARIANCE_FLOOR = 1e-3  # a fraction of the data's mean variance added to each covariance's diagonal, against collapse
 EM_ITERATIONS = 100
 EM_TOLERANCE = 1e-3  # stop when the mean log-likelihood per point improves by less (nats)
 # EM's work for choosing k, counted as points x k x D^2 x EM_ITERATIONS summed over the k tried: a
@@ -235,8 +235,7 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, itera
 
 
 def fit_mixture(points: np.ndarray, components: int, seed: int = 0, iterations: int = EM_ITERATIONS) -> LatentDensity:
-    """A full-covariance Gaussian mixture fitted to points [N, D] by EM from k-means++; 1 component is the
-    closed form. The covariance floor stops collapse onto a few points."""
+    """A full-covariance Gaussian mixture fitted to points [N, D] by EM from k-means++ (k = 1: the closed form)."""
     points = np.asarray(points, dtype=np.float64)
     if not np.all(np.isfinite(points)):
         raise ValueError("the points to fit contain NaN or inf")
