@@ -5,7 +5,6 @@ what random faces look like under each sampler, and optionally FID.
     python evaluate.py --run pretrained/celeba64 --data ./celeba --split test  # an exported folder
     python evaluate.py --run runs/<name> --split validation --limit 2000
     python evaluate.py --run runs/<name> --fid --inception-weights inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5
-    python evaluate.py --help
 
 The folder is a train.py run (run with Keras) or an exported one (onnxruntime; TensorFlow then
 only for --fid). Images load as in training and every figure is computed with numpy, so both
@@ -240,13 +239,8 @@ def fid_features(
             )
             return inception_features(model), weights or "imagenet (Keras download)", None
         except Exception as error:  # downloads and weight files fail in many ways
-            if weights is None:
-                reason = (
-                    f"cannot download the InceptionV3 ImageNet weights ({first_line(error)}); "
-                    f"pass --inception-weights PATH to a local {INCEPTION_WEIGHTS_FILE}"
-                )
-            else:
-                reason = f"cannot load InceptionV3 weights from {weights} ({first_line(error)}); it should be {INCEPTION_WEIGHTS_FILE}"
+            what = f"load InceptionV3 weights from {weights}" if weights else "download InceptionV3's ImageNet weights"
+            reason = f"cannot {what} ({first_line(error)}); --inception-weights takes a local {INCEPTION_WEIGHTS_FILE}"
     print(f"FID skipped: {reason}")
     return None, None, reason
 
@@ -589,39 +583,22 @@ def sample_table(samples: dict) -> list[str]:
 
 # --------------------------------------------------------------------------- command line
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Evaluate, print the table and write the JSON; returns the results. Raises UserError (one
-    line) for what the user can fix: `python evaluate.py` reports it through errors.run_main."""
-    parser = argparse.ArgumentParser(
-        description="Evaluate a model folder (a train.py run or an exported folder) on real images and write "
-        "every figure to <folder>/eval_<split>.json.",
-        formatter_class=HelpFormatter,
-    )
+    """Evaluate, print the table and write the JSON; returns the results. A UserError is one line (run_main)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="model folder: a train.py run or an exported folder")
     parser.add_argument(
-        "--data", dest="data_path", metavar="PATH", help="CelebA root or folder of faces (default: the run's data)"
+        "--data", dest="data_path", metavar="PATH", help="CelebA root or face folder (default: run's data)"
     )
-    parser.add_argument(
-        "--split", choices=("train", "validation", "test", "all"), default="test", help="which images to evaluate"
-    )
-    parser.add_argument(
-        "--limit", type=int, default=0, metavar="N", help="evaluate the first N images of the split only (0: all)"
-    )
+    parser.add_argument("--split", choices=(*data.SPLITS, "all"), default="test", help="which images to evaluate")
+    parser.add_argument("--limit", type=int, default=0, metavar="N", help="only the split's first N images (0: all)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the sampled z and the random faces")
     parser.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="seed of the sampled z and of the random faces"
-    )
-    parser.add_argument(
-        "--backend",
-        dest="backend_kind",
-        choices=("keras", "onnx"),
-        help="keras: *.keras; onnx: *.onnx (default: keras when the folder has decoder.keras, else onnx)",
+        "--backend", dest="backend_kind", choices=("keras", "onnx"), help="(default: keras if decoder.keras exists)"
     )
     parser.add_argument("--fid", action="store_true", help="also compute FID (InceptionV3, ImageNet weights)")
     parser.add_argument(
-        "--inception-weights",
-        metavar="PATH",
-        help=f"local InceptionV3 weights for --fid ({INCEPTION_WEIGHTS_FILE}); "
-        "without it Keras tries to download them, and FID is skipped if that fails",
+        "--inception-weights", metavar="PATH", help=f"a local {INCEPTION_WEIGHTS_FILE} for --fid (default: downloaded)"
     )
     parser.add_argument("--out", type=Path, metavar="PATH", help="JSON file to write (default: RUN/eval_<split>.json)")
     parser.add_argument("--verbose", type=int, choices=(0, 1), default=1, help="0: only the table; 1: progress too")

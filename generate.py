@@ -9,13 +9,13 @@
     python generate.py --run runs/r --mode attribute --random 4 --attribute Smiling  # no real faces
     python generate.py --run runs/r --mode traverse --origin --dims 0 1 2 3 --backend onnx
 
-Modes: reconstruct (inputs over their reconstructions), sample (random faces per --temperature), weighted (a
-weighted mix of encoded faces' posteriors), interpolate (lerp and slerp paths), attribute (z + alpha * a CelebA
-attribute's direction, cached in <run>/attribute_directions.json) and traverse (along the latents' principal
-directions or --dims). Faces come from --images, --ids, --identity, at random from --data, or are random latents
-from --sampler (--random N), the run's fitted density or, if it has none, the prior. The same --seed gives the
-same grid. The onnx backend imports no TensorFlow. The grid goes to <run>/generated/<mode>.png unless --out
-names another file, never one the command reads.
+Modes: reconstruct (inputs over their reconstructions), sample (random faces per --temperature), weighted (a weighted
+mix of encoded faces' posteriors), interpolate (lerp and slerp paths), attribute (z + alpha * a CelebA attribute's
+direction, cached in <run>/attribute_directions.json) and traverse (along the latents' principal directions or
+--dims). Faces come from --images, --ids, --identity or at random from --data; interpolate, attribute and traverse
+start from random latents with --random N or when no faces are given: from --sampler at the first --temperature, the
+run's fitted density (else the prior). The same --seed gives the same grid. The onnx backend imports no TensorFlow.
+The grid goes to <run>/generated/<mode>.png unless --out names another file, never one the command reads.
 """
 
 from __future__ import annotations
@@ -49,9 +49,7 @@ ACTIVITY_IMAGES = 256  # images encoded to measure the latents' spread for trave
 MAX_GRID_FACES = 1024  # a grid is for looking at: bigger ones are refused before any decoding
 MAX_GRID_PIXELS = 64_000_000
 MAX_SCALE = 16
-MORE_FACES_HINT = (
-    "for more faces, run generate.py several times with other --seed values (--save-individual: single PNGs)"
-)
+MORE_FACES_HINT = "for more faces, run again with other --seed values (--save-individual: single PNGs)"
 
 
 class GenerateError(UserError):
@@ -511,9 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=MODE_GRIDS, required=True, help="what to generate")
     parser.add_argument("--backend", choices=("keras", "onnx"), help="(default: keras if decoder.keras exists)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
-    parser.add_argument(
-        "--out", help=".png, .jpg, .jpeg or .webp (default: <run>/generated/<mode>.png, ./generated without --run)"
-    )
+    parser.add_argument("--out", help=".png, .jpg, .jpeg or .webp (default: [<run>/]generated/<mode>.png)")
     parser.add_argument("--save-individual", action="store_true", help="also write each face as its own PNG")
     parser.add_argument("--scale", type=int, default=1, help="enlarge each face this many times in the grid")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random picks and noise")
@@ -527,26 +523,16 @@ def build_parser() -> argparse.ArgumentParser:
     faces.add_argument("--split", choices=(*data.SPLITS, "all"), default="validation", help="split of the random faces")
     faces.add_argument("--count", type=int, help="random faces (default: reconstruct 8, weighted 4, attribute 4)")
     faces.add_argument(
-        "--random",
-        type=int,
-        metavar="N",
-        help="interpolate, attribute, traverse: start from N random latents from --sampler at the first "
-        "--temperature, not real faces (the default when no faces are given)",
+        "--random", type=int, metavar="N", help="interpolate, attribute, traverse: start from N random latents"
     )
-    faces.add_argument(
-        "--sampler", choices=latent.SAMPLERS, default="density", help="latent.py's fitted density or the N(0, I) prior"
-    )
+    faces.add_argument("--sampler", choices=latent.SAMPLERS, default="density", help="the fitted density or N(0, I)")
 
     modes = parser.add_argument_group("mode options")
     modes.add_argument("--sampled", type=int, default=0, help="reconstruct: rows decoded from sampled z ~ q(z|x)")
     modes.add_argument("--samples", type=int, default=16, help="sample, weighted: faces to generate")
     modes.add_argument("--columns", type=int, default=8, help="sample, weighted: faces per grid row")
     modes.add_argument(
-        "--temperature",
-        type=float,
-        nargs="+",
-        default=[1.0],
-        help="sample: a block of rows per spread T (1: as fitted)",
+        "--temperature", type=float, nargs="+", default=[1.0], help="sample: a row block per spread T (1: as fitted)"
     )
     modes.add_argument("--identity", type=int, help="weighted: use the images of this CelebA identity number")
     modes.add_argument("--weights", type=float, nargs="+", help="weighted: one per face (default: equal)")
@@ -576,39 +562,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The flags as given, nothing filled in or added (see resolve); values no model can use are refused
-    through argparse (exit 2), before anything is loaded."""
+    """The flags as given (see resolve); values no model can use are refused by argparse (exit 2) before loading."""
     parser = build_parser()
     args = parser.parse_args(argv)
     minimums = {"count": 1, "random": 1, "samples": 1, "columns": 1, "pairs": 1, "scale": 1, "steps": 2}
     minimums |= dict.fromkeys(("sampled", "threads", "min_labelled", "max_labelled", "seed"), 0)
+    # Faces per unit of a flag, bounded before anything is loaded; each mode checks its whole grid before decoding.
+    faces_each = {"count": 1, "random": 1, "samples": 1, "sampled": 1, "steps": 1, "pairs": 2}
     for name, least in minimums.items():
-        value = getattr(args, name)
+        value, flag = getattr(args, name), f"--{name.replace('_', '-')}"
         if value is not None and value < least:
             must = f"be at least {least}" if least else "not be negative"
-            parser.error(f"--{name.replace('_', '-')} must {must} (got {value})")
-    # Bounds that hold before anything is loaded; each mode checks its whole grid before decoding.
-    bounds = {"count": 1, "random": 1, "samples": 1, "sampled": 1, "steps": 1, "pairs": 2}
-    for name, faces_each in bounds.items():
-        value = getattr(args, name)
-        if value is not None and value * faces_each > MAX_GRID_FACES:
-            parser.error(
-                f"--{name} {value} asks for more faces than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}"
-            )
+            parser.error(f"{flag} must {must} (got {value})")
+        if value is not None and value * faces_each.get(name, 0) > MAX_GRID_FACES:
+            parser.error(f"{flag} {value} asks for more faces than a grid shows ({MAX_GRID_FACES}); {MORE_FACES_HINT}")
     if args.scale > MAX_SCALE:
         parser.error(f"--scale must be at most {MAX_SCALE} (got {args.scale})")
     if args.threads > (os.cpu_count() or 1):
         parser.error(f"--threads must be at most {os.cpu_count() or 1}, the number of CPUs (got {args.threads})")
     if not (math.isfinite(args.span) and args.span > 0):
         parser.error(f"--span must be a positive number (got {args.span})")
-    if not all(math.isfinite(t) and t >= 0 for t in args.temperature):
-        parser.error(
-            f"--temperature takes numbers of 0 or more, e.g. 0.7 1 (got {' '.join(map(str, args.temperature))})"
-        )
-    for name in ("alphas", "weights"):
+    lists = {"temperature": "numbers of 0 or more, e.g. 0.7 1", "alphas": "finite numbers", "weights": "finite numbers"}
+    for name, takes in lists.items():
         values = getattr(args, name) or []
-        if not all(math.isfinite(v) for v in values):
-            parser.error(f"--{name} takes finite numbers (got {' '.join(map(str, values))})")
+        negative = name == "temperature" and any(v < 0 for v in values)  # a temperature is a spread
+        if negative or not all(map(math.isfinite, values)):
+            parser.error(f"--{name} takes {takes} (got {' '.join(map(str, values))})")
     return args
 
 

@@ -29,7 +29,7 @@ PARTS = {"decoder": ("z", ("image",)), "encoder": ("image", ("mu", "log_var"))}
 def make_session(
     source: str | os.PathLike | bytes, threads: int = 0, optimized_path: str | os.PathLike | None = None
 ) -> onnxruntime.InferenceSession:
-    """An onnxruntime CPU session, all graph optimisations on, of a path or a serialized model; saves the
+    """An onnxruntime CPU session (all graph optimisations: its default) of a path or a serialized model; saves the
     optimized graph to optimized_path if given. Raises FileNotFoundError or ValueError (unloadable)."""
     import onnxruntime as ort
 
@@ -39,7 +39,6 @@ def make_session(
     if threads < 0:
         raise ValueError(f"threads must be 0 (onnxruntime's default) or more, got {threads}")
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: no notes about hardware-specific optimized graphs
     if optimized_path is not None:

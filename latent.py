@@ -13,6 +13,7 @@ sampling at temperature T: docs/generate.md, "The latent density file".
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -34,7 +35,7 @@ DENSITY_FORMAT = "celeba-vae-latent-density/1"
 MIXTURE_SIZES = (1, 2, 4, 8, 16, 32)  # k tried by select_density
 MIN_POINTS_PER_DIM = 4  # a full-covariance component needs several points per latent dimension
 MAX_FIT_IMAGES = 30_000  # EM time grows with N; a random subset beyond this is plenty
-COVARIANCE_FLOOR = 1e-3  # added to each covariance's diagonal, as a fraction of the data's mean variance
+COVARIANCE_FLOOR = 1e-3  # a fraction of the data's mean variance added to each covariance's diagonal, against collapse
 EM_ITERATIONS = 100
 EM_TOLERANCE = 1e-3  # stop when the mean log-likelihood per point improves by less (nats)
 # EM's work for choosing k, counted as points x k x D^2 x EM_ITERATIONS summed over the k tried: a
@@ -182,31 +183,22 @@ class LatentDensity:
 
     def log_likelihood(self, points: np.ndarray) -> np.ndarray:
         """log p(z) in nats for each row of points [N, D]."""
-        return logsumexp(component_log_joint(np.asarray(points, np.float64), self), axis=1)
-
-
-def logsumexp(values: np.ndarray, axis: int) -> np.ndarray:
-    peak = np.max(values, axis=axis, keepdims=True)
-    return np.squeeze(peak, axis) + np.log(np.sum(np.exp(values - peak), axis=axis))
-
-
-def gaussian_log_pdf(points: np.ndarray, mean: np.ndarray, cholesky: np.ndarray) -> np.ndarray:
-    """log N(x; mean, L L^T) for each row x of points [N, D]."""
-    whitened = (points - mean) @ np.linalg.inv(cholesky).T  # solves L y = x - mean, row by row
-    log_det = 2.0 * np.sum(np.log(np.diag(cholesky)))
-    return -0.5 * (np.sum(whitened**2, axis=1) + log_det + points.shape[1] * math.log(2.0 * math.pi))
+        return np.logaddexp.reduce(component_log_joint(np.asarray(points, np.float64), self), axis=1)
 
 
 def component_log_joint(points: np.ndarray, density: LatentDensity) -> np.ndarray:
-    """log w_c + log N(x; mean_c, cov_c): [N, k]."""
-    pdfs = [gaussian_log_pdf(points, mean, chol) for mean, chol in zip(density.means, density.cholesky, strict=True)]
-    return np.log(density.weights) + np.stack(pdfs, axis=1)
+    """log w_c + log N(x; mean_c, L_c L_c^T) for each row x of points [N, D] and component c: [N, k]."""
+    columns = []
+    for mean, cholesky in zip(density.means, density.cholesky, strict=True):
+        whitened = (points - mean) @ np.linalg.inv(cholesky).T  # solves L y = x - mean, row by row
+        columns.append(-0.5 * np.sum(whitened**2, axis=1) - np.sum(np.log(np.diag(cholesky))))
+    return np.log(density.weights) - 0.5 * points.shape[1] * math.log(2.0 * math.pi) + np.stack(columns, axis=1)
 
 
 def soft_assignments(points: np.ndarray, density: LatentDensity) -> tuple[np.ndarray, float]:
     """E-step: soft assignments [N, k] of the points to the components, and their mean log-likelihood."""
     joint = component_log_joint(points, density)
-    total = logsumexp(joint, axis=1)
+    total = np.logaddexp.reduce(joint, axis=1)
     return np.exp(joint - total[:, None]), float(np.mean(total))
 
 
@@ -243,8 +235,7 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, itera
 
 
 def fit_mixture(points: np.ndarray, components: int, seed: int = 0, iterations: int = EM_ITERATIONS) -> LatentDensity:
-    """A full-covariance Gaussian mixture fitted to points [N, D] by EM from k-means++; 1 component is the
-    closed form. The covariance floor stops collapse onto a few points."""
+    """A full-covariance Gaussian mixture fitted to points [N, D] by EM from k-means++ (k = 1: the closed form)."""
     points = np.asarray(points, dtype=np.float64)
     if not np.all(np.isfinite(points)):
         raise ValueError("the points to fit contain NaN or inf")
@@ -317,13 +308,8 @@ def fit_seconds(images: int, latent_dim: int, encode_rate: float) -> float:
 
 def sizes_within_work(sizes: Sequence[int], count: int, latent_dim: int, work: float = SELECTION_WORK) -> list[int]:
     """The first of `sizes` (ascending) whose EM fits to `count` points together stay within `work`; k = 1 always."""
-    within, spent = [], 0.0
-    for k in sizes:
-        spent += count * k * latent_dim**2 * EM_ITERATIONS if k > 1 else 0.0  # k = 1: the closed form
-        if spent > work:
-            break
-        within.append(k)
-    return within
+    costs = [count * k * latent_dim**2 * EM_ITERATIONS if k > 1 else 0.0 for k in sizes]  # k = 1: the closed form
+    return [k for k, spent in zip(sizes, itertools.accumulate(costs), strict=True) if spent <= work]
 
 
 def usable_sizes(count: int, latent_dim: int, sizes: Sequence[int]) -> list[int]:
