@@ -354,8 +354,7 @@ def align_folder(source: Path, out: Path, which: str | int, finders: Sequence[Fa
 
 
 def copy_annotations(source: Path, out: Path) -> list[str]:
-    """A CelebA root's partition, attribute and identity files, copied to the same places under out,
-    so that the aligned crops keep its layout, official partition and labels."""
+    """A CelebA root's partition, attribute and identity files, copied to the same places under out (its layout)."""
     from data import ANNOTATIONS
     from images import write_together
 

@@ -49,9 +49,9 @@ PNG_METADATA_KEYS = (b"Raw profile type exif\0", b"XML:com.adobe.xmp\0")
 
 
 def check_image(path: str | os.PathLike) -> tuple[str | None, bool]:
-    """(what is wrong with an image file or None, whether TensorFlow's decoders read it as Pillow does). A JPEG
-    passes with intact header segments and an end-of-image marker (libjpeg decodes damaged compressed data too,
-    with a warning); a PNG with intact chunks and image data; others if Pillow decodes them."""
+    """(what is wrong with an image file or None, whether TensorFlow decodes it as Pillow does). A JPEG passes with
+    intact header segments and an end-of-image marker (libjpeg decodes damaged compressed data, with a warning), a
+    PNG with intact chunks and image data (as libpng reads them), another format if Pillow decodes it."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
