@@ -142,9 +142,7 @@ def png_structure(content: bytes) -> tuple[str | None, tuple[int, int], bool]:
             image_data.append(content[position + 8 : end - 4])
         elif kind == b"eXIf" or kind in PNG_TEXT and content[position + 8 : end - 4].startswith(PNG_METADATA_KEYS):
             metadata = True
-        if kind == b"IEND":
-            if not image_data:
-                return "no image data", (0, 0), False
+        if kind == b"IEND":  # png_data_problem finds a PNG without IDAT chunks short of data
             if size[0] * size[1] > MAX_IMAGE_PIXELS:
                 return None, size, metadata  # a bomb: check_image refuses its size, uninflated
             return png_data_problem(header, b"".join(image_data)), size, metadata
