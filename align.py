@@ -74,9 +74,8 @@ def detector_anchors(size: int, strides: Sequence[int], per_cell: Sequence[int])
     centres = []
     for stride, count in zip(strides, per_cell, strict=True):
         cells = size // stride
-        ys, xs = np.mgrid[0:cells, 0:cells]
-        grid = np.stack([(xs + 0.5) / cells, (ys + 0.5) / cells], axis=-1).reshape(-1, 1, 2)
-        centres.append(np.repeat(grid, count, axis=1).reshape(-1, 2))
+        ys, xs = (np.mgrid[0:cells, 0:cells] + 0.5) / cells
+        centres.append(np.repeat(np.stack([xs, ys], axis=-1).reshape(-1, 2), count, axis=0))
     return np.concatenate(centres).astype(np.float32)
 
 
@@ -183,7 +182,7 @@ class FaceFinder:
             regressors, logits = self.detector.run(None, {self.detector.get_inputs()[0].name: model_input})
             boxes, scores, points = decode_detections(regressors[0], logits[0, :, 0], self.anchors, self.DETECTOR_SIZE)
             origin = np.array([x0, y0])
-            found.append(((boxes.reshape(-1, 2, 2) * side + origin).reshape(-1, 4), scores, points * side + origin))
+            found.append((boxes * side + np.tile(origin, 2), scores, points * side + origin))
         merged = merge_detections(*(np.concatenate(parts) for parts in zip(*found, strict=True)))
         return [(box, keypoints) for box, _, keypoints in merged]
 
@@ -221,12 +220,11 @@ def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     """The 2x3 transform that applies `inner`, then `outer`."""
-    return np.hstack([outer[:, :2] @ inner[:, :2], (outer[:, :2] @ inner[:, 2] + outer[:, 2])[:, None]])
+    return outer @ np.vstack([inner, [0.0, 0.0, 1.0]])
 
 
 def invert(matrix: np.ndarray) -> np.ndarray:
-    inverse = np.linalg.inv(matrix[:, :2])
-    return np.hstack([inverse, (-inverse @ matrix[:, 2])[:, None]])
+    return np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
 
 
 def warp(pixels: np.ndarray, matrix: np.ndarray, size: tuple[int, int] = (FRAME_WIDTH, FRAME_HEIGHT)) -> np.ndarray:
@@ -356,8 +354,7 @@ def align_folder(source: Path, out: Path, which: str | int, finders: Sequence[Fa
 
 
 def copy_annotations(source: Path, out: Path) -> list[str]:
-    """A CelebA root's partition, attribute and identity files, copied to the same places under out,
-    so that the aligned crops keep its layout, official partition and labels."""
+    """A CelebA root's partition, attribute and identity files, copied to the same places under out (its layout)."""
     from data import ANNOTATIONS
     from images import write_together
 

@@ -10,6 +10,7 @@ Pipeline: check files -> decode and crop -> area resize -> cache -> shuffle -> b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import logging
@@ -169,8 +170,7 @@ def read_partition(path: Path) -> dict[str, int]:
 
 
 def read_attributes(path: Path) -> dict[str, np.ndarray]:
-    """list_attr_celeba.csv (a header "image_id,<40 names>") or .txt (a count line, then a header of 40 names),
-    then lines of a file name and 40 labels of -1 or 1: file name -> int8[40]."""
+    """list_attr_celeba.csv (a header "image_id,<names>") or .txt (a count line, a header): name -> int8[40] of -1/1."""
     rows = read_rows(path, ATTRIBUTES_FIX)
     if path.suffix == ".csv":
         _, header = next(rows, (0, None))
@@ -296,14 +296,11 @@ def checked_files(paths: Sequence[Path]) -> tuple[list[Path], list[bool]]:
 def available_memory(root: Path = Path("/")) -> int | None:
     """Bytes of memory this process may still take: MemAvailable, or less where a memory cgroup limit (v2 or
     v1) of this process's cgroup or one above leaves less; None where neither is known. `root`: for tests."""
-    headroom = []
-    try:
-        found = re.search(r"^MemAvailable:\s+(\d+) kB", (root / "proc/meminfo").read_text(), re.MULTILINE)
-        if found:
-            headroom.append(int(found.group(1)) * 1024)
+    headroom, cgroups = [], []
+    with contextlib.suppress(OSError):
+        meminfo = (root / "proc/meminfo").read_text()
+        headroom = [int(kb) * 1024 for kb in re.findall(r"^MemAvailable:\s+(\d+) kB", meminfo, re.MULTILINE)]
         cgroups = (root / "proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        cgroups = []
     for line in cgroups:  # "0::/path" for v2, "4:memory:/path" for v1
         _, controllers, path = line.split(":", 2)
         if controllers == "":
@@ -315,12 +312,8 @@ def available_memory(root: Path = Path("/")) -> int | None:
         parts = Path(path).relative_to("/").parts
         for depth in range(len(parts), -1, -1):  # the process's own cgroup, then its parents
             level = mount.joinpath(*parts[:depth])
-            try:
-                limit = (level / max_file).read_text().strip()
-                if limit != "max":
-                    headroom.append(int(limit) - int((level / used_file).read_text()))
-            except (OSError, ValueError):
-                continue
+            with contextlib.suppress(OSError, ValueError):  # no such files here, or a limit of "max"
+                headroom.append(int((level / max_file).read_text()) - int((level / used_file).read_text()))
     return min(headroom) if headroom else None
 
 
@@ -461,12 +454,11 @@ def make_dataset(
     flip: mirror each image left to right with probability 1/2, seeded like the order."""
     import tensorflow as tf
 
-    requested = list(files)
-    files, native = checked_files(requested)
-    if not files:
+    readable, native = checked_files(files)
+    if not readable:
         raise DataError("no readable images left to train on; check the files under --data")
     # Paths as bytes: a file name that is not UTF-8 reaches TensorFlow as it is on disk.
-    dataset = tf.data.Dataset.from_tensor_slices(([os.fsencode(p) for p in files], native))
+    dataset = tf.data.Dataset.from_tensor_slices(([os.fsencode(p) for p in readable], native))
     dataset = dataset.map(
         lambda path, native: decode_face(path, native, image_size, channels, crop), num_parallel_calls=tf.data.AUTOTUNE
     )
@@ -475,7 +467,7 @@ def make_dataset(
     if cache == "memory":
         dataset = dataset.cache()
     elif cache != "none":
-        prefix = file_cache_prefix(cache, requested, image_size, channels, crop)
+        prefix = file_cache_prefix(cache, files, image_size, channels, crop)
         prefix.parent.mkdir(parents=True, exist_ok=True)
         remove_partial_file_cache(prefix)  # what a killed run or a full disk left half-written
         dataset = dataset.cache(str(prefix))
@@ -483,7 +475,7 @@ def make_dataset(
     def batches(_) -> tf.data.Dataset:
         stream = dataset
         if shuffle:
-            stream = stream.shuffle(min(len(files), 20_000), seed=seed, reshuffle_each_iteration=True)
+            stream = stream.shuffle(min(len(readable), 20_000), seed=seed, reshuffle_each_iteration=True)
         if flip:
             # Dataset.random's low bits run in streaks: its numbers seed a stateless flip instead.
             keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)

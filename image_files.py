@@ -1,14 +1,13 @@
-"""Which image files training can read, and why the others cannot, from their bytes.
+"""Which image files training can read, and why the others cannot, from their bytes (check_image).
 
-`check_image` says what is wrong with a file (or nothing) and whether TensorFlow's decoders read it as
-images.read_pixels does: a JPEG or PNG without EXIF or XMP metadata, which can rotate a photo (Pillow applies
-it, TensorFlow does not). JPEG and PNG are checked from their structure as libjpeg and libpng read it, other
-formats by decoding them with Pillow; decompression bombs are refused by size. Why a checker of its own:
-docs/training.md, "Damaged image files"."""
+TensorFlow's decoders read a JPEG or PNG as images.read_pixels does only without EXIF or XMP metadata, which can
+rotate a photo (Pillow applies it, TensorFlow does not). Decompression bombs are refused by their size. Why a
+checker of its own: docs/training.md, "Damaged image files"."""
 
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 import zlib
 from typing import IO
@@ -35,7 +34,7 @@ MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit, 
 # JPEG markers libjpeg accepts before the first scan (SOS): frame headers (SOF0-15 less DHT,
 # JPG and DAC), tables, restart interval, comments, application data.
 JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-JPEG_TABLES = {0xC4, 0xCC, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF, 0xFE, *range(0xE0, 0xF0), *range(0xF0, 0xFE)}
+JPEG_TABLES = {0xC4, 0xCC, *range(0xDB, 0xFF)}
 JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG colour type -> (samples per pixel, the bit depths allowed with it)
@@ -50,9 +49,9 @@ PNG_METADATA_KEYS = (b"Raw profile type exif\0", b"XML:com.adobe.xmp\0")
 
 
 def check_image(path: str | os.PathLike) -> tuple[str | None, bool]:
-    """(what is wrong with an image file or None, whether TensorFlow's decoders read it as Pillow does). A JPEG
-    passes with intact header segments and an end-of-image marker (libjpeg decodes damaged compressed data too,
-    with a warning); a PNG with intact chunks and image data; others if Pillow decodes them."""
+    """(what is wrong with an image file or None, whether TensorFlow decodes it as Pillow does). A JPEG passes with
+    intact header segments and an end-of-image marker (libjpeg decodes damaged compressed data, with a warning), a
+    PNG with intact chunks and image data (as libpng reads them), another format if Pillow decodes it."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
@@ -110,9 +109,7 @@ def jpeg_structure(handle: IO[bytes]) -> tuple[str | None, tuple[int, int], bool
         if marker in JPEG_FRAMES:
             if size is not None or position + 10 > len(content):
                 return "damaged frame header", (0, 0), False
-            height = int.from_bytes(content[position + 5 : position + 7], "big")
-            width = int.from_bytes(content[position + 7 : position + 9], "big")
-            components = content[position + 9]
+            height, width, components = struct.unpack_from(">2HB", content, position + 5)
             if not (height and width and components and length == 8 + 3 * components):
                 return f"damaged frame header ({width}x{height}, {components} components)", (0, 0), False
             size = (height, width)
@@ -126,8 +123,7 @@ def png_structure(content: bytes) -> tuple[str | None, tuple[int, int], bool]:
     """(problem or None, (height, width), whether it holds EXIF or XMP) from a whole PNG file's chunks and data."""
     position, size, header, image_data, metadata = 8, None, b"", [], False
     while position + 12 <= len(content):
-        length = int.from_bytes(content[position : position + 4], "big")
-        kind = content[position + 4 : position + 8]
+        length, kind = struct.unpack_from(">I4s", content, position)
         if size is None and (kind != b"IHDR" or length != 13):
             return "damaged: no IHDR chunk first", (0, 0), False
         end = position + 12 + length
@@ -138,7 +134,7 @@ def png_structure(content: bytes) -> tuple[str | None, tuple[int, int], bool]:
             return f"damaged: checksum error in its {kind.decode('latin-1')} chunk", (0, 0), False
         if size is None:
             header = content[position + 8 : end - 4]
-            width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
+            width, height = struct.unpack_from(">2I", header)
             if not (width and height):
                 return f"empty image ({width}x{height})", (0, 0), False
             size = (height, width)
@@ -146,9 +142,7 @@ def png_structure(content: bytes) -> tuple[str | None, tuple[int, int], bool]:
             image_data.append(content[position + 8 : end - 4])
         elif kind == b"eXIf" or kind in PNG_TEXT and content[position + 8 : end - 4].startswith(PNG_METADATA_KEYS):
             metadata = True
-        if kind == b"IEND":
-            if not image_data:
-                return "no image data", (0, 0), False
+        if kind == b"IEND":  # png_data_problem finds a PNG without IDAT chunks short of data
             if size[0] * size[1] > MAX_IMAGE_PIXELS:
                 return None, size, metadata  # a bomb: check_image refuses its size, uninflated
             return png_data_problem(header, b"".join(image_data)), size, metadata
@@ -160,33 +154,28 @@ def png_data_problem(header: bytes, compressed: bytes) -> str | None:
     """What libpng would find wrong with a PNG's image data (IHDR fields, the IDAT chunks joined), or None: a
     broken or short zlib stream, or (not interlaced) a row with an invalid filter type. Inflated in pieces, and
     only as far as the rows need, so that a small file cannot make the check take much memory or time."""
-    width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
-    depth, colour, compression, filtering, interlace = header[8:13]
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">2I5B", header)
     samples, depths = PNG_COLOUR_TYPES.get(colour, (0, ()))
     if depth not in depths or compression or filtering or interlace > 1:
         return (
             f"damaged: its IHDR chunk is invalid (bit depth {depth}, colour type {colour}, compression {compression}, "
             f"filter {filtering}, interlace {interlace})"
         )
-
-    def row_bytes(columns: int) -> int:
-        return 1 + (columns * samples * depth + 7) // 8  # the filter type byte, then the packed samples
-
-    row_size = 0 if interlace else row_bytes(width)  # rows of one size: their filter bytes are checked
     steps = ADAM7_PASSES if interlace else ((0, 0, 1, 1),)  # not interlaced: one pass over every pixel
     passes = [(-(-(width - x) // dx), -(-(height - y) // dy)) for x, y, dx, dy in steps]
-    needed = sum(rows * row_bytes(columns) for columns, rows in passes if columns > 0 and rows > 0)
+    # A row is its filter type byte, then its packed samples; a pass without columns has no rows.
+    needed = sum(rows * (1 + (columns * samples * depth + 7) // 8) for columns, rows in passes if columns)
+    row_size = 0 if interlace else needed // height  # rows of one size: their filter bytes are checked
     inflater, pending, produced = zlib.decompressobj(), compressed, 0
     try:
         while not inflater.eof and produced <= needed:
             piece = inflater.decompress(pending, PNG_INFLATE_CHUNK)
             pending = inflater.unconsumed_tail
-            if row_size:  # the filter type bytes that start the rows in this piece
+            if row_size:  # the filter type bytes that start the rows in this piece, and the rows' numbers
                 filters = piece[-produced % row_size : needed - produced : row_size]
-                if filters and max(filters) > PNG_LAST_FILTER:
-                    row, value = next((i, v) for i, v in enumerate(filters) if v > PNG_LAST_FILTER)
-                    row += -(-produced // row_size)
-                    return f"damaged: its compressed image data has an invalid filter type {value} in row {row + 1}"
+                for row, value in enumerate(filters, -(-produced // row_size) + 1):
+                    if value > PNG_LAST_FILTER:
+                        return f"damaged: its compressed image data has an invalid filter type {value} in row {row}"
             produced += len(piece)
             if not piece and not pending:
                 break  # every byte inflated and the stream has not ended

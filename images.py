@@ -102,8 +102,7 @@ def make_grid(
     scale: int = 1,
     title: str = "",
 ) -> Image.Image:
-    """A grid of rows[r][c], images [H, W, C] (C = 1 or 3) in [0, 1], with optional labels left of
-    the rows and above the columns, and a title line above all."""
+    """A grid of rows[r][c], images [H, W, C] (C = 1 or 3) in [0, 1], with optional row and column labels and title."""
     rows = [np.asarray(row) for row in rows]
     height, width = rows[0].shape[1:3]
     columns = max(len(row) for row in rows)
@@ -124,8 +123,7 @@ def make_grid(
             draw.text((2, y + cell_h // 2 - 6), str(row_labels[r]), fill="black", font=font)
     for c, label in enumerate(column_labels or []):
         draw.text((label_width + GRID_PADDING + c * cell_w + 1, title_height + 1), str(label), fill="black", font=font)
-    if title:
-        draw.text((GRID_PADDING, 1), title, fill="black", font=font)
+    draw.text((GRID_PADDING, 1), title, fill="black", font=font)  # draws nothing without a title
     return grid
 
 
@@ -143,12 +141,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def image_format(path: str | os.PathLike, flag: str = "--out") -> str:
+def image_format(path: str | os.PathLike) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise UserError(
-            f"{flag} {path}: images are written as {', '.join(OUTPUT_FORMATS)}, not "
-            f"{suffix or 'a name without an extension'}; give another {flag}"
+            f"--out {path}: images are written as {', '.join(OUTPUT_FORMATS)}, not "
+            f"{suffix or 'a name without an extension'}; give another --out"
         )
     return OUTPUT_FORMATS[suffix]
 
