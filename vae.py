@@ -108,8 +108,7 @@ def beta_schedule(step, beta: float, warmup_steps: int = 0, cycle_steps: int = 0
     step = ops.cast(step, "float32")
     if cycle_steps > 0:
         ramp = warmup_steps if 0 < warmup_steps <= cycle_steps else cycle_steps / 2
-        position = step - cycle_steps * ops.floor(step / cycle_steps)
-        return beta * ops.minimum(1.0, position / ramp)
+        return beta * ops.minimum(1.0, ops.mod(step, cycle_steps) / ramp)
     if warmup_steps > 0:
         return beta * ops.minimum(1.0, step / warmup_steps)
     return beta * ops.ones_like(step)
