@@ -1,11 +1,9 @@
-"""The tf.distribute strategy of a training run, its replicas' shares of a batch, and a
-multi-worker cluster's start and end: --strategy multiworker waits at most --worker-start-timeout
-for every worker of TF_CONFIG, naming those that did not start; only the chief writes the run folder.
+"""The tf.distribute strategy of a training run, its replicas' shares of a batch, and a multi-worker
+cluster's start and end: --strategy multiworker waits at most --worker-start-timeout for every worker of
+TF_CONFIG, naming those that did not start; only the chief writes the run folder.
 
-The one module that imports a private TensorFlow module, `tensorflow.python.eager.context`: only its
-configure_coordination_service, with no public counterpart, limits how long the coordination service
-of MultiWorkerMirroredStrategy waits for its tasks.
-"""
+The one module that imports a private TensorFlow module: `context.configure_coordination_service`, with no
+public counterpart, limits how long MultiWorkerMirroredStrategy's coordination service waits for its tasks."""
 
 from __future__ import annotations
 
@@ -109,19 +107,16 @@ def worker_output(run_dir: Path, chief: bool) -> Iterator[Path]:
     """Where this process writes: the run folder, or for a worker other than the chief a scratch folder."""
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
-        yield run_dir
-        return
-    with tempfile.TemporaryDirectory(prefix="vae-worker-") as scratch:
-        yield Path(scratch)
+    with contextlib.nullcontext(run_dir) if chief else tempfile.TemporaryDirectory(prefix="vae-worker-") as folder:
+        yield Path(folder)
 
 
 def quiet_native_log() -> None:
     """Send stderr to /dev/null: after a worker's last line, the coordination service complains of those gone."""
     sys.stdout.flush()
     sys.stderr.flush()
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
 
 
 def steps_per_pass(

@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import keras
+import numpy as np
 
 import latent
 from errors import not_a_script
@@ -51,13 +51,11 @@ def read_history(path: Path) -> list[dict]:
 
 
 def plot_history(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure to close
 
     panels = [("loss", "total loss"), ("reconstruction", "reconstruction"), ("kl", "KL"), ("mse", "per-pixel MSE")]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    figure = Figure(figsize=(4 * len(panels), 3.2))
+    axes = figure.subplots(1, len(panels))
     epochs = [r["epoch"] for r in rows]
     for axis, (key, title) in zip(axes, panels, strict=True):
         for prefix, label in (("", "train"), ("val_", "validation")):
@@ -69,18 +67,16 @@ def plot_history(rows: list[dict], path: Path) -> None:
     figure.tight_layout()
     with atomic_write(path) as temporary:
         figure.savefig(temporary, dpi=100, format="png")
-    plt.close(figure)
 
 
 def cpu_seconds() -> float:
     """CPU time of this process, all its threads (user + system)."""
-    times = os.times()
-    return times.user + times.system
+    return time.process_time()
 
 
-def now() -> tuple[float, float]:
-    """(wall-clock seconds, CPU seconds)."""
-    return time.perf_counter(), cpu_seconds()
+def now() -> np.ndarray:
+    """[wall-clock seconds, CPU seconds]."""
+    return np.array([time.perf_counter(), cpu_seconds()])
 
 
 class EpochTimes(keras.callbacks.Callback):
@@ -96,7 +92,7 @@ class EpochTimes(keras.callbacks.Callback):
         self.density_seconds = math.inf  # the fit's estimate: the least so far, as other work only slows it
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.marks, self.steps, self.backups = {"begin": now()}, 0, [0.0, 0.0]  # backups: seconds, CPU-seconds
+        self.marks, self.steps, self.backups = {"begin": now()}, 0, np.zeros(2)  # backups: as now()
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
@@ -112,19 +108,19 @@ class EpochTimes(keras.callbacks.Callback):
         """Time a step backup as an artifact rather than as training steps."""
         started = now()
         yield
-        self.backups = [total + ended - began for total, ended, began in zip(self.backups, now(), started, strict=True)]
+        self.backups += now() - started
 
     def on_epoch_end(self, epoch, logs=None):
         begin, end = self.marks["begin"], now()
         validation, artifacts = self.marks.get("validation", end), self.marks.get("artifacts", end)
-        steps_cpu, images = validation[1] - begin[1] - self.backups[1], self.steps * self.config["batch_size"]
+        (steps_seconds, steps_cpu), images = validation - begin - self.backups, self.steps * self.config["batch_size"]
         figures = {
-            "seconds_steps": validation[0] - begin[0] - self.backups[0],
+            "seconds_steps": steps_seconds,
             "seconds_validation": artifacts[0] - validation[0],
             "seconds_artifacts": end[0] - artifacts[0] + self.backups[0],
             "images_per_cpu_second": images / steps_cpu if steps_cpu > 0 else float("nan"),
         }
-        self.history.rows[-1].update({key: round(value, 3) for key, value in figures.items()})
+        self.history.rows[-1].update({key: round(float(value), 3) for key, value in figures.items()})
         self.history.write()
         if self.verbose:
             total, left = end[0] - begin[0], self.config["epochs"] - epoch - 1

@@ -1,6 +1,5 @@
-"""`UserError`, a problem the user can fix, with a message that says what to do, and `run_main`,
-which reports it as `error: <message>` on stderr with the error's exit code. Standard library only,
-so every module can import it."""
+"""`UserError`, a problem the user can fix, with a message that says what to do, and `run_main`, which reports
+it as `error: <message>` on stderr with the error's exit code. Standard library only: every module imports it."""
 
 from __future__ import annotations
 

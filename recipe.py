@@ -1,9 +1,8 @@
-"""train.py's settings, each defined once: its flag, config.json key, default, choices and help.
+"""train.py's settings, each defined once: flag, config.json key, default, choices and help.
 
-train_cli.py builds the command line from SETTINGS (an argparse group per entry of GROUPS) and
-config.json takes its keys from them; DEFAULT_RECIPE is their defaults, and ModelConfig, what
-vae.py builds a model from, has the model's settings as fields. No TensorFlow: `python train.py
---help` answers at once.
+train_cli.py builds the command line (an argparse group per entry of GROUPS) and config.json from
+SETTINGS; ModelConfig, what vae.py builds a model from, has the model's settings as fields. No
+TensorFlow here, so that `python train.py --help` answers at once.
 """
 
 from __future__ import annotations
@@ -50,16 +49,15 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
     "data and run folder": (
         Setting("--data", "CelebA root folder (Kaggle or original layout) or a plain folder of faces", required=True, on_resume=True),
         Setting("--out", "run folder, new or empty (default: runs/<timestamp>)", in_config=False),
-        Setting("--resume", "continue the run in this folder from its last checkpoint or step backup; its config.json is reused, "
-                "only --epochs (to extend), --data (if moved), --cache, --strategy, --verbose, --backup-every, "
-                "--worker-start-timeout and --no-tensorboard may be given, and --adversarial (with --adversarial-start "
-                "and --discriminator-filters) for a run trained without a discriminator: a second phase", metavar="RUN", in_config=False, on_resume=True),
+        Setting("--resume", "continue the run in this folder from its last saved state and config.json; only --epochs (to "
+                "extend), --data (if moved), --cache, --strategy, --verbose, --backup-every, --worker-start-timeout, "
+                "--no-tensorboard may be given, and --adversarial (with --adversarial-start, --discriminator-filters) "
+                "to add a discriminator phase", metavar="RUN", in_config=False, on_resume=True),
         Setting("--limit", "train on the first N training images only (0: all)", 0, int, required=True),
         Setting("--train-split", "partitions trained on; with train+validation the validation figures are on seen images "
                 "and only the test partition stays unseen", "train", choices=("train", "train+validation")),
-        Setting("--cache", "decoded-image cache: memory, none, or a folder for a file cache (for data that does not fit in "
-                "memory: train.py stops with this advice when the memory cache would not fit, and checks the folder's disk "
-                "has room for a file cache)", "memory", required=True, on_resume=True),
+        Setting("--cache", "decoded-image cache: memory, none, or a folder for a file cache, for data that does not fit in "
+                "memory (train.py checks that the cache fits)", "memory", required=True, on_resume=True),
         Setting("--crop", "side of the central square kept, in pixels of the 178-wide aligned CelebA frame (0: whole square)",
                 DEFAULT_CROP, int, required=True),
         Setting("--flip", "mirror each training image left to right with probability 1/2 (a face's mirror image is a "
@@ -72,9 +70,8 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
         Setting("--channels", "3 for RGB, 1 for grayscale", 3, int, choices=(1, 3), required=True),
         Setting("--grayscale", "same as --channels 1", dest="channels", in_config=False, action="store_const", const=1),
         Setting("--filters", "encoder filters per block, comma separated", list(DEFAULT_FILTERS), required=True),
-        Setting("--decoder-filters", "decoder filters per block, comma separated, in the order of --filters (one per "
-                "block), e.g. 64,128,256,512 for a decoder wider than the encoder (default: those of --filters)",
-                metavar="FILTERS"),  # None: the mirror of the encoder's
+        Setting("--decoder-filters", "decoder filters per block in the order of --filters, e.g. 64,128,256,512 for a "
+                "decoder wider than the encoder (default: those of --filters)", metavar="FILTERS"),
         Setting("--output-filters", "width of a convolution block at the full image size before the decoder's output "
                 "layer, so that it shapes detail finer than the last upsampling (0: none)", 16, int, metavar="WIDTH"),
         Setting("--hidden", "units of the encoder's dense layer", 512, int, metavar="HIDDEN", dest="hidden_units", required=True),
@@ -90,13 +87,11 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
         Setting("--beta-cycle", "cyclical KL annealing period in optimizer steps (0: none)", 0, int, metavar="STEPS",
                 dest="beta_cycle_steps", required=True),
         Setting("--adversarial", "weight of a patch discriminator's hinge-loss term on the reconstructions, scaled "
-                "adaptively by the ratio of the reconstruction's and GAN term's gradients at the decoder's last layer "
-                "(0: no discriminator)", 0.5, float, metavar="WEIGHT"),
-        Setting("--adversarial-start", "optimizer step from which the discriminator trains, its term counts and only the "
-                "decoder trains (with --adversarial); negative: that many steps before the run's end, at most back to its "
-                "middle; a cosine schedule ends there and the rest keeps its last rate", -2217, int, metavar="STEP"),
+                "adaptively at the decoder's last layer (0: no discriminator)", 0.5, float, metavar="WEIGHT"),
+        Setting("--adversarial-start", "optimizer step from which the discriminator's term counts and only the decoder "
+                "trains; negative: that many steps before the end, at most back to the middle", -2217, int, metavar="STEP"),
         Setting("--discriminator-filters", "width of the discriminator's first block, doubled in each of the next three "
-                "up to 8x (with --adversarial; its cost per step grows with the square)", 32, int, metavar="WIDTH"),
+                "up to 8x (its cost per step grows with the square)", 32, int, metavar="WIDTH"),
     ),
     "optimisation": (
         Setting("--epochs", "number of epochs (default: %(default)s; on --resume: the run's own)", 88, int,
@@ -110,13 +105,11 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
         Setting("--ema", "EMA momentum of the weights (0: off); saved models, grids and validation use the EMA weights, "
                 "with BatchNorm statistics recomputed for them", 0.999, float, required=True),
         Setting("--mixed-precision", "auto: mixed_bfloat16 on a CPU with amx_bf16 or avx512_bf16, mixed_float16 on a GPU "
-                "with tensor cores (compute capability 7.0 or more), float32 elsewhere; on (or the flag alone): "
-                "mixed_float16 on GPU, mixed_bfloat16 on CPU; off: float32. Loss, metrics and saved models stay float32; "
-                "config.json and the start-up line say what was chosen and why", "auto", choices=PRECISION_SETTINGS,
-                required=True, nargs="?", const="on"),
-        Setting("--strategy", "tf.distribute strategy: auto uses MirroredStrategy with more than one GPU; multiworker reads "
-                "the cluster from TF_CONFIG (see docs/training.md); on --resume the one given here, whatever the run used "
-                "before", "auto", choices=("auto", "mirrored", "multiworker", "none"), required=True, on_resume=True),
+                "of compute capability 7.0+, else float32; on (or the flag alone): mixed_float16 on GPU, mixed_bfloat16 "
+                "on CPU; off: float32", "auto", choices=PRECISION_SETTINGS, required=True, nargs="?", const="on"),
+        Setting("--strategy", "tf.distribute strategy: auto is MirroredStrategy with more than one GPU; multiworker reads "
+                "TF_CONFIG (docs/training.md)", "auto", choices=("auto", "mirrored", "multiworker", "none"), required=True,
+                on_resume=True),
         Setting("--seed", "random seed (weights, sampling, data order)", 0, int, required=True),
         Setting("--verbose", "Keras progress: 0 silent, 1 bar (one line per epoch when stdout is not a terminal), 2 one "
                 "line per epoch", 1, int, choices=(0, 1, 2), in_config=False, on_resume=True),
@@ -124,9 +117,8 @@ GROUPS: dict[str, tuple[Setting, ...]] = {
     "recovery and logging (also on --resume)": (
         Setting("--backup-every", "back up the training state every STEPS optimizer steps, so a killed run loses at most "
                 "that many; 0: only the end-of-epoch checkpoints", 200, int, metavar="STEPS", in_config=False, on_resume=True),
-        Setting("--worker-start-timeout", "with --strategy multiworker: how long each worker waits for all the workers of "
-                "TF_CONFIG to start; after that it stops, naming those missing", 300, float, metavar="SECONDS",
-                in_config=False, on_resume=True),
+        Setting("--worker-start-timeout", "with --strategy multiworker: how long each worker waits for the others to start "
+                "(then it stops, naming those missing)", 300, float, metavar="SECONDS", in_config=False, on_resume=True),
         Setting("--no-tensorboard", f"do not write TensorBoard logs (default: they go to RUN/{TENSORBOARD_DIR}/)", True,
                 dest="tensorboard", in_config=False, on_resume=True, action="store_false"),
     ),

@@ -1,14 +1,12 @@
 """What keeps a training run alive: resuming, step backups, stop signals and the faults of a fit.
 
-train.train() makes a Recovery, which restores where a resumed run goes on, and fits inside its
-guard(), which turns what stops a fit into one line that says how to go on:
-
-- SIGTERM or Ctrl-C finishes the current step on every worker, backs it up and stops (status 143,
-  130) with the command that continues the run; a second one stops at once.
-- A step backup every --backup-every steps (checkpoint/backup/); a resumed run goes on from the
-  newer of it and the last epoch checkpoint.
-- A full disk, a lost worker and a NaN/inf loss stop the run, keeping the last good checkpoint.
-"""
+train.train() makes a Recovery, which restores where a resumed run goes on, and fits inside its guard(),
+which turns what stops a fit into one line that says how to go on:
+- SIGTERM or Ctrl-C finishes the current step on every worker, backs it up and stops (status 143, 130)
+  with the command that continues the run; a second one stops at once.
+- A step backup every --backup-every steps (checkpoint/backup/); a resumed run goes on from the newer of
+  it and the last epoch checkpoint.
+- A full disk, a lost worker and a NaN/inf loss stop the run, keeping the last good checkpoint."""
 
 from __future__ import annotations
 
@@ -154,7 +152,7 @@ def training_state(model: keras.Model, position: tf.Variable) -> tf.train.Checkp
 def latest_backup(run_dir: Path) -> tuple[int, int, str] | None:
     """(epochs done, steps into the next, checkpoint prefix) of the step backup, or None."""
     folder = run_dir / CHECKPOINT_DIR / BACKUP_DIR
-    prefix = tf.train.latest_checkpoint(str(folder)) if folder.is_dir() else None
+    prefix = tf.train.latest_checkpoint(str(folder))  # None without the folder or its index
     if prefix is None:
         return None
     position = tf.Variable([0, 0], dtype=tf.int64)
@@ -244,11 +242,9 @@ class StepBackup(keras.callbacks.Callback):
         self.stop, self.epoch_metrics, self.timer = recovery.stop, recovery.epoch_metrics, timer  # timer: EpochTimes
         self.manager: tf.train.CheckpointManager | None = None
         self.position = tf.Variable([0, 0], dtype=tf.int64)
-        self.saved_at, self.epoch = -1, 0
         self.failed_at: tuple[int, int] | None = None  # (epoch, step) of a NaN/inf loss
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
         # Keras has just reset the metrics; a resumed epoch continues the restored running means.
         if self.epoch_metrics is not None:
             for variable, value in zip(self.model.metrics_variables, self.epoch_metrics, strict=True):
@@ -258,7 +254,8 @@ class StepBackup(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.steps_done += 1
         if not math.isfinite(float((logs or {}).get("loss", 0.0))):
-            self.failed_at = (self.epoch + 1, batch + 1)
+            epoch, step = divmod(self.steps_done - 1, self.steps_per_epoch)  # a resumed epoch's fit starts mid-epoch
+            self.failed_at = (epoch + 1, step + 1)
             self.model.stop_training = True
         if self.model.stop_training or self.steps_done % self.steps_per_epoch == 0:
             return  # a NaN/inf loss keeps the last good backup; an epoch's end has its checkpoint
@@ -297,8 +294,6 @@ class StepBackup(keras.callbacks.Callback):
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def save(self) -> None:
-        if self.saved_at == self.steps_done:
-            return
         refuse_if_disk_full(self.model, self.run_dir, self.folder)
         if self.manager is None:
             state = training_state(self.model, self.position)
@@ -306,7 +301,6 @@ class StepBackup(keras.callbacks.Callback):
         self.position.assign(divmod(self.steps_done, self.steps_per_epoch))
         with self.timer.backup():
             self.manager.save(checkpoint_number=self.steps_done)
-        self.saved_at = self.steps_done
 
 
 class StopRequest:

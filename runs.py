@@ -438,8 +438,7 @@ def duration_text(seconds: float) -> str:
 
 
 class Progress:
-    """'LABEL N of M images, about T to go', in place on a terminal, else a line every `log_every` seconds;
-    then the time."""
+    """'LABEL N of M images, about T to go', in place on a terminal, else every `log_every` seconds; then the time."""
 
     def __init__(self, total: int, label: str, enabled: bool = True, log_every: float = 30.0):
         self.total, self.label, self.done, self.log_every = total, label, 0, log_every

@@ -2,11 +2,9 @@
 
 The shape of the Keras VAE example: an encoder image -> (mu, log_var), a `Sampling` layer, a
 decoder z -> image, and a `VAE(keras.Model)` with its own train_step/test_step; with `--model ae`
-a plain autoencoder (z = mu, no KL). Loss per image, averaged over the batch: reconstruction
-(`mse`, `bce`, or `gaussian`, a calibrated decoder variance as in sigma-VAE) + beta * KL. Under
-tf.distribute a step on N replicas equals the single-device step. `AdversarialVAE` adds a patch
-discriminator's adaptively weighted hinge-loss term, as in the autoencoders of latent diffusion.
-`build_vae` builds the model a recipe.ModelConfig describes, `model_from_config` a run's.
+a plain autoencoder (z = mu, no KL). Under tf.distribute a step on N replicas equals the
+single-device step. `AdversarialVAE` adds a patch discriminator's adaptively weighted hinge-loss
+term, as in the autoencoders of latent diffusion.
 
     python vae.py --latent 128     # the architecture's summary and parameter count
 """
@@ -53,9 +51,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-# Keras' default 0.99 averages the inference statistics over longer than a short run; BatchNormalization
-# is synchronized: under tf.distribute it normalises with the global batch's statistics.
-BN_MOMENTUM = 0.9
+BN_MOMENTUM = 0.9  # Keras' 0.99 averages the inference statistics over longer than a short run
 DISCRIMINATOR_LEARNING_RATE = 2e-4  # constant, the usual rate of GAN discriminators with Adam
 ADVERSARIAL_FIGURES = ("d_loss", "g_loss", "adversarial_weight")
 LECAM_WEIGHT = 0.1  # of the LeCam term in the discriminator's loss (Tseng et al. 2021 use 0.1-0.3)
@@ -71,7 +67,7 @@ def kl_divergence(mu, log_var):
 
 
 def reconstruction_loss(x, x_hat, kind: str = "mse"):
-    """Per-example reconstruction loss summed over pixels (see module docstring)."""
+    """Per-example loss summed over pixels: `mse`, `bce`, or `gaussian` (calibrated decoder variance, sigma-VAE)."""
     x = ops.cast(x, "float32")
     x_hat = ops.cast(x_hat, "float32")
     pixel_axes = tuple(range(1, len(x.shape)))
@@ -112,15 +108,13 @@ def beta_schedule(step, beta: float, warmup_steps: int = 0, cycle_steps: int = 0
     step = ops.cast(step, "float32")
     if cycle_steps > 0:
         ramp = warmup_steps if 0 < warmup_steps <= cycle_steps else cycle_steps / 2
-        position = step - cycle_steps * ops.floor(step / cycle_steps)
-        return beta * ops.minimum(1.0, position / ramp)
+        return beta * ops.minimum(1.0, ops.mod(step, cycle_steps) / ramp)
     if warmup_steps > 0:
         return beta * ops.minimum(1.0, step / warmup_steps)
     return beta * ops.ones_like(step)
 
 
 # --------------------------------------------------------------------------- layers and models
-@keras.saving.register_keras_serializable(package="celeba_vae")
 class Sampling(layers.Layer):
     """Reparameterization trick: z = mu + exp(0.5 * log_var) * eps, eps ~ N(0, I), from a seeded
     generator whose state is saved with the weights, so a resumed run draws the noise of an
@@ -128,7 +122,6 @@ class Sampling(layers.Layer):
 
     def __init__(self, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs):
@@ -145,9 +138,6 @@ class Sampling(layers.Layer):
     def load_own_variables(self, store):
         if "0" in store:  # a checkpoint without the state leaves the seed's
             self.seed_generator.state.assign(store["0"])
-
-    def get_config(self):
-        return {**super().get_config(), "seed": self.seed}
 
 
 def build_encoder(config: ModelConfig) -> keras.Model:
@@ -168,8 +158,7 @@ def build_encoder(config: ModelConfig) -> keras.Model:
 
 
 def build_decoder(config: ModelConfig) -> keras.Model:
-    """z [B, latent_dim] -> image [B, H, W, C] in [0, 1], mirroring the encoder, with the widths
-    `decoder_filters` (by default those of the encoder, in the encoder's order)."""
+    """z [B, latent_dim] -> image [B, H, W, C] in [0, 1], mirroring the encoder (`decoder_filters` in its order)."""
     filters = config.decoder_filters or config.filters
     if len(filters) != len(config.filters):
         raise ValueError(f"decoder filters {list(filters)} need one width per encoder block ({len(config.filters)})")
@@ -290,12 +279,8 @@ class VAE(keras.Model):
 def recompute_batch_norm(model: VAE, batches: Sequence, seed: int) -> None:
     """Set each BatchNorm layer's moving statistics to their plain mean over `batches`, fed as
     training feeds them, so that they match the weights the model holds now (the EMA ones)."""
-    norms = [
-        layer
-        for part in (model.encoder, model.decoder)
-        for layer in part.layers
-        if isinstance(layer, layers.BatchNormalization)
-    ]
+    parts = model.encoder.layers + model.decoder.layers
+    norms = [layer for layer in parts if isinstance(layer, layers.BatchNormalization)]
     momenta = [layer.momentum for layer in norms]
     noise = np.random.default_rng(seed)
     try:
@@ -327,9 +312,8 @@ def hinge_discriminator_loss(logits_real, logits_fake):
 
 
 def lecam_penalty(logits_real, logits_fake, mean_real, mean_fake):
-    """LeCam regularisation (Tseng et al. 2021): the squared excess of real logits over the moving
-    mean of the fake ones, and of that of the real ones over fake logits. A discriminator that
-    pushes its two outputs apart without bound (winning outright) pays for it."""
+    """LeCam regularisation (Tseng et al. 2021): the squared excess of real logits over the fake ones' moving
+    mean, and of the real ones' over fake logits, so that a discriminator cannot win outright."""
     real = ops.mean(ops.square(ops.relu(ops.cast(logits_real, "float32") - mean_fake)))
     fake = ops.mean(ops.square(ops.relu(mean_real - ops.cast(logits_fake, "float32"))))
     return real + fake
@@ -341,9 +325,7 @@ class MovingMeans(layers.Layer):
     def __init__(self, size: int, decay: float, **kwargs):
         super().__init__(**kwargs)
         self.decay = decay
-        self.means = self.add_weight(
-            shape=(size,), initializer="zeros", trainable=False, name="means", aggregation="mean"
-        )
+        self.means = self.add_weight((size,), "zeros", trainable=False, name="means", aggregation="mean")
 
     def update(self, values) -> None:
         self.means.assign(self.decay * self.means + (1.0 - self.decay) * values)
@@ -376,11 +358,10 @@ def build_discriminator(config: ModelConfig, blocks: int = 3) -> keras.Model:
 
 
 class AdversarialVAE(VAE):
-    """From optimizer step `config.adversarial_start` on, the loss adds w * g_loss, with
-    g_loss = -mean(D(reconstructions)) and w = `adaptive_weight`, and only the decoder trains: the
-    latent space, and what was fitted in it, stay valid. Each such step also trains the patch
-    discriminator D on `d_loss` plus `lecam_penalty`. Before it the step runs without D, and D's
-    figures read 0."""
+    """From optimizer step `config.adversarial_start` on, the loss adds w * g_loss, with g_loss =
+    -mean(D(reconstructions)) and w = `adaptive_weight`, and only the decoder trains (the latent space
+    and what was fitted in it stay valid); each such step also trains the patch discriminator D on
+    `d_loss` plus `lecam_penalty`. Before it the step runs without D, and D's figures read 0."""
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, config: ModelConfig, **kwargs):
         super().__init__(encoder, decoder, config, **kwargs)
@@ -459,8 +440,7 @@ class AdversarialVAE(VAE):
             logits_real = self.discriminator(images, training=True)
             logits_fake = self.discriminator(ops.stop_gradient(reconstructions), training=True)
             d_loss = hinge_discriminator_loss(logits_real, logits_fake)
-            mean_real, mean_fake = self.logit_means.means[0], self.logit_means.means[1]
-            penalty = lecam_penalty(logits_real, logits_fake, mean_real, mean_fake)
+            penalty = lecam_penalty(logits_real, logits_fake, self.logit_means.means[0], self.logit_means.means[1])
             scaled_loss = self.discriminator_optimizer.scale_loss((d_loss + LECAM_WEIGHT * penalty) / replicas)
         self.discriminator_optimizer.apply(tape.gradient(scaled_loss, variables), variables)
         logits = [ops.mean(ops.cast(logits, "float32")) for logits in (logits_real, logits_fake)]
@@ -509,21 +489,15 @@ def choose_precision(setting: str, cpu_flags: str, gpu_capability: tuple[int, in
 
 def cpu_flags() -> str:
     """This machine's CPU flags as /proc/cpuinfo lists them ('' without /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next((line.partition(":")[2] for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        return ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        return next((line.partition(":")[2] for line in cpuinfo if line.startswith("flags")), "")
+    return ""
 
 
 def gpu_capability() -> tuple[int, int] | None:
     """The lowest CUDA compute capability of the GPUs ((0, 0) when one does not say), or None."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return None
-    return min(
-        tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)) for gpu in gpus
-    )
+    details = [tf.config.experimental.get_device_details(gpu) for gpu in tf.config.list_physical_devices("GPU")]
+    return min((tuple(gpu.get("compute_capability") or (0, 0)) for gpu in details), default=None)
 
 
 def run_precision(config: dict) -> tuple[str, str]:
@@ -564,8 +538,7 @@ def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.O
             warmup_target=learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps,
         )
-    ema = config["ema"]
-    return Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
+    return Adam(learning_rate, use_ema=config["ema"] > 0, ema_momentum=config["ema"] or 0.99)
 
 
 class Adam(keras.optimizers.Adam):
