@@ -440,18 +440,19 @@ def make_dataset(
     channels: int = 3,
     batch_size: int = 64,
     crop: int = DEFAULT_CROP,
-    shuffle: bool = False,
-    seed: int = 0,
     cache: str = "memory",
-    drop_remainder: bool = False,
-    repeat: bool = False,
-    skip_batches: int = 0,
-    flip: bool = False,
+    **stream: object,
 ) -> tf.data.Dataset:
-    """Batches of float32 [B, S, S, C] images in [0, 1]. cache: "memory", "none", or a folder for file caches
-    (reused by later runs). repeat: forever, in passes of whole batches. skip_batches: start this many batches
-    into the seeded stream, so that a resumed run sees the batches an uninterrupted one would have seen.
-    flip: mirror each image left to right with probability 1/2, seeded like the order."""
+    """Batches of float32 [B, S, S, C] images in [0, 1] of `files`: decoded_images, then batched(**stream)."""
+    decoded, readable = decoded_images(files, image_size, channels, crop, cache)
+    return batched(decoded, len(readable), batch_size, **stream)
+
+
+def decoded_images(
+    files: Sequence[Path], image_size: int = 64, channels: int = 3, crop: int = DEFAULT_CROP, cache: str = "memory"
+) -> tuple[tf.data.Dataset, list[Path]]:
+    """(uint8 [S, S, C] faces of the files that pass the check, in their order; those files). cache: "memory",
+    "none", or a folder for file caches (reused by later runs); every stream batched from the faces shares it."""
     import tensorflow as tf
 
     readable, native = checked_files(files)
@@ -471,11 +472,29 @@ def make_dataset(
         prefix.parent.mkdir(parents=True, exist_ok=True)
         remove_partial_file_cache(prefix)  # what a killed run or a full disk left half-written
         dataset = dataset.cache(str(prefix))
+    return dataset, readable
+
+
+def batched(
+    decoded: tf.data.Dataset,
+    count: int,
+    batch_size: int = 64,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_remainder: bool = False,
+    repeat: bool = False,
+    skip_batches: int = 0,
+    flip: bool = False,
+) -> tf.data.Dataset:
+    """Batches of float32 images in [0, 1] of the `count` decoded images. repeat: forever, in passes of whole
+    batches. skip_batches: start this many batches into the seeded stream, so that a resumed run sees the batches
+    an uninterrupted one would have seen. flip: mirror each image left to right with probability 1/2, seeded."""
+    import tensorflow as tf
 
     def batches(_) -> tf.data.Dataset:
-        stream = dataset
+        stream = decoded
         if shuffle:
-            stream = stream.shuffle(min(len(readable), 20_000), seed=seed, reshuffle_each_iteration=True)
+            stream = stream.shuffle(min(count, 20_000), seed=seed, reshuffle_each_iteration=True)
         if flip:
             # Dataset.random's low bits run in streaks: its numbers seed a stateless flip instead.
             keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
@@ -490,9 +509,9 @@ def make_dataset(
 
     # Built inside flat_map, the stream starts afresh in every iterator: else the shuffle state would carry over
     # from the iterator Keras opens (and drops) under tf.distribute, and the order differ from a single device's.
-    batched = tf.data.Dataset.range(1).flat_map(batches)
-    batched = batched.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
-    return batched.prefetch(tf.data.AUTOTUNE)
+    stream = tf.data.Dataset.range(1).flat_map(batches)
+    stream = stream.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
+    return stream.prefetch(tf.data.AUTOTUNE)
 
 
 def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> Path:

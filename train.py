@@ -65,21 +65,12 @@ class Inputs:
     cache: str  # this process's --cache
     train_steps: int
     validation_steps: int
+    decoded: tf.data.Dataset  # the decoded training images, cached: every pass over them reads them from there
+    readable: list[Path]  # the training files decoded, in order
+    train_data: Callable[[int], tf.data.Dataset]  # batches to skip -> the endless training stream
     validation_data: tf.data.Dataset
     preview: np.ndarray  # the validation images of the reconstruction grids
-    make_train_data: Callable[..., tf.data.Dataset]  # (skip_batches, cache) -> the endless training stream
     calibration: list[np.ndarray]  # fixed training batches for the EMA weights' BatchNorm statistics
-    made: dict[int, tf.data.Dataset] = dataclasses.field(default_factory=dict)  # by batches skipped
-
-    def train_data(self, skip_batches: int) -> tf.data.Dataset:
-        self.made[skip_batches] = self.make_train_data(skip_batches)
-        return self.made[skip_batches]
-
-    def first_training_pass(self) -> tf.data.Dataset:
-        """The first epoch's batches: from the cache of the stream started at batch 0, or read again after a
-        resume (a new pass over a stream started later would first replay all the batches it skipped)."""
-        stream = self.made[0] if 0 in self.made else self.make_train_data(0, "none")
-        return stream.take(self.train_steps)
 
 
 def load_splits(config: dict) -> tuple[list[Path], list[Path], data.Dataset]:
@@ -119,11 +110,12 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
         data.check_file_cache(cache, [train_files, validation_files], size, channels, crop)
     train_cli.check_memory(config, len(train_files), len(validation_files))
     image_args = {"image_size": size, "channels": channels, "crop": crop, "cache": cache, "batch_size": batch_size}
+    decoded, readable = data.decoded_images(train_files, size, channels, crop, cache)
 
-    def train_data(skip_batches: int, cache: str = cache) -> tf.data.Dataset:
-        stream = data.make_dataset(
-            train_files, shuffle=True, seed=config["seed"], drop_remainder=drop_remainder, repeat=True,
-            skip_batches=skip_batches, flip=config["flip"], **{**image_args, "cache": cache},
+    def train_data(skip_batches: int) -> tf.data.Dataset:
+        stream = data.batched(
+            decoded, len(readable), batch_size, shuffle=True, seed=config["seed"], drop_remainder=drop_remainder,
+            repeat=True, skip_batches=skip_batches, flip=config["flip"],
         )  # fmt: skip
         return cluster.even_batches(stream, replicas)
 
@@ -131,9 +123,9 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     preview_files = validation_files[: 2 * GRID_COLUMNS]  # read once: not cached
     preview = data.make_dataset(preview_files, **{**image_args, "cache": "none", "batch_size": 2 * GRID_COLUMNS})
     return Inputs(
-        train_files, validation_files, cache, train_steps, validation_steps,
-        cluster.even_batches(validation, replicas), next(iter(preview)).numpy(), train_data,
-        calibration_batches(config, train_files, image_args) if config["ema"] else [],
+        train_files, validation_files, cache, train_steps, validation_steps, decoded, readable, train_data,
+        cluster.even_batches(validation, replicas), next(iter(preview)).numpy(),
+        calibration_batches(config, readable, image_args) if config["ema"] else [],
     )  # fmt: skip
 
 
@@ -352,30 +344,33 @@ class Checkpoint(keras.callbacks.Callback):
 # --------------------------------------------------------------------------- latent density
 def density_images(config: dict, inputs: Inputs) -> int:
     """How many images the latent density's fit encodes."""
-    training = min(inputs.train_steps * config["batch_size"], latent.MAX_FIT_IMAGES)
+    training = min(train_split_count(config, inputs), latent.MAX_FIT_IMAGES)
     return training + min(len(inputs.validation_files), latent.MAX_FIT_IMAGES)
 
 
+def train_split_count(config: dict, inputs: Inputs) -> int:
+    """How many of the decoded training images, the first ones, are of the train split (k is chosen on its
+    images when the validation images are trained on too)."""
+    if "validation" not in training_splits(config):
+        return len(inputs.readable)
+    validation = set(inputs.validation_files)
+    return sum(path not in validation for path in inputs.readable)
+
+
 def fit_density(run_dir: Path, inputs: Inputs, config: dict) -> None:
-    """latent_density.json for the final model, from the posterior means of one epoch's training
-    images and of the validation images, decoded from training's cache. A failure here loses no
-    training: it is reported with the command to retry."""
+    """latent_density.json for the final model, from the posterior means of the training images and of
+    the validation images, read from training's caches. A failure here loses no training: it is reported
+    with the command to retry."""
     splits = training_splits(config)
     try:
         means = posterior_means(runs.load_model(run_dir, "encoder", config), config)
-        total = density_images(config, inputs)
-        progress = runs.Progress(total, "latent density: encoded")
+        progress = runs.Progress(density_images(config, inputs), "latent density: encoded")
         started = cpu_seconds()
-        if "validation" in splits:  # the validation images are trained on: k is chosen on the train split's
-            validation = set(inputs.validation_files)
-            train_split = [path for path in inputs.train_files if path not in validation]
-            image_args = {key: config[key] for key in ("image_size", "channels", "crop")}
-            passes = [
-                (data.make_dataset(train_split, batch_size=DENSITY_BATCH, cache="none", **image_args), len(train_split))
-            ]
-        else:
-            passes = [(inputs.first_training_pass(), inputs.train_steps * config["batch_size"])]
-        passes.append((inputs.validation_data.take(inputs.validation_steps), len(inputs.validation_files)))
+        count = train_split_count(config, inputs)
+        passes = [
+            (data.batched(inputs.decoded.take(count), count, DENSITY_BATCH), count),
+            (inputs.validation_data.take(inputs.validation_steps), len(inputs.validation_files)),
+        ]
         fit_means, heldout = (encode(means, stream, count, config["seed"], progress) for stream, count in passes)
         progress.close()
         rate = (len(fit_means) + len(heldout)) / max(cpu_seconds() - started, 1e-9)

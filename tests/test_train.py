@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -84,9 +85,9 @@ def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path, mon
     assert Image.open(run / "reconstructions" / "epoch_004.png").size == (8 * 18 + 2, 2 * 18 + 2)
     assert Image.open(run / "samples" / "epoch_004.png").size == (8 * 18 + 2, 2 * 18 + 2)
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["epoch_004.weights.h5"]
-    # the fitted latent density, over the posterior means of one epoch's training images (3 batches of 8)
+    # the fitted latent density, over the posterior means of the 26 training images that decode
     density = latent.read_density(run / latent.DENSITY_FILE, latent_dim=8)
-    assert density.info["fitted_on"]["split"] == "train" and density.info["fitted_on"]["count"] == 24
+    assert density.info["fitted_on"]["split"] == "train" and density.info["fitted_on"]["count"] == 26
     mu = encoder(np.stack([images.load_face(p, 16) for p in train.load_splits(config)[0][:3]]))[0]
     assert np.all(np.isfinite(density.log_likelihood(np.asarray(mu))))
 
@@ -133,15 +134,31 @@ def test_same_seed_same_result_and_run_folders_inside_the_data_are_not_trained_o
     assert_same_history(tmp_path / "runs" / "a", tmp_path / "runs" / "b")
 
 
-def test_resume_continues_epochs_and_optimizer_step_and_ends_where_an_uninterrupted_run_does(kaggle_celeba, tmp_path):
+def test_resume_continues_epochs_and_optimizer_step_and_ends_where_an_uninterrupted_run_does(
+    kaggle_celeba, tmp_path, monkeypatch
+):
     """Same data order, sampling noise, optimizer state and beta warm-up after --resume: same
     weights. (A constant rate: with cosine, extending --epochs on resume stretches the schedule.)"""
     flags = ("--lr-schedule", "constant", "--seed", "3", "--beta", "1", "--beta-warmup", "100")
-    run = tmp_path / "resumed"
-    train.train_command(tiny_train_args(kaggle_celeba, tmp_path / "straight", "--epochs", "2", *flags))
-    train.train_command(tiny_train_args(kaggle_celeba, run, "--epochs", "1", *flags))
-    assert checkpoint_state(run) == (1, 3)  # 27 readable training images // batch 8
-    train.train_command(["--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    celeba, run = tmp_path / "celeba", tmp_path / "resumed"
+    shutil.copytree(kaggle_celeba, celeba)  # damaged below
+    train.train_command(tiny_train_args(celeba, tmp_path / "straight", "--epochs", "2", *flags))
+    train.train_command(tiny_train_args(celeba, run, "--epochs", "1", *flags))
+    assert checkpoint_state(run) == (1, 3)  # 26 readable training images // batch 8
+    fit_density = train.fit_density
+
+    def damage_images_then_fit_density(*args) -> None:
+        # The same size and time, so that the file cache still stands for them: decoded again, they differ.
+        for path in celeba.rglob("*.jpg"):
+            status, content = path.stat(), bytearray(path.read_bytes())
+            content[len(content) // 3 : -2] = bytes(len(content) - 2 - len(content) // 3)
+            path.write_bytes(content)
+            os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+        fit_density(*args)
+
+    monkeypatch.setattr(train, "fit_density", damage_images_then_fit_density)
+    resume = ["--resume", str(run), "--epochs", "2", "--verbose", "0", "--cache", str(tmp_path / "cache")]
+    train.train_command(resume)
     assert checkpoint_state(run) == (2, 6)
     rows = history_rows(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -154,7 +171,7 @@ def test_resume_continues_epochs_and_optimizer_step_and_ends_where_an_uninterrup
     for a, b in zip(straight, resumed, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert float(history_rows(tmp_path / "straight")[-1]["loss"]) == pytest.approx(float(rows[-1]["loss"]), rel=1e-5)
-    # The density is fitted to the first epoch's images (drop_remainder leaves out others in other epochs).
+    # The same density: from the images the resumed run cached in --cache, not from the damaged files.
     straight, resumed = (
         json.loads((tmp_path / name / "latent_density.json").read_text()) for name in ("straight", "resumed")
     )
