@@ -1,5 +1,4 @@
-"""The tf.distribute strategy of a training run, its replicas' shares of a batch, and a multi-worker
-cluster's start and end: --strategy multiworker waits at most --worker-start-timeout for every worker of
+"""The tf.distribute strategy of a training run and a multi-worker cluster's start and end: --strategy multiworker waits at most --worker-start-timeout for every worker of
 TF_CONFIG, naming those that did not start; only the chief writes the run folder.
 
 The one module that imports a private TensorFlow module: `context.configure_coordination_service`, with no
@@ -22,7 +21,6 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow.python.eager import context  # the coordination service's settings (see above)
 
-import data
 import train_cli
 from errors import not_a_script
 from runs import native_start_up_lines_filtered
@@ -117,44 +115,6 @@ def quiet_native_log() -> None:
     sys.stderr.flush()
     with open(os.devnull, "w") as devnull:
         os.dup2(devnull.fileno(), 2)
-
-
-def steps_per_pass(
-    train_files: list[Path], validation_files: list[Path], batch_size: int, replicas: int, drop_remainder: bool
-) -> tuple[int, int]:
-    """The batches of a pass over the training and the validation files: a short last batch is dropped with
-    `drop_remainder` (training only), else cut to a multiple of the replicas, saying how many that leaves out."""
-    steps, left = [], []
-    for split, files, drop in (("training", train_files, drop_remainder), ("validation", validation_files, False)):
-        count = len(files)
-        if count < batch_size and replicas > 1:
-            count = sum(map(data.is_readable_image, files))  # one short batch: count what it will hold
-        full, rest = divmod(count, batch_size)
-        kept = 0 if drop else rest // replicas * replicas
-        if full == 0 and kept == 0:
-            raise RunError(
-                f"the {count} readable {split} image(s) cannot be shared by the {replicas} replicas; "
-                f"use at least {replicas} images"
-            )
-        steps.append(full + (kept > 0))
-        left.append(rest - kept)
-    if replicas > 1 and sum(left):
-        print(
-            f"{replicas} replicas: each batch is cut to a multiple of {replicas} images, so that every replica gets "
-            f"an equal share; left out per epoch: {left[0]} of the {len(train_files)} training images and "
-            f"{left[1]} of the {len(validation_files)} validation images"
-        )
-    return steps[0], steps[1]
-
-
-def even_batches(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
-    """Each batch cut to a multiple of `replicas`, the empty ones dropped: an empty share crashes BatchNormalization
-    on some CPUs, and the loss scaling assumes equal shares."""
-    if replicas == 1:
-        return dataset
-    return dataset.map(lambda images: images[: tf.shape(images)[0] // replicas * replicas]).filter(
-        lambda images: tf.shape(images)[0] > 0
-    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Layouts: Kaggle's (img_align_celeba/ with list_eval_partition.csv), the CelebA site's (Img/, Eval/, Anno/),
 or any folder of faces (searched recursively, skipping run folders; an 80/10/10 split by file name hash).
-Pipeline: check files -> decode and crop -> area resize -> cache -> shuffle -> batch (docs/training.md, "Data").
+Pipeline: check files -> decode and crop -> area resize -> cache -> shuffle -> batch, cut to a multiple of the
+replicas (docs/training.md, "Data").
 
     python data.py --data ./celeba     # what is found in a folder
 """
@@ -485,10 +486,12 @@ def batched(
     repeat: bool = False,
     skip_batches: int = 0,
     flip: bool = False,
+    replicas: int = 1,
 ) -> tf.data.Dataset:
     """Batches of float32 images in [0, 1] of the `count` decoded images. repeat: forever, in passes of whole
     batches. skip_batches: start this many batches into the seeded stream, so that a resumed run sees the batches
-    an uninterrupted one would have seen. flip: mirror each image left to right with probability 1/2, seeded."""
+    an uninterrupted one would have seen. flip: mirror each image left to right with probability 1/2, seeded.
+    replicas: each batch cut to a multiple of them, the empty ones dropped (see steps_per_pass)."""
     import tensorflow as tf
 
     def batches(_) -> tf.data.Dataset:
@@ -511,7 +514,38 @@ def batched(
     # from the iterator Keras opens (and drops) under tf.distribute, and the order differ from a single device's.
     stream = tf.data.Dataset.range(1).flat_map(batches)
     stream = stream.map(lambda images: tf.cast(images, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
+    if replicas > 1:  # an empty share crashes BatchNormalization on some CPUs; the loss scaling assumes equal ones
+        stream = stream.map(lambda images: images[: tf.shape(images)[0] // replicas * replicas])
+        stream = stream.filter(lambda images: tf.shape(images)[0] > 0)
     return stream.prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_pass(
+    train_files: list[Path], validation_files: list[Path], batch_size: int, replicas: int, drop_remainder: bool
+) -> tuple[int, int]:
+    """The batches of a pass over the training and the validation files: a short last batch is dropped with
+    `drop_remainder` (training only), else cut to a multiple of the replicas, saying how many that leaves out."""
+    steps, left = [], []
+    for split, files, drop in (("training", train_files, drop_remainder), ("validation", validation_files, False)):
+        count = len(files)
+        if count < batch_size and replicas > 1:
+            count = sum(map(is_readable_image, files))  # one short batch: count what it will hold
+        full, rest = divmod(count, batch_size)
+        kept = 0 if drop else rest // replicas * replicas
+        if full == 0 and kept == 0:
+            raise DataError(
+                f"the {count} readable {split} image(s) cannot be shared by the {replicas} replicas; "
+                f"use at least {replicas} images"
+            )
+        steps.append(full + (kept > 0))
+        left.append(rest - kept)
+    if replicas > 1 and sum(left):
+        print(
+            f"{replicas} replicas: each batch is cut to a multiple of {replicas} images, so that every replica gets "
+            f"an equal share; left out per epoch: {left[0]} of the {len(train_files)} training images and "
+            f"{left[1]} of the {len(validation_files)} validation images"
+        )
+    return steps[0], steps[1]
 
 
 def file_cache_prefix(cache_dir: str, files: Sequence[Path], image_size: int, channels: int, crop: int) -> Path:

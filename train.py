@@ -99,7 +99,7 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
     # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
     drop_remainder = len(train_files) >= batch_size
-    train_steps, validation_steps = cluster.steps_per_pass(
+    train_steps, validation_steps = data.steps_per_pass(
         train_files, validation_files, batch_size, replicas, drop_remainder
     )
     cache = cluster.worker_cache(config)
@@ -113,18 +113,17 @@ def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
     decoded, readable = data.decoded_images(train_files, size, channels, crop, cache)
 
     def train_data(skip_batches: int) -> tf.data.Dataset:
-        stream = data.batched(
+        return data.batched(
             decoded, len(readable), batch_size, shuffle=True, seed=config["seed"], drop_remainder=drop_remainder,
-            repeat=True, skip_batches=skip_batches, flip=config["flip"],
+            repeat=True, skip_batches=skip_batches, flip=config["flip"], replicas=replicas,
         )  # fmt: skip
-        return cluster.even_batches(stream, replicas)
 
-    validation = data.make_dataset(validation_files, repeat=True, **image_args)
+    validation = data.make_dataset(validation_files, repeat=True, replicas=replicas, **image_args)
     preview_files = validation_files[: 2 * GRID_COLUMNS]  # read once: not cached
     preview = data.make_dataset(preview_files, **{**image_args, "cache": "none", "batch_size": 2 * GRID_COLUMNS})
     return Inputs(
         train_files, validation_files, cache, train_steps, validation_steps, decoded, readable, train_data,
-        cluster.even_batches(validation, replicas), next(iter(preview)).numpy(),
+        validation, next(iter(preview)).numpy(),
         calibration_batches(config, readable, image_args) if config["ema"] else [],
     )  # fmt: skip
 
