@@ -1,5 +1,6 @@
-"""The tf.distribute strategy of a training run and a multi-worker cluster's start and end: --strategy multiworker waits at most --worker-start-timeout for every worker of
-TF_CONFIG, naming those that did not start; only the chief writes the run folder.
+"""The tf.distribute strategy of a training run and a multi-worker cluster's start and end: --strategy
+multiworker waits at most --worker-start-timeout for every worker of TF_CONFIG, naming those that did not
+start; only the chief writes the run folder.
 
 The one module that imports a private TensorFlow module: `context.configure_coordination_service`, with no
 public counterpart, limits how long MultiWorkerMirroredStrategy's coordination service waits for its tasks."""
