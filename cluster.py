@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import gc
 import math
 import os
@@ -30,8 +31,28 @@ from train_cli import RunError
 TASK_NAME = r"/job:(\w+)/replica:\d+/task:(\d+)"  # a task of a TensorFlow cluster, as its messages name it
 
 
-def start_strategy(config: dict, worker_start_timeout: float) -> tf.distribute.Strategy:
-    """The run's strategy, once its replicas are known to share the batch evenly."""
+@dataclasses.dataclass
+class Worker:
+    """This process's part in a run: the strategy it trains under, whether it writes the run folder (the
+    chief, or the only process) and its --cache (worker_cache)."""
+
+    strategy: tf.distribute.Strategy
+    chief: bool
+    cache: str
+
+    @contextlib.contextmanager
+    def output_folder(self, run_dir: Path) -> Iterator[Path]:
+        """Where this process writes: the run folder, or for a worker other than the chief a scratch folder."""
+        if self.chief:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            yield run_dir
+            return
+        with tempfile.TemporaryDirectory(prefix="vae-worker-") as scratch:
+            yield Path(scratch)
+
+
+def start(config: dict, worker_start_timeout: float) -> Worker:
+    """This process's Worker, once its strategy runs and its replicas are known to share the batch evenly."""
     if config["strategy"] == "multiworker":  # its messages while it waits go out as they come
         strategy = multiworker_strategy(worker_start_timeout)
     else:
@@ -43,7 +64,7 @@ def start_strategy(config: dict, worker_start_timeout: float) -> tf.distribute.S
             f"--batch-size {config['batch_size']} must be a multiple of the {replicas} replicas, "
             "each of which trains on an equal share of the global batch"
         )
-    return strategy
+    return Worker(strategy, train_cli.writes_run_folder(config), worker_cache(config))
 
 
 def choose_strategy(name: str) -> tf.distribute.Strategy:
@@ -99,15 +120,6 @@ def worker_cache(config: dict) -> str:
         return cache
     _, kind, index = train_cli.read_tf_config()
     return str(Path(cache) / f"{kind}{index}")
-
-
-@contextlib.contextmanager
-def worker_output(run_dir: Path, chief: bool) -> Iterator[Path]:
-    """Where this process writes: the run folder, or for a worker other than the chief a scratch folder."""
-    if chief:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.nullcontext(run_dir) if chief else tempfile.TemporaryDirectory(prefix="vae-worker-") as folder:
-        yield Path(folder)
 
 
 def quiet_native_log() -> None:

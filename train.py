@@ -91,18 +91,17 @@ def load_splits(config: dict) -> tuple[list[Path], list[Path], data.Dataset]:
     return train_files, validation_files, dataset
 
 
-def build_inputs(config: dict, strategy: tf.distribute.Strategy) -> Inputs:
+def build_inputs(config: dict, worker: cluster.Worker) -> Inputs:
     """The training and validation streams, once the data are found and known to fit in memory."""
     train_files, validation_files, dataset = load_splits(config)
     print(f"data: {dataset.describe()}; training on {len(train_files)} images")
-    replicas, batch_size = strategy.num_replicas_in_sync, config["batch_size"]
+    replicas, batch_size, cache = worker.strategy.num_replicas_in_sync, config["batch_size"], worker.cache
     # Repeated datasets with explicit step counts: Keras knows each epoch's length from the
     # first epoch on (files dropped by ignore_errors would otherwise make it unknown).
     drop_remainder = len(train_files) >= batch_size
     train_steps, validation_steps = data.steps_per_pass(
         train_files, validation_files, batch_size, replicas, drop_remainder
     )
-    cache = cluster.worker_cache(config)
     size, channels, crop = config["image_size"], config["channels"], config["crop"]
     if cache == "memory":
         data.check_memory_cache(len(train_files) + len(validation_files), size, channels)
@@ -144,21 +143,21 @@ def train(
     run_dir = Path(config["run_dir"])
     # First: MultiWorkerMirroredStrategy must configure collective ops before TensorFlow runs any
     # op (reading a step backup runs some).
-    strategy = cluster.start_strategy(config, worker_timeout)
+    worker = cluster.start(config, worker_timeout)
     recovery = Recovery(config, resume, backup_every)
     # The same seeds as an uninterrupted run: the data stream skips the batches already trained
     # on, and the sampling noise's state comes back with the checkpoint.
     keras.utils.set_random_seed(config["seed"])
-    inputs = build_inputs(config, strategy)
+    inputs = build_inputs(config, worker)
     phase, phase_note = resolved_discriminator_phase(config, inputs.train_steps)
     config.update(phase)
     print(f"run folder: {run_dir} ({config['epochs']} epochs of {inputs.train_steps} steps{phase_note})", flush=True)
     warn_if_shorter_than_the_warm_up(config, inputs.train_steps)
-    chief = train_cli.writes_run_folder(config)
     policy, reason = vae.run_precision(config)
     config.update(mixed_precision=policy, mixed_precision_reason=reason)  # config.json is written below
     print(f"precision: {policy} ({reason})")
-    with cluster.worker_output(run_dir, chief) as output_dir, vae.dtype_policy(policy), strategy.scope():
+    chief = worker.chief
+    with worker.output_folder(run_dir) as output_dir, vae.dtype_policy(policy), worker.strategy.scope():
         model = vae.model_from_config(config)
         model.compile(optimizer=vae.make_optimizer(config, inputs.train_steps))
         # Built now, on the variables the train step updates, so that saved and restored
