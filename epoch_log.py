@@ -52,6 +52,7 @@ def read_history(path: Path) -> list[dict]:
 
 def plot_history(rows: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure to close
+    from matplotlib.ticker import MaxNLocator
 
     panels = [("loss", "total loss"), ("reconstruction", "reconstruction"), ("kl", "KL"), ("mse", "per-pixel MSE")]
     figure = Figure(figsize=(4 * len(panels), 3.2))
@@ -62,6 +63,7 @@ def plot_history(rows: list[dict], path: Path) -> None:
             axis.plot(epochs, [r.get(prefix + key, float("nan")) for r in rows], marker="o", markersize=3, label=label)
         axis.set_title(title)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         axis.grid(alpha=0.3)
     axes[0].legend()
     figure.tight_layout()
