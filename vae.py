@@ -543,7 +543,21 @@ def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.O
 
 class Adam(keras.optimizers.Adam):
     """Adam whose EMA weights go back to the variables they average (Keras copies them by position into
-    all trainable weights, which for an autoencoder include the untrained log_var head)."""
+    all trainable weights, which for an autoencoder include the untrained log_var head), with the EMA's
+    momentum warmed up as tf.train.ExponentialMovingAverage's: min(momentum, (1 + step) / (10 + step))."""
+
+    @property
+    def ema_momentum(self):
+        # Else the average of a short run is mostly its random start (0.999^400 = 0.67 after 400 steps).
+        step = ops.cast(self.iterations, "float32")
+        return ops.minimum(self.target_ema_momentum, (1.0 + step) / (10.0 + step))
+
+    @ema_momentum.setter
+    def ema_momentum(self, value: float) -> None:
+        self.target_ema_momentum = value
+
+    def get_config(self):
+        return {**super().get_config(), "ema_momentum": self.target_ema_momentum}
 
     def finalize_variable_values(self, var_list):
         if self.use_ema and self.built:

@@ -323,9 +323,10 @@ def test_ema_weights_puts_each_average_into_its_own_variable_and_back():
     first = {id(v): v.numpy().copy() for v in model.trainable_variables}
     model.train_step(images)
     raw = {id(v): v.numpy().copy() for v in model.trainable_variables}
+    momentum = min(0.75, 2 / 11)  # at the second step: the warm-up's (1 + 1) / (10 + 1)
     with train.ema_weights(model):
         for v in model.trainable_variables:
-            want = 0.75 * first[id(v)] + 0.25 * raw[id(v)] if id(v) in averaged else raw[id(v)]
+            want = momentum * first[id(v)] + (1 - momentum) * raw[id(v)] if id(v) in averaged else raw[id(v)]
             np.testing.assert_allclose(v.numpy(), want, rtol=1e-5, atol=1e-7, err_msg=v.path)
     for v in model.trainable_variables:
         np.testing.assert_array_equal(v.numpy(), raw[id(v)])

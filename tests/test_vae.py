@@ -160,7 +160,8 @@ PLAIN = {"output_filters": 0, "adversarial": 0.0}  # not the default recipe's ou
 @pytest.mark.parametrize("reconstruction", vae.RECONSTRUCTION_LOSSES)
 def test_ema_weights_go_back_to_the_variables_they_average(kind, reconstruction):
     """fit ends by copying the EMA weights into the model: each into its own variable (an
-    autoencoder's optimizer trains fewer variables than the model has), equal to numpy's average."""
+    autoencoder's optimizer trains fewer variables than the model has), equal to numpy's average,
+    whose momentum at step k warms up as min(0.5, (1 + k) / (10 + k))."""
     momentum = 0.5
     config = {**TINY, **PLAIN, "model": kind, "reconstruction": reconstruction, "ema": momentum}
     keras.utils.set_random_seed(0)
@@ -172,9 +173,10 @@ def test_ema_weights_go_back_to_the_variables_they_average(kind, reconstruction)
     averages: dict[int, np.ndarray] = {}
 
     def average(batch, logs):  # the update Keras documents, from the weights after each step
+        warmed_up = min(momentum, (1 + batch) / (10 + batch))
         for v in model.trainable_variables:
             if id(v) in trained:
-                averages[id(v)] = momentum * averages[id(v)] + (1 - momentum) * v.numpy() if batch else v.numpy()
+                averages[id(v)] = warmed_up * averages[id(v)] + (1 - warmed_up) * v.numpy() if batch else v.numpy()
 
     images = np.random.default_rng(0).random((12, 16, 16, 3), dtype=np.float32)
     model.fit(
