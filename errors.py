@@ -6,9 +6,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 class UserError(Exception):
@@ -22,7 +19,7 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
 
 
-def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+def batches(items: Sequence, size: int) -> Iterator[Sequence]:
     """Consecutive slices of at most `size` items."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
