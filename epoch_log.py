@@ -71,14 +71,9 @@ def plot_history(rows: list[dict], path: Path) -> None:
         figure.savefig(temporary, dpi=100, format="png")
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process, all its threads (user + system)."""
-    return time.process_time()
-
-
 def now() -> np.ndarray:
-    """[wall-clock seconds, CPU seconds]."""
-    return np.array([time.perf_counter(), cpu_seconds()])
+    """[wall-clock seconds, CPU seconds of this process, all its threads (user + system)]."""
+    return np.array([time.perf_counter(), time.process_time()])
 
 
 class EpochTimes(keras.callbacks.Callback):

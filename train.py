@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -44,7 +45,7 @@ import data  # noqa: E402
 import latent  # noqa: E402
 import runs  # noqa: E402
 import vae  # noqa: E402
-from epoch_log import EpochTimes, History, cpu_seconds  # noqa: E402
+from epoch_log import EpochTimes, History  # noqa: E402
 from images import make_grid, save_image  # noqa: E402
 from recipe import training_splits  # noqa: E402
 from recovery import Recovery, refuse_if_disk_full  # noqa: E402
@@ -363,7 +364,7 @@ def fit_density(run_dir: Path, inputs: Inputs, config: dict) -> None:
     try:
         means = posterior_means(runs.load_model(run_dir, "encoder", config), config)
         progress = runs.Progress(density_images(config, inputs), "latent density: encoded")
-        started = cpu_seconds()
+        started = time.process_time()
         count = train_split_count(config, inputs)
         passes = [
             (data.batched(inputs.decoded.take(count), count, DENSITY_BATCH), count),
@@ -371,7 +372,7 @@ def fit_density(run_dir: Path, inputs: Inputs, config: dict) -> None:
         ]
         fit_means, heldout = (encode(means, stream, count, config["seed"], progress) for stream, count in passes)
         progress.close()
-        rate = (len(fit_means) + len(heldout)) / max(cpu_seconds() - started, 1e-9)
+        rate = (len(fit_means) + len(heldout)) / max(time.process_time() - started, 1e-9)
         print(f"latent density: {rate:.0f} images encoded per CPU-second")
         density = latent.select_density(
             fit_means,

@@ -48,7 +48,6 @@ import tensorflow as tf  # noqa: E402
 from machine import machine_lines  # noqa: E402
 
 import vae  # noqa: E402
-from epoch_log import cpu_seconds  # noqa: E402
 from train import DENSITY_BATCH, posterior_means  # noqa: E402
 
 
@@ -70,12 +69,12 @@ def measure(config: dict, policy: str, jit_compile: bool, steps: int, repeats: i
         model.compile(optimizer=vae.make_optimizer(config), jit_compile=jit_compile)
         model.fit(dataset, steps_per_epoch=max(3, steps // 4), epochs=1, verbose=0, shuffle=False)  # trace / compile
         rates = []
-        cpu_start = cpu_seconds()
+        cpu_start = time.process_time()
         for _ in range(repeats):
             start = time.perf_counter()
             model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
             rates.append(steps * batch / (time.perf_counter() - start))
-        per_cpu_second = repeats * steps * batch / (cpu_seconds() - cpu_start)
+        per_cpu_second = repeats * steps * batch / (time.process_time() - cpu_start)
     return max(rates), statistics.median(rates), per_cpu_second
 
 
@@ -85,10 +84,10 @@ def encoding_rate(config: dict, batches: int) -> float:
     size, channels = config["image_size"], config["channels"]
     images = tf.constant(np.random.default_rng(0).random((DENSITY_BATCH, size, size, channels), dtype=np.float32))
     means(images)  # traced
-    cpu_start = cpu_seconds()
+    cpu_start = time.process_time()
     for _ in range(batches):
         means(images).numpy()
-    return batches * DENSITY_BATCH / (cpu_seconds() - cpu_start)
+    return batches * DENSITY_BATCH / (time.process_time() - cpu_start)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
