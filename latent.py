@@ -68,8 +68,6 @@ def latent_path(points: np.ndarray, steps: int, method: str) -> np.ndarray:
     """A path through points [n, D], `steps` points per segment sharing endpoints: [(n - 1) * (steps - 1) + 1, D]."""
     if method not in ("lerp", "slerp"):
         raise ValueError(f"unknown interpolation {method!r}; choose lerp or slerp")
-    if len(points) < 2 or steps < 2:
-        raise ValueError("a path needs at least 2 points and 2 steps")
     interpolate = lerp if method == "lerp" else slerp
     t = np.linspace(0.0, 1.0, steps)
     segments = [interpolate(points[i], points[i + 1], t)[(1 if i else 0) :] for i in range(len(points) - 1)]
@@ -83,8 +81,6 @@ def normalized_weights(weights: Sequence[float] | None, count: int) -> np.ndarra
     weights = np.asarray(weights, dtype=np.float64)
     if weights.shape != (count,):
         raise ValueError(f"got {weights.size} weights for {count} images; give one weight per image")
-    if not np.all(np.isfinite(weights)):
-        raise ValueError("the weights must be finite numbers, e.g. 1 1 2")
     total = weights.sum()
     if abs(total) < 1e-12:
         raise ValueError("the weights sum to 0; give weights with a non-zero sum, e.g. 1 1 2")
