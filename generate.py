@@ -427,6 +427,7 @@ def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
     """(directions [n, D], labels), each one standard deviation of the latents' spread long: by default its
     principal directions, where faces change most (single dimensions are entangled)."""
     args, latent_dim = job.args, job.backend.latent_dim
+    dims = args.dims
     if job.dataset is not None:
         files = random_files(job.dataset, args.split, ACTIVITY_IMAGES, job.rng, allow_fewer=True)
         covariance = np.cov(runs.encode_files(files, job.backend)[0], rowvar=False)
@@ -435,10 +436,9 @@ def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
         covariance, spread = job.density.covariance(), "the fitted latent density"
     else:
         covariance, spread = np.eye(latent_dim), "the prior N(0, I)"
-    dims = args.dims
-    if dims is None and job.dataset is None and job.sampler != "density":
-        dims = list(range(min(TRAVERSED_DIMS, latent_dim)))
-        print("give --data, or a fitted latent density (latent.py), to traverse where faces change most")
+        if dims is None:  # all directions of the prior are alike: the first dimensions
+            dims = list(range(min(TRAVERSED_DIMS, latent_dim)))
+            print("give --data, or a fitted latent density (latent.py), to traverse where faces change most")
     if dims is not None:
         bad = [d for d in dims if not 0 <= d < latent_dim]
         if bad:
@@ -446,8 +446,8 @@ def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
         print(f"traversing dimensions {dims} in standard deviations under {spread}")
         return np.eye(latent_dim)[dims] * np.sqrt(np.diag(covariance))[dims, None], [f"z[{d}]" for d in dims]
     units, deviations = latent.principal_directions(covariance, TRAVERSED_DIMS)
-    print(f"traversing the {len(units)} principal directions of {spread} (standard deviations "
-          f"{deviations[0]:.2f} to {deviations[-1]:.2f})")  # fmt: skip
+    deviation_range = f"standard deviations {deviations[0]:.2f} to {deviations[-1]:.2f}"
+    print(f"traversing the {len(units)} principal directions of {spread} ({deviation_range})")
     return units * deviations[:, None], [f"PC{i + 1}" for i in range(len(units))]
 
 
@@ -462,7 +462,7 @@ def traverse_grid(job: Job) -> Grid:
     check_grid_size(job, len(codes) * len(directions) * (len(values) + (faces is not None)))
     grid = Grid(
         column_labels=([] if faces is None else ["input"]) + [f"{v:+.2g} sd" for v in values],
-        title="" if args.origin else random_caption(job),
+        title=random_caption(job),
     )
     for i, center in enumerate(codes):
         images = backend.decode(latent.traversal_grid(center, directions, values).reshape(-1, backend.latent_dim))
