@@ -39,7 +39,6 @@ MOUTH_CORNERS = [61, 291]  # Face Mesh's right and left mouth corner
 MIN_SCORE = 0.5  # the detector's and Face Mesh's: below it, not a face
 OVERLAP = 0.3  # boxes overlapping more than this (intersection over union) are one face
 SMALL_FACE = 17  # eyes to mouth (Face.size) in a 64x64 model input: a smaller face is aligned with a warning
-FACES = ("largest", "all")
 MAX_JOBS = 64
 
 
@@ -271,7 +270,7 @@ def choose_faces(faces: Sequence[Face], which: str | int) -> list[Face]:
 
 def parse_faces(text: str) -> str | int:
     """--faces: 'largest', 'all' or a face's number (0 the largest)."""
-    if text in FACES:
+    if text in ("largest", "all"):
         return text
     if text.isdigit():
         return int(text)
@@ -359,7 +358,7 @@ def copy_annotations(source: Path, out: Path) -> list[str]:
     from images import write_together
 
     copied = []
-    for layout in ("kaggle", "original") if source.is_dir() else ():
+    for layout in ("kaggle", "original"):  # none below a single photo
         present = [name for name in ANNOTATIONS[layout] if (source / name).is_file()]
         if ANNOTATIONS[layout][0] in present:  # a partition file: this layout
             copied += present

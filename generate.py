@@ -122,7 +122,7 @@ def choose_faces(job: Job, count: int) -> list[Path]:
         paths = [p for p in paths if data.is_readable_image(p)]
         if not paths:
             raise GenerateError(f"no readable images of identity {args.identity} under {dataset.root}")
-        return paths[: args.count] if args.count else paths
+        return paths[: args.count]  # None: all
     dataset = require_dataset(dataset, f"--mode {args.mode} with random faces")
     return random_files(dataset, args.split, count, job.rng)
 
@@ -412,10 +412,8 @@ def attribute_grid(job: Job) -> Grid:
     codes, faces, names, photos = starting_faces(job, args.count or DEFAULT_FACES["attribute"])
     shown = [images for images in (photos, faces) if images is not None]  # before the sweep
     check_grid_size(job, len(directions) * len(codes) * (len(args.alphas) + len(shown)))
-    grid = Grid(
-        column_labels=["photo", "input"][2 - len(shown) :] + [f"a={alpha:+g}" for alpha in args.alphas],
-        title=random_caption(job),
-    )
+    columns = ["photo", "input"][2 - len(shown) :] + [f"a={alpha:+g}" for alpha in args.alphas]
+    grid = Grid(column_labels=columns, title=random_caption(job))
     for name, direction in directions.items():
         for i, code in enumerate(codes):
             sweep = backend.decode(latent.attribute_sweep(code, direction, args.alphas))
@@ -427,6 +425,7 @@ def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
     """(directions [n, D], labels), each one standard deviation of the latents' spread long: by default its
     principal directions, where faces change most (single dimensions are entangled)."""
     args, latent_dim = job.args, job.backend.latent_dim
+    dims = args.dims
     if job.dataset is not None:
         files = random_files(job.dataset, args.split, ACTIVITY_IMAGES, job.rng, allow_fewer=True)
         covariance = np.cov(runs.encode_files(files, job.backend)[0], rowvar=False)
@@ -435,10 +434,9 @@ def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
         covariance, spread = job.density.covariance(), "the fitted latent density"
     else:
         covariance, spread = np.eye(latent_dim), "the prior N(0, I)"
-    dims = args.dims
-    if dims is None and job.dataset is None and job.sampler != "density":
-        dims = list(range(min(TRAVERSED_DIMS, latent_dim)))
-        print("give --data, or a fitted latent density (latent.py), to traverse where faces change most")
+        if dims is None:  # all directions of the prior are alike: the first dimensions
+            dims = list(range(min(TRAVERSED_DIMS, latent_dim)))
+            print("give --data, or a fitted latent density (latent.py), to traverse where faces change most")
     if dims is not None:
         bad = [d for d in dims if not 0 <= d < latent_dim]
         if bad:
@@ -446,8 +444,8 @@ def traverse_directions(job: Job) -> tuple[np.ndarray, list[str]]:
         print(f"traversing dimensions {dims} in standard deviations under {spread}")
         return np.eye(latent_dim)[dims] * np.sqrt(np.diag(covariance))[dims, None], [f"z[{d}]" for d in dims]
     units, deviations = latent.principal_directions(covariance, TRAVERSED_DIMS)
-    print(f"traversing the {len(units)} principal directions of {spread} (standard deviations "
-          f"{deviations[0]:.2f} to {deviations[-1]:.2f})")  # fmt: skip
+    deviation_range = f"standard deviations {deviations[0]:.2f} to {deviations[-1]:.2f}"
+    print(f"traversing the {len(units)} principal directions of {spread} ({deviation_range})")
     return units * deviations[:, None], [f"PC{i + 1}" for i in range(len(units))]
 
 
@@ -460,10 +458,8 @@ def traverse_grid(job: Job) -> Grid:
     else:
         codes, faces, names, _ = starting_faces(job, 1)
     check_grid_size(job, len(codes) * len(directions) * (len(values) + (faces is not None)))
-    grid = Grid(
-        column_labels=([] if faces is None else ["input"]) + [f"{v:+.2g} sd" for v in values],
-        title="" if args.origin else random_caption(job),
-    )
+    columns = ([] if faces is None else ["input"]) + [f"{v:+.2g} sd" for v in values]
+    grid = Grid(column_labels=columns, title=random_caption(job))
     for i, center in enumerate(codes):
         images = backend.decode(latent.traversal_grid(center, directions, values).reshape(-1, backend.latent_dim))
         images = images.reshape(len(directions), len(values), *images.shape[1:])
@@ -487,7 +483,7 @@ MODE_GRIDS = {
 def write_grid(grid: Grid, job: Job) -> None:
     """The grid, and with --save-individual each tile as <out-stem>/rRR_cCC.png: all or nothing."""
     out, args = job.out, job.args
-    files = {out: make_grid(grid.rows, grid.row_labels, grid.column_labels or None, scale=args.scale, title=grid.title)}
+    files = {out: make_grid(grid.rows, grid.row_labels, grid.column_labels, scale=args.scale, title=grid.title)}
     if args.save_individual:
         for r, row in enumerate(grid.rows):
             for c, image in enumerate(row):
