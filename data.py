@@ -395,9 +395,7 @@ def crop_window(height: tf.Tensor, width: tf.Tensor, crop: int) -> tf.Tensor:
     return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
 
 
-def decode_face(
-    path: tf.Tensor, native: tf.Tensor, image_size: int, channels: int, crop: int = DEFAULT_CROP
-) -> tf.Tensor:
+def decode_face(path: tf.Tensor, native: tf.Tensor, image_size: int, channels: int, crop: int) -> tf.Tensor:
     """A file path (bytes) -> uint8 [S, S, C] as images.load_face does; `native`: TensorFlow decodes, else Pillow."""
     import tensorflow as tf
 

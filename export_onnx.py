@@ -64,24 +64,19 @@ class ExportError(UserError):
 
 
 # --------------------------------------------------------------------------- run folder
-def train_hint(run_dir: Path) -> str:
-    return f"train first: python train.py --data ./celeba --out {run_dir}"
-
-
 def read_run(run_dir: Path) -> dict:
     """The run's config.json, after checking that the folder holds trained models."""
+    hint = f"train first: python train.py --data ./celeba --out {run_dir}"
     if not run_dir.is_dir():
-        raise ExportError(f"run folder {run_dir} does not exist; {train_hint(run_dir)}")
+        raise ExportError(f"run folder {run_dir} does not exist; {hint}")
     if not (run_dir / CONFIG_FILE).is_file():
-        raise ExportError(
-            f"{run_dir} has no config.json; give a run folder written by train.py, or {train_hint(run_dir)}"
-        )
+        raise ExportError(f"{run_dir} has no config.json; give a run folder written by train.py, or {hint}")
     config = read_config(run_dir)  # its own errors say how to mend config.json
     missing = [keras_file(part) for part in ("encoder", "decoder") if not (run_dir / keras_file(part)).is_file()]
     if missing:
         raise ExportError(
             f"{run_dir} has no {' or '.join(missing)} (they are written after each epoch); "
-            f"{train_hint(run_dir)}, or let its first epoch finish"
+            f"{hint}, or let its first epoch finish"
         )
     return config
 
@@ -327,16 +322,12 @@ def parity_check(
     return differences
 
 
-def op_counts(source: onnx.ModelProto | str | os.PathLike, optimized: bool = False) -> Counter:
-    """Node types of a model (a proto or file), or of the graph onnxruntime runs after its optimisations (a proto)."""
+def op_counts(source: onnx.ModelProto | str | os.PathLike) -> Counter:
+    """Node types of a model (a proto or file)."""
     import onnx
 
-    if not optimized:
-        proto = source if hasattr(source, "graph") else onnx.load(str(source))
-        return Counter(node.op_type for node in proto.graph.node)
-    with tempfile.TemporaryDirectory() as folder:
-        make_session(source.SerializeToString(), optimized_path=Path(folder) / "optimized.onnx")
-        return Counter(node.op_type for node in onnx.load(str(Path(folder) / "optimized.onnx")).graph.node)
+    proto = source if hasattr(source, "graph") else onnx.load(str(source))
+    return Counter(node.op_type for node in proto.graph.node)
 
 
 def convert_checked(
@@ -354,7 +345,9 @@ def convert_checked(
     add_metadata(proto, {**metadata, "parity_max_abs_diff": f"{max(differences.values()):.3g}", "opset": str(opset)})
     figures = ", ".join(f"{difference:.2g} (batch {batch})" for batch, difference in differences.items())
     print(f"{part}: max |ONNX - Keras| {figures}; tolerance {tolerance:g}")
-    before, after = op_counts(proto)["Transpose"], op_counts(proto, optimized=True)["Transpose"]
+    with tempfile.TemporaryDirectory() as folder:  # the graph onnxruntime runs after its optimisations
+        make_session(proto.SerializeToString(), optimized_path=Path(folder) / "optimized.onnx")
+        before, after = op_counts(proto)["Transpose"], op_counts(Path(folder) / "optimized.onnx")["Transpose"]
     print(f"  Transpose nodes: {before} in the file, {after} after onnxruntime's optimizer")
     for note in notes:
         print(f"  rewrite {note}")
