@@ -70,19 +70,18 @@ def reconstruction_loss(x, x_hat, kind: str = "mse"):
     """Per-example loss summed over pixels: `mse`, `bce`, or `gaussian` (calibrated decoder variance, sigma-VAE)."""
     x = ops.cast(x, "float32")
     x_hat = ops.cast(x_hat, "float32")
-    pixel_axes = tuple(range(1, len(x.shape)))
     squared_error = ops.square(x - x_hat)
     if kind == "mse":
-        return ops.sum(squared_error, axis=pixel_axes)
-    if kind == "bce":
+        per_pixel = squared_error
+    elif kind == "bce":
         x_hat = ops.clip(x_hat, BCE_EPSILON, 1.0 - BCE_EPSILON)
-        bce = -(x * ops.log(x_hat) + (1.0 - x) * ops.log(1.0 - x_hat))
-        return ops.sum(bce, axis=pixel_axes)
-    if kind == "gaussian":
+        per_pixel = -(x * ops.log(x_hat) + (1.0 - x) * ops.log(1.0 - x_hat))
+    elif kind == "gaussian":
         variance = ops.maximum(global_batch_mean(squared_error), MIN_GAUSSIAN_SIGMA**2)
-        nll = squared_error / (2.0 * variance) + 0.5 * ops.log(2.0 * math.pi * variance)
-        return ops.sum(nll, axis=pixel_axes)
-    raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {RECONSTRUCTION_LOSSES}")
+        per_pixel = squared_error / (2.0 * variance) + 0.5 * ops.log(2.0 * math.pi * variance)
+    else:
+        raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {RECONSTRUCTION_LOSSES}")
+    return ops.sum(per_pixel, axis=tuple(range(1, len(x.shape))))
 
 
 def global_batch_mean(values):
@@ -297,10 +296,8 @@ def recompute_batch_norm(model: VAE, batches: Sequence, seed: int) -> None:
 
 def spans_several_workers() -> bool:
     """True under a tf.distribute strategy with several workers (more replicas than local devices)."""
-    if not tf.distribute.has_strategy():
-        return False
-    strategy = tf.distribute.get_strategy()
-    return strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+    strategy = tf.distribute.get_strategy()  # the default one has no worker_devices
+    return tf.distribute.has_strategy() and strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
 
 
 # --------------------------------------------------------------------------- adversarial term
@@ -530,10 +527,9 @@ def make_optimizer(config: dict, steps_per_epoch: int = 1) -> keras.optimizers.O
         steps = config["epochs"] * steps_per_epoch
         if config.get("adversarial") and config.get("adversarial_start", 0) > 0:  # negative: unresolved
             steps = min(steps, config["adversarial_start"])
-        decay_steps = max(1, steps - warmup_steps)
         learning_rate = keras.optimizers.schedules.CosineDecay(
             0.0 if warmup_steps else learning_rate,
-            decay_steps,
+            decay_steps=max(1, steps - warmup_steps),
             alpha=0.05 if cosine else 1.0,
             warmup_target=learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps,
