@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=os.cpu_count() or 1,
+        default=min(os.cpu_count() or 1, MAX_JOBS),
         metavar="N",
         help="photos aligned at once (default: the CPUs, %(default)s)",
     )

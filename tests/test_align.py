@@ -334,3 +334,10 @@ def test_a_stopped_folder_run_keeps_its_crops_and_the_same_command_goes_on(tmp_p
     assert result.returncode == 0, result.stderr
     assert f"wrote 3 aligned faces from 3 of {len(written) + 3} photos" in result.stdout
     assert f"{len(written)} done before" in result.stdout and len(list(out.glob("*.jpg"))) == len(written) + 3
+
+
+def test_the_default_jobs_stay_within_the_limit_on_a_machine_with_many_cpus(monkeypatch):
+    monkeypatch.setattr(align.os, "cpu_count", lambda: 4 * align.MAX_JOBS)
+    assert align.build_parser().parse_args(["--data", "d", "--out", "o"]).jobs == align.MAX_JOBS
+    monkeypatch.setattr(align.os, "cpu_count", lambda: None)
+    assert align.build_parser().parse_args(["--data", "d", "--out", "o"]).jobs == 1
