@@ -317,7 +317,13 @@ def test_a_stopped_folder_run_keeps_its_crops_and_the_same_command_goes_on(tmp_p
     for number in range(count):
         os.link(PHOTOS / "collins.jpg", photos / f"p{number:03d}.jpg")
     command = [sys.executable, str(REPO / "align.py"), "--data", str(photos), "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A caught SIGINT is reset to its default in the child, which then stops on it: a suite started in
+    # the background (`nohup ... &`) would pass it on ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while not list(out.glob("*.jpg")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
