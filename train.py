@@ -71,7 +71,7 @@ class Inputs:
     train_data: Callable[[int], tf.data.Dataset]  # batches to skip -> the endless training stream
     validation_data: tf.data.Dataset
     preview: np.ndarray  # the validation images of the reconstruction grids
-    calibration: list[np.ndarray]  # fixed training batches for the EMA weights' BatchNorm statistics
+    calibration: Calibration  # for the EMA weights' BatchNorm statistics
 
 
 def load_splits(config: dict) -> tuple[list[Path], list[Path], data.Dataset]:
@@ -124,7 +124,7 @@ def build_inputs(config: dict, worker: cluster.Worker) -> Inputs:
     return Inputs(
         train_files, validation_files, cache, train_steps, validation_steps, decoded, readable, train_data,
         validation, next(iter(preview)).numpy(),
-        calibration_batches(config, readable, image_args) if config["ema"] else [],
+        Calibration(calibration_batches(config, readable, image_args) if config["ema"] else [], config["seed"]),
     )  # fmt: skip
 
 
@@ -134,6 +134,26 @@ def calibration_batches(config: dict, train_files: list[Path], image_args: dict)
     chosen = np.sort(np.random.default_rng(config["seed"]).choice(len(train_files), count, replace=False))
     files = [train_files[index] for index in chosen]
     return [batch.numpy() for batch in data.make_dataset(files, **{**image_args, "cache": "none"})]
+
+
+@dataclasses.dataclass
+class Calibration:
+    """Training batches the EMA weights' BatchNorm statistics are recomputed over, and the statistics found
+    at the last optimizer step they were: validation and the saved models at an epoch's end share them."""
+
+    batches: list[np.ndarray]
+    seed: int
+    step: int = -1
+    statistics: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+    def apply(self, model: keras.Model) -> None:
+        step = int(model.optimizer.iterations.numpy())
+        if step != self.step:
+            vae.recompute_batch_norm(model, self.batches, self.seed)
+            self.step, self.statistics = step, [variable.numpy() for variable in model.non_trainable_variables]
+            return
+        for variable, value in zip(model.non_trainable_variables, self.statistics, strict=True):
+            variable.assign(value)
 
 
 # --------------------------------------------------------------------------- training
@@ -173,7 +193,7 @@ def train(
         validation_images = inputs.validation_steps * config["batch_size"]
         timer = EpochTimes(history, config, verbose, density_images(config, inputs) if chief else 0, validation_images)
         callbacks = [
-            EMAForValidation(inputs.calibration, config["seed"]),
+            EMAForValidation(inputs.calibration),
             SaveArtifacts(config, inputs, output_dir, summary_dir / "grids" if summary_dir else None),
             history,
             Checkpoint(output_dir),
@@ -230,9 +250,9 @@ def warn_if_shorter_than_the_warm_up(config: dict, steps_per_epoch: int) -> None
 
 # --------------------------------------------------------------------------- callbacks
 @contextlib.contextmanager
-def ema_weights(model: keras.Model, calibration: Sequence[np.ndarray] = (), seed: int = 0) -> Iterator[None]:
+def ema_weights(model: keras.Model, calibration: Calibration | None = None) -> Iterator[None]:
     """Temporarily put the optimizer's EMA weights into the model, with BatchNorm statistics
-    recomputed for them over the `calibration` batches when given (no-op without EMA)."""
+    recomputed for them when a `calibration` is given (no-op without EMA)."""
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     if not getattr(optimizer, "use_ema", False) or not optimizer.built:
         yield
@@ -241,7 +261,7 @@ def ema_weights(model: keras.Model, calibration: Sequence[np.ndarray] = (), seed
     raw = [variable.numpy() for variable in swapped]
     optimizer.finalize_variable_values(model.trainable_variables)
     if calibration:
-        vae.recompute_batch_norm(model, calibration, seed)
+        calibration.apply(model)
     try:
         yield
     finally:
@@ -252,13 +272,13 @@ def ema_weights(model: keras.Model, calibration: Sequence[np.ndarray] = (), seed
 class EMAForValidation(keras.callbacks.Callback):
     """Validate with the EMA weights and their BatchNorm statistics, as they get saved."""
 
-    def __init__(self, calibration: list[np.ndarray], seed: int):
+    def __init__(self, calibration: Calibration):
         super().__init__()
-        self.calibration, self.seed = calibration, seed
+        self.calibration = calibration
         self.stack = contextlib.ExitStack()
 
     def on_test_begin(self, logs=None):
-        self.stack.enter_context(ema_weights(self.model, self.calibration, self.seed))
+        self.stack.enter_context(ema_weights(self.model, self.calibration))
 
     def on_test_end(self, logs=None):
         self.stack.close()
@@ -284,7 +304,7 @@ class SaveArtifacts(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not epoch_is_finite(logs):
             return
-        with ema_weights(self.model, self.calibration, self.config["seed"]), vae.dtype_policy("float32"):
+        with ema_weights(self.model, self.calibration), vae.dtype_policy("float32"):
             exported = self.exported = self.exported or vae.model_from_config(self.config)
             exported.encoder.set_weights(self.model.encoder.get_weights())
             exported.decoder.set_weights(self.model.decoder.get_weights())

@@ -332,6 +332,39 @@ def test_ema_weights_puts_each_average_into_its_own_variable_and_back():
         np.testing.assert_array_equal(v.numpy(), raw[id(v)])
 
 
+def test_calibration_recomputes_the_statistics_once_per_optimizer_step(monkeypatch):
+    """Validation and saving at an epoch's end share the BatchNorm statistics of the EMA weights;
+    after a training step they are found anew."""
+    config = {
+        "image_size": 16, "channels": 3, "latent_dim": 4, "filters": [4, 8], "hidden_units": 8,
+        "upsampling": "nearest", "reconstruction": "mse", "beta": 1.0, "beta_warmup_steps": 0,
+        "beta_cycle_steps": 0, "model": "vae", "seed": 0, "learning_rate": 1e-2, "epochs": 1, "ema": 0.75,
+    }  # fmt: skip
+    keras.utils.set_random_seed(0)
+    model = vae.model_from_config(config)
+    model.compile(optimizer=vae.make_optimizer(config))
+    model.optimizer.build(model.trained_variables())
+    batches = [np.random.default_rng(index).random((4, 16, 16, 3), dtype=np.float32) for index in range(2)]
+    calibration, recomputed = train.Calibration(batches, seed=0), []
+    recompute = vae.recompute_batch_norm
+    monkeypatch.setattr(vae, "recompute_batch_norm", lambda *args: recomputed.append(1) or recompute(*args))
+
+    def statistics() -> list[np.ndarray]:
+        return [v.numpy().copy() for v in model.non_trainable_variables]
+
+    calibration.apply(model)
+    first = statistics()
+    for v in model.non_trainable_variables:  # the training statistics, put back between the two uses
+        v.assign(np.zeros_like(v))
+    calibration.apply(model)
+    assert len(recomputed) == 1
+    for found, kept in zip(statistics(), first, strict=True):
+        np.testing.assert_array_equal(found, kept)
+    model.train_step(tf.constant(batches[0]))
+    calibration.apply(model)
+    assert len(recomputed) == 2 and not all(np.allclose(a, b) for a, b in zip(statistics(), first, strict=True))
+
+
 def test_mixed_precision_trains_saves_float32_and_exports_float32_onnx(face_folder, tmp_path, capsys):
     import onnx
 
