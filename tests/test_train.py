@@ -305,18 +305,24 @@ def test_ema_validation_figures_are_those_of_the_saved_models(face_folder, tmp_p
     np.testing.assert_allclose(float(history_rows(run)[-1]["val_mse"]), mse, rtol=1e-4)
 
 
-def test_ema_weights_puts_each_average_into_its_own_variable_and_back():
-    """An autoencoder's optimizer averages fewer variables than the model trains (not the log_var
-    head): each average must go to its own variable, and every variable come back afterwards."""
+def tiny_ema_model(kind: str) -> vae.VAE:
+    """A small model of `kind` ("vae" or "ae") with EMA weights, compiled and its optimizer built as train.train does."""
     config = {
         "image_size": 16, "channels": 3, "latent_dim": 4, "filters": [4, 8], "hidden_units": 8,
         "upsampling": "nearest", "reconstruction": "mse", "beta": 1.0, "beta_warmup_steps": 0,
-        "beta_cycle_steps": 0, "model": "ae", "seed": 0, "learning_rate": 1e-2, "epochs": 1, "ema": 0.75,
+        "beta_cycle_steps": 0, "model": kind, "seed": 0, "learning_rate": 1e-2, "epochs": 1, "ema": 0.75,
     }  # fmt: skip
     keras.utils.set_random_seed(0)
     model = vae.model_from_config(config)
     model.compile(optimizer=vae.make_optimizer(config))
-    model.optimizer.build(model.trained_variables())  # as train.train builds it
+    model.optimizer.build(model.trained_variables())
+    return model
+
+
+def test_ema_weights_puts_each_average_into_its_own_variable_and_back():
+    """An autoencoder's optimizer averages fewer variables than the model trains (not the log_var
+    head): each average must go to its own variable, and every variable come back afterwards."""
+    model = tiny_ema_model("ae")
     averaged = {id(v) for v in model.trained_variables()}
     images = tf.constant(np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32))
     model.train_step(images)
@@ -335,15 +341,7 @@ def test_ema_weights_puts_each_average_into_its_own_variable_and_back():
 def test_calibration_recomputes_the_statistics_once_per_optimizer_step(monkeypatch):
     """Validation and saving at an epoch's end share the BatchNorm statistics of the EMA weights;
     after a training step they are found anew."""
-    config = {
-        "image_size": 16, "channels": 3, "latent_dim": 4, "filters": [4, 8], "hidden_units": 8,
-        "upsampling": "nearest", "reconstruction": "mse", "beta": 1.0, "beta_warmup_steps": 0,
-        "beta_cycle_steps": 0, "model": "vae", "seed": 0, "learning_rate": 1e-2, "epochs": 1, "ema": 0.75,
-    }  # fmt: skip
-    keras.utils.set_random_seed(0)
-    model = vae.model_from_config(config)
-    model.compile(optimizer=vae.make_optimizer(config))
-    model.optimizer.build(model.trained_variables())
+    model = tiny_ema_model("vae")
     batches = [np.random.default_rng(index).random((4, 16, 16, 3), dtype=np.float32) for index in range(2)]
     calibration, recomputed = train.Calibration(batches, seed=0), []
     recompute = vae.recompute_batch_norm
