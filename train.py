@@ -257,10 +257,10 @@ def ema_weights(model: keras.Model, calibration: Calibration | None = None) -> I
     if not getattr(optimizer, "use_ema", False) or not optimizer.built:
         yield
         return
-    swapped = model.trainable_variables + (model.non_trainable_variables if calibration else [])
+    swapped = model.trainable_variables + (model.non_trainable_variables if calibration is not None else [])
     raw = [variable.numpy() for variable in swapped]
     optimizer.finalize_variable_values(model.trainable_variables)
-    if calibration:
+    if calibration is not None:
         calibration.apply(model)
     try:
         yield
