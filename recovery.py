@@ -4,8 +4,8 @@ train.train() makes a Recovery, which restores where a resumed run goes on, and 
 which turns what stops a fit into one line that says how to go on:
 - SIGTERM or Ctrl-C finishes the current step on every worker, backs it up and stops (status 143, 130)
   with the command that continues the run; a second one stops at once.
-- A step backup every --backup-every steps (checkpoint/backup/); a resumed run goes on from the newer of
-  it and the last epoch checkpoint.
+- A checkpoint after each epoch (Checkpoint) and a step backup every --backup-every steps
+  (checkpoint/backup/); a resumed run goes on from the newer of the two.
 - A full disk, a lost worker and a NaN/inf loss stop the run, keeping the last good checkpoint."""
 
 from __future__ import annotations
@@ -301,6 +301,31 @@ class StepBackup(keras.callbacks.Callback):
         self.position.assign(divmod(self.steps_done, self.steps_per_epoch))
         with self.timer.backup():
             self.manager.save(checkpoint_number=self.steps_done)
+
+
+def epoch_is_finite(logs: dict | None) -> bool:
+    return all(np.isfinite(float(value)) for value in (logs or {}).values())
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Full training state every epoch, atomically: written to a temporary file, renamed into
+    checkpoint/epoch_NNN.weights.h5, and only then are older checkpoints removed."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir, self.folder = run_dir, run_dir / CHECKPOINT_DIR
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not epoch_is_finite(logs):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final, partial = self.folder / f"epoch_{epoch + 1:03d}.weights.h5", self.folder / ".partial.weights.h5"
+        refuse_if_disk_full(self.model, self.run_dir, partial)
+        self.model.save_weights(partial)
+        os.replace(partial, final)
+        for older in self.folder.glob("epoch_*.weights.h5"):
+            if older != final:
+                older.unlink()
 
 
 class StopRequest:

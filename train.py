@@ -5,8 +5,9 @@
     python train.py --help                          # every flag, with its default
 
 train() tells the story: settings (train_cli.py, recipe.py), data, model (vae.py), fit, latent
-density (latent.py). recovery.py keeps a run alive (resuming, step backups, stop signals, faults),
-cluster.py starts the tf.distribute strategy, epoch_log.py writes history.csv and the timings.
+density (latent.py). recovery.py keeps a run alive (checkpoints, resuming, step backups, stop
+signals, faults), cluster.py starts the tf.distribute strategy, epoch_log.py writes history.csv
+and the timings.
 A run folder holds config.json, encoder.keras and decoder.keras (float32, EMA weights),
 checkpoint/, history.csv, loss_curves.png, reconstructions/, samples/, tensorboard/ and
 latent_density.json.
@@ -48,7 +49,7 @@ import vae  # noqa: E402
 from epoch_log import EpochTimes, History  # noqa: E402
 from images import make_grid, save_image  # noqa: E402
 from recipe import training_splits  # noqa: E402
-from recovery import Recovery, refuse_if_disk_full  # noqa: E402
+from recovery import Checkpoint, Recovery, epoch_is_finite  # noqa: E402
 from train_cli import NO_SPACE, RunError, TrainingStopped  # noqa: E402
 
 GRID_COLUMNS = 8
@@ -284,10 +285,6 @@ class EMAForValidation(keras.callbacks.Callback):
         self.stack.close()
 
 
-def epoch_is_finite(logs: dict | None) -> bool:
-    return all(np.isfinite(float(value)) for value in (logs or {}).values())
-
-
 class SaveArtifacts(keras.callbacks.Callback):
     """Per epoch, with the EMA weights: float32 encoder/decoder .keras files and the two PNG grids
     (also to TensorBoard when `summary_dir` is given)."""
@@ -337,27 +334,6 @@ class SaveArtifacts(keras.callbacks.Callback):
         if self.writer:
             self.writer.close()
             self.writer = None
-
-
-class Checkpoint(keras.callbacks.Callback):
-    """Full training state every epoch, atomically: written to a temporary file, renamed into
-    checkpoint/epoch_NNN.weights.h5, and only then are older checkpoints removed."""
-
-    def __init__(self, run_dir: Path):
-        super().__init__()
-        self.run_dir, self.folder = run_dir, run_dir / runs.CHECKPOINT_DIR
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not epoch_is_finite(logs):
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        final, partial = self.folder / f"epoch_{epoch + 1:03d}.weights.h5", self.folder / ".partial.weights.h5"
-        refuse_if_disk_full(self.model, self.run_dir, partial)
-        self.model.save_weights(partial)
-        os.replace(partial, final)
-        for older in self.folder.glob("epoch_*.weights.h5"):
-            if older != final:
-                older.unlink()
 
 
 # --------------------------------------------------------------------------- latent density
