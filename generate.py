@@ -39,6 +39,7 @@ import runs
 from errors import UserError, batches, first_line, run_main
 from images import face_from_pixels, image_format, make_grid, read_pixels, save_images, to_image
 
+HELD_ATTRIBUTE = "Male"  # held fixed in the other directions: in CelebA most attributes go with one gender
 PROBE_TOLERANCE = 1e-3  # a probe change still read as the same encoder: above ONNX-vs-Keras noise, below an epoch
 DEFAULT_FACES = {"reconstruct": 8, "weighted": 4, "attribute": 4}
 DEFAULT_STEPS = {"interpolate": 8, "traverse": 7}
@@ -262,12 +263,14 @@ def attribute_directions(job: Job) -> dict:
         mu, kept = runs.encode_files(files, backend)
         kept = set(kept)
         decoded = np.array([path in kept for path in files])  # undecodable files have no mu
+        gender = labels[decoded, data.CELEBA_ATTRIBUTES.index(HELD_ATTRIBUTE)]
         for name, column in columns.items():
-            column = column[decoded]
+            column, held = column[decoded], [HELD_ATTRIBUTE] * (name != HELD_ATTRIBUTE)
             cached[name] = {
-                "direction": [float(v) for v in latent.attribute_direction(mu, column)],
+                "direction": [float(v) for v in latent.attribute_direction(mu, column, gender if held else None)],
                 "positives": int((column > 0).sum()),
                 "negatives": int((column < 0).sum()),
+                "held": held,
             }
         content = {
             "format": runs.ATTRIBUTES_FORMAT,
@@ -279,9 +282,10 @@ def attribute_directions(job: Job) -> dict:
         print(f"wrote the directions of {', '.join(missing)} to {path}")
     for name in names:
         entry, source = cached[name], "computed" if name in missing else f"read from {path}"
+        held = f" with {' and '.join(entry['held'])} held fixed" if entry.get("held") else ""
         print(
             f"{name}: direction {source} from {entry['positives']} positive and {entry['negatives']} "
-            f"negative images, norm {np.linalg.norm(entry['direction']):.3f}"
+            f"negative images{held}, norm {np.linalg.norm(entry['direction']):.3f}"
         )
     return {name: np.asarray(cached[name]["direction"], dtype=np.float64) for name in names}
 

@@ -97,14 +97,21 @@ def reparameterize(mu: np.ndarray, log_sigma: np.ndarray, noise: np.ndarray) -> 
     return mu + np.exp(log_sigma) * noise
 
 
-def attribute_direction(mu: np.ndarray, labels: np.ndarray, min_count: int = 1) -> np.ndarray:
-    """mean(mu | label > 0) - mean(mu | label < 0) for mu [N, D]; ValueError when a side has fewer than min_count."""
+def attribute_direction(
+    mu: np.ndarray, labels: np.ndarray, held: np.ndarray | None = None, min_count: int = 1
+) -> np.ndarray:
+    """How mu [N, D] changes from label < 0 to label > 0 (0: unlabelled) with the `held` labels [N, H] fixed:
+    the least-squares coefficient of the label beside them; without `held`, mean(mu | label > 0) -
+    mean(mu | label < 0). ValueError when a side has fewer than min_count images."""
     labels = np.asarray(labels)
     positive, negative = labels > 0, labels < 0
     found = f"{int(positive.sum())} positive and {int(negative.sum())} negative"
     if positive.sum() < max(1, min_count) or negative.sum() < max(1, min_count):
         raise ValueError(f"{found} labelled images found, need at least {max(1, min_count)} of each")
-    return mu[positive].mean(axis=0) - mu[negative].mean(axis=0)
+    held = np.zeros((len(labels), 0)) if held is None else np.asarray(held).reshape(len(labels), -1)
+    rows = positive | negative
+    design = np.column_stack([positive, np.ones(len(labels)), held > 0])[rows].astype(np.float64)
+    return np.linalg.lstsq(design, np.asarray(mu, np.float64)[rows], rcond=None)[0][0]
 
 
 def attribute_sweep(z: np.ndarray, direction: np.ndarray, alphas: Sequence[float]) -> np.ndarray:

@@ -24,7 +24,7 @@ from errors import UserError, batches, first_line, not_a_script
 from images import DEFAULT_CROP, atomic_write, load_face
 
 RUN_FORMAT = "celeba-vae-run/1"
-ATTRIBUTES_FORMAT = "celeba-vae-attributes/1"
+ATTRIBUTES_FORMAT = "celeba-vae-attributes/2"
 # The names of a model folder's files and folders, for every script that writes or reads them.
 CONFIG_FILE = "config.json"  # the recipe and sizes (train.py); copied beside exported models
 HISTORY_FILE = "history.csv"

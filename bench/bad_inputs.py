@@ -979,7 +979,7 @@ def generate_output_cases(s: Survey) -> list[Case]:
                 density["means"][0][0] = float("nan")
                 path.write_text(json.dumps(density))
             else:
-                attributes = {"format": "celeba-vae-attributes/1", "latent_dim": 8, "attributes": content}
+                attributes = {"format": "celeba-vae-attributes/2", "latent_dim": 8, "attributes": content}
                 path.write_text(json.dumps(attributes))
 
         mode = "sample" if file == "latent_density.json" else "attribute"

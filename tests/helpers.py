@@ -13,6 +13,7 @@ from data import CELEBA_ATTRIBUTES
 REPO = Path(__file__).resolve().parents[1]
 CELEBA_SAMPLE = REPO.parent / "shared" / "celeba-sample"
 SMILING = CELEBA_ATTRIBUTES.index("Smiling")
+MALE = CELEBA_ATTRIBUTES.index("Male")
 
 
 def face_image(rng: np.random.Generator, size: tuple[int, int] = (178, 218)) -> Image.Image:
@@ -65,6 +66,7 @@ def partition_of(index: int) -> int:
 def attribute_row(index: int) -> list[int]:
     values = [-1] * len(CELEBA_ATTRIBUTES)
     values[SMILING] = 1 if index % 2 else -1
+    values[MALE] = 1 if index % 3 == 0 else -1
     return values
 
 

@@ -99,7 +99,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export_onnx")
     rgb = make_run(root / "rgb", channels=3)
     directions = {
-        "format": "celeba-vae-attributes/1",
+        "format": "celeba-vae-attributes/2",
         "latent_dim": LATENT,
         "attributes": {"Smiling": {"direction": [0.1] * LATENT, "positives": 10, "negatives": 12}},
     }
@@ -358,10 +358,10 @@ def test_an_edited_config_is_named_rather_than_the_files_that_fit_the_models(run
 @pytest.mark.parametrize(
     "content, message",
     [
-        ({"format": "celeba-vae-attributes/1", "latent_dim": 3, "attributes": {}}, "holds directions for latent size 3, this model has 8"),
-        ([1, 2], r"is not a celeba-vae-attributes/1 file \(format 'list'\)"),
+        ({"format": "celeba-vae-attributes/2", "latent_dim": 3, "attributes": {}}, "holds directions for latent size 3, this model has 8"),
+        ([1, 2], r"is not a celeba-vae-attributes/2 file \(format 'list'\)"),
         (
-            {"format": "celeba-vae-attributes/1", "latent_dim": LATENT,
+            {"format": "celeba-vae-attributes/2", "latent_dim": LATENT,
              "attributes": {"Smiling": {"direction": [float("nan")] * LATENT, "positives": 9, "negatives": 9}}},
             f"has a direction of Smiling that is not a list of {LATENT} finite numbers",
         ),

@@ -175,14 +175,19 @@ def test_attribute_directions_are_cached_and_reused(run, kaggle_celeba, tmp_path
     directions = run / "attribute_directions.json"
     directions.unlink(missing_ok=True)
     base = ["--run", str(run), "--mode", "attribute", "--count", "1", "--out", str(tmp_path / "a.png")]
-    generate.main([*base, "--data", str(kaggle_celeba), "--attribute", "Smiling"])
+    generate.main([*base, "--data", str(kaggle_celeba), "--attribute", "Smiling", "Male"])
+    assert "images with Male held fixed, norm" in capsys.readouterr().out
     saved = json.loads(directions.read_text())
-    assert saved["format"] == "celeba-vae-attributes/1" and saved["latent_dim"] == LATENT
+    assert saved["format"] == "celeba-vae-attributes/2" and saved["latent_dim"] == LATENT
     # 30 labelled fixture images, half smiling; two unreadable ones (both smiling) are skipped.
-    smiling = saved["attributes"]["Smiling"]
+    smiling, male = saved["attributes"]["Smiling"], saved["attributes"]["Male"]
     assert (smiling["positives"], smiling["negatives"]) == (13, 15)
-    assert len(saved["attributes"]["Smiling"]["direction"]) == LATENT
-    capsys.readouterr()
+    assert len(smiling["direction"]) == LATENT
+    assert (smiling["held"], male["held"]) == (["Male"], [])
+    stale = {**saved, "format": "celeba-vae-attributes/1"}  # directions without a held label
+    directions.write_text(json.dumps(stale))
+    assert "is not a celeba-vae-attributes/2 file" in exit_message([*base, "--attribute", "Smiling"])
+    directions.write_text(json.dumps(saved))
     # Cached: no --data needed for the direction (faces given as files), on the ONNX backend too.
     face = next((kaggle_celeba / "img_align_celeba" / "img_align_celeba").glob("000001.jpg"))
     generate.main([*base, "--backend", "onnx", "--attribute", "smiling", "--no-align", "--images", str(face)])
@@ -616,7 +621,7 @@ def damaged_directions(content: dict, damage: str) -> object:
 
 
 DAMAGE = {
-    "a list": "is not a celeba-vae-attributes/1 file (format 'list')",
+    "a list": "is not a celeba-vae-attributes/2 file (format 'list')",
     "NaN": "has a direction of Smiling that is not a list of 8 finite numbers",
     "infinity": "has a direction of Smiling that is not a list of 8 finite numbers",
     "words": "has a direction of Smiling that is not a list of 8 finite numbers",

@@ -119,6 +119,20 @@ def test_attribute_direction_sign_on_a_toy_labelled_set():
     np.testing.assert_allclose(attribute_direction(mu, -labels), -direction)
 
 
+def test_attribute_direction_with_a_held_label_leaves_out_what_goes_with_it():
+    # Dimension 0 carries the attribute, dimension 1 a second label (gender, say) that most positives have.
+    rng = np.random.default_rng(3)
+    other = np.where(rng.random(4000) < 0.5, 1, -1)
+    labels = np.where(rng.random(4000) < np.where(other > 0, 0.8, 0.2), 1, -1)
+    mu = rng.normal(0.0, 0.1, (4000, 3)) + np.column_stack([labels > 0, other > 0, np.zeros(4000)])
+    marginal = attribute_direction(mu, labels)
+    assert marginal[1] == pytest.approx(0.6, abs=0.05)  # the second label's difference between the two sides
+    held = attribute_direction(mu, labels, held=other[:, None])
+    np.testing.assert_allclose(held, [1.0, 0.0, 0.0], atol=0.02)
+    everyone_alike = attribute_direction(mu[other > 0], labels[other > 0], held=other[other > 0])  # a constant column
+    np.testing.assert_allclose(everyone_alike, [1.0, 0.0, 0.0], atol=0.03)
+
+
 def test_attribute_direction_reports_too_few_labelled_images():
     labels = np.array([1, 1, -1, -1, -1])
     with pytest.raises(ValueError, match="2 positive and 3 negative labelled images found, need at least 10"):

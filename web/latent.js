@@ -13,7 +13,7 @@
 // - checks of attribute_directions.json and latent_density.json that say what is wrong.
 
 export const DENSITY_FORMAT = 'celeba-vae-latent-density/1';
-export const ATTRIBUTES_FORMAT = 'celeba-vae-attributes/1';
+export const ATTRIBUTES_FORMAT = 'celeba-vae-attributes/2';
 export const ONNX_FORMAT = 'celeba-vae-onnx/1';
 
 /** A problem with a model file, worded for the page. */
