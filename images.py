@@ -20,7 +20,8 @@ from image_files import FORMATS_TEXT, IMAGE_FORMATS, MAX_IMAGE_PIXELS
 CELEBA_WIDTH = 178  # width of an aligned CelebA image; crop sizes are given in its pixels
 DEFAULT_CROP = 148  # the central face box common in 64x64 CelebA work
 GRID_PADDING = 2
-LABEL_HEIGHT = 14
+LABEL_SIZE = 12  # pixels: Pillow's own font (Aileron) spaces its letters unevenly at its default 10
+LABEL_HEIGHT = 16
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # output images, by extension
 # High-quality JPEG without colour subsampling (faces are small, their edges matter); lossless WebP.
 SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}}
@@ -106,7 +107,7 @@ def make_grid(
     rows = [np.asarray(row) for row in rows]
     height, width = rows[0].shape[1:3]
     columns = max(len(row) for row in rows)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(LABEL_SIZE)
     label_width = max(int(font.getlength(str(label))) for label in row_labels) + 6 if row_labels else 0
     title_height = LABEL_HEIGHT if title else 0
     top = title_height + (LABEL_HEIGHT if column_labels else 0)
@@ -120,7 +121,7 @@ def make_grid(
             tile = to_image(image).convert("RGB").resize((width * scale, height * scale), Image.Resampling.NEAREST)
             grid.paste(tile, (label_width + GRID_PADDING + c * cell_w, y))
         if row_labels:
-            draw.text((2, y + cell_h // 2 - 6), str(row_labels[r]), fill="black", font=font)
+            draw.text((2, y + (cell_h - LABEL_SIZE) // 2), str(row_labels[r]), fill="black", font=font)
     for c, label in enumerate(column_labels or []):
         draw.text((label_width + GRID_PADDING + c * cell_w + 1, title_height + 1), str(label), fill="black", font=font)
     draw.text((GRID_PADDING, 1), title, fill="black", font=font)  # draws nothing without a title
