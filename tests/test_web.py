@@ -114,6 +114,8 @@ def site(tmp_path_factory):
     folder("garbage-decoder", {"decoder.onnx": b"this is not an ONNX file"})
     folder("encoder-as-decoder", {"decoder.onnx": PRETRAINED / "encoder.onnx"})
     folder("bad-directions", {"decoder.onnx": decoder, "attribute_directions.json": '{"format": "celeba-vae-attr'})
+    stale = {**json.loads(directions.read_text()), "format": "celeba-vae-attributes/1"}  # before Male was held fixed
+    folder("stale-directions", {"decoder.onnx": decoder, "attribute_directions.json": json.dumps(stale)})
     folder(
         "wrong-size-density",
         {"decoder.onnx": decoder, "latent_density.json": json.dumps({**density, "latent_dim": 64})},
@@ -440,6 +442,10 @@ def test_missing_model_shows_an_error_in_the_page(driver, base_url):
         ("garbage-decoder", "decoder.onnx is not an ONNX model"),
         ("encoder-as-decoder", "decoder.onnx is the encoder, not the decoder"),
         ("bad-directions", "attribute_directions.json is not valid JSON"),
+        (
+            "stale-directions",
+            'is not a celeba-vae-attributes/2 file (format "celeba-vae-attributes/1"). Compute it again',
+        ),
         ("wrong-size-density", "latent_density.json is for latent size 64, but this decoder takes 128"),
         ("upper-density", "latent_density.json cholesky[0] is not lower triangular"),
     ],

@@ -313,7 +313,9 @@ async function openModel({ name, decoder, directions, density, encoder }) {
       directionMap = latent.checkDirections(parseJson(directions, 'attribute_directions.json'), spec.latentDim);
     } catch (error) {
       throw new Error(
-        error instanceof latent.ModelFileError ? `attribute_directions.json ${error.message}.` : describe(error),
+        error instanceof latent.ModelFileError
+          ? `attribute_directions.json ${error.message}. Compute it again for this model (generate.py --mode attribute --recompute), or remove it to edit no attributes.`
+          : describe(error),
       );
     }
   }
