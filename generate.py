@@ -260,7 +260,9 @@ def attribute_directions(job: Job) -> dict:
                     f"least {max(1, args.min_labelled)} of each; use more labelled data or a lower --min-labelled"
                 )
         print(f"encoding {len(files)} labelled images ({args.attribute_split} split) for {', '.join(missing)}")
-        mu, kept = runs.encode_files(files, backend)
+        progress = runs.Progress(len(files), "encoded")
+        mu, kept = runs.encode_files(files, backend, progress.add)
+        progress.close()
         kept = set(kept)
         decoded = np.array([path in kept for path in files])  # undecodable files have no mu
         gender = labels[decoded, data.CELEBA_ATTRIBUTES.index(HELD_ATTRIBUTE)]
