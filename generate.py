@@ -284,7 +284,7 @@ def attribute_directions(job: Job) -> dict:
         print(f"wrote the directions of {', '.join(missing)} to {path}")
     for name in names:
         entry, source = cached[name], "computed" if name in missing else f"read from {path}"
-        held = f" with {' and '.join(entry['held'])} held fixed" if entry.get("held") else ""
+        held = f" with {' and '.join(entry['held'])} held fixed" if entry["held"] else ""
         print(
             f"{name}: direction {source} from {entry['positives']} positive and {entry['negatives']} "
             f"negative images{held}, norm {np.linalg.norm(entry['direction']):.3f}"

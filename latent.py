@@ -506,6 +506,8 @@ def attribute_directions_problem(content: object, latent_dim: int) -> str | None
             return f"has a direction of {name} that is not a list of {latent_dim} finite numbers"
         if not all(type(entry.get(key)) is int and entry[key] >= 0 for key in ("positives", "negatives")):
             return f"has counts of {name}'s images that are not whole numbers"
+        if not (isinstance(entry.get("held"), list) and all(isinstance(label, str) for label in entry["held"])):
+            return f"has no list of the labels held fixed for {name} (held)"
     if "encoder_probe" in content and not finite_numbers(content["encoder_probe"], latent_dim):
         return f"has an encoder_probe that is not a list of {latent_dim} finite numbers"
     return None

@@ -963,7 +963,7 @@ def generate_output_cases(s: Survey) -> list[Case]:
     for case in cases:
         case.prepare = prepare
     nan, words = [float("nan")] * 8, ["up"] * 8
-    smiling = {"direction": [0.1] * 8, "positives": 9, "negatives": 9}
+    smiling = {"direction": [0.1] * 8, "positives": 9, "negatives": 9, "held": ["Male"]}
     for name, file, content in [
         ("directions-nan", "attribute_directions.json", {"Smiling": {**smiling, "direction": nan}}),
         ("directions-words", "attribute_directions.json", {"Smiling": {**smiling, "direction": words}}),

@@ -101,7 +101,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     directions = {
         "format": "celeba-vae-attributes/2",
         "latent_dim": LATENT,
-        "attributes": {"Smiling": {"direction": [0.1] * LATENT, "positives": 10, "negatives": 12}},
+        "attributes": {"Smiling": {"direction": [0.1] * LATENT, "positives": 10, "negatives": 12, "held": ["Male"]}},
     }
     (rgb / "attribute_directions.json").write_text(json.dumps(directions))
     write_density(LatentDensity.standard_normal(LATENT), rgb)

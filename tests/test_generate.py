@@ -616,6 +616,7 @@ def damaged_directions(content: dict, damage: str) -> object:
         "attributes a list": {**content, "attributes": [smiling]},
         "entry a number": {**content, "attributes": {"Smiling": 3}},
         "counts": {**content, "attributes": {"Smiling": {**smiling, "positives": "many"}}},
+        "held": {**content, "attributes": {"Smiling": {**smiling, "held": "Male"}}},
         "probe NaN": {**content, "encoder_probe": [float("nan")] * LATENT},
     }[damage]
 
@@ -629,6 +630,7 @@ DAMAGE = {
     "attributes a list": "has attributes of type list, not a mapping of names to directions",
     "entry a number": "has a direction of Smiling that is not a list of 8 finite numbers",
     "counts": "has counts of Smiling's images that are not whole numbers",
+    "held": "has no list of the labels held fixed for Smiling (held)",
     "probe NaN": "has an encoder_probe that is not a list of 8 finite numbers",
 }
 
