@@ -265,11 +265,11 @@ def attribute_directions(job: Job) -> dict:
         progress.close()
         kept = set(kept)
         decoded = np.array([path in kept for path in files])  # undecodable files have no mu
-        gender = labels[decoded, data.CELEBA_ATTRIBUTES.index(HELD_ATTRIBUTE)]
+        held_labels = labels[decoded, data.CELEBA_ATTRIBUTES.index(HELD_ATTRIBUTE)]
         for name, column in columns.items():
             column, held = column[decoded], [HELD_ATTRIBUTE] * (name != HELD_ATTRIBUTE)
             cached[name] = {
-                "direction": [float(v) for v in latent.attribute_direction(mu, column, gender if held else None)],
+                "direction": [float(v) for v in latent.attribute_direction(mu, column, held_labels if held else None)],
                 "positives": int((column > 0).sum()),
                 "negatives": int((column < 0).sum()),
                 "held": held,
