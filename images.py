@@ -21,7 +21,7 @@ CELEBA_WIDTH = 178  # width of an aligned CelebA image; crop sizes are given in 
 DEFAULT_CROP = 148  # the central face box common in 64x64 CelebA work
 GRID_PADDING = 2
 LABEL_SIZE = 12  # pixels: Pillow's own font (Aileron) spaces its letters unevenly at its default 10
-LABEL_HEIGHT = 16
+LABEL_HEIGHT = LABEL_SIZE + 4  # a line of labels and its margin
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # output images, by extension
 # High-quality JPEG without colour subsampling (faces are small, their edges matter); lossless WebP.
 SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}}
