@@ -92,6 +92,19 @@ def test_short_run_writes_everything_and_loss_falls(kaggle_celeba, tmp_path, mon
     assert np.all(np.isfinite(density.log_likelihood(np.asarray(mu))))
 
 
+def test_latent_py_fits_again_the_density_training_wrote(tiny_run, tmp_path):
+    """`python latent.py --run RUN`, the command a failed fit prints to retry it, writes the density training
+    wrote: the same images, seed and mixture sizes, encoded by the encoder.keras training saved."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / latent.DENSITY_FILE).unlink()
+    assert latent.main(["--run", str(run)]) == run / latent.DENSITY_FILE
+    trained, refitted = (json.loads((folder / latent.DENSITY_FILE).read_text()) for folder in (tiny_run, run))
+    assert (refitted["components"], refitted["fitted_on"]) == (trained["components"], trained["fitted_on"])
+    for key in ("weights", "means", "cholesky"):
+        np.testing.assert_allclose(refitted[key], trained[key], rtol=0, atol=1e-4)
+
+
 def test_history_gains_the_timing_columns_and_an_older_history_csv_still_reads(tmp_path):
     (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n1,0.5,0.6\n")  # written before the timings
     history = epoch_log.History(tmp_path, initial_epoch=1)
