@@ -263,6 +263,26 @@ def test_fid_is_skipped_with_a_reason_when_weights_are_missing(tiny_run, kaggle_
     assert results["posterior_mean"]["mse"] > 0 and json.loads(out.read_text())["fid"]["status"] == "skipped"
 
 
+def test_fid_with_inception_weights_from_a_local_file(tiny_run, kaggle_celeba, tmp_path):
+    """--inception-weights takes the file Keras' InceptionV3 downloads (random weights here, written in the
+    legacy HDF5 layout of Keras' published weight files: tests download nothing), and FID is computed on its
+    2,048 pooled features."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    shape = evaluate.INCEPTION_SHAPE
+    model = keras.applications.InceptionV3(include_top=False, pooling="avg", weights=None, input_shape=shape)
+    weights = tmp_path / evaluate.INCEPTION_WEIGHTS_FILE
+    with h5py.File(weights, "w") as file:
+        legacy_h5_format.save_weights_to_hdf5_group(file, model)
+    flags = ("--split", "validation", "--limit", "4", "--fid", "--inception-weights", str(weights))
+    results = evaluate.main(evaluate_args(tiny_run, kaggle_celeba, *flags, "--out", str(tmp_path / "eval.json")))
+    fid = results["fid"]
+    assert (fid["status"], fid["count"], fid["feature_dim"], fid["weights"]) == ("computed", 4, 2048, str(weights))
+    assert all(fid[key] >= 0 for key in ("reconstructions", "prior_samples", "density_samples"))
+
+
 def variant(run: Path, folder: Path, **changes) -> Path:
     """A copy of a run with config.json edited: the models are the same, the evaluation reads
     `model`, `reconstruction` and the shapes from the config."""
