@@ -96,8 +96,8 @@ def test_warp_keeps_an_image_through_the_identity_and_repeats_edges_beyond_it():
     shifted = align.warp(pixels, turn(0, 1, (20, 0)))  # the photo moved right: its left edge repeats
     np.testing.assert_array_equal(shifted[:, 20:], pixels[:, :-20])
     np.testing.assert_array_equal(shifted[:, :20], np.repeat(pixels[:, :1], 20, axis=1))
-    huge = np.zeros((6000, 8000, 3), np.uint8)
-    assert align.warp(huge, turn(0, 0.01, (50, 50))).shape == (align.FRAME_HEIGHT, align.FRAME_WIDTH, 3)
+    huge = np.zeros((8000, 6000, 3), np.uint8)  # a 48-megapixel portrait filled by its face: shrunk to the frame
+    assert align.warp(huge, turn(0, 0.03, (0, 0))).shape == (align.FRAME_HEIGHT, align.FRAME_WIDTH, 3)
 
 
 # --------------------------------------------------------------------------- real photos

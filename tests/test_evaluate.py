@@ -276,10 +276,10 @@ def test_fid_with_inception_weights_from_a_local_file(tiny_run, kaggle_celeba, t
     weights = tmp_path / evaluate.INCEPTION_WEIGHTS_FILE
     with h5py.File(weights, "w") as file:
         legacy_h5_format.save_weights_to_hdf5_group(file, model)
-    flags = ("--split", "validation", "--limit", "4", "--fid", "--inception-weights", str(weights))
+    flags = ("--split", "validation", "--limit", "2", "--fid", "--inception-weights", str(weights))
     results = evaluate.main(evaluate_args(tiny_run, kaggle_celeba, *flags, "--out", str(tmp_path / "eval.json")))
     fid = results["fid"]
-    assert (fid["status"], fid["count"], fid["feature_dim"], fid["weights"]) == ("computed", 4, 2048, str(weights))
+    assert (fid["status"], fid["count"], fid["feature_dim"], fid["weights"]) == ("computed", 2, 2048, str(weights))
     assert all(fid[key] >= 0 for key in ("reconstructions", "prior_samples", "density_samples"))
 
 
