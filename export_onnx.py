@@ -5,8 +5,8 @@
     python export_onnx.py --help                            # every flag, with its default
 
 decoder.onnx maps "z" [batch, latent_dim] to "image" [batch, H, W, C] (NHWC, values in [0, 1]),
-encoder.onnx "image" to "mu" and "log_var". Each part is traced with graph rewrites for CPU speed
-(--plain: without) and checked against Keras before the files are written together, all or none.
+encoder.onnx "image" to "mu" and "log_var". The decoder is traced with graph rewrites for CPU speed
+(--plain: without); each part is checked against Keras before the files are written together, all or none.
 inference.py runs them; docs/onnx.md describes the files, their metadata, the checks and the rewrites.
 """
 
@@ -179,21 +179,21 @@ def subpixel_step(conv) -> Callable:
     return lambda x: tf.nn.depth_to_space(conv.activation(tf.nn.conv2d(x, phased, 1, "SAME") + phased_bias), 2)
 
 
-def dense_steps(dense, perm: np.ndarray, rows: bool) -> Callable:
-    """`dense` with its kernel's rows (input order) or columns (output order) permuted by perm."""
+def dense_steps(dense, perm: np.ndarray) -> Callable:
+    """`dense` with its outputs (its kernel's columns and its bias) permuted by perm."""
     import tensorflow as tf
 
     kernel, bias = kernel_and_bias(dense)
-    kernel, bias = (kernel[perm], bias) if rows else (kernel[:, perm], bias[perm])
-    return lambda x: dense.activation(tf.matmul(x, kernel) + bias)
+    return lambda x: dense.activation(tf.matmul(x, kernel[:, perm]) + bias[perm])
 
 
 def plan_rewrites(layers: list[keras.layers.Layer]) -> tuple[dict[str, Callable], list[str]]:
     """Replacement computations for some layers (by name) and a note on each (docs/onnx.md): 2x upsampling +
-    convolution as a sub-pixel convolution, other nearest upsamplings as Resize, Dense weights in CHW order."""
+    convolution as a sub-pixel convolution, other nearest upsamplings as Resize, a Dense before a Reshape to an
+    image with its outputs in CHW order."""
     import keras
     import tensorflow as tf
-    from keras.layers import Dense, Flatten, Reshape, UpSampling2D
+    from keras.layers import Dense, Reshape, UpSampling2D
 
     def only_consumer(layer):
         users = [user for user in layers if any(t is layer.output for t in keras.tree.flatten(user.input))]
@@ -215,22 +215,10 @@ def plan_rewrites(layers: list[keras.layers.Layer]) -> tuple[dict[str, Callable]
                 notes.append(f"{layer.name}: Resize (nearest, asymmetric)")
         elif isinstance(layer, Dense) and isinstance(following, Reshape) and len(following.target_shape) == 3:
             height, width, channels = following.target_shape
-            steps[layer.name] = dense_steps(layer, nchw_order(height, width, channels), rows=False)
+            steps[layer.name] = dense_steps(layer, nchw_order(height, width, channels))
             steps[following.name] = lambda y, shape=(-1, channels, height, width): tf.transpose(
                 tf.reshape(y, shape), [0, 2, 3, 1]
             )
-            notes.append(f"{layer.name}+{following.name}: weights in CHW order")
-        elif (
-            isinstance(layer, Flatten)
-            and isinstance(following, Dense)
-            and len(layer.input.shape) == 4
-            and layer.data_format == "channels_last"
-        ):
-            height, width, channels = layer.input.shape[1:]
-            steps[layer.name] = lambda x, size=height * width * channels: tf.reshape(
-                tf.transpose(x, [0, 3, 1, 2]), [-1, size]
-            )
-            steps[following.name] = dense_steps(following, nchw_order(height, width, channels), rows=True)
             notes.append(f"{layer.name}+{following.name}: weights in CHW order")
     return steps, notes
 

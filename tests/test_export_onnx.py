@@ -188,11 +188,9 @@ def test_dynamic_batch_and_parity_with_keras(runs, run_name):
     assert inference.decode(decoder, np.zeros(LATENT)).shape == (1, SIZE, SIZE, channels)  # one vector
 
 
-def test_graphs_keep_only_the_layout_transposes(runs):
-    for part in ("decoder", "encoder"):
-        counts = export_onnx.op_counts(runs["exported"] / f"{part}.onnx")
-        assert counts["Transpose"] <= 1 and counts["Tile"] == 0, counts
+def test_the_decoder_keeps_only_the_layout_transpose(runs):
     rgb = export_onnx.op_counts(runs["exported"] / "decoder.onnx")
+    assert rgb["Transpose"] <= 1 and rgb["Tile"] == 0, rgb
     assert rgb["Resize"] == 1 and rgb["DepthToSpace"] == 1, rgb  # 16 filters: Resize; 3 filters: sub-pixel
     gray = export_onnx.op_counts(runs["gray"] / "decoder.onnx")
     assert gray["Resize"] == 0 and gray["DepthToSpace"] == 2, gray
