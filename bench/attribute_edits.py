@@ -5,8 +5,8 @@
 
 Encodes the labelled train and validation images, fits a logistic probe per watched attribute on
 their posterior means, and computes each edited attribute's direction twice: the plain
-difference of means, and with the Male label held fixed (generate.py's). Then `count` test
-images are edited by alpha times each direction, decoded and encoded again; reported: how much
+difference of means, and with generate.HELD_ATTRIBUTE (Male) held fixed, as generate.py does.
+Then `count` test images are edited by alpha times each direction, decoded and encoded again; reported: how much
 each probe's logit moves on average, the edited attribute's (wanted) against the others' (side
 effects). Not a test: a measurement.
 """
@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 import data  # noqa: E402
 import latent  # noqa: E402
 import runs  # noqa: E402
+from generate import HELD_ATTRIBUTE  # noqa: E402
 
 WATCHED = ("Male", "Heavy_Makeup", "Young", "Smiling", "Blond_Hair", "Eyeglasses", "Bangs")
 
@@ -72,10 +73,11 @@ def main() -> None:
           f"alpha {args.alpha}; mean change of each probe's logit:")  # fmt: skip
     print(f"{'edit':28s} {'|direction|':>11s} " + " ".join(f"{name[:12]:>12s}" for name in WATCHED))
     for name in args.edit:
-        held = labels[:, index["Male"]] if name != "Male" else None
+        column = np.where(labels[:, index[name]], 1, -1)
+        held = labels[:, data.CELEBA_ATTRIBUTES.index(HELD_ATTRIBUTE)] if name != HELD_ATTRIBUTE else None
         for kind, direction in (
-            ("plain", latent.attribute_direction(mu, np.where(labels[:, index[name]], 1, -1))),
-            ("Male held", latent.attribute_direction(mu, np.where(labels[:, index[name]], 1, -1), held)),
+            ("plain", latent.attribute_direction(mu, column)),
+            (f"{HELD_ATTRIBUTE} held", latent.attribute_direction(mu, column, held)),
         ):
             after = backend.encode(backend.decode(codes + args.alpha * direction))[0]
             changes = [float(np.mean(probes[watched](after) - probes[watched](before))) for watched in WATCHED]
