@@ -184,7 +184,8 @@ def dense_steps(dense, perm: np.ndarray) -> Callable:
     import tensorflow as tf
 
     kernel, bias = kernel_and_bias(dense)
-    return lambda x: dense.activation(tf.matmul(x, kernel[:, perm]) + bias[perm])
+    kernel, bias = kernel[:, perm], bias[perm]
+    return lambda x: dense.activation(tf.matmul(x, kernel) + bias)
 
 
 def plan_rewrites(layers: list[keras.layers.Layer]) -> tuple[dict[str, Callable], list[str]]:
